@@ -1,0 +1,71 @@
+//! meshcache: a CRDT-based, eventually consistent cache mesh.
+//!
+//! Every peer holds a copy of the whole keyspace. Entries are last-writer-wins
+//! registers stamped by a hybrid logical clock; deletes are tombstones;
+//! peers push deltas and repair whatever was lost with anti-entropy over a
+//! digest tree. Concurrent writes converge to the same winner everywhere,
+//! with no coordinator.
+//!
+//! This crate is, for now, the deterministic core: it holds no sockets, no
+//! async runtime, no system clock and no global random number generator.
+//! Time is always an argument (`now_ms`, Unix milliseconds) and randomness a
+//! seed, so the same code runs under a network shell, in a simulation with
+//! virtual time, and inside a unit test.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use meshcache::hlc::NodeId;
+//! use meshcache::membership::{Incarnation, MemberId};
+//! use meshcache::replica::Replica;
+//! use meshcache::store::StoreConfig;
+//! use meshcache::sync::Session;
+//!
+//! let id = |name: &str, n| MemberId {
+//!     name: name.into(),
+//!     incarnation: Incarnation { started_ms: 0, node: NodeId(n) },
+//! };
+//! let a = Replica::new(id("a", 1), StoreConfig::default(), true).unwrap();
+//! let b = Replica::new(id("b", 2), StoreConfig::default(), true).unwrap();
+//! let now = 1_700_000_000_000;
+//! a.put(Bytes::from("k"), Bytes::from("v"), None, now).unwrap();
+//!
+//! // One anti-entropy session, with messages handed across by hand.
+//! let mut s = Session::initiate(&a, now);
+//! let mut r = Session::respond(now);
+//! while !(s.is_finished() && r.is_finished()) {
+//!     while let Some(m) = s.poll_transmit(&a) { r.handle_message(&b, m, now).unwrap(); }
+//!     while let Some(m) = r.poll_transmit(&b) { s.handle_message(&a, m, now).unwrap(); }
+//! }
+//! assert_eq!(b.get(b"k", now), Some(Bytes::from("v")));
+//! ```
+//!
+//! # Layout
+//!
+//! - [`hlc`]: `Stamp` and `Clock`, the hybrid logical clock; physical time
+//!   passed in.
+//! - [`store`]: the sharded map of LWW registers: TTL, eviction into stubs,
+//!   memory accounting, digest upkeep, tombstone collection, `gc_floor`,
+//!   `clear_below` and compaction.
+//! - [`membership`]: names, incarnations and the per-member `synced`
+//!   watermarks that decide when collection is safe.
+//! - [`replica`]: one peer's core, tying store and membership together
+//!   (bootstrap, pushes, timer work).
+//! - [`sync`]: the digest tree and the anti-entropy session state machine.
+//! - [`wire`]: the `Message` enum, its postcard codec and frame limits.
+//!
+//! Errors are `thiserror` enums, one per boundary, each in the module of
+//! its boundary: [`hlc::ClockError`], [`store::ConfigError`],
+//! [`replica::WriteError`], [`replica::PeerError`], [`sync::SyncError`],
+//! [`wire::WireError`].
+//!
+//! ALGORITHM.md, beside Cargo.toml, explains the protocol.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod hlc;
+pub mod membership;
+pub mod replica;
+pub mod store;
+pub mod sync;
+pub mod wire;

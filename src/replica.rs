@@ -1,0 +1,290 @@
+//! The sans-IO core of one peer: the store, the membership view and the
+//! bootstrap state, with the rules that tie them together.
+//!
+//! The shell (tokio + quinn) owns a `Replica` and feeds it local writes,
+//! pushed batches, anti-entropy sessions ([`crate::sync::Session`]) and timer
+//! ticks, always with the current time as an argument. The simulation tests
+//! drive the very same type with virtual time.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::hlc::Stamp;
+use crate::membership::{Learned, MemberId, Members, Status};
+use crate::store::{Change, ChangeKind, Compaction, ConfigError, MergeOutcome, Register, Slot, Store, StoreConfig, Written};
+use crate::wire::{DeltaBatch, Refusal, SyncHello};
+
+/// Why a local write was refused. Nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The peer was started with seeds and has not completed its first
+    /// anti-entropy round yet (Redis's `-LOADING`). Retry shortly.
+    #[error("LOADING meshcache is loading the dataset from its peers")]
+    Loading,
+    /// A newer incarnation of this peer's name exists, or an operator forgot
+    /// it: this process must stop.
+    #[error("this peer was superseded by a newer incarnation and no longer accepts writes")]
+    Superseded,
+}
+
+impl WriteError {
+    /// Whether retrying the same write later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, WriteError::Loading)
+    }
+}
+
+/// Why a peer's message was not applied. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The sender is a superseded, departed or forgotten incarnation.
+    #[error("peer {0} is superseded, has left or was forgotten")]
+    Refused(MemberId),
+    /// This process learned that it has itself been superseded.
+    #[error("this peer was superseded by a newer incarnation")]
+    SelfSuperseded,
+}
+
+/// What one timer tick did.
+#[derive(Debug, Default, Clone)]
+pub struct Tick {
+    /// Values whose TTL ran out since the last tick.
+    pub expired: Vec<Change>,
+    /// Tombstones collected.
+    pub collected_tombstones: usize,
+    /// Expired values collected.
+    pub collected_expired: usize,
+    /// A compaction, if the tombstone budget was exceeded.
+    pub compaction: Option<Compaction>,
+}
+
+/// The core of one peer. Thread-safe: reads and local writes go straight to
+/// the sharded store; the membership view sits behind a mutex that is never
+/// held across a store operation that takes a shard lock... except
+/// `tick`, which reads the watermark first and releases it.
+#[derive(Debug)]
+pub struct Replica {
+    me: MemberId,
+    store: Store,
+    members: Mutex<Members>,
+    /// False until the first complete anti-entropy round, for a peer started
+    /// with seeds. While false, local writes get [`WriteError::Loading`] and
+    /// nothing is collected (the view of who exists is not known yet).
+    booted: AtomicBool,
+}
+
+impl Replica {
+    /// A new replica for `me`. `bootstrapped` is false for a peer started
+    /// with seeds: it refuses writes until it has synced with one.
+    pub fn new(me: MemberId, config: StoreConfig, bootstrapped: bool) -> Result<Self, ConfigError> {
+        let store = Store::new(me.incarnation.node, config)?;
+        Ok(Replica { members: Mutex::new(Members::new(me.clone())), me, store, booted: AtomicBool::new(bootstrapped) })
+    }
+
+    /// This peer.
+    pub fn me(&self) -> &MemberId {
+        &self.me
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether bootstrap is complete.
+    pub fn is_booted(&self) -> bool {
+        self.booted.load(Ordering::Acquire)
+    }
+
+    /// Ends bootstrap without a sync: the shell calls this after
+    /// `bootstrap_timeout` when no seed ever answered.
+    pub fn force_boot(&self) {
+        self.booted.store(true, Ordering::Release);
+    }
+
+    /// Whether this process learned that it was superseded.
+    pub fn is_superseded(&self) -> bool {
+        self.members.lock().self_superseded()
+    }
+
+    fn check_writable(&self) -> Result<(), WriteError> {
+        if !self.is_booted() {
+            return Err(WriteError::Loading);
+        }
+        if self.is_superseded() {
+            return Err(WriteError::Superseded);
+        }
+        Ok(())
+    }
+
+    /// Reads `key` (local, no network).
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<Bytes> {
+        self.store.get(key, now_ms)
+    }
+
+    /// Writes a value with an optional TTL in ms.
+    pub fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>, now_ms: u64) -> Result<Written, WriteError> {
+        self.check_writable()?;
+        Ok(self.store.put(key, value, ttl_ms, now_ms))
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&self, key: Bytes, now_ms: u64) -> Result<Written, WriteError> {
+        self.check_writable()?;
+        Ok(self.store.delete(key, now_ms))
+    }
+
+    /// Local read-modify-write; see [`Store::write_with`].
+    pub fn write_with(
+        &self,
+        key: Bytes,
+        now_ms: u64,
+        f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
+    ) -> Result<Option<Written>, WriteError> {
+        self.check_writable()?;
+        Ok(self.store.write_with(key, now_ms, f))
+    }
+
+    /// FLUSHALL: a mesh-wide range tombstone at a fresh stamp.
+    pub fn flush_all(&self, now_ms: u64) -> Result<Stamp, WriteError> {
+        self.check_writable()?;
+        Ok(self.store.flush_all(now_ms).0)
+    }
+
+    /// Wraps registers written here into a batch for pushing.
+    pub fn deltas(&self, entries: Vec<(Bytes, Register)>, with_members: bool) -> DeltaBatch {
+        DeltaBatch {
+            from: self.me.clone(),
+            hlc: self.store.clock().last(),
+            clear_below: self.store.floors().clear_below,
+            members: with_members.then(|| self.members.lock().gossip()),
+            entries,
+        }
+    }
+
+    /// Applies a pushed batch. Pushes from a superseded incarnation are
+    /// dropped; everything else goes through the floor filter like
+    /// anti-entropy (but a push refused by the floor gets no reply).
+    pub fn handle_deltas(&self, batch: DeltaBatch, now_ms: u64) -> Result<MergeOutcome, PeerError> {
+        {
+            let mut m = self.members.lock();
+            if m.is_refused(&batch.from) {
+                return Err(PeerError::Refused(batch.from));
+            }
+            m.learn(&batch.from, Status::Active);
+            if let Some(g) = &batch.members {
+                m.learn_gossip(g);
+            }
+            if m.self_superseded() {
+                return Err(PeerError::SelfSuperseded);
+            }
+        }
+        // A clock too far ahead is counted by the clock and not adopted.
+        let _ = self.store.clock().observe(batch.hlc, now_ms);
+        let mut out = MergeOutcome::default();
+        if let Ok(n) = self.store.raise_clear_below(batch.clear_below, now_ms) {
+            if n > 0 {
+                out.changes.push(Change { key: Bytes::new(), kind: ChangeKind::Flush, stamp: batch.clear_below });
+            }
+        }
+        let merged = self.store.merge(batch.entries, now_ms);
+        out.changes.extend(merged.changes);
+        out.refused = merged.refused;
+        out.stale = merged.stale;
+        out.below_clear = merged.below_clear;
+        out.future = merged.future;
+        Ok(out)
+    }
+
+    /// Learns of a peer by direct contact (a hello). Returns what changed,
+    /// or the refusal to send back.
+    pub fn learn_peer(&self, id: &MemberId) -> Result<Learned, Refusal> {
+        let mut m = self.members.lock();
+        if m.is_refused(id) {
+            return Err(Refusal::Superseded { current: m.incarnation_of(&id.name) });
+        }
+        Ok(m.learn(id, Status::Active))
+    }
+
+    /// A graceful goodbye from `id`: collection stops waiting for it.
+    pub fn handle_goodbye(&self, id: &MemberId) -> Learned {
+        self.members.lock().leave(id)
+    }
+
+    /// An operator removes `name` from the mesh.
+    pub fn forget(&self, name: &str) -> bool {
+        self.members.lock().forget(name).is_some()
+    }
+
+    /// Active members other than this one, with their `synced` watermark.
+    pub fn members(&self) -> Vec<(MemberId, Option<u64>)> {
+        self.members.lock().active().collect()
+    }
+
+    /// The opening of an anti-entropy session from this side.
+    pub(crate) fn sync_hello(&self) -> SyncHello {
+        let (root, count) = self.store.root();
+        SyncHello {
+            from: self.me.clone(),
+            hlc: self.store.clock().last(),
+            booted: self.is_booted(),
+            clear_below: self.store.floors().clear_below,
+            members: self.members.lock().gossip(),
+            root,
+            count,
+        }
+    }
+
+    /// Applies a peer's session opening: contact, gossip, clock, floors.
+    pub(crate) fn observe_sync_hello(&self, h: &SyncHello, now_ms: u64) -> Result<Vec<Change>, SyncRefused> {
+        {
+            let mut m = self.members.lock();
+            if m.is_refused(&h.from) {
+                return Err(SyncRefused::Peer(Refusal::Superseded { current: m.incarnation_of(&h.from.name) }));
+            }
+            m.learn(&h.from, Status::Active);
+            m.learn_gossip(&h.members);
+            if m.self_superseded() {
+                return Err(SyncRefused::SelfSuperseded);
+            }
+        }
+        let _ = self.store.clock().observe(h.hlc, now_ms);
+        let mut changes = Vec::new();
+        if let Ok(n) = self.store.raise_clear_below(h.clear_below, now_ms) {
+            if n > 0 {
+                changes.push(Change { key: Bytes::new(), kind: ChangeKind::Flush, stamp: h.clear_below });
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Records a complete anti-entropy round with `peer`, started at local
+    /// time `started_ms`. A round with a bootstrapped peer ends bootstrap.
+    pub(crate) fn complete_sync(&self, peer: &MemberId, started_ms: u64, peer_booted: bool) {
+        self.members.lock().record_sync(peer, started_ms);
+        if peer_booted {
+            self.booted.store(true, Ordering::Release);
+        }
+    }
+
+    /// Timer work: expiry, collection, the tombstone budget.
+    pub fn tick(&self, now_ms: u64) -> Tick {
+        let expired = self.store.expire(now_ms);
+        // Not booted: the view of who exists is incomplete, so nothing is
+        // known to be stable.
+        let stable_before = if self.is_booted() { self.members.lock().stable_before() } else { 0 };
+        let (collected_tombstones, collected_expired) = self.store.collect(now_ms, stable_before);
+        let compaction = self.store.compact_if_needed(now_ms);
+        Tick { expired, collected_tombstones, collected_expired, compaction }
+    }
+}
+
+/// Why a session opening was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SyncRefused {
+    /// The peer is refused; tell it.
+    Peer(Refusal),
+    /// This process is superseded.
+    SelfSuperseded,
+}

@@ -1,0 +1,704 @@
+//! The replicated keyspace: a sharded map from key to LWW register.
+//!
+//! # Concurrency
+//!
+//! The keyspace is split into shards, each behind its own `RwLock`; a key's
+//! shard is fixed by its hash. Reads take one shard's read lock, writes one
+//! shard's write lock, so readers never take a global lock and writes to
+//! different shards run in parallel. The two store-wide stamps
+//! ([`Floors`]) sit behind a separate lock that is always taken *after* a
+//! shard lock, never before one, so the two cannot deadlock.
+//!
+//! # Tombstones
+//!
+//! See ALGORITHM.md, "Tombstones and their collection". The store implements
+//! the mechanics (arrival times, the collection queue, `gc_floor`, the
+//! refusal reply, `clear_below` and compaction); the [`crate::replica`]
+//! decides *when* collection is safe from the per-member `synced` watermarks.
+
+mod shard;
+pub mod slot;
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::hlc::{Clock, ClockError, NodeId, Stamp};
+use crate::sync::digest::{self, key_hash, BUCKETS, BUCKET_BITS};
+use shard::{Delta, Shard};
+pub use slot::{Change, ChangeKind, Register, Slot};
+
+/// Store settings. Every field is documented with why it exists.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Number of shards (a power of two, at most [`BUCKETS`]). More shards
+    /// mean less write contention and a smaller stall per clear_below scan.
+    pub shards: NonZeroUsize,
+    /// Memory bound in accounted bytes (keys + values + per-entry overhead).
+    /// Past it, values are evicted into stubs. `None` means unbounded.
+    pub max_bytes: Option<NonZeroUsize>,
+    /// Tombstone budget. Past it the store compacts by raising `clear_below`
+    /// past its oldest tombstones (a partial flush), so that tombstones stay
+    /// bounded even while collection is paused by a member that is down.
+    pub max_tombstones: NonZeroUsize,
+    /// The HLC's bound on remote clocks running ahead of local time, in ms.
+    /// Also the grace period before an expired value may be collected.
+    pub max_offset_ms: u64,
+    /// Seed for eviction sampling (randomness is a parameter of the core).
+    pub seed: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            shards: NonZeroUsize::new(64).expect("nonzero"),
+            max_bytes: None,
+            max_tombstones: NonZeroUsize::new(1_000_000).expect("nonzero"),
+            max_offset_ms: 500,
+            seed: 0,
+        }
+    }
+}
+
+/// The two store-wide stamps of the tombstone protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Floors {
+    /// The range tombstone: every register stamped below it is deleted, and
+    /// refused on arrival. A replicated max-register (FLUSHALL, compaction).
+    pub clear_below: Stamp,
+    /// The highest stamp this replica ever collected. An incoming register at
+    /// or below it, for a key not held, is refused (it may be a delete's
+    /// victim coming back).
+    pub gc_floor: Stamp,
+}
+
+/// The result of a local write.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The key written.
+    pub key: Bytes,
+    /// The new register, to be pushed to peers.
+    pub register: Register,
+    /// The value that was visible before the write, if any.
+    pub previous: Option<Bytes>,
+    /// False when a concurrent `clear_below` overtook the write's stamp: the
+    /// write is void, exactly as if the flush had come right after it.
+    pub applied: bool,
+}
+
+/// What a merge of remote registers did.
+#[derive(Clone, Debug, Default)]
+pub struct MergeOutcome {
+    /// Keys whose register changed, for subscribers.
+    pub changes: Vec<Change>,
+    /// Registers refused by the `gc_floor` filter. An anti-entropy receiver
+    /// sends these back ("refused key@stamp") so the sender drops them too.
+    pub refused: Vec<(Bytes, Stamp)>,
+    /// Registers older than (or equal to) what is held: no change.
+    pub stale: usize,
+    /// Registers below `clear_below`: deleted by the range tombstone.
+    pub below_clear: usize,
+    /// Registers stamped further ahead than `max_offset`: not stored (a peer
+    /// clock running away); they are accepted once local time catches up.
+    pub future: usize,
+}
+
+/// What a compaction did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// The new `clear_below`.
+    pub clear_below: Stamp,
+    /// Tombstones dropped.
+    pub tombstones: usize,
+    /// Live values dropped with them (the price of the memory bound).
+    pub values: usize,
+}
+
+/// Counters for metrics. Each is monotonic.
+#[derive(Debug, Default)]
+struct Counters {
+    refused_floor: AtomicU64,
+    refused_future: AtomicU64,
+    below_clear: AtomicU64,
+    collected_tombstones: AtomicU64,
+    collected_expired: AtomicU64,
+    refusal_drops: AtomicU64,
+    evictions: AtomicU64,
+    compactions: AtomicU64,
+    compacted_values: AtomicU64,
+}
+
+/// A point-in-time copy of the store's gauges and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Registers held (values, tombstones and stubs).
+    pub entries: usize,
+    /// Accounted bytes.
+    pub bytes: usize,
+    /// Tombstones held.
+    pub tombstones: usize,
+    /// Eviction stubs held.
+    pub stubs: usize,
+    /// Incoming registers refused by the `gc_floor` filter.
+    pub refused_floor: u64,
+    /// Incoming registers stamped too far in the future.
+    pub refused_future: u64,
+    /// Incoming registers below `clear_below`.
+    pub below_clear: u64,
+    /// Tombstones collected.
+    pub collected_tombstones: u64,
+    /// Expired values collected.
+    pub collected_expired: u64,
+    /// Registers dropped because a peer refused them (refusal reply).
+    pub refusal_drops: u64,
+    /// Values evicted into stubs.
+    pub evictions: u64,
+    /// Compactions run.
+    pub compactions: u64,
+    /// Live values flushed by compactions.
+    pub compacted_values: u64,
+    /// The current floors.
+    pub floors: Floors,
+}
+
+/// The sharded LWW store of one replica. See the module docs.
+pub struct Store {
+    shards: Box<[RwLock<Shard>]>,
+    /// `BUCKET_BITS - log2(shards)`: a bucket's shard is `bucket >> shift`.
+    shard_shift: u32,
+    clock: Clock,
+    floors: RwLock<Floors>,
+    config: StoreConfig,
+    /// Global gauges, summed from shard deltas without a global lock.
+    entries: AtomicIsize,
+    bytes: AtomicIsize,
+    tombstones: AtomicIsize,
+    stubs: AtomicIsize,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("node", &self.clock.node()).field("stats", &self.stats()).finish()
+    }
+}
+
+/// Why a store could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `shards` must be a power of two no larger than the bucket count.
+    #[error("shards must be a power of two between 1 and {BUCKETS}, got {0}")]
+    Shards(usize),
+}
+
+impl Store {
+    /// A new, empty store stamping for `node`.
+    pub fn new(node: NodeId, config: StoreConfig) -> Result<Self, ConfigError> {
+        let n = config.shards.get();
+        if !n.is_power_of_two() || n > BUCKETS {
+            return Err(ConfigError::Shards(n));
+        }
+        let per = BUCKETS / n;
+        let shards = (0..n)
+            .map(|i| RwLock::new(Shard::new(per, config.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))))
+            .collect();
+        Ok(Store {
+            shards,
+            shard_shift: BUCKET_BITS - n.trailing_zeros(),
+            clock: Clock::new(node, config.max_offset_ms),
+            floors: RwLock::new(Floors::default()),
+            config,
+            entries: AtomicIsize::new(0),
+            bytes: AtomicIsize::new(0),
+            tombstones: AtomicIsize::new(0),
+            stubs: AtomicIsize::new(0),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The configuration the store was built with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The current floors.
+    pub fn floors(&self) -> Floors {
+        *self.floors.read()
+    }
+
+    fn locate(&self, kh: u64) -> (usize, usize) {
+        let b = digest::bucket_of(kh);
+        (b >> self.shard_shift, b & ((1 << self.shard_shift) - 1))
+    }
+
+    fn apply(&self, d: Delta) {
+        if d.entries != 0 {
+            self.entries.fetch_add(d.entries, Ordering::Relaxed);
+        }
+        if d.bytes != 0 {
+            self.bytes.fetch_add(d.bytes, Ordering::Relaxed);
+        }
+        if d.tombstones != 0 {
+            self.tombstones.fetch_add(d.tombstones, Ordering::Relaxed);
+        }
+        if d.stubs != 0 {
+            self.stubs.fetch_add(d.stubs, Ordering::Relaxed);
+        }
+    }
+
+    fn shard_budget(&self) -> Option<usize> {
+        self.config.max_bytes.map(|m| (m.get() / self.shards.len()).max(1))
+    }
+
+    /// Reads `key` at `now_ms`: the value, unless it is absent, deleted,
+    /// evicted or expired. Local; takes one shard read lock.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<Bytes> {
+        let kh = key_hash(key);
+        let (s, _) = self.locate(kh);
+        let g = self.shards[s].read();
+        g.map.get(key).and_then(|e| e.reg.val.visible(now_ms).cloned())
+    }
+
+    /// The register held for `key`, whatever it holds (tests, TTL queries).
+    pub fn register(&self, key: &[u8]) -> Option<Register> {
+        let kh = key_hash(key);
+        let (s, _) = self.locate(kh);
+        self.shards[s].read().map.get(key).map(|e| e.reg.clone())
+    }
+
+    /// Writes a value with an optional TTL (ms), stamped now.
+    pub fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>, now_ms: u64) -> Written {
+        self.write_with(key, now_ms, |_, stamp| {
+            Some(Slot::Value { data: value, expires_at_ms: ttl_ms.map(|t| stamp.physical_ms().saturating_add(t)) })
+        })
+        .expect("the closure always writes")
+    }
+
+    /// Deletes `key` by writing a tombstone, stamped now. The tombstone is
+    /// written even when the key is absent here: a peer may hold it.
+    pub fn delete(&self, key: Bytes, now_ms: u64) -> Written {
+        self.write_with(key, now_ms, |_, _| Some(Slot::Tombstone)).expect("the closure always writes")
+    }
+
+    /// Local read-modify-write: `f` sees the currently visible slot (values
+    /// only) and the new stamp, and returns the slot to write, or `None` to
+    /// write nothing. The shard's write lock is held throughout, so NX, XX,
+    /// EXPIRE and KEEPTTL are atomic on this replica.
+    pub fn write_with(
+        &self,
+        key: Bytes,
+        now_ms: u64,
+        f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
+    ) -> Option<Written> {
+        let kh = key_hash(&key);
+        let (s, lb) = self.locate(kh);
+        let mut g = self.shards[s].write();
+        let stamp = self.clock.now(now_ms);
+        let current = g.map.get(&key).map(|e| &e.reg.val).filter(|v| v.visible(now_ms).is_some());
+        let previous = current.and_then(|v| v.visible(now_ms).cloned());
+        let slot = f(current, stamp)?;
+        let register = Register { val: slot, marker: stamp };
+        let cb = self.floors.read().clear_below;
+        if stamp < cb {
+            return Some(Written { key, register, previous, applied: false });
+        }
+        let is_tomb = register.val.is_tombstone();
+        let (_, mut d) = g.store(key.clone(), kh, lb, register.clone(), now_ms, now_ms);
+        if let Some(budget) = self.shard_budget() {
+            if g.bytes > budget {
+                let shift = self.shard_shift;
+                let (n, d2) = g.evict(budget, &key, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1));
+                self.counters.evictions.fetch_add(n as u64, Ordering::Relaxed);
+                d.tombstones += d2.tombstones;
+                d.bytes += d2.bytes;
+                d.stubs += d2.stubs;
+                d.entries += d2.entries;
+            }
+        }
+        drop(g);
+        self.apply(d);
+        if is_tomb {
+            self.compact_if_needed(now_ms);
+        }
+        Some(Written { key, register, previous, applied: true })
+    }
+
+    /// Raises `clear_below` to a new FLUSHALL stamp, deleting every register
+    /// older than now, here and (once replicated) everywhere.
+    pub fn flush_all(&self, now_ms: u64) -> (Stamp, usize) {
+        let stamp = self.clock.now(now_ms);
+        let n = self.raise_clear_below_unchecked(stamp);
+        (stamp, n)
+    }
+
+    /// Merges a `clear_below` received from a peer. Returns how many
+    /// registers it removed. A stamp too far in the future is refused.
+    pub fn raise_clear_below(&self, c: Stamp, now_ms: u64) -> Result<usize, ClockError> {
+        if c <= self.floors.read().clear_below {
+            return Ok(0);
+        }
+        self.clock.observe(c.hlc, now_ms)?;
+        Ok(self.raise_clear_below_unchecked(c))
+    }
+
+    fn raise_clear_below_unchecked(&self, c: Stamp) -> usize {
+        {
+            let mut f = self.floors.write();
+            if c <= f.clear_below {
+                return 0;
+            }
+            f.clear_below = c;
+        }
+        // Every write that takes a shard lock from here on sees the new bar;
+        // sweep what was stored before it.
+        let mut removed = 0;
+        for sh in self.shards.iter() {
+            let mut g = sh.write();
+            let victims: Vec<Bytes> = g.map.iter().filter(|(_, e)| e.reg.marker < c).map(|(k, _)| k.clone()).collect();
+            let mut d = Delta::default();
+            for k in victims {
+                let kh = key_hash(&k);
+                let (_, lb) = self.locate(kh);
+                if let Some((_, x)) = g.remove(&k, lb) {
+                    d.entries += x.entries;
+                    d.bytes += x.bytes;
+                    d.tombstones += x.tombstones;
+                    d.stubs += x.stubs;
+                    removed += 1;
+                }
+            }
+            drop(g);
+            self.apply(d);
+        }
+        removed
+    }
+
+    /// Merges registers received from a peer (push or anti-entropy) at local
+    /// time `now_ms`. Applies, in order: the future-stamp check, the HLC
+    /// observation, `clear_below`, the `gc_floor` filter, then LWW.
+    pub fn merge(&self, regs: impl IntoIterator<Item = (Bytes, Register)>, now_ms: u64) -> MergeOutcome {
+        let mut out = MergeOutcome::default();
+        let mut added_tombstone = false;
+        for (key, reg) in regs {
+            if self.clock.observe(reg.marker.hlc, now_ms).is_err() {
+                out.future += 1;
+                self.counters.refused_future.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let kh = key_hash(&key);
+            let (s, lb) = self.locate(kh);
+            let mut g = self.shards[s].write();
+            let floors = *self.floors.read();
+            if reg.marker < floors.clear_below {
+                out.below_clear += 1;
+                self.counters.below_clear.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match g.map.get(&key) {
+                None if reg.marker <= floors.gc_floor => {
+                    self.counters.refused_floor.fetch_add(1, Ordering::Relaxed);
+                    out.refused.push((key, reg.marker));
+                    continue;
+                }
+                Some(cur) if cur.reg.marker >= reg.marker => {
+                    debug_assert!(
+                        cur.reg.marker != reg.marker || cur.reg.val.same_write(&reg.val),
+                        "two different writes share stamp {}",
+                        reg.marker
+                    );
+                    out.stale += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let kind = match &reg.val {
+                Slot::Tombstone => ChangeKind::Delete,
+                v if v.is_expired(now_ms) => ChangeKind::Expire,
+                _ => ChangeKind::Put,
+            };
+            added_tombstone |= kind == ChangeKind::Delete;
+            let stamp = reg.marker;
+            let (_, mut d) = g.store(key.clone(), kh, lb, reg, now_ms, now_ms);
+            if let Some(budget) = self.shard_budget() {
+                if g.bytes > budget {
+                    let shift = self.shard_shift;
+                    let (n, d2) = g.evict(budget, &key, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1));
+                    self.counters.evictions.fetch_add(n as u64, Ordering::Relaxed);
+                    d.tombstones += d2.tombstones;
+                    d.bytes += d2.bytes;
+                    d.stubs += d2.stubs;
+                    d.entries += d2.entries;
+                }
+            }
+            drop(g);
+            self.apply(d);
+            out.changes.push(Change { key, kind, stamp });
+        }
+        if added_tombstone {
+            self.compact_if_needed(now_ms);
+        }
+        out
+    }
+
+    /// The refusal reply: a peer refused `key@stamp` by its floor, so drop
+    /// our copy too if we still hold exactly that register, and raise our own
+    /// `gc_floor` to it. Returns the change if something visible went.
+    pub fn drop_refused(&self, key: &Bytes, stamp: Stamp, now_ms: u64) -> Option<Change> {
+        let kh = key_hash(key);
+        let (s, lb) = self.locate(kh);
+        let mut g = self.shards[s].write();
+        if g.map.get(key).map(|e| e.reg.marker) != Some(stamp) {
+            return None;
+        }
+        let (e, d) = g.remove(key, lb)?;
+        {
+            let mut f = self.floors.write();
+            f.gc_floor = f.gc_floor.max(stamp);
+        }
+        drop(g);
+        self.apply(d);
+        self.counters.refusal_drops.fetch_add(1, Ordering::Relaxed);
+        e.reg.val.visible(now_ms).map(|_| Change { key: key.clone(), kind: ChangeKind::Delete, stamp })
+    }
+
+    /// Marks values whose TTL ran out as dead (queued for collection) and
+    /// reports them. Call it from a timer; reads treat expired values as
+    /// absent whether or not this has run.
+    pub fn expire(&self, now_ms: u64) -> Vec<Change> {
+        let mut out = Vec::new();
+        for sh in self.shards.iter() {
+            let mut g = sh.write();
+            for (key, stamp, was_value) in g.expire(now_ms) {
+                if was_value {
+                    out.push(Change { key, kind: ChangeKind::Expire, stamp });
+                }
+            }
+        }
+        out
+    }
+
+    /// Collects dead registers that every member is known to have seen:
+    /// tombstones, and values expired more than `max_offset` ago, whose local
+    /// arrival time is before `stable_before` (the oldest `synced` watermark
+    /// over every known member). Raises `gc_floor` to each collected stamp.
+    /// Returns (tombstones, expired values) collected.
+    pub fn collect(&self, now_ms: u64, stable_before: u64) -> (usize, usize) {
+        let grace = self.config.max_offset_ms;
+        let (mut tombs, mut expired) = (0, 0);
+        for sh in self.shards.iter() {
+            let mut g = sh.write();
+            let mut d = Delta::default();
+            let mut high = Stamp::ZERO;
+            while let Some((arrival, key)) = g.dead.first().cloned() {
+                if arrival >= stable_before {
+                    break;
+                }
+                let Some(e) = g.map.get(&key) else {
+                    g.dead.pop_first();
+                    continue;
+                };
+                if let Some(exp) = e.reg.val.expires_at_ms() {
+                    // Wait out the skew: a peer whose clock lags may still
+                    // read the value as live.
+                    if now_ms <= exp.saturating_add(grace) {
+                        break;
+                    }
+                }
+                let stamp = e.reg.marker;
+                let tomb = e.reg.val.is_tombstone();
+                let lb = self.locate(e.key_hash).1;
+                if let Some((_, x)) = g.remove(&key, lb) {
+                    d.entries += x.entries;
+                    d.bytes += x.bytes;
+                    d.tombstones += x.tombstones;
+                    d.stubs += x.stubs;
+                }
+                high = high.max(stamp);
+                if tomb {
+                    tombs += 1;
+                } else {
+                    expired += 1;
+                }
+            }
+            if high > Stamp::ZERO {
+                // Raised under the shard lock, so no merge into this shard can
+                // slip a collected key's old register past the floor.
+                let mut f = self.floors.write();
+                f.gc_floor = f.gc_floor.max(high);
+            }
+            drop(g);
+            self.apply(d);
+        }
+        self.counters.collected_tombstones.fetch_add(tombs as u64, Ordering::Relaxed);
+        self.counters.collected_expired.fetch_add(expired as u64, Ordering::Relaxed);
+        (tombs, expired)
+    }
+
+    /// Enforces the tombstone budget: past `max_tombstones`, raises
+    /// `clear_below` just above the oldest tombstones so that the newest
+    /// half of the budget remains. Values older than the bar go too.
+    pub fn compact_if_needed(&self, _now_ms: u64) -> Option<Compaction> {
+        let budget = self.config.max_tombstones.get();
+        if (self.tombstones.load(Ordering::Relaxed).max(0) as usize) <= budget {
+            return None;
+        }
+        let mut stamps: Vec<Stamp> = Vec::new();
+        for sh in self.shards.iter() {
+            let g = sh.read();
+            stamps.extend(g.map.values().filter(|e| e.reg.val.is_tombstone()).map(|e| e.reg.marker));
+        }
+        if stamps.len() <= budget {
+            return None;
+        }
+        stamps.sort_unstable();
+        let keep = budget / 2;
+        let bar = stamps[stamps.len() - keep - 1].successor();
+        let mut values = 0;
+        for sh in self.shards.iter() {
+            let g = sh.read();
+            values += g.map.values().filter(|e| e.reg.marker < bar && matches!(e.reg.val, Slot::Value { .. })).count();
+        }
+        let tombstones = stamps.len() - keep;
+        self.raise_clear_below_unchecked(bar);
+        self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+        self.counters.compacted_values.fetch_add(values as u64, Ordering::Relaxed);
+        Some(Compaction { clear_below: bar, tombstones, values })
+    }
+
+    /// Registers held, of every kind.
+    pub fn len(&self) -> usize {
+        self.entries.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// True when no register is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Gauges and counters.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let g = |a: &AtomicIsize| a.load(Ordering::Relaxed).max(0) as usize;
+        StoreStats {
+            entries: g(&self.entries),
+            bytes: g(&self.bytes),
+            tombstones: g(&self.tombstones),
+            stubs: g(&self.stubs),
+            refused_floor: l(&c.refused_floor),
+            refused_future: l(&c.refused_future),
+            below_clear: l(&c.below_clear),
+            collected_tombstones: l(&c.collected_tombstones),
+            collected_expired: l(&c.collected_expired),
+            refusal_drops: l(&c.refusal_drops),
+            evictions: l(&c.evictions),
+            compactions: l(&c.compactions),
+            compacted_values: l(&c.compacted_values),
+            floors: self.floors(),
+        }
+    }
+
+    /// Every register held, sorted by key, with the floors. For tests and
+    /// debugging: it copies the whole store.
+    pub fn snapshot(&self) -> (Floors, Vec<(Bytes, Register)>) {
+        let mut all = Vec::with_capacity(self.len());
+        for sh in self.shards.iter() {
+            let g = sh.read();
+            all.extend(g.map.iter().map(|(k, e)| (k.clone(), e.reg.clone())));
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        (self.floors(), all)
+    }
+
+    // ---- digest access for anti-entropy -------------------------------
+
+    /// The root of the digest tree and the number of registers held.
+    pub fn root(&self) -> (u64, u64) {
+        let mut h = 0u64;
+        let mut n = 0u64;
+        for sh in self.shards.iter() {
+            let g = sh.read();
+            h = h.wrapping_add(g.total);
+            n += g.map.len() as u64;
+        }
+        (h, n)
+    }
+
+    /// The digest of buckets `[lo, hi)`.
+    pub fn range_digest(&self, lo: usize, hi: usize) -> u64 {
+        let per = 1usize << self.shard_shift;
+        let mut h = 0u64;
+        let mut b = lo;
+        while b < hi {
+            let s = b / per;
+            let g = self.shards[s].read();
+            let start = b % per;
+            if start == 0 && hi - b >= per {
+                h = h.wrapping_add(g.total);
+                b += per;
+            } else {
+                let end = (hi - s * per).min(per);
+                for x in &g.buckets[start..end] {
+                    h = h.wrapping_add(*x);
+                }
+                b = s * per + end;
+            }
+        }
+        h
+    }
+
+    /// Keys and stamps of the registers in each of `buckets` (sorted,
+    /// deduplicated). Each shard touched is scanned once, so asking for many
+    /// buckets costs one pass over the store, not one per bucket.
+    pub fn bucket_summaries(&self, buckets: &[usize]) -> Vec<(usize, Vec<(Bytes, Stamp)>)> {
+        self.scan_buckets(buckets, |k, e| (k.clone(), e.reg.marker))
+    }
+
+    /// The registers in each of `buckets` (sorted, deduplicated).
+    pub fn bucket_registers(&self, buckets: &[usize]) -> Vec<(usize, Vec<(Bytes, Register)>)> {
+        self.scan_buckets(buckets, |k, e| (k.clone(), e.reg.clone()))
+    }
+
+    fn scan_buckets<T>(&self, buckets: &[usize], f: impl Fn(&Bytes, &shard::Entry) -> T) -> Vec<(usize, Vec<T>)> {
+        let mut out: Vec<(usize, Vec<T>)> = buckets.iter().map(|b| (*b, Vec::new())).collect();
+        let mut i = 0;
+        while i < buckets.len() {
+            let s = buckets[i] >> self.shard_shift;
+            let mut j = i;
+            while j < buckets.len() && buckets[j] >> self.shard_shift == s {
+                j += 1;
+            }
+            let g = self.shards[s].read();
+            for (k, e) in g.map.iter() {
+                let b = digest::bucket_of(e.key_hash);
+                if let Ok(pos) = buckets[i..j].binary_search(&b) {
+                    out[i + pos].1.push(f(k, e));
+                }
+            }
+            i = j;
+        }
+        out
+    }
+
+    /// The registers of every bucket in shard `shard`: a whole-shard copy,
+    /// used to stream a store to a nearly empty peer one shard at a time.
+    pub fn shard_registers(&self, shard: usize) -> Vec<(Bytes, Register)> {
+        let g = self.shards[shard].read();
+        g.map.iter().map(|(k, e)| (k.clone(), e.reg.clone())).collect()
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,259 @@
+//! One shard of the store: a slice of the keyspace with its own lock, its own
+//! digest buckets and its own collection queues.
+//!
+//! Every method here runs under the shard's lock, held by the caller in
+//! `store/mod.rs`; nothing here takes another lock.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::slot::{Register, Slot};
+use crate::hlc::Stamp;
+use crate::sync::digest::entry_hash;
+
+/// A stored register and the local time it arrived.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub(crate) reg: Register,
+    /// Local time (Unix ms) at which this register was stored here. Collection
+    /// compares it with the per-member `synced` watermarks: a register that
+    /// arrived before the last complete anti-entropy round with every member
+    /// started is held by every member (or something newer is).
+    pub(crate) arrival_ms: u64,
+    /// The key's hash, kept so that digest upkeep on removal needs no rehash.
+    pub(crate) key_hash: u64,
+}
+
+/// Estimated bytes one entry costs beyond its key and value bytes: the map
+/// slot, the entry, the index table and allocator slack. Used for the memory
+/// bound; `benches/` measures the real figure.
+pub(crate) const ENTRY_OVERHEAD: usize = std::mem::size_of::<(u64, Bytes, Entry)>() + 16;
+
+/// How many random entries eviction samples before evicting the oldest of
+/// them: Redis's approximated-LRU default, a good accuracy/cost trade.
+const EVICTION_SAMPLES: usize = 5;
+
+pub(crate) struct Shard {
+    pub(crate) map: IndexMap<Bytes, Entry, foldhash::fast::RandomState>,
+    /// Digest of each bucket this shard owns: the wrapping sum of
+    /// `entry_hash(key, stamp)` over its entries. Order-independent, so it is
+    /// kept up to date in O(1) per change.
+    pub(crate) buckets: Box<[u64]>,
+    /// Entry count per bucket, to size bucket transfers.
+    pub(crate) bucket_counts: Box<[u32]>,
+    /// Wrapping sum of `buckets`, so that the root costs one read per shard.
+    pub(crate) total: u64,
+    /// Registers waiting for collection, by local arrival time: tombstones, and
+    /// values (or stubs) whose TTL has run out. Collection pops from the front
+    /// while arrivals are older than the stability watermark.
+    pub(crate) dead: BTreeSet<(u64, Bytes)>,
+    /// Live values and stubs that carry a TTL, by expiry time.
+    pub(crate) expiries: BTreeSet<(u64, Bytes)>,
+    /// Accounted bytes (keys, values and `ENTRY_OVERHEAD` per entry).
+    pub(crate) bytes: usize,
+    pub(crate) tombstones: usize,
+    pub(crate) stubs: usize,
+    /// Seeded: eviction sampling is deterministic under simulation.
+    rng: SmallRng,
+}
+
+/// What `Shard::store` did to the accounting the store keeps globally.
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct Delta {
+    pub(crate) entries: isize,
+    pub(crate) bytes: isize,
+    pub(crate) tombstones: isize,
+    pub(crate) stubs: isize,
+}
+
+impl Delta {
+    fn add(&mut self, o: Delta) {
+        self.entries += o.entries;
+        self.bytes += o.bytes;
+        self.tombstones += o.tombstones;
+        self.stubs += o.stubs;
+    }
+}
+
+fn cost(key: &Bytes, slot: &Slot) -> usize {
+    key.len() + slot.payload_len() + ENTRY_OVERHEAD
+}
+
+impl Shard {
+    pub(crate) fn new(buckets: usize, seed: u64) -> Self {
+        Shard {
+            map: IndexMap::default(),
+            buckets: vec![0; buckets].into_boxed_slice(),
+            bucket_counts: vec![0; buckets].into_boxed_slice(),
+            total: 0,
+            dead: BTreeSet::new(),
+            expiries: BTreeSet::new(),
+            bytes: 0,
+            tombstones: 0,
+            stubs: 0,
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    fn digest_add(&mut self, local_bucket: usize, h: u64) {
+        self.buckets[local_bucket] = self.buckets[local_bucket].wrapping_add(h);
+        self.total = self.total.wrapping_add(h);
+    }
+
+    fn digest_sub(&mut self, local_bucket: usize, h: u64) {
+        self.buckets[local_bucket] = self.buckets[local_bucket].wrapping_sub(h);
+        self.total = self.total.wrapping_sub(h);
+    }
+
+    /// Removes the bookkeeping of an entry that is being replaced or dropped.
+    fn unindex(&mut self, key: &Bytes, e: &Entry, local_bucket: usize) -> Delta {
+        self.digest_sub(local_bucket, entry_hash(e.key_hash, &e.reg.marker));
+        self.bucket_counts[local_bucket] -= 1;
+        let mut d = Delta { entries: -1, bytes: -(cost(key, &e.reg.val) as isize), ..Delta::default() };
+        match &e.reg.val {
+            Slot::Tombstone => {
+                self.tombstones -= 1;
+                d.tombstones = -1;
+                self.dead.remove(&(e.arrival_ms, key.clone()));
+            }
+            s => {
+                if matches!(s, Slot::Evicted { .. }) {
+                    self.stubs -= 1;
+                    d.stubs = -1;
+                }
+                if let Some(exp) = s.expires_at_ms() {
+                    if !self.expiries.remove(&(exp, key.clone())) {
+                        self.dead.remove(&(e.arrival_ms, key.clone()));
+                    }
+                }
+            }
+        }
+        self.bytes = (self.bytes as isize + d.bytes) as usize;
+        d
+    }
+
+    /// Adds the bookkeeping of a newly stored entry.
+    fn index(&mut self, key: &Bytes, e: &Entry, local_bucket: usize, now_ms: u64) -> Delta {
+        self.digest_add(local_bucket, entry_hash(e.key_hash, &e.reg.marker));
+        self.bucket_counts[local_bucket] += 1;
+        let c = cost(key, &e.reg.val);
+        self.bytes += c;
+        let mut d = Delta { entries: 1, bytes: c as isize, ..Delta::default() };
+        match &e.reg.val {
+            Slot::Tombstone => {
+                self.tombstones += 1;
+                d.tombstones = 1;
+                self.dead.insert((e.arrival_ms, key.clone()));
+            }
+            s => {
+                if matches!(s, Slot::Evicted { .. }) {
+                    self.stubs += 1;
+                    d.stubs = 1;
+                }
+                if let Some(exp) = s.expires_at_ms() {
+                    if now_ms > exp {
+                        // Already expired on arrival: a tombstone in effect.
+                        self.dead.insert((e.arrival_ms, key.clone()));
+                    } else {
+                        self.expiries.insert((exp, key.clone()));
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    /// Stores `reg` for `key`, replacing whatever was there. The caller has
+    /// checked that `reg` wins. Returns the replaced entry.
+    pub(crate) fn store(
+        &mut self,
+        key: Bytes,
+        key_hash: u64,
+        local_bucket: usize,
+        reg: Register,
+        arrival_ms: u64,
+        now_ms: u64,
+    ) -> (Option<Entry>, Delta) {
+        let mut delta = Delta::default();
+        let old = self.map.get(&key).cloned();
+        if let Some(o) = &old {
+            delta.add(self.unindex(&key, o, local_bucket));
+        }
+        let new = Entry { reg, arrival_ms, key_hash };
+        delta.add(self.index(&key, &new, local_bucket, now_ms));
+        self.map.insert(key, new);
+        (old, delta)
+    }
+
+    /// Removes `key` entirely (collection, clear_below, refusal reply).
+    pub(crate) fn remove(&mut self, key: &Bytes, local_bucket: usize) -> Option<(Entry, Delta)> {
+        let e = self.map.swap_remove(key)?;
+        let d = self.unindex(key, &e, local_bucket);
+        Some((e, d))
+    }
+
+    /// Turns values whose TTL ran out into dead registers (queued for
+    /// collection). Returns their keys and stamps.
+    pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<(Bytes, Stamp, bool)> {
+        let mut out = Vec::new();
+        while let Some((exp, _)) = self.expiries.first() {
+            if *exp >= now_ms {
+                break;
+            }
+            let (_, key) = self.expiries.pop_first().expect("first() was Some");
+            if let Some(e) = self.map.get(&key) {
+                self.dead.insert((e.arrival_ms, key.clone()));
+                out.push((key, e.reg.marker, matches!(e.reg.val, Slot::Value { .. })));
+            }
+        }
+        out
+    }
+
+    /// Evicts values until the shard is within `budget` bytes, sparing
+    /// `keep` if anything else can go. Evicted values become stubs.
+    pub(crate) fn evict(
+        &mut self,
+        budget: usize,
+        keep: &Bytes,
+        now_ms: u64,
+        local_bucket: impl Fn(u64) -> usize,
+    ) -> (usize, Delta) {
+        let mut evicted = 0;
+        let mut delta = Delta::default();
+        // Each round evicts one value or proves there is none to evict; the
+        // bound keeps a shard of stubs and tombstones from spinning.
+        let mut rounds = 0;
+        while self.bytes > budget && rounds < 64 {
+            rounds += 1;
+            let n = self.map.len();
+            if n == 0 {
+                break;
+            }
+            let mut victim: Option<(usize, u64)> = None;
+            for _ in 0..EVICTION_SAMPLES.min(n) {
+                let i = self.rng.random_range(0..n);
+                let (k, e) = self.map.get_index(i).expect("index in range");
+                if matches!(e.reg.val, Slot::Value { .. })
+                    && (k != keep || n == 1)
+                    && victim.is_none_or(|(_, a)| e.arrival_ms < a)
+                {
+                    victim = Some((i, e.arrival_ms));
+                }
+            }
+            let Some((i, _)) = victim else { continue };
+            let (k, e) = self.map.get_index(i).map(|(k, e)| (k.clone(), e.clone())).expect("index in range");
+            let stub = Slot::Evicted { expires_at_ms: e.reg.val.expires_at_ms() };
+            let lb = local_bucket(e.key_hash);
+            let reg = Register { val: stub, marker: e.reg.marker };
+            // Keep the arrival time: eviction is local and is not a new write.
+            let (_, d) = self.store(k, e.key_hash, lb, reg, e.arrival_ms, now_ms);
+            delta.add(d);
+            evicted += 1;
+        }
+        (evicted, delta)
+    }
+}

@@ -1,0 +1,521 @@
+//! The anti-entropy session: a state machine in the quinn-proto style.
+//!
+//! Feed it the peer's messages with [`Session::handle_message`], and send
+//! whatever [`Session::poll_transmit`] returns, in order, until it returns
+//! `None`. It never touches a socket or a clock. One session runs on one
+//! bidirectional stream; both sides may transmit at once.
+//!
+//! ```text
+//! initiator                                   responder
+//!   Begin{root,count,view,floors}  ------->
+//!                                  <-------   Accept{root,count,view,floors}
+//!   equal roots: done (one root each way)
+//!   one side nearly empty: both stream every register, then EndOfEntries
+//!   otherwise descend the digest tree, the two sides taking turns:
+//!   Level{1, [root], 16 hashes}    ------->
+//!                                  <-------   Level{2, differing, hashes}
+//!   ...                                       ...
+//!   whoever receives bucket-level hashes sends Summary{key@stamp per
+//!   differing bucket}; the other answers with the registers the summary
+//!   side lacks (Entries...) and EndOfEntries{want}; the summary side sends
+//!   the wanted registers and its own EndOfEntries.
+//!   Each side, once it has the other's EndOfEntries, sends
+//!   Finish{refused}: the registers it refused by its gc_floor, which the
+//!   other side then drops (the refusal reply).
+//! ```
+//!
+//! A side whose session completes records `synced[peer]` = the local time at
+//! which the session started: by then it holds everything the peer held at
+//! the start, or something newer.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::digest::{self, BUCKETS, FANOUT, LEVELS};
+use crate::hlc::Stamp;
+use crate::membership::MemberId;
+use crate::replica::{Replica, SyncRefused};
+use crate::store::{Change, Register};
+use crate::wire::{encoded_len, Refusal, SyncHello, SyncMsg, LENGTH_PREFIX};
+
+/// Default bytes of registers per `Entries` message: large enough to
+/// amortize framing, small enough to interleave with other traffic.
+pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
+
+/// A nearly empty side: when the smaller store holds at most
+/// `1/STREAM_RATIO` of the larger, descending the tree costs more than it
+/// saves, and both sides stream everything instead.
+pub const STREAM_RATIO: u64 = 16;
+
+/// Which side opened the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sent `Begin`.
+    Initiator,
+    /// Answered with `Accept`.
+    Responder,
+}
+
+/// Where the session stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Responder, waiting for `Begin`.
+    AwaitBegin,
+    /// Initiator, waiting for `Accept`.
+    AwaitAccept,
+    /// Taking turns down the digest tree.
+    Descend,
+    /// Exchanging registers.
+    Exchange,
+    /// Complete: `synced` was recorded.
+    Done,
+    /// Ended without completing.
+    Failed,
+}
+
+/// How the differences were found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Not decided yet.
+    #[default]
+    Undecided,
+    /// The roots matched.
+    InSync,
+    /// One side was nearly empty: everything was streamed.
+    Stream,
+    /// The digest tree was descended.
+    Descend,
+}
+
+/// What a session cost and moved. Byte counts include framing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Bytes this side sent.
+    pub bytes_sent: u64,
+    /// Bytes this side received.
+    pub bytes_received: u64,
+    /// Messages this side sent.
+    pub messages_sent: u64,
+    /// Messages this side received.
+    pub messages_received: u64,
+    /// Registers this side sent.
+    pub entries_sent: u64,
+    /// Registers this side received.
+    pub entries_received: u64,
+    /// Registers this side refused by its floor.
+    pub refused: u64,
+    /// Registers this side dropped on the peer's refusal reply.
+    pub dropped_on_reply: u64,
+    /// How the differences were found.
+    pub mode: Mode,
+}
+
+/// Why a session failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// The peer broke the protocol; the session (and connection) is closed.
+    #[error("anti-entropy protocol violation: {0}")]
+    Protocol(String),
+    /// The peer refused the session.
+    #[error("peer refused anti-entropy: {0:?}")]
+    Rejected(Refusal),
+    /// This side refused the peer (a `Reject` is queued for it).
+    #[error("refused anti-entropy with a superseded or departed peer")]
+    RefusedPeer,
+    /// This process has been superseded and must stop.
+    #[error("this peer was superseded by a newer incarnation")]
+    SelfSuperseded,
+}
+
+/// One anti-entropy session. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    phase: Phase,
+    peer: Option<MemberId>,
+    peer_booted: bool,
+    /// Local time at which this side started the session: what `synced`
+    /// records on completion.
+    started_ms: u64,
+    /// Control messages, sent before anything else.
+    out: VecDeque<SyncMsg>,
+    /// Registers still to send, cut into `Entries` messages.
+    pending: VecDeque<(Bytes, Register)>,
+    /// Stream mode: the next shard to copy into `pending`. Copying a shard
+    /// at a time keeps a big store from being copied whole into memory.
+    stream_shard: Option<usize>,
+    /// Messages to send once `pending` is drained (EndOfEntries, Finish).
+    after: VecDeque<SyncMsg>,
+    end_queued: bool,
+    finish_sent: bool,
+    finish_received: bool,
+    /// Registers refused by our floor, reported in our `Finish`.
+    refused: Vec<(Bytes, Stamp)>,
+    /// Changes made to our store, for subscribers.
+    changes: Vec<Change>,
+    stats: SessionStats,
+    batch_bytes: usize,
+}
+
+impl Session {
+    /// Opens a session as initiator at local time `now_ms`: `Begin` is
+    /// queued.
+    pub fn initiate(replica: &Replica, now_ms: u64) -> Session {
+        let mut s = Session::new(Role::Initiator, now_ms);
+        s.out.push_back(SyncMsg::Begin(replica.sync_hello()));
+        s.phase = Phase::AwaitAccept;
+        s
+    }
+
+    /// Waits for a peer's `Begin` as responder.
+    pub fn respond(now_ms: u64) -> Session {
+        Session::new(Role::Responder, now_ms)
+    }
+
+    fn new(role: Role, now_ms: u64) -> Session {
+        Session {
+            role,
+            phase: Phase::AwaitBegin,
+            peer: None,
+            peer_booted: false,
+            started_ms: now_ms,
+            out: VecDeque::new(),
+            pending: VecDeque::new(),
+            stream_shard: None,
+            after: VecDeque::new(),
+            end_queued: false,
+            finish_sent: false,
+            finish_received: false,
+            refused: Vec::new(),
+            changes: Vec::new(),
+            stats: SessionStats::default(),
+            batch_bytes: DEFAULT_BATCH_BYTES,
+        }
+    }
+
+    /// Sets the size of `Entries` messages (bytes of registers, estimated).
+    pub fn with_batch_bytes(mut self, bytes: usize) -> Session {
+        self.batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Which side this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Where the session stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True once the session completed and `synced` was recorded.
+    pub fn is_complete(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// True once nothing more will happen: complete or failed, and
+    /// everything queued was transmitted.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Done | Phase::Failed) && self.out.is_empty() && self.after.is_empty()
+    }
+
+    /// The peer, once its opening arrived.
+    pub fn peer(&self) -> Option<&MemberId> {
+        self.peer.as_ref()
+    }
+
+    /// Cost and traffic so far.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Takes the store changes made so far, for subscribers.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn complete(&mut self, replica: &Replica) {
+        if let Some(p) = &self.peer {
+            replica.complete_sync(p, self.started_ms, self.peer_booted);
+        }
+        self.phase = Phase::Done;
+    }
+
+    fn fail(&mut self) {
+        self.phase = Phase::Failed;
+        self.pending.clear();
+        self.after.clear();
+        self.stream_shard = None;
+    }
+
+    /// Handles one message from the peer at local time `now_ms`.
+    ///
+    /// On error the session has failed; anything still queued (such as a
+    /// `Reject`) should be sent before the stream is closed.
+    pub fn handle_message(&mut self, replica: &Replica, msg: SyncMsg, now_ms: u64) -> Result<(), SyncError> {
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += frame_len(&msg);
+        let r = self.handle_inner(replica, msg, now_ms);
+        if r.is_err() {
+            self.fail();
+        }
+        r
+    }
+
+    fn handle_inner(&mut self, replica: &Replica, msg: SyncMsg, now_ms: u64) -> Result<(), SyncError> {
+        match (self.phase, msg) {
+            (Phase::AwaitBegin, SyncMsg::Begin(h)) => {
+                self.started_ms = now_ms;
+                self.open(replica, &h, now_ms)?;
+                let mine = replica.sync_hello();
+                let (root, count) = (mine.root, mine.count);
+                self.out.push_back(SyncMsg::Accept(mine));
+                self.decide(replica, (root, count), (h.root, h.count));
+                Ok(())
+            }
+            (Phase::AwaitAccept, SyncMsg::Accept(h)) => {
+                self.open(replica, &h, now_ms)?;
+                let (root, count) = replica.store().root();
+                self.decide(replica, (root, count), (h.root, h.count));
+                if self.stats.mode == Mode::Descend {
+                    let hashes = children(replica, 1, &[0]);
+                    self.out.push_back(SyncMsg::Level { level: 1, parents: vec![0], hashes });
+                }
+                Ok(())
+            }
+            (Phase::AwaitAccept, SyncMsg::Reject(why)) => Err(SyncError::Rejected(why)),
+            (Phase::Descend, SyncMsg::Level { level, parents, hashes }) => self.on_level(replica, level, parents, hashes),
+            (Phase::Descend, SyncMsg::Summary(buckets)) => self.on_summary(replica, buckets),
+            (Phase::Exchange, SyncMsg::Entries(regs)) => {
+                self.stats.entries_received += regs.len() as u64;
+                let out = replica.store().merge(regs, now_ms);
+                self.stats.refused += out.refused.len() as u64;
+                self.refused.extend(out.refused);
+                self.changes.extend(out.changes);
+                Ok(())
+            }
+            (Phase::Exchange, SyncMsg::EndOfEntries { want }) => {
+                for k in want {
+                    if let Some(reg) = replica.store().register(&k) {
+                        self.pending.push_back((k, reg));
+                    }
+                }
+                if !self.end_queued {
+                    self.end_queued = true;
+                    self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
+                }
+                let refused = std::mem::take(&mut self.refused);
+                self.after.push_back(SyncMsg::Finish { refused });
+                Ok(())
+            }
+            (Phase::Exchange, SyncMsg::Finish { refused }) => {
+                if self.finish_received {
+                    return Err(SyncError::Protocol("second Finish".into()));
+                }
+                for (k, st) in refused {
+                    if let Some(c) = replica.store().drop_refused(&k, st, now_ms) {
+                        self.changes.push(c);
+                    }
+                    self.stats.dropped_on_reply += 1;
+                }
+                self.finish_received = true;
+                if self.finish_sent {
+                    self.complete(replica);
+                }
+                Ok(())
+            }
+            (_, SyncMsg::Reject(why)) => Err(SyncError::Rejected(why)),
+            (phase, m) => Err(SyncError::Protocol(format!("unexpected {} in phase {phase:?}", msg_name(&m)))),
+        }
+    }
+
+    fn open(&mut self, replica: &Replica, h: &SyncHello, now_ms: u64) -> Result<(), SyncError> {
+        match replica.observe_sync_hello(h, now_ms) {
+            Ok(changes) => self.changes.extend(changes),
+            Err(SyncRefused::Peer(why)) => {
+                self.out.clear();
+                self.out.push_back(SyncMsg::Reject(why));
+                return Err(SyncError::RefusedPeer);
+            }
+            Err(SyncRefused::SelfSuperseded) => return Err(SyncError::SelfSuperseded),
+        }
+        self.peer = Some(h.from.clone());
+        self.peer_booted = h.booted;
+        Ok(())
+    }
+
+    /// Chooses the mode from both (root, count) pairs; both sides decide
+    /// alike because they see the same two pairs.
+    fn decide(&mut self, replica: &Replica, mine: (u64, u64), theirs: (u64, u64)) {
+        if mine == theirs {
+            self.stats.mode = Mode::InSync;
+            self.complete(replica);
+            return;
+        }
+        let (small, big) = (mine.1.min(theirs.1), mine.1.max(theirs.1));
+        if small.saturating_mul(STREAM_RATIO) <= big {
+            self.stats.mode = Mode::Stream;
+            self.phase = Phase::Exchange;
+            self.stream_shard = Some(0);
+            self.end_queued = true;
+            self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
+        } else {
+            self.stats.mode = Mode::Descend;
+            self.phase = Phase::Descend;
+        }
+    }
+
+    fn on_level(&mut self, replica: &Replica, level: u8, parents: Vec<u32>, hashes: Vec<u64>) -> Result<(), SyncError> {
+        if level == 0 || level > LEVELS {
+            return Err(SyncError::Protocol(format!("level {level} out of range")));
+        }
+        if hashes.len() != parents.len() * FANOUT {
+            return Err(SyncError::Protocol(format!("{} hashes for {} parents", hashes.len(), parents.len())));
+        }
+        let parent_width = digest::width(level - 1) as u32;
+        if parents.windows(2).any(|w| w[0] >= w[1]) || parents.last().is_some_and(|p| *p >= parent_width) {
+            return Err(SyncError::Protocol("parent indices not increasing or out of range".into()));
+        }
+        let parents: Vec<usize> = parents.into_iter().map(|p| p as usize).collect();
+        let mine = children(replica, level, &parents);
+        let differing: Vec<usize> = parents
+            .iter()
+            .flat_map(|p| (0..FANOUT).map(move |c| p * FANOUT + c))
+            .zip(mine.iter().zip(hashes.iter()))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, _)| i)
+            .collect();
+        if differing.is_empty() || level == LEVELS {
+            // `differing` are bucket indices here (or nothing differs any
+            // more: the stores converged while we descended).
+            let summary = if level == LEVELS {
+                replica
+                    .store()
+                    .bucket_summaries(&differing)
+                    .into_iter()
+                    .map(|(b, items)| (b as u32, items))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            self.out.push_back(SyncMsg::Summary(summary));
+            self.phase = Phase::Exchange;
+        } else {
+            let hashes = children(replica, level + 1, &differing);
+            let parents = differing.into_iter().map(|p| p as u32).collect();
+            self.out.push_back(SyncMsg::Level { level: level + 1, parents, hashes });
+        }
+        Ok(())
+    }
+
+    fn on_summary(&mut self, replica: &Replica, buckets: Vec<(u32, Vec<(Bytes, Stamp)>)>) -> Result<(), SyncError> {
+        if buckets.windows(2).any(|w| w[0].0 >= w[1].0) || buckets.last().is_some_and(|b| b.0 as usize >= BUCKETS) {
+            return Err(SyncError::Protocol("summary buckets not increasing or out of range".into()));
+        }
+        let ids: Vec<usize> = buckets.iter().map(|b| b.0 as usize).collect();
+        let mine = replica.store().bucket_registers(&ids);
+        let mut want = Vec::new();
+        for ((_, theirs), (_, ours)) in buckets.into_iter().zip(mine) {
+            let theirs: HashMap<Bytes, Stamp> = theirs.into_iter().collect();
+            let ours_idx: HashMap<&Bytes, Stamp> = ours.iter().map(|(k, r)| (k, r.marker)).collect();
+            for (k, st) in &theirs {
+                if ours_idx.get(k).is_none_or(|o| o < st) {
+                    want.push(k.clone());
+                }
+            }
+            for (k, r) in ours {
+                if theirs.get(&k).is_none_or(|t| *t < r.marker) {
+                    self.pending.push_back((k, r));
+                }
+            }
+        }
+        self.end_queued = true;
+        self.after.push_back(SyncMsg::EndOfEntries { want });
+        self.phase = Phase::Exchange;
+        Ok(())
+    }
+
+    /// The next message to send, if any. Call until it returns `None`.
+    pub fn poll_transmit(&mut self, replica: &Replica) -> Option<SyncMsg> {
+        let msg = self.next_message(replica)?;
+        if let SyncMsg::Entries(e) = &msg {
+            self.stats.entries_sent += e.len() as u64;
+        }
+        if matches!(msg, SyncMsg::Finish { .. }) {
+            self.finish_sent = true;
+            if self.finish_received && self.phase != Phase::Done {
+                self.complete(replica);
+            }
+        }
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += frame_len(&msg);
+        Some(msg)
+    }
+
+    fn next_message(&mut self, replica: &Replica) -> Option<SyncMsg> {
+        if let Some(m) = self.out.pop_front() {
+            return Some(m);
+        }
+        if self.phase == Phase::Failed {
+            return None;
+        }
+        loop {
+            if !self.pending.is_empty() {
+                let mut size = 0;
+                let mut batch = Vec::new();
+                while let Some((k, r)) = self.pending.front() {
+                    let s = k.len() + r.val.payload_len() + 24;
+                    if !batch.is_empty() && size + s > self.batch_bytes {
+                        break;
+                    }
+                    size += s;
+                    let e = self.pending.pop_front().expect("front() was Some");
+                    batch.push(e);
+                }
+                return Some(SyncMsg::Entries(batch));
+            }
+            match self.stream_shard {
+                Some(s) if s < replica.store().shard_count() => {
+                    self.pending.extend(replica.store().shard_registers(s));
+                    self.stream_shard = Some(s + 1);
+                }
+                _ => break,
+            }
+        }
+        self.after.pop_front()
+    }
+}
+
+/// The digests of the children of `parents` (nodes at `level - 1`), in
+/// order: `FANOUT` per parent.
+fn children(replica: &Replica, level: u8, parents: &[usize]) -> Vec<u64> {
+    let span = digest::span(level);
+    let mut out = Vec::with_capacity(parents.len() * FANOUT);
+    for p in parents {
+        for c in 0..FANOUT {
+            let lo = (p * FANOUT + c) * span;
+            out.push(replica.store().range_digest(lo, lo + span));
+        }
+    }
+    out
+}
+
+fn frame_len(msg: &SyncMsg) -> u64 {
+    // One byte of `Message` tag around the sync message, plus the prefix.
+    (encoded_len(msg) + 1 + LENGTH_PREFIX) as u64
+}
+
+fn msg_name(m: &SyncMsg) -> &'static str {
+    match m {
+        SyncMsg::Begin(_) => "Begin",
+        SyncMsg::Accept(_) => "Accept",
+        SyncMsg::Reject(_) => "Reject",
+        SyncMsg::Level { .. } => "Level",
+        SyncMsg::Summary(_) => "Summary",
+        SyncMsg::Entries(_) => "Entries",
+        SyncMsg::EndOfEntries { .. } => "EndOfEntries",
+        SyncMsg::Finish { .. } => "Finish",
+    }
+}

@@ -1,0 +1,289 @@
+//! The wire format: one [`Message`] enum, postcard-encoded, behind a 4-byte
+//! big-endian length prefix.
+//!
+//! A frame longer than the configured maximum is refused before any of it is
+//! buffered or decoded, and decoding never allocates more than the frame
+//! holds (postcard reads lengths from the frame and serde caps its
+//! preallocation), so hostile bytes cost at most one frame of memory.
+//!
+//! Adding a variant at the end of an enum is compatible; anything else bumps
+//! [`PROTOCOL_VERSION`], which the hello carries.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::hlc::Stamp;
+use crate::membership::{Incarnation, MemberId, MemberInfo};
+use crate::store::Register;
+
+/// The protocol version carried in every hello. Peers with another version
+/// are refused with [`Refusal::Version`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Default maximum frame size: 16 MiB, room for large values while bounding
+/// what one hostile frame can make a peer buffer.
+pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// Everything peers say to each other.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// The first message each way on a connection. Data flows only after
+    /// both hellos were accepted (TLS 1.3 lets a rejected client believe it
+    /// connected, so authentication counts only after this exchange).
+    Hello(Hello),
+    /// The hello was refused; the connection closes.
+    Refused(Refusal),
+    /// A batch of pushed writes.
+    Deltas(DeltaBatch),
+    /// One anti-entropy session message.
+    Sync(SyncMsg),
+    /// An opaque membership (failure detection) payload.
+    Membership(Bytes),
+    /// The sender is shutting down gracefully and leaves the mesh.
+    Goodbye(MemberId),
+}
+
+/// The hello: who is speaking, and what its clocks say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// The sender.
+    pub from: MemberId,
+    /// The sender's physical clock (Unix ms), for the skew check.
+    pub physical_ms: u64,
+    /// The sender's HLC, which the receiver observes.
+    pub hlc: u64,
+}
+
+/// Why a hello was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// Protocol versions differ.
+    Version {
+        /// The refusing side's version.
+        ours: u16,
+    },
+    /// The physical clocks are further apart than `max_offset`.
+    Skew {
+        /// The sender's clock minus the refuser's, in ms.
+        offset_ms: i64,
+        /// The refuser's bound.
+        max_offset_ms: u64,
+    },
+    /// A newer incarnation of the sender's name is known, or the sender was
+    /// forgotten or has left: it must stop, or wipe and rejoin.
+    Superseded {
+        /// The incarnation the refuser knows, if newer.
+        current: Option<Incarnation>,
+    },
+}
+
+/// Pushed writes, with what the receiver needs to apply them safely.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeltaBatch {
+    /// The sender (pushes from a superseded incarnation are dropped).
+    pub from: MemberId,
+    /// The sender's HLC.
+    pub hlc: u64,
+    /// The sender's `clear_below`, merged first.
+    pub clear_below: Stamp,
+    /// The sender's membership view, when it changed since the last batch.
+    pub members: Option<Vec<MemberInfo>>,
+    /// The writes.
+    pub entries: Vec<(Bytes, Register)>,
+}
+
+/// Anti-entropy session messages; see `sync::session` for the exchange.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SyncMsg {
+    /// Initiator to responder: who, clocks, floors, view, and the root.
+    Begin(SyncHello),
+    /// Responder to initiator: the same.
+    Accept(SyncHello),
+    /// The responder will not sync with this initiator.
+    Reject(Refusal),
+    /// Digests of the children of `parents` at `level` (`FANOUT` hashes per
+    /// parent, in order).
+    Level {
+        /// Tree level of the hashes (1 = children of the root).
+        level: u8,
+        /// Indices, at `level - 1`, of the nodes that differ.
+        parents: Vec<u32>,
+        /// The sender's digests of their children.
+        hashes: Vec<u64>,
+    },
+    /// Keys and stamps the sender holds in buckets that differ.
+    Summary(Vec<(u32, Vec<(Bytes, Stamp)>)>),
+    /// Registers for the receiver.
+    Entries(Vec<(Bytes, Register)>),
+    /// The sender has sent every register it will; `want` lists keys it
+    /// asks the receiver to send.
+    EndOfEntries {
+        /// Keys whose registers the sender wants.
+        want: Vec<Bytes>,
+    },
+    /// The last message each way: registers the sender refused by its
+    /// `gc_floor` (the receiver drops its copies: the refusal reply).
+    Finish {
+        /// Refused `key@stamp`s.
+        refused: Vec<(Bytes, Stamp)>,
+    },
+}
+
+/// The opening of an anti-entropy session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncHello {
+    /// The sender.
+    pub from: MemberId,
+    /// The sender's HLC.
+    pub hlc: u64,
+    /// Whether the sender has completed bootstrap.
+    pub booted: bool,
+    /// The sender's `clear_below`.
+    pub clear_below: Stamp,
+    /// The sender's membership view.
+    pub members: Vec<MemberInfo>,
+    /// The sender's digest root.
+    pub root: u64,
+    /// Registers the sender holds.
+    pub count: u64,
+}
+
+/// Why a frame could not be decoded. The connection that sent it is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The length prefix announces more than the maximum frame size.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// The payload decoded but bytes were left over.
+    #[error("malformed frame: {0} trailing bytes")]
+    TrailingBytes(usize),
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({have} of {need} bytes)")]
+    Truncated {
+        /// Bytes available.
+        have: usize,
+        /// Bytes the frame needs.
+        need: usize,
+    },
+    /// A message is too large to send as one frame.
+    #[error("message of {len} bytes exceeds the maximum frame of {max}")]
+    MessageTooLarge {
+        /// Encoded length.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+}
+
+/// Encodes and decodes length-prefixed frames.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameCodec {
+    max_frame: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec { max_frame: DEFAULT_MAX_FRAME }
+    }
+}
+
+impl FrameCodec {
+    /// A codec refusing frames longer than `max_frame` bytes (payload).
+    pub fn new(max_frame: usize) -> Self {
+        FrameCodec { max_frame }
+    }
+
+    /// The configured maximum payload size.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Appends one frame holding `msg` to `dst`.
+    pub fn encode(&self, msg: &Message, dst: &mut BytesMut) -> Result<(), WireError> {
+        let body = postcard::to_stdvec(msg)?;
+        if body.len() > self.max_frame {
+            return Err(WireError::MessageTooLarge { len: body.len(), max: self.max_frame });
+        }
+        dst.reserve(LENGTH_PREFIX + body.len());
+        dst.put_u32(body.len() as u32);
+        dst.extend_from_slice(&body);
+        Ok(())
+    }
+
+    /// Encodes `msg` as one frame.
+    pub fn encode_to_bytes(&self, msg: &Message) -> Result<Bytes, WireError> {
+        let mut b = BytesMut::new();
+        self.encode(msg, &mut b)?;
+        Ok(b.freeze())
+    }
+
+    /// Takes one frame from the front of `src`, if a whole one is there.
+    ///
+    /// Returns `Ok(None)` when more bytes are needed. An oversized length is
+    /// an error as soon as the prefix is read, before the body arrives.
+    pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
+        if src.len() < LENGTH_PREFIX {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame {
+            return Err(WireError::FrameTooLarge { len, max: self.max_frame });
+        }
+        if src.len() < LENGTH_PREFIX + len {
+            src.reserve(LENGTH_PREFIX + len - src.len());
+            return Ok(None);
+        }
+        src.advance(LENGTH_PREFIX);
+        let body = src.split_to(len);
+        decode_payload(&body).map(Some)
+    }
+
+    /// Decodes a buffer that must hold exactly whole frames (a finished
+    /// stream); a partial frame at the end is [`WireError::Truncated`].
+    pub fn decode_all(&self, bytes: &[u8]) -> Result<Vec<Message>, WireError> {
+        let mut src = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(m) = self.decode(&mut src)? {
+            out.push(m);
+        }
+        if !src.is_empty() {
+            let need = if src.len() >= LENGTH_PREFIX {
+                LENGTH_PREFIX + u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize
+            } else {
+                LENGTH_PREFIX
+            };
+            return Err(WireError::Truncated { have: src.len(), need });
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes one frame's payload (without the length prefix).
+pub fn decode_payload(body: &[u8]) -> Result<Message, WireError> {
+    let (msg, rest) = postcard::take_from_bytes::<Message>(body)?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    Ok(msg)
+}
+
+/// The encoded size of a message, without the length prefix.
+pub fn encoded_len<T: Serialize>(msg: &T) -> usize {
+    postcard::experimental::serialized_size(msg).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
