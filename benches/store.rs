@@ -1,1 +1,205 @@
-fn main(){}
+//! Criterion benchmarks of the core [`Store`]: local reads (hit and miss),
+//! local overwrites, merges of remote registers, and reads from two threads
+//! against one shared store.
+//!
+//! Every operation is given the same fixed `now`, so no benchmark reads the
+//! system clock. Run with `cargo bench --bench store`.
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use meshcache::hlc::{NodeId, Stamp};
+use meshcache::store::{Register, Slot, Store, StoreConfig};
+
+/// Keys preloaded into every store.
+const KEYS: usize = 100_000;
+/// Bytes per value.
+const VALUE_LEN: usize = 100;
+/// The fixed physical time (Unix ms) passed to every operation.
+const NOW: u64 = 1_700_000_000_000;
+/// Remote registers per merge batch.
+const MERGE_BATCH: usize = 1_000;
+
+/// A 16-byte key such as `key:000000012345`.
+fn key(i: usize) -> Bytes {
+    let k = format!("key:{i:012}");
+    debug_assert_eq!(k.len(), 16);
+    Bytes::from(k)
+}
+
+/// The preloaded key set, in index order.
+fn keys() -> Vec<Bytes> {
+    (0..KEYS).map(key).collect()
+}
+
+/// 16-byte keys of the same shape that are never stored.
+fn miss_keys() -> Vec<Bytes> {
+    (0..KEYS).map(|i| key(1_000_000_000 + i)).collect()
+}
+
+fn value() -> Bytes {
+    Bytes::from(vec![0xab; VALUE_LEN])
+}
+
+/// A store holding every key of `keys`, each written locally at `now`.
+fn preloaded(keys: &[Bytes], now: u64) -> Store {
+    let store = Store::new(NodeId(1), StoreConfig::default()).expect("default config is valid");
+    let v = value();
+    for k in keys {
+        store.put(k.clone(), v.clone(), None, now);
+    }
+    assert_eq!(store.len(), keys.len());
+    store
+}
+
+/// The next index in a cycle over `KEYS` keys.
+#[inline]
+fn next(i: usize) -> usize {
+    let n = i + 1;
+    if n == KEYS {
+        0
+    } else {
+        n
+    }
+}
+
+fn bench_get(c: &mut Criterion, store: &Store, keys: &[Bytes]) {
+    let misses = miss_keys();
+    let mut group = c.benchmark_group("get");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("hit", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let r = store.get(&keys[i], NOW);
+            i = next(i);
+            debug_assert!(r.is_some());
+            black_box(r)
+        })
+    });
+    group.bench_function("miss", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let r = store.get(&misses[i], NOW);
+            i = next(i);
+            debug_assert!(r.is_none());
+            black_box(r)
+        })
+    });
+    group.finish();
+}
+
+fn bench_put(c: &mut Criterion, keys: &[Bytes]) {
+    let store = preloaded(keys, NOW);
+    let v = value();
+    let mut group = c.benchmark_group("put");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("overwrite", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            // Key and value are `Bytes` clones: a refcount bump, no copy.
+            let w = store.put(keys[i].clone(), v.clone(), None, NOW);
+            i = next(i);
+            black_box(w)
+        })
+    });
+    group.finish();
+}
+
+fn bench_merge(c: &mut Criterion, keys: &[Bytes]) {
+    // Preload with local stamps a minute in the past, so that remote stamps
+    // starting at NOW - 50 s replace them. Remote stamps then rise by one per
+    // register: 50.5 s of headroom below the `max_offset` bar is 3.3 billion
+    // registers, far more than a run merges.
+    let store = preloaded(keys, NOW - 60_000);
+    let v = value();
+    let mut hlc = Stamp::pack(NOW - 50_000, 0);
+    let mut cursor = 0;
+    let mut group = c.benchmark_group("merge");
+    group.throughput(Throughput::Elements(MERGE_BATCH as u64));
+    group.bench_function("batch1000", |b| {
+        b.iter_batched(
+            || {
+                (0..MERGE_BATCH)
+                    .map(|_| {
+                        hlc += 1;
+                        let k = keys[cursor].clone();
+                        cursor = next(cursor);
+                        let reg = Register {
+                            val: Slot::Value { data: v.clone(), expires_at_ms: None },
+                            marker: Stamp { hlc, node: NodeId(2) },
+                        };
+                        (k, reg)
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |batch| {
+                let out = store.merge(batch, NOW);
+                debug_assert_eq!(out.changes.len(), MERGE_BATCH);
+                out
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn bench_get_parallel(c: &mut Criterion, store: &Arc<Store>, keys: &Arc<Vec<Bytes>>) {
+    const THREADS: usize = 2;
+    let mut group = c.benchmark_group("get_parallel");
+    // `iters` gets are split across the threads, so the reported time is wall
+    // time per get and the throughput is gets per second over all threads.
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("2threads", |b| {
+        b.iter_custom(|iters| {
+            let barrier = Arc::new(Barrier::new(THREADS + 1));
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (store, keys, barrier) = (store.clone(), keys.clone(), barrier.clone());
+                    // Thread 0 takes the remainder of an odd split.
+                    let n = iters / THREADS as u64 + u64::from(t == 0) * (iters % THREADS as u64);
+                    thread::spawn(move || {
+                        // Start the threads half the key set apart.
+                        let mut i = t * KEYS / THREADS;
+                        barrier.wait();
+                        for _ in 0..n {
+                            black_box(store.get(&keys[i], NOW));
+                            i = next(i);
+                        }
+                    })
+                })
+                .collect();
+            // Thread spawning is not timed: the clock starts once every
+            // thread is at the barrier.
+            barrier.wait();
+            let start = Instant::now();
+            for h in handles {
+                h.join().expect("reader thread panicked");
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let keys = Arc::new(keys());
+    let store = Arc::new(preloaded(&keys, NOW));
+    bench_get(c, &store, &keys);
+    bench_put(c, &keys);
+    bench_merge(c, &keys);
+    bench_get_parallel(c, &store, &keys);
+}
+
+criterion_group! {
+    name = store;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    targets = benches
+}
+criterion_main!(store);

@@ -253,10 +253,7 @@ mod tests {
     fn observe_refuses_remote_too_far_ahead() {
         let c = Clock::new(NodeId(1), 500);
         let err = c.observe(Stamp::pack(1501, 0), 1000).unwrap_err();
-        assert_eq!(
-            err,
-            ClockError::TooFarAhead { remote_ms: 1501, local_ms: 1000, ahead_ms: 501, max_offset_ms: 500 }
-        );
+        assert_eq!(err, ClockError::TooFarAhead { remote_ms: 1501, local_ms: 1000, ahead_ms: 501, max_offset_ms: 500 });
         assert_eq!(c.refused(), 1);
         assert_eq!(c.now(1000).physical_ms(), 1000, "refused time must not be adopted");
     }

@@ -187,7 +187,9 @@ impl Members {
         }
         match self.peers.get(&id.name) {
             None => false,
-            Some(p) => id.incarnation < p.incarnation || (id.incarnation == p.incarnation && p.status != Status::Active),
+            Some(p) => {
+                id.incarnation < p.incarnation || (id.incarnation == p.incarnation && p.status != Status::Active)
+            }
         }
     }
 
@@ -242,9 +244,10 @@ impl Members {
 
     /// Active members other than `me`, with their `synced` watermark.
     pub fn active(&self) -> impl Iterator<Item = (MemberId, Option<u64>)> + '_ {
-        self.peers.iter().filter(|(_, p)| p.status == Status::Active).map(|(name, p)| {
-            (MemberId { name: name.clone(), incarnation: p.incarnation }, p.synced_ms)
-        })
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.status == Status::Active)
+            .map(|(name, p)| (MemberId { name: name.clone(), incarnation: p.incarnation }, p.synced_ms))
     }
 
     /// The incarnation currently known for `name`.

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::hlc::Stamp;
 use crate::membership::{Learned, MemberId, Members, Status};
-use crate::store::{Change, ChangeKind, Compaction, ConfigError, MergeOutcome, Register, Slot, Store, StoreConfig, Written};
+use crate::store::{
+    Change, ChangeKind, Compaction, ConfigError, MergeOutcome, Register, Slot, Store, StoreConfig, Written,
+};
 use crate::wire::{DeltaBatch, Refusal, SyncHello};
 
 /// Why a local write was refused. Nothing was written.

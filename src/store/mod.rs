@@ -36,12 +36,16 @@ pub struct StoreConfig {
     /// Number of shards (a power of two, at most [`BUCKETS`]). More shards
     /// mean less write contention and a smaller stall per clear_below scan.
     pub shards: NonZeroUsize,
-    /// Memory bound in accounted bytes (keys + values + per-entry overhead).
-    /// Past it, values are evicted into stubs. `None` means unbounded.
+    /// Memory bound for values, in accounted bytes (key + value + per-entry
+    /// overhead of every register that holds a value). Past it, values are
+    /// evicted into stubs. Stubs and tombstones are bounded separately, by
+    /// `max_tombstones`. `None` means unbounded.
     pub max_bytes: Option<NonZeroUsize>,
-    /// Tombstone budget. Past it the store compacts by raising `clear_below`
-    /// past its oldest tombstones (a partial flush), so that tombstones stay
-    /// bounded even while collection is paused by a member that is down.
+    /// Budget for registers without a value: tombstones and eviction stubs.
+    /// Past it the store compacts by raising `clear_below` past the oldest
+    /// of them (a partial flush), so that they stay bounded even while
+    /// collection is paused by a member that is down, and even when the
+    /// keys alone outgrow `max_bytes`.
     pub max_tombstones: NonZeroUsize,
     /// The HLC's bound on remote clocks running ahead of local time, in ms.
     /// Also the grace period before an expired value may be collected.
@@ -312,7 +316,7 @@ impl Store {
         let is_tomb = register.val.is_tombstone();
         let (_, mut d) = g.store(key.clone(), kh, lb, register.clone(), now_ms, now_ms);
         if let Some(budget) = self.shard_budget() {
-            if g.bytes > budget {
+            if g.value_bytes > budget {
                 let shift = self.shard_shift;
                 let (n, d2) = g.evict(budget, &key, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1));
                 self.counters.evictions.fetch_add(n as u64, Ordering::Relaxed);
@@ -323,8 +327,9 @@ impl Store {
             }
         }
         drop(g);
+        let grew = is_tomb || d.stubs > 0;
         self.apply(d);
-        if is_tomb {
+        if grew {
             self.compact_if_needed(now_ms);
         }
         Some(Written { key, register, previous, applied: true })
@@ -423,11 +428,11 @@ impl Store {
                 v if v.is_expired(now_ms) => ChangeKind::Expire,
                 _ => ChangeKind::Put,
             };
-            added_tombstone |= kind == ChangeKind::Delete;
+            added_tombstone |= !matches!(reg.val, Slot::Value { .. });
             let stamp = reg.marker;
             let (_, mut d) = g.store(key.clone(), kh, lb, reg, now_ms, now_ms);
             if let Some(budget) = self.shard_budget() {
-                if g.bytes > budget {
+                if g.value_bytes > budget {
                     let shift = self.shard_shift;
                     let (n, d2) = g.evict(budget, &key, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1));
                     self.counters.evictions.fetch_add(n as u64, Ordering::Relaxed);
@@ -438,6 +443,7 @@ impl Store {
                 }
             }
             drop(g);
+            added_tombstone |= d.stubs > 0;
             self.apply(d);
             out.changes.push(Change { key, kind, stamp });
         }
@@ -541,18 +547,19 @@ impl Store {
         (tombs, expired)
     }
 
-    /// Enforces the tombstone budget: past `max_tombstones`, raises
-    /// `clear_below` just above the oldest tombstones so that the newest
-    /// half of the budget remains. Values older than the bar go too.
+    /// Enforces the tombstone budget: past `max_tombstones` tombstones and
+    /// stubs, raises `clear_below` just above the oldest of them so that the
+    /// newest half of the budget remains. Values older than the bar go too.
     pub fn compact_if_needed(&self, _now_ms: u64) -> Option<Compaction> {
         let budget = self.config.max_tombstones.get();
-        if (self.tombstones.load(Ordering::Relaxed).max(0) as usize) <= budget {
+        let held = self.tombstones.load(Ordering::Relaxed).max(0) + self.stubs.load(Ordering::Relaxed).max(0);
+        if held as usize <= budget {
             return None;
         }
         let mut stamps: Vec<Stamp> = Vec::new();
         for sh in self.shards.iter() {
             let g = sh.read();
-            stamps.extend(g.map.values().filter(|e| e.reg.val.is_tombstone()).map(|e| e.reg.marker));
+            stamps.extend(g.map.values().filter(|e| !matches!(e.reg.val, Slot::Value { .. })).map(|e| e.reg.marker));
         }
         if stamps.len() <= budget {
             return None;

@@ -55,6 +55,9 @@ pub(crate) struct Shard {
     pub(crate) expiries: BTreeSet<(u64, Bytes)>,
     /// Accounted bytes (keys, values and `ENTRY_OVERHEAD` per entry).
     pub(crate) bytes: usize,
+    /// The part of `bytes` held by registers with a value: what eviction
+    /// keeps under the memory bound.
+    pub(crate) value_bytes: usize,
     pub(crate) tombstones: usize,
     pub(crate) stubs: usize,
     /// Seeded: eviction sampling is deterministic under simulation.
@@ -93,6 +96,7 @@ impl Shard {
             dead: BTreeSet::new(),
             expiries: BTreeSet::new(),
             bytes: 0,
+            value_bytes: 0,
             tombstones: 0,
             stubs: 0,
             rng: SmallRng::seed_from_u64(seed),
@@ -133,6 +137,9 @@ impl Shard {
             }
         }
         self.bytes = (self.bytes as isize + d.bytes) as usize;
+        if matches!(e.reg.val, Slot::Value { .. }) {
+            self.value_bytes -= cost(key, &e.reg.val);
+        }
         d
     }
 
@@ -142,6 +149,9 @@ impl Shard {
         self.bucket_counts[local_bucket] += 1;
         let c = cost(key, &e.reg.val);
         self.bytes += c;
+        if matches!(e.reg.val, Slot::Value { .. }) {
+            self.value_bytes += c;
+        }
         let mut d = Delta { entries: 1, bytes: c as isize, ..Delta::default() };
         match &e.reg.val {
             Slot::Tombstone => {
@@ -227,7 +237,7 @@ impl Shard {
         // Each round evicts one value or proves there is none to evict; the
         // bound keeps a shard of stubs and tombstones from spinning.
         let mut rounds = 0;
-        while self.bytes > budget && rounds < 64 {
+        while self.value_bytes > budget && rounds < 64 {
             rounds += 1;
             let n = self.map.len();
             if n == 0 {

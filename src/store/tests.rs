@@ -1,1 +1,282 @@
+use super::*;
 
+const T0: u64 = 1_700_000_000_000;
+
+fn store(node: u64) -> Store {
+    Store::new(NodeId(node), StoreConfig::default()).unwrap()
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Recomputes the root from scratch, to check the O(1) upkeep.
+fn recomputed_root(s: &Store) -> (u64, u64) {
+    let (_, all) = s.snapshot();
+    let h = all.iter().fold(0u64, |acc, (k, r)| acc.wrapping_add(digest::entry_hash(key_hash(k), &r.marker)));
+    (h, all.len() as u64)
+}
+
+#[test]
+fn put_get_delete() {
+    let s = store(1);
+    assert_eq!(s.get(b"k", T0), None);
+    let w = s.put(b("k"), b("v1"), None, T0);
+    assert!(w.applied);
+    assert_eq!(w.previous, None);
+    assert_eq!(s.get(b"k", T0), Some(b("v1")));
+    let w = s.put(b("k"), b("v2"), None, T0);
+    assert_eq!(w.previous, Some(b("v1")));
+    let d = s.delete(b("k"), T0);
+    assert_eq!(d.previous, Some(b("v2")));
+    assert_eq!(s.get(b"k", T0), None);
+    assert_eq!(s.stats().tombstones, 1);
+    assert_eq!(s.root(), recomputed_root(&s));
+}
+
+#[test]
+fn ttl_expires_at_writer_stamp_plus_ttl() {
+    let s = store(1);
+    let w = s.put(b("k"), b("v"), Some(100), T0);
+    let exp = w.register.val.expires_at_ms().unwrap();
+    assert_eq!(exp, w.register.marker.physical_ms() + 100);
+    assert_eq!(s.get(b"k", exp), Some(b("v")), "live until now > expires_at");
+    assert_eq!(s.get(b"k", exp + 1), None);
+    let ch = s.expire(exp + 1);
+    assert_eq!(ch.len(), 1);
+    assert_eq!(ch[0].kind, ChangeKind::Expire);
+    assert!(s.expire(exp + 2).is_empty(), "an expiry is reported once");
+}
+
+#[test]
+fn higher_stamp_wins_either_order() {
+    let a = store(1);
+    let c = store(2);
+    let w1 = a.put(b("k"), b("a"), None, T0);
+    let w2 = c.put(b("k"), b("c"), None, T0);
+    assert_ne!(w1.register.marker, w2.register.marker, "same millisecond, distinct stamps");
+    let winner = if w1.register.marker > w2.register.marker { b("a") } else { b("c") };
+    a.merge([(w2.key.clone(), w2.register.clone())], T0);
+    c.merge([(w1.key.clone(), w1.register.clone())], T0);
+    assert_eq!(a.get(b"k", T0), Some(winner.clone()));
+    assert_eq!(c.get(b"k", T0), Some(winner));
+    assert_eq!(a.root(), c.root());
+}
+
+#[test]
+fn merge_is_idempotent_and_reports_changes() {
+    let a = store(1);
+    let c = store(2);
+    let w = a.put(b("k"), b("v"), None, T0);
+    let out = c.merge([(w.key.clone(), w.register.clone())], T0);
+    assert_eq!(out.changes.len(), 1);
+    assert_eq!(out.changes[0].kind, ChangeKind::Put);
+    let out = c.merge([(w.key.clone(), w.register.clone())], T0);
+    assert!(out.changes.is_empty());
+    assert_eq!(out.stale, 1);
+}
+
+#[test]
+fn clear_below_drops_older_and_refuses_them_later() {
+    let s = store(1);
+    let old = s.put(b("a"), b("1"), None, T0);
+    s.delete(b("b"), T0);
+    let (bar, removed) = s.flush_all(T0);
+    assert_eq!(removed, 2);
+    assert!(s.is_empty());
+    assert_eq!(s.stats().tombstones, 0);
+    let out = s.merge([(old.key, old.register)], T0);
+    assert_eq!(out.below_clear, 1);
+    assert!(s.is_empty());
+    let newer = s.put(b("a"), b("2"), None, T0);
+    assert!(newer.register.marker > bar);
+    assert_eq!(s.get(b"a", T0), Some(b("2")));
+}
+
+#[test]
+fn remote_clear_below_is_a_max_register() {
+    let s = store(1);
+    let hi = Stamp { hlc: Stamp::pack(T0, 5), node: NodeId(9) };
+    let lo = Stamp { hlc: Stamp::pack(T0, 1), node: NodeId(9) };
+    s.raise_clear_below(hi, T0).unwrap();
+    s.raise_clear_below(lo, T0).unwrap();
+    assert_eq!(s.floors().clear_below, hi);
+    assert!(s.put(b("k"), b("v"), None, T0).register.marker > hi, "the clock observed the bar");
+}
+
+#[test]
+fn collection_waits_for_the_watermark_and_raises_the_floor() {
+    let s = store(1);
+    let d = s.delete(b("k"), T0);
+    assert_eq!(s.collect(T0 + 10, T0), (0, 0), "arrived at T0, not before T0");
+    assert_eq!(s.stats().tombstones, 1);
+    assert_eq!(s.collect(T0 + 10, T0 + 1), (1, 0));
+    assert!(s.is_empty());
+    assert_eq!(s.floors().gc_floor, d.register.marker);
+    assert_eq!(s.root(), (0, 0));
+}
+
+#[test]
+fn floor_filter_refuses_absent_keys_only() {
+    let a = store(1);
+    let s = store(2);
+    let old = a.put(b("k"), b("old"), None, T0);
+    let held = a.put(b("h"), b("held-old"), None, T0);
+    s.merge([(held.key.clone(), held.register.clone())], T0);
+    let newer = a.put(b("h"), b("held-new"), None, T0 + 1);
+    // `s` collects a tombstone stamped above `old` and `held`.
+    s.delete(b("x"), T0 + 2);
+    s.collect(T0 + 5, T0 + 5);
+    assert!(s.floors().gc_floor > newer.register.marker);
+    let out = s.merge([(old.key.clone(), old.register.clone()), (newer.key.clone(), newer.register.clone())], T0 + 5);
+    assert_eq!(out.refused, vec![(old.key.clone(), old.register.marker)], "absent key below the floor is refused");
+    assert_eq!(s.get(b"h", T0 + 5), Some(b("held-new")), "a held key still takes a newer register");
+    assert_eq!(s.stats().refused_floor, 1);
+}
+
+#[test]
+fn refusal_reply_drops_exact_register_and_raises_floor() {
+    let s = store(1);
+    let w = s.put(b("k"), b("v"), None, T0);
+    let other = Stamp { hlc: w.register.marker.hlc, node: NodeId(77) };
+    assert!(s.drop_refused(&w.key, other, T0).is_none(), "a different register is kept");
+    let ch = s.drop_refused(&w.key, w.register.marker, T0).unwrap();
+    assert_eq!(ch.kind, ChangeKind::Delete);
+    assert!(s.is_empty());
+    assert_eq!(s.floors().gc_floor, w.register.marker);
+    let out = s.merge([(w.key.clone(), w.register.clone())], T0);
+    assert_eq!(out.refused.len(), 1, "the dropped register cannot come back");
+}
+
+#[test]
+fn expired_values_are_collected_after_the_skew_grace() {
+    let s = store(1);
+    let w = s.put(b("k"), b("v"), Some(10), T0);
+    let exp = w.register.val.expires_at_ms().unwrap();
+    s.expire(exp + 1);
+    assert_eq!(s.collect(exp + 1, u64::MAX), (0, 0), "grace of max_offset not over");
+    let grace = s.config().max_offset_ms;
+    assert_eq!(s.collect(exp + grace + 1, u64::MAX), (0, 1));
+    assert_eq!(s.floors().gc_floor, w.register.marker);
+}
+
+#[test]
+fn compaction_bounds_tombstones() {
+    let cfg = StoreConfig { max_tombstones: NonZeroUsize::new(10).unwrap(), ..StoreConfig::default() };
+    let s = Store::new(NodeId(1), cfg).unwrap();
+    let survivor = s.put(b("old-value"), b("v"), None, T0);
+    for i in 0..11 {
+        s.delete(Bytes::from(format!("k{i}")), T0 + i);
+    }
+    let st = s.stats();
+    assert!(st.tombstones <= 10, "{st:?}");
+    assert_eq!(st.compactions, 1);
+    assert_eq!(st.compacted_values, 1);
+    assert!(st.floors.clear_below > survivor.register.marker);
+    assert_eq!(s.get(b"old-value", T0 + 20), None, "a partial flush takes older values too");
+    // The newest half of the budget remains.
+    assert_eq!(st.tombstones, 5);
+    assert_eq!(s.root(), recomputed_root(&s));
+}
+
+#[test]
+fn eviction_leaves_stubs_with_equal_digests() {
+    let cfg = StoreConfig {
+        shards: NonZeroUsize::new(1).unwrap(),
+        max_bytes: NonZeroUsize::new(20 * (shard::ENTRY_OVERHEAD + 200)),
+        max_tombstones: NonZeroUsize::new(1000).unwrap(),
+        ..StoreConfig::default()
+    };
+    let small = Store::new(NodeId(1), cfg).unwrap();
+    let big = store(2);
+    let value = Bytes::from(vec![7u8; 200]);
+    for i in 0..100u64 {
+        let w = small.put(Bytes::from(format!("k{i:03}")), value.clone(), None, T0 + i);
+        big.merge([(w.key, w.register)], T0 + i);
+    }
+    let st = small.stats();
+    assert!(st.evictions > 0 && st.stubs > 0, "{st:?}");
+    let stub_bytes = st.stubs * (shard::ENTRY_OVERHEAD + 4);
+    assert!(st.bytes - stub_bytes <= 20 * (shard::ENTRY_OVERHEAD + 200), "values within the bound: {st:?}");
+    assert_eq!(small.root(), big.root(), "stubs keep digests equal");
+    assert_eq!(small.root(), recomputed_root(&small));
+    let (_, all) = small.snapshot();
+    let stub = all.iter().find(|(_, r)| matches!(r.val, Slot::Evicted { .. })).unwrap();
+    assert_eq!(small.get(&stub.0, T0 + 200), None, "a stub reads as a miss");
+    assert_eq!(big.get(&stub.0, T0 + 200), Some(value.clone()));
+    // A newer write replaces the stub.
+    let w = big.put(stub.0.clone(), b("new"), None, T0 + 300);
+    small.merge([(w.key.clone(), w.register)], T0 + 300);
+    assert_eq!(small.get(&w.key, T0 + 300), Some(b("new")));
+}
+
+#[test]
+fn future_stamps_are_refused_not_adopted() {
+    let s = store(1);
+    let far = Register {
+        val: Slot::Value { data: b("v"), expires_at_ms: None },
+        marker: Stamp { hlc: Stamp::pack(T0 + 10_000, 0), node: NodeId(2) },
+    };
+    let out = s.merge([(b("k"), far.clone())], T0);
+    assert_eq!(out.future, 1);
+    assert!(s.is_empty());
+    assert!(s.put(b("j"), b("v"), None, T0).register.marker.physical_ms() < T0 + 1000);
+    // Once local time catches up, the register is accepted.
+    assert_eq!(s.merge([(b("k"), far)], T0 + 10_000).changes.len(), 1);
+}
+
+#[test]
+fn digest_ranges_sum_to_root() {
+    let s = store(1);
+    for i in 0..500 {
+        s.put(Bytes::from(format!("k{i}")), b("v"), None, T0);
+    }
+    let (root, n) = s.root();
+    assert_eq!(n, 500);
+    assert_eq!(s.range_digest(0, BUCKETS), root);
+    let halves = s.range_digest(0, BUCKETS / 2).wrapping_add(s.range_digest(BUCKETS / 2, BUCKETS));
+    assert_eq!(halves, root);
+    let odd = s.range_digest(0, 777).wrapping_add(s.range_digest(777, BUCKETS));
+    assert_eq!(odd, root);
+    let all: Vec<usize> = (0..BUCKETS).collect();
+    let count: usize = s.bucket_summaries(&all).iter().map(|(_, v)| v.len()).sum();
+    assert_eq!(count, 500);
+}
+
+#[test]
+fn bad_shard_counts_are_refused() {
+    for n in [3, 1 << 17] {
+        let cfg = StoreConfig { shards: NonZeroUsize::new(n).unwrap(), ..StoreConfig::default() };
+        assert_eq!(Store::new(NodeId(1), cfg).unwrap_err(), ConfigError::Shards(n));
+    }
+}
+
+#[test]
+fn write_with_sees_the_visible_value_atomically() {
+    let s = store(1);
+    // NX: write only if absent.
+    let nx = |cur: Option<&Slot>, _| cur.is_none().then(|| Slot::Value { data: b("x"), expires_at_ms: None });
+    assert!(s.write_with(b("k"), T0, nx).is_some());
+    assert!(s.write_with(b("k"), T0, nx).is_none());
+    assert_eq!(s.get(b"k", T0), Some(b("x")));
+}
+
+#[test]
+fn stubs_count_against_the_tombstone_budget() {
+    let cfg = StoreConfig {
+        shards: NonZeroUsize::new(1).unwrap(),
+        max_bytes: NonZeroUsize::new(4 * (shard::ENTRY_OVERHEAD + 100)),
+        max_tombstones: NonZeroUsize::new(20).unwrap(),
+        ..StoreConfig::default()
+    };
+    let s = Store::new(NodeId(1), cfg).unwrap();
+    for i in 0..200u64 {
+        s.put(Bytes::from(format!("k{i:03}")), Bytes::from(vec![1u8; 100]), None, T0 + i);
+        let st = s.stats();
+        assert!(st.stubs + st.tombstones <= 20, "after {i}: {st:?}");
+    }
+    let st = s.stats();
+    assert!(st.compactions > 0, "{st:?}");
+    assert!(st.entries <= 20 + 4 + 1, "keys stay bounded: {st:?}");
+    assert_eq!(s.root(), recomputed_root(&s));
+}

@@ -286,7 +286,9 @@ impl Session {
                 Ok(())
             }
             (Phase::AwaitAccept, SyncMsg::Reject(why)) => Err(SyncError::Rejected(why)),
-            (Phase::Descend, SyncMsg::Level { level, parents, hashes }) => self.on_level(replica, level, parents, hashes),
+            (Phase::Descend, SyncMsg::Level { level, parents, hashes }) => {
+                self.on_level(replica, level, parents, hashes)
+            }
             (Phase::Descend, SyncMsg::Summary(buckets)) => self.on_summary(replica, buckets),
             (Phase::Exchange, SyncMsg::Entries(regs)) => {
                 self.stats.entries_received += regs.len() as u64;
@@ -391,12 +393,7 @@ impl Session {
             // `differing` are bucket indices here (or nothing differs any
             // more: the stores converged while we descended).
             let summary = if level == LEVELS {
-                replica
-                    .store()
-                    .bucket_summaries(&differing)
-                    .into_iter()
-                    .map(|(b, items)| (b as u32, items))
-                    .collect()
+                replica.store().bucket_summaries(&differing).into_iter().map(|(b, items)| (b as u32, items)).collect()
             } else {
                 Vec::new()
             };
