@@ -46,11 +46,14 @@ fn value() -> Bytes {
 }
 
 /// A store holding every key of `keys`, each written locally at `now`.
+///
+/// Every key gets its own value buffer, as in a real cache: were they all
+/// clones of one `Bytes`, every hit would bump one shared refcount, and
+/// readers on different threads would contend on that one cache line.
 fn preloaded(keys: &[Bytes], now: u64) -> Store {
     let store = Store::new(NodeId(1), StoreConfig::default()).expect("default config is valid");
-    let v = value();
     for k in keys {
-        store.put(k.clone(), v.clone(), None, now);
+        store.put(k.clone(), value(), None, now);
     }
     assert_eq!(store.len(), keys.len());
     store

@@ -202,8 +202,12 @@ impl Default for FrameCodec {
 
 impl FrameCodec {
     /// A codec refusing frames longer than `max_frame` bytes (payload).
+    ///
+    /// The limit is clamped to `u32::MAX`: the prefix cannot carry a longer
+    /// length, and a wrapped one would make the peer read the rest of the
+    /// body as frames of its own.
     pub fn new(max_frame: usize) -> Self {
-        FrameCodec { max_frame }
+        FrameCodec { max_frame: max_frame.min(u32::MAX as usize) }
     }
 
     /// The configured maximum payload size.

@@ -1,1 +1,495 @@
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
 
+use super::*;
+use crate::hlc::NodeId;
+use crate::membership::Status;
+use crate::store::Slot;
+
+// Lengths above 127 matter: postcard lengths are varints, so they exercise
+// multi-byte length prefixes inside the payload.
+fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+fn stamp() -> impl Strategy<Value = Stamp> {
+    (any::<u64>(), any::<u64>()).prop_map(|(hlc, node)| Stamp { hlc, node: NodeId(node) })
+}
+
+fn incarnation() -> impl Strategy<Value = Incarnation> {
+    (any::<u64>(), any::<u64>()).prop_map(|(started_ms, node)| Incarnation { started_ms, node: NodeId(node) })
+}
+
+fn member_id() -> impl Strategy<Value = MemberId> {
+    ("\\PC{0,12}", incarnation()).prop_map(|(name, incarnation)| MemberId { name, incarnation })
+}
+
+fn member_info() -> impl Strategy<Value = MemberInfo> {
+    let status = prop_oneof![Just(Status::Active), Just(Status::Left), Just(Status::Forgotten)];
+    (member_id(), status).prop_map(|(id, status)| MemberInfo { id, status })
+}
+
+// Expiry presence gets its own arms rather than `option::of`, so both shapes
+// are drawn often instead of depending on the option's weighting.
+fn slot() -> impl Strategy<Value = Slot> {
+    prop_oneof![
+        (bytes(200), any::<u64>()).prop_map(|(data, e)| Slot::Value { data, expires_at_ms: Some(e) }),
+        bytes(200).prop_map(|data| Slot::Value { data, expires_at_ms: None }),
+        Just(Slot::Tombstone),
+        any::<u64>().prop_map(|e| Slot::Evicted { expires_at_ms: Some(e) }),
+        Just(Slot::Evicted { expires_at_ms: None }),
+    ]
+}
+
+fn register() -> impl Strategy<Value = Register> {
+    (slot(), stamp()).prop_map(|(val, marker)| Register { val, marker })
+}
+
+fn entries() -> impl Strategy<Value = Vec<(Bytes, Register)>> {
+    vec((bytes(24), register()), 0..5)
+}
+
+fn refusal() -> impl Strategy<Value = Refusal> {
+    prop_oneof![
+        any::<u16>().prop_map(|ours| Refusal::Version { ours }),
+        (any::<i64>(), any::<u64>()).prop_map(|(offset_ms, max_offset_ms)| Refusal::Skew { offset_ms, max_offset_ms }),
+        option::of(incarnation()).prop_map(|current| Refusal::Superseded { current }),
+    ]
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    (any::<u16>(), member_id(), any::<u64>(), any::<u64>()).prop_map(|(version, from, physical_ms, hlc)| Hello {
+        version,
+        from,
+        physical_ms,
+        hlc,
+    })
+}
+
+fn delta_batch() -> impl Strategy<Value = DeltaBatch> {
+    (member_id(), any::<u64>(), stamp(), option::of(vec(member_info(), 0..4)), entries())
+        .prop_map(|(from, hlc, clear_below, members, entries)| DeltaBatch { from, hlc, clear_below, members, entries })
+}
+
+fn sync_hello() -> impl Strategy<Value = SyncHello> {
+    (member_id(), any::<u64>(), any::<bool>(), stamp(), vec(member_info(), 0..4), any::<u64>(), any::<u64>()).prop_map(
+        |(from, hlc, booted, clear_below, members, root, count)| SyncHello {
+            from,
+            hlc,
+            booted,
+            clear_below,
+            members,
+            root,
+            count,
+        },
+    )
+}
+
+fn sync_msg() -> impl Strategy<Value = SyncMsg> {
+    prop_oneof![
+        sync_hello().prop_map(SyncMsg::Begin),
+        sync_hello().prop_map(SyncMsg::Accept),
+        refusal().prop_map(SyncMsg::Reject),
+        (any::<u8>(), vec(any::<u32>(), 0..6), vec(any::<u64>(), 0..20))
+            .prop_map(|(level, parents, hashes)| SyncMsg::Level { level, parents, hashes }),
+        vec((any::<u32>(), vec((bytes(24), stamp()), 0..4)), 0..4).prop_map(SyncMsg::Summary),
+        entries().prop_map(SyncMsg::Entries),
+        vec(bytes(24), 0..6).prop_map(|want| SyncMsg::EndOfEntries { want }),
+        vec((bytes(24), stamp()), 0..6).prop_map(|refused| SyncMsg::Finish { refused }),
+    ]
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        hello().prop_map(Message::Hello),
+        refusal().prop_map(Message::Refused),
+        delta_batch().prop_map(Message::Deltas),
+        sync_msg().prop_map(Message::Sync),
+        bytes(300).prop_map(Message::Membership),
+        member_id().prop_map(Message::Goodbye),
+    ]
+}
+
+fn frame(msg: &Message) -> BytesMut {
+    let mut b = BytesMut::new();
+    FrameCodec::default().encode(msg, &mut b).expect("test messages fit the default frame");
+    b
+}
+
+fn frame_around(body: &[u8]) -> Vec<u8> {
+    let mut v = (body.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+/// One hand-built message per variant, so every variant is covered on every
+/// run, whatever the random strategies happen to draw.
+fn one_of_each() -> Vec<Message> {
+    let id =
+        MemberId { name: "peer-a".into(), incarnation: Incarnation { started_ms: 1_700_000_000_000, node: NodeId(7) } };
+    let st = Stamp { hlc: Stamp::pack(1_700_000_000_123, 4), node: NodeId(7) };
+    let members = vec![
+        MemberInfo { id: id.clone(), status: Status::Active },
+        MemberInfo { id: id.clone(), status: Status::Left },
+        MemberInfo { id: id.clone(), status: Status::Forgotten },
+    ];
+    let reg = |val| Register { val, marker: st };
+    let regs = vec![
+        (
+            Bytes::from_static(b"v-exp"),
+            reg(Slot::Value { data: Bytes::from(vec![0xAB; 130]), expires_at_ms: Some(u64::MAX) }),
+        ),
+        (Bytes::from_static(b"v"), reg(Slot::Value { data: Bytes::new(), expires_at_ms: None })),
+        (Bytes::new(), reg(Slot::Tombstone)),
+        (Bytes::from_static(b"e-exp"), reg(Slot::Evicted { expires_at_ms: Some(0) })),
+        (Bytes::from_static(b"e"), reg(Slot::Evicted { expires_at_ms: None })),
+    ];
+    let sh = SyncHello {
+        from: id.clone(),
+        hlc: st.hlc,
+        booted: true,
+        clear_below: Stamp::ZERO,
+        members: members.clone(),
+        root: u64::MAX,
+        count: 5,
+    };
+    vec![
+        Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            from: id.clone(),
+            physical_ms: 1_700_000_000_000,
+            hlc: st.hlc,
+        }),
+        Message::Refused(Refusal::Version { ours: PROTOCOL_VERSION }),
+        Message::Refused(Refusal::Skew { offset_ms: i64::MIN, max_offset_ms: 500 }),
+        Message::Refused(Refusal::Superseded { current: Some(id.incarnation) }),
+        Message::Refused(Refusal::Superseded { current: None }),
+        Message::Deltas(DeltaBatch {
+            from: id.clone(),
+            hlc: st.hlc,
+            clear_below: st,
+            members: Some(members.clone()),
+            entries: regs.clone(),
+        }),
+        Message::Deltas(DeltaBatch {
+            from: id.clone(),
+            hlc: 0,
+            clear_below: Stamp::ZERO,
+            members: None,
+            entries: Vec::new(),
+        }),
+        Message::Sync(SyncMsg::Begin(sh.clone())),
+        Message::Sync(SyncMsg::Accept(SyncHello { booted: false, members: Vec::new(), ..sh })),
+        Message::Sync(SyncMsg::Reject(Refusal::Superseded { current: None })),
+        Message::Sync(SyncMsg::Level { level: 3, parents: vec![0, 17, u32::MAX], hashes: vec![1, 2, u64::MAX] }),
+        Message::Sync(SyncMsg::Summary(vec![(0, Vec::new()), (9, vec![(Bytes::from_static(b"k"), st)])])),
+        Message::Sync(SyncMsg::Entries(regs)),
+        Message::Sync(SyncMsg::EndOfEntries { want: vec![Bytes::from_static(b"k"), Bytes::new()] }),
+        Message::Sync(SyncMsg::Finish { refused: vec![(Bytes::from_static(b"k"), st)] }),
+        Message::Membership(Bytes::from(vec![0x5A; 300])),
+        Message::Goodbye(id),
+    ]
+}
+
+/// Whatever a decoder accepted must survive a re-encode unchanged, or the
+/// codec would relay something other than what it was given.
+fn assert_reencodes(msg: &Message) {
+    let again = FrameCodec::default().decode(&mut frame(msg)).expect("re-encoded message decodes");
+    assert_eq!(again.as_ref(), Some(msg));
+}
+
+/// Drains `src` with `decode` as a connection would, checking that a
+/// `None` leaves the buffer as it was.
+fn drain(codec: &FrameCodec, src: &mut BytesMut) -> Result<Vec<Message>, WireError> {
+    let mut out = Vec::new();
+    loop {
+        let before = src.clone();
+        match codec.decode(src)? {
+            Some(m) => out.push(m),
+            None => {
+                assert_eq!(*src, before, "a partial frame must not be consumed");
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_variant_round_trips() {
+    let codec = FrameCodec::default();
+    for msg in one_of_each() {
+        let mut b = frame(&msg);
+        assert_eq!(b.len(), LENGTH_PREFIX + encoded_len(&msg));
+        assert_eq!(codec.decode(&mut b).unwrap(), Some(msg));
+        assert!(b.is_empty());
+    }
+}
+
+#[test]
+fn every_variant_streams_in_one_buffer() {
+    let msgs = one_of_each();
+    let mut all = BytesMut::new();
+    for m in &msgs {
+        all.extend_from_slice(&frame(m));
+    }
+    assert_eq!(FrameCodec::default().decode_all(&all).unwrap(), msgs);
+}
+
+#[test]
+fn empty_stream_is_no_messages() {
+    assert!(FrameCodec::default().decode_all(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn oversized_prefix_is_refused_before_the_body_arrives() {
+    let codec = FrameCodec::new(16);
+    let mut src = BytesMut::from(&17u32.to_be_bytes()[..]);
+    assert!(matches!(codec.decode(&mut src), Err(WireError::FrameTooLarge { len: 17, max: 16 })));
+    assert!(matches!(codec.decode_all(&17u32.to_be_bytes()), Err(WireError::FrameTooLarge { len: 17, max: 16 })));
+
+    // The worst case a peer can announce, against the default limit.
+    let mut src = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+    assert!(matches!(
+        FrameCodec::default().decode(&mut src),
+        Err(WireError::FrameTooLarge { len, max: DEFAULT_MAX_FRAME }) if len == u32::MAX as usize
+    ));
+}
+
+#[test]
+fn frame_of_exactly_max_is_accepted() {
+    let msg = Message::Membership(Bytes::from(vec![1; 100]));
+    let len = encoded_len(&msg);
+    let codec = FrameCodec::new(len);
+    let mut b = BytesMut::new();
+    codec.encode(&msg, &mut b).unwrap();
+    // The prefix alone is not an error at the limit, only incomplete.
+    assert!(codec.decode(&mut b.clone().split_to(LENGTH_PREFIX)).unwrap().is_none());
+    assert_eq!(codec.decode(&mut b).unwrap(), Some(msg));
+}
+
+#[test]
+fn oversized_message_is_not_encoded() {
+    let msg = Message::Membership(Bytes::from(vec![1; 100]));
+    let len = encoded_len(&msg);
+    let codec = FrameCodec::new(len - 1);
+    let mut dst = BytesMut::from(&b"earlier frames"[..]);
+    let err = codec.encode(&msg, &mut dst).unwrap_err();
+    assert!(matches!(err, WireError::MessageTooLarge { len: l, max } if l == len && max == len - 1), "{err:?}");
+    assert_eq!(&dst[..], b"earlier frames");
+    assert!(codec.encode_to_bytes(&msg).is_err());
+}
+
+#[test]
+fn codec_limit_is_clamped_to_what_the_prefix_can_carry() {
+    // A larger limit would let `encode` write a wrapped u32 length, and the
+    // peer would then parse the rest of the body as further frames.
+    assert_eq!(FrameCodec::new(usize::MAX).max_frame(), u32::MAX as usize);
+    assert_eq!(FrameCodec::new(1 << 20).max_frame(), 1 << 20);
+}
+
+#[test]
+fn trailing_bytes_inside_a_frame_are_refused() {
+    for msg in one_of_each() {
+        let mut body = postcard::to_stdvec(&msg).unwrap();
+        body.extend_from_slice(&[0, 0, 0]);
+        assert!(matches!(decode_payload(&body), Err(WireError::TrailingBytes(3))));
+        let mut src = BytesMut::from(&frame_around(&body)[..]);
+        assert!(matches!(FrameCodec::default().decode(&mut src), Err(WireError::TrailingBytes(3))));
+    }
+}
+
+#[test]
+fn empty_frame_is_malformed() {
+    assert!(matches!(FrameCodec::default().decode_all(&0u32.to_be_bytes()), Err(WireError::Malformed(_))));
+}
+
+/// Replaces the empty sequence at the end of `template`'s encoding with a
+/// length of `u64::MAX` or `u32::MAX` elements, and checks that the small
+/// frame is refused. Postcard only preallocates what the remaining input
+/// could hold, so this must fail at the end of input, not in the allocator.
+fn assert_huge_length_refused(template: Message) {
+    let mut body = postcard::to_stdvec(&template).unwrap();
+    assert_eq!(body.pop(), Some(0), "template must end with an empty sequence");
+    for huge in [&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F][..], &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..]]
+    {
+        let mut hostile = body.clone();
+        hostile.extend_from_slice(huge);
+        // A few real-looking elements, so decoding gets under way first.
+        hostile.extend_from_slice(&[0; 32]);
+        let res = FrameCodec::default().decode_all(&frame_around(&hostile));
+        assert!(matches!(res, Err(WireError::Malformed(_))), "{res:?}");
+    }
+}
+
+#[test]
+fn huge_declared_lengths_are_refused() {
+    assert_huge_length_refused(Message::Sync(SyncMsg::Entries(Vec::new())));
+    assert_huge_length_refused(Message::Sync(SyncMsg::Summary(Vec::new())));
+    assert_huge_length_refused(Message::Sync(SyncMsg::Summary(vec![(1, Vec::new())])));
+    assert_huge_length_refused(Message::Sync(SyncMsg::EndOfEntries { want: Vec::new() }));
+    assert_huge_length_refused(Message::Sync(SyncMsg::Level { level: 1, parents: vec![0], hashes: Vec::new() }));
+    assert_huge_length_refused(Message::Membership(Bytes::new()));
+    assert_huge_length_refused(Message::Sync(SyncMsg::EndOfEntries { want: vec![Bytes::new()] }));
+    assert_huge_length_refused(Message::Deltas(DeltaBatch {
+        from: MemberId { name: String::new(), incarnation: Incarnation { started_ms: 0, node: NodeId(0) } },
+        hlc: 0,
+        clear_below: Stamp::ZERO,
+        members: None,
+        entries: Vec::new(),
+    }));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn round_trip(msg in message()) {
+        let codec = FrameCodec::default();
+        let mut b = BytesMut::new();
+        codec.encode(&msg, &mut b).unwrap();
+        prop_assert_eq!(b.len(), LENGTH_PREFIX + encoded_len(&msg));
+        prop_assert_eq!(&codec.encode_to_bytes(&msg).unwrap()[..], &b[..]);
+        prop_assert_eq!(decode_payload(&b[LENGTH_PREFIX..]).unwrap(), msg.clone());
+        prop_assert_eq!(codec.decode(&mut b).unwrap(), Some(msg));
+        prop_assert!(b.is_empty());
+    }
+
+    #[test]
+    fn decode_all_keeps_order(msgs in vec(message(), 0..6)) {
+        let codec = FrameCodec::default();
+        let mut b = BytesMut::new();
+        for m in &msgs {
+            codec.encode(m, &mut b).unwrap();
+        }
+        prop_assert_eq!(codec.decode_all(&b).unwrap(), msgs);
+    }
+
+    #[test]
+    fn byte_at_a_time_yields_each_message_once(msgs in vec(message(), 1..4)) {
+        let codec = FrameCodec::default();
+        let mut wire = BytesMut::new();
+        let mut ends = Vec::new();
+        for m in &msgs {
+            codec.encode(m, &mut wire).unwrap();
+            ends.push(wire.len());
+        }
+        let mut src = BytesMut::new();
+        let mut got = Vec::new();
+        for (i, byte) in wire.iter().enumerate() {
+            src.put_u8(*byte);
+            if let Some(m) = codec.decode(&mut src).unwrap() {
+                // A message must appear on the last byte of its own frame.
+                prop_assert_eq!(Some(&(i + 1)), ends.get(got.len()));
+                got.push(m);
+            }
+        }
+        prop_assert!(src.is_empty());
+        prop_assert_eq!(got, msgs);
+    }
+
+    #[test]
+    fn strict_prefixes_are_incomplete(msg in message(), lead in vec(message(), 0..2)) {
+        let codec = FrameCodec::default();
+        let whole = frame(&msg);
+        for cut in 0..whole.len() {
+            let part = &whole[..cut];
+            let mut src = BytesMut::from(part);
+            prop_assert!(codec.decode(&mut src).unwrap().is_none());
+            prop_assert_eq!(&src[..], part);
+            match codec.decode_all(part) {
+                Ok(v) => prop_assert!(cut == 0 && v.is_empty(), "prefix of {} bytes decoded", cut),
+                Err(WireError::Truncated { have, need }) => {
+                    prop_assert_eq!(have, cut);
+                    let want = if cut < LENGTH_PREFIX { LENGTH_PREFIX } else { whole.len() };
+                    prop_assert_eq!(need, want);
+                }
+                Err(e) => prop_assert!(false, "prefix of {} bytes: {:?}", cut, e),
+            }
+        }
+
+        // Complete frames ahead of the cut are not enough to make it whole.
+        let mut stream = BytesMut::new();
+        for m in &lead {
+            stream.extend_from_slice(&frame(m));
+        }
+        stream.extend_from_slice(&whole[..whole.len() - 1]);
+        let truncated = matches!(codec.decode_all(&stream), Err(WireError::Truncated { .. }));
+        prop_assert!(truncated);
+    }
+
+    #[test]
+    fn trailing_bytes_are_counted(msg in message(), extra in vec(any::<u8>(), 1..64)) {
+        let mut body = postcard::to_stdvec(&msg).unwrap();
+        body.extend_from_slice(&extra);
+        let mut src = BytesMut::from(&frame_around(&body)[..]);
+        let res = FrameCodec::default().decode(&mut src);
+        prop_assert!(matches!(res, Err(WireError::TrailingBytes(n)) if n == extra.len()), "{:?}", res);
+    }
+
+    #[test]
+    fn too_large_to_encode_leaves_dst_alone(msg in message(), before in vec(any::<u8>(), 0..16)) {
+        let len = encoded_len(&msg);
+        let codec = FrameCodec::new(len - 1);
+        let mut dst = BytesMut::from(&before[..]);
+        let res = codec.encode(&msg, &mut dst);
+        prop_assert!(matches!(res, Err(WireError::MessageTooLarge { len: l, .. }) if l == len), "{:?}", res);
+        prop_assert_eq!(&dst[..], &before[..]);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(data in vec(any::<u8>(), 0..4096)) {
+        let codec = FrameCodec::new(1 << 20);
+        if let Ok(msgs) = drain(&codec, &mut BytesMut::from(&data[..])) {
+            msgs.iter().for_each(assert_reencodes);
+        }
+        if let Ok(msgs) = codec.decode_all(&data) {
+            msgs.iter().for_each(assert_reencodes);
+        }
+        if let Ok(msg) = decode_payload(&data) {
+            assert_reencodes(&msg);
+        }
+    }
+
+    #[test]
+    fn random_body_behind_a_valid_length_never_panics(body in vec(any::<u8>(), 0..4096)) {
+        let codec = FrameCodec::new(1 << 20);
+        let wire = frame_around(&body);
+        // The whole frame is present, so the answer is never "wait".
+        match codec.decode(&mut BytesMut::from(&wire[..])) {
+            Ok(Some(m)) => assert_reencodes(&m),
+            Ok(None) => prop_assert!(false, "a complete frame was reported incomplete"),
+            Err(_) => {}
+        }
+        match codec.decode_all(&wire) {
+            Ok(v) => prop_assert_eq!(v.len(), 1),
+            Err(e) => prop_assert!(!matches!(e, WireError::Truncated { .. }), "{:?}", e),
+        }
+    }
+
+    // Random bytes rarely get past the first enum tag; corrupting valid
+    // payloads reaches the nested decoders.
+    #[test]
+    fn corrupted_payloads_never_panic(
+        msg in message(),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut body = postcard::to_stdvec(&msg).unwrap();
+        for (at, byte) in flips {
+            let i = at.index(body.len());
+            body[i] = byte;
+        }
+        if let Ok(m) = decode_payload(&body) {
+            assert_reencodes(&m);
+        }
+        let short = &body[..cut.index(body.len() + 1)];
+        if let Ok(m) = decode_payload(short) {
+            assert_reencodes(&m);
+        }
+        let res = FrameCodec::default().decode_all(&frame_around(&body));
+        if let Ok(msgs) = res {
+            msgs.iter().for_each(assert_reencodes);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The anti-entropy session: it converges two stores and moves bytes in
+//! proportion to their difference, not to their size.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use meshcache::sync::Mode;
+
+fn fill(r: &meshcache::replica::Replica, n: usize, prefix: &str, now: u64) {
+    for i in 0..n {
+        r.put(Bytes::from(format!("{prefix}{i:07}")), Bytes::from(vec![b'x'; 100]), None, now).unwrap();
+    }
+}
+
+/// Copies every register of `from` into `to` (a perfect replication).
+fn copy_all(from: &meshcache::replica::Replica, to: &meshcache::replica::Replica, now: u64) {
+    let (_, all) = from.store().snapshot();
+    to.store().merge(all, now);
+}
+
+#[test]
+fn equal_stores_cost_one_root_exchange() {
+    let a = replica("a", 1);
+    let c = replica("c", 2);
+    fill(&a, 10_000, "k", T0);
+    copy_all(&a, &c, T0);
+    let (sa, sc) = sync(&a, &c, T0 + 1).unwrap();
+    assert_eq!(sa.mode, Mode::InSync);
+    assert_eq!((sa.messages_sent, sc.messages_sent), (1, 1), "one Begin, one Accept");
+    assert_eq!(sa.entries_sent + sc.entries_sent, 0);
+    // The opening also carries the membership view; with two members it is
+    // well under 200 bytes each way.
+    assert!(sa.bytes_sent < 200 && sc.bytes_sent < 200, "{sa:?} {sc:?}");
+}
+
+#[test]
+fn k_differences_cost_bytes_in_proportion_to_k_not_n() {
+    for (n, k) in [(20_000usize, 10usize), (20_000, 100), (80_000, 100)] {
+        let a = replica("a", 1);
+        let c = replica("c", 2);
+        fill(&a, n, "k", T0);
+        copy_all(&a, &c, T0);
+        // k differences: half new on one side, half overwritten on the other.
+        for i in 0..k / 2 {
+            a.put(Bytes::from(format!("new{i}")), Bytes::from(vec![b'y'; 100]), None, T0 + 1).unwrap();
+            c.put(Bytes::from(format!("k{:07}", i * 37)), Bytes::from(vec![b'z'; 100]), None, T0 + 1).unwrap();
+        }
+        let (sa, sc) = sync(&a, &c, T0 + 2).unwrap();
+        assert_eq!(sa.mode, Mode::Descend);
+        assert_eq!(a.store().root(), c.store().root(), "converged");
+        assert_eq!(a.store().snapshot(), c.store().snapshot());
+        let total = sa.bytes_sent + sc.bytes_sent;
+        // Per difference: a few tree levels of 16 hashes, the bucket's
+        // key@stamp summary, and the register itself (~150 bytes).
+        let bound = 1_000 + 1_500 * k as u64;
+        assert!(total <= bound, "n={n} k={k}: {total} bytes > {bound}");
+        // And far below shipping the store: n registers of >100 bytes.
+        assert!(total * 10 < n as u64 * 100, "n={n} k={k}: {total} bytes");
+        assert!(sa.entries_sent + sc.entries_sent >= k as u64);
+        assert!(sa.entries_sent + sc.entries_sent <= 3 * k as u64, "{sa:?} {sc:?}");
+    }
+}
+
+#[test]
+fn nearly_empty_side_gets_everything_streamed() {
+    let a = replica("a", 1);
+    let c = replica("c", 2);
+    fill(&a, 5_000, "k", T0);
+    c.put(b("mine"), b("v"), None, T0).unwrap();
+    let (sa, sc) = sync(&a, &c, T0 + 1).unwrap();
+    assert_eq!(sa.mode, Mode::Stream);
+    assert_eq!(sc.mode, Mode::Stream);
+    assert_eq!(sa.messages_received, sc.messages_sent);
+    assert_eq!(a.store().snapshot(), c.store().snapshot());
+    assert_eq!(a.store().len(), 5_001);
+    // Streamed in batches, not one message per register nor one giant one.
+    assert!(sa.messages_sent > 5 && sa.messages_sent < 100, "{sa:?}");
+}
+
+#[test]
+fn sessions_converge_tombstones_ttl_and_floors() {
+    let a = replica("a", 1);
+    let c = replica("c", 2);
+    fill(&a, 2_000, "k", T0);
+    copy_all(&a, &c, T0);
+    a.delete(b("k0000001"), T0 + 1).unwrap();
+    c.put(b("k0000002"), b("ttl"), Some(60_000), T0 + 1).unwrap();
+    c.flush_all(T0 + 2).unwrap();
+    a.put(b("after"), b("v"), None, T0 + 3).unwrap();
+    sync(&a, &c, T0 + 4).unwrap();
+    assert_eq!(a.store().snapshot(), c.store().snapshot());
+    assert_eq!(a.store().len(), 1, "FLUSHALL reached a through the session opening");
+    assert_eq!(c.get(b"after", T0 + 4), Some(b("v")));
+}
+
+#[test]
+fn completion_records_synced_and_ends_bootstrap() {
+    let a = replica("a", 1);
+    let joiner = replica_with("j", 2, Default::default(), false);
+    assert!(joiner.put(b("k"), b("v"), None, T0).unwrap_err().is_retryable());
+    a.put(b("k"), b("v"), None, T0).unwrap();
+    sync(&joiner, &a, T0 + 5).unwrap();
+    assert!(joiner.is_booted());
+    assert_eq!(joiner.get(b"k", T0 + 5), Some(b("v")));
+    assert_eq!(joiner.members(), vec![(id("a", 1), Some(T0 + 5))]);
+    assert_eq!(a.members(), vec![(id("j", 2), Some(T0 + 5))]);
+}
+
+#[test]
+fn two_unbooted_peers_do_not_boot_each_other() {
+    let x = replica_with("x", 1, Default::default(), false);
+    let y = replica_with("y", 2, Default::default(), false);
+    sync(&x, &y, T0).unwrap();
+    assert!(!x.is_booted() && !y.is_booted());
+}
+
+#[test]
+fn superseded_incarnation_is_rejected_at_the_opening() {
+    let a = replica("a", 1);
+    let old = replica("b", 2);
+    let new = replica("b", 3);
+    sync(&new, &a, T0).unwrap();
+    let err = sync(&old, &a, T0).unwrap_err();
+    assert!(matches!(err, meshcache::sync::SyncError::Rejected(_)), "{err:?}");
+    // The old incarnation learns of its successor through gossip and stops.
+    let err = sync(&a, &old, T0).unwrap_err();
+    assert_eq!(err, meshcache::sync::SyncError::SelfSuperseded);
+    assert!(old.is_superseded());
+    assert!(old.put(b("k"), b("v"), None, T0).is_err());
+}
+
+#[test]
+fn hostile_session_messages_fail_the_session_without_panic() {
+    use meshcache::sync::Session;
+    use meshcache::wire::SyncMsg;
+    let a = replica("a", 1);
+    let c = replica("c", 2);
+    fill(&a, 3_000, "k", T0);
+    fill(&c, 3_000, "j", T0);
+    let bad = [
+        SyncMsg::Level { level: 9, parents: vec![0], hashes: vec![0; 16] },
+        SyncMsg::Level { level: 1, parents: vec![0], hashes: vec![0; 3] },
+        SyncMsg::Level { level: 2, parents: vec![5, 5], hashes: vec![0; 32] },
+        SyncMsg::Level { level: 2, parents: vec![99], hashes: vec![0; 16] },
+        SyncMsg::Summary(vec![(70_000, vec![])]),
+        SyncMsg::Finish { refused: vec![] },
+    ];
+    for m in bad {
+        let mut s = Session::initiate(&a, T0);
+        let mut r = Session::respond(T0);
+        let begin = s.poll_transmit(&a).unwrap();
+        r.handle_message(&c, begin, T0).unwrap();
+        let accept = r.poll_transmit(&c).unwrap();
+        s.handle_message(&a, accept, T0).unwrap();
+        assert!(s.handle_message(&a, m.clone(), T0).is_err(), "{m:?} accepted");
+        assert_eq!(s.phase(), meshcache::sync::Phase::Failed);
+    }
+}

@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use bytes::{Bytes, BytesMut};
+use meshcache::hlc::NodeId;
+use meshcache::membership::{Incarnation, MemberId};
+use meshcache::replica::Replica;
+use meshcache::store::StoreConfig;
+use meshcache::sync::{Session, SessionStats, SyncError};
+use meshcache::wire::{FrameCodec, Message, SyncMsg};
+
+/// A fixed start of time for tests (Unix ms).
+pub const T0: u64 = 1_700_000_000_000;
+
+pub fn id(name: &str, node: u64) -> MemberId {
+    MemberId { name: name.into(), incarnation: Incarnation { started_ms: node, node: NodeId(node) } }
+}
+
+pub fn replica(name: &str, node: u64) -> Replica {
+    Replica::new(id(name, node), StoreConfig::default(), true).unwrap()
+}
+
+pub fn replica_with(name: &str, node: u64, cfg: StoreConfig, booted: bool) -> Replica {
+    Replica::new(id(name, node), cfg, booted).unwrap()
+}
+
+pub fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Sends a sync message through the real frame codec, as the network would.
+fn over_the_wire(m: SyncMsg) -> SyncMsg {
+    let codec = FrameCodec::default();
+    let mut buf = BytesMut::new();
+    codec.encode(&Message::Sync(m), &mut buf).unwrap();
+    match codec.decode(&mut buf).unwrap() {
+        Some(Message::Sync(m)) => m,
+        other => panic!("decoded {other:?}"),
+    }
+}
+
+/// Runs one anti-entropy session between `a` (initiator) and `b` at `now`,
+/// with both sides' messages interleaved, until both are finished.
+/// Returns both sides' stats, or the first error.
+pub fn sync(a: &Replica, b: &Replica, now: u64) -> Result<(SessionStats, SessionStats), SyncError> {
+    sync_at(a, now, b, now)
+}
+
+/// As `sync`, with each side's own local time.
+pub fn sync_at(a: &Replica, now_a: u64, b: &Replica, now_b: u64) -> Result<(SessionStats, SessionStats), SyncError> {
+    let mut sa = Session::initiate(a, now_a);
+    let mut sb = Session::respond(now_b);
+    // Bounded: a session that does not finish in this many turns is a bug.
+    for _ in 0..100_000 {
+        let mut moved = false;
+        while let Some(m) = sa.poll_transmit(a) {
+            moved = true;
+            if let Err(e) = sb.handle_message(b, over_the_wire(m), now_b) {
+                // A refusing side still sends what it queued (its Reject):
+                // the initiator's view of the failure is the one to report.
+                while let Some(m) = sb.poll_transmit(b) {
+                    sa.handle_message(a, over_the_wire(m), now_a)?;
+                }
+                return Err(e);
+            }
+        }
+        while let Some(m) = sb.poll_transmit(b) {
+            moved = true;
+            sa.handle_message(a, over_the_wire(m), now_a)?;
+        }
+        if sa.is_finished() && sb.is_finished() {
+            assert!(sa.is_complete() && sb.is_complete(), "both sides complete");
+            return Ok((sa.stats().clone(), sb.stats().clone()));
+        }
+        assert!(moved, "session stalled: {:?} / {:?}", sa.phase(), sb.phase());
+    }
+    panic!("session did not finish");
+}
