@@ -2,9 +2,10 @@
 //! big-endian length prefix.
 //!
 //! A frame longer than the configured maximum is refused before any of it is
-//! buffered or decoded, and decoding never allocates more than the frame
-//! holds (postcard reads lengths from the frame and serde caps its
-//! preallocation), so hostile bytes cost at most one frame of memory.
+//! buffered or decoded. Decoding preallocates nothing beyond what the frame
+//! can hold (postcard checks declared lengths against the bytes left), so a
+//! hostile frame costs memory in proportion to its length: a small constant
+//! factor over the frame, for the decoded structures.
 //!
 //! Adding a variant at the end of an enum is compatible; anything else bumps
 //! [`PROTOCOL_VERSION`], which the hello carries.

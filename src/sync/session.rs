@@ -142,9 +142,13 @@ pub struct Session {
     out: VecDeque<SyncMsg>,
     /// Registers still to send, cut into `Entries` messages.
     pending: VecDeque<(Bytes, Register)>,
-    /// Stream mode: the next shard to copy into `pending`. Copying a shard
-    /// at a time keeps a big store from being copied whole into memory.
+    /// Stream mode, larger side: the next shard to copy into `pending`.
+    /// Copying a shard at a time keeps a big store from being copied whole
+    /// into memory.
     stream_shard: Option<usize>,
+    /// Stream mode, larger side: registers received from the peer in this
+    /// session, so that they are not streamed straight back to it.
+    received: HashMap<Bytes, Stamp>,
     /// Messages to send once `pending` is drained (EndOfEntries, Finish).
     after: VecDeque<SyncMsg>,
     end_queued: bool,
@@ -183,6 +187,7 @@ impl Session {
             out: VecDeque::new(),
             pending: VecDeque::new(),
             stream_shard: None,
+            received: HashMap::new(),
             after: VecDeque::new(),
             end_queued: false,
             finish_sent: false,
@@ -292,6 +297,9 @@ impl Session {
             (Phase::Descend, SyncMsg::Summary(buckets)) => self.on_summary(replica, buckets),
             (Phase::Exchange, SyncMsg::Entries(regs)) => {
                 self.stats.entries_received += regs.len() as u64;
+                if self.stream_shard.is_some() {
+                    self.received.extend(regs.iter().map(|(k, r)| (k.clone(), r.marker)));
+                }
                 let out = replica.store().merge(regs, now_ms);
                 self.stats.refused += out.refused.len() as u64;
                 self.refused.extend(out.refused);
@@ -360,7 +368,15 @@ impl Session {
         if small.saturating_mul(STREAM_RATIO) <= big {
             self.stats.mode = Mode::Stream;
             self.phase = Phase::Exchange;
-            self.stream_shard = Some(0);
+            if mine.1 <= theirs.1 {
+                // The small side copies its few registers now, before the
+                // peer's arrive, so it never echoes them back.
+                for s in 0..replica.store().shard_count() {
+                    self.pending.extend(replica.store().shard_registers(s));
+                }
+            } else {
+                self.stream_shard = Some(0);
+            }
             self.end_queued = true;
             self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
         } else {
@@ -475,7 +491,14 @@ impl Session {
             }
             match self.stream_shard {
                 Some(s) if s < replica.store().shard_count() => {
-                    self.pending.extend(replica.store().shard_registers(s));
+                    let received = &self.received;
+                    self.pending.extend(
+                        replica
+                            .store()
+                            .shard_registers(s)
+                            .into_iter()
+                            .filter(|(k, r)| received.get(k) != Some(&r.marker)),
+                    );
                     self.stream_shard = Some(s + 1);
                 }
                 _ => break,

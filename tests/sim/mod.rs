@@ -108,6 +108,12 @@ struct Node {
     started: u64,
 }
 
+/// A node's whole store, to detect change: `clear_below` and registers.
+type StoreView = (String, Vec<(Bytes, Register)>);
+/// What must match across live nodes: `clear_below`, and key, stamp and
+/// tombstone-ness of each register.
+type RegisterView = (Stamp, Vec<(Bytes, Stamp, bool)>);
+
 /// A violation found by the checker.
 #[derive(Clone, Debug)]
 pub struct Violation {
@@ -263,7 +269,15 @@ impl Sim {
                 return;
             }
         };
-        self.note(|| format!("{} at n{slot}: {} -> {:?}@{}", if value.is_some() { "PUT" } else { "DEL" }, key_id, w.register.val, w.register.marker));
+        self.note(|| {
+            format!(
+                "{} at n{slot}: {} -> {:?}@{}",
+                if value.is_some() { "PUT" } else { "DEL" },
+                key_id,
+                w.register.val,
+                w.register.marker
+            )
+        });
         if !w.applied {
             return;
         }
@@ -281,7 +295,13 @@ impl Sim {
                     // Addressed to the incarnation running now: a push never
                     // follows a restart to the next one.
                     let to_id = n.r.me().clone();
-                    self.pushes.push(Push { label: self.label, from_slot: slot, to_slot: to, to: to_id, batch: batch.clone() });
+                    self.pushes.push(Push {
+                        label: self.label,
+                        from_slot: slot,
+                        to_slot: to,
+                        to: to_id,
+                        batch: batch.clone(),
+                    });
                 }
             }
         }
@@ -296,8 +316,7 @@ impl Sim {
     }
 
     fn deliver_push(&mut self, p: Push) {
-        let ok = self.link[p.from_slot][p.to_slot]
-            && self.nodes[p.to_slot].as_ref().is_some_and(|n| *n.r.me() == p.to);
+        let ok = self.link[p.from_slot][p.to_slot] && self.nodes[p.to_slot].as_ref().is_some_and(|n| *n.r.me() == p.to);
         if !ok {
             self.note(|| format!("push n{}->n{} lost", p.from_slot, p.to_slot));
             return;
@@ -307,7 +326,15 @@ impl Sim {
         match res {
             Ok(out) => {
                 self.coverage.refusals += out.refused.len() as u64;
-                self.note(|| format!("push n{}->n{}: {} changes, {} refused", p.from_slot, p.to_slot, out.changes.len(), out.refused.len()));
+                self.note(|| {
+                    format!(
+                        "push n{}->n{}: {} changes, {} refused",
+                        p.from_slot,
+                        p.to_slot,
+                        out.changes.len(),
+                        out.refused.len()
+                    )
+                });
                 self.record(p.to_slot, &out.changes);
             }
             Err(e) => self.note(|| format!("push n{}->n{} dropped: {e}", p.from_slot, p.to_slot)),
@@ -514,7 +541,10 @@ impl Sim {
             let now = self.pt(s);
             let st = node.r.store().stats();
             if st.tombstones > self.cfg.max_tombstones {
-                let d = format!("n{s} holds {} tombstones > budget {} after {ev:?}", st.tombstones, self.cfg.max_tombstones);
+                let d = format!(
+                    "n{s} holds {} tombstones > budget {} after {ev:?}",
+                    st.tombstones, self.cfg.max_tombstones
+                );
                 self.violations.push(Violation { kind: "MEM-BOUND", detail: d });
             }
             for k in 0..self.cfg.keys {
@@ -533,7 +563,7 @@ impl Sim {
         }
     }
 
-    fn fingerprint(&self) -> Vec<Option<(String, Vec<(Bytes, Register)>)>> {
+    fn fingerprint(&self) -> Vec<Option<StoreView>> {
         self.nodes
             .iter()
             .map(|n| {
@@ -597,7 +627,10 @@ impl Sim {
             }
         }
         let detail = self.describe_stores();
-        self.violations.push(Violation { kind: "CHURN", detail: format!("stores still changing after {ROUNDS} rounds: {detail}") });
+        self.violations.push(Violation {
+            kind: "CHURN",
+            detail: format!("stores still changing after {ROUNDS} rounds: {detail}"),
+        });
         self.final_check();
     }
 
@@ -606,7 +639,10 @@ impl Sim {
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(n) = n {
                 let (f, all) = n.r.store().snapshot();
-                let regs: Vec<String> = all.iter().map(|(k, r)| format!("{}={:?}@{}", String::from_utf8_lossy(k), r.val, r.marker)).collect();
+                let regs: Vec<String> = all
+                    .iter()
+                    .map(|(k, r)| format!("{}={:?}@{}", String::from_utf8_lossy(k), r.val, r.marker))
+                    .collect();
                 let _ = write!(s, " | n{i} cb={} gf={} [{}]", f.clear_below, f.gc_floor, regs.join(", "));
             }
         }
@@ -624,7 +660,7 @@ impl Sim {
         let fcb = live.iter().map(|s| self.replica(*s).store().floors().clear_below).max().unwrap();
         // I1: identical stores (registers that still matter, and clear_below).
         let all_live = live.len() == n;
-        let views: Vec<(Stamp, Vec<(Bytes, Stamp, bool)>)> = live
+        let views: Vec<RegisterView> = live
             .iter()
             .map(|s| {
                 let now = self.pt(*s);
@@ -664,7 +700,11 @@ impl Sim {
             let now = self.pt(*s);
             let mut row = Vec::new();
             for k in &keys {
-                let got = self.replica(*s).store().register(k).and_then(|reg| reg.val.visible(now).map(|v| (reg.marker, v.clone())));
+                let got = self
+                    .replica(*s)
+                    .store()
+                    .register(k)
+                    .and_then(|reg| reg.val.visible(now).map(|v| (reg.marker, v.clone())));
                 let mut expected_stamp = best.get(k).copied();
                 if let Some(st) = expected_stamp {
                     if self.reply_killed.contains(&(k.clone(), st)) && !surviving.contains(&(k.clone(), st)) {
