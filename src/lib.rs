@@ -63,9 +63,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod hlc;
 pub mod membership;
+pub mod node;
 pub mod replica;
 pub mod store;
 pub mod sync;
+pub mod transport;
 pub mod wire;
+
+pub use config::MeshConfig;
+pub use node::{Change, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, Origin};

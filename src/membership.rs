@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,9 @@ pub struct MemberInfo {
     pub id: MemberId,
     /// Its status in the sender's view.
     pub status: Status,
+    /// The address it accepts peers on, if known: how members find each
+    /// other beyond the seeds.
+    pub addr: Option<SocketAddr>,
 }
 
 /// What learning about a member changed.
@@ -94,6 +98,8 @@ struct Peer {
     /// Local time at which the last complete anti-entropy round with this
     /// incarnation started. `None` until one completes.
     synced_ms: Option<u64>,
+    /// Where it accepts peers, if known.
+    addr: Option<SocketAddr>,
 }
 
 /// This process's view of the membership. See the module docs.
@@ -104,12 +110,42 @@ pub struct Members {
     /// Set once news of a newer incarnation of `me` (or of `me` being
     /// forgotten) arrives.
     self_superseded: bool,
+    /// This process's own address, gossiped with `me`.
+    my_addr: Option<SocketAddr>,
+    /// Bumped on every change, so that the shell gossips only news.
+    version: u64,
 }
 
 impl Members {
     /// A view that knows only `me`.
     pub fn new(me: MemberId) -> Self {
-        Members { me, peers: BTreeMap::new(), self_superseded: false }
+        Members { me, peers: BTreeMap::new(), self_superseded: false, my_addr: None, version: 0 }
+    }
+
+    /// Sets the address gossiped for `me`.
+    pub fn set_my_addr(&mut self, addr: SocketAddr) {
+        self.my_addr = Some(addr);
+        self.version += 1;
+    }
+
+    /// A counter bumped on every change of the view.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Records where `id` accepts peers (from its hello or gossip).
+    pub fn set_addr(&mut self, id: &MemberId, addr: SocketAddr) {
+        if let Some(p) = self.peers.get_mut(&id.name) {
+            if p.incarnation == id.incarnation && p.addr != Some(addr) {
+                p.addr = Some(addr);
+                self.version += 1;
+            }
+        }
+    }
+
+    /// The known address of the member named `name`.
+    pub fn addr_of(&self, name: &str) -> Option<SocketAddr> {
+        self.peers.get(name).and_then(|p| p.addr)
     }
 
     /// This process.
@@ -124,6 +160,15 @@ impl Members {
 
     /// Learns of `id` with `status` (direct contact is `Active`).
     pub fn learn(&mut self, id: &MemberId, status: Status) -> Learned {
+        let before = self.peers.get(&id.name).map(|p| (p.incarnation, p.status));
+        let l = self.learn_inner(id, status);
+        if self.peers.get(&id.name).map(|p| (p.incarnation, p.status)) != before {
+            self.version += 1;
+        }
+        l
+    }
+
+    fn learn_inner(&mut self, id: &MemberId, status: Status) -> Learned {
         if id.name == self.me.name {
             if id.incarnation > self.me.incarnation
                 || (id.incarnation == self.me.incarnation && status == Status::Forgotten)
@@ -135,7 +180,8 @@ impl Members {
         }
         match self.peers.get_mut(&id.name) {
             None => {
-                self.peers.insert(id.name.clone(), Peer { incarnation: id.incarnation, status, synced_ms: None });
+                self.peers
+                    .insert(id.name.clone(), Peer { incarnation: id.incarnation, status, synced_ms: None, addr: None });
                 if status == Status::Active {
                     Learned::New
                 } else {
@@ -144,7 +190,7 @@ impl Members {
             }
             Some(p) if id.incarnation > p.incarnation => {
                 let old = p.incarnation;
-                *p = Peer { incarnation: id.incarnation, status, synced_ms: None };
+                *p = Peer { incarnation: id.incarnation, status, synced_ms: None, addr: None };
                 if status == Status::Active {
                     Learned::Superseded { old }
                 } else {
@@ -172,6 +218,9 @@ impl Members {
         let mut out = Vec::new();
         for i in infos {
             let l = self.learn(&i.id, i.status);
+            if let Some(a) = i.addr {
+                self.set_addr(&i.id, a);
+            }
             if !matches!(l, Learned::Known | Learned::Refused) {
                 out.push((i.id.clone(), l));
             }
@@ -207,7 +256,9 @@ impl Members {
         }
         p.status = Status::Forgotten;
         p.synced_ms = None;
-        Some(p.incarnation)
+        let inc = p.incarnation;
+        self.version += 1;
+        Some(inc)
     }
 
     /// Records a complete anti-entropy round with `id` that started at local
@@ -234,10 +285,11 @@ impl Members {
 
     /// The view to gossip: every member known, with `me` first.
     pub fn gossip(&self) -> Vec<MemberInfo> {
-        let mut v = vec![MemberInfo { id: self.me.clone(), status: Status::Active }];
+        let mut v = vec![MemberInfo { id: self.me.clone(), status: Status::Active, addr: self.my_addr }];
         v.extend(self.peers.iter().map(|(name, p)| MemberInfo {
             id: MemberId { name: name.clone(), incarnation: p.incarnation },
             status: p.status,
+            addr: p.addr,
         }));
         v
     }
@@ -248,6 +300,16 @@ impl Members {
             .iter()
             .filter(|(_, p)| p.status == Status::Active)
             .map(|(name, p)| (MemberId { name: name.clone(), incarnation: p.incarnation }, p.synced_ms))
+    }
+
+    /// Every member known other than `me`: status, `synced` and address.
+    pub fn all(&self) -> Vec<(MemberId, Status, Option<u64>, Option<SocketAddr>)> {
+        self.peers
+            .iter()
+            .map(|(name, p)| {
+                (MemberId { name: name.clone(), incarnation: p.incarnation }, p.status, p.synced_ms, p.addr)
+            })
+            .collect()
     }
 
     /// The incarnation currently known for `name`.
@@ -309,7 +371,7 @@ mod tests {
         assert_eq!(m.learn(&id("a", 2), Status::Active), Learned::SelfSuperseded);
         assert!(m.self_superseded());
         let mut m = Members::new(id("a", 1));
-        m.learn_gossip(&[MemberInfo { id: id("a", 1), status: Status::Forgotten }]);
+        m.learn_gossip(&[MemberInfo { id: id("a", 1), status: Status::Forgotten, addr: None }]);
         assert!(m.self_superseded());
     }
 }

@@ -63,8 +63,8 @@ pub struct Tick {
 
 /// The core of one peer. Thread-safe: reads and local writes go straight to
 /// the sharded store; the membership view sits behind a mutex that is never
-/// held across a store operation that takes a shard lock... except
-/// `tick`, which reads the watermark first and releases it.
+/// held across a store operation (`tick` reads the watermark, releases the
+/// mutex, then collects).
 #[derive(Debug)]
 pub struct Replica {
     me: MemberId,
@@ -222,6 +222,26 @@ impl Replica {
     /// Active members other than this one, with their `synced` watermark.
     pub fn members(&self) -> Vec<(MemberId, Option<u64>)> {
         self.members.lock().active().collect()
+    }
+
+    /// Every member known other than this one: status, `synced`, address.
+    pub fn members_all(&self) -> Vec<(MemberId, Status, Option<u64>, Option<std::net::SocketAddr>)> {
+        self.members.lock().all()
+    }
+
+    /// A counter bumped whenever the membership view changes.
+    pub fn members_version(&self) -> u64 {
+        self.members.lock().version()
+    }
+
+    /// Sets the address this peer advertises in gossip.
+    pub fn set_my_addr(&self, addr: std::net::SocketAddr) {
+        self.members.lock().set_my_addr(addr);
+    }
+
+    /// Records where a peer accepts connections (from its hello).
+    pub fn set_peer_addr(&self, id: &MemberId, addr: std::net::SocketAddr) {
+        self.members.lock().set_addr(id, addr);
     }
 
     /// The opening of an anti-entropy session from this side.

@@ -58,6 +58,9 @@ pub struct Hello {
     pub physical_ms: u64,
     /// The sender's HLC, which the receiver observes.
     pub hlc: u64,
+    /// Where the sender accepts peers, so that it can be dialed back and
+    /// gossiped to others.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Why a hello was refused.

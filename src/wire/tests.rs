@@ -27,7 +27,11 @@ fn member_id() -> impl Strategy<Value = MemberId> {
 
 fn member_info() -> impl Strategy<Value = MemberInfo> {
     let status = prop_oneof![Just(Status::Active), Just(Status::Left), Just(Status::Forgotten)];
-    (member_id(), status).prop_map(|(id, status)| MemberInfo { id, status })
+    (member_id(), status, proptest::option::of(any::<([u8; 4], u16)>())).prop_map(|(id, status, a)| MemberInfo {
+        id,
+        status,
+        addr: a.map(|(ip, port)| (ip, port).into()),
+    })
 }
 
 // Expiry presence gets its own arms rather than `option::of`, so both shapes
@@ -59,12 +63,15 @@ fn refusal() -> impl Strategy<Value = Refusal> {
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    (any::<u16>(), member_id(), any::<u64>(), any::<u64>()).prop_map(|(version, from, physical_ms, hlc)| Hello {
-        version,
-        from,
-        physical_ms,
-        hlc,
-    })
+    (any::<u16>(), member_id(), any::<u64>(), any::<u64>(), proptest::option::of(any::<([u8; 4], u16)>())).prop_map(
+        |(version, from, physical_ms, hlc, listen)| Hello {
+            version,
+            from,
+            physical_ms,
+            hlc,
+            listen: listen.map(|(ip, port)| (ip, port).into()),
+        },
+    )
 }
 
 fn delta_batch() -> impl Strategy<Value = DeltaBatch> {
@@ -130,9 +137,9 @@ fn one_of_each() -> Vec<Message> {
         MemberId { name: "peer-a".into(), incarnation: Incarnation { started_ms: 1_700_000_000_000, node: NodeId(7) } };
     let st = Stamp { hlc: Stamp::pack(1_700_000_000_123, 4), node: NodeId(7) };
     let members = vec![
-        MemberInfo { id: id.clone(), status: Status::Active },
-        MemberInfo { id: id.clone(), status: Status::Left },
-        MemberInfo { id: id.clone(), status: Status::Forgotten },
+        MemberInfo { id: id.clone(), status: Status::Active, addr: Some(([127, 0, 0, 1], 7000).into()) },
+        MemberInfo { id: id.clone(), status: Status::Left, addr: None },
+        MemberInfo { id: id.clone(), status: Status::Forgotten, addr: Some("[::1]:7001".parse().unwrap()) },
     ];
     let reg = |val| Register { val, marker: st };
     let regs = vec![
@@ -160,6 +167,7 @@ fn one_of_each() -> Vec<Message> {
             from: id.clone(),
             physical_ms: 1_700_000_000_000,
             hlc: st.hlc,
+            listen: Some("[::1]:7000".parse().unwrap()),
         }),
         Message::Refused(Refusal::Version { ours: PROTOCOL_VERSION }),
         Message::Refused(Refusal::Skew { offset_ms: i64::MIN, max_offset_ms: 500 }),

@@ -1,0 +1,237 @@
+//! Settings of one peer, with documented defaults and validation.
+//!
+//! [`MeshConfig`] is what the embedded API and the binary both build; the
+//! binary fills it from a TOML file, `MESHCACHE_*` environment variables and
+//! flags (see `src/main.rs`), the embedded API through [`crate::MeshBuilder`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration is invalid. Nothing was started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A field has a value it cannot take.
+    #[error("invalid setting `{field}`: {why}")]
+    Invalid {
+        /// The field (as named in the TOML file).
+        field: &'static str,
+        /// What is wrong, and what would be right.
+        why: String,
+    },
+}
+
+fn invalid(field: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, why: why.into() }
+}
+
+/// Settings of one peer. Durations are in milliseconds in TOML.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// This peer's name: unique in the mesh, and the name in its
+    /// certificate. 1 to 63 characters of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// Where the peer accepts QUIC connections from other peers.
+    pub listen: SocketAddr,
+    /// The address other peers should dial (defaults to `listen`; required
+    /// when `listen` is a wildcard address).
+    pub advertise: Option<SocketAddr>,
+    /// Peers to join through. Only a way in: the mesh learns every member
+    /// from them and survives their death.
+    pub seeds: Vec<SocketAddr>,
+    /// Largest clock offset tolerated between peers (ms). Peers further
+    /// apart are refused at the hello; remote stamps further ahead are not
+    /// adopted.
+    #[serde(with = "ms")]
+    pub max_offset: Duration,
+    /// Period of anti-entropy rounds with a random peer (ms).
+    #[serde(with = "ms")]
+    pub anti_entropy_interval: Duration,
+    /// How long a push waits to gather more writes into its batch (ms, at
+    /// most 1; 0 sends at once).
+    #[serde(with = "ms")]
+    pub push_delay: Duration,
+    /// Target bytes of writes per pushed batch.
+    pub push_batch_bytes: usize,
+    /// Bound on each peer's push queue (bytes). On overflow the queue is
+    /// dropped and that peer is repaired by anti-entropy instead: writers
+    /// never block.
+    pub push_queue_bytes: usize,
+    /// Largest frame accepted from a peer (bytes).
+    pub max_frame: usize,
+    /// A peer started with seeds accepts writes once it has synced with one;
+    /// if no seed answers for this long (ms), it starts on its own.
+    #[serde(with = "ms")]
+    pub bootstrap_timeout: Duration,
+    /// QUIC keep-alive period (ms).
+    #[serde(with = "ms")]
+    pub keep_alive: Duration,
+    /// A connection silent this long is closed (ms); a dead link is thus
+    /// noticed within this time.
+    #[serde(with = "ms")]
+    pub idle_timeout: Duration,
+    /// Period of timer work: expiry, tombstone collection (ms).
+    #[serde(with = "ms")]
+    pub tick_interval: Duration,
+    /// Memory bound for values (bytes); `None` for unbounded.
+    pub max_bytes: Option<usize>,
+    /// Budget of tombstones and eviction stubs before compaction.
+    pub max_tombstones: usize,
+    /// Store shards (a power of two).
+    pub shards: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            name: String::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            advertise: None,
+            seeds: Vec::new(),
+            max_offset: Duration::from_millis(500),
+            anti_entropy_interval: Duration::from_secs(1),
+            push_delay: Duration::from_micros(200),
+            push_batch_bytes: 64 * 1024,
+            push_queue_bytes: 32 << 20,
+            max_frame: crate::wire::DEFAULT_MAX_FRAME,
+            bootstrap_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(3),
+            tick_interval: Duration::from_millis(100),
+            max_bytes: None,
+            max_tombstones: 1_000_000,
+            shards: 64,
+        }
+    }
+}
+
+impl MeshConfig {
+    /// Settings for tests: short intervals so that convergence and failure
+    /// detection take a fraction of a second.
+    pub fn for_test(name: &str) -> Self {
+        MeshConfig {
+            name: name.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            anti_entropy_interval: Duration::from_millis(200),
+            bootstrap_timeout: Duration::from_secs(3),
+            ..MeshConfig::default()
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_name(&self.name)?;
+        if self.advertise.is_none() && self.listen.ip().is_unspecified() {
+            return Err(invalid("advertise", "required when `listen` is a wildcard address"));
+        }
+        if let Some(a) = self.advertise {
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return Err(invalid("advertise", format!("{a} cannot be dialed")));
+            }
+        }
+        if self.max_offset.is_zero() {
+            return Err(invalid("max_offset", "must be above 0"));
+        }
+        if self.anti_entropy_interval.is_zero() {
+            return Err(invalid("anti_entropy_interval", "must be above 0"));
+        }
+        if self.push_delay > Duration::from_millis(1) {
+            return Err(invalid("push_delay", "at most 1 ms: pushes are the fast path"));
+        }
+        if self.push_batch_bytes == 0 || self.push_batch_bytes > self.max_frame / 2 {
+            return Err(invalid("push_batch_bytes", "must be above 0 and at most half of max_frame"));
+        }
+        if self.push_queue_bytes < self.push_batch_bytes {
+            return Err(invalid("push_queue_bytes", "must be at least push_batch_bytes"));
+        }
+        if self.max_frame < 64 * 1024 || self.max_frame > u32::MAX as usize {
+            return Err(invalid("max_frame", "must be between 64 KiB and 4 GiB"));
+        }
+        if self.keep_alive.is_zero() || self.idle_timeout <= self.keep_alive {
+            return Err(invalid("idle_timeout", "must be above keep_alive, which must be above 0"));
+        }
+        if self.tick_interval.is_zero() {
+            return Err(invalid("tick_interval", "must be above 0"));
+        }
+        if self.max_bytes == Some(0) {
+            return Err(invalid("max_bytes", "must be above 0 (omit it for no bound)"));
+        }
+        if self.max_tombstones < 2 {
+            return Err(invalid("max_tombstones", "must be at least 2"));
+        }
+        if !self.shards.is_power_of_two() || self.shards > crate::sync::digest::BUCKETS {
+            return Err(invalid("shards", "must be a power of two up to 65536"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a peer name: 1 to 63 characters of `[A-Za-z0-9._-]`.
+pub fn validate_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("name", format!("{name:?}: use 1 to 63 characters of A-Z a-z 0-9 . _ -")))
+    }
+}
+
+/// Durations as integer milliseconds in TOML.
+mod ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_once_named() {
+        assert!(MeshConfig::default().validate().is_err(), "a name is required");
+        MeshConfig::for_test("a").validate().unwrap();
+        MeshConfig { name: "a".into(), ..MeshConfig::default() }.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let base = MeshConfig::for_test("a");
+        let cases: Vec<(MeshConfig, &str)> = vec![
+            (MeshConfig { name: "no spaces".into(), ..base.clone() }, "name"),
+            (MeshConfig { push_delay: Duration::from_millis(5), ..base.clone() }, "push_delay"),
+            (MeshConfig { shards: 3, ..base.clone() }, "shards"),
+            (MeshConfig { listen: "0.0.0.0:7000".parse().unwrap(), ..base.clone() }, "advertise"),
+            (MeshConfig { idle_timeout: Duration::from_millis(100), ..base.clone() }, "idle_timeout"),
+            (MeshConfig { max_tombstones: 1, ..base.clone() }, "max_tombstones"),
+        ];
+        for (c, field) in cases {
+            let ConfigError::Invalid { field: f, .. } = c.validate().unwrap_err();
+            assert_eq!(f, field);
+        }
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_fields() {
+        let c = MeshConfig { name: "a".into(), seeds: vec!["127.0.0.1:7000".parse().unwrap()], ..Default::default() };
+        let text = toml::to_string(&c).unwrap();
+        let back: MeshConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        let err = toml::from_str::<MeshConfig>("nmae = \"a\"").unwrap_err().to_string();
+        assert!(err.contains("nmae"), "{err}");
+        let partial: MeshConfig = toml::from_str("name = \"b\"\nmax_offset = 250").unwrap();
+        assert_eq!(partial.max_offset, Duration::from_millis(250));
+        assert_eq!(partial.anti_entropy_interval, MeshConfig::default().anti_entropy_interval);
+    }
+}

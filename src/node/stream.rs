@@ -1,0 +1,182 @@
+//! Frames over QUIC streams, and anti-entropy sessions run over a bi stream.
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+
+use crate::replica::Replica;
+use crate::store::Change;
+use crate::sync::{Session, SessionStats, SyncError};
+use crate::wire::{FrameCodec, Message, WireError};
+
+/// Why reading or writing frames on a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    /// The peer sent bytes that are not a valid frame.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The stream or connection failed.
+    #[error("stream: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Writing failed.
+    #[error("stream: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The peer sent a valid frame that does not belong here.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The anti-entropy session failed.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+impl StreamError {
+    /// Errors that mean the peer misbehaved: the connection is closed.
+    pub(crate) fn is_protocol(&self) -> bool {
+        matches!(self, StreamError::Wire(_) | StreamError::Protocol(_) | StreamError::Sync(SyncError::Protocol(_)))
+    }
+}
+
+/// Reads length-prefixed frames from a receive stream.
+pub(crate) struct FrameReader {
+    recv: RecvStream,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl FrameReader {
+    pub(crate) fn new(recv: RecvStream, codec: FrameCodec) -> Self {
+        FrameReader { recv, buf: BytesMut::new(), codec }
+    }
+
+    /// The next message, or `None` at a clean end of stream. Memory is
+    /// bounded by the codec's frame limit, checked on the length prefix.
+    pub(crate) async fn next(&mut self) -> Result<Option<Message>, StreamError> {
+        loop {
+            if let Some(m) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(m));
+            }
+            match self.recv.read_chunk(64 * 1024, true).await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    let have = self.buf.len();
+                    return Err(WireError::Truncated { have, need: have + 1 }.into());
+                }
+            }
+        }
+    }
+}
+
+/// Encodes and writes one message.
+pub(crate) async fn write_message(send: &mut SendStream, codec: &FrameCodec, m: &Message) -> Result<(), StreamError> {
+    let frame = codec.encode_to_bytes(m)?;
+    send.write_all(&frame).await.map_err(|e| StreamError::Write(e.into()))?;
+    Ok(())
+}
+
+/// What a session over a stream produced.
+pub(crate) struct SessionResult {
+    pub(crate) stats: SessionStats,
+    pub(crate) changes: Vec<Change>,
+    pub(crate) complete: bool,
+}
+
+/// Runs an anti-entropy session over one bi stream. Reading and writing run
+/// concurrently, so that two sides streaming large stores at each other
+/// cannot deadlock on flow control.
+pub(crate) async fn run_session(
+    replica: &Replica,
+    mut session: Session,
+    send: SendStream,
+    recv: RecvStream,
+    codec: FrameCodec,
+    now_ms: impl Fn() -> u64,
+) -> Result<SessionResult, StreamError> {
+    // The writer owns the send stream; frames reach it through a small
+    // bounded channel, which is the session's back-pressure.
+    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+    let writer = tokio::spawn(async move {
+        let mut send = send;
+        while let Some(frame) = rx.recv().await {
+            send.write_all(&frame).await.map_err(|e| StreamError::Write(e.into()))?;
+        }
+        let _ = send.finish();
+        Ok::<_, StreamError>(send)
+    });
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Option<Message>, StreamError>>(4);
+    let reader = tokio::spawn(async move {
+        let mut r = FrameReader::new(recv, codec);
+        loop {
+            let m = r.next().await;
+            let end = !matches!(m, Ok(Some(_)));
+            if in_tx.send(m).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let result = async {
+        let mut next: Option<Bytes> = None;
+        let mut recv_done = false;
+        loop {
+            if next.is_none() {
+                if let Some(m) = session.poll_transmit(replica) {
+                    next = Some(codec.encode_to_bytes(&Message::Sync(m))?);
+                }
+            }
+            if next.is_none() && session.is_finished() {
+                break;
+            }
+            tokio::select! {
+                permit = tx.reserve(), if next.is_some() => {
+                    let permit = permit.map_err(|_| StreamError::Protocol("session writer ended".into()))?;
+                    permit.send(next.take().expect("guarded by is_some"));
+                }
+                m = in_rx.recv(), if !recv_done => match m {
+                    Some(Ok(Some(Message::Sync(msg)))) => session.handle_message(replica, msg, now_ms())?,
+                    Some(Ok(Some(other))) => {
+                        return Err(StreamError::Protocol(format!("{} on an anti-entropy stream", kind(&other))))
+                    }
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(None)) | None => {
+                        recv_done = true;
+                        if !session.is_finished() {
+                            return Err(StreamError::Protocol("anti-entropy stream ended early".into()));
+                        }
+                    }
+                },
+                else => return Err(StreamError::Protocol("anti-entropy session stalled".into())),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Whatever was queued (a Reject, say) still goes out before the stream
+    // closes.
+    while let Some(m) = session.poll_transmit(replica) {
+        if let Ok(f) = codec.encode_to_bytes(&Message::Sync(m)) {
+            if tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    reader.abort();
+    let changes = session.take_changes();
+    match result {
+        Ok(()) => Ok(SessionResult { stats: session.stats().clone(), changes, complete: session.is_complete() }),
+        Err(e) => Err(e),
+    }
+}
+
+/// A message's kind, for logs.
+pub(crate) fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Hello(_) => "Hello",
+        Message::Refused(_) => "Refused",
+        Message::Deltas(_) => "Deltas",
+        Message::Sync(_) => "Sync",
+        Message::Membership(_) => "Membership",
+        Message::Goodbye(_) => "Goodbye",
+    }
+}

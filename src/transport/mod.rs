@@ -1,0 +1,3 @@
+//! The network transport: QUIC with mutual TLS 1.3 against the cluster CA.
+
+pub mod tls;
