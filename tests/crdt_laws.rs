@@ -16,8 +16,9 @@
 //!   to it (or the eviction stub of that very write);
 //! - convergence through real anti-entropy `Session`s between `Replica`s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -28,7 +29,7 @@ use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::replica::Replica;
 use meshcache::store::{Floors, MergeOutcome, Register, Slot, Store, StoreConfig};
-use meshcache::sync::digest::{entry_hash, key_hash};
+use meshcache::sync::digest::{bucket_of, entry_hash, key_hash};
 use meshcache::sync::{Mode, Session};
 
 const T0: u64 = 1_700_000_000_000;
@@ -37,8 +38,10 @@ const T0: u64 = 1_700_000_000_000;
 const KEYS: [&str; 6] = ["apple", "banana", "cherry", "damson", "elder", "fig"];
 
 /// The larger keyspace of the session tests, so that the digest tree has
-/// several differing buckets to descend into.
+/// several differing buckets to descend into. The first `HOT_KEYS` are two
+/// groups of three keys that share a digest bucket.
 const SESSION_KEYS: usize = 48;
+const HOT_KEYS: usize = 6;
 
 type Reg = (Bytes, Register);
 type TestResult = Result<(), TestCaseError>;
@@ -66,10 +69,14 @@ impl Cfg {
 }
 
 fn cfg_strategy() -> impl Strategy<Value = Cfg> {
-    let unbounded = (prop::sample::select(vec![1usize, 4, 64]), any::<u64>())
-        .prop_map(|(shards, seed)| Cfg { shards, max_bytes: None, seed });
-    // An entry costs a little over 100 bytes of overhead plus key and value,
-    // so 250..900 bytes per shard holds two to seven entries.
+    let unbounded = (prop::sample::select(vec![1usize, 4, 64]), any::<u64>()).prop_map(|(shards, seed)| Cfg {
+        shards,
+        max_bytes: None,
+        seed,
+    });
+    // Eviction keeps the bytes of value-holding entries under the bound: a
+    // little over 100 bytes of overhead each, plus key and value, so 250..900
+    // bytes per shard holds one to seven values.
     let bounded = (prop::sample::select(vec![1usize, 2]), 250usize..900, any::<u64>())
         .prop_map(|(shards, per_shard, seed)| Cfg { shards, max_bytes: Some(shards * per_shard), seed });
     prop_oneof![1 => unbounded, 1 => bounded]
@@ -255,7 +262,10 @@ fn schedule<T: Clone>(items: &[T], plan: &Plan) -> Vec<Vec<T>> {
 /// Delivers `items` to `store` following `plan`, starting at time `now`.
 fn deliver(store: &Store, items: &[Reg], plan: &Plan, now: u64) -> TestResult {
     let batches = schedule(items, plan);
-    prop_assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), items.len() + if items.is_empty() { 0 } else { plan.dups.len() });
+    prop_assert_eq!(
+        batches.iter().map(Vec::len).sum::<usize>(),
+        items.len() + if items.is_empty() { 0 } else { plan.dups.len() }
+    );
     for (i, batch) in batches.into_iter().enumerate() {
         let n = batch.len();
         let out = store.merge(batch, now + i as u64);
@@ -292,8 +302,24 @@ fn assert_holds_join(store: &Store, expected: &BTreeMap<Bytes, Register>, who: &
     prop_assert_eq!(held_keys, want_keys, "{}: keys held differ from keys written", who);
     for (k, r) in &held {
         let w = &expected[k];
-        prop_assert_eq!(r.marker, w.marker, "{}: key {:?} holds {} but the newest write is {}", who, k, r.marker, w.marker);
-        prop_assert!(r.val.same_write(&w.val), "{}: key {:?}@{} holds {:?}, the write was {:?}", who, k, r.marker, r.val, w.val);
+        prop_assert_eq!(
+            r.marker,
+            w.marker,
+            "{}: key {:?} holds {} but the newest write is {}",
+            who,
+            k,
+            r.marker,
+            w.marker
+        );
+        prop_assert!(
+            r.val.same_write(&w.val),
+            "{}: key {:?}@{} holds {:?}, the write was {:?}",
+            who,
+            k,
+            r.marker,
+            r.val,
+            w.val
+        );
     }
     Ok(())
 }
@@ -306,8 +332,18 @@ fn assert_consistent(store: &Store, who: &str) -> TestResult {
     prop_assert_eq!(store.root(), (h, all.len() as u64), "{}: digest root out of date", who);
     let stats = store.stats();
     prop_assert_eq!(stats.entries, all.len(), "{}: entries gauge", who);
-    prop_assert_eq!(stats.tombstones, all.iter().filter(|(_, r)| r.val.is_tombstone()).count(), "{}: tombstones gauge", who);
-    prop_assert_eq!(stats.stubs, all.iter().filter(|(_, r)| matches!(r.val, Slot::Evicted { .. })).count(), "{}: stubs gauge", who);
+    prop_assert_eq!(
+        stats.tombstones,
+        all.iter().filter(|(_, r)| r.val.is_tombstone()).count(),
+        "{}: tombstones gauge",
+        who
+    );
+    prop_assert_eq!(
+        stats.stubs,
+        all.iter().filter(|(_, r)| matches!(r.val, Slot::Evicted { .. })).count(),
+        "{}: stubs gauge",
+        who
+    );
     prop_assert_eq!(stats.floors, Floors::default(), "{}: floors moved without collection or flush", who);
     Ok(())
 }
@@ -336,7 +372,14 @@ fn assert_same_state(a: &Store, b: &Store, at: &[u64], who: &str) -> TestResult 
             // Only eviction may make reads differ: the missing side holds the
             // stub, the other the very value (same stamp) it stands for.
             let (miss, hit, got) = if ga.is_none() { (ra, &rb, gb) } else { (&rb, ra, ga) };
-            prop_assert!(matches!(miss.val, Slot::Evicted { .. }), "{}: reads of {:?} at {} differ: {:?}", who, k, t, (&ra.val, &rb.val));
+            prop_assert!(
+                matches!(miss.val, Slot::Evicted { .. }),
+                "{}: reads of {:?} at {} differ: {:?}",
+                who,
+                k,
+                t,
+                (&ra.val, &rb.val)
+            );
             prop_assert_eq!(miss.marker, hit.marker);
             prop_assert_eq!(hit.val.visible(t), got.as_ref());
         }
@@ -352,7 +395,7 @@ fn read_times(end: u64) -> [u64; 4] {
 // ---- the merge laws ------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(200))]
 
     /// I1, I2 and idempotence: fresh replicas (and the origins themselves)
     /// that receive every register, each in its own order, grouping and with
@@ -554,8 +597,36 @@ fn member(i: usize) -> MemberId {
     MemberId { name: format!("peer-{i}"), incarnation: Incarnation { started_ms: T0, node: NodeId(0x6000 + i as u64) } }
 }
 
-fn session_key(k: usize) -> Bytes {
+fn named_key(k: usize) -> Bytes {
     Bytes::from(format!("key-{k:02}"))
+}
+
+/// The session keyspace: `HOT_KEYS` keys in two groups of three that share a
+/// digest bucket (so bucket summaries and exchanges carry several keys),
+/// then plain keys.
+fn session_keys() -> &'static [Bytes] {
+    static KEYS: OnceLock<Vec<Bytes>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut by_bucket: HashMap<usize, Vec<Bytes>> = HashMap::new();
+        let mut hot = Vec::new();
+        for i in 0.. {
+            let k = Bytes::from(format!("hot-{i}"));
+            let group = by_bucket.entry(bucket_of(key_hash(&k))).or_default();
+            group.push(k);
+            if group.len() == 3 {
+                hot.append(group);
+                if hot.len() == HOT_KEYS {
+                    break;
+                }
+            }
+        }
+        hot.extend((HOT_KEYS..SESSION_KEYS).map(named_key));
+        hot
+    })
+}
+
+fn session_key(k: usize) -> Bytes {
+    session_keys()[k].clone()
 }
 
 #[derive(Clone, Debug)]
@@ -574,10 +645,19 @@ fn session_op_strategy() -> impl Strategy<Value = SessionOp> {
     let push = prop_oneof![6 => Just(0u8), 1 => any::<u8>()];
     // Half the writes hit a few hot keys, often in the same millisecond, so
     // that concurrent writes to one key are ordered by the stamp's node.
-    let key = prop_oneof![1 => 0..6usize, 1 => 0..SESSION_KEYS];
+    let key = prop_oneof![1 => 0..HOT_KEYS, 1 => 0..SESSION_KEYS];
     let dt = prop_oneof![1 => Just(0u64), 1 => 0u64..20];
-    (any::<Index>(), dt, key, put, push)
-        .prop_map(|(at, dt, key, put, push)| SessionOp { at, dt, key, put, push })
+    (any::<Index>(), dt, key, put, push).prop_map(|(at, dt, key, put, push)| SessionOp { at, dt, key, put, push })
+}
+
+/// Mostly `StoreConfig::default()`; sometimes other shard counts, or one
+/// shard bounded tightly enough to evict (so stubs travel in sessions too).
+fn session_config_strategy() -> impl Strategy<Value = Cfg> {
+    prop_oneof![
+        4 => Just(Cfg { shards: 64, max_bytes: None, seed: 0 }),
+        1 => prop::sample::select(vec![1usize, 8]).prop_map(|shards| Cfg { shards, max_bytes: None, seed: 0 }),
+        1 => (1_000usize..3_000, any::<u64>()).prop_map(|(m, seed)| Cfg { shards: 1, max_bytes: Some(m), seed }),
+    ]
 }
 
 /// Runs one anti-entropy session, `a` initiating, with messages handed across
@@ -616,27 +696,24 @@ fn all_in_sync(rs: &[Replica]) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// I1 and I2 through the real protocol: replicas that each took some
     /// writes locally (and some pushes) converge by pairwise anti-entropy
     /// sessions alone.
     #[test]
     fn sessions_converge(
-        shards in prop::collection::vec(prop::sample::select(vec![64usize, 64, 1, 8]), 3..=5),
+        configs in prop::collection::vec(session_config_strategy(), 3..=5),
         writers in 1usize..=5,
         ops in prop::collection::vec(session_op_strategy(), 1..120),
         order in prop::collection::vec(any::<Index>(), 32),
         flips in prop::collection::vec(any::<bool>(), 32),
         batch_bytes in prop::sample::select(vec![64 * 1024, 200, 1]),
     ) {
-        let replicas: Vec<Replica> = shards
+        let replicas: Vec<Replica> = configs
             .iter()
             .enumerate()
-            .map(|(i, &n)| {
-                let config = StoreConfig { shards: NonZeroUsize::new(n).unwrap(), ..StoreConfig::default() };
-                Replica::new(member(i), config, true).expect("valid config")
-            })
+            .map(|(i, c)| Replica::new(member(i), c.config(), true).expect("valid config"))
             .collect();
         let n = replicas.len();
         let mut now = T0;
@@ -691,7 +768,10 @@ proptest! {
             assert_holds_join(rep.store(), &truth, &who)?;
             assert_same_state(replicas[0].store(), rep.store(), &[now], &who)?;
             for (k, reg) in &truth {
-                prop_assert_eq!(rep.get(k, now), reg.val.visible(now).cloned(), "{}: read of {:?}", who, k);
+                let held = rep.store().register(k).expect("every key written is held");
+                if !matches!(held.val, Slot::Evicted { .. }) {
+                    prop_assert_eq!(rep.get(k, now), reg.val.visible(now).cloned(), "{}: read of {:?}", who, k);
+                }
             }
         }
         // In sync: a further session finds equal roots and moves nothing.
@@ -737,32 +817,49 @@ fn eviction_stub_and_value_converge() {
 }
 
 /// Overlapping replicas descend the digest tree (rather than streaming) and
-/// end in sync, also with tiny `Entries` batches and different shard counts.
+/// end in sync, also with tiny `Entries` batches and different shard counts,
+/// when both sides hold newer writes to different keys of one bucket.
 #[test]
 fn session_descends_and_converges() {
-    for (batch, shards) in [(DEFAULT_BATCH, 64), (1, 8)] {
+    let bucket = |k: usize| bucket_of(key_hash(&session_key(k)));
+    assert!((0..3).all(|k| bucket(k) == bucket(0)) && (3..6).all(|k| bucket(k) == bucket(3)));
+    for (batch, shards) in [(meshcache::sync::session::DEFAULT_BATCH_BYTES, 64), (1, 8)] {
         let config = StoreConfig { shards: NonZeroUsize::new(shards).unwrap(), ..StoreConfig::default() };
-        let a = Replica::new(member(0), config.clone(), true).unwrap();
+        let a = Replica::new(member(0), config, true).unwrap();
         let b = Replica::new(member(1), StoreConfig::default(), true).unwrap();
         let now = T0 + 1_000;
         for k in 0..40 {
             let w = a.put(session_key(k), Bytes::from("shared"), None, now).unwrap();
-            b.store().merge([(w.key, w.register)], now);
+            assert_eq!(b.store().merge([(w.key, w.register)], now).changes.len(), 1);
         }
-        a.put(session_key(40), Bytes::from("a only"), None, now).unwrap();
-        b.put(session_key(41), Bytes::from("b only"), None, now).unwrap();
-        b.delete(session_key(3), now).unwrap();
-        a.put(session_key(5), Bytes::from("a newer"), None, now + 1).unwrap();
+        let t = now + 1;
+        a.put(session_key(40), Bytes::from("a only"), None, t).unwrap();
+        b.put(session_key(41), Bytes::from("b only"), None, t).unwrap();
+        // Newer writes on both sides, to different keys of the same bucket.
+        a.put(session_key(0), Bytes::from("a newer"), None, t).unwrap();
+        b.put(session_key(1), Bytes::from("b newer"), None, t).unwrap();
+        b.delete(session_key(3), t).unwrap();
+        a.put(session_key(5), Bytes::from("a newer"), None, t).unwrap();
+        // Concurrent writes to one key in one millisecond: the node decides.
+        let wa = a.put(session_key(2), Bytes::from("a concurrent"), None, t).unwrap();
+        let wb = b.put(session_key(2), Bytes::from("b concurrent"), None, t).unwrap();
+        assert_eq!(wa.register.marker.hlc, wb.register.marker.hlc);
+        let winner = if wa.register.marker > wb.register.marker { "a concurrent" } else { "b concurrent" };
         assert_ne!(a.store().root(), b.store().root());
-        let mode = sync_pair(&a, &b, now + 1, batch).unwrap();
+
+        let mode = sync_pair(&a, &b, t, batch).unwrap();
         assert_eq!(mode, Mode::Descend);
-        assert_same_state(a.store(), b.store(), &[now + 1], "after descent").unwrap();
-        assert_eq!(b.get(b"key-40", now + 1), Some(Bytes::from("a only")));
-        assert_eq!(a.get(b"key-41", now + 1), Some(Bytes::from("b only")));
-        assert_eq!(a.get(b"key-03", now + 1), None);
-        assert_eq!(b.get(b"key-05", now + 1), Some(Bytes::from("a newer")));
-        assert_eq!(sync_pair(&b, &a, now + 2, batch).unwrap(), Mode::InSync);
+        assert_same_state(a.store(), b.store(), &[t], "after descent").unwrap();
+        for r in [&a, &b] {
+            assert_eq!(r.get(&session_key(40), t), Some(Bytes::from("a only")));
+            assert_eq!(r.get(&session_key(41), t), Some(Bytes::from("b only")));
+            assert_eq!(r.get(&session_key(0), t), Some(Bytes::from("a newer")));
+            assert_eq!(r.get(&session_key(1), t), Some(Bytes::from("b newer")));
+            assert_eq!(r.get(&session_key(2), t), Some(Bytes::from(winner)));
+            assert_eq!(r.get(&session_key(3), t), None);
+            assert_eq!(r.get(&session_key(4), t), Some(Bytes::from("shared")));
+            assert_eq!(r.get(&session_key(5), t), Some(Bytes::from("a newer")));
+        }
+        assert_eq!(sync_pair(&b, &a, t, batch).unwrap(), Mode::InSync);
     }
 }
-
-const DEFAULT_BATCH: usize = meshcache::sync::session::DEFAULT_BATCH_BYTES;
