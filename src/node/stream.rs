@@ -70,7 +70,7 @@ impl FrameReader {
 /// Encodes and writes one message.
 pub(crate) async fn write_message(send: &mut SendStream, codec: &FrameCodec, m: &Message) -> Result<(), StreamError> {
     let frame = codec.encode_to_bytes(m)?;
-    send.write_all(&frame).await.map_err(|e| StreamError::Write(e.into()))?;
+    send.write_all(&frame).await?;
     Ok(())
 }
 
@@ -98,7 +98,7 @@ pub(crate) async fn run_session(
     let writer = tokio::spawn(async move {
         let mut send = send;
         while let Some(frame) = rx.recv().await {
-            send.write_all(&frame).await.map_err(|e| StreamError::Write(e.into()))?;
+            send.write_all(&frame).await?;
         }
         let _ = send.finish();
         Ok::<_, StreamError>(send)
