@@ -1,0 +1,178 @@
+//! I6 and I7 over real QUIC on loopback: only holders of a certificate from
+//! the cluster CA join or send data, and malformed frames from an
+//! authenticated peer close that connection while the mesh carries on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use meshcache::hlc::{NodeId, Stamp};
+use meshcache::membership::{Incarnation, MemberId};
+use meshcache::store::{Register, Slot};
+use meshcache::transport::tls::{self, EphemeralCa, Identity};
+use meshcache::wire::{DeltaBatch, FrameCodec, Hello, Message, PROTOCOL_VERSION};
+use meshcache::{Mesh, MeshConfig};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn start(id: Identity, seeds: &[std::net::SocketAddr]) -> Mesh {
+    let name = id.name.clone();
+    Mesh::builder().config(MeshConfig::for_test(&name)).seeds(seeds.iter().copied()).tls(id).start().await.unwrap()
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while !f() {
+        assert!(tokio::time::Instant::now() < end, "not within {DEADLINE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn now_ms() -> u64 {
+    meshcache::node::now_ms()
+}
+
+fn frame(m: &Message) -> Bytes {
+    FrameCodec::default().encode_to_bytes(m).unwrap()
+}
+
+fn hello(name: &str) -> Message {
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        from: MemberId { name: name.into(), incarnation: Incarnation { started_ms: now_ms(), node: NodeId(99) } },
+        physical_ms: now_ms(),
+        hlc: Stamp::pack(now_ms(), 0),
+        listen: None,
+    })
+}
+
+fn injected_batch(name: &str, key: &str) -> Message {
+    let from = MemberId { name: name.into(), incarnation: Incarnation { started_ms: now_ms(), node: NodeId(99) } };
+    let reg = Register {
+        val: Slot::Value { data: Bytes::from_static(b"evil"), expires_at_ms: None },
+        marker: Stamp { hlc: Stamp::pack(now_ms(), 0), node: NodeId(99) },
+    };
+    Message::Deltas(DeltaBatch {
+        from,
+        hlc: reg.marker.hlc,
+        clear_below: Stamp::ZERO,
+        members: None,
+        entries: vec![(Bytes::from(key.to_string()), reg)],
+    })
+}
+
+/// A bare quinn client that tries to speak anyway: hello, then a push.
+/// Returns the connection, or `None` if the handshake itself failed.
+async fn raw_client(
+    client: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    name: &str,
+    key: &str,
+) -> Option<quinn::Connection> {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(client);
+    // Under TLS 1.3 the client usually believes it connected; the server's
+    // refusal shows on the first stream operation.
+    let conn = ep.connect(addr, tls::SERVER_NAME).unwrap().await.ok()?;
+    if let Ok((mut s, _r)) = conn.open_bi().await {
+        let _ = s.write_all(&frame(&hello(name))).await;
+        let _ = s.finish();
+    }
+    if let Ok(mut u) = conn.open_uni().await {
+        let _ = u.write_all(&frame(&injected_batch(name, key))).await;
+        let _ = u.finish();
+    }
+    Some(conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_ca_and_certless_peers_cannot_join_or_inject() {
+    let ca = EphemeralCa::new().unwrap();
+    let a = start(ca.issue("a").unwrap(), &[]).await;
+    let b = start(ca.issue("b").unwrap(), &[a.local_addr()]).await;
+    eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+
+    // A full peer with a certificate from another CA, seeded with a.
+    let foreign = EphemeralCa::new().unwrap();
+    let rogue = start(foreign.issue("rogue").unwrap(), &[a.local_addr()]).await;
+    // It never finishes bootstrap through a, so it writes after its timeout.
+    assert!(rogue.wait_ready(DEADLINE).await);
+    rogue.put("rogue-key", "evil").unwrap();
+
+    // A bare client presenting the foreign certificate, trusting our CA.
+    let rogue_id = foreign.issue("rogue2").unwrap();
+    let trusting = Identity { ca: ca.ca_der(), ..rogue_id };
+    let c1 = raw_client(tls::quinn_client_config(&trusting).unwrap(), a.local_addr(), "rogue2", "raw-foreign").await;
+    // A bare client with no certificate at all.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.ca_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut nocert = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    nocert.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let qc = quinn::crypto::rustls::QuicClientConfig::try_from(nocert).unwrap();
+    let c2 = raw_client(quinn::ClientConfig::new(Arc::new(qc)), a.local_addr(), "nocert", "raw-nocert").await;
+
+    // Give them every chance: several anti-entropy intervals.
+    a.put("legit", "1").unwrap();
+    eventually("legit write reaches b", || b.get(b"legit").is_some()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for m in [&a, &b] {
+        for k in ["rogue-key", "raw-foreign", "raw-nocert"] {
+            assert_eq!(m.get(k.as_bytes()), None, "{} accepted {k}", m.id());
+        }
+        assert!(m.members().iter().all(|s| s.id.name == "a" || s.id.name == "b"), "{:?}", m.members());
+        assert_eq!(m.stats().connected, 1);
+    }
+    assert_eq!(rogue.stats().connected, 0);
+    assert!(rogue.members().is_empty());
+    // The bare clients' connections were refused.
+    for c in [c1, c2].into_iter().flatten() {
+        let closed = tokio::time::timeout(DEADLINE, c.closed()).await;
+        assert!(closed.is_ok(), "a rejected connection must be closed");
+    }
+    for m in [a, b, rogue] {
+        m.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_only_that_connection() {
+    let ca = EphemeralCa::new().unwrap();
+    let a = start(ca.issue("a").unwrap(), &[]).await;
+    let b = start(ca.issue("b").unwrap(), &[a.local_addr()]).await;
+    eventually("a and b connected", || a.stats().connected == 1).await;
+
+    // An authenticated peer (valid certificate, valid hello) that then
+    // sends garbage on a push stream.
+    let evil = ca.issue("evil").unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(tls::quinn_client_config(&evil).unwrap());
+    let conn = ep.connect(a.local_addr(), tls::SERVER_NAME).unwrap().await.unwrap();
+    let (mut s, mut r) = conn.open_bi().await.unwrap();
+    s.write_all(&frame(&hello("evil"))).await.unwrap();
+    s.finish().unwrap();
+    let reply = tokio::time::timeout(DEADLINE, r.read_to_end(1 << 20)).await.unwrap().unwrap();
+    let msgs = FrameCodec::default().decode_all(&reply).unwrap();
+    assert!(matches!(msgs.first(), Some(Message::Hello(_))), "{msgs:?}");
+    let mut u = conn.open_uni().await.unwrap();
+    let mut garbage = BytesMut::new();
+    garbage.extend_from_slice(&[0, 0, 0, 12]);
+    garbage.extend_from_slice(b"\xff\xff\xff\xff not postcard");
+    u.write_all(&garbage).await.unwrap();
+    let _ = u.finish();
+    let closed = tokio::time::timeout(DEADLINE, conn.closed()).await.expect("a closes the connection");
+    assert!(format!("{closed:?}").contains("protocol"), "{closed:?}");
+    eventually("counted", || a.stats().protocol_errors >= 1).await;
+
+    // The mesh carries on.
+    a.put("after", "ok").unwrap();
+    eventually("replication continues", || b.get(b"after").is_some()).await;
+    b.put("back", "ok").unwrap();
+    eventually("both ways", || a.get(b"back").is_some()).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
