@@ -209,6 +209,16 @@ impl Replica {
         Ok(m.learn(id, Status::Active))
     }
 
+    /// A peer reports that `current` runs this peer's name: if it is newer
+    /// than this process, this process is superseded and must stop.
+    /// Returns whether it is.
+    pub fn learn_own_successor(&self, current: crate::membership::Incarnation) -> bool {
+        let mut m = self.members.lock();
+        let me = m.me().clone();
+        m.learn(&MemberId { name: me.name, incarnation: current }, Status::Active);
+        m.self_superseded()
+    }
+
     /// A graceful goodbye from `id`: collection stops waiting for it.
     pub fn handle_goodbye(&self, id: &MemberId) -> Learned {
         self.members.lock().leave(id)

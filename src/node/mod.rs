@@ -528,6 +528,17 @@ impl Mesh {
         self.inner.cancel.cancelled().await
     }
 
+    /// Stops without saying goodbye, as a crash would: peers keep this
+    /// incarnation as a member, pausing tombstone collection, until a newer
+    /// incarnation of its name appears or an operator forgets it. For
+    /// failure testing.
+    pub async fn halt(&self) {
+        self.inner.cancel.cancel();
+        self.inner.endpoint.close(peer::CODE_SUPERSEDED, b"halt");
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.tasks.wait()).await;
+    }
+
     /// Leaves the mesh gracefully: says goodbye to every peer (so that they
     /// stop waiting for this incarnation), closes connections, and waits
     /// for every task to finish.

@@ -179,10 +179,9 @@ async fn dial(inner: &Arc<Inner>, addr: SocketAddr) -> Result<String, Box<dyn st
         Some(Message::Refused(r)) => {
             tracing::error!(%addr, reason = ?r, "peer refused this peer's hello");
             if let Refusal::Superseded { current: Some(c) } = &r {
-                // The mesh knows a newer incarnation of our own name.
-                let me = inner.replica.me();
-                if c.node != me.incarnation.node && *c > me.incarnation {
-                    let _ = inner.replica.learn_peer(&MemberId { name: me.name.clone(), incarnation: *c });
+                // The mesh may know a newer incarnation of our own name.
+                if inner.replica.learn_own_successor(*c) {
+                    tracing::error!(current = ?c, "a newer incarnation of this peer's name runs in the mesh");
                 }
             }
             Err(format!("refused by {addr}: {r:?}").into())

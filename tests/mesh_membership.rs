@@ -1,0 +1,88 @@
+//! Membership over real QUIC: members are removed only by goodbye, by a
+//! newer incarnation, or by an operator; never by a timeout. A superseded
+//! incarnation is told so and stops.
+
+use std::time::Duration;
+
+use meshcache::membership::Status;
+use meshcache::transport::tls::EphemeralCa;
+use meshcache::{Mesh, MeshConfig};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn start(ca: &EphemeralCa, name: &str, seeds: &[std::net::SocketAddr]) -> Mesh {
+    Mesh::builder()
+        .config(MeshConfig::for_test(name))
+        .seeds(seeds.iter().copied())
+        .tls(ca.issue(name).unwrap())
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while !f() {
+        assert!(tokio::time::Instant::now() < end, "not within {DEADLINE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn status_of(m: &Mesh, name: &str) -> Option<(Status, bool)> {
+    m.members().into_iter().find(|s| s.id.name == name).map(|s| (s.status, s.connected))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_member_pauses_collection_until_it_restarts_or_is_forgotten() {
+    let ca = EphemeralCa::new().unwrap();
+    let a = start(&ca, "a", &[]).await;
+    let b = start(&ca, "b", &[a.local_addr()]).await;
+    let c = start(&ca, "c", &[a.local_addr()]).await;
+    eventually("full mesh", || [&a, &b, &c].iter().all(|m| m.stats().connected == 2)).await;
+    c.halt().await;
+    eventually("c's links noticed dead", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    // Far past every timeout, c is still a member and pauses collection.
+    a.put("k", "v").unwrap();
+    a.delete("k").unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(status_of(&a, "c"), Some((Status::Active, false)));
+    assert_eq!(a.stats().store.tombstones, 1, "collection waits for c");
+    assert_eq!(a.stats().store.collected_tombstones, 0);
+
+    // c restarts as a new, empty incarnation: it supersedes the old one.
+    let c2 = start(&ca, "c", &[b.local_addr()]).await;
+    assert!(c2.wait_ready(DEADLINE).await);
+    eventually("new incarnation known", || a.members().iter().any(|m| m.id == *c2.id() && m.connected)).await;
+    eventually("collection resumes", || a.stats().store.tombstones == 0 && b.stats().store.tombstones == 0).await;
+    assert!(a.stats().store.collected_tombstones >= 1);
+
+    // An operator forgets a member that is gone for good.
+    c2.halt().await;
+    a.put("j", "v").unwrap();
+    a.delete("j").unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(a.stats().store.tombstones, 1);
+    assert!(a.forget("c"));
+    eventually("forget gossips to b", || status_of(&b, "c").map(|s| s.0) == Some(Status::Forgotten)).await;
+    eventually("collection resumes after forget", || a.stats().store.tombstones == 0).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_incarnation_is_told_so_and_stops() {
+    let ca = EphemeralCa::new().unwrap();
+    let a = start(&ca, "a", &[]).await;
+    let old = start(&ca, "z", &[a.local_addr()]).await;
+    eventually("old z joined", || a.stats().connected == 1).await;
+    // A second process with the same name starts later: it is newer.
+    let new = start(&ca, "z", &[a.local_addr()]).await;
+    eventually("a talks to the new z", || a.members().iter().any(|m| m.id == *new.id() && m.connected)).await;
+    tokio::time::timeout(DEADLINE, old.stopped()).await.expect("the old incarnation stops");
+    assert!(old.replica().is_superseded());
+    assert!(old.put("x", "y").is_err(), "a superseded peer refuses writes");
+    new.put("x", "y").unwrap();
+    eventually("new z replicates", || a.get(b"x").is_some()).await;
+    a.shutdown().await;
+    new.shutdown().await;
+}
