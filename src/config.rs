@@ -26,7 +26,8 @@ fn invalid(field: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, why: why.into() }
 }
 
-/// Settings of one peer. Durations are in milliseconds in TOML.
+/// Settings of one peer. Durations are in milliseconds in TOML, except
+/// `push_delay` (microseconds).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeshConfig {
@@ -49,9 +50,9 @@ pub struct MeshConfig {
     /// Period of anti-entropy rounds with a random peer (ms).
     #[serde(with = "ms")]
     pub anti_entropy_interval: Duration,
-    /// How long a push waits to gather more writes into its batch (ms, at
-    /// most 1; 0 sends at once).
-    #[serde(with = "ms")]
+    /// How long a push waits to gather more writes into its batch
+    /// (microseconds in TOML, at most 1000; 0 sends at once).
+    #[serde(with = "us")]
     pub push_delay: Duration,
     /// Target bytes of writes per pushed batch.
     pub push_batch_bytes: usize,
@@ -191,6 +192,20 @@ mod ms {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// Durations as integer microseconds in TOML.
+mod us {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_micros() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_micros(u64::deserialize(d)?))
     }
 }
 
