@@ -51,7 +51,10 @@ pub struct MeshConfig {
     #[serde(with = "ms")]
     pub anti_entropy_interval: Duration,
     /// How long a push waits to gather more writes into its batch
-    /// (microseconds in TOML, at most 1000; 0 sends at once).
+    /// (microseconds in TOML, at most 1000; 0, the default, sends at once).
+    /// Writes still batch naturally: whatever queues while a batch is being
+    /// sent goes in the next one. tokio's timer rounds a non-zero delay up
+    /// to its 1 ms resolution.
     #[serde(with = "us")]
     pub push_delay: Duration,
     /// Target bytes of writes per pushed batch.
@@ -93,7 +96,7 @@ impl Default for MeshConfig {
             seeds: Vec::new(),
             max_offset: Duration::from_millis(500),
             anti_entropy_interval: Duration::from_secs(1),
-            push_delay: Duration::from_micros(200),
+            push_delay: Duration::ZERO,
             push_batch_bytes: 64 * 1024,
             push_queue_bytes: 32 << 20,
             max_frame: crate::wire::DEFAULT_MAX_FRAME,

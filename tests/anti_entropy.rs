@@ -157,3 +157,38 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         assert_eq!(s.phase(), meshcache::sync::Phase::Failed);
     }
 }
+
+#[test]
+fn writes_during_a_session_do_not_split_the_mode_decision() {
+    use meshcache::sync::Session;
+    // Equal stores; the initiator takes a write between its opening and the
+    // answer. Both sides must still decide from the two openings alike.
+    for extra in [1usize, 5_000] {
+        let a = replica("a", 1);
+        let c = replica("c", 2);
+        fill(&a, 2_000, "k", T0);
+        copy_all(&a, &c, T0);
+        let mut s = Session::initiate(&a, T0);
+        let mut r = Session::respond(T0);
+        let begin = s.poll_transmit(&a).unwrap();
+        fill(&a, extra, "late", T0 + 1);
+        r.handle_message(&c, begin, T0).unwrap();
+        for _ in 0..1_000 {
+            while let Some(m) = r.poll_transmit(&c) {
+                s.handle_message(&a, m, T0).unwrap();
+            }
+            while let Some(m) = s.poll_transmit(&a) {
+                r.handle_message(&c, m, T0).unwrap();
+            }
+            if s.is_finished() && r.is_finished() {
+                break;
+            }
+        }
+        assert!(s.is_complete() && r.is_complete());
+        assert_eq!(s.stats().mode, r.stats().mode);
+        assert_eq!(s.stats().mode, Mode::InSync);
+        // The late writes go in the next round.
+        sync(&a, &c, T0 + 2).unwrap();
+        assert_eq!(a.store().root(), c.store().root());
+    }
+}

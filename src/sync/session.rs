@@ -160,6 +160,9 @@ pub struct Session {
     changes: Vec<Change>,
     stats: SessionStats,
     batch_bytes: usize,
+    /// The (root, count) this side sent in its opening: the mode is decided
+    /// from the two openings, which both sides see alike.
+    opened_with: (u64, u64),
 }
 
 impl Session {
@@ -167,7 +170,9 @@ impl Session {
     /// queued.
     pub fn initiate(replica: &Replica, now_ms: u64) -> Session {
         let mut s = Session::new(Role::Initiator, now_ms);
-        s.out.push_back(SyncMsg::Begin(replica.sync_hello()));
+        let hello = replica.sync_hello();
+        s.opened_with = (hello.root, hello.count);
+        s.out.push_back(SyncMsg::Begin(hello));
         s.phase = Phase::AwaitAccept;
         s
     }
@@ -196,6 +201,7 @@ impl Session {
             changes: Vec::new(),
             stats: SessionStats::default(),
             batch_bytes: DEFAULT_BATCH_BYTES,
+            opened_with: (0, 0),
         }
     }
 
@@ -282,8 +288,9 @@ impl Session {
             }
             (Phase::AwaitAccept, SyncMsg::Accept(h)) => {
                 self.open(replica, &h, now_ms)?;
-                let (root, count) = replica.store().root();
-                self.decide(replica, (root, count), (h.root, h.count));
+                // Decide from the root we sent, not today's: the store may
+                // have changed since, and both sides must decide alike.
+                self.decide(replica, self.opened_with, (h.root, h.count));
                 if self.stats.mode == Mode::Descend {
                     let hashes = children(replica, 1, &[0]);
                     self.out.push_back(SyncMsg::Level { level: 1, parents: vec![0], hashes });
