@@ -56,6 +56,9 @@ pub enum Ev {
     Ae { a: usize, b: usize },
     /// A session cut after `after` messages (a broken stream).
     AeCut { a: usize, b: usize, after: usize },
+    /// A full session during which one side takes a local write after
+    /// `after` messages: stores change while sessions run.
+    AeWrite { a: usize, b: usize, after: usize, on_a: bool, key: u8, delete: bool },
     /// Deliver the pending push with this index (modulo the queue length).
     Deliver(usize),
     /// Lose the pending push with this index.
@@ -344,6 +347,11 @@ impl Sim {
     /// Runs a session from `a` to `b`, cut after `cut` messages if given.
     /// Returns true if both sides completed.
     fn ae(&mut self, a: usize, b: usize, cut: Option<usize>) -> bool {
+        self.ae_with(a, b, cut, None)
+    }
+
+    /// A session; `write` = (after how many messages, on a?, key, delete?).
+    fn ae_with(&mut self, a: usize, b: usize, cut: Option<usize>, write: Option<(usize, bool, u8, bool)>) -> bool {
         if a == b || !self.alive(a) || !self.alive(b) || !self.link[a][b] || !self.link[b][a] {
             return false;
         }
@@ -355,6 +363,8 @@ impl Sim {
         let mut sent = 0usize;
         let mut killed = Vec::new();
         let mut failed = false;
+        let mut during: Option<(usize, meshcache::store::Written)> = None;
+        let mut protocol_error: Option<String> = None;
         'outer: for _ in 0..10_000 {
             let mut moved = false;
             for (from, to, rf, rt, nt, dir) in [(0, 1, ra, rb, nb, true), (1, 0, rb, ra, na, false)] {
@@ -367,6 +377,19 @@ impl Sim {
                         break 'outer;
                     }
                     sent += 1;
+                    if let Some((after, on_a, k, del)) = write {
+                        if sent == after && during.is_none() {
+                            let (r, slot, now) = if on_a { (ra, a, na) } else { (rb, b, nb) };
+                            let res = if del {
+                                r.delete(key(k), now)
+                            } else {
+                                r.put(key(k), Bytes::from(format!("{now}-mid")), None, now)
+                            };
+                            if let Ok(w) = res {
+                                during = Some((slot, w));
+                            }
+                        }
+                    }
                     if let SyncMsg::Finish { refused } = &m {
                         for (k, st) in refused {
                             if rt.store().register(k).is_some_and(|r| r.marker == *st) {
@@ -374,8 +397,12 @@ impl Sim {
                             }
                         }
                     }
-                    if dst.handle_message(rt, m, nt).is_err() {
+                    if let Err(e) = dst.handle_message(rt, m, nt) {
                         failed = true;
+                        if matches!(e, meshcache::sync::SyncError::Protocol(_)) {
+                            // Honest replicas never break the protocol.
+                            protocol_error = Some(e.to_string());
+                        }
                         // Let the refusing side's Reject reach the other.
                         while let Some(m) = dst.poll_transmit(rt) {
                             let _ = src.handle_message(rf, m, if dir { na } else { nb });
@@ -412,6 +439,17 @@ impl Sim {
         });
         self.record(a, &ca);
         self.record(b, &cb);
+        if let Some(e) = protocol_error {
+            self.violations.push(Violation { kind: "SESSION-PROTOCOL-ERROR", detail: format!("n{a}<->n{b}: {e}") });
+        }
+        if let Some((slot, w)) = during {
+            if w.applied {
+                self.written.insert((w.key.clone(), w.register.marker), w.register.clone());
+                let kind = if w.register.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
+                self.record(slot, &[Change { key: w.key.clone(), kind, stamp: w.register.marker }]);
+                self.note(|| format!("write during session at n{slot}: {:?}@{}", w.register.val, w.register.marker));
+            }
+        }
         done
     }
 
@@ -478,6 +516,9 @@ impl Sim {
             }
             Ev::AeCut { a, b, after } => {
                 self.ae(*a, *b, Some(*after));
+            }
+            Ev::AeWrite { a, b, after, on_a, key, delete } => {
+                self.ae_with(*a, *b, None, Some((*after, *on_a, *key, *delete)));
             }
             Ev::Deliver(i) => self.deliver(*i),
             Ev::DeliverLabel { label, to } => {
@@ -774,6 +815,7 @@ pub fn generate(seed: u64) -> (Cfg, Vec<Ev>) {
         ("flush", [0.0, 0.0, 0.3, 1.0][rng.random_range(0..4)]),
         ("ae", rng.random_range(2.0..20.0)),
         ("aecut", rng.random_range(0.0..3.0)),
+        ("aewrite", rng.random_range(0.0..4.0)),
         ("dlv", rng.random_range(2.0..20.0)),
         ("lose", rng.random_range(0.0..4.0)),
         ("part", if long { rng.random_range(0.5..3.0) } else { rng.random_range(0.0..4.0) }),
@@ -827,6 +869,17 @@ pub fn generate(seed: u64) -> (Cfg, Vec<Ev>) {
             "aecut" => {
                 let (a, b) = pick2(&mut rng);
                 Ev::AeCut { a, b, after: rng.random_range(1..8) }
+            }
+            "aewrite" => {
+                let (a, b) = pick2(&mut rng);
+                Ev::AeWrite {
+                    a,
+                    b,
+                    after: rng.random_range(1..6),
+                    on_a: rng.random_bool(0.5),
+                    key: rng.random_range(0..cfg.keys),
+                    delete: rng.random_bool(0.3),
+                }
             }
             "dlv" => Ev::Deliver(rng.random_range(0..1000)),
             "lose" => Ev::Lose(rng.random_range(0..1000)),
