@@ -1,25 +1,543 @@
-//! The `meshcache` command.
+//! The `meshcache` command: run a peer, make certificates, ask a running
+//! peer for its state, and show the mesh at work.
 //!
-//! The networked peer (`node`), certificates and the demo are not built yet;
-//! see README.md, "Status". Until then the binary reports its version and
-//! protocol, so that scripts can already check what they run.
+//! - `meshcache node`: one peer. Settings are layered: defaults, then the
+//!   TOML file of `--config` (a [`MeshConfig`]), then `MESHCACHE_*`
+//!   environment variables, then flags. Stops gracefully on SIGINT or
+//!   SIGTERM.
+//! - `meshcache certs init | issue NAME`: the cluster CA and node
+//!   certificates.
+//! - `meshcache status | forget NAME`: requests to a peer's admin port
+//!   ([`meshcache::admin`]).
+//! - `meshcache demo`: three peers in this process; measures replication.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (a port in use, a peer that
+//! stopped on its own, a demo that did not converge, an admin port that does
+//! not answer); 2 bad input (flags, configuration, certificates).
 
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use meshcache::hlc::Stamp;
+use meshcache::store::Slot;
+use meshcache::transport::tls::{self, EphemeralCa, Identity};
+use meshcache::{admin, Mesh, MeshConfig, MeshError};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+/// Where `node` serves, and `status` and `forget` look for, the admin port:
+/// one above the default peer port (7946).
+const DEFAULT_ADMIN: &str = "127.0.0.1:7947";
+
+/// Where `node` keeps development certificates when no `--certs` is given.
+const DEV_CERTS: &str = "./certs";
+
+const NODE_HELP: &str = "\
+Settings, lowest precedence first: defaults; the --config TOML file (fields \
+of MeshConfig, durations in ms except push_delay in µs, unknown fields refused); MESHCACHE_* \
+environment variables; flags.
+
+Without --certs, development certificates are made (once) under ./certs: \
+fine on one machine, not for production. Real ones: `meshcache certs init`, \
+then `meshcache certs issue NAME --ip ADDR` for each node, then --certs DIR.
+
+The admin port (default 127.0.0.1:7947, `--admin off` to disable) answers \
+`meshcache status` and `meshcache forget NAME`. It has no authentication, so \
+it only binds loopback addresses; give each node on one host its own.";
+
+#[derive(Parser)]
+#[command(name = "meshcache", about = "A CRDT cache mesh: every peer holds the whole keyspace.")]
+#[command(arg_required_else_help = true, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one peer of the mesh.
+    #[command(after_long_help = NODE_HELP)]
+    Node(Box<NodeArgs>),
+    /// Make the cluster CA and node certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Show a running peer's state, counters and members (via its admin port).
+    Status(AdminArgs),
+    /// Remove a member that is gone for good (tombstone collection stops waiting for it).
+    ///
+    /// Never for a member that may come back with its data: its deletes could be undone.
+    Forget {
+        /// The member's name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Start three peers in this process and measure replication; needs no setup.
+    ///
+    /// Measures write-to-visible latency, deletes, concurrent writes to the
+    /// same keys, replicated writes per second, and checks equal digests.
+    Demo {
+        /// Smaller counts (1,000 keys, 20,000 for throughput): a few seconds.
+        #[arg(long)]
+        quick: bool,
+        /// The peers' push delay in µs, to compare batching against latency
+        /// (default: MeshConfig's).
+        #[arg(long, value_name = "US")]
+        push_delay_us: Option<u64>,
+    },
+    /// Print the version and the wire protocol version.
+    Version,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// This peer's name: unique in the mesh, and the name in its certificate.
+    #[arg(long, env = "MESHCACHE_NAME", value_name = "NAME")]
+    name: Option<String>,
+    /// Where to accept peers (QUIC over UDP). Default 127.0.0.1:7946.
+    #[arg(long, env = "MESHCACHE_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The address other peers should dial, if not --listen (required when
+    /// --listen is a wildcard such as 0.0.0.0).
+    #[arg(long, env = "MESHCACHE_ADVERTISE", value_name = "ADDR")]
+    advertise: Option<SocketAddr>,
+    /// A peer to join through; repeat for more (MESHCACHE_SEEDS: comma-separated).
+    #[arg(long = "seed", env = "MESHCACHE_SEEDS", value_name = "ADDR", value_delimiter = ',')]
+    seeds: Vec<SocketAddr>,
+    /// Directory of ca.crt, NAME.crt and NAME.key (made by `meshcache certs`).
+    #[arg(long, env = "MESHCACHE_CERTS", value_name = "DIR")]
+    certs: Option<PathBuf>,
+    /// TOML settings file (MeshConfig fields).
+    #[arg(long, env = "MESHCACHE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address (any path).
+    #[arg(long, env = "MESHCACHE_METRICS", value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// The admin port (loopback only), or `off`.
+    #[arg(long, env = "MESHCACHE_ADMIN", value_name = "ADDR|off", default_value = DEFAULT_ADMIN, value_parser = parse_admin)]
+    admin: AdminAddr,
+    /// Memory bound for values: bytes, or with a K, M or G suffix (powers of
+    /// 1024, e.g. 256M), or `off` for none.
+    #[arg(long, env = "MESHCACHE_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    max_bytes: Option<MaxBytes>,
+    /// Budget of tombstones and eviction stubs before compaction.
+    #[arg(long, env = "MESHCACHE_MAX_TOMBSTONES", value_name = "N")]
+    max_tombstones: Option<usize>,
+    /// Period of anti-entropy rounds, in ms.
+    #[arg(long, env = "MESHCACHE_ANTI_ENTROPY_MS", value_name = "MS")]
+    anti_entropy_ms: Option<u64>,
+    /// How long a seeded peer waits for a seed before starting alone, in ms.
+    #[arg(long, env = "MESHCACHE_BOOTSTRAP_TIMEOUT_MS", value_name = "MS")]
+    bootstrap_timeout_ms: Option<u64>,
+    /// Largest clock offset tolerated between peers, in ms.
+    #[arg(long, env = "MESHCACHE_MAX_OFFSET_MS", value_name = "MS")]
+    max_offset_ms: Option<u64>,
+    /// How long a push waits to batch more writes, in µs (at most 1000; 0 sends at once).
+    #[arg(long, env = "MESHCACHE_PUSH_DELAY_US", value_name = "US")]
+    push_delay_us: Option<u64>,
+    /// Print the resulting settings as TOML and exit, without starting.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Make the cluster CA: DIR/ca.crt and DIR/ca.key (keep ca.key secret).
+    Init {
+        /// The certificate directory.
+        #[arg(long, env = "MESHCACHE_CERTS", value_name = "DIR", default_value = "certs")]
+        dir: PathBuf,
+        /// Overwrite an existing CA (every node certificate must then be re-issued).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue node NAME's certificate: DIR/NAME.crt and DIR/NAME.key, signed by the CA in DIR.
+    Issue {
+        /// The node's name (as given to `meshcache node --name`).
+        name: String,
+        /// The certificate directory.
+        #[arg(long, env = "MESHCACHE_CERTS", value_name = "DIR", default_value = "certs")]
+        dir: PathBuf,
+        /// An IP address to add to the certificate; repeat for more.
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<IpAddr>,
+        /// A DNS name to add to the certificate; repeat for more.
+        #[arg(long = "dns", value_name = "NAME")]
+        dns: Vec<String>,
+        /// Overwrite an existing certificate and key.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The peer's admin port.
+    #[arg(long, env = "MESHCACHE_ADMIN", value_name = "ADDR", default_value = DEFAULT_ADMIN, value_parser = parse_admin)]
+    admin: AdminAddr,
+}
+
+/// An admin address, or none.
+#[derive(Clone, Copy, Debug)]
+enum AdminAddr {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_admin(s: &str) -> Result<AdminAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(AdminAddr::Off);
+    }
+    s.parse().map(AdminAddr::At).map_err(|_| "expected IP:PORT (such as 127.0.0.1:7947) or `off`".to_owned())
+}
+
+/// A `--max-bytes` value.
+#[derive(Clone, Copy, Debug)]
+enum MaxBytes {
+    Unbounded,
+    Bound(usize),
+}
+
+fn parse_size(s: &str) -> Result<MaxBytes, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+        return Ok(MaxBytes::Unbounded);
+    }
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let bad = || format!("expected bytes, such as 268435456, 256M or 2G, or `off`; got {s:?}");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit)
+        .and_then(|b| usize::try_from(b).ok())
+        .map(MaxBytes::Bound)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `println!` that ignores a closed stdout (`meshcache demo | head`)
+/// instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+mod demo;
+
+/// Writes `text` to stdout as is, ignoring a closed stdout.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+/// How the process ends: a one-line message on stderr and an exit code.
+#[derive(Debug)]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+/// Bad input: exit code 2.
+fn usage(message: impl Into<String>) -> Exit {
+    Exit { code: 2, message: message.into() }
+}
+
+/// A runtime failure: exit code 1.
+fn failure(message: impl Into<String>) -> Exit {
+    Exit { code: 1, message: message.into() }
+}
+
+fn version() -> String {
+    format!("{} (protocol {})", env!("CARGO_PKG_VERSION"), meshcache::wire::PROTOCOL_VERSION)
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None | Some("version") | Some("--version") | Some("-V") => {
-            println!("meshcache {} (protocol {})", env!("CARGO_PKG_VERSION"), meshcache::wire::PROTOCOL_VERSION);
-            ExitCode::SUCCESS
-        }
-        Some("help") | Some("--help") | Some("-h") => {
-            println!("usage: meshcache [version]\n\nThe peer (`node`), `certs` and `demo` commands are not built yet.");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("meshcache: unknown command {other:?}; this build only has `version` (see README.md, Status)");
-            ExitCode::from(2)
+    // An empty MESHCACHE_* variable counts as unset (clap would otherwise
+    // try to parse the empty string). Done before any thread starts.
+    for (k, v) in std::env::vars_os() {
+        if v.is_empty() && k.to_str().is_some_and(|k| k.starts_with("MESHCACHE_")) {
+            std::env::remove_var(k);
         }
     }
+    // Leaked once: clap wants a 'static version string.
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run(cli.command, version)),
+        Err(e) => Err(failure(format!("cannot start the async runtime: {e}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshcache: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+async fn run(command: Command, version: &str) -> Result<(), Exit> {
+    match command {
+        Command::Node(args) => node(*args).await,
+        Command::Certs(c) => certs(c),
+        Command::Status(a) => admin_request(a.admin, "status".to_owned()).await,
+        Command::Forget { name, admin } => {
+            meshcache::config::validate_name(&name).map_err(|e| usage(e.to_string()))?;
+            admin_request(admin.admin, format!("forget {name}")).await
+        }
+        Command::Demo { quick, push_delay_us } => demo::demo(quick, push_delay_us.map(Duration::from_micros)).await,
+        Command::Version => {
+            say!("meshcache {version}");
+            Ok(())
+        }
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (else `default`).
+fn init_logging(default: &str) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&s).unwrap_or_else(|e| {
+            eprintln!("meshcache: ignoring RUST_LOG={s:?} ({e}); logging at {default}");
+            tracing_subscriber::EnvFilter::new(default)
+        }),
+        _ => tracing_subscriber::EnvFilter::new(default),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+// ---- node -------------------------------------------------------------
+
+/// Layers the settings: defaults < config file < environment < flags
+/// (clap already resolved environment against flags), then validates.
+fn node_config(args: &NodeArgs) -> Result<MeshConfig, Exit> {
+    let mut c = match &args.config {
+        Some(path) => read_config(path)?,
+        None => MeshConfig::default(),
+    };
+    if let Some(n) = &args.name {
+        c.name = n.clone();
+    }
+    if let Some(l) = args.listen {
+        c.listen = l;
+    }
+    if let Some(a) = args.advertise {
+        c.advertise = Some(a);
+    }
+    if !args.seeds.is_empty() {
+        c.seeds = args.seeds.clone();
+    }
+    match args.max_bytes {
+        Some(MaxBytes::Unbounded) => c.max_bytes = None,
+        Some(MaxBytes::Bound(b)) => c.max_bytes = Some(b),
+        None => {}
+    }
+    if let Some(t) = args.max_tombstones {
+        c.max_tombstones = t;
+    }
+    if let Some(ms) = args.anti_entropy_ms {
+        c.anti_entropy_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.bootstrap_timeout_ms {
+        c.bootstrap_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.max_offset_ms {
+        c.max_offset = Duration::from_millis(ms);
+    }
+    if let Some(us) = args.push_delay_us {
+        c.push_delay = Duration::from_micros(us);
+    }
+    if c.name.is_empty() {
+        return Err(usage("no peer name: give --name NAME (or MESHCACHE_NAME, or `name` in the config file)"));
+    }
+    c.validate().map_err(|e| usage(e.to_string()))?;
+    Ok(c)
+}
+
+fn read_config(path: &Path) -> Result<MeshConfig, Exit> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().trim().replace('\n', "; ");
+        match e.span() {
+            Some(span) => {
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+                usage(format!("invalid config file {}, line {line}, column {column}: {msg}", path.display()))
+            }
+            None => usage(format!("invalid config file {}: {msg}", path.display())),
+        }
+    })
+}
+
+/// Loads the TLS identity from `--certs`, or makes development
+/// certificates under ./certs.
+fn node_identity(certs: Option<&Path>, name: &str) -> Result<Identity, Exit> {
+    if let Some(dir) = certs {
+        return tls::load_identity(dir, name).map_err(|e| usage(e.to_string()));
+    }
+    let dir = Path::new(DEV_CERTS);
+    let (identity, created) =
+        tls::dev_identity(dir, name).map_err(|e| usage(format!("{e} (no --certs given, so {DEV_CERTS} is used)")))?;
+    if created {
+        warn!(
+            "DEVELOPMENT CERTIFICATES: no --certs given, so a development CA and a certificate for {name:?} were \
+             created under {DEV_CERTS}. They are NOT for production: anyone who can read {DEV_CERTS}/ca.key can \
+             join this mesh. Make real ones with `meshcache certs init --dir DIR` and `meshcache certs issue NAME \
+             --dir DIR --ip ADDR` (one per node), then start each node with --certs DIR."
+        );
+    } else {
+        warn!("no --certs given: using the certificates under {DEV_CERTS} (for development only)");
+    }
+    Ok(identity)
+}
+
+fn mesh_error(e: MeshError) -> Exit {
+    match e {
+        MeshError::Bind { .. } | MeshError::Write(_) => failure(e.to_string()),
+        _ => usage(e.to_string()),
+    }
+}
+
+async fn node(args: NodeArgs) -> Result<(), Exit> {
+    let config = node_config(&args)?;
+    if args.print_config {
+        let text = toml::to_string(&config).map_err(|e| failure(format!("cannot print the settings: {e}")))?;
+        emit(&text);
+        return Ok(());
+    }
+    let admin_addr = match args.admin {
+        AdminAddr::Off => None,
+        AdminAddr::At(a) if !a.ip().is_loopback() => {
+            return Err(usage(format!(
+                "--admin {a}: the admin port has no authentication, so it only binds a loopback address \
+                 (such as 127.0.0.1:7947), or give --admin off"
+            )))
+        }
+        AdminAddr::At(a) => Some(a),
+    };
+    init_logging("info");
+    let identity = node_identity(args.certs.as_deref(), &config.name)?;
+    // Before anything starts, so that an early signal is not lost.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| failure(format!("cannot handle SIGTERM: {e}")))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| failure(format!("cannot handle SIGINT: {e}")))?;
+    if let Some(addr) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| failure(format!("cannot serve metrics on {addr}: {e}")))?;
+        info!("Prometheus metrics on http://{addr}/metrics");
+    }
+    let admin_listener = match admin_addr {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+            failure(format!("cannot open the admin port {a}: {e}; pick another with --admin ADDR, or --admin off"))
+        })?),
+        None => None,
+    };
+    let mesh = Mesh::builder().config(config).tls(identity).start().await.map_err(mesh_error)?;
+    let mut admin_task = admin_listener.map(|l| {
+        let m = mesh.clone();
+        tokio::spawn(admin::serve_listener(mesh.clone(), l, async move { m.stopped().await }))
+    });
+    match admin_addr {
+        Some(a) => info!(admin = %a, "ready: `meshcache status --admin {a}` shows this peer"),
+        None => info!("ready (admin port off)"),
+    }
+
+    let admin_done = async {
+        match admin_task.as_mut() {
+            Some(t) => t.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: leaving the mesh"),
+        _ = sigint.recv() => info!("SIGINT: leaving the mesh"),
+        _ = mesh.stopped() => {
+            error!("the peer stopped on its own: a newer incarnation of this name joined, or it was forgotten");
+            return Err(failure("the peer stopped on its own: superseded or forgotten (see the log above)"));
+        }
+        r = admin_done => {
+            error!(result = ?r, "the admin port stopped unexpectedly; leaving the mesh");
+            mesh.shutdown().await;
+            return Err(failure("the admin port stopped unexpectedly"));
+        }
+    }
+    // A second signal cuts the goodbye short.
+    tokio::select! {
+        _ = mesh.shutdown() => {}
+        _ = sigterm.recv() => return Err(failure("second signal: stopped without finishing the goodbye")),
+        _ = sigint.recv() => return Err(failure("second signal: stopped without finishing the goodbye")),
+    }
+    if let Some(t) = admin_task {
+        // Requests in flight are bounded by the admin timeout.
+        let _ = tokio::time::timeout(admin::TIMEOUT + Duration::from_secs(1), t).await;
+    }
+    Ok(())
+}
+
+// ---- certs, status, forget ------------------------------------------------
+
+fn certs(command: CertsCommand) -> Result<(), Exit> {
+    match command {
+        CertsCommand::Init { dir, force } => {
+            let crt = tls::init_ca(&dir, force).map_err(|e| usage(e.to_string()))?;
+            say!("wrote {} (the cluster CA certificate)", crt.display());
+            say!(
+                "wrote {} (mode 0600: whoever holds it can admit nodes; keep it secret)",
+                dir.join(tls::CA_KEY_FILE).display()
+            );
+            say!("next: meshcache certs issue NAME --dir {} --ip ADDR (one per node)", dir.display());
+        }
+        CertsCommand::Issue { name, dir, ips, dns, force } => {
+            let (crt, key) = tls::issue(&dir, &name, &ips, &dns, force).map_err(|e| usage(e.to_string()))?;
+            say!(
+                "wrote {} (node {name}'s certificate, signed by {})",
+                crt.display(),
+                dir.join(tls::CA_CERT_FILE).display()
+            );
+            say!("wrote {} (mode 0600)", key.display());
+            say!("run: meshcache node --name {name} --certs {} ...", dir.display());
+        }
+    }
+    Ok(())
+}
+
+async fn admin_request(addr: AdminAddr, line: String) -> Result<(), Exit> {
+    let AdminAddr::At(addr) = addr else {
+        return Err(usage("--admin off: give the address of the peer's admin port"));
+    };
+    let reply = admin::request(addr, &line).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                "connection refused; is `meshcache node` running, with this --admin address?".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        failure(format!("cannot reach the admin port at {addr}: {hint}"))
+    })?;
+    if reply.starts_with("ERR") {
+        return Err(failure(reply.trim_end().trim_start_matches("ERR ").replace('\n', "; ")));
+    }
+    emit(&reply);
+    Ok(())
 }

@@ -1,0 +1,323 @@
+//! The admin port: a tiny text protocol on loopback TCP, for operators
+//! (`meshcache status`, `meshcache forget NAME`).
+//!
+//! One request per connection: the client sends one line (at most
+//! [`MAX_REQUEST`] bytes, ended by `\n` or by closing its side), the server
+//! replies with text and closes. Requests:
+//!
+//! - `status`: this peer's identity, listen address, bootstrap state, store
+//!   gauges, every counter of [`Mesh::stats`], and one line per member.
+//! - `forget NAME`: [`Mesh::forget`]; the reply starts with `OK` if the
+//!   member was forgotten, `ERR` otherwise.
+//! - `help`: the list of requests.
+//!
+//! Anything else gets a reply starting with `ERR`. The port has no
+//! authentication: bind it to a loopback address only (the `meshcache
+//! node` command refuses anything else).
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::membership::Status;
+use crate::node::now_ms;
+use crate::Mesh;
+
+/// Longest request line accepted, in bytes (without the line end).
+pub const MAX_REQUEST: usize = 1024;
+
+/// Each side gives the other this long to send its request or reply.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections served at once; more are closed at once. Operators send a
+/// request now and then, so this only bounds what a runaway script costs.
+const MAX_CONNECTIONS: usize = 32;
+
+/// Largest reply [`request`] reads: a status with thousands of members
+/// stays far below it.
+const MAX_REPLY: u64 = 16 << 20;
+
+/// Serves the admin protocol for `mesh` on `addr` until `shutdown`
+/// resolves, then waits for the requests in flight (each bounded by
+/// [`TIMEOUT`]). Fails only if `addr` cannot be bound.
+pub async fn serve(mesh: Mesh, addr: SocketAddr, shutdown: impl Future) -> io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    serve_listener(mesh, listener, shutdown).await
+}
+
+/// [`serve`] on a listener bound beforehand (so that a caller can report a
+/// bind failure before starting anything, or bind port 0 and read the port).
+pub async fn serve_listener(mesh: Mesh, listener: TcpListener, shutdown: impl Future) -> io::Result<()> {
+    tokio::pin!(shutdown);
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Over the limit: dropping the stream closes it.
+                    let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
+                    let mesh = mesh.clone();
+                    conns.spawn(async move {
+                        let _permit = permit;
+                        handle(&mesh, stream).await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off and
+                    // carry on; the admin port must not stop the peer.
+                    tracing::warn!(error = %e, "admin port: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Sends one request `line` to the admin port at `addr` and returns the
+/// whole reply. The exchange is bounded by twice [`TIMEOUT`] (the server
+/// gives each side one); a peer that is not running shows as
+/// [`io::ErrorKind::ConnectionRefused`].
+pub async fn request(addr: SocketAddr, line: &str) -> io::Result<String> {
+    if line.len() > MAX_REQUEST || line.contains(['\n', '\r']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a request is one line of at most {MAX_REQUEST} bytes"),
+        ));
+    }
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut reply = Vec::new();
+        (&mut stream).take(MAX_REPLY).read_to_end(&mut reply).await?;
+        Ok(String::from_utf8_lossy(&reply).into_owned())
+    };
+    tokio::time::timeout(TIMEOUT * 2, exchange).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no reply from the admin port at {addr} within {:?}", TIMEOUT * 2),
+        )
+    })?
+}
+
+/// What a connection sent.
+enum Received {
+    Line(String),
+    TooLong,
+    NotUtf8,
+}
+
+/// Serves one connection: one request, one reply, close. Errors end the
+/// connection quietly: the client sees it closed.
+async fn handle(mesh: &Mesh, mut stream: TcpStream) {
+    let reply = match tokio::time::timeout(TIMEOUT, read_request(&mut stream)).await {
+        Err(_) => format!("ERR no request line within {TIMEOUT:?}\n"),
+        Ok(Err(_)) => return,
+        Ok(Ok(Received::TooLong)) => format!("ERR request longer than {MAX_REQUEST} bytes\n"),
+        Ok(Ok(Received::NotUtf8)) => "ERR the request is not UTF-8 text\n".to_owned(),
+        Ok(Ok(Received::Line(line))) => respond(mesh, &line),
+    };
+    let _ = tokio::time::timeout(TIMEOUT, async {
+        stream.write_all(reply.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Reads up to the first `\n`, or to the end of the stream.
+async fn read_request(stream: &mut TcpStream) -> io::Result<Received> {
+    let mut buf = Vec::with_capacity(128);
+    let mut chunk = [0u8; 256];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        let end = n == 0;
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(pos);
+        } else if buf.len() > MAX_REQUEST {
+            return Ok(Received::TooLong);
+        } else if !end {
+            continue;
+        }
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        if buf.len() > MAX_REQUEST {
+            return Ok(Received::TooLong);
+        }
+        return Ok(String::from_utf8(buf).map_or(Received::NotUtf8, Received::Line));
+    }
+}
+
+/// The reply to one request line.
+fn respond(mesh: &Mesh, line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["status"] => status(mesh),
+        ["forget", name] => forget(mesh, name),
+        ["forget", ..] => "ERR usage: forget NAME\n".to_owned(),
+        ["help"] => "requests: status | forget NAME | help\n".to_owned(),
+        [] => "ERR empty request; try: status | forget NAME | help\n".to_owned(),
+        _ => {
+            let shown: String = line.chars().take(64).collect();
+            format!("ERR unknown request {shown:?}; try: status | forget NAME | help\n")
+        }
+    }
+}
+
+fn forget(mesh: &Mesh, name: &str) -> String {
+    if name == mesh.id().name {
+        return format!("ERR {name} is this peer; to remove it, stop it (SIGTERM makes it leave gracefully)\n");
+    }
+    let was_connected = mesh.members().iter().any(|m| m.id.name == name && m.connected);
+    if !mesh.forget(name) {
+        return format!("ERR no active member named {name:?}; see `meshcache status` for the members\n");
+    }
+    tracing::warn!(member = name, "forgotten by an operator: tombstone collection no longer waits for it");
+    let mut out = format!("OK forgot {name}: tombstone collection no longer waits for it\n");
+    if was_connected {
+        out.push_str(&format!(
+            "warning: {name} is still connected; once it learns it was forgotten it stops \
+             (a forgotten incarnation is refused by the mesh)\n"
+        ));
+    }
+    out
+}
+
+/// Seconds, with a tenth, for ages and uptimes.
+fn secs(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+fn status(mesh: &Mesh) -> String {
+    let now = now_ms();
+    let me = mesh.id();
+    let s = mesh.stats();
+    let st = &s.store;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let mut kv = |k: &str, v: &dyn std::fmt::Display| {
+        let _ = writeln!(out, "{k:<21} {v}");
+    };
+    kv("name:", &me.name);
+    kv("incarnation:", &me.incarnation.node);
+    kv(
+        "started:",
+        &format!("{} (unix ms; up {})", me.incarnation.started_ms, secs(now.saturating_sub(me.incarnation.started_ms))),
+    );
+    kv("listen:", &mesh.local_addr());
+    kv("booted:", &s.booted);
+    kv("entries:", &st.entries);
+    kv("bytes:", &st.bytes);
+    kv("tombstones:", &st.tombstones);
+    kv("stubs:", &st.stubs);
+    kv("clear_below:", &st.floors.clear_below);
+    kv("gc_floor:", &st.floors.gc_floor);
+    let counters: [(&str, u64); 21] = [
+        ("deltas_sent", s.deltas_sent),
+        ("deltas_received", s.deltas_received),
+        ("push_batches_sent", s.push_batches_sent),
+        ("push_bytes_sent", s.push_bytes_sent),
+        ("queue_overflows", s.queue_overflows),
+        ("ae_rounds", s.ae_rounds),
+        ("ae_failed", s.ae_failed),
+        ("ae_bytes_sent", s.ae_bytes_sent),
+        ("ae_bytes_received", s.ae_bytes_received),
+        ("refused_peers", s.refused_peers),
+        ("protocol_errors", s.protocol_errors),
+        ("clock_refused", s.clock_refused),
+        ("refused_floor", st.refused_floor),
+        ("refused_future", st.refused_future),
+        ("below_clear", st.below_clear),
+        ("collected_tombstones", st.collected_tombstones),
+        ("collected_expired", st.collected_expired),
+        ("refusal_drops", st.refusal_drops),
+        ("evictions", st.evictions),
+        ("compactions", st.compactions),
+        ("compacted_values", st.compacted_values),
+    ];
+    for (k, v) in counters {
+        kv(&format!("{k}:"), &v);
+    }
+    let mut members = mesh.members();
+    members.sort_by(|a, b| a.id.name.cmp(&b.id.name));
+    let _ = writeln!(out, "members:              {} active, {} connected", s.members, s.connected);
+    let width = members.iter().map(|m| m.id.name.len()).max().unwrap_or(0).max(4);
+    for m in &members {
+        let status = match m.status {
+            Status::Active => "active",
+            Status::Left => "left",
+            Status::Forgotten => "forgotten",
+        };
+        let addr = m.addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let synced = m.synced_ms.map_or_else(|| "never".to_owned(), |t| format!("{} ago", secs(now.saturating_sub(t))));
+        let connected = if m.connected { "connected" } else { "disconnected" };
+        let _ = writeln!(out, "  {:<width$}  {status:<9}  {connected:<12}  {addr:<21}  synced {synced}", m.id.name);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::tls::EphemeralCa;
+    use crate::MeshConfig;
+
+    async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let _ = s.shutdown().await;
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await.unwrap().unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn requests_and_errors() {
+        let ca = EphemeralCa::new().unwrap();
+        let mesh =
+            Mesh::builder().config(MeshConfig::for_test("adm")).tls(ca.issue("adm").unwrap()).start().await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_listener(mesh.clone(), listener, stop_rx));
+
+        let status = request(addr, "status").await.unwrap();
+        assert!(status.starts_with("name:"), "{status}");
+        assert!(status.contains(" adm\n") && status.contains("booted:") && status.contains("ae_rounds:"), "{status}");
+        assert!(status.contains(&mesh.local_addr().to_string()), "{status}");
+
+        let r = request(addr, "forget nobody").await.unwrap();
+        assert!(r.starts_with("ERR no active member"), "{r}");
+        let r = request(addr, "forget adm").await.unwrap();
+        assert!(r.starts_with("ERR adm is this peer"), "{r}");
+        let r = request(addr, "flushall").await.unwrap();
+        assert!(r.starts_with("ERR unknown request"), "{r}");
+        assert!(request(addr, "help").await.unwrap().contains("forget NAME"));
+
+        // Without a line end (closed write side), with CRLF, too long, binary.
+        assert!(raw(addr, b"status").await.starts_with("name:"));
+        assert!(raw(addr, b"status\r\n").await.starts_with("name:"));
+        let long = vec![b'x'; MAX_REQUEST + 10];
+        assert!(raw(addr, &long).await.starts_with("ERR request longer"));
+        assert!(raw(addr, b"\xff\xfe\n").await.starts_with("ERR the request is not UTF-8"));
+        assert!(request(addr, "two\nlines").await.is_err());
+
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+        mesh.shutdown().await;
+    }
+}

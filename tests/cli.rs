@@ -1,0 +1,309 @@
+//! The `meshcache` binary, run as a user would: exit codes, messages,
+//! certificate files, a real node with its admin port, and the demo.
+//!
+//! Every command runs in a fresh directory under the system temp dir, with
+//! every `MESHCACHE_*` variable cleared, on loopback only; every wait is
+//! bounded.
+
+use std::fs;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshcache");
+
+/// Bound on any one short command.
+const SHORT: Duration = Duration::from_secs(60);
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "meshcache-cli-{tag}-{}-{nanos}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop, so that a failing test leaves none behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `meshcache ARGS` in `dir`, with no `MESHCACHE_*` variable set.
+fn meshcache(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).current_dir(dir).env("RUST_LOG", "info");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MESHCACHE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs `c` to completion, killing it after `limit`.
+fn run(mut c: Command, limit: Duration) -> Out {
+    let mut child = Guard(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn meshcache"));
+    let pipe = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = pipe(child.0.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let err = pipe(child.0.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "meshcache {:?} did not finish within {limit:?}", c.get_args());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Out { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Out {
+    run(meshcache(dir, args), SHORT)
+}
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+#[test]
+fn version() {
+    let tmp = TempDir::new("version");
+    for args in [&["version"][..], &["--version"][..]] {
+        let out = run_in(&tmp.0, args);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(out.stdout.starts_with("meshcache ") && out.stdout.contains("(protocol "), "{out:?}");
+    }
+}
+
+#[test]
+fn bad_flag_exits_2() {
+    let tmp = TempDir::new("badflag");
+    let out = run_in(&tmp.0, &["node", "--name", "a", "--no-such-flag"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("--no-such-flag"), "{out:?}");
+    let out = run_in(&tmp.0, &["node", "--name", "a", "--max-bytes", "lots"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let out = run_in(&tmp.0, &["node", "--name", "a", "--admin", "0.0.0.0:7947"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("loopback"), "{out:?}");
+}
+
+#[test]
+fn invalid_config_files_exit_2_and_name_the_problem() {
+    let tmp = TempDir::new("config");
+    fs::write(tmp.path("unknown.toml"), "name = \"a\"\nnmae = \"b\"\n").unwrap();
+    let out = run_in(&tmp.0, &["node", "--config", "unknown.toml"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("nmae") && out.stderr.contains("line 2"), "{out:?}");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {out:?}");
+
+    fs::write(tmp.path("broken.toml"), "name = \"a\"\nlisten = \n").unwrap();
+    let out = run_in(&tmp.0, &["node", "--config", "broken.toml"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("broken.toml") && out.stderr.contains("line 2"), "{out:?}");
+
+    fs::write(tmp.path("invalid.toml"), "name = \"a\"\nmax_tombstones = 1\n").unwrap();
+    let out = run_in(&tmp.0, &["node", "--config", "invalid.toml"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("max_tombstones"), "{out:?}");
+
+    let out = run_in(&tmp.0, &["node", "--config", "missing.toml"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("missing.toml"), "{out:?}");
+}
+
+#[test]
+fn settings_layer_file_then_environment_then_flags() {
+    let tmp = TempDir::new("layers");
+    fs::write(tmp.path("m.toml"), "name = \"file\"\nmax_tombstones = 10\nanti_entropy_interval = 250\n").unwrap();
+    let mut c = meshcache(
+        &tmp.0,
+        &["node", "--config", "m.toml", "--max-tombstones", "30", "--push-delay-us", "50", "--print-config"],
+    );
+    c.env("MESHCACHE_NAME", "env").env("MESHCACHE_MAX_TOMBSTONES", "20");
+    c.env("MESHCACHE_SEEDS", "127.0.0.1:7000,127.0.0.1:7001").env("MESHCACHE_MAX_BYTES", "1M");
+    let out = run(c, SHORT);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for line in [
+        "name = \"env\"",
+        "max_tombstones = 30",
+        "anti_entropy_interval = 250",
+        "max_bytes = 1048576",
+        "push_delay = 50",
+        "seeds = [\"127.0.0.1:7000\", \"127.0.0.1:7001\"]",
+    ] {
+        assert!(out.stdout.lines().any(|l| l == line), "missing {line:?}: {out:?}");
+    }
+}
+
+#[test]
+fn invalid_name_exits_2() {
+    let tmp = TempDir::new("name");
+    let out = run_in(&tmp.0, &["node", "--name", "no spaces", "--listen", "127.0.0.1:0", "--admin", "off"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("name"), "{out:?}");
+    let out = run_in(&tmp.0, &["node", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("--name"), "{out:?}");
+    assert!(!tmp.path("certs").exists(), "nothing is made before the settings are valid");
+}
+
+#[test]
+fn certs_issue_before_init_says_certs_init() {
+    let tmp = TempDir::new("noinit");
+    let out = run_in(&tmp.0, &["certs", "issue", "a", "--dir", "c"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("certs init"), "{out:?}");
+}
+
+#[test]
+fn certs_init_twice_says_force() {
+    let tmp = TempDir::new("twice");
+    let out = run_in(&tmp.0, &["certs", "init", "--dir", "c"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = run_in(&tmp.0, &["certs", "init", "--dir", "c"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("--force"), "{out:?}");
+    let out = run_in(&tmp.0, &["certs", "init", "--dir", "c", "--force"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
+
+#[test]
+fn certs_init_and_issue_write_private_keys_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("issue");
+    assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", "c"]).code, Some(0));
+    let out = run_in(&tmp.0, &["certs", "issue", "a", "--dir", "c", "--ip", "127.0.0.1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("a.crt") && out.stdout.contains("a.key"), "{out:?}");
+    for f in ["ca.crt", "ca.key", "a.crt", "a.key"] {
+        assert!(tmp.path("c").join(f).is_file(), "{f} missing");
+    }
+    for key in ["ca.key", "a.key"] {
+        let mode = fs::metadata(tmp.path("c").join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    // A node whose certificate was not issued is told how to make it.
+    let out = run_in(&tmp.0, &["node", "--name", "b", "--certs", "c", "--listen", "127.0.0.1:0", "--admin", "off"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("certs issue b"), "{out:?}");
+}
+
+#[test]
+fn status_without_a_node_exits_1() {
+    let tmp = TempDir::new("nonode");
+    let addr = free_tcp().to_string();
+    let out = run_in(&tmp.0, &["status", "--admin", &addr]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("connection refused"), "{out:?}");
+}
+
+#[test]
+fn node_serves_status_and_stops_on_sigterm() {
+    let tmp = TempDir::new("node");
+    assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", "c"]).code, Some(0));
+    assert_eq!(run_in(&tmp.0, &["certs", "issue", "n1", "--dir", "c", "--ip", "127.0.0.1"]).code, Some(0));
+    let (listen, admin) = (free_udp().to_string(), free_tcp().to_string());
+    let log = tmp.path("node.log");
+    let mut c = meshcache(&tmp.0, &["node", "--name", "n1", "--listen", &listen, "--certs", "c", "--admin", &admin]);
+    c.stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
+    let mut node = Guard(c.spawn().expect("spawn node"));
+    let log_text = || fs::read_to_string(&log).unwrap_or_default();
+
+    // Poll the admin port until the node answers.
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = node.0.try_wait().unwrap() {
+            panic!("node exited early with {s}:\n{}", log_text());
+        }
+        let out = run_in(&tmp.0, &["status", "--admin", &admin]);
+        if out.code == Some(0) {
+            break out;
+        }
+        assert!(Instant::now() < end, "no status within 30 s: {out:?}\nnode log:\n{}", log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.stdout.lines().any(|l| l.starts_with("name:") && l.ends_with(" n1")), "{status:?}");
+    assert!(status.stdout.contains(&listen), "{status:?}");
+    assert!(status.stdout.contains("members:"), "{status:?}");
+
+    let out = run_in(&tmp.0, &["forget", "nobody", "--admin", &admin]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("no active member"), "{out:?}");
+
+    let killed = Command::new("kill").args(["-TERM", &node.0.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let end = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = node.0.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < end, "node still running 10 s after SIGTERM:\n{}", log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0), "node log:\n{}", log_text());
+    assert!(log_text().contains("SIGTERM"), "{}", log_text());
+}
+
+#[test]
+fn demo_quick_converges_and_reports() {
+    let tmp = TempDir::new("demo");
+    let mut c = meshcache(&tmp.0, &["demo", "--quick"]);
+    c.env("RUST_LOG", "warn");
+    let out = run(c, Duration::from_secs(180));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for needle in ["write-to-visible latency: p50", "p99", "replicated writes/s:", "equal on every peer", "converged"] {
+        assert!(out.stdout.contains(needle), "missing {needle:?}: {out:?}");
+    }
+}
