@@ -237,8 +237,11 @@ fn register(inner: &Arc<Inner>, conn: quinn::Connection, id: MemberId, dialed_by
     inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), id.clone()));
     inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), id.clone()));
     inner.tasks.spawn(watch_close(inner.clone(), conn, id.clone(), queue));
-    // Repair whatever was missed while apart, at once.
-    let _ = inner.ae_requests.send(id.name);
+    // Repair whatever was missed while apart, at once. One side is enough:
+    // the dialer (a joining peer dials its seeds, so it bootstraps at once).
+    if dialed_by_me {
+        let _ = inner.ae_requests.send(id.name);
+    }
 }
 
 async fn watch_close(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, queue: Arc<PushQueue>) {
