@@ -69,6 +69,7 @@ pub mod hlc;
 pub mod membership;
 pub mod node;
 pub mod replica;
+pub mod resp;
 pub mod store;
 pub mod sync;
 pub mod transport;

@@ -34,6 +34,8 @@ use tracing::{error, info, warn};
 /// Where `node` serves, and `status` and `forget` look for, the admin port:
 /// one above the default peer port (7946).
 const DEFAULT_ADMIN: &str = "127.0.0.1:7947";
+/// Redis's port plus one, so that a local redis-server on 6379 can stay.
+const DEFAULT_RESP: &str = "127.0.0.1:6380";
 
 /// Where `node` keeps development certificates when no `--certs` is given.
 const DEV_CERTS: &str = "./certs";
@@ -122,6 +124,13 @@ struct NodeArgs {
     /// The admin port (loopback only), or `off`.
     #[arg(long, env = "MESHCACHE_ADMIN", value_name = "ADDR|off", default_value = DEFAULT_ADMIN, value_parser = parse_admin)]
     admin: AdminAddr,
+    /// The Redis-protocol port for clients, or `off`. Loopback by default;
+    /// set --requirepass before exposing it.
+    #[arg(long, env = "MESHCACHE_RESP", value_name = "ADDR|off", default_value = DEFAULT_RESP, value_parser = parse_admin)]
+    resp: AdminAddr,
+    /// Password clients must give with AUTH on the Redis-protocol port.
+    #[arg(long, env = "MESHCACHE_REQUIREPASS", value_name = "PASSWORD")]
+    requirepass: Option<String>,
     /// Memory bound for values: bytes, or with a K, M or G suffix (powers of
     /// 1024, e.g. 256M), or `off` for none.
     #[arg(long, env = "MESHCACHE_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
@@ -453,7 +462,21 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
         })?),
         None => None,
     };
+    let resp_listener = match args.resp {
+        AdminAddr::At(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+            failure(format!(
+                "cannot open the Redis-protocol port {a}: {e}; pick another with --resp ADDR, or --resp off"
+            ))
+        })?),
+        AdminAddr::Off => None,
+    };
     let mesh = Mesh::builder().config(config).tls(identity).start().await.map_err(mesh_error)?;
+    let resp_task = resp_listener.map(|l| {
+        let cfg = meshcache::resp::RespConfig { requirepass: args.requirepass.clone(), ..Default::default() };
+        let m = mesh.clone();
+        info!(resp = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Redis-protocol clients accepted");
+        tokio::spawn(meshcache::resp::serve(mesh.clone(), l, cfg, async move { m.stopped().await }))
+    });
     let mut admin_task = admin_listener.map(|l| {
         let m = mesh.clone();
         tokio::spawn(admin::serve_listener(mesh.clone(), l, async move { m.stopped().await }))
@@ -491,6 +514,9 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
     if let Some(t) = admin_task {
         // Requests in flight are bounded by the admin timeout.
         let _ = tokio::time::timeout(admin::TIMEOUT + Duration::from_secs(1), t).await;
+    }
+    if let Some(t) = resp_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     Ok(())
 }

@@ -96,6 +96,14 @@ pub enum MeshError {
     /// A local write was refused; see [`WriteError::is_retryable`].
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// The key and value are too large to replicate in one frame.
+    #[error("key and value of {len} bytes exceed the largest replicable write ({max} bytes, from max_frame)")]
+    TooLarge {
+        /// Key plus value bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl MeshError {
@@ -401,9 +409,26 @@ impl Mesh {
         self.inner.replica.get(key, now_ms())
     }
 
+    /// The largest key plus value a write may carry: it must fit in one
+    /// frame, with room for the batch header.
+    pub fn max_write_bytes(&self) -> usize {
+        self.inner.config.max_frame - 4096
+    }
+
+    fn check_size(&self, key: &Bytes, value: &Bytes) -> Result<(), MeshError> {
+        let len = key.len() + value.len();
+        let max = self.max_write_bytes();
+        if len > max {
+            return Err(MeshError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+
     /// Writes `key`; the write is pushed to every connected peer.
     pub fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), MeshError> {
-        let w = self.inner.replica.put(key.into(), value.into(), None, now_ms())?;
+        let (key, value) = (key.into(), value.into());
+        self.check_size(&key, &value)?;
+        let w = self.inner.replica.put(key, value, None, now_ms())?;
         self.inner.after_write(w, ChangeKind::Put);
         Ok(())
     }
@@ -411,7 +436,9 @@ impl Mesh {
     /// Writes `key` with a time to live.
     pub fn put_with_ttl(&self, key: impl Into<Bytes>, value: impl Into<Bytes>, ttl: Duration) -> Result<(), MeshError> {
         let ttl = ttl.as_millis().max(1) as u64;
-        let w = self.inner.replica.put(key.into(), value.into(), Some(ttl), now_ms())?;
+        let (key, value) = (key.into(), value.into());
+        self.check_size(&key, &value)?;
+        let w = self.inner.replica.put(key, value, Some(ttl), now_ms())?;
         self.inner.after_write(w, ChangeKind::Put);
         Ok(())
     }
@@ -432,7 +459,21 @@ impl Mesh {
         key: impl Into<Bytes>,
         f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
     ) -> Result<Option<Written>, MeshError> {
-        let w = self.inner.replica.write_with(key.into(), now_ms(), f)?;
+        let key = key.into();
+        let max = self.max_write_bytes();
+        let mut too_large = None;
+        let w = self.inner.replica.write_with(key.clone(), now_ms(), |cur, stamp| {
+            let slot = f(cur, stamp)?;
+            let len = key.len() + slot.payload_len();
+            if len > max {
+                too_large = Some(len);
+                return None;
+            }
+            Some(slot)
+        })?;
+        if let Some(len) = too_large {
+            return Err(MeshError::TooLarge { len, max });
+        }
         if let Some(w) = &w {
             let kind = if w.register.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
             self.inner.after_write(w.clone(), kind);

@@ -70,7 +70,7 @@ impl Slot {
     }
 
     /// Bytes of payload the slot keeps in memory.
-    pub(crate) fn payload_len(&self) -> usize {
+    pub fn payload_len(&self) -> usize {
         match self {
             Slot::Value { data, .. } => data.len(),
             _ => 0,

@@ -1,0 +1,189 @@
+//! INFO: Redis's sections, plus `# Meshcache` for the mesh's own state.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::Shared;
+use crate::membership::Status;
+use crate::node::now_ms;
+
+/// The Redis version whose commands and replies this server follows
+/// (reported by HELLO and INFO, as other Redis-compatible servers do).
+pub(crate) const REDIS_VERSION: &str = "7.2.0";
+
+const SECTIONS: &[&str] = &["server", "clients", "memory", "stats", "replication", "keyspace", "meshcache"];
+
+/// The INFO text for the requested sections (all of them by default).
+pub(crate) fn info(sh: &Shared, args: &[Bytes]) -> String {
+    let all = args.is_empty()
+        || args.iter().any(|a| ["all", "default", "everything"].iter().any(|s| a.eq_ignore_ascii_case(s.as_bytes())));
+    let wanted = |name: &str| all || args.iter().any(|a| a.eq_ignore_ascii_case(name.as_bytes()));
+    let mut s = String::with_capacity(2048);
+    for sec in SECTIONS.iter().copied().filter(|n| wanted(n)) {
+        if !s.is_empty() {
+            s.push_str("\r\n");
+        }
+        section(sh, sec, &mut s);
+    }
+    s
+}
+
+fn human(bytes: usize) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1024 => format!("{bytes}B"),
+        1024..1_048_576 => format!("{:.2}K", b / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.2}M", b / 1_048_576.0),
+        _ => format!("{:.2}G", b / 1_073_741_824.0),
+    }
+}
+
+fn section(sh: &Shared, name: &str, s: &mut String) {
+    let st = &sh.stats;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    // Writing to a String cannot fail.
+    let _ = match name {
+        "server" => {
+            let up = sh.started.elapsed().as_secs();
+            writeln!(
+                s,
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nserver_name:meshcache\r\nmeshcache_version:{}\r\n\
+                 redis_mode:standalone\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\n\
+                 uptime_in_seconds:{up}\r\nuptime_in_days:{}\r",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                usize::BITS,
+                std::process::id(),
+                sh.local_addr.port(),
+                up / 86_400,
+            )
+        }
+        "clients" => {
+            let (channels, patterns) = sh.hub.counts();
+            writeln!(
+                s,
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\npubsub_channels:{channels}\r\n\
+                 pubsub_patterns:{patterns}\r",
+                sh.clients.load(Ordering::Relaxed),
+                sh.config.max_clients,
+            )
+        }
+        "memory" => {
+            let store = sh.mesh.replica().store();
+            let used = store.stats().bytes;
+            let max = store.config().max_bytes.map_or(0, |b| b.get());
+            writeln!(
+                s,
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nmaxmemory:{max}\r\nmaxmemory_human:{}\r\n\
+                 maxmemory_policy:{}\r",
+                human(used),
+                human(max),
+                if max == 0 { "noeviction" } else { "allkeys-sampled-oldest-write" },
+            )
+        }
+        "stats" => {
+            let store = sh.mesh.replica().store().stats();
+            writeln!(
+                s,
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\
+                 expired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\
+                 total_error_replies:{}\r\nprotocol_errors:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\
+                 keyspace_notifications_delivered:{}\r\nkeyspace_notifications_lagged:{}\r",
+                l(&st.connections),
+                l(&st.commands),
+                l(&st.rejected),
+                store.collected_expired,
+                store.evictions,
+                l(&st.hits),
+                l(&st.misses),
+                l(&st.errors),
+                l(&st.protocol_errors),
+                l(&st.output_limit_closes),
+                sh.hub.delivered.load(Ordering::Relaxed),
+                sh.hub.lagged.load(Ordering::Relaxed),
+            )
+        }
+        "replication" => {
+            // Every peer takes writes: each is a "master" to its clients.
+            writeln!(s, "# Replication\r\nrole:master\r\nconnected_slaves:0\r")
+        }
+        "keyspace" => {
+            let st = sh.mesh.replica().store().stats();
+            let keys = st.entries.saturating_sub(st.tombstones + st.stubs);
+            s.push_str("# Keyspace\r\n");
+            if keys > 0 {
+                writeln!(s, "db0:keys={keys}\r")
+            } else {
+                Ok(())
+            }
+        }
+        "meshcache" => meshcache(sh, s),
+        _ => Ok(()),
+    };
+}
+
+fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
+    let m = &sh.mesh;
+    let id = m.id();
+    let st = m.stats();
+    let now = now_ms();
+    writeln!(
+        s,
+        "# Meshcache\r\nname:{}\r\nnode:{}\r\nincarnation_started_ms:{}\r\nbooted:{}\r\nmembers:{}\r\nconnected:{}\r\n\
+         entries:{}\r\nvalues:{}\r\ntombstones:{}\r\nstubs:{}\r\nbytes:{}\r\ndeltas_sent:{}\r\ndeltas_received:{}\r\n\
+         push_batches_sent:{}\r\npush_bytes_sent:{}\r\nqueue_overflows:{}\r\nae_rounds:{}\r\nae_failed:{}\r\n\
+         ae_bytes_sent:{}\r\nae_bytes_received:{}\r\nrefused_peers:{}\r\npeer_protocol_errors:{}\r\n\
+         clock_refused:{}\r\ncollected_tombstones:{}\r\ncompactions:{}\r\nclear_below:{}\r\ngc_floor:{}\r",
+        id.name,
+        id.incarnation.node,
+        id.incarnation.started_ms,
+        st.booted as u8,
+        st.members,
+        st.connected,
+        st.store.entries,
+        st.store.entries.saturating_sub(st.store.tombstones + st.store.stubs),
+        st.store.tombstones,
+        st.store.stubs,
+        st.store.bytes,
+        st.deltas_sent,
+        st.deltas_received,
+        st.push_batches_sent,
+        st.push_bytes_sent,
+        st.queue_overflows,
+        st.ae_rounds,
+        st.ae_failed,
+        st.ae_bytes_sent,
+        st.ae_bytes_received,
+        st.refused_peers,
+        st.protocol_errors,
+        st.clock_refused,
+        st.store.collected_tombstones,
+        st.store.compactions,
+        st.store.floors.clear_below,
+        st.store.floors.gc_floor,
+    )?;
+    // One line per known member. `synced_ago_ms` is the age of the start of
+    // the last complete anti-entropy round with it: an upper bound on how
+    // stale this peer can be about that member's writes (pushes usually
+    // deliver them much sooner); -1 if never synced.
+    for (i, p) in m.members().iter().enumerate() {
+        let status = match p.status {
+            Status::Active => "active",
+            Status::Left => "left",
+            Status::Forgotten => "forgotten",
+        };
+        writeln!(
+            s,
+            "peer{i}:name={},node={},status={status},connected={},addr={},synced_ago_ms={}\r",
+            p.id.name,
+            p.id.incarnation.node,
+            p.connected as u8,
+            p.addr.map(|a| a.to_string()).unwrap_or_default(),
+            p.synced_ms.map_or(-1, |t| now.saturating_sub(t) as i64),
+        )?;
+    }
+    Ok(())
+}

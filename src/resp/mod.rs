@@ -1,0 +1,251 @@
+//! The Redis-protocol front door: a RESP2/RESP3 server in front of a
+//! [`Mesh`], so that applications in any language use the mesh through
+//! their usual Redis client.
+//!
+//! ```no_run
+//! # async fn demo(mesh: meshcache::Mesh) -> std::io::Result<()> {
+//! use meshcache::resp::{bind_and_serve, RespConfig};
+//! let config = RespConfig { requirepass: Some("secret".into()), ..RespConfig::default() };
+//! bind_and_serve(mesh, config, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! # Protocol
+//!
+//! Connections start in RESP2; `HELLO 3` switches to RESP3 (maps, nulls,
+//! push frames for pub/sub). Requests are multibulk or inline (`PING\r\n`,
+//! as typed in telnet). Pipelining is supported: every complete command in
+//! a read is executed and the replies go out in one write.
+//!
+//! Commands, with Redis's semantics, replies and error texts: `PING ECHO GET
+//! SET (EX PX EXAT PXAT NX XX KEEPTTL GET) SETNX SETEX PSETEX GETDEL DEL
+//! UNLINK EXISTS TOUCH TYPE MGET MSET EXPIRE PEXPIRE EXPIREAT PEXPIREAT (NX XX
+//! GT LT) TTL PTTL EXPIRETIME PEXPIRETIME PERSIST DBSIZE INFO CLIENT COMMAND
+//! SELECT 0 QUIT RESET FLUSHALL FLUSHDB AUTH HELLO CONFIG TIME SUBSCRIBE
+//! PSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE`. There is one database, 0.
+//!
+//! # Consistency: what differs from a single Redis
+//!
+//! Reads are served by the local replica; writes are applied locally and
+//! replicated (last writer wins, by hybrid-logical-clock stamp).
+//!
+//! - **Conditional writes are local.** `SET ... NX`, `SET ... XX`,
+//!   `KEEPTTL`, `SET ... GET`, `GETDEL`, the `EXPIRE` family and `PERSIST`
+//!   are atomic on *this* peer (the read and the write happen under one
+//!   shard lock, through [`Mesh::write_with`]), but the condition is
+//!   checked against the local replica only. Two clients on two peers can
+//!   both succeed at `SET lock x NX` before either write has reached the
+//!   other peer; the later stamp then wins everywhere. That is eventual
+//!   semantics: do not build a distributed lock on it.
+//! - `MSET` writes each key separately: other clients may see some of the
+//!   keys before the others.
+//! - `DEL` always writes a tombstone, even for a key not visible here,
+//!   because another peer may hold it; it returns the number of keys that
+//!   were visible here.
+//! - `FLUSHALL` and `FLUSHDB` are mesh-wide: a range tombstone that every
+//!   peer applies (`ASYNC`/`SYNC` are accepted and mean the same).
+//! - TTLs are absolute instants computed by the writer, so every peer
+//!   expires a key at the same moment, within clock skew.
+//! - A peer started with seeds answers writes with `-LOADING` until it has
+//!   synced with one of them; reads are served meanwhile.
+//! - `DBSIZE` (and `keys=` in INFO's keyspace section) counts the values
+//!   held, which, as in Redis, includes values whose TTL ran out but that
+//!   were not reclaimed yet; tombstones and eviction stubs are not counted.
+//!
+//! # Keyspace notifications
+//!
+//! Redis's channels, `__keyspace@0__:<key>` and `__keyevent@0__:<event>`,
+//! through SUBSCRIBE and PSUBSCRIBE, for local *and* replicated changes:
+//! this is how an application in any language learns what to invalidate.
+//! Events and their classes are listed in the `notify` module docs (`set`,
+//! `del`, `expire`, `expired`, `persist`, `flushall`).
+//!
+//! **Default: on (`KEA`)**, unlike Redis, whose default is off. DESIGN.md
+//! makes notifications the invalidation channel for non-Rust applications,
+//! and managed Redis deployments often forbid `CONFIG SET`, so a client
+//! should not have to turn them on. It costs nothing while nobody
+//! subscribes: the server only follows the mesh's change stream while at
+//! least one client is subscribed. `CONFIG SET notify-keyspace-events ""`
+//! turns them off, and [`RespConfig::notify_keyspace_events`] sets the
+//! starting value; flags `K E g $ x A` (and Redis's other letters) are
+//! accepted.
+//!
+//! In RESP2, a subscribed client may only send (P)SUBSCRIBE,
+//! (P)UNSUBSCRIBE, PING, QUIT and RESET, as in Redis; in RESP3 it may send
+//! anything.
+//!
+//! # Limits and bad input
+//!
+//! Malformed input, and any bulk string or command beyond the limits in
+//! [`RespConfig`], gets `-ERR Protocol error: ...` and the connection is
+//! closed; the server and its other clients carry on. A client that does
+//! not read its pub/sub messages is disconnected once
+//! [`RespConfig::output_buffer_limit`] bytes are queued for it, so it cannot
+//! grow the server's memory.
+//!
+//! # Metrics
+//!
+//! `meshcache_resp_commands_total`, `meshcache_resp_errors_total` (error
+//! replies), `meshcache_resp_protocol_errors_total` (connections closed for
+//! malformed input), `meshcache_resp_clients` (gauge).
+
+mod commands;
+mod info;
+mod notify;
+mod parse;
+mod reply;
+mod server;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Mesh;
+
+/// Settings of the Redis-protocol server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RespConfig {
+    /// Where to accept clients ([`bind_and_serve`]). Default
+    /// `127.0.0.1:6380`: loopback only, and beside a local Redis on 6379.
+    pub addr: SocketAddr,
+    /// When set, clients must `AUTH <password>` (or `AUTH default
+    /// <password>`, or `HELLO 3 AUTH default <password>`) before any other
+    /// command; until then they get `-NOAUTH Authentication required.` and
+    /// Redis's small request limits for unauthenticated clients. Default:
+    /// none.
+    pub requirepass: Option<String>,
+    /// Largest bulk string accepted in a request, like Redis's
+    /// `proto-max-bulk-len`. Default 512 MiB. A bulk string is also bounded
+    /// by [`RespConfig::max_command_bytes`], the smaller of the two
+    /// applying.
+    pub max_request_bytes: usize,
+    /// Largest whole command (every argument with its framing). Default
+    /// 64 MiB. This bounds the memory one client can make the server buffer
+    /// before a command runs. Note that values larger than the mesh's
+    /// `max_frame` cannot be replicated.
+    pub max_command_bytes: usize,
+    /// Most clients connected at once; the next one gets `-ERR max number of
+    /// clients reached` and is closed. Default 10,000, as Redis.
+    pub max_clients: usize,
+    /// Most bytes of output held for one client: pub/sub messages queued
+    /// for a client that does not read them, or one reply. Past it the
+    /// client is disconnected, like Redis's `client-output-buffer-limit`.
+    /// Default 64 MiB.
+    pub output_buffer_limit: usize,
+    /// The starting value of `notify-keyspace-events` (Redis's letters).
+    /// Default `"KEA"`: every notification on (see the module docs for why
+    /// this differs from Redis's default).
+    pub notify_keyspace_events: String,
+}
+
+impl Default for RespConfig {
+    fn default() -> Self {
+        RespConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 6380)),
+            requirepass: None,
+            max_request_bytes: 512 << 20,
+            max_command_bytes: 64 << 20,
+            max_clients: 10_000,
+            output_buffer_limit: 64 << 20,
+            notify_keyspace_events: "KEA".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RespConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RespConfig")
+            .field("addr", &self.addr)
+            .field("requirepass", &self.requirepass.as_ref().map(|_| "<redacted>"))
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_command_bytes", &self.max_command_bytes)
+            .field("max_clients", &self.max_clients)
+            .field("output_buffer_limit", &self.output_buffer_limit)
+            .field("notify_keyspace_events", &self.notify_keyspace_events)
+            .finish()
+    }
+}
+
+/// Counters of one server, for INFO.
+#[derive(Debug, Default)]
+struct Stats {
+    connections: AtomicU64,
+    rejected: AtomicU64,
+    commands: AtomicU64,
+    errors: AtomicU64,
+    protocol_errors: AtomicU64,
+    output_limit_closes: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// State shared by the accept loop and every connection.
+struct Shared {
+    mesh: Mesh,
+    config: RespConfig,
+    hub: Arc<notify::Hub>,
+    next_id: AtomicU64,
+    clients: AtomicUsize,
+    stats: Stats,
+    started: std::time::Instant,
+    local_addr: SocketAddr,
+}
+
+/// Serves Redis clients on `listener` in front of `mesh` until `shutdown`
+/// resolves; then stops accepting, closes every connection (after the
+/// command it is running, if any) and returns once all are gone.
+///
+/// Errors only if the configuration is invalid (an unknown
+/// `notify_keyspace_events` letter); accept errors are logged and retried.
+pub async fn serve(
+    mesh: Mesh,
+    listener: TcpListener,
+    config: RespConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let flags = notify::parse_flags(config.notify_keyspace_events.as_bytes()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "invalid notify_keyspace_events {:?}: use Redis's letters 'KEg$x...A'",
+                config.notify_keyspace_events
+            ),
+        )
+    })?;
+    let local_addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        hub: Arc::new(notify::Hub::new(mesh.clone(), flags, stop.clone())),
+        mesh,
+        config,
+        next_id: AtomicU64::new(1),
+        clients: AtomicUsize::new(0),
+        stats: Stats::default(),
+        started: std::time::Instant::now(),
+        local_addr,
+    });
+    tracing::info!(addr = %local_addr, "RESP server listening");
+    let tracker = TaskTracker::new();
+    tokio::select! {
+        _ = server::accept_loop(shared.clone(), listener, stop.clone(), tracker.clone()) => {}
+        _ = shutdown => {}
+    }
+    // Broadcast the shutdown to every connection and wait for them.
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!(addr = %local_addr, "RESP server stopped");
+    Ok(())
+}
+
+/// Binds [`RespConfig::addr`] and [`serve`]s on it.
+pub async fn bind_and_serve(mesh: Mesh, config: RespConfig, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let listener = TcpListener::bind(config.addr).await?;
+    serve(mesh, listener, config, shutdown).await
+}

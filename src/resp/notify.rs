@@ -1,0 +1,593 @@
+//! Pub/sub and keyspace notifications.
+//!
+//! The [`Hub`] holds every subscription of one server. While at least one
+//! client is subscribed and `notify-keyspace-events` enables the keyspace
+//! (`K`) or keyevent (`E`) channels, a pump task reads
+//! [`Mesh::subscribe`](crate::Mesh::subscribe) (local *and* replicated
+//! changes) and publishes Redis's channels:
+//!
+//! | change | event | class |
+//! |---|---|---|
+//! | a write (`SET`, `MSET`, a replicated write) | `set` | `$` |
+//! | `SET` with a TTL (local) | `set`, then `expire` | `$`, `g` |
+//! | `EXPIRE` family (local) | `expire` | `g` |
+//! | `PERSIST` (local) | `persist` | `g` |
+//! | a delete (`DEL`, a replicated delete, `EXPIRE` in the past) | `del` | `g` |
+//! | a TTL running out | `expired` | `x` |
+//! | FLUSHALL, here or replicated, or compaction | `flushall` | `g` |
+//!
+//! `__keyspace@0__:<key>` carries the event name, `__keyevent@0__:<event>`
+//! the key. `flushall` has no key and goes to `__keyevent@0__:flushall` only,
+//! with an empty message. A replicated write carries only its register, so
+//! an `EXPIRE` or `PERSIST` done on another peer is reported as `set`.
+//!
+//! A `del` is reported whenever a delete is written or arrives, even if the
+//! key was not visible here: a delete is replicated whether or not the key
+//! was held. When the pump falls behind the mesh's change stream and misses
+//! changes, it publishes `flushall`: "anything may have changed", which is
+//! what a client keeping a near cache must hear.
+//!
+//! With no subscriber, nothing is subscribed to the mesh, so writes pay
+//! nothing for notifications.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::reply::Out;
+use crate::hlc::Stamp;
+use crate::store::ChangeKind;
+use crate::Mesh;
+
+// Event classes, as Redis's NOTIFY_* bits.
+pub(crate) const KEYSPACE: u32 = 1 << 0; // K
+pub(crate) const KEYEVENT: u32 = 1 << 1; // E
+pub(crate) const GENERIC: u32 = 1 << 2; // g
+pub(crate) const STRING: u32 = 1 << 3; // $
+const LIST: u32 = 1 << 4; // l
+const SET: u32 = 1 << 5; // s
+const HASH: u32 = 1 << 6; // h
+const ZSET: u32 = 1 << 7; // z
+pub(crate) const EXPIRED: u32 = 1 << 8; // x
+const EVICTED: u32 = 1 << 9; // e
+const STREAM: u32 = 1 << 10; // t
+const KEY_MISS: u32 = 1 << 11; // m
+const MODULE: u32 = 1 << 12; // d
+const NEW: u32 = 1 << 13; // n
+const ALL: u32 = GENERIC | STRING | LIST | SET | HASH | ZSET | EXPIRED | EVICTED | STREAM | MODULE;
+
+/// Parses a `notify-keyspace-events` value (Redis's letters). `None` on an
+/// unknown letter.
+pub(crate) fn parse_flags(s: &[u8]) -> Option<u32> {
+    let mut f = 0;
+    for c in s {
+        f |= match c {
+            b'A' => ALL,
+            b'g' => GENERIC,
+            b'$' => STRING,
+            b'l' => LIST,
+            b's' => SET,
+            b'h' => HASH,
+            b'z' => ZSET,
+            b'x' => EXPIRED,
+            b'e' => EVICTED,
+            b't' => STREAM,
+            b'd' => MODULE,
+            b'm' => KEY_MISS,
+            b'n' => NEW,
+            b'K' => KEYSPACE,
+            b'E' => KEYEVENT,
+            _ => return None,
+        };
+    }
+    Some(f)
+}
+
+/// Renders flags as Redis's CONFIG GET does (`KEA` reads back as `AKE`).
+pub(crate) fn flags_to_string(f: u32) -> String {
+    let mut s = String::new();
+    if f & ALL == ALL {
+        s.push('A');
+    } else {
+        for (bit, c) in [
+            (GENERIC, 'g'),
+            (STRING, '$'),
+            (LIST, 'l'),
+            (SET, 's'),
+            (HASH, 'h'),
+            (ZSET, 'z'),
+            (EXPIRED, 'x'),
+            (EVICTED, 'e'),
+            (STREAM, 't'),
+            (MODULE, 'd'),
+        ] {
+            if f & bit != 0 {
+                s.push(c);
+            }
+        }
+    }
+    for (bit, c) in [(KEYSPACE, 'K'), (KEYEVENT, 'E'), (KEY_MISS, 'm'), (NEW, 'n')] {
+        if f & bit != 0 {
+            s.push(c);
+        }
+    }
+    s
+}
+
+/// Events that a local command knows better than the change stream does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hint {
+    /// `set` then `expire`.
+    SetWithTtl,
+    /// `expire` (EXPIRE family).
+    Expire,
+    /// `persist`.
+    Persist,
+}
+
+/// Output queued for one subscribed client by the hub, drained by its
+/// connection. Bounded: past `limit` bytes the client is killed (Redis's
+/// `client-output-buffer-limit pubsub`).
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    /// Signalled when something is queued.
+    pub(crate) ready: Notify,
+    /// Cancelled when the limit is exceeded: the connection must close.
+    pub(crate) kill: CancellationToken,
+    limit: usize,
+}
+
+#[derive(Debug)]
+struct OutboxState {
+    out: Out,
+}
+
+impl Outbox {
+    pub(crate) fn new(limit: usize) -> Self {
+        Outbox {
+            state: Mutex::new(OutboxState { out: Out::new() }),
+            ready: Notify::new(),
+            kill: CancellationToken::new(),
+            limit,
+        }
+    }
+
+    /// Switches the encoding of future messages (HELLO, RESET).
+    pub(crate) fn set_resp3(&self, resp3: bool) {
+        self.state.lock().out.resp3 = resp3;
+    }
+
+    /// Moves everything queued into `out` (the connection's reply buffer),
+    /// keeping the order of messages and replies.
+    pub(crate) fn drain_into(&self, out: &mut Out) {
+        let mut st = self.state.lock();
+        if st.out.is_empty() {
+            return;
+        }
+        let (chunks, buf) = st.out.parts();
+        debug_assert!(chunks.is_empty(), "messages are never chunked");
+        out.raw(buf);
+        st.out.written();
+    }
+
+    fn message(&self, channel: &[u8], payload: &[u8]) {
+        self.queue(|o| {
+            o.push(3);
+            o.bulk(b"message");
+            o.bulk(channel);
+            o.bulk(payload);
+        });
+    }
+
+    fn pmessage(&self, pattern: &[u8], channel: &[u8], payload: &[u8]) {
+        self.queue(|o| {
+            o.push(4);
+            o.bulk(b"pmessage");
+            o.bulk(pattern);
+            o.bulk(channel);
+            o.bulk(payload);
+        });
+    }
+
+    fn queue(&self, f: impl FnOnce(&mut Out)) {
+        if self.kill.is_cancelled() {
+            return;
+        }
+        let over = {
+            let mut st = self.state.lock();
+            f(&mut st.out);
+            st.out.len() > self.limit
+        };
+        if over {
+            self.state.lock().out.clear();
+            self.kill.cancel();
+        }
+        self.ready.notify_one();
+    }
+}
+
+/// One subscriber of a channel or pattern.
+#[derive(Clone, Debug)]
+struct Sub {
+    client: u64,
+    outbox: Arc<Outbox>,
+}
+
+#[derive(Debug, Default)]
+struct Subs {
+    channels: HashMap<Bytes, Vec<Sub>>,
+    patterns: Vec<(Bytes, Sub)>,
+    /// The running pump, if any.
+    pump: Option<CancellationToken>,
+}
+
+/// The subscriptions of one server, and its keyspace notifications.
+pub(crate) struct Hub {
+    mesh: Mesh,
+    /// `notify-keyspace-events`.
+    flags: AtomicU32,
+    subs: Mutex<Subs>,
+    /// Whether a pump runs (mirrors `Subs::pump`, readable without a lock).
+    pumping: AtomicBool,
+    /// Better event names for local writes, by stamp (stamps are unique).
+    hints: Mutex<HashMap<Stamp, Hint>>,
+    /// Messages delivered (for INFO).
+    pub(crate) delivered: AtomicU64,
+    /// Times the pump fell behind the mesh's change stream.
+    pub(crate) lagged: AtomicU64,
+    /// Stops every pump on server shutdown.
+    shutdown: CancellationToken,
+}
+
+/// Hints left behind by writes that were never published (a write voided
+/// by a concurrent FLUSHALL) are dropped past this many.
+const MAX_HINTS: usize = 64 * 1024;
+
+impl Hub {
+    pub(crate) fn new(mesh: Mesh, flags: u32, shutdown: CancellationToken) -> Self {
+        Hub {
+            mesh,
+            flags: AtomicU32::new(flags),
+            subs: Mutex::new(Subs::default()),
+            pumping: AtomicBool::new(false),
+            hints: Mutex::new(HashMap::new()),
+            delivered: AtomicU64::new(0),
+            lagged: AtomicU64::new(0),
+            shutdown,
+        }
+    }
+
+    pub(crate) fn flags(&self) -> u32 {
+        self.flags.load(Ordering::Relaxed)
+    }
+
+    /// CONFIG SET notify-keyspace-events.
+    pub(crate) fn set_flags(self: &Arc<Self>, flags: u32) {
+        self.flags.store(flags, Ordering::Relaxed);
+        let mut s = self.subs.lock();
+        self.reconcile(&mut s);
+    }
+
+    /// Whether local writes should leave hints (a pump is running).
+    pub(crate) fn listening(&self) -> bool {
+        self.pumping.load(Ordering::Relaxed)
+    }
+
+    /// Records the events of a local write stamped `stamp`. Called from
+    /// inside `Mesh::write_with`, before the change is published.
+    pub(crate) fn hint(&self, stamp: Stamp, hint: Hint) {
+        let mut h = self.hints.lock();
+        if h.len() >= MAX_HINTS {
+            h.clear();
+        }
+        h.insert(stamp, hint);
+    }
+
+    /// Numbers of channels and patterns with subscribers (INFO).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let s = self.subs.lock();
+        (s.channels.len(), s.patterns.iter().map(|(p, _)| p).collect::<HashSet<_>>().len())
+    }
+
+    /// Subscribes `client` to `channel`. Returns false if it already was.
+    pub(crate) fn subscribe(self: &Arc<Self>, client: u64, outbox: &Arc<Outbox>, channel: Bytes) -> bool {
+        let mut s = self.subs.lock();
+        let v = s.channels.entry(channel).or_default();
+        if v.iter().any(|x| x.client == client) {
+            return false;
+        }
+        v.push(Sub { client, outbox: outbox.clone() });
+        self.reconcile(&mut s);
+        true
+    }
+
+    /// Subscribes `client` to `pattern`. Returns false if it already was.
+    pub(crate) fn psubscribe(self: &Arc<Self>, client: u64, outbox: &Arc<Outbox>, pattern: Bytes) -> bool {
+        let mut s = self.subs.lock();
+        if s.patterns.iter().any(|(p, x)| x.client == client && *p == pattern) {
+            return false;
+        }
+        s.patterns.push((pattern, Sub { client, outbox: outbox.clone() }));
+        self.reconcile(&mut s);
+        true
+    }
+
+    pub(crate) fn unsubscribe(self: &Arc<Self>, client: u64, channel: &[u8]) {
+        let mut s = self.subs.lock();
+        if let Some(v) = s.channels.get_mut(channel) {
+            v.retain(|x| x.client != client);
+            if v.is_empty() {
+                s.channels.remove(channel);
+            }
+        }
+        self.reconcile(&mut s);
+    }
+
+    pub(crate) fn punsubscribe(self: &Arc<Self>, client: u64, pattern: &[u8]) {
+        let mut s = self.subs.lock();
+        s.patterns.retain(|(p, x)| !(x.client == client && p == pattern));
+        self.reconcile(&mut s);
+    }
+
+    /// Starts or stops the pump: it runs while someone listens and
+    /// notifications are enabled.
+    fn reconcile(self: &Arc<Self>, s: &mut Subs) {
+        let wanted = (!s.channels.is_empty() || !s.patterns.is_empty())
+            && self.flags() & (KEYSPACE | KEYEVENT) != 0
+            && !self.shutdown.is_cancelled();
+        match (&s.pump, wanted) {
+            (None, true) => {
+                let stop = self.shutdown.child_token();
+                // Subscribe now, under the lock, so that every change made
+                // after the SUBSCRIBE reply is seen.
+                let stream = self.mesh.subscribe();
+                tokio::spawn(pump(self.clone(), stream, stop.clone()));
+                s.pump = Some(stop);
+                self.pumping.store(true, Ordering::Relaxed);
+            }
+            (Some(stop), false) => {
+                stop.cancel();
+                s.pump = None;
+                self.pumping.store(false, Ordering::Relaxed);
+                self.hints.lock().clear();
+            }
+            _ => {}
+        }
+    }
+
+    /// Publishes `payload` on `channel` to channel and pattern subscribers.
+    /// Returns the number of receivers.
+    pub(crate) fn publish(&self, channel: &[u8], payload: &[u8]) -> usize {
+        let s = self.subs.lock();
+        let mut n = 0;
+        if let Some(v) = s.channels.get(channel) {
+            for sub in v {
+                sub.outbox.message(channel, payload);
+                n += 1;
+            }
+        }
+        for (pat, sub) in &s.patterns {
+            if glob_match(pat, channel) {
+                sub.outbox.pmessage(pat, channel, payload);
+                n += 1;
+            }
+        }
+        drop(s);
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Publishes the notifications of one change.
+    fn notify(&self, key: &[u8], kind: ChangeKind, stamp: Stamp, chan: &mut Vec<u8>) {
+        let flags = self.flags();
+        let events: &[(&str, u32)] = match kind {
+            ChangeKind::Put => match self.hints.lock().remove(&stamp) {
+                None => &[("set", STRING)],
+                Some(Hint::SetWithTtl) => &[("set", STRING), ("expire", GENERIC)],
+                Some(Hint::Expire) => &[("expire", GENERIC)],
+                Some(Hint::Persist) => &[("persist", GENERIC)],
+            },
+            ChangeKind::Delete => {
+                self.hints.lock().remove(&stamp);
+                &[("del", GENERIC)]
+            }
+            ChangeKind::Expire => &[("expired", EXPIRED)],
+            ChangeKind::Flush => &[("flushall", GENERIC)],
+        };
+        for &(event, class) in events {
+            if flags & class == 0 {
+                continue;
+            }
+            if flags & KEYSPACE != 0 && kind != ChangeKind::Flush {
+                chan.clear();
+                chan.extend_from_slice(b"__keyspace@0__:");
+                chan.extend_from_slice(key);
+                self.publish(chan, event.as_bytes());
+            }
+            if flags & KEYEVENT != 0 {
+                chan.clear();
+                chan.extend_from_slice(b"__keyevent@0__:");
+                chan.extend_from_slice(event.as_bytes());
+                self.publish(chan, key);
+            }
+        }
+    }
+
+    /// Unsubscribes a client from everything (its connection ended).
+    pub(crate) fn drop_client(self: &Arc<Self>, client: u64, channels: &HashSet<Bytes>, patterns: &HashSet<Bytes>) {
+        if channels.is_empty() && patterns.is_empty() {
+            return;
+        }
+        let mut s = self.subs.lock();
+        for c in channels {
+            if let Some(v) = s.channels.get_mut(c) {
+                v.retain(|x| x.client != client);
+                if v.is_empty() {
+                    s.channels.remove(c);
+                }
+            }
+        }
+        s.patterns.retain(|(_, x)| x.client != client);
+        self.reconcile(&mut s);
+    }
+}
+
+/// Reads the mesh's change stream and publishes notifications until
+/// stopped.
+async fn pump(
+    hub: Arc<Hub>,
+    mut stream: tokio_stream::wrappers::BroadcastStream<crate::Change>,
+    stop: CancellationToken,
+) {
+    let mut chan = Vec::with_capacity(64);
+    loop {
+        let item = tokio::select! {
+            _ = stop.cancelled() => return,
+            item = stream.next() => item,
+        };
+        match item {
+            None => return,
+            Some(Ok(c)) => hub.notify(&c.key, c.kind, c.stamp, &mut chan),
+            Some(Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n))) => {
+                tracing::warn!(missed = n, "keyspace notifications fell behind: publishing flushall");
+                hub.lagged.fetch_add(1, Ordering::Relaxed);
+                hub.notify(b"", ChangeKind::Flush, Stamp::ZERO, &mut chan);
+            }
+        }
+    }
+}
+
+/// Redis's glob matching (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a-z]`,
+/// and `\` escapes. Iterative, so a hostile pattern costs O(pattern × text)
+/// and no stack.
+pub(crate) fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    // Where to resume after the last `*`: (pattern index after it, text index).
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pat.len() {
+            if pat[p] == b'*' {
+                while p < pat.len() && pat[p] == b'*' {
+                    p += 1;
+                }
+                if p == pat.len() {
+                    return true;
+                }
+                star = Some((p, i));
+                continue;
+            }
+            if let Some(next) = match_one(pat, p, s[i]) {
+                p = next;
+                i += 1;
+                continue;
+            }
+        }
+        match star {
+            Some((sp, si)) => {
+                p = sp;
+                i = si + 1;
+                star = Some((sp, si + 1));
+            }
+            None => return false,
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches one non-`*` pattern element at `p` against `c`; the index after
+/// the element if it matches.
+fn match_one(pat: &[u8], mut p: usize, c: u8) -> Option<usize> {
+    match pat[p] {
+        b'?' => Some(p + 1),
+        b'[' => {
+            p += 1;
+            let not = pat.get(p) == Some(&b'^');
+            if not {
+                p += 1;
+            }
+            let mut matched = false;
+            loop {
+                if p >= pat.len() {
+                    // Unterminated class: it ends with the pattern.
+                    break;
+                }
+                if pat[p] == b'\\' && p + 1 < pat.len() {
+                    matched |= pat[p + 1] == c;
+                    p += 2;
+                } else if pat[p] == b']' {
+                    p += 1;
+                    break;
+                } else if p + 2 < pat.len() && pat[p + 1] == b'-' {
+                    let (a, b) = (pat[p].min(pat[p + 2]), pat[p].max(pat[p + 2]));
+                    matched |= (a..=b).contains(&c);
+                    p += 3;
+                } else {
+                    matched |= pat[p] == c;
+                    p += 1;
+                }
+            }
+            (matched != not).then_some(p)
+        }
+        b'\\' if p + 1 < pat.len() => (pat[p + 1] == c).then_some(p + 2),
+        x => (x == c).then_some(p + 1),
+    }
+}
+
+/// An encoded subscribe-family confirmation (`subscribe`, `psubscribe`,
+/// `unsubscribe`, `punsubscribe`): a push in RESP3, an array in RESP2.
+pub(crate) fn confirm(out: &mut Out, kind: &[u8], name: Option<&[u8]>, count: usize) {
+    out.push(3);
+    out.bulk(kind);
+    match name {
+        Some(n) => out.bulk(n),
+        None => out.null(),
+    }
+    out.int(count as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_like_redis() {
+        let m = |p: &str, s: &str| glob_match(p.as_bytes(), s.as_bytes());
+        assert!(m("*", ""));
+        assert!(m("__keyspace@0__:*", "__keyspace@0__:user:1"));
+        assert!(!m("__keyspace@0__:*", "__keyevent@0__:set"));
+        assert!(m("h?llo", "hello"));
+        assert!(m("h[ae]llo", "hallo"));
+        assert!(!m("h[^e]llo", "hello"));
+        assert!(m("h[a-b]llo", "hbllo"));
+        assert!(m("h[b-a]llo", "hallo"));
+        assert!(m("a\\*b", "a*b"));
+        assert!(!m("a\\*b", "axb"));
+        assert!(m("*a*b*c*", "xxaxxbxxcxx"));
+        assert!(!m("*a*b*c*", "xxaxxcxxbxx"));
+        assert!(m("a*", "a"));
+        assert!(!m("a", "ab"));
+        assert!(!m("ab", "a"));
+        assert!(m("[abc", "b"));
+        // A hostile pattern finishes quickly.
+        let p = "*a".repeat(100);
+        assert!(!glob_match(
+            p.as_bytes(),
+            "a".repeat(5000).as_bytes()[..].iter().chain(b"b").copied().collect::<Vec<_>>().as_slice()
+        ));
+    }
+
+    #[test]
+    fn flags_round_trip() {
+        assert_eq!(flags_to_string(parse_flags(b"KEA").unwrap()), "AKE");
+        assert_eq!(flags_to_string(parse_flags(b"Kg$x").unwrap()), "g$xK");
+        assert_eq!(parse_flags(b""), Some(0));
+        assert_eq!(parse_flags(b"Q"), None);
+    }
+}

@@ -1,0 +1,854 @@
+//! The Redis-protocol front door, end to end on loopback: in-process peers
+//! over real QUIC, a RESP server per peer, the `redis` crate (and a raw
+//! socket, for exact wire bytes) as the client. Every wait is bounded by a
+//! deadline; nothing asserts on timing.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use meshcache::resp::{serve, RespConfig};
+use meshcache::transport::tls::EphemeralCa;
+use meshcache::{Mesh, MeshConfig};
+use redis::{AsyncCommands, Value};
+use redis_protocol::resp3::types::{OwnedFrame, Resp3Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+
+/// Generous: convergence is checked against a deadline, never timed.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn start_mesh(ca: &EphemeralCa, name: &str, seeds: &[std::net::SocketAddr]) -> Mesh {
+    Mesh::builder()
+        .config(MeshConfig::for_test(name))
+        .seeds(seeds.iter().copied())
+        .tls(ca.issue(name).unwrap())
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A RESP server running in front of a mesh.
+struct Server {
+    port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl Server {
+    async fn start(mesh: &Mesh, config: RespConfig) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(mesh.clone(), listener, config, async move {
+            let _ = rx.await;
+        }));
+        Server { port, stop: Some(tx), task }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        drop(self.stop.take());
+        tokio::time::timeout(DEADLINE, self.task).await.expect("server stops").unwrap().unwrap();
+    }
+}
+
+/// `n` peers (the first alone, the others seeded with it), all booted and
+/// fully connected, each with a RESP server.
+async fn cluster(n: usize, config: RespConfig) -> (Vec<Mesh>, Vec<Server>) {
+    let ca = EphemeralCa::new().unwrap();
+    let first = start_mesh(&ca, "p0", &[]).await;
+    let mut meshes = vec![first.clone()];
+    for i in 1..n {
+        meshes.push(start_mesh(&ca, &format!("p{i}"), &[first.local_addr()]).await);
+    }
+    for m in &meshes {
+        assert!(m.wait_ready(DEADLINE).await, "{} never finished bootstrap", m.id());
+    }
+    eventually("full mesh", || async { meshes.iter().all(|m| m.stats().connected == n - 1) }).await;
+    let mut servers = Vec::new();
+    for m in &meshes {
+        servers.push(Server::start(m, config.clone()).await);
+    }
+    (meshes, servers)
+}
+
+async fn shutdown(meshes: Vec<Mesh>, servers: Vec<Server>) {
+    for s in servers {
+        s.stop().await;
+    }
+    for m in meshes {
+        m.shutdown().await;
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < end, "not within {DEADLINE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get(con: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    con.get(key).await.unwrap()
+}
+
+async fn info(con: &mut redis::aio::MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO").arg(section).query_async(con).await.unwrap()
+}
+
+/// A raw client: exact request bytes, exact reply bytes.
+struct Raw {
+    sock: TcpStream,
+    buf: BytesMut,
+    resp3: bool,
+}
+
+impl Raw {
+    async fn connect(port: u16) -> Raw {
+        Raw { sock: TcpStream::connect(("127.0.0.1", port)).await.unwrap(), buf: BytesMut::new(), resp3: false }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends one command as a multibulk and returns the bytes of its reply.
+    async fn cmd(&mut self, args: &[&str]) -> String {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        self.send(req.as_bytes()).await;
+        self.reply().await.unwrap_or_else(|| panic!("no reply to {args:?}"))
+    }
+
+    /// The next complete reply frame, found with `redis_protocol`'s decoders
+    /// (so that every reply checked is also well-formed RESP); `None` once
+    /// the server closed the connection.
+    async fn reply(&mut self) -> Option<String> {
+        let end = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let len = if self.resp3 {
+                redis_protocol::resp3::decode::complete::decode(&self.buf).expect("valid RESP3").map(|(_, n)| n)
+            } else {
+                redis_protocol::resp2::decode::decode(&self.buf).expect("valid RESP2").map(|(_, n)| n)
+            };
+            if let Some(n) = len {
+                let frame = self.buf.split_to(n);
+                return Some(String::from_utf8_lossy(&frame).into_owned());
+            }
+            let read = tokio::time::timeout_at(end, self.sock.read_buf(&mut self.buf)).await;
+            match read.expect("a reply within the deadline") {
+                Ok(0) | Err(_) => {
+                    assert!(self.buf.is_empty(), "partial frame before close: {:?}", self.buf);
+                    return None;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the server closes the connection; returns what came.
+    async fn read_to_close(&mut self) -> String {
+        let mut all = std::mem::take(&mut self.buf).to_vec();
+        let r = tokio::time::timeout(DEADLINE, async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match self.sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => all.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        r.expect("the server closes the connection");
+        String::from_utf8_lossy(&all).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_one_peer_are_read_on_another() {
+    let (meshes, servers) = cluster(3, RespConfig::default()).await;
+    let mut a = servers[0].conn().await;
+    let mut b = servers[1].conn().await;
+
+    // SET on A, GET on B.
+    let () = a.set("greeting", "hello").await.unwrap();
+    eventually("set reaches B", || async { get(&mut b.clone(), "greeting").await.as_deref() == Some("hello") }).await;
+
+    // MSET on B, MGET on A (and a missing key in the middle).
+    let () = redis::cmd("MSET").arg(&["m1", "1", "m2", "2"]).query_async(&mut b).await.unwrap();
+    eventually("mset reaches A", || async {
+        let v: Vec<Option<String>> = a.clone().mget(&["m1", "nope", "m2"]).await.unwrap();
+        v == [Some("1".into()), None, Some("2".into())]
+    })
+    .await;
+
+    // DEL on B removes it on A; DEL counts visible keys only.
+    let n: i64 = b.del(&["greeting", "never-was"]).await.unwrap();
+    assert_eq!(n, 1);
+    eventually("del reaches A", || async { get(&mut a.clone(), "greeting").await.is_none() }).await;
+
+    // EXPIRE on A: the absolute expiry is the same on every peer, and TTL
+    // counts down from it everywhere.
+    let () = a.set("ttl", "v").await.unwrap();
+    let ttl: i64 = a.ttl("ttl").await.unwrap();
+    assert_eq!(ttl, -1, "no expiry yet");
+    let set: bool = a.expire("ttl", 1000).await.unwrap();
+    assert!(set);
+    let at_a: i64 = redis::cmd("PEXPIRETIME").arg("ttl").query_async(&mut a).await.unwrap();
+    eventually("expiry reaches B", || async {
+        let at_b: i64 = redis::cmd("PEXPIRETIME").arg("ttl").query_async(&mut b.clone()).await.unwrap();
+        at_b == at_a
+    })
+    .await;
+    for con in [&mut a, &mut b] {
+        let pttl: i64 = con.pttl("ttl").await.unwrap();
+        assert!((1..=1_000_000).contains(&pttl), "{pttl}");
+        let ttl: i64 = con.ttl("ttl").await.unwrap();
+        assert!((1..=1000).contains(&ttl), "{ttl}");
+    }
+    // A short PEXPIRE: gone everywhere once it runs out.
+    let _: bool = a.pexpire("ttl", 200).await.unwrap();
+    for s in &servers {
+        let mut c = s.conn().await;
+        eventually("key expired on every peer", || async { get(&mut c.clone(), "ttl").await.is_none() }).await;
+        let t: i64 = c.ttl("ttl").await.unwrap();
+        assert_eq!(t, -2);
+    }
+    // EXPIRE with a non-positive time deletes, everywhere.
+    let () = b.set("doomed", "x").await.unwrap();
+    eventually("doomed reaches A", || async { get(&mut a.clone(), "doomed").await.is_some() }).await;
+    let n: i64 = redis::cmd("EXPIRE").arg("doomed").arg(0).query_async(&mut a).await.unwrap();
+    assert_eq!(n, 1);
+    eventually("expire 0 deletes on B", || async { get(&mut b.clone(), "doomed").await.is_none() }).await;
+
+    // FLUSHALL on A converges to empty everywhere.
+    let () = redis::cmd("SET").arg("k1").arg("v").query_async(&mut b).await.unwrap();
+    eventually("k1 reaches A", || async { get(&mut a.clone(), "k1").await.is_some() }).await;
+    let n: i64 = redis::cmd("DBSIZE").query_async(&mut b).await.unwrap();
+    assert!(n >= 3, "m1 m2 k1: {n}");
+    let () = redis::cmd("FLUSHALL").arg("ASYNC").query_async(&mut a).await.unwrap();
+    for s in &servers {
+        let c = s.conn().await;
+        eventually("flushall converges", || async {
+            let n: i64 = redis::cmd("DBSIZE").query_async(&mut c.clone()).await.unwrap();
+            n == 0
+        })
+        .await;
+    }
+
+    // INFO: Redis's sections and the mesh's own.
+    let all = info(&mut a, "everything").await;
+    for needle in ["# Server", "redis_version:", "# Clients", "# Stats", "# Keyspace", "# Meshcache", "name:p0"] {
+        assert!(all.contains(needle), "{needle} missing from INFO:\n{all}");
+    }
+    let mc = info(&mut b, "meshcache").await;
+    assert!(mc.starts_with("# Meshcache\r\n"), "{mc}");
+    assert!(!mc.contains("# Server"), "{mc}");
+    for needle in ["name:p1", "booted:1", "members:2", "connected:2", "deltas_received:", "ae_rounds:", "peer0:name=p"]
+    {
+        assert!(mc.contains(needle), "{needle} missing:\n{mc}");
+    }
+    assert!(mc.contains("synced_ago_ms="), "{mc}");
+    shutdown(meshes, servers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_options_follow_redis() {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let server = Server::start(&mesh, RespConfig::default()).await;
+    let mut con = server.conn().await;
+    let shared = con.clone();
+    let run = async |c: &mut redis::Cmd| -> Value { c.clone().query_async(&mut shared.clone()).await.unwrap() };
+
+    assert_eq!(run(redis::cmd("SET").arg("k").arg("v1").arg("NX")).await, Value::Okay);
+    assert_eq!(run(redis::cmd("SET").arg("k").arg("v2").arg("NX")).await, Value::Nil, "NX on an existing key");
+    assert_eq!(run(redis::cmd("SET").arg("missing").arg("v").arg("XX")).await, Value::Nil, "XX on a missing key");
+    assert_eq!(run(redis::cmd("EXISTS").arg("missing")).await, Value::Int(0));
+    assert_eq!(run(redis::cmd("SET").arg("k").arg("v3").arg("XX").arg("GET")).await, Value::BulkString(b"v1".to_vec()));
+    assert_eq!(
+        run(redis::cmd("SET").arg("k").arg("v4").arg("NX").arg("GET")).await,
+        Value::BulkString(b"v3".to_vec()),
+        "NX GET returns the old value and does not write"
+    );
+    assert_eq!(get(&mut con, "k").await.as_deref(), Some("v3"));
+    assert_eq!(run(redis::cmd("SET").arg("fresh").arg("x").arg("GET")).await, Value::Nil);
+
+    // EX, then KEEPTTL keeps it, a plain SET drops it.
+    assert_eq!(run(redis::cmd("SET").arg("t").arg("a").arg("EX").arg(100)).await, Value::Okay);
+    let at: i64 = redis::cmd("PEXPIRETIME").arg("t").query_async(&mut con).await.unwrap();
+    assert!(at > 0);
+    assert_eq!(run(redis::cmd("SET").arg("t").arg("b").arg("KEEPTTL")).await, Value::Okay);
+    let at2: i64 = redis::cmd("PEXPIRETIME").arg("t").query_async(&mut con).await.unwrap();
+    assert_eq!(at, at2, "KEEPTTL keeps the absolute expiry");
+    assert_eq!(get(&mut con, "t").await.as_deref(), Some("b"));
+    assert_eq!(run(redis::cmd("SET").arg("t").arg("c")).await, Value::Okay);
+    assert_eq!(run(redis::cmd("TTL").arg("t")).await, Value::Int(-1));
+    // EXAT / PXAT are absolute; one in the past deletes.
+    let future_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 500;
+    assert_eq!(run(redis::cmd("SET").arg("t").arg("d").arg("EXAT").arg(future_s)).await, Value::Okay);
+    assert_eq!(run(redis::cmd("EXPIRETIME").arg("t")).await, Value::Int(future_s as i64));
+    assert_eq!(run(redis::cmd("SET").arg("t").arg("e").arg("PXAT").arg(1000)).await, Value::Okay);
+    assert_eq!(run(redis::cmd("GET").arg("t")).await, Value::Nil);
+    // PERSIST.
+    assert_eq!(run(redis::cmd("SET").arg("p").arg("v").arg("PX").arg(100_000)).await, Value::Okay);
+    assert_eq!(run(redis::cmd("PERSIST").arg("p")).await, Value::Int(1));
+    assert_eq!(run(redis::cmd("PERSIST").arg("p")).await, Value::Int(0));
+    assert_eq!(run(redis::cmd("PTTL").arg("p")).await, Value::Int(-1));
+    assert_eq!(run(redis::cmd("PTTL").arg("nope")).await, Value::Int(-2));
+    // EXPIRE's NX / XX / GT / LT.
+    let e = |args: &[&str]| {
+        let mut c = redis::cmd("EXPIRE");
+        c.arg("p").arg(args);
+        c
+    };
+    assert_eq!(run(&mut e(&["100", "XX"])).await, Value::Int(0), "XX without expiry");
+    assert_eq!(run(&mut e(&["100", "GT"])).await, Value::Int(0), "no expiry is infinite for GT");
+    assert_eq!(run(&mut e(&["100", "NX"])).await, Value::Int(1));
+    assert_eq!(run(&mut e(&["200", "NX"])).await, Value::Int(0));
+    assert_eq!(run(&mut e(&["50", "GT"])).await, Value::Int(0));
+    assert_eq!(run(&mut e(&["200", "GT"])).await, Value::Int(1));
+    assert_eq!(run(&mut e(&["300", "LT"])).await, Value::Int(0));
+    assert_eq!(run(&mut e(&["150", "LT"])).await, Value::Int(1));
+    assert_eq!(run(&mut e(&["150", "XX"])).await, Value::Int(1));
+    assert_eq!(run(redis::cmd("EXPIRE").arg("nope").arg(10)).await, Value::Int(0));
+    // SETNX, SETEX, GETDEL, EXISTS counts repeats, TYPE, ECHO, PING.
+    assert_eq!(run(redis::cmd("SETNX").arg("n").arg("1")).await, Value::Int(1));
+    assert_eq!(run(redis::cmd("SETNX").arg("n").arg("2")).await, Value::Int(0));
+    assert_eq!(run(redis::cmd("SETEX").arg("se").arg(100).arg("v")).await, Value::Okay);
+    assert!(matches!(run(redis::cmd("TTL").arg("se")).await, Value::Int(1..=100)));
+    assert_eq!(run(redis::cmd("GETDEL").arg("se")).await, Value::BulkString(b"v".to_vec()));
+    assert_eq!(run(redis::cmd("GETDEL").arg("se")).await, Value::Nil);
+    assert_eq!(run(redis::cmd("EXISTS").arg(&["n", "n", "nope", "p"])).await, Value::Int(3));
+    assert_eq!(run(redis::cmd("TYPE").arg("n")).await, Value::SimpleString("string".into()));
+    assert_eq!(run(redis::cmd("ECHO").arg("hi")).await, Value::BulkString(b"hi".to_vec()));
+    assert_eq!(run(&mut redis::cmd("PING")).await, Value::SimpleString("PONG".into()));
+    assert_eq!(run(redis::cmd("SELECT").arg(0)).await, Value::Okay);
+    assert_eq!(run(redis::cmd("UNLINK").arg(&["n", "n", "nope"])).await, Value::Int(1));
+    // CLIENT.
+    assert_eq!(run(redis::cmd("CLIENT").arg("SETNAME").arg("me")).await, Value::Okay);
+    assert_eq!(run(redis::cmd("CLIENT").arg("GETNAME")).await, Value::BulkString(b"me".to_vec()));
+    assert!(matches!(run(redis::cmd("CLIENT").arg("ID")).await, Value::Int(1..)));
+    assert!(matches!(run(redis::cmd("COMMAND").arg("COUNT")).await, Value::Int(30..)));
+    let Value::Array(cmds) = run(&mut redis::cmd("COMMAND")).await else { panic!("COMMAND is an array") };
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Value::Array(v) if v.len() == 10 && v[0] == Value::BulkString(b"get".to_vec()))));
+
+    // Error texts, byte for byte.
+    let mut raw = Raw::connect(server.port).await;
+    for (args, want) in [
+        (&["FOO", "a", "b"][..], "-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n"),
+        (&["foo"], "-ERR unknown command 'foo', with args beginning with: \r\n"),
+        (&["GET"], "-ERR wrong number of arguments for 'get' command\r\n"),
+        (&["get", "a", "b"], "-ERR wrong number of arguments for 'get' command\r\n"),
+        (&["SET", "k", "v", "NX", "XX"], "-ERR syntax error\r\n"),
+        (&["SET", "k", "v", "EX", "10", "PX", "10"], "-ERR syntax error\r\n"),
+        (&["SET", "k", "v", "KEEPTTL", "EX", "10"], "-ERR syntax error\r\n"),
+        (&["SET", "k", "v", "EX"], "-ERR syntax error\r\n"),
+        (&["SET", "k", "v", "EX", "ten"], "-ERR value is not an integer or out of range\r\n"),
+        (&["SET", "k", "v", "EX", "0"], "-ERR invalid expire time in 'set' command\r\n"),
+        (&["SET", "k", "v", "PX", "-5"], "-ERR invalid expire time in 'set' command\r\n"),
+        (&["SET", "k", "v", "EX", "9223372036854775807"], "-ERR invalid expire time in 'set' command\r\n"),
+        (&["SETEX", "k", "0", "v"], "-ERR invalid expire time in 'setex' command\r\n"),
+        (&["EXPIRE", "k", "soon"], "-ERR value is not an integer or out of range\r\n"),
+        (&["EXPIRE", "k", "10", "NX", "GT"], "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n"),
+        (&["EXPIRE", "k", "10", "GT", "LT"], "-ERR GT and LT options at the same time are not compatible\r\n"),
+        (&["EXPIRE", "k", "10", "FOO"], "-ERR Unsupported option FOO\r\n"),
+        (&["EXPIRE", "k", "99999999999999999"], "-ERR invalid expire time in 'expire' command\r\n"),
+        (&["MSET", "a", "1", "b"], "-ERR wrong number of arguments for 'mset' command\r\n"),
+        (&["SELECT", "1"], "-ERR DB index is out of range\r\n"),
+        (&["SELECT", "x"], "-ERR value is not an integer or out of range\r\n"),
+        (&["FLUSHALL", "NOW"], "-ERR syntax error\r\n"),
+        (&["CLIENT", "FOO"], "-ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n"),
+        (&["CLIENT", "SETNAME", "a b"], "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"),
+        (&["CLIENT", "SETINFO", "LIB-NAME", "x"], "+OK\r\n"),
+        (&["CONFIG", "GET", "no-such-*"], "*0\r\n"),
+        (&["CONFIG", "SET", "no-such", "1"], "-ERR Unknown option or number of arguments for CONFIG SET - 'no-such'\r\n"),
+        (&["CONFIG", "GET", "notify-keyspace-events"], "*2\r\n$22\r\nnotify-keyspace-events\r\n$3\r\nAKE\r\n"),
+        (&["AUTH", "pw"], "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n"),
+        (&["HELLO", "4"], "-NOPROTO unsupported protocol version\r\n"),
+        (&["PING", "a", "b"], "-ERR wrong number of arguments for 'ping' command\r\n"),
+        (&["PING", "hi"], "$2\r\nhi\r\n"),
+        (&["GET", "nope"], "$-1\r\n"),
+        (&["MGET", "nope", "p"], "*2\r\n$-1\r\n$1\r\nv\r\n"),
+        (&["DBSIZE"], ":3\r\n"),
+    ] {
+        assert_eq!(raw.cmd(args).await, want, "{args:?}");
+    }
+    // After errors the connection still works.
+    assert_eq!(raw.cmd(&["PING"]).await, "+PONG\r\n");
+    assert_eq!(raw.cmd(&["QUIT"]).await, "+OK\r\n");
+    assert_eq!(raw.reply().await, None, "QUIT closes");
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_commands_and_pipelining() {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let server = Server::start(&mesh, RespConfig::default()).await;
+    let mut raw = Raw::connect(server.port).await;
+    raw.send(b"PING\r\n").await;
+    assert_eq!(raw.reply().await.unwrap(), "+PONG\r\n");
+    raw.send(b"set greeting \"hello world\"\nget greeting\r\n\r\n").await;
+    assert_eq!(raw.reply().await.unwrap(), "+OK\r\n");
+    assert_eq!(raw.reply().await.unwrap(), "$11\r\nhello world\r\n");
+    // 1,000 commands in one write, answered in order.
+    let mut batch = Vec::new();
+    for i in 0..1000 {
+        batch.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n$5\r\nk{i:04}\r\n$4\r\n{i:04}\r\n").as_bytes());
+        batch.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n$5\r\nk{i:04}\r\n").as_bytes());
+    }
+    raw.send(&batch).await;
+    for i in 0..1000 {
+        assert_eq!(raw.reply().await.unwrap(), "+OK\r\n");
+        assert_eq!(raw.reply().await.unwrap(), format!("$4\r\n{i:04}\r\n"));
+    }
+    // A value split across many small writes.
+    let big = "x".repeat(300_000);
+    let req = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n{big}\r\n", big.len());
+    for chunk in req.as_bytes().chunks(7_777) {
+        raw.send(chunk).await;
+    }
+    assert_eq!(raw.reply().await.unwrap(), "+OK\r\n");
+    assert_eq!(raw.cmd(&["GET", "big"]).await, format!("${}\r\n{big}\r\n", big.len()));
+    // A 20 MiB value through the redis crate, and back.
+    let mut con = server.conn().await;
+    let huge: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let () = con.set("huge", &huge).await.unwrap();
+    let back: Vec<u8> = con.get("huge").await.unwrap();
+    assert!(back == huge, "20 MiB value corrupted");
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_reach_subscribers_on_other_peers() {
+    let (meshes, servers) = cluster(2, RespConfig::default()).await;
+    let mut a = servers[0].conn().await;
+    let client_b = redis::Client::open(servers[1].url()).unwrap();
+    let mut sub = client_b.get_async_pubsub().await.unwrap();
+    sub.psubscribe("__key*@0__:*").await.unwrap();
+    let mut msgs = sub.into_on_message();
+    let mut next = async || {
+        let m = tokio::time::timeout(DEADLINE, msgs.next()).await.expect("a notification").unwrap();
+        let pattern: String = m.get_pattern().unwrap();
+        assert_eq!(pattern, "__key*@0__:*");
+        (m.get_channel_name().to_owned(), m.get_payload::<String>().unwrap())
+    };
+    let ev = |c: &str, p: &str| (c.to_owned(), p.to_owned());
+
+    // A write on A is notified on B: keyspace then keyevent.
+    let () = a.set("user:1", "x").await.unwrap();
+    assert_eq!(next().await, ev("__keyspace@0__:user:1", "set"));
+    assert_eq!(next().await, ev("__keyevent@0__:set", "user:1"));
+    let _: i64 = a.del("user:1").await.unwrap();
+    assert_eq!(next().await, ev("__keyspace@0__:user:1", "del"));
+    assert_eq!(next().await, ev("__keyevent@0__:del", "user:1"));
+    // A TTL running out on B is `expired` there.
+    let () = redis::cmd("SET").arg("short").arg("x").arg("PX").arg(500).query_async(&mut a).await.unwrap();
+    assert_eq!(next().await, ev("__keyspace@0__:short", "set"));
+    assert_eq!(next().await, ev("__keyevent@0__:set", "short"));
+    assert_eq!(next().await, ev("__keyspace@0__:short", "expired"));
+    assert_eq!(next().await, ev("__keyevent@0__:expired", "short"));
+    // FLUSHALL on A is `flushall` on B (keyevent only: it has no key).
+    let () = a.set("pre-flush", "x").await.unwrap();
+    assert_eq!(next().await, ev("__keyspace@0__:pre-flush", "set"));
+    assert_eq!(next().await, ev("__keyevent@0__:set", "pre-flush"));
+    let () = redis::cmd("FLUSHALL").query_async(&mut a).await.unwrap();
+    assert_eq!(next().await, ev("__keyevent@0__:flushall", ""));
+
+    // Only the enabled classes: with "Ex", a write is silent, and the next
+    // message is the expiry.
+    let mut b = servers[1].conn().await;
+    let () = redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("Ex").query_async(&mut b).await.unwrap();
+    let () = a.set("quiet", "x").await.unwrap();
+    let () = redis::cmd("SET").arg("loud").arg("x").arg("PX").arg(100).query_async(&mut a).await.unwrap();
+    assert_eq!(next().await, ev("__keyevent@0__:expired", "loud"));
+    let flags: Vec<String> =
+        redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut b).await.unwrap();
+    assert_eq!(flags, ["notify-keyspace-events", "xE"]);
+
+    // Local events on A know their command: SET EX is set + expire, EXPIRE
+    // is expire, PERSIST is persist. And RESP3 subscribers get push frames.
+    let mut raw = Raw::connect(servers[0].port).await;
+    raw.resp3 = true;
+    assert!(raw.cmd(&["HELLO", "3"]).await.starts_with("%7\r\n"));
+    assert_eq!(
+        raw.cmd(&["SUBSCRIBE", "__keyevent@0__:expire"]).await,
+        ">3\r\n$9\r\nsubscribe\r\n$21\r\n__keyevent@0__:expire\r\n:1\r\n"
+    );
+    assert_eq!(
+        raw.cmd(&["PSUBSCRIBE", "__keyspace@0__:lo*"]).await,
+        ">3\r\n$10\r\npsubscribe\r\n$18\r\n__keyspace@0__:lo*\r\n:2\r\n"
+    );
+    // RESP3 subscribers may run any command.
+    assert_eq!(raw.cmd(&["GET", "nope"]).await, "_\r\n");
+    let () = redis::cmd("SET").arg("local").arg("x").arg("EX").arg(100).query_async(&mut a).await.unwrap();
+    assert_eq!(
+        raw.reply().await.unwrap(),
+        ">4\r\n$8\r\npmessage\r\n$18\r\n__keyspace@0__:lo*\r\n$20\r\n__keyspace@0__:local\r\n$3\r\nset\r\n"
+    );
+    assert_eq!(
+        raw.reply().await.unwrap(),
+        ">4\r\n$8\r\npmessage\r\n$18\r\n__keyspace@0__:lo*\r\n$20\r\n__keyspace@0__:local\r\n$6\r\nexpire\r\n"
+    );
+    assert_eq!(raw.reply().await.unwrap(), ">3\r\n$7\r\nmessage\r\n$21\r\n__keyevent@0__:expire\r\n$5\r\nlocal\r\n");
+    let _: bool = a.expire("local", 50).await.unwrap();
+    assert!(raw.reply().await.unwrap().ends_with("$6\r\nexpire\r\n"));
+    assert!(raw.reply().await.unwrap().ends_with("$5\r\nlocal\r\n"));
+    let _: bool = a.persist("local").await.unwrap();
+    assert!(raw.reply().await.unwrap().ends_with("$7\r\npersist\r\n"));
+    assert_eq!(raw.cmd(&["UNSUBSCRIBE"]).await, ">3\r\n$11\r\nunsubscribe\r\n$21\r\n__keyevent@0__:expire\r\n:1\r\n");
+    assert_eq!(raw.cmd(&["PUNSUBSCRIBE"]).await, ">3\r\n$12\r\npunsubscribe\r\n$18\r\n__keyspace@0__:lo*\r\n:0\r\n");
+
+    // RESP2: a subscribed client may only (un)subscribe, PING, QUIT, RESET.
+    let mut raw2 = Raw::connect(servers[0].port).await;
+    assert_eq!(raw2.cmd(&["SUBSCRIBE", "c1"]).await, "*3\r\n$9\r\nsubscribe\r\n$2\r\nc1\r\n:1\r\n");
+    assert_eq!(
+        raw2.cmd(&["GET", "x"]).await,
+        "-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+    );
+    assert_eq!(raw2.cmd(&["PING"]).await, "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    assert_eq!(raw2.cmd(&["RESET"]).await, "+RESET\r\n");
+    assert_eq!(raw2.cmd(&["GET", "x"]).await, "$-1\r\n");
+    assert_eq!(raw2.cmd(&["UNSUBSCRIBE"]).await, "*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
+    shutdown(meshes, servers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_is_required_when_configured() {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let cfg = RespConfig { requirepass: Some("s3cret".into()), ..RespConfig::default() };
+    let server = Server::start(&mesh, cfg).await;
+    let mut raw = Raw::connect(server.port).await;
+    assert_eq!(raw.cmd(&["GET", "k"]).await, "-NOAUTH Authentication required.\r\n");
+    assert_eq!(raw.cmd(&["NOSUCH"]).await, "-ERR unknown command 'NOSUCH', with args beginning with: \r\n");
+    assert_eq!(raw.cmd(&["AUTH", "wrong"]).await, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    assert_eq!(
+        raw.cmd(&["AUTH", "bob", "s3cret"]).await,
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert!(raw
+        .cmd(&["HELLO", "3"])
+        .await
+        .starts_with("-NOAUTH HELLO must be called with the client already authenticated"));
+    assert_eq!(raw.cmd(&["AUTH", "s3cret"]).await, "+OK\r\n");
+    assert_eq!(raw.cmd(&["SET", "k", "v"]).await, "+OK\r\n");
+    assert_eq!(raw.cmd(&["RESET"]).await, "+RESET\r\n");
+    assert_eq!(raw.cmd(&["GET", "k"]).await, "-NOAUTH Authentication required.\r\n", "RESET logs out");
+    // HELLO with AUTH authenticates and switches protocol in one go.
+    raw.resp3 = true;
+    assert!(raw.cmd(&["HELLO", "3", "AUTH", "default", "s3cret", "SETNAME", "app"]).await.starts_with("%7\r\n"));
+    assert_eq!(raw.cmd(&["CLIENT", "GETNAME"]).await, "$3\r\napp\r\n");
+    // An unauthenticated client gets Redis's small request limits.
+    let mut big = Raw::connect(server.port).await;
+    big.send(b"*1\r\n$100000\r\n").await;
+    assert_eq!(big.read_to_close().await, "-ERR Protocol error: unauthenticated bulk length\r\n");
+
+    // The redis crate, with the password in the URL.
+    let url = format!("redis://:s3cret@127.0.0.1:{}/", server.port);
+    let mut con = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    assert_eq!(get(&mut con, "k").await.as_deref(), Some("v"));
+    let url = format!("redis://default:s3cret@127.0.0.1:{}/?protocol=resp3", server.port);
+    let mut con = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    assert_eq!(get(&mut con, "k").await.as_deref(), Some("v"));
+    let url = format!("redis://:nope@127.0.0.1:{}/", server.port);
+    assert!(redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.is_err());
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_3_switches_to_resp3() {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let server = Server::start(&mesh, RespConfig::default()).await;
+    let mut raw = Raw::connect(server.port).await;
+    let hello2 = raw.cmd(&["HELLO"]).await;
+    assert!(hello2.starts_with("*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n"), "{hello2}");
+    assert!(hello2.contains("$5\r\nproto\r\n:2\r\n"), "{hello2}");
+    raw.resp3 = true;
+    let hello = raw.cmd(&["HELLO", "3"]).await;
+    let (frame, _) = redis_protocol::resp3::decode::complete::decode(hello.as_bytes()).unwrap().unwrap();
+    let OwnedFrame::Map { data, .. } = frame else { panic!("HELLO 3 is a map: {hello}") };
+    let field = |k: &str| {
+        data.iter()
+            .find(|(key, _)| key.as_str() == Some(k))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{k} missing from {hello}"))
+    };
+    assert_eq!(field("server").as_str(), Some("redis"));
+    assert!(matches!(field("proto"), OwnedFrame::Number { data: 3, .. }));
+    assert_eq!(field("mode").as_str(), Some("standalone"));
+    assert_eq!(field("role").as_str(), Some("master"));
+    assert!(matches!(field("id"), OwnedFrame::Number { .. }));
+    assert!(field("version").as_str().is_some());
+    assert!(matches!(field("modules"), OwnedFrame::Array { ref data, .. } if data.is_empty()));
+    // RESP3 replies: null, maps, verbatim text.
+    assert_eq!(raw.cmd(&["GET", "nope"]).await, "_\r\n");
+    assert_eq!(raw.cmd(&["CONFIG", "GET", "databases"]).await, "%1\r\n$9\r\ndatabases\r\n$1\r\n1\r\n");
+    assert!(raw.cmd(&["INFO", "server"]).await.starts_with("="));
+    assert_eq!(raw.cmd(&["HELLO", "2"]).await.chars().next(), Some('*'));
+    raw.resp3 = false;
+    assert_eq!(raw.cmd(&["GET", "nope"]).await, "$-1\r\n");
+
+    // The redis crate in RESP3 mode.
+    let url = format!("redis://127.0.0.1:{}/?protocol=resp3", server.port);
+    let mut con = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let () = con.set("k", "v").await.unwrap();
+    assert_eq!(get(&mut con, "k").await.as_deref(), Some("v"));
+    let v: Value = redis::cmd("HELLO").arg(3).query_async(&mut con).await.unwrap();
+    assert!(matches!(v, Value::Map(ref m) if m.len() == 7), "{v:?}");
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_get_loading_until_bootstrapped() {
+    let ca = EphemeralCa::new().unwrap();
+    // A seed that never answers: writes are refused until the timeout.
+    let cfg = MeshConfig { bootstrap_timeout: Duration::from_secs(60), ..MeshConfig::for_test("lonely") };
+    let mesh = Mesh::builder()
+        .config(cfg)
+        .seeds(["127.0.0.1:9".parse().unwrap()])
+        .tls(ca.issue("lonely").unwrap())
+        .start()
+        .await
+        .unwrap();
+    let server = Server::start(&mesh, RespConfig::default()).await;
+    let mut raw = Raw::connect(server.port).await;
+    assert_eq!(raw.cmd(&["SET", "k", "v"]).await, "-LOADING meshcache is loading the dataset from its peers\r\n");
+    assert_eq!(raw.cmd(&["GET", "k"]).await, "$-1\r\n", "reads are served while loading");
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_closes_only_that_connection() {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let server = Server::start(&mesh, RespConfig::default()).await;
+    let mut bystander = Raw::connect(server.port).await;
+    assert_eq!(bystander.cmd(&["PING"]).await, "+PONG\r\n");
+
+    // A huge declared bulk length: refused at the header, no buffering.
+    let mut c = Raw::connect(server.port).await;
+    c.send(b"*1\r\n$999999999999\r\n").await;
+    assert_eq!(c.read_to_close().await, "-ERR Protocol error: invalid bulk length\r\n");
+    // A huge declared multibulk.
+    let mut c = Raw::connect(server.port).await;
+    c.send(b"*99999999\r\n").await;
+    assert_eq!(c.read_to_close().await, "-ERR Protocol error: invalid multibulk length\r\n");
+    // Not a bulk where one is expected.
+    let mut c = Raw::connect(server.port).await;
+    c.send(b"*2\r\n$3\r\nGET\r\n:1\r\n").await;
+    assert_eq!(c.read_to_close().await, "-ERR Protocol error: expected '$', got ':'\r\n");
+    // Unbalanced quotes in an inline command.
+    let mut c = Raw::connect(server.port).await;
+    c.send(b"SET a \"b\r\n").await;
+    assert_eq!(c.read_to_close().await, "-ERR Protocol error: unbalanced quotes in request\r\n");
+    // A line that never ends.
+    let mut c = Raw::connect(server.port).await;
+    c.send(&vec![b'A'; 70_000]).await;
+    assert_eq!(c.read_to_close().await, "-ERR Protocol error: too big inline request\r\n");
+    // A command larger than max_command_bytes, on a server with a small one.
+    let small = Server::start(&mesh, RespConfig { max_command_bytes: 1024, ..RespConfig::default() }).await;
+    let mut c = Raw::connect(small.port).await;
+    c.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000\r\n").await;
+    assert_eq!(c.read_to_close().await, "-ERR Protocol error: request too large\r\n");
+    small.stop().await;
+    // A truncated multibulk, then the client goes away.
+    let mut c = Raw::connect(server.port).await;
+    c.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk").await;
+    c.sock.shutdown().await.unwrap();
+    assert_eq!(c.read_to_close().await, "");
+    // Random bytes: an error reply or a close, never a hang or a panic.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..20 {
+        let mut junk = Vec::new();
+        for _ in 0..(64 + round * 97) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            junk.push((x >> 24) as u8);
+        }
+        // Make it a protocol error for sure (a '*' header with garbage),
+        // but from the second round on let the bytes be anything.
+        if round == 0 {
+            junk.splice(0..0, b"*2\r\n$x".iter().copied());
+        }
+        let mut c = Raw::connect(server.port).await;
+        c.send(&junk).await;
+        c.sock.shutdown().await.unwrap();
+        let got = c.read_to_close().await;
+        if round == 0 {
+            assert!(got.starts_with("-ERR Protocol error: "), "{got:?}");
+        }
+    }
+    // The bystander, and new clients, are unaffected.
+    assert_eq!(bystander.cmd(&["PING"]).await, "+PONG\r\n");
+    let mut con = server.conn().await;
+    let pong: String = redis::cmd("PING").query_async(&mut con).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let stats = info(&mut con, "stats").await;
+    assert!(!stats.contains("protocol_errors:0\r"), "{stats}");
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_is_disconnected() {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let cfg = RespConfig { output_buffer_limit: 256 * 1024, ..RespConfig::default() };
+    let server = Server::start(&mesh, cfg).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(([127, 0, 0, 1], server.port).into()).await.unwrap();
+    let mut slow = Raw { sock: stream, buf: BytesMut::new(), resp3: false };
+    assert_eq!(slow.cmd(&["PSUBSCRIBE", "*"]).await, "*3\r\n$10\r\npsubscribe\r\n$1\r\n*\r\n:1\r\n");
+    // Writes through the embedded API, each notified twice with a 1 KiB
+    // key: far more than the limit plus what the kernel buffers hold.
+    let key = "k".repeat(1024);
+    let mut con = server.conn().await;
+    let mut i = 0u64;
+    eventually("the slow subscriber is disconnected", || {
+        for _ in 0..500 {
+            mesh.put(format!("{key}{i}"), "v").unwrap();
+            i += 1;
+        }
+        let mut con = con.clone();
+        async move { info(&mut con, "stats").await.contains("client_output_buffer_limit_disconnections:1\r") }
+    })
+    .await;
+    // Its connection ends once what was sent is drained.
+    slow.read_to_close().await;
+    let pong: String = redis::cmd("PING").query_async(&mut con).await.unwrap();
+    assert_eq!(pong, "PONG");
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_and_shutdown() {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let server = Server::start(&mesh, RespConfig { max_clients: 1, ..RespConfig::default() }).await;
+    let mut first = Raw::connect(server.port).await;
+    assert_eq!(first.cmd(&["PING"]).await, "+PONG\r\n");
+    let mut second = Raw::connect(server.port).await;
+    assert_eq!(second.read_to_close().await, "-ERR max number of clients reached\r\n");
+    drop(first);
+    let end = tokio::time::Instant::now() + DEADLINE;
+    let mut held = loop {
+        let mut c = Raw::connect(server.port).await;
+        c.send(b"PING\r\n").await;
+        if c.reply().await.as_deref() == Some("+PONG\r\n") {
+            break c;
+        }
+        assert!(tokio::time::Instant::now() < end, "the slot never freed up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Shutdown closes connected clients and returns.
+    server.stop().await;
+    assert_eq!(held.read_to_close().await, "");
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_works_against_a_peer() {
+    let Ok(out) = std::process::Command::new("redis-cli").arg("--version").output() else {
+        println!("skipped: redis-cli not installed");
+        return;
+    };
+    assert!(out.status.success());
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let server = Server::start(&mesh, RespConfig::default()).await;
+    let port = server.port.to_string();
+    let cli = |args: &[&str]| {
+        let mut c = tokio::process::Command::new("redis-cli");
+        c.arg("-p").arg(&port).args(args).kill_on_drop(true);
+        async move {
+            let out = tokio::time::timeout(DEADLINE, c.output()).await.expect("redis-cli finishes").unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    assert_eq!(cli(&["ping"]).await, "PONG\n");
+    assert_eq!(cli(&["set", "a", "b"]).await, "OK\n");
+    assert_eq!(cli(&["get", "a"]).await, "b\n");
+    assert_eq!(cli(&["--no-raw", "get", "a"]).await, "\"b\"\n");
+    assert_eq!(cli(&["--no-raw", "get", "missing"]).await, "(nil)\n");
+    assert_eq!(cli(&["--no-raw", "set", "a", "c", "get"]).await, "\"b\"\n");
+    assert_eq!(cli(&["--no-raw", "exists", "a", "a"]).await, "(integer) 2\n");
+    assert_eq!(cli(&["--no-raw", "mget", "a", "missing"]).await, "1) \"c\"\n2) (nil)\n");
+    assert_eq!(
+        cli(&["--no-raw", "incr", "x"]).await,
+        "(error) ERR unknown command 'incr', with args beginning with: 'x' \n"
+    );
+    assert_eq!(cli(&["-3", "--no-raw", "get", "missing"]).await, "(nil)\n");
+    assert!(cli(&["info", "meshcache"]).await.contains("name:solo"));
+    // Commands typed on stdin, as in a script.
+    let mut c = tokio::process::Command::new("redis-cli");
+    c.arg("-p").arg(&port).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"set s 1\nget s\ndbsize\n").await.unwrap();
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "OK\n1\n2\n");
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
+/// Not a test: serves the first peer of an in-process mesh (three peers, or
+/// `MESHCACHE_RESP_BENCH_PEERS`) on a fixed port, for `redis-benchmark`.
+/// Run it with
+///
+/// ```sh
+/// MESHCACHE_RESP_BENCH_PORT=6390 MESHCACHE_RESP_BENCH_SECS=120 \
+///   cargo test --release --test resp -- --ignored --nocapture serve_for_benchmark
+/// ```
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn serve_for_benchmark() {
+    let port: u16 = std::env::var("MESHCACHE_RESP_BENCH_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(6390);
+    let secs: u64 = std::env::var("MESHCACHE_RESP_BENCH_SECS").ok().and_then(|p| p.parse().ok()).unwrap_or(120);
+    let peers: usize = std::env::var("MESHCACHE_RESP_BENCH_PEERS").ok().and_then(|p| p.parse().ok()).unwrap_or(3);
+    let (meshes, servers) = cluster(peers, RespConfig::default()).await;
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(meshes[0].clone(), listener, RespConfig::default(), async move {
+        let _ = rx.await;
+    }));
+    println!("serving peer p0 of {peers} on 127.0.0.1:{port} for {secs} s");
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    for m in &meshes[1..] {
+        println!("{} received {} deltas", m.id().name, m.stats().deltas_received);
+    }
+    drop(tx);
+    task.await.unwrap().unwrap();
+    shutdown(meshes, servers).await;
+}
