@@ -433,12 +433,19 @@ async fn inline_commands_and_pipelining() {
     }
     assert_eq!(raw.reply().await.unwrap(), "+OK\r\n");
     assert_eq!(raw.cmd(&["GET", "big"]).await, format!("${}\r\n{big}\r\n", big.len()));
-    // A 20 MiB value through the redis crate, and back.
+    // A 12 MiB value through the redis crate, and back.
     let mut con = server.conn().await;
-    let huge: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let huge: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
     let () = con.set("huge", &huge).await.unwrap();
     let back: Vec<u8> = con.get("huge").await.unwrap();
-    assert!(back == huge, "20 MiB value corrupted");
+    assert!(back == huge, "12 MiB value corrupted");
+    // A value too large to replicate in one frame (16 MiB by default) is
+    // refused with a clear error, and the connection stays usable.
+    let too_big: Vec<u8> = vec![7u8; 20 << 20];
+    let err = con.set::<_, _, ()>("too-big", &too_big).await.unwrap_err();
+    assert!(err.to_string().contains("largest replicable write"), "{err}");
+    let still: Vec<u8> = con.get("huge").await.unwrap();
+    assert_eq!(still.len(), huge.len());
     server.stop().await;
     mesh.shutdown().await;
 }
