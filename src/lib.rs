@@ -64,6 +64,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod check;
 pub mod config;
 pub mod hlc;
 pub mod membership;

@@ -252,6 +252,7 @@ pub struct Mesh {
 pub struct MeshBuilder {
     config: MeshConfig,
     identity: Option<Identity>,
+    socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 }
 
 impl MeshBuilder {
@@ -311,9 +312,17 @@ impl MeshBuilder {
         self
     }
 
+    /// Carries QUIC over this socket instead of binding `listen`: a
+    /// fault-injecting wrapper around real UDP, or a simulated network.
+    /// `listen` is then ignored; the socket's own address is used.
+    pub fn socket(mut self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
+        self.socket = Some(socket);
+        self
+    }
+
     /// Validates the settings, binds the listen address and starts the peer.
     pub async fn start(self) -> Result<Mesh, MeshError> {
-        Mesh::start(self.config, self.identity.ok_or(MeshError::NoIdentity)?).await
+        Mesh::start(self.config, self.identity.ok_or(MeshError::NoIdentity)?, self.socket).await
     }
 }
 
@@ -336,7 +345,11 @@ impl Mesh {
         MeshBuilder::default()
     }
 
-    async fn start(config: MeshConfig, identity: Identity) -> Result<Mesh, MeshError> {
+    async fn start(
+        config: MeshConfig,
+        identity: Identity,
+        socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    ) -> Result<Mesh, MeshError> {
         config.validate()?;
         if identity.name != config.name {
             return Err(MeshError::NameMismatch { cert: identity.name.clone(), name: config.name.clone() });
@@ -345,8 +358,16 @@ impl Mesh {
         server.transport_config(transport_config(&config));
         let mut client_config = crate::transport::tls::quinn_client_config(&identity)?;
         client_config.transport_config(transport_config(&config));
-        let endpoint = quinn::Endpoint::server(server, config.listen)
-            .map_err(|source| MeshError::Bind { addr: config.listen, source })?;
+        let endpoint = match socket {
+            Some(socket) => quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            ),
+            None => quinn::Endpoint::server(server, config.listen),
+        }
+        .map_err(|source| MeshError::Bind { addr: config.listen, source })?;
         let local_addr = endpoint.local_addr().map_err(|source| MeshError::Bind { addr: config.listen, source })?;
         let advertise = config.advertise.unwrap_or(local_addr);
         let node = NodeId(rand::rng().random::<u64>() | 1);

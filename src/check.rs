@@ -1,0 +1,301 @@
+//! An invariant checker for partition tests: it records every write, delete
+//! and read made through it, with the stamp each was given or saw and the
+//! time it was acknowledged, and after the mesh heals checks I1–I4
+//! (DESIGN.md, "Invariants that tests must prove").
+//!
+//! ```no_run
+//! # async fn demo(peers: Vec<meshcache::Mesh>) {
+//! use meshcache::check::History;
+//! let h = History::new();
+//! h.put(&peers[0], "k", "v").unwrap();
+//! h.delete(&peers[1], "k").unwrap();
+//! // ... cut links, write on both sides, heal ...
+//! let converged = h.wait_converged(&peers, std::time::Duration::from_secs(30)).await;
+//! let report = h.check(&peers);
+//! assert!(report.violations.is_empty(), "{report}");
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::hlc::Stamp;
+use crate::store::Slot;
+use crate::{Mesh, MeshError};
+
+/// What an operation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// A write of this value.
+    Put(Bytes),
+    /// A delete.
+    Delete,
+    /// A read that returned this (stamp and value of the register read).
+    Read(Option<(Stamp, Bytes)>),
+}
+
+/// One acknowledged operation.
+#[derive(Clone, Debug)]
+pub struct Op {
+    /// The peer's name.
+    pub peer: String,
+    /// The key.
+    pub key: Bytes,
+    /// What happened.
+    pub kind: OpKind,
+    /// The stamp the write was given (writes only).
+    pub stamp: Option<Stamp>,
+    /// When it was acknowledged, since the history began.
+    pub at: Duration,
+}
+
+/// A broken invariant, with the keys and stamps involved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant: "I1", "I2", "I3", "I4" or "READ".
+    pub invariant: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// What [`History::check`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Every violation found; empty when all invariants hold.
+    pub violations: Vec<Violation>,
+    /// Keys checked.
+    pub keys: usize,
+    /// Writes and deletes recorded.
+    pub writes: usize,
+    /// Reads recorded.
+    pub reads: usize,
+    /// Keys whose newest recorded write was a delete (or was flushed).
+    pub deleted_keys: usize,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} keys, {} writes, {} reads, {} deleted keys: {} violation(s)",
+            self.keys,
+            self.writes,
+            self.reads,
+            self.deleted_keys,
+            self.violations.len()
+        )?;
+        for v in &self.violations {
+            write!(f, "\n  {}: {}", v.invariant, v.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// Records operations and checks the invariants. Cheap to share: all
+/// methods take `&self`.
+pub struct History {
+    start: Instant,
+    ops: Mutex<Vec<Op>>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History::new()
+    }
+}
+
+fn show(k: &[u8]) -> String {
+    String::from_utf8_lossy(k).into_owned()
+}
+
+impl History {
+    /// An empty history; times count from now.
+    pub fn new() -> Self {
+        History { start: Instant::now(), ops: Mutex::new(Vec::new()) }
+    }
+
+    fn record(&self, peer: &Mesh, key: Bytes, kind: OpKind, stamp: Option<Stamp>) {
+        let op = Op { peer: peer.id().name.clone(), key, kind, stamp, at: self.start.elapsed() };
+        self.ops.lock().push(op);
+    }
+
+    /// Writes through `peer` and records the write with its stamp.
+    pub fn put(&self, peer: &Mesh, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), MeshError> {
+        let (key, value) = (key.into(), value.into());
+        let v = value.clone();
+        let w = peer.write_with(key.clone(), move |_, _| Some(Slot::Value { data: v, expires_at_ms: None }))?;
+        if let Some(w) = w.filter(|w| w.applied) {
+            self.record(peer, key, OpKind::Put(value), Some(w.register.marker));
+        }
+        Ok(())
+    }
+
+    /// Deletes through `peer` and records the delete with its stamp.
+    pub fn delete(&self, peer: &Mesh, key: impl Into<Bytes>) -> Result<(), MeshError> {
+        let key = key.into();
+        let w = peer.write_with(key.clone(), |_, _| Some(Slot::Tombstone))?;
+        if let Some(w) = w.filter(|w| w.applied) {
+            self.record(peer, key, OpKind::Delete, Some(w.register.marker));
+        }
+        Ok(())
+    }
+
+    /// Reads through `peer` and records what it returned, with its stamp.
+    pub fn read(&self, peer: &Mesh, key: impl Into<Bytes>) -> Option<Bytes> {
+        let key = key.into();
+        let now = crate::node::now_ms();
+        let got = peer.replica().store().register(&key).and_then(|r| r.val.visible(now).map(|v| (r.marker, v.clone())));
+        let value = got.as_ref().map(|g| g.1.clone());
+        self.record(peer, key, OpKind::Read(got), None);
+        value
+    }
+
+    /// Every operation recorded so far.
+    pub fn ops(&self) -> Vec<Op> {
+        self.ops.lock().clone()
+    }
+
+    /// Waits until every peer has equal digests (I1), polling, or until
+    /// `deadline`. Returns how long it took, or `None` on timeout.
+    pub async fn wait_converged(&self, peers: &[Mesh], deadline: Duration) -> Option<Duration> {
+        let t0 = Instant::now();
+        loop {
+            let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
+            if roots.iter().all(|r| *r == roots[0]) {
+                return Some(t0.elapsed());
+            }
+            if t0.elapsed() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Checks the invariants against `peers`, which must be the live peers
+    /// after healing and convergence:
+    ///
+    /// - I1: equal digests, and equal reads of every key, on every peer;
+    /// - I2: each key's register carries the highest stamp written to it
+    ///   (unless that stamp is below the final `clear_below`, when nothing
+    ///   may be held);
+    /// - I3: a key whose newest write is a delete reads as absent everywhere;
+    /// - I4: every read returns the winning write's value;
+    /// - READ: during the run, no peer returned a value older than one it had
+    ///   returned before for the same key.
+    pub fn check(&self, peers: &[Mesh]) -> Report {
+        let ops = self.ops();
+        let mut report = Report::default();
+        let mut newest: BTreeMap<Bytes, (Stamp, Option<Bytes>)> = BTreeMap::new();
+        let mut last_read: BTreeMap<(String, Bytes), Stamp> = BTreeMap::new();
+        for op in &ops {
+            match &op.kind {
+                OpKind::Put(v) => {
+                    report.writes += 1;
+                    let st = op.stamp.expect("writes carry stamps");
+                    let e = newest.entry(op.key.clone()).or_insert((st, Some(v.clone())));
+                    if st > e.0 {
+                        *e = (st, Some(v.clone()));
+                    }
+                }
+                OpKind::Delete => {
+                    report.writes += 1;
+                    let st = op.stamp.expect("writes carry stamps");
+                    let e = newest.entry(op.key.clone()).or_insert((st, None));
+                    if st > e.0 {
+                        *e = (st, None);
+                    }
+                }
+                OpKind::Read(got) => {
+                    report.reads += 1;
+                    if let Some((st, _)) = got {
+                        let k = (op.peer.clone(), op.key.clone());
+                        if let Some(prev) = last_read.get(&k) {
+                            if st < prev {
+                                report.violations.push(Violation {
+                                    invariant: "READ",
+                                    detail: format!(
+                                        "{} read {} at stamp {st} after reading stamp {prev} (at {:?})",
+                                        op.peer,
+                                        show(&op.key),
+                                        op.at
+                                    ),
+                                });
+                            }
+                        }
+                        let e = last_read.entry(k).or_insert(*st);
+                        *e = (*e).max(*st);
+                    }
+                }
+            }
+        }
+        report.keys = newest.len();
+        if peers.is_empty() {
+            return report;
+        }
+        let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
+        if roots.iter().any(|r| *r != roots[0]) {
+            let names: Vec<String> = peers.iter().map(|p| p.id().name.clone()).collect();
+            report
+                .violations
+                .push(Violation { invariant: "I1", detail: format!("digests differ: {names:?} {roots:?}") });
+        }
+        let clear_below = peers.iter().map(|p| p.replica().store().floors().clear_below).max().unwrap_or_default();
+        let now = crate::node::now_ms();
+        for (key, (stamp, value)) in &newest {
+            let flushed = *stamp < clear_below;
+            if value.is_none() || flushed {
+                report.deleted_keys += 1;
+            }
+            let mut reads = Vec::new();
+            for p in peers {
+                let reg = p.replica().store().register(key);
+                let name = &p.id().name;
+                match &reg {
+                    Some(r) if r.marker < *stamp && !flushed => report.violations.push(Violation {
+                        invariant: "I2",
+                        detail: format!("{name} holds {} at stamp {}, but {} was written", show(key), r.marker, stamp),
+                    }),
+                    _ => {}
+                }
+                let got = reg.as_ref().and_then(|r| r.val.visible(now).cloned());
+                let expected = if flushed { None } else { value.clone() };
+                if value.is_none() || flushed {
+                    if let Some(g) = &got {
+                        let st = reg.as_ref().map(|r| r.marker).unwrap_or_default();
+                        if st <= *stamp {
+                            report.violations.push(Violation {
+                                invariant: "I3",
+                                detail: format!(
+                                    "{name} reads deleted key {} = {:?} (stamp {st}, delete at {stamp})",
+                                    show(key),
+                                    show(g)
+                                ),
+                            });
+                        }
+                    }
+                } else if got != expected && reg.as_ref().is_some_and(|r| r.marker == *stamp) {
+                    // Holding the winning stamp but reading something else:
+                    // only an eviction stub may (a local miss).
+                    if !matches!(reg.as_ref().map(|r| &r.val), Some(Slot::Evicted { .. })) {
+                        report.violations.push(Violation {
+                            invariant: "I4",
+                            detail: format!("{name} reads {} = {:?}, expected {:?}", show(key), got, expected),
+                        });
+                    }
+                }
+                reads.push(got);
+            }
+            if reads.iter().any(|r| *r != reads[0]) {
+                report.violations.push(Violation {
+                    invariant: "I1",
+                    detail: format!("reads of {} differ across peers: {:?}", show(key), reads),
+                });
+            }
+        }
+        report
+    }
+}
