@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::hlc::Stamp;
-use crate::membership::{Learned, MemberId, Members, Status};
+use crate::membership::{Learned, MemberId, MemberInfo, Members, Status};
 use crate::store::{
     Change, ChangeKind, Compaction, ConfigError, MergeOutcome, Register, Slot, Store, StoreConfig, Written,
 };
@@ -169,26 +169,11 @@ impl Replica {
     /// dropped; everything else goes through the floor filter like
     /// anti-entropy (but a push refused by the floor gets no reply).
     pub fn handle_deltas(&self, batch: DeltaBatch, now_ms: u64) -> Result<MergeOutcome, PeerError> {
-        {
-            let mut m = self.members.lock();
-            if m.is_refused(&batch.from) {
-                return Err(PeerError::Refused(batch.from));
-            }
-            m.learn(&batch.from, Status::Active);
-            if let Some(g) = &batch.members {
-                m.learn_gossip(g);
-            }
-            if m.self_superseded() {
-                return Err(PeerError::SelfSuperseded);
-            }
-        }
-        // A clock too far ahead is counted by the clock and not adopted.
-        let _ = self.store.clock().observe(batch.hlc, now_ms);
         let mut out = MergeOutcome::default();
-        if let Ok(n) = self.store.raise_clear_below(batch.clear_below, now_ms) {
-            if n > 0 {
-                out.changes.push(Change { key: Bytes::new(), kind: ChangeKind::Flush, stamp: batch.clear_below });
-            }
+        match self.contact(&batch.from, batch.members.as_deref(), batch.hlc, batch.clear_below, now_ms) {
+            Ok(changes) => out.changes = changes,
+            Err(SyncRefused::SelfSuperseded) => return Err(PeerError::SelfSuperseded),
+            Err(SyncRefused::Peer(_)) => return Err(PeerError::Refused(batch.from)),
         }
         let merged = self.store.merge(batch.entries, now_ms);
         out.changes.extend(merged.changes);
@@ -270,22 +255,40 @@ impl Replica {
 
     /// Applies a peer's session opening: contact, gossip, clock, floors.
     pub(crate) fn observe_sync_hello(&self, h: &SyncHello, now_ms: u64) -> Result<Vec<Change>, SyncRefused> {
+        self.contact(&h.from, Some(&h.members), h.hlc, h.clear_below, now_ms)
+    }
+
+    /// What every message from a peer carries: who it is, its view, its
+    /// clock and its `clear_below`. Refuses a superseded, departed or
+    /// forgotten sender; otherwise learns it, merges its view, observes its
+    /// clock (a clock too far ahead is counted, not adopted) and raises
+    /// `clear_below`.
+    fn contact(
+        &self,
+        from: &MemberId,
+        view: Option<&[MemberInfo]>,
+        hlc: u64,
+        clear_below: Stamp,
+        now_ms: u64,
+    ) -> Result<Vec<Change>, SyncRefused> {
         {
             let mut m = self.members.lock();
-            if m.is_refused(&h.from) {
-                return Err(SyncRefused::Peer(Refusal::Superseded { current: m.incarnation_of(&h.from.name) }));
+            if m.is_refused(from) {
+                return Err(SyncRefused::Peer(Refusal::Superseded { current: m.incarnation_of(&from.name) }));
             }
-            m.learn(&h.from, Status::Active);
-            m.learn_gossip(&h.members);
+            m.learn(from, Status::Active);
+            if let Some(v) = view {
+                m.learn_gossip(v);
+            }
             if m.self_superseded() {
                 return Err(SyncRefused::SelfSuperseded);
             }
         }
-        let _ = self.store.clock().observe(h.hlc, now_ms);
+        let _ = self.store.clock().observe(hlc, now_ms);
         let mut changes = Vec::new();
-        if let Ok(n) = self.store.raise_clear_below(h.clear_below, now_ms) {
+        if let Ok(n) = self.store.raise_clear_below(clear_below, now_ms) {
             if n > 0 {
-                changes.push(Change { key: Bytes::new(), kind: ChangeKind::Flush, stamp: h.clear_below });
+                changes.push(Change { key: Bytes::new(), kind: ChangeKind::Flush, stamp: clear_below });
             }
         }
         Ok(changes)
