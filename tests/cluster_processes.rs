@@ -65,7 +65,10 @@ async fn client(n: &Node) -> redis::aio::MultiplexedConnection {
     let end = tokio::time::Instant::now() + DEADLINE;
     loop {
         let c = redis::Client::open(format!("redis://{}/", n.resp)).unwrap();
-        if let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(2), c.get_multiplexed_async_connection()).await {
+        if let Ok(Ok(conn)) =
+            tokio::time::timeout(Duration::from_secs(2), c.get_multiplexed_async_connection_with_config(&patient()))
+                .await
+        {
             return conn;
         }
         assert!(tokio::time::Instant::now() < end, "{} never accepted clients; log: {}", n.name, log_of(n));
@@ -247,4 +250,12 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
+}
+
+/// The redis crate waits 500 ms for a reply by default: a timing that a
+/// loaded CI machine can miss. Tests check behaviour, not speed.
+fn patient() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(60)))
+        .set_connection_timeout(Some(std::time::Duration::from_secs(30)))
 }

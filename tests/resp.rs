@@ -55,7 +55,7 @@ impl Server {
     }
 
     async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection_with_config(&patient()).await.unwrap()
     }
 
     async fn stop(mut self) {
@@ -577,13 +577,15 @@ async fn auth_is_required_when_configured() {
 
     // The redis crate, with the password in the URL.
     let url = format!("redis://:s3cret@127.0.0.1:{}/", server.port);
-    let mut con = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut con =
+        redis::Client::open(url).unwrap().get_multiplexed_async_connection_with_config(&patient()).await.unwrap();
     assert_eq!(get(&mut con, "k").await.as_deref(), Some("v"));
     let url = format!("redis://default:s3cret@127.0.0.1:{}/?protocol=resp3", server.port);
-    let mut con = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut con =
+        redis::Client::open(url).unwrap().get_multiplexed_async_connection_with_config(&patient()).await.unwrap();
     assert_eq!(get(&mut con, "k").await.as_deref(), Some("v"));
     let url = format!("redis://:nope@127.0.0.1:{}/", server.port);
-    assert!(redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.is_err());
+    assert!(redis::Client::open(url).unwrap().get_multiplexed_async_connection_with_config(&patient()).await.is_err());
     server.stop().await;
     mesh.shutdown().await;
 }
@@ -624,7 +626,8 @@ async fn hello_3_switches_to_resp3() {
 
     // The redis crate in RESP3 mode.
     let url = format!("redis://127.0.0.1:{}/?protocol=resp3", server.port);
-    let mut con = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut con =
+        redis::Client::open(url).unwrap().get_multiplexed_async_connection_with_config(&patient()).await.unwrap();
     let () = con.set("k", "v").await.unwrap();
     assert_eq!(get(&mut con, "k").await.as_deref(), Some("v"));
     let v: Value = redis::cmd("HELLO").arg(3).query_async(&mut con).await.unwrap();
@@ -858,4 +861,12 @@ async fn serve_for_benchmark() {
     drop(tx);
     task.await.unwrap().unwrap();
     shutdown(meshes, servers).await;
+}
+
+/// The redis crate waits 500 ms for a reply by default: a timing that a
+/// loaded CI machine can miss. Tests check behaviour, not speed.
+fn patient() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(60)))
+        .set_connection_timeout(Some(std::time::Duration::from_secs(30)))
 }
