@@ -181,6 +181,9 @@ pub struct Store {
     tombstones: AtomicIsize,
     stubs: AtomicIsize,
     counters: Counters,
+    /// Test-only fault: merge takes remote registers older than the held one.
+    #[cfg(test)]
+    broken_merge: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -219,6 +222,8 @@ impl Store {
             tombstones: AtomicIsize::new(0),
             stubs: AtomicIsize::new(0),
             counters: Counters::default(),
+            #[cfg(test)]
+            broken_merge: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -259,6 +264,21 @@ impl Store {
 
     fn shard_budget(&self) -> Option<usize> {
         self.config.max_bytes.map(|m| (m.get() / self.shards.len()).max(1))
+    }
+
+    /// Stores a winning register in its (locked) shard, then evicts values
+    /// if the shard went over its share of the memory bound.
+    fn store_bounded(&self, g: &mut Shard, key: Bytes, kh: u64, lb: usize, reg: Register, now_ms: u64) -> Delta {
+        let (_, mut d) = g.store(key.clone(), kh, lb, reg, now_ms, now_ms);
+        if let Some(budget) = self.shard_budget() {
+            if g.value_bytes > budget {
+                let shift = self.shard_shift;
+                let (n, evicted) = g.evict(budget, &key, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1));
+                self.counters.evictions.fetch_add(n as u64, Ordering::Relaxed);
+                d.add(evicted);
+            }
+        }
+        d
     }
 
     /// Reads `key` at `now_ms`: the value, unless it is absent, deleted,
@@ -314,18 +334,7 @@ impl Store {
             return Some(Written { key, register, previous, applied: false });
         }
         let is_tomb = register.val.is_tombstone();
-        let (_, mut d) = g.store(key.clone(), kh, lb, register.clone(), now_ms, now_ms);
-        if let Some(budget) = self.shard_budget() {
-            if g.value_bytes > budget {
-                let shift = self.shard_shift;
-                let (n, d2) = g.evict(budget, &key, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1));
-                self.counters.evictions.fetch_add(n as u64, Ordering::Relaxed);
-                d.tombstones += d2.tombstones;
-                d.bytes += d2.bytes;
-                d.stubs += d2.stubs;
-                d.entries += d2.entries;
-            }
-        }
+        let d = self.store_bounded(&mut g, key.clone(), kh, lb, register.clone(), now_ms);
         drop(g);
         let grew = is_tomb || d.stubs > 0;
         self.apply(d);
@@ -372,10 +381,7 @@ impl Store {
                 let kh = key_hash(&k);
                 let (_, lb) = self.locate(kh);
                 if let Some((_, x)) = g.remove(&k, lb) {
-                    d.entries += x.entries;
-                    d.bytes += x.bytes;
-                    d.tombstones += x.tombstones;
-                    d.stubs += x.stubs;
+                    d.add(x);
                     removed += 1;
                 }
             }
@@ -412,7 +418,7 @@ impl Store {
                     out.refused.push((key, reg.marker));
                     continue;
                 }
-                Some(cur) if cur.reg.marker >= reg.marker => {
+                Some(cur) if cur.reg.marker >= reg.marker && !self.takes_older(cur.reg.marker, reg.marker) => {
                     debug_assert!(
                         cur.reg.marker != reg.marker || cur.reg.val.same_write(&reg.val),
                         "two different writes share stamp {}",
@@ -430,18 +436,7 @@ impl Store {
             };
             added_tombstone |= !matches!(reg.val, Slot::Value { .. });
             let stamp = reg.marker;
-            let (_, mut d) = g.store(key.clone(), kh, lb, reg, now_ms, now_ms);
-            if let Some(budget) = self.shard_budget() {
-                if g.value_bytes > budget {
-                    let shift = self.shard_shift;
-                    let (n, d2) = g.evict(budget, &key, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1));
-                    self.counters.evictions.fetch_add(n as u64, Ordering::Relaxed);
-                    d.tombstones += d2.tombstones;
-                    d.bytes += d2.bytes;
-                    d.stubs += d2.stubs;
-                    d.entries += d2.entries;
-                }
-            }
+            let d = self.store_bounded(&mut g, key.clone(), kh, lb, reg, now_ms);
             drop(g);
             added_tombstone |= d.stubs > 0;
             self.apply(d);
@@ -451,6 +446,25 @@ impl Store {
             self.compact_if_needed(now_ms);
         }
         out
+    }
+
+    /// Test-only: makes [`Store::merge`] take a remote register older than
+    /// the one held (the classic LWW bug), so that tests can show the
+    /// invariant checker catching it.
+    #[cfg(test)]
+    pub(crate) fn set_broken_merge(&self, on: bool) {
+        self.broken_merge.store(on, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    fn takes_older(&self, held: Stamp, remote: Stamp) -> bool {
+        held > remote && self.broken_merge.load(Ordering::Relaxed)
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn takes_older(&self, _held: Stamp, _remote: Stamp) -> bool {
+        false
     }
 
     /// The refusal reply: a peer refused `key@stamp` by its floor, so drop
@@ -521,10 +535,7 @@ impl Store {
                 let tomb = e.reg.val.is_tombstone();
                 let lb = self.locate(e.key_hash).1;
                 if let Some((_, x)) = g.remove(&key, lb) {
-                    d.entries += x.entries;
-                    d.bytes += x.bytes;
-                    d.tombstones += x.tombstones;
-                    d.stubs += x.stubs;
+                    d.add(x);
                 }
                 high = high.max(stamp);
                 if tomb {

@@ -74,7 +74,7 @@ pub(crate) struct Delta {
 }
 
 impl Delta {
-    fn add(&mut self, o: Delta) {
+    pub(crate) fn add(&mut self, o: Delta) {
         self.entries += o.entries;
         self.bytes += o.bytes;
         self.tombstones += o.tombstones;

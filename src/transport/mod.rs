@@ -1,3 +1,4 @@
 //! The network transport: QUIC with mutual TLS 1.3 against the cluster CA.
 
+pub mod faults;
 pub mod tls;

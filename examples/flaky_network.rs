@@ -1,0 +1,322 @@
+//! A steady write load over a flaky network: 30% packet loss, delay and
+//! jitter on every link between four peers over real QUIC on loopback. Every
+//! write, delete and read goes through the invariant checker
+//! (`meshcache::check`). After each burst of load the mesh must converge
+//! with the loss still on; at the end the network heals and convergence is
+//! checked again. Prints load-stop-to-convergence per round, its median and
+//! maximum, and the checker's report.
+//!
+//! ```sh
+//! cargo run --example flaky_network                 # 3 rounds of 5 s
+//! cargo run --example flaky_network -- --quick      # or MESHCACHE_QUICK=1
+//! cargo run --example flaky_network -- --csv t.csv  # divergent keys over time
+//! ```
+//!
+//! Exits non-zero if the checker finds a violation or convergence misses its
+//! (generous) deadline.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meshcache::check::History;
+use meshcache::transport::faults::Faults;
+use meshcache::transport::tls::EphemeralCa;
+use meshcache::{Mesh, MeshConfig};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// Generous: convergence is checked against it, never timed by it.
+const DEADLINE: Duration = Duration::from_secs(60);
+const LOSS: f64 = 0.3;
+const DELAY: Duration = Duration::from_millis(2);
+const JITTER: Duration = Duration::from_millis(10);
+
+struct Opts {
+    quick: bool,
+    csv: Option<String>,
+    seed: u64,
+}
+
+fn opts() -> Result<Opts, String> {
+    let mut o = Opts { quick: std::env::var("MESHCACHE_QUICK").is_ok_and(|v| v == "1"), csv: None, seed: 42 };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--csv" => o.csv = Some(args.next().ok_or("--csv needs a path")?),
+            "--seed" => o.seed = args.next().and_then(|s| s.parse().ok()).ok_or("--seed needs a number")?,
+            other => return Err(format!("unknown argument {other:?} (expected --quick, --csv PATH, --seed N)")),
+        }
+    }
+    Ok(o)
+}
+
+async fn start_peers(ca: &EphemeralCa, faults: &Faults, n: usize) -> Result<Vec<Mesh>, String> {
+    let mut peers: Vec<Mesh> = Vec::new();
+    for i in 0..n {
+        let name = format!("p{i}");
+        let socket = faults.socket("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+        let m = Mesh::builder()
+            .config(MeshConfig::for_test(&name))
+            .seeds(peers.first().map(|p| p.local_addr()))
+            .socket(socket)
+            .tls(ca.issue(&name).map_err(|e| e.to_string())?)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        peers.push(m);
+    }
+    let end = Instant::now() + DEADLINE;
+    while !peers.iter().all(|p| p.is_ready() && p.stats().connected == n - 1) {
+        if Instant::now() > end {
+            return Err("the mesh never formed".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(peers)
+}
+
+/// Waits until every peer's digest is equal and has stayed unchanged for a
+/// while, with no tombstone left anywhere (or unchanged for longer), or
+/// until `deadline`. Returns whether it settled. Needed before
+/// `History::check`: after convergence each peer collects its tombstones
+/// at its own moment, which changes its digest for a short while.
+async fn settle(peers: &[Mesh], deadline: Duration) -> bool {
+    let end = Instant::now() + deadline;
+    let mut last = None;
+    let mut since = Instant::now();
+    loop {
+        let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
+        let equal = roots.iter().all(|r| *r == roots[0]);
+        if equal && last == Some(roots[0]) {
+            let clean = peers.iter().all(|p| p.stats().store.tombstones == 0);
+            let quiet = since.elapsed();
+            if (clean && quiet >= Duration::from_millis(500)) || quiet >= Duration::from_secs(3) {
+                return true;
+            }
+        } else {
+            last = equal.then_some(roots[0]);
+            since = Instant::now();
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Keys whose register (stamp) is not the same on every peer.
+fn divergent(peers: &[Mesh], keys: &[Bytes]) -> usize {
+    keys.iter()
+        .filter(|k| {
+            let mut it = peers.iter().map(|p| p.replica().store().register(k).map(|r| r.marker));
+            let first = it.next().flatten();
+            it.any(|m| m != first)
+        })
+        .count()
+}
+
+/// Samples divergent keys every 25 ms until `stop`; times are since `t0`.
+fn sample(
+    peers: Vec<Mesh>,
+    keys: Vec<Bytes>,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u64, usize)>> {
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        loop {
+            out.push((t0.elapsed().as_millis() as u64, divergent(&peers, &keys)));
+            if stop.load(Ordering::Relaxed) {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    match s.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("flaky_network: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&o).await {
+        Ok(true) => {
+            println!("PASS");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("FAIL");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("FAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(o: &Opts) -> Result<bool, String> {
+    // Peers, rounds, load per round (time and count bounds), key pool.
+    let (n, rounds, load_for, max_ops, pool) = if o.quick {
+        (3, 2, Duration::from_millis(1500), 1500, 200)
+    } else {
+        (4, 3, Duration::from_secs(5), 5000, 500)
+    };
+    println!(
+        "flaky_network: {n} peers over QUIC on loopback, {:.0}% loss + {DELAY:?} delay + up to {JITTER:?} jitter on \
+         every link; {rounds} rounds of load (~1000 ops/s, at most {load_for:?} or {max_ops} ops) on {pool} keys; \
+         seed {}",
+        LOSS * 100.0,
+        o.seed
+    );
+    let ca = EphemeralCa::new().map_err(|e| e.to_string())?;
+    let faults = Faults::with_seed(o.seed);
+    let peers = start_peers(&ca, &faults, n).await?;
+    faults.drop_rate(LOSS);
+    faults.delay(DELAY);
+    faults.jitter(JITTER);
+    let h = History::new();
+    let mut rng = SmallRng::seed_from_u64(o.seed);
+    let keys: Vec<Bytes> = (0..pool).map(|i| Bytes::from(format!("k{i}"))).collect();
+    let mut csv = String::from("round,ms_since_load_stopped,divergent_keys\n");
+    let mut times = Vec::new();
+    let mut ok = true;
+
+    for r in 0..rounds {
+        let t_load = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = o.csv.as_ref().map(|_| sample(peers.clone(), keys.clone(), t_load, stop.clone()));
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut done = 0;
+        while done < max_ops && t_load.elapsed() < load_for {
+            tick.tick().await;
+            for _ in 0..10 {
+                let p = &peers[rng.random_range(0..n)];
+                let key = keys[rng.random_range(0..pool)].clone();
+                let x: f64 = rng.random();
+                if x < 0.75 {
+                    h.put(p, key, format!("{r}/{done}")).map_err(|e| e.to_string())?;
+                } else if x < 0.9 {
+                    h.delete(p, key).map_err(|e| e.to_string())?;
+                } else {
+                    h.read(p, key);
+                }
+                done += 1;
+            }
+        }
+        let load_ms = t_load.elapsed().as_millis() as u64;
+        let at_stop = divergent(&peers, &keys);
+        let took = h.wait_converged(&peers, DEADLINE).await;
+        let settled = took.is_some() && settle(&peers, DEADLINE).await;
+        stop.store(true, Ordering::Relaxed);
+        if let Some(s) = sampler {
+            for (t, d) in s.await.map_err(|e| e.to_string())? {
+                csv.push_str(&format!("{r},{},{d}\n", t as i64 - load_ms as i64));
+            }
+        }
+        for k in &keys {
+            h.read(&peers[rng.random_range(0..n)], k.clone());
+        }
+        let report = h.check(&peers);
+        match took {
+            Some(t) => {
+                times.push(t);
+                println!(
+                    "round {r}: {done} ops in {load_ms} ms; {at_stop} divergent keys when the load stopped; \
+                     converged {} ms later (loss still on); {} violation(s)",
+                    t.as_millis(),
+                    report.violations.len()
+                );
+            }
+            None => {
+                println!("round {r}: NOT converged within {DEADLINE:?} under loss");
+                ok = false;
+            }
+        }
+        if took.is_some() && !settled {
+            println!("round {r}: digests did not settle within {DEADLINE:?} after converging");
+            ok = false;
+        }
+        if !report.violations.is_empty() {
+            println!("checker: {report}");
+            ok = false;
+        }
+        if !ok {
+            break;
+        }
+    }
+    if !times.is_empty() {
+        let max = times.iter().max().copied().unwrap_or_default();
+        println!(
+            "load-stop-to-convergence under {:.0}% loss over {} round(s): median {} ms, max {} ms",
+            LOSS * 100.0,
+            times.len(),
+            median(&times).as_millis(),
+            max.as_millis()
+        );
+    }
+    let fs = faults.stats();
+    println!(
+        "datagrams: {} sent at once, {} delayed, {} lost ({:.1}%)",
+        fs.passed,
+        fs.delayed,
+        fs.dropped_loss,
+        100.0 * fs.dropped_loss as f64 / (fs.passed + fs.delayed + fs.dropped_loss).max(1) as f64
+    );
+
+    // Heal, write a little more, and converge on a clean network.
+    faults.heal();
+    for (i, p) in peers.iter().enumerate() {
+        h.put(p, format!("after-heal/{i}"), "x").map_err(|e| e.to_string())?;
+    }
+    match h.wait_converged(&peers, DEADLINE).await {
+        Some(t) if settle(&peers, DEADLINE).await => println!("after heal: converged in {} ms", t.as_millis()),
+        Some(_) => {
+            println!("after heal: digests did not settle within {DEADLINE:?} after converging");
+            ok = false;
+        }
+        None => {
+            println!("after heal: NOT converged within {DEADLINE:?}");
+            ok = false;
+        }
+    }
+    let report = h.check(&peers);
+    let st: Vec<_> = peers.iter().map(|p| p.stats()).collect();
+    println!(
+        "anti-entropy rounds {}, failed {}; push batches {}",
+        st.iter().map(|s| s.ae_rounds).sum::<u64>(),
+        st.iter().map(|s| s.ae_failed).sum::<u64>(),
+        st.iter().map(|s| s.push_batches_sent).sum::<u64>()
+    );
+    println!("checker: {report}");
+    ok &= report.violations.is_empty();
+    if let Some(path) = &o.csv {
+        std::fs::File::create(path)
+            .and_then(|mut f| f.write_all(csv.as_bytes()))
+            .map_err(|e| format!("{path}: {e}"))?;
+        println!("timeline written to {path}");
+    }
+    for p in &peers {
+        p.shutdown().await;
+    }
+    Ok(ok)
+}

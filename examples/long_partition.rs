@@ -1,0 +1,304 @@
+//! A partition far longer than every timeout (20 s; the peers' idle timeout
+//! is 3 s, so every link across it dies and is redialed), with enough
+//! deletes on one side to overflow its tombstone budget: collection is
+//! paused (the other side is unsynced), so that side compacts its
+//! tombstones into `clear_below`, flushing older values. After the heal the
+//! invariant checker (`meshcache::check`) must find no resurrection (I3) and
+//! no other violation. Prints tombstones held, compactions and values
+//! flushed, per peer.
+//!
+//! ```sh
+//! cargo run --example long_partition                 # 20 s split
+//! cargo run --example long_partition -- --quick      # 6 s; or MESHCACHE_QUICK=1
+//! cargo run --example long_partition -- --csv t.csv  # divergent keys over time
+//! ```
+//!
+//! Exits non-zero if the checker finds a violation, no compaction happened,
+//! or convergence misses its (generous) deadline.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meshcache::check::History;
+use meshcache::transport::faults::Faults;
+use meshcache::transport::tls::EphemeralCa;
+use meshcache::{Mesh, MeshConfig};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// Generous: convergence is checked against it, never timed by it.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// The deleting side's tombstone budget.
+const BUDGET: usize = 64;
+
+struct Opts {
+    quick: bool,
+    csv: Option<String>,
+    seed: u64,
+}
+
+fn opts() -> Result<Opts, String> {
+    let mut o = Opts { quick: std::env::var("MESHCACHE_QUICK").is_ok_and(|v| v == "1"), csv: None, seed: 42 };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--csv" => o.csv = Some(args.next().ok_or("--csv needs a path")?),
+            "--seed" => o.seed = args.next().and_then(|s| s.parse().ok()).ok_or("--seed needs a number")?,
+            other => return Err(format!("unknown argument {other:?} (expected --quick, --csv PATH, --seed N)")),
+        }
+    }
+    Ok(o)
+}
+
+/// Peers `p0`, `p1` (side A, tombstone budget [`BUDGET`]) and `p2`, `p3`
+/// (side B, default budget).
+async fn start_peers(ca: &EphemeralCa, faults: &Faults) -> Result<Vec<Mesh>, String> {
+    let mut peers: Vec<Mesh> = Vec::new();
+    for i in 0..4 {
+        let name = format!("p{i}");
+        let mut config = MeshConfig::for_test(&name);
+        if i < 2 {
+            config.max_tombstones = BUDGET;
+        }
+        let socket = faults.socket("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+        let m = Mesh::builder()
+            .config(config)
+            .seeds(peers.first().map(|p| p.local_addr()))
+            .socket(socket)
+            .tls(ca.issue(&name).map_err(|e| e.to_string())?)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        peers.push(m);
+    }
+    let end = Instant::now() + DEADLINE;
+    while !peers.iter().all(|p| p.is_ready() && p.stats().connected == 3) {
+        if Instant::now() > end {
+            return Err("the mesh never formed".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(peers)
+}
+
+/// Waits until every peer's digest is equal and has stayed unchanged for a
+/// while, with no tombstone left anywhere (or unchanged for longer), or
+/// until `deadline`. Returns whether it settled. Needed before
+/// `History::check`: after convergence each peer collects its tombstones
+/// at its own moment, which changes its digest for a short while.
+async fn settle(peers: &[Mesh], deadline: Duration) -> bool {
+    let end = Instant::now() + deadline;
+    let mut last = None;
+    let mut since = Instant::now();
+    loop {
+        let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
+        let equal = roots.iter().all(|r| *r == roots[0]);
+        if equal && last == Some(roots[0]) {
+            let clean = peers.iter().all(|p| p.stats().store.tombstones == 0);
+            let quiet = since.elapsed();
+            if (clean && quiet >= Duration::from_millis(500)) || quiet >= Duration::from_secs(3) {
+                return true;
+            }
+        } else {
+            last = equal.then_some(roots[0]);
+            since = Instant::now();
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Keys whose register (stamp) is not the same on every peer.
+fn divergent(peers: &[Mesh], keys: &[Bytes]) -> usize {
+    keys.iter()
+        .filter(|k| {
+            let mut it = peers.iter().map(|p| p.replica().store().register(k).map(|r| r.marker));
+            let first = it.next().flatten();
+            it.any(|m| m != first)
+        })
+        .count()
+}
+
+fn line(peers: &[Mesh], what: &str, f: impl Fn(&Mesh) -> String) {
+    let cells: Vec<String> = peers.iter().map(|p| format!("{} {}", p.id().name, f(p))).collect();
+    println!("  {what:<24} {}", cells.join(", "));
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("long_partition: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&o).await {
+        Ok(true) => {
+            println!("PASS");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("FAIL");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("FAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(o: &Opts) -> Result<bool, String> {
+    let (split_for, preload) = if o.quick { (Duration::from_secs(6), 300) } else { (Duration::from_secs(20), 1000) };
+    println!(
+        "long_partition: 4 peers over QUIC on loopback split 2/2 for {split_for:?} (idle timeout 3 s); \
+         side A (p0, p1) has a tombstone budget of {BUDGET} and deletes {} of {preload} keys; seed {}",
+        preload / 2,
+        o.seed
+    );
+    let ca = EphemeralCa::new().map_err(|e| e.to_string())?;
+    let faults = Faults::with_seed(o.seed);
+    let peers = start_peers(&ca, &faults).await?;
+    let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr()).collect();
+    let (side_a, side_b) = (&peers[..2], &peers[2..]);
+    let h = History::new();
+    let mut rng = SmallRng::seed_from_u64(o.seed);
+    let mut ok = true;
+
+    for i in 0..preload {
+        h.put(&peers[i % 4], format!("k{i}"), format!("preload {i}")).map_err(|e| e.to_string())?;
+    }
+    h.wait_converged(&peers, DEADLINE).await.ok_or("the preload never converged")?;
+    println!("preloaded {preload} keys on every peer");
+
+    faults.partition(&addrs[..2], &addrs[2..]);
+    let t_split = Instant::now();
+    // Spread the work over the split, in slices: side A deletes half the
+    // keys and writes new ones; side B updates keys (some of which A
+    // deletes) and deletes a few of its own.
+    let slices = 10;
+    let mut order: Vec<usize> = (0..preload).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let (to_delete, rest) = order.split_at(preload / 2);
+    let mut peak_tombstones = [0usize; 4];
+    for s in 0..slices {
+        let chunk = |v: &[usize]| -> Vec<usize> {
+            let per = v.len().div_ceil(slices);
+            v.iter().skip(s * per).take(per).copied().collect()
+        };
+        for i in chunk(to_delete) {
+            h.delete(&side_a[i % 2], format!("k{i}")).map_err(|e| e.to_string())?;
+            if rng.random_bool(0.2) {
+                // A concurrent update on the other side: it races the delete.
+                h.put(&side_b[i % 2], format!("k{i}"), format!("b update {s}")).map_err(|e| e.to_string())?;
+            }
+        }
+        for i in chunk(rest) {
+            if rng.random_bool(0.3) {
+                h.put(&side_b[i % 2], format!("k{i}"), format!("b update {s}")).map_err(|e| e.to_string())?;
+            } else if rng.random_bool(0.05) {
+                h.delete(&side_b[i % 2], format!("k{i}")).map_err(|e| e.to_string())?;
+            }
+            h.read(&peers[rng.random_range(0..4)], format!("k{i}"));
+        }
+        for j in 0..10 {
+            h.put(&side_a[j % 2], format!("a-new/{s}/{j}"), "a").map_err(|e| e.to_string())?;
+        }
+        for (n, p) in peers.iter().enumerate() {
+            peak_tombstones[n] = peak_tombstones[n].max(p.stats().store.tombstones);
+        }
+        let until = split_for.mul_f64((s + 1) as f64 / slices as f64);
+        tokio::time::sleep(until.saturating_sub(t_split.elapsed())).await;
+    }
+    let links: Vec<usize> = peers.iter().map(|p| p.stats().connected).collect();
+    println!("split held for {} ms; links up per peer at the end: {links:?} (1 = only its own side)", {
+        t_split.elapsed().as_millis()
+    });
+    println!("before the heal:");
+    line(&peers, "tombstones (peak)", |p| {
+        let n = peers.iter().position(|q| q.id() == p.id()).unwrap_or(0);
+        format!("{} ({})", p.stats().store.tombstones, peak_tombstones[n])
+    });
+    line(&peers, "compactions", |p| p.stats().store.compactions.to_string());
+    line(&peers, "values flushed", |p| p.stats().store.compacted_values.to_string());
+    let compactions_a: u64 = side_a.iter().map(|p| p.stats().store.compactions).sum();
+    if compactions_a == 0 {
+        println!("side A never compacted: the example did not exercise the tombstone budget");
+        ok = false;
+    }
+
+    let keys: Vec<Bytes> = h.ops().into_iter().map(|op| op.key).collect::<BTreeSet<_>>().into_iter().collect();
+    let at_heal = divergent(&peers, &keys);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = o.csv.as_ref().map(|_| {
+        let (peers, keys, stop) = (peers.clone(), keys.clone(), stop.clone());
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            loop {
+                out.push((t0.elapsed().as_millis() as u64, divergent(&peers, &keys)));
+                if stop.load(Ordering::Relaxed) {
+                    return out;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    });
+    faults.heal();
+    let took = h.wait_converged(&peers, DEADLINE).await;
+    let settled = took.is_some() && settle(&peers, DEADLINE).await;
+    stop.store(true, Ordering::Relaxed);
+    match took {
+        Some(t) => println!("healed: {at_heal} divergent keys at heal; converged {} ms after heal", t.as_millis()),
+        None => {
+            println!("healed: NOT converged within {DEADLINE:?}");
+            ok = false;
+        }
+    }
+    if took.is_some() && !settled {
+        println!("digests did not settle within {DEADLINE:?} after converging");
+        ok = false;
+    }
+    for k in &keys {
+        for p in &peers {
+            h.read(p, k.clone());
+        }
+    }
+    let report = h.check(&peers);
+    println!("after convergence (and tombstone collection, which resumes once every member is synced again):");
+    line(&peers, "tombstones", |p| p.stats().store.tombstones.to_string());
+    line(&peers, "tombstones collected", |p| p.stats().store.collected_tombstones.to_string());
+    line(&peers, "compactions", |p| p.stats().store.compactions.to_string());
+    line(&peers, "values flushed", |p| p.stats().store.compacted_values.to_string());
+    line(&peers, "live entries", |p| p.stats().store.entries.to_string());
+    let i3 = report.violations.iter().filter(|v| v.invariant == "I3").count();
+    println!("resurrections (I3): {i3}");
+    println!("checker: {report}");
+    ok &= report.violations.is_empty();
+    if let (Some(path), Some(s)) = (&o.csv, sampler) {
+        let mut csv = String::from("ms_since_heal,divergent_keys\n");
+        for (t, d) in s.await.map_err(|e| e.to_string())? {
+            csv.push_str(&format!("{t},{d}\n"));
+        }
+        std::fs::File::create(path)
+            .and_then(|mut f| f.write_all(csv.as_bytes()))
+            .map_err(|e| format!("{path}: {e}"))?;
+        println!("timeline written to {path}");
+    }
+    for p in &peers {
+        p.shutdown().await;
+    }
+    Ok(ok)
+}

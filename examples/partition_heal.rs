@@ -1,0 +1,311 @@
+//! Five peers over real QUIC on loopback split 3/2; both sides write, delete
+//! and race on the same keys; the split heals and the mesh converges. Every
+//! operation goes through the invariant checker (`meshcache::check`), which
+//! checks I1–I4 after each heal. Several rounds; prints heal-to-convergence
+//! per round, its median and maximum, and the checker's report.
+//!
+//! ```sh
+//! cargo run --example partition_heal                 # 5 rounds, 4 s splits
+//! cargo run --example partition_heal -- --quick      # or MESHCACHE_QUICK=1
+//! cargo run --example partition_heal -- --csv t.csv  # divergent keys over time
+//! ```
+//!
+//! Exits non-zero if the checker finds a violation, a partition leaks, or
+//! convergence misses its (generous) deadline.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meshcache::check::History;
+use meshcache::transport::faults::Faults;
+use meshcache::transport::tls::EphemeralCa;
+use meshcache::{Mesh, MeshConfig};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// Generous: convergence is checked against it, never timed by it.
+const DEADLINE: Duration = Duration::from_secs(60);
+const PEERS: usize = 5;
+/// Peers `0..SPLIT` form one side, the rest the other.
+const SPLIT: usize = 3;
+
+struct Opts {
+    quick: bool,
+    csv: Option<String>,
+    seed: u64,
+}
+
+fn opts() -> Result<Opts, String> {
+    let mut o = Opts { quick: std::env::var("MESHCACHE_QUICK").is_ok_and(|v| v == "1"), csv: None, seed: 42 };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--csv" => o.csv = Some(args.next().ok_or("--csv needs a path")?),
+            "--seed" => o.seed = args.next().and_then(|s| s.parse().ok()).ok_or("--seed needs a number")?,
+            other => return Err(format!("unknown argument {other:?} (expected --quick, --csv PATH, --seed N)")),
+        }
+    }
+    Ok(o)
+}
+
+async fn start_peers(ca: &EphemeralCa, faults: &Faults) -> Result<Vec<Mesh>, String> {
+    let mut peers: Vec<Mesh> = Vec::new();
+    for i in 0..PEERS {
+        let name = format!("p{i}");
+        let socket = faults.socket("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+        let m = Mesh::builder()
+            .config(MeshConfig::for_test(&name))
+            .seeds(peers.first().map(|p| p.local_addr()))
+            .socket(socket)
+            .tls(ca.issue(&name).map_err(|e| e.to_string())?)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        peers.push(m);
+    }
+    let end = Instant::now() + DEADLINE;
+    while !peers.iter().all(|p| p.is_ready() && p.stats().connected == PEERS - 1) {
+        if Instant::now() > end {
+            return Err("the mesh never formed".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(peers)
+}
+
+/// Waits until every peer's digest is equal and has stayed unchanged for a
+/// while, with no tombstone left anywhere (or unchanged for longer), or
+/// until `deadline`. Returns whether it settled. Needed before
+/// `History::check`: after convergence each peer collects its tombstones
+/// at its own moment, which changes its digest for a short while.
+async fn settle(peers: &[Mesh], deadline: Duration) -> bool {
+    let end = Instant::now() + deadline;
+    let mut last = None;
+    let mut since = Instant::now();
+    loop {
+        let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
+        let equal = roots.iter().all(|r| *r == roots[0]);
+        if equal && last == Some(roots[0]) {
+            let clean = peers.iter().all(|p| p.stats().store.tombstones == 0);
+            let quiet = since.elapsed();
+            if (clean && quiet >= Duration::from_millis(500)) || quiet >= Duration::from_secs(3) {
+                return true;
+            }
+        } else {
+            last = equal.then_some(roots[0]);
+            since = Instant::now();
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Keys whose register (stamp) is not the same on every peer.
+fn divergent(peers: &[Mesh], keys: &[Bytes]) -> usize {
+    keys.iter()
+        .filter(|k| {
+            let mut it = peers.iter().map(|p| p.replica().store().register(k).map(|r| r.marker));
+            let first = it.next().flatten();
+            it.any(|m| m != first)
+        })
+        .count()
+}
+
+/// Samples divergent keys every 25 ms until `stop`.
+fn sample(peers: Vec<Mesh>, keys: Vec<Bytes>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<(u64, usize)>> {
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        loop {
+            out.push((t0.elapsed().as_millis() as u64, divergent(&peers, &keys)));
+            if stop.load(Ordering::Relaxed) {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    match s.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("partition_heal: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&o).await {
+        Ok(true) => {
+            println!("PASS");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("FAIL");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("FAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(o: &Opts) -> Result<bool, String> {
+    let (rounds, ops, split_for) =
+        if o.quick { (2, 100, Duration::from_secs(1)) } else { (5, 400, Duration::from_secs(4)) };
+    println!(
+        "partition_heal: {PEERS} peers over QUIC on loopback, split {SPLIT}/{}, {rounds} rounds of {ops} contested keys, \
+         splits of {split_for:?} (idle timeout 3 s), seed {}",
+        PEERS - SPLIT,
+        o.seed
+    );
+    let ca = EphemeralCa::new().map_err(|e| e.to_string())?;
+    let faults = Faults::with_seed(o.seed);
+    let peers = start_peers(&ca, &faults).await?;
+    let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr()).collect();
+    let (side_a, side_b) = (&peers[..SPLIT], &peers[SPLIT..]);
+    let h = History::new();
+    let mut rng = SmallRng::seed_from_u64(o.seed);
+    let mut csv = String::from("round,ms_since_heal,divergent_keys\n");
+    let mut times = Vec::new();
+    let mut ok = true;
+
+    for r in 0..rounds {
+        faults.partition(&addrs[..SPLIT], &addrs[SPLIT..]);
+        let write = |side: &[Mesh], rng: &mut SmallRng| side[rng.random_range(0..side.len())].clone();
+        for i in 0..ops {
+            // Round keys, plus a few hot keys contested in every round.
+            let key = if i % 10 == 0 { format!("hot/{}", i / 10 % 8) } else { format!("r{r}/k{i}") };
+            let (a, b) = (write(side_a, &mut rng), write(side_b, &mut rng));
+            let first_a = rng.random_bool(0.5);
+            let (x, y) = if first_a { (&a, &b) } else { (&b, &a) };
+            let res = match i % 4 {
+                0 => h.put(x, key.clone(), format!("{r}/{i} first")).and(h.put(
+                    y,
+                    key.clone(),
+                    format!("{r}/{i} second"),
+                )),
+                1 => h.put(x, key.clone(), format!("{r}/{i}")).and(h.delete(y, key.clone())),
+                2 => h.delete(x, key.clone()).and(h.put(y, key.clone(), format!("{r}/{i}"))),
+                _ => h
+                    .put(x, key.clone(), format!("{r}/{i} x"))
+                    .and(h.put(y, key.clone(), format!("{r}/{i} y")))
+                    .and(h.delete(x, key.clone())),
+            };
+            res.map_err(|e| e.to_string())?;
+            if rng.random_bool(0.2) {
+                h.read(&write(&peers, &mut rng), key);
+            }
+            if i % 16 == 0 {
+                // Spread stamps over milliseconds, so that either side wins.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let (ma, mb) = (format!("r{r}/only-a"), format!("r{r}/only-b"));
+        h.put(&side_a[0], ma.clone(), "a").map_err(|e| e.to_string())?;
+        h.put(&side_b[0], mb.clone(), "b").map_err(|e| e.to_string())?;
+        tokio::time::sleep(split_for).await;
+        let leaked = side_b.iter().any(|p| p.get(ma.as_bytes()).is_some())
+            || side_a.iter().any(|p| p.get(mb.as_bytes()).is_some());
+        if leaked {
+            println!("round {r}: a write crossed the partition");
+            ok = false;
+        }
+
+        let keys: Vec<Bytes> = h.ops().into_iter().map(|op| op.key).collect::<BTreeSet<_>>().into_iter().collect();
+        let at_heal = divergent(&peers, &keys);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = o.csv.as_ref().map(|_| sample(peers.clone(), keys.clone(), stop.clone()));
+        faults.heal();
+        let took = h.wait_converged(&peers, DEADLINE).await;
+        let settled = took.is_some() && settle(&peers, DEADLINE).await;
+        stop.store(true, Ordering::Relaxed);
+        if let Some(s) = sampler {
+            for (t, d) in s.await.map_err(|e| e.to_string())? {
+                csv.push_str(&format!("{r},{t},{d}\n"));
+            }
+        }
+        // Read every key of the round on every peer, through the checker.
+        for k in keys.iter().filter(|k| k.starts_with(format!("r{r}/").as_bytes()) || k.starts_with(b"hot/")) {
+            for p in &peers {
+                h.read(p, k.clone());
+            }
+        }
+        let report = h.check(&peers);
+        match took {
+            Some(t) => {
+                times.push(t);
+                println!(
+                    "round {r}: {at_heal} divergent keys at heal; converged {} ms after heal; {} violation(s)",
+                    t.as_millis(),
+                    report.violations.len()
+                );
+            }
+            None => {
+                println!("round {r}: NOT converged within {DEADLINE:?} of the heal");
+                ok = false;
+            }
+        }
+        if took.is_some() && !settled {
+            println!("round {r}: digests did not settle within {DEADLINE:?} after converging");
+            ok = false;
+        }
+        if !report.violations.is_empty() {
+            println!("checker: {report}");
+            ok = false;
+        }
+        if !ok {
+            break;
+        }
+    }
+
+    let report = h.check(&peers);
+    if !times.is_empty() {
+        let max = times.iter().max().copied().unwrap_or_default();
+        println!(
+            "heal-to-convergence over {} round(s): median {} ms, max {} ms",
+            times.len(),
+            median(&times).as_millis(),
+            max.as_millis()
+        );
+    }
+    let fs = faults.stats();
+    println!(
+        "datagrams: {} passed, {} dropped by the partition; anti-entropy rounds {}",
+        fs.passed,
+        fs.dropped_cut,
+        peers.iter().map(|p| p.stats().ae_rounds).sum::<u64>()
+    );
+    println!("checker: {report}");
+    ok &= report.violations.is_empty();
+    if let Some(path) = &o.csv {
+        std::fs::File::create(path)
+            .and_then(|mut f| f.write_all(csv.as_bytes()))
+            .map_err(|e| format!("{path}: {e}"))?;
+        println!("timeline written to {path}");
+    }
+    for p in &peers {
+        p.shutdown().await;
+    }
+    Ok(ok)
+}
