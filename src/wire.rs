@@ -120,7 +120,8 @@ pub enum SyncMsg {
         /// The sender's digests of their children.
         hashes: Vec<u64>,
     },
-    /// Keys and stamps the sender holds in buckets that differ.
+    /// Keys and stamps the sender holds in buckets that differ. Cut into
+    /// as many messages as it takes, then `SummaryDone`.
     Summary(Vec<(u32, Vec<(Bytes, Stamp)>)>),
     /// Registers for the receiver.
     Entries(Vec<(Bytes, Register)>),
@@ -136,6 +137,11 @@ pub enum SyncMsg {
         /// Refused `key@stamp`s.
         refused: Vec<(Bytes, Stamp)>,
     },
+    /// The last `Summary` has been sent.
+    SummaryDone,
+    /// Keys whose registers the sender wants (a chunk; the rest ride in
+    /// `EndOfEntries`).
+    Want(Vec<Bytes>),
 }
 
 /// The opening of an anti-entropy session.

@@ -192,3 +192,54 @@ fn writes_during_a_session_do_not_split_the_mode_decision() {
         assert_eq!(a.store().root(), c.store().root());
     }
 }
+
+#[test]
+fn no_message_outgrows_the_batch_size_however_much_differs() {
+    use meshcache::sync::Session;
+    use meshcache::wire::encoded_len;
+    // Every bucket differs: each side holds 40,000 keys the other lacks.
+    let a = replica("a", 1);
+    let c = replica("c", 2);
+    fill(&a, 40_000, "a", T0);
+    fill(&c, 40_000, "c", T0);
+    const BATCH: usize = 8 * 1024;
+    let mut s = Session::initiate(&a, T0).with_batch_bytes(BATCH);
+    let mut r = Session::respond(T0).with_batch_bytes(BATCH);
+    // Largest Level message, and largest of every other kind.
+    let (mut largest_level, mut largest) = (0, 0);
+    let mut measure = |m: &meshcache::wire::SyncMsg| {
+        let n = encoded_len(m);
+        if matches!(m, meshcache::wire::SyncMsg::Level { .. }) {
+            largest_level = largest_level.max(n);
+        } else {
+            largest = largest.max(n);
+        }
+    };
+    for _ in 0..1_000_000 {
+        let mut moved = false;
+        while let Some(m) = s.poll_transmit(&a) {
+            measure(&m);
+            r.handle_message(&c, m, T0).unwrap();
+            moved = true;
+        }
+        while let Some(m) = r.poll_transmit(&c) {
+            measure(&m);
+            s.handle_message(&a, m, T0).unwrap();
+            moved = true;
+        }
+        if (s.is_finished() && r.is_finished()) || !moved {
+            break;
+        }
+    }
+    assert!(s.is_complete() && r.is_complete());
+    assert_eq!(s.stats().mode, Mode::Descend);
+    assert_eq!(a.store().snapshot(), c.store().snapshot());
+    assert_eq!(a.store().len(), 80_000);
+    // Summaries, wants and entries are cut at about the batch size.
+    assert!(largest <= 2 * BATCH + 1_024, "largest message {largest} bytes");
+    // Level messages are bounded by the tree, not the data: at most 4,096
+    // parents of 16 hashes (about 600 KiB with varints), far below a frame.
+    assert!(largest_level <= 700 * 1024, "largest Level message {largest_level} bytes");
+    let (ss, rs) = (s.stats(), r.stats());
+    assert!(ss.messages_sent > 40 && rs.messages_sent > 40, "cut into many frames: {ss:?} {rs:?}");
+}

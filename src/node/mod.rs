@@ -212,7 +212,8 @@ struct Inner {
     counters: Counters,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    started: std::time::Instant,
+    /// When this peer started, on tokio's clock (simulated runtimes move it).
+    started: tokio::time::Instant,
 }
 
 /// An embedded meshcache peer: this process becomes a member of the mesh.
@@ -400,7 +401,7 @@ impl Mesh {
             counters: Counters::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
         });
         tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
         inner.tasks.spawn(peer::accept_loop(inner.clone()));

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: it is what a paused or simulated runtime moves.
+use tokio::time::Instant;
 
 use quinn::VarInt;
 use rand::seq::IndexedRandom;

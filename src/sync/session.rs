@@ -149,6 +149,19 @@ pub struct Session {
     /// Stream mode, larger side: registers received from the peer in this
     /// session, so that they are not streamed straight back to it.
     received: HashMap<Bytes, Stamp>,
+    /// Summary side: differing buckets whose summaries are still to be
+    /// sent. Summaries are read a shard at a time and cut into frames, so
+    /// no message outgrows the frame limit however much differs.
+    summary_queue: VecDeque<usize>,
+    /// Summary side: bucket summaries read but not yet sent.
+    summary_ready: VecDeque<(u32, Vec<(Bytes, Stamp)>)>,
+    /// This side sends the summary (it received bucket-level digests).
+    summary_sender: bool,
+    /// The summary is still being sent.
+    summarizing: bool,
+    /// The other side: keys wanted, not yet sent in a `Want`.
+    want_buf: Vec<Bytes>,
+    want_bytes: usize,
     /// Messages to send once `pending` is drained (EndOfEntries, Finish).
     after: VecDeque<SyncMsg>,
     end_queued: bool,
@@ -193,6 +206,12 @@ impl Session {
             pending: VecDeque::new(),
             stream_shard: None,
             received: HashMap::new(),
+            summary_queue: VecDeque::new(),
+            summary_ready: VecDeque::new(),
+            summary_sender: false,
+            summarizing: false,
+            want_buf: Vec::new(),
+            want_bytes: 0,
             after: VecDeque::new(),
             end_queued: false,
             finish_sent: false,
@@ -301,7 +320,21 @@ impl Session {
             (Phase::Descend, SyncMsg::Level { level, parents, hashes }) => {
                 self.on_level(replica, level, parents, hashes)
             }
-            (Phase::Descend, SyncMsg::Summary(buckets)) => self.on_summary(replica, buckets),
+            (Phase::Descend | Phase::Exchange, SyncMsg::Summary(buckets)) if !self.summary_sender && !self.end_queued => {
+                self.on_summary(replica, buckets)
+            }
+            (Phase::Descend | Phase::Exchange, SyncMsg::SummaryDone) if !self.summary_sender && !self.end_queued => {
+                self.phase = Phase::Exchange;
+                self.end_queued = true;
+                let want = std::mem::take(&mut self.want_buf);
+                self.want_bytes = 0;
+                self.after.push_back(SyncMsg::EndOfEntries { want });
+                Ok(())
+            }
+            (Phase::Exchange, SyncMsg::Want(keys)) if self.summary_sender => {
+                self.queue_wanted(replica, keys);
+                Ok(())
+            }
             (Phase::Exchange, SyncMsg::Entries(regs)) => {
                 self.stats.entries_received += regs.len() as u64;
                 if self.stream_shard.is_some() {
@@ -314,11 +347,7 @@ impl Session {
                 Ok(())
             }
             (Phase::Exchange, SyncMsg::EndOfEntries { want }) => {
-                for k in want {
-                    if let Some(reg) = replica.store().register(&k) {
-                        self.pending.push_back((k, reg));
-                    }
-                }
+                self.queue_wanted(replica, want);
                 if !self.end_queued {
                     self.end_queued = true;
                     self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
@@ -414,13 +443,13 @@ impl Session {
             .collect();
         if differing.is_empty() || level == LEVELS {
             // `differing` are bucket indices here (or nothing differs any
-            // more: the stores converged while we descended).
-            let summary = if level == LEVELS {
-                replica.store().bucket_summaries(&differing).into_iter().map(|(b, items)| (b as u32, items)).collect()
-            } else {
-                Vec::new()
-            };
-            self.out.push_back(SyncMsg::Summary(summary));
+            // more: the stores converged while we descended). Summaries go
+            // out from `next_message`, a shard's worth at a time.
+            self.summary_sender = true;
+            self.summarizing = true;
+            if level == LEVELS {
+                self.summary_queue = differing.into();
+            }
             self.phase = Phase::Exchange;
         } else {
             let hashes = children(replica, level + 1, &differing);
@@ -430,31 +459,79 @@ impl Session {
         Ok(())
     }
 
+    /// One chunk of the peer's summary: queue the registers it lacks or
+    /// holds older, and note the keys we lack or hold older.
     fn on_summary(&mut self, replica: &Replica, buckets: Vec<(u32, Vec<(Bytes, Stamp)>)>) -> Result<(), SyncError> {
         if buckets.windows(2).any(|w| w[0].0 >= w[1].0) || buckets.last().is_some_and(|b| b.0 as usize >= BUCKETS) {
             return Err(SyncError::Protocol("summary buckets not increasing or out of range".into()));
         }
+        self.phase = Phase::Exchange;
         let ids: Vec<usize> = buckets.iter().map(|b| b.0 as usize).collect();
         let mine = replica.store().bucket_registers(&ids);
-        let mut want = Vec::new();
         for ((_, theirs), (_, ours)) in buckets.into_iter().zip(mine) {
-            let theirs: HashMap<Bytes, Stamp> = theirs.into_iter().collect();
             let ours_idx: HashMap<&Bytes, Stamp> = ours.iter().map(|(k, r)| (k, r.marker)).collect();
             for (k, st) in &theirs {
                 if ours_idx.get(k).is_none_or(|o| o < st) {
-                    want.push(k.clone());
+                    self.want_bytes += k.len() + 2;
+                    self.want_buf.push(k.clone());
                 }
             }
+            let theirs: HashMap<Bytes, Stamp> = theirs.into_iter().collect();
             for (k, r) in ours {
                 if theirs.get(&k).is_none_or(|t| *t < r.marker) {
                     self.pending.push_back((k, r));
                 }
             }
         }
-        self.end_queued = true;
-        self.after.push_back(SyncMsg::EndOfEntries { want });
-        self.phase = Phase::Exchange;
+        if self.want_bytes >= self.batch_bytes {
+            self.want_bytes = 0;
+            self.out.push_back(SyncMsg::Want(std::mem::take(&mut self.want_buf)));
+        }
         Ok(())
+    }
+
+    fn queue_wanted(&mut self, replica: &Replica, keys: Vec<Bytes>) {
+        for k in keys {
+            if let Some(reg) = replica.store().register(&k) {
+                self.pending.push_back((k, reg));
+            }
+        }
+    }
+
+    /// The next chunk of our summary, reading one shard's differing buckets
+    /// when the previous ones are sent; `SummaryDone` after the last.
+    fn next_summary(&mut self, replica: &Replica) -> SyncMsg {
+        if self.summary_ready.is_empty() {
+            if let Some(&first) = self.summary_queue.front() {
+                let per_shard = BUCKETS / replica.store().shard_count();
+                let shard = first / per_shard;
+                let mut ids = Vec::new();
+                while let Some(&b) = self.summary_queue.front() {
+                    if b / per_shard != shard {
+                        break;
+                    }
+                    ids.push(b);
+                    self.summary_queue.pop_front();
+                }
+                let read = replica.store().bucket_summaries(&ids);
+                self.summary_ready.extend(read.into_iter().map(|(b, items)| (b as u32, items)));
+            }
+        }
+        if self.summary_ready.is_empty() {
+            self.summarizing = false;
+            return SyncMsg::SummaryDone;
+        }
+        let mut size = 0;
+        let mut chunk = Vec::new();
+        while let Some((_, items)) = self.summary_ready.front() {
+            let s = 6 + items.iter().map(|(k, _)| k.len() + 20).sum::<usize>();
+            if !chunk.is_empty() && size + s > self.batch_bytes {
+                break;
+            }
+            size += s;
+            chunk.push(self.summary_ready.pop_front().expect("front() was Some"));
+        }
+        SyncMsg::Summary(chunk)
     }
 
     /// The next message to send, if any. Call until it returns `None`.
@@ -480,6 +557,9 @@ impl Session {
         }
         if self.phase == Phase::Failed {
             return None;
+        }
+        if self.summarizing {
+            return Some(self.next_summary(replica));
         }
         loop {
             if !self.pending.is_empty() {
@@ -544,5 +624,7 @@ fn msg_name(m: &SyncMsg) -> &'static str {
         SyncMsg::Entries(_) => "Entries",
         SyncMsg::EndOfEntries { .. } => "EndOfEntries",
         SyncMsg::Finish { .. } => "Finish",
+        SyncMsg::SummaryDone => "SummaryDone",
+        SyncMsg::Want(_) => "Want",
     }
 }

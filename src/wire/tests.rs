@@ -104,6 +104,8 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
         entries().prop_map(SyncMsg::Entries),
         vec(bytes(24), 0..6).prop_map(|want| SyncMsg::EndOfEntries { want }),
         vec((bytes(24), stamp()), 0..6).prop_map(|refused| SyncMsg::Finish { refused }),
+        Just(SyncMsg::SummaryDone),
+        vec(bytes(24), 0..6).prop_map(SyncMsg::Want),
     ]
 }
 
@@ -195,6 +197,8 @@ fn one_of_each() -> Vec<Message> {
         Message::Sync(SyncMsg::Entries(regs)),
         Message::Sync(SyncMsg::EndOfEntries { want: vec![Bytes::from_static(b"k"), Bytes::new()] }),
         Message::Sync(SyncMsg::Finish { refused: vec![(Bytes::from_static(b"k"), st)] }),
+        Message::Sync(SyncMsg::SummaryDone),
+        Message::Sync(SyncMsg::Want(vec![Bytes::from_static(b"k"), Bytes::new()])),
         Message::Membership(Bytes::from(vec![0x5A; 300])),
         Message::Goodbye(id),
     ]
