@@ -320,7 +320,9 @@ impl Session {
             (Phase::Descend, SyncMsg::Level { level, parents, hashes }) => {
                 self.on_level(replica, level, parents, hashes)
             }
-            (Phase::Descend | Phase::Exchange, SyncMsg::Summary(buckets)) if !self.summary_sender && !self.end_queued => {
+            (Phase::Descend | Phase::Exchange, SyncMsg::Summary(buckets))
+                if !self.summary_sender && !self.end_queued =>
+            {
                 self.on_summary(replica, buckets)
             }
             (Phase::Descend | Phase::Exchange, SyncMsg::SummaryDone) if !self.summary_sender && !self.end_queued => {
