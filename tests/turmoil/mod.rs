@@ -1,0 +1,269 @@
+//! Whole meshes in turmoil's simulated network and virtual time: a quinn
+//! socket over `turmoil::net::UdpSocket`, and a harness that starts one
+//! [`Mesh`] per simulated host and lets a driver cut, delay, heal, crash and
+//! restart them.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use meshcache::transport::tls::EphemeralCa;
+use meshcache::{Mesh, MeshConfig};
+use parking_lot::Mutex;
+use quinn::udp::{RecvMeta, Transmit};
+
+/// The port every peer listens on (each host has its own address).
+pub const PORT: u16 = 7000;
+/// turmoil's step: every host runs this much virtual time per step.
+pub const TICK: Duration = Duration::from_millis(5);
+
+type Readable = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+/// quinn's socket over a turmoil UDP socket. Must be used (sent on,
+/// received on, dropped) from inside the host that bound it.
+pub struct TurmoilUdp {
+    sock: Arc<turmoil::net::UdpSocket>,
+    /// The pending wait for a datagram, while the receive queue is empty.
+    readable: std::sync::Mutex<Option<Readable>>,
+}
+
+impl TurmoilUdp {
+    pub fn new(sock: turmoil::net::UdpSocket) -> Self {
+        TurmoilUdp { sock: Arc::new(sock), readable: std::sync::Mutex::new(None) }
+    }
+}
+
+impl fmt::Debug for TurmoilUdp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurmoilUdp").field("sock", &self.sock).finish()
+    }
+}
+
+/// turmoil's UDP has no back-pressure: always writable.
+#[derive(Debug)]
+struct Writable;
+
+impl quinn::UdpPoller for Writable {
+    fn poll_writable(self: Pin<&mut Self>, _cx: &mut Context) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl quinn::AsyncUdpSocket for TurmoilUdp {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        Box::pin(Writable)
+    }
+
+    fn try_send(&self, t: &Transmit) -> io::Result<()> {
+        let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        for d in t.contents.chunks(seg) {
+            // A datagram the network refuses is a datagram lost.
+            if let Err(e) = self.sock.try_send_to(d, t.destination) {
+                tracing::debug!(error = %e, dst = %t.destination, "turmoil send failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let mut pending = self.readable.lock().unwrap();
+        loop {
+            if let Some(f) = pending.as_mut() {
+                let r = ready!(f.as_mut().poll(cx));
+                *pending = None;
+                r?;
+            }
+            let mut n = 0;
+            while n < bufs.len().min(meta.len()) {
+                match self.sock.try_recv_from(&mut bufs[n]) {
+                    Ok((len, addr)) => {
+                        meta[n] = RecvMeta { addr, len, stride: len, ecn: None, dst_ip: None };
+                        n += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+            let sock = self.sock.clone();
+            *pending = Some(Box::pin(async move { sock.readable().await }));
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+}
+
+/// What the driver asks the loop outside the simulation to do.
+enum Cmd {
+    Crash(String),
+    Restart(String),
+}
+
+/// How a simulated mesh is laid out.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub seed: u64,
+    pub peers: usize,
+    /// `max_tombstones` per peer (index = peer).
+    pub budgets: Vec<usize>,
+    /// Virtual time the simulation may run at most.
+    pub duration: Duration,
+}
+
+/// The driver's view: the live peers' handles, and crash/restart requests.
+#[derive(Clone)]
+pub struct Net {
+    meshes: Arc<Mutex<HashMap<String, Mesh>>>,
+    cmds: Arc<Mutex<Vec<Cmd>>>,
+    /// Peer names, in order: `p0`, `p1`, ...
+    pub names: Vec<String>,
+    /// Compactions counted on incarnations that were crashed.
+    pub lost_compactions: Arc<Mutex<u64>>,
+}
+
+impl Net {
+    /// The live peer called `name`, if it is up.
+    pub fn mesh(&self, name: &str) -> Option<Mesh> {
+        self.meshes.lock().get(name).cloned()
+    }
+
+    /// Every live peer, in name order.
+    pub fn live(&self) -> Vec<Mesh> {
+        let m = self.meshes.lock();
+        self.names.iter().filter_map(|n| m.get(n).cloned()).collect()
+    }
+
+    /// The address of host `name`.
+    pub fn ip(&self, name: &str) -> std::net::IpAddr {
+        turmoil::lookup(name.to_owned())
+    }
+
+    /// Crashes `name` (no goodbye): its tasks and socket are dropped.
+    pub async fn crash(&self, name: &str) {
+        if let Some(m) = self.meshes.lock().get(name) {
+            *self.lost_compactions.lock() += m.stats().store.compactions;
+        }
+        self.cmds.lock().push(Cmd::Crash(name.to_owned()));
+        while self.meshes.lock().contains_key(name) {
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    /// Restarts `name` as a new, empty incarnation; returns once it is up.
+    pub async fn restart(&self, name: &str) {
+        self.cmds.lock().push(Cmd::Restart(name.to_owned()));
+        while !self.meshes.lock().contains_key(name) {
+            tokio::time::sleep(TICK).await;
+        }
+    }
+}
+
+/// Runs `driver` against a mesh laid out as `layout`, in virtual time.
+/// Returns the driver's error or turmoil's (a host failing, or the
+/// simulation running past `layout.duration`).
+pub fn run<F, Fut>(layout: &Layout, driver: F) -> Result<(), String>
+where
+    F: FnOnce(Net) -> Fut,
+    Fut: Future<Output = turmoil::Result> + 'static,
+{
+    let mut b = turmoil::Builder::new();
+    b.rng_seed(layout.seed)
+        .simulation_duration(layout.duration)
+        .tick_duration(TICK)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(10))
+        .udp_capacity(8192);
+    let mut sim = b.build();
+    let names: Vec<String> = (0..layout.peers).map(|i| format!("p{i}")).collect();
+    let net = Net {
+        meshes: Arc::new(Mutex::new(HashMap::new())),
+        cmds: Arc::new(Mutex::new(Vec::new())),
+        names: names.clone(),
+        lost_compactions: Arc::new(Mutex::new(0)),
+    };
+    let ca = Rc::new(EphemeralCa::new().map_err(|e| e.to_string())?);
+    for (i, name) in names.iter().enumerate() {
+        let (ca, meshes, names, name) = (ca.clone(), net.meshes.clone(), names.clone(), name.clone());
+        let budget = layout.budgets[i];
+        let starts = Rc::new(std::cell::Cell::new(0u32));
+        sim.host(name.clone(), move || {
+            let (ca, meshes, names, name, starts) =
+                (ca.clone(), meshes.clone(), names.clone(), name.clone(), starts.clone());
+            async move {
+                starts.set(starts.get() + 1);
+                let identity = ca.issue(&name)?;
+                let sock = turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
+                let me = SocketAddr::new(turmoil::lookup(name.clone()), PORT);
+                // p0 founds the mesh; every later start (p0's restarts too)
+                // joins through whichever other peer answers.
+                let seeds: Vec<SocketAddr> = if name == "p0" && starts.get() == 1 {
+                    Vec::new()
+                } else {
+                    names
+                        .iter()
+                        .filter(|n| **n != name)
+                        .map(|n| SocketAddr::new(turmoil::lookup(n.clone()), PORT))
+                        .collect()
+                };
+                let config = MeshConfig {
+                    max_tombstones: budget,
+                    anti_entropy_interval: Duration::from_secs(1),
+                    ..MeshConfig::for_test(&name)
+                };
+                let mesh = Mesh::builder()
+                    .config(config)
+                    .socket(Arc::new(TurmoilUdp::new(sock)))
+                    .advertise(me)
+                    .seeds(seeds)
+                    .tls(identity)
+                    .start()
+                    .await?;
+                meshes.lock().insert(name.clone(), mesh.clone());
+                mesh.stopped().await;
+                Err(format!("{name} stopped on its own").into())
+            }
+        });
+    }
+    sim.client("driver", driver(net.clone()));
+    loop {
+        let done = sim.step().map_err(|e| e.to_string())?;
+        let cmds: Vec<Cmd> = std::mem::take(&mut *net.cmds.lock());
+        for c in cmds {
+            match c {
+                Cmd::Crash(name) => {
+                    // Drop the driver's handle first, so that the peer's
+                    // socket is dropped inside its own host by the crash.
+                    net.meshes.lock().remove(&name);
+                    sim.crash(name);
+                }
+                Cmd::Restart(name) => {
+                    // Incarnations are ordered by wall-clock start (ms):
+                    // make sure the next one starts in a later millisecond.
+                    std::thread::sleep(Duration::from_millis(2));
+                    sim.bounce(name);
+                }
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}

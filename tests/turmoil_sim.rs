@@ -1,0 +1,585 @@
+//! Whole meshes over QUIC in turmoil's simulated network and virtual time.
+//!
+//! Every peer is a real [`Mesh`] (quinn, TLS, pushes, anti-entropy, the
+//! membership view) running in its own turmoil host; quinn's UDP goes
+//! through an adapter over `turmoil::net::UdpSocket` (`tests/turmoil/`),
+//! and the tokio clock is turmoil's paused one. So keep-alives, the 3 s
+//! idle timeout, anti-entropy rounds, tick work and dial timeouts all run
+//! in virtual time, and partitions of minutes to hours take seconds.
+//!
+//! - `long_partition_no_resurrection`: three peers, one isolated for two
+//!   virtual hours while the other two write and delete with a tombstone
+//!   budget of 8 (so they compact); after healing, the mesh converges and
+//!   nothing deleted comes back.
+//! - `random_schedules`: seeded schedules on 3 to 5 peers (some with a
+//!   budget of 3 tombstones): random splits, isolations, one-way cuts, held (delayed)
+//!   links, heals, writes, deletes and races on 8 keys, reads, sleeps of up
+//!   to an hour, and crashes and restarts (a new, empty incarnation). After
+//!   the final heal, every peer must converge and [`History::check`] must
+//!   find no violation. 50 schedules by default;
+//!   `MESHCACHE_TURMOIL_SCHEDULES=N` runs more, and a failing seed is
+//!   replayed (with its plan printed) by
+//!   `MESHCACHE_TURMOIL_SEED=S cargo test --test turmoil_sim -- --nocapture`.
+//!
+//! Limits of the simulation:
+//!
+//! - Only tokio time is virtual. The mesh's HLC, TTLs, incarnation start
+//!   times and `synced` watermarks read `SystemTime` (real time), which
+//!   barely moves while hours of virtual time pass: no test here depends on
+//!   TTLs (compaction is by count, so it works). The shell also reads
+//!   `std::time::Instant` in two places, which run in real time too: the
+//!   redial backoff (200 ms to 5 s) and the bootstrap timeout (3 s here).
+//!   A seeded peer that can reach no booted peer therefore stays `LOADING`
+//!   for 3 *real* seconds, and a redial after a partition longer than the
+//!   idle timeout may wait up to 5 s (jittered: 6.25 s) of *real* time,
+//!   which passes as minutes of virtual time: the heal-to-convergence
+//!   figures printed include that wait, and vary between runs of one seed.
+//! - A schedule is replayable (same plan, same turmoil seed), but not
+//!   bit-for-bit: node ids, connection ids and the HLC come from real
+//!   randomness and the real clock.
+//! - A crash loses a peer's writes that no other peer holds yet; History
+//!   would rightly call that a lost write, so a planned crash waits until
+//!   another live peer covers the victim's registers, and is skipped if
+//!   none does within 20 virtual seconds. A restarted peer is a new process:
+//!   reads are recorded (for the monotonic-read check) only on peers'
+//!   first incarnations.
+
+#[path = "turmoil/mod.rs"]
+mod tsim;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshcache::check::History;
+use meshcache::Mesh;
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tsim::{Layout, Net};
+
+const KEYS: usize = 8;
+/// With 8 keys, a budget of 3 tombstones is exceeded often enough.
+const SMALL_BUDGET: usize = 3;
+const BIG_BUDGET: usize = 1_000_000;
+/// Virtual time allowed from the final heal to convergence. Generous: the
+/// redial backoff runs in real time (see the module docs), and up to 6 real
+/// seconds of it can pass as an hour of virtual time on a fast machine.
+const CONVERGE: Duration = Duration::from_secs(3 * 3600);
+
+fn key(k: usize) -> String {
+    format!("k{k}")
+}
+
+/// Waits (virtual time) until every live peer has booted and sees `n - 1`
+/// connections.
+async fn wait_full_mesh(net: &Net, n: usize, within: Duration) -> Result<(), String> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let live = net.live();
+        if live.len() == n && live.iter().all(|m| m.is_ready() && m.stats().connected == n - 1) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= end {
+            let s: Vec<String> = live
+                .iter()
+                .map(|m| format!("{}: ready {} connected {}", m.id().name, m.is_ready(), m.stats().connected))
+                .collect();
+            return Err(format!("no full mesh within {within:?}: {s:?}"));
+        }
+        drop(live);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Heals, waits for convergence (virtual time, returned) and checks.
+async fn heal_converge_check(net: &Net, h: &History) -> Result<(Duration, Duration), String> {
+    let t0 = tokio::time::Instant::now();
+    let real = Instant::now();
+    let n = net.names.len();
+    heal_all(net);
+    let live = net.live();
+    if live.len() != n {
+        return Err(format!("{} of {n} peers live at the end", live.len()));
+    }
+    let converged = tokio::time::timeout(CONVERGE, async {
+        // Converged digests among booted peers.
+        loop {
+            if live.iter().all(Mesh::is_ready) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        h.wait_converged(&live, Duration::from_secs(600)).await
+    })
+    .await;
+    let took = (t0.elapsed(), real.elapsed());
+    match converged {
+        Ok(Some(_)) => {}
+        _ => {
+            let roots: Vec<String> = live
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} ready {} connected {} root {:?}",
+                        m.id().name,
+                        m.is_ready(),
+                        m.stats().connected,
+                        m.replica().store().root()
+                    )
+                })
+                .collect();
+            return Err(format!("no convergence within {CONVERGE:?} (virtual) of the heal: {roots:?}"));
+        }
+    }
+    let report = h.check(&live);
+    if !report.violations.is_empty() {
+        return Err(format!("invariants broken: {report}"));
+    }
+    Ok(took)
+}
+
+fn heal_all(net: &Net) {
+    for a in &net.names {
+        for b in &net.names {
+            if a < b {
+                // `release` delivers held datagrams and repairs both ways.
+                turmoil::release(a.as_str(), b.as_str());
+            }
+        }
+    }
+}
+
+fn compactions(net: &Net) -> u64 {
+    net.live().iter().map(|m| m.stats().store.compactions).sum::<u64>() + *net.lost_compactions.lock()
+}
+
+// ---------------------------------------------------------------------------
+// The hand-written long partition.
+
+#[test]
+fn long_partition_no_resurrection() {
+    let layout = Layout { seed: 7, peers: 3, budgets: vec![SMALL_BUDGET; 3], duration: Duration::from_secs(6 * 3600) };
+    let out = Arc::new(Mutex::new(String::new()));
+    let real = Instant::now();
+    let out2 = out.clone();
+    let r = tsim::run(&layout, move |net| async move {
+        wait_full_mesh(&net, 3, Duration::from_secs(60)).await?;
+        let h = History::new();
+        let (p0, p1, p2) = (net.mesh("p0").unwrap(), net.mesh("p1").unwrap(), net.mesh("p2").unwrap());
+        // Before: 20 keys everywhere.
+        for k in 0..20 {
+            h.put(&p0, format!("x{k}"), format!("before-{k}"))?;
+        }
+        h.wait_converged(&[p0.clone(), p1.clone(), p2.clone()], Duration::from_secs(60)).await;
+        // Cut p2 off for two virtual hours.
+        turmoil::partition("p2", "p0");
+        turmoil::partition("p2", "p1");
+        let cut = tokio::time::Instant::now();
+        // The isolated side writes too: its writes are older than the
+        // majority's later deletes of the same keys.
+        for k in 0..5 {
+            h.put(&p2, format!("x{k}"), format!("minority-{k}"))?;
+        }
+        h.put(&p2, "only-on-p2", "m")?;
+        let mut deleted = BTreeSet::new();
+        let mut minute = 0u64;
+        while cut.elapsed() < Duration::from_secs(2 * 3600) {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            minute += 1;
+            let w = if minute % 2 == 0 { &p0 } else { &p1 };
+            // Delete one of the old keys (each once), churn new ones.
+            let k = (minute % 20) as usize;
+            let name = format!("x{k}");
+            if deleted.insert(name.clone()) {
+                h.delete(w, name)?;
+            }
+            let fresh = format!("y{minute}");
+            h.put(w, fresh.clone(), "new")?;
+            if minute % 3 == 0 {
+                h.delete(w, fresh)?;
+            }
+            h.read(&p0, "x19");
+            h.read(&p2, "x19");
+        }
+        let before_heal = compactions(&net);
+        assert_eq!(p2.stats().connected, 0, "p2 is cut off");
+        let (took, took_real) = heal_converge_check(&net, &h).await?;
+        for k in &deleted {
+            for p in [&p0, &p1, &p2] {
+                if let Some(v) = p.get(k.as_bytes()) {
+                    return Err(format!("{k} came back on {}: {v:?}", p.id().name).into());
+                }
+            }
+        }
+        let after = compactions(&net);
+        if before_heal == 0 {
+            return Err("no compaction during the partition: the test lost its point".into());
+        }
+        let report = h.check(&net.live());
+        writeln!(
+            out2.lock(),
+            "long partition: isolated 2 h (virtual), {} deletes of old keys, {} writes, {} compactions before heal \
+             ({after} after), heal to convergence {took:?} virtual ({took_real:.2?} real); {report}",
+            deleted.len(),
+            report.writes,
+            before_heal,
+        )
+        .unwrap();
+        Ok(())
+    });
+    println!("{}real time {:?}", out.lock(), real.elapsed());
+    r.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Random schedules.
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Heal everything, then cut every link between these groups.
+    Split(Vec<Vec<usize>>),
+    /// Cut one peer from every other.
+    Isolate(usize),
+    /// Drop what `.0` sends to `.1`.
+    OneWay(usize, usize),
+    /// Hold (delay) datagrams both ways until the next heal.
+    Hold(usize, usize),
+    Heal,
+    Put(usize, usize),
+    Delete(usize, usize),
+    /// Concurrent writes to one key from several peers.
+    Race(usize, Vec<usize>),
+    Read(usize, usize),
+    Sleep(Duration),
+    Crash(usize),
+    Restart(usize),
+}
+
+struct Plan {
+    layout: Layout,
+    steps: Vec<Step>,
+}
+
+fn plan(seed: u64) -> Plan {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let n = rng.random_range(3..=5usize);
+    let budgets = (0..n).map(|_| if rng.random_bool(0.5) { SMALL_BUDGET } else { BIG_BUDGET }).collect();
+    let mut steps = Vec::new();
+    let mut down: Option<usize> = None;
+    let mut restarted = vec![false; n];
+    let len = rng.random_range(30..=60);
+    for _ in 0..len {
+        let up: Vec<usize> = (0..n).filter(|i| Some(*i) != down).collect();
+        let pick = |rng: &mut SmallRng| up[rng.random_range(0..up.len())];
+        let step = match rng.random_range(0..100) {
+            0..=5 => {
+                let groups = rng.random_range(2..=n.min(3));
+                let mut g = vec![Vec::new(); groups];
+                for i in 0..n {
+                    g[rng.random_range(0..groups)].push(i);
+                }
+                g.retain(|x| !x.is_empty());
+                Step::Split(g)
+            }
+            6..=9 => Step::Isolate(rng.random_range(0..n)),
+            10..=13 => {
+                let a = rng.random_range(0..n);
+                let b = (a + rng.random_range(1..n)) % n;
+                Step::OneWay(a, b)
+            }
+            14..=15 => {
+                let a = rng.random_range(0..n);
+                let b = (a + rng.random_range(1..n)) % n;
+                Step::Hold(a, b)
+            }
+            16..=21 => Step::Heal,
+            22..=43 => Step::Put(pick(&mut rng), rng.random_range(0..KEYS)),
+            44..=61 => Step::Delete(pick(&mut rng), rng.random_range(0..KEYS)),
+            62..=66 => {
+                let mut who: Vec<usize> = up.iter().copied().filter(|_| rng.random_bool(0.7)).collect();
+                if who.len() < 2 {
+                    who = up.clone();
+                }
+                Step::Race(rng.random_range(0..KEYS), who)
+            }
+            67..=73 => {
+                let p = pick(&mut rng);
+                if restarted[p] {
+                    Step::Sleep(Duration::from_millis(100))
+                } else {
+                    Step::Read(p, rng.random_range(0..KEYS))
+                }
+            }
+            74..=94 => Step::Sleep(match rng.random_range(0..100) {
+                0..=69 => Duration::from_millis(rng.random_range(10..5_000)),
+                70..=91 => Duration::from_secs(rng.random_range(5..120)),
+                _ => Duration::from_secs(rng.random_range(120..3600)),
+            }),
+            _ => match down {
+                None => {
+                    let v = rng.random_range(0..n);
+                    down = Some(v);
+                    Step::Crash(v)
+                }
+                Some(v) => {
+                    down = None;
+                    restarted[v] = true;
+                    Step::Restart(v)
+                }
+            },
+        };
+        steps.push(step);
+    }
+    if let Some(v) = down {
+        steps.push(Step::Restart(v));
+    }
+    // Bound the simulation: the sleeps, plus the convergence allowance, plus
+    // an hour for everything else (start, crash waits); only a hang gets
+    // there.
+    let slept: Duration = steps.iter().map(|s| if let Step::Sleep(d) = s { *d } else { Duration::ZERO }).sum();
+    let duration = slept + CONVERGE + Duration::from_secs(3600);
+    let layout = Layout { seed, peers: n, budgets, duration };
+    Plan { layout, steps }
+}
+
+#[derive(Clone, Debug, Default)]
+struct RunStats {
+    heal_to_converge: Duration,
+    /// The same in real time.
+    heal_to_converge_real: Duration,
+    compactions: u64,
+    restarts: usize,
+    skipped_crashes: usize,
+    virtual_time: Duration,
+    writes: usize,
+}
+
+/// Whether another live peer holds, for every key, a register at least as
+/// new as `victim`'s (or a `clear_below` above it).
+fn covered(net: &Net, victim: &Mesh) -> bool {
+    let others: Vec<Mesh> = net.live().into_iter().filter(|m| m.id().name != victim.id().name).collect();
+    (0..KEYS).all(|k| {
+        let Some(r) = victim.replica().store().register(key(k).as_bytes()) else { return true };
+        others.iter().any(|o| {
+            o.replica().store().floors().clear_below > r.marker
+                || o.replica().store().register(key(k).as_bytes()).is_some_and(|x| x.marker >= r.marker)
+        })
+    })
+}
+
+async fn execute(net: Net, steps: Vec<Step>, trace: bool) -> Result<RunStats, String> {
+    let n = net.names.len();
+    let start = tokio::time::Instant::now();
+    wait_full_mesh(&net, n, Duration::from_secs(120)).await?;
+    let h = History::new();
+    let mut st = RunStats::default();
+    let name = |i: usize| net.names[i].as_str();
+    let mut seq = 0u64;
+    let mut crashed_compactions_seen = 0;
+    for (i, step) in steps.iter().enumerate() {
+        if trace {
+            println!("  [{:>9.3}s] step {i}: {step:?}", start.elapsed().as_secs_f64());
+        }
+        seq += 1;
+        let ignore = |r: Result<(), meshcache::MeshError>| match r {
+            Err(e) if !e.is_retryable() => Err(e.to_string()),
+            _ => Ok(()),
+        };
+        match step {
+            Step::Split(groups) => {
+                heal_all(&net);
+                for (gi, g) in groups.iter().enumerate() {
+                    for other in &groups[gi + 1..] {
+                        for &a in g {
+                            for &b in other {
+                                turmoil::partition(name(a), name(b));
+                            }
+                        }
+                    }
+                }
+            }
+            Step::Isolate(v) => {
+                for b in 0..n {
+                    if b != *v {
+                        turmoil::partition(name(*v), name(b));
+                    }
+                }
+            }
+            Step::OneWay(a, b) => turmoil::partition_oneway(name(*a), name(*b)),
+            Step::Hold(a, b) => turmoil::hold(name(*a), name(*b)),
+            Step::Heal => heal_all(&net),
+            Step::Put(p, k) => {
+                if let Some(m) = net.mesh(name(*p)) {
+                    ignore(h.put(&m, key(*k), format!("v{seq}-{}", name(*p))))?;
+                }
+            }
+            Step::Delete(p, k) => {
+                if let Some(m) = net.mesh(name(*p)) {
+                    ignore(h.delete(&m, key(*k)))?;
+                }
+            }
+            Step::Race(k, who) => {
+                for p in who {
+                    if let Some(m) = net.mesh(name(*p)) {
+                        ignore(h.put(&m, key(*k), format!("race{seq}-{}", name(*p))))?;
+                    }
+                }
+            }
+            Step::Read(p, k) => {
+                if let Some(m) = net.mesh(name(*p)) {
+                    h.read(&m, key(*k));
+                }
+            }
+            Step::Sleep(d) => tokio::time::sleep(*d).await,
+            Step::Crash(v) => {
+                let Some(victim) = net.mesh(name(*v)) else { continue };
+                let end = tokio::time::Instant::now() + Duration::from_secs(20);
+                let mut ok = covered(&net, &victim);
+                while !ok && tokio::time::Instant::now() < end {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ok = covered(&net, &victim);
+                }
+                drop(victim);
+                if ok {
+                    net.crash(name(*v)).await;
+                    crashed_compactions_seen += 1;
+                } else {
+                    st.skipped_crashes += 1;
+                    if trace {
+                        println!("    crash skipped: {} holds writes no live peer has", name(*v));
+                    }
+                }
+            }
+            Step::Restart(v) => {
+                if net.mesh(name(*v)).is_none() {
+                    net.restart(name(*v)).await;
+                    st.restarts += 1;
+                }
+            }
+        }
+    }
+    let _ = crashed_compactions_seen;
+    (st.heal_to_converge, st.heal_to_converge_real) = heal_converge_check(&net, &h).await?;
+    st.compactions = compactions(&net);
+    st.writes = h.check(&[]).writes;
+    st.virtual_time = start.elapsed();
+    Ok(st)
+}
+
+fn run_schedule(seed: u64, trace: bool) -> Result<(RunStats, Duration), String> {
+    let p = plan(seed);
+    if trace {
+        println!("seed {seed}: {} peers, budgets {:?}, {} steps", p.layout.peers, p.layout.budgets, p.steps.len());
+    }
+    let real = Instant::now();
+    let result = Arc::new(Mutex::new(None));
+    let r2 = result.clone();
+    let steps = p.steps.clone();
+    let run = tsim::run(&p.layout, move |net| async move {
+        let r = execute(net, steps, trace).await;
+        let failed = r.is_err();
+        *r2.lock() = Some(r);
+        if failed {
+            return Err("schedule failed".into());
+        }
+        Ok(())
+    });
+    let taken = result.lock().take();
+    match (run, taken) {
+        (_, Some(Ok(st))) => Ok((st, real.elapsed())),
+        (_, Some(Err(e))) => Err(e),
+        (Err(e), None) => Err(format!("simulation: {e}")),
+        (Ok(()), None) => Err("driver did not report".into()),
+    }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    if v.is_empty() {
+        Duration::ZERO
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+#[test]
+fn random_schedules() {
+    if let Ok(s) = std::env::var("MESHCACHE_TURMOIL_SEED") {
+        let seed: u64 = s.parse().expect("MESHCACHE_TURMOIL_SEED must be a number");
+        match run_schedule(seed, true) {
+            Ok((st, real)) => println!("seed {seed}: ok in {real:?} real: {st:?}"),
+            Err(e) => panic!("seed {seed} failed: {e}"),
+        }
+        return;
+    }
+    let count: usize = std::env::var("MESHCACHE_TURMOIL_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    let base: u64 = 0x7u64 << 32;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let next = Arc::new(AtomicUsize::new(0));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let real = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let (next, results) = (next.clone(), results.clone());
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                let seed = base + i as u64;
+                let r = run_schedule(seed, false);
+                match &r {
+                    Ok((st, t)) => println!(
+                        "seed {seed}: ok; heal->converged {:?} virtual ({:.2?} real), {} compactions, {} restarts ({} crashes \
+                         skipped), {} writes, {:.0?} virtual in {t:.2?} real",
+                        st.heal_to_converge,
+                        st.heal_to_converge_real,
+                        st.compactions,
+                        st.restarts,
+                        st.skipped_crashes,
+                        st.writes,
+                        st.virtual_time
+                    ),
+                    Err(e) => println!("seed {seed}: FAILED: {e}"),
+                }
+                results.lock().push((seed, r));
+            });
+        }
+    });
+    let results = std::mem::take(&mut *results.lock());
+    let mut conv: Vec<Duration> = Vec::new();
+    let (mut compactions, mut restarts, mut skipped, mut virt) = (0, 0, 0, Duration::ZERO);
+    let mut failed = Vec::new();
+    for (seed, r) in &results {
+        match r {
+            Ok((st, _)) => {
+                conv.push(st.heal_to_converge);
+                compactions += st.compactions;
+                restarts += st.restarts;
+                skipped += st.skipped_crashes;
+                virt += st.virtual_time;
+            }
+            Err(e) => failed.push(format!("seed {seed}: {e}")),
+        }
+    }
+    let max = conv.iter().max().copied().unwrap_or_default();
+    println!(
+        "{count} schedules on {workers} threads in {:.2?} real ({:.1} h virtual): heal->converged median {:?}, \
+         max {:?} (virtual); {compactions} compactions, {restarts} restarts, {skipped} crashes skipped; {} failed",
+        real.elapsed(),
+        virt.as_secs_f64() / 3600.0,
+        median(&mut conv),
+        max,
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} schedule(s) failed (replay one with MESHCACHE_TURMOIL_SEED=S cargo test --test turmoil_sim -- \
+         --nocapture):\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
