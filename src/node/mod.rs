@@ -205,8 +205,12 @@ struct Inner {
     peers: Mutex<HashMap<String, PeerConn>>,
     events: broadcast::Sender<Change>,
     ae_requests: mpsc::UnboundedSender<String>,
-    /// Peers with an anti-entropy session we initiated in flight.
-    ae_running: Mutex<HashSet<String>>,
+    /// Anti-entropy sessions in flight per peer, either role: a new round
+    /// with a peer waits until the last one is over, so that two rounds
+    /// never ship the same difference at once.
+    ae_running: Mutex<HashMap<String, usize>>,
+    /// Peers whose requested round waits for the one in flight.
+    ae_deferred: Mutex<HashSet<String>>,
     /// Addresses being dialed now.
     dialing: Mutex<HashSet<SocketAddr>>,
     counters: Counters,
@@ -396,7 +400,8 @@ impl Mesh {
             peers: Mutex::new(HashMap::new()),
             events,
             ae_requests: ae_tx,
-            ae_running: Mutex::new(HashSet::new()),
+            ae_running: Mutex::new(HashMap::new()),
+            ae_deferred: Mutex::new(HashSet::new()),
             dialing: Mutex::new(HashSet::new()),
             counters: Counters::default(),
             cancel: CancellationToken::new(),

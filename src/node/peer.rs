@@ -403,11 +403,27 @@ async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) {
             r = conn.accept_bi() => match r { Ok(r) => r, Err(_) => return },
         };
         let (inner, conn, id) = (inner.clone(), conn.clone(), id.clone());
+        *inner.ae_running.lock().entry(id.name.clone()).or_insert(0) += 1;
         inner.clone().tasks.spawn(async move {
             let session = Session::respond(now_ms());
             let r = run_session(&inner.replica, session, send, recv, inner.codec, now_ms).await;
             finish_session(&inner, &conn, &id, r);
+            session_over(&inner, &id.name);
         });
+    }
+}
+
+fn session_over(inner: &Inner, peer: &str) {
+    let mut running = inner.ae_running.lock();
+    if let Some(n) = running.get_mut(peer) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            running.remove(peer);
+            drop(running);
+            if inner.ae_deferred.lock().remove(peer) {
+                let _ = inner.ae_requests.send(peer.to_owned());
+            }
+        }
     }
 }
 
@@ -434,7 +450,9 @@ fn finish_session(
         Err(e) => {
             c.ae_failed.fetch_add(1, Ordering::Relaxed);
             note_protocol_error(inner, conn, "anti-entropy", &e);
-            tracing::debug!(peer = %id, error = %e, "anti-entropy round failed");
+            if !inner.cancel.is_cancelled() {
+                tracing::warn!(peer = %id, error = %e, "anti-entropy round failed");
+            }
         }
     }
 }
@@ -446,20 +464,30 @@ pub(crate) async fn anti_entropy_loop(inner: Arc<Inner>, mut requests: mpsc::Unb
     loop {
         // Jitter of ±20% keeps peers from syncing in lockstep.
         let wait = base.mul_f64(rand::rng().random_range(0.8..1.2));
-        let target = tokio::select! {
+        let (target, requested) = tokio::select! {
             _ = inner.cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {
                 let names: Vec<String> = inner.peers.lock().keys().cloned().collect();
-                match names.choose(&mut rand::rng()) { Some(n) => n.clone(), None => continue }
+                match names.choose(&mut rand::rng()) { Some(n) => (n.clone(), false), None => continue }
             }
-            r = requests.recv() => match r { Some(n) => n, None => return },
+            r = requests.recv() => match r { Some(n) => (n, true), None => return },
         };
         let conn = match inner.peers.lock().get(&target) {
             Some(p) => (p.conn.clone(), p.id.clone()),
             None => continue,
         };
-        if !inner.ae_running.lock().insert(target.clone()) {
-            continue;
+        {
+            let mut running = inner.ae_running.lock();
+            let n = running.entry(target.clone()).or_insert(0);
+            if *n > 0 {
+                // A round with this peer is under way; one that was asked
+                // for (a reconnect, an overflowed queue) runs after it.
+                if requested {
+                    inner.ae_deferred.lock().insert(target);
+                }
+                continue;
+            }
+            *n += 1;
         }
         let inner2 = inner.clone();
         inner.tasks.spawn(async move {
@@ -469,7 +497,7 @@ pub(crate) async fn anti_entropy_loop(inner: Arc<Inner>, mut requests: mpsc::Unb
                 let r = run_session(&inner2.replica, session, send, recv, inner2.codec, now_ms).await;
                 finish_session(&inner2, &conn, &id, r);
             }
-            inner2.ae_running.lock().remove(&id.name);
+            session_over(&inner2, &id.name);
         });
     }
 }

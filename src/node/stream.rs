@@ -27,6 +27,9 @@ pub(crate) enum StreamError {
     /// The anti-entropy session failed.
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// The session's writer stopped (the stream or connection closed).
+    #[error("stream closed while sending")]
+    WriterGone,
 }
 
 impl StreamError {
@@ -128,7 +131,9 @@ pub(crate) async fn run_session(
             }
             tokio::select! {
                 permit = tx.reserve(), if next.is_some() => {
-                    let permit = permit.map_err(|_| StreamError::Protocol("session writer ended".into()))?;
+                    // The writer stops only when a write failed: its own
+                    // error, collected below, says why.
+                    let permit = permit.map_err(|_| StreamError::WriterGone)?;
                     permit.send(next.take().expect("guarded by is_some"));
                 }
                 m = in_rx.recv(), if !recv_done => match m {
@@ -160,11 +165,15 @@ pub(crate) async fn run_session(
         }
     }
     drop(tx);
-    let _ = writer.await;
+    let written = writer.await;
     reader.abort();
     let changes = session.take_changes();
     match result {
         Ok(()) => Ok(SessionResult { stats: session.stats().clone(), changes, complete: session.is_complete() }),
+        Err(StreamError::WriterGone) => match written {
+            Ok(Err(e)) => Err(e),
+            _ => Err(StreamError::WriterGone),
+        },
         Err(e) => Err(e),
     }
 }
