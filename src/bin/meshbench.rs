@@ -1,0 +1,1254 @@
+//! `meshbench`: the benchmark report of DESIGN.md's performance targets.
+//!
+//! Run through `scripts/bench.sh`, which starts the redis-server baselines
+//! on fixed loopback ports, passes them here, and stops them at the end.
+//! Every meshcache peer runs in this process (QUIC + mutual TLS on
+//! 127.0.0.1); RESP rows serve peers through `meshcache::resp::serve` on
+//! fixed ports and drive them with `redis-benchmark` and a tiny RESP client.
+//!
+//! Nothing here asserts a timing: figures are printed, written to
+//! `<out>/latest.json` and charted in `<out>/latest.svg`. The exit status is
+//! non-zero only when the harness itself failed (a row could not run).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::Parser;
+use meshcache::resp::{serve, RespConfig};
+use meshcache::transport::tls::EphemeralCa;
+use meshcache::{Mesh, MeshConfig};
+
+/// Bytes per key, as `redis-benchmark -r` makes them (`key:000000012345`).
+const KEY_LEN: usize = 16;
+/// Bytes per value, as `redis-benchmark -d 100`.
+const VALUE_LEN: usize = 100;
+/// Every wait for convergence gives up after this long.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Parser, Debug)]
+#[command(about = "meshcache benchmarks against DESIGN.md's targets (run through scripts/bench.sh)")]
+struct Args {
+    /// Tiny sizes: seconds of runtime, validates the harness only.
+    #[arg(long)]
+    quick: bool,
+    /// Where latest.json and latest.svg (quick.json and quick.svg with --quick) are written.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// A standalone redis-server (throughput and memory baselines).
+    #[arg(long, default_value = "127.0.0.1:16379")]
+    redis: SocketAddr,
+    /// A redis primary whose replica is --redis-replica (lag baseline).
+    #[arg(long, default_value = "127.0.0.1:16380")]
+    redis_primary: SocketAddr,
+    /// The replica of --redis-primary.
+    #[arg(long, default_value = "127.0.0.1:16381")]
+    redis_replica: SocketAddr,
+    /// First of three fixed loopback ports for the meshcache peers' RESP servers.
+    #[arg(long, default_value_t = 16390)]
+    resp_base: u16,
+    /// Only these row groups (comma-separated, 1-7); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u8>,
+    /// The exact command line, recorded in the report.
+    #[arg(long, default_value = "")]
+    command: String,
+}
+
+/// Sizes of one run.
+struct Sizes {
+    resp_requests: u64,
+    resp_requests_pipelined: u64,
+    repeats: usize,
+    lag_keys: usize,
+    replicated: usize,
+    divergent: usize,
+    bootstrap: usize,
+    local_keys: usize,
+    local_secs: f64,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Sizes {
+                resp_requests: 5_000,
+                resp_requests_pipelined: 20_000,
+                repeats: 1,
+                lag_keys: 100,
+                replicated: 20_000,
+                divergent: 4_000,
+                bootstrap: 20_000,
+                local_keys: 10_000,
+                local_secs: 0.1,
+            }
+        } else {
+            Sizes {
+                resp_requests: 100_000,
+                resp_requests_pipelined: 500_000,
+                repeats: 3,
+                lag_keys: 2_000,
+                replicated: 200_000,
+                divergent: 100_000,
+                bootstrap: 1_000_000,
+                local_keys: 100_000,
+                local_secs: 1.0,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Report rows.
+
+/// One figure of the report.
+struct Row {
+    group: u8,
+    name: String,
+    unit: String,
+    mesh: f64,
+    redis: Option<f64>,
+    ratio: Option<f64>,
+    target: String,
+    /// Measured / target, oriented so that >= 1 meets the target.
+    score: Option<f64>,
+    note: String,
+}
+
+impl Row {
+    fn new(group: u8, name: impl Into<String>, unit: &str, mesh: f64) -> Row {
+        Row {
+            group,
+            name: name.into(),
+            unit: unit.into(),
+            mesh,
+            redis: None,
+            ratio: None,
+            target: String::new(),
+            score: None,
+            note: String::new(),
+        }
+    }
+    /// A redis baseline; the ratio is meshcache / redis.
+    fn redis(mut self, r: f64) -> Row {
+        self.redis = Some(r);
+        self.ratio = (r > 0.0).then(|| self.mesh / r);
+        self
+    }
+    fn ratio_at_least(mut self, t: f64) -> Row {
+        self.target = format!(">= {t}x redis");
+        self.score = self.ratio.map(|r| r / t);
+        self
+    }
+    fn ratio_at_most(mut self, t: f64) -> Row {
+        self.target = format!("<= {t}x redis");
+        self.score = self.ratio.map(|r| if r > 0.0 { t / r } else { f64::INFINITY });
+        self
+    }
+    fn at_least(mut self, t: f64, text: &str) -> Row {
+        self.target = text.into();
+        self.score = Some(self.mesh / t);
+        self
+    }
+    fn at_most(mut self, t: f64, text: &str) -> Row {
+        self.target = text.into();
+        self.score = Some(if self.mesh > 0.0 { t / self.mesh } else { f64::INFINITY });
+        self
+    }
+    fn note(mut self, n: impl Into<String>) -> Row {
+        self.note = n.into();
+        self
+    }
+    fn verdict(&self) -> &'static str {
+        match self.score {
+            None => "",
+            Some(s) if s >= 1.0 => "meets",
+            Some(_) => "SHORT",
+        }
+    }
+}
+
+struct Report {
+    rows: Vec<Row>,
+    errors: Vec<String>,
+    load_start: String,
+}
+
+/// The 1, 5 and 15 minute load averages: the machine is shared.
+fn loadavg() -> String {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+impl Report {
+    fn push(&mut self, r: Row) {
+        let redis = r.redis.map(fmt_num).unwrap_or_default();
+        let ratio = r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_default();
+        eprintln!(
+            "  [{}] {:<44} {:>14} {:>14} {:>8}  {}",
+            r.group,
+            r.name,
+            format!("{} {}", fmt_num(r.mesh), r.unit),
+            redis,
+            ratio,
+            r.verdict()
+        );
+        self.rows.push(r);
+    }
+}
+
+fn fmt_num(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let a = x.abs();
+    if a >= 100.0 {
+        let s = format!("{}", x.round() as i64);
+        let neg = s.starts_with('-');
+        let digits = s.trim_start_matches('-');
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if neg {
+            format!("-{out}")
+        } else {
+            out
+        }
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+fn key(prefix: &str, i: usize) -> Bytes {
+    // 16 bytes for a one-letter prefix: "k:" + 14 digits.
+    let k = format!("{prefix}:{i:0width$}", width = KEY_LEN - prefix.len() - 1);
+    Bytes::from(k)
+}
+
+fn value(i: usize) -> Bytes {
+    let mut v = format!("v{i}-").into_bytes();
+    v.resize(VALUE_LEN, b'.');
+    Bytes::from(v)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// MeshConfig's defaults (anti-entropy every 1 s, push delay 0) on a free
+/// loopback port. Only the heal row shortens the anti-entropy interval.
+fn bench_config(name: &str) -> MeshConfig {
+    MeshConfig { name: name.into(), listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..MeshConfig::default() }
+}
+
+async fn start_peer(ca: &EphemeralCa, name: &str, seeds: &[SocketAddr]) -> Result<Mesh> {
+    start_peer_with(ca, bench_config(name), seeds).await
+}
+
+async fn start_peer_with(ca: &EphemeralCa, config: MeshConfig, seeds: &[SocketAddr]) -> Result<Mesh> {
+    let name = config.name.clone();
+    let id = ca.issue(&name).map_err(|e| anyhow!("issuing {name}'s certificate: {e}"))?;
+    Mesh::builder()
+        .config(config)
+        .seeds(seeds.iter().copied())
+        .tls(id)
+        .start()
+        .await
+        .map_err(|e| anyhow!("starting peer {name}: {e}"))
+}
+
+/// a, then b and c seeded with a; returns once all are booted and connected.
+async fn start_three(ca: &EphemeralCa, tag: &str) -> Result<Vec<Mesh>> {
+    start_three_with(ca, tag, bench_config).await
+}
+
+async fn start_three_with(ca: &EphemeralCa, tag: &str, config: fn(&str) -> MeshConfig) -> Result<Vec<Mesh>> {
+    let a = start_peer_with(ca, config(&format!("{tag}a")), &[]).await?;
+    let b = start_peer_with(ca, config(&format!("{tag}b")), &[a.local_addr()]).await?;
+    let c = start_peer_with(ca, config(&format!("{tag}c")), &[a.local_addr()]).await?;
+    let peers = vec![a, b, c];
+    wait_until("peers to connect", || peers.iter().all(|p| p.is_ready() && p.stats().connected == 2)).await?;
+    Ok(peers)
+}
+
+async fn shutdown_all(peers: &[Mesh]) {
+    let tasks: Vec<_> = peers.iter().cloned().map(|p| tokio::spawn(async move { p.shutdown().await })).collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Polls `done` every millisecond; returns the time it took.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<Duration> {
+    let t = Instant::now();
+    while !done() {
+        if t.elapsed() > DEADLINE {
+            bail!("{what}: not done within {} s", DEADLINE.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(t.elapsed())
+}
+
+fn roots_equal(peers: &[Mesh]) -> bool {
+    let r0 = peers[0].replica().store().root();
+    peers[1..].iter().all(|p| p.replica().store().root() == r0)
+}
+
+// ---------------------------------------------------------------------------
+// A tiny blocking RESP2 client.
+
+#[derive(Debug, PartialEq)]
+enum Reply {
+    Nil,
+    Bulk(Vec<u8>),
+    Simple(String),
+    Int(i64),
+    Error(String),
+    Array(Vec<Reply>),
+}
+
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Result<Client> {
+        let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Client { r: BufReader::new(s.try_clone()?), w: s, buf: Vec::new() })
+    }
+
+    fn encode(&mut self, args: &[&[u8]]) {
+        let _ = write!(self.buf, "*{}\r\n", args.len());
+        for a in args {
+            let _ = write!(self.buf, "${}\r\n", a.len());
+            self.buf.extend_from_slice(a);
+            self.buf.extend_from_slice(b"\r\n");
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.w.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn cmd(&mut self, args: &[&[u8]]) -> Result<Reply> {
+        self.encode(args);
+        self.flush()?;
+        self.read()
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut l = String::new();
+        if self.r.read_line(&mut l)? == 0 {
+            bail!("connection closed");
+        }
+        Ok(l.trim_end_matches("\r\n").to_string())
+    }
+
+    fn read(&mut self) -> Result<Reply> {
+        let l = self.line()?;
+        let (t, rest) = l.split_at(1);
+        Ok(match t {
+            "+" => Reply::Simple(rest.into()),
+            "-" => Reply::Error(rest.into()),
+            ":" => Reply::Int(rest.parse()?),
+            "$" => {
+                let n: i64 = rest.parse()?;
+                if n < 0 {
+                    Reply::Nil
+                } else {
+                    let mut v = vec![0; n as usize + 2];
+                    self.r.read_exact(&mut v)?;
+                    v.truncate(n as usize);
+                    Reply::Bulk(v)
+                }
+            }
+            "*" => {
+                let n: i64 = rest.parse()?;
+                if n < 0 {
+                    Reply::Nil
+                } else {
+                    Reply::Array((0..n).map(|_| self.read()).collect::<Result<_>>()?)
+                }
+            }
+            _ => bail!("bad reply line {l:?}"),
+        })
+    }
+
+    /// A field of `INFO section`.
+    fn info_field(&mut self, section: &str, field: &str) -> Result<String> {
+        match self.cmd(&[b"INFO", section.as_bytes()])? {
+            Reply::Bulk(b) => String::from_utf8_lossy(&b)
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
+                .ok_or_else(|| anyhow!("INFO {section} has no {field}")),
+            r => bail!("INFO: {r:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// redis-benchmark.
+
+/// `redis-benchmark -t set,get ...`: requests/s of SET and GET.
+async fn redis_benchmark(port: u16, n: u64, pipeline: u32) -> Result<(f64, f64)> {
+    let out = tokio::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "set,get", "-d", "100", "-c", "50"])
+        .args(["-r", "100000", "-n", &n.to_string(), "-P", &pipeline.to_string(), "--csv"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running redis-benchmark")?;
+    if !out.status.success() {
+        bail!("redis-benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rps: HashMap<String, f64> = HashMap::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split(',').map(|x| x.trim_matches('"')).collect();
+        if f.len() >= 2 {
+            if let Ok(v) = f[1].parse::<f64>() {
+                rps.insert(f[0].to_string(), v);
+            }
+        }
+    }
+    match (rps.get("SET"), rps.get("GET")) {
+        (Some(s), Some(g)) => Ok((*s, *g)),
+        _ => bail!("no SET/GET figures in redis-benchmark's output: {text}"),
+    }
+}
+
+/// A background writer load against `port`, until killed.
+fn background_load(port: u16) -> Result<Child> {
+    Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "set", "-d", "100", "-c", "4"])
+        .args(["-r", "100000", "-n", "2000000000", "-q"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the background redis-benchmark")
+}
+
+struct Resp {
+    peers: Vec<Mesh>,
+    ports: Vec<u16>,
+    stop: tokio_util_stop::Stop,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// A minimal shutdown signal for the RESP servers (no extra dependency).
+mod tokio_util_stop {
+    use tokio::sync::watch;
+    #[derive(Clone)]
+    pub struct Stop(pub watch::Sender<bool>);
+    impl Stop {
+        pub fn new() -> Stop {
+            Stop(watch::channel(false).0)
+        }
+        pub fn fire(&self) {
+            let _ = self.0.send(true);
+        }
+        pub async fn wait(self) {
+            let mut rx = self.0.subscribe();
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+}
+
+/// Three peers, each serving RESP on `base`, `base+1`, `base+2`.
+async fn start_resp(ca: &EphemeralCa, tag: &str, base: u16) -> Result<Resp> {
+    let peers = start_three(ca, tag).await?;
+    let stop = tokio_util_stop::Stop::new();
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        let port = base + i as u16;
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("binding the RESP port 127.0.0.1:{port}"))?;
+        servers.push(tokio::spawn(serve(p.clone(), l, RespConfig::default(), stop.clone().wait())));
+        ports.push(port);
+    }
+    Ok(Resp { peers, ports, stop, servers })
+}
+
+impl Resp {
+    async fn stop(self) {
+        self.stop.fire();
+        for s in self.servers {
+            let _ = s.await;
+        }
+        shutdown_all(&self.peers).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rows.
+
+/// 1. RESP throughput.
+async fn row_throughput(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
+    let resp = start_resp(ca, "t", args.resp_base).await?;
+    let mesh_port = resp.ports[0];
+    let mut res = Ok(());
+    for pipeline in [1u32, 16] {
+        let n = if pipeline == 1 { z.resp_requests } else { z.resp_requests_pipelined };
+        let (mut ms, mut mg, mut rs, mut rg) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..z.repeats {
+            // Alternate targets so that drift in machine load hits both.
+            let r = async {
+                let (s, g) = redis_benchmark(args.redis.port(), n, pipeline).await?;
+                rs.push(s);
+                rg.push(g);
+                let (s, g) = redis_benchmark(mesh_port, n, pipeline).await?;
+                ms.push(s);
+                mg.push(g);
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(e) = r {
+                res = Err(e);
+                break;
+            }
+        }
+        if res.is_err() {
+            break;
+        }
+        let note = format!("median of {}; -n {n}; peer replicates to 2 others", z.repeats);
+        for (cmd, m, r) in [("SET", ms, rs), ("GET", mg, rg)] {
+            rep.push(
+                Row::new(1, format!("RESP {cmd} -P {pipeline}"), "ops/s", median(m))
+                    .redis(median(r))
+                    .ratio_at_least(1.0)
+                    .note(note.clone()),
+            );
+        }
+    }
+    let writer = resp.peers[0].stats();
+    if writer.queue_overflows > 0 {
+        rep.errors.push(format!("note: {} push queue overflows during RESP throughput", writer.queue_overflows));
+    }
+    resp.stop().await;
+    res
+}
+
+/// Write on `a`, poll `b` until visible, `n` keys; latencies in microseconds.
+fn lag_probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &str) -> Result<Vec<f64>> {
+    let mut ca = Client::connect(a)?;
+    let mut cb = Client::connect(b)?;
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + 50 {
+        let k = key(tag, i);
+        let v = value(i + 7);
+        let t0 = Instant::now();
+        match ca.cmd(&[b"SET", &k, &v])? {
+            Reply::Simple(s) if s == "OK" => {}
+            r => bail!("SET on {a}: {r:?}"),
+        }
+        loop {
+            if let Reply::Bulk(got) = cb.cmd(&[b"GET", &k])? {
+                if got == v[..] {
+                    break;
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("key {i} written on {a} not visible on {b} within 10 s");
+            }
+        }
+        if i >= 50 {
+            // The first 50 are warm-up.
+            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
+/// One lag probe from `a` to `b`, with a background load on `a` if `loaded`.
+async fn probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &'static str, loaded: bool) -> Result<Vec<f64>> {
+    let child = if loaded { Some(background_load(a.port())?) } else { None };
+    if child.is_some() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let lat = tokio::task::spawn_blocking(move || lag_probe(a, b, n, tag)).await;
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    lat?
+}
+
+/// 2. Read-after-write lag.
+async fn row_lag(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
+    let resp = start_resp(ca, "l", args.resp_base).await?;
+    let ma = SocketAddr::from(([127, 0, 0, 1], resp.ports[0]));
+    let mb = SocketAddr::from(([127, 0, 0, 1], resp.ports[1]));
+    let (ra, rb) = (args.redis_primary, args.redis_replica);
+    let n = z.lag_keys;
+    let mut res = Ok(());
+    for loaded in [false, true] {
+        let r = async {
+            let redis = probe(ra, rb, n, "r", loaded).await?;
+            let mesh = probe(ma, mb, n, "m", loaded).await?;
+            anyhow::Ok((redis, mesh))
+        }
+        .await;
+        let (redis, mesh) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                res = Err(e);
+                break;
+            }
+        };
+        let cond = if loaded { "loaded" } else { "idle" };
+        let note = if loaded {
+            format!("{n} keys; background redis-benchmark -t set -c 4 on the writer")
+        } else {
+            format!("{n} keys, one at a time")
+        };
+        rep.push(
+            Row::new(2, format!("lag p50, {cond}"), "us", percentile(&mesh, 50.0))
+                .redis(percentile(&redis, 50.0))
+                .ratio_at_most(1.1)
+                .note(note.clone()),
+        );
+        rep.push(
+            Row::new(2, format!("lag p99, {cond}"), "us", percentile(&mesh, 99.0))
+                .redis(percentile(&redis, 99.0))
+                .ratio_at_most(1.5)
+                .note(note.clone()),
+        );
+        rep.push(
+            Row::new(2, format!("lag max, {cond}"), "us", *mesh.last().unwrap_or(&0.0))
+                .redis(*redis.last().unwrap_or(&0.0))
+                .note(note),
+        );
+    }
+    resp.stop().await;
+    res
+}
+
+/// Writes `n` keys from `start` on `p` in a blocking thread.
+async fn write_range(p: Mesh, prefix: &'static str, start: usize, n: usize) -> Result<Duration> {
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        for i in start..start + n {
+            p.put(key(prefix, i), value(i))?;
+        }
+        anyhow::Ok(t.elapsed())
+    })
+    .await?
+}
+
+/// 3. Replicated updates/s and wire bytes per update.
+async fn row_replicated(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
+    let mut failed = Vec::new();
+    for (mode, run) in [("one writer", 0usize), ("3 writers", 1)] {
+        if let Err(e) = replicated_mode(z, ca, rep, mode, run).await {
+            failed.push(format!("{mode}: {e:#}"));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failed.join("; "))
+    }
+}
+
+async fn replicated_mode(z: &Sizes, ca: &EphemeralCa, rep: &mut Report, mode: &str, run: usize) -> Result<()> {
+    let m = z.replicated;
+    {
+        let mut rates = Vec::new();
+        let mut wire = Vec::new();
+        let mut overflows = 0;
+        for r in 0..z.repeats {
+            let peers = start_three(ca, &format!("r{run}{r}")).await?;
+            let before: Vec<_> = peers.iter().map(Mesh::stats).collect();
+            let res = async {
+                let t = Instant::now();
+                let writers: Vec<_> = if run == 0 {
+                    vec![tokio::spawn(write_range(peers[0].clone(), "u", 0, m))]
+                } else {
+                    (0..3).map(|w| tokio::spawn(write_range(peers[w].clone(), "u", w * (m / 3), m / 3))).collect()
+                };
+                for w in writers {
+                    w.await??;
+                }
+                let total = if run == 0 { m } else { 3 * (m / 3) } as u64;
+                wait_until("replicated writes", || roots_equal(&peers) && peers[0].replica().store().root().1 == total)
+                    .await
+                    .map_err(|e| {
+                        let held: Vec<String> =
+                            peers.iter().map(|p| p.replica().store().root().1.to_string()).collect();
+                        let over: u64 = peers.iter().map(|p| p.stats().queue_overflows).sum();
+                        anyhow!("{e} (registers held: {}; queue overflows: {over})", held.join(", "))
+                    })?;
+                anyhow::Ok((total, t.elapsed()))
+            }
+            .await;
+            let after: Vec<_> = peers.iter().map(Mesh::stats).collect();
+            shutdown_all(&peers).await;
+            let (total, took) = res?;
+            rates.push(total as f64 / took.as_secs_f64());
+            let bytes: u64 = after.iter().zip(&before).map(|(a, b)| a.push_bytes_sent - b.push_bytes_sent).sum();
+            let deltas: u64 = after.iter().zip(&before).map(|(a, b)| a.deltas_sent - b.deltas_sent).sum();
+            overflows += after.iter().zip(&before).map(|(a, b)| a.queue_overflows - b.queue_overflows).sum::<u64>();
+            if deltas > 0 {
+                wire.push(bytes as f64 / deltas as f64);
+            }
+        }
+        let note = format!(
+            "{m} puts of {KEY_LEN}+{VALUE_LEN} B, 3 peers in 1 process, until equal digests; median of {}{}",
+            z.repeats,
+            if overflows > 0 { format!("; {overflows} queue overflows (repaired by AE)") } else { String::new() }
+        );
+        rep.push(
+            Row::new(3, format!("replicated updates/s, {mode}"), "upd/s", median(rates))
+                .at_least(500_000.0, ">= 500,000/s")
+                .note(note),
+        );
+        let bound = 1.2 * (KEY_LEN + VALUE_LEN + 16) as f64;
+        rep.push(
+            Row::new(3, format!("push bytes per update, {mode}"), "B", median(wire))
+                .at_most(bound, &format!("<= {bound:.0} B (1.2x (k+v+16))"))
+                .note(format!("push_bytes_sent / deltas_sent; key+value = {} B", KEY_LEN + VALUE_LEN)),
+        );
+    }
+    Ok(())
+}
+
+/// 4. Convergence after a heal.
+async fn row_heal(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
+    let peers = start_three_with(ca, "h", MeshConfig::for_test).await?;
+    let res = heal_inner(z, &peers, rep).await;
+    shutdown_all(&peers).await;
+    res
+}
+
+async fn heal_inner(z: &Sizes, peers: &[Mesh], rep: &mut Report) -> Result<()> {
+    // Let the start-up rounds finish.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let half = z.divergent / 2;
+    let ae = |p: &[Mesh]| -> (u64, u64) {
+        p.iter().fold((0, 0), |(b, r), s| {
+            let s = s.stats();
+            (b + s.ae_bytes_sent, r + s.ae_rounds)
+        })
+    };
+    // One in-sync round: AE bytes over a quiet second, per round.
+    let (b0, r0) = ae(peers);
+    tokio::time::sleep(Duration::from_millis(if z.repeats > 1 { 2000 } else { 500 })).await;
+    let (b1, r1) = ae(peers);
+    if r1 > r0 {
+        rep.push(
+            Row::new(4, "AE bytes of one in-sync round", "B", (b1 - b0) as f64 / (r1 - r0) as f64)
+                .at_most(128.0, "<= 64 B per peer (128 B per pair)")
+                .note(format!("{} rounds between 3 idle peers; both directions", r1 - r0)),
+        );
+    }
+    // The split: a and b hold one half, c the other, written into the
+    // replicas directly so that nothing is pushed.
+    let now = meshcache::node::now_ms();
+    let (a, b, c) = (&peers[0], &peers[1], &peers[2]);
+    let (ab, cc) = (a.clone(), c.clone());
+    let bb = b.clone();
+    let (bytes0, _) = ae(peers);
+    let failed0: u64 = peers.iter().map(|p| p.stats().ae_failed).sum();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut regs = Vec::with_capacity(1024);
+        for i in 0..half {
+            let w = ab.replica().put(key("d", i), value(i), None, now).map_err(|e| anyhow!("{e}"))?;
+            regs.push((w.key, w.register));
+            if regs.len() == 1024 {
+                bb.replica().store().merge(std::mem::take(&mut regs), now);
+            }
+            cc.replica().put(key("e", i), value(i), None, now).map_err(|e| anyhow!("{e}"))?;
+        }
+        bb.replica().store().merge(regs, now);
+        Ok(())
+    })
+    .await??;
+    let t = Instant::now();
+    let took = wait_until("heal", || roots_equal(peers) && a.replica().store().root().1 as usize >= 2 * half).await?;
+    let (bytes1, _) = ae(peers);
+    let failed = peers.iter().map(|p| p.stats().ae_failed).sum::<u64>() - failed0;
+    let divergent = (3 * half * (KEY_LEN + VALUE_LEN)) as f64;
+    let _ = t;
+    rep.push(
+        Row::new(4, format!("heal: {} divergent keys to equal digests", 2 * half), "ms", took.as_secs_f64() * 1e3)
+            .at_most(1000.0, "<= 1,000 ms")
+            .note(
+                "from the end of writing the split; AE every 200 ms +-20% (for_test), so includes waiting for rounds",
+            ),
+    );
+    let ae_bytes = (bytes1 - bytes0) as f64;
+    rep.push(Row::new(4, "heal: AE bytes / divergent data", "x", ae_bytes / divergent).at_most(1.2, "<= 1.2x").note(
+        format!(
+            "{} AE bytes sent (all peers) vs {} B = (k+v) x {} missing (peer, key) pairs; {failed} failed AE \
+                 sessions (bytes counted only for sessions that complete)",
+            fmt_num(ae_bytes),
+            fmt_num(divergent),
+            3 * half
+        ),
+    ));
+    Ok(())
+}
+
+/// 6 and 5: memory per entry on a lone peer, then a new peer bootstraps
+/// from it.
+async fn row_memory_bootstrap(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Report, rows: &[u8]) -> Result<()> {
+    let n = z.bootstrap;
+    let a = start_peer(ca, "ma", &[]).await?;
+    let res = async {
+        let rss0 = rss_bytes();
+        let aa = a.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for i in 0..n {
+                aa.put(key("key", i), value(i))?;
+            }
+            Ok(())
+        })
+        .await??;
+        let rss1 = rss_bytes();
+        if rows.contains(&6) {
+            let per = (rss1.saturating_sub(rss0)) as f64 / n as f64;
+            let redis = redis_memory(args.redis, n).await;
+            let mut row = Row::new(6, "memory overhead per entry (beyond k+v)", "B", per - (KEY_LEN + VALUE_LEN) as f64)
+                .at_most(64.0, "<= 64 B");
+            row = match redis {
+                Ok(r) => row.redis(r - (KEY_LEN + VALUE_LEN) as f64).note(format!(
+                    "{n} entries of {KEY_LEN}+{VALUE_LEN} B; VmRSS delta {:.1} B/entry; redis: used_memory delta {:.1} B/key",
+                    per, r
+                )),
+                Err(e) => row.note(format!("VmRSS delta {per:.1} B/entry; redis baseline failed: {e}")),
+            };
+            rep.push(row);
+        }
+        if rows.contains(&5) {
+            let t = Instant::now();
+            let b = start_peer(ca, "mb", &[a.local_addr()]).await?;
+            let r = async {
+                wait_until("bootstrap ready", || b.is_ready()).await?;
+                let ready = t.elapsed();
+                wait_until("bootstrap", || b.replica().store().root() == a.replica().store().root()).await?;
+                anyhow::Ok((ready, t.elapsed()))
+            }
+            .await;
+            let errors = a.stats().protocol_errors + b.stats().protocol_errors;
+            let failed = a.stats().ae_failed + b.stats().ae_failed;
+            b.shutdown().await;
+            let (ready, total) = r?;
+            rep.push(
+                Row::new(5, format!("bootstrap of {n} entries"), "ms", total.as_secs_f64() * 1e3)
+                    .at_most(5000.0 * n as f64 / 1e6, &format!("<= {:.0} ms", 5000.0 * n as f64 / 1e6))
+                    .note(format!(
+                        "from starting the new peer until its digest equals the seed's; ready (writes accepted) after \
+                         {:.0} ms; {errors} connections closed for protocol errors, {failed} failed AE sessions",
+                        ready.as_secs_f64() * 1e3
+                    )),
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    a.shutdown().await;
+    res
+}
+
+/// Redis's `used_memory` per key for `n` keys like ours, loaded pipelined.
+async fn redis_memory(addr: SocketAddr, n: usize) -> Result<f64> {
+    tokio::task::spawn_blocking(move || {
+        let mut c = Client::connect(addr)?;
+        c.cmd(&[b"FLUSHALL"])?;
+        let used0: f64 = c.info_field("memory", "used_memory")?.trim().parse()?;
+        let mut i = 0;
+        while i < n {
+            let end = (i + 1000).min(n);
+            for j in i..end {
+                let (k, v) = (key("key", j), value(j));
+                c.encode(&[b"SET", &k, &v]);
+            }
+            c.flush()?;
+            for _ in i..end {
+                if let Reply::Error(e) = c.read()? {
+                    bail!("SET: {e}");
+                }
+            }
+            i = end;
+        }
+        let used1: f64 = c.info_field("memory", "used_memory")?.trim().parse()?;
+        c.cmd(&[b"FLUSHALL"])?;
+        Ok((used1 - used0) / n as f64)
+    })
+    .await?
+}
+
+/// 7. Local get and put through the embedded API.
+async fn row_local(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
+    let p = start_peer(ca, "local", &[]).await?;
+    let keys: Arc<Vec<Bytes>> = Arc::new((0..z.local_keys).map(|i| key("key", i)).collect());
+    for (i, k) in keys.iter().enumerate() {
+        p.put(k.clone(), value(i))?;
+    }
+    let secs = z.local_secs;
+    let pp = p.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<Vec<(String, f64, usize)>> {
+        let mut out = Vec::new();
+        for op in ["get", "put"] {
+            for threads in [1usize, 2] {
+                let mut runs = Vec::new();
+                for _ in 0..3 {
+                    let total: u64 = std::thread::scope(|s| {
+                        let hs: Vec<_> = (0..threads)
+                            .map(|t| {
+                                let (p, keys) = (&pp, &keys);
+                                s.spawn(move || {
+                                    let v = Bytes::from(vec![b'x'; VALUE_LEN]);
+                                    let start = Instant::now();
+                                    let mut ops = 0u64;
+                                    let mut i = t * 7919;
+                                    while start.elapsed().as_secs_f64() < secs {
+                                        for _ in 0..1024 {
+                                            let k = &keys[i % keys.len()];
+                                            if op == "get" {
+                                                std::hint::black_box(p.get(k));
+                                            } else {
+                                                let _ = std::hint::black_box(p.put(k.clone(), v.clone()));
+                                            }
+                                            i += 1;
+                                        }
+                                        ops += 1024;
+                                    }
+                                    ops as f64 / start.elapsed().as_secs_f64()
+                                })
+                            })
+                            .collect();
+                        hs.into_iter().map(|h| h.join().unwrap_or(0.0) as u64).sum()
+                    });
+                    runs.push(total as f64);
+                }
+                out.push((op.to_string(), median(runs), threads));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    p.shutdown().await;
+    for (op, rate, threads) in res? {
+        let per = rate / threads as f64;
+        let mut row = Row::new(7, format!("local {op}, {threads} thread(s), per thread"), "ops/s", per).note(format!(
+            "total {} ops/s; {} keys; median of 3",
+            fmt_num(rate),
+            z.local_keys
+        ));
+        if op == "get" {
+            row = row.at_least(10_000_000.0, ">= 10M/s per thread");
+        }
+        rep.push(row);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Output.
+
+/// `latest` for a full run (committed), `quick` for a --quick run (ignored
+/// by git), so that a harness check never overwrites the real figures.
+fn stem(args: &Args) -> &'static str {
+    if args.quick {
+        "quick"
+    } else {
+        "latest"
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn json_num(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{v:.3}"),
+        _ => "null".into(),
+    }
+}
+
+fn machine() -> (usize, String) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    (cpus, model)
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn write_json(args: &Args, rep: &Report, secs: f64) -> Result<()> {
+    let (cpus, model) = machine();
+    let mut j = String::from("{\n");
+    let _ = writeln!(j, "  \"mode\": {},", json_str(if args.quick { "quick" } else { "full" }));
+    let _ = writeln!(j, "  \"command\": {},", json_str(&args.command));
+    let _ = writeln!(j, "  \"unix_time\": {},", meshcache::node::now_ms() / 1000);
+    let _ = writeln!(j, "  \"git\": {},", json_str(&command_output("git", &["rev-parse", "--short", "HEAD"])));
+    let _ = writeln!(j, "  \"cpus\": {cpus},");
+    let _ = writeln!(j, "  \"cpu_model\": {},", json_str(&model));
+    let _ = writeln!(j, "  \"redis_version\": {},", json_str(&command_output("redis-server", &["--version"])));
+    let _ = writeln!(j, "  \"runtime_s\": {secs:.1},");
+    let _ = writeln!(j, "  \"loadavg_start\": {},", json_str(&rep.load_start));
+    let _ = writeln!(j, "  \"loadavg_end\": {},", json_str(&loadavg()));
+    let errs: Vec<String> = rep.errors.iter().map(|e| json_str(e)).collect();
+    let _ = writeln!(j, "  \"errors\": [{}],", errs.join(", "));
+    j.push_str("  \"rows\": [\n");
+    for (i, r) in rep.rows.iter().enumerate() {
+        let _ = write!(
+            j,
+            "    {{\"group\": {}, \"name\": {}, \"unit\": {}, \"meshcache\": {}, \"redis\": {}, \"ratio\": {}, \
+             \"target\": {}, \"score\": {}, \"verdict\": {}, \"note\": {}}}",
+            r.group,
+            json_str(&r.name),
+            json_str(&r.unit),
+            json_num(Some(r.mesh)),
+            json_num(r.redis),
+            json_num(r.ratio),
+            json_str(&r.target),
+            json_num(r.score),
+            json_str(r.verdict()),
+            json_str(&r.note)
+        );
+        j.push_str(if i + 1 < rep.rows.len() { ",\n" } else { "\n" });
+    }
+    j.push_str("  ]\n}\n");
+    std::fs::write(args.out.join(format!("{}.json", stem(args))), j)?;
+    Ok(())
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A bar per row with a target: measured as a fraction of the target
+/// (log scale, 1.0 = target met).
+fn write_svg(args: &Args, rep: &Report) -> Result<()> {
+    let rows: Vec<&Row> = rep.rows.iter().filter(|r| r.score.is_some()).collect();
+    let (w, label_w, bar_w, h_row, top) = (960.0, 360.0, 520.0, 22.0, 60.0);
+    let h = top + h_row * rows.len() as f64 + 50.0;
+    // log10 scale from 0.01x to 10x of target.
+    let x = |s: f64| label_w + bar_w * ((s.clamp(0.01, 10.0).log10() + 2.0) / 3.0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"##
+    );
+    let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="white"/>"##);
+    let (cpus, model) = machine();
+    let _ = writeln!(
+        s,
+        r##"<text x="10" y="20" font-size="15" font-weight="bold">meshcache vs DESIGN.md targets ({} run)</text>"##,
+        if args.quick { "quick" } else { "full" }
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="10" y="38" fill="#555">measured / target, log scale; right of the line meets the target. {cpus} CPUs, {}</text>"##,
+        xml(&model)
+    );
+    for tick in [0.01, 0.1, 1.0, 10.0] {
+        let tx = x(tick);
+        let color = if tick == 1.0 { "#000" } else { "#ccc" };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{tx:.1}" y1="{:.1}" x2="{tx:.1}" y2="{:.1}" stroke="{color}"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle" fill="#555">{tick}x</text>"##,
+            top - 8.0,
+            h - 40.0,
+            h - 25.0
+        );
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let y = top + h_row * i as f64;
+        let sc = r.score.unwrap_or(0.0);
+        let color = if sc >= 1.0 { "#3a8f3a" } else { "#c0392b" };
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end">[{}] {}</text>"##,
+            label_w - 8.0,
+            y + 14.0,
+            r.group,
+            xml(&r.name)
+        );
+        let _ = writeln!(
+            s,
+            r##"<rect x="{label_w}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"/>"##,
+            y + 3.0,
+            (x(sc) - label_w).max(1.0),
+            h_row - 6.0
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="#333">{:.2}x ({} {})</text>"##,
+            x(sc).min(label_w + bar_w) + 4.0,
+            y + 14.0,
+            sc,
+            xml(&fmt_num(r.mesh)),
+            xml(&r.unit)
+        );
+    }
+    s.push_str("</svg>\n");
+    std::fs::write(args.out.join(format!("{}.svg", stem(args))), s)?;
+    Ok(())
+}
+
+fn print_table(rep: &Report) {
+    println!();
+    println!(
+        "| # | measurement | meshcache | redis | ratio | target | verdict | note |\n|---|---|---|---|---|---|---|---|"
+    );
+    for r in &rep.rows {
+        println!(
+            "| {} | {} | {} {} | {} | {} | {} | {} | {} |",
+            r.group,
+            r.name,
+            fmt_num(r.mesh),
+            r.unit,
+            r.redis.map(fmt_num).unwrap_or_default(),
+            r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_default(),
+            r.target,
+            r.verdict(),
+            r.note
+        );
+    }
+    for e in &rep.errors {
+        println!("\n{e}");
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.command.is_empty() {
+        args.command = std::env::args().collect::<Vec<_>>().join(" ");
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let z = Sizes::new(args.quick);
+    let rows: Vec<u8> = if args.only.is_empty() { (1..=7).collect() } else { args.only.clone() };
+    let (cpus, model) = machine();
+    eprintln!(
+        "meshbench ({} mode{}): {cpus} CPUs, {model}",
+        if args.quick { "quick" } else { "full" },
+        if cfg!(debug_assertions) { ", DEBUG build" } else { "" }
+    );
+    let ca = EphemeralCa::new().map_err(|e| anyhow!("in-memory CA: {e}"))?;
+    let mut rep = Report { rows: Vec::new(), errors: Vec::new(), load_start: loadavg() };
+    let start = Instant::now();
+    // Memory first, while this process is fresh, then bootstrap from the
+    // same peer.
+    if rows.contains(&5) || rows.contains(&6) {
+        eprintln!("rows 6 and 5: memory per entry, bootstrap ({} entries)", z.bootstrap);
+        if let Err(e) = row_memory_bootstrap(&args, &z, &ca, &mut rep, &rows).await {
+            rep.errors.push(format!("rows 5/6 failed: {e:#}"));
+        }
+    }
+    type Step = for<'a> fn(
+        &'a Args,
+        &'a Sizes,
+        &'a EphemeralCa,
+        &'a mut Report,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
+    let steps: [(u8, &str, Step); 5] = [
+        (7, "local get and put", |_, z, ca, r| Box::pin(row_local(z, ca, r))),
+        (3, "replicated updates", |_, z, ca, r| Box::pin(row_replicated(z, ca, r))),
+        (4, "convergence after a heal", |_, z, ca, r| Box::pin(row_heal(z, ca, r))),
+        (1, "RESP throughput", |a, z, ca, r| Box::pin(row_throughput(a, z, ca, r))),
+        (2, "read-after-write lag", |a, z, ca, r| Box::pin(row_lag(a, z, ca, r))),
+    ];
+    for (n, what, f) in steps {
+        if !rows.contains(&n) {
+            continue;
+        }
+        eprintln!("row {n}: {what}");
+        if let Err(e) = f(&args, &z, &ca, &mut rep).await {
+            eprintln!("  row {n} FAILED: {e:#}");
+            rep.errors.push(format!("row {n} ({what}) failed: {e:#}"));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    print_table(&rep);
+    write_json(&args, &rep, secs)?;
+    write_svg(&args, &rep)?;
+    println!("\nload average at start {}, at end {}", rep.load_start, loadavg());
+    println!("\nwrote {0}/{1}.json and {0}/{1}.svg ({secs:.0} s)", args.out.display(), stem(&args));
+    if rep.errors.iter().any(|e| e.contains("failed")) {
+        bail!("{} row group(s) failed", rep.errors.iter().filter(|e| e.contains("failed")).count());
+    }
+    Ok(())
+}
