@@ -32,6 +32,8 @@ use crate::{Mesh, MeshError};
 pub enum OpKind {
     /// A write of this value.
     Put(Bytes),
+    /// A write of this value that expires at this Unix millisecond.
+    PutTtl(Bytes, u64),
     /// A delete.
     Delete,
     /// A read that returned this (stamp and value of the register read).
@@ -134,6 +136,29 @@ impl History {
         Ok(())
     }
 
+    /// Writes with a time to live through `peer`, and records the write
+    /// with its stamp and expiry. Once expired, the key must read as absent
+    /// everywhere, as if deleted.
+    pub fn put_with_ttl(
+        &self,
+        peer: &Mesh,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<(), MeshError> {
+        let (key, value) = (key.into(), value.into());
+        let v = value.clone();
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let w = peer.write_with(key.clone(), move |_, stamp| {
+            Some(Slot::Value { data: v, expires_at_ms: Some(stamp.physical_ms() + ttl_ms) })
+        })?;
+        if let Some(w) = w.filter(|w| w.applied) {
+            let exp = w.register.val.expires_at_ms().unwrap_or(0);
+            self.record(peer, key, OpKind::PutTtl(value, exp), Some(w.register.marker));
+        }
+        Ok(())
+    }
+
     /// Deletes through `peer` and records the delete with its stamp.
     pub fn delete(&self, peer: &Mesh, key: impl Into<Bytes>) -> Result<(), MeshError> {
         let key = key.into();
@@ -178,19 +203,23 @@ impl History {
     /// Checks the invariants against `peers`, which must be the live peers
     /// after healing and convergence:
     ///
-    /// - I1: equal digests (or, while tombstones are being collected, equal
-    ///   registers but for tombstones), and equal reads of every key, on
-    ///   every peer;
+    /// - I1: equal digests (or, while tombstones and expired values are
+    ///   being collected, equal registers but for those), and equal reads
+    ///   of every key, on every peer;
     /// - I2: each key's register carries the highest stamp written to it
     ///   (unless that stamp is below the final `clear_below`, when nothing
     ///   may be held);
-    /// - I3: a key whose newest write is a delete reads as absent everywhere;
+    /// - I3: a key whose newest write is a delete (or an expired write)
+    ///   reads as absent everywhere;
     /// - I4: every read returns the winning write's value;
     /// - READ: during the run, no peer returned a value older than one it had
     ///   returned before for the same key.
     pub fn check(&self, peers: &[Mesh]) -> Report {
         let ops = self.ops();
         let mut report = Report::default();
+        let now = crate::node::now_ms();
+        // key -> (stamp, value it reads as now: None for a delete or an
+        // expired write)
         let mut newest: BTreeMap<Bytes, (Stamp, Option<Bytes>)> = BTreeMap::new();
         let mut last_read: BTreeMap<(String, Bytes), Stamp> = BTreeMap::new();
         for op in &ops {
@@ -201,6 +230,15 @@ impl History {
                     let e = newest.entry(op.key.clone()).or_insert((st, Some(v.clone())));
                     if st > e.0 {
                         *e = (st, Some(v.clone()));
+                    }
+                }
+                OpKind::PutTtl(v, exp) => {
+                    report.writes += 1;
+                    let st = op.stamp.expect("writes carry stamps");
+                    let live = (now <= *exp).then(|| v.clone());
+                    let e = newest.entry(op.key.clone()).or_insert((st, live.clone()));
+                    if st > e.0 {
+                        *e = (st, live);
                     }
                 }
                 OpKind::Delete => {
@@ -240,12 +278,15 @@ impl History {
         }
         let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
         if roots.iter().any(|r| *r != roots[0]) {
-            // Each peer collects a tombstone at its own moment, so digests
-            // may differ by tombstones alone for a while after convergence;
-            // the registers that can be read must not.
+            // Each peer collects a tombstone (or an expired value) at its
+            // own moment, so digests may differ by those alone for a while
+            // after convergence; the registers that can be read must not.
             let live = |p: &Mesh| -> Vec<(Bytes, Stamp)> {
                 let (_, all) = p.replica().store().snapshot();
-                all.into_iter().filter(|(_, r)| !r.val.is_tombstone()).map(|(k, r)| (k, r.marker)).collect()
+                all.into_iter()
+                    .filter(|(_, r)| !r.val.is_tombstone() && !r.val.is_expired(now))
+                    .map(|(k, r)| (k, r.marker))
+                    .collect()
             };
             let first = live(&peers[0]);
             if peers[1..].iter().any(|p| live(p) != first) {
@@ -256,7 +297,6 @@ impl History {
             }
         }
         let clear_below = peers.iter().map(|p| p.replica().store().floors().clear_below).max().unwrap_or_default();
-        let now = crate::node::now_ms();
         for (key, (stamp, value)) in &newest {
             let flushed = *stamp < clear_below;
             if value.is_none() || flushed {

@@ -161,7 +161,13 @@ fn compactions(net: &Net) -> u64 {
 
 #[test]
 fn long_partition_no_resurrection() {
-    let layout = Layout { seed: 7, peers: 3, budgets: vec![SMALL_BUDGET; 3], duration: Duration::from_secs(6 * 3600) };
+    let layout = Layout {
+        seed: 7,
+        peers: 3,
+        budgets: vec![SMALL_BUDGET; 3],
+        duration: Duration::from_secs(6 * 3600),
+        loss: 0.0,
+    };
     let out = Arc::new(Mutex::new(String::new()));
     let real = Instant::now();
     let out2 = out.clone();
@@ -249,6 +255,9 @@ enum Step {
     Hold(usize, usize),
     Heal,
     Put(usize, usize),
+    /// A write with a TTL of this many (real) milliseconds: the HLC and
+    /// TTLs run on the real clock, so it has expired by the final check.
+    PutTtl(usize, usize, u64),
     Delete(usize, usize),
     /// Concurrent writes to one key from several peers.
     Race(usize, Vec<usize>),
@@ -296,7 +305,8 @@ fn plan(seed: u64) -> Plan {
                 Step::Hold(a, b)
             }
             16..=21 => Step::Heal,
-            22..=43 => Step::Put(pick(&mut rng), rng.random_range(0..KEYS)),
+            22..=37 => Step::Put(pick(&mut rng), rng.random_range(0..KEYS)),
+            38..=43 => Step::PutTtl(pick(&mut rng), rng.random_range(0..KEYS), rng.random_range(1..20)),
             44..=61 => Step::Delete(pick(&mut rng), rng.random_range(0..KEYS)),
             62..=66 => {
                 let mut who: Vec<usize> = up.iter().copied().filter(|_| rng.random_bool(0.7)).collect();
@@ -341,7 +351,9 @@ fn plan(seed: u64) -> Plan {
     // there.
     let slept: Duration = steps.iter().map(|s| if let Step::Sleep(d) = s { *d } else { Duration::ZERO }).sum();
     let duration = slept + CONVERGE + Duration::from_secs(3600);
-    let layout = Layout { seed, peers: n, budgets, duration };
+    // Half the schedules lose datagrams in bursts on every link.
+    let loss = if rng.random_bool(0.5) { rng.random_range(0.005..0.05) } else { 0.0 };
+    let layout = Layout { seed, peers: n, budgets, duration, loss };
     Plan { layout, steps }
 }
 
@@ -363,6 +375,10 @@ fn covered(net: &Net, victim: &Mesh) -> bool {
     let others: Vec<Mesh> = net.live().into_iter().filter(|m| m.id().name != victim.id().name).collect();
     (0..KEYS).all(|k| {
         let Some(r) = victim.replica().store().register(key(k).as_bytes()) else { return true };
+        // An expired value reads as absent wherever it is, or is not.
+        if r.val.is_expired(meshcache::node::now_ms()) {
+            return true;
+        }
         others.iter().any(|o| {
             o.replica().store().floors().clear_below > r.marker
                 || o.replica().store().register(key(k).as_bytes()).is_some_and(|x| x.marker >= r.marker)
@@ -414,6 +430,12 @@ async fn execute(net: Net, steps: Vec<Step>, trace: bool) -> Result<RunStats, St
             Step::Put(p, k) => {
                 if let Some(m) = net.mesh(name(*p)) {
                     ignore(h.put(&m, key(*k), format!("v{seq}-{}", name(*p))))?;
+                }
+            }
+            Step::PutTtl(p, k, ttl) => {
+                if let Some(m) = net.mesh(name(*p)) {
+                    let v = format!("t{seq}-{}", name(*p));
+                    ignore(h.put_with_ttl(&m, key(*k), v, Duration::from_millis(*ttl)))?;
                 }
             }
             Step::Delete(p, k) => {

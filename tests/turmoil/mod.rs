@@ -126,6 +126,10 @@ pub struct Layout {
     pub budgets: Vec<usize>,
     /// Virtual time the simulation may run at most.
     pub duration: Duration,
+    /// Probability that a link starts dropping datagrams (turmoil's
+    /// `fail_rate`; each broken link repairs with probability 1/2 per
+    /// datagram, so losses come in short bursts). 0 for none.
+    pub loss: f64,
 }
 
 /// The driver's view: the live peers' handles, and crash/restart requests.
@@ -191,6 +195,9 @@ where
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(10))
         .udp_capacity(8192);
+    if layout.loss > 0.0 {
+        b.fail_rate(layout.loss).repair_rate(0.5);
+    }
     let mut sim = b.build();
     let names: Vec<String> = (0..layout.peers).map(|i| format!("p{i}")).collect();
     let net = Net {
