@@ -80,44 +80,12 @@ async fn start_peers(ca: &EphemeralCa, faults: &Faults) -> Result<Vec<Mesh>, Str
     Ok(peers)
 }
 
-/// Waits until every peer's digest is equal and has stayed unchanged for a
-/// while, with no tombstone left anywhere (or unchanged for longer), or
-/// until `deadline`. Returns whether it settled. Needed before
-/// `History::check`: after convergence each peer collects its tombstones
-/// at its own moment, which changes its digest for a short while.
 async fn settle(peers: &[Mesh], deadline: Duration) -> bool {
-    let end = Instant::now() + deadline;
-    let mut last = None;
-    let mut since = Instant::now();
-    loop {
-        let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
-        let equal = roots.iter().all(|r| *r == roots[0]);
-        if equal && last == Some(roots[0]) {
-            let clean = peers.iter().all(|p| p.stats().store.tombstones == 0);
-            let quiet = since.elapsed();
-            if (clean && quiet >= Duration::from_millis(500)) || quiet >= Duration::from_secs(3) {
-                return true;
-            }
-        } else {
-            last = equal.then_some(roots[0]);
-            since = Instant::now();
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    History::wait_settled(peers, deadline).await
 }
 
-/// Keys whose register (stamp) is not the same on every peer.
 fn divergent(peers: &[Mesh], keys: &[Bytes]) -> usize {
-    keys.iter()
-        .filter(|k| {
-            let mut it = peers.iter().map(|p| p.replica().store().register(k).map(|r| r.marker));
-            let first = it.next().flatten();
-            it.any(|m| m != first)
-        })
-        .count()
+    History::divergent(peers, keys)
 }
 
 /// Samples divergent keys every 25 ms until `stop`.

@@ -200,6 +200,48 @@ impl History {
         }
     }
 
+    /// Waits until every peer's digest is equal and has stayed unchanged
+    /// for a while, with no tombstone left anywhere (or unchanged for
+    /// longer), or until `deadline`. Returns whether it settled. After
+    /// convergence each peer collects its tombstones at its own moment,
+    /// which moves its digest for a short while; call this before
+    /// [`History::check`] for a stable picture.
+    pub async fn wait_settled(peers: &[Mesh], deadline: Duration) -> bool {
+        let end = Instant::now() + deadline;
+        let mut last = None;
+        let mut since = Instant::now();
+        loop {
+            let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
+            let equal = roots.iter().all(|r| *r == roots[0]);
+            if equal && last == Some(roots[0]) {
+                let clean = peers.iter().all(|p| p.stats().store.tombstones == 0);
+                let quiet = since.elapsed();
+                if (clean && quiet >= Duration::from_millis(500)) || quiet >= Duration::from_secs(3) {
+                    return true;
+                }
+            } else {
+                last = equal.then_some(roots[0]);
+                since = Instant::now();
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// How many of `keys` have a register (stamp) that differs between
+    /// peers: a convergence timeline samples it.
+    pub fn divergent(peers: &[Mesh], keys: &[Bytes]) -> usize {
+        keys.iter()
+            .filter(|k| {
+                let mut it = peers.iter().map(|p| p.replica().store().register(k).map(|r| r.marker));
+                let first = it.next().flatten();
+                it.any(|m| m != first)
+            })
+            .count()
+    }
+
     /// Checks the invariants against `peers`, which must be the live peers
     /// after healing and convergence:
     ///

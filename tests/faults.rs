@@ -50,32 +50,9 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 async fn converge_and_check(h: &History, peers: &[Mesh], faults: &Faults) {
     let took = h.wait_converged(peers, DEADLINE).await;
     assert!(took.is_some(), "no convergence within {DEADLINE:?} (fault seed {})", faults.seed());
-    assert!(settle(peers).await, "digests did not settle after converging");
+    assert!(History::wait_settled(peers, DEADLINE).await, "digests did not settle after converging");
     let report = h.check(peers);
     assert!(report.violations.is_empty(), "{report}");
-}
-
-/// Waits until the digests are equal and unchanged for a while with no
-/// tombstone left (or unchanged for longer): after convergence each peer
-/// collects its tombstones at its own moment, which changes its digest
-/// until all have.
-async fn settle(peers: &[Mesh]) -> bool {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    let (mut last, mut since) = (None, tokio::time::Instant::now());
-    while tokio::time::Instant::now() < end {
-        let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
-        let equal = roots.iter().all(|r| *r == roots[0]);
-        if equal && last == Some(roots[0]) {
-            let clean = peers.iter().all(|p| p.stats().store.tombstones == 0);
-            if (clean && since.elapsed() >= Duration::from_millis(500)) || since.elapsed() >= Duration::from_secs(3) {
-                return true;
-            }
-        } else {
-            (last, since) = (equal.then_some(roots[0]), tokio::time::Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }
 
 async fn shutdown(peers: &[Mesh]) {
