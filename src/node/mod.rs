@@ -141,6 +141,8 @@ struct Counters {
     ae_failed: AtomicU64,
     ae_bytes_sent: AtomicU64,
     ae_bytes_received: AtomicU64,
+    ae_entries_sent: AtomicU64,
+    ae_entries_received: AtomicU64,
     refused_peers: AtomicU64,
     protocol_errors: AtomicU64,
 }
@@ -174,6 +176,11 @@ pub struct MeshStats {
     pub ae_bytes_sent: u64,
     /// Bytes received in anti-entropy sessions.
     pub ae_bytes_received: u64,
+    /// Registers sent in anti-entropy sessions (a register another peer
+    /// also sent is repair done twice).
+    pub ae_entries_sent: u64,
+    /// Registers received in anti-entropy sessions.
+    pub ae_entries_received: u64,
     /// Peers refused at the hello (version, skew, superseded, name).
     pub refused_peers: u64,
     /// Connections closed because a peer broke the protocol.
@@ -584,6 +591,8 @@ impl Mesh {
             ae_failed: l(&c.ae_failed),
             ae_bytes_sent: l(&c.ae_bytes_sent),
             ae_bytes_received: l(&c.ae_bytes_received),
+            ae_entries_sent: l(&c.ae_entries_sent),
+            ae_entries_received: l(&c.ae_entries_received),
             refused_peers: l(&c.refused_peers),
             protocol_errors: l(&c.protocol_errors),
             clock_refused: self.inner.replica.store().clock().refused(),

@@ -438,6 +438,8 @@ fn finish_session(
         Ok(res) => {
             c.ae_bytes_sent.fetch_add(res.stats.bytes_sent, Ordering::Relaxed);
             c.ae_bytes_received.fetch_add(res.stats.bytes_received, Ordering::Relaxed);
+            c.ae_entries_sent.fetch_add(res.stats.entries_sent, Ordering::Relaxed);
+            c.ae_entries_received.fetch_add(res.stats.entries_received, Ordering::Relaxed);
             metrics::counter!("meshcache_ae_bytes_sent_total").increment(res.stats.bytes_sent);
             if res.complete {
                 c.ae_rounds.fetch_add(1, Ordering::Relaxed);

@@ -135,7 +135,7 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         "# Meshcache\r\nname:{}\r\nnode:{}\r\nincarnation_started_ms:{}\r\nbooted:{}\r\nmembers:{}\r\nconnected:{}\r\n\
          entries:{}\r\nvalues:{}\r\ntombstones:{}\r\nstubs:{}\r\nbytes:{}\r\ndeltas_sent:{}\r\ndeltas_received:{}\r\n\
          push_batches_sent:{}\r\npush_bytes_sent:{}\r\nqueue_overflows:{}\r\nae_rounds:{}\r\nae_failed:{}\r\n\
-         ae_bytes_sent:{}\r\nae_bytes_received:{}\r\nrefused_peers:{}\r\npeer_protocol_errors:{}\r\n\
+         ae_bytes_sent:{}\r\nae_bytes_received:{}\r\nae_entries_sent:{}\r\nae_entries_received:{}\r\nrefused_peers:{}\r\npeer_protocol_errors:{}\r\n\
          clock_refused:{}\r\ncollected_tombstones:{}\r\ncompactions:{}\r\nclear_below:{}\r\ngc_floor:{}\r",
         id.name,
         id.incarnation.node,
@@ -157,6 +157,8 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         st.ae_failed,
         st.ae_bytes_sent,
         st.ae_bytes_received,
+        st.ae_entries_sent,
+        st.ae_entries_received,
         st.refused_peers,
         st.protocol_errors,
         st.clock_refused,
