@@ -2,9 +2,12 @@
 //!
 //! Run through `scripts/bench.sh`, which starts the redis-server baselines
 //! on fixed loopback ports, passes them here, and stops them at the end.
-//! Every meshcache peer runs in this process (QUIC + mutual TLS on
-//! 127.0.0.1); RESP rows serve peers through `meshcache::resp::serve` on
-//! fixed ports and drive them with `redis-benchmark` and a tiny RESP client.
+//! meshcache peers run in this process (QUIC + mutual TLS on 127.0.0.1),
+//! except in row 3's second half, where each of three peers is a child
+//! meshbench process (`--child-peer`) driven over its stdin and stdout.
+//! RESP rows serve peers through `meshcache::resp::serve` on fixed ports and
+//! drive them with `redis-benchmark` and a tiny RESP client. The heal row
+//! partitions its peers with fault-injecting sockets.
 //!
 //! Nothing here asserts a timing: figures are printed, written to
 //! `<out>/latest.json` and charted in `<out>/latest.svg`. The exit status is
@@ -61,6 +64,16 @@ struct Args {
     /// The exact command line, recorded in the report.
     #[arg(long, default_value = "")]
     command: String,
+    /// Internal: run as one peer of row 3's three-process mesh, named so,
+    /// answering the parent's commands on stdin.
+    #[arg(long, hide = true, requires = "child_certs")]
+    child_peer: Option<String>,
+    /// Internal: the certificate directory of --child-peer.
+    #[arg(long, hide = true)]
+    child_certs: Option<PathBuf>,
+    /// Internal: the seed of --child-peer.
+    #[arg(long, hide = true)]
+    child_seed: Option<SocketAddr>,
 }
 
 /// Sizes of one run.
@@ -684,12 +697,18 @@ async fn write_range(p: Mesh, prefix: &'static str, start: usize, n: usize) -> R
     .await?
 }
 
-/// 3. Replicated updates/s and wire bytes per update.
+/// 3. Replicated updates/s and wire bytes per update: three peers in this
+/// process, then three peer processes.
 async fn row_replicated(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
     let mut failed = Vec::new();
     for (mode, run) in [("one writer", 0usize), ("3 writers", 1)] {
         if let Err(e) = replicated_mode(z, ca, rep, mode, run).await {
-            failed.push(format!("{mode}: {e:#}"));
+            failed.push(format!("{mode}, 1 process: {e:#}"));
+        }
+    }
+    for (mode, all) in [("one writer", false), ("3 writers", true)] {
+        if let Err(e) = replicated_processes(z, rep, mode, all).await {
+            failed.push(format!("{mode}, 3 processes: {e:#}"));
         }
     }
     if failed.is_empty() {
@@ -747,17 +766,262 @@ async fn replicated_mode(z: &Sizes, ca: &EphemeralCa, rep: &mut Report, mode: &s
             if overflows > 0 { format!("; {overflows} queue overflows (repaired by AE)") } else { String::new() }
         );
         rep.push(
-            Row::new(3, format!("replicated updates/s, {mode}"), "upd/s", median(rates))
+            Row::new(3, format!("replicated updates/s, {mode}, 1 process"), "upd/s", median(rates))
                 .at_least(500_000.0, ">= 500,000/s")
                 .note(note),
         );
         let bound = 1.2 * (KEY_LEN + VALUE_LEN + 16) as f64;
         rep.push(
-            Row::new(3, format!("push bytes per update, {mode}"), "B", median(wire))
+            Row::new(3, format!("push bytes per update, {mode}, 1 process"), "B", median(wire))
                 .at_most(bound, &format!("<= {bound:.0} B (1.2x (k+v+16))"))
                 .note(format!("push_bytes_sent / deltas_sent; key+value = {} B", KEY_LEN + VALUE_LEN)),
         );
     }
+    Ok(())
+}
+
+/// One peer of the three-process mesh: a child meshbench started with
+/// `--child-peer`, driven by one-line commands on its stdin.
+struct PeerProcess {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    addr: SocketAddr,
+}
+
+/// A peer process's answer to `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcState {
+    root: (u64, u64),
+    connected: usize,
+    push_bytes_sent: u64,
+    deltas_sent: u64,
+    queue_overflows: u64,
+}
+
+impl PeerProcess {
+    async fn spawn(name: &str, certs: &std::path::Path, seed: Option<SocketAddr>) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().context("finding meshbench's own executable")?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("--child-peer").arg(name).arg("--child-certs").arg(certs);
+        if let Some(s) = seed {
+            cmd.arg("--child-seed").arg(s.to_string());
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a peer process")?;
+        let stdin = child.stdin.take().context("peer process stdin")?;
+        let stdout = child.stdout.take().context("peer process stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("peer process did not start within 30 s")??
+            .context("peer process exited before starting")?;
+        let addr = first
+            .strip_prefix("addr ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow!("peer process said {first:?}, not its address"))?;
+        Ok(PeerProcess { child, stdin, lines, addr })
+    }
+
+    async fn send(&mut self, cmd: &str) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{cmd}\n").as_bytes()).await.context("writing to a peer process")?;
+        self.stdin.flush().await.context("writing to a peer process")
+    }
+
+    async fn recv(&mut self) -> Result<String> {
+        let line = tokio::time::timeout(DEADLINE, self.lines.next_line())
+            .await
+            .context("peer process did not answer")??
+            .context("peer process exited")?;
+        match line.strip_prefix("error ") {
+            Some(e) => bail!("peer process: {e}"),
+            None => Ok(line),
+        }
+    }
+
+    async fn state(&mut self) -> Result<ProcState> {
+        self.send("state").await?;
+        let line = self.recv().await?;
+        let v: Vec<u64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+        match v[..] {
+            [h, n, connected, push_bytes_sent, deltas_sent, queue_overflows] => Ok(ProcState {
+                root: (h, n),
+                connected: connected as usize,
+                push_bytes_sent,
+                deltas_sent,
+                queue_overflows,
+            }),
+            _ => bail!("peer process state {line:?}"),
+        }
+    }
+
+    async fn quit(mut self) {
+        if self.send("quit").await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        }
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The child side of [`PeerProcess`]: starts a peer with
+/// [`bench_config`], prints `addr <address>`, then answers, one line each:
+/// `state` (digest root, register count, connections, push bytes, deltas
+/// sent, queue overflows), `write START N` (puts keys `START..START+N` with
+/// prefix `u`; answers `done`), `quit`.
+async fn child_main(name: &str, certs: &std::path::Path, seed: Option<SocketAddr>) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let id = meshcache::transport::tls::load_identity(certs, name).map_err(|e| anyhow!("{e}"))?;
+    let p = Mesh::builder()
+        .config(bench_config(name))
+        .seeds(seed)
+        .tls(id)
+        .start()
+        .await
+        .map_err(|e| anyhow!("starting peer {name}: {e}"))?;
+    let mut out = tokio::io::stdout();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut answer = format!("addr {}", p.local_addr());
+    loop {
+        out.write_all(format!("{answer}\n").as_bytes()).await?;
+        out.flush().await?;
+        let Some(line) = lines.next_line().await? else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        answer = match words[..] {
+            ["state"] => {
+                let s = p.stats();
+                let (h, n) = p.replica().store().root();
+                format!("{h} {n} {} {} {} {}", s.connected, s.push_bytes_sent, s.deltas_sent, s.queue_overflows)
+            }
+            ["write", start, n] => match (start.parse(), n.parse()) {
+                (Ok(start), Ok(n)) => match write_range(p.clone(), "u", start, n).await {
+                    Ok(_) => "done".into(),
+                    Err(e) => format!("error {e:#}"),
+                },
+                _ => format!("error bad write command {line:?}"),
+            },
+            ["quit"] => break,
+            _ => format!("error unknown command {line:?}"),
+        };
+    }
+    p.shutdown().await;
+    Ok(())
+}
+
+/// Row 3 with each peer in its own process.
+async fn replicated_processes(z: &Sizes, rep: &mut Report, mode: &str, all: bool) -> Result<()> {
+    let certs = std::env::temp_dir().join(format!("meshbench-certs-{}", std::process::id()));
+    let names = ["pa", "pb", "pc"];
+    for n in names {
+        meshcache::transport::tls::dev_identity(&certs, n).map_err(|e| anyhow!("certificates for {n}: {e}"))?;
+    }
+    let res = replicated_processes_inner(z, rep, mode, all, &certs, &names).await;
+    let _ = std::fs::remove_dir_all(&certs);
+    res
+}
+
+async fn replicated_processes_inner(
+    z: &Sizes,
+    rep: &mut Report,
+    mode: &str,
+    all: bool,
+    certs: &std::path::Path,
+    names: &[&str; 3],
+) -> Result<()> {
+    let m = z.replicated;
+    let (mut rates, mut wire, mut overflows) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..z.repeats {
+        let mut procs = vec![PeerProcess::spawn(names[0], certs, None).await?];
+        let seed = procs[0].addr;
+        for n in &names[1..] {
+            procs.push(PeerProcess::spawn(n, certs, Some(seed)).await?);
+        }
+        let res = async {
+            let t = Instant::now();
+            loop {
+                let mut up = true;
+                for p in procs.iter_mut() {
+                    up &= p.state().await?.connected == 2;
+                }
+                if up {
+                    break;
+                }
+                if t.elapsed() > DEADLINE {
+                    bail!("peer processes did not connect within {} s", DEADLINE.as_secs());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut before = Vec::new();
+            for p in procs.iter_mut() {
+                before.push(p.state().await?);
+            }
+            let writers = if all { 3 } else { 1 };
+            let per = m / writers;
+            let total = (per * writers) as u64;
+            let t = Instant::now();
+            for (w, p) in procs.iter_mut().take(writers).enumerate() {
+                p.send(&format!("write {} {per}", w * per)).await?;
+            }
+            for p in procs.iter_mut().take(writers) {
+                p.recv().await?;
+            }
+            let after = loop {
+                let mut states = Vec::new();
+                for p in procs.iter_mut() {
+                    states.push(p.state().await?);
+                }
+                if states.iter().all(|s| s.root == states[0].root) && states[0].root.1 == total {
+                    break states;
+                }
+                if t.elapsed() > DEADLINE {
+                    let held: Vec<String> = states.iter().map(|s| s.root.1.to_string()).collect();
+                    bail!(
+                        "replicated writes: not done within {} s (registers held: {})",
+                        DEADLINE.as_secs(),
+                        held.join(", ")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            let took = t.elapsed();
+            let sum = |v: &[ProcState], f: fn(&ProcState) -> u64| -> u64 { v.iter().map(f).sum() };
+            let bytes = sum(&after, |s| s.push_bytes_sent) - sum(&before, |s| s.push_bytes_sent);
+            let deltas = sum(&after, |s| s.deltas_sent) - sum(&before, |s| s.deltas_sent);
+            let over = sum(&after, |s| s.queue_overflows) - sum(&before, |s| s.queue_overflows);
+            anyhow::Ok((total as f64 / took.as_secs_f64(), (deltas > 0).then(|| bytes as f64 / deltas as f64), over))
+        }
+        .await;
+        for p in procs {
+            p.quit().await;
+        }
+        let (rate, per_update, over) = res?;
+        rates.push(rate);
+        wire.extend(per_update);
+        overflows += over;
+    }
+    let note = format!(
+        "{m} puts of {KEY_LEN}+{VALUE_LEN} B, 3 peer processes, until equal digests (polled over pipes every \
+         ms); median of {}{}",
+        z.repeats,
+        if overflows > 0 { format!("; {overflows} queue overflows (repaired by AE)") } else { String::new() }
+    );
+    rep.push(
+        Row::new(3, format!("replicated updates/s, {mode}, 3 processes"), "upd/s", median(rates))
+            .at_least(500_000.0, ">= 500,000/s")
+            .note(note),
+    );
+    let bound = 1.2 * (KEY_LEN + VALUE_LEN + 16) as f64;
+    rep.push(
+        Row::new(3, format!("push bytes per update, {mode}, 3 processes"), "B", median(wire))
+            .at_most(bound, &format!("<= {bound:.0} B (1.2x (k+v+16))"))
+            .note(format!("push_bytes_sent / deltas_sent; key+value = {} B", KEY_LEN + VALUE_LEN)),
+    );
     Ok(())
 }
 
@@ -775,7 +1039,8 @@ async fn row_heal(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
         let seeds: Vec<SocketAddr> = peers.first().map(Mesh::local_addr).into_iter().collect();
         let socket = faults.socket(SocketAddr::from(([127, 0, 0, 1], 0))).context("binding a faulty socket")?;
         let id = ca.issue(name).map_err(|e| anyhow!("issuing {name}'s certificate: {e}"))?;
-        let started = Mesh::builder().config(MeshConfig::for_test(name)).seeds(seeds).socket(socket).tls(id).start().await;
+        let started =
+            Mesh::builder().config(MeshConfig::for_test(name)).seeds(seeds).socket(socket).tls(id).start().await;
         match started {
             Ok(p) => peers.push(p),
             Err(e) => {
@@ -818,7 +1083,8 @@ async fn heal_inner(z: &Sizes, faults: &Faults, peers: &[Mesh], rep: &mut Report
         a.stats().connected == 1 && b.stats().connected == 1 && c.stats().connected == 0
     })
     .await?;
-    let (wa, wc) = (tokio::spawn(write_range(a.clone(), "d", 0, half)), tokio::spawn(write_range(c.clone(), "e", 0, half)));
+    let (wa, wc) =
+        (tokio::spawn(write_range(a.clone(), "d", 0, half)), tokio::spawn(write_range(c.clone(), "e", 0, half)));
     wa.await??;
     wc.await??;
     let count = |p: &Mesh| p.replica().store().root().1 as usize;
@@ -842,10 +1108,9 @@ async fn heal_inner(z: &Sizes, faults: &Faults, peers: &[Mesh], rep: &mut Report
     let entries = delta(|s| s.ae_entries_sent);
     let failed = delta(|s| s.ae_failed);
     let setting = format!(
-        "{{a,b}}|{{c}} partitioned (fault-injecting sockets) for {:.1} s, {} datagrams dropped at the cut; AE every \
-         200 ms +-20% (for_test)",
-        cut_for.as_secs_f64(),
-        fmt_num(crossed as f64)
+        "a and b cut off from c (fault-injecting sockets) for {:.1} s, {crossed} datagrams dropped at the cut; AE \
+         every 200 ms +-20% (for_test)",
+        cut_for.as_secs_f64()
     );
     rep.push(
         Row::new(4, format!("heal: {} divergent keys, reconnect to equal digests", 2 * half), "ms", {
@@ -854,22 +1119,18 @@ async fn heal_inner(z: &Sizes, faults: &Faults, peers: &[Mesh], rep: &mut Report
         .at_most(1000.0, "<= 1,000 ms")
         .note(format!("{setting}; from the first link across the cut reopening; an AE round starts on every new link")),
     );
-    rep.push(
-        Row::new(4, "heal: partition lifted to equal digests", "ms", total.as_secs_f64() * 1e3).note(format!(
-            "includes {:.0} ms until a link across the cut reopened (redial backoff grows from 200 ms to 5 s, +-25%, \
+    rep.push(Row::new(4, "heal: partition lifted to equal digests", "ms", total.as_secs_f64() * 1e3).note(format!(
+        "includes {:.0} ms until a link across the cut reopened (redial backoff grows from 200 ms to 5 s, +-25%, \
              while the cut lasts)",
-            redial.as_secs_f64() * 1e3
-        )),
-    );
+        redial.as_secs_f64() * 1e3
+    )));
     rep.push(Row::new(4, "heal: AE bytes / divergent data", "x", ae_bytes / divergent).at_most(1.2, "<= 1.2x").note(
         format!(
             "{} AE bytes sent (all peers, complete sessions only) vs {} B = (k+v) x {pairs} missing (peer, key) \
-             pairs; {} registers sent by AE for {pairs} needed; {} push bytes after the heal; {failed} failed AE \
-             sessions",
+             pairs; {entries} registers sent by AE for {pairs} needed; {push_bytes} push bytes after the heal; \
+             {failed} failed AE sessions",
             fmt_num(ae_bytes),
             fmt_num(divergent),
-            fmt_num(entries as f64),
-            fmt_num(push_bytes as f64),
         ),
     ));
     Ok(())
@@ -1226,6 +1487,9 @@ fn print_table(rep: &Report) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
+    if let (Some(name), Some(certs)) = (&args.child_peer, &args.child_certs) {
+        return child_main(name, certs, args.child_seed).await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
