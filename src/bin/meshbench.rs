@@ -697,8 +697,8 @@ async fn write_range(p: Mesh, prefix: &'static str, start: usize, n: usize) -> R
     .await?
 }
 
-/// 3. Replicated updates/s and wire bytes per update: three peers in this
-/// process, then three peer processes.
+/// Row 3: replicated updates/s and wire bytes per update, with three peers
+/// in this process, then with three peer processes.
 async fn row_replicated(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
     let mut failed = Vec::new();
     for (mode, run) in [("one writer", 0usize), ("3 writers", 1)] {
