@@ -15,131 +15,28 @@
 //! Exits non-zero if the checker finds a violation or convergence misses its
 //! (generous) deadline.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
+use common::{Opts, DEADLINE};
 use meshcache::check::History;
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::EphemeralCa;
-use meshcache::{Mesh, MeshConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// Generous: convergence is checked against it, never timed by it.
-const DEADLINE: Duration = Duration::from_secs(60);
 const LOSS: f64 = 0.3;
 const DELAY: Duration = Duration::from_millis(2);
 const JITTER: Duration = Duration::from_millis(10);
 
-struct Opts {
-    quick: bool,
-    csv: Option<String>,
-    seed: u64,
-}
-
-fn opts() -> Result<Opts, String> {
-    let mut o = Opts { quick: std::env::var("MESHCACHE_QUICK").is_ok_and(|v| v == "1"), csv: None, seed: 42 };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--csv" => o.csv = Some(args.next().ok_or("--csv needs a path")?),
-            "--seed" => o.seed = args.next().and_then(|s| s.parse().ok()).ok_or("--seed needs a number")?,
-            other => return Err(format!("unknown argument {other:?} (expected --quick, --csv PATH, --seed N)")),
-        }
-    }
-    Ok(o)
-}
-
-async fn start_peers(ca: &EphemeralCa, faults: &Faults, n: usize) -> Result<Vec<Mesh>, String> {
-    let mut peers: Vec<Mesh> = Vec::new();
-    for i in 0..n {
-        let name = format!("p{i}");
-        let socket = faults.socket("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
-        let m = Mesh::builder()
-            .config(MeshConfig::for_test(&name))
-            .seeds(peers.first().map(|p| p.local_addr()))
-            .socket(socket)
-            .tls(ca.issue(&name).map_err(|e| e.to_string())?)
-            .start()
-            .await
-            .map_err(|e| e.to_string())?;
-        peers.push(m);
-    }
-    let end = Instant::now() + DEADLINE;
-    while !peers.iter().all(|p| p.is_ready() && p.stats().connected == n - 1) {
-        if Instant::now() > end {
-            return Err("the mesh never formed".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(peers)
-}
-
-async fn settle(peers: &[Mesh], deadline: Duration) -> bool {
-    History::wait_settled(peers, deadline).await
-}
-
-fn divergent(peers: &[Mesh], keys: &[Bytes]) -> usize {
-    History::divergent(peers, keys)
-}
-
-/// Samples divergent keys every 25 ms until `stop`; times are since `t0`.
-fn sample(
-    peers: Vec<Mesh>,
-    keys: Vec<Bytes>,
-    t0: Instant,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<(u64, usize)>> {
-    tokio::spawn(async move {
-        let mut out = Vec::new();
-        loop {
-            out.push((t0.elapsed().as_millis() as u64, divergent(&peers, &keys)));
-            if stop.load(Ordering::Relaxed) {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    match s.len() {
-        0 => Duration::ZERO,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2,
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let o = match opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("flaky_network: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&o).await {
-        Ok(true) => {
-            println!("PASS");
-            ExitCode::SUCCESS
-        }
-        Ok(false) => {
-            println!("FAIL");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            println!("FAIL: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main("flaky_network", |o| async move { run(&o).await }).await
 }
 
 async fn run(o: &Opts) -> Result<bool, String> {
@@ -158,7 +55,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
     );
     let ca = EphemeralCa::new().map_err(|e| e.to_string())?;
     let faults = Faults::with_seed(o.seed);
-    let peers = start_peers(&ca, &faults, n).await?;
+    let peers = common::start_peers(&ca, &faults, common::test_configs(n)).await?;
     faults.drop_rate(LOSS);
     faults.delay(DELAY);
     faults.jitter(JITTER);
@@ -172,7 +69,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
     for r in 0..rounds {
         let t_load = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
-        let sampler = o.csv.as_ref().map(|_| sample(peers.clone(), keys.clone(), t_load, stop.clone()));
+        let sampler = o.csv.as_ref().map(|_| common::sample(peers.clone(), keys.clone(), t_load, stop.clone()));
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         let mut done = 0;
         while done < max_ops && t_load.elapsed() < load_for {
@@ -192,9 +89,9 @@ async fn run(o: &Opts) -> Result<bool, String> {
             }
         }
         let load_ms = t_load.elapsed().as_millis() as u64;
-        let at_stop = divergent(&peers, &keys);
+        let at_stop = History::divergent(&peers, &keys);
         let took = h.wait_converged(&peers, DEADLINE).await;
-        let settled = took.is_some() && settle(&peers, DEADLINE).await;
+        let settled = took.is_some() && History::wait_settled(&peers, DEADLINE).await;
         stop.store(true, Ordering::Relaxed);
         if let Some(s) = sampler {
             for (t, d) in s.await.map_err(|e| e.to_string())? {
@@ -238,7 +135,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
             "load-stop-to-convergence under {:.0}% loss over {} round(s): median {} ms, max {} ms",
             LOSS * 100.0,
             times.len(),
-            median(&times).as_millis(),
+            common::median(&times).as_millis(),
             max.as_millis()
         );
     }
@@ -257,7 +154,9 @@ async fn run(o: &Opts) -> Result<bool, String> {
         h.put(p, format!("after-heal/{i}"), "x").map_err(|e| e.to_string())?;
     }
     match h.wait_converged(&peers, DEADLINE).await {
-        Some(t) if settle(&peers, DEADLINE).await => println!("after heal: converged in {} ms", t.as_millis()),
+        Some(t) if History::wait_settled(&peers, DEADLINE).await => {
+            println!("after heal: converged in {} ms", t.as_millis())
+        }
         Some(_) => {
             println!("after heal: digests did not settle within {DEADLINE:?} after converging");
             ok = false;
@@ -278,10 +177,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
     println!("checker: {report}");
     ok &= report.violations.is_empty();
     if let Some(path) = &o.csv {
-        std::fs::File::create(path)
-            .and_then(|mut f| f.write_all(csv.as_bytes()))
-            .map_err(|e| format!("{path}: {e}"))?;
-        println!("timeline written to {path}");
+        common::write_csv(path, &csv)?;
     }
     for p in &peers {
         p.shutdown().await;

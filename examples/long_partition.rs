@@ -17,84 +17,25 @@
 //! or convergence misses its (generous) deadline.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
+use common::{Opts, DEADLINE};
 use meshcache::check::History;
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::EphemeralCa;
-use meshcache::{Mesh, MeshConfig};
+use meshcache::Mesh;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// Generous: convergence is checked against it, never timed by it.
-const DEADLINE: Duration = Duration::from_secs(60);
 /// The deleting side's tombstone budget.
 const BUDGET: usize = 64;
-
-struct Opts {
-    quick: bool,
-    csv: Option<String>,
-    seed: u64,
-}
-
-fn opts() -> Result<Opts, String> {
-    let mut o = Opts { quick: std::env::var("MESHCACHE_QUICK").is_ok_and(|v| v == "1"), csv: None, seed: 42 };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--csv" => o.csv = Some(args.next().ok_or("--csv needs a path")?),
-            "--seed" => o.seed = args.next().and_then(|s| s.parse().ok()).ok_or("--seed needs a number")?,
-            other => return Err(format!("unknown argument {other:?} (expected --quick, --csv PATH, --seed N)")),
-        }
-    }
-    Ok(o)
-}
-
-/// Peers `p0`, `p1` (side A, tombstone budget [`BUDGET`]) and `p2`, `p3`
-/// (side B, default budget).
-async fn start_peers(ca: &EphemeralCa, faults: &Faults) -> Result<Vec<Mesh>, String> {
-    let mut peers: Vec<Mesh> = Vec::new();
-    for i in 0..4 {
-        let name = format!("p{i}");
-        let mut config = MeshConfig::for_test(&name);
-        if i < 2 {
-            config.max_tombstones = BUDGET;
-        }
-        let socket = faults.socket("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
-        let m = Mesh::builder()
-            .config(config)
-            .seeds(peers.first().map(|p| p.local_addr()))
-            .socket(socket)
-            .tls(ca.issue(&name).map_err(|e| e.to_string())?)
-            .start()
-            .await
-            .map_err(|e| e.to_string())?;
-        peers.push(m);
-    }
-    let end = Instant::now() + DEADLINE;
-    while !peers.iter().all(|p| p.is_ready() && p.stats().connected == 3) {
-        if Instant::now() > end {
-            return Err("the mesh never formed".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(peers)
-}
-
-async fn settle(peers: &[Mesh], deadline: Duration) -> bool {
-    History::wait_settled(peers, deadline).await
-}
-
-fn divergent(peers: &[Mesh], keys: &[Bytes]) -> usize {
-    History::divergent(peers, keys)
-}
 
 fn line(peers: &[Mesh], what: &str, f: impl Fn(&Mesh) -> String) {
     let cells: Vec<String> = peers.iter().map(|p| format!("{} {}", p.id().name, f(p))).collect();
@@ -103,27 +44,7 @@ fn line(peers: &[Mesh], what: &str, f: impl Fn(&Mesh) -> String) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let o = match opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("long_partition: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&o).await {
-        Ok(true) => {
-            println!("PASS");
-            ExitCode::SUCCESS
-        }
-        Ok(false) => {
-            println!("FAIL");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            println!("FAIL: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main("long_partition", |o| async move { run(&o).await }).await
 }
 
 async fn run(o: &Opts) -> Result<bool, String> {
@@ -136,7 +57,13 @@ async fn run(o: &Opts) -> Result<bool, String> {
     );
     let ca = EphemeralCa::new().map_err(|e| e.to_string())?;
     let faults = Faults::with_seed(o.seed);
-    let peers = start_peers(&ca, &faults).await?;
+    // p0 and p1 (side A) with a tombstone budget of BUDGET; p2 and p3
+    // (side B) with the default.
+    let mut configs = common::test_configs(4);
+    for c in &mut configs[..2] {
+        c.max_tombstones = BUDGET;
+    }
+    let peers = common::start_peers(&ca, &faults, configs).await?;
     let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr()).collect();
     let (side_a, side_b) = (&peers[..2], &peers[2..]);
     let h = History::new();
@@ -208,25 +135,12 @@ async fn run(o: &Opts) -> Result<bool, String> {
     }
 
     let keys: Vec<Bytes> = h.ops().into_iter().map(|op| op.key).collect::<BTreeSet<_>>().into_iter().collect();
-    let at_heal = divergent(&peers, &keys);
+    let at_heal = History::divergent(&peers, &keys);
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = o.csv.as_ref().map(|_| {
-        let (peers, keys, stop) = (peers.clone(), keys.clone(), stop.clone());
-        tokio::spawn(async move {
-            let t0 = Instant::now();
-            let mut out = Vec::new();
-            loop {
-                out.push((t0.elapsed().as_millis() as u64, divergent(&peers, &keys)));
-                if stop.load(Ordering::Relaxed) {
-                    return out;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        })
-    });
+    let sampler = o.csv.as_ref().map(|_| common::sample(peers.clone(), keys.clone(), Instant::now(), stop.clone()));
     faults.heal();
     let took = h.wait_converged(&peers, DEADLINE).await;
-    let settled = took.is_some() && settle(&peers, DEADLINE).await;
+    let settled = took.is_some() && History::wait_settled(&peers, DEADLINE).await;
     stop.store(true, Ordering::Relaxed);
     match took {
         Some(t) => println!("healed: {at_heal} divergent keys at heal; converged {} ms after heal", t.as_millis()),
@@ -260,10 +174,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
         for (t, d) in s.await.map_err(|e| e.to_string())? {
             csv.push_str(&format!("{t},{d}\n"));
         }
-        std::fs::File::create(path)
-            .and_then(|mut f| f.write_all(csv.as_bytes()))
-            .map_err(|e| format!("{path}: {e}"))?;
-        println!("timeline written to {path}");
+        common::write_csv(path, &csv)?;
     }
     for p in &peers {
         p.shutdown().await;

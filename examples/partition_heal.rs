@@ -14,128 +14,30 @@
 //! convergence misses its (generous) deadline.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
+use common::{Opts, DEADLINE};
 use meshcache::check::History;
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::EphemeralCa;
-use meshcache::{Mesh, MeshConfig};
+use meshcache::Mesh;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// Generous: convergence is checked against it, never timed by it.
-const DEADLINE: Duration = Duration::from_secs(60);
 const PEERS: usize = 5;
 /// Peers `0..SPLIT` form one side, the rest the other.
 const SPLIT: usize = 3;
 
-struct Opts {
-    quick: bool,
-    csv: Option<String>,
-    seed: u64,
-}
-
-fn opts() -> Result<Opts, String> {
-    let mut o = Opts { quick: std::env::var("MESHCACHE_QUICK").is_ok_and(|v| v == "1"), csv: None, seed: 42 };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--csv" => o.csv = Some(args.next().ok_or("--csv needs a path")?),
-            "--seed" => o.seed = args.next().and_then(|s| s.parse().ok()).ok_or("--seed needs a number")?,
-            other => return Err(format!("unknown argument {other:?} (expected --quick, --csv PATH, --seed N)")),
-        }
-    }
-    Ok(o)
-}
-
-async fn start_peers(ca: &EphemeralCa, faults: &Faults) -> Result<Vec<Mesh>, String> {
-    let mut peers: Vec<Mesh> = Vec::new();
-    for i in 0..PEERS {
-        let name = format!("p{i}");
-        let socket = faults.socket("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
-        let m = Mesh::builder()
-            .config(MeshConfig::for_test(&name))
-            .seeds(peers.first().map(|p| p.local_addr()))
-            .socket(socket)
-            .tls(ca.issue(&name).map_err(|e| e.to_string())?)
-            .start()
-            .await
-            .map_err(|e| e.to_string())?;
-        peers.push(m);
-    }
-    let end = Instant::now() + DEADLINE;
-    while !peers.iter().all(|p| p.is_ready() && p.stats().connected == PEERS - 1) {
-        if Instant::now() > end {
-            return Err("the mesh never formed".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(peers)
-}
-
-async fn settle(peers: &[Mesh], deadline: Duration) -> bool {
-    History::wait_settled(peers, deadline).await
-}
-
-fn divergent(peers: &[Mesh], keys: &[Bytes]) -> usize {
-    History::divergent(peers, keys)
-}
-
-/// Samples divergent keys every 25 ms until `stop`.
-fn sample(peers: Vec<Mesh>, keys: Vec<Bytes>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<(u64, usize)>> {
-    tokio::spawn(async move {
-        let t0 = Instant::now();
-        let mut out = Vec::new();
-        loop {
-            out.push((t0.elapsed().as_millis() as u64, divergent(&peers, &keys)));
-            if stop.load(Ordering::Relaxed) {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    match s.len() {
-        0 => Duration::ZERO,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2,
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let o = match opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("partition_heal: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&o).await {
-        Ok(true) => {
-            println!("PASS");
-            ExitCode::SUCCESS
-        }
-        Ok(false) => {
-            println!("FAIL");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            println!("FAIL: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main("partition_heal", |o| async move { run(&o).await }).await
 }
 
 async fn run(o: &Opts) -> Result<bool, String> {
@@ -149,7 +51,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
     );
     let ca = EphemeralCa::new().map_err(|e| e.to_string())?;
     let faults = Faults::with_seed(o.seed);
-    let peers = start_peers(&ca, &faults).await?;
+    let peers = common::start_peers(&ca, &faults, common::test_configs(PEERS)).await?;
     let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr()).collect();
     let (side_a, side_b) = (&peers[..SPLIT], &peers[SPLIT..]);
     let h = History::new();
@@ -201,12 +103,12 @@ async fn run(o: &Opts) -> Result<bool, String> {
         }
 
         let keys: Vec<Bytes> = h.ops().into_iter().map(|op| op.key).collect::<BTreeSet<_>>().into_iter().collect();
-        let at_heal = divergent(&peers, &keys);
+        let at_heal = History::divergent(&peers, &keys);
         let stop = Arc::new(AtomicBool::new(false));
-        let sampler = o.csv.as_ref().map(|_| sample(peers.clone(), keys.clone(), stop.clone()));
+        let sampler = o.csv.as_ref().map(|_| common::sample(peers.clone(), keys.clone(), Instant::now(), stop.clone()));
         faults.heal();
         let took = h.wait_converged(&peers, DEADLINE).await;
-        let settled = took.is_some() && settle(&peers, DEADLINE).await;
+        let settled = took.is_some() && History::wait_settled(&peers, DEADLINE).await;
         stop.store(true, Ordering::Relaxed);
         if let Some(s) = sampler {
             for (t, d) in s.await.map_err(|e| e.to_string())? {
@@ -253,7 +155,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
         println!(
             "heal-to-convergence over {} round(s): median {} ms, max {} ms",
             times.len(),
-            median(&times).as_millis(),
+            common::median(&times).as_millis(),
             max.as_millis()
         );
     }
@@ -267,10 +169,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
     println!("checker: {report}");
     ok &= report.violations.is_empty();
     if let Some(path) = &o.csv {
-        std::fs::File::create(path)
-            .and_then(|mut f| f.write_all(csv.as_bytes()))
-            .map_err(|e| format!("{path}: {e}"))?;
-        println!("timeline written to {path}");
+        common::write_csv(path, &csv)?;
     }
     for p in &peers {
         p.shutdown().await;
