@@ -3,26 +3,16 @@
 //! one direction only, and 30% loss still converges. Every wait is bounded;
 //! convergence is checked against generous deadlines, never timed.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::mesh::{eventually, start_faulty as start, DEADLINE};
 use meshcache::check::History;
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::EphemeralCa;
-use meshcache::{Mesh, MeshConfig};
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn start(ca: &EphemeralCa, faults: &Faults, name: &str, seeds: &[SocketAddr]) -> Mesh {
-    Mesh::builder()
-        .config(MeshConfig::for_test(name))
-        .seeds(seeds.iter().copied())
-        .socket(faults.socket("127.0.0.1:0".parse().unwrap()).unwrap())
-        .tls(ca.issue(name).unwrap())
-        .start()
-        .await
-        .unwrap()
-}
+use meshcache::Mesh;
 
 /// `n` peers, all joined through the first, fully connected.
 async fn mesh(ca: &EphemeralCa, faults: &Faults, n: usize) -> Vec<Mesh> {
@@ -37,14 +27,6 @@ async fn mesh(ca: &EphemeralCa, faults: &Faults, n: usize) -> Vec<Mesh> {
     }
     eventually("full mesh", || peers.iter().all(|p| p.stats().connected == n - 1)).await;
     peers
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while !f() {
-        assert!(tokio::time::Instant::now() < end, "not within {DEADLINE:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn converge_and_check(h: &History, peers: &[Mesh], faults: &Faults) {

@@ -1,33 +1,15 @@
 //! The embedded API over real QUIC on loopback: five in-process peers.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::mesh::{eventually, start, DEADLINE};
 use meshcache::store::ChangeKind;
 use meshcache::transport::tls::EphemeralCa;
 use meshcache::{Mesh, MeshConfig, Origin};
 use tokio_stream::StreamExt;
-
-/// Generous: convergence is checked against a deadline, never timed.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-async fn start(ca: &EphemeralCa, name: &str, seeds: &[std::net::SocketAddr]) -> Mesh {
-    Mesh::builder()
-        .config(MeshConfig::for_test(name))
-        .seeds(seeds.iter().copied())
-        .tls(ca.issue(name).unwrap())
-        .start()
-        .await
-        .unwrap()
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while !f() {
-        assert!(tokio::time::Instant::now() < end, "not within {DEADLINE:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_peers_replicate_and_stream_remote_changes() {

@@ -2,31 +2,14 @@
 //! newer incarnation, or by an operator; never by a timeout. A superseded
 //! incarnation is told so and stops.
 
+mod common;
+
 use std::time::Duration;
 
+use common::mesh::{eventually, start, DEADLINE};
 use meshcache::membership::Status;
 use meshcache::transport::tls::EphemeralCa;
-use meshcache::{Mesh, MeshConfig};
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-async fn start(ca: &EphemeralCa, name: &str, seeds: &[std::net::SocketAddr]) -> Mesh {
-    Mesh::builder()
-        .config(MeshConfig::for_test(name))
-        .seeds(seeds.iter().copied())
-        .tls(ca.issue(name).unwrap())
-        .start()
-        .await
-        .unwrap()
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while !f() {
-        assert!(tokio::time::Instant::now() < end, "not within {DEADLINE:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use meshcache::Mesh;
 
 fn status_of(m: &Mesh, name: &str) -> Option<(Status, bool)> {
     m.members().into_iter().find(|s| s.id.name == name).map(|s| (s.status, s.connected))

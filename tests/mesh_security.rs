@@ -2,31 +2,18 @@
 //! the cluster CA join or send data, and malformed frames from an
 //! authenticated peer close that connection while the mesh carries on.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use common::mesh::{eventually, start_with as start, DEADLINE};
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::store::{Register, Slot};
 use meshcache::transport::tls::{self, EphemeralCa, Identity};
 use meshcache::wire::{DeltaBatch, FrameCodec, Hello, Message, PROTOCOL_VERSION};
-use meshcache::{Mesh, MeshConfig};
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-async fn start(id: Identity, seeds: &[std::net::SocketAddr]) -> Mesh {
-    let name = id.name.clone();
-    Mesh::builder().config(MeshConfig::for_test(&name)).seeds(seeds.iter().copied()).tls(id).start().await.unwrap()
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while !f() {
-        assert!(tokio::time::Instant::now() < end, "not within {DEADLINE:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn now_ms() -> u64 {
     meshcache::node::now_ms()

@@ -3,6 +3,8 @@
 //! socket, for exact wire bytes) as the client. Every wait is bounded by a
 //! deadline; nothing asserts on timing.
 
+mod common;
+
 use std::future::Future;
 use std::io;
 use std::time::Duration;
@@ -19,18 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
-/// Generous: convergence is checked against a deadline, never timed.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-async fn start_mesh(ca: &EphemeralCa, name: &str, seeds: &[std::net::SocketAddr]) -> Mesh {
-    Mesh::builder()
-        .config(MeshConfig::for_test(name))
-        .seeds(seeds.iter().copied())
-        .tls(ca.issue(name).unwrap())
-        .start()
-        .await
-        .unwrap()
-}
+use common::mesh::{start, DEADLINE};
 
 /// A RESP server running in front of a mesh.
 struct Server {
@@ -68,10 +59,10 @@ impl Server {
 /// fully connected, each with a RESP server.
 async fn cluster(n: usize, config: RespConfig) -> (Vec<Mesh>, Vec<Server>) {
     let ca = EphemeralCa::new().unwrap();
-    let first = start_mesh(&ca, "p0", &[]).await;
+    let first = start(&ca, "p0", &[]).await;
     let mut meshes = vec![first.clone()];
     for i in 1..n {
-        meshes.push(start_mesh(&ca, &format!("p{i}"), &[first.local_addr()]).await);
+        meshes.push(start(&ca, &format!("p{i}"), &[first.local_addr()]).await);
     }
     for m in &meshes {
         assert!(m.wait_ready(DEADLINE).await, "{} never finished bootstrap", m.id());
@@ -274,7 +265,7 @@ async fn writes_on_one_peer_are_read_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_options_follow_redis() {
     let ca = EphemeralCa::new().unwrap();
-    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let mesh = start(&ca, "solo", &[]).await;
     let server = Server::start(&mesh, RespConfig::default()).await;
     let mut con = server.conn().await;
     let shared = con.clone();
@@ -406,7 +397,7 @@ async fn set_options_follow_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_commands_and_pipelining() {
     let ca = EphemeralCa::new().unwrap();
-    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let mesh = start(&ca, "solo", &[]).await;
     let server = Server::start(&mesh, RespConfig::default()).await;
     let mut raw = Raw::connect(server.port).await;
     raw.send(b"PING\r\n").await;
@@ -547,7 +538,7 @@ async fn keyspace_notifications_reach_subscribers_on_other_peers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_required_when_configured() {
     let ca = EphemeralCa::new().unwrap();
-    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let mesh = start(&ca, "solo", &[]).await;
     let cfg = RespConfig { requirepass: Some("s3cret".into()), ..RespConfig::default() };
     let server = Server::start(&mesh, cfg).await;
     let mut raw = Raw::connect(server.port).await;
@@ -593,7 +584,7 @@ async fn auth_is_required_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_3_switches_to_resp3() {
     let ca = EphemeralCa::new().unwrap();
-    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let mesh = start(&ca, "solo", &[]).await;
     let server = Server::start(&mesh, RespConfig::default()).await;
     let mut raw = Raw::connect(server.port).await;
     let hello2 = raw.cmd(&["HELLO"]).await;
@@ -659,7 +650,7 @@ async fn writes_get_loading_until_bootstrapped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_closes_only_that_connection() {
     let ca = EphemeralCa::new().unwrap();
-    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let mesh = start(&ca, "solo", &[]).await;
     let server = Server::start(&mesh, RespConfig::default()).await;
     let mut bystander = Raw::connect(server.port).await;
     assert_eq!(bystander.cmd(&["PING"]).await, "+PONG\r\n");
@@ -732,7 +723,7 @@ async fn bad_input_closes_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_does_not_read_is_disconnected() {
     let ca = EphemeralCa::new().unwrap();
-    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let mesh = start(&ca, "solo", &[]).await;
     let cfg = RespConfig { output_buffer_limit: 256 * 1024, ..RespConfig::default() };
     let server = Server::start(&mesh, cfg).await;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -765,7 +756,7 @@ async fn a_subscriber_that_does_not_read_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_clients_and_shutdown() {
     let ca = EphemeralCa::new().unwrap();
-    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let mesh = start(&ca, "solo", &[]).await;
     let server = Server::start(&mesh, RespConfig { max_clients: 1, ..RespConfig::default() }).await;
     let mut first = Raw::connect(server.port).await;
     assert_eq!(first.cmd(&["PING"]).await, "+PONG\r\n");
@@ -796,7 +787,7 @@ async fn redis_cli_works_against_a_peer() {
     };
     assert!(out.status.success());
     let ca = EphemeralCa::new().unwrap();
-    let mesh = start_mesh(&ca, "solo", &[]).await;
+    let mesh = start(&ca, "solo", &[]).await;
     let server = Server::start(&mesh, RespConfig::default()).await;
     let port = server.port.to_string();
     let cli = |args: &[&str]| {
@@ -831,36 +822,6 @@ async fn redis_cli_works_against_a_peer() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "OK\n1\n2\n");
     server.stop().await;
     mesh.shutdown().await;
-}
-
-/// Not a test: serves the first peer of an in-process mesh (three peers, or
-/// `MESHCACHE_RESP_BENCH_PEERS`) on a fixed port, for `redis-benchmark`.
-/// Run it with
-///
-/// ```sh
-/// MESHCACHE_RESP_BENCH_PORT=6390 MESHCACHE_RESP_BENCH_SECS=120 \
-///   cargo test --release --test resp -- --ignored --nocapture serve_for_benchmark
-/// ```
-#[tokio::test(flavor = "multi_thread")]
-#[ignore]
-async fn serve_for_benchmark() {
-    let port: u16 = std::env::var("MESHCACHE_RESP_BENCH_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(6390);
-    let secs: u64 = std::env::var("MESHCACHE_RESP_BENCH_SECS").ok().and_then(|p| p.parse().ok()).unwrap_or(120);
-    let peers: usize = std::env::var("MESHCACHE_RESP_BENCH_PEERS").ok().and_then(|p| p.parse().ok()).unwrap_or(3);
-    let (meshes, servers) = cluster(peers, RespConfig::default()).await;
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(meshes[0].clone(), listener, RespConfig::default(), async move {
-        let _ = rx.await;
-    }));
-    println!("serving peer p0 of {peers} on 127.0.0.1:{port} for {secs} s");
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    for m in &meshes[1..] {
-        println!("{} received {} deltas", m.id().name, m.stats().deltas_received);
-    }
-    drop(tx);
-    task.await.unwrap().unwrap();
-    shutdown(meshes, servers).await;
 }
 
 /// The redis crate waits 500 ms for a reply by default: a timing that a

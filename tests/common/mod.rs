@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use bytes::{Bytes, BytesMut};
 use meshcache::hlc::NodeId;
 use meshcache::membership::{Incarnation, MemberId};
