@@ -775,7 +775,8 @@ async fn row_heal(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
         let seeds: Vec<SocketAddr> = peers.first().map(Mesh::local_addr).into_iter().collect();
         let socket = faults.socket(SocketAddr::from(([127, 0, 0, 1], 0))).context("binding a faulty socket")?;
         let id = ca.issue(name).map_err(|e| anyhow!("issuing {name}'s certificate: {e}"))?;
-        let started = Mesh::builder().config(MeshConfig::for_test(name)).seeds(seeds).socket(socket).tls(id).start().await;
+        let started =
+            Mesh::builder().config(MeshConfig::for_test(name)).seeds(seeds).socket(socket).tls(id).start().await;
         match started {
             Ok(p) => peers.push(p),
             Err(e) => {
@@ -818,7 +819,8 @@ async fn heal_inner(z: &Sizes, faults: &Faults, peers: &[Mesh], rep: &mut Report
         a.stats().connected == 1 && b.stats().connected == 1 && c.stats().connected == 0
     })
     .await?;
-    let (wa, wc) = (tokio::spawn(write_range(a.clone(), "d", 0, half)), tokio::spawn(write_range(c.clone(), "e", 0, half)));
+    let (wa, wc) =
+        (tokio::spawn(write_range(a.clone(), "d", 0, half)), tokio::spawn(write_range(c.clone(), "e", 0, half)));
     wa.await??;
     wc.await??;
     let count = |p: &Mesh| p.replica().store().root().1 as usize;
@@ -854,13 +856,11 @@ async fn heal_inner(z: &Sizes, faults: &Faults, peers: &[Mesh], rep: &mut Report
         .at_most(1000.0, "<= 1,000 ms")
         .note(format!("{setting}; from the first link across the cut reopening; an AE round starts on every new link")),
     );
-    rep.push(
-        Row::new(4, "heal: partition lifted to equal digests", "ms", total.as_secs_f64() * 1e3).note(format!(
-            "includes {:.0} ms until a link across the cut reopened (redial backoff grows from 200 ms to 5 s, +-25%, \
+    rep.push(Row::new(4, "heal: partition lifted to equal digests", "ms", total.as_secs_f64() * 1e3).note(format!(
+        "includes {:.0} ms until a link across the cut reopened (redial backoff grows from 200 ms to 5 s, +-25%, \
              while the cut lasts)",
-            redial.as_secs_f64() * 1e3
-        )),
-    );
+        redial.as_secs_f64() * 1e3
+    )));
     rep.push(Row::new(4, "heal: AE bytes / divergent data", "x", ae_bytes / divergent).at_most(1.2, "<= 1.2x").note(
         format!(
             "{} AE bytes sent (all peers, complete sessions only) vs {} B = (k+v) x {pairs} missing (peer, key) \
