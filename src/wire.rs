@@ -19,7 +19,7 @@ use crate::store::Register;
 
 /// The protocol version carried in every hello. Peers with another version
 /// are refused with [`Refusal::Version`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;

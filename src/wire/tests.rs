@@ -239,6 +239,23 @@ fn every_variant_round_trips() {
 }
 
 #[test]
+fn stamps_are_sixteen_fixed_bytes() {
+    for st in [
+        Stamp::ZERO,
+        Stamp { hlc: Stamp::pack(1_700_000_000_123, 4), node: NodeId(7) },
+        Stamp { hlc: u64::MAX, node: NodeId(u64::MAX) },
+    ] {
+        let b = postcard::to_stdvec(&st).unwrap();
+        let mut want = st.hlc.to_le_bytes().to_vec();
+        want.extend_from_slice(&st.node.0.to_le_bytes());
+        assert_eq!(b, want, "{st}");
+        assert_eq!(postcard::from_bytes::<Stamp>(&b).unwrap(), st);
+        assert_eq!(encoded_len(&st), 16);
+    }
+    assert_eq!(postcard::to_stdvec(&NodeId(1)).unwrap(), 1u64.to_le_bytes());
+}
+
+#[test]
 fn every_variant_streams_in_one_buffer() {
     let msgs = one_of_each();
     let mut all = BytesMut::new();
