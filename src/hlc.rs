@@ -25,8 +25,11 @@ pub const MAX_PHYSICAL_MS: u64 = (1 << (64 - COUNTER_BITS)) - 1;
 ///
 /// The shell draws a fresh random `NodeId` at every process start, so a
 /// restarted process can never reissue a stamp it issued before.
+///
+/// On the wire it is 8 little-endian bytes: a random id would take 9 or 10
+/// as a varint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeId(pub u64);
+pub struct NodeId(#[serde(with = "postcard::fixint::le")] pub u64);
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,9 +40,14 @@ impl fmt::Display for NodeId {
 /// A unique, totally ordered HLC timestamp.
 ///
 /// Field order matters: the derived `Ord` compares `hlc` first, then `node`.
+///
+/// On the wire a stamp is exactly 16 bytes, both fields fixed 8-byte
+/// little-endian: a current `hlc` (about 2^57) would take 9 bytes as a
+/// varint, and a random [`NodeId`] 9 or 10.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     /// 48 bits of Unix milliseconds above a 16-bit logical counter.
+    #[serde(with = "postcard::fixint::le")]
     pub hlc: u64,
     /// The process incarnation that issued the stamp.
     pub node: NodeId,

@@ -19,7 +19,7 @@ use crate::store::Register;
 
 /// The protocol version carried in every hello. Peers with another version
 /// are refused with [`Refusal::Version`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -121,15 +121,19 @@ pub enum SyncMsg {
         hashes: Vec<u64>,
     },
     /// Keys and stamps the sender holds in buckets that differ. Cut into
-    /// as many messages as it takes, then `SummaryDone`.
+    /// as many messages as it takes, then `SummaryDone`. The `key@stamp`
+    /// pairs are numbered 0, 1, 2, ... in the order sent, across all of
+    /// them: `Want` and `EndOfEntries` name keys by these positions.
     Summary(Vec<(u32, Vec<(Bytes, Stamp)>)>),
     /// Registers for the receiver.
     Entries(Vec<(Bytes, Register)>),
-    /// The sender has sent every register it will; `want` lists keys it
-    /// asks the receiver to send.
+    /// The sender has sent every register it will; `want` names the last
+    /// of the registers it asks the receiver to send, as in `Want`.
     EndOfEntries {
-        /// Keys whose registers the sender wants.
-        want: Vec<Bytes>,
+        /// Wanted positions in the receiver's summary, as gaps continuing
+        /// those of the `Want` messages before it (empty from the summary
+        /// side, and in stream mode).
+        want: Vec<u64>,
     },
     /// The last message each way: registers the sender refused by its
     /// `gc_floor` (the receiver drops its copies: the refusal reply).
@@ -139,9 +143,14 @@ pub enum SyncMsg {
     },
     /// The last `Summary` has been sent.
     SummaryDone,
-    /// Keys whose registers the sender wants (a chunk; the rest ride in
-    /// `EndOfEntries`).
-    Want(Vec<Bytes>),
+    /// Registers the sender wants, named by their positions in the
+    /// receiver's summary (a chunk; the rest ride in `EndOfEntries`).
+    /// Positions strictly increase across all `Want` messages and the
+    /// `EndOfEntries`, and each travels as its gap from the previous one
+    /// (the first from 0), so a gap after the first is at least 1 and most
+    /// are one varint byte. A position past the summary, or a zero gap after
+    /// the first, is a protocol violation.
+    Want(Vec<u64>),
 }
 
 /// The opening of an anti-entropy session.

@@ -8,7 +8,8 @@
 //! sum of theirs. Level 0 is the root; level [`LEVELS`] is the buckets.
 //!
 //! These hashes cross the wire, so they are fixed functions (xxh3 and a
-//! fixed mixer), identical on every peer and every version of protocol 1.
+//! fixed mixer), identical on every peer and build; they are unchanged
+//! since protocol 1.
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -84,7 +85,7 @@ mod tests {
         let k = key_hash(b"k");
         assert_ne!(entry_hash(k, &s1), entry_hash(k, &s2));
         assert_ne!(entry_hash(k, &s1), entry_hash(key_hash(b"j"), &s1));
-        // Fixed across builds: this value is part of protocol 1.
+        // Fixed across builds: this value is part of the protocol.
         assert_eq!(entry_hash(key_hash(b"k"), &s1), entry_hash(k, &s1));
     }
 

@@ -16,9 +16,19 @@
 //!                                  <-------   Level{2, differing, hashes}
 //!   ...                                       ...
 //!   whoever receives bucket-level hashes sends Summary{key@stamp per
-//!   differing bucket}; the other answers with the registers the summary
-//!   side lacks (Entries...) and EndOfEntries{want}; the summary side sends
-//!   the wanted registers and its own EndOfEntries.
+//!   differing bucket}... then SummaryDone; the pairs are numbered 0, 1, 2,
+//!   ... in the order sent, across all Summary messages
+//!   Summary{(b, [k0@s0, k1@s1])}   ------->   (positions 0, 1)
+//!   Summary{(c, [k2@s2, ...])}     ------->   (positions 2, ...)
+//!   SummaryDone                    ------->
+//!                                  <-------   Entries{registers the summary
+//!                                             side lacks or holds older}...
+//!                                  <-------   Want{gaps}... EndOfEntries{gaps}
+//!   the other side wants registers by position: strictly increasing
+//!   positions sent as gaps (the first from 0, each later one from the
+//!   previous, so at least 1), cut into Want messages and the last ones in
+//!   EndOfEntries; the summary side sends the wanted registers and its own
+//!   EndOfEntries{[]}.
 //!   Each side, once it has the other's EndOfEntries, sends
 //!   Finish{refused}: the registers it refused by its gc_floor, which the
 //!   other side then drops (the refusal reply).
@@ -159,8 +169,17 @@ pub struct Session {
     summary_sender: bool,
     /// The summary is still being sent.
     summarizing: bool,
-    /// The other side: keys wanted, not yet sent in a `Want`.
-    want_buf: Vec<Bytes>,
+    /// Summary side: the keys summarised so far, in the order sent, so that
+    /// a wanted position names its key.
+    summarised: Vec<Bytes>,
+    /// The other side: `key@stamp` pairs of the peer's summary seen so far
+    /// (the position of the next one).
+    summary_seen: u64,
+    /// The last wanted position: sent (the other side) or resolved (the
+    /// summary side). Each wanted position travels as its gap from this one.
+    want_last: Option<u64>,
+    /// The other side: gaps of wanted positions, not yet sent in a `Want`.
+    want_buf: Vec<u64>,
     want_bytes: usize,
     /// Messages to send once `pending` is drained (EndOfEntries, Finish).
     after: VecDeque<SyncMsg>,
@@ -210,6 +229,9 @@ impl Session {
             summary_ready: VecDeque::new(),
             summary_sender: false,
             summarizing: false,
+            summarised: Vec::new(),
+            summary_seen: 0,
+            want_last: None,
             want_buf: Vec::new(),
             want_bytes: 0,
             after: VecDeque::new(),
@@ -333,10 +355,7 @@ impl Session {
                 self.after.push_back(SyncMsg::EndOfEntries { want });
                 Ok(())
             }
-            (Phase::Exchange, SyncMsg::Want(keys)) if self.summary_sender => {
-                self.queue_wanted(replica, keys);
-                Ok(())
-            }
+            (Phase::Exchange, SyncMsg::Want(gaps)) if self.summary_sender => self.queue_wanted(replica, gaps),
             (Phase::Exchange, SyncMsg::Entries(regs)) => {
                 self.stats.entries_received += regs.len() as u64;
                 if self.stream_shard.is_some() {
@@ -349,7 +368,9 @@ impl Session {
                 Ok(())
             }
             (Phase::Exchange, SyncMsg::EndOfEntries { want }) => {
-                self.queue_wanted(replica, want);
+                self.queue_wanted(replica, want)?;
+                // No position can be wanted after the peer's last message.
+                self.summarised = Vec::new();
                 if !self.end_queued {
                     self.end_queued = true;
                     self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
@@ -462,7 +483,8 @@ impl Session {
     }
 
     /// One chunk of the peer's summary: queue the registers it lacks or
-    /// holds older, and note the keys we lack or hold older.
+    /// holds older, and note the positions of the keys we lack or hold
+    /// older.
     fn on_summary(&mut self, replica: &Replica, buckets: Vec<(u32, Vec<(Bytes, Stamp)>)>) -> Result<(), SyncError> {
         if buckets.windows(2).any(|w| w[0].0 >= w[1].0) || buckets.last().is_some_and(|b| b.0 as usize >= BUCKETS) {
             return Err(SyncError::Protocol("summary buckets not increasing or out of range".into()));
@@ -473,9 +495,13 @@ impl Session {
         for ((_, theirs), (_, ours)) in buckets.into_iter().zip(mine) {
             let ours_idx: HashMap<&Bytes, Stamp> = ours.iter().map(|(k, r)| (k, r.marker)).collect();
             for (k, st) in &theirs {
+                let pos = self.summary_seen;
+                self.summary_seen += 1;
                 if ours_idx.get(k).is_none_or(|o| o < st) {
-                    self.want_bytes += k.len() + 2;
-                    self.want_buf.push(k.clone());
+                    let gap = pos - self.want_last.unwrap_or(0);
+                    self.want_last = Some(pos);
+                    self.want_bytes += varint_len(gap);
+                    self.want_buf.push(gap);
                 }
             }
             let theirs: HashMap<Bytes, Stamp> = theirs.into_iter().collect();
@@ -492,12 +518,25 @@ impl Session {
         Ok(())
     }
 
-    fn queue_wanted(&mut self, replica: &Replica, keys: Vec<Bytes>) {
-        for k in keys {
-            if let Some(reg) = replica.store().register(&k) {
-                self.pending.push_back((k, reg));
+    /// Queues the registers the peer wants, named by their positions in our
+    /// summary (sent as gaps). A position past what we summarised, or one
+    /// not above the previous, breaks the protocol.
+    fn queue_wanted(&mut self, replica: &Replica, gaps: Vec<u64>) -> Result<(), SyncError> {
+        for gap in gaps {
+            let pos = match self.want_last {
+                None => gap,
+                Some(_) if gap == 0 => return Err(SyncError::Protocol("wanted positions not increasing".into())),
+                Some(last) => last.saturating_add(gap),
+            };
+            let key = usize::try_from(pos).ok().and_then(|p| self.summarised.get(p)).ok_or_else(|| {
+                SyncError::Protocol(format!("wanted position {pos} past the {} keys summarised", self.summarised.len()))
+            })?;
+            self.want_last = Some(pos);
+            if let Some(reg) = replica.store().register(key) {
+                self.pending.push_back((key.clone(), reg));
             }
         }
+        Ok(())
     }
 
     /// The next chunk of our summary, reading one shard's differing buckets
@@ -526,13 +565,15 @@ impl Session {
         let mut size = 0;
         let mut chunk = Vec::new();
         while let Some((_, items)) = self.summary_ready.front() {
-            let s = 6 + items.iter().map(|(k, _)| k.len() + 20).sum::<usize>();
+            // Key, its length, and a 16-byte stamp per pair.
+            let s = 6 + items.iter().map(|(k, _)| k.len() + varint_len(k.len() as u64) + 16).sum::<usize>();
             if !chunk.is_empty() && size + s > self.batch_bytes {
                 break;
             }
             size += s;
             chunk.push(self.summary_ready.pop_front().expect("front() was Some"));
         }
+        self.summarised.extend(chunk.iter().flat_map(|(_, items)| items.iter().map(|(k, _)| k.clone())));
         SyncMsg::Summary(chunk)
     }
 
@@ -609,6 +650,11 @@ fn children(replica: &Replica, level: u8, parents: &[usize]) -> Vec<u64> {
         }
     }
     out
+}
+
+/// Bytes of `n` as a postcard varint.
+fn varint_len(n: u64) -> usize {
+    (64 - n.leading_zeros() as usize).max(1).div_ceil(7)
 }
 
 fn frame_len(msg: &SyncMsg) -> u64 {

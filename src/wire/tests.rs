@@ -102,10 +102,10 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
             .prop_map(|(level, parents, hashes)| SyncMsg::Level { level, parents, hashes }),
         vec((any::<u32>(), vec((bytes(24), stamp()), 0..4)), 0..4).prop_map(SyncMsg::Summary),
         entries().prop_map(SyncMsg::Entries),
-        vec(bytes(24), 0..6).prop_map(|want| SyncMsg::EndOfEntries { want }),
+        vec(any::<u64>(), 0..6).prop_map(|want| SyncMsg::EndOfEntries { want }),
         vec((bytes(24), stamp()), 0..6).prop_map(|refused| SyncMsg::Finish { refused }),
         Just(SyncMsg::SummaryDone),
-        vec(bytes(24), 0..6).prop_map(SyncMsg::Want),
+        vec(any::<u64>(), 0..6).prop_map(SyncMsg::Want),
     ]
 }
 
@@ -195,10 +195,10 @@ fn one_of_each() -> Vec<Message> {
         Message::Sync(SyncMsg::Level { level: 3, parents: vec![0, 17, u32::MAX], hashes: vec![1, 2, u64::MAX] }),
         Message::Sync(SyncMsg::Summary(vec![(0, Vec::new()), (9, vec![(Bytes::from_static(b"k"), st)])])),
         Message::Sync(SyncMsg::Entries(regs)),
-        Message::Sync(SyncMsg::EndOfEntries { want: vec![Bytes::from_static(b"k"), Bytes::new()] }),
+        Message::Sync(SyncMsg::EndOfEntries { want: vec![0, 1, 300, u64::MAX] }),
         Message::Sync(SyncMsg::Finish { refused: vec![(Bytes::from_static(b"k"), st)] }),
         Message::Sync(SyncMsg::SummaryDone),
-        Message::Sync(SyncMsg::Want(vec![Bytes::from_static(b"k"), Bytes::new()])),
+        Message::Sync(SyncMsg::Want(vec![7, 1, 128])),
         Message::Membership(Bytes::from(vec![0x5A; 300])),
         Message::Goodbye(id),
     ]
@@ -236,6 +236,23 @@ fn every_variant_round_trips() {
         assert_eq!(codec.decode(&mut b).unwrap(), Some(msg));
         assert!(b.is_empty());
     }
+}
+
+#[test]
+fn stamps_are_sixteen_fixed_bytes() {
+    for st in [
+        Stamp::ZERO,
+        Stamp { hlc: Stamp::pack(1_700_000_000_123, 4), node: NodeId(7) },
+        Stamp { hlc: u64::MAX, node: NodeId(u64::MAX) },
+    ] {
+        let b = postcard::to_stdvec(&st).unwrap();
+        let mut want = st.hlc.to_le_bytes().to_vec();
+        want.extend_from_slice(&st.node.0.to_le_bytes());
+        assert_eq!(b, want, "{st}");
+        assert_eq!(postcard::from_bytes::<Stamp>(&b).unwrap(), st);
+        assert_eq!(encoded_len(&st), 16);
+    }
+    assert_eq!(postcard::to_stdvec(&NodeId(1)).unwrap(), 1u64.to_le_bytes());
 }
 
 #[test]
@@ -342,7 +359,7 @@ fn huge_declared_lengths_are_refused() {
     assert_huge_length_refused(Message::Sync(SyncMsg::EndOfEntries { want: Vec::new() }));
     assert_huge_length_refused(Message::Sync(SyncMsg::Level { level: 1, parents: vec![0], hashes: Vec::new() }));
     assert_huge_length_refused(Message::Membership(Bytes::new()));
-    assert_huge_length_refused(Message::Sync(SyncMsg::EndOfEntries { want: vec![Bytes::new()] }));
+    assert_huge_length_refused(Message::Sync(SyncMsg::Want(Vec::new())));
     assert_huge_length_refused(Message::Deltas(DeltaBatch {
         from: MemberId { name: String::new(), incarnation: Incarnation { started_ms: 0, node: NodeId(0) } },
         hlc: 0,
