@@ -132,6 +132,7 @@ async fn malformed_frames_close_only_that_connection() {
     let a = start(ca.issue("a").unwrap(), &[]).await;
     let b = start(ca.issue("b").unwrap(), &[a.local_addr()]).await;
     eventually("a and b connected", || a.stats().connected == 1).await;
+    assert!(b.wait_ready(DEADLINE).await, "b never finished bootstrap");
 
     // An authenticated peer (valid certificate, valid hello) that then
     // sends garbage on a push stream.

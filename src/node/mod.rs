@@ -216,7 +216,20 @@ struct Inner {
     /// with a peer waits until the last one is over, so that two rounds
     /// never ship the same difference at once.
     ae_running: Mutex<HashMap<String, usize>>,
-    /// Peers whose requested round waits for the one in flight.
+    /// One anti-entropy session at a time on this peer, either role (see
+    /// `peer::anti_entropy_loop`): after a heal, two peers that hold the
+    /// same data would otherwise both ship it here at once.
+    ae_slot: Arc<tokio::sync::Semaphore>,
+    /// The slot is held by a round this peer started that the other side
+    /// has not accepted yet: a responder waiting for the slot then runs at
+    /// once, since that round may itself wait for a slot (a ring of peers
+    /// starting rounds with each other would otherwise wait forever).
+    ae_awaiting_accept: std::sync::atomic::AtomicBool,
+    /// Anti-entropy sessions in flight per connection (`stable_id`), so
+    /// that a connection retired as a duplicate closes only once its
+    /// sessions are over.
+    conn_sessions: Mutex<HashMap<usize, usize>>,
+    /// Peers whose requested round waits for the sessions in flight.
     ae_deferred: Mutex<HashSet<String>>,
     /// Addresses being dialed now.
     dialing: Mutex<HashSet<SocketAddr>>,
@@ -408,6 +421,9 @@ impl Mesh {
             events,
             ae_requests: ae_tx,
             ae_running: Mutex::new(HashMap::new()),
+            ae_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            ae_awaiting_accept: std::sync::atomic::AtomicBool::new(false),
+            conn_sessions: Mutex::new(HashMap::new()),
             ae_deferred: Mutex::new(HashSet::new()),
             dialing: Mutex::new(HashSet::new()),
             counters: Counters::default(),

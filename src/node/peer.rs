@@ -33,6 +33,10 @@ pub(crate) const CODE_SUPERSEDED: VarInt = VarInt::from_u32(4);
 
 /// How long a hello may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after a connection is up its first anti-entropy round starts
+/// (see `register`).
+const CONNECT_SETTLE: Duration = Duration::from_millis(50);
+
 /// Redial backoff bounds; jittered so that a mesh restarting at once does
 /// not dial in lockstep.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -216,9 +220,18 @@ fn register(inner: &Arc<Inner>, conn: quinn::Connection, id: MemberId, dialed_by
                 // by the smaller name, so they agree without talking.
                 dialed_by_me == (me < id.name)
             };
+            // Both sides dialed at once: the losing connection may already
+            // carry a round that the other side started on it before it saw
+            // the winner. It is retired, not cut: served until its rounds
+            // are over, then closed.
+            let crossed = cur.id == id && cur.dialed_by_me != dialed_by_me;
             if !keep_new {
                 drop(peers);
-                conn.close(CODE_DUPLICATE, b"duplicate");
+                if crossed {
+                    retire(inner, conn, id, true);
+                } else {
+                    conn.close(CODE_DUPLICATE, b"duplicate");
+                }
                 return;
             }
             if cur.id != id {
@@ -227,7 +240,11 @@ fn register(inner: &Arc<Inner>, conn: quinn::Connection, id: MemberId, dialed_by
                 tracing::info!(peer = %id, old = %cur.id, "peer restarted as a new incarnation");
             }
             cur.queue.close();
-            cur.conn.close(CODE_DUPLICATE, b"duplicate");
+            if crossed {
+                retire(inner, cur.conn.clone(), cur.id.clone(), false);
+            } else {
+                cur.conn.close(CODE_DUPLICATE, b"duplicate");
+            }
         }
         peers.insert(
             id.name.clone(),
@@ -240,10 +257,86 @@ fn register(inner: &Arc<Inner>, conn: quinn::Connection, id: MemberId, dialed_by
     inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), id.clone()));
     inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), id.clone()));
     inner.tasks.spawn(watch_close(inner.clone(), conn, id.clone(), queue));
-    // Repair whatever was missed while apart, at once. One side is enough:
-    // the dialer (a joining peer dials its seeds, so it bootstraps at once).
-    if dialed_by_me {
+    // Repair whatever was missed while apart. One side is enough: the
+    // dialer (a joining peer dials its seeds, so it bootstraps at once).
+    // After a heal both sides' pending handshakes tend to complete
+    // together, and one of the two connections is then closed as a
+    // duplicate: wait a moment so that the round runs on the connection
+    // that stays (the anti-entropy loop looks the connection up by name),
+    // rather than half-way over one that is closed under it. A peer still
+    // bootstrapping does not wait: its writes wait for that round.
+    if dialed_by_me && !inner.replica.is_booted() {
         let _ = inner.ae_requests.send(id.name);
+    } else if dialed_by_me {
+        let inner2 = inner.clone();
+        inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = inner2.cancel.cancelled() => {}
+                _ = tokio::time::sleep(CONNECT_SETTLE) => {
+                    let _ = inner2.ae_requests.send(id.name);
+                }
+            }
+        });
+    }
+}
+
+/// The shortest time a retired connection stays open: long enough for a
+/// round the other side asks for right after connecting (see
+/// [`CONNECT_SETTLE`]) to be seen.
+const RETIRE_LINGER: Duration = Duration::from_millis(500);
+
+/// Closes a connection that lost to a duplicate once no anti-entropy
+/// session runs over it (at most [`SLOT_WAIT_MAX`] later). `serve`: it was
+/// never registered, so its streams need acceptors meanwhile. No pushes
+/// are sent over it.
+fn retire(inner: &Arc<Inner>, conn: quinn::Connection, id: MemberId, serve: bool) {
+    tracing::debug!(peer = %id, remote = %conn.remote_address(), "retiring a duplicate connection");
+    if serve {
+        inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), id.clone()));
+        inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), id));
+    }
+    let inner = inner.clone();
+    inner.clone().tasks.spawn(async move {
+        let start = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = inner.cancel.cancelled() => return,
+                _ = conn.closed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            let idle = !inner.conn_sessions.lock().contains_key(&conn.stable_id());
+            let waited = start.elapsed();
+            if (idle && waited >= RETIRE_LINGER) || waited >= SLOT_WAIT_MAX {
+                conn.close(CODE_DUPLICATE, b"duplicate");
+                return;
+            }
+        }
+    });
+}
+
+/// Counts an anti-entropy session on a connection while it lives.
+struct ConnSession {
+    inner: Arc<Inner>,
+    id: usize,
+}
+
+impl ConnSession {
+    fn new(inner: &Arc<Inner>, conn: &quinn::Connection) -> Self {
+        let id = conn.stable_id();
+        *inner.conn_sessions.lock().entry(id).or_insert(0) += 1;
+        ConnSession { inner: inner.clone(), id }
+    }
+}
+
+impl Drop for ConnSession {
+    fn drop(&mut self) {
+        let mut m = self.inner.conn_sessions.lock();
+        if let Some(n) = m.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -403,60 +496,129 @@ async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) {
             r = conn.accept_bi() => match r { Ok(r) => r, Err(_) => return },
         };
         let (inner, conn, id) = (inner.clone(), conn.clone(), id.clone());
-        *inner.ae_running.lock().entry(id.name.clone()).or_insert(0) += 1;
+        // Both sides may start a round with each other at once (after a
+        // reconnect both dialed, say): the two sessions would ship the same
+        // difference twice, and each would wait for the other's slot. The
+        // round started by the smaller name goes first, without the slot;
+        // the other waits until it is over, then finds little to do.
+        let crossed = {
+            let mut running = inner.ae_running.lock();
+            let n = running.entry(id.name.clone()).or_insert(0);
+            *n += 1;
+            *n > 1
+        };
+        let me_first = inner.replica.me().name < id.name;
+        let on_conn = ConnSession::new(&inner, &conn);
         inner.clone().tasks.spawn(async move {
+            let _on_conn = on_conn;
+            let slot = match (crossed, me_first) {
+                (false, _) => wait_for_slot(&inner).await,
+                (true, false) => None,
+                (true, true) => {
+                    wait_for_crossed(&inner, &id.name).await;
+                    None
+                }
+            };
             let session = Session::respond(now_ms());
-            let r = run_session(&inner.replica, session, send, recv, inner.codec, now_ms).await;
+            let r = run_session(&inner.replica, session, send, recv, inner.codec, now_ms, None).await;
             finish_session(&inner, &conn, &id, r);
+            drop(slot);
             session_over(&inner, &id.name);
         });
     }
 }
 
+/// The longest a responder waits for this peer's anti-entropy slot, or
+/// for a crossed round, before it runs anyway: a safety net only. Waits
+/// cannot form a cycle: a responder waits only for a session that is
+/// running (accepted by its peer), and a crossed pair lets the smaller
+/// name's round go first.
+const SLOT_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The responder's side of the anti-entropy slot: waits for it while the
+/// session holding it is running. `None` when this peer's own round holds it
+/// and awaits its peer's accept (that round may be waiting for a slot
+/// itself), when the safety net ran out, or when the peer is stopping.
+async fn wait_for_slot(inner: &Inner) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let acquire = inner.ae_slot.clone().acquire_owned();
+    tokio::pin!(acquire);
+    let end = tokio::time::Instant::now() + SLOT_WAIT_MAX;
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return None,
+            r = &mut acquire => return r.ok(),
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                if inner.ae_awaiting_accept.load(Ordering::Relaxed) {
+                    tracing::debug!("anti-entropy slot held by a round not yet accepted: responding at once");
+                    return None;
+                }
+                if tokio::time::Instant::now() > end {
+                    tracing::warn!("anti-entropy slot busy for {SLOT_WAIT_MAX:?}: responding anyway");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until this peer's other sessions with `peer` are over (at most
+/// [`SLOT_WAIT_MAX`]).
+async fn wait_for_crossed(inner: &Inner, peer: &str) {
+    let end = tokio::time::Instant::now() + SLOT_WAIT_MAX;
+    while inner.ae_running.lock().get(peer).is_some_and(|n| *n > 1) && tokio::time::Instant::now() < end {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+}
+
+/// Counts a session with `peer` as over. Once no session runs, the rounds
+/// that were asked for meanwhile go again.
 fn session_over(inner: &Inner, peer: &str) {
     let mut running = inner.ae_running.lock();
     if let Some(n) = running.get_mut(peer) {
         *n = n.saturating_sub(1);
         if *n == 0 {
             running.remove(peer);
-            drop(running);
-            if inner.ae_deferred.lock().remove(peer) {
-                let _ = inner.ae_requests.send(peer.to_owned());
-            }
+        }
+    }
+    if running.is_empty() {
+        drop(running);
+        for p in inner.ae_deferred.lock().drain() {
+            let _ = inner.ae_requests.send(p);
         }
     }
 }
 
-fn finish_session(
-    inner: &Inner,
-    conn: &quinn::Connection,
-    id: &MemberId,
-    r: Result<super::stream::SessionResult, StreamError>,
-) {
+/// Accounts for a session, and publishes what it merged: a session that
+/// failed half-way merged what it received before it failed.
+fn finish_session(inner: &Inner, conn: &quinn::Connection, id: &MemberId, res: super::stream::SessionResult) {
     let c = &inner.counters;
-    match r {
-        Ok(res) => {
-            c.ae_bytes_sent.fetch_add(res.stats.bytes_sent, Ordering::Relaxed);
-            c.ae_bytes_received.fetch_add(res.stats.bytes_received, Ordering::Relaxed);
-            c.ae_entries_sent.fetch_add(res.stats.entries_sent, Ordering::Relaxed);
-            c.ae_entries_received.fetch_add(res.stats.entries_received, Ordering::Relaxed);
-            metrics::counter!("meshcache_ae_bytes_sent_total").increment(res.stats.bytes_sent);
+    c.ae_bytes_sent.fetch_add(res.stats.bytes_sent, Ordering::Relaxed);
+    c.ae_bytes_received.fetch_add(res.stats.bytes_received, Ordering::Relaxed);
+    c.ae_entries_sent.fetch_add(res.stats.entries_sent, Ordering::Relaxed);
+    c.ae_entries_received.fetch_add(res.stats.entries_received, Ordering::Relaxed);
+    metrics::counter!("meshcache_ae_bytes_sent_total").increment(res.stats.bytes_sent);
+    match &res.error {
+        None => {
             if res.complete {
                 c.ae_rounds.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("meshcache_ae_rounds_total").increment(1);
             }
             tracing::debug!(peer = %id, mode = ?res.stats.mode, sent = res.stats.bytes_sent,
                 received = res.stats.bytes_received, changes = res.changes.len(), "anti-entropy round");
-            inner.publish_all(res.changes, Origin::Remote);
         }
-        Err(e) => {
+        Some(e) => {
             c.ae_failed.fetch_add(1, Ordering::Relaxed);
-            note_protocol_error(inner, conn, "anti-entropy", &e);
+            note_protocol_error(inner, conn, "anti-entropy", e);
             if !inner.cancel.is_cancelled() {
-                tracing::warn!(peer = %id, error = %e, "anti-entropy round failed");
+                tracing::warn!(peer = %id, error = %e, sent = res.stats.bytes_sent, merged = res.changes.len(),
+                    "anti-entropy round failed");
             }
         }
     }
+    inner.publish_all(res.changes, Origin::Remote);
 }
 
 /// Periodic anti-entropy with a random connected peer, and on request
@@ -478,27 +640,39 @@ pub(crate) async fn anti_entropy_loop(inner: Arc<Inner>, mut requests: mpsc::Unb
             Some(p) => (p.conn.clone(), p.id.clone()),
             None => continue,
         };
-        {
+        // One session at a time on this peer, either role: a round starts
+        // only when no session is under way here (or with the target, which
+        // may be answering someone else without this peer's slot). One
+        // that was asked for (a reconnect, an overflowed queue) runs after.
+        let slot = {
             let mut running = inner.ae_running.lock();
-            let n = running.entry(target.clone()).or_insert(0);
-            if *n > 0 {
-                // A round with this peer is under way; one that was asked
-                // for (a reconnect, an overflowed queue) runs after it.
-                if requested {
-                    inner.ae_deferred.lock().insert(target);
+            let busy = running.get(&target).is_some_and(|n| *n > 0);
+            match inner.ae_slot.clone().try_acquire_owned() {
+                Ok(slot) if !busy => {
+                    *running.entry(target.clone()).or_insert(0) += 1;
+                    slot
                 }
-                continue;
+                _ => {
+                    if requested {
+                        inner.ae_deferred.lock().insert(target);
+                    }
+                    continue;
+                }
             }
-            *n += 1;
-        }
+        };
+        inner.ae_awaiting_accept.store(true, Ordering::Relaxed);
         let inner2 = inner.clone();
         inner.tasks.spawn(async move {
             let (conn, id) = conn;
+            let _on_conn = ConnSession::new(&inner2, &conn);
             if let Ok((send, recv)) = conn.open_bi().await {
                 let session = Session::initiate(&inner2.replica, now_ms());
-                let r = run_session(&inner2.replica, session, send, recv, inner2.codec, now_ms).await;
+                let flag = Some(&inner2.ae_awaiting_accept);
+                let r = run_session(&inner2.replica, session, send, recv, inner2.codec, now_ms, flag).await;
                 finish_session(&inner2, &conn, &id, r);
             }
+            inner2.ae_awaiting_accept.store(false, Ordering::Relaxed);
+            drop(slot);
             session_over(&inner2, &id.name);
         });
     }

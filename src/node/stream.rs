@@ -1,12 +1,14 @@
 //! Frames over QUIC streams, and anti-entropy sessions run over a bi stream.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
 use crate::replica::Replica;
 use crate::store::Change;
-use crate::sync::{Session, SessionStats, SyncError};
+use crate::sync::{Phase, Session, SessionStats, SyncError};
 use crate::wire::{FrameCodec, Message, WireError};
 
 /// Why reading or writing frames on a stream failed.
@@ -77,16 +79,21 @@ pub(crate) async fn write_message(send: &mut SendStream, codec: &FrameCodec, m: 
     Ok(())
 }
 
-/// What a session over a stream produced.
+/// What a session over a stream produced. A session that failed half-way
+/// still reports what it sent and what it merged: those registers are
+/// stored, and their changes must reach subscribers.
 pub(crate) struct SessionResult {
     pub(crate) stats: SessionStats,
     pub(crate) changes: Vec<Change>,
     pub(crate) complete: bool,
+    /// Why the session ended early, if it did.
+    pub(crate) error: Option<StreamError>,
 }
 
 /// Runs an anti-entropy session over one bi stream. Reading and writing run
 /// concurrently, so that two sides streaming large stores at each other
-/// cannot deadlock on flow control.
+/// cannot deadlock on flow control. An initiator passes `awaiting_accept`,
+/// which is cleared once the peer has accepted (see `peer::wait_for_slot`).
 pub(crate) async fn run_session(
     replica: &Replica,
     mut session: Session,
@@ -94,7 +101,8 @@ pub(crate) async fn run_session(
     recv: RecvStream,
     codec: FrameCodec,
     now_ms: impl Fn() -> u64,
-) -> Result<SessionResult, StreamError> {
+    awaiting_accept: Option<&AtomicBool>,
+) -> SessionResult {
     // The writer owns the send stream; frames reach it through a small
     // bounded channel, which is the session's back-pressure.
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -137,7 +145,14 @@ pub(crate) async fn run_session(
                     permit.send(next.take().expect("guarded by is_some"));
                 }
                 m = in_rx.recv(), if !recv_done => match m {
-                    Some(Ok(Some(Message::Sync(msg)))) => session.handle_message(replica, msg, now_ms())?,
+                    Some(Ok(Some(Message::Sync(msg)))) => {
+                        session.handle_message(replica, msg, now_ms())?;
+                        if let Some(flag) = awaiting_accept {
+                            if session.phase() != Phase::AwaitAccept {
+                                flag.store(false, Ordering::Relaxed);
+                            }
+                        }
+                    }
                     Some(Ok(Some(other))) => {
                         return Err(StreamError::Protocol(format!("{} on an anti-entropy stream", kind(&other))))
                     }
@@ -167,14 +182,19 @@ pub(crate) async fn run_session(
     drop(tx);
     let written = writer.await;
     reader.abort();
-    let changes = session.take_changes();
-    match result {
-        Ok(()) => Ok(SessionResult { stats: session.stats().clone(), changes, complete: session.is_complete() }),
+    let error = match result {
+        Ok(()) => None,
         Err(StreamError::WriterGone) => match written {
-            Ok(Err(e)) => Err(e),
-            _ => Err(StreamError::WriterGone),
+            Ok(Err(e)) => Some(e),
+            _ => Some(StreamError::WriterGone),
         },
-        Err(e) => Err(e),
+        Err(e) => Some(e),
+    };
+    SessionResult {
+        stats: session.stats().clone(),
+        changes: session.take_changes(),
+        complete: error.is_none() && session.is_complete(),
+        error,
     }
 }
 
