@@ -84,6 +84,14 @@ pub enum Refusal {
         /// The incarnation the refuser knows, if newer.
         current: Option<Incarnation>,
     },
+    /// The hello's name is not the name in the sender's certificate.
+    Name {
+        /// The certificate's node name, if it carries one.
+        certificate: Option<String>,
+    },
+    /// The refuser itself learned that a newer incarnation of its own name
+    /// runs, and is stopping: nothing is wrong with the sender.
+    Stopping,
 }
 
 /// Pushed writes, with what the receiver needs to apply them safely.

@@ -13,7 +13,7 @@ use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::store::{Register, Slot};
 use meshcache::transport::tls::{self, EphemeralCa, Identity};
-use meshcache::wire::{DeltaBatch, FrameCodec, Hello, Message, PROTOCOL_VERSION};
+use meshcache::wire::{DeltaBatch, FrameCodec, Hello, Message, Refusal, PROTOCOL_VERSION};
 
 fn now_ms() -> u64 {
     meshcache::node::now_ms()
@@ -163,4 +163,26 @@ async fn malformed_frames_close_only_that_connection() {
     eventually("both ways", || a.get(b"back").is_some()).await;
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A peer whose hello names someone other than its certificate is refused,
+/// and told why: the certificate's name, not "superseded" (which would tell
+/// a healthy peer to stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_naming_someone_else_is_refused_with_that_reason() {
+    let ca = EphemeralCa::new().unwrap();
+    let a = start(ca.issue("a").unwrap(), &[]).await;
+    let mallory = ca.issue("mallory").unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(tls::quinn_client_config(&mallory).unwrap());
+    let conn = ep.connect(a.local_addr(), tls::SERVER_NAME).unwrap().await.unwrap();
+    let (mut s, mut r) = conn.open_bi().await.unwrap();
+    s.write_all(&frame(&hello("b"))).await.unwrap();
+    s.finish().unwrap();
+    let reply = tokio::time::timeout(DEADLINE, r.read_to_end(1 << 20)).await.unwrap().unwrap();
+    let msgs = FrameCodec::default().decode_all(&reply).unwrap();
+    assert_eq!(msgs, vec![Message::Refused(Refusal::Name { certificate: Some("mallory".into()) })]);
+    eventually("counted", || a.stats().refused_peers >= 1).await;
+    assert!(a.members().iter().all(|m| m.id.name != "b" && m.id.name != "mallory"), "{:?}", a.members());
+    a.shutdown().await;
 }

@@ -72,13 +72,13 @@ fn check_hello(inner: &Inner, conn: &quinn::Connection, h: &Hello) -> Result<Opt
         Some(n) if n == h.from.name => {}
         other => {
             tracing::error!(peer = %h.from, cert = ?other, "refusing peer: hello name differs from its certificate");
-            return Err(Refusal::Superseded { current: None });
+            return Err(Refusal::Name { certificate: other });
         }
     }
     match inner.replica.learn_peer(&h.from) {
         Ok(Learned::SelfSuperseded) => {
             tracing::error!(peer = %h.from, "a newer incarnation of this peer's name is running");
-            return Err(Refusal::Superseded { current: None });
+            return Err(Refusal::Stopping);
         }
         Ok(_) => {}
         Err(r) => return Err(r),

@@ -59,6 +59,8 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         any::<u16>().prop_map(|ours| Refusal::Version { ours }),
         (any::<i64>(), any::<u64>()).prop_map(|(offset_ms, max_offset_ms)| Refusal::Skew { offset_ms, max_offset_ms }),
         option::of(incarnation()).prop_map(|current| Refusal::Superseded { current }),
+        option::of("[a-z0-9.-]{1,63}").prop_map(|certificate| Refusal::Name { certificate }),
+        Just(Refusal::Stopping),
     ]
 }
 
@@ -175,6 +177,8 @@ fn one_of_each() -> Vec<Message> {
         Message::Refused(Refusal::Skew { offset_ms: i64::MIN, max_offset_ms: 500 }),
         Message::Refused(Refusal::Superseded { current: Some(id.incarnation) }),
         Message::Refused(Refusal::Superseded { current: None }),
+        Message::Refused(Refusal::Name { certificate: Some("mallory".into()) }),
+        Message::Refused(Refusal::Stopping),
         Message::Deltas(DeltaBatch {
             from: id.clone(),
             hlc: st.hlc,
