@@ -760,24 +760,41 @@ async fn replicated_mode(z: &Sizes, ca: &EphemeralCa, rep: &mut Report, mode: &s
                 wire.push(bytes as f64 / deltas as f64);
             }
         }
-        let note = format!(
-            "{m} puts of {KEY_LEN}+{VALUE_LEN} B, 3 peers in 1 process, until equal digests; median of {}{}",
-            z.repeats,
-            if overflows > 0 { format!("; {overflows} queue overflows (repaired by AE)") } else { String::new() }
-        );
-        rep.push(
-            Row::new(3, format!("replicated updates/s, {mode}, 1 process"), "upd/s", median(rates))
-                .at_least(500_000.0, ">= 500,000/s")
-                .note(note),
-        );
-        let bound = 1.2 * (KEY_LEN + VALUE_LEN + 16) as f64;
-        rep.push(
-            Row::new(3, format!("push bytes per update, {mode}, 1 process"), "B", median(wire))
-                .at_most(bound, &format!("<= {bound:.0} B (1.2x (k+v+16))"))
-                .note(format!("push_bytes_sent / deltas_sent; key+value = {} B", KEY_LEN + VALUE_LEN)),
-        );
+        replicated_rows(rep, z, mode, "1 process", "3 peers in 1 process", rates, wire, overflows);
     }
     Ok(())
+}
+
+/// Row 3's two figures for one setup: median updates/s and push bytes per
+/// update.
+#[allow(clippy::too_many_arguments)]
+fn replicated_rows(
+    rep: &mut Report,
+    z: &Sizes,
+    mode: &str,
+    label: &str,
+    how: &str,
+    rates: Vec<f64>,
+    wire: Vec<f64>,
+    overflows: u64,
+) {
+    let note = format!(
+        "{} puts of {KEY_LEN}+{VALUE_LEN} B, {how}, until equal digests; median of {}{}",
+        z.replicated,
+        z.repeats,
+        if overflows > 0 { format!("; {overflows} queue overflows (repaired by AE)") } else { String::new() }
+    );
+    rep.push(
+        Row::new(3, format!("replicated updates/s, {mode}, {label}"), "upd/s", median(rates))
+            .at_least(500_000.0, ">= 500,000/s")
+            .note(note),
+    );
+    let bound = 1.2 * (KEY_LEN + VALUE_LEN + 16) as f64;
+    rep.push(
+        Row::new(3, format!("push bytes per update, {mode}, {label}"), "B", median(wire))
+            .at_most(bound, &format!("<= {bound:.0} B (1.2x (k+v+16))"))
+            .note(format!("push_bytes_sent / deltas_sent; key+value = {} B", KEY_LEN + VALUE_LEN)),
+    );
 }
 
 /// One peer of the three-process mesh: a child meshbench started with
@@ -1005,23 +1022,8 @@ async fn replicated_processes_inner(
         wire.extend(per_update);
         overflows += over;
     }
-    let note = format!(
-        "{m} puts of {KEY_LEN}+{VALUE_LEN} B, 3 peer processes, until equal digests (polled over pipes every \
-         ms); median of {}{}",
-        z.repeats,
-        if overflows > 0 { format!("; {overflows} queue overflows (repaired by AE)") } else { String::new() }
-    );
-    rep.push(
-        Row::new(3, format!("replicated updates/s, {mode}, 3 processes"), "upd/s", median(rates))
-            .at_least(500_000.0, ">= 500,000/s")
-            .note(note),
-    );
-    let bound = 1.2 * (KEY_LEN + VALUE_LEN + 16) as f64;
-    rep.push(
-        Row::new(3, format!("push bytes per update, {mode}, 3 processes"), "B", median(wire))
-            .at_most(bound, &format!("<= {bound:.0} B (1.2x (k+v+16))"))
-            .note(format!("push_bytes_sent / deltas_sent; key+value = {} B", KEY_LEN + VALUE_LEN)),
-    );
+    let how = "3 peer processes (polled over pipes every ms)";
+    replicated_rows(rep, z, mode, "3 processes", how, rates, wire, overflows);
     Ok(())
 }
 
