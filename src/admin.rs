@@ -28,7 +28,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::membership::Status;
-use crate::node::now_ms;
 use crate::Mesh;
 
 /// Longest request line accepted, in bytes (without the line end).
@@ -203,7 +202,7 @@ fn secs(ms: u64) -> String {
 }
 
 fn status(mesh: &Mesh) -> String {
-    let now = now_ms();
+    let now = mesh.now_ms();
     let me = mesh.id();
     let s = mesh.stats();
     let st = &s.store;

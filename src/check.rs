@@ -18,7 +18,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -117,7 +119,7 @@ fn show(k: &[u8]) -> String {
 impl History {
     /// An empty history; times count from now.
     pub fn new() -> Self {
-        History { start: Instant::now(), ops: Mutex::new(Vec::new()) }
+        History { start: crate::env::stopwatch(), ops: Mutex::new(Vec::new()) }
     }
 
     fn record(&self, peer: &Mesh, key: Bytes, kind: OpKind, stamp: Option<Stamp>) {
@@ -172,7 +174,7 @@ impl History {
     /// Reads through `peer` and records what it returned, with its stamp.
     pub fn read(&self, peer: &Mesh, key: impl Into<Bytes>) -> Option<Bytes> {
         let key = key.into();
-        let now = crate::node::now_ms();
+        let now = peer.now_ms();
         let got = peer.replica().store().register(&key).and_then(|r| r.val.visible(now).map(|v| (r.marker, v.clone())));
         let value = got.as_ref().map(|g| g.1.clone());
         self.record(peer, key, OpKind::Read(got), None);
@@ -187,7 +189,7 @@ impl History {
     /// Waits until every peer has equal digests (I1), polling, or until
     /// `deadline`. Returns how long it took, or `None` on timeout.
     pub async fn wait_converged(&self, peers: &[Mesh], deadline: Duration) -> Option<Duration> {
-        let t0 = Instant::now();
+        let t0 = crate::env::stopwatch();
         loop {
             let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
             if roots.iter().all(|r| *r == roots[0]) {
@@ -207,9 +209,9 @@ impl History {
     /// which moves its digest for a short while; call this before
     /// [`History::check`] for a stable picture.
     pub async fn wait_settled(peers: &[Mesh], deadline: Duration) -> bool {
-        let end = Instant::now() + deadline;
+        let end = crate::env::stopwatch() + deadline;
         let mut last = None;
-        let mut since = Instant::now();
+        let mut since = crate::env::stopwatch();
         loop {
             let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
             let equal = roots.iter().all(|r| *r == roots[0]);
@@ -221,9 +223,9 @@ impl History {
                 }
             } else {
                 last = equal.then_some(roots[0]);
-                since = Instant::now();
+                since = crate::env::stopwatch();
             }
-            if Instant::now() > end {
+            if crate::env::stopwatch() > end {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -259,7 +261,8 @@ impl History {
     pub fn check(&self, peers: &[Mesh]) -> Report {
         let ops = self.ops();
         let mut report = Report::default();
-        let now = crate::node::now_ms();
+        // Every peer reads one clock (the system's, or a simulation's).
+        let now = peers.first().map_or_else(crate::env::system_ms, Mesh::now_ms);
         // key -> (stamp, value it reads as now: None for a delete or an
         // expired write)
         let mut newest: BTreeMap<Bytes, (Stamp, Option<Bytes>)> = BTreeMap::new();

@@ -63,7 +63,7 @@ fn put(p: &Mesh, k: Bytes, v: Bytes) -> Result<(), Exit> {
 /// Polls `pending` (which says what is still missing, or `None`) every
 /// millisecond until it returns `None` or [`DEADLINE`] passes.
 async fn converge(what: &str, mut pending: impl FnMut() -> Option<String>) -> Result<Duration, Exit> {
-    let start = Instant::now();
+    let start = meshcache::env::stopwatch();
     loop {
         match pending() {
             None => return Ok(start.elapsed()),
@@ -104,7 +104,7 @@ pub(crate) async fn demo(quick: bool, push_delay: Option<Duration>) -> Result<()
         "  settings: MeshConfig defaults; {delay}, anti-entropy every {} ms",
         defaults.anti_entropy_interval.as_millis()
     );
-    let start = Instant::now();
+    let start = meshcache::env::stopwatch();
     let ca = EphemeralCa::new().map_err(|e| failure(format!("cannot make the in-memory CA: {e}")))?;
     let mut peers: Vec<Mesh> = Vec::new();
     let mut result = Ok(());
@@ -174,11 +174,11 @@ async fn step_writes(peers: &[Mesh], z: &Sizes) -> Result<(), Exit> {
     say!("\n1. writes: {} keys with {VALUE_LEN}-byte values, round-robin over a, b, c", count(n as u64));
     let stride = (n / z.samples.max(1)).max(1);
     let mut lat_us: Vec<u64> = Vec::with_capacity(2 * n / stride + 2);
-    let t = Instant::now();
+    let t = meshcache::env::stopwatch();
     for i in 0..n {
         let w = i % peers.len();
         let (k, v) = (key("w", i), value("w", i));
-        let t0 = Instant::now();
+        let t0 = meshcache::env::stopwatch();
         put(&peers[w], k.clone(), v.clone())?;
         if i % stride != 0 {
             continue;
@@ -247,7 +247,7 @@ async fn step_deletes(peers: &[Mesh], z: &Sizes) -> Result<(), Exit> {
     let n = z.keys;
     let deleted = n.div_ceil(4);
     say!("\n2. deletes: {} of those keys (every 4th), each on a peer other than its writer", count(deleted as u64));
-    let t = Instant::now();
+    let t = meshcache::env::stopwatch();
     for i in (0..n).step_by(4) {
         let p = &peers[(i + 1) % peers.len()];
         p.delete(key("w", i)).map_err(|e| failure(format!("a delete on {} failed: {e}", name(p))))?;
@@ -289,7 +289,7 @@ async fn step_races(peers: &[Mesh], z: &Sizes) -> Result<(), Exit> {
             tokio::task::spawn_blocking(move || -> Result<(Vec<Stamp>, Instant, Instant), String> {
                 let me = p.id().name.clone();
                 barrier.wait();
-                let start = Instant::now();
+                let start = meshcache::env::stopwatch();
                 let stamps = (0..r)
                     .map(|j| {
                         let data = Bytes::from(format!("{me} wrote race:{j}"));
@@ -300,7 +300,7 @@ async fn step_races(peers: &[Mesh], z: &Sizes) -> Result<(), Exit> {
                         }
                     })
                     .collect::<Result<Vec<Stamp>, String>>()?;
-                Ok((stamps, start, Instant::now()))
+                Ok((stamps, start, meshcache::env::stopwatch()))
             })
         })
         .collect();
@@ -371,7 +371,7 @@ async fn step_throughput(peers: &[Mesh], z: &Sizes) -> Result<(), Exit> {
     let keys: Vec<Bytes> = (0..m).map(|i| key("bulk", i)).collect();
     let values: Vec<Bytes> = (0..m).map(|i| value("bulk", i)).collect();
     let before: Vec<_> = peers.iter().map(Mesh::stats).collect();
-    let t = Instant::now();
+    let t = meshcache::env::stopwatch();
     for (i, (k, v)) in keys.iter().zip(&values).enumerate() {
         put(writer, k.clone(), v.clone())?;
         if i % 1024 == 1023 {

@@ -66,6 +66,7 @@
 pub mod admin;
 pub mod check;
 pub mod config;
+pub mod env;
 pub mod hlc;
 pub mod membership;
 pub mod node;

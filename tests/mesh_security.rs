@@ -16,7 +16,7 @@ use meshcache::transport::tls::{self, EphemeralCa, Identity};
 use meshcache::wire::{DeltaBatch, FrameCodec, Hello, Message, Refusal, PROTOCOL_VERSION};
 
 fn now_ms() -> u64 {
-    meshcache::node::now_ms()
+    meshcache::env::system_ms()
 }
 
 fn frame(m: &Message) -> Bytes {

@@ -167,6 +167,7 @@ fn long_partition_no_resurrection() {
         budgets: vec![SMALL_BUDGET; 3],
         duration: Duration::from_secs(6 * 3600),
         loss: 0.0,
+        keep_trace: false,
     };
     let out = Arc::new(Mutex::new(String::new()));
     let real = Instant::now();
@@ -353,7 +354,7 @@ fn plan(seed: u64) -> Plan {
     let duration = slept + CONVERGE + Duration::from_secs(3600);
     // Half the schedules lose datagrams in bursts on every link.
     let loss = if rng.random_bool(0.5) { rng.random_range(0.005..0.05) } else { 0.0 };
-    let layout = Layout { seed, peers: n, budgets, duration, loss };
+    let layout = Layout { seed, peers: n, budgets, duration, loss, keep_trace: false };
     Plan { layout, steps }
 }
 
@@ -367,6 +368,18 @@ struct RunStats {
     skipped_crashes: usize,
     virtual_time: Duration,
     writes: usize,
+    /// The run's trace hash (see `tsim::Trace`), and its lines if kept.
+    trace: u64,
+    trace_lines: Vec<String>,
+    datagrams: u64,
+}
+
+/// Adds every client operation, with its stamp and result, to the trace.
+fn trace_history(net: &Net, h: &History) {
+    let mut t = net.trace.lock();
+    for op in h.ops() {
+        t.event(&format!("{} {:?} {:?} {:?} {:?}", op.peer, op.key, op.kind, op.stamp, op.at));
+    }
 }
 
 /// Whether another live peer holds, for every key, a register at least as
@@ -376,7 +389,7 @@ fn covered(net: &Net, victim: &Mesh) -> bool {
     (0..KEYS).all(|k| {
         let Some(r) = victim.replica().store().register(key(k).as_bytes()) else { return true };
         // An expired value reads as absent wherever it is, or is not.
-        if r.val.is_expired(meshcache::node::now_ms()) {
+        if r.val.is_expired(victim.now_ms()) {
             return true;
         }
         others.iter().any(|o| {
@@ -484,15 +497,26 @@ async fn execute(net: Net, steps: Vec<Step>, trace: bool) -> Result<RunStats, St
         }
     }
     let _ = crashed_compactions_seen;
-    (st.heal_to_converge, st.heal_to_converge_real) = heal_converge_check(&net, &h).await?;
+    let checked = heal_converge_check(&net, &h).await;
+    trace_history(&net, &h);
+    (st.heal_to_converge, st.heal_to_converge_real) = checked?;
     st.compactions = compactions(&net);
     st.writes = h.check(&[]).writes;
     st.virtual_time = start.elapsed();
     Ok(st)
 }
 
+/// The one command that replays `seed` with its plan and steps printed.
+fn replay_command(seed: u64) -> String {
+    format!("MESHCACHE_TURMOIL_SEED={seed} cargo test --release --test turmoil_sim random_schedules -- --nocapture")
+}
+
 fn run_schedule(seed: u64, trace: bool) -> Result<(RunStats, Duration), String> {
-    let p = plan(seed);
+    run_plan(plan(seed), trace)
+}
+
+fn run_plan(p: Plan, trace: bool) -> Result<(RunStats, Duration), String> {
+    let seed = p.layout.seed;
     if trace {
         println!("seed {seed}: {} peers, budgets {:?}, {} steps", p.layout.peers, p.layout.budgets, p.steps.len());
     }
@@ -501,7 +525,12 @@ fn run_schedule(seed: u64, trace: bool) -> Result<(RunStats, Duration), String> 
     let r2 = result.clone();
     let steps = p.steps.clone();
     let run = tsim::run(&p.layout, move |net| async move {
-        let r = execute(net, steps, trace).await;
+        let r = execute(net.clone(), steps, trace).await.map(|mut st| {
+            let t = net.trace.lock();
+            (st.trace, st.datagrams) = (t.digest(), t.datagrams);
+            st.trace_lines = t.lines.clone().unwrap_or_default();
+            st
+        });
         let failed = r.is_err();
         *r2.lock() = Some(r);
         if failed {
@@ -531,9 +560,19 @@ fn median(v: &mut [Duration]) -> Duration {
 fn random_schedules() {
     if let Ok(s) = std::env::var("MESHCACHE_TURMOIL_SEED") {
         let seed: u64 = s.parse().expect("MESHCACHE_TURMOIL_SEED must be a number");
+        // MESHCACHE_TURMOIL_LOG=debug (any tracing filter) logs the replay:
+        // two replays of one seed log the same lines.
+        let _log = std::env::var("MESHCACHE_TURMOIL_LOG").ok().map(|filter| {
+            let sub = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .without_time()
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_default(sub)
+        });
         match run_schedule(seed, true) {
             Ok((st, real)) => println!("seed {seed}: ok in {real:?} real: {st:?}"),
-            Err(e) => panic!("seed {seed} failed: {e}"),
+            Err(e) => panic!("seed {seed} failed: {e}\nreplay: {}", replay_command(seed)),
         }
         return;
     }
@@ -565,7 +604,7 @@ fn random_schedules() {
                         st.writes,
                         st.virtual_time
                     ),
-                    Err(e) => println!("seed {seed}: FAILED: {e}"),
+                    Err(e) => println!("seed {seed}: FAILED: {e}\n  replay: {}", replay_command(seed)),
                 }
                 results.lock().push((seed, r));
             });
@@ -584,7 +623,7 @@ fn random_schedules() {
                 skipped += st.skipped_crashes;
                 virt += st.virtual_time;
             }
-            Err(e) => failed.push(format!("seed {seed}: {e}")),
+            Err(e) => failed.push(format!("seed {seed}: {e}\n  replay: {}", replay_command(*seed))),
         }
     }
     let max = conv.iter().max().copied().unwrap_or_default();
@@ -597,11 +636,38 @@ fn random_schedules() {
         max,
         failed.len()
     );
-    assert!(
-        failed.is_empty(),
-        "{} schedule(s) failed (replay one with MESHCACHE_TURMOIL_SEED=S cargo test --test turmoil_sim -- \
-         --nocapture):\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert!(failed.is_empty(), "{} schedule(s) failed:\n{}", failed.len(), failed.join("\n"));
+}
+
+/// One seed, one run: the same schedule run twice ends with the same trace
+/// hash (every datagram delivered, every client operation with its stamp
+/// and result, in order).
+#[test]
+fn a_seed_replays_exactly() {
+    let base: u64 = 0x7u64 << 32;
+    for seed in [base + 1, base + 2, base + 3] {
+        let run = || {
+            let mut p = plan(seed);
+            p.layout.keep_trace = true;
+            run_plan(p, false).unwrap_or_else(|e| panic!("seed {seed}: {e}")).0
+        };
+        let (a, b) = (run(), run());
+        if let Some(i) =
+            (0..a.trace_lines.len().max(b.trace_lines.len())).find(|&i| a.trace_lines.get(i) != b.trace_lines.get(i))
+        {
+            let around = |t: &[String]| t[i.saturating_sub(3)..(i + 3).min(t.len())].join("\n  ");
+            println!(
+                "seed {seed}: the runs part at entry {i}:\n first:\n  {}\n second:\n  {}",
+                around(&a.trace_lines),
+                around(&b.trace_lines)
+            );
+        }
+        println!("seed {seed}: trace {:016x} over {} datagrams and {} writes", a.trace, a.datagrams, a.writes);
+        assert!(a.datagrams > 0, "seed {seed}: nothing traced");
+        assert_eq!(
+            (a.trace, a.datagrams, a.writes),
+            (b.trace, b.datagrams, b.writes),
+            "seed {seed} ran two different ways"
+        );
+    }
 }

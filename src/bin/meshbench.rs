@@ -20,7 +20,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -331,7 +331,7 @@ async fn shutdown_all(peers: &[Mesh]) {
 
 /// Polls `done` every millisecond; returns the time it took.
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<Duration> {
-    let t = Instant::now();
+    let t = meshcache::env::stopwatch().into_std();
     while !done() {
         if t.elapsed() > DEADLINE {
             bail!("{what}: not done within {} s", DEADLINE.as_secs());
@@ -597,7 +597,7 @@ fn lag_probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &str) -> Result<Vec<f6
     for i in 0..n + 50 {
         let k = key(tag, i);
         let v = value(i + 7);
-        let t0 = Instant::now();
+        let t0 = meshcache::env::stopwatch().into_std();
         match ca.cmd(&[b"SET", &k, &v])? {
             Reply::Simple(s) if s == "OK" => {}
             r => bail!("SET on {a}: {r:?}"),
@@ -688,7 +688,7 @@ async fn row_lag(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> 
 /// Writes `n` keys from `start` on `p` in a blocking thread.
 async fn write_range(p: Mesh, prefix: &'static str, start: usize, n: usize) -> Result<Duration> {
     tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
+        let t = meshcache::env::stopwatch().into_std();
         for i in start..start + n {
             p.put(key(prefix, i), value(i))?;
         }
@@ -728,7 +728,7 @@ async fn replicated_mode(z: &Sizes, ca: &EphemeralCa, rep: &mut Report, mode: &s
             let peers = start_three(ca, &format!("r{run}{r}")).await?;
             let before: Vec<_> = peers.iter().map(Mesh::stats).collect();
             let res = async {
-                let t = Instant::now();
+                let t = meshcache::env::stopwatch().into_std();
                 let writers: Vec<_> = if run == 0 {
                     vec![tokio::spawn(write_range(peers[0].clone(), "u", 0, m))]
                 } else {
@@ -960,7 +960,7 @@ async fn replicated_processes_inner(
             procs.push(PeerProcess::spawn(n, certs, Some(seed)).await?);
         }
         let res = async {
-            let t = Instant::now();
+            let t = meshcache::env::stopwatch().into_std();
             loop {
                 let mut up = true;
                 for p in procs.iter_mut() {
@@ -981,7 +981,7 @@ async fn replicated_processes_inner(
             let writers = if all { 3 } else { 1 };
             let per = m / writers;
             let total = (per * writers) as u64;
-            let t = Instant::now();
+            let t = meshcache::env::stopwatch().into_std();
             for (w, p) in procs.iter_mut().take(writers).enumerate() {
                 p.send(&format!("write {} {per}", w * per)).await?;
             }
@@ -1080,7 +1080,7 @@ async fn heal_inner(z: &Sizes, faults: &Faults, peers: &[Mesh], rep: &mut Report
     // across it have timed out (idle timeout 3 s).
     let (a, b, c) = (&peers[0], &peers[1], &peers[2]);
     faults.partition(&[a.local_addr(), b.local_addr()], &[c.local_addr()]);
-    let cut = Instant::now();
+    let cut = meshcache::env::stopwatch().into_std();
     wait_until("the connections across the cut to close", || {
         a.stats().connected == 1 && b.stats().connected == 1 && c.stats().connected == 0
     })
@@ -1174,7 +1174,7 @@ async fn row_memory_bootstrap(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mu
             rep.push(row);
         }
         if rows.contains(&5) {
-            let t = Instant::now();
+            let t = meshcache::env::stopwatch().into_std();
             let b = start_peer(ca, "mb", &[a.local_addr()]).await?;
             let r = async {
                 wait_until("bootstrap ready", || b.is_ready()).await?;
@@ -1253,7 +1253,7 @@ async fn row_local(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> 
                                 let (p, keys) = (&pp, &keys);
                                 s.spawn(move || {
                                     let v = Bytes::from(vec![b'x'; VALUE_LEN]);
-                                    let start = Instant::now();
+                                    let start = meshcache::env::stopwatch().into_std();
                                     let mut ops = 0u64;
                                     let mut i = t * 7919;
                                     while start.elapsed().as_secs_f64() < secs {
@@ -1359,7 +1359,7 @@ fn write_json(args: &Args, rep: &Report, secs: f64) -> Result<()> {
     let mut j = String::from("{\n");
     let _ = writeln!(j, "  \"mode\": {},", json_str(if args.quick { "quick" } else { "full" }));
     let _ = writeln!(j, "  \"command\": {},", json_str(&args.command));
-    let _ = writeln!(j, "  \"unix_time\": {},", meshcache::node::now_ms() / 1000);
+    let _ = writeln!(j, "  \"unix_time\": {},", meshcache::env::system_ms() / 1000);
     let _ = writeln!(j, "  \"git\": {},", json_str(&command_output("git", &["rev-parse", "--short", "HEAD"])));
     let _ = writeln!(j, "  \"cpus\": {cpus},");
     let _ = writeln!(j, "  \"cpu_model\": {},", json_str(&model));
@@ -1518,7 +1518,7 @@ async fn main() -> Result<()> {
     );
     let ca = EphemeralCa::new().map_err(|e| anyhow!("in-memory CA: {e}"))?;
     let mut rep = Report { rows: Vec::new(), errors: Vec::new(), load_start: loadavg() };
-    let start = Instant::now();
+    let start = meshcache::env::stopwatch().into_std();
     // Memory first, while this process is fresh, then bootstrap from the
     // same peer.
     if rows.contains(&5) || rows.contains(&6) {

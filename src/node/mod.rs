@@ -15,20 +15,20 @@ mod peer;
 mod queue;
 mod stream;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rand::Rng;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, MeshConfig};
+use crate::env::Env;
 use crate::hlc::{NodeId, Stamp};
 use crate::membership::{Incarnation, MemberId, Status};
 use crate::replica::{Replica, WriteError};
@@ -36,11 +36,6 @@ use crate::store::{ChangeKind, Slot, StoreConfig, StoreStats, Written};
 use crate::transport::tls::{CertError, Identity};
 use crate::wire::FrameCodec;
 use queue::PushQueue;
-
-/// Unix time in milliseconds: the shell's only clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Where a change came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -203,13 +198,15 @@ struct PeerConn {
 
 struct Inner {
     replica: Arc<Replica>,
+    /// The peer's only clock and random source.
+    env: Env,
     config: MeshConfig,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     local_addr: SocketAddr,
     advertise: SocketAddr,
     codec: FrameCodec,
-    peers: Mutex<HashMap<String, PeerConn>>,
+    peers: Mutex<BTreeMap<String, PeerConn>>,
     events: broadcast::Sender<Change>,
     ae_requests: mpsc::UnboundedSender<String>,
     /// Anti-entropy sessions in flight per peer, either role: a new round
@@ -230,7 +227,7 @@ struct Inner {
     /// sessions are over.
     conn_sessions: Mutex<HashMap<usize, usize>>,
     /// Peers whose requested round waits for the sessions in flight.
-    ae_deferred: Mutex<HashSet<String>>,
+    ae_deferred: Mutex<BTreeSet<String>>,
     /// Addresses being dialed now.
     dialing: Mutex<HashSet<SocketAddr>>,
     counters: Counters,
@@ -278,6 +275,8 @@ pub struct MeshBuilder {
     config: MeshConfig,
     identity: Option<Identity>,
     socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    env: Option<Env>,
+    crypto: Option<Arc<rustls::crypto::CryptoProvider>>,
 }
 
 impl MeshBuilder {
@@ -345,9 +344,29 @@ impl MeshBuilder {
         self
     }
 
+    /// Where the peer reads the time and draws random numbers (default:
+    /// the system clock and OS entropy). A simulation passes its virtual
+    /// clock and a seed, so that a run replays exactly.
+    pub fn env(mut self, env: Env) -> Self {
+        self.env = Some(env);
+        self
+    }
+
+    /// The TLS crypto provider (default: ring's). A simulation that is to
+    /// replay exactly passes one whose randomness and key exchange are
+    /// seeded (TLS randomness decides how a stray datagram is read). Never
+    /// outside a simulation: seeded keys are predictable keys.
+    pub fn crypto_provider(mut self, provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        self.crypto = Some(provider);
+        self
+    }
+
     /// Validates the settings, binds the listen address and starts the peer.
     pub async fn start(self) -> Result<Mesh, MeshError> {
-        Mesh::start(self.config, self.identity.ok_or(MeshError::NoIdentity)?, self.socket).await
+        let env = self.env.unwrap_or_default();
+        let crypto = self.crypto.unwrap_or_else(crate::transport::tls::default_provider);
+        let identity = self.identity.ok_or(MeshError::NoIdentity)?;
+        Mesh::start(self.config, identity, self.socket, env, crypto).await
     }
 }
 
@@ -374,29 +393,39 @@ impl Mesh {
         config: MeshConfig,
         identity: Identity,
         socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+        env: Env,
+        crypto: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<Mesh, MeshError> {
         config.validate()?;
         if identity.name != config.name {
             return Err(MeshError::NameMismatch { cert: identity.name.clone(), name: config.name.clone() });
         }
-        let mut server = crate::transport::tls::quinn_server_config(&identity)?;
+        let mut server = crate::transport::tls::quinn_server_config_with(&identity, crypto.clone())?;
         server.transport_config(transport_config(&config));
-        let mut client_config = crate::transport::tls::quinn_client_config(&identity)?;
+        let mut client_config = crate::transport::tls::quinn_client_config_with(&identity, crypto)?;
         client_config.transport_config(transport_config(&config));
+        // quinn's own draws come from the env too when it is seeded, so
+        // that a seeded run replays (see `transport::seeded`).
+        let endpoint_config = if env.is_seeded() {
+            crate::transport::seeded::seed_quinn(&env, &mut server, &mut client_config)
+        } else {
+            quinn::EndpointConfig::default()
+        };
         let endpoint = match socket {
             Some(socket) => quinn::Endpoint::new_with_abstract_socket(
-                quinn::EndpointConfig::default(),
+                endpoint_config,
                 Some(server),
                 socket,
                 Arc::new(quinn::TokioRuntime),
             ),
-            None => quinn::Endpoint::server(server, config.listen),
+            None => std::net::UdpSocket::bind(config.listen)
+                .and_then(|s| quinn::Endpoint::new(endpoint_config, Some(server), s, Arc::new(quinn::TokioRuntime))),
         }
         .map_err(|source| MeshError::Bind { addr: config.listen, source })?;
         let local_addr = endpoint.local_addr().map_err(|source| MeshError::Bind { addr: config.listen, source })?;
         let advertise = config.advertise.unwrap_or(local_addr);
-        let node = NodeId(rand::rng().random::<u64>() | 1);
-        let me = MemberId { name: config.name.clone(), incarnation: Incarnation { started_ms: now_ms(), node } };
+        let node = NodeId(env.random_u64() | 1);
+        let me = MemberId { name: config.name.clone(), incarnation: Incarnation { started_ms: env.now_ms(), node } };
         let store = StoreConfig {
             shards: std::num::NonZeroUsize::new(config.shards).expect("validated"),
             max_bytes: config.max_bytes.and_then(std::num::NonZeroUsize::new),
@@ -411,25 +440,26 @@ impl Mesh {
         let (ae_tx, ae_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             replica,
+            started: env.instant(),
+            env,
             codec: FrameCodec::new(config.max_frame),
             config,
             endpoint,
             client_config,
             local_addr,
             advertise,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
             events,
             ae_requests: ae_tx,
             ae_running: Mutex::new(HashMap::new()),
             ae_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             ae_awaiting_accept: std::sync::atomic::AtomicBool::new(false),
             conn_sessions: Mutex::new(HashMap::new()),
-            ae_deferred: Mutex::new(HashSet::new()),
+            ae_deferred: Mutex::new(BTreeSet::new()),
             dialing: Mutex::new(HashSet::new()),
             counters: Counters::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            started: tokio::time::Instant::now(),
         });
         tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
         inner.tasks.spawn(peer::accept_loop(inner.clone()));
@@ -456,7 +486,17 @@ impl Mesh {
 
     /// Reads `key` from the local replica: no network, no await.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.inner.replica.get(key, now_ms())
+        self.inner.replica.get(key, self.now_ms())
+    }
+
+    /// The peer's clock (Unix ms): what its stamps, TTLs and expiry use.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.env.now_ms()
+    }
+
+    /// The peer's clock and random source.
+    pub fn env(&self) -> &Env {
+        &self.inner.env
     }
 
     /// The largest key plus value a write may carry: it must fit in one
@@ -478,7 +518,7 @@ impl Mesh {
     pub fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), MeshError> {
         let (key, value) = (key.into(), value.into());
         self.check_size(&key, &value)?;
-        let w = self.inner.replica.put(key, value, None, now_ms())?;
+        let w = self.inner.replica.put(key, value, None, self.now_ms())?;
         self.inner.after_write(w, ChangeKind::Put);
         Ok(())
     }
@@ -488,14 +528,14 @@ impl Mesh {
         let ttl = ttl.as_millis().max(1) as u64;
         let (key, value) = (key.into(), value.into());
         self.check_size(&key, &value)?;
-        let w = self.inner.replica.put(key, value, Some(ttl), now_ms())?;
+        let w = self.inner.replica.put(key, value, Some(ttl), self.now_ms())?;
         self.inner.after_write(w, ChangeKind::Put);
         Ok(())
     }
 
     /// Deletes `key` everywhere. Returns whether it was visible here.
     pub fn delete(&self, key: impl Into<Bytes>) -> Result<bool, MeshError> {
-        let w = self.inner.replica.delete(key.into(), now_ms())?;
+        let w = self.inner.replica.delete(key.into(), self.now_ms())?;
         let existed = w.previous.is_some();
         self.inner.after_write(w, ChangeKind::Delete);
         Ok(existed)
@@ -512,7 +552,7 @@ impl Mesh {
         let key = key.into();
         let max = self.max_write_bytes();
         let mut too_large = None;
-        let w = self.inner.replica.write_with(key.clone(), now_ms(), |cur, stamp| {
+        let w = self.inner.replica.write_with(key.clone(), self.now_ms(), |cur, stamp| {
             let slot = f(cur, stamp)?;
             let len = key.len() + slot.payload_len();
             if len > max {
@@ -533,7 +573,7 @@ impl Mesh {
 
     /// FLUSHALL: deletes every key older than now, on every peer.
     pub fn flush_all(&self) -> Result<(), MeshError> {
-        let stamp = self.inner.replica.flush_all(now_ms())?;
+        let stamp = self.inner.replica.flush_all(self.now_ms())?;
         for p in self.inner.peers.lock().values() {
             p.queue.force();
         }
@@ -579,9 +619,9 @@ impl Mesh {
 
     /// Waits until bootstrap is complete, or `timeout`. Returns readiness.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = self.inner.env.instant() + timeout;
         while !self.is_ready() {
-            if tokio::time::Instant::now() >= deadline {
+            if self.inner.env.instant() >= deadline {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -684,7 +724,7 @@ async fn timer_loop(inner: Arc<Inner>) {
             _ = iv.tick() => {}
         }
         let r = &inner.replica;
-        if !r.is_booted() && inner.started.elapsed() >= inner.config.bootstrap_timeout {
+        if !r.is_booted() && inner.env.instant() - inner.started >= inner.config.bootstrap_timeout {
             r.force_boot();
             tracing::warn!(
                 timeout_ms = inner.config.bootstrap_timeout.as_millis() as u64,
@@ -697,7 +737,7 @@ async fn timer_loop(inner: Arc<Inner>) {
             inner.endpoint.close(peer::CODE_SUPERSEDED, b"superseded");
             return;
         }
-        let tick = r.tick(now_ms());
+        let tick = r.tick(inner.env.now_ms());
         if let Some(c) = tick.compaction {
             tracing::warn!(
                 clear_below = %c.clear_below, tombstones = c.tombstones, values = c.values,

@@ -11,13 +11,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use quinn::VarInt;
-use rand::seq::IndexedRandom;
-use rand::Rng;
 use tokio::sync::mpsc;
 
 use super::queue::PushQueue;
 use super::stream::{kind, run_session, write_message, FrameReader, StreamError};
-use super::{now_ms, Inner, Origin, PeerConn};
+use super::{Inner, Origin, PeerConn};
 use crate::membership::{Learned, MemberId};
 use crate::replica::PeerError;
 use crate::sync::Session;
@@ -46,7 +44,7 @@ fn my_hello(inner: &Inner) -> Message {
     Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         from: inner.replica.me().clone(),
-        physical_ms: now_ms(),
+        physical_ms: inner.env.now_ms(),
         hlc: inner.replica.store().clock().last(),
         listen: Some(inner.advertise),
     })
@@ -61,7 +59,7 @@ fn check_hello(inner: &Inner, conn: &quinn::Connection, h: &Hello) -> Result<Opt
     if h.from == *me {
         return Ok(None);
     }
-    let now = now_ms();
+    let now = inner.env.now_ms();
     if let Err(e) = inner.replica.store().clock().check_skew(h.physical_ms, now) {
         tracing::error!(peer = %h.from, offset_ms = e.offset_ms, max_offset_ms = e.max_offset_ms,
             "refusing peer: clock offset exceeds max_offset; no data exchanged");
@@ -297,7 +295,7 @@ fn retire(inner: &Arc<Inner>, conn: quinn::Connection, id: MemberId, serve: bool
     }
     let inner = inner.clone();
     inner.clone().tasks.spawn(async move {
-        let start = tokio::time::Instant::now();
+        let start = inner.env.instant();
         loop {
             tokio::select! {
                 _ = inner.cancel.cancelled() => return,
@@ -305,7 +303,7 @@ fn retire(inner: &Arc<Inner>, conn: quinn::Connection, id: MemberId, serve: bool
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
             let idle = !inner.conn_sessions.lock().contains_key(&conn.stable_id());
-            let waited = start.elapsed();
+            let waited = inner.env.instant() - start;
             if (idle && waited >= RETIRE_LINGER) || waited >= SLOT_WAIT_MAX {
                 conn.close(CODE_DUPLICATE, b"duplicate");
                 return;
@@ -451,7 +449,7 @@ async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) 
                             return;
                         }
                         let n = batch.entries.len() as u64;
-                        match inner.replica.handle_deltas(batch, now_ms()) {
+                        match inner.replica.handle_deltas(batch, inner.env.now_ms()) {
                             Ok(out) => {
                                 inner.counters.deltas_received.fetch_add(n, Ordering::Relaxed);
                                 metrics::counter!("meshcache_deltas_received_total").increment(n);
@@ -519,8 +517,9 @@ async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) {
                     None
                 }
             };
-            let session = Session::respond(now_ms());
-            let r = run_session(&inner.replica, session, send, recv, inner.codec, now_ms, None).await;
+            let session = Session::respond(inner.env.now_ms());
+            let env = inner.env.clone();
+            let r = run_session(&inner.replica, session, send, recv, inner.codec, move || env.now_ms(), None).await;
             finish_session(&inner, &conn, &id, r);
             drop(slot);
             session_over(&inner, &id.name);
@@ -542,7 +541,7 @@ const SLOT_WAIT_MAX: Duration = Duration::from_secs(30);
 async fn wait_for_slot(inner: &Inner) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let acquire = inner.ae_slot.clone().acquire_owned();
     tokio::pin!(acquire);
-    let end = tokio::time::Instant::now() + SLOT_WAIT_MAX;
+    let end = inner.env.instant() + SLOT_WAIT_MAX;
     loop {
         tokio::select! {
             _ = inner.cancel.cancelled() => return None,
@@ -552,7 +551,7 @@ async fn wait_for_slot(inner: &Inner) -> Option<tokio::sync::OwnedSemaphorePermi
                     tracing::debug!("anti-entropy slot held by a round not yet accepted: responding at once");
                     return None;
                 }
-                if tokio::time::Instant::now() > end {
+                if inner.env.instant() > end {
                     tracing::warn!("anti-entropy slot busy for {SLOT_WAIT_MAX:?}: responding anyway");
                     return None;
                 }
@@ -564,8 +563,8 @@ async fn wait_for_slot(inner: &Inner) -> Option<tokio::sync::OwnedSemaphorePermi
 /// Waits until this peer's other sessions with `peer` are over (at most
 /// [`SLOT_WAIT_MAX`]).
 async fn wait_for_crossed(inner: &Inner, peer: &str) {
-    let end = tokio::time::Instant::now() + SLOT_WAIT_MAX;
-    while inner.ae_running.lock().get(peer).is_some_and(|n| *n > 1) && tokio::time::Instant::now() < end {
+    let end = inner.env.instant() + SLOT_WAIT_MAX;
+    while inner.ae_running.lock().get(peer).is_some_and(|n| *n > 1) && inner.env.instant() < end {
         tokio::select! {
             _ = inner.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -585,7 +584,7 @@ fn session_over(inner: &Inner, peer: &str) {
     }
     if running.is_empty() {
         drop(running);
-        for p in inner.ae_deferred.lock().drain() {
+        for p in std::mem::take(&mut *inner.ae_deferred.lock()) {
             let _ = inner.ae_requests.send(p);
         }
     }
@@ -627,12 +626,15 @@ pub(crate) async fn anti_entropy_loop(inner: Arc<Inner>, mut requests: mpsc::Unb
     let base = inner.config.anti_entropy_interval;
     loop {
         // Jitter of ±20% keeps peers from syncing in lockstep.
-        let wait = base.mul_f64(rand::rng().random_range(0.8..1.2));
+        let wait = base.mul_f64(inner.env.random_f64(0.8, 1.2));
         let (target, requested) = tokio::select! {
             _ = inner.cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {
                 let names: Vec<String> = inner.peers.lock().keys().cloned().collect();
-                match names.choose(&mut rand::rng()) { Some(n) => (n.clone(), false), None => continue }
+                if names.is_empty() {
+                    continue;
+                }
+                (names[inner.env.random_index(names.len())].clone(), false)
             }
             r = requests.recv() => match r { Some(n) => (n, true), None => return },
         };
@@ -666,9 +668,11 @@ pub(crate) async fn anti_entropy_loop(inner: Arc<Inner>, mut requests: mpsc::Unb
             let (conn, id) = conn;
             let _on_conn = ConnSession::new(&inner2, &conn);
             if let Ok((send, recv)) = conn.open_bi().await {
-                let session = Session::initiate(&inner2.replica, now_ms());
+                let session = Session::initiate(&inner2.replica, inner2.env.now_ms());
                 let flag = Some(&inner2.ae_awaiting_accept);
-                let r = run_session(&inner2.replica, session, send, recv, inner2.codec, now_ms, flag).await;
+                let env = inner2.env.clone();
+                let r =
+                    run_session(&inner2.replica, session, send, recv, inner2.codec, move || env.now_ms(), flag).await;
                 finish_session(&inner2, &conn, &id, r);
             }
             inner2.ae_awaiting_accept.store(false, Ordering::Relaxed);
@@ -694,8 +698,8 @@ pub(crate) async fn connect_loop(inner: Arc<Inner>) {
                     backoff.remove(&addr);
                 } else {
                     let d = backoff.get(&addr).map_or(BACKOFF_MIN, |b| (b.1 * 2).min(BACKOFF_MAX));
-                    let jittered = d.mul_f64(rand::rng().random_range(0.75..1.25));
-                    backoff.insert(addr, (Instant::now() + jittered, d));
+                    let jittered = d.mul_f64(inner.env.random_f64(0.75, 1.25));
+                    backoff.insert(addr, (inner.env.instant() + jittered, d));
                 }
                 continue;
             }
@@ -717,7 +721,7 @@ pub(crate) async fn connect_loop(inner: Arc<Inner>) {
             if connected.iter().any(|(_, a)| *a == Some(addr)) {
                 continue;
             }
-            if backoff.get(&addr).is_some_and(|(t, _)| Instant::now() < *t) {
+            if backoff.get(&addr).is_some_and(|(t, _)| inner.env.instant() < *t) {
                 continue;
             }
             if !inner.dialing.lock().insert(addr) {

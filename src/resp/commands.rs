@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 
@@ -12,7 +14,6 @@ use super::notify::{self, Hint, Outbox};
 use super::parse::parse_i64;
 use super::reply::Out;
 use super::Shared;
-use crate::node::now_ms;
 use crate::replica::WriteError;
 use crate::store::Slot;
 use crate::MeshError;
@@ -48,7 +49,7 @@ impl Client {
             id,
             addr,
             laddr,
-            created: Instant::now(),
+            created: crate::env::stopwatch(),
             authed,
             name: None,
             lib_name: None,
@@ -329,7 +330,7 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
             let Some(t) = int_arg(out, &args[2]) else { return };
             let name = if spec.cmd == Cmd::SetEx { "setex" } else { "psetex" };
             let ms = if spec.cmd == Cmd::SetEx { t.checked_mul(1000) } else { Some(t) };
-            let Some(ms) = ms.filter(|&m| m > 0 && (now_ms() as i64).checked_add(m).is_some()) else {
+            let Some(ms) = ms.filter(|&m| m > 0 && (sh.mesh.now_ms() as i64).checked_add(m).is_some()) else {
                 return out.error(&format!("ERR invalid expire time in '{name}' command"));
             };
             match set(sh, &args[1], &args[3], Cond::Always, Ttl::Rel(ms as u64)) {
@@ -359,7 +360,7 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
             out.int(n);
         }
         Cmd::Exists | Cmd::Touch => {
-            let now = now_ms();
+            let now = mesh.now_ms();
             let store = mesh.replica().store();
             let n = args[1..].iter().filter(|k| store.get(k, now).is_some()).count();
             out.int(n as i64);
@@ -396,7 +397,7 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
         }
         Cmd::Expire | Cmd::PExpire | Cmd::ExpireAt | Cmd::PExpireAt => expire_command(sh, spec, args, out),
         Cmd::Ttl | Cmd::PTtl | Cmd::ExpireTime | Cmd::PExpireTime => {
-            let now = now_ms();
+            let now = mesh.now_ms();
             let reg = mesh.replica().store().register(&args[1]);
             let Some(slot) = reg.as_ref().map(|r| &r.val).filter(|s| s.visible(now).is_some()) else {
                 return out.int(-2);
@@ -487,7 +488,7 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
         Cmd::Hello => hello_command(sh, c, args, out),
         Cmd::Config => config_command(sh, args, out),
         Cmd::Time => {
-            let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let d = Duration::from_millis(mesh.now_ms());
             out.array(2);
             out.bulk(d.as_secs().to_string().as_bytes());
             out.bulk(d.subsec_micros().to_string().as_bytes());
@@ -676,7 +677,7 @@ fn set_command(sh: &Shared, args: &[Bytes], out: &mut Out) {
         let secs = eq(unit, "ex") || eq(unit, "exat");
         let Some(ms) = (if secs { n.checked_mul(1000) } else { Some(n) }) else { return out.error(bad()) };
         let relative = eq(unit, "ex") || eq(unit, "px");
-        if relative && (now_ms() as i64).checked_add(ms).is_none() {
+        if relative && (sh.mesh.now_ms() as i64).checked_add(ms).is_none() {
             return out.error(bad());
         }
         ttl = if relative { Ttl::Rel(ms as u64) } else { Ttl::Abs(ms as u64) };
@@ -721,7 +722,7 @@ fn expire_command(sh: &Shared, spec: &Spec, args: &[Bytes], out: &mut Out) {
     let relative = matches!(spec.cmd, Cmd::Expire | Cmd::PExpire);
     let bad = format!("ERR invalid expire time in '{}' command", spec.name);
     let Some(ms) = (if secs { n.checked_mul(1000) } else { Some(n) }) else { return out.error(&bad) };
-    if relative && (now_ms() as i64).checked_add(ms).is_none() {
+    if relative && (sh.mesh.now_ms() as i64).checked_add(ms).is_none() {
         return out.error(&bad);
     }
     let mut done = false;

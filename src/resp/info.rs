@@ -7,7 +7,6 @@ use bytes::Bytes;
 
 use super::Shared;
 use crate::membership::Status;
-use crate::node::now_ms;
 
 /// The Redis version whose commands and replies this server follows
 /// (reported by HELLO and INFO, as other Redis-compatible servers do).
@@ -129,7 +128,7 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
     let m = &sh.mesh;
     let id = m.id();
     let st = m.stats();
-    let now = now_ms();
+    let now = m.now_ms();
     writeln!(
         s,
         "# Meshcache\r\nname:{}\r\nnode:{}\r\nincarnation_started_ms:{}\r\nbooted:{}\r\nmembers:{}\r\nconnected:{}\r\n\

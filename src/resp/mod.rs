@@ -193,7 +193,7 @@ struct Shared {
     next_id: AtomicU64,
     clients: AtomicUsize,
     stats: Stats,
-    started: std::time::Instant,
+    started: tokio::time::Instant,
     local_addr: SocketAddr,
 }
 
@@ -227,7 +227,7 @@ pub async fn serve(
         next_id: AtomicU64::new(1),
         clients: AtomicUsize::new(0),
         stats: Stats::default(),
-        started: std::time::Instant::now(),
+        started: crate::env::stopwatch(),
         local_addr,
     });
     tracing::info!(addr = %local_addr, "RESP server listening");

@@ -165,7 +165,7 @@ impl fmt::Debug for Faults {
 impl Faults {
     /// No faults yet, with a random seed (see [`Faults::seed`]).
     pub fn new() -> Self {
-        Faults::with_seed(rand::rng().random())
+        Faults::with_seed(crate::env::Env::real().random_u64())
     }
 
     /// No faults yet; loss and jitter draw from an RNG seeded with `seed`.
@@ -501,9 +501,9 @@ mod tests {
         let b = start(&ca, &faults, "b", &[a.local_addr()]).await;
         let peers = vec![a.clone(), b.clone()];
         assert!(b.wait_ready(Duration::from_secs(20)).await);
-        let end = tokio::time::Instant::now() + Duration::from_secs(20);
+        let end = crate::env::stopwatch() + Duration::from_secs(20);
         while !peers.iter().all(|p| p.stats().connected == 1) {
-            assert!(tokio::time::Instant::now() < end, "peers never connected");
+            assert!(crate::env::stopwatch() < end, "peers never connected");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _guard = broken.then(|| BrokenMerge::on(&peers));

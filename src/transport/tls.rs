@@ -757,9 +757,53 @@ fn ensure_pair(crt: &Path, key: &Path) -> Result<bool, CertError> {
     }
 }
 
+/// Fixed validity for a seeded CA's certificates.
+fn simulation_validity() -> (OffsetDateTime, OffsetDateTime) {
+    let at = |unix: i64| OffsetDateTime::from_unix_timestamp(unix).expect("a valid date");
+    (at(1_577_836_800), at(4_102_444_800))
+}
+
+/// Ephemeral identities use Ed25519: its signatures have one length, so
+/// a handshake's packets have the same sizes in every run of a seeded
+/// simulation (ECDSA's DER signatures vary by a byte or two).
+fn ephemeral_key() -> Result<KeyPair, CertError> {
+    Ok(KeyPair::generate_for(&rcgen::PKCS_ED25519)?)
+}
+
+/// A serial of one fixed length (17 bytes), unique per key: rcgen's
+/// default drops leading zero bytes, so its length varies from one key to
+/// the next, and with it the size of every handshake.
+fn ephemeral_serial(key: &KeyPair) -> rcgen::SerialNumber {
+    let mut serial = vec![0x40];
+    serial.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(key.public_key_pem().as_bytes()).to_be_bytes());
+    rcgen::SerialNumber::from_slice(&serial)
+}
+
+/// An Ed25519 key whose 32-byte seed is `seed`: PKCS#8 v1 is a fixed
+/// prefix and the seed (RFC 8410).
+fn seeded_key(seed: [u8; 32]) -> Result<KeyPair, CertError> {
+    const PREFIX: [u8; 16] =
+        [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(&seed);
+    Ok(KeyPair::try_from(der.as_slice())?)
+}
+
+fn seed_bytes(seed: u64, what: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, c) in out.chunks_mut(16).enumerate() {
+        c.copy_from_slice(&xxhash_rust::xxh3::xxh3_128(format!("{seed}/{what}/{i}").as_bytes()).to_le_bytes());
+    }
+    out
+}
+
 /// An in-memory cluster CA, for the demo and tests: nothing touches disk.
 pub struct EphemeralCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// Set for a simulation's CA: node keys derive from it, and every
+    /// certificate has fixed dates, so that its bytes are the same in
+    /// every run.
+    seed: Option<u64>,
 }
 
 impl fmt::Debug for EphemeralCa {
@@ -772,16 +816,40 @@ impl EphemeralCa {
     /// Makes a fresh CA, valid from an hour ago for ten years.
     pub fn new() -> Result<Self, CertError> {
         let now = OffsetDateTime::now_utc();
-        let params = ca_params(now - BACKDATE, now + Duration::days(CA_VALIDITY_DAYS));
-        Ok(EphemeralCa { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)? })
+        let mut params = ca_params(now - BACKDATE, now + Duration::days(CA_VALIDITY_DAYS));
+        let key = ephemeral_key()?;
+        params.serial_number = Some(ephemeral_serial(&key));
+        Ok(EphemeralCa { issuer: CertifiedIssuer::self_signed(params, key)?, seed: None })
+    }
+
+    /// A CA whose keys all derive from `seed`, with certificates valid from
+    /// 2020 to 2100: the same bytes in every run, as a simulation that
+    /// replays exactly needs (the handshake's bytes decide how a peer reads
+    /// a stray datagram). For simulations only: its keys are predictable.
+    pub fn seeded(seed: u64) -> Result<Self, CertError> {
+        let (from, until) = simulation_validity();
+        let mut params = ca_params(from, until);
+        let key = seeded_key(seed_bytes(seed, "ca"))?;
+        params.serial_number = Some(ephemeral_serial(&key));
+        Ok(EphemeralCa { issuer: CertifiedIssuer::self_signed(params, key)?, seed: Some(seed) })
     }
 
     /// Issues an identity for node `name`, like [`issue`] without extra
     /// names.
     pub fn issue(&self, name: &str) -> Result<Identity, CertError> {
-        let now = OffsetDateTime::now_utc();
-        let params = node_params(name, &[], &[], now - BACKDATE, now + Duration::days(NODE_VALIDITY_DAYS))?;
-        let key = KeyPair::generate()?;
+        let (from, until) = match self.seed {
+            Some(_) => simulation_validity(),
+            None => {
+                let now = OffsetDateTime::now_utc();
+                (now - BACKDATE, now + Duration::days(NODE_VALIDITY_DAYS))
+            }
+        };
+        let mut params = node_params(name, &[], &[], from, until)?;
+        let key = match self.seed {
+            Some(seed) => seeded_key(seed_bytes(seed, name))?,
+            None => ephemeral_key()?,
+        };
+        params.serial_number = Some(ephemeral_serial(&key));
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Identity {
             name: name.to_owned(),
@@ -806,9 +874,14 @@ impl EphemeralCa {
 /// [`ALPN`], a client certificate required and verified against `id.ca`
 /// alone.
 pub fn server_config(id: &Identity) -> Result<rustls::ServerConfig, CertError> {
+    server_config_with(id, provider())
+}
+
+/// [`server_config`] with another crypto provider.
+pub fn server_config_with(id: &Identity, provider: Arc<CryptoProvider>) -> Result<rustls::ServerConfig, CertError> {
     let roots = Arc::new(ca_roots(Path::new(CA_CERT_FILE), &id.ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(id.chain.clone(), id.key.clone_key())?;
@@ -820,8 +893,13 @@ pub fn server_config(id: &Identity) -> Result<rustls::ServerConfig, CertError> {
 /// the server verified against `id.ca` alone (for the name
 /// [`SERVER_NAME`], which the dialer passes), `id.chain` presented.
 pub fn client_config(id: &Identity) -> Result<rustls::ClientConfig, CertError> {
+    client_config_with(id, provider())
+}
+
+/// [`client_config`] with another crypto provider.
+pub fn client_config_with(id: &Identity, provider: Arc<CryptoProvider>) -> Result<rustls::ClientConfig, CertError> {
     let roots = ca_roots(Path::new(CA_CERT_FILE), &id.ca)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
@@ -832,7 +910,15 @@ pub fn client_config(id: &Identity) -> Result<rustls::ClientConfig, CertError> {
 /// The quinn server configuration for `id` (see [`server_config`]), with
 /// quinn's default transport settings.
 pub fn quinn_server_config(id: &Identity) -> Result<quinn::ServerConfig, CertError> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_config(id)?)?;
+    quinn_server_config_with(id, provider())
+}
+
+/// [`quinn_server_config`] with another crypto provider.
+pub fn quinn_server_config_with(
+    id: &Identity,
+    provider: Arc<CryptoProvider>,
+) -> Result<quinn::ServerConfig, CertError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_config_with(id, provider)?)?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
 }
 
@@ -840,8 +926,21 @@ pub fn quinn_server_config(id: &Identity) -> Result<quinn::ServerConfig, CertErr
 /// quinn's default transport settings. Dial with [`SERVER_NAME`] as the
 /// server name.
 pub fn quinn_client_config(id: &Identity) -> Result<quinn::ClientConfig, CertError> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_config(id)?)?;
+    quinn_client_config_with(id, provider())
+}
+
+/// [`quinn_client_config`] with another crypto provider.
+pub fn quinn_client_config_with(
+    id: &Identity,
+    provider: Arc<CryptoProvider>,
+) -> Result<quinn::ClientConfig, CertError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_config_with(id, provider)?)?;
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// The crypto provider peers use unless told otherwise: ring's.
+pub fn default_provider() -> Arc<CryptoProvider> {
+    provider()
 }
 
 /// The node name of the peer of `conn`: the common name (or else the first
@@ -870,7 +969,7 @@ mod tests {
         fn new(tag: &str) -> TempDir {
             static NEXT: AtomicU32 = AtomicU32::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+            let nanos = crate::env::system_ms();
             let path = std::env::temp_dir().join(format!("meshcache-tls-{tag}-{}-{n}-{nanos}", std::process::id()));
             fs::create_dir_all(&path).unwrap();
             TempDir(path)

@@ -16,15 +16,67 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use meshcache::env::Env;
 use meshcache::transport::tls::EphemeralCa;
 use meshcache::{Mesh, MeshConfig};
 use parking_lot::Mutex;
 use quinn::udp::{RecvMeta, Transmit};
 
+#[path = "seeded_tls.rs"]
+mod seeded_tls;
+
 /// The port every peer listens on (each host has its own address).
 pub const PORT: u16 = 7000;
 /// turmoil's step: every host runs this much virtual time per step.
 pub const TICK: Duration = Duration::from_millis(5);
+/// The virtual Unix time (ms) at which every simulation starts: peers'
+/// clocks read this plus the simulation's elapsed time, so that a seed
+/// fixes every stamp.
+pub const ORIGIN_MS: u64 = 1_800_000_000_000;
+
+/// The simulation's wall clock, as every host reads it.
+pub fn virtual_now_ms() -> u64 {
+    ORIGIN_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
+}
+
+/// A running hash of what a simulated run did, in order: every datagram
+/// delivered (when, from, to, how long) and every client operation the
+/// driver records. Two runs of one seed must end with the same value.
+#[derive(Default)]
+pub struct Trace {
+    hasher: xxhash_rust::xxh3::Xxh3Default,
+    pub datagrams: u64,
+    pub events: u64,
+    /// Every entry, when the layout asks for them (to show where two runs
+    /// part ways).
+    pub lines: Option<Vec<String>>,
+}
+
+impl Trace {
+    pub fn datagram(&mut self, at_ms: u64, from: SocketAddr, to: SocketAddr, len: usize) {
+        self.datagrams += 1;
+        self.add(format!("d {at_ms} {from} {to} {len}"));
+    }
+
+    pub fn event(&mut self, what: &str) {
+        self.events += 1;
+        self.add(what.to_owned());
+    }
+
+    fn add(&mut self, line: String) {
+        self.hasher.update(line.as_bytes());
+        self.hasher.update(b";");
+        if let Some(l) = &mut self.lines {
+            l.push(line);
+        }
+    }
+
+    pub fn digest(&self) -> u64 {
+        self.hasher.digest()
+    }
+}
+
+pub type SharedTrace = Arc<Mutex<Trace>>;
 
 type Readable = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 
@@ -32,13 +84,20 @@ type Readable = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 /// received on, dropped) from inside the host that bound it.
 pub struct TurmoilUdp {
     sock: Arc<turmoil::net::UdpSocket>,
+    trace: Option<SharedTrace>,
     /// The pending wait for a datagram, while the receive queue is empty.
     readable: std::sync::Mutex<Option<Readable>>,
 }
 
 impl TurmoilUdp {
     pub fn new(sock: turmoil::net::UdpSocket) -> Self {
-        TurmoilUdp { sock: Arc::new(sock), readable: std::sync::Mutex::new(None) }
+        TurmoilUdp { sock: Arc::new(sock), trace: None, readable: std::sync::Mutex::new(None) }
+    }
+
+    /// Records every datagram this socket receives in `trace`.
+    pub fn traced(mut self, trace: SharedTrace) -> Self {
+        self.trace = Some(trace);
+        self
     }
 }
 
@@ -91,6 +150,10 @@ impl quinn::AsyncUdpSocket for TurmoilUdp {
             while n < bufs.len().min(meta.len()) {
                 match self.sock.try_recv_from(&mut bufs[n]) {
                     Ok((len, addr)) => {
+                        if let Some(t) = &self.trace {
+                            let to = self.sock.local_addr().unwrap_or(addr);
+                            t.lock().datagram(virtual_now_ms(), addr, to, len);
+                        }
                         meta[n] = RecvMeta { addr, len, stride: len, ecn: None, dst_ip: None };
                         n += 1;
                     }
@@ -130,6 +193,8 @@ pub struct Layout {
     /// `fail_rate`; each broken link repairs with probability 1/2 per
     /// datagram, so losses come in short bursts). 0 for none.
     pub loss: f64,
+    /// Keep the trace's lines, not only its hash.
+    pub keep_trace: bool,
 }
 
 /// The driver's view: the live peers' handles, and crash/restart requests.
@@ -141,6 +206,8 @@ pub struct Net {
     pub names: Vec<String>,
     /// Compactions counted on incarnations that were crashed.
     pub lost_compactions: Arc<Mutex<u64>>,
+    /// What the run did, for the replay check.
+    pub trace: SharedTrace,
 }
 
 impl Net {
@@ -180,6 +247,11 @@ impl Net {
     }
 }
 
+/// The seed of the `start`-th incarnation of peer `index` in a schedule.
+fn incarnation_seed(schedule: u64, index: usize, start: u32) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(format!("{schedule}/{index}/{start}").as_bytes())
+}
+
 /// Runs `driver` against a mesh laid out as `layout`, in virtual time.
 /// Returns the driver's error or turmoil's (a host failing, or the
 /// simulation running past `layout.duration`).
@@ -205,17 +277,24 @@ where
         cmds: Arc::new(Mutex::new(Vec::new())),
         names: names.clone(),
         lost_compactions: Arc::new(Mutex::new(0)),
+        trace: Arc::new(Mutex::new(Trace { lines: layout.keep_trace.then(Vec::new), ..Trace::default() })),
     };
-    let ca = Rc::new(EphemeralCa::new().map_err(|e| e.to_string())?);
+    let ca = Rc::new(EphemeralCa::seeded(layout.seed).map_err(|e| e.to_string())?);
     for (i, name) in names.iter().enumerate() {
         let (ca, meshes, names, name) = (ca.clone(), net.meshes.clone(), names.clone(), name.clone());
+        let trace = net.trace.clone();
+        let seed = layout.seed;
         let budget = layout.budgets[i];
         let starts = Rc::new(std::cell::Cell::new(0u32));
         sim.host(name.clone(), move || {
-            let (ca, meshes, names, name, starts) =
-                (ca.clone(), meshes.clone(), names.clone(), name.clone(), starts.clone());
+            let (ca, meshes, names, name, starts, trace) =
+                (ca.clone(), meshes.clone(), names.clone(), name.clone(), starts.clone(), trace.clone());
             async move {
                 starts.set(starts.get() + 1);
+                // One seed per incarnation, from the schedule's seed: node
+                // ids, jitter and peer choices replay with the schedule.
+                let seed = incarnation_seed(seed, i, starts.get());
+                let env = Env::new(virtual_now_ms, seed);
                 let identity = ca.issue(&name)?;
                 let sock = turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
                 let me = SocketAddr::new(turmoil::lookup(name.clone()), PORT);
@@ -237,7 +316,9 @@ where
                 };
                 let mesh = Mesh::builder()
                     .config(config)
-                    .socket(Arc::new(TurmoilUdp::new(sock)))
+                    .socket(Arc::new(TurmoilUdp::new(sock).traced(trace)))
+                    .env(env)
+                    .crypto_provider(seeded_tls::seeded_provider(seed ^ 0x715))
                     .advertise(me)
                     .seeds(seeds)
                     .tls(identity)
@@ -261,12 +342,7 @@ where
                     net.meshes.lock().remove(&name);
                     sim.crash(name);
                 }
-                Cmd::Restart(name) => {
-                    // Incarnations are ordered by wall-clock start (ms):
-                    // make sure the next one starts in a later millisecond.
-                    std::thread::sleep(Duration::from_millis(2));
-                    sim.bounce(name);
-                }
+                Cmd::Restart(name) => sim.bounce(name),
             }
         }
         if done {
