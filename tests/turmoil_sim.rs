@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshcache::check::History;
+use meshcache::store::Bug;
 use meshcache::Mesh;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
@@ -168,6 +169,7 @@ fn long_partition_no_resurrection() {
         duration: Duration::from_secs(6 * 3600),
         loss: 0.0,
         keep_trace: false,
+        bugs: Vec::new(),
     };
     let out = Arc::new(Mutex::new(String::new()));
     let real = Instant::now();
@@ -354,7 +356,7 @@ fn plan(seed: u64) -> Plan {
     let duration = slept + CONVERGE + Duration::from_secs(3600);
     // Half the schedules lose datagrams in bursts on every link.
     let loss = if rng.random_bool(0.5) { rng.random_range(0.005..0.05) } else { 0.0 };
-    let layout = Layout { seed, peers: n, budgets, duration, loss, keep_trace: false };
+    let layout = Layout { seed, peers: n, budgets, duration, loss, keep_trace: false, bugs: Vec::new() };
     Plan { layout, steps }
 }
 
@@ -670,4 +672,40 @@ fn a_seed_replays_exactly() {
             "seed {seed} ran two different ways"
         );
     }
+}
+
+/// Schedules a planted bug may take before the check must have caught it.
+const CATCH_WITHIN: u64 = 30;
+
+/// Runs schedules from the usual base with `bug` planted in the peers
+/// `on` until one fails; returns the seed and the failure.
+fn first_catch(bug: Bug, on: &[usize]) -> Option<(u64, String)> {
+    let base: u64 = 0x7u64 << 32;
+    (base..base + CATCH_WITHIN).find_map(|seed| {
+        let mut p = plan(seed);
+        p.layout.bugs = on.iter().filter(|&&i| i < p.layout.peers).map(|&i| (i, bug)).collect();
+        run_plan(p, false).err().map(|e| (seed, e))
+    })
+}
+
+fn assert_caught(bug: Bug, on: &[usize]) {
+    match first_catch(bug, on) {
+        Some((seed, e)) => println!("{bug:?} on {on:?}: caught by seed {seed}: {e}"),
+        None => panic!("{bug:?} planted on {on:?} passed {CATCH_WITHIN} schedules: the schedules cannot see it"),
+    }
+}
+
+#[test]
+fn a_merge_without_the_floor_filter_is_caught() {
+    assert_caught(Bug::NoFloorFilter, &[0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn a_peer_ignoring_refusal_replies_is_caught() {
+    assert_caught(Bug::NoRefusalReply, &[0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn a_reversed_tie_break_on_one_peer_is_caught() {
+    assert_caught(Bug::ReversedTieBreak, &[0]);
 }

@@ -16,6 +16,7 @@
 //! refusal reply, `clear_below` and compaction); the [`crate::replica`]
 //! decides *when* collection is safe from the per-member `synced` watermarks.
 
+pub mod bugs;
 mod shard;
 pub mod slot;
 
@@ -27,6 +28,7 @@ use parking_lot::RwLock;
 
 use crate::hlc::{Clock, ClockError, NodeId, Stamp};
 use crate::sync::digest::{self, key_hash, BUCKETS, BUCKET_BITS};
+pub use bugs::Bug;
 use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Register, Slot};
 
@@ -181,9 +183,9 @@ pub struct Store {
     tombstones: AtomicIsize,
     stubs: AtomicIsize,
     counters: Counters,
-    /// Test-only fault: merge takes remote registers older than the held one.
-    #[cfg(test)]
-    broken_merge: std::sync::atomic::AtomicBool,
+    /// Bugs planted by checks that must catch them.
+    #[cfg(any(test, feature = "testing"))]
+    bugs: bugs::Planted,
 }
 
 impl std::fmt::Debug for Store {
@@ -222,8 +224,8 @@ impl Store {
             tombstones: AtomicIsize::new(0),
             stubs: AtomicIsize::new(0),
             counters: Counters::default(),
-            #[cfg(test)]
-            broken_merge: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(any(test, feature = "testing"))]
+            bugs: bugs::Planted::default(),
         })
     }
 
@@ -413,12 +415,12 @@ impl Store {
                 continue;
             }
             match g.map.get(&key) {
-                None if reg.marker <= floors.gc_floor => {
+                None if reg.marker <= floors.gc_floor && !self.planted(Bug::NoFloorFilter) => {
                     self.counters.refused_floor.fetch_add(1, Ordering::Relaxed);
                     out.refused.push((key, reg.marker));
                     continue;
                 }
-                Some(cur) if cur.reg.marker >= reg.marker && !self.takes_older(cur.reg.marker, reg.marker) => {
+                Some(cur) if !self.remote_wins(cur.reg.marker, reg.marker) => {
                     debug_assert!(
                         cur.reg.marker != reg.marker || cur.reg.val.same_write(&reg.val),
                         "two different writes share stamp {}",
@@ -448,22 +450,35 @@ impl Store {
         out
     }
 
-    /// Test-only: makes [`Store::merge`] take a remote register older than
-    /// the one held (the classic LWW bug), so that tests can show the
-    /// invariant checker catching it.
-    #[cfg(test)]
-    pub(crate) fn set_broken_merge(&self, on: bool) {
-        self.broken_merge.store(on, Ordering::Relaxed);
-    }
-
-    #[cfg(test)]
-    fn takes_older(&self, held: Stamp, remote: Stamp) -> bool {
-        held > remote && self.broken_merge.load(Ordering::Relaxed)
-    }
-
-    #[cfg(not(test))]
+    /// LWW: whether a remote register replaces the one held. The higher
+    /// stamp wins, by `hlc` and then by node id (unless a bug is planted).
     #[inline(always)]
-    fn takes_older(&self, _held: Stamp, _remote: Stamp) -> bool {
+    fn remote_wins(&self, held: Stamp, remote: Stamp) -> bool {
+        if self.planted(Bug::TakesOlder) && held > remote {
+            return true;
+        }
+        if self.planted(Bug::ReversedTieBreak) && held.hlc == remote.hlc {
+            return remote.node < held.node;
+        }
+        remote > held
+    }
+
+    /// Plants (or removes) a known bug in this store, for checks that must
+    /// show they catch it. Never in production.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn plant(&self, bug: Bug, on: bool) {
+        self.bugs.set(bug, on);
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    #[inline(always)]
+    fn planted(&self, bug: Bug) -> bool {
+        self.bugs.has(bug)
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    #[inline(always)]
+    fn planted(&self, _bug: Bug) -> bool {
         false
     }
 
@@ -471,6 +486,9 @@ impl Store {
     /// our copy too if we still hold exactly that register, and raise our own
     /// `gc_floor` to it. Returns the change if something visible went.
     pub fn drop_refused(&self, key: &Bytes, stamp: Stamp, now_ms: u64) -> Option<Change> {
+        if self.planted(Bug::NoRefusalReply) {
+            return None;
+        }
         let kh = key_hash(key);
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();

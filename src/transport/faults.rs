@@ -476,7 +476,7 @@ mod tests {
     impl BrokenMerge {
         fn on(peers: &[Mesh]) -> Self {
             for p in peers {
-                p.replica().store().set_broken_merge(true);
+                p.replica().store().plant(crate::store::Bug::TakesOlder, true);
             }
             BrokenMerge(peers.to_vec())
         }
@@ -485,7 +485,7 @@ mod tests {
     impl Drop for BrokenMerge {
         fn drop(&mut self) {
             for p in &self.0 {
-                p.replica().store().set_broken_merge(false);
+                p.replica().store().plant(crate::store::Bug::TakesOlder, false);
             }
         }
     }

@@ -17,6 +17,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use meshcache::env::Env;
+use meshcache::store::Bug;
 use meshcache::transport::tls::EphemeralCa;
 use meshcache::{Mesh, MeshConfig};
 use parking_lot::Mutex;
@@ -195,6 +196,8 @@ pub struct Layout {
     pub loss: f64,
     /// Keep the trace's lines, not only its hash.
     pub keep_trace: bool,
+    /// Bugs planted in peers (by index), in every incarnation.
+    pub bugs: Vec<(usize, Bug)>,
 }
 
 /// The driver's view: the live peers' handles, and crash/restart requests.
@@ -284,11 +287,12 @@ where
         let (ca, meshes, names, name) = (ca.clone(), net.meshes.clone(), names.clone(), name.clone());
         let trace = net.trace.clone();
         let seed = layout.seed;
+        let bugs: Vec<Bug> = layout.bugs.iter().filter(|(p, _)| *p == i).map(|(_, b)| *b).collect();
         let budget = layout.budgets[i];
         let starts = Rc::new(std::cell::Cell::new(0u32));
         sim.host(name.clone(), move || {
-            let (ca, meshes, names, name, starts, trace) =
-                (ca.clone(), meshes.clone(), names.clone(), name.clone(), starts.clone(), trace.clone());
+            let (ca, meshes, names, name, starts, trace, bugs) =
+                (ca.clone(), meshes.clone(), names.clone(), name.clone(), starts.clone(), trace.clone(), bugs.clone());
             async move {
                 starts.set(starts.get() + 1);
                 // One seed per incarnation, from the schedule's seed: node
@@ -324,6 +328,9 @@ where
                     .tls(identity)
                     .start()
                     .await?;
+                for bug in bugs {
+                    mesh.replica().store().plant(bug, true);
+                }
                 meshes.lock().insert(name.clone(), mesh.clone());
                 mesh.stopped().await;
                 Err(format!("{name} stopped on its own").into())
