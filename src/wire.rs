@@ -2,7 +2,8 @@
 //! big-endian length prefix.
 //!
 //! A frame longer than the configured maximum is refused before any of it is
-//! buffered or decoded. Decoding preallocates nothing beyond what the frame
+//! buffered or decoded. A frame's buffer grows with the bytes received, not
+//! with the length its prefix announces. Decoding preallocates nothing beyond what the frame
 //! can hold (postcard checks declared lengths against the bytes left), so a
 //! hostile frame costs memory in proportion to its length: a small constant
 //! factor over the frame, for the decoded structures.
@@ -27,6 +28,12 @@ pub const LENGTH_PREFIX: usize = 4;
 /// Default maximum frame size: 16 MiB, room for large values while bounding
 /// what one hostile frame can make a peer buffer.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// The most a decoder reserves ahead of the bytes it holds while a frame
+/// arrives: one read's worth (see `node::stream::FrameReader`), so that a
+/// large frame is not copied on every read, while an announced but unsent
+/// body costs at most this much per stream.
+pub const RESERVE_CHUNK: usize = 64 * 1024;
 
 /// Everything peers say to each other.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -274,7 +281,10 @@ impl FrameCodec {
             return Err(WireError::FrameTooLarge { len, max: self.max_frame });
         }
         if src.len() < LENGTH_PREFIX + len {
-            src.reserve(LENGTH_PREFIX + len - src.len());
+            // Grow with the bytes that arrive, never with the length
+            // announced: a peer may announce a maximal frame on every stream
+            // it can open and then send nothing more.
+            src.reserve((LENGTH_PREFIX + len - src.len()).min(RESERVE_CHUNK));
             return Ok(None);
         }
         src.advance(LENGTH_PREFIX);

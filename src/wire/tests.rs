@@ -289,6 +289,35 @@ fn oversized_prefix_is_refused_before_the_body_arrives() {
     ));
 }
 
+/// A peer announcing a maximal frame and sending a few bytes of it costs
+/// what it sent plus one read's worth, not what it announced; the buffer
+/// still grows to take the whole frame once it arrives.
+#[test]
+fn buffer_grows_with_bytes_received_not_with_the_announced_length() {
+    let msg = Message::Membership(Bytes::from(vec![7; 3 * RESERVE_CHUNK]));
+    let whole = frame(&msg);
+    let announced = FrameCodec::default();
+    let mut src = BytesMut::new();
+    src.extend_from_slice(&(DEFAULT_MAX_FRAME as u32).to_be_bytes());
+    src.extend_from_slice(b"few bytes");
+    assert!(announced.decode(&mut src).unwrap().is_none());
+    assert!(src.capacity() <= 2 * RESERVE_CHUNK, "reserved {} bytes for 13 received", src.capacity());
+
+    // Fed a read at a time, the capacity stays within a read of what
+    // arrived, and the frame decodes whole.
+    let mut src = BytesMut::new();
+    let mut out = None;
+    for piece in whole.chunks(RESERVE_CHUNK / 4) {
+        src.extend_from_slice(piece);
+        if let Some(m) = announced.decode(&mut src).unwrap() {
+            out = Some(m);
+        } else {
+            assert!(src.capacity() <= 2 * (src.len() + RESERVE_CHUNK), "{} for {}", src.capacity(), src.len());
+        }
+    }
+    assert_eq!(out, Some(msg));
+}
+
 #[test]
 fn frame_of_exactly_max_is_accepted() {
     let msg = Message::Membership(Bytes::from(vec![1; 100]));
