@@ -20,7 +20,10 @@ use crate::store::Register;
 
 /// The protocol version carried in every hello. Peers with another version
 /// are refused with [`Refusal::Version`].
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3: refusals are cut into [`SyncMsg::Refusals`] chunks before `Finish`
+/// (a version 2 peer would take the new message for a protocol violation).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -151,7 +154,8 @@ pub enum SyncMsg {
         want: Vec<u64>,
     },
     /// The last message each way: registers the sender refused by its
-    /// `gc_floor` (the receiver drops its copies: the refusal reply).
+    /// `gc_floor` (the receiver drops its copies: the refusal reply). The
+    /// last chunk of them: the others ride in `Refusals` before it.
     Finish {
         /// Refused `key@stamp`s.
         refused: Vec<(Bytes, Stamp)>,
@@ -166,6 +170,11 @@ pub enum SyncMsg {
     /// are one varint byte. A position past the summary, or a zero gap after
     /// the first, is a protocol violation.
     Want(Vec<u64>),
+    /// A chunk of the registers the sender refused by its `gc_floor`, sent
+    /// before `Finish` when they do not fit in one message: refusals are
+    /// cut like `Summary` and `Want`, so that no frame outgrows the limit
+    /// however much a peer sent below the floor.
+    Refusals(Vec<(Bytes, Stamp)>),
 }
 
 /// The opening of an anti-entropy session.

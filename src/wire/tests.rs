@@ -108,6 +108,7 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
         vec((bytes(24), stamp()), 0..6).prop_map(|refused| SyncMsg::Finish { refused }),
         Just(SyncMsg::SummaryDone),
         vec(any::<u64>(), 0..6).prop_map(SyncMsg::Want),
+        vec((bytes(24), stamp()), 0..6).prop_map(SyncMsg::Refusals),
     ]
 }
 
@@ -203,6 +204,7 @@ fn one_of_each() -> Vec<Message> {
         Message::Sync(SyncMsg::Finish { refused: vec![(Bytes::from_static(b"k"), st)] }),
         Message::Sync(SyncMsg::SummaryDone),
         Message::Sync(SyncMsg::Want(vec![7, 1, 128])),
+        Message::Sync(SyncMsg::Refusals(vec![(Bytes::from_static(b"r"), st), (Bytes::new(), st)])),
         Message::Membership(Bytes::from(vec![0x5A; 300])),
         Message::Goodbye(id),
     ]
