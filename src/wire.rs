@@ -102,6 +102,12 @@ pub enum Refusal {
     /// The refuser itself learned that a newer incarnation of its own name
     /// runs, and is stopping: nothing is wrong with the sender.
     Stopping,
+    /// The sender's name is not one a certificate can carry
+    /// (`membership::name_problem`).
+    InvalidName,
+    /// The refuser's view already holds `max_members` and the sender's name
+    /// is new to it.
+    Full,
 }
 
 /// Pushed writes, with what the receiver needs to apply them safely.

@@ -61,6 +61,8 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         option::of(incarnation()).prop_map(|current| Refusal::Superseded { current }),
         option::of("[a-z0-9.-]{1,63}").prop_map(|certificate| Refusal::Name { certificate }),
         Just(Refusal::Stopping),
+        Just(Refusal::InvalidName),
+        Just(Refusal::Full),
     ]
 }
 
