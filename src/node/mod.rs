@@ -271,9 +271,48 @@ struct Inner {
 /// b.shutdown().await;
 /// # Ok(()) }
 /// ```
+///
+/// Handles are cheap clones of one peer. Dropping the last one stops the
+/// peer, like any Rust resource: its tasks end and its socket closes, after
+/// a best-effort goodbye when a tokio runtime is at hand. [`Mesh::shutdown`]
+/// is the graceful stop that can be awaited. A RESP or admin server holds a
+/// handle for as long as it serves.
 #[derive(Clone)]
 pub struct Mesh {
     inner: Arc<Inner>,
+    /// Held by handles only, never by the peer's own tasks (which hold
+    /// `inner`): its drop is the last handle's.
+    _handle: Arc<HandleGuard>,
+}
+
+/// Stops the peer when the last [`Mesh`] handle goes.
+struct HandleGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        let inner = self.inner.clone();
+        if inner.cancel.is_cancelled() {
+            // Already stopped (shutdown, halt, or superseded).
+            inner.endpoint.close(peer::CODE_GOODBYE, b"goodbye");
+            return;
+        }
+        tracing::info!(name = %inner.replica.me().name, "last handle dropped: leaving the mesh");
+        // The tasks stop taking new work at once; the goodbye needs only
+        // the connections, which the endpoint's close then ends.
+        inner.cancel.cancel();
+        inner.tasks.close();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    peer::say_goodbye(&inner).await;
+                    inner.endpoint.close(peer::CODE_GOODBYE, b"goodbye");
+                });
+            }
+            Err(_) => inner.endpoint.close(peer::CODE_GOODBYE, b"goodbye"),
+        }
+    }
 }
 
 /// Builds a [`Mesh`]. See [`MeshConfig`] for every setting.
@@ -442,7 +481,7 @@ impl Mesh {
         inner.tasks.spawn(peer::connect_loop(inner.clone()));
         inner.tasks.spawn(peer::anti_entropy_loop(inner.clone(), ae_rx));
         inner.tasks.spawn(timer_loop(inner.clone()));
-        Ok(Mesh { inner })
+        Ok(Mesh { _handle: Arc::new(HandleGuard { inner: inner.clone() }), inner })
     }
 
     /// The address peers are accepted on.
