@@ -145,6 +145,7 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         SyncMsg::Level { level: 2, parents: vec![99], hashes: vec![0; 16] },
         SyncMsg::Summary(vec![(70_000, vec![])]),
         SyncMsg::Finish { refused: vec![] },
+        SyncMsg::Refusals(vec![(b("k"), meshcache::hlc::Stamp::ZERO)]),
     ];
     for m in bad {
         let mut s = Session::initiate(&a, T0);

@@ -187,7 +187,8 @@ pub struct Session {
     end_queued: bool,
     finish_sent: bool,
     finish_received: bool,
-    /// Registers refused by our floor, reported in our `Finish`.
+    /// Registers refused by our floor, reported in our `Refusals` and
+    /// `Finish`.
     refused: Vec<(Bytes, Stamp)>,
     /// Changes made to our store, for subscribers.
     changes: Vec<Change>,
