@@ -225,7 +225,7 @@ fn status(mesh: &Mesh) -> String {
     kv("stubs:", &st.stubs);
     kv("clear_below:", &st.floors.clear_below);
     kv("gc_floor:", &st.floors.gc_floor);
-    let counters: [(&str, u64); 23] = [
+    let counters: [(&str, u64); 25] = [
         ("deltas_sent", s.deltas_sent),
         ("deltas_received", s.deltas_received),
         ("push_batches_sent", s.push_batches_sent),
@@ -240,6 +240,8 @@ fn status(mesh: &Mesh) -> String {
         ("refused_peers", s.refused_peers),
         ("protocol_errors", s.protocol_errors),
         ("clock_refused", s.clock_refused),
+        ("members_invalid", s.members_invalid),
+        ("members_over_cap", s.members_over_cap),
         ("refused_floor", st.refused_floor),
         ("refused_future", st.refused_future),
         ("below_clear", st.below_clear),

@@ -32,7 +32,8 @@ fn invalid(field: &'static str, why: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct MeshConfig {
     /// This peer's name: unique in the mesh, and the name in its
-    /// certificate. 1 to 63 characters of `[A-Za-z0-9._-]`.
+    /// certificate. 1 to 63 characters of `[A-Za-z0-9._-]`, not starting
+    /// with `.`, and not `ca`.
     pub name: String,
     /// Where the peer accepts QUIC connections from other peers.
     pub listen: SocketAddr,
@@ -85,6 +86,13 @@ pub struct MeshConfig {
     pub max_tombstones: usize,
     /// Store shards (a power of two).
     pub shards: usize,
+    /// Most members this peer keeps in its view, other than itself (above
+    /// 0). Past it, new names heard of in gossip or hellos are ignored and
+    /// counted (`members_over_cap`), and their hellos refused; members
+    /// already known are kept and updated. Departed members count, since
+    /// their entries keep a departure final: a mesh that goes through more
+    /// distinct names than this over its life must raise it.
+    pub max_members: usize,
 }
 
 impl Default for MeshConfig {
@@ -107,6 +115,7 @@ impl Default for MeshConfig {
             max_bytes: None,
             max_tombstones: 1_000_000,
             shards: 64,
+            max_members: crate::membership::DEFAULT_MAX_MEMBERS,
         }
     }
 }
@@ -168,19 +177,25 @@ impl MeshConfig {
         if !self.shards.is_power_of_two() || self.shards > crate::sync::digest::BUCKETS {
             return Err(invalid("shards", "must be a power of two up to 65536"));
         }
+        if self.max_members == 0 {
+            return Err(invalid("max_members", "must be above 0"));
+        }
         Ok(())
     }
 }
 
-/// Checks a peer name: 1 to 63 characters of `[A-Za-z0-9._-]`.
+/// Checks a peer name: one a certificate can carry, 1 to 63 characters
+/// of `[A-Za-z0-9._-]`, not starting with `.`, and not `ca`
+/// ([`crate::membership::name_problem`]).
 pub fn validate_name(name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid("name", format!("{name:?}: use 1 to 63 characters of A-Z a-z 0-9 . _ -")))
+    match crate::membership::name_problem(name) {
+        Some(reason) => Err(invalid(
+            "name",
+            format!(
+                "{name:?}: {reason}; use 1 to 63 characters of A-Z a-z 0-9 . _ -, not starting with '.', not \"ca\""
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -233,6 +248,9 @@ mod tests {
             (MeshConfig { listen: "0.0.0.0:7000".parse().unwrap(), ..base.clone() }, "advertise"),
             (MeshConfig { idle_timeout: Duration::from_millis(100), ..base.clone() }, "idle_timeout"),
             (MeshConfig { max_tombstones: 1, ..base.clone() }, "max_tombstones"),
+            (MeshConfig { max_members: 0, ..base.clone() }, "max_members"),
+            (MeshConfig { name: ".hidden".into(), ..base.clone() }, "name"),
+            (MeshConfig { name: "ca".into(), ..base.clone() }, "name"),
         ];
         for (c, field) in cases {
             let ConfigError::Invalid { field: f, .. } = c.validate().unwrap_err();

@@ -140,6 +140,9 @@ struct NodeArgs {
     /// Budget of tombstones and eviction stubs before compaction.
     #[arg(long, env = "MESHCACHE_MAX_TOMBSTONES", value_name = "N")]
     max_tombstones: Option<usize>,
+    /// Most members kept in this peer's view; past it, new names are ignored.
+    #[arg(long, env = "MESHCACHE_MAX_MEMBERS", value_name = "N")]
+    max_members: Option<usize>,
     /// Period of anti-entropy rounds, in ms.
     #[arg(long, env = "MESHCACHE_ANTI_ENTROPY_MS", value_name = "MS")]
     anti_entropy_ms: Option<u64>,
@@ -362,6 +365,9 @@ fn node_config(args: &NodeArgs) -> Result<MeshConfig, Exit> {
     }
     if let Some(t) = args.max_tombstones {
         c.max_tombstones = t;
+    }
+    if let Some(n) = args.max_members {
+        c.max_members = n;
     }
     if let Some(ms) = args.anti_entropy_ms {
         c.anti_entropy_interval = Duration::from_millis(ms);

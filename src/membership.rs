@@ -20,6 +20,51 @@ use serde::{Deserialize, Serialize};
 
 use crate::hlc::NodeId;
 
+/// The longest member name: what a certificate's name may hold (a DNS
+/// label).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Default bound on the members one peer keeps in its view.
+pub const DEFAULT_MAX_MEMBERS: usize = 1024;
+
+/// Why `name` cannot be a member's name, if it cannot: 1 to 63 bytes of
+/// `[A-Za-z0-9._-]`, not starting with a dot (hidden files) and not `ca`
+/// (it would collide with the CA files). The one rule for names, from a
+/// certificate, a configuration, a hello or gossip: a member's name is one a
+/// certificate can carry.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_NAME_LEN {
+        Some("it is longer than 63 characters")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        Some("it contains a character outside A-Z, a-z, 0-9, '.', '_' and '-'")
+    } else if name.starts_with('.') {
+        Some("it starts with '.'")
+    } else if name.eq_ignore_ascii_case("ca") {
+        Some("\"ca\" is reserved for the cluster CA files")
+    } else {
+        None
+    }
+}
+
+/// Why `addr` cannot be where a member accepts peers, if it cannot: a
+/// wildcard, port 0, a multicast or broadcast address cannot be dialed.
+pub fn addr_problem(addr: SocketAddr) -> Option<&'static str> {
+    let ip = addr.ip();
+    if ip.is_unspecified() {
+        Some("a wildcard address")
+    } else if addr.port() == 0 {
+        Some("port 0")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip == std::net::Ipv4Addr::BROADCAST {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
 /// One process start of a named member. Later starts compare greater.
 ///
 /// `started_ms` is the wall clock at start; `node` breaks ties and is the
@@ -89,6 +134,10 @@ pub enum Learned {
     /// The news is about this process: a newer incarnation of its own name
     /// exists, or it was forgotten. It must stop (or wipe and rejoin).
     SelfSuperseded,
+    /// The name is new and the view already holds `max_members`: nothing
+    /// was recorded. Its data must be refused, since collection would not
+    /// wait for it.
+    Ignored,
 }
 
 #[derive(Clone, Debug)]
@@ -114,12 +163,51 @@ pub struct Members {
     my_addr: Option<SocketAddr>,
     /// Bumped on every change, so that the shell gossips only news.
     version: u64,
+    /// Most members other than `me` kept. Departed ones count: their
+    /// entries are what keeps a departure final.
+    max_members: usize,
+    /// Entries ignored as invalid, and new names ignored over the cap.
+    ignored: Ignored,
+}
+
+/// What the view ignored: counters, monotonic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ignored {
+    /// Gossiped or announced members with a name no certificate can carry,
+    /// or an address no one can dial.
+    pub invalid: u64,
+    /// New names heard of while the view held `max_members`.
+    pub over_cap: u64,
 }
 
 impl Members {
     /// A view that knows only `me`.
     pub fn new(me: MemberId) -> Self {
-        Members { me, peers: BTreeMap::new(), self_superseded: false, my_addr: None, version: 0 }
+        Members {
+            me,
+            peers: BTreeMap::new(),
+            self_superseded: false,
+            my_addr: None,
+            version: 0,
+            max_members: DEFAULT_MAX_MEMBERS,
+            ignored: Ignored::default(),
+        }
+    }
+
+    /// Bounds the members kept, other than `me` (at least 1). Members
+    /// already known stay; only new names are ignored past it.
+    pub fn set_max_members(&mut self, n: usize) {
+        self.max_members = n.max(1);
+    }
+
+    /// What was ignored so far.
+    pub fn ignored(&self) -> Ignored {
+        self.ignored
+    }
+
+    /// Counts one invalid member entry (a hello's, checked by the caller).
+    pub fn note_invalid(&mut self) {
+        self.ignored.invalid += 1;
     }
 
     /// Sets the address gossiped for `me`.
@@ -133,8 +221,13 @@ impl Members {
         self.version
     }
 
-    /// Records where `id` accepts peers (from its hello or gossip).
+    /// Records where `id` accepts peers (from its hello or gossip). An
+    /// address that cannot be dialed is ignored and counted.
     pub fn set_addr(&mut self, id: &MemberId, addr: SocketAddr) {
+        if addr_problem(addr).is_some() {
+            self.ignored.invalid += 1;
+            return;
+        }
         if let Some(p) = self.peers.get_mut(&id.name) {
             if p.incarnation == id.incarnation && p.addr != Some(addr) {
                 p.addr = Some(addr);
@@ -178,7 +271,12 @@ impl Members {
             }
             return if id.incarnation < self.me.incarnation { Learned::Refused } else { Learned::Known };
         }
+        let full = self.peers.len() >= self.max_members;
         match self.peers.get_mut(&id.name) {
+            None if full => {
+                self.ignored.over_cap += 1;
+                Learned::Ignored
+            }
             None => {
                 self.peers
                     .insert(id.name.clone(), Peer { incarnation: id.incarnation, status, synced_ms: None, addr: None });
@@ -213,15 +311,24 @@ impl Members {
         }
     }
 
-    /// Max-merges a peer's gossiped view into ours.
+    /// Max-merges a peer's gossiped view into ours. An entry whose name no
+    /// certificate can carry, or whose address cannot be dialed, is ignored
+    /// and counted; so are new names once the view is full.
+    ///
+    /// Whoever sends the view is taken at its word, for any member: see
+    /// ALGORITHM.md ("Membership") for what that allows and what bounds it.
     pub fn learn_gossip(&mut self, infos: &[MemberInfo]) -> Vec<(MemberId, Learned)> {
         let mut out = Vec::new();
         for i in infos {
+            if name_problem(&i.id.name).is_some() || i.addr.is_some_and(|a| addr_problem(a).is_some()) {
+                self.ignored.invalid += 1;
+                continue;
+            }
             let l = self.learn(&i.id, i.status);
             if let Some(a) = i.addr {
                 self.set_addr(&i.id, a);
             }
-            if !matches!(l, Learned::Known | Learned::Refused) {
+            if !matches!(l, Learned::Known | Learned::Refused | Learned::Ignored) {
                 out.push((i.id.clone(), l));
             }
         }
@@ -363,6 +470,62 @@ mod tests {
         assert!(m.is_refused(&id("c", 1)));
         // A new incarnation can.
         assert!(matches!(m.learn(&id("c", 2), Status::Active), Learned::Superseded { .. }));
+    }
+
+    fn info(name: &str, started: u64, addr: Option<&str>) -> MemberInfo {
+        MemberInfo { id: id(name, started), status: Status::Active, addr: addr.map(|a| a.parse().unwrap()) }
+    }
+
+    #[test]
+    fn invalid_gossip_is_ignored_and_counted() {
+        let mut m = Members::new(id("a", 1));
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        let bad = [
+            info("", 1, None),
+            info(&long, 1, None),
+            info("no spaces", 1, None),
+            info(".hidden", 1, None),
+            info("CA", 1, None),
+            info("n\u{e9}e", 1, None),
+            info("zero", 1, Some("0.0.0.0:7000")),
+            info("zero6", 1, Some("[::]:7000")),
+            info("port0", 1, Some("127.0.0.1:0")),
+            info("mcast", 1, Some("224.0.0.1:7000")),
+            info("mcast6", 1, Some("[ff02::1]:7000")),
+            info("bcast", 1, Some("255.255.255.255:7000")),
+        ];
+        let learned = m.learn_gossip(&bad);
+        assert!(learned.is_empty(), "{learned:?}");
+        assert!(m.all().is_empty(), "{:?}", m.all());
+        assert_eq!(m.ignored(), Ignored { invalid: bad.len() as u64, over_cap: 0 });
+        // Valid entries beside them still count.
+        let ok = info("b-1.x_y", 1, Some("10.0.0.2:7946"));
+        assert_eq!(m.learn_gossip(&[bad[0].clone(), ok]).len(), 1);
+        assert_eq!(m.addr_of("b-1.x_y"), Some("10.0.0.2:7946".parse().unwrap()));
+        // A known member's address is not replaced by one that cannot be
+        // dialed.
+        m.set_addr(&id("b-1.x_y", 1), "0.0.0.0:1".parse().unwrap());
+        assert_eq!(m.addr_of("b-1.x_y"), Some("10.0.0.2:7946".parse().unwrap()));
+        assert_eq!(m.ignored().invalid, bad.len() as u64 + 2);
+    }
+
+    #[test]
+    fn the_view_is_capped_for_new_names_only() {
+        let mut m = Members::new(id("a", 1));
+        m.set_max_members(3);
+        let many: Vec<MemberInfo> = (0..10).map(|i| info(&format!("n{i}"), 1, None)).collect();
+        assert_eq!(m.learn_gossip(&many).len(), 3);
+        assert_eq!(m.all().len(), 3);
+        assert_eq!(m.ignored(), Ignored { invalid: 0, over_cap: 7 });
+        assert_eq!(m.learn(&id("late", 1), Status::Active), Learned::Ignored);
+        assert!(m.incarnation_of("late").is_none());
+        // Known names still change: departures and newer incarnations.
+        m.leave(&id("n0", 1));
+        assert!(matches!(m.learn(&id("n1", 2), Status::Active), Learned::Superseded { .. }));
+        assert_eq!(m.stable_before(), 0);
+        // So does this process's own name, which is not in the table.
+        assert_eq!(m.learn(&id("a", 2), Status::Active), Learned::SelfSuperseded);
+        assert_eq!(m.all().len(), 3);
     }
 
     #[test]

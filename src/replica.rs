@@ -40,8 +40,9 @@ impl WriteError {
 /// Why a peer's message was not applied. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
-    /// The sender is a superseded, departed or forgotten incarnation.
-    #[error("peer {0} is superseded, has left or was forgotten")]
+    /// The sender is a superseded, departed or forgotten incarnation, or
+    /// one this view does not hold (an invalid name, or a full view).
+    #[error("peer {0} is superseded, has left, was forgotten, or is not admitted to the view")]
     Refused(MemberId),
     /// This process learned that it has itself been superseded.
     #[error("this peer was superseded by a newer incarnation")]
@@ -185,13 +186,34 @@ impl Replica {
     }
 
     /// Learns of a peer by direct contact (a hello). Returns what changed,
-    /// or the refusal to send back.
+    /// or the refusal to send back: a name no certificate can carry, a
+    /// superseded or departed incarnation, or a new name once the view is
+    /// full.
     pub fn learn_peer(&self, id: &MemberId) -> Result<Learned, Refusal> {
         let mut m = self.members.lock();
+        if crate::membership::name_problem(&id.name).is_some() {
+            m.note_invalid();
+            return Err(Refusal::InvalidName);
+        }
         if m.is_refused(id) {
             return Err(Refusal::Superseded { current: m.incarnation_of(&id.name) });
         }
-        Ok(m.learn(id, Status::Active))
+        match m.learn(id, Status::Active) {
+            Learned::Ignored => Err(Refusal::Full),
+            l => Ok(l),
+        }
+    }
+
+    /// Bounds the members this peer keeps in its view (see
+    /// [`crate::config::MeshConfig::max_members`]).
+    pub fn set_max_members(&self, n: usize) {
+        self.members.lock().set_max_members(n);
+    }
+
+    /// Member entries ignored so far: invalid ones, and new names over the
+    /// cap.
+    pub fn members_ignored(&self) -> crate::membership::Ignored {
+        self.members.lock().ignored()
     }
 
     /// A peer reports that `current` runs this peer's name: if it is newer
@@ -262,7 +284,8 @@ impl Replica {
     /// clock and its `clear_below`. Refuses a superseded, departed or
     /// forgotten sender; otherwise learns it, merges its view, observes its
     /// clock (a clock too far ahead is counted, not adopted) and raises
-    /// `clear_below`.
+    /// `clear_below`. A sender whose name is invalid, or new to a full view,
+    /// is refused.
     fn contact(
         &self,
         from: &MemberId,
@@ -273,10 +296,18 @@ impl Replica {
     ) -> Result<Vec<Change>, SyncRefused> {
         {
             let mut m = self.members.lock();
+            if crate::membership::name_problem(&from.name).is_some() {
+                m.note_invalid();
+                return Err(SyncRefused::Peer(Refusal::InvalidName));
+            }
             if m.is_refused(from) {
                 return Err(SyncRefused::Peer(Refusal::Superseded { current: m.incarnation_of(&from.name) }));
             }
-            m.learn(from, Status::Active);
+            // Data from a member the view does not hold would be merged
+            // without collection ever waiting for it.
+            if m.learn(from, Status::Active) == Learned::Ignored {
+                return Err(SyncRefused::Peer(Refusal::Full));
+            }
             if let Some(v) = view {
                 m.learn_gossip(v);
             }

@@ -2,7 +2,8 @@
 //! big-endian length prefix.
 //!
 //! A frame longer than the configured maximum is refused before any of it is
-//! buffered or decoded. Decoding preallocates nothing beyond what the frame
+//! buffered or decoded. A frame's buffer grows with the bytes received, not
+//! with the length its prefix announces. Decoding preallocates nothing beyond what the frame
 //! can hold (postcard checks declared lengths against the bytes left), so a
 //! hostile frame costs memory in proportion to its length: a small constant
 //! factor over the frame, for the decoded structures.
@@ -19,7 +20,10 @@ use crate::store::Register;
 
 /// The protocol version carried in every hello. Peers with another version
 /// are refused with [`Refusal::Version`].
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3: refusals are cut into [`SyncMsg::Refusals`] chunks before `Finish`
+/// (a version 2 peer would take the new message for a protocol violation).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -27,6 +31,12 @@ pub const LENGTH_PREFIX: usize = 4;
 /// Default maximum frame size: 16 MiB, room for large values while bounding
 /// what one hostile frame can make a peer buffer.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// The most a decoder reserves ahead of the bytes it holds while a frame
+/// arrives: one read's worth (see `node::stream::FrameReader`), so that a
+/// large frame is not copied on every read, while an announced but unsent
+/// body costs at most this much per stream.
+pub const RESERVE_CHUNK: usize = 64 * 1024;
 
 /// Everything peers say to each other.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,6 +102,12 @@ pub enum Refusal {
     /// The refuser itself learned that a newer incarnation of its own name
     /// runs, and is stopping: nothing is wrong with the sender.
     Stopping,
+    /// The sender's name is not one a certificate can carry
+    /// (`membership::name_problem`).
+    InvalidName,
+    /// The refuser's view already holds `max_members` and the sender's name
+    /// is new to it.
+    Full,
 }
 
 /// Pushed writes, with what the receiver needs to apply them safely.
@@ -144,7 +160,8 @@ pub enum SyncMsg {
         want: Vec<u64>,
     },
     /// The last message each way: registers the sender refused by its
-    /// `gc_floor` (the receiver drops its copies: the refusal reply).
+    /// `gc_floor` (the receiver drops its copies: the refusal reply). The
+    /// last chunk of them: the others ride in `Refusals` before it.
     Finish {
         /// Refused `key@stamp`s.
         refused: Vec<(Bytes, Stamp)>,
@@ -159,6 +176,11 @@ pub enum SyncMsg {
     /// are one varint byte. A position past the summary, or a zero gap after
     /// the first, is a protocol violation.
     Want(Vec<u64>),
+    /// A chunk of the registers the sender refused by its `gc_floor`, sent
+    /// before `Finish` when they do not fit in one message: refusals are
+    /// cut like `Summary` and `Want`, so that no frame outgrows the limit
+    /// however much a peer sent below the floor.
+    Refusals(Vec<(Bytes, Stamp)>),
 }
 
 /// The opening of an anti-entropy session.
@@ -274,7 +296,10 @@ impl FrameCodec {
             return Err(WireError::FrameTooLarge { len, max: self.max_frame });
         }
         if src.len() < LENGTH_PREFIX + len {
-            src.reserve(LENGTH_PREFIX + len - src.len());
+            // Grow with the bytes that arrive, never with the length
+            // announced: a peer may announce a maximal frame on every stream
+            // it can open and then send nothing more.
+            src.reserve((LENGTH_PREFIX + len - src.len()).min(RESERVE_CHUNK));
             return Ok(None);
         }
         src.advance(LENGTH_PREFIX);

@@ -145,6 +145,7 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         SyncMsg::Level { level: 2, parents: vec![99], hashes: vec![0; 16] },
         SyncMsg::Summary(vec![(70_000, vec![])]),
         SyncMsg::Finish { refused: vec![] },
+        SyncMsg::Refusals(vec![(b("k"), meshcache::hlc::Stamp::ZERO)]),
     ];
     for m in bad {
         let mut s = Session::initiate(&a, T0);
@@ -385,4 +386,60 @@ fn dense_differences_cost_little_beyond_the_registers() {
     // and stamp per pair). About 1.40x; with varint stamps and wants by key
     // it was about 1.50x.
     assert!(total * 100 <= divergent * 145, "{total} bytes for {divergent} bytes of keys and values");
+}
+
+/// A peer that sends many registers below the other's `gc_floor` gets
+/// them all refused, in replies that each fit a small frame, and drops
+/// every one.
+#[test]
+fn a_refusal_list_larger_than_a_frame_is_cut_and_arrives_whole() {
+    use meshcache::sync::Session;
+    use meshcache::wire::{FrameCodec, Message, SyncMsg};
+    const N: usize = 2_000;
+    const BATCH: usize = 1_024;
+    let codec = FrameCodec::new(4 * BATCH);
+    let a = replica("a", 1);
+    let c = replica("c", 2);
+    fill(&c, N, "old", T0);
+    // a, alone, collects a tombstone stamped after every register of c's:
+    // its floor is then above them all, and a holds none of their keys.
+    a.delete(b("x"), T0 + 1_000).unwrap();
+    assert_eq!(a.tick(T0 + 2_000).collected_tombstones, 1);
+    assert!(a.store().is_empty());
+
+    let now = T0 + 3_000;
+    let mut s = Session::initiate(&c, now).with_batch_bytes(BATCH);
+    let mut r = Session::respond(now).with_batch_bytes(BATCH);
+    let mut refusal_messages = 0;
+    // Every message goes through the small frame, as the network would
+    // carry it: one that does not fit fails the test.
+    let mut carry = |m: SyncMsg| -> SyncMsg {
+        if matches!(m, SyncMsg::Refusals(_)) {
+            refusal_messages += 1;
+        }
+        let frame = codec.encode_to_bytes(&Message::Sync(m)).expect("every message fits the frame");
+        match codec.decode_all(&frame).unwrap().pop() {
+            Some(Message::Sync(m)) => m,
+            other => panic!("decoded {other:?}"),
+        }
+    };
+    for _ in 0..100_000 {
+        let mut moved = false;
+        while let Some(m) = s.poll_transmit(&c) {
+            r.handle_message(&a, carry(m), now).unwrap();
+            moved = true;
+        }
+        while let Some(m) = r.poll_transmit(&a) {
+            s.handle_message(&c, carry(m), now).unwrap();
+            moved = true;
+        }
+        if (s.is_finished() && r.is_finished()) || !moved {
+            break;
+        }
+    }
+    assert!(s.is_complete() && r.is_complete(), "{:?} / {:?}", s.phase(), r.phase());
+    assert_eq!(r.stats().refused, N as u64);
+    assert_eq!(s.stats().dropped_on_reply, N as u64, "every refusal arrived");
+    assert!(c.store().is_empty(), "c dropped every refused register");
+    assert!(refusal_messages > 1, "the refusals were cut into several messages");
 }

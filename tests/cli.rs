@@ -166,12 +166,17 @@ fn invalid_config_files_exit_2_and_name_the_problem() {
 #[test]
 fn settings_layer_file_then_environment_then_flags() {
     let tmp = TempDir::new("layers");
-    fs::write(tmp.path("m.toml"), "name = \"file\"\nmax_tombstones = 10\nanti_entropy_interval = 250\n").unwrap();
+    fs::write(
+        tmp.path("m.toml"),
+        "name = \"file\"\nmax_tombstones = 10\nanti_entropy_interval = 250\nmax_members = 7\n",
+    )
+    .unwrap();
     let mut c = meshcache(
         &tmp.0,
         &["node", "--config", "m.toml", "--max-tombstones", "30", "--push-delay-us", "50", "--print-config"],
     );
     c.env("MESHCACHE_NAME", "env").env("MESHCACHE_MAX_TOMBSTONES", "20");
+    c.env("MESHCACHE_MAX_MEMBERS", "9");
     c.env("MESHCACHE_SEEDS", "127.0.0.1:7000,127.0.0.1:7001").env("MESHCACHE_MAX_BYTES", "1M");
     let out = run(c, SHORT);
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -182,9 +187,19 @@ fn settings_layer_file_then_environment_then_flags() {
         "max_bytes = 1048576",
         "push_delay = 50",
         "seeds = [\"127.0.0.1:7000\", \"127.0.0.1:7001\"]",
+        "max_members = 9",
     ] {
         assert!(out.stdout.lines().any(|l| l == line), "missing {line:?}: {out:?}");
     }
+    // A flag wins over the environment, and 0 is refused by name.
+    let mut c = meshcache(&tmp.0, &["node", "--config", "m.toml", "--max-members", "11", "--print-config"]);
+    c.env("MESHCACHE_MAX_MEMBERS", "9");
+    let out = run(c, SHORT);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.lines().any(|l| l == "max_members = 11"), "{out:?}");
+    let out = run_in(&tmp.0, &["node", "--config", "m.toml", "--max-members", "0", "--print-config"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("max_members"), "{out:?}");
 }
 
 #[test]

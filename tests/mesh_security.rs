@@ -186,3 +186,80 @@ async fn a_hello_naming_someone_else_is_refused_with_that_reason() {
     assert!(a.members().iter().all(|m| m.id.name != "b" && m.id.name != "mallory"), "{:?}", a.members());
     a.shutdown().await;
 }
+
+/// An authenticated peer's gossip is validated and the view is capped: a
+/// name no certificate can carry, or an address no one can dial, is
+/// ignored; past `max_members`, new names are ignored, and a new peer's
+/// hello is refused with that reason. Each is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossiped_members_are_validated_and_capped() {
+    use meshcache::membership::{MemberInfo, Status};
+    use meshcache::{Mesh, MeshConfig};
+    const CAP: usize = 4;
+    let ca = EphemeralCa::new().unwrap();
+    let config = MeshConfig { max_members: CAP, ..MeshConfig::for_test("a") };
+    let a = Mesh::builder().config(config).tls(ca.issue("a").unwrap()).start().await.unwrap();
+
+    let connect = |name: &str| {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(tls::quinn_client_config(&ca.issue(name).unwrap()).unwrap());
+        ep.connect(a.local_addr(), tls::SERVER_NAME).unwrap()
+    };
+    async fn say_hello(conn: &quinn::Connection, hello: &Message) -> Vec<Message> {
+        let (mut s, mut r) = conn.open_bi().await.unwrap();
+        s.write_all(&frame(hello)).await.unwrap();
+        s.finish().unwrap();
+        let reply = tokio::time::timeout(DEADLINE, r.read_to_end(1 << 20)).await.unwrap().unwrap();
+        FrameCodec::default().decode_all(&reply).unwrap()
+    }
+    let conn = connect("gossip").await.unwrap();
+    let Message::Hello(h) = hello("gossip") else { unreachable!() };
+    let from = h.from.clone();
+    let reply = say_hello(&conn, &Message::Hello(h)).await;
+    assert!(matches!(reply.first(), Some(Message::Hello(_))), "{reply:?}");
+
+    let member = |name: &str, addr: Option<&str>| MemberInfo {
+        id: MemberId { name: name.into(), incarnation: Incarnation { started_ms: now_ms(), node: NodeId(7) } },
+        status: Status::Active,
+        addr: addr.map(|a| a.parse().unwrap()),
+    };
+    let invalid = [
+        member(".hidden", None),
+        member("no spaces", None),
+        member(&"x".repeat(64), None),
+        member("wildcard", Some("0.0.0.0:7946")),
+        member("port0", Some("127.0.0.1:0")),
+        member("multicast", Some("224.0.0.1:7946")),
+    ];
+    // With "gossip" itself, the view holds CAP - 1 of these.
+    let valid: Vec<MemberInfo> = (0..10).map(|i| member(&format!("g{i}"), None)).collect();
+    let push = Message::Deltas(DeltaBatch {
+        from,
+        hlc: Stamp::pack(now_ms(), 0),
+        clear_below: Stamp::ZERO,
+        members: Some(invalid.iter().chain(&valid).cloned().collect()),
+        entries: Vec::new(),
+    });
+    let mut u = conn.open_uni().await.unwrap();
+    u.write_all(&frame(&push)).await.unwrap();
+    u.finish().unwrap();
+    let over = (valid.len() - (CAP - 1)) as u64;
+    eventually("gossip counted", || a.stats().members_over_cap >= over).await;
+    let st = a.stats();
+    assert_eq!((st.members_invalid, st.members_over_cap), (invalid.len() as u64, over), "{st:?}");
+    let names: Vec<String> = a.members().into_iter().map(|m| m.id.name).collect();
+    assert_eq!(names.len(), CAP, "{names:?}");
+    assert!(names.iter().all(|n| n == "gossip" || n.starts_with('g') && n.len() == 2), "{names:?}");
+
+    // The view is full: a new peer is refused at its hello, and told why.
+    let late = connect("late").await.unwrap();
+    let reply = say_hello(&late, &hello("late")).await;
+    assert_eq!(reply, vec![Message::Refused(Refusal::Full)]);
+    eventually("refusal counted", || a.stats().refused_peers >= 1).await;
+    assert_eq!(a.stats().members_over_cap, over + 1);
+    assert!(a.members().iter().all(|m| m.id.name != "late"));
+    // The peer admitted before the view filled stays connected.
+    assert_eq!(a.stats().connected, 1);
+    conn.close(0u32.into(), b"done");
+    a.shutdown().await;
+}

@@ -182,6 +182,11 @@ pub struct MeshStats {
     pub protocol_errors: u64,
     /// Remote clock readings refused for running too far ahead.
     pub clock_refused: u64,
+    /// Member entries ignored: a gossiped or announced name no certificate
+    /// can carry, or an address no one can dial.
+    pub members_invalid: u64,
+    /// New member names ignored because the view held `max_members`.
+    pub members_over_cap: u64,
 }
 
 /// One live, authenticated connection to a peer incarnation.
@@ -263,9 +268,48 @@ struct Inner {
 /// b.shutdown().await;
 /// # Ok(()) }
 /// ```
+///
+/// Handles are cheap clones of one peer. Dropping the last one stops the
+/// peer, like any Rust resource: its tasks end and its socket closes, after
+/// a best-effort goodbye when a tokio runtime is at hand. [`Mesh::shutdown`]
+/// is the graceful stop that can be awaited. A RESP or admin server holds a
+/// handle for as long as it serves.
 #[derive(Clone)]
 pub struct Mesh {
     inner: Arc<Inner>,
+    /// Held by handles only, never by the peer's own tasks (which hold
+    /// `inner`): its drop is the last handle's.
+    _handle: Arc<HandleGuard>,
+}
+
+/// Stops the peer when the last [`Mesh`] handle goes.
+struct HandleGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        let inner = self.inner.clone();
+        if inner.cancel.is_cancelled() {
+            // Already stopped (shutdown, halt, or superseded).
+            inner.endpoint.close(peer::CODE_GOODBYE, b"goodbye");
+            return;
+        }
+        tracing::info!(name = %inner.replica.me().name, "last handle dropped: leaving the mesh");
+        // The tasks stop taking new work at once; the goodbye needs only
+        // the connections, which the endpoint's close then ends.
+        inner.cancel.cancel();
+        inner.tasks.close();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    peer::say_goodbye(&inner).await;
+                    inner.endpoint.close(peer::CODE_GOODBYE, b"goodbye");
+                });
+            }
+            Err(_) => inner.endpoint.close(peer::CODE_GOODBYE, b"goodbye"),
+        }
+    }
 }
 
 /// Builds a [`Mesh`]. See [`MeshConfig`] for every setting.
@@ -436,6 +480,7 @@ impl Mesh {
         let replica =
             Arc::new(Replica::new(me.clone(), store, config.seeds.is_empty()).expect("shards validated above"));
         replica.set_my_addr(advertise);
+        replica.set_max_members(config.max_members);
         let (events, _) = broadcast::channel(4096);
         let (ae_tx, ae_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -466,7 +511,7 @@ impl Mesh {
         inner.tasks.spawn(peer::connect_loop(inner.clone()));
         inner.tasks.spawn(peer::anti_entropy_loop(inner.clone(), ae_rx));
         inner.tasks.spawn(timer_loop(inner.clone()));
-        Ok(Mesh { inner })
+        Ok(Mesh { _handle: Arc::new(HandleGuard { inner: inner.clone() }), inner })
     }
 
     /// The address peers are accepted on.
@@ -633,6 +678,7 @@ impl Mesh {
     pub fn stats(&self) -> MeshStats {
         let c = &self.inner.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ignored = self.inner.replica.members_ignored();
         MeshStats {
             store: self.inner.replica.store().stats(),
             members: self.inner.replica.members().len(),
@@ -652,6 +698,8 @@ impl Mesh {
             refused_peers: l(&c.refused_peers),
             protocol_errors: l(&c.protocol_errors),
             clock_refused: self.inner.replica.store().clock().refused(),
+            members_invalid: ignored.invalid,
+            members_over_cap: ignored.over_cap,
         }
     }
 
@@ -714,10 +762,14 @@ impl Inner {
     }
 }
 
+/// The shortest time between two warnings about ignored member entries.
+const IGNORED_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// Timer work: expiry, collection, bootstrap timeout, gauges.
 async fn timer_loop(inner: Arc<Inner>) {
     let mut iv = tokio::time::interval(inner.config.tick_interval);
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ignored_warned = (crate::membership::Ignored::default(), None::<tokio::time::Instant>);
     loop {
         tokio::select! {
             _ = inner.cancel.cancelled() => return,
@@ -745,6 +797,19 @@ async fn timer_loop(inner: Arc<Inner>) {
             );
         }
         inner.publish_all(tick.expired, Origin::Local);
+        // Peers gossip their whole view again and again: the same ignored
+        // entries come back every round, so one line a minute at most.
+        let ignored = r.members_ignored();
+        if ignored != ignored_warned.0 && ignored_warned.1.is_none_or(|t| t.elapsed() >= IGNORED_WARN_EVERY) {
+            tracing::warn!(
+                invalid = ignored.invalid,
+                over_cap = ignored.over_cap,
+                max_members = inner.config.max_members,
+                "member entries ignored: names no certificate can carry or addresses no one can dial (invalid), \
+                 or new names while the view is full (over_cap; raise max_members if the mesh is that large)"
+            );
+            ignored_warned = (ignored, Some(tokio::time::Instant::now()));
+        }
         let st = r.store().stats();
         metrics::gauge!("meshcache_entries").set(st.entries as f64);
         metrics::gauge!("meshcache_bytes").set(st.bytes as f64);

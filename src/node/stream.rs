@@ -54,13 +54,15 @@ impl FrameReader {
     }
 
     /// The next message, or `None` at a clean end of stream. Memory is
-    /// bounded by the codec's frame limit, checked on the length prefix.
+    /// bounded by the codec's frame limit, checked on the length prefix, and
+    /// grows only with the bytes received (the codec reserves at most one
+    /// read ahead), so an announced frame that never comes costs little.
     pub(crate) async fn next(&mut self) -> Result<Option<Message>, StreamError> {
         loop {
             if let Some(m) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(m));
             }
-            match self.recv.read_chunk(64 * 1024, true).await? {
+            match self.recv.read_chunk(crate::wire::RESERVE_CHUNK, true).await? {
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
                 None => {

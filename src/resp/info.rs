@@ -135,7 +135,8 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
          entries:{}\r\nvalues:{}\r\ntombstones:{}\r\nstubs:{}\r\nbytes:{}\r\ndeltas_sent:{}\r\ndeltas_received:{}\r\n\
          push_batches_sent:{}\r\npush_bytes_sent:{}\r\nqueue_overflows:{}\r\nae_rounds:{}\r\nae_failed:{}\r\n\
          ae_bytes_sent:{}\r\nae_bytes_received:{}\r\nae_entries_sent:{}\r\nae_entries_received:{}\r\nrefused_peers:{}\r\npeer_protocol_errors:{}\r\n\
-         clock_refused:{}\r\ncollected_tombstones:{}\r\ncompactions:{}\r\nclear_below:{}\r\ngc_floor:{}\r",
+         clock_refused:{}\r\nmembers_invalid:{}\r\nmembers_over_cap:{}\r\ncollected_tombstones:{}\r\ncompactions:{}\r\n\
+         clear_below:{}\r\ngc_floor:{}\r",
         id.name,
         id.incarnation.node,
         id.incarnation.started_ms,
@@ -161,6 +162,8 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         st.refused_peers,
         st.protocol_errors,
         st.clock_refused,
+        st.members_invalid,
+        st.members_over_cap,
         st.store.collected_tombstones,
         st.store.compactions,
         st.store.floors.clear_below,

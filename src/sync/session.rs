@@ -29,9 +29,10 @@
 //!   previous, so at least 1), cut into Want messages and the last ones in
 //!   EndOfEntries; the summary side sends the wanted registers and its own
 //!   EndOfEntries{[]}.
-//!   Each side, once it has the other's EndOfEntries, sends
-//!   Finish{refused}: the registers it refused by its gc_floor, which the
-//!   other side then drops (the refusal reply).
+//!   Each side, once it has the other's EndOfEntries, sends the registers
+//!   it refused by its gc_floor, which the other side then drops (the
+//!   refusal reply): Refusals{chunk}... Finish{last chunk}, cut at about the
+//!   batch size like Summary and Want.
 //! ```
 //!
 //! A side whose session completes records `synced[peer]` = the local time at
@@ -186,7 +187,8 @@ pub struct Session {
     end_queued: bool,
     finish_sent: bool,
     finish_received: bool,
-    /// Registers refused by our floor, reported in our `Finish`.
+    /// Registers refused by our floor, reported in our `Refusals` and
+    /// `Finish`.
     refused: Vec<(Bytes, Stamp)>,
     /// Changes made to our store, for subscribers.
     changes: Vec<Change>,
@@ -375,20 +377,18 @@ impl Session {
                     self.end_queued = true;
                     self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
                 }
-                let refused = std::mem::take(&mut self.refused);
-                self.after.push_back(SyncMsg::Finish { refused });
+                self.queue_refusals();
+                Ok(())
+            }
+            (Phase::Exchange, SyncMsg::Refusals(refused)) if !self.finish_received => {
+                self.drop_refused(replica, refused, now_ms);
                 Ok(())
             }
             (Phase::Exchange, SyncMsg::Finish { refused }) => {
                 if self.finish_received {
                     return Err(SyncError::Protocol("second Finish".into()));
                 }
-                for (k, st) in refused {
-                    if let Some(c) = replica.store().drop_refused(&k, st, now_ms) {
-                        self.changes.push(c);
-                    }
-                    self.stats.dropped_on_reply += 1;
-                }
+                self.drop_refused(replica, refused, now_ms);
                 self.finish_received = true;
                 if self.finish_sent {
                     self.complete(replica);
@@ -397,6 +397,37 @@ impl Session {
             }
             (_, SyncMsg::Reject(why)) => Err(SyncError::Rejected(why)),
             (phase, m) => Err(SyncError::Protocol(format!("unexpected {} in phase {phase:?}", msg_name(&m)))),
+        }
+    }
+
+    /// Queues our refusals, then `Finish`. They are cut like `Want` and
+    /// `EndOfEntries`: `Refusals` chunks of about the batch size and the last
+    /// chunk in `Finish`, so that a peer that sent many registers below our
+    /// floor gets replies that each fit in a frame, and `Finish` still
+    /// marks the end (the session completes on it, as before).
+    fn queue_refusals(&mut self) {
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        for (k, st) in std::mem::take(&mut self.refused) {
+            // Key, its length, and a 16-byte stamp.
+            let s = k.len() + varint_len(k.len() as u64) + 16;
+            if !chunk.is_empty() && size + s > self.batch_bytes {
+                self.after.push_back(SyncMsg::Refusals(std::mem::take(&mut chunk)));
+                size = 0;
+            }
+            size += s;
+            chunk.push((k, st));
+        }
+        self.after.push_back(SyncMsg::Finish { refused: chunk });
+    }
+
+    /// The refusal reply: drops our copies of what the peer refused.
+    fn drop_refused(&mut self, replica: &Replica, refused: Vec<(Bytes, Stamp)>, now_ms: u64) {
+        for (k, st) in refused {
+            if let Some(c) = replica.store().drop_refused(&k, st, now_ms) {
+                self.changes.push(c);
+            }
+            self.stats.dropped_on_reply += 1;
         }
     }
 
@@ -674,5 +705,6 @@ fn msg_name(m: &SyncMsg) -> &'static str {
         SyncMsg::Finish { .. } => "Finish",
         SyncMsg::SummaryDone => "SummaryDone",
         SyncMsg::Want(_) => "Want",
+        SyncMsg::Refusals(_) => "Refusals",
     }
 }

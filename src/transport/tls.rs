@@ -45,7 +45,7 @@ pub const ALPN: &[u8] = b"meshcache/1";
 pub const SERVER_NAME: &str = "meshcache";
 
 /// Longest node name, in bytes (a DNS label's limit).
-pub const MAX_NAME_LEN: usize = 63;
+pub const MAX_NAME_LEN: usize = crate::membership::MAX_NAME_LEN;
 
 /// Validity of a node certificate, in days from issue (the CA/Browser
 /// Forum's historical maximum).
@@ -309,24 +309,13 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Checks a node name: 1..=63 bytes of `[A-Za-z0-9._-]`, not starting with
 /// a dot (hidden files) and not `ca` (it would collide with the CA files).
+/// The rule is [`crate::membership::name_problem`], shared with
+/// configuration and gossip.
 pub fn validate_name(name: &str) -> Result<(), CertError> {
-    let bad = |reason| Err(CertError::InvalidName { name: name.to_owned(), reason });
-    if name.is_empty() {
-        return bad("it is empty");
+    match crate::membership::name_problem(name) {
+        Some(reason) => Err(CertError::InvalidName { name: name.to_owned(), reason }),
+        None => Ok(()),
     }
-    if name.len() > MAX_NAME_LEN {
-        return bad("it is longer than 63 characters");
-    }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-        return bad("it contains a character outside A-Z, a-z, 0-9, '.', '_' and '-'");
-    }
-    if name.starts_with('.') {
-        return bad("it starts with '.'");
-    }
-    if name.eq_ignore_ascii_case("ca") {
-        return bad("\"ca\" is reserved for the cluster CA files");
-    }
-    Ok(())
 }
 
 /// The parameters of a cluster CA certificate valid from `not_before` to

@@ -61,6 +61,8 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         option::of(incarnation()).prop_map(|current| Refusal::Superseded { current }),
         option::of("[a-z0-9.-]{1,63}").prop_map(|certificate| Refusal::Name { certificate }),
         Just(Refusal::Stopping),
+        Just(Refusal::InvalidName),
+        Just(Refusal::Full),
     ]
 }
 
@@ -108,6 +110,7 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
         vec((bytes(24), stamp()), 0..6).prop_map(|refused| SyncMsg::Finish { refused }),
         Just(SyncMsg::SummaryDone),
         vec(any::<u64>(), 0..6).prop_map(SyncMsg::Want),
+        vec((bytes(24), stamp()), 0..6).prop_map(SyncMsg::Refusals),
     ]
 }
 
@@ -203,6 +206,7 @@ fn one_of_each() -> Vec<Message> {
         Message::Sync(SyncMsg::Finish { refused: vec![(Bytes::from_static(b"k"), st)] }),
         Message::Sync(SyncMsg::SummaryDone),
         Message::Sync(SyncMsg::Want(vec![7, 1, 128])),
+        Message::Sync(SyncMsg::Refusals(vec![(Bytes::from_static(b"r"), st), (Bytes::new(), st)])),
         Message::Membership(Bytes::from(vec![0x5A; 300])),
         Message::Goodbye(id),
     ]
@@ -287,6 +291,35 @@ fn oversized_prefix_is_refused_before_the_body_arrives() {
         FrameCodec::default().decode(&mut src),
         Err(WireError::FrameTooLarge { len, max: DEFAULT_MAX_FRAME }) if len == u32::MAX as usize
     ));
+}
+
+/// A peer announcing a maximal frame and sending a few bytes of it costs
+/// what it sent plus one read's worth, not what it announced; the buffer
+/// still grows to take the whole frame once it arrives.
+#[test]
+fn buffer_grows_with_bytes_received_not_with_the_announced_length() {
+    let msg = Message::Membership(Bytes::from(vec![7; 3 * RESERVE_CHUNK]));
+    let whole = frame(&msg);
+    let announced = FrameCodec::default();
+    let mut src = BytesMut::new();
+    src.extend_from_slice(&(DEFAULT_MAX_FRAME as u32).to_be_bytes());
+    src.extend_from_slice(b"few bytes");
+    assert!(announced.decode(&mut src).unwrap().is_none());
+    assert!(src.capacity() <= 2 * RESERVE_CHUNK, "reserved {} bytes for 13 received", src.capacity());
+
+    // Fed a read at a time, the capacity stays within a read of what
+    // arrived, and the frame decodes whole.
+    let mut src = BytesMut::new();
+    let mut out = None;
+    for piece in whole.chunks(RESERVE_CHUNK / 4) {
+        src.extend_from_slice(piece);
+        if let Some(m) = announced.decode(&mut src).unwrap() {
+            out = Some(m);
+        } else {
+            assert!(src.capacity() <= 2 * (src.len() + RESERVE_CHUNK), "{} for {}", src.capacity(), src.len());
+        }
+    }
+    assert_eq!(out, Some(msg));
 }
 
 #[test]
