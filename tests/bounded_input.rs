@@ -77,7 +77,7 @@ fn reset_peak() -> usize {
 }
 
 fn now_ms() -> u64 {
-    meshcache::node::now_ms()
+    meshcache::env::system_ms()
 }
 
 fn frame(m: &Message) -> Bytes {
