@@ -40,6 +40,37 @@ pub fn virtual_now_ms() -> u64 {
     ORIGIN_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
 }
 
+/// How peers' wall clocks run against the simulation's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clocks {
+    /// Each incarnation's clock is off by up to this much, either way
+    /// (drawn per incarnation: a restarted peer may come back on a host
+    /// whose clock lags). Keep it under half of `max_offset`. A restart
+    /// waits twice this long after its crash: incarnations are ordered by
+    /// their start on the wall clock, and a restart within the skew could
+    /// start "before" the incarnation it replaces, which then supersedes
+    /// it (a real deployment restarting a name on a host whose clock lags
+    /// by more than the restart takes has that problem too).
+    pub skew_ms: u64,
+    /// Wall-clock milliseconds advance once per this many virtual ones (1:
+    /// in step). A slow wall clock crowds many writes into one millisecond,
+    /// which exercises the HLC's logical counter and stamp ties.
+    pub slowdown: u64,
+}
+
+impl Clocks {
+    /// The clock of one incarnation, whose seed draws its skew.
+    fn clock(self, incarnation_seed: u64) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let span = 2 * self.skew_ms + 1;
+        let skew = (incarnation_seed % span) as i64 - self.skew_ms as i64;
+        let slowdown = self.slowdown.max(1);
+        move || {
+            let v = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+            (ORIGIN_MS + v / slowdown).saturating_add_signed(skew)
+        }
+    }
+}
+
 /// A running hash of what a simulated run did, in order: every datagram
 /// delivered (when, from, to, how long) and every client operation the
 /// driver records. Two runs of one seed must end with the same value.
@@ -198,6 +229,8 @@ pub struct Layout {
     pub keep_trace: bool,
     /// Bugs planted in peers (by index), in every incarnation.
     pub bugs: Vec<(usize, Bug)>,
+    /// How the peers' wall clocks run.
+    pub clocks: Clocks,
 }
 
 /// The driver's view: the live peers' handles, and crash/restart requests.
@@ -211,6 +244,10 @@ pub struct Net {
     pub lost_compactions: Arc<Mutex<u64>>,
     /// What the run did, for the replay check.
     pub trace: SharedTrace,
+    /// The shortest time from a crash to the restart of that peer, and
+    /// when each peer last crashed.
+    restart_gap: Duration,
+    crashed_at: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
 }
 
 impl Net {
@@ -239,10 +276,15 @@ impl Net {
         while self.meshes.lock().contains_key(name) {
             tokio::time::sleep(TICK).await;
         }
+        self.crashed_at.lock().insert(name.to_owned(), tokio::time::Instant::now());
     }
 
     /// Restarts `name` as a new, empty incarnation; returns once it is up.
     pub async fn restart(&self, name: &str) {
+        let crashed = self.crashed_at.lock().get(name).copied();
+        if let Some(at) = crashed {
+            tokio::time::sleep_until(at + self.restart_gap).await;
+        }
         self.cmds.lock().push(Cmd::Restart(name.to_owned()));
         while !self.meshes.lock().contains_key(name) {
             tokio::time::sleep(TICK).await;
@@ -280,13 +322,17 @@ where
         cmds: Arc::new(Mutex::new(Vec::new())),
         names: names.clone(),
         lost_compactions: Arc::new(Mutex::new(0)),
+        // Twice the skew on the wall clock, which may run slow.
+        restart_gap: Duration::from_millis((2 * layout.clocks.skew_ms + 1) * layout.clocks.slowdown.max(1)),
+        crashed_at: Arc::new(Mutex::new(HashMap::new())),
         trace: Arc::new(Mutex::new(Trace { lines: layout.keep_trace.then(Vec::new), ..Trace::default() })),
     };
     let ca = Rc::new(EphemeralCa::seeded(layout.seed).map_err(|e| e.to_string())?);
     for (i, name) in names.iter().enumerate() {
         let (ca, meshes, names, name) = (ca.clone(), net.meshes.clone(), names.clone(), name.clone());
         let trace = net.trace.clone();
-        let seed = layout.seed;
+        let schedule = layout.seed;
+        let clocks = layout.clocks;
         let bugs: Vec<Bug> = layout.bugs.iter().filter(|(p, _)| *p == i).map(|(_, b)| *b).collect();
         let budget = layout.budgets[i];
         let starts = Rc::new(std::cell::Cell::new(0u32));
@@ -297,8 +343,8 @@ where
                 starts.set(starts.get() + 1);
                 // One seed per incarnation, from the schedule's seed: node
                 // ids, jitter and peer choices replay with the schedule.
-                let seed = incarnation_seed(seed, i, starts.get());
-                let env = Env::new(virtual_now_ms, seed);
+                let seed = incarnation_seed(schedule, i, starts.get());
+                let env = Env::new(clocks.clock(seed), seed);
                 let identity = ca.issue(&name)?;
                 let sock = turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
                 let me = SocketAddr::new(turmoil::lookup(name.clone()), PORT);
