@@ -72,9 +72,15 @@ pub struct Replica {
     store: Store,
     members: Mutex<Members>,
     /// False until the first complete anti-entropy round, for a peer started
-    /// with seeds. While false, local writes get [`WriteError::Loading`] and
-    /// nothing is collected (the view of who exists is not known yet).
+    /// with seeds (or until the shell gives up waiting, [`Replica::force_boot`]).
+    /// While false, local writes get [`WriteError::Loading`].
     booted: AtomicBool,
+    /// False until the first complete anti-entropy round with a booted
+    /// peer, for a peer started with seeds; never set by a timeout. While
+    /// false nothing is collected: the view of who exists holds this peer
+    /// alone, so every tombstone would look stable at once, and the floor
+    /// it raised would stand for deletes that no other peer has seen.
+    view_known: AtomicBool,
 }
 
 impl Replica {
@@ -82,7 +88,13 @@ impl Replica {
     /// with seeds: it refuses writes until it has synced with one.
     pub fn new(me: MemberId, config: StoreConfig, bootstrapped: bool) -> Result<Self, ConfigError> {
         let store = Store::new(me.incarnation.node, config)?;
-        Ok(Replica { members: Mutex::new(Members::new(me.clone())), me, store, booted: AtomicBool::new(bootstrapped) })
+        Ok(Replica {
+            members: Mutex::new(Members::new(me.clone())),
+            me,
+            store,
+            booted: AtomicBool::new(bootstrapped),
+            view_known: AtomicBool::new(bootstrapped),
+        })
     }
 
     /// This peer.
@@ -101,7 +113,10 @@ impl Replica {
     }
 
     /// Ends bootstrap without a sync: the shell calls this after
-    /// `bootstrap_timeout` when no seed ever answered.
+    /// `bootstrap_timeout` when no seed ever answered. Writes are accepted
+    /// from then on; collection still waits for a first complete round with
+    /// a booted peer (see `view_known`), and the tombstone budget bounds
+    /// what waits.
     pub fn force_boot(&self) {
         self.booted.store(true, Ordering::Release);
     }
@@ -331,15 +346,23 @@ impl Replica {
         self.members.lock().record_sync(peer, started_ms);
         if peer_booted {
             self.booted.store(true, Ordering::Release);
+            self.view_known.store(true, Ordering::Release);
         }
+    }
+
+    /// Whether this peer has learned who else exists (it founded the mesh,
+    /// or completed a round with a booted peer): only then does it collect.
+    pub fn knows_the_mesh(&self) -> bool {
+        self.view_known.load(Ordering::Acquire)
     }
 
     /// Timer work: expiry, collection, the tombstone budget.
     pub fn tick(&self, now_ms: u64) -> Tick {
         let expired = self.store.expire(now_ms);
-        // Not booted: the view of who exists is incomplete, so nothing is
-        // known to be stable.
-        let stable_before = if self.is_booted() { self.members.lock().stable_before() } else { 0 };
+        // The view of who exists is incomplete until a first round with a
+        // booted peer (a timeout does not complete it), so nothing is known
+        // to be stable before then.
+        let stable_before = if self.knows_the_mesh() { self.members.lock().stable_before() } else { 0 };
         let (collected_tombstones, collected_expired) = self.store.collect(now_ms, stable_before);
         let compaction = self.store.compact_if_needed(now_ms);
         Tick { expired, collected_tombstones, collected_expired, compaction }

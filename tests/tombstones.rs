@@ -189,3 +189,37 @@ fn two_replicas_stamping_in_the_same_millisecond_agree_on_the_winner() {
     assert_eq!(a.get(b"k", T0), bb.get(b"k", T0));
     assert_eq!(a.get(b"k", T0), Some(b("b99")), "b's node id is higher, so its same-ms stamp wins");
 }
+
+/// A peer started with seeds that reaches none of them boots by timeout and
+/// takes writes, but must not collect: its view holds itself alone, so its
+/// own delete looks stable at once. Collected, the delete lives only in
+/// that peer's floor: it is lost if the peer stops before the partition
+/// heals, and the value it deleted comes back everywhere (a turmoil
+/// schedule found it so); and after a heal that floor refuses every older
+/// write of a key the peer does not hold, so other peers drop their live
+/// writes (this test fails that way without the rule).
+#[test]
+fn a_peer_booted_by_timeout_collects_nothing_until_it_has_synced() {
+    let mut rs = mesh(&["a", "b"]);
+    rs[0].put(b("k"), b("old"), None, T0 + 1).unwrap();
+    rs[1].put(b("other"), b("live"), None, T0 + 2).unwrap();
+    sync_all(&rs, T0 + 3);
+    // c restarts alone on the far side of a partition; no seed answers.
+    let c = replica_with("c", 3, StoreConfig::default(), false);
+    c.force_boot();
+    c.delete(b("k"), T0 + 10).unwrap();
+    let tick = c.tick(T0 + 20_000);
+    assert_eq!(tick.collected_tombstones, 0, "a peer that knows no one collected its own delete");
+    assert!(c.store().register(b"k").is_some_and(|r| r.val.is_tombstone()), "the delete must stay a register");
+    assert!(!c.knows_the_mesh());
+    // When the partition heals, the delete wins everywhere and the other
+    // key's live write survives: no floor refuses it.
+    rs.push(c);
+    sync_all(&rs, T0 + 30_000);
+    assert!(rs[2].knows_the_mesh());
+    settle(&rs, T0 + 30_001);
+    for r in &rs {
+        assert_eq!(r.get(b"k", T0 + 90_000), None, "{}: the delete was undone", r.me());
+        assert_eq!(r.get(b"other", T0 + 90_000), Some(b("live")), "{}: a live write was lost", r.me());
+    }
+}
