@@ -56,13 +56,17 @@ pub struct Clocks {
     /// in step). A slow wall clock crowds many writes into one millisecond,
     /// which exercises the HLC's logical counter and stamp ties.
     pub slowdown: u64,
+    /// Every restarted incarnation's clock runs this much further behind
+    /// (a peer coming back on a host whose clock lags).
+    pub restart_lag_ms: u64,
 }
 
 impl Clocks {
     /// The clock of one incarnation, whose seed draws its skew.
-    fn clock(self, incarnation_seed: u64) -> impl Fn() -> u64 + Send + Sync + 'static {
+    fn clock(self, incarnation_seed: u64, restarted: bool) -> impl Fn() -> u64 + Send + Sync + 'static {
         let span = 2 * self.skew_ms + 1;
-        let skew = (incarnation_seed % span) as i64 - self.skew_ms as i64;
+        let lag = if restarted { self.restart_lag_ms as i64 } else { 0 };
+        let skew = (incarnation_seed % span) as i64 - self.skew_ms as i64 - lag;
         let slowdown = self.slowdown.max(1);
         move || {
             let v = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
@@ -344,7 +348,7 @@ where
                 // One seed per incarnation, from the schedule's seed: node
                 // ids, jitter and peer choices replay with the schedule.
                 let seed = incarnation_seed(schedule, i, starts.get());
-                let env = Env::new(clocks.clock(seed), seed);
+                let env = Env::new(clocks.clock(seed, starts.get() > 1), seed);
                 let identity = ca.issue(&name)?;
                 let sock = turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
                 let me = SocketAddr::new(turmoil::lookup(name.clone()), PORT);
