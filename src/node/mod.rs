@@ -11,6 +11,7 @@
 //! synchronous core calls, and the peer table's only to look up or swap an
 //! entry.
 
+mod links;
 mod peer;
 mod queue;
 mod stream;
