@@ -11,9 +11,6 @@
 //! seeded at construction, so that a seed and a sequence of events replay
 //! exactly.
 
-// Not yet driven by the shell.
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -272,13 +269,17 @@ impl Links {
                 }
             }
         }
-        // A backoff matters only for an address that would be dialed.
+        // A backoff matters only for an address that would be dialed, and
+        // not while it is being dialed (its end has passed then).
         let targets = self.targets();
-        t.extend(self.backoff.iter().filter(|(a, _)| targets.contains(a)).map(|(_, b)| b.until));
+        t.extend(
+            self.backoff.iter().filter(|(a, _)| targets.contains(a) && !self.dialing.contains(a)).map(|(_, b)| b.until),
+        );
         t.into_iter().min()
     }
 
     /// Whether this incarnation learned it was superseded.
+    #[cfg(test)]
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped
     }

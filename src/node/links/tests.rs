@@ -376,6 +376,9 @@ fn redial_backoff_doubles_to_five_seconds_with_jitter_and_resets_after_a_success
         assert!(a.actions().is_empty(), "attempt {k}: redialed early");
         a.links.handle_timeout(at);
         assert_eq!(a.actions(), vec![Action::Dial(seed)], "attempt {k}");
+        // While the dial runs, the backoff that ended is no deadline: a
+        // deadline in the past would have the driver spin.
+        assert!(a.links.poll_timeout().is_none_or(|t| t > at), "attempt {k}: a deadline in the past");
         delays.push((delay, base));
         now = at;
     }
@@ -427,6 +430,7 @@ fn a_periodic_round_picks_a_linked_peer_and_rearms_with_jitter() {
         sim.now = at;
         sim.links("a").handle_timeout(at);
         sim.run();
+        assert!(sim.links("a").poll_timeout().is_none_or(|t| t > at), "a deadline in the past");
         gaps.push(at - last);
         last = at;
     }
