@@ -69,6 +69,9 @@ async fn a_superseded_incarnation_is_told_so_and_stops() {
     tokio::time::timeout(DEADLINE, old.stopped()).await.expect("the old incarnation stops");
     assert!(old.replica().is_superseded());
     assert!(old.put("x", "y").is_err(), "a superseded peer refuses writes");
+    // The old incarnation may learn it was replaced before the new one's
+    // first round (its bootstrap) is over.
+    assert!(new.wait_ready(DEADLINE).await);
     new.put("x", "y").unwrap();
     eventually("new z replicates", || a.get(b"x").is_some()).await;
     a.shutdown().await;

@@ -11,11 +11,12 @@
 //! synchronous core calls, and the peer table's only to look up or swap an
 //! entry.
 
+mod links;
 mod peer;
 mod queue;
 mod stream;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -189,16 +190,11 @@ pub struct MeshStats {
     pub members_over_cap: u64,
 }
 
-/// One live, authenticated connection to a peer incarnation.
+/// The link to a peer incarnation: the connection its pushes go over.
 struct PeerConn {
     id: MemberId,
     conn: quinn::Connection,
     queue: Arc<PushQueue>,
-    /// Which side dialed: duplicate connections are resolved by keeping the
-    /// one dialed by the smaller name.
-    dialed_by_me: bool,
-    /// The address it was reached at (dialer) or advertises (acceptor).
-    addr: Option<SocketAddr>,
 }
 
 struct Inner {
@@ -213,28 +209,11 @@ struct Inner {
     codec: FrameCodec,
     peers: Mutex<BTreeMap<String, PeerConn>>,
     events: broadcast::Sender<Change>,
-    ae_requests: mpsc::UnboundedSender<String>,
-    /// Anti-entropy sessions in flight per peer, either role: a new round
-    /// with a peer waits until the last one is over, so that two rounds
-    /// never ship the same difference at once.
-    ae_running: Mutex<HashMap<String, usize>>,
-    /// One anti-entropy session at a time on this peer, either role (see
-    /// `peer::anti_entropy_loop`): after a heal, two peers that hold the
-    /// same data would otherwise both ship it here at once.
-    ae_slot: Arc<tokio::sync::Semaphore>,
-    /// The slot is held by a round this peer started that the other side
-    /// has not accepted yet: a responder waiting for the slot then runs at
-    /// once, since that round may itself wait for a slot (a ring of peers
-    /// starting rounds with each other would otherwise wait forever).
-    ae_awaiting_accept: std::sync::atomic::AtomicBool,
-    /// Anti-entropy sessions in flight per connection (`stable_id`), so
-    /// that a connection retired as a duplicate closes only once its
-    /// sessions are over.
-    conn_sessions: Mutex<HashMap<usize, usize>>,
-    /// Peers whose requested round waits for the sessions in flight.
-    ae_deferred: Mutex<BTreeSet<String>>,
-    /// Addresses being dialed now.
-    dialing: Mutex<HashSet<SocketAddr>>,
+    /// The connection-level protocol (which connection is a peer's link,
+    /// when rounds run, when to dial), driven by `peer::drive`.
+    links: Mutex<peer::Driver>,
+    /// Wakes the driver: an event may have moved the machine's deadline.
+    links_changed: tokio::sync::Notify,
     counters: Counters,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -482,7 +461,14 @@ impl Mesh {
         replica.set_my_addr(advertise);
         replica.set_max_members(config.max_members);
         let (events, _) = broadcast::channel(4096);
-        let (ae_tx, ae_rx) = mpsc::unbounded_channel();
+        let links = links::Links::new(
+            me.clone(),
+            links::Timings::new(config.anti_entropy_interval),
+            vec![advertise, local_addr],
+            config.seeds.clone(),
+            env.random_u64(),
+            env.instant().into_std(),
+        );
         let inner = Arc::new(Inner {
             replica,
             started: env.instant(),
@@ -495,21 +481,15 @@ impl Mesh {
             advertise,
             peers: Mutex::new(BTreeMap::new()),
             events,
-            ae_requests: ae_tx,
-            ae_running: Mutex::new(HashMap::new()),
-            ae_slot: Arc::new(tokio::sync::Semaphore::new(1)),
-            ae_awaiting_accept: std::sync::atomic::AtomicBool::new(false),
-            conn_sessions: Mutex::new(HashMap::new()),
-            ae_deferred: Mutex::new(BTreeSet::new()),
-            dialing: Mutex::new(HashSet::new()),
+            links: Mutex::new(peer::Driver::new(links)),
+            links_changed: tokio::sync::Notify::new(),
             counters: Counters::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
         tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
         inner.tasks.spawn(peer::accept_loop(inner.clone()));
-        inner.tasks.spawn(peer::connect_loop(inner.clone()));
-        inner.tasks.spawn(peer::anti_entropy_loop(inner.clone(), ae_rx));
+        inner.tasks.spawn(peer::drive(inner.clone()));
         inner.tasks.spawn(timer_loop(inner.clone()));
         Ok(Mesh { _handle: Arc::new(HandleGuard { inner: inner.clone() }), inner })
     }
@@ -654,7 +634,9 @@ impl Mesh {
     /// forget`): collection stops waiting for it. Never do this to a member
     /// that may come back with its data: its deletes could be undone.
     pub fn forget(&self, name: &str) -> bool {
-        self.inner.replica.forget(name)
+        let forgotten = self.inner.replica.forget(name);
+        self.inner.note_members();
+        forgotten
     }
 
     /// Whether bootstrap is complete, so that writes are accepted.
@@ -784,11 +766,12 @@ async fn timer_loop(inner: Arc<Inner>) {
             );
         }
         if r.is_superseded() {
-            tracing::error!(name = %r.me().name, "a newer incarnation of this peer exists, or it was forgotten: stopping");
-            inner.cancel.cancel();
-            inner.endpoint.close(peer::CODE_SUPERSEDED, b"superseded");
+            inner.with_links(|d, _| d.links.handle_superseded());
             return;
         }
+        // Membership news normally reaches the dialer as it arrives; this
+        // catches any path that changed it without saying so.
+        inner.note_members();
         let tick = r.tick(inner.env.now_ms());
         if let Some(c) = tick.compaction {
             tracing::warn!(

@@ -1,5 +1,7 @@
 //! Connections: dialing and accepting, the hello, and the tasks that carry
-//! pushes and anti-entropy sessions over one connection.
+//! pushes and anti-entropy sessions over one connection. What to do with a
+//! connection, and when rounds run, is decided by [`Links`]; this module
+//! feeds it events and executes its actions.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,16 +9,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-// tokio's clock, not std's: it is what a paused or simulated runtime moves.
-use tokio::time::Instant;
-
 use quinn::VarInt;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
+use super::links::{Action, ConnId, Core, Links, SessionId, Side, Verdict};
 use super::queue::PushQueue;
 use super::stream::{kind, run_session, write_message, FrameReader, StreamError};
 use super::{Inner, Origin, PeerConn};
-use crate::membership::{Learned, MemberId};
+use crate::hlc::SkewError;
+use crate::membership::{Incarnation, Learned, MemberId, Status};
 use crate::replica::PeerError;
 use crate::sync::Session;
 use crate::transport::tls;
@@ -31,14 +32,192 @@ pub(crate) const CODE_SUPERSEDED: VarInt = VarInt::from_u32(4);
 
 /// How long a hello may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long after a connection is up its first anti-entropy round starts
-/// (see `register`).
-const CONNECT_SETTLE: Duration = Duration::from_millis(50);
 
-/// Redial backoff bounds; jittered so that a mesh restarting at once does
-/// not dial in lockstep.
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The machine and what the shell keeps to execute its actions, under one
+/// lock: an action names a connection or a session that the same critical
+/// section registered.
+pub(crate) struct Driver {
+    pub(crate) links: Links,
+    /// Authenticated connections the machine knows, until closed.
+    conns: HashMap<ConnId, (quinn::Connection, MemberId)>,
+    /// Responders waiting for [`Action::Respond`].
+    responders: HashMap<SessionId, oneshot::Sender<()>>,
+    /// The membership version last given to the machine.
+    members_version: u64,
+}
+
+impl Driver {
+    pub(crate) fn new(links: Links) -> Self {
+        Driver { links, conns: HashMap::new(), responders: HashMap::new(), members_version: u64::MAX }
+    }
+}
+
+fn conn_id(conn: &quinn::Connection) -> ConnId {
+    ConnId(conn.stable_id())
+}
+
+impl Inner {
+    /// Feeds the machine an event and executes the actions it queued, in
+    /// order, before the lock is released: executing one only spawns tasks,
+    /// closes connections or wakes a responder, never awaits. The driver
+    /// task is woken, since its next deadline may have moved.
+    pub(crate) fn with_links<R>(self: &Arc<Self>, f: impl FnOnce(&mut Driver, std::time::Instant) -> R) -> R {
+        let r = self.with_links_quiet(f);
+        self.links_changed.notify_one();
+        r
+    }
+
+    fn with_links_quiet<R>(self: &Arc<Self>, f: impl FnOnce(&mut Driver, std::time::Instant) -> R) -> R {
+        let mut d = self.links.lock();
+        // tokio's clock, which a paused or simulated runtime moves.
+        let r = f(&mut d, self.env.instant().into_std());
+        while let Some(a) = d.links.poll_action() {
+            execute(self, &mut d, a);
+        }
+        r
+    }
+
+    /// Gives the machine the members to dial when the membership changed
+    /// (a hello, a push batch or a session may carry news).
+    pub(crate) fn note_members(self: &Arc<Self>) {
+        let version = self.replica.members_version();
+        if self.links.lock().members_version == version {
+            return;
+        }
+        self.with_links(|d, now| {
+            // Read under the lock, so that an older view never replaces a
+            // newer one.
+            let version = self.replica.members_version();
+            if d.members_version == version {
+                return;
+            }
+            d.members_version = version;
+            let members = self
+                .replica
+                .members_all()
+                .into_iter()
+                .filter(|(_, status, _, _)| *status == Status::Active)
+                .filter_map(|(id, _, _, addr)| addr.map(|a| (id.name, a)))
+                .collect();
+            d.links.handle_members(now, members);
+        });
+    }
+}
+
+/// Runs the machine's deadlines until shutdown.
+pub(crate) async fn drive(inner: Arc<Inner>) {
+    loop {
+        let deadline = inner.with_links_quiet(|d, now| {
+            d.links.handle_timeout(now);
+            d.links.poll_timeout()
+        });
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = inner.links_changed.notified() => {}
+            _ = sleep => {}
+        }
+    }
+}
+
+fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
+    match action {
+        Action::Dial(addr) => {
+            let inner2 = inner.clone();
+            inner.tasks.spawn(async move {
+                let r = tokio::time::timeout(HELLO_TIMEOUT, dial(&inner2, addr)).await;
+                let ok = matches!(r, Ok(Ok(_)));
+                if let Ok(Err(e)) = &r {
+                    tracing::debug!(%addr, error = %e, "dial failed");
+                }
+                inner2.with_links(|d, now| d.links.handle_dial_result(now, addr, ok));
+            });
+        }
+        Action::Link { peer, conn } => {
+            let Some((conn, _)) = d.conns.get(&conn).cloned() else { return };
+            let queue = Arc::new(PushQueue::new(inner.config.push_queue_bytes));
+            let old = inner
+                .peers
+                .lock()
+                .insert(peer.name.clone(), PeerConn { id: peer.clone(), conn: conn.clone(), queue: queue.clone() });
+            // Writes queued for an older link (or an older incarnation) are
+            // never redirected: anti-entropy repairs what they carried.
+            if let Some(old) = old {
+                old.queue.close();
+            }
+            tracing::info!(peer = %peer, remote = %conn.remote_address(), "peer connected");
+            metrics::counter!("meshcache_connections_total").increment(1);
+            inner.tasks.spawn(push_sender(inner.clone(), conn.clone(), peer.clone(), queue.clone()));
+            inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), peer.clone()));
+            inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), peer.clone()));
+            inner.tasks.spawn(watch_close(inner.clone(), conn, peer, Some(queue)));
+        }
+        Action::Serve { peer, conn } => {
+            let Some((conn, _)) = d.conns.get(&conn).cloned() else { return };
+            tracing::debug!(peer = %peer, remote = %conn.remote_address(), "retiring a duplicate connection");
+            inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), peer.clone()));
+            inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), peer.clone()));
+            inner.tasks.spawn(watch_close(inner.clone(), conn, peer, None));
+        }
+        Action::Close { conn, why: super::links::Close::Duplicate } => {
+            if let Some((conn, _)) = d.conns.remove(&conn) {
+                conn.close(CODE_DUPLICATE, b"duplicate");
+            }
+        }
+        Action::StartSession { session, conn, .. } => {
+            let Some((conn, id)) = d.conns.get(&conn).cloned() else {
+                // Closed meanwhile: the machine hears of it from the close
+                // watcher, and of the round's end from here, after the lock.
+                let inner2 = inner.clone();
+                inner.tasks.spawn(async move {
+                    inner2.with_links(|d, now| d.links.handle_session_finished(now, session));
+                });
+                return;
+            };
+            inner.tasks.spawn(initiate(inner.clone(), conn, id, session));
+        }
+        Action::Respond { session } => {
+            if let Some(tx) = d.responders.remove(&session) {
+                let _ = tx.send(());
+            }
+        }
+        Action::Stop => {
+            tracing::error!(name = %inner.replica.me().name, "a newer incarnation of this peer exists, or it was forgotten: stopping");
+            inner.cancel.cancel();
+            inner.endpoint.close(CODE_SUPERSEDED, b"superseded");
+        }
+    }
+}
+
+/// What the machine asks of the core.
+struct CoreView<'a> {
+    inner: &'a Inner,
+    now_ms: u64,
+}
+
+impl Core for CoreView<'_> {
+    fn check_skew(&mut self, physical_ms: u64) -> Result<(), SkewError> {
+        let r = self.inner.replica.store().clock().check_skew(physical_ms, self.now_ms);
+        if r.is_err() {
+            metrics::counter!("meshcache_skew_refusals_total").increment(1);
+        }
+        r
+    }
+    fn learn_peer(&mut self, id: &MemberId) -> Result<Learned, Refusal> {
+        self.inner.replica.learn_peer(id)
+    }
+    fn learn_own_successor(&mut self, current: Incarnation) -> bool {
+        self.inner.replica.learn_own_successor(current)
+    }
+    fn booted(&self) -> bool {
+        self.inner.replica.is_booted()
+    }
+}
 
 fn my_hello(inner: &Inner) -> Message {
     Message::Hello(Hello {
@@ -50,42 +229,29 @@ fn my_hello(inner: &Inner) -> Message {
     })
 }
 
-/// Checks a peer's hello. `Ok(None)` means a connection to ourselves.
-fn check_hello(inner: &Inner, conn: &quinn::Connection, h: &Hello) -> Result<Option<()>, Refusal> {
-    if h.version != PROTOCOL_VERSION {
-        return Err(Refusal::Version { ours: PROTOCOL_VERSION });
-    }
-    let me = inner.replica.me();
-    if h.from == *me {
-        return Ok(None);
-    }
-    let now = inner.env.now_ms();
-    if let Err(e) = inner.replica.store().clock().check_skew(h.physical_ms, now) {
-        tracing::error!(peer = %h.from, offset_ms = e.offset_ms, max_offset_ms = e.max_offset_ms,
-            "refusing peer: clock offset exceeds max_offset; no data exchanged");
-        metrics::counter!("meshcache_skew_refusals_total").increment(1);
-        return Err(Refusal::Skew { offset_ms: e.offset_ms, max_offset_ms: e.max_offset_ms });
-    }
-    match tls::peer_name(conn) {
-        Some(n) if n == h.from.name => {}
-        other => {
-            tracing::error!(peer = %h.from, cert = ?other, "refusing peer: hello name differs from its certificate");
-            return Err(Refusal::Name { certificate: other });
+/// Has the machine check a peer's hello; an accepted connection is then
+/// the peer's link or a retired duplicate, as the machine's actions say.
+fn check_hello(inner: &Arc<Inner>, conn: &quinn::Connection, side: Side, h: &Hello) -> Verdict {
+    let id = conn_id(conn);
+    let cert = tls::peer_name(conn);
+    let now_ms = inner.env.now_ms();
+    let verdict = inner.with_links(|d, now| {
+        // Registered first: the actions executed on the way out name it.
+        d.conns.insert(id, (conn.clone(), h.from.clone()));
+        let v = d.links.handle_hello(now, id, side, h, cert.as_deref(), &mut CoreView { inner, now_ms });
+        if v != Verdict::Accept {
+            d.conns.remove(&id);
         }
-    }
-    match inner.replica.learn_peer(&h.from) {
-        Ok(Learned::SelfSuperseded) => {
-            tracing::error!(peer = %h.from, "a newer incarnation of this peer's name is running");
-            return Err(Refusal::Stopping);
+        v
+    });
+    if verdict == Verdict::Accept {
+        let _ = inner.replica.store().clock().observe(h.hlc, now_ms);
+        if let Some(a) = h.listen {
+            inner.replica.set_peer_addr(&h.from, a);
         }
-        Ok(_) => {}
-        Err(r) => return Err(r),
+        inner.note_members();
     }
-    let _ = inner.replica.store().clock().observe(h.hlc, now);
-    if let Some(a) = h.listen {
-        inner.replica.set_peer_addr(&h.from, a);
-    }
-    Ok(Some(()))
+    verdict
 }
 
 fn refused(inner: &Inner, peer: &str, r: &Refusal) {
@@ -132,18 +298,17 @@ async fn accept_one(
             return Err(e.into());
         }
     };
-    match check_hello(inner, &conn, &h) {
-        Ok(Some(())) => {
+    match check_hello(inner, &conn, Side::Acceptor, &h) {
+        Verdict::Accept => {
             write_message(&mut send, &inner.codec, &my_hello(inner)).await?;
             let _ = send.finish();
-            register(inner, conn, h.from, false, h.listen);
             Ok(())
         }
-        Ok(None) => {
+        Verdict::ToSelf => {
             conn.close(CODE_DUPLICATE, b"self");
             Ok(())
         }
-        Err(r) => {
+        Verdict::Refuse(r) => {
             refused(inner, &h.from.to_string(), &r);
             let _ = write_message(&mut send, &inner.codec, &Message::Refused(r)).await;
             let _ = send.finish();
@@ -165,17 +330,13 @@ async fn dial(inner: &Arc<Inner>, addr: SocketAddr) -> Result<String, Box<dyn st
     let _ = send.finish();
     let mut reader = FrameReader::new(recv, inner.codec);
     match reader.next().await? {
-        Some(Message::Hello(h)) => match check_hello(inner, &conn, &h) {
-            Ok(Some(())) => {
-                let name = h.from.name.clone();
-                register(inner, conn, h.from, true, Some(addr));
-                Ok(name)
-            }
-            Ok(None) => {
+        Some(Message::Hello(h)) => match check_hello(inner, &conn, Side::Dialer(addr), &h) {
+            Verdict::Accept => Ok(h.from.name),
+            Verdict::ToSelf => {
                 conn.close(CODE_DUPLICATE, b"self");
                 Err("dialed itself".into())
             }
-            Err(r) => {
+            Verdict::Refuse(r) => {
                 refused(inner, &h.from.to_string(), &r);
                 conn.close(CODE_REFUSED, b"refused");
                 Err(format!("refused {}: {r:?}", h.from).into())
@@ -183,12 +344,8 @@ async fn dial(inner: &Arc<Inner>, addr: SocketAddr) -> Result<String, Box<dyn st
         },
         Some(Message::Refused(r)) => {
             tracing::error!(%addr, reason = ?r, "peer refused this peer's hello");
-            if let Refusal::Superseded { current: Some(c) } = &r {
-                // The mesh may know a newer incarnation of our own name.
-                if inner.replica.learn_own_successor(*c) {
-                    tracing::error!(current = ?c, "a newer incarnation of this peer's name runs in the mesh");
-                }
-            }
+            let now_ms = inner.env.now_ms();
+            inner.with_links(|d, _| d.links.handle_refused(&r, &mut CoreView { inner, now_ms }));
             Err(format!("refused by {addr}: {r:?}").into())
         }
         other => {
@@ -198,160 +355,32 @@ async fn dial(inner: &Arc<Inner>, addr: SocketAddr) -> Result<String, Box<dyn st
     }
 }
 
-/// Installs an authenticated connection, resolving duplicates, and starts
-/// its tasks.
-fn register(inner: &Arc<Inner>, conn: quinn::Connection, id: MemberId, dialed_by_me: bool, addr: Option<SocketAddr>) {
-    let me = inner.replica.me().name.clone();
-    let queue = Arc::new(PushQueue::new(inner.config.push_queue_bytes));
-    {
-        let mut peers = inner.peers.lock();
-        if let Some(cur) = peers.get(&id.name) {
-            let keep_new = if cur.id.incarnation > id.incarnation {
-                false
-            } else if cur.id.incarnation < id.incarnation {
-                true
-            } else if cur.dialed_by_me == dialed_by_me {
-                // A redial from the same side: the old link is dead or dying.
-                true
-            } else {
-                // Both sides dialed at once: both keep the connection dialed
-                // by the smaller name, so they agree without talking.
-                dialed_by_me == (me < id.name)
-            };
-            // Both sides dialed at once: the losing connection may already
-            // carry a round that the other side started on it before it saw
-            // the winner. It is retired, not cut: served until its rounds
-            // are over, then closed.
-            let crossed = cur.id == id && cur.dialed_by_me != dialed_by_me;
-            if !keep_new {
-                drop(peers);
-                if crossed {
-                    retire(inner, conn, id, true);
-                } else {
-                    conn.close(CODE_DUPLICATE, b"duplicate");
-                }
-                return;
-            }
-            if cur.id != id {
-                // A restarted peer: writes queued for the old process are
-                // never redirected to the new one.
-                tracing::info!(peer = %id, old = %cur.id, "peer restarted as a new incarnation");
-            }
-            cur.queue.close();
-            if crossed {
-                retire(inner, cur.conn.clone(), cur.id.clone(), false);
-            } else {
-                cur.conn.close(CODE_DUPLICATE, b"duplicate");
-            }
-        }
-        peers.insert(
-            id.name.clone(),
-            PeerConn { id: id.clone(), conn: conn.clone(), queue: queue.clone(), dialed_by_me, addr },
-        );
-    }
-    tracing::info!(peer = %id, remote = %conn.remote_address(), dialed = dialed_by_me, "peer connected");
-    metrics::counter!("meshcache_connections_total").increment(1);
-    inner.tasks.spawn(push_sender(inner.clone(), conn.clone(), id.clone(), queue.clone()));
-    inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), id.clone()));
-    inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), id.clone()));
-    inner.tasks.spawn(watch_close(inner.clone(), conn, id.clone(), queue));
-    // Repair whatever was missed while apart. One side is enough: the
-    // dialer (a joining peer dials its seeds, so it bootstraps at once).
-    // After a heal both sides' pending handshakes tend to complete
-    // together, and one of the two connections is then closed as a
-    // duplicate: wait a moment so that the round runs on the connection
-    // that stays (the anti-entropy loop looks the connection up by name),
-    // rather than half-way over one that is closed under it. A peer still
-    // bootstrapping does not wait: its writes wait for that round.
-    if dialed_by_me && !inner.replica.is_booted() {
-        let _ = inner.ae_requests.send(id.name);
-    } else if dialed_by_me {
-        let inner2 = inner.clone();
-        inner.tasks.spawn(async move {
-            tokio::select! {
-                _ = inner2.cancel.cancelled() => {}
-                _ = tokio::time::sleep(CONNECT_SETTLE) => {
-                    let _ = inner2.ae_requests.send(id.name);
-                }
-            }
-        });
-    }
-}
-
-/// The shortest time a retired connection stays open: long enough for a
-/// round the other side asks for right after connecting (see
-/// [`CONNECT_SETTLE`]) to be seen.
-const RETIRE_LINGER: Duration = Duration::from_millis(500);
-
-/// Closes a connection that lost to a duplicate once no anti-entropy
-/// session runs over it (at most [`SLOT_WAIT_MAX`] later). `serve`: it was
-/// never registered, so its streams need acceptors meanwhile. No pushes
-/// are sent over it.
-fn retire(inner: &Arc<Inner>, conn: quinn::Connection, id: MemberId, serve: bool) {
-    tracing::debug!(peer = %id, remote = %conn.remote_address(), "retiring a duplicate connection");
-    if serve {
-        inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), id.clone()));
-        inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), id));
-    }
-    let inner = inner.clone();
-    inner.clone().tasks.spawn(async move {
-        let start = inner.env.instant();
-        loop {
-            tokio::select! {
-                _ = inner.cancel.cancelled() => return,
-                _ = conn.closed() => return,
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
-            let idle = !inner.conn_sessions.lock().contains_key(&conn.stable_id());
-            let waited = inner.env.instant() - start;
-            if (idle && waited >= RETIRE_LINGER) || waited >= SLOT_WAIT_MAX {
-                conn.close(CODE_DUPLICATE, b"duplicate");
-                return;
-            }
-        }
-    });
-}
-
-/// Counts an anti-entropy session on a connection while it lives.
-struct ConnSession {
-    inner: Arc<Inner>,
-    id: usize,
-}
-
-impl ConnSession {
-    fn new(inner: &Arc<Inner>, conn: &quinn::Connection) -> Self {
-        let id = conn.stable_id();
-        *inner.conn_sessions.lock().entry(id).or_insert(0) += 1;
-        ConnSession { inner: inner.clone(), id }
-    }
-}
-
-impl Drop for ConnSession {
-    fn drop(&mut self) {
-        let mut m = self.inner.conn_sessions.lock();
-        if let Some(n) = m.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.id);
-            }
-        }
-    }
-}
-
-async fn watch_close(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, queue: Arc<PushQueue>) {
+async fn watch_close(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, queue: Option<Arc<PushQueue>>) {
     let reason = tokio::select! {
         r = conn.closed() => r,
         _ = inner.cancel.cancelled() => return,
     };
-    queue.close();
-    let mut peers = inner.peers.lock();
-    if peers.get(&id.name).is_some_and(|p| p.conn.stable_id() == conn.stable_id()) {
-        peers.remove(&id.name);
-        drop(peers);
+    if let Some(q) = &queue {
+        q.close();
+    }
+    let removed = {
+        let mut peers = inner.peers.lock();
+        let current = peers.get(&id.name).is_some_and(|p| p.conn.stable_id() == conn.stable_id());
+        if current {
+            peers.remove(&id.name);
+        }
+        current
+    };
+    if removed {
         // The member stays known (and pauses collection) until it says
         // goodbye, is superseded, or is forgotten.
         tracing::info!(peer = %id, %reason, "peer disconnected");
     }
+    let cid = conn_id(&conn);
+    inner.with_links(|d, now| {
+        d.conns.remove(&cid);
+        d.links.handle_conn_closed(now, cid);
+    });
 }
 
 fn note_protocol_error(inner: &Inner, conn: &quinn::Connection, what: &str, e: &StreamError) {
@@ -388,7 +417,7 @@ async fn push_sender(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, q
                 inner.counters.queue_overflows.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("meshcache_push_queue_overflows_total").increment(1);
                 tracing::warn!(peer = %id, "push queue overflowed: falling back to anti-entropy");
-                let _ = inner.ae_requests.send(id.name.clone());
+                inner.with_links(|d, now| d.links.handle_queue_overflow(now, &id.name));
             }
             if batch.entries.is_empty() && !batch.force {
                 break;
@@ -402,7 +431,7 @@ async fn push_sender(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, q
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(peer = %id, error = %e, "cannot encode a push batch; the peer will be repaired by anti-entropy");
-                    let _ = inner.ae_requests.send(id.name.clone());
+                    inner.with_links(|d, now| d.links.request_round(now, &id.name));
                     continue;
                 }
             };
@@ -454,6 +483,7 @@ async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) 
                                 inner.counters.deltas_received.fetch_add(n, Ordering::Relaxed);
                                 metrics::counter!("meshcache_deltas_received_total").increment(n);
                                 inner.publish_all(out.changes, Origin::Remote);
+                                inner.note_members();
                             }
                             Err(PeerError::SelfSuperseded) => return,
                             Err(e) => tracing::warn!(peer = %id, error = %e, "push dropped"),
@@ -463,6 +493,7 @@ async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) 
                         if who == id {
                             tracing::info!(peer = %id, "peer left the mesh");
                             inner.replica.handle_goodbye(&who);
+                            inner.note_members();
                         }
                         return;
                     }
@@ -486,108 +517,54 @@ async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) 
     }
 }
 
-/// Accepts the peer's bi streams: anti-entropy sessions it initiates.
+/// Accepts the peer's bi streams: anti-entropy sessions it initiates. Each
+/// runs once the machine lets it (see `Links::handle_session_offered`).
 async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) {
     loop {
         let (send, recv) = tokio::select! {
             _ = inner.cancel.cancelled() => return,
             r = conn.accept_bi() => match r { Ok(r) => r, Err(_) => return },
         };
+        let (tx, go) = oneshot::channel();
+        let session = inner.with_links(|d, now| {
+            let s = d.links.handle_session_offered(now, conn_id(&conn), &id.name);
+            // Before the lock is released, so that the go-ahead, which may
+            // be among the actions queued just now, finds it.
+            d.responders.insert(s, tx);
+            s
+        });
         let (inner, conn, id) = (inner.clone(), conn.clone(), id.clone());
-        // Both sides may start a round with each other at once (after a
-        // reconnect both dialed, say): the two sessions would ship the same
-        // difference twice, and each would wait for the other's slot. The
-        // round started by the smaller name goes first, without the slot;
-        // the other waits until it is over, then finds little to do.
-        let crossed = {
-            let mut running = inner.ae_running.lock();
-            let n = running.entry(id.name.clone()).or_insert(0);
-            *n += 1;
-            *n > 1
-        };
-        let me_first = inner.replica.me().name < id.name;
-        let on_conn = ConnSession::new(&inner, &conn);
         inner.clone().tasks.spawn(async move {
-            let _on_conn = on_conn;
-            let slot = match (crossed, me_first) {
-                (false, _) => wait_for_slot(&inner).await,
-                (true, false) => None,
-                (true, true) => {
-                    wait_for_crossed(&inner, &id.name).await;
-                    None
-                }
+            let allowed = tokio::select! {
+                _ = inner.cancel.cancelled() => false,
+                r = go => r.is_ok(),
             };
-            let session = Session::respond(inner.env.now_ms());
-            let env = inner.env.clone();
-            let r = run_session(&inner.replica, session, send, recv, inner.codec, move || env.now_ms(), None).await;
-            finish_session(&inner, &conn, &id, r);
-            drop(slot);
-            session_over(&inner, &id.name);
+            if allowed {
+                let s = Session::respond(inner.env.now_ms());
+                let env = inner.env.clone();
+                let r = run_session(&inner.replica, s, send, recv, inner.codec, move || env.now_ms(), || {}).await;
+                finish_session(&inner, &conn, &id, r);
+            }
+            inner.with_links(|d, now| d.links.handle_session_finished(now, session));
+            inner.note_members();
         });
     }
 }
 
-/// The longest a responder waits for this peer's anti-entropy slot, or
-/// for a crossed round, before it runs anyway: a safety net only. Waits
-/// cannot form a cycle: a responder waits only for a session that is
-/// running (accepted by its peer), and a crossed pair lets the smaller
-/// name's round go first.
-const SLOT_WAIT_MAX: Duration = Duration::from_secs(30);
-
-/// The responder's side of the anti-entropy slot: waits for it while the
-/// session holding it is running. `None` when this peer's own round holds it
-/// and awaits its peer's accept (that round may be waiting for a slot
-/// itself), when the safety net ran out, or when the peer is stopping.
-async fn wait_for_slot(inner: &Inner) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let acquire = inner.ae_slot.clone().acquire_owned();
-    tokio::pin!(acquire);
-    let end = inner.env.instant() + SLOT_WAIT_MAX;
-    loop {
-        tokio::select! {
-            _ = inner.cancel.cancelled() => return None,
-            r = &mut acquire => return r.ok(),
-            _ = tokio::time::sleep(Duration::from_millis(2)) => {
-                if inner.ae_awaiting_accept.load(Ordering::Relaxed) {
-                    tracing::debug!("anti-entropy slot held by a round not yet accepted: responding at once");
-                    return None;
-                }
-                if inner.env.instant() > end {
-                    tracing::warn!("anti-entropy slot busy for {SLOT_WAIT_MAX:?}: responding anyway");
-                    return None;
-                }
-            }
-        }
+/// Runs a round this peer started, reporting its accept and its end.
+async fn initiate(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, session: SessionId) {
+    if let Ok((send, recv)) = conn.open_bi().await {
+        let s = Session::initiate(&inner.replica, inner.env.now_ms());
+        let accepted = {
+            let inner = inner.clone();
+            move || inner.with_links(|d, _| d.links.handle_session_accepted(session))
+        };
+        let env = inner.env.clone();
+        let r = run_session(&inner.replica, s, send, recv, inner.codec, move || env.now_ms(), accepted).await;
+        finish_session(&inner, &conn, &id, r);
     }
-}
-
-/// Waits until this peer's other sessions with `peer` are over (at most
-/// [`SLOT_WAIT_MAX`]).
-async fn wait_for_crossed(inner: &Inner, peer: &str) {
-    let end = inner.env.instant() + SLOT_WAIT_MAX;
-    while inner.ae_running.lock().get(peer).is_some_and(|n| *n > 1) && inner.env.instant() < end {
-        tokio::select! {
-            _ = inner.cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-        }
-    }
-}
-
-/// Counts a session with `peer` as over. Once no session runs, the rounds
-/// that were asked for meanwhile go again.
-fn session_over(inner: &Inner, peer: &str) {
-    let mut running = inner.ae_running.lock();
-    if let Some(n) = running.get_mut(peer) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            running.remove(peer);
-        }
-    }
-    if running.is_empty() {
-        drop(running);
-        for p in std::mem::take(&mut *inner.ae_deferred.lock()) {
-            let _ = inner.ae_requests.send(p);
-        }
-    }
+    inner.with_links(|d, now| d.links.handle_session_finished(now, session));
+    inner.note_members();
 }
 
 /// Accounts for a session, and publishes what it merged: a session that
@@ -618,126 +595,6 @@ fn finish_session(inner: &Inner, conn: &quinn::Connection, id: &MemberId, res: s
         }
     }
     inner.publish_all(res.changes, Origin::Remote);
-}
-
-/// Periodic anti-entropy with a random connected peer, and on request
-/// (after a connect, after a push queue overflow).
-pub(crate) async fn anti_entropy_loop(inner: Arc<Inner>, mut requests: mpsc::UnboundedReceiver<String>) {
-    let base = inner.config.anti_entropy_interval;
-    loop {
-        // Jitter of ±20% keeps peers from syncing in lockstep.
-        let wait = base.mul_f64(inner.env.random_f64(0.8, 1.2));
-        let (target, requested) = tokio::select! {
-            _ = inner.cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {
-                let names: Vec<String> = inner.peers.lock().keys().cloned().collect();
-                if names.is_empty() {
-                    continue;
-                }
-                (names[inner.env.random_index(names.len())].clone(), false)
-            }
-            r = requests.recv() => match r { Some(n) => (n, true), None => return },
-        };
-        let conn = match inner.peers.lock().get(&target) {
-            Some(p) => (p.conn.clone(), p.id.clone()),
-            None => continue,
-        };
-        // One session at a time on this peer, either role: a round starts
-        // only when no session is under way here (or with the target, which
-        // may be answering someone else without this peer's slot). One
-        // that was asked for (a reconnect, an overflowed queue) runs after.
-        let slot = {
-            let mut running = inner.ae_running.lock();
-            let busy = running.get(&target).is_some_and(|n| *n > 0);
-            match inner.ae_slot.clone().try_acquire_owned() {
-                Ok(slot) if !busy => {
-                    *running.entry(target.clone()).or_insert(0) += 1;
-                    slot
-                }
-                _ => {
-                    if requested {
-                        inner.ae_deferred.lock().insert(target);
-                    }
-                    continue;
-                }
-            }
-        };
-        inner.ae_awaiting_accept.store(true, Ordering::Relaxed);
-        let inner2 = inner.clone();
-        inner.tasks.spawn(async move {
-            let (conn, id) = conn;
-            let _on_conn = ConnSession::new(&inner2, &conn);
-            if let Ok((send, recv)) = conn.open_bi().await {
-                let session = Session::initiate(&inner2.replica, inner2.env.now_ms());
-                let flag = Some(&inner2.ae_awaiting_accept);
-                let env = inner2.env.clone();
-                let r =
-                    run_session(&inner2.replica, session, send, recv, inner2.codec, move || env.now_ms(), flag).await;
-                finish_session(&inner2, &conn, &id, r);
-            }
-            inner2.ae_awaiting_accept.store(false, Ordering::Relaxed);
-            drop(slot);
-            session_over(&inner2, &id.name);
-        });
-    }
-}
-
-/// Dials seeds and known members that are not connected, with jittered
-/// exponential backoff per address.
-pub(crate) async fn connect_loop(inner: Arc<Inner>) {
-    let mut backoff: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, bool)>();
-    let mut iv = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            _ = inner.cancel.cancelled() => return,
-            _ = iv.tick() => {}
-            Some((addr, ok)) = done_rx.recv() => {
-                inner.dialing.lock().remove(&addr);
-                if ok {
-                    backoff.remove(&addr);
-                } else {
-                    let d = backoff.get(&addr).map_or(BACKOFF_MIN, |b| (b.1 * 2).min(BACKOFF_MAX));
-                    let jittered = d.mul_f64(inner.env.random_f64(0.75, 1.25));
-                    backoff.insert(addr, (inner.env.instant() + jittered, d));
-                }
-                continue;
-            }
-        }
-        let connected: Vec<(String, Option<SocketAddr>)> =
-            inner.peers.lock().iter().map(|(n, p)| (n.clone(), p.addr)).collect();
-        let mut targets: Vec<SocketAddr> = inner.config.seeds.clone();
-        for (id, status, _, addr) in inner.replica.members_all() {
-            if status == crate::membership::Status::Active && !connected.iter().any(|(n, _)| *n == id.name) {
-                if let Some(a) = addr {
-                    targets.push(a);
-                }
-            }
-        }
-        for addr in targets {
-            if addr == inner.advertise || addr == inner.local_addr {
-                continue;
-            }
-            if connected.iter().any(|(_, a)| *a == Some(addr)) {
-                continue;
-            }
-            if backoff.get(&addr).is_some_and(|(t, _)| inner.env.instant() < *t) {
-                continue;
-            }
-            if !inner.dialing.lock().insert(addr) {
-                continue;
-            }
-            let (inner2, tx) = (inner.clone(), done_tx.clone());
-            inner.tasks.spawn(async move {
-                let r = tokio::time::timeout(HELLO_TIMEOUT, dial(&inner2, addr)).await;
-                let ok = matches!(r, Ok(Ok(_)));
-                if let Ok(Err(e)) = &r {
-                    tracing::debug!(%addr, error = %e, "dial failed");
-                }
-                let _ = tx.send((addr, ok));
-            });
-        }
-    }
 }
 
 /// Tells every connected peer that this incarnation leaves for good.

@@ -1,7 +1,5 @@
 //! Frames over QUIC streams, and anti-entropy sessions run over a bi stream.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
@@ -94,8 +92,9 @@ pub(crate) struct SessionResult {
 
 /// Runs an anti-entropy session over one bi stream. Reading and writing run
 /// concurrently, so that two sides streaming large stores at each other
-/// cannot deadlock on flow control. An initiator passes `awaiting_accept`,
-/// which is cleared once the peer has accepted (see `peer::wait_for_slot`).
+/// cannot deadlock on flow control. `accepted` is called once the session
+/// is past waiting for the peer's accept: while an initiator waits, this
+/// peer's responders need not wait for it (see `Links`).
 pub(crate) async fn run_session(
     replica: &Replica,
     mut session: Session,
@@ -103,8 +102,9 @@ pub(crate) async fn run_session(
     recv: RecvStream,
     codec: FrameCodec,
     now_ms: impl Fn() -> u64,
-    awaiting_accept: Option<&AtomicBool>,
+    accepted: impl FnOnce(),
 ) -> SessionResult {
+    let mut accepted = Some(accepted);
     // The writer owns the send stream; frames reach it through a small
     // bounded channel, which is the session's back-pressure.
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -149,9 +149,9 @@ pub(crate) async fn run_session(
                 m = in_rx.recv(), if !recv_done => match m {
                     Some(Ok(Some(Message::Sync(msg)))) => {
                         session.handle_message(replica, msg, now_ms())?;
-                        if let Some(flag) = awaiting_accept {
-                            if session.phase() != Phase::AwaitAccept {
-                                flag.store(false, Ordering::Relaxed);
+                        if session.phase() != Phase::AwaitAccept {
+                            if let Some(f) = accepted.take() {
+                                f();
                             }
                         }
                     }

@@ -1,0 +1,680 @@
+//! The shell's connection-level protocol: a deterministic state machine in
+//! the quinn-proto style, like [`crate::sync::Session`].
+//!
+//! [`Links`] decides which connection to a peer is its link, when a
+//! duplicate is retired and closed, when anti-entropy rounds start and when
+//! a responder may run, and when to dial. The shell feeds it events
+//! (`handle_*`), executes what [`Links::poll_action`] returns, and calls
+//! [`Links::handle_timeout`] at [`Links::poll_timeout`]. It never touches a
+//! socket, a clock or a global RNG: time is passed in, and its randomness
+//! (round jitter, choice of peer, backoff jitter) comes from a generator
+//! seeded at construction, so that a seed and a sequence of events replay
+//! exactly.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::hlc::SkewError;
+use crate::membership::{Incarnation, Learned, MemberId};
+use crate::wire::{Hello, Refusal, PROTOCOL_VERSION};
+
+/// A connection, as the shell names it (quinn's `stable_id`): the machine
+/// holds no transport types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ConnId(pub(crate) usize);
+
+/// An anti-entropy session, numbered by the machine in the order it
+/// learned of them (which is also the order waiting responders are served).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct SessionId(pub(crate) u64);
+
+/// Timings of the connection-level protocol.
+#[derive(Clone, Debug)]
+pub(crate) struct Timings {
+    /// Mean anti-entropy period, jittered by ±20%.
+    pub(crate) anti_entropy_interval: Duration,
+    /// How long after the dialer's side of a connection is up its first
+    /// round starts: after a heal both sides' handshakes tend to complete
+    /// together and one connection is retired, and a round should run on
+    /// the one that stays.
+    pub(crate) connect_settle: Duration,
+    /// The shortest time a retired connection stays open: long enough for
+    /// a round the other side asks for right after connecting (see
+    /// `connect_settle`) to be seen.
+    pub(crate) retire_linger: Duration,
+    /// The longest a responder waits for the slot or for a crossed round,
+    /// and a retired connection for its sessions: a safety net only (waits
+    /// cannot form a cycle, see [`Links::handle_session_offered`]).
+    pub(crate) wait_max: Duration,
+    /// Redial backoff bounds, doubling from `backoff_min`, each delay
+    /// jittered by ±25% so that a mesh restarting at once does not dial in
+    /// lockstep.
+    pub(crate) backoff_min: Duration,
+    /// See `backoff_min`.
+    pub(crate) backoff_max: Duration,
+}
+
+impl Timings {
+    /// The shell's timings for a given anti-entropy period.
+    pub(crate) fn new(anti_entropy_interval: Duration) -> Self {
+        Timings {
+            anti_entropy_interval,
+            connect_settle: Duration::from_millis(50),
+            retire_linger: Duration::from_millis(500),
+            wait_max: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the machine asks of the core while it checks a hello: the clock
+/// and the membership live in the replica, which sessions and pushes also
+/// update.
+pub(crate) trait Core {
+    /// Checks a peer's physical clock reading against ours.
+    fn check_skew(&mut self, physical_ms: u64) -> Result<(), SkewError>;
+    /// Learns a peer that passed every other check.
+    fn learn_peer(&mut self, id: &MemberId) -> Result<Learned, Refusal>;
+    /// A peer says `current` runs our name: whether we are superseded.
+    fn learn_own_successor(&mut self, current: Incarnation) -> bool;
+    /// Whether bootstrap is complete.
+    fn booted(&self) -> bool;
+}
+
+/// Which side of a connection this peer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// This peer dialed `addr`.
+    Dialer(SocketAddr),
+    /// The peer dialed us.
+    Acceptor,
+}
+
+/// The answer to a hello. It is returned rather than queued as an action:
+/// the hello's stream belongs to the task that read it, which answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Authenticated: the acceptor answers with its own hello, and the
+    /// connection's fate (link, retire, close) follows as actions.
+    Accept,
+    /// A connection to ourselves: close it.
+    ToSelf,
+    /// Refused: the acceptor answers with the refusal, then closes.
+    Refuse(Refusal),
+}
+
+/// Why the machine closes a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// It lost to another connection with the same peer.
+    Duplicate,
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Dial `addr` and run the hello; report with
+    /// [`Links::handle_dial_result`].
+    Dial(SocketAddr),
+    /// `conn` is now the link to `peer`: pushes go over it and its streams
+    /// are served; a previous link's queued pushes are dropped.
+    Link { peer: MemberId, conn: ConnId },
+    /// `conn` lost to a duplicate before it was linked: serve its streams
+    /// (a round may already run over it) until it is closed.
+    Serve { peer: MemberId, conn: ConnId },
+    /// Close `conn`.
+    Close { conn: ConnId, why: Close },
+    /// Start an anti-entropy round as initiator over `conn`; report with
+    /// [`Links::handle_session_accepted`] and
+    /// [`Links::handle_session_finished`].
+    StartSession { session: SessionId, peer: String, conn: ConnId },
+    /// The responder `session` may run now.
+    Respond { session: SessionId },
+    /// A newer incarnation of this peer's name runs in the mesh: stop.
+    Stop,
+}
+
+#[derive(Clone, Debug)]
+struct Conn {
+    peer: MemberId,
+    dialed_by_me: bool,
+    /// The address it was reached at (dialer) or advertises (acceptor).
+    addr: Option<SocketAddr>,
+    /// When it lost to a duplicate.
+    retired: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// For the slot.
+    Slot,
+    /// For the other rounds with the same peer (a crossed pair).
+    Crossed,
+}
+
+#[derive(Clone, Debug)]
+struct SessionState {
+    peer: String,
+    conn: ConnId,
+    /// A responder not yet allowed to run, and until when it waits.
+    waiting: Option<(Wait, Instant)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    holder: SessionId,
+    /// Held by this peer's own round that its peer has not accepted yet.
+    awaiting_accept: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    until: Instant,
+    delay: Duration,
+}
+
+/// The connection-level protocol of one peer. See the module docs.
+pub(crate) struct Links {
+    me: MemberId,
+    timings: Timings,
+    rng: SmallRng,
+    /// Authenticated connections, linked or retired, until closed.
+    conns: BTreeMap<ConnId, Conn>,
+    /// Each peer's link.
+    links: BTreeMap<String, ConnId>,
+    sessions: BTreeMap<SessionId, SessionState>,
+    next_session: u64,
+    /// One anti-entropy session at a time on this peer, either role: after
+    /// a heal, two peers that hold the same data would otherwise both ship
+    /// it here at once.
+    slot: Option<Slot>,
+    /// Peers whose requested round waits for the sessions in flight; a set,
+    /// so that a round asked for twice meanwhile runs once.
+    deferred: BTreeSet<String>,
+    /// Rounds that start once a new connection has settled.
+    settling: Vec<(Instant, String)>,
+    next_round: Instant,
+    /// Where this peer itself is reached: never dialed.
+    own_addrs: Vec<SocketAddr>,
+    seeds: Vec<SocketAddr>,
+    /// Active members other than this peer, with their addresses.
+    members: Vec<(String, SocketAddr)>,
+    dialing: BTreeSet<SocketAddr>,
+    backoff: BTreeMap<SocketAddr, Backoff>,
+    stopped: bool,
+    actions: VecDeque<Action>,
+}
+
+impl Links {
+    /// A machine for peer `me`, reached at `own_addrs`, joining through
+    /// `seeds`. Every random choice it makes derives from `seed`.
+    pub(crate) fn new(
+        me: MemberId,
+        timings: Timings,
+        own_addrs: Vec<SocketAddr>,
+        seeds: Vec<SocketAddr>,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let next_round = now + jittered_period(&mut rng, timings.anti_entropy_interval);
+        let mut links = Links {
+            me,
+            timings,
+            rng,
+            conns: BTreeMap::new(),
+            links: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_session: 0,
+            slot: None,
+            deferred: BTreeSet::new(),
+            settling: Vec::new(),
+            next_round,
+            own_addrs,
+            seeds,
+            members: Vec::new(),
+            dialing: BTreeSet::new(),
+            backoff: BTreeMap::new(),
+            stopped: false,
+            actions: VecDeque::new(),
+        };
+        links.dial_targets(now);
+        links
+    }
+
+    /// The next thing the shell must do.
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Links::handle_timeout`] must be called next.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
+        let mut t = vec![self.next_round];
+        t.extend(self.settling.iter().map(|(at, _)| *at));
+        t.extend(self.sessions.values().filter_map(|s| s.waiting.map(|(_, until)| until)));
+        for (id, c) in &self.conns {
+            if let Some(since) = c.retired {
+                t.push(since + self.timings.wait_max);
+                if self.sessions_on(*id) == 0 {
+                    t.push(since + self.timings.retire_linger);
+                }
+            }
+        }
+        // A backoff matters only for an address that would be dialed, and
+        // not while it is being dialed (its end has passed then).
+        let targets = self.targets();
+        t.extend(
+            self.backoff.iter().filter(|(a, _)| targets.contains(a) && !self.dialing.contains(a)).map(|(_, b)| b.until),
+        );
+        t.into_iter().min()
+    }
+
+    /// Whether this incarnation learned it was superseded.
+    #[cfg(test)]
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Whether `peer` has a link now.
+    #[cfg(test)]
+    pub(crate) fn link(&self, peer: &str) -> Option<ConnId> {
+        self.links.get(peer).copied()
+    }
+
+    /// Deadlines passed: rounds due, waits run out, retired connections
+    /// idle, backoffs over.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.stopped {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.settling).into_iter().partition(|(at, _)| *at <= now);
+        self.settling = later;
+        for (_, peer) in due {
+            self.request_round(now, &peer);
+        }
+        if now >= self.next_round {
+            self.next_round = now + jittered_period(&mut self.rng, self.timings.anti_entropy_interval);
+            let names: Vec<String> = self.links.keys().cloned().collect();
+            if let Some(peer) = names.choose(&mut self.rng).cloned() {
+                self.try_start(&peer, false);
+            }
+        }
+        self.settle(now);
+        self.dial_targets(now);
+    }
+
+    /// Checks a peer's hello on `conn`, in order: version, a connection to
+    /// ourselves, clock offset, certificate name, membership. An accepted
+    /// connection becomes the peer's link or is retired as a duplicate.
+    pub(crate) fn handle_hello(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        side: Side,
+        hello: &Hello,
+        certificate: Option<&str>,
+        core: &mut impl Core,
+    ) -> Verdict {
+        if hello.version != PROTOCOL_VERSION {
+            return Verdict::Refuse(Refusal::Version { ours: PROTOCOL_VERSION });
+        }
+        if hello.from == self.me {
+            return Verdict::ToSelf;
+        }
+        if let Err(e) = core.check_skew(hello.physical_ms) {
+            tracing::error!(peer = %hello.from, offset_ms = e.offset_ms, max_offset_ms = e.max_offset_ms,
+                "refusing peer: clock offset exceeds max_offset; no data exchanged");
+            return Verdict::Refuse(Refusal::Skew { offset_ms: e.offset_ms, max_offset_ms: e.max_offset_ms });
+        }
+        if certificate != Some(hello.from.name.as_str()) {
+            tracing::error!(peer = %hello.from, cert = ?certificate, "refusing peer: hello name differs from its certificate");
+            return Verdict::Refuse(Refusal::Name { certificate: certificate.map(str::to_owned) });
+        }
+        match core.learn_peer(&hello.from) {
+            Ok(Learned::SelfSuperseded) => {
+                tracing::error!(peer = %hello.from, "a newer incarnation of this peer's name is running");
+                self.stop();
+                return Verdict::Refuse(Refusal::Stopping);
+            }
+            Ok(_) => {}
+            Err(r) => return Verdict::Refuse(r),
+        }
+        if self.stopped {
+            return Verdict::Refuse(Refusal::Stopping);
+        }
+        let (dialed_by_me, addr) = match side {
+            Side::Dialer(a) => (true, Some(a)),
+            Side::Acceptor => (false, hello.listen),
+        };
+        self.register(now, conn, hello.from.clone(), dialed_by_me, addr, core.booted());
+        Verdict::Accept
+    }
+
+    /// The peer we dialed refused our hello. A peer that knows a newer
+    /// incarnation of our name says which: we then stop.
+    pub(crate) fn handle_refused(&mut self, refusal: &Refusal, core: &mut impl Core) {
+        if let Refusal::Superseded { current: Some(c) } = refusal {
+            if core.learn_own_successor(*c) {
+                tracing::error!(current = ?c, "a newer incarnation of this peer's name runs in the mesh");
+                self.stop();
+            }
+        }
+    }
+
+    /// The core learned (elsewhere) that this incarnation is superseded.
+    pub(crate) fn handle_superseded(&mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if !self.stopped {
+            self.stopped = true;
+            self.actions.push_back(Action::Stop);
+        }
+    }
+
+    /// Both sides dialing at once yields two connections; both keep the
+    /// one dialed by the smaller name, so they agree without talking.
+    fn register(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: MemberId,
+        dialed_by_me: bool,
+        addr: Option<SocketAddr>,
+        booted: bool,
+    ) {
+        let name = id.name.clone();
+        self.conns.insert(conn, Conn { peer: id.clone(), dialed_by_me, addr, retired: None });
+        if let Some(cur_id) = self.links.get(&name).copied() {
+            let cur = self.conns[&cur_id].clone();
+            let keep_new = if cur.peer.incarnation != id.incarnation {
+                cur.peer.incarnation < id.incarnation
+            } else if cur.dialed_by_me == dialed_by_me {
+                // A redial from the same side: the old link is dead or dying.
+                true
+            } else {
+                dialed_by_me == (self.me.name < name)
+            };
+            // The losing connection of a crossed pair may already carry a
+            // round that the other side started on it before it saw the
+            // winner: it is retired, not cut, and closes once its rounds
+            // are over.
+            let crossed = cur.peer == id && cur.dialed_by_me != dialed_by_me;
+            if !keep_new {
+                if crossed {
+                    self.retire(now, conn);
+                    self.actions.push_back(Action::Serve { peer: id, conn });
+                } else {
+                    self.close(conn);
+                }
+                return;
+            }
+            if cur.peer != id {
+                tracing::info!(peer = %id, old = %cur.peer, "peer restarted as a new incarnation");
+            }
+            if crossed {
+                self.retire(now, cur_id);
+            } else {
+                self.close(cur_id);
+            }
+        }
+        self.links.insert(name.clone(), conn);
+        self.actions.push_back(Action::Link { peer: id, conn });
+        // Repair whatever was missed while apart. One side is enough: the
+        // dialer (a joining peer dials its seeds, so it bootstraps at
+        // once, without waiting for the settle: its writes wait for that
+        // round).
+        if dialed_by_me {
+            if booted {
+                self.settling.push((now + self.timings.connect_settle, name));
+            } else {
+                self.request_round(now, &name);
+            }
+        }
+        self.dial_targets(now);
+    }
+
+    fn retire(&mut self, now: Instant, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            tracing::debug!(peer = %c.peer, ?conn, "retiring a duplicate connection");
+            c.retired.get_or_insert(now);
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if self.conns.remove(&conn).is_some() {
+            self.unlink(conn);
+            self.actions.push_back(Action::Close { conn, why: Close::Duplicate });
+        }
+    }
+
+    fn unlink(&mut self, conn: ConnId) -> bool {
+        let name = self.links.iter().find(|(_, c)| **c == conn).map(|(n, _)| n.clone());
+        match name {
+            Some(n) => {
+                self.links.remove(&n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `conn` closed (either side, for any reason).
+    pub(crate) fn handle_conn_closed(&mut self, now: Instant, conn: ConnId) {
+        self.conns.remove(&conn);
+        if self.unlink(conn) {
+            // Redial at once (within backoff): the link may be gone only
+            // on this side.
+            self.dial_targets(now);
+        }
+    }
+
+    /// A dial finished: with a link (`ok`) or not.
+    pub(crate) fn handle_dial_result(&mut self, now: Instant, addr: SocketAddr, ok: bool) {
+        self.dialing.remove(&addr);
+        if ok {
+            self.backoff.remove(&addr);
+        } else {
+            let delay = self
+                .backoff
+                .get(&addr)
+                .map_or(self.timings.backoff_min, |b| (b.delay * 2).min(self.timings.backoff_max));
+            let jittered = delay.mul_f64(self.rng.random_range(0.75..1.25));
+            self.backoff.insert(addr, Backoff { until: now + jittered, delay });
+        }
+        self.dial_targets(now);
+    }
+
+    /// The active members other than this peer that have an address, as
+    /// the membership now stands: each one without a link is dialed.
+    pub(crate) fn handle_members(&mut self, now: Instant, members: Vec<(String, SocketAddr)>) {
+        self.members = members;
+        self.dial_targets(now);
+    }
+
+    /// Seeds and members without a link, not counting ourselves.
+    fn targets(&self) -> BTreeSet<SocketAddr> {
+        let linked_addrs: BTreeSet<SocketAddr> =
+            self.links.values().filter_map(|c| self.conns.get(c).and_then(|c| c.addr)).collect();
+        let members = self.members.iter().filter(|(n, _)| !self.links.contains_key(n)).map(|(_, a)| *a);
+        self.seeds
+            .iter()
+            .copied()
+            .chain(members)
+            .filter(|a| !self.own_addrs.contains(a) && !linked_addrs.contains(a))
+            .collect()
+    }
+
+    fn dial_targets(&mut self, now: Instant) {
+        if self.stopped {
+            return;
+        }
+        for addr in self.targets() {
+            if self.dialing.contains(&addr) || self.backoff.get(&addr).is_some_and(|b| now < b.until) {
+                continue;
+            }
+            self.dialing.insert(addr);
+            self.actions.push_back(Action::Dial(addr));
+        }
+    }
+
+    /// Asks for a round with `peer` (after a connect, after its push queue
+    /// overflowed): it starts now, or once no session runs here.
+    pub(crate) fn request_round(&mut self, _now: Instant, peer: &str) {
+        self.try_start(peer, true);
+    }
+
+    /// `peer`'s push queue overflowed: anti-entropy repairs what it lost.
+    pub(crate) fn handle_queue_overflow(&mut self, now: Instant, peer: &str) {
+        self.request_round(now, peer);
+    }
+
+    fn sessions_with(&self, peer: &str) -> usize {
+        self.sessions.values().filter(|s| s.peer == peer).count()
+    }
+
+    fn sessions_on(&self, conn: ConnId) -> usize {
+        self.sessions.values().filter(|s| s.conn == conn).count()
+    }
+
+    fn new_session(&mut self, peer: &str, conn: ConnId, waiting: Option<(Wait, Instant)>) -> SessionId {
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        self.sessions.insert(id, SessionState { peer: peer.to_owned(), conn, waiting });
+        id
+    }
+
+    /// A round starts only when no session runs here, nor with the target
+    /// (which may be answering someone else without this peer's slot). One
+    /// that was asked for runs once none does.
+    fn try_start(&mut self, peer: &str, requested: bool) {
+        if self.stopped {
+            return;
+        }
+        let Some(conn) = self.links.get(peer).copied() else { return };
+        if self.slot.is_some() || self.sessions_with(peer) > 0 {
+            if requested {
+                self.deferred.insert(peer.to_owned());
+            }
+            return;
+        }
+        let session = self.new_session(peer, conn, None);
+        self.slot = Some(Slot { holder: session, awaiting_accept: true });
+        self.actions.push_back(Action::StartSession { session, peer: peer.to_owned(), conn });
+    }
+
+    /// The peer accepted our round `session`: it runs now, so responders
+    /// waiting for the slot wait for it to end.
+    pub(crate) fn handle_session_accepted(&mut self, session: SessionId) {
+        if let Some(s) = &mut self.slot {
+            if s.holder == session {
+                s.awaiting_accept = false;
+            }
+        }
+    }
+
+    /// `peer` opened a round with us on `conn`. The responder runs when
+    /// [`Action::Respond`] says so. Waits cannot form a cycle: a responder
+    /// waits for the slot only while the session holding it runs (is
+    /// accepted by its peer), and of two rounds crossing between the same
+    /// pair, the one started by the smaller name goes first.
+    pub(crate) fn handle_session_offered(&mut self, now: Instant, conn: ConnId, peer: &str) -> SessionId {
+        let crossed = self.sessions_with(peer) > 0;
+        let until = now + self.timings.wait_max;
+        let waiting = match (crossed, self.me.name.as_str() < peer) {
+            // Both started rounds with each other at once: the two would
+            // ship the same difference twice, and each wait for the
+            // other's slot. The smaller name's round goes first, without
+            // the slot; the other waits for it, then finds little to do.
+            (true, false) => None,
+            (true, true) => Some((Wait::Crossed, until)),
+            (false, _) => Some((Wait::Slot, until)),
+        };
+        let session = self.new_session(peer, conn, waiting);
+        if waiting.is_none() {
+            self.actions.push_back(Action::Respond { session });
+        }
+        self.settle(now);
+        session
+    }
+
+    /// `session` ended, either role, complete or not.
+    pub(crate) fn handle_session_finished(&mut self, now: Instant, session: SessionId) {
+        if self.sessions.remove(&session).is_none() {
+            return;
+        }
+        if self.slot.is_some_and(|s| s.holder == session) {
+            self.slot = None;
+        }
+        self.settle(now);
+    }
+
+    /// Lets waiting responders run, starts deferred rounds once nothing
+    /// runs, and closes idle retired connections.
+    fn settle(&mut self, now: Instant) {
+        let waiting: Vec<(SessionId, Wait, Instant)> =
+            self.sessions.iter().filter_map(|(id, s)| s.waiting.map(|(w, until)| (*id, w, until))).collect();
+        for (id, wait, until) in waiting {
+            let go = match wait {
+                Wait::Slot => match self.slot {
+                    None => {
+                        self.slot = Some(Slot { holder: id, awaiting_accept: false });
+                        true
+                    }
+                    // Our own round holds the slot but its peer has not
+                    // accepted it: that round may itself wait for a slot
+                    // (peers starting rounds with each other in a ring
+                    // would otherwise wait forever).
+                    Some(s) if s.awaiting_accept => true,
+                    Some(_) => now >= until,
+                },
+                Wait::Crossed => self.sessions_with(&self.sessions[&id].peer) <= 1 || now >= until,
+            };
+            if go {
+                if now >= until {
+                    tracing::warn!(
+                        ?wait,
+                        "anti-entropy responder waited {:?}: responding anyway",
+                        self.timings.wait_max
+                    );
+                }
+                self.sessions.get_mut(&id).expect("listed above").waiting = None;
+                self.actions.push_back(Action::Respond { session: id });
+            }
+        }
+        if self.sessions.is_empty() {
+            for peer in std::mem::take(&mut self.deferred) {
+                self.try_start(&peer, true);
+            }
+        }
+        let retired: Vec<(ConnId, Instant)> =
+            self.conns.iter().filter_map(|(id, c)| c.retired.map(|since| (*id, since))).collect();
+        for (conn, since) in retired {
+            let waited = now.saturating_duration_since(since);
+            let idle = self.sessions_on(conn) == 0;
+            if (idle && waited >= self.timings.retire_linger) || waited >= self.timings.wait_max {
+                self.close(conn);
+            }
+        }
+    }
+}
+
+/// The anti-entropy period, jittered by ±20% so that peers do not sync in
+/// lockstep.
+fn jittered_period(rng: &mut SmallRng, base: Duration) -> Duration {
+    base.mul_f64(rng.random_range(0.8..1.2))
+}
+
+#[cfg(test)]
+mod tests;
