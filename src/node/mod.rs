@@ -201,6 +201,9 @@ struct Inner {
     replica: Arc<Replica>,
     /// The peer's only clock and random source.
     env: Env,
+    /// Woken when an anti-entropy session ends or bootstrap times out:
+    /// what `Mesh::wait_ready` waits on.
+    sessions_ended: tokio::sync::Notify,
     config: MeshConfig,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
@@ -484,6 +487,7 @@ impl Mesh {
             links: Mutex::new(peer::Driver::new(links)),
             links_changed: tokio::sync::Notify::new(),
             counters: Counters::default(),
+            sessions_ended: tokio::sync::Notify::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -646,14 +650,20 @@ impl Mesh {
 
     /// Waits until bootstrap is complete, or `timeout`. Returns readiness.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let deadline = self.inner.env.instant() + timeout;
-        while !self.is_ready() {
-            if self.inner.env.instant() >= deadline {
-                return false;
+        let wait = async {
+            loop {
+                // Registered before the check, so that a session ending in
+                // between still wakes this wait.
+                let ended = self.inner.sessions_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if self.is_ready() {
+                    return;
+                }
+                ended.await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok() || self.is_ready()
     }
 
     /// Counters and gauges.
@@ -760,6 +770,7 @@ async fn timer_loop(inner: Arc<Inner>) {
         let r = &inner.replica;
         if !r.is_booted() && inner.env.instant() - inner.started >= inner.config.bootstrap_timeout {
             r.force_boot();
+            inner.sessions_ended.notify_waiters();
             tracing::warn!(
                 timeout_ms = inner.config.bootstrap_timeout.as_millis() as u64,
                 "no seed answered within the bootstrap timeout: accepting writes without an initial sync"
@@ -783,7 +794,8 @@ async fn timer_loop(inner: Arc<Inner>) {
         // Peers gossip their whole view again and again: the same ignored
         // entries come back every round, so one line a minute at most.
         let ignored = r.members_ignored();
-        if ignored != ignored_warned.0 && ignored_warned.1.is_none_or(|t| t.elapsed() >= IGNORED_WARN_EVERY) {
+        if ignored != ignored_warned.0 && ignored_warned.1.is_none_or(|t| inner.env.instant() - t >= IGNORED_WARN_EVERY)
+        {
             tracing::warn!(
                 invalid = ignored.invalid,
                 over_cap = ignored.over_cap,
@@ -791,7 +803,7 @@ async fn timer_loop(inner: Arc<Inner>) {
                 "member entries ignored: names no certificate can carry or addresses no one can dial (invalid), \
                  or new names while the view is full (over_cap; raise max_members if the mesh is that large)"
             );
-            ignored_warned = (ignored, Some(tokio::time::Instant::now()));
+            ignored_warned = (ignored, Some(inner.env.instant()));
         }
         let st = r.store().stats();
         metrics::gauge!("meshcache_entries").set(st.entries as f64);

@@ -570,6 +570,7 @@ async fn initiate(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, sess
 /// Accounts for a session, and publishes what it merged: a session that
 /// failed half-way merged what it received before it failed.
 fn finish_session(inner: &Inner, conn: &quinn::Connection, id: &MemberId, res: super::stream::SessionResult) {
+    inner.sessions_ended.notify_waiters();
     let c = &inner.counters;
     c.ae_bytes_sent.fetch_add(res.stats.bytes_sent, Ordering::Relaxed);
     c.ae_bytes_received.fetch_add(res.stats.bytes_received, Ordering::Relaxed);

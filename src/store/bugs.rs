@@ -41,6 +41,7 @@ impl Bug {
 #[derive(Debug, Default)]
 pub(crate) struct Planted(AtomicU8);
 
+#[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
 impl Planted {
     pub(crate) fn set(&self, bug: Bug, on: bool) {
         if on {

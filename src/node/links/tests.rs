@@ -94,7 +94,7 @@ struct Sim {
 
 impl Sim {
     fn new(names: &[&str]) -> Self {
-        let now = Instant::now();
+        let now = crate::env::stopwatch().into_std();
         let nodes = names
             .iter()
             .enumerate()
@@ -310,7 +310,7 @@ fn crossed_rounds_let_the_smaller_names_round_go_first() {
 
 #[test]
 fn a_superseded_incarnation_is_refused_told_and_stops() {
-    let now = Instant::now();
+    let now = crate::env::stopwatch().into_std();
     let old = id("a", 100);
     let new = id("a", 200);
     let mut a = Node::new("a", 7000, vec![addr(7001)], now);
@@ -343,7 +343,7 @@ fn a_superseded_incarnation_is_refused_told_and_stops() {
 
 #[test]
 fn a_hello_naming_someone_other_than_its_certificate_is_refused() {
-    let now = Instant::now();
+    let now = crate::env::stopwatch().into_std();
     let mut b = Node::new("b", 7001, Vec::new(), now);
     let a = id("a", 100);
     let v = b.links.handle_hello(now, ConnId(1), Side::Acceptor, &hello(&a, addr(7000)), Some("mallory"), &mut b.core);
@@ -361,7 +361,7 @@ fn a_hello_naming_someone_other_than_its_certificate_is_refused() {
 #[test]
 fn redial_backoff_doubles_to_five_seconds_with_jitter_and_resets_after_a_success() {
     let seed = addr(7001);
-    let mut now = Instant::now();
+    let mut now = crate::env::stopwatch().into_std();
     let mut a = Node::new("a", 7000, vec![seed], now);
     assert_eq!(a.actions(), vec![Action::Dial(seed)]);
     let mut delays = Vec::new();
