@@ -18,7 +18,8 @@
 //!   the final heal, every peer must converge and [`History::check`] must
 //!   find no violation. 200 schedules by default (optimized builds only:
 //!   `cargo test --release --test turmoil_sim`);
-//!   `MESHCACHE_TURMOIL_SCHEDULES=N` runs more, and a failing seed is
+//!   `MESHCACHE_TURMOIL_SCHEDULES=N` runs more (`MESHCACHE_TURMOIL_FIRST=K`
+//!   starts at the K-th, to split a long run into chunks), and a failing seed is
 //!   replayed (with its plan printed) by
 //!   `MESHCACHE_TURMOIL_SEED=S cargo test --release --test turmoil_sim random_schedules -- --nocapture`
 //!   (the exact command is printed with each failure).
@@ -619,7 +620,11 @@ fn random_schedules() {
         return;
     }
     let count: usize = std::env::var("MESHCACHE_TURMOIL_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-    let base: u64 = 0x7u64 << 32;
+    // MESHCACHE_TURMOIL_FIRST=K starts at the K-th schedule, so that a long
+    // run can be split into chunks (on several machines or days) that
+    // together cover exactly the seeds one run would.
+    let first: u64 = std::env::var("MESHCACHE_TURMOIL_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let base: u64 = (0x7u64 << 32) + first;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::new()));
@@ -686,7 +691,11 @@ fn random_schedules() {
 /// and result, in order).
 #[test]
 fn a_seed_replays_exactly() {
-    let base: u64 = 0x7u64 << 32;
+    // MESHCACHE_TURMOIL_FIRST=K starts at the K-th schedule, so that a long
+    // run can be split into chunks (on several machines or days) that
+    // together cover exactly the seeds one run would.
+    let first: u64 = std::env::var("MESHCACHE_TURMOIL_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let base: u64 = (0x7u64 << 32) + first;
     for seed in [base + 1, base + 2, base + 3] {
         let run = || {
             let mut p = plan(seed);
@@ -720,7 +729,11 @@ const CATCH_WITHIN: u64 = 80;
 /// Runs schedules from the usual base with `bug` planted in the peers
 /// `on` until one fails; returns the seed and the failure.
 fn first_catch(bug: Bug, on: &[usize]) -> Option<(u64, String)> {
-    let base: u64 = 0x7u64 << 32;
+    // MESHCACHE_TURMOIL_FIRST=K starts at the K-th schedule, so that a long
+    // run can be split into chunks (on several machines or days) that
+    // together cover exactly the seeds one run would.
+    let first: u64 = std::env::var("MESHCACHE_TURMOIL_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let base: u64 = (0x7u64 << 32) + first;
     (base..base + CATCH_WITHIN).find_map(|seed| {
         let mut p = plan(seed);
         p.layout.bugs = on.iter().filter(|&&i| i < p.layout.peers).map(|&i| (i, bug)).collect();
