@@ -7,7 +7,7 @@
 - minimal_traces.txt is what traces.py writes from the cases;
 - a small random run of the rules meshcache builds ('r_reply', and
   'r_reply_hygiene') finds no violation of any kind;
-- each mutant, and the first family's designs, fail within a few hundred
+- each mutant, and the timeout family's designs, fail within a few hundred
   random schedules, so the random check has teeth.
 
     python3 model/test_model.py            (or: cd model && python3 -m unittest -v)
@@ -26,7 +26,7 @@ from model import VARIANTS, gen_and_run, kinds_of  # noqa: E402
 SCHEDULES = int(os.environ.get('MODEL_SCHEDULES', '300'))
 
 # Case -> the cell of each variant, as traces.py prints it.
-FIRST_EXPECTED = {
+TIMEOUT_EXPECTED = {
     'T1': 'S1 S1 ok S1 ok ok ok ok ok ok',
     'T2': 'S1+F S1+F ok S1+F ok ok ok ok ok ok',
     'T3': 'CH CH ok CH CH CH CH CH ok ok',
@@ -57,14 +57,14 @@ class Traces(unittest.TestCase):
             want = dict(zip(variants, expected[name[:2]].split()))
             self.assertEqual(row, want, name)
 
-    def test_first_family(self):
-        self.check_table(traces.FIRST, traces.FIRST_VARIANTS, FIRST_EXPECTED)
+    def test_timeout_family(self):
+        self.check_table(traces.TIMEOUT_CASES, traces.TIMEOUT_VARIANTS, TIMEOUT_EXPECTED)
 
     def test_r_family(self):
-        self.check_table(traces.RCASES, traces.R_VARIANTS, R_EXPECTED)
+        self.check_table(traces.R_CASES, traces.R_VARIANTS, R_EXPECTED)
 
     def test_symmetric_stranger_rule_flushes_an_unrelated_value(self):
-        cfg, evs = traces.FIRST['T7 symmetric stranger rule flushes']
+        cfg, evs = traces.TIMEOUT_CASES['T7 symmetric stranger rule flushes']
         sim = traces.replay(cfg, evs, VARIANTS['a'])
         self.assertEqual(sim.violations, [])
         # k2 was written once, never deleted, and held by both nodes.
@@ -112,7 +112,7 @@ class Random(unittest.TestCase):
     def test_r_reply_hygiene_keeps_every_invariant(self):
         self.assertEqual(violations('r_reply_hygiene', range(SCHEDULES)), [])
 
-    def test_mutants_and_first_designs_are_caught(self):
+    def test_mutants_and_timeout_designs_are_caught(self):
         for variant in ['mut_r_nofilter', 'mut_r_aeonly', 'mut_r_timeout', 'mut_r_gcskip',
                         'mut_r_nocompact', 'mut_r_emptymem', 'a', 'b', 'c']:
             with self.subTest(variant=variant):
