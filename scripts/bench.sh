@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The benchmark report: meshcache against DESIGN.md's performance targets,
-# with redis-server as the baseline, in one run.
+# The benchmark report: meshcache against the performance targets of
+# docs/design.md ("Performance targets"), with redis-server as the
+# baseline, in one run.
 #
 #   scripts/bench.sh            full run (about 10 minutes on 2 cores)
 #   scripts/bench.sh --quick    tiny sizes: validates the harness in seconds

@@ -1,7 +1,7 @@
 //! An invariant checker for partition tests: it records every write, delete
 //! and read made through it, with the stamp each was given or saw and the
 //! time it was acknowledged, and after the mesh heals checks I1–I4
-//! (DESIGN.md, "Invariants that tests must prove").
+//! (docs/design.md, "Invariants that tests must prove").
 //!
 //! ```no_run
 //! # async fn demo(peers: Vec<meshcache::Mesh>) {

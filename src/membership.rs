@@ -10,7 +10,8 @@
 //!   starts empty, so the old one's data is gone), or
 //! - when an operator forgets it.
 //!
-//! DESIGN.md ("Tombstones") explains why a timeout must never remove one.
+//! docs/design.md ("Tombstone collection: the rules that failed") explains
+//! why a timeout must never remove one.
 
 use std::collections::BTreeMap;
 use std::fmt;

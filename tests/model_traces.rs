@@ -1,6 +1,7 @@
-//! The minimal counterexamples of shared/model-check/minimal_traces.txt,
-//! replayed against the real core. Each broke a simpler design; each must
-//! end with every invariant intact here (see `sim/mod.rs` for the checker).
+//! The minimal counterexamples A1 to D1 of the protocol model
+//! (`model/minimal_traces.txt`, `model/traces.py`), replayed against the
+//! real core. Each broke a simpler design; each must end with every
+//! invariant intact here (see `sim/mod.rs` for the checker).
 
 mod sim;
 

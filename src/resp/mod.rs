@@ -60,15 +60,15 @@
 //! Events and their classes are listed in the `notify` module docs (`set`,
 //! `del`, `expire`, `expired`, `persist`, `flushall`).
 //!
-//! **Default: on (`KEA`)**, unlike Redis, whose default is off. DESIGN.md
-//! makes notifications the invalidation channel for non-Rust applications,
-//! and managed Redis deployments often forbid `CONFIG SET`, so a client
-//! should not have to turn them on. It costs nothing while nobody
-//! subscribes: the server only follows the mesh's change stream while at
-//! least one client is subscribed. `CONFIG SET notify-keyspace-events ""`
-//! turns them off, and [`RespConfig::notify_keyspace_events`] sets the
-//! starting value; flags `K E g $ x A` (and Redis's other letters) are
-//! accepted.
+//! **Default: on (`KEA`)**, unlike Redis, whose default is off.
+//! Notifications are the invalidation channel for non-Rust applications
+//! (docs/design.md, "Who uses it"), and managed Redis deployments often
+//! forbid `CONFIG SET`, so a client should not have to turn them on. It
+//! costs nothing while nobody subscribes: the server only follows the
+//! mesh's change stream while at least one client is subscribed.
+//! `CONFIG SET notify-keyspace-events ""` turns them off, and
+//! [`RespConfig::notify_keyspace_events`] sets the starting value; flags
+//! `K E g $ x A` (and Redis's other letters) are accepted.
 //!
 //! In RESP2, a subscribed client may only send (P)SUBSCRIBE,
 //! (P)UNSUBSCRIBE, PING, QUIT and RESET, as in Redis; in RESP3 it may send

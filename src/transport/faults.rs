@@ -1,5 +1,5 @@
 //! Fault injection on real QUIC: cut, drop, delay and heal links between
-//! peers running over loopback UDP (DESIGN.md, "Partition testing").
+//! peers running over loopback UDP (docs/design.md, "Partition testing").
 //!
 //! A [`Faults`] handle hands out sockets ([`Faults::socket`]) that wrap a
 //! real `std::net::UdpSocket` (through quinn's own tokio socket) and consult

@@ -6,7 +6,7 @@
 //!
 //! After the schedule, every link heals, crashed nodes are (some or all)
 //! restarted, and sessions run between all pairs until stores settle. Then
-//! the checker verifies, as the model in shared/model-check does:
+//! the checker verifies, as the protocol model in `model/` does:
 //!
 //! - S1: no node ever serves a value older than a register it has held for
 //!   that key (checked after every event);
@@ -792,8 +792,8 @@ impl Sim {
     }
 }
 
-/// A random configuration and schedule for `seed`, in the spirit of
-/// shared/model-check's generator.
+/// A random configuration and schedule for `seed`, in the spirit of the
+/// generator of the protocol model (`model/model_r.py`, `gen_and_run_r`).
 pub fn generate(seed: u64) -> (Cfg, Vec<Ev>) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let n = rng.random_range(2..=6usize);
