@@ -12,9 +12,10 @@
 #   16379  standalone redis-server (throughput and memory baselines)
 #   16380  redis primary, 16381 its replica (--replicaof; lag baseline)
 #   16390-16392  RESP ports of the three meshcache peers (inside meshbench)
-# builds and runs target/release/meshbench, and stops everything at the end,
-# even on failure. Results: bench/results/latest.json and latest.svg
-# (quick.json and quick.svg with --quick, git-ignored).
+# builds and runs target/release/meshbench (the workspace member
+# `meshbench/`), and stops everything at the end, even on failure.
+# Results: bench/results/latest.json and latest.svg (quick.json and
+# quick.svg with --quick, git-ignored).
 #
 # MESHBENCH_BIN=path skips the build and runs that binary instead.
 set -euo pipefail
@@ -31,7 +32,7 @@ args=()
 for a in "$@"; do
     case "$a" in
         -h | --help)
-            sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) args+=("$a") ;;
@@ -103,7 +104,7 @@ redis-cli -p "$REPLICA_PORT" info replication | grep -q 'master_link_status:up' 
 
 bin=${MESHBENCH_BIN:-}
 if [ -z "$bin" ]; then
-    cargo build --release --bin meshbench
+    cargo build --release -p meshbench
     bin=target/release/meshbench
 fi
 

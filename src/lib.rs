@@ -59,10 +59,23 @@
 //! [`wire::WireError`].
 //!
 //! ALGORITHM.md, beside Cargo.toml, explains the protocol.
+//!
+//! # Features
+//!
+//! - Without default features (`default-features = false`): the core
+//!   above, and the mesh around it: [`env`](mod@env), [`config`]
+//!   (`MeshConfig`, its defaults, validation and serde derives),
+//!   [`transport`] (TLS, fault injection), [`node`] (the embedded
+//!   [`Mesh`]) and [`check`].
+//! - `server` (default): adds `resp`, the Redis-protocol server, and
+//!   `admin`, the admin port, and builds the `meshcache` command with its
+//!   CLI, TOML config file, log output and Prometheus exporter.
+//! - `testing`: switches that plant known bugs, for the tests only.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "server")]
 pub mod admin;
 pub mod check;
 pub mod config;
@@ -71,6 +84,7 @@ pub mod hlc;
 pub mod membership;
 pub mod node;
 pub mod replica;
+#[cfg(feature = "server")]
 pub mod resp;
 pub mod store;
 pub mod sync;

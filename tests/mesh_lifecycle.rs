@@ -9,11 +9,8 @@ use std::net::{SocketAddr, UdpSocket};
 
 use common::mesh::{eventually, start};
 use meshcache::membership::Status;
-use meshcache::resp::{serve, RespConfig};
 use meshcache::transport::tls::EphemeralCa;
 use meshcache::Mesh;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// Whether `a` saw the member called `name` leave (its goodbye).
 fn left(a: &Mesh, name: &str) -> bool {
@@ -50,8 +47,13 @@ async fn dropping_the_last_handle_stops_the_peer() {
 
 /// The RESP server holds a handle while it serves: the peer outlives the
 /// application's own handle, and stops when the server does.
+#[cfg(feature = "server")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_resp_server_keeps_the_peer_until_it_stops() {
+    use meshcache::resp::{serve, RespConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
     let ca = EphemeralCa::new().unwrap();
     let a = start(&ca, "a", &[]).await;
     let b = start(&ca, "b", &[a.local_addr()]).await;

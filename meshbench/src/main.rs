@@ -1,4 +1,4 @@
-//! `meshbench`: the benchmark report of DESIGN.md's performance targets.
+//! `meshbench`: the benchmark report of docs/design.md's performance targets.
 //!
 //! Run through `scripts/bench.sh`, which starts the redis-server baselines
 //! on fixed loopback ports, passes them here, and stops them at the end.
@@ -38,7 +38,7 @@ const VALUE_LEN: usize = 100;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 #[derive(Parser, Debug)]
-#[command(about = "meshcache benchmarks against DESIGN.md's targets (run through scripts/bench.sh)")]
+#[command(about = "meshcache benchmarks against docs/design.md's targets (run through scripts/bench.sh)")]
 struct Args {
     /// Tiny sizes: seconds of runtime, validates the harness only.
     #[arg(long)]
@@ -1414,7 +1414,7 @@ fn write_svg(args: &Args, rep: &Report) -> Result<()> {
     let (cpus, model) = machine();
     let _ = writeln!(
         s,
-        r##"<text x="10" y="20" font-size="15" font-weight="bold">meshcache vs DESIGN.md targets ({} run)</text>"##,
+        r##"<text x="10" y="20" font-size="15" font-weight="bold">meshcache vs docs/design.md's targets ({} run)</text>"##,
         if args.quick { "quick" } else { "full" }
     );
     let _ = writeln!(
