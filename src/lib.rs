@@ -93,3 +93,9 @@ pub mod wire;
 
 pub use config::MeshConfig;
 pub use node::{Change, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, Origin};
+
+/// The README's Rust examples, compiled by `cargo test --doc` so that they
+/// keep up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
