@@ -11,7 +11,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use common::mesh::{eventually, start, DEADLINE};
+use common::mesh::start;
+use common::wait::{eventually, DEADLINE};
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::store::{Register, Slot};

@@ -8,7 +8,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::mesh::{eventually, start_faulty as start, DEADLINE};
+use common::mesh::start_faulty as start;
+use common::wait::{eventually, DEADLINE};
 use meshcache::check::History;
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::EphemeralCa;

@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::mesh::{eventually, start, DEADLINE};
+use common::mesh::start;
+use common::wait::{eventually, DEADLINE};
 use meshcache::store::ChangeKind;
 use meshcache::transport::tls::EphemeralCa;
 use meshcache::{Mesh, MeshConfig, Origin};

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::mesh::{eventually, start, DEADLINE};
+use common::mesh::start;
+use common::wait::{eventually, DEADLINE};
 use meshcache::membership::Status;
 use meshcache::transport::tls::EphemeralCa;
 use meshcache::Mesh;

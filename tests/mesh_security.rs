@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::mesh::{eventually, start_with as start, DEADLINE};
+use common::mesh::start_with as start;
+use common::wait::{eventually, DEADLINE};
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::store::{Register, Slot};
