@@ -79,6 +79,14 @@ async fn cluster(n: usize, config: RespConfig) -> (Vec<Mesh>, Vec<Server>) {
     (meshes, servers)
 }
 
+/// One peer, alone, with a RESP server in front of it.
+async fn solo(config: RespConfig) -> (Mesh, Server) {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start(&ca, "solo", &[]).await;
+    let server = Server::start(&mesh, config).await;
+    (mesh, server)
+}
+
 async fn shutdown(meshes: Vec<Mesh>, servers: Vec<Server>) {
     for s in servers {
         s.stop().await;
@@ -257,9 +265,7 @@ async fn writes_on_one_peer_are_read_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_options_follow_redis() {
-    let ca = EphemeralCa::new().unwrap();
-    let mesh = start(&ca, "solo", &[]).await;
-    let server = Server::start(&mesh, RespConfig::default()).await;
+    let (mesh, server) = solo(RespConfig::default()).await;
     let mut con = server.conn().await;
     let shared = con.clone();
     let run = async |c: &mut redis::Cmd| -> Value { c.clone().query_async(&mut shared.clone()).await.unwrap() };
@@ -389,9 +395,7 @@ async fn set_options_follow_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_commands_and_pipelining() {
-    let ca = EphemeralCa::new().unwrap();
-    let mesh = start(&ca, "solo", &[]).await;
-    let server = Server::start(&mesh, RespConfig::default()).await;
+    let (mesh, server) = solo(RespConfig::default()).await;
     let mut raw = Raw::connect(server.port).await;
     raw.send(b"PING\r\n").await;
     assert_eq!(raw.reply().await.unwrap(), "+PONG\r\n");
@@ -530,10 +534,8 @@ async fn keyspace_notifications_reach_subscribers_on_other_peers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_required_when_configured() {
-    let ca = EphemeralCa::new().unwrap();
-    let mesh = start(&ca, "solo", &[]).await;
     let cfg = RespConfig { requirepass: Some("s3cret".into()), ..RespConfig::default() };
-    let server = Server::start(&mesh, cfg).await;
+    let (mesh, server) = solo(cfg).await;
     let mut raw = Raw::connect(server.port).await;
     assert_eq!(raw.cmd(&["GET", "k"]).await, "-NOAUTH Authentication required.\r\n");
     assert_eq!(raw.cmd(&["NOSUCH"]).await, "-ERR unknown command 'NOSUCH', with args beginning with: \r\n");
@@ -586,9 +588,7 @@ async fn auth_is_required_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_3_switches_to_resp3() {
-    let ca = EphemeralCa::new().unwrap();
-    let mesh = start(&ca, "solo", &[]).await;
-    let server = Server::start(&mesh, RespConfig::default()).await;
+    let (mesh, server) = solo(RespConfig::default()).await;
     let mut raw = Raw::connect(server.port).await;
     let hello2 = raw.cmd(&["HELLO"]).await;
     assert!(hello2.starts_with("*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n"), "{hello2}");
@@ -656,9 +656,7 @@ async fn writes_get_loading_until_bootstrapped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_closes_only_that_connection() {
-    let ca = EphemeralCa::new().unwrap();
-    let mesh = start(&ca, "solo", &[]).await;
-    let server = Server::start(&mesh, RespConfig::default()).await;
+    let (mesh, server) = solo(RespConfig::default()).await;
     let mut bystander = Raw::connect(server.port).await;
     assert_eq!(bystander.cmd(&["PING"]).await, "+PONG\r\n");
 
@@ -729,10 +727,8 @@ async fn bad_input_closes_only_that_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_does_not_read_is_disconnected() {
-    let ca = EphemeralCa::new().unwrap();
-    let mesh = start(&ca, "solo", &[]).await;
     let cfg = RespConfig { output_buffer_limit: 256 * 1024, ..RespConfig::default() };
-    let server = Server::start(&mesh, cfg).await;
+    let (mesh, server) = solo(cfg).await;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let stream = sock.connect(([127, 0, 0, 1], server.port).into()).await.unwrap();
@@ -767,9 +763,7 @@ async fn a_subscriber_that_does_not_read_is_disconnected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_clients_and_shutdown() {
-    let ca = EphemeralCa::new().unwrap();
-    let mesh = start(&ca, "solo", &[]).await;
-    let server = Server::start(&mesh, RespConfig { max_clients: 1, ..RespConfig::default() }).await;
+    let (mesh, server) = solo(RespConfig { max_clients: 1, ..RespConfig::default() }).await;
     let mut first = Raw::connect(server.port).await;
     assert_eq!(first.cmd(&["PING"]).await, "+PONG\r\n");
     let mut second = Raw::connect(server.port).await;
@@ -796,9 +790,7 @@ async fn redis_cli_works_against_a_peer() {
     if !common::process::tool("redis-cli", "redis-tools") {
         return;
     }
-    let ca = EphemeralCa::new().unwrap();
-    let mesh = start(&ca, "solo", &[]).await;
-    let server = Server::start(&mesh, RespConfig::default()).await;
+    let (mesh, server) = solo(RespConfig::default()).await;
     let port = server.port.to_string();
     let cli = |args: &[&str]| {
         let mut c = tokio::process::Command::new("redis-cli");
