@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::mesh::start_with as start;
+use common::mesh::{pair, start_with as start};
 use common::wait::{eventually, holds_until, DEADLINE};
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
@@ -138,10 +138,7 @@ async fn foreign_ca_and_certless_peers_cannot_join_or_inject() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_close_only_that_connection() {
     let ca = EphemeralCa::new().unwrap();
-    let a = start(ca.issue("a").unwrap(), &[]).await;
-    let b = start(ca.issue("b").unwrap(), &[a.local_addr()]).await;
-    eventually("a and b connected", || a.stats().connected == 1).await;
-    assert!(b.wait_ready(DEADLINE).await, "b never finished bootstrap");
+    let (a, b) = pair(&ca).await;
 
     // An authenticated peer (valid certificate, valid hello) that then
     // sends garbage on a push stream.

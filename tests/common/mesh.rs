@@ -6,6 +6,8 @@ use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::{EphemeralCa, Identity};
 use meshcache::{Mesh, MeshConfig};
 
+use super::wait::{eventually, DEADLINE};
+
 /// A peer named `name` with `MeshConfig::for_test`, its certificate from `ca`.
 pub async fn start(ca: &EphemeralCa, name: &str, seeds: &[SocketAddr]) -> Mesh {
     start_with(ca.issue(name).unwrap(), seeds).await
@@ -15,6 +17,15 @@ pub async fn start(ca: &EphemeralCa, name: &str, seeds: &[SocketAddr]) -> Mesh {
 pub async fn start_with(id: Identity, seeds: &[SocketAddr]) -> Mesh {
     let name = id.name.clone();
     Mesh::builder().config(MeshConfig::for_test(&name)).seeds(seeds.iter().copied()).tls(id).start().await.unwrap()
+}
+
+/// Peers `a` and `b` (seeded with `a`), connected, with `b` booted.
+pub async fn pair(ca: &EphemeralCa) -> (Mesh, Mesh) {
+    let a = start(ca, "a", &[]).await;
+    let b = start(ca, "b", &[a.local_addr()]).await;
+    eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    assert!(b.wait_ready(DEADLINE).await, "b never finished bootstrap");
+    (a, b)
 }
 
 /// As [`start`], over a fault-injecting socket of `faults`.
