@@ -212,7 +212,14 @@ async fn a_heal_ships_each_difference_once() {
     })
     .await;
     let shipped = sent(&peers) - before;
+    // Per peer: registers sent, rounds completed, rounds failed.
+    let per_peer: Vec<(u64, u64, u64)> =
+        peers.iter().map(|p| p.stats()).map(|st| (st.ae_entries_sent, st.ae_rounds, st.ae_failed)).collect();
     assert!(shipped >= 3 * n, "{shipped} registers cannot repair 3 x {n} missing pairs");
-    assert!(shipped < 4 * n, "{shipped} registers shipped for 3 x {n} missing pairs: a difference went twice");
+    assert!(
+        shipped < 4 * n,
+        "{shipped} registers shipped for 3 x {n} missing pairs: a difference went twice \
+         (sent, rounds, failed per peer: {per_peer:?})"
+    );
     shutdown(&peers).await;
 }
