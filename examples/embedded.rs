@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use meshcache::store::ChangeKind;
 use meshcache::transport::tls::EphemeralCa;
+use meshcache::wait::Wait;
 use meshcache::Mesh;
 use tokio_stream::StreamExt;
 
@@ -31,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // on every read, dropped whenever the mesh says the key changed.
     let mut near: HashMap<Vec<u8>, String> = HashMap::new();
     a.put("user:42", "Ada")?;
-    wait_for(&b, b"user:42").await;
+    Wait::new(Duration::from_secs(30)).until("user:42 reaches app-b", || b.get(b"user:42").is_some()).await?;
     near.insert(b"user:42".to_vec(), format!("<decoded {:?}>", b.get(b"user:42").unwrap()));
     println!("app-b cached user:42 -> {}", near[&b"user:42"[..]]);
 
@@ -52,13 +53,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     a.shutdown().await;
     b.shutdown().await;
     Ok(())
-}
-
-async fn wait_for(m: &Mesh, key: &[u8]) {
-    for _ in 0..500 {
-        if m.get(key).is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

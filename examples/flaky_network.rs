@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use bytes::Bytes;
-use common::{Opts, DEADLINE};
+use common::Opts;
 use meshcache::check::History;
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::EphemeralCa;
@@ -90,8 +90,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
         }
         let load_ms = t_load.elapsed().as_millis() as u64;
         let at_stop = History::divergent(&peers, &keys);
-        let took = h.wait_converged(&peers, DEADLINE).await;
-        let settled = took.is_some() && History::wait_settled(&peers, DEADLINE).await;
+        let took = common::converge(&h, &peers).await;
         stop.store(true, Ordering::Relaxed);
         if let Some(s) = sampler {
             for (t, d) in s.await.map_err(|e| e.to_string())? {
@@ -103,7 +102,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
         }
         let report = h.check(&peers);
         match took {
-            Some(t) => {
+            Ok(t) => {
                 times.push(t);
                 println!(
                     "round {r}: {done} ops in {load_ms} ms; {at_stop} divergent keys when the load stopped; \
@@ -112,14 +111,10 @@ async fn run(o: &Opts) -> Result<bool, String> {
                     report.violations.len()
                 );
             }
-            None => {
-                println!("round {r}: NOT converged within {DEADLINE:?} under loss");
+            Err(e) => {
+                println!("round {r}, under loss: {e}");
                 ok = false;
             }
-        }
-        if took.is_some() && !settled {
-            println!("round {r}: digests did not settle within {DEADLINE:?} after converging");
-            ok = false;
         }
         if !report.violations.is_empty() {
             println!("checker: {report}");
@@ -135,7 +130,7 @@ async fn run(o: &Opts) -> Result<bool, String> {
             "load-stop-to-convergence under {:.0}% loss over {} round(s): median {} ms, max {} ms",
             LOSS * 100.0,
             times.len(),
-            common::median(&times).as_millis(),
+            meshcache::stats::median(&times).as_millis(),
             max.as_millis()
         );
     }
@@ -153,16 +148,10 @@ async fn run(o: &Opts) -> Result<bool, String> {
     for (i, p) in peers.iter().enumerate() {
         h.put(p, format!("after-heal/{i}"), "x").map_err(|e| e.to_string())?;
     }
-    match h.wait_converged(&peers, DEADLINE).await {
-        Some(t) if History::wait_settled(&peers, DEADLINE).await => {
-            println!("after heal: converged in {} ms", t.as_millis())
-        }
-        Some(_) => {
-            println!("after heal: digests did not settle within {DEADLINE:?} after converging");
-            ok = false;
-        }
-        None => {
-            println!("after heal: NOT converged within {DEADLINE:?}");
+    match common::converge(&h, &peers).await {
+        Ok(t) => println!("after heal: converged in {} ms", t.as_millis()),
+        Err(e) => {
+            println!("after heal: {e}");
             ok = false;
         }
     }

@@ -16,16 +16,12 @@
 //! Exits non-zero if the checker finds a violation, no compaction happened,
 //! or convergence misses its (generous) deadline.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use bytes::Bytes;
 use common::{Opts, DEADLINE};
 use meshcache::check::History;
 use meshcache::transport::faults::Faults;
@@ -134,26 +130,17 @@ async fn run(o: &Opts) -> Result<bool, String> {
         ok = false;
     }
 
-    let keys: Vec<Bytes> = h.ops().into_iter().map(|op| op.key).collect::<BTreeSet<_>>().into_iter().collect();
-    let at_heal = History::divergent(&peers, &keys);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = o.csv.as_ref().map(|_| common::sample(peers.clone(), keys.clone(), Instant::now(), stop.clone()));
-    faults.heal();
-    let took = h.wait_converged(&peers, DEADLINE).await;
-    let settled = took.is_some() && History::wait_settled(&peers, DEADLINE).await;
-    stop.store(true, Ordering::Relaxed);
-    match took {
-        Some(t) => println!("healed: {at_heal} divergent keys at heal; converged {} ms after heal", t.as_millis()),
-        None => {
-            println!("healed: NOT converged within {DEADLINE:?}");
+    let healed = common::heal(&h, &peers, &faults, o.csv.is_some()).await?;
+    match healed.took {
+        Ok(t) => {
+            println!("healed: {} divergent keys at heal; converged {} ms after heal", healed.at_heal, t.as_millis())
+        }
+        Err(e) => {
+            println!("healed: {e}");
             ok = false;
         }
     }
-    if took.is_some() && !settled {
-        println!("digests did not settle within {DEADLINE:?} after converging");
-        ok = false;
-    }
-    for k in &keys {
+    for k in &healed.keys {
         for p in &peers {
             h.read(p, k.clone());
         }
@@ -169,9 +156,9 @@ async fn run(o: &Opts) -> Result<bool, String> {
     println!("resurrections (I3): {i3}");
     println!("checker: {report}");
     ok &= report.violations.is_empty();
-    if let (Some(path), Some(s)) = (&o.csv, sampler) {
+    if let Some(path) = &o.csv {
         let mut csv = String::from("ms_since_heal,divergent_keys\n");
-        for (t, d) in s.await.map_err(|e| e.to_string())? {
+        for (t, d) in &healed.samples {
             csv.push_str(&format!("{t},{d}\n"));
         }
         common::write_csv(path, &csv)?;

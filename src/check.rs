@@ -189,17 +189,11 @@ impl History {
     /// Waits until every peer has equal digests (I1), polling, or until
     /// `deadline`. Returns how long it took, or `None` on timeout.
     pub async fn wait_converged(&self, peers: &[Mesh], deadline: Duration) -> Option<Duration> {
-        let t0 = crate::env::stopwatch();
-        loop {
+        let equal = || {
             let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
-            if roots.iter().all(|r| *r == roots[0]) {
-                return Some(t0.elapsed());
-            }
-            if t0.elapsed() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+            roots.iter().all(|r| *r == roots[0])
+        };
+        crate::wait::Wait::new(deadline).every(Duration::from_millis(5)).until("equal digests", equal).await.ok()
     }
 
     /// Waits until every peer's digest is equal and has stayed unchanged

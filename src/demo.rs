@@ -3,6 +3,7 @@
 //! Part of the binary, not the library.
 
 use super::*;
+use meshcache::stats::percentile;
 
 /// Every convergence in the demo is checked against this deadline.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -61,27 +62,14 @@ fn put(p: &Mesh, k: Bytes, v: Bytes) -> Result<(), Exit> {
 }
 
 /// Polls `pending` (which says what is still missing, or `None`) every
-/// millisecond until it returns `None` or [`DEADLINE`] passes.
-async fn converge(what: &str, mut pending: impl FnMut() -> Option<String>) -> Result<Duration, Exit> {
-    let start = meshcache::env::stopwatch();
-    loop {
-        match pending() {
-            None => return Ok(start.elapsed()),
-            Some(why) if start.elapsed() >= DEADLINE => {
-                return Err(failure(format!("{what}: not converged within {} s: {why}", DEADLINE.as_secs())))
-            }
-            Some(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
-}
-
-/// Nearest-rank percentile of sorted `v`.
-fn percentile(v: &[u64], p: f64) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
+/// millisecond until it returns `None` or [`DEADLINE`] passes; returns how
+/// long that took.
+async fn converge(what: &str, pending: impl FnMut() -> Option<String>) -> Result<Duration, Exit> {
+    meshcache::wait::Wait::new(DEADLINE)
+        .every(Duration::from_millis(1))
+        .until(what, pending)
+        .await
+        .map_err(|e| failure(format!("not converged: {e}")))
 }
 
 pub(crate) async fn demo(quick: bool, push_delay: Option<Duration>) -> Result<(), Exit> {

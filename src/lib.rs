@@ -53,6 +53,10 @@
 //! - [`sync`]: the digest tree and the anti-entropy session state machine.
 //! - [`wire`]: the `Message` enum, its postcard codec and frame limits.
 //!
+//! For measuring and checking a running mesh: [`stats`] (percentiles and
+//! medians for reports) and [`wait`] (waiting for a condition with a
+//! deadline instead of a fixed sleep).
+//!
 //! Errors are `thiserror` enums, one per boundary, each in the module of
 //! its boundary: [`hlc::ClockError`], [`store::ConfigError`],
 //! [`replica::WriteError`], [`replica::PeerError`], [`sync::SyncError`],
@@ -86,9 +90,11 @@ pub mod node;
 pub mod replica;
 #[cfg(feature = "server")]
 pub mod resp;
+pub mod stats;
 pub mod store;
 pub mod sync;
 pub mod transport;
+pub mod wait;
 pub mod wire;
 
 pub use config::MeshConfig;

@@ -155,6 +155,12 @@ struct NodeArgs {
     /// How long a push waits to batch more writes, in µs (at most 1000; 0 sends at once).
     #[arg(long, env = "MESHCACHE_PUSH_DELAY_US", value_name = "US")]
     push_delay_us: Option<u64>,
+    /// Once every port is open, write their addresses to FILE, one
+    /// `NAME ADDR` a line: `quic`, then `resp`, `admin` and `metrics` when
+    /// on. With port 0 in an address the system picks a free port; this is
+    /// where to read it (the `ready` log line says the same).
+    #[arg(long, env = "MESHCACHE_ADDR_FILE", value_name = "FILE")]
+    addr_file: Option<PathBuf>,
     /// Print the resulting settings as TOML and exit, without starting.
     #[arg(long)]
     print_config: bool,
@@ -457,13 +463,12 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
     // Before anything starts, so that an early signal is not lost.
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| failure(format!("cannot handle SIGTERM: {e}")))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| failure(format!("cannot handle SIGINT: {e}")))?;
-    if let Some(addr) = args.metrics {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .map_err(|e| failure(format!("cannot serve metrics on {addr}: {e}")))?;
-        info!("Prometheus metrics on http://{addr}/metrics");
-    }
+    let metrics_listener = match args.metrics {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a).await.map_err(|e| failure(format!("cannot serve metrics on {a}: {e}")))?,
+        ),
+        None => None,
+    };
     let admin_listener = match admin_addr {
         Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
             failure(format!("cannot open the admin port {a}: {e}; pick another with --admin ADDR, or --admin off"))
@@ -478,20 +483,38 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
         })?),
         AdminAddr::Off => None,
     };
+    let bound = |l: &Option<tokio::net::TcpListener>| -> Result<Option<SocketAddr>, Exit> {
+        l.as_ref().map(|l| l.local_addr()).transpose().map_err(|e| failure(format!("cannot read a bound address: {e}")))
+    };
+    let (metrics_at, admin_at, resp_at) = (bound(&metrics_listener)?, bound(&admin_listener)?, bound(&resp_listener)?);
+    if let Some(l) = metrics_listener {
+        serve_metrics(l)?;
+    }
     let mesh = Mesh::builder().config(config).tls(identity).start().await.map_err(mesh_error)?;
     let resp_task = resp_listener.map(|l| {
         let cfg = meshcache::resp::RespConfig { requirepass: args.requirepass.clone(), ..Default::default() };
         let m = mesh.clone();
-        info!(resp = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Redis-protocol clients accepted");
         tokio::spawn(meshcache::resp::serve(mesh.clone(), l, cfg, async move { m.stopped().await }))
     });
     let mut admin_task = admin_listener.map(|l| {
         let m = mesh.clone();
         tokio::spawn(admin::serve_listener(mesh.clone(), l, async move { m.stopped().await }))
     });
-    match admin_addr {
-        Some(a) => info!(admin = %a, "ready: `meshcache status --admin {a}` shows this peer"),
-        None => info!("ready (admin port off)"),
+    let addrs: Vec<(&str, SocketAddr)> =
+        [("quic", Some(mesh.local_addr())), ("resp", resp_at), ("admin", admin_at), ("metrics", metrics_at)]
+            .into_iter()
+            .filter_map(|(name, a)| Some((name, a?)))
+            .collect();
+    if let Some(path) = &args.addr_file {
+        if let Err(e) = write_addr_file(path, &addrs) {
+            mesh.shutdown().await;
+            return Err(failure(format!("cannot write --addr-file {}: {e}", path.display())));
+        }
+    }
+    let listening = addrs.iter().map(|(name, a)| format!("{name} {a}")).collect::<Vec<_>>().join(", ");
+    match admin_at {
+        Some(a) => info!("ready on {listening}: `meshcache status --admin {a}` shows this peer"),
+        None => info!("ready on {listening} (admin port off)"),
     }
 
     let admin_done = async {
@@ -527,6 +550,67 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     Ok(())
+}
+
+/// Serves Prometheus metrics over HTTP on `listener`, for any path, for as
+/// long as the process runs.
+fn serve_metrics(listener: tokio::net::TcpListener) -> Result<(), Exit> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| failure(format!("cannot record metrics: {e}")))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                // Out of file descriptors and the like: back off.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                // Reads the request head (bounded in size and time), answers
+                // with the metrics whatever it asked for, and closes.
+                let exchange = async {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                        let n = stream.read(&mut buf).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                    }
+                    let body = handle.render();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    stream.write_all(reply.as_bytes()).await?;
+                    stream.shutdown().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), exchange).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Writes `addrs` to `path`, one `NAME ADDR` a line, whole or not at all:
+/// a reader that finds the file finds every line.
+fn write_addr_file(path: &Path, addrs: &[(&str, SocketAddr)]) -> std::io::Result<()> {
+    let text: String = addrs.iter().map(|(name, a)| format!("{name} {a}\n")).collect();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 // ---- certs, status, forget ------------------------------------------------

@@ -11,7 +11,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use common::mesh::{eventually, start, DEADLINE};
+use common::mesh::pair;
+use common::wait::{eventually, DEADLINE};
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::store::{Register, Slot};
@@ -95,10 +96,7 @@ const STREAMS: usize = 16;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announced_frames_cost_what_arrives_and_the_peer_keeps_serving() {
     let ca = EphemeralCa::new().unwrap();
-    let a = start(&ca, "a", &[]).await;
-    let b = start(&ca, "b", &[a.local_addr()]).await;
-    eventually("a and b connected", || a.stats().connected == 1).await;
-    assert!(b.wait_ready(DEADLINE).await, "b never finished bootstrap");
+    let (a, b) = pair(&ca).await;
 
     let evil = MemberId { name: "evil".into(), incarnation: Incarnation { started_ms: now_ms(), node: NodeId(99) } };
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

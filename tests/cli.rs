@@ -5,55 +5,19 @@
 //! every `MESHCACHE_*` variable cleared, on loopback only; every wait is
 //! bounded.
 
+mod common;
+
 use std::fs;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshcache");
+use common::process::{exited, node_addrs, sigterm, Guard, TempDir, BIN};
+use common::wait::block_on;
 
 /// Bound on any one short command.
 const SHORT: Duration = Duration::from_secs(60);
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "meshcache-cli-{tag}-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed on drop, so that a failing test leaves none behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `meshcache ARGS` in `dir`, with no `MESHCACHE_*` variable set.
 fn meshcache(dir: &Path, args: &[&str]) -> Command {
@@ -93,27 +57,13 @@ fn run(mut c: Command, limit: Duration) -> Out {
     };
     let out = pipe(child.0.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
     let err = pipe(child.0.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
-    let end = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < end, "meshcache {:?} did not finish within {limit:?}", c.get_args());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = block_on(exited(&mut child.0, limit))
+        .unwrap_or_else(|| panic!("meshcache {:?} did not finish within {limit:?}", c.get_args()));
     Out { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> Out {
     run(meshcache(dir, args), SHORT)
-}
-
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 #[test]
@@ -134,7 +84,7 @@ fn bad_flag_exits_2() {
     assert!(out.stderr.contains("--no-such-flag"), "{out:?}");
     let out = run_in(&tmp.0, &["node", "--name", "a", "--max-bytes", "lots"]);
     assert_eq!(out.code, Some(2), "{out:?}");
-    let out = run_in(&tmp.0, &["node", "--name", "a", "--admin", "0.0.0.0:7947"]);
+    let out = run_in(&tmp.0, &["node", "--name", "a", "--admin", "0.0.0.0:0"]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("loopback"), "{out:?}");
 }
@@ -258,7 +208,11 @@ fn certs_init_and_issue_write_private_keys_0600() {
 #[test]
 fn status_without_a_node_exits_1() {
     let tmp = TempDir::new("nonode");
-    let addr = free_tcp().to_string();
+    // A port that refuses connections: bound, so that nothing else takes
+    // it, but not listening.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
     let out = run_in(&tmp.0, &["status", "--admin", &addr]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("connection refused"), "{out:?}");
@@ -269,26 +223,21 @@ fn node_serves_status_and_stops_on_sigterm() {
     let tmp = TempDir::new("node");
     assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", "c"]).code, Some(0));
     assert_eq!(run_in(&tmp.0, &["certs", "issue", "n1", "--dir", "c", "--ip", "127.0.0.1"]).code, Some(0));
-    let (listen, admin) = (free_udp().to_string(), free_tcp().to_string());
-    let log = tmp.path("node.log");
-    let mut c = meshcache(&tmp.0, &["node", "--name", "n1", "--listen", &listen, "--certs", "c", "--admin", &admin]);
+    let (log, addr_file) = (tmp.path("node.log"), tmp.path("node.addrs"));
+    // Every port from the system: the node says which in its address file.
+    let mut c = meshcache(&tmp.0, &["node", "--name", "n1", "--certs", "c", "--listen", "127.0.0.1:0"]);
+    c.args(["--admin", "127.0.0.1:0", "--resp", "127.0.0.1:0", "--addr-file"]).arg(&addr_file);
     c.stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
     let mut node = Guard(c.spawn().expect("spawn node"));
     let log_text = || fs::read_to_string(&log).unwrap_or_default();
+    let addrs = block_on(node_addrs(&mut node.0, &addr_file, &log));
+    let (listen, admin) = (addrs.quic.to_string(), addrs.admin.expect("an admin line").to_string());
+    assert!(addrs.resp.is_some() && addrs.metrics.is_none(), "{addrs:?}");
+    assert!(log_text().contains(&format!("status --admin {admin}")), "{}", log_text());
 
-    // Poll the admin port until the node answers.
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = node.0.try_wait().unwrap() {
-            panic!("node exited early with {s}:\n{}", log_text());
-        }
-        let out = run_in(&tmp.0, &["status", "--admin", &admin]);
-        if out.code == Some(0) {
-            break out;
-        }
-        assert!(Instant::now() < end, "no status within 30 s: {out:?}\nnode log:\n{}", log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    // The admin port is open once the address file is written.
+    let status = run_in(&tmp.0, &["status", "--admin", &admin]);
+    assert_eq!(status.code, Some(0), "{status:?}\nnode log:\n{}", log_text());
     assert!(status.stdout.lines().any(|l| l.starts_with("name:") && l.ends_with(" n1")), "{status:?}");
     assert!(status.stdout.contains(&listen), "{status:?}");
     assert!(status.stdout.contains("members:"), "{status:?}");
@@ -297,17 +246,10 @@ fn node_serves_status_and_stops_on_sigterm() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("no active member"), "{out:?}");
 
-    let killed = Command::new("kill").args(["-TERM", &node.0.id().to_string()]).status().unwrap();
-    assert!(killed.success());
-    let end = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(s) = node.0.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(Instant::now() < end, "node still running 10 s after SIGTERM:\n{}", log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(code, Some(0), "node log:\n{}", log_text());
+    sigterm(&node.0);
+    let status = block_on(exited(&mut node.0, SHORT))
+        .unwrap_or_else(|| panic!("node still running {SHORT:?} after SIGTERM:\n{}", log_text()));
+    assert_eq!(status.code(), Some(0), "node log:\n{}", log_text());
     assert!(log_text().contains("SIGTERM"), "{}", log_text());
 }
 

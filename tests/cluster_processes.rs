@@ -2,41 +2,32 @@
 //! Redis-protocol ports by the `redis` crate: replication, deletes, races,
 //! and a peer killed with SIGKILL, written around, and restarted.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::process::{exited, node_addrs, sigterm, Addrs, Guard, TempDir, BIN};
+use common::wait::{eventually_async, DEADLINE};
+use meshcache::wait::Wait;
 use redis::AsyncCommands;
-
-const BIN: &str = env!("CARGO_BIN_EXE_meshcache");
-/// Generous: convergence is checked against a deadline, never timed.
-const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Node {
     name: &'static str,
-    quic: SocketAddr,
-    resp: SocketAddr,
-    metrics: Option<SocketAddr>,
-    child: Option<Child>,
+    /// Whether it serves Prometheus metrics.
+    metrics: bool,
+    /// Where the running process listens (each start gets new ports).
+    addrs: Option<Addrs>,
+    child: Option<Guard>,
     log: PathBuf,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+impl Node {
+    fn addrs(&self) -> Addrs {
+        self.addrs.expect("started")
     }
-}
-
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 fn run_ok(args: &[&str]) {
@@ -44,36 +35,36 @@ fn run_ok(args: &[&str]) {
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn spawn(dir: &Path, n: &mut Node, seeds: &[SocketAddr]) {
+/// Starts `n` on ports the system picks, and waits until it says which.
+async fn spawn(dir: &Path, n: &mut Node, seeds: &[SocketAddr]) {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).unwrap();
+    let addr_file = dir.join(format!("{}.addrs", n.name));
+    let _ = std::fs::remove_file(&addr_file);
     let mut cmd = Command::new(BIN);
-    cmd.args(["node", "--name", n.name, "--listen", &n.quic.to_string(), "--resp", &n.resp.to_string()])
+    cmd.args(["node", "--name", n.name, "--listen", "127.0.0.1:0", "--resp", "127.0.0.1:0"])
         .args(["--certs", dir.join("certs").to_str().unwrap(), "--admin", "off", "--anti-entropy-ms", "300"])
+        .arg("--addr-file")
+        .arg(&addr_file)
         .env("RUST_LOG", "meshcache=info")
         .stdout(Stdio::null())
         .stderr(log);
     for s in seeds {
         cmd.args(["--seed", &s.to_string()]);
     }
-    if let Some(m) = n.metrics {
-        cmd.args(["--metrics", &m.to_string()]);
+    if n.metrics {
+        cmd.args(["--metrics", "127.0.0.1:0"]);
     }
-    n.child = Some(cmd.spawn().unwrap());
+    let mut child = Guard(cmd.spawn().unwrap());
+    n.addrs = Some(node_addrs(&mut child.0, &addr_file, &n.log).await);
+    n.child = Some(child);
 }
 
+/// A client of `n`'s Redis-protocol port (open: `spawn` waited for it).
 async fn client(n: &Node) -> redis::aio::MultiplexedConnection {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let c = redis::Client::open(format!("redis://{}/", n.resp)).unwrap();
-        if let Ok(Ok(conn)) =
-            tokio::time::timeout(Duration::from_secs(2), c.get_multiplexed_async_connection_with_config(&patient()))
-                .await
-        {
-            return conn;
-        }
-        assert!(tokio::time::Instant::now() < end, "{} never accepted clients; log: {}", n.name, log_of(n));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let c = redis::Client::open(format!("redis://{}/", n.addrs().resp.unwrap())).unwrap();
+    c.get_multiplexed_async_connection_with_config(&common::patient())
+        .await
+        .unwrap_or_else(|e| panic!("{} refused a client ({e}); log:\n{}", n.name, log_of(n)))
 }
 
 fn log_of(n: &Node) -> String {
@@ -82,60 +73,48 @@ fn log_of(n: &Node) -> String {
 
 /// SET, retrying while the peer is still loading from its seeds.
 async fn set(c: &mut redis::aio::MultiplexedConnection, k: &str, v: &str) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        match c.set::<_, _, ()>(k, v).await {
-            Ok(()) => return,
-            Err(e) if e.to_string().to_lowercase().contains("loading") && tokio::time::Instant::now() < end => {
-                tokio::time::sleep(Duration::from_millis(50)).await
+    eventually_async(&format!("SET {k} accepted (not LOADING)"), || {
+        let mut c = c.clone();
+        async move {
+            match c.set::<_, _, ()>(k, v).await {
+                Ok(()) => true,
+                Err(e) if e.to_string().to_lowercase().contains("loading") => false,
+                Err(e) => panic!("SET {k}: {e}"),
             }
-            Err(e) => panic!("SET {k}: {e}"),
         }
-    }
+    })
+    .await
 }
 
 async fn eventually_get(c: &mut redis::aio::MultiplexedConnection, k: &str, want: Option<&str>, who: &Node) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let got: Option<String> = c.get(k).await.unwrap();
-        if got.as_deref() == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "{}: GET {k} = {got:?}, want {want:?}; log:\n{}",
-            who.name,
-            log_of(who)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let got = Wait::new(DEADLINE)
+        .until_async(&format!("{}: GET {k} = {want:?}", who.name), || {
+            let mut c = c.clone();
+            async move { c.get::<_, Option<String>>(k).await.unwrap().as_deref() == want }
+        })
+        .await;
+    if let Err(e) = got {
+        panic!("{e}; log:\n{}", log_of(who));
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_replicate_and_survive_a_sigkill() {
-    let dir = std::env::temp_dir().join(format!("meshcache-cluster-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("cluster");
+    let dir = &tmp.0;
     let certs = dir.join("certs");
     run_ok(&["certs", "init", "--dir", certs.to_str().unwrap()]);
     let mut nodes: Vec<Node> = ["a", "b", "c"]
         .into_iter()
         .map(|name| {
             run_ok(&["certs", "issue", name, "--dir", certs.to_str().unwrap(), "--ip", "127.0.0.1"]);
-            let metrics = (name == "a").then(free_tcp);
-            Node {
-                name,
-                quic: free_udp(),
-                resp: free_tcp(),
-                metrics,
-                child: None,
-                log: dir.join(format!("{name}.log")),
-            }
+            Node { name, metrics: name == "a", addrs: None, child: None, log: dir.join(format!("{name}.log")) }
         })
         .collect();
-    let seed = nodes[0].quic;
-    for (i, n) in nodes.iter_mut().enumerate() {
-        spawn(&dir, n, if i == 0 { &[] } else { std::slice::from_ref(&seed) });
+    spawn(dir, &mut nodes[0], &[]).await;
+    let seed = nodes[0].addrs().quic;
+    for n in &mut nodes[1..] {
+        spawn(dir, n, &[seed]).await;
     }
     let mut cs = Vec::new();
     for n in &nodes {
@@ -165,23 +144,25 @@ async fn three_processes_replicate_and_survive_a_sigkill() {
     }
     for round in 0..20 {
         let k = format!("race-{round}");
-        let end = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let mut vals = Vec::new();
-            for c in cs.iter_mut() {
-                vals.push(c.get::<_, Option<String>>(&k).await.unwrap());
+        eventually_async(&format!("{k} converges to one value"), || {
+            let mut cs = cs.clone();
+            let k = k.clone();
+            async move {
+                let mut vals = Vec::new();
+                for c in cs.iter_mut() {
+                    vals.push(c.get::<_, Option<String>>(&k).await.unwrap());
+                }
+                vals[0].is_some() && vals.iter().all(|v| *v == vals[0])
             }
-            if vals[0].is_some() && vals.iter().all(|v| *v == vals[0]) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < end, "{k} never converged: {vals:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
 
-    // SIGKILL c; write around it; restart it.
-    nodes[2].child.as_mut().unwrap().kill().unwrap();
-    nodes[2].child.as_mut().unwrap().wait().unwrap();
+    // SIGKILL c; write around it; restart it (on new ports: the system
+    // may have handed the old ones to anyone since).
+    let mut c = nodes[2].child.take().unwrap();
+    c.0.kill().unwrap();
+    c.0.wait().unwrap();
     for i in 0..200 {
         set(&mut cs[i % 2], &format!("while-down-{i}"), &format!("{i}")).await;
     }
@@ -189,8 +170,7 @@ async fn three_processes_replicate_and_survive_a_sigkill() {
         let _: i64 = cs[(i + 1) % 2].del(format!("while-down-{i}")).await.unwrap();
     }
     set(&mut cs[0], "race-0", "after-kill").await;
-    let n2 = &mut nodes[2];
-    spawn(&dir, n2, &[seed]);
+    spawn(dir, &mut nodes[2], &[seed]).await;
     cs[2] = client(&nodes[2]).await;
     for i in 0..200 {
         let want = if i % 3 == 0 { None } else { Some(i.to_string()) };
@@ -218,7 +198,7 @@ async fn three_processes_replicate_and_survive_a_sigkill() {
     assert!(sizes.iter().all(|s| *s == sizes[0]), "DBSIZE differs: {sizes:?}");
 
     // Prometheus metrics on a.
-    let body = http_get(nodes[0].metrics.unwrap(), "/metrics");
+    let body = http_get(nodes[0].addrs().metrics.expect("a serves metrics"), "/metrics");
     for metric in
         ["meshcache_entries", "meshcache_members", "meshcache_deltas_received_total", "meshcache_ae_rounds_total"]
     {
@@ -228,18 +208,11 @@ async fn three_processes_replicate_and_survive_a_sigkill() {
     // SIGTERM: each leaves gracefully and exits 0.
     for n in nodes.iter_mut() {
         let mut child = n.child.take().unwrap();
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let end = std::time::Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(std::time::Instant::now() < end, "{} did not exit on SIGTERM", n.name);
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        sigterm(&child.0);
+        let status = exited(&mut child.0, DEADLINE).await;
+        let status = status.unwrap_or_else(|| panic!("{} did not exit on SIGTERM; log:\n{}", n.name, log_of(n)));
         assert!(status.success(), "{} exited with {status}; log:\n{}", n.name, log_of(n));
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -250,12 +223,4 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
-}
-
-/// The redis crate waits 500 ms for a reply by default: a timing that a
-/// loaded CI machine can miss. Tests check behaviour, not speed.
-fn patient() -> redis::AsyncConnectionConfig {
-    redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(std::time::Duration::from_secs(60)))
-        .set_connection_timeout(Some(std::time::Duration::from_secs(30)))
 }

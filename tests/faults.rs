@@ -8,7 +8,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::mesh::{eventually, start_faulty as start, DEADLINE};
+use common::mesh::start_faulty as start;
+use common::wait::{eventually, holds_until, DEADLINE};
 use meshcache::check::History;
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::EphemeralCa;
@@ -57,16 +58,25 @@ async fn a_partition_stops_replication_and_a_heal_restores_it() {
     h.put(&peers[0], "only-p0", "x").unwrap();
     h.put(&peers[1], "only-p1", "y").unwrap();
     h.put(&peers[1], "shared", "from p1").unwrap();
-    // A later millisecond, so that the delete's stamp is the higher one.
-    tokio::time::sleep(Duration::from_millis(3)).await;
+    // A later millisecond on p0's clock, so that the delete's stamp is the
+    // higher one.
+    let p1_ms = peers[1].replica().store().register(b"shared").unwrap().marker.physical_ms();
+    eventually("p0's clock passes p1's write", || peers[0].now_ms() > p1_ms).await;
     h.delete(&peers[0], "shared").unwrap();
-    // Longer than the idle timeout (3 s): the links die and are redialed
-    // after the heal.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert!(peers[0].get(b"only-p1").is_none(), "p1's write crossed the partition");
-    assert!(peers[1].get(b"only-p0").is_none() && peers[2].get(b"only-p0").is_none(), "p0's write crossed");
     // The side with two peers still replicates within itself.
-    assert!(peers[2].get(b"only-p1").is_some(), "p1 -> p2 should be unaffected");
+    eventually("p1's write reaches p2 on its side", || peers[2].get(b"only-p1").is_some()).await;
+    // Nothing crosses: the links across the cut carry nothing, so they die
+    // at the idle timeout (3 s) and are redialed after the heal. Until
+    // then, pushes and anti-entropy rounds over them would have carried
+    // the writes across.
+    let crossed = || peers[0].get(b"only-p1").is_some() || peers[1..].iter().any(|p| p.get(b"only-p0").is_some());
+    holds_until(
+        "no write crosses the partition",
+        || !crossed(),
+        "the links across it die",
+        || peers[0].stats().connected == 0 && peers[1..].iter().all(|p| p.stats().connected == 1),
+    )
+    .await;
     assert!(faults.stats().dropped_cut > 0);
 
     faults.heal();
@@ -92,8 +102,18 @@ async fn a_one_way_cut_stops_one_direction_only() {
     // b -> a still flows: QUIC hands received stream data to the
     // application even though a's acknowledgements never reach b.
     eventually("b's write reaches a across the open direction", || a.get(b"from-b").is_some()).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(b.get(b"from-a").is_none(), "a's write crossed the cut");
+    // Nothing of a's reaches b: b hears nothing from a, so the link dies at
+    // the idle timeout (3 s), and none forms again while the cut holds.
+    // Until then, a's push and the rounds over the link would have carried
+    // a's write across.
+    holds_until(
+        "a's write does not cross the cut",
+        || b.get(b"from-a").is_none(),
+        "the link dies",
+        || a.stats().connected == 0 && b.stats().connected == 0,
+    )
+    .await;
+    assert!(faults.stats().dropped_cut > 0);
 
     faults.heal();
     converge_and_check(&h, &peers, &faults).await;
@@ -178,20 +198,28 @@ async fn a_heal_ships_each_difference_once() {
         peers.iter().all(|p| p.replica().store().root() == a.replica().store().root()) && count(a) == 2 * n
     })
     .await;
-    // Sessions count what they sent when they end: wait until the count
-    // holds still for a second.
-    let mut last = sent(&peers);
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = sent(&peers);
-        if now == last || tokio::time::Instant::now() > end {
-            break;
-        }
-        last = now;
-    }
+    // Sessions count what they sent when they end, before they count the
+    // session itself; a peer runs one session at a time. So once each peer
+    // has ended a session after convergence, every session that shipped
+    // repair has been counted (later ones ship nothing).
+    let ended = |p: &Mesh| {
+        let st = p.stats();
+        st.ae_rounds + st.ae_failed
+    };
+    let at_convergence: Vec<u64> = peers.iter().map(ended).collect();
+    eventually("each peer ends a session after convergence", || {
+        peers.iter().zip(&at_convergence).all(|(p, &n)| ended(p) > n)
+    })
+    .await;
     let shipped = sent(&peers) - before;
+    // Per peer: registers sent, rounds completed, rounds failed.
+    let per_peer: Vec<(u64, u64, u64)> =
+        peers.iter().map(|p| p.stats()).map(|st| (st.ae_entries_sent, st.ae_rounds, st.ae_failed)).collect();
     assert!(shipped >= 3 * n, "{shipped} registers cannot repair 3 x {n} missing pairs");
-    assert!(shipped < 4 * n, "{shipped} registers shipped for 3 x {n} missing pairs: a difference went twice");
+    assert!(
+        shipped < 4 * n,
+        "{shipped} registers shipped for 3 x {n} missing pairs: a difference went twice \
+         (sent, rounds, failed per peer: {per_peer:?})"
+    );
     shutdown(&peers).await;
 }

@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::mesh::{eventually, start, DEADLINE};
+use common::mesh::{silent_seed, start};
+use common::wait::{eventually, DEADLINE};
 use meshcache::store::ChangeKind;
 use meshcache::transport::tls::EphemeralCa;
 use meshcache::{Mesh, MeshConfig, Origin};
@@ -102,18 +103,22 @@ async fn a_seeded_peer_refuses_writes_until_synced_and_survives_its_seed() {
 #[tokio::test]
 async fn writes_are_refused_while_loading() {
     let ca = EphemeralCa::new().unwrap();
-    // A seed that never answers: 127.0.0.1:9 (discard) on loopback.
-    let cfg = MeshConfig { bootstrap_timeout: Duration::from_millis(800), ..MeshConfig::for_test("lonely") };
-    let m = Mesh::builder()
-        .config(cfg)
-        .seeds(["127.0.0.1:9".parse().unwrap()])
-        .tls(ca.issue("lonely").unwrap())
-        .start()
-        .await
-        .unwrap();
+    let seed = silent_seed();
+    let lonely = |name: &str, bootstrap_timeout| {
+        let cfg = MeshConfig { bootstrap_timeout, ..MeshConfig::for_test(name) };
+        Mesh::builder().config(cfg).seeds([seed.local_addr().unwrap()]).tls(ca.issue(name).unwrap()).start()
+    };
+    // While its only seed stays silent, a peer is loading for as long as
+    // its bootstrap timeout, here far longer than the test: it refuses
+    // writes.
+    let m = lonely("loading", Duration::from_secs(3600)).await.unwrap();
     let err = m.put("k", "v").unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().starts_with("LOADING"), "{err}");
+    assert!(!m.is_ready());
+    m.shutdown().await;
+    // The bootstrap timeout ends loading: then writes are accepted.
+    let m = lonely("lonely", Duration::from_millis(800)).await.unwrap();
     assert!(m.wait_ready(DEADLINE).await, "bootstrap_timeout ends loading");
     m.put("k", "v").unwrap();
     m.shutdown().await;

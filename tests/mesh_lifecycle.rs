@@ -7,7 +7,8 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 
-use common::mesh::{eventually, start};
+use common::mesh::pair;
+use common::wait::eventually;
 use meshcache::membership::Status;
 use meshcache::transport::tls::EphemeralCa;
 use meshcache::Mesh;
@@ -24,10 +25,7 @@ fn port_free(addr: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_handle_stops_the_peer() {
     let ca = EphemeralCa::new().unwrap();
-    let a = start(&ca, "a", &[]).await;
-    let b = start(&ca, "b", &[a.local_addr()]).await;
-    eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
-    assert!(b.wait_ready(common::mesh::DEADLINE).await, "b never finished bootstrap");
+    let (a, b) = pair(&ca).await;
     let b_addr = b.local_addr();
     assert!(!port_free(b_addr), "b's socket holds its port while it runs");
 
@@ -55,10 +53,7 @@ async fn a_serving_resp_server_keeps_the_peer_until_it_stops() {
     use tokio::net::{TcpListener, TcpStream};
 
     let ca = EphemeralCa::new().unwrap();
-    let a = start(&ca, "a", &[]).await;
-    let b = start(&ca, "b", &[a.local_addr()]).await;
-    eventually("a and b connected", || a.stats().connected == 1).await;
-    assert!(b.wait_ready(common::mesh::DEADLINE).await, "b never finished bootstrap");
+    let (a, b) = pair(&ca).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

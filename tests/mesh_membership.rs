@@ -6,13 +6,23 @@ mod common;
 
 use std::time::Duration;
 
-use common::mesh::{eventually, start, DEADLINE};
+use common::mesh::start;
+use common::wait::{eventually, holds_until, DEADLINE};
 use meshcache::membership::Status;
 use meshcache::transport::tls::EphemeralCa;
 use meshcache::Mesh;
 
 fn status_of(m: &Mesh, name: &str) -> Option<(Status, bool)> {
     m.members().into_iter().find(|s| s.id.name == name).map(|s| (s.status, s.connected))
+}
+
+/// A window that ends once each of `peers` has completed `rounds` more
+/// anti-entropy rounds and at least `at_least` has passed: rounds that
+/// would let a peer collect a tombstone were nobody else holding it back.
+fn rounds_and_time(peers: &[&Mesh], rounds: u64, at_least: Duration) -> impl FnMut() -> bool {
+    let from: Vec<(Mesh, u64)> = peers.iter().map(|p| ((*p).clone(), p.stats().ae_rounds)).collect();
+    let start = meshcache::env::stopwatch();
+    move || start.elapsed() >= at_least && from.iter().all(|(p, n)| p.stats().ae_rounds >= n + rounds)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,12 +35,17 @@ async fn a_crashed_member_pauses_collection_until_it_restarts_or_is_forgotten() 
     c.halt().await;
     eventually("c's links noticed dead", || a.stats().connected == 1 && b.stats().connected == 1).await;
     // Far past every timeout, c is still a member and pauses collection.
+    // The window is one the property must hold through: past the link
+    // timeouts and redials, and long enough for anti-entropy rounds between
+    // a and b that would have let a collect the tombstone without c.
     a.put("k", "v").unwrap();
     a.delete("k").unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(status_of(&a, "c"), Some((Status::Active, false)));
-    assert_eq!(a.stats().store.tombstones, 1, "collection waits for c");
-    assert_eq!(a.stats().store.collected_tombstones, 0);
+    let paused = || {
+        let st = a.stats().store;
+        status_of(&a, "c") == Some((Status::Active, false)) && st.tombstones == 1 && st.collected_tombstones == 0
+    };
+    let window = rounds_and_time(&[&a, &b], 3, Duration::from_secs(4));
+    holds_until("c stays a member and collection waits for it", paused, "a window of rounds and time", window).await;
 
     // c restarts as a new, empty incarnation: it supersedes the old one.
     let c2 = start(&ca, "c", &[b.local_addr()]).await;
@@ -48,8 +63,9 @@ async fn a_crashed_member_pauses_collection_until_it_restarts_or_is_forgotten() 
     c2.halt().await;
     a.put("j", "v").unwrap();
     a.delete("j").unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(a.stats().store.tombstones, 1);
+    let window = rounds_and_time(&[&a, &b], 3, Duration::from_secs(1));
+    holds_until("collection waits for c", || a.stats().store.tombstones == 1, "a window of rounds and time", window)
+        .await;
     assert!(a.forget("c"));
     eventually("forget gossips to b", || status_of(&b, "c").map(|s| s.0) == Some(Status::Forgotten)).await;
     eventually("collection resumes after forget", || a.stats().store.tombstones == 0).await;

@@ -7,10 +7,15 @@
 //! this test's `deps/` directory. Run alone, build them first with
 //! `cargo build --examples`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::process::{exited, Guard};
+use common::wait::block_on;
 
 /// The examples measure convergence on a small machine: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -37,25 +42,16 @@ fn run_quick(name: &str) {
     let path = example(name);
     let out_path = std::env::temp_dir().join(format!("meshcache-{name}-{}.out", std::process::id()));
     let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new(&path)
-        .arg("--quick")
-        .env("MESHCACHE_QUICK", "1")
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut child = Guard(
+        Command::new(&path)
+            .arg("--quick")
+            .env("MESHCACHE_QUICK", "1")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display())),
+    );
+    let status = block_on(exited(&mut child.0, DEADLINE));
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
     let _ = std::fs::remove_file(&out_path);
     let status = status.unwrap_or_else(|| panic!("{name} did not finish within {DEADLINE:?}:\n{output}"));

@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 
 use meshcache::check::History;
 use meshcache::store::Bug;
+use meshcache::wait::Wait;
 use meshcache::Mesh;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
@@ -80,22 +81,23 @@ fn key(k: usize) -> String {
 /// Waits (virtual time) until every live peer has booted and sees `n - 1`
 /// connections.
 async fn wait_full_mesh(net: &Net, n: usize, within: Duration) -> Result<(), String> {
-    let end = tokio::time::Instant::now() + within;
-    loop {
+    let missing = || {
         let live = net.live();
         if live.len() == n && live.iter().all(|m| m.is_ready() && m.stats().connected == n - 1) {
-            return Ok(());
+            return None;
         }
-        if tokio::time::Instant::now() >= end {
-            let s: Vec<String> = live
-                .iter()
-                .map(|m| format!("{}: ready {} connected {}", m.id().name, m.is_ready(), m.stats().connected))
-                .collect();
-            return Err(format!("no full mesh within {within:?}: {s:?}"));
-        }
-        drop(live);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let s: Vec<String> = live
+            .iter()
+            .map(|m| format!("{}: ready {} connected {}", m.id().name, m.is_ready(), m.stats().connected))
+            .collect();
+        Some(format!("{s:?}"))
+    };
+    Wait::new(within)
+        .every(Duration::from_millis(50))
+        .until("a full mesh", missing)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Heals, waits for convergence (virtual time, returned) and checks.
@@ -496,12 +498,11 @@ async fn execute(net: Net, steps: Vec<Step>, trace: bool) -> Result<RunStats, St
             Step::Sleep(d) => tokio::time::sleep(*d).await,
             Step::Crash(v) => {
                 let Some(victim) = net.mesh(name(*v)) else { continue };
-                let end = tokio::time::Instant::now() + Duration::from_secs(20);
-                let mut ok = covered(&net, &victim);
-                while !ok && tokio::time::Instant::now() < end {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    ok = covered(&net, &victim);
-                }
+                let ok = Wait::new(Duration::from_secs(20))
+                    .every(Duration::from_millis(100))
+                    .until("the victim's writes are covered", || covered(&net, &victim))
+                    .await
+                    .is_ok();
                 drop(victim);
                 if ok {
                     net.crash(name(*v)).await;
@@ -591,15 +592,6 @@ fn run_plan(p: Plan, trace: bool) -> Result<(RunStats, Duration), String> {
     }
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    if v.is_empty() {
-        Duration::ZERO
-    } else {
-        v[v.len() / 2]
-    }
-}
-
 #[test]
 #[cfg_attr(debug_assertions, ignore = "slow unoptimized: scripts/test runs it with --release")]
 fn random_schedules() {
@@ -681,7 +673,7 @@ fn random_schedules() {
          max {:?} (virtual); {compactions} compactions, {restarts} restarts, {skipped} crashes skipped; {} failed",
         real.elapsed(),
         virt.as_secs_f64() / 3600.0,
-        median(&mut conv),
+        meshcache::stats::median(&conv),
         max,
         failed.len()
     );
@@ -784,13 +776,11 @@ fn lagging_restart_behind_a_partition(bugs: Vec<(usize, Bug)>) -> Result<String,
         let collected = |net: &Net| {
             net.live().iter().all(|m| m.replica().store().register(b"k").is_none() && m.stats().store.tombstones == 0)
         };
-        let end = tokio::time::Instant::now() + Duration::from_secs(120);
-        while !collected(&net) {
-            if tokio::time::Instant::now() > end {
-                return Err("the tombstone was never collected everywhere".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        Wait::new(Duration::from_secs(120))
+            .every(Duration::from_millis(100))
+            .until("the tombstone is collected everywhere", || collected(&net))
+            .await
+            .map_err(|e| e.to_string())?;
         for other in ["p0", "p1"] {
             turmoil::partition("p2", other);
         }

@@ -3,6 +3,7 @@
 //! Each example uses part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use meshcache::check::History;
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::EphemeralCa;
+use meshcache::wait::Wait;
 use meshcache::{Mesh, MeshConfig};
 
 /// Generous: convergence is checked against it, never timed by it.
@@ -91,14 +93,51 @@ pub async fn start_peers(ca: &EphemeralCa, faults: &Faults, configs: Vec<MeshCon
             .map_err(|e| e.to_string())?;
         peers.push(m);
     }
-    let end = Instant::now() + DEADLINE;
-    while !peers.iter().all(|p| p.is_ready() && p.stats().connected == n - 1) {
-        if Instant::now() > end {
-            return Err("the mesh never formed".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Wait::new(DEADLINE)
+        .until("the mesh forms", || peers.iter().all(|p| p.is_ready() && p.stats().connected == n - 1))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(peers)
+}
+
+/// Waits for the peers to converge (equal digests, I1) and then for their
+/// digests to settle, each within [`DEADLINE`]. Returns the time to
+/// converge, or what did not happen.
+pub async fn converge(h: &History, peers: &[Mesh]) -> Result<Duration, String> {
+    let took = h.wait_converged(peers, DEADLINE).await.ok_or_else(|| format!("NOT converged within {DEADLINE:?}"))?;
+    if !History::wait_settled(peers, DEADLINE).await {
+        return Err(format!("digests did not settle within {DEADLINE:?} after converging"));
+    }
+    Ok(took)
+}
+
+/// What a heal came to.
+pub struct Healed {
+    /// Every key written through the checker so far.
+    pub keys: Vec<Bytes>,
+    /// How many of them diverged when the heal began.
+    pub at_heal: usize,
+    /// The time to converge, or what did not happen ([`converge`]).
+    pub took: Result<Duration, String>,
+    /// Divergent keys over time, in ms since the heal (when sampled).
+    pub samples: Vec<(u64, usize)>,
+}
+
+/// Heals every fault and waits for the peers to converge and settle
+/// ([`converge`]); with `sampled`, samples the divergent keys meanwhile.
+pub async fn heal(h: &History, peers: &[Mesh], faults: &Faults, sampled: bool) -> Result<Healed, String> {
+    let keys: Vec<Bytes> = h.ops().into_iter().map(|op| op.key).collect::<BTreeSet<_>>().into_iter().collect();
+    let at_heal = History::divergent(peers, &keys);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sampled.then(|| sample(peers.to_vec(), keys.clone(), Instant::now(), stop.clone()));
+    faults.heal();
+    let took = converge(h, peers).await;
+    stop.store(true, Ordering::Relaxed);
+    let samples = match sampler {
+        Some(s) => s.await.map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    Ok(Healed { keys, at_heal, took, samples })
 }
 
 /// `MeshConfig::for_test` for peers `p0..pN`.
@@ -124,17 +163,6 @@ pub fn sample(
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     })
-}
-
-/// The median of `v` (zero when empty).
-pub fn median(v: &[Duration]) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    match s.len() {
-        0 => Duration::ZERO,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2,
-    }
 }
 
 /// Writes the CSV timeline and says where.

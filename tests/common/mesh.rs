@@ -1,15 +1,12 @@
-//! Starting in-process peers over real QUIC on loopback, and waiting for
-//! conditions with a generous deadline (never a timing assertion).
+//! Starting in-process peers over real QUIC on loopback.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::net::{SocketAddr, UdpSocket};
 
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::{EphemeralCa, Identity};
 use meshcache::{Mesh, MeshConfig};
 
-/// Generous: convergence is checked against a deadline, never timed.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+use super::wait::{eventually, DEADLINE};
 
 /// A peer named `name` with `MeshConfig::for_test`, its certificate from `ca`.
 pub async fn start(ca: &EphemeralCa, name: &str, seeds: &[SocketAddr]) -> Mesh {
@@ -20,6 +17,15 @@ pub async fn start(ca: &EphemeralCa, name: &str, seeds: &[SocketAddr]) -> Mesh {
 pub async fn start_with(id: Identity, seeds: &[SocketAddr]) -> Mesh {
     let name = id.name.clone();
     Mesh::builder().config(MeshConfig::for_test(&name)).seeds(seeds.iter().copied()).tls(id).start().await.unwrap()
+}
+
+/// Peers `a` and `b` (seeded with `a`), connected, with `b` booted.
+pub async fn pair(ca: &EphemeralCa) -> (Mesh, Mesh) {
+    let a = start(ca, "a", &[]).await;
+    let b = start(ca, "b", &[a.local_addr()]).await;
+    eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    assert!(b.wait_ready(DEADLINE).await, "b never finished bootstrap");
+    (a, b)
 }
 
 /// As [`start`], over a fault-injecting socket of `faults`.
@@ -34,12 +40,8 @@ pub async fn start_faulty(ca: &EphemeralCa, faults: &Faults, name: &str, seeds: 
         .unwrap()
 }
 
-/// Polls `f` every 20 ms; fails the test if it is not true within
-/// [`DEADLINE`].
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while !f() {
-        assert!(tokio::time::Instant::now() < end, "not within {DEADLINE:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// A seed that never answers: a loopback UDP socket that nobody reads.
+/// Keep it until the test ends, so that its port stays taken.
+pub fn silent_seed() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").unwrap()
 }

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod mesh;
+pub mod process;
+pub mod wait;
 
 use bytes::{Bytes, BytesMut};
 use meshcache::hlc::NodeId;
@@ -77,4 +79,13 @@ pub fn sync_at(a: &Replica, now_a: u64, b: &Replica, now_b: u64) -> Result<(Sess
         assert!(moved, "session stalled: {:?} / {:?}", sa.phase(), sb.phase());
     }
     panic!("session did not finish");
+}
+
+/// Settings for a `redis` crate client. The crate waits 500 ms for a reply
+/// by default: a timing that a loaded CI machine can miss. Tests check
+/// behaviour, not speed.
+pub fn patient() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(60)))
+        .set_connection_timeout(Some(std::time::Duration::from_secs(30)))
 }
