@@ -26,8 +26,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use meshcache::resp::{serve, RespConfig};
+use meshcache::stats::{median, percentile};
 use meshcache::transport::faults::Faults;
 use meshcache::transport::tls::EphemeralCa;
+use meshcache::wait::Wait;
 use meshcache::{Mesh, MeshConfig, MeshStats};
 
 /// Bytes per key, as `redis-benchmark -r` makes them (`key:000000012345`).
@@ -261,23 +263,6 @@ fn value(i: usize) -> Bytes {
     Bytes::from(v)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
@@ -329,16 +314,10 @@ async fn shutdown_all(peers: &[Mesh]) {
     }
 }
 
-/// Polls `done` every millisecond; returns the time it took.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<Duration> {
-    let t = meshcache::env::stopwatch().into_std();
-    while !done() {
-        if t.elapsed() > DEADLINE {
-            bail!("{what}: not done within {} s", DEADLINE.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    Ok(t.elapsed())
+/// Polls `done` every millisecond (the time is reported); returns the time
+/// it took.
+async fn wait_until(what: &str, done: impl FnMut() -> bool) -> Result<Duration> {
+    Ok(Wait::new(DEADLINE).every(Duration::from_millis(1)).until(what, done).await?)
 }
 
 fn roots_equal(peers: &[Mesh]) -> bool {
@@ -574,8 +553,8 @@ async fn row_throughput(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Repo
         let note = format!("median of {}; -n {n}; peer replicates to 2 others", z.repeats);
         for (cmd, m, r) in [("SET", ms, rs), ("GET", mg, rg)] {
             rep.push(
-                Row::new(1, format!("RESP {cmd} -P {pipeline}"), "ops/s", median(m))
-                    .redis(median(r))
+                Row::new(1, format!("RESP {cmd} -P {pipeline}"), "ops/s", median(&m))
+                    .redis(median(&r))
                     .ratio_at_least(1.0)
                     .note(note.clone()),
             );
@@ -785,13 +764,13 @@ fn replicated_rows(
         if overflows > 0 { format!("; {overflows} queue overflows (repaired by AE)") } else { String::new() }
     );
     rep.push(
-        Row::new(3, format!("replicated updates/s, {mode}, {label}"), "upd/s", median(rates))
+        Row::new(3, format!("replicated updates/s, {mode}, {label}"), "upd/s", median(&rates))
             .at_least(500_000.0, ">= 500,000/s")
             .note(note),
     );
     let bound = 1.2 * (KEY_LEN + VALUE_LEN + 16) as f64;
     rep.push(
-        Row::new(3, format!("push bytes per update, {mode}, {label}"), "B", median(wire))
+        Row::new(3, format!("push bytes per update, {mode}, {label}"), "B", median(&wire))
             .at_most(bound, &format!("<= {bound:.0} B (1.2x (k+v+16))"))
             .note(format!("push_bytes_sent / deltas_sent; key+value = {} B", KEY_LEN + VALUE_LEN)),
     );
@@ -1276,7 +1255,7 @@ async fn row_local(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> 
                     });
                     runs.push(total as f64);
                 }
-                out.push((op.to_string(), median(runs), threads));
+                out.push((op.to_string(), median(&runs), threads));
             }
         }
         Ok(out)
