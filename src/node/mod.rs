@@ -34,7 +34,7 @@ use crate::hlc::{NodeId, Stamp};
 use crate::membership::{Incarnation, MemberId, Status};
 use crate::replica::{Replica, WriteError};
 use crate::store::{ChangeKind, Slot, StoreConfig, StoreStats, Written};
-use crate::transport::tls::{CertError, Identity};
+use crate::transport::certs::{CertError, Identity};
 use crate::wire::FrameCodec;
 use queue::PushQueue;
 
@@ -231,7 +231,7 @@ struct Inner {
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use meshcache::transport::tls::EphemeralCa;
+/// use meshcache::transport::certs::EphemeralCa;
 /// use meshcache::Mesh;
 ///
 /// let ca = EphemeralCa::new()?;

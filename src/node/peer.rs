@@ -20,7 +20,7 @@ use crate::hlc::SkewError;
 use crate::membership::{Incarnation, Learned, MemberId, Status};
 use crate::replica::PeerError;
 use crate::sync::Session;
-use crate::transport::tls;
+use crate::transport::{certs, tls};
 use crate::wire::{Hello, Message, Refusal, PROTOCOL_VERSION};
 
 /// Connection close codes (application level).
@@ -322,7 +322,7 @@ async fn accept_one(
 
 /// Dials `addr` and runs the hello. Returns the peer's name on success.
 async fn dial(inner: &Arc<Inner>, addr: SocketAddr) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let conn = inner.endpoint.connect_with(inner.client_config.clone(), addr, tls::SERVER_NAME)?.await?;
+    let conn = inner.endpoint.connect_with(inner.client_config.clone(), addr, certs::SERVER_NAME)?.await?;
     // Under TLS 1.3 a client the server rejects still sees the handshake
     // succeed: authentication counts only once the hello exchange is done.
     let (mut send, recv) = conn.open_bi().await?;

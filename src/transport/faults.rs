@@ -42,7 +42,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use meshcache::transport::faults::Faults;
-//! use meshcache::transport::tls::EphemeralCa;
+//! use meshcache::transport::certs::EphemeralCa;
 //! use meshcache::{Mesh, MeshConfig};
 //!
 //! let ca = EphemeralCa::new()?;
@@ -452,7 +452,7 @@ mod tests {
 
     use super::Faults;
     use crate::check::History;
-    use crate::transport::tls::EphemeralCa;
+    use crate::transport::certs::EphemeralCa;
     use crate::{Mesh, MeshConfig};
 
     async fn start(ca: &EphemeralCa, faults: &Faults, name: &str, seeds: &[std::net::SocketAddr]) -> Mesh {

@@ -1,5 +1,9 @@
 //! The network transport: QUIC with mutual TLS 1.3 against the cluster CA.
+//!
+//! [`certs`] makes, loads and checks the certificate files and identities;
+//! [`tls`] turns an identity into rustls and quinn configurations.
 
+pub mod certs;
 pub mod faults;
 pub(crate) mod seeded;
 pub mod tls;
