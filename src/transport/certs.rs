@@ -27,6 +27,7 @@ use rcgen::{
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
@@ -455,7 +456,7 @@ fn read_file(path: &Path, missing: impl FnOnce() -> CertError) -> Result<Vec<u8>
 /// Parses every certificate in a PEM file; at least one is required.
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let bad = |detail: String| CertError::BadPem { path: path.to_owned(), what: "PEM certificate file", detail };
-    let certs = rustls_pemfile::certs(&mut &pem[..])
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(format!("malformed PEM ({e})")))?;
     if certs.is_empty() {
@@ -470,9 +471,9 @@ fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
 /// Parses the single private key of a PEM file.
 fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, CertError> {
     let bad = |detail: String| CertError::BadPem { path: path.to_owned(), what: "PEM private key file", detail };
-    match rustls_pemfile::private_key(&mut &pem[..]) {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(bad("it holds no \"BEGIN PRIVATE KEY\" block".into())),
+    match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(key) => Ok(key),
+        Err(PemError::NoItemsFound) => Err(bad("it holds no \"BEGIN PRIVATE KEY\" block".into())),
         Err(e) => Err(bad(format!("malformed PEM ({e})"))),
     }
 }
