@@ -174,7 +174,7 @@ impl MeshConfig {
         if self.max_tombstones < 2 {
             return Err(invalid("max_tombstones", "must be at least 2"));
         }
-        if !self.shards.is_power_of_two() || self.shards > crate::sync::digest::BUCKETS {
+        if !self.shards.is_power_of_two() || self.shards > crate::store::digest::BUCKETS {
             return Err(invalid("shards", "must be a power of two up to 65536"));
         }
         if self.max_members == 0 {

@@ -44,13 +44,14 @@
 //! - [`hlc`]: `Stamp` and `Clock`, the hybrid logical clock; physical time
 //!   passed in.
 //! - [`store`]: the sharded map of LWW registers: TTL, eviction into stubs,
-//!   memory accounting, digest upkeep, tombstone collection, `gc_floor`,
-//!   `clear_below` and compaction.
+//!   memory accounting, the digest tree and its upkeep
+//!   ([`store::digest`]), tombstone collection, `gc_floor`, `clear_below`
+//!   and compaction.
 //! - [`membership`]: names, incarnations and the per-member `synced`
 //!   watermarks that decide when collection is safe.
 //! - [`replica`]: one peer's core, tying store and membership together
 //!   (bootstrap, pushes, timer work).
-//! - [`sync`]: the digest tree and the anti-entropy session state machine.
+//! - [`sync`]: the anti-entropy session state machine.
 //! - [`wire`]: the `Message` enum, its postcard codec and frame limits.
 //!
 //! For measuring and checking a running mesh: [`stats`] (percentiles and

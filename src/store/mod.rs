@@ -17,6 +17,7 @@
 //! decides *when* collection is safe from the per-member `synced` watermarks.
 
 pub mod bugs;
+pub mod digest;
 mod shard;
 pub mod slot;
 
@@ -27,8 +28,8 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::hlc::{Clock, ClockError, NodeId, Stamp};
-use crate::sync::digest::{self, key_hash, BUCKETS, BUCKET_BITS};
 pub use bugs::Bug;
+use digest::{key_hash, BUCKETS, BUCKET_BITS};
 use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Register, Slot};
 

@@ -43,10 +43,10 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use super::digest::{self, BUCKETS, FANOUT, LEVELS};
 use crate::hlc::Stamp;
 use crate::membership::MemberId;
 use crate::replica::{Replica, SyncRefused};
+use crate::store::digest::{self, BUCKETS, FANOUT, LEVELS};
 use crate::store::{Change, Register};
 use crate::wire::{encoded_len, Refusal, SyncHello, SyncMsg, LENGTH_PREFIX};
 
