@@ -6,11 +6,18 @@
 //! digest tree. Concurrent writes converge to the same winner everywhere,
 //! with no coordinator.
 //!
-//! This crate is, for now, the deterministic core: it holds no sockets, no
-//! async runtime, no system clock and no global random number generator.
-//! Time is always an argument (`now_ms`, Unix milliseconds) and randomness a
-//! seed, so the same code runs under a network shell, in a simulation with
-//! virtual time, and inside a unit test.
+//! The crate has two layers. The deterministic core ([`hlc`], [`store`],
+//! [`membership`], [`replica`], [`sync`], [`wire`]) holds no sockets, no
+//! async runtime, no system clock and no global random number generator:
+//! time is always an argument (`now_ms`, Unix milliseconds) and randomness
+//! a seed, so the same code runs under the mesh shell, in a simulation with
+//! virtual time, and inside a unit test. The mesh shell ([`node`],
+//! [`transport`]) runs the core over QUIC with mutual TLS on tokio: a
+//! [`Mesh`] is one peer embedded in an application, [`resp`] serves it to
+//! Redis clients and [`admin`] to operators, and the `meshcache` binary
+//! runs one as a process. The shell reads the time and draws randomness
+//! only through an [`env::Env`], which a simulation replaces with its
+//! virtual clock and a seed.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -41,6 +48,8 @@
 //!
 //! # Layout
 //!
+//! The core:
+//!
 //! - [`hlc`]: `Stamp` and `Clock`, the hybrid logical clock; physical time
 //!   passed in.
 //! - [`store`]: the sharded map of LWW registers: TTL, eviction into stubs,
@@ -53,6 +62,16 @@
 //!   (bootstrap, pushes, timer work).
 //! - [`sync`]: the anti-entropy session state machine.
 //! - [`wire`]: the `Message` enum, its postcard codec and frame limits.
+//!
+//! The shell:
+//!
+//! - [`env`](mod@env): the shell's one source of time and randomness.
+//! - [`config`]: [`MeshConfig`], a peer's settings, defaults and validation.
+//! - [`transport`]: the certificate files ([`transport::certs`]) and the
+//!   rustls / quinn configurations ([`transport::tls`]).
+//! - [`node`]: the tokio + quinn peer and its embedded API, [`Mesh`].
+//! - [`resp`]: the Redis-protocol front door.
+//! - [`admin`]: the loopback admin port.
 //!
 //! For measuring and checking a running mesh: [`stats`] (percentiles and
 //! medians for reports) and [`wait`] (waiting for a condition with a
