@@ -78,9 +78,11 @@
 //! deadline instead of a fixed sleep).
 //!
 //! Errors are `thiserror` enums, one per boundary, each in the module of
-//! its boundary: [`hlc::ClockError`], [`store::ConfigError`],
-//! [`replica::WriteError`], [`replica::PeerError`], [`sync::SyncError`],
-//! [`wire::WireError`].
+//! its boundary and named for it: [`hlc::ClockError`],
+//! [`store::StoreConfigError`], [`replica::WriteError`],
+//! [`replica::PeerError`], [`sync::SyncError`], [`wire::WireError`], and in
+//! the shell [`config::MeshConfigError`], [`transport::certs::CertError`]
+//! and [`MeshError`].
 //!
 //! ALGORITHM.md, beside Cargo.toml, explains the protocol.
 //!
@@ -118,7 +120,8 @@ pub mod wait;
 pub mod wire;
 
 pub use config::MeshConfig;
-pub use node::{Change, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, Origin};
+pub use node::{MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats};
+pub use store::{Change, Origin};
 
 /// The README's Rust examples, compiled by `cargo test --doc` so that they
 /// keep up with the API.

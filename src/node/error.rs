@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::config::ConfigError;
+use crate::config::MeshConfigError;
 use crate::replica::WriteError;
 use crate::transport::certs::CertError;
 
@@ -11,7 +11,7 @@ use crate::transport::certs::CertError;
 pub enum MeshError {
     /// The settings are invalid; nothing was started.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] MeshConfigError),
     /// No TLS identity was given (`MeshBuilder::tls`).
     #[error("no TLS identity: call MeshBuilder::tls with a certificate from the cluster CA")]
     NoIdentity,

@@ -12,13 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::driver::Driver;
-use super::mesh::{Change, Origin};
 use super::queue::PushQueue;
 use crate::config::MeshConfig;
 use crate::env::Env;
 use crate::membership::MemberId;
 use crate::replica::Replica;
-use crate::store::{ChangeKind, Written};
+use crate::store::{Change, ChangeKind, Origin, Written};
 use crate::wire::FrameCodec;
 
 /// Counters of the peer's replication traffic. Monotonic.
@@ -80,12 +79,12 @@ impl Inner {
         let _ = self.events.send(c);
     }
 
-    pub(super) fn publish_all(&self, changes: Vec<crate::store::Change>, origin: Origin) {
+    pub(super) fn publish_all(&self, changes: Vec<Change>) {
         if self.events.receiver_count() == 0 {
             return;
         }
         for c in changes {
-            self.publish(Change { key: c.key, kind: c.kind, origin, stamp: c.stamp });
+            self.publish(c);
         }
     }
 

@@ -16,30 +16,7 @@ use crate::env::Env;
 use crate::hlc::Stamp;
 use crate::membership::{MemberId, Status};
 use crate::replica::Replica;
-use crate::store::{ChangeKind, Slot, StoreStats, Written};
-
-/// Where a change came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Origin {
-    /// A write through this peer's API.
-    Local,
-    /// A write replicated from another peer.
-    Remote,
-}
-
-/// A change to the keyspace, streamed to subscribers so that an
-/// application's own near cache can drop stale copies.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// The key (empty for [`ChangeKind::Flush`]).
-    pub key: Bytes,
-    /// What happened.
-    pub kind: ChangeKind,
-    /// Where it came from.
-    pub origin: Origin,
-    /// The stamp of the write.
-    pub stamp: Stamp,
-}
+use crate::store::{Change, ChangeKind, Origin, Slot, StoreStats, Written};
 
 /// A member as this peer sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -46,4 +46,4 @@ mod timer;
 
 pub use builder::MeshBuilder;
 pub use error::MeshError;
-pub use mesh::{Change, MemberStatus, Mesh, MeshStats, Origin};
+pub use mesh::{MemberStatus, Mesh, MeshStats};

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::conn::note_protocol_error;
 use super::inner::Inner;
-use super::mesh::Origin;
 use super::queue::PushQueue;
 use super::stream::{kind, write_message, FrameReader, StreamError};
 use crate::membership::MemberId;
@@ -103,7 +102,7 @@ pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id:
                             Ok(out) => {
                                 inner.counters.deltas_received.fetch_add(n, Ordering::Relaxed);
                                 metrics::counter!("meshcache_deltas_received_total").increment(n);
-                                inner.publish_all(out.changes, Origin::Remote);
+                                inner.publish_all(out.changes);
                                 inner.note_members();
                             }
                             Err(PeerError::SelfSuperseded) => return,

@@ -10,7 +10,6 @@ use super::conn::note_protocol_error;
 use super::driver::conn_id;
 use super::inner::Inner;
 use super::links::SessionId;
-use super::mesh::Origin;
 use super::stream::{run_session, SessionResult};
 use crate::membership::MemberId;
 use crate::sync::Session;
@@ -93,5 +92,5 @@ fn finish_session(inner: &Inner, conn: &quinn::Connection, id: &MemberId, res: S
             }
         }
     }
-    inner.publish_all(res.changes, Origin::Remote);
+    inner.publish_all(res.changes);
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::inner::Inner;
-use super::mesh::Origin;
 
 /// The shortest time between two warnings about ignored member entries.
 const IGNORED_WARN_EVERY: Duration = Duration::from_secs(60);
@@ -43,7 +42,7 @@ pub(super) async fn timer_loop(inner: Arc<Inner>) {
                 "tombstone budget exceeded: compacted by raising clear_below (older values flushed)"
             );
         }
-        inner.publish_all(tick.expired, Origin::Local);
+        inner.publish_all(tick.expired);
         // Peers gossip their whole view again and again: the same ignored
         // entries come back every round, so one line a minute at most.
         let ignored = r.members_ignored();

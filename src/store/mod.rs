@@ -31,7 +31,7 @@ use crate::hlc::{Clock, ClockError, NodeId, Stamp};
 pub use bugs::Bug;
 use digest::{key_hash, BUCKETS, BUCKET_BITS};
 use shard::{Delta, Shard};
-pub use slot::{Change, ChangeKind, Register, Slot};
+pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 
 /// Store settings. Every field is documented with why it exists.
 #[derive(Clone, Debug)]
@@ -197,7 +197,7 @@ impl std::fmt::Debug for Store {
 
 /// Why a store could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub enum StoreConfigError {
     /// `shards` must be a power of two no larger than the bucket count.
     #[error("shards must be a power of two between 1 and {BUCKETS}, got {0}")]
     Shards(usize),
@@ -205,10 +205,10 @@ pub enum ConfigError {
 
 impl Store {
     /// A new, empty store stamping for `node`.
-    pub fn new(node: NodeId, config: StoreConfig) -> Result<Self, ConfigError> {
+    pub fn new(node: NodeId, config: StoreConfig) -> Result<Self, StoreConfigError> {
         let n = config.shards.get();
         if !n.is_power_of_two() || n > BUCKETS {
-            return Err(ConfigError::Shards(n));
+            return Err(StoreConfigError::Shards(n));
         }
         let per = BUCKETS / n;
         let shards = (0..n)
@@ -443,7 +443,7 @@ impl Store {
             drop(g);
             added_tombstone |= d.stubs > 0;
             self.apply(d);
-            out.changes.push(Change { key, kind, stamp });
+            out.changes.push(Change { key, kind, origin: Origin::Remote, stamp });
         }
         if added_tombstone {
             self.compact_if_needed(now_ms);
@@ -504,7 +504,12 @@ impl Store {
         drop(g);
         self.apply(d);
         self.counters.refusal_drops.fetch_add(1, Ordering::Relaxed);
-        e.reg.val.visible(now_ms).map(|_| Change { key: key.clone(), kind: ChangeKind::Delete, stamp })
+        e.reg.val.visible(now_ms).map(|_| Change {
+            key: key.clone(),
+            kind: ChangeKind::Delete,
+            origin: Origin::Remote,
+            stamp,
+        })
     }
 
     /// Marks values whose TTL ran out as dead (queued for collection) and
@@ -516,7 +521,7 @@ impl Store {
             let mut g = sh.write();
             for (key, stamp, was_value) in g.expire(now_ms) {
                 if was_value {
-                    out.push(Change { key, kind: ChangeKind::Expire, stamp });
+                    out.push(Change { key, kind: ChangeKind::Expire, origin: Origin::Local, stamp });
                 }
             }
         }

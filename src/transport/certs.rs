@@ -34,7 +34,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, RootCertStore};
 use time::{Duration, OffsetDateTime, UtcOffset};
 
-use crate::membership::MAX_NAME_LEN;
+use crate::membership::{name_problem, NAME_RULE};
 
 /// DNS name every node certificate carries and every dialer verifies: peers are dialed by address, and
 /// identity comes from the node name in the certificate, checked against the hello.
@@ -146,9 +146,7 @@ pub enum CertError {
         detail: String,
     },
     /// A node name is unusable.
-    #[error(
-        "invalid node name {name:?}: {reason}; use 1 to {MAX_NAME_LEN} characters from A-Z, a-z, 0-9, '.', '_' and '-'"
-    )]
+    #[error("invalid node name {name:?}: {reason}; use {NAME_RULE}")]
     InvalidName {
         /// The name as given.
         name: String,
@@ -302,12 +300,11 @@ pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Checks a node name: 1..=63 bytes of `[A-Za-z0-9._-]`, not starting with
-/// a dot (hidden files) and not `ca` (it would collide with the CA files).
-/// The rule is [`crate::membership::name_problem`], shared with
-/// configuration and gossip.
-pub fn validate_name(name: &str) -> Result<(), CertError> {
-    match crate::membership::name_problem(name) {
+/// Refuses a name no member can have ([`name_problem`]): the rule that
+/// configuration, hellos and gossip apply too, so that a configuration
+/// that validates never fails here at start.
+fn check_name(name: &str) -> Result<(), CertError> {
+    match name_problem(name) {
         Some(reason) => Err(CertError::InvalidName { name: name.to_owned(), reason }),
         None => Ok(()),
     }
@@ -338,7 +335,7 @@ fn node_params(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<CertificateParams, CertError> {
-    validate_name(name)?;
+    check_name(name)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -602,7 +599,7 @@ fn issue_with_validity(
 /// within its validity period, was signed by this CA, carries
 /// [`SERVER_NAME`] and both key usages, and names `name`.
 pub fn load_identity(dir: &Path, name: &str) -> Result<Identity, CertError> {
-    validate_name(name)?;
+    check_name(name)?;
     let ca_path = ca_cert_path(dir);
     let crt = node_cert_path(dir, name);
     let key_path = node_key_path(dir, name);
@@ -718,7 +715,7 @@ pub(super) fn ca_roots(ca_path: &Path, ca: &CertificateDer<'static>) -> Result<R
 /// was created. A half pair (a certificate without its key or the reverse)
 /// is an error, never silently replaced.
 pub fn dev_identity(dir: &Path, name: &str) -> Result<(Identity, bool), CertError> {
-    validate_name(name)?;
+    check_name(name)?;
     let mut created = false;
     if ensure_pair(&ca_cert_path(dir), &ca_key_path(dir))? {
         init_ca(dir, false)?;

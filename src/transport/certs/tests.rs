@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
+use crate::config::{MeshConfig, MeshConfigError};
 use crate::transport::tls::{client_config, quinn_client_config, quinn_server_config, server_config, ALPN};
 
 /// A unique temporary directory, removed on drop.
@@ -113,6 +114,58 @@ fn invalid_names_are_refused() {
     let err = issue(&tmp.0, "ok", &[], &["bad name ü".into()], false).unwrap_err();
     assert!(matches!(err, CertError::InvalidSan { .. }), "{err}");
     assert!(!tmp.0.join("ok.crt").exists() && !tmp.0.join("ok.key").exists());
+}
+
+/// Configuration, certificates and gossip share one name rule: a
+/// configuration that validates must never fail at start because its name
+/// cannot be a certificate's, and a name refused here is refused there.
+#[test]
+fn config_and_certificates_accept_the_same_names() {
+    let tmp = TempDir::new("samenames");
+    init_ca(&tmp.0, false).unwrap();
+    let long = "z".repeat(63);
+    let too_long = "z".repeat(64);
+    let names = [
+        "",
+        "a/b",
+        "../x",
+        ".hidden",
+        ".x",
+        "ca",
+        "CA",
+        "Ca",
+        "sp ace",
+        "ü",
+        "tab\t",
+        "new\nline",
+        &too_long,
+        "n",
+        "node_1",
+        "-x",
+        "x-",
+        "-",
+        "_",
+        "x.",
+        "a..b",
+        "a.b.c",
+        "10.0.0.1",
+        "meshcache",
+        "ca.x",
+        "xca",
+        &long,
+    ];
+    for name in names {
+        let config = MeshConfig::for_test(name).validate();
+        let certificate = issue(&tmp.0, name, &[], &[], false).and_then(|_| load_identity(&tmp.0, name));
+        match (&config, &certificate) {
+            (Ok(()), Ok(id)) => assert_eq!(id.name, name),
+            (Err(MeshConfigError::Invalid { field: "name", .. }), Err(CertError::InvalidName { .. })) => {
+                let err = load_identity(&tmp.0, name).unwrap_err();
+                assert!(matches!(err, CertError::InvalidName { .. }), "{name:?}: loading says {err}");
+            }
+            _ => panic!("{name:?}: configuration says {config:?}, certificates say {certificate:?}"),
+        }
+    }
 }
 
 #[test]
