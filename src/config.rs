@@ -13,6 +13,7 @@ use crate::membership::NAME_RULE;
 
 /// Why a configuration is invalid. Nothing was started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MeshConfigError {
     /// A field has a value it cannot take.
     #[error("invalid setting `{field}`: {why}")]
@@ -30,6 +31,10 @@ fn invalid(field: &'static str, why: impl Into<String>) -> MeshConfigError {
 
 /// Settings of one peer. Durations are in milliseconds in TOML, except
 /// `push_delay` (microseconds).
+///
+/// Start from a default (`MeshConfig { name, ..MeshConfig::default() }`,
+/// [`MeshConfig::for_test`], or [`crate::MeshBuilder`]) rather than
+/// listing every field, so that a setting added later needs no change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeshConfig {

@@ -19,6 +19,7 @@ use crate::wire::{DeltaBatch, Refusal, SyncHello};
 
 /// Why a local write was refused. Nothing was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WriteError {
     /// The peer was started with seeds and has not completed its first
     /// anti-entropy round yet (Redis's `-LOADING`). Retry shortly.
@@ -39,6 +40,7 @@ impl WriteError {
 
 /// Why a peer's message was not applied. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PeerError {
     /// The sender is a superseded, departed or forgotten incarnation, or
     /// one this view does not hold (an invalid name, or a full view).

@@ -8,6 +8,7 @@ use crate::transport::certs::CertError;
 
 /// Why a mesh operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MeshError {
     /// The settings are invalid; nothing was started.
     #[error(transparent)]

@@ -36,6 +36,7 @@ pub struct MemberStatus {
 
 /// A snapshot of the peer's state and counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MeshStats {
     /// The store's gauges and counters.
     pub store: StoreStats,

@@ -34,6 +34,10 @@ use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 
 /// Store settings. Every field is documented with why it exists.
+///
+/// Start from the default (`StoreConfig { shards, ..StoreConfig::default() }`)
+/// rather than listing every field, so that a setting added later needs no
+/// change.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// Number of shards (a power of two, at most [`BUCKETS`]). More shards
@@ -139,6 +143,7 @@ struct Counters {
 
 /// A point-in-time copy of the store's gauges and counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreStats {
     /// Registers held (values, tombstones and stubs).
     pub entries: usize,
@@ -197,6 +202,7 @@ impl std::fmt::Debug for Store {
 
 /// Why a store could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreConfigError {
     /// `shards` must be a power of two no larger than the bucket count.
     #[error("shards must be a power of two between 1 and {BUCKETS}, got {0}")]

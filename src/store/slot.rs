@@ -83,6 +83,7 @@ pub type Register = crdts::LWWReg<Slot, Stamp>;
 
 /// What kind of change happened to a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ChangeKind {
     /// The key was written (a value, or a newer write whose value this
     /// replica does not hold).

@@ -62,6 +62,7 @@ const CA_COMMON_NAME: &str = "meshcache cluster CA";
 
 /// Why making, loading or using certificates failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CertError {
     /// The directory holds no cluster CA (`ca.crt` or `ca.key` is missing).
     #[error(

@@ -117,6 +117,7 @@ struct Counters {
 
 /// Counts of what the rules did to datagrams, since the handle was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FaultStats {
     /// Datagrams sent on at once.
     pub passed: u64,
