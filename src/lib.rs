@@ -13,11 +13,11 @@
 //! a seed, so the same code runs under the mesh shell, in a simulation with
 //! virtual time, and inside a unit test. The mesh shell ([`node`],
 //! [`transport`]) runs the core over QUIC with mutual TLS on tokio: a
-//! [`Mesh`] is one peer embedded in an application, [`resp`] serves it to
-//! Redis clients and [`admin`] to operators, and the `meshcache` binary
-//! runs one as a process. The shell reads the time and draws randomness
-//! only through an [`env::Env`], which a simulation replaces with its
-//! virtual clock and a seed.
+//! [`Mesh`] is one peer embedded in an application; with the `server`
+//! feature, `resp` serves it to Redis clients and `admin` to operators, and
+//! the `meshcache` binary runs one as a process. The shell reads the time
+//! and draws randomness only through an [`env::Env`], which a simulation
+//! replaces with its virtual clock and a seed.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -70,8 +70,8 @@
 //! - [`transport`]: the certificate files ([`transport::certs`]) and the
 //!   rustls / quinn configurations ([`transport::tls`]).
 //! - [`node`]: the tokio + quinn peer and its embedded API, [`Mesh`].
-//! - [`resp`]: the Redis-protocol front door.
-//! - [`admin`]: the loopback admin port.
+//! - `resp`: the Redis-protocol front door (the `server` feature).
+//! - `admin`: the loopback admin port (the `server` feature).
 //!
 //! For measuring and checking a running mesh: [`stats`] (percentiles and
 //! medians for reports) and [`wait`] (waiting for a condition with a
@@ -91,18 +91,22 @@
 //! - Without default features (`default-features = false`): the core
 //!   above, and the mesh around it: [`env`](mod@env), [`config`]
 //!   (`MeshConfig`, its defaults, validation and serde derives),
-//!   [`transport`] (TLS, fault injection), [`node`] (the embedded
-//!   [`Mesh`]) and [`check`].
+//!   [`transport`] (certificates and TLS) and [`node`] (the embedded
+//!   [`Mesh`]).
 //! - `server` (default): adds `resp`, the Redis-protocol server, and
 //!   `admin`, the admin port, and builds the `meshcache` command with its
 //!   CLI, TOML config file, log output and Prometheus exporter.
-//! - `testing`: switches that plant known bugs, for the tests only.
+//! - `testing`: test-only hooks, never for production: the switches that
+//!   plant known bugs (`store::Bug`), the invariant checker (`check`),
+//!   fault injection (`transport::faults`, `MeshBuilder::socket`),
+//!   `Mesh::halt` and `EphemeralCa::seeded`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 #[cfg(feature = "server")]
 pub mod admin;
+#[cfg(any(test, feature = "testing"))]
 pub mod check;
 pub mod config;
 pub mod env;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::conn::{CODE_GOODBYE, CODE_SUPERSEDED};
+use super::conn::CODE_GOODBYE;
 use super::inner::Inner;
 use super::push::say_goodbye;
 use super::{MeshBuilder, MeshError};
@@ -369,10 +369,11 @@ impl Mesh {
     /// Stops without saying goodbye, as a crash would: peers keep this
     /// incarnation as a member, pausing tombstone collection, until a newer
     /// incarnation of its name appears or an operator forgets it. For
-    /// failure testing.
+    /// failure testing; only with the `testing` feature.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn halt(&self) {
         self.inner.cancel.cancel();
-        self.inner.endpoint.close(CODE_SUPERSEDED, b"halt");
+        self.inner.endpoint.close(super::conn::CODE_SUPERSEDED, b"halt");
         self.inner.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.tasks.wait()).await;
     }

@@ -16,7 +16,7 @@
 //! refusal reply, `clear_below` and compaction); the [`crate::replica`]
 //! decides *when* collection is safe from the per-member `synced` watermarks.
 
-pub mod bugs;
+mod bugs;
 pub mod digest;
 mod shard;
 pub mod slot;
@@ -28,7 +28,10 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::hlc::{Clock, ClockError, NodeId, Stamp};
+#[cfg(any(test, feature = "testing"))]
 pub use bugs::Bug;
+#[cfg(not(any(test, feature = "testing")))]
+use bugs::Bug;
 use digest::{key_hash, BUCKETS, BUCKET_BITS};
 use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Origin, Register, Slot};

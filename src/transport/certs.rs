@@ -808,7 +808,9 @@ impl EphemeralCa {
     /// A CA whose keys all derive from `seed`, with certificates valid from
     /// 2020 to 2100: the same bytes in every run, as a simulation that
     /// replays exactly needs (the handshake's bytes decide how a peer reads
-    /// a stray datagram). For simulations only: its keys are predictable.
+    /// a stray datagram). For simulations only: its keys are predictable,
+    /// which is why it exists only with the `testing` feature.
+    #[cfg(any(test, feature = "testing"))]
     pub fn seeded(seed: u64) -> Result<Self, CertError> {
         let (from, until) = simulation_validity();
         let mut params = ca_params(from, until);

@@ -4,6 +4,7 @@
 //! [`tls`] turns an identity into rustls and quinn configurations.
 
 pub mod certs;
+#[cfg(any(test, feature = "testing"))]
 pub mod faults;
 pub(crate) mod seeded;
 pub mod tls;
