@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use meshcache::store::ChangeKind;
-use meshcache::transport::tls::EphemeralCa;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::wait::Wait;
 use meshcache::Mesh;
 use tokio_stream::StreamExt;

@@ -25,8 +25,8 @@ mod common;
 use bytes::Bytes;
 use common::Opts;
 use meshcache::check::History;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::transport::faults::Faults;
-use meshcache::transport::tls::EphemeralCa;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

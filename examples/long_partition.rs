@@ -24,8 +24,8 @@ mod common;
 
 use common::{Opts, DEADLINE};
 use meshcache::check::History;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::transport::faults::Faults;
-use meshcache::transport::tls::EphemeralCa;
 use meshcache::Mesh;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -21,8 +21,8 @@ mod common;
 
 use common::{Opts, DEADLINE};
 use meshcache::check::History;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::transport::faults::Faults;
-use meshcache::transport::tls::EphemeralCa;
 use meshcache::wait::Wait;
 use meshcache::Mesh;
 use rand::rngs::SmallRng;

@@ -276,7 +276,7 @@ fn status(mesh: &Mesh) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::tls::EphemeralCa;
+    use crate::transport::certs::EphemeralCa;
     use crate::MeshConfig;
 
     async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {

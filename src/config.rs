@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::membership::NAME_RULE;
+
 /// Why a configuration is invalid. Nothing was started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+#[non_exhaustive]
+pub enum MeshConfigError {
     /// A field has a value it cannot take.
     #[error("invalid setting `{field}`: {why}")]
     Invalid {
@@ -22,12 +25,16 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: &'static str, why: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, why: why.into() }
+fn invalid(field: &'static str, why: impl Into<String>) -> MeshConfigError {
+    MeshConfigError::Invalid { field, why: why.into() }
 }
 
 /// Settings of one peer. Durations are in milliseconds in TOML, except
 /// `push_delay` (microseconds).
+///
+/// Start from a default (`MeshConfig { name, ..MeshConfig::default() }`,
+/// [`MeshConfig::for_test`], or [`crate::MeshBuilder`]) rather than
+/// listing every field, so that a setting added later needs no change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeshConfig {
@@ -134,7 +141,7 @@ impl MeshConfig {
     }
 
     /// Checks every field; the error names the first bad one.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), MeshConfigError> {
         validate_name(&self.name)?;
         if self.advertise.is_none() && self.listen.ip().is_unspecified() {
             return Err(invalid("advertise", "required when `listen` is a wildcard address"));
@@ -174,7 +181,7 @@ impl MeshConfig {
         if self.max_tombstones < 2 {
             return Err(invalid("max_tombstones", "must be at least 2"));
         }
-        if !self.shards.is_power_of_two() || self.shards > crate::sync::digest::BUCKETS {
+        if !self.shards.is_power_of_two() || self.shards > crate::store::digest::BUCKETS {
             return Err(invalid("shards", "must be a power of two up to 65536"));
         }
         if self.max_members == 0 {
@@ -184,17 +191,12 @@ impl MeshConfig {
     }
 }
 
-/// Checks a peer name: one a certificate can carry, 1 to 63 characters
-/// of `[A-Za-z0-9._-]`, not starting with `.`, and not `ca`
-/// ([`crate::membership::name_problem`]).
-pub fn validate_name(name: &str) -> Result<(), ConfigError> {
+/// Checks a peer name against the one rule for member names
+/// ([`crate::membership::name_problem`]), which certificate loading applies
+/// too: a name that passes here is one a certificate can carry.
+pub fn validate_name(name: &str) -> Result<(), MeshConfigError> {
     match crate::membership::name_problem(name) {
-        Some(reason) => Err(invalid(
-            "name",
-            format!(
-                "{name:?}: {reason}; use 1 to 63 characters of A-Z a-z 0-9 . _ -, not starting with '.', not \"ca\""
-            ),
-        )),
+        Some(reason) => Err(invalid("name", format!("{name:?}: {reason}; use {NAME_RULE}"))),
         None => Ok(()),
     }
 }
@@ -253,7 +255,7 @@ mod tests {
             (MeshConfig { name: "ca".into(), ..base.clone() }, "name"),
         ];
         for (c, field) in cases {
-            let ConfigError::Invalid { field: f, .. } = c.validate().unwrap_err();
+            let MeshConfigError::Invalid { field: f, .. } = c.validate().unwrap_err();
             assert_eq!(f, field);
         }
     }

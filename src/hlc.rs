@@ -93,6 +93,7 @@ impl fmt::Display for Stamp {
 
 /// Why a remote clock reading was not adopted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClockError {
     /// The remote time is more than `max_offset_ms` ahead of local physical
     /// time. The clock is left unchanged and the refusal is counted.
@@ -202,6 +203,7 @@ impl Clock {
 /// A peer's physical clock is too far from ours to exchange data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("peer clock offset {offset_ms} ms exceeds max offset {max_offset_ms} ms")]
+#[non_exhaustive]
 pub struct SkewError {
     /// Remote minus local physical time, in milliseconds.
     pub offset_ms: i64,

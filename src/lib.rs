@@ -6,11 +6,18 @@
 //! digest tree. Concurrent writes converge to the same winner everywhere,
 //! with no coordinator.
 //!
-//! This crate is, for now, the deterministic core: it holds no sockets, no
-//! async runtime, no system clock and no global random number generator.
-//! Time is always an argument (`now_ms`, Unix milliseconds) and randomness a
-//! seed, so the same code runs under a network shell, in a simulation with
-//! virtual time, and inside a unit test.
+//! The crate has two layers. The deterministic core ([`hlc`], [`store`],
+//! [`membership`], [`replica`], [`sync`], [`wire`]) holds no sockets, no
+//! async runtime, no system clock and no global random number generator:
+//! time is always an argument (`now_ms`, Unix milliseconds) and randomness
+//! a seed, so the same code runs under the mesh shell, in a simulation with
+//! virtual time, and inside a unit test. The mesh shell ([`node`],
+//! [`transport`]) runs the core over QUIC with mutual TLS on tokio: a
+//! [`Mesh`] is one peer embedded in an application; with the `server`
+//! feature, `resp` serves it to Redis clients and `admin` to operators, and
+//! the `meshcache` binary runs one as a process. The shell reads the time
+//! and draws randomness only through an [`env::Env`], which a simulation
+//! replaces with its virtual clock and a seed.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -41,26 +48,41 @@
 //!
 //! # Layout
 //!
+//! The core:
+//!
 //! - [`hlc`]: `Stamp` and `Clock`, the hybrid logical clock; physical time
 //!   passed in.
 //! - [`store`]: the sharded map of LWW registers: TTL, eviction into stubs,
-//!   memory accounting, digest upkeep, tombstone collection, `gc_floor`,
-//!   `clear_below` and compaction.
+//!   memory accounting, the digest tree and its upkeep
+//!   ([`store::digest`]), tombstone collection, `gc_floor`, `clear_below`
+//!   and compaction.
 //! - [`membership`]: names, incarnations and the per-member `synced`
 //!   watermarks that decide when collection is safe.
 //! - [`replica`]: one peer's core, tying store and membership together
 //!   (bootstrap, pushes, timer work).
-//! - [`sync`]: the digest tree and the anti-entropy session state machine.
+//! - [`sync`]: the anti-entropy session state machine.
 //! - [`wire`]: the `Message` enum, its postcard codec and frame limits.
+//!
+//! The shell:
+//!
+//! - [`env`](mod@env): the shell's one source of time and randomness.
+//! - [`config`]: [`MeshConfig`], a peer's settings, defaults and validation.
+//! - [`transport`]: the certificate files ([`transport::certs`]) and the
+//!   rustls / quinn configurations ([`transport::tls`]).
+//! - [`node`]: the tokio + quinn peer and its embedded API, [`Mesh`].
+//! - `resp`: the Redis-protocol front door (the `server` feature).
+//! - `admin`: the loopback admin port (the `server` feature).
 //!
 //! For measuring and checking a running mesh: [`stats`] (percentiles and
 //! medians for reports) and [`wait`] (waiting for a condition with a
 //! deadline instead of a fixed sleep).
 //!
 //! Errors are `thiserror` enums, one per boundary, each in the module of
-//! its boundary: [`hlc::ClockError`], [`store::ConfigError`],
-//! [`replica::WriteError`], [`replica::PeerError`], [`sync::SyncError`],
-//! [`wire::WireError`].
+//! its boundary and named for it: [`hlc::ClockError`],
+//! [`store::StoreConfigError`], [`replica::WriteError`],
+//! [`replica::PeerError`], [`sync::SyncError`], [`wire::WireError`], and in
+//! the shell [`config::MeshConfigError`], [`transport::certs::CertError`]
+//! and [`MeshError`].
 //!
 //! ALGORITHM.md, beside Cargo.toml, explains the protocol.
 //!
@@ -69,18 +91,22 @@
 //! - Without default features (`default-features = false`): the core
 //!   above, and the mesh around it: [`env`](mod@env), [`config`]
 //!   (`MeshConfig`, its defaults, validation and serde derives),
-//!   [`transport`] (TLS, fault injection), [`node`] (the embedded
-//!   [`Mesh`]) and [`check`].
+//!   [`transport`] (certificates and TLS) and [`node`] (the embedded
+//!   [`Mesh`]).
 //! - `server` (default): adds `resp`, the Redis-protocol server, and
 //!   `admin`, the admin port, and builds the `meshcache` command with its
 //!   CLI, TOML config file, log output and Prometheus exporter.
-//! - `testing`: switches that plant known bugs, for the tests only.
+//! - `testing`: test-only hooks, never for production: the switches that
+//!   plant known bugs (`store::Bug`), the invariant checker (`check`),
+//!   fault injection (`transport::faults`, `MeshBuilder::socket`),
+//!   `Mesh::halt` and `EphemeralCa::seeded`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 #[cfg(feature = "server")]
 pub mod admin;
+#[cfg(any(test, feature = "testing"))]
 pub mod check;
 pub mod config;
 pub mod env;
@@ -98,7 +124,8 @@ pub mod wait;
 pub mod wire;
 
 pub use config::MeshConfig;
-pub use node::{Change, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, Origin};
+pub use node::{MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats};
+pub use store::{Change, Origin};
 
 /// The README's Rust examples, compiled by `cargo test --doc` so that they
 /// keep up with the API.

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use meshcache::hlc::Stamp;
 use meshcache::store::Slot;
-use meshcache::transport::tls::{self, EphemeralCa, Identity};
+use meshcache::transport::certs::{self, EphemeralCa, Identity};
 use meshcache::{admin, Mesh, MeshConfig, MeshError};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -416,11 +416,11 @@ fn read_config(path: &Path) -> Result<MeshConfig, Exit> {
 /// certificates under ./certs.
 fn node_identity(certs: Option<&Path>, name: &str) -> Result<Identity, Exit> {
     if let Some(dir) = certs {
-        return tls::load_identity(dir, name).map_err(|e| usage(e.to_string()));
+        return certs::load_identity(dir, name).map_err(|e| usage(e.to_string()));
     }
     let dir = Path::new(DEV_CERTS);
     let (identity, created) =
-        tls::dev_identity(dir, name).map_err(|e| usage(format!("{e} (no --certs given, so {DEV_CERTS} is used)")))?;
+        certs::dev_identity(dir, name).map_err(|e| usage(format!("{e} (no --certs given, so {DEV_CERTS} is used)")))?;
     if created {
         warn!(
             "DEVELOPMENT CERTIFICATES: no --certs given, so a development CA and a certificate for {name:?} were \
@@ -618,20 +618,20 @@ fn write_addr_file(path: &Path, addrs: &[(&str, SocketAddr)]) -> std::io::Result
 fn certs(command: CertsCommand) -> Result<(), Exit> {
     match command {
         CertsCommand::Init { dir, force } => {
-            let crt = tls::init_ca(&dir, force).map_err(|e| usage(e.to_string()))?;
+            let crt = certs::init_ca(&dir, force).map_err(|e| usage(e.to_string()))?;
             say!("wrote {} (the cluster CA certificate)", crt.display());
             say!(
                 "wrote {} (mode 0600: whoever holds it can admit nodes; keep it secret)",
-                dir.join(tls::CA_KEY_FILE).display()
+                dir.join(certs::CA_KEY_FILE).display()
             );
             say!("next: meshcache certs issue NAME --dir {} --ip ADDR (one per node)", dir.display());
         }
         CertsCommand::Issue { name, dir, ips, dns, force } => {
-            let (crt, key) = tls::issue(&dir, &name, &ips, &dns, force).map_err(|e| usage(e.to_string()))?;
+            let (crt, key) = certs::issue(&dir, &name, &ips, &dns, force).map_err(|e| usage(e.to_string()))?;
             say!(
                 "wrote {} (node {name}'s certificate, signed by {})",
                 crt.display(),
-                dir.join(tls::CA_CERT_FILE).display()
+                dir.join(certs::CA_CERT_FILE).display()
             );
             say!("wrote {} (mode 0600)", key.display());
             say!("run: meshcache node --name {name} --certs {} ...", dir.display());

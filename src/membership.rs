@@ -25,6 +25,10 @@ use crate::hlc::NodeId;
 /// label).
 pub const MAX_NAME_LEN: usize = 63;
 
+/// The rule of [`name_problem`], as error messages state it.
+pub const NAME_RULE: &str =
+    "1 to 63 characters of A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.', and not \"ca\"";
+
 /// Default bound on the members one peer keeps in its view.
 pub const DEFAULT_MAX_MEMBERS: usize = 1024;
 
@@ -475,6 +479,15 @@ mod tests {
 
     fn info(name: &str, started: u64, addr: Option<&str>) -> MemberInfo {
         MemberInfo { id: id(name, started), status: Status::Active, addr: addr.map(|a| a.parse().unwrap()) }
+    }
+
+    #[test]
+    fn the_stated_rule_is_the_checked_one() {
+        assert!(NAME_RULE.starts_with(&format!("1 to {MAX_NAME_LEN} characters")));
+        assert!(name_problem(&"x".repeat(MAX_NAME_LEN)).is_none());
+        for bad in [".x", "ca", "a b"] {
+            assert!(name_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

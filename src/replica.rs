@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::hlc::Stamp;
 use crate::membership::{Learned, MemberId, MemberInfo, Members, Status};
 use crate::store::{
-    Change, ChangeKind, Compaction, ConfigError, MergeOutcome, Register, Slot, Store, StoreConfig, Written,
+    Change, ChangeKind, Compaction, MergeOutcome, Origin, Register, Slot, Store, StoreConfig, StoreConfigError, Written,
 };
 use crate::wire::{DeltaBatch, Refusal, SyncHello};
 
 /// Why a local write was refused. Nothing was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WriteError {
     /// The peer was started with seeds and has not completed its first
     /// anti-entropy round yet (Redis's `-LOADING`). Retry shortly.
@@ -39,6 +40,7 @@ impl WriteError {
 
 /// Why a peer's message was not applied. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PeerError {
     /// The sender is a superseded, departed or forgotten incarnation, or
     /// one this view does not hold (an invalid name, or a full view).
@@ -86,7 +88,7 @@ pub struct Replica {
 impl Replica {
     /// A new replica for `me`. `bootstrapped` is false for a peer started
     /// with seeds: it refuses writes until it has synced with one.
-    pub fn new(me: MemberId, config: StoreConfig, bootstrapped: bool) -> Result<Self, ConfigError> {
+    pub fn new(me: MemberId, config: StoreConfig, bootstrapped: bool) -> Result<Self, StoreConfigError> {
         let store = Store::new(me.incarnation.node, config)?;
         Ok(Replica {
             members: Mutex::new(Members::new(me.clone())),
@@ -334,7 +336,12 @@ impl Replica {
         let mut changes = Vec::new();
         if let Ok(n) = self.store.raise_clear_below(clear_below, now_ms) {
             if n > 0 {
-                changes.push(Change { key: Bytes::new(), kind: ChangeKind::Flush, stamp: clear_below });
+                changes.push(Change {
+                    key: Bytes::new(),
+                    kind: ChangeKind::Flush,
+                    origin: Origin::Remote,
+                    stamp: clear_below,
+                });
             }
         }
         Ok(changes)

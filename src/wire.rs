@@ -75,6 +75,7 @@ pub struct Hello {
 
 /// Why a hello was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Refusal {
     /// Protocol versions differ.
     Version {
@@ -204,6 +205,7 @@ pub struct SyncHello {
 
 /// Why a frame could not be decoded. The connection that sent it is closed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// The length prefix announces more than the maximum frame size.
     #[error("frame of {len} bytes exceeds the maximum of {max}")]

@@ -16,7 +16,8 @@ use common::wait::{eventually, DEADLINE};
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::store::{Register, Slot};
-use meshcache::transport::tls::{self, EphemeralCa};
+use meshcache::transport::certs::{self, EphemeralCa};
+use meshcache::transport::tls;
 use meshcache::wire::{DeltaBatch, FrameCodec, Hello, Message, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 
 /// Bytes allocated and not yet freed, and the most there ever were since
@@ -101,7 +102,7 @@ async fn announced_frames_cost_what_arrives_and_the_peer_keeps_serving() {
     let evil = MemberId { name: "evil".into(), incarnation: Incarnation { started_ms: now_ms(), node: NodeId(99) } };
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(tls::quinn_client_config(&ca.issue("evil").unwrap()).unwrap());
-    let conn = ep.connect(a.local_addr(), tls::SERVER_NAME).unwrap().await.unwrap();
+    let conn = ep.connect(a.local_addr(), certs::SERVER_NAME).unwrap().await.unwrap();
     let (mut s, mut r) = conn.open_bi().await.unwrap();
     let hello = Hello {
         version: PROTOCOL_VERSION,

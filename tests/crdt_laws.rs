@@ -28,8 +28,8 @@ use proptest::test_runner::TestCaseError;
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::replica::Replica;
+use meshcache::store::digest::{bucket_of, entry_hash, key_hash};
 use meshcache::store::{Floors, MergeOutcome, Register, Slot, Store, StoreConfig};
-use meshcache::sync::digest::{bucket_of, entry_hash, key_hash};
 use meshcache::sync::{Mode, Session};
 
 const T0: u64 = 1_700_000_000_000;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::mesh::start_faulty as start;
 use common::wait::{eventually, holds_until, DEADLINE};
 use meshcache::check::History;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::transport::faults::Faults;
-use meshcache::transport::tls::EphemeralCa;
 use meshcache::Mesh;
 
 /// `n` peers, all joined through the first, fully connected.

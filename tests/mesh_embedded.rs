@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::mesh::{silent_seed, start};
 use common::wait::{eventually, DEADLINE};
 use meshcache::store::ChangeKind;
-use meshcache::transport::tls::EphemeralCa;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::{Mesh, MeshConfig, Origin};
 use tokio_stream::StreamExt;
 

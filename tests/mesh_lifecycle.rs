@@ -10,7 +10,7 @@ use std::net::{SocketAddr, UdpSocket};
 use common::mesh::pair;
 use common::wait::eventually;
 use meshcache::membership::Status;
-use meshcache::transport::tls::EphemeralCa;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::Mesh;
 
 /// Whether `a` saw the member called `name` leave (its goodbye).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::mesh::start;
 use common::wait::{eventually, holds_until, DEADLINE};
 use meshcache::membership::Status;
-use meshcache::transport::tls::EphemeralCa;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::Mesh;
 
 fn status_of(m: &Mesh, name: &str) -> Option<(Status, bool)> {

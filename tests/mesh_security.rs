@@ -13,7 +13,8 @@ use common::wait::{eventually, holds_until, DEADLINE};
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::store::{Register, Slot};
-use meshcache::transport::tls::{self, EphemeralCa, Identity};
+use meshcache::transport::certs::{self, EphemeralCa, Identity};
+use meshcache::transport::tls;
 use meshcache::wire::{DeltaBatch, FrameCodec, Hello, Message, Refusal, PROTOCOL_VERSION};
 
 fn now_ms() -> u64 {
@@ -61,7 +62,7 @@ async fn raw_client(
     ep.set_default_client_config(client);
     // Under TLS 1.3 the client usually believes it connected; the server's
     // refusal shows on the first stream operation.
-    let conn = ep.connect(addr, tls::SERVER_NAME).unwrap().await.ok()?;
+    let conn = ep.connect(addr, certs::SERVER_NAME).unwrap().await.ok()?;
     if let Ok((mut s, _r)) = conn.open_bi().await {
         let _ = s.write_all(&frame(&hello(name))).await;
         let _ = s.finish();
@@ -145,7 +146,7 @@ async fn malformed_frames_close_only_that_connection() {
     let evil = ca.issue("evil").unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(tls::quinn_client_config(&evil).unwrap());
-    let conn = ep.connect(a.local_addr(), tls::SERVER_NAME).unwrap().await.unwrap();
+    let conn = ep.connect(a.local_addr(), certs::SERVER_NAME).unwrap().await.unwrap();
     let (mut s, mut r) = conn.open_bi().await.unwrap();
     s.write_all(&frame(&hello("evil"))).await.unwrap();
     s.finish().unwrap();
@@ -181,7 +182,7 @@ async fn a_hello_naming_someone_else_is_refused_with_that_reason() {
     let mallory = ca.issue("mallory").unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(tls::quinn_client_config(&mallory).unwrap());
-    let conn = ep.connect(a.local_addr(), tls::SERVER_NAME).unwrap().await.unwrap();
+    let conn = ep.connect(a.local_addr(), certs::SERVER_NAME).unwrap().await.unwrap();
     let (mut s, mut r) = conn.open_bi().await.unwrap();
     s.write_all(&frame(&hello("b"))).await.unwrap();
     s.finish().unwrap();
@@ -209,7 +210,7 @@ async fn gossiped_members_are_validated_and_capped() {
     let connect = |name: &str| {
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         ep.set_default_client_config(tls::quinn_client_config(&ca.issue(name).unwrap()).unwrap());
-        ep.connect(a.local_addr(), tls::SERVER_NAME).unwrap()
+        ep.connect(a.local_addr(), certs::SERVER_NAME).unwrap()
     };
     async fn say_hello(conn: &quinn::Connection, hello: &Message) -> Vec<Message> {
         let (mut s, mut r) = conn.open_bi().await.unwrap();

@@ -5,7 +5,7 @@
 //! The examples must already be built: `cargo test --all-targets` (what
 //! `scripts/test` runs) builds them into `target/<profile>/examples/`, beside
 //! this test's `deps/` directory. Run alone, build them first with
-//! `cargo build --examples`.
+//! `cargo build --examples --features testing`.
 
 mod common;
 
@@ -30,7 +30,7 @@ fn example(name: &str) -> PathBuf {
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.is_file(),
-        "example binary {} not found: build the examples first (`cargo build --examples`, or run \
+        "example binary {} not found: build the examples first (`cargo build --examples --features testing`, or run \
          `cargo test --all-targets`, which builds them)",
         path.display()
     );

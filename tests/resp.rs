@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use meshcache::resp::{serve, RespConfig};
-use meshcache::transport::tls::EphemeralCa;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::{Mesh, MeshConfig};
 use redis::{AsyncCommands, Value};
 use redis_protocol::resp3::types::{OwnedFrame, Resp3Frame};

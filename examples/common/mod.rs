@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meshcache::check::History;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::transport::faults::Faults;
-use meshcache::transport::tls::EphemeralCa;
 use meshcache::wait::Wait;
 use meshcache::{Mesh, MeshConfig};
 

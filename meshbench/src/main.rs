@@ -27,8 +27,8 @@ use bytes::Bytes;
 use clap::Parser;
 use meshcache::resp::{serve, RespConfig};
 use meshcache::stats::{median, percentile};
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::transport::faults::Faults;
-use meshcache::transport::tls::EphemeralCa;
 use meshcache::wait::Wait;
 use meshcache::{Mesh, MeshConfig, MeshStats};
 
@@ -873,7 +873,7 @@ impl PeerProcess {
 /// prefix `u`; answers `done`), `quit`.
 async fn child_main(name: &str, certs: &std::path::Path, seed: Option<SocketAddr>) -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let id = meshcache::transport::tls::load_identity(certs, name).map_err(|e| anyhow!("{e}"))?;
+    let id = meshcache::transport::certs::load_identity(certs, name).map_err(|e| anyhow!("{e}"))?;
     let p = Mesh::builder()
         .config(bench_config(name))
         .seeds(seed)
@@ -915,7 +915,7 @@ async fn replicated_processes(z: &Sizes, rep: &mut Report, mode: &str, all: bool
     let certs = std::env::temp_dir().join(format!("meshbench-certs-{}", std::process::id()));
     let names = ["pa", "pb", "pc"];
     for n in names {
-        meshcache::transport::tls::dev_identity(&certs, n).map_err(|e| anyhow!("certificates for {n}: {e}"))?;
+        meshcache::transport::certs::dev_identity(&certs, n).map_err(|e| anyhow!("certificates for {n}: {e}"))?;
     }
     let res = replicated_processes_inner(z, rep, mode, all, &certs, &names).await;
     let _ = std::fs::remove_dir_all(&certs);

@@ -109,6 +109,10 @@ use tokio_util::task::TaskTracker;
 use crate::Mesh;
 
 /// Settings of the Redis-protocol server.
+///
+/// Start from the default (`RespConfig { requirepass, ..RespConfig::default() }`)
+/// rather than listing every field, so that a setting added later needs no
+/// change.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RespConfig {
     /// Where to accept clients ([`bind_and_serve`]). Default

@@ -1,7 +1,7 @@
 //! Known bugs that checks plant on purpose, to show that they catch them:
-//! a check that passes with a planted bug proves nothing. Built only with
-//! the `testing` feature (and in unit tests); without it, every switch is
-//! a constant `false`.
+//! a check that passes with a planted bug proves nothing. Public and
+//! switchable only with the `testing` feature (and in unit tests); without
+//! it, every switch is a constant `false`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

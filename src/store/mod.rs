@@ -16,7 +16,8 @@
 //! refusal reply, `clear_below` and compaction); the [`crate::replica`]
 //! decides *when* collection is safe from the per-member `synced` watermarks.
 
-pub mod bugs;
+mod bugs;
+pub mod digest;
 mod shard;
 pub mod slot;
 
@@ -27,12 +28,19 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::hlc::{Clock, ClockError, NodeId, Stamp};
-use crate::sync::digest::{self, key_hash, BUCKETS, BUCKET_BITS};
+#[cfg(any(test, feature = "testing"))]
 pub use bugs::Bug;
+#[cfg(not(any(test, feature = "testing")))]
+use bugs::Bug;
+use digest::{key_hash, BUCKETS, BUCKET_BITS};
 use shard::{Delta, Shard};
-pub use slot::{Change, ChangeKind, Register, Slot};
+pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 
 /// Store settings. Every field is documented with why it exists.
+///
+/// Start from the default (`StoreConfig { shards, ..StoreConfig::default() }`)
+/// rather than listing every field, so that a setting added later needs no
+/// change.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// Number of shards (a power of two, at most [`BUCKETS`]). More shards
@@ -138,6 +146,7 @@ struct Counters {
 
 /// A point-in-time copy of the store's gauges and counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreStats {
     /// Registers held (values, tombstones and stubs).
     pub entries: usize,
@@ -196,7 +205,8 @@ impl std::fmt::Debug for Store {
 
 /// Why a store could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+#[non_exhaustive]
+pub enum StoreConfigError {
     /// `shards` must be a power of two no larger than the bucket count.
     #[error("shards must be a power of two between 1 and {BUCKETS}, got {0}")]
     Shards(usize),
@@ -204,10 +214,10 @@ pub enum ConfigError {
 
 impl Store {
     /// A new, empty store stamping for `node`.
-    pub fn new(node: NodeId, config: StoreConfig) -> Result<Self, ConfigError> {
+    pub fn new(node: NodeId, config: StoreConfig) -> Result<Self, StoreConfigError> {
         let n = config.shards.get();
         if !n.is_power_of_two() || n > BUCKETS {
-            return Err(ConfigError::Shards(n));
+            return Err(StoreConfigError::Shards(n));
         }
         let per = BUCKETS / n;
         let shards = (0..n)
@@ -442,7 +452,7 @@ impl Store {
             drop(g);
             added_tombstone |= d.stubs > 0;
             self.apply(d);
-            out.changes.push(Change { key, kind, stamp });
+            out.changes.push(Change { key, kind, origin: Origin::Remote, stamp });
         }
         if added_tombstone {
             self.compact_if_needed(now_ms);
@@ -503,7 +513,12 @@ impl Store {
         drop(g);
         self.apply(d);
         self.counters.refusal_drops.fetch_add(1, Ordering::Relaxed);
-        e.reg.val.visible(now_ms).map(|_| Change { key: key.clone(), kind: ChangeKind::Delete, stamp })
+        e.reg.val.visible(now_ms).map(|_| Change {
+            key: key.clone(),
+            kind: ChangeKind::Delete,
+            origin: Origin::Remote,
+            stamp,
+        })
     }
 
     /// Marks values whose TTL ran out as dead (queued for collection) and
@@ -515,7 +530,7 @@ impl Store {
             let mut g = sh.write();
             for (key, stamp, was_value) in g.expire(now_ms) {
                 if was_value {
-                    out.push(Change { key, kind: ChangeKind::Expire, stamp });
+                    out.push(Change { key, kind: ChangeKind::Expire, origin: Origin::Local, stamp });
                 }
             }
         }

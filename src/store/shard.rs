@@ -11,9 +11,9 @@ use indexmap::IndexMap;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::digest::entry_hash;
 use super::slot::{Register, Slot};
 use crate::hlc::Stamp;
-use crate::sync::digest::entry_hash;
 
 /// A stored register and the local time it arrived.
 #[derive(Clone, Debug)]

@@ -83,6 +83,7 @@ pub type Register = crdts::LWWReg<Slot, Stamp>;
 
 /// What kind of change happened to a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ChangeKind {
     /// The key was written (a value, or a newer write whose value this
     /// replica does not hold).
@@ -96,13 +97,25 @@ pub enum ChangeKind {
     Flush,
 }
 
-/// A change to the store, for subscribers that keep near caches.
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// This peer: a write through its API, or a TTL that ran out here.
+    Local,
+    /// Another peer: a push, an anti-entropy session, or a refusal reply.
+    Remote,
+}
+
+/// A change to the keyspace, reported to subscribers so that an
+/// application's own near cache can drop stale copies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     /// The key that changed; empty for [`ChangeKind::Flush`].
     pub key: Bytes,
     /// What happened.
     pub kind: ChangeKind,
+    /// Where it came from.
+    pub origin: Origin,
     /// The stamp of the write that caused it (for `Flush`, the new
     /// `clear_below`).
     pub stamp: Stamp,

@@ -247,7 +247,7 @@ fn digest_ranges_sum_to_root() {
 fn bad_shard_counts_are_refused() {
     for n in [3, 1 << 17] {
         let cfg = StoreConfig { shards: NonZeroUsize::new(n).unwrap(), ..StoreConfig::default() };
-        assert_eq!(Store::new(NodeId(1), cfg).unwrap_err(), ConfigError::Shards(n));
+        assert_eq!(Store::new(NodeId(1), cfg).unwrap_err(), StoreConfigError::Shards(n));
     }
 }
 

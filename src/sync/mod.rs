@@ -1,7 +1,7 @@
-//! Anti-entropy: the digest tree and the session state machine that uses it
-//! to find and exchange exactly the registers two replicas disagree on.
+//! Anti-entropy: the session state machine that walks two replicas' digest
+//! trees ([`crate::store::digest`]) to find and exchange exactly the
+//! registers they disagree on.
 
-pub mod digest;
 pub mod session;
 
 pub use session::{Mode, Phase, Role, Session, SessionStats, SyncError};

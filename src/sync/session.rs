@@ -43,10 +43,10 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use super::digest::{self, BUCKETS, FANOUT, LEVELS};
 use crate::hlc::Stamp;
 use crate::membership::MemberId;
 use crate::replica::{Replica, SyncRefused};
+use crate::store::digest::{self, BUCKETS, FANOUT, LEVELS};
 use crate::store::{Change, Register};
 use crate::wire::{encoded_len, Refusal, SyncHello, SyncMsg, LENGTH_PREFIX};
 
@@ -101,6 +101,7 @@ pub enum Mode {
 
 /// What a session cost and moved. Byte counts include framing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionStats {
     /// Bytes this side sent.
     pub bytes_sent: u64,
@@ -124,6 +125,7 @@ pub struct SessionStats {
 
 /// Why a session failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyncError {
     /// The peer broke the protocol; the session (and connection) is closed.
     #[error("anti-entropy protocol violation: {0}")]

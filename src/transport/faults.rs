@@ -42,7 +42,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use meshcache::transport::faults::Faults;
-//! use meshcache::transport::tls::EphemeralCa;
+//! use meshcache::transport::certs::EphemeralCa;
 //! use meshcache::{Mesh, MeshConfig};
 //!
 //! let ca = EphemeralCa::new()?;
@@ -117,6 +117,7 @@ struct Counters {
 
 /// Counts of what the rules did to datagrams, since the handle was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FaultStats {
     /// Datagrams sent on at once.
     pub passed: u64,
@@ -452,7 +453,7 @@ mod tests {
 
     use super::Faults;
     use crate::check::History;
-    use crate::transport::tls::EphemeralCa;
+    use crate::transport::certs::EphemeralCa;
     use crate::{Mesh, MeshConfig};
 
     async fn start(ca: &EphemeralCa, faults: &Faults, name: &str, seeds: &[std::net::SocketAddr]) -> Mesh {

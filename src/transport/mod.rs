@@ -1,5 +1,10 @@
 //! The network transport: QUIC with mutual TLS 1.3 against the cluster CA.
+//!
+//! [`certs`] makes, loads and checks the certificate files and identities;
+//! [`tls`] turns an identity into rustls and quinn configurations.
 
+pub mod certs;
+#[cfg(any(test, feature = "testing"))]
 pub mod faults;
 pub(crate) mod seeded;
 pub mod tls;

@@ -2,8 +2,8 @@
 
 use std::net::{SocketAddr, UdpSocket};
 
+use meshcache::transport::certs::{EphemeralCa, Identity};
 use meshcache::transport::faults::Faults;
-use meshcache::transport::tls::{EphemeralCa, Identity};
 use meshcache::{Mesh, MeshConfig};
 
 use super::wait::{eventually, DEADLINE};

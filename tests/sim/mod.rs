@@ -28,7 +28,7 @@ use bytes::Bytes;
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::replica::Replica;
-use meshcache::store::{Change, ChangeKind, Register, StoreConfig};
+use meshcache::store::{Change, ChangeKind, Origin, Register, StoreConfig};
 use meshcache::sync::Session;
 use meshcache::wire::{DeltaBatch, SyncMsg};
 use rand::rngs::SmallRng;
@@ -286,7 +286,7 @@ impl Sim {
         }
         self.written.insert((k.clone(), w.register.marker), w.register.clone());
         let kind = if value.is_some() { ChangeKind::Put } else { ChangeKind::Delete };
-        self.record(slot, &[Change { key: k.clone(), kind, stamp: w.register.marker }]);
+        self.record(slot, &[Change { key: k.clone(), kind, origin: Origin::Local, stamp: w.register.marker }]);
         let batch = self.replica(slot).deltas(vec![(k, w.register)], true);
         self.push_all(slot, batch);
     }
@@ -446,7 +446,10 @@ impl Sim {
             if w.applied {
                 self.written.insert((w.key.clone(), w.register.marker), w.register.clone());
                 let kind = if w.register.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
-                self.record(slot, &[Change { key: w.key.clone(), kind, stamp: w.register.marker }]);
+                self.record(
+                    slot,
+                    &[Change { key: w.key.clone(), kind, origin: Origin::Local, stamp: w.register.marker }],
+                );
                 self.note(|| format!("write during session at n{slot}: {:?}@{}", w.register.val, w.register.marker));
             }
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use meshcache::env::Env;
 use meshcache::store::Bug;
-use meshcache::transport::tls::EphemeralCa;
+use meshcache::transport::certs::EphemeralCa;
 use meshcache::{Mesh, MeshConfig};
 use parking_lot::Mutex;
 use quinn::udp::{RecvMeta, Transmit};

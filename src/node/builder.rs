@@ -1,0 +1,219 @@
+//! [`MeshBuilder`]: the settings of a peer, and assembling and starting
+//! one from them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::accept::accept_loop;
+use super::driver::{drive, Driver};
+use super::inner::{Counters, Inner};
+use super::links;
+use super::timer::timer_loop;
+use super::{Mesh, MeshError};
+use crate::config::MeshConfig;
+use crate::env::Env;
+use crate::hlc::NodeId;
+use crate::membership::{Incarnation, MemberId};
+use crate::replica::Replica;
+use crate::store::StoreConfig;
+use crate::transport::certs::Identity;
+use crate::wire::FrameCodec;
+
+/// Builds a [`Mesh`]. See [`MeshConfig`] for every setting.
+#[must_use]
+#[derive(Default)]
+pub struct MeshBuilder {
+    config: MeshConfig,
+    identity: Option<Identity>,
+    socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    env: Option<Env>,
+    crypto: Option<Arc<rustls::crypto::CryptoProvider>>,
+}
+
+impl MeshBuilder {
+    /// Starts from a whole configuration.
+    pub fn config(mut self, config: MeshConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// This peer's name (also its certificate's name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+    /// Where to accept peers (port 0 picks a free one).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config.listen = addr;
+        self
+    }
+    /// The address other peers should dial, if not `listen`.
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.config.advertise = Some(addr);
+        self
+    }
+    /// Peers to join through.
+    pub fn seeds(mut self, seeds: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.config.seeds = seeds.into_iter().collect();
+        self
+    }
+    /// The TLS identity: this peer's certificate and key, and the cluster CA.
+    pub fn tls(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+    /// Anti-entropy period.
+    pub fn anti_entropy_interval(mut self, d: Duration) -> Self {
+        self.config.anti_entropy_interval = d;
+        self
+    }
+    /// Push batching delay (at most 1 ms).
+    pub fn push_delay(mut self, d: Duration) -> Self {
+        self.config.push_delay = d;
+        self
+    }
+    /// Memory bound for values, in bytes.
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_bytes = Some(bytes);
+        self
+    }
+    /// Budget of tombstones and stubs before compaction.
+    pub fn max_tombstones(mut self, n: usize) -> Self {
+        self.config.max_tombstones = n;
+        self
+    }
+    /// How long a seeded peer waits for a seed before starting alone.
+    pub fn bootstrap_timeout(mut self, d: Duration) -> Self {
+        self.config.bootstrap_timeout = d;
+        self
+    }
+
+    /// Carries QUIC over this socket instead of binding `listen`: a
+    /// fault-injecting wrapper around real UDP, or a simulated network.
+    /// `listen` is then ignored; the socket's own address is used. Only with
+    /// the `testing` feature.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn socket(mut self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
+        self.socket = Some(socket);
+        self
+    }
+
+    /// Where the peer reads the time and draws random numbers (default:
+    /// the system clock and OS entropy). A simulation passes its virtual
+    /// clock and a seed, so that a run replays exactly.
+    pub fn env(mut self, env: Env) -> Self {
+        self.env = Some(env);
+        self
+    }
+
+    /// The TLS crypto provider (default: ring's). A simulation that is to
+    /// replay exactly passes one whose randomness and key exchange are
+    /// seeded (TLS randomness decides how a stray datagram is read). Never
+    /// outside a simulation: seeded keys are predictable keys.
+    pub fn crypto_provider(mut self, provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        self.crypto = Some(provider);
+        self
+    }
+
+    /// Validates the settings, binds the listen address and starts the peer.
+    pub async fn start(self) -> Result<Mesh, MeshError> {
+        let env = self.env.unwrap_or_default();
+        let crypto = self.crypto.unwrap_or_else(crate::transport::tls::default_provider);
+        let identity = self.identity.ok_or(MeshError::NoIdentity)?;
+        let (config, socket) = (self.config, self.socket);
+        config.validate()?;
+        if identity.name != config.name {
+            return Err(MeshError::NameMismatch { cert: identity.name.clone(), name: config.name.clone() });
+        }
+        let mut server = crate::transport::tls::quinn_server_config_with(&identity, crypto.clone())?;
+        server.transport_config(transport_config(&config));
+        let mut client_config = crate::transport::tls::quinn_client_config_with(&identity, crypto)?;
+        client_config.transport_config(transport_config(&config));
+        // quinn's own draws come from the env too when it is seeded, so
+        // that a seeded run replays (see `transport::seeded`).
+        let endpoint_config = if env.is_seeded() {
+            crate::transport::seeded::seed_quinn(&env, &mut server, &mut client_config)
+        } else {
+            quinn::EndpointConfig::default()
+        };
+        let endpoint = match socket {
+            Some(socket) => quinn::Endpoint::new_with_abstract_socket(
+                endpoint_config,
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            ),
+            None => std::net::UdpSocket::bind(config.listen)
+                .and_then(|s| quinn::Endpoint::new(endpoint_config, Some(server), s, Arc::new(quinn::TokioRuntime))),
+        }
+        .map_err(|source| MeshError::Bind { addr: config.listen, source })?;
+        let local_addr = endpoint.local_addr().map_err(|source| MeshError::Bind { addr: config.listen, source })?;
+        let advertise = config.advertise.unwrap_or(local_addr);
+        let node = NodeId(env.random_u64() | 1);
+        let me = MemberId { name: config.name.clone(), incarnation: Incarnation { started_ms: env.now_ms(), node } };
+        let store = StoreConfig {
+            shards: std::num::NonZeroUsize::new(config.shards).expect("validated"),
+            max_bytes: config.max_bytes.and_then(std::num::NonZeroUsize::new),
+            max_tombstones: std::num::NonZeroUsize::new(config.max_tombstones).expect("validated"),
+            max_offset_ms: config.max_offset.as_millis() as u64,
+            seed: node.0,
+        };
+        let replica =
+            Arc::new(Replica::new(me.clone(), store, config.seeds.is_empty()).expect("shards validated above"));
+        replica.set_my_addr(advertise);
+        replica.set_max_members(config.max_members);
+        let (events, _) = broadcast::channel(4096);
+        let links = links::Links::new(
+            me.clone(),
+            links::Timings::new(config.anti_entropy_interval),
+            vec![advertise, local_addr],
+            config.seeds.clone(),
+            env.random_u64(),
+            env.instant().into_std(),
+        );
+        let inner = Arc::new(Inner {
+            replica,
+            started: env.instant(),
+            env,
+            codec: FrameCodec::new(config.max_frame),
+            config,
+            endpoint,
+            client_config,
+            local_addr,
+            advertise,
+            peers: Mutex::new(BTreeMap::new()),
+            events,
+            links: Mutex::new(Driver::new(links)),
+            links_changed: tokio::sync::Notify::new(),
+            counters: Counters::default(),
+            sessions_ended: tokio::sync::Notify::new(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
+        inner.tasks.spawn(accept_loop(inner.clone()));
+        inner.tasks.spawn(drive(inner.clone()));
+        inner.tasks.spawn(timer_loop(inner.clone()));
+        Ok(Mesh::new(inner))
+    }
+}
+
+/// quinn's transport settings for a peer's connections.
+fn transport_config(c: &MeshConfig) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(c.keep_alive));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(c.idle_timeout).unwrap_or(quinn::VarInt::from_u32(10_000).into()),
+    ));
+    // Anti-entropy sessions are short-lived bi streams; allow several at
+    // once per connection (both directions, plus the hello).
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(16));
+    Arc::new(t)
+}

@@ -1,0 +1,66 @@
+//! A connection's end: its close codes, closing it on a protocol error, and
+//! what its close undoes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use quinn::VarInt;
+
+use super::driver::conn_id;
+use super::inner::Inner;
+use super::queue::PushQueue;
+use super::stream::StreamError;
+use crate::membership::MemberId;
+
+/// Connection close codes (application level).
+pub(super) const CODE_GOODBYE: VarInt = VarInt::from_u32(0);
+pub(super) const CODE_DUPLICATE: VarInt = VarInt::from_u32(1);
+pub(super) const CODE_REFUSED: VarInt = VarInt::from_u32(2);
+pub(super) const CODE_PROTOCOL: VarInt = VarInt::from_u32(3);
+pub(super) const CODE_SUPERSEDED: VarInt = VarInt::from_u32(4);
+
+/// Waits for a connection to close, then unlinks it: from the peer table if
+/// it was the peer's link, and from the machine.
+pub(super) async fn watch_close(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    id: MemberId,
+    queue: Option<Arc<PushQueue>>,
+) {
+    let reason = tokio::select! {
+        r = conn.closed() => r,
+        _ = inner.cancel.cancelled() => return,
+    };
+    if let Some(q) = &queue {
+        q.close();
+    }
+    let removed = {
+        let mut peers = inner.peers.lock();
+        let current = peers.get(&id.name).is_some_and(|p| p.conn.stable_id() == conn.stable_id());
+        if current {
+            peers.remove(&id.name);
+        }
+        current
+    };
+    if removed {
+        // The member stays known (and pauses collection) until it says
+        // goodbye, is superseded, or is forgotten.
+        tracing::info!(peer = %id, %reason, "peer disconnected");
+    }
+    let cid = conn_id(&conn);
+    inner.with_links(|d, now| {
+        d.conns.remove(&cid);
+        d.links.handle_conn_closed(now, cid);
+    });
+}
+
+/// Counts and logs a peer's malformed input, and closes the connection:
+/// one that breaks the protocol cannot be trusted with the next frame.
+pub(super) fn note_protocol_error(inner: &Inner, conn: &quinn::Connection, what: &str, e: &StreamError) {
+    if e.is_protocol() {
+        inner.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("meshcache_protocol_errors_total").increment(1);
+        tracing::error!(remote = %conn.remote_address(), what, error = %e, "malformed input from peer: closing the connection");
+        conn.close(CODE_PROTOCOL, b"protocol error");
+    }
+}

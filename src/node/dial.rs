@@ -1,0 +1,51 @@
+//! Dialing peers: the outgoing side of the hello.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::conn::{CODE_DUPLICATE, CODE_PROTOCOL, CODE_REFUSED};
+use super::driver::CoreView;
+use super::hello::{check_hello, my_hello, refused};
+use super::inner::Inner;
+use super::links::{Side, Verdict};
+use super::stream::{kind, write_message, FrameReader};
+use crate::transport::certs;
+use crate::wire::Message;
+
+/// Dials `addr` and runs the hello. Returns the peer's name on success.
+pub(super) async fn dial(
+    inner: &Arc<Inner>,
+    addr: SocketAddr,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let conn = inner.endpoint.connect_with(inner.client_config.clone(), addr, certs::SERVER_NAME)?.await?;
+    // Under TLS 1.3 a client the server rejects still sees the handshake
+    // succeed: authentication counts only once the hello exchange is done.
+    let (mut send, recv) = conn.open_bi().await?;
+    write_message(&mut send, &inner.codec, &my_hello(inner)).await?;
+    let _ = send.finish();
+    let mut reader = FrameReader::new(recv, inner.codec);
+    match reader.next().await? {
+        Some(Message::Hello(h)) => match check_hello(inner, &conn, Side::Dialer(addr), &h) {
+            Verdict::Accept => Ok(h.from.name),
+            Verdict::ToSelf => {
+                conn.close(CODE_DUPLICATE, b"self");
+                Err("dialed itself".into())
+            }
+            Verdict::Refuse(r) => {
+                refused(inner, &h.from.to_string(), &r);
+                conn.close(CODE_REFUSED, b"refused");
+                Err(format!("refused {}: {r:?}", h.from).into())
+            }
+        },
+        Some(Message::Refused(r)) => {
+            tracing::error!(%addr, reason = ?r, "peer refused this peer's hello");
+            let now_ms = inner.env.now_ms();
+            inner.with_links(|d, _| d.links.handle_refused(&r, &mut CoreView { inner, now_ms }));
+            Err(format!("refused by {addr}: {r:?}").into())
+        }
+        other => {
+            conn.close(CODE_PROTOCOL, b"expected hello");
+            Err(format!("expected a hello, got {:?}", other.as_ref().map(kind)).into())
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The state a peer's tasks and handles share, and how a change reaches
+//! peers and subscribers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::driver::Driver;
+use super::queue::PushQueue;
+use crate::config::MeshConfig;
+use crate::env::Env;
+use crate::membership::MemberId;
+use crate::replica::Replica;
+use crate::store::{Change, ChangeKind, Origin, Written};
+use crate::wire::FrameCodec;
+
+/// Counters of the peer's replication traffic. Monotonic.
+#[derive(Default, Debug)]
+pub(super) struct Counters {
+    pub(super) deltas_sent: AtomicU64,
+    pub(super) deltas_received: AtomicU64,
+    pub(super) push_batches_sent: AtomicU64,
+    pub(super) push_bytes_sent: AtomicU64,
+    pub(super) queue_overflows: AtomicU64,
+    pub(super) ae_rounds: AtomicU64,
+    pub(super) ae_failed: AtomicU64,
+    pub(super) ae_bytes_sent: AtomicU64,
+    pub(super) ae_bytes_received: AtomicU64,
+    pub(super) ae_entries_sent: AtomicU64,
+    pub(super) ae_entries_received: AtomicU64,
+    pub(super) refused_peers: AtomicU64,
+    pub(super) protocol_errors: AtomicU64,
+}
+
+/// The link to a peer incarnation: the connection its pushes go over.
+pub(super) struct PeerConn {
+    pub(super) id: MemberId,
+    pub(super) conn: quinn::Connection,
+    pub(super) queue: Arc<PushQueue>,
+}
+
+/// What a peer's tasks and handles share.
+pub(super) struct Inner {
+    pub(super) replica: Arc<Replica>,
+    /// The peer's only clock and random source.
+    pub(super) env: Env,
+    /// Woken when an anti-entropy session ends or bootstrap times out:
+    /// what `Mesh::wait_ready` waits on.
+    pub(super) sessions_ended: tokio::sync::Notify,
+    pub(super) config: MeshConfig,
+    pub(super) endpoint: quinn::Endpoint,
+    pub(super) client_config: quinn::ClientConfig,
+    pub(super) local_addr: SocketAddr,
+    pub(super) advertise: SocketAddr,
+    pub(super) codec: FrameCodec,
+    pub(super) peers: Mutex<BTreeMap<String, PeerConn>>,
+    pub(super) events: broadcast::Sender<Change>,
+    /// The connection-level protocol (which connection is a peer's link,
+    /// when rounds run, when to dial), driven by `driver::drive`.
+    pub(super) links: Mutex<Driver>,
+    /// Wakes the driver: an event may have moved the machine's deadline.
+    pub(super) links_changed: tokio::sync::Notify,
+    pub(super) counters: Counters,
+    pub(super) cancel: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    /// When this peer started, on tokio's clock (simulated runtimes move it).
+    pub(super) started: tokio::time::Instant,
+}
+
+impl Inner {
+    pub(super) fn publish(&self, c: Change) {
+        // No subscriber is fine.
+        let _ = self.events.send(c);
+    }
+
+    pub(super) fn publish_all(&self, changes: Vec<Change>) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        for c in changes {
+            self.publish(c);
+        }
+    }
+
+    pub(super) fn after_write(&self, w: Written, kind: ChangeKind) {
+        if !w.applied {
+            return;
+        }
+        for p in self.peers.lock().values() {
+            p.queue.push(w.key.clone(), w.register.clone());
+        }
+        if self.events.receiver_count() > 0 {
+            self.publish(Change { key: w.key, kind, origin: Origin::Local, stamp: w.register.marker });
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The embedded API: a [`Mesh`] handle, and what it reports.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::conn::CODE_GOODBYE;
+use super::inner::Inner;
+use super::push::say_goodbye;
+use super::{MeshBuilder, MeshError};
+use crate::env::Env;
+use crate::hlc::Stamp;
+use crate::membership::{MemberId, Status};
+use crate::replica::Replica;
+use crate::store::{Change, ChangeKind, Origin, Slot, StoreStats, Written};
+
+/// A member as this peer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The member.
+    pub id: MemberId,
+    /// Its status (active members pause tombstone collection until synced).
+    pub status: Status,
+    /// Whether a connection to it is up.
+    pub connected: bool,
+    /// Where it accepts peers, if known.
+    pub addr: Option<SocketAddr>,
+    /// Local time (Unix ms) of the start of the last complete anti-entropy
+    /// round with it.
+    pub synced_ms: Option<u64>,
+}
+
+/// A snapshot of the peer's state and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MeshStats {
+    /// The store's gauges and counters.
+    pub store: StoreStats,
+    /// Active members known, other than this peer.
+    pub members: usize,
+    /// Peers connected now.
+    pub connected: usize,
+    /// Whether bootstrap is complete (writes accepted).
+    pub booted: bool,
+    /// Writes pushed to peers (counted once per peer).
+    pub deltas_sent: u64,
+    /// Writes received in pushes.
+    pub deltas_received: u64,
+    /// Push batches sent.
+    pub push_batches_sent: u64,
+    /// Bytes of push frames sent.
+    pub push_bytes_sent: u64,
+    /// Push queues dropped on overflow (each repaired by anti-entropy).
+    pub queue_overflows: u64,
+    /// Anti-entropy sessions completed.
+    pub ae_rounds: u64,
+    /// Anti-entropy sessions that failed.
+    pub ae_failed: u64,
+    /// Bytes sent in anti-entropy sessions.
+    pub ae_bytes_sent: u64,
+    /// Bytes received in anti-entropy sessions.
+    pub ae_bytes_received: u64,
+    /// Registers sent in anti-entropy sessions (a register another peer
+    /// also sent is repair done twice).
+    pub ae_entries_sent: u64,
+    /// Registers received in anti-entropy sessions.
+    pub ae_entries_received: u64,
+    /// Peers refused at the hello (version, skew, superseded, name).
+    pub refused_peers: u64,
+    /// Connections closed because a peer broke the protocol.
+    pub protocol_errors: u64,
+    /// Remote clock readings refused for running too far ahead.
+    pub clock_refused: u64,
+    /// Member entries ignored: a gossiped or announced name no certificate
+    /// can carry, or an address no one can dial.
+    pub members_invalid: u64,
+    /// New member names ignored because the view held `max_members`.
+    pub members_over_cap: u64,
+}
+
+/// An embedded meshcache peer: this process becomes a member of the mesh.
+///
+/// Reads are local and never touch the network; writes are local and then
+/// pushed to every connected peer; anti-entropy repairs what pushes miss.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use meshcache::transport::certs::EphemeralCa;
+/// use meshcache::Mesh;
+///
+/// let ca = EphemeralCa::new()?;
+/// let a = Mesh::builder().name("a").listen("127.0.0.1:0".parse()?).tls(ca.issue("a")?).start().await?;
+/// let b = Mesh::builder()
+///     .name("b")
+///     .listen("127.0.0.1:0".parse()?)
+///     .seeds([a.local_addr()])
+///     .tls(ca.issue("b")?)
+///     .start()
+///     .await?;
+/// b.wait_ready(std::time::Duration::from_secs(5)).await;
+/// b.put("greeting", "hello")?;
+/// assert_eq!(b.get(b"greeting").as_deref(), Some(&b"hello"[..]));
+/// a.shutdown().await;
+/// b.shutdown().await;
+/// # Ok(()) }
+/// ```
+///
+/// Handles are cheap clones of one peer. Dropping the last one stops the
+/// peer, like any Rust resource: its tasks end and its socket closes, after
+/// a best-effort goodbye when a tokio runtime is at hand. [`Mesh::shutdown`]
+/// is the graceful stop that can be awaited. A RESP or admin server holds a
+/// handle for as long as it serves.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+    /// Held by handles only, never by the peer's own tasks (which hold
+    /// `inner`): its drop is the last handle's.
+    _handle: Arc<HandleGuard>,
+}
+
+/// Stops the peer when the last [`Mesh`] handle goes.
+struct HandleGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        let inner = self.inner.clone();
+        if inner.cancel.is_cancelled() {
+            // Already stopped (shutdown, halt, or superseded).
+            inner.endpoint.close(CODE_GOODBYE, b"goodbye");
+            return;
+        }
+        tracing::info!(name = %inner.replica.me().name, "last handle dropped: leaving the mesh");
+        // The tasks stop taking new work at once; the goodbye needs only
+        // the connections, which the endpoint's close then ends.
+        inner.cancel.cancel();
+        inner.tasks.close();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    say_goodbye(&inner).await;
+                    inner.endpoint.close(CODE_GOODBYE, b"goodbye");
+                });
+            }
+            Err(_) => inner.endpoint.close(CODE_GOODBYE, b"goodbye"),
+        }
+    }
+}
+
+impl Mesh {
+    /// A builder with default settings.
+    pub fn builder() -> MeshBuilder {
+        MeshBuilder::default()
+    }
+
+    /// The first handle of a peer just started.
+    pub(super) fn new(inner: Arc<Inner>) -> Mesh {
+        Mesh { _handle: Arc::new(HandleGuard { inner: inner.clone() }), inner }
+    }
+
+    /// The address peers are accepted on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// This peer's identity (name and incarnation).
+    pub fn id(&self) -> &MemberId {
+        self.inner.replica.me()
+    }
+
+    /// The core replica, for advanced use (RESP front door, tests).
+    pub fn replica(&self) -> &Replica {
+        &self.inner.replica
+    }
+
+    /// Reads `key` from the local replica: no network, no await.
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.inner.replica.get(key, self.now_ms())
+    }
+
+    /// The peer's clock (Unix ms): what its stamps, TTLs and expiry use.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.env.now_ms()
+    }
+
+    /// The peer's clock and random source.
+    pub fn env(&self) -> &Env {
+        &self.inner.env
+    }
+
+    /// The largest key plus value a write may carry: it must fit in one
+    /// frame, with room for the batch header.
+    pub fn max_write_bytes(&self) -> usize {
+        self.inner.config.max_frame - 4096
+    }
+
+    fn check_size(&self, key: &Bytes, value: &Bytes) -> Result<(), MeshError> {
+        let len = key.len() + value.len();
+        let max = self.max_write_bytes();
+        if len > max {
+            return Err(MeshError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// Writes `key`; the write is pushed to every connected peer.
+    pub fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), MeshError> {
+        let (key, value) = (key.into(), value.into());
+        self.check_size(&key, &value)?;
+        let w = self.inner.replica.put(key, value, None, self.now_ms())?;
+        self.inner.after_write(w, ChangeKind::Put);
+        Ok(())
+    }
+
+    /// Writes `key` with a time to live.
+    pub fn put_with_ttl(&self, key: impl Into<Bytes>, value: impl Into<Bytes>, ttl: Duration) -> Result<(), MeshError> {
+        let ttl = ttl.as_millis().max(1) as u64;
+        let (key, value) = (key.into(), value.into());
+        self.check_size(&key, &value)?;
+        let w = self.inner.replica.put(key, value, Some(ttl), self.now_ms())?;
+        self.inner.after_write(w, ChangeKind::Put);
+        Ok(())
+    }
+
+    /// Deletes `key` everywhere. Returns whether it was visible here.
+    pub fn delete(&self, key: impl Into<Bytes>) -> Result<bool, MeshError> {
+        let w = self.inner.replica.delete(key.into(), self.now_ms())?;
+        let existed = w.previous.is_some();
+        self.inner.after_write(w, ChangeKind::Delete);
+        Ok(existed)
+    }
+
+    /// Atomic local read-modify-write (NX, XX, KEEPTTL, EXPIRE): `f` sees the
+    /// visible slot and the new stamp and returns the slot to write, or
+    /// `None` to write nothing. The result is replicated like any write.
+    pub fn write_with(
+        &self,
+        key: impl Into<Bytes>,
+        f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
+    ) -> Result<Option<Written>, MeshError> {
+        let key = key.into();
+        let max = self.max_write_bytes();
+        let mut too_large = None;
+        let w = self.inner.replica.write_with(key.clone(), self.now_ms(), |cur, stamp| {
+            let slot = f(cur, stamp)?;
+            let len = key.len() + slot.payload_len();
+            if len > max {
+                too_large = Some(len);
+                return None;
+            }
+            Some(slot)
+        })?;
+        if let Some(len) = too_large {
+            return Err(MeshError::TooLarge { len, max });
+        }
+        if let Some(w) = &w {
+            let kind = if w.register.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
+            self.inner.after_write(w.clone(), kind);
+        }
+        Ok(w)
+    }
+
+    /// FLUSHALL: deletes every key older than now, on every peer.
+    pub fn flush_all(&self) -> Result<(), MeshError> {
+        let stamp = self.inner.replica.flush_all(self.now_ms())?;
+        for p in self.inner.peers.lock().values() {
+            p.queue.force();
+        }
+        self.inner.publish(Change { key: Bytes::new(), kind: ChangeKind::Flush, origin: Origin::Local, stamp });
+        Ok(())
+    }
+
+    /// A stream of changes, local and remote. A subscriber that falls more
+    /// than 4,096 changes behind is told how many it missed.
+    pub fn subscribe(&self) -> tokio_stream::wrappers::BroadcastStream<Change> {
+        tokio_stream::wrappers::BroadcastStream::new(self.inner.events.subscribe())
+    }
+
+    /// Every member known, with its state.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let connected: HashMap<String, MemberId> =
+            self.inner.peers.lock().iter().map(|(n, p)| (n.clone(), p.id.clone())).collect();
+        self.inner
+            .replica
+            .members_all()
+            .into_iter()
+            .map(|(id, status, synced_ms, addr)| MemberStatus {
+                connected: connected.get(&id.name) == Some(&id),
+                id,
+                status,
+                addr,
+                synced_ms,
+            })
+            .collect()
+    }
+
+    /// Operator removal of a member that is gone for good (`meshcache
+    /// forget`): collection stops waiting for it. Never do this to a member
+    /// that may come back with its data: its deletes could be undone.
+    pub fn forget(&self, name: &str) -> bool {
+        let forgotten = self.inner.replica.forget(name);
+        self.inner.note_members();
+        forgotten
+    }
+
+    /// Whether bootstrap is complete, so that writes are accepted.
+    pub fn is_ready(&self) -> bool {
+        self.inner.replica.is_booted()
+    }
+
+    /// Waits until bootstrap is complete, or `timeout`. Returns readiness.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                // Registered before the check, so that a session ending in
+                // between still wakes this wait.
+                let ended = self.inner.sessions_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if self.is_ready() {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok() || self.is_ready()
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> MeshStats {
+        let c = &self.inner.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ignored = self.inner.replica.members_ignored();
+        MeshStats {
+            store: self.inner.replica.store().stats(),
+            members: self.inner.replica.members().len(),
+            connected: self.inner.peers.lock().len(),
+            booted: self.inner.replica.is_booted(),
+            deltas_sent: l(&c.deltas_sent),
+            deltas_received: l(&c.deltas_received),
+            push_batches_sent: l(&c.push_batches_sent),
+            push_bytes_sent: l(&c.push_bytes_sent),
+            queue_overflows: l(&c.queue_overflows),
+            ae_rounds: l(&c.ae_rounds),
+            ae_failed: l(&c.ae_failed),
+            ae_bytes_sent: l(&c.ae_bytes_sent),
+            ae_bytes_received: l(&c.ae_bytes_received),
+            ae_entries_sent: l(&c.ae_entries_sent),
+            ae_entries_received: l(&c.ae_entries_received),
+            refused_peers: l(&c.refused_peers),
+            protocol_errors: l(&c.protocol_errors),
+            clock_refused: self.inner.replica.store().clock().refused(),
+            members_invalid: ignored.invalid,
+            members_over_cap: ignored.over_cap,
+        }
+    }
+
+    /// Resolves when the peer stops (after `shutdown`, or on its own when it
+    /// learns it was superseded).
+    pub async fn stopped(&self) {
+        self.inner.cancel.cancelled().await
+    }
+
+    /// Stops without saying goodbye, as a crash would: peers keep this
+    /// incarnation as a member, pausing tombstone collection, until a newer
+    /// incarnation of its name appears or an operator forgets it. For
+    /// failure testing; only with the `testing` feature.
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn halt(&self) {
+        self.inner.cancel.cancel();
+        self.inner.endpoint.close(super::conn::CODE_SUPERSEDED, b"halt");
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.tasks.wait()).await;
+    }
+
+    /// Leaves the mesh gracefully: says goodbye to every peer (so that they
+    /// stop waiting for this incarnation), closes connections, and waits
+    /// for every task to finish.
+    pub async fn shutdown(&self) {
+        say_goodbye(&self.inner).await;
+        self.inner.cancel.cancel();
+        self.inner.endpoint.close(CODE_GOODBYE, b"goodbye");
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.tasks.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        tracing::info!(name = %self.inner.replica.me().name, "peer stopped");
+    }
+}

@@ -1,0 +1,169 @@
+//! The uni streams, both ways: pushed delta batches and goodbyes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::conn::note_protocol_error;
+use super::inner::Inner;
+use super::queue::PushQueue;
+use super::stream::{kind, write_message, FrameReader, StreamError};
+use crate::membership::MemberId;
+use crate::replica::PeerError;
+use crate::wire::Message;
+
+/// Pushes queued writes to one peer over one long-lived uni stream.
+pub(super) async fn push_sender(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, queue: Arc<PushQueue>) {
+    let mut send = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let mut sent_members_version = u64::MAX;
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = conn.closed() => return,
+            _ = queue.notify.notified() => {}
+        }
+        if queue.is_closed() {
+            return;
+        }
+        if !inner.config.push_delay.is_zero() {
+            tokio::time::sleep(inner.config.push_delay).await;
+        }
+        loop {
+            let batch = queue.take(inner.config.push_batch_bytes);
+            if batch.overflowed {
+                inner.counters.queue_overflows.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("meshcache_push_queue_overflows_total").increment(1);
+                tracing::warn!(peer = %id, "push queue overflowed: falling back to anti-entropy");
+                inner.with_links(|d, now| d.links.handle_queue_overflow(now, &id.name));
+            }
+            if batch.entries.is_empty() && !batch.force {
+                break;
+            }
+            let version = inner.replica.members_version();
+            let with_members = version != sent_members_version;
+            sent_members_version = version;
+            let n = batch.entries.len() as u64;
+            let msg = Message::Deltas(inner.replica.deltas(batch.entries, with_members));
+            let frame = match inner.codec.encode_to_bytes(&msg) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(peer = %id, error = %e, "cannot encode a push batch; the peer will be repaired by anti-entropy");
+                    inner.with_links(|d, now| d.links.request_round(now, &id.name));
+                    continue;
+                }
+            };
+            if send.write_all(&frame).await.is_err() {
+                return;
+            }
+            let c = &inner.counters;
+            c.deltas_sent.fetch_add(n, Ordering::Relaxed);
+            c.push_batches_sent.fetch_add(1, Ordering::Relaxed);
+            c.push_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+            metrics::counter!("meshcache_deltas_sent_total").increment(n);
+            metrics::counter!("meshcache_push_bytes_sent_total").increment(frame.len() as u64);
+            if !queue.has_more() {
+                break;
+            }
+        }
+    }
+}
+
+/// Accepts the peer's uni streams: pushes and goodbyes.
+pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) {
+    loop {
+        let recv = tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            r = conn.accept_uni() => match r { Ok(r) => r, Err(_) => return },
+        };
+        let (inner, conn, id) = (inner.clone(), conn.clone(), id.clone());
+        inner.clone().tasks.spawn(async move {
+            let mut reader = FrameReader::new(recv, inner.codec);
+            loop {
+                let m = tokio::select! {
+                    _ = inner.cancel.cancelled() => return,
+                    m = reader.next() => m,
+                };
+                match m {
+                    Ok(Some(Message::Deltas(batch))) => {
+                        if batch.from.name != id.name {
+                            note_protocol_error(
+                                &inner,
+                                &conn,
+                                "push",
+                                &StreamError::Protocol(format!("push from {} on {}'s connection", batch.from, id)),
+                            );
+                            return;
+                        }
+                        let n = batch.entries.len() as u64;
+                        match inner.replica.handle_deltas(batch, inner.env.now_ms()) {
+                            Ok(out) => {
+                                inner.counters.deltas_received.fetch_add(n, Ordering::Relaxed);
+                                metrics::counter!("meshcache_deltas_received_total").increment(n);
+                                inner.publish_all(out.changes);
+                                inner.note_members();
+                            }
+                            Err(PeerError::SelfSuperseded) => return,
+                            Err(e) => tracing::warn!(peer = %id, error = %e, "push dropped"),
+                        }
+                    }
+                    Ok(Some(Message::Goodbye(who))) => {
+                        if who == id {
+                            tracing::info!(peer = %id, "peer left the mesh");
+                            inner.replica.handle_goodbye(&who);
+                            inner.note_members();
+                        }
+                        return;
+                    }
+                    Ok(Some(other)) => {
+                        note_protocol_error(
+                            &inner,
+                            &conn,
+                            "push",
+                            &StreamError::Protocol(format!("{} on a push stream", kind(&other))),
+                        );
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        note_protocol_error(&inner, &conn, "push", &e);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Tells every connected peer that this incarnation leaves for good.
+pub(super) async fn say_goodbye(inner: &Arc<Inner>) {
+    let conns: Vec<(quinn::Connection, MemberId)> =
+        inner.peers.lock().values().map(|p| (p.conn.clone(), p.id.clone())).collect();
+    let me = inner.replica.me().clone();
+    let sends = conns.into_iter().map(|(conn, id)| {
+        let (codec, me) = (inner.codec, me.clone());
+        async move {
+            let r = async {
+                let mut s = conn.open_uni().await.ok()?;
+                write_message(&mut s, &codec, &Message::Goodbye(me)).await.ok()?;
+                s.finish().ok()?;
+                s.stopped().await.ok()
+            };
+            if tokio::time::timeout(Duration::from_secs(1), r).await.is_err() {
+                tracing::debug!(peer = %id, "goodbye not acknowledged");
+            }
+        }
+    });
+    futures_join_all(sends).await;
+}
+
+/// Runs every future to its end, concurrently.
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(fs: impl Iterator<Item = F>) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in fs {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
+}
