@@ -96,17 +96,19 @@
 //! - `server` (default): adds `resp`, the Redis-protocol server, and
 //!   `admin`, the admin port, and builds the `meshcache` command with its
 //!   CLI, TOML config file, log output and Prometheus exporter.
-//! - `testing`: test-only hooks, never for production: the switches that
-//!   plant known bugs (`store::Bug`), the invariant checker (`check`),
-//!   fault injection (`transport::faults`, `MeshBuilder::socket`),
-//!   `Mesh::halt` and `EphemeralCa::seeded`.
+//! - `faults`: partition testing on real QUIC: the invariant checker
+//!   (`check`) and fault injection (`transport::faults`,
+//!   `MeshBuilder::socket`).
+//! - `testing`: `faults` and the test-only hooks, never for production: the
+//!   switches that plant known bugs (`store::Bug`), `Mesh::halt` and
+//!   `EphemeralCa::seeded`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 #[cfg(feature = "server")]
 pub mod admin;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(any(test, feature = "faults"))]
 pub mod check;
 pub mod config;
 pub mod env;

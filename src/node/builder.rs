@@ -97,8 +97,8 @@ impl MeshBuilder {
     /// Carries QUIC over this socket instead of binding `listen`: a
     /// fault-injecting wrapper around real UDP, or a simulated network.
     /// `listen` is then ignored; the socket's own address is used. Only with
-    /// the `testing` feature.
-    #[cfg(any(test, feature = "testing"))]
+    /// the `faults` feature.
+    #[cfg(any(test, feature = "faults"))]
     pub fn socket(mut self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Self {
         self.socket = Some(socket);
         self

@@ -4,7 +4,7 @@
 //! [`tls`] turns an identity into rustls and quinn configurations.
 
 pub mod certs;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(any(test, feature = "faults"))]
 pub mod faults;
 pub(crate) mod seeded;
 pub mod tls;
