@@ -520,7 +520,10 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         faults.heal();
-        h.wait_converged(&peers, Duration::from_secs(3)).await;
+        // Converged on the newer writes, or (with the broken merge) on the
+        // older ones; a loaded machine may take a while to get there.
+        let converged = h.wait_converged(&peers, Duration::from_secs(60)).await;
+        assert!(converged.is_some(), "the peers never converged after the heal (broken merge: {broken})");
         for i in 0..20 {
             h.read(&a, format!("k{i}"));
             h.read(&b, format!("k{i}"));
