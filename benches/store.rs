@@ -53,7 +53,7 @@ fn value() -> Bytes {
 fn preloaded(keys: &[Bytes], now: u64) -> Store {
     let store = Store::new(NodeId(1), StoreConfig::default()).expect("default config is valid");
     for k in keys {
-        store.put(k.clone(), value(), None, now);
+        store.put(k.clone(), value(), None, now).unwrap();
     }
     assert_eq!(store.len(), keys.len());
     store
@@ -104,7 +104,7 @@ fn bench_put(c: &mut Criterion, keys: &[Bytes]) {
         let mut i = 0;
         b.iter(|| {
             // Key and value are `Bytes` clones: a refcount bump, no copy.
-            let w = store.put(keys[i].clone(), v.clone(), None, NOW);
+            let w = store.put(keys[i].clone(), v.clone(), None, NOW).unwrap();
             i = next(i);
             black_box(w)
         })

@@ -89,6 +89,12 @@ pub struct MeshConfig {
     pub tick_interval: Duration,
     /// Memory bound for values (bytes); `None` for unbounded.
     pub max_bytes: Option<usize>,
+    /// What to evict first past `max_bytes`: a Redis `maxmemory-policy`
+    /// name (`allkeys-lru` by default, `allkeys-lfu`, `volatile-ttl`,
+    /// `noeviction`, ...).
+    pub eviction_policy: crate::store::EvictionPolicy,
+    /// Entries sampled per eviction (Redis's `maxmemory-samples`), 1 to 64.
+    pub eviction_samples: usize,
     /// Budget of tombstones and eviction stubs before compaction.
     pub max_tombstones: usize,
     /// Store shards (a power of two).
@@ -120,6 +126,8 @@ impl Default for MeshConfig {
             idle_timeout: Duration::from_secs(3),
             tick_interval: Duration::from_millis(100),
             max_bytes: None,
+            eviction_policy: crate::store::EvictionPolicy::default(),
+            eviction_samples: crate::store::evict::DEFAULT_SAMPLES,
             max_tombstones: 1_000_000,
             shards: 64,
             max_members: crate::membership::DEFAULT_MAX_MEMBERS,
@@ -177,6 +185,12 @@ impl MeshConfig {
         }
         if self.max_bytes == Some(0) {
             return Err(invalid("max_bytes", "must be above 0 (omit it for no bound)"));
+        }
+        if self.eviction_samples == 0 || self.eviction_samples > crate::store::evict::MAX_SAMPLES {
+            return Err(invalid(
+                "eviction_samples",
+                format!("must be between 1 and {}", crate::store::evict::MAX_SAMPLES),
+            ));
         }
         if self.max_tombstones < 2 {
             return Err(invalid("max_tombstones", "must be at least 2"));
@@ -250,6 +264,8 @@ mod tests {
             (MeshConfig { listen: "0.0.0.0:7000".parse().unwrap(), ..base.clone() }, "advertise"),
             (MeshConfig { idle_timeout: Duration::from_millis(100), ..base.clone() }, "idle_timeout"),
             (MeshConfig { max_tombstones: 1, ..base.clone() }, "max_tombstones"),
+            (MeshConfig { eviction_samples: 0, ..base.clone() }, "eviction_samples"),
+            (MeshConfig { eviction_samples: 65, ..base.clone() }, "eviction_samples"),
             (MeshConfig { max_members: 0, ..base.clone() }, "max_members"),
             (MeshConfig { name: ".hidden".into(), ..base.clone() }, "name"),
             (MeshConfig { name: "ca".into(), ..base.clone() }, "name"),

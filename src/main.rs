@@ -137,6 +137,11 @@ struct NodeArgs {
     /// 1024, e.g. 256M), or `off` for none.
     #[arg(long, env = "MESHCACHE_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
     max_bytes: Option<MaxBytes>,
+    /// What to evict first past --max-bytes: allkeys-lru (the default),
+    /// allkeys-lfu, allkeys-random, volatile-lru, volatile-lfu,
+    /// volatile-random, volatile-ttl or noeviction (Redis's names).
+    #[arg(long, env = "MESHCACHE_EVICTION_POLICY", value_name = "POLICY", value_parser = parse_policy)]
+    eviction_policy: Option<meshcache::store::EvictionPolicy>,
     /// Budget of tombstones and eviction stubs before compaction.
     #[arg(long, env = "MESHCACHE_MAX_TOMBSTONES", value_name = "N")]
     max_tombstones: Option<usize>,
@@ -215,6 +220,10 @@ fn parse_admin(s: &str) -> Result<AdminAddr, String> {
         return Ok(AdminAddr::Off);
     }
     s.parse().map(AdminAddr::At).map_err(|_| "expected IP:PORT (such as 127.0.0.1:7947) or `off`".to_owned())
+}
+
+fn parse_policy(s: &str) -> Result<meshcache::store::EvictionPolicy, String> {
+    s.parse().map_err(|e: meshcache::store::evict::UnknownPolicy| e.to_string())
 }
 
 /// A `--max-bytes` value.
@@ -368,6 +377,9 @@ fn node_config(args: &NodeArgs) -> Result<MeshConfig, Exit> {
         Some(MaxBytes::Unbounded) => c.max_bytes = None,
         Some(MaxBytes::Bound(b)) => c.max_bytes = Some(b),
         None => {}
+    }
+    if let Some(p) = args.eviction_policy {
+        c.eviction_policy = p;
     }
     if let Some(t) = args.max_tombstones {
         c.max_tombstones = t;

@@ -29,6 +29,17 @@ pub enum WriteError {
     /// it: this process must stop.
     #[error("this peer was superseded by a newer incarnation and no longer accepts writes")]
     Superseded,
+    /// The store is over its memory bound and its eviction policy may not
+    /// make room (`noeviction`, or a volatile policy with no value that has
+    /// a TTL). Deletes and writes that add no memory still succeed.
+    #[error("OOM command not allowed when used memory > 'maxmemory'.")]
+    OutOfMemory,
+}
+
+impl From<crate::store::OutOfMemory> for WriteError {
+    fn from(_: crate::store::OutOfMemory) -> Self {
+        WriteError::OutOfMemory
+    }
 }
 
 impl WriteError {
@@ -146,7 +157,7 @@ impl Replica {
     /// Writes a value with an optional TTL in ms.
     pub fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>, now_ms: u64) -> Result<Written, WriteError> {
         self.check_writable()?;
-        Ok(self.store.put(key, value, ttl_ms, now_ms))
+        Ok(self.store.put(key, value, ttl_ms, now_ms)?)
     }
 
     /// Deletes `key`.
@@ -163,7 +174,7 @@ impl Replica {
         f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
     ) -> Result<Option<Written>, WriteError> {
         self.check_writable()?;
-        Ok(self.store.write_with(key, now_ms, f))
+        Ok(self.store.write_with(key, now_ms, f)?)
     }
 
     /// FLUSHALL: a mesh-wide range tombstone at a fresh stamp.

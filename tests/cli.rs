@@ -84,6 +84,9 @@ fn bad_flag_exits_2() {
     assert!(out.stderr.contains("--no-such-flag"), "{out:?}");
     let out = run_in(&tmp.0, &["node", "--name", "a", "--max-bytes", "lots"]);
     assert_eq!(out.code, Some(2), "{out:?}");
+    let out = run_in(&tmp.0, &["node", "--name", "a", "--eviction-policy", "lru"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("allkeys-lru"), "the error lists the policies: {out:?}");
     let out = run_in(&tmp.0, &["node", "--name", "a", "--admin", "0.0.0.0:0"]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("loopback"), "{out:?}");
@@ -103,6 +106,11 @@ fn invalid_config_files_exit_2_and_name_the_problem() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("broken.toml") && out.stderr.contains("line 2"), "{out:?}");
 
+    fs::write(tmp.path("policy.toml"), "name = \"a\"\neviction_policy = \"lru\"\n").unwrap();
+    let out = run_in(&tmp.0, &["node", "--config", "policy.toml"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("line 2") && out.stderr.contains("allkeys-lru"), "{out:?}");
+
     fs::write(tmp.path("invalid.toml"), "name = \"a\"\nmax_tombstones = 1\n").unwrap();
     let out = run_in(&tmp.0, &["node", "--config", "invalid.toml"]);
     assert_eq!(out.code, Some(2), "{out:?}");
@@ -118,7 +126,8 @@ fn settings_layer_file_then_environment_then_flags() {
     let tmp = TempDir::new("layers");
     fs::write(
         tmp.path("m.toml"),
-        "name = \"file\"\nmax_tombstones = 10\nanti_entropy_interval = 250\nmax_members = 7\n",
+        "name = \"file\"\nmax_tombstones = 10\nanti_entropy_interval = 250\nmax_members = 7\n\
+         eviction_policy = \"volatile-ttl\"\n",
     )
     .unwrap();
     let mut c = meshcache(
@@ -126,7 +135,7 @@ fn settings_layer_file_then_environment_then_flags() {
         &["node", "--config", "m.toml", "--max-tombstones", "30", "--push-delay-us", "50", "--print-config"],
     );
     c.env("MESHCACHE_NAME", "env").env("MESHCACHE_MAX_TOMBSTONES", "20");
-    c.env("MESHCACHE_MAX_MEMBERS", "9");
+    c.env("MESHCACHE_MAX_MEMBERS", "9").env("MESHCACHE_EVICTION_POLICY", "allkeys-lfu");
     c.env("MESHCACHE_SEEDS", "127.0.0.1:7000,127.0.0.1:7001").env("MESHCACHE_MAX_BYTES", "1M");
     let out = run(c, SHORT);
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -138,6 +147,7 @@ fn settings_layer_file_then_environment_then_flags() {
         "push_delay = 50",
         "seeds = [\"127.0.0.1:7000\", \"127.0.0.1:7001\"]",
         "max_members = 9",
+        "eviction_policy = \"allkeys-lfu\"",
     ] {
         assert!(out.stdout.lines().any(|l| l == line), "missing {line:?}: {out:?}");
     }

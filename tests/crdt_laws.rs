@@ -180,7 +180,7 @@ fn run(h: &History) -> Result<Run, TestCaseError> {
         let w = match &op.action {
             Action::Put { key, len, ttl } => {
                 let value = value_for(o, i, *len);
-                let w = origins[o].put(key_bytes(*key), value.clone(), *ttl, now);
+                let w = origins[o].put(key_bytes(*key), value.clone(), *ttl, now).unwrap();
                 let expires_at_ms = ttl.map(|t| w.register.marker.physical_ms() + t);
                 prop_assert_eq!(&w.register.val, &Slot::Value { data: value, expires_at_ms });
                 w
@@ -791,7 +791,7 @@ fn eviction_stub_and_value_converge() {
     let origin = fresh(&cfg, 1);
     let mut writes = Vec::new();
     for (i, k) in KEYS.iter().enumerate() {
-        let w = origin.put(Bytes::from_static(k.as_bytes()), value_for(0, i, 40), None, T0 + i as u64);
+        let w = origin.put(Bytes::from_static(k.as_bytes()), value_for(0, i, 40), None, T0 + i as u64).unwrap();
         writes.push((w.key, w.register));
     }
     let stubs = origin.stats().stubs;

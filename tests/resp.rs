@@ -394,6 +394,75 @@ async fn set_options_follow_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maxmemory_and_its_policy_follow_redis() {
+    let (mesh, server) = solo(RespConfig::default()).await;
+    let mut raw = Raw::connect(server.port).await;
+    let failed =
+        |name: &str, why: &str| format!("-ERR CONFIG SET failed (possibly related to argument '{name}') - {why}\r\n");
+    let policies =
+        "argument(s) must be one of the following: volatile-lru, volatile-lfu, volatile-random, volatile-ttl, \
+                    allkeys-lru, allkeys-lfu, allkeys-random, noeviction";
+    for (args, want) in [
+        (&["CONFIG", "GET", "maxmemory"][..], "*2\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n".to_owned()),
+        (&["CONFIG", "GET", "maxmemory-policy"], "*2\r\n$16\r\nmaxmemory-policy\r\n$11\r\nallkeys-lru\r\n".to_owned()),
+        (&["CONFIG", "SET", "maxmemory", "abc"], failed("maxmemory", "argument must be a memory value")),
+        (&["CONFIG", "SET", "maxmemory", "-1"], failed("maxmemory", "argument must be a memory value")),
+        (&["CONFIG", "SET", "maxmemory", "1.5gb"], failed("maxmemory", "argument must be a memory value")),
+        (&["CONFIG", "SET", "maxmemory-policy", "lru"], failed("maxmemory-policy", policies)),
+        (
+            &["CONFIG", "SET", "maxmemory-samples", "0"],
+            failed("maxmemory-samples", "argument must be between 1 and 64 inclusive"),
+        ),
+        // One bad value leaves every setting of the command as it was.
+        (&["CONFIG", "SET", "maxmemory", "1mb", "maxmemory-policy", "nope"], failed("maxmemory-policy", policies)),
+        (&["CONFIG", "GET", "maxmemory"], "*2\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n".to_owned()),
+        (&["CONFIG", "SET", "maxmemory", "4kb", "maxmemory-policy", "NOEVICTION"], "+OK\r\n".to_owned()),
+        (
+            &["CONFIG", "GET", "maxmemory*"],
+            "*6\r\n$9\r\nmaxmemory\r\n$4\r\n4096\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n\
+                                             $17\r\nmaxmemory-samples\r\n$1\r\n5\r\n"
+                .to_owned(),
+        ),
+    ] {
+        assert_eq!(raw.cmd(args).await, want, "{args:?}");
+    }
+    // noeviction: SETs are refused with Redis's OOM error once the bound is
+    // passed, and nothing is evicted.
+    let value = "v".repeat(100);
+    let mut stored = 0;
+    let refusal = loop {
+        let r = raw.cmd(&["SET", &format!("k{stored}"), &value]).await;
+        if r != "+OK\r\n" {
+            break r;
+        }
+        stored += 1;
+        assert!(stored < 1_000, "a 4 KiB bound refuses writes");
+    };
+    assert_eq!(refusal, "-OOM command not allowed when used memory > 'maxmemory'.\r\n");
+    assert!(stored > 5, "{stored} values fit in 4 KiB");
+    assert_eq!(raw.cmd(&["DBSIZE"]).await, format!(":{stored}\r\n"));
+    // A delete is never refused.
+    assert_eq!(raw.cmd(&["DEL", "k0"]).await, ":1\r\n");
+    let mut con = server.conn().await;
+    let mem = info(&mut con, "memory").await;
+    assert!(mem.contains("maxmemory:4096\r\n") && mem.contains("maxmemory_policy:noeviction\r\n"), "{mem}");
+    // An evicting policy makes room instead.
+    assert_eq!(raw.cmd(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"]).await, "+OK\r\n");
+    for i in 0..100 {
+        assert_eq!(raw.cmd(&["SET", &format!("n{i}"), &value]).await, "+OK\r\n");
+    }
+    let stats = info(&mut con, "stats").await;
+    assert!(!stats.contains("evicted_keys:0\r\n"), "{stats}");
+    assert!(mesh.replica().store().value_bytes() <= 4096, "the bound holds");
+    assert!(info(&mut con, "memory").await.contains("maxmemory_policy:allkeys-lfu\r\n"));
+    // 0 lifts the bound.
+    assert_eq!(raw.cmd(&["CONFIG", "SET", "maxmemory", "0"]).await, "+OK\r\n");
+    assert_eq!(mesh.replica().store().max_bytes(), None);
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_commands_and_pipelining() {
     let (mesh, server) = solo(RespConfig::default()).await;
     let mut raw = Raw::connect(server.port).await;

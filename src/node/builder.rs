@@ -160,6 +160,8 @@ impl MeshBuilder {
         let store = StoreConfig {
             shards: std::num::NonZeroUsize::new(config.shards).expect("validated"),
             max_bytes: config.max_bytes.and_then(std::num::NonZeroUsize::new),
+            policy: config.eviction_policy,
+            samples: std::num::NonZeroUsize::new(config.eviction_samples).expect("validated"),
             max_tombstones: std::num::NonZeroUsize::new(config.max_tombstones).expect("validated"),
             max_offset_ms: config.max_offset.as_millis() as u64,
             seed: node.0,

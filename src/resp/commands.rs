@@ -15,7 +15,8 @@ use super::parse::parse_i64;
 use super::reply::Out;
 use super::Shared;
 use crate::replica::WriteError;
-use crate::store::Slot;
+use crate::store::evict::MAX_SAMPLES;
+use crate::store::{EvictionPolicy, Slot};
 use crate::MeshError;
 
 /// The state of one client connection that commands read and change.
@@ -241,6 +242,9 @@ fn unknown_subcommand(out: &mut Out, sub: &[u8], cmd: &str) {
 fn write_error(out: &mut Out, e: MeshError) {
     match e {
         MeshError::Write(WriteError::Loading) => out.error("LOADING meshcache is loading the dataset from its peers"),
+        MeshError::Write(WriteError::OutOfMemory) => {
+            out.error("OOM command not allowed when used memory > 'maxmemory'.")
+        }
         e => out.error(&format!("ERR {e}")),
     }
 }
@@ -1006,7 +1010,9 @@ fn config_params(sh: &Shared) -> Vec<(&'static str, String)> {
         ("proto-max-bulk-len", c.max_request_bytes.to_string()),
         ("client-query-buffer-limit", c.max_command_bytes.to_string()),
         ("client-output-buffer-limit", format!("normal 0 0 0 replica 0 0 0 pubsub {} 0 0", c.output_buffer_limit)),
-        ("maxmemory", sh.mesh.replica().store().config().max_bytes.map_or(0, |b| b.get()).to_string()),
+        ("maxmemory", sh.mesh.replica().store().max_bytes().map_or(0, |b| b.get()).to_string()),
+        ("maxmemory-policy", sh.mesh.replica().store().policy().to_string()),
+        ("maxmemory-samples", sh.mesh.replica().store().samples().to_string()),
         ("databases", "1".into()),
         ("save", String::new()),
         ("appendonly", "no".into()),
@@ -1036,17 +1042,35 @@ fn config_command(sh: &Shared, args: &[Bytes], out: &mut Out) {
         if args.len() < 4 || args.len() % 2 != 0 {
             return wrong_args(out, "config|set");
         }
+        // Every value is checked before any is applied, so that a bad one
+        // leaves the configuration as it was (as Redis does).
         let mut flags = None;
+        let mut max_bytes = None;
+        let mut policy = None;
+        let mut samples = None;
         for kv in args[2..].chunks_exact(2) {
             let name = lossy(&kv[0]).to_ascii_lowercase();
+            let failed = |why: &str| format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}");
             if name == "notify-keyspace-events" {
                 match notify::parse_flags(&kv[1]) {
                     Some(f) => flags = Some(f),
+                    None => return out.error(&failed("Invalid event class character. Use 'Ag$lshzxeKEtmdn'.")),
+                }
+            } else if name == "maxmemory" {
+                match parse_memory(&kv[1]) {
+                    Some(b) => max_bytes = Some(b),
+                    None => return out.error(&failed("argument must be a memory value")),
+                }
+            } else if name == "maxmemory-policy" {
+                match lossy(&kv[1]).parse::<EvictionPolicy>() {
+                    Ok(p) => policy = Some(p),
+                    Err(e) => return out.error(&failed(&e.to_string())),
+                }
+            } else if name == "maxmemory-samples" {
+                match parse_i64(&kv[1]).filter(|n| (1..=MAX_SAMPLES as i64).contains(n)) {
+                    Some(n) => samples = std::num::NonZeroUsize::new(n as usize),
                     None => {
-                        return out.error(
-                            "ERR CONFIG SET failed (possibly related to argument 'notify-keyspace-events') - \
-                             Invalid event class character. Use 'Ag$lshzxeKEtmdn'.",
-                        )
+                        return out.error(&failed(&format!("argument must be between 1 and {MAX_SAMPLES} inclusive")))
                     }
                 }
             } else if config_params(sh).iter().any(|(n, _)| *n == name) {
@@ -1061,6 +1085,16 @@ fn config_command(sh: &Shared, args: &[Bytes], out: &mut Out) {
         if let Some(f) = flags {
             sh.hub.set_flags(f);
         }
+        let store = sh.mesh.replica().store();
+        if let Some(p) = policy {
+            store.set_policy(p);
+        }
+        if let Some(n) = samples {
+            store.set_samples(n).expect("checked above");
+        }
+        if let Some(b) = max_bytes {
+            store.set_max_bytes(std::num::NonZeroUsize::new(b), sh.mesh.now_ms());
+        }
         out.ok();
     } else if eq(sub, "resetstat") && args.len() == 2 {
         out.ok();
@@ -1074,7 +1108,8 @@ fn config_command(sh: &Shared, args: &[Bytes], out: &mut Out) {
                 "GET <pattern>",
                 "    Return parameters matching the glob-like <pattern> and their values.",
                 "SET <directive> <value>",
-                "    Set the configuration <directive> to <value> (only notify-keyspace-events).",
+                "    Set the configuration <directive> to <value> (notify-keyspace-events, maxmemory,",
+                "    maxmemory-policy, maxmemory-samples).",
                 "RESETSTAT",
                 "    Accepted; statistics are not reset.",
             ],
@@ -1084,6 +1119,29 @@ fn config_command(sh: &Shared, args: &[Bytes], out: &mut Out) {
     } else {
         unknown_subcommand(out, sub, "CONFIG");
     }
+}
+
+/// Parses a memory value as Redis's `CONFIG SET maxmemory` does: digits
+/// with an optional unit, case-insensitive (`k` = 1000, `kb` = 1024, and so
+/// on for m, g). `0` means no bound.
+fn parse_memory(v: &[u8]) -> Option<usize> {
+    let s = std::str::from_utf8(v).ok()?.to_ascii_lowercase();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits == 0 {
+        return None;
+    }
+    let (num, unit) = s.split_at(digits);
+    let mul: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        _ => return None,
+    };
+    num.parse::<u64>().ok()?.checked_mul(mul).and_then(|b| usize::try_from(b).ok())
 }
 
 #[cfg(test)]

@@ -73,14 +73,14 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
         "memory" => {
             let store = sh.mesh.replica().store();
             let used = store.stats().bytes;
-            let max = store.config().max_bytes.map_or(0, |b| b.get());
+            let max = store.max_bytes().map_or(0, |b| b.get());
             writeln!(
                 s,
                 "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nmaxmemory:{max}\r\nmaxmemory_human:{}\r\n\
                  maxmemory_policy:{}\r",
                 human(used),
                 human(max),
-                if max == 0 { "noeviction" } else { "allkeys-sampled-oldest-write" },
+                store.policy(),
             )
         }
         "stats" => {

@@ -18,14 +18,17 @@
 
 mod bugs;
 pub mod digest;
+pub mod evict;
 mod shard;
 pub mod slot;
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use crate::hlc::{Clock, ClockError, NodeId, Stamp};
 #[cfg(any(test, feature = "testing"))]
@@ -33,6 +36,8 @@ pub use bugs::Bug;
 #[cfg(not(any(test, feature = "testing")))]
 use bugs::Bug;
 use digest::{key_hash, BUCKETS, BUCKET_BITS};
+pub use evict::EvictionPolicy;
+use evict::POOL_SIZE;
 use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 
@@ -48,9 +53,17 @@ pub struct StoreConfig {
     pub shards: NonZeroUsize,
     /// Memory bound for values, in accounted bytes (key + value + per-entry
     /// overhead of every register that holds a value). Past it, values are
-    /// evicted into stubs. Stubs and tombstones are bounded separately, by
-    /// `max_tombstones`. `None` means unbounded.
+    /// evicted into stubs as `policy` chooses. Stubs and tombstones are
+    /// bounded separately, by `max_tombstones`. `None` means unbounded. The
+    /// starting value: [`Store::set_max_bytes`] changes it at run time.
     pub max_bytes: Option<NonZeroUsize>,
+    /// What to evict first (Redis's `maxmemory-policy`). The starting value:
+    /// [`Store::set_policy`] changes it at run time.
+    pub policy: EvictionPolicy,
+    /// Entries sampled per eviction (Redis's `maxmemory-samples`), 1 to
+    /// [`evict::MAX_SAMPLES`]. The starting value: [`Store::set_samples`]
+    /// changes it at run time.
+    pub samples: NonZeroUsize,
     /// Budget for registers without a value: tombstones and eviction stubs.
     /// Past it the store compacts by raising `clear_below` past the oldest
     /// of them (a partial flush), so that they stay bounded even while
@@ -69,11 +82,19 @@ impl Default for StoreConfig {
         StoreConfig {
             shards: NonZeroUsize::new(64).expect("nonzero"),
             max_bytes: None,
+            policy: EvictionPolicy::default(),
+            samples: NonZeroUsize::new(evict::DEFAULT_SAMPLES).expect("nonzero"),
             max_tombstones: NonZeroUsize::new(1_000_000).expect("nonzero"),
             max_offset_ms: 500,
             seed: 0,
         }
     }
+}
+
+/// The eviction pool and the RNG that samples for it.
+struct Evictor {
+    pool: evict::Pool,
+    rng: SmallRng,
 }
 
 /// The two store-wide stamps of the tombstone protocol.
@@ -87,6 +108,12 @@ pub struct Floors {
     /// victim coming back).
     pub gc_floor: Stamp,
 }
+
+/// A local write refused because the store is over its bound and its
+/// policy may not evict what would make room (Redis's `OOM` error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("OOM command not allowed when used memory > 'maxmemory'.")]
+pub struct OutOfMemory;
 
 /// The result of a local write.
 #[derive(Clone, Debug)]
@@ -191,6 +218,18 @@ pub struct Store {
     bytes: AtomicIsize,
     tombstones: AtomicIsize,
     stubs: AtomicIsize,
+    /// The part of `bytes` held by registers with a value: what the bound
+    /// applies to.
+    value_bytes: AtomicIsize,
+    /// The bound in force (0: none), the policy and the samples per
+    /// eviction, all settable at run time.
+    max_bytes: AtomicUsize,
+    policy: AtomicU8,
+    samples: AtomicUsize,
+    /// The eviction pool and its sampling RNG (seeded: eviction is
+    /// deterministic under simulation). One for the whole store, so that a
+    /// victim is the best candidate of every shard sampled, not of one.
+    evictor: Mutex<Evictor>,
     counters: Counters,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
@@ -210,6 +249,9 @@ pub enum StoreConfigError {
     /// `shards` must be a power of two no larger than the bucket count.
     #[error("shards must be a power of two between 1 and {BUCKETS}, got {0}")]
     Shards(usize),
+    /// `samples` is above [`evict::MAX_SAMPLES`].
+    #[error("samples must be between 1 and {max} inclusive, got {0}", max = evict::MAX_SAMPLES)]
+    Samples(usize),
 }
 
 impl Store {
@@ -219,20 +261,26 @@ impl Store {
         if !n.is_power_of_two() || n > BUCKETS {
             return Err(StoreConfigError::Shards(n));
         }
+        if config.samples.get() > evict::MAX_SAMPLES {
+            return Err(StoreConfigError::Samples(config.samples.get()));
+        }
         let per = BUCKETS / n;
-        let shards = (0..n)
-            .map(|i| RwLock::new(Shard::new(per, config.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))))
-            .collect();
+        let shards = (0..n).map(|_| RwLock::new(Shard::new(per))).collect();
         Ok(Store {
             shards,
             shard_shift: BUCKET_BITS - n.trailing_zeros(),
             clock: Clock::new(node, config.max_offset_ms),
             floors: RwLock::new(Floors::default()),
-            config,
             entries: AtomicIsize::new(0),
             bytes: AtomicIsize::new(0),
             tombstones: AtomicIsize::new(0),
             stubs: AtomicIsize::new(0),
+            value_bytes: AtomicIsize::new(0),
+            max_bytes: AtomicUsize::new(config.max_bytes.map_or(0, |b| b.get())),
+            policy: AtomicU8::new(config.policy.to_u8()),
+            samples: AtomicUsize::new(config.samples.get()),
+            evictor: Mutex::new(Evictor { pool: evict::Pool::default(), rng: SmallRng::seed_from_u64(config.seed) }),
+            config,
             counters: Counters::default(),
             #[cfg(any(test, feature = "testing"))]
             bugs: bugs::Planted::default(),
@@ -244,9 +292,117 @@ impl Store {
         &self.clock
     }
 
-    /// The configuration the store was built with.
+    /// The configuration the store was built with. The bound, the policy
+    /// and the samples may have changed since: see [`Store::max_bytes`],
+    /// [`Store::policy`] and [`Store::samples`].
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// The memory bound in force.
+    pub fn max_bytes(&self) -> Option<NonZeroUsize> {
+        NonZeroUsize::new(self.max_bytes.load(Ordering::Relaxed))
+    }
+
+    /// The eviction policy in force.
+    pub fn policy(&self) -> EvictionPolicy {
+        EvictionPolicy::from_u8(self.policy.load(Ordering::Relaxed))
+    }
+
+    /// Entries sampled per eviction.
+    pub fn samples(&self) -> usize {
+        self.samples.load(Ordering::Relaxed)
+    }
+
+    /// Changes the bound (`None`: unbounded) and evicts down to it at once,
+    /// at local time `now_ms`.
+    pub fn set_max_bytes(&self, max: Option<NonZeroUsize>, now_ms: u64) {
+        self.max_bytes.store(max.map_or(0, |b| b.get()), Ordering::Relaxed);
+        if self.enforce_bound(now_ms) > 0 {
+            self.compact_if_needed(now_ms);
+        }
+    }
+
+    /// Changes the eviction policy.
+    pub fn set_policy(&self, policy: EvictionPolicy) {
+        if self.policy.swap(policy.to_u8(), Ordering::Relaxed) != policy.to_u8() {
+            self.evictor.lock().pool.clear();
+        }
+    }
+
+    /// Changes the entries sampled per eviction (1 to
+    /// [`evict::MAX_SAMPLES`]).
+    pub fn set_samples(&self, samples: NonZeroUsize) -> Result<(), StoreConfigError> {
+        if samples.get() > evict::MAX_SAMPLES {
+            return Err(StoreConfigError::Samples(samples.get()));
+        }
+        self.samples.store(samples.get(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Bytes held by values: what the bound applies to.
+    pub fn value_bytes(&self) -> usize {
+        self.value_bytes.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    fn over_bound(&self) -> bool {
+        let max = self.max_bytes.load(Ordering::Relaxed);
+        max != 0 && self.value_bytes() > max
+    }
+
+    /// Evicts values until they fit the bound or the policy finds nothing
+    /// more to evict. Each eviction samples shards from a random one on
+    /// until it has its samples, offers them to the store's pool, and evicts
+    /// the pool's best candidate. Shard locks are taken one at a time, after
+    /// the evictor's, so this runs after a write has released its own.
+    /// Returns how many values were evicted.
+    fn enforce_bound(&self, now_ms: u64) -> usize {
+        let policy = self.policy();
+        if policy == EvictionPolicy::Noeviction {
+            return 0;
+        }
+        let samples = self.samples();
+        let shift = self.shard_shift;
+        let n = self.shards.len();
+        let mut ev = self.evictor.lock();
+        let Evictor { pool, rng } = &mut *ev;
+        let mut evicted = 0;
+        // Pool candidates that were stale (deleted or rewritten since they
+        // were sampled) or shards sampled in vain: a bound on both keeps a
+        // store with nothing left to evict from spinning.
+        let mut misses = 0;
+        while self.over_bound() && misses < 2 * n + POOL_SIZE {
+            if policy.is_random() {
+                // No candidate is better than another: evict the latest.
+                pool.clear();
+            }
+            // `volatile-ttl` asks every shard for its soonest expiry (each
+            // shard knows it exactly), so that the victim is the soonest of
+            // the store; the others sample shards from a random one on.
+            let want = if policy == EvictionPolicy::VolatileTtl { usize::MAX } else { samples };
+            let first = rng.random_range(0..n);
+            let mut offered = 0;
+            for s in (first..n).chain(0..first) {
+                let per_shard = if want == usize::MAX { 1 } else { samples };
+                offered += self.shards[s].read().sample(policy, per_shard, now_ms, rng, pool);
+                if offered >= want {
+                    break;
+                }
+            }
+            let Some(victim) = pool.take() else { break };
+            let (s, _) = self.locate(key_hash(&victim));
+            let mut g = self.shards[s].write();
+            match g.evict(&victim, policy, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1)) {
+                Some(d) => {
+                    drop(g);
+                    evicted += 1;
+                    self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                    self.apply(d);
+                }
+                None => misses += 1,
+            }
+        }
+        evicted
     }
 
     /// The current floors.
@@ -272,34 +428,27 @@ impl Store {
         if d.stubs != 0 {
             self.stubs.fetch_add(d.stubs, Ordering::Relaxed);
         }
-    }
-
-    fn shard_budget(&self) -> Option<usize> {
-        self.config.max_bytes.map(|m| (m.get() / self.shards.len()).max(1))
-    }
-
-    /// Stores a winning register in its (locked) shard, then evicts values
-    /// if the shard went over its share of the memory bound.
-    fn store_bounded(&self, g: &mut Shard, key: Bytes, kh: u64, lb: usize, reg: Register, now_ms: u64) -> Delta {
-        let (_, mut d) = g.store(key.clone(), kh, lb, reg, now_ms, now_ms);
-        if let Some(budget) = self.shard_budget() {
-            if g.value_bytes > budget {
-                let shift = self.shard_shift;
-                let (n, evicted) = g.evict(budget, &key, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1));
-                self.counters.evictions.fetch_add(n as u64, Ordering::Relaxed);
-                d.add(evicted);
-            }
+        if d.value_bytes != 0 {
+            self.value_bytes.fetch_add(d.value_bytes, Ordering::Relaxed);
         }
-        d
+    }
+
+    /// Stores a winning register in its (locked) shard.
+    fn store_in(&self, g: &mut Shard, key: Bytes, kh: u64, lb: usize, reg: Register, now_ms: u64) -> Delta {
+        g.store(key, kh, lb, reg, now_ms, now_ms, self.policy().is_lfu()).1
     }
 
     /// Reads `key` at `now_ms`: the value, unless it is absent, deleted,
-    /// evicted or expired. Local; takes one shard read lock.
+    /// evicted or expired. Local; takes one shard read lock. A hit counts
+    /// as an access for the eviction policy.
     pub fn get(&self, key: &[u8], now_ms: u64) -> Option<Bytes> {
         let kh = key_hash(key);
         let (s, _) = self.locate(kh);
         let g = self.shards[s].read();
-        g.map.get(key).and_then(|e| e.reg.val.visible(now_ms).cloned())
+        let e = g.map.get(key)?;
+        let v = e.reg.val.visible(now_ms)?;
+        e.access.touch(self.policy().is_lfu(), now_ms);
+        Some(v.clone())
     }
 
     /// The register held for `key`, whatever it holds (tests, TTL queries).
@@ -310,50 +459,69 @@ impl Store {
     }
 
     /// Writes a value with an optional TTL (ms), stamped now.
-    pub fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>, now_ms: u64) -> Written {
+    pub fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>, now_ms: u64) -> Result<Written, OutOfMemory> {
         self.write_with(key, now_ms, |_, stamp| {
             Some(Slot::Value { data: value, expires_at_ms: ttl_ms.map(|t| stamp.physical_ms().saturating_add(t)) })
         })
-        .expect("the closure always writes")
+        .map(|w| w.expect("the closure always writes"))
     }
 
     /// Deletes `key` by writing a tombstone, stamped now. The tombstone is
-    /// written even when the key is absent here: a peer may hold it.
+    /// written even when the key is absent here: a peer may hold it. A
+    /// delete is never refused for memory.
     pub fn delete(&self, key: Bytes, now_ms: u64) -> Written {
-        self.write_with(key, now_ms, |_, _| Some(Slot::Tombstone)).expect("the closure always writes")
+        self.write_with(key, now_ms, |_, _| Some(Slot::Tombstone))
+            .expect("a tombstone is never refused")
+            .expect("the closure always writes")
     }
 
     /// Local read-modify-write: `f` sees the currently visible slot (values
     /// only) and the new stamp, and returns the slot to write, or `None` to
     /// write nothing. The shard's write lock is held throughout, so NX, XX,
     /// EXPIRE and KEEPTTL are atomic on this replica.
+    ///
+    /// Over the bound, the policy evicts first; a write that would still add
+    /// memory past the bound is refused with [`OutOfMemory`] (with
+    /// `noeviction`, or a volatile policy and no value with a TTL left).
+    /// Writes that add nothing (a delete, an EXPIRE, a smaller value) are
+    /// never refused.
     pub fn write_with(
         &self,
         key: Bytes,
         now_ms: u64,
         f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
-    ) -> Option<Written> {
+    ) -> Result<Option<Written>, OutOfMemory> {
+        let mut evicted = 0;
+        if self.over_bound() {
+            evicted += self.enforce_bound(now_ms);
+        }
         let kh = key_hash(&key);
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
         let stamp = self.clock.now(now_ms);
         let current = g.map.get(&key).map(|e| &e.reg.val).filter(|v| v.visible(now_ms).is_some());
         let previous = current.and_then(|v| v.visible(now_ms).cloned());
-        let slot = f(current, stamp)?;
+        let held = g.map.get(&key).map_or(0, |e| shard::cost(&key, &e.reg.val));
+        let Some(slot) = f(current, stamp) else { return Ok(None) };
+        if matches!(slot, Slot::Value { .. }) && self.over_bound() && shard::cost(&key, &slot) > held {
+            return Err(OutOfMemory);
+        }
         let register = Register { val: slot, marker: stamp };
         let cb = self.floors.read().clear_below;
         if stamp < cb {
-            return Some(Written { key, register, previous, applied: false });
+            return Ok(Some(Written { key, register, previous, applied: false }));
         }
         let is_tomb = register.val.is_tombstone();
-        let d = self.store_bounded(&mut g, key.clone(), kh, lb, register.clone(), now_ms);
+        let d = self.store_in(&mut g, key.clone(), kh, lb, register.clone(), now_ms);
         drop(g);
-        let grew = is_tomb || d.stubs > 0;
         self.apply(d);
-        if grew {
+        if self.over_bound() {
+            evicted += self.enforce_bound(now_ms);
+        }
+        if is_tomb || evicted > 0 {
             self.compact_if_needed(now_ms);
         }
-        Some(Written { key, register, previous, applied: true })
+        Ok(Some(Written { key, register, previous, applied: true }))
     }
 
     /// Raises `clear_below` to a new FLUSHALL stamp, deleting every register
@@ -448,11 +616,16 @@ impl Store {
             };
             added_tombstone |= !matches!(reg.val, Slot::Value { .. });
             let stamp = reg.marker;
-            let d = self.store_bounded(&mut g, key.clone(), kh, lb, reg, now_ms);
+            let d = self.store_in(&mut g, key.clone(), kh, lb, reg, now_ms);
             drop(g);
-            added_tombstone |= d.stubs > 0;
             self.apply(d);
             out.changes.push(Change { key, kind, origin: Origin::Remote, stamp });
+        }
+        // A write from a peer is never refused for memory: refusing it would
+        // leave this replica on the older value. The policy evicts instead
+        // (with `noeviction`, the values stay over the bound; see README).
+        if self.over_bound() && self.enforce_bound(now_ms) > 0 {
+            added_tombstone = true;
         }
         if added_tombstone {
             self.compact_if_needed(now_ms);
@@ -751,5 +924,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod evict_tests;
 #[cfg(test)]
 mod tests;

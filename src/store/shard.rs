@@ -9,14 +9,15 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use super::digest::entry_hash;
+use super::evict::{Access, EvictionPolicy, Pool};
 use super::slot::{Register, Slot};
 use crate::hlc::Stamp;
 
 /// A stored register and the local time it arrived.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) reg: Register,
     /// Local time (Unix ms) at which this register was stored here. Collection
@@ -26,16 +27,25 @@ pub(crate) struct Entry {
     pub(crate) arrival_ms: u64,
     /// The key's hash, kept so that digest upkeep on removal needs no rehash.
     pub(crate) key_hash: u64,
+    /// When (LRU) or how often (LFU) the entry was last read or written.
+    pub(crate) access: Access,
+}
+
+impl Clone for Entry {
+    fn clone(&self) -> Self {
+        Entry {
+            reg: self.reg.clone(),
+            arrival_ms: self.arrival_ms,
+            key_hash: self.key_hash,
+            access: self.access.copy(),
+        }
+    }
 }
 
 /// Estimated bytes one entry costs beyond its key and value bytes: the map
 /// slot, the entry, the index table and allocator slack. Used for the memory
 /// bound; `benches/` measures the real figure.
 pub(crate) const ENTRY_OVERHEAD: usize = std::mem::size_of::<(u64, Bytes, Entry)>() + 16;
-
-/// How many random entries eviction samples before evicting the oldest of
-/// them: Redis's approximated-LRU default, a good accuracy/cost trade.
-const EVICTION_SAMPLES: usize = 5;
 
 pub(crate) struct Shard {
     pub(crate) map: IndexMap<Bytes, Entry, foldhash::fast::RandomState>,
@@ -60,8 +70,6 @@ pub(crate) struct Shard {
     pub(crate) value_bytes: usize,
     pub(crate) tombstones: usize,
     pub(crate) stubs: usize,
-    /// Seeded: eviction sampling is deterministic under simulation.
-    rng: SmallRng,
 }
 
 /// What `Shard::store` did to the accounting the store keeps globally.
@@ -71,23 +79,27 @@ pub(crate) struct Delta {
     pub(crate) bytes: isize,
     pub(crate) tombstones: isize,
     pub(crate) stubs: isize,
+    /// The part of `bytes` held by registers with a value.
+    pub(crate) value_bytes: isize,
 }
 
 impl Delta {
     pub(crate) fn add(&mut self, o: Delta) {
         self.entries += o.entries;
         self.bytes += o.bytes;
+        self.value_bytes += o.value_bytes;
         self.tombstones += o.tombstones;
         self.stubs += o.stubs;
     }
 }
 
-fn cost(key: &Bytes, slot: &Slot) -> usize {
+/// Accounted bytes of one entry.
+pub(crate) fn cost(key: &Bytes, slot: &Slot) -> usize {
     key.len() + slot.payload_len() + ENTRY_OVERHEAD
 }
 
 impl Shard {
-    pub(crate) fn new(buckets: usize, seed: u64) -> Self {
+    pub(crate) fn new(buckets: usize) -> Self {
         Shard {
             map: IndexMap::default(),
             buckets: vec![0; buckets].into_boxed_slice(),
@@ -99,7 +111,6 @@ impl Shard {
             value_bytes: 0,
             tombstones: 0,
             stubs: 0,
-            rng: SmallRng::seed_from_u64(seed),
         }
     }
 
@@ -138,7 +149,9 @@ impl Shard {
         }
         self.bytes = (self.bytes as isize + d.bytes) as usize;
         if matches!(e.reg.val, Slot::Value { .. }) {
-            self.value_bytes -= cost(key, &e.reg.val);
+            let c = cost(key, &e.reg.val);
+            self.value_bytes -= c;
+            d.value_bytes = -(c as isize);
         }
         d
     }
@@ -149,10 +162,11 @@ impl Shard {
         self.bucket_counts[local_bucket] += 1;
         let c = cost(key, &e.reg.val);
         self.bytes += c;
+        let mut d = Delta { entries: 1, bytes: c as isize, ..Delta::default() };
         if matches!(e.reg.val, Slot::Value { .. }) {
             self.value_bytes += c;
+            d.value_bytes = c as isize;
         }
-        let mut d = Delta { entries: 1, bytes: c as isize, ..Delta::default() };
         match &e.reg.val {
             Slot::Tombstone => {
                 self.tombstones += 1;
@@ -178,7 +192,9 @@ impl Shard {
     }
 
     /// Stores `reg` for `key`, replacing whatever was there. The caller has
-    /// checked that `reg` wins. Returns the replaced entry.
+    /// checked that `reg` wins. A write counts as an access under `lfu` (or
+    /// LRU when false). Returns the replaced entry.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn store(
         &mut self,
         key: Bytes,
@@ -187,13 +203,18 @@ impl Shard {
         reg: Register,
         arrival_ms: u64,
         now_ms: u64,
+        lfu: bool,
     ) -> (Option<Entry>, Delta) {
+        let access = Access::written(self.map.get(&key).map(|e| &e.access), lfu, now_ms);
+        self.put_entry(key, local_bucket, Entry { reg, arrival_ms, key_hash, access }, now_ms)
+    }
+
+    fn put_entry(&mut self, key: Bytes, local_bucket: usize, new: Entry, now_ms: u64) -> (Option<Entry>, Delta) {
         let mut delta = Delta::default();
         let old = self.map.get(&key).cloned();
         if let Some(o) = &old {
             delta.add(self.unindex(&key, o, local_bucket));
         }
-        let new = Entry { reg, arrival_ms, key_hash };
         delta.add(self.index(&key, &new, local_bucket, now_ms));
         self.map.insert(key, new);
         (old, delta)
@@ -223,47 +244,92 @@ impl Shard {
         out
     }
 
-    /// Evicts values until the shard is within `budget` bytes, sparing
-    /// `keep` if anything else can go. Evicted values become stubs.
+    /// Evicts `key` if it still holds a value `policy` may evict, turning
+    /// it into a stub. Returns what that did to the accounting.
     pub(crate) fn evict(
         &mut self,
-        budget: usize,
-        keep: &Bytes,
+        key: &Bytes,
+        policy: EvictionPolicy,
         now_ms: u64,
         local_bucket: impl Fn(u64) -> usize,
-    ) -> (usize, Delta) {
-        let mut evicted = 0;
-        let mut delta = Delta::default();
-        // Each round evicts one value or proves there is none to evict; the
-        // bound keeps a shard of stubs and tombstones from spinning.
-        let mut rounds = 0;
-        while self.value_bytes > budget && rounds < 64 {
-            rounds += 1;
-            let n = self.map.len();
-            if n == 0 {
-                break;
-            }
-            let mut victim: Option<(usize, u64)> = None;
-            for _ in 0..EVICTION_SAMPLES.min(n) {
-                let i = self.rng.random_range(0..n);
-                let (k, e) = self.map.get_index(i).expect("index in range");
-                if matches!(e.reg.val, Slot::Value { .. })
-                    && (k != keep || n == 1)
-                    && victim.is_none_or(|(_, a)| e.arrival_ms < a)
-                {
-                    victim = Some((i, e.arrival_ms));
+    ) -> Option<Delta> {
+        if !self.is_value(key) || (policy.volatile_only() && !self.has_ttl(key)) {
+            return None;
+        }
+        let e = self.map.get(key).cloned().expect("checked above");
+        let stub = Slot::Evicted { expires_at_ms: e.reg.val.expires_at_ms() };
+        let lb = local_bucket(e.key_hash);
+        // Keep the arrival time and access history: eviction is local and
+        // is not a new write.
+        let entry = Entry {
+            reg: Register { val: stub, marker: e.reg.marker },
+            arrival_ms: e.arrival_ms,
+            key_hash: e.key_hash,
+            access: e.access,
+        };
+        let (_, d) = self.put_entry(key.clone(), lb, entry, now_ms);
+        Some(d)
+    }
+
+    fn is_value(&self, key: &Bytes) -> bool {
+        matches!(self.map.get(key).map(|e| &e.reg.val), Some(Slot::Value { .. }))
+    }
+
+    fn has_ttl(&self, key: &Bytes) -> bool {
+        self.map.get(key).is_some_and(|e| e.reg.val.expires_at_ms().is_some())
+    }
+
+    /// Offers up to `samples` eviction candidates of this shard to `pool`:
+    /// random values for the allkeys policies; for the volatile ones, a run
+    /// of values with a TTL from a random point of the expiry index (the
+    /// shard keeps no random access to them alone), and for `volatile-ttl`
+    /// the soonest expiries. Returns how many were offered.
+    pub(crate) fn sample(
+        &self,
+        policy: EvictionPolicy,
+        samples: usize,
+        now_ms: u64,
+        rng: &mut SmallRng,
+        pool: &mut Pool,
+    ) -> usize {
+        let lfu = policy.is_lfu();
+        let score = |e: &Entry| match policy {
+            EvictionPolicy::VolatileTtl => u64::MAX - e.reg.val.expires_at_ms().unwrap_or(u64::MAX),
+            p if p.is_random() => 0,
+            _ => e.access.idle(lfu, now_ms),
+        };
+        let mut found = 0;
+        if policy.volatile_only() {
+            let (Some(lo), Some(hi)) = (self.expiries.first().map(|x| x.0), self.expiries.last().map(|x| x.0)) else {
+                return 0;
+            };
+            let from = if policy == EvictionPolicy::VolatileTtl { lo } else { rng.random_range(lo..=hi) };
+            let start = (from, Bytes::new());
+            let run = self.expiries.range(&start..).chain(self.expiries.range(..&start));
+            for (_, k) in run.take(samples * 4) {
+                if let Some(e) = self.map.get(k).filter(|e| matches!(e.reg.val, Slot::Value { .. })) {
+                    pool.offer(score(e), k);
+                    found += 1;
+                    if found == samples {
+                        break;
+                    }
                 }
             }
-            let Some((i, _)) = victim else { continue };
-            let (k, e) = self.map.get_index(i).map(|(k, e)| (k.clone(), e.clone())).expect("index in range");
-            let stub = Slot::Evicted { expires_at_ms: e.reg.val.expires_at_ms() };
-            let lb = local_bucket(e.key_hash);
-            let reg = Register { val: stub, marker: e.reg.marker };
-            // Keep the arrival time: eviction is local and is not a new write.
-            let (_, d) = self.store(k, e.key_hash, lb, reg, e.arrival_ms, now_ms);
-            delta.add(d);
-            evicted += 1;
+            return found;
         }
-        (evicted, delta)
+        let n = self.map.len();
+        // Stubs and tombstones are skipped; the probe limit keeps a shard
+        // made mostly of them from spinning.
+        for _ in 0..samples * 4 {
+            if found == samples || n == 0 {
+                break;
+            }
+            let (k, e) = self.map.get_index(rng.random_range(0..n)).expect("index in range");
+            if matches!(e.reg.val, Slot::Value { .. }) {
+                pool.offer(score(e), k);
+                found += 1;
+            }
+        }
+        found
     }
 }

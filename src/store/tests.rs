@@ -21,11 +21,11 @@ fn recomputed_root(s: &Store) -> (u64, u64) {
 fn put_get_delete() {
     let s = store(1);
     assert_eq!(s.get(b"k", T0), None);
-    let w = s.put(b("k"), b("v1"), None, T0);
+    let w = s.put(b("k"), b("v1"), None, T0).unwrap();
     assert!(w.applied);
     assert_eq!(w.previous, None);
     assert_eq!(s.get(b"k", T0), Some(b("v1")));
-    let w = s.put(b("k"), b("v2"), None, T0);
+    let w = s.put(b("k"), b("v2"), None, T0).unwrap();
     assert_eq!(w.previous, Some(b("v1")));
     let d = s.delete(b("k"), T0);
     assert_eq!(d.previous, Some(b("v2")));
@@ -37,7 +37,7 @@ fn put_get_delete() {
 #[test]
 fn ttl_expires_at_writer_stamp_plus_ttl() {
     let s = store(1);
-    let w = s.put(b("k"), b("v"), Some(100), T0);
+    let w = s.put(b("k"), b("v"), Some(100), T0).unwrap();
     let exp = w.register.val.expires_at_ms().unwrap();
     assert_eq!(exp, w.register.marker.physical_ms() + 100);
     assert_eq!(s.get(b"k", exp), Some(b("v")), "live until now > expires_at");
@@ -52,8 +52,8 @@ fn ttl_expires_at_writer_stamp_plus_ttl() {
 fn higher_stamp_wins_either_order() {
     let a = store(1);
     let c = store(2);
-    let w1 = a.put(b("k"), b("a"), None, T0);
-    let w2 = c.put(b("k"), b("c"), None, T0);
+    let w1 = a.put(b("k"), b("a"), None, T0).unwrap();
+    let w2 = c.put(b("k"), b("c"), None, T0).unwrap();
     assert_ne!(w1.register.marker, w2.register.marker, "same millisecond, distinct stamps");
     let winner = if w1.register.marker > w2.register.marker { b("a") } else { b("c") };
     a.merge([(w2.key.clone(), w2.register.clone())], T0);
@@ -67,7 +67,7 @@ fn higher_stamp_wins_either_order() {
 fn merge_is_idempotent_and_reports_changes() {
     let a = store(1);
     let c = store(2);
-    let w = a.put(b("k"), b("v"), None, T0);
+    let w = a.put(b("k"), b("v"), None, T0).unwrap();
     let out = c.merge([(w.key.clone(), w.register.clone())], T0);
     assert_eq!(out.changes.len(), 1);
     assert_eq!(out.changes[0].kind, ChangeKind::Put);
@@ -79,7 +79,7 @@ fn merge_is_idempotent_and_reports_changes() {
 #[test]
 fn clear_below_drops_older_and_refuses_them_later() {
     let s = store(1);
-    let old = s.put(b("a"), b("1"), None, T0);
+    let old = s.put(b("a"), b("1"), None, T0).unwrap();
     s.delete(b("b"), T0);
     let (bar, removed) = s.flush_all(T0);
     assert_eq!(removed, 2);
@@ -88,7 +88,7 @@ fn clear_below_drops_older_and_refuses_them_later() {
     let out = s.merge([(old.key, old.register)], T0);
     assert_eq!(out.below_clear, 1);
     assert!(s.is_empty());
-    let newer = s.put(b("a"), b("2"), None, T0);
+    let newer = s.put(b("a"), b("2"), None, T0).unwrap();
     assert!(newer.register.marker > bar);
     assert_eq!(s.get(b"a", T0), Some(b("2")));
 }
@@ -101,7 +101,7 @@ fn remote_clear_below_is_a_max_register() {
     s.raise_clear_below(hi, T0).unwrap();
     s.raise_clear_below(lo, T0).unwrap();
     assert_eq!(s.floors().clear_below, hi);
-    assert!(s.put(b("k"), b("v"), None, T0).register.marker > hi, "the clock observed the bar");
+    assert!(s.put(b("k"), b("v"), None, T0).unwrap().register.marker > hi, "the clock observed the bar");
 }
 
 #[test]
@@ -120,10 +120,10 @@ fn collection_waits_for_the_watermark_and_raises_the_floor() {
 fn floor_filter_refuses_absent_keys_only() {
     let a = store(1);
     let s = store(2);
-    let old = a.put(b("k"), b("old"), None, T0);
-    let held = a.put(b("h"), b("held-old"), None, T0);
+    let old = a.put(b("k"), b("old"), None, T0).unwrap();
+    let held = a.put(b("h"), b("held-old"), None, T0).unwrap();
     s.merge([(held.key.clone(), held.register.clone())], T0);
-    let newer = a.put(b("h"), b("held-new"), None, T0 + 1);
+    let newer = a.put(b("h"), b("held-new"), None, T0 + 1).unwrap();
     // `s` collects a tombstone stamped above `old` and `held`.
     s.delete(b("x"), T0 + 2);
     s.collect(T0 + 5, T0 + 5);
@@ -137,7 +137,7 @@ fn floor_filter_refuses_absent_keys_only() {
 #[test]
 fn refusal_reply_drops_exact_register_and_raises_floor() {
     let s = store(1);
-    let w = s.put(b("k"), b("v"), None, T0);
+    let w = s.put(b("k"), b("v"), None, T0).unwrap();
     let other = Stamp { hlc: w.register.marker.hlc, node: NodeId(77) };
     assert!(s.drop_refused(&w.key, other, T0).is_none(), "a different register is kept");
     let ch = s.drop_refused(&w.key, w.register.marker, T0).unwrap();
@@ -151,7 +151,7 @@ fn refusal_reply_drops_exact_register_and_raises_floor() {
 #[test]
 fn expired_values_are_collected_after_the_skew_grace() {
     let s = store(1);
-    let w = s.put(b("k"), b("v"), Some(10), T0);
+    let w = s.put(b("k"), b("v"), Some(10), T0).unwrap();
     let exp = w.register.val.expires_at_ms().unwrap();
     s.expire(exp + 1);
     assert_eq!(s.collect(exp + 1, u64::MAX), (0, 0), "grace of max_offset not over");
@@ -164,7 +164,7 @@ fn expired_values_are_collected_after_the_skew_grace() {
 fn compaction_bounds_tombstones() {
     let cfg = StoreConfig { max_tombstones: NonZeroUsize::new(10).unwrap(), ..StoreConfig::default() };
     let s = Store::new(NodeId(1), cfg).unwrap();
-    let survivor = s.put(b("old-value"), b("v"), None, T0);
+    let survivor = s.put(b("old-value"), b("v"), None, T0).unwrap();
     for i in 0..11 {
         s.delete(Bytes::from(format!("k{i}")), T0 + i);
     }
@@ -191,7 +191,7 @@ fn eviction_leaves_stubs_with_equal_digests() {
     let big = store(2);
     let value = Bytes::from(vec![7u8; 200]);
     for i in 0..100u64 {
-        let w = small.put(Bytes::from(format!("k{i:03}")), value.clone(), None, T0 + i);
+        let w = small.put(Bytes::from(format!("k{i:03}")), value.clone(), None, T0 + i).unwrap();
         big.merge([(w.key, w.register)], T0 + i);
     }
     let st = small.stats();
@@ -205,7 +205,7 @@ fn eviction_leaves_stubs_with_equal_digests() {
     assert_eq!(small.get(&stub.0, T0 + 200), None, "a stub reads as a miss");
     assert_eq!(big.get(&stub.0, T0 + 200), Some(value.clone()));
     // A newer write replaces the stub.
-    let w = big.put(stub.0.clone(), b("new"), None, T0 + 300);
+    let w = big.put(stub.0.clone(), b("new"), None, T0 + 300).unwrap();
     small.merge([(w.key.clone(), w.register)], T0 + 300);
     assert_eq!(small.get(&w.key, T0 + 300), Some(b("new")));
 }
@@ -220,7 +220,7 @@ fn future_stamps_are_refused_not_adopted() {
     let out = s.merge([(b("k"), far.clone())], T0);
     assert_eq!(out.future, 1);
     assert!(s.is_empty());
-    assert!(s.put(b("j"), b("v"), None, T0).register.marker.physical_ms() < T0 + 1000);
+    assert!(s.put(b("j"), b("v"), None, T0).unwrap().register.marker.physical_ms() < T0 + 1000);
     // Once local time catches up, the register is accepted.
     assert_eq!(s.merge([(b("k"), far)], T0 + 10_000).changes.len(), 1);
 }
@@ -229,7 +229,7 @@ fn future_stamps_are_refused_not_adopted() {
 fn digest_ranges_sum_to_root() {
     let s = store(1);
     for i in 0..500 {
-        s.put(Bytes::from(format!("k{i}")), b("v"), None, T0);
+        s.put(Bytes::from(format!("k{i}")), b("v"), None, T0).unwrap();
     }
     let (root, n) = s.root();
     assert_eq!(n, 500);
@@ -256,8 +256,8 @@ fn write_with_sees_the_visible_value_atomically() {
     let s = store(1);
     // NX: write only if absent.
     let nx = |cur: Option<&Slot>, _| cur.is_none().then(|| Slot::Value { data: b("x"), expires_at_ms: None });
-    assert!(s.write_with(b("k"), T0, nx).is_some());
-    assert!(s.write_with(b("k"), T0, nx).is_none());
+    assert!(s.write_with(b("k"), T0, nx).unwrap().is_some());
+    assert!(s.write_with(b("k"), T0, nx).unwrap().is_none());
     assert_eq!(s.get(b"k", T0), Some(b("x")));
 }
 
@@ -271,7 +271,7 @@ fn stubs_count_against_the_tombstone_budget() {
     };
     let s = Store::new(NodeId(1), cfg).unwrap();
     for i in 0..200u64 {
-        s.put(Bytes::from(format!("k{i:03}")), Bytes::from(vec![1u8; 100]), None, T0 + i);
+        s.put(Bytes::from(format!("k{i:03}")), Bytes::from(vec![1u8; 100]), None, T0 + i).unwrap();
         let st = s.stats();
         assert!(st.stubs + st.tombstones <= 20, "after {i}: {st:?}");
     }

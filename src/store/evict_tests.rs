@@ -1,0 +1,197 @@
+//! The eviction policies: each keeps what it promises to keep, and the
+//! bound holds.
+
+use super::*;
+
+const T0: u64 = 1_700_000_000_000;
+const VALUE: usize = 100;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn value() -> Bytes {
+    Bytes::from(vec![7u8; VALUE])
+}
+
+/// The accounted cost of one `key{i:04}` entry holding `value()`.
+fn entry_cost() -> usize {
+    shard::cost(&b("key0000"), &Slot::Value { data: value(), expires_at_ms: None })
+}
+
+/// A store whose bound holds `n` entries, with `policy`.
+fn bounded(n: usize, policy: EvictionPolicy) -> Store {
+    let cfg = StoreConfig {
+        max_bytes: NonZeroUsize::new(n * entry_cost()),
+        policy,
+        max_tombstones: NonZeroUsize::new(100_000).unwrap(),
+        seed: 7,
+        ..StoreConfig::default()
+    };
+    Store::new(NodeId(1), cfg).unwrap()
+}
+
+fn key(i: u64) -> Bytes {
+    Bytes::from(format!("key{i:04}"))
+}
+
+fn within_bound(s: &Store) {
+    let max = s.max_bytes().unwrap().get();
+    assert!(s.value_bytes() <= max, "{} value bytes over the bound of {max}", s.value_bytes());
+}
+
+/// Ten keys read between every write, then a long run of keys written once:
+/// how many of the ten are still held.
+fn hot_keys_kept_while_read(policy: EvictionPolicy) -> usize {
+    let s = bounded(100, policy);
+    let mut now = T0;
+    for i in 0..2_000 {
+        now += 1;
+        s.put(key(i), value(), None, now).unwrap();
+        for h in 0..10 {
+            s.get(&key(h), now);
+        }
+        within_bound(&s);
+    }
+    (0..10).filter(|h| s.get(&key(*h), now).is_some()).count()
+}
+
+#[test]
+fn lru_keeps_the_keys_being_read() {
+    assert_eq!(hot_keys_kept_while_read(EvictionPolicy::AllkeysLru), 10);
+    // Random eviction has no such preference: with a hundred slots and
+    // 1,900 evictions, a key survives with odds of about (1 - 1/100)^1900.
+    assert!(hot_keys_kept_while_read(EvictionPolicy::AllkeysRandom) < 3);
+}
+
+/// Ten keys read a hundred times each, then a scan of keys written once and
+/// never read: how many of the ten survive the scan.
+fn frequent_keys_kept_through_a_scan(policy: EvictionPolicy) -> usize {
+    let s = bounded(100, policy);
+    let mut now = T0;
+    for h in 0..10 {
+        s.put(key(h), value(), None, now).unwrap();
+    }
+    for _ in 0..100 {
+        now += 1;
+        for h in 0..10 {
+            s.get(&key(h), now);
+        }
+    }
+    for i in 10..2_000 {
+        now += 1;
+        s.put(key(i), value(), None, now).unwrap();
+        within_bound(&s);
+    }
+    (0..10).filter(|h| s.get(&key(*h), now).is_some()).count()
+}
+
+#[test]
+fn lfu_keeps_frequent_keys_through_a_scan_and_lru_does_not() {
+    assert_eq!(frequent_keys_kept_through_a_scan(EvictionPolicy::AllkeysLfu), 10);
+    assert_eq!(frequent_keys_kept_through_a_scan(EvictionPolicy::AllkeysLru), 0);
+}
+
+#[test]
+fn volatile_ttl_evicts_the_soonest_expiry_and_spares_keys_without_ttl() {
+    let s = bounded(20, EvictionPolicy::VolatileTtl);
+    for i in 0..10 {
+        s.put(key(i), value(), None, T0).unwrap();
+    }
+    // TTLs that shrink as i grows: the later keys expire first.
+    for i in 10..20 {
+        s.put(key(i), value(), Some(1_000_000 - i * 1_000), T0).unwrap();
+    }
+    within_bound(&s);
+    s.put(key(20), value(), Some(2_000_000), T0).unwrap();
+    assert_eq!(s.get(&key(19), T0), None, "the soonest expiry went first");
+    assert!((10..19).all(|i| s.get(&key(i), T0).is_some()));
+    for i in 21..30 {
+        s.put(key(i), value(), Some(2_000_000), T0).unwrap();
+    }
+    assert!((0..10).all(|i| s.get(&key(i), T0).is_some()), "keys without a TTL are never evicted");
+    within_bound(&s);
+}
+
+#[test]
+fn volatile_lru_refuses_writes_once_no_key_has_a_ttl() {
+    let s = bounded(20, EvictionPolicy::VolatileLru);
+    for i in 0..5 {
+        s.put(key(100 + i), value(), Some(60_000), T0).unwrap();
+    }
+    let mut refused = None;
+    for i in 0..40 {
+        if let Err(e) = s.put(key(i), value(), None, T0 + i) {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (at, e) = refused.expect("a write is refused once only keys without a TTL remain");
+    assert_eq!(e, OutOfMemory);
+    // Five TTL keys made room for five more, and the write that filled the
+    // bound exactly was admitted with one more (refused only once over).
+    assert_eq!(at, 21);
+    assert!((100..105).all(|i| s.get(&key(i), T0 + 40).is_none()), "every key with a TTL went");
+    assert!((0..21).all(|i| s.get(&key(i), T0 + 40).is_some()));
+}
+
+#[test]
+fn noeviction_refuses_writes_that_add_memory_and_nothing_else() {
+    let s = bounded(20, EvictionPolicy::Noeviction);
+    let mut i = 0;
+    while s.put(key(i), value(), None, T0).is_ok() {
+        i += 1;
+        assert!(i < 100, "writes are refused once over the bound");
+    }
+    // Redis's rule: refused once the bound is passed, so the last admitted
+    // write may pass it by one entry.
+    assert!(s.value_bytes() <= s.max_bytes().unwrap().get() + entry_cost());
+    assert_eq!(s.stats().evictions, 0);
+    assert!((0..i).all(|k| s.get(&key(k), T0).is_some()), "nothing was evicted");
+    // Writes that add nothing still succeed: a same-size overwrite, a delete.
+    s.put(key(0), Bytes::from(vec![9u8; VALUE]), None, T0 + 1).unwrap();
+    assert_eq!(s.put(key(1), Bytes::from(vec![1u8; 2 * VALUE]), None, T0 + 1).unwrap_err(), OutOfMemory);
+    s.delete(key(1), T0 + 1);
+    // Below the bound again, writes are admitted.
+    s.put(key(1001), value(), None, T0 + 2).unwrap();
+}
+
+#[test]
+fn a_write_from_a_peer_is_never_refused() {
+    let s = bounded(10, EvictionPolicy::Noeviction);
+    let peer = Store::new(NodeId(2), StoreConfig::default()).unwrap();
+    for i in 0..30 {
+        let w = peer.put(key(i), value(), None, T0).unwrap();
+        s.merge([(w.key, w.register)], T0);
+    }
+    assert!((0..30).all(|i| s.get(&key(i), T0).is_some()), "noeviction keeps replicated writes past the bound");
+    // Under an evicting policy, the bound holds for replicated writes too.
+    let t = bounded(10, EvictionPolicy::AllkeysLru);
+    for i in 0..30 {
+        let w = peer.put(key(100 + i), value(), None, T0).unwrap();
+        t.merge([(w.key, w.register)], T0);
+    }
+    within_bound(&t);
+    assert_eq!(t.stats().evictions, 20);
+}
+
+#[test]
+fn a_lower_bound_set_at_run_time_evicts_at_once() {
+    let s = Store::new(NodeId(1), StoreConfig::default()).unwrap();
+    for i in 0..100 {
+        s.put(key(i), value(), None, T0 + i).unwrap();
+    }
+    s.set_max_bytes(NonZeroUsize::new(30 * entry_cost()), T0 + 100);
+    within_bound(&s);
+    let st = s.stats();
+    assert_eq!(st.evictions, 70);
+    assert_eq!(st.stubs, 70);
+    s.set_policy(EvictionPolicy::AllkeysLfu);
+    assert_eq!(s.policy(), EvictionPolicy::AllkeysLfu);
+    s.set_max_bytes(None, T0 + 101);
+    for i in 100..200 {
+        s.put(key(i), value(), None, T0 + i).unwrap();
+    }
+    assert_eq!(s.stats().evictions, 70, "no bound, no eviction");
+    assert_eq!(s.set_samples(NonZeroUsize::new(65).unwrap()), Err(StoreConfigError::Samples(65)));
+}
