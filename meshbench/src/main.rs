@@ -60,7 +60,7 @@ struct Args {
     /// First of three fixed loopback ports for the meshcache peers' RESP servers.
     #[arg(long, default_value_t = 16390)]
     resp_base: u16,
-    /// Only these row groups (comma-separated, 1-7); default all.
+    /// Only these row groups (comma-separated, 1-8); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// The exact command line, recorded in the report.
@@ -89,6 +89,8 @@ struct Sizes {
     bootstrap: usize,
     local_keys: usize,
     local_secs: f64,
+    zipf_keys: usize,
+    zipf_requests: usize,
 }
 
 impl Sizes {
@@ -104,6 +106,8 @@ impl Sizes {
                 bootstrap: 20_000,
                 local_keys: 10_000,
                 local_secs: 0.1,
+                zipf_keys: 10_000,
+                zipf_requests: 100_000,
             }
         } else {
             Sizes {
@@ -116,6 +120,8 @@ impl Sizes {
                 bootstrap: 1_000_000,
                 local_keys: 100_000,
                 local_secs: 1.0,
+                zipf_keys: 1_000_000,
+                zipf_requests: 10_000_000,
             }
         }
     }
@@ -1211,6 +1217,161 @@ async fn redis_memory(addr: SocketAddr, n: usize) -> Result<f64> {
     .await?
 }
 
+/// Row 8: the hit ratio of a cache-aside application under a memory bound:
+/// a Zipf-distributed trace (s = 0.99) of GETs, each miss followed by a SET
+/// of the key, replayed against meshcache and redis-server at the same
+/// `maxmemory` with each LRU and LFU policy. The bound is what redis-server
+/// uses for a tenth of the keys. The trace is replayed in pipelined batches
+/// of `HIT_BATCH` GETs followed by the SETs of their distinct misses, the
+/// same way against both.
+async fn row_hit_ratio(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let (keys, requests) = (z.zipf_keys, z.zipf_requests);
+    let zipf = rand_distr::Zipf::new(keys as f64, 0.99).map_err(|e| anyhow!("zipf: {e}"))?;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(8);
+    let trace: Arc<Vec<u32>> = Arc::new((0..requests).map(|_| rng.sample(zipf) as u32 - 1).collect());
+    let bound = {
+        let redis = args.redis;
+        tokio::task::spawn_blocking(move || redis_bytes_for(redis, keys / 10)).await??
+    };
+    let policies = ["allkeys-lru", "allkeys-lfu"];
+    let mut redis_ratios = Vec::new();
+    for policy in policies {
+        let (redis, t) = (args.redis, trace.clone());
+        let r = tokio::task::spawn_blocking(move || -> Result<(f64, i64)> {
+            let mut c = Client::connect(redis)?;
+            c.cmd(&[b"FLUSHALL"])?;
+            c.cmd(&[b"CONFIG", b"SET", b"maxmemory", bound.to_string().as_bytes()])?;
+            c.cmd(&[b"CONFIG", b"SET", b"maxmemory-policy", policy.as_bytes()])?;
+            let ratio = replay_cache_aside(&mut c, &t);
+            let held = match c.cmd(&[b"DBSIZE"]) {
+                Ok(Reply::Int(n)) => n,
+                _ => -1,
+            };
+            // Leave the shared baseline server as the other rows expect it.
+            c.cmd(&[b"CONFIG", b"SET", b"maxmemory", b"0"])?;
+            c.cmd(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"])?;
+            c.cmd(&[b"FLUSHALL"])?;
+            Ok((ratio?, held))
+        })
+        .await??;
+        redis_ratios.push(r);
+    }
+    let mut mesh_ratios = Vec::new();
+    for policy in policies {
+        let mut config = bench_config("hit");
+        config.max_bytes = Some(bound);
+        config.eviction_policy = policy.parse().map_err(|e| anyhow!("{e}"))?;
+        let peer = start_peer_with(ca, config, &[]).await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.resp_base))
+            .await
+            .with_context(|| format!("binding the RESP port 127.0.0.1:{}", args.resp_base))?;
+        let stop = tokio_util_stop::Stop::new();
+        let server = tokio::spawn(serve(peer.clone(), listener, RespConfig::default(), stop.clone().wait()));
+        let (port, t) = (args.resp_base, trace.clone());
+        let r = tokio::task::spawn_blocking(move || -> Result<(f64, i64)> {
+            let mut c = Client::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+            let ratio = replay_cache_aside(&mut c, &t)?;
+            let held = match c.cmd(&[b"DBSIZE"])? {
+                Reply::Int(n) => n,
+                _ => -1,
+            };
+            Ok((ratio, held))
+        })
+        .await;
+        stop.fire();
+        let _ = server.await;
+        peer.shutdown().await;
+        mesh_ratios.push(r??);
+    }
+    let best = |v: &[(f64, i64)]| v.iter().map(|r| r.0).fold(0.0, f64::max);
+    let detail = |v: &[(f64, i64)]| {
+        policies
+            .iter()
+            .zip(v)
+            .map(|(p, (ratio, held))| format!("{p} {:.2}% ({held} keys held)", ratio * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    rep.push(
+        Row::new(8, "hit ratio, Zipf 0.99 cache-aside, best policy", "%", best(&mesh_ratios) * 100.0)
+            .redis(best(&redis_ratios) * 100.0)
+            .ratio_at_least(1.0)
+            .note(format!(
+                "{requests} GETs over {keys} keys of {VALUE_LEN} B, maxmemory {bound} B (redis-server's used_memory \
+                 for {} keys); meshcache: {}; redis: {}",
+                keys / 10,
+                detail(&mesh_ratios),
+                detail(&redis_ratios)
+            )),
+    );
+    Ok(())
+}
+
+/// GETs per pipelined batch in row 8.
+const HIT_BATCH: usize = 100;
+
+/// The key of rank `i` in row 8's trace.
+fn zipf_key(i: u32) -> Vec<u8> {
+    format!("zipf:{i:010}").into_bytes()
+}
+
+/// Replays `trace` as a cache-aside application would: GET, and SET on a
+/// miss. Returns hits / requests.
+fn replay_cache_aside(c: &mut Client, trace: &[u32]) -> Result<f64> {
+    let value = vec![b'v'; VALUE_LEN];
+    let mut hits = 0usize;
+    let mut missed = Vec::with_capacity(HIT_BATCH);
+    for batch in trace.chunks(HIT_BATCH) {
+        for k in batch {
+            c.encode(&[b"GET", &zipf_key(*k)]);
+        }
+        c.flush()?;
+        missed.clear();
+        for k in batch {
+            match c.read()? {
+                Reply::Bulk(_) => hits += 1,
+                Reply::Nil => missed.push(*k),
+                r => bail!("GET: {r:?}"),
+            }
+        }
+        missed.sort_unstable();
+        missed.dedup();
+        for k in &missed {
+            c.encode(&[b"SET", &zipf_key(*k), &value]);
+        }
+        c.flush()?;
+        for _ in &missed {
+            if let Reply::Error(e) = c.read()? {
+                bail!("SET: {e}");
+            }
+        }
+    }
+    Ok(hits as f64 / trace.len().max(1) as f64)
+}
+
+/// redis-server's `used_memory` with `n` of row 8's keys loaded: the bound
+/// that holds them.
+fn redis_bytes_for(addr: SocketAddr, n: usize) -> Result<usize> {
+    let mut c = Client::connect(addr)?;
+    c.cmd(&[b"FLUSHALL"])?;
+    let value = vec![b'v'; VALUE_LEN];
+    for chunk in (0..n as u32).collect::<Vec<_>>().chunks(1000) {
+        for k in chunk {
+            c.encode(&[b"SET", &zipf_key(*k), &value]);
+        }
+        c.flush()?;
+        for _ in chunk {
+            if let Reply::Error(e) = c.read()? {
+                bail!("SET: {e}");
+            }
+        }
+    }
+    let used: usize = c.info_field("memory", "used_memory")?.trim().parse()?;
+    c.cmd(&[b"FLUSHALL"])?;
+    Ok(used)
+}
+
 /// 7. Local get and put through the embedded API.
 async fn row_local(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
     let p = start_peer(ca, "local", &[]).await?;
@@ -1488,7 +1649,7 @@ async fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let z = Sizes::new(args.quick);
-    let rows: Vec<u8> = if args.only.is_empty() { (1..=7).collect() } else { args.only.clone() };
+    let rows: Vec<u8> = if args.only.is_empty() { (1..=8).collect() } else { args.only.clone() };
     let (cpus, model) = machine();
     eprintln!(
         "meshbench ({} mode{}): {cpus} CPUs, {model}",
@@ -1512,12 +1673,13 @@ async fn main() -> Result<()> {
         &'a EphemeralCa,
         &'a mut Report,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
-    let steps: [(u8, &str, Step); 5] = [
+    let steps: [(u8, &str, Step); 6] = [
         (7, "local get and put", |_, z, ca, r| Box::pin(row_local(z, ca, r))),
         (3, "replicated updates", |_, z, ca, r| Box::pin(row_replicated(z, ca, r))),
         (4, "convergence after a heal", |_, z, ca, r| Box::pin(row_heal(z, ca, r))),
         (1, "RESP throughput", |a, z, ca, r| Box::pin(row_throughput(a, z, ca, r))),
         (2, "read-after-write lag", |a, z, ca, r| Box::pin(row_lag(a, z, ca, r))),
+        (8, "hit ratio under a memory bound", |a, z, ca, r| Box::pin(row_hit_ratio(a, z, ca, r))),
     ];
     for (n, what, f) in steps {
         if !rows.contains(&n) {
