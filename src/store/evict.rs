@@ -255,8 +255,10 @@ pub(crate) struct Pool {
 impl Pool {
     /// Offers a sampled candidate.
     pub(crate) fn offer(&mut self, score: u64, key: &Bytes) {
-        if self.candidates.iter().any(|(_, k)| k == key) {
-            return;
+        // A key sampled again comes back with its current score: the one it
+        // had may be stale (it was read, or rewritten, since).
+        if let Some(i) = self.candidates.iter().position(|(_, k)| k == key) {
+            self.candidates.remove(i);
         }
         if self.candidates.len() == POOL_SIZE {
             if score <= self.candidates[0].0 {

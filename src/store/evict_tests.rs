@@ -195,3 +195,15 @@ fn a_lower_bound_set_at_run_time_evicts_at_once() {
     assert_eq!(s.stats().evictions, 70, "no bound, no eviction");
     assert_eq!(s.set_samples(NonZeroUsize::new(65).unwrap()), Err(StoreConfigError::Samples(65)));
 }
+
+#[test]
+fn lru_evicts_the_least_recent_even_in_a_nearly_empty_store() {
+    // Two or three keys over 64 shards: every shard is offered whole, and a
+    // key sampled again is scored again (its pool score had gone stale).
+    let s = bounded(1, EvictionPolicy::AllkeysLru);
+    s.put(key(0), value(), None, T0 + 1).unwrap();
+    s.put(key(1), value(), None, T0 + 2).unwrap();
+    assert_eq!((s.get(&key(0), T0 + 2), s.get(&key(1), T0 + 2).is_some()), (None, true));
+    s.put(key(2), value(), None, T0 + 4).unwrap();
+    assert_eq!((s.get(&key(1), T0 + 4), s.get(&key(2), T0 + 4).is_some()), (None, true));
+}

@@ -318,6 +318,15 @@ impl Shard {
             return found;
         }
         let n = self.map.len();
+        if n <= samples {
+            // A shard this small is offered whole: random probes would offer
+            // its few values over and over.
+            for (k, e) in self.map.iter().filter(|(_, e)| matches!(e.reg.val, Slot::Value { .. })) {
+                pool.offer(score(e), k);
+                found += 1;
+            }
+            return found;
+        }
         // Stubs and tombstones are skipped; the probe limit keeps a shard
         // made mostly of them from spinning.
         for _ in 0..samples * 4 {
