@@ -520,10 +520,12 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         faults.heal();
-        // Converged on the newer writes, or (with the broken merge) on the
-        // older ones; a loaded machine may take a while to get there.
-        let converged = h.wait_converged(&peers, Duration::from_secs(60)).await;
-        assert!(converged.is_some(), "the peers never converged after the heal (broken merge: {broken})");
+        // The correct merge converges on the newer writes; a loaded machine
+        // may take a while. The broken one takes whichever register differs,
+        // so two peers can trade values on every round and never agree:
+        // give it a while, then check whatever state it is in.
+        let converged = h.wait_converged(&peers, Duration::from_secs(if broken { 5 } else { 60 })).await;
+        assert!(broken || converged.is_some(), "the peers never converged after the heal");
         for i in 0..20 {
             h.read(&a, format!("k{i}"));
             h.read(&b, format!("k{i}"));
