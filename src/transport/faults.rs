@@ -520,6 +520,16 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         faults.heal();
+        // Read on `a` throughout the heal: the broken merge takes `b`'s
+        // older pushes when they arrive, and anti-entropy may put the newer
+        // writes back within a round, so only reads in that window see it.
+        let window = crate::env::stopwatch() + Duration::from_secs(2);
+        while crate::env::stopwatch() < window {
+            for i in 0..20 {
+                h.read(&a, format!("k{i}"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // The correct merge converges on the newer writes; a loaded machine
         // may take a while. The broken one takes whichever register differs,
         // so two peers can trade values on every round and never agree:
@@ -547,8 +557,10 @@ mod tests {
         let bad = race_across_partition(true).await;
         println!("broken merge: {bad}");
         let kinds: std::collections::BTreeSet<&str> = bad.violations.iter().map(|v| v.invariant).collect();
-        assert!(kinds.contains("I2"), "broken merge not caught as I2: {bad}");
-        assert!(kinds.iter().any(|k| ["I1", "I4", "READ"].contains(k)), "{bad}");
+        // A read of an older value after a newer one (READ) whenever the
+        // older pushes land; a stale end state (I2) too when anti-entropy
+        // has not put the newer writes back by the end.
+        assert!(kinds.contains("READ") || kinds.contains("I2"), "broken merge not caught: {bad}");
     }
 
     #[tokio::test]
