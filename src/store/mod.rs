@@ -139,6 +139,9 @@ pub struct MergeOutcome {
     pub refused: Vec<(Bytes, Stamp)>,
     /// Registers older than (or equal to) what is held: no change.
     pub stale: usize,
+    /// Registers for keys not held, at or below their bucket's floor:
+    /// possibly older than a ghost, so not stored (and not replied to).
+    pub refused_ghost: usize,
     /// Registers below `clear_below`: deleted by the range tombstone.
     pub below_clear: usize,
     /// Registers stamped further ahead than `max_offset`: not stored (a peer
@@ -167,6 +170,9 @@ struct Counters {
     collected_expired: AtomicU64,
     refusal_drops: AtomicU64,
     evictions: AtomicU64,
+    ghosted: AtomicU64,
+    stubs_ghosted_early: AtomicU64,
+    refused_ghost: AtomicU64,
     compactions: AtomicU64,
     compacted_values: AtomicU64,
 }
@@ -195,8 +201,17 @@ pub struct StoreStats {
     pub collected_expired: u64,
     /// Registers dropped because a peer refused them (refusal reply).
     pub refusal_drops: u64,
-    /// Values evicted into stubs.
+    /// Values evicted (into ghosts or stubs).
     pub evictions: u64,
+    /// Registers that became ghosts: evicted values that were stable, and
+    /// stubs once they were.
+    pub ghosted: u64,
+    /// Stubs ghosted before they were stable, because stubs passed their
+    /// budget (`max_tombstones`).
+    pub stubs_ghosted_early: u64,
+    /// Incoming registers for keys not held, at or below their bucket's
+    /// floor: refused without a reply.
+    pub refused_ghost: u64,
     /// Compactions run.
     pub compactions: u64,
     /// Live values flushed by compactions.
@@ -230,6 +245,11 @@ pub struct Store {
     /// deterministic under simulation). One for the whole store, so that a
     /// victim is the best candidate of every shard sampled, not of one.
     evictor: Mutex<Evictor>,
+    /// The collection watermark last passed to [`Store::collect`]: a
+    /// register that arrived before it is held by every member (or
+    /// something newer is), so evicting it may leave a ghost instead of a
+    /// stub.
+    stable_before: AtomicU64,
     counters: Counters,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
@@ -279,6 +299,7 @@ impl Store {
             max_bytes: AtomicUsize::new(config.max_bytes.map_or(0, |b| b.get())),
             policy: AtomicU8::new(config.policy.to_u8()),
             samples: AtomicUsize::new(config.samples.get()),
+            stable_before: AtomicU64::new(0),
             evictor: Mutex::new(Evictor { pool: evict::Pool::default(), rng: SmallRng::seed_from_u64(config.seed) }),
             config,
             counters: Counters::default(),
@@ -391,12 +412,16 @@ impl Store {
             }
             let Some(victim) = pool.take() else { break };
             let (s, _) = self.locate(key_hash(&victim));
+            let stable_before = self.stable_before.load(Ordering::Relaxed);
             let mut g = self.shards[s].write();
-            match g.evict(&victim, policy, now_ms, |h| digest::bucket_of(h) & ((1 << shift) - 1)) {
-                Some(d) => {
+            match g.evict(&victim, policy, now_ms, stable_before, |h| digest::bucket_of(h) & ((1 << shift) - 1)) {
+                Some((d, ghosted)) => {
                     drop(g);
                     evicted += 1;
                     self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                    if ghosted {
+                        self.counters.ghosted.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.apply(d);
                 }
                 None => misses += 1,
@@ -565,6 +590,7 @@ impl Store {
                     removed += 1;
                 }
             }
+            g.clear_ghosts_below(c);
             drop(g);
             self.apply(d);
         }
@@ -596,6 +622,13 @@ impl Store {
                 None if reg.marker <= floors.gc_floor && !self.planted(Bug::NoFloorFilter) => {
                     self.counters.refused_floor.fetch_add(1, Ordering::Relaxed);
                     out.refused.push((key, reg.marker));
+                    continue;
+                }
+                // No reply: the sender's copy is not deleted, only older
+                // than what this replica chose not to hold.
+                None if reg.marker <= g.floor_of(lb) => {
+                    self.counters.refused_ghost.fetch_add(1, Ordering::Relaxed);
+                    out.refused_ghost += 1;
                     continue;
                 }
                 Some(cur) if !self.remote_wins(cur.reg.marker, reg.marker) => {
@@ -715,9 +748,14 @@ impl Store {
     /// arrival time is before `stable_before` (the oldest `synced` watermark
     /// over every known member). Raises `gc_floor` to each collected stamp.
     /// Returns (tombstones, expired values) collected.
+    ///
+    /// Stubs whose arrival is before `stable_before` become ghosts here (see
+    /// ALGORITHM.md, "Eviction"); that raises their bucket's floor, not
+    /// `gc_floor`. The watermark is also kept for eviction.
     pub fn collect(&self, now_ms: u64, stable_before: u64) -> (usize, usize) {
+        self.stable_before.store(stable_before, Ordering::Relaxed);
         let grace = self.config.max_offset_ms;
-        let (mut tombs, mut expired) = (0, 0);
+        let (mut tombs, mut expired, mut ghosted) = (0, 0, 0);
         for sh in self.shards.iter() {
             let mut g = sh.write();
             let mut d = Delta::default();
@@ -730,6 +768,14 @@ impl Store {
                     g.dead.pop_first();
                     continue;
                 };
+                if matches!(e.reg.val, Slot::Evicted { .. }) {
+                    let lb = self.locate(e.key_hash).1;
+                    if let Some((_, x)) = g.ghost(&key, lb) {
+                        d.add(x);
+                        ghosted += 1;
+                    }
+                    continue;
+                }
                 if let Some(exp) = e.reg.val.expires_at_ms() {
                     // Wait out the skew: a peer whose clock lags may still
                     // read the value as live.
@@ -761,22 +807,66 @@ impl Store {
         }
         self.counters.collected_tombstones.fetch_add(tombs as u64, Ordering::Relaxed);
         self.counters.collected_expired.fetch_add(expired as u64, Ordering::Relaxed);
+        self.counters.ghosted.fetch_add(ghosted, Ordering::Relaxed);
         (tombs, expired)
     }
 
-    /// Enforces the tombstone budget: past `max_tombstones` tombstones and
-    /// stubs, raises `clear_below` just above the oldest of them so that the
-    /// newest half of the budget remains. Values older than the bar go too.
-    pub fn compact_if_needed(&self, _now_ms: u64) -> Option<Compaction> {
+    /// Bounds the stubs: past `max_tombstones` of them, the oldest are made
+    /// ghosts before they are stable, down to half the budget. Stubs wait
+    /// for stability only while a member is unreachable, so this happens
+    /// during a long partition with eviction under way; the price is
+    /// written in ALGORITHM.md ("Eviction").
+    fn ghost_excess_stubs(&self) {
         let budget = self.config.max_tombstones.get();
-        let held = self.tombstones.load(Ordering::Relaxed).max(0) + self.stubs.load(Ordering::Relaxed).max(0);
+        let held = self.stubs.load(Ordering::Relaxed).max(0) as usize;
+        if held <= budget {
+            return;
+        }
+        let mut excess = held - budget / 2;
+        let per_shard = excess.div_ceil(self.shards.len());
+        for sh in self.shards.iter() {
+            if excess == 0 {
+                break;
+            }
+            let mut g = sh.write();
+            let oldest: Vec<Bytes> = g
+                .dead
+                .iter()
+                .filter(|(_, k)| matches!(g.map.get(k).map(|e| &e.reg.val), Some(Slot::Evicted { .. })))
+                .take(per_shard.min(excess))
+                .map(|(_, k)| k.clone())
+                .collect();
+            let mut d = Delta::default();
+            for k in oldest {
+                let lb = self.locate(key_hash(&k)).1;
+                if let Some((_, x)) = g.ghost(&k, lb) {
+                    d.add(x);
+                    excess -= 1;
+                    self.counters.ghosted.fetch_add(1, Ordering::Relaxed);
+                    self.counters.stubs_ghosted_early.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(g);
+            self.apply(d);
+        }
+    }
+
+    /// Enforces the tombstone budget: past `max_tombstones` tombstones,
+    /// raises `clear_below` just above the oldest of them so that the newest
+    /// half of the budget remains. Values older than the bar go too. Stubs
+    /// never cause a compaction (memory pressure must not delete data on
+    /// other peers): past the same budget they become ghosts instead.
+    pub fn compact_if_needed(&self, _now_ms: u64) -> Option<Compaction> {
+        self.ghost_excess_stubs();
+        let budget = self.config.max_tombstones.get();
+        let held = self.tombstones.load(Ordering::Relaxed).max(0);
         if held as usize <= budget {
             return None;
         }
         let mut stamps: Vec<Stamp> = Vec::new();
         for sh in self.shards.iter() {
             let g = sh.read();
-            stamps.extend(g.map.values().filter(|e| !matches!(e.reg.val, Slot::Value { .. })).map(|e| e.reg.marker));
+            stamps.extend(g.map.values().filter(|e| e.reg.val.is_tombstone()).map(|e| e.reg.marker));
         }
         if stamps.len() <= budget {
             return None;
@@ -823,6 +913,9 @@ impl Store {
             collected_expired: l(&c.collected_expired),
             refusal_drops: l(&c.refusal_drops),
             evictions: l(&c.evictions),
+            ghosted: l(&c.ghosted),
+            stubs_ghosted_early: l(&c.stubs_ghosted_early),
+            refused_ghost: l(&c.refused_ghost),
             compactions: l(&c.compactions),
             compacted_values: l(&c.compacted_values),
             floors: self.floors(),
@@ -911,6 +1004,34 @@ impl Store {
         out
     }
 
+    /// The floor of bucket `b`: `Stamp::ZERO` when this replica holds the
+    /// bucket whole, otherwise the highest stamp among what it chose not to
+    /// hold there (see ALGORITHM.md, "Eviction").
+    pub fn bucket_floor(&self, b: usize) -> Stamp {
+        let s = b >> self.shard_shift;
+        self.shards[s].read().floor_of(b & ((1 << self.shard_shift) - 1))
+    }
+
+    /// The highest stamp this replica knows of in each of `buckets`
+    /// (sorted): of the registers it holds there, and of its floor.
+    pub fn bucket_max_stamps(&self, buckets: &[usize]) -> Vec<Stamp> {
+        self.scan_buckets(buckets, |_, e| e.reg.marker)
+            .into_iter()
+            .map(|(b, stamps)| stamps.into_iter().max().unwrap_or(Stamp::ZERO).max(self.bucket_floor(b)))
+            .collect()
+    }
+
+    /// Makes bucket `b`'s digest equal to a peer's, `remote_digest`: what
+    /// the registers held here do not make becomes the bucket's ghost share,
+    /// and its floor rises to `remote_max`, the peer's highest stamp there.
+    /// Anti-entropy calls it once the two replicas hold the same register
+    /// for every key both hold, so the ghost stands only for keys this
+    /// replica does not hold.
+    pub fn adopt_ghost(&self, b: usize, remote_digest: u64, remote_max: Stamp) {
+        let s = b >> self.shard_shift;
+        self.shards[s].write().adopt(b & ((1 << self.shard_shift) - 1), remote_digest, remote_max);
+    }
+
     /// The registers of every bucket in shard `shard`: a whole-shard copy,
     /// used to stream a store to a nearly empty peer one shard at a time.
     pub fn shard_registers(&self, shard: usize) -> Vec<(Bytes, Register)> {
@@ -926,5 +1047,7 @@ impl Store {
 
 #[cfg(test)]
 mod evict_tests;
+#[cfg(test)]
+mod ghost_tests;
 #[cfg(test)]
 mod tests;

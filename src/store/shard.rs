@@ -70,6 +70,15 @@ pub(crate) struct Shard {
     pub(crate) value_bytes: usize,
     pub(crate) tombstones: usize,
     pub(crate) stubs: usize,
+    /// Per local bucket, the digest share of the registers this replica
+    /// chose not to hold (its ghosts: see ALGORITHM.md, "Eviction"), already
+    /// included in `buckets`. Empty until the shard first ghosts something.
+    pub(crate) ghost: Vec<u64>,
+    /// Per local bucket, the highest stamp among its ghosts (the bucket's
+    /// floor): an arriving register for a key not held, at or below it, may
+    /// be older than what was ghosted and is refused. `Stamp::ZERO` for a
+    /// bucket held whole. Allocated with `ghost`.
+    pub(crate) floor: Vec<Stamp>,
 }
 
 /// What `Shard::store` did to the accounting the store keeps globally.
@@ -111,6 +120,8 @@ impl Shard {
             value_bytes: 0,
             tombstones: 0,
             stubs: 0,
+            ghost: Vec::new(),
+            floor: Vec::new(),
         }
     }
 
@@ -135,12 +146,13 @@ impl Shard {
                 d.tombstones = -1;
                 self.dead.remove(&(e.arrival_ms, key.clone()));
             }
-            s => {
-                if matches!(s, Slot::Evicted { .. }) {
-                    self.stubs -= 1;
-                    d.stubs = -1;
-                }
-                if let Some(exp) = s.expires_at_ms() {
+            Slot::Evicted { .. } => {
+                self.stubs -= 1;
+                d.stubs = -1;
+                self.dead.remove(&(e.arrival_ms, key.clone()));
+            }
+            Slot::Value { expires_at_ms, .. } => {
+                if let Some(exp) = *expires_at_ms {
                     if !self.expiries.remove(&(exp, key.clone())) {
                         self.dead.remove(&(e.arrival_ms, key.clone()));
                     }
@@ -173,12 +185,15 @@ impl Shard {
                 d.tombstones = 1;
                 self.dead.insert((e.arrival_ms, key.clone()));
             }
-            s => {
-                if matches!(s, Slot::Evicted { .. }) {
-                    self.stubs += 1;
-                    d.stubs = 1;
-                }
-                if let Some(exp) = s.expires_at_ms() {
+            Slot::Evicted { .. } => {
+                // A stub waits in the same queue as the dead, by arrival,
+                // until it is stable and can become a ghost.
+                self.stubs += 1;
+                d.stubs = 1;
+                self.dead.insert((e.arrival_ms, key.clone()));
+            }
+            Slot::Value { expires_at_ms, .. } => {
+                if let Some(exp) = *expires_at_ms {
                     if now_ms > exp {
                         // Already expired on arrival: a tombstone in effect.
                         self.dead.insert((e.arrival_ms, key.clone()));
@@ -227,6 +242,64 @@ impl Shard {
         Some((e, d))
     }
 
+    /// The floor of a local bucket: `Stamp::ZERO` when it is held whole.
+    pub(crate) fn floor_of(&self, local_bucket: usize) -> Stamp {
+        self.floor.get(local_bucket).copied().unwrap_or(Stamp::ZERO)
+    }
+
+    /// The part of a local bucket's digest that registers held here make.
+    pub(crate) fn held_sum(&self, local_bucket: usize) -> u64 {
+        self.buckets[local_bucket].wrapping_sub(self.ghost.get(local_bucket).copied().unwrap_or(0))
+    }
+
+    fn ensure_ghosts(&mut self) {
+        if self.ghost.is_empty() {
+            self.ghost = vec![0; self.buckets.len()];
+            self.floor = vec![Stamp::ZERO; self.buckets.len()];
+        }
+    }
+
+    /// Drops `key`'s register but keeps its share of the digest, as a ghost:
+    /// digests stay equal to peers that hold it, so anti-entropy neither
+    /// pulls it back nor tells anyone else to drop it. Raises the bucket's
+    /// floor to its stamp.
+    pub(crate) fn ghost(&mut self, key: &Bytes, local_bucket: usize) -> Option<(Entry, Delta)> {
+        let (e, d) = self.remove(key, local_bucket)?;
+        let h = entry_hash(e.key_hash, &e.reg.marker);
+        self.ensure_ghosts();
+        self.ghost[local_bucket] = self.ghost[local_bucket].wrapping_add(h);
+        self.digest_add(local_bucket, h);
+        self.floor[local_bucket] = self.floor[local_bucket].max(e.reg.marker);
+        Some((e, d))
+    }
+
+    /// Makes a local bucket's digest equal to a peer's, `remote_digest`, by
+    /// setting its ghost share to what the registers held here do not make,
+    /// and raises its floor to `remote_max`, the peer's highest stamp there.
+    /// The caller has checked that every key both hold has the same stamp
+    /// on both sides, so the ghost covers only keys not held here.
+    pub(crate) fn adopt(&mut self, local_bucket: usize, remote_digest: u64, remote_max: Stamp) {
+        self.ensure_ghosts();
+        let ghost = remote_digest.wrapping_sub(self.held_sum(local_bucket));
+        self.digest_sub(local_bucket, self.ghost[local_bucket]);
+        self.digest_add(local_bucket, ghost);
+        self.ghost[local_bucket] = ghost;
+        self.floor[local_bucket] = self.floor[local_bucket].max(remote_max);
+    }
+
+    /// Forgets the ghosts of every bucket whose floor is below `clear_below`:
+    /// a range tombstone deleted every register they stand for, everywhere,
+    /// so the bucket is held whole again.
+    pub(crate) fn clear_ghosts_below(&mut self, clear_below: Stamp) {
+        for lb in 0..self.floor.len() {
+            if self.floor[lb] != Stamp::ZERO && self.floor[lb] < clear_below {
+                let g = std::mem::take(&mut self.ghost[lb]);
+                self.digest_sub(lb, g);
+                self.floor[lb] = Stamp::ZERO;
+            }
+        }
+    }
+
     /// Turns values whose TTL ran out into dead registers (queued for
     /// collection). Returns their keys and stamps.
     pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<(Bytes, Stamp, bool)> {
@@ -244,21 +317,28 @@ impl Shard {
         out
     }
 
-    /// Evicts `key` if it still holds a value `policy` may evict, turning
-    /// it into a stub. Returns what that did to the accounting.
+    /// Evicts `key` if it still holds a value `policy` may evict. A value
+    /// that arrived before `stable_before` (every member holds it, or
+    /// something newer) becomes a ghost; a newer one becomes a stub, which
+    /// keeps its key and stamp until it is stable. Returns what that did to
+    /// the accounting, and whether it left a ghost.
     pub(crate) fn evict(
         &mut self,
         key: &Bytes,
         policy: EvictionPolicy,
         now_ms: u64,
+        stable_before: u64,
         local_bucket: impl Fn(u64) -> usize,
-    ) -> Option<Delta> {
+    ) -> Option<(Delta, bool)> {
         if !self.is_value(key) || (policy.volatile_only() && !self.has_ttl(key)) {
             return None;
         }
         let e = self.map.get(key).cloned().expect("checked above");
-        let stub = Slot::Evicted { expires_at_ms: e.reg.val.expires_at_ms() };
         let lb = local_bucket(e.key_hash);
+        if e.arrival_ms < stable_before {
+            return self.ghost(key, lb).map(|(_, d)| (d, true));
+        }
+        let stub = Slot::Evicted { expires_at_ms: e.reg.val.expires_at_ms() };
         // Keep the arrival time and access history: eviction is local and
         // is not a new write.
         let entry = Entry {
@@ -268,7 +348,7 @@ impl Shard {
             access: e.access,
         };
         let (_, d) = self.put_entry(key.clone(), lb, entry, now_ms);
-        Some(d)
+        Some((d, false))
     }
 
     fn is_value(&self, key: &Bytes) -> bool {
