@@ -23,7 +23,11 @@ use crate::store::Register;
 ///
 /// 3: refusals are cut into [`SyncMsg::Refusals`] chunks before `Finish`
 /// (a version 2 peer would take the new message for a protocol violation).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: a summary's buckets carry the sender's floor, and the summary side's
+/// `Finish` its final digests of them, so that a peer holding part of a
+/// bucket can agree with a peer holding it whole (ALGORITHM.md,
+/// "Eviction"); both change the layout of existing messages.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -149,7 +153,7 @@ pub enum SyncMsg {
     /// as many messages as it takes, then `SummaryDone`. The `key@stamp`
     /// pairs are numbered 0, 1, 2, ... in the order sent, across all of
     /// them: `Want` and `EndOfEntries` name keys by these positions.
-    Summary(Vec<(u32, Vec<(Bytes, Stamp)>)>),
+    Summary(Vec<BucketSummary>),
     /// Registers for the receiver.
     Entries(Vec<(Bytes, Register)>),
     /// The sender has sent every register it will; `want` names the last
@@ -166,6 +170,10 @@ pub enum SyncMsg {
     Finish {
         /// Refused `key@stamp`s.
         refused: Vec<(Bytes, Stamp)>,
+        /// From the summary side: its digest of each bucket it summarised,
+        /// after applying the other side's registers (bucket, digest), in
+        /// the order summarised. Empty from the other side.
+        digests: Vec<(u32, u64)>,
     },
     /// The last `Summary` has been sent.
     SummaryDone,
@@ -182,6 +190,19 @@ pub enum SyncMsg {
     /// cut like `Summary` and `Want`, so that no frame outgrows the limit
     /// however much a peer sent below the floor.
     Refusals(Vec<(Bytes, Stamp)>),
+}
+
+/// One bucket of a [`SyncMsg::Summary`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketSummary {
+    /// The bucket.
+    pub bucket: u32,
+    /// The sender's floor there: `None` when it holds the bucket whole;
+    /// otherwise it holds only part of it and wants no register for a key
+    /// it lacks (ALGORITHM.md, "Eviction").
+    pub floor: Option<Stamp>,
+    /// The `key@stamp` of every register the sender holds in the bucket.
+    pub items: Vec<(Bytes, Stamp)>,
 }
 
 /// The opening of an anti-entropy session.

@@ -143,8 +143,8 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         SyncMsg::Level { level: 1, parents: vec![0], hashes: vec![0; 3] },
         SyncMsg::Level { level: 2, parents: vec![5, 5], hashes: vec![0; 32] },
         SyncMsg::Level { level: 2, parents: vec![99], hashes: vec![0; 16] },
-        SyncMsg::Summary(vec![(70_000, vec![])]),
-        SyncMsg::Finish { refused: vec![] },
+        SyncMsg::Summary(vec![meshcache::wire::BucketSummary { bucket: 70_000, floor: None, items: vec![] }]),
+        SyncMsg::Finish { refused: vec![], digests: vec![] },
         SyncMsg::Refusals(vec![(b("k"), meshcache::hlc::Stamp::ZERO)]),
     ];
     for m in bad {
@@ -215,7 +215,7 @@ fn wants_past_the_summary_or_not_increasing_are_protocol_errors() {
         ]
     };
     let pairs = |m: &SyncMsg| match m {
-        SyncMsg::Summary(buckets) => buckets.iter().map(|b| b.1.len()).sum::<usize>(),
+        SyncMsg::Summary(buckets) => buckets.iter().map(|b| b.items.len()).sum::<usize>(),
         _ => unreachable!(),
     };
     for i in 0.. {

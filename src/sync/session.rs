@@ -48,7 +48,7 @@ use crate::membership::MemberId;
 use crate::replica::{Replica, SyncRefused};
 use crate::store::digest::{self, BUCKETS, FANOUT, LEVELS};
 use crate::store::{Change, Register};
-use crate::wire::{encoded_len, Refusal, SyncHello, SyncMsg, LENGTH_PREFIX};
+use crate::wire::{encoded_len, BucketSummary, Refusal, SyncHello, SyncMsg, LENGTH_PREFIX};
 
 /// Default bytes of registers per `Entries` message: large enough to
 /// amortize framing, small enough to interleave with other traffic.
@@ -119,6 +119,9 @@ pub struct SessionStats {
     pub refused: u64,
     /// Registers this side dropped on the peer's refusal reply.
     pub dropped_on_reply: u64,
+    /// Buckets this side holds in part whose digest it made equal to the
+    /// peer's (ghosts adopted: ALGORITHM.md, "Eviction").
+    pub ghosts_adopted: u64,
     /// How the differences were found.
     pub mode: Mode,
 }
@@ -139,6 +142,20 @@ pub enum SyncError {
     /// This process has been superseded and must stop.
     #[error("this peer was superseded by a newer incarnation")]
     SelfSuperseded,
+}
+
+/// A bucket the other side (not the summary side) holds in part: what it
+/// needs to adopt the peer's digest there once the exchange is over.
+#[derive(Debug)]
+struct Adoption {
+    bucket: u32,
+    /// The peer's highest stamp in the bucket: its floor, or the newest
+    /// register it listed.
+    their_max: Stamp,
+    /// The peer's `key@stamp` for the keys we hold there: adopting is safe
+    /// only if we then hold each at that stamp or newer, or the ghost would
+    /// hide an older register of ours.
+    held: Vec<(Bytes, Stamp)>,
 }
 
 /// One anti-entropy session. See the module docs.
@@ -167,7 +184,7 @@ pub struct Session {
     /// no message outgrows the frame limit however much differs.
     summary_queue: VecDeque<usize>,
     /// Summary side: bucket summaries read but not yet sent.
-    summary_ready: VecDeque<(u32, Vec<(Bytes, Stamp)>)>,
+    summary_ready: VecDeque<BucketSummary>,
     /// This side sends the summary (it received bucket-level digests).
     summary_sender: bool,
     /// The summary is still being sent.
@@ -175,6 +192,12 @@ pub struct Session {
     /// Summary side: the keys summarised so far, in the order sent, so that
     /// a wanted position names its key.
     summarised: Vec<Bytes>,
+    /// Summary side: the buckets summarised, in order, whose final digests
+    /// go in our `Finish`.
+    summarised_buckets: Vec<u32>,
+    /// The other side: buckets we hold in part, to be made equal to the
+    /// peer's once its `Finish` gives its final digests.
+    to_adopt: Vec<Adoption>,
     /// The other side: `key@stamp` pairs of the peer's summary seen so far
     /// (the position of the next one).
     summary_seen: u64,
@@ -234,6 +257,8 @@ impl Session {
             summary_sender: false,
             summarizing: false,
             summarised: Vec::new(),
+            summarised_buckets: Vec::new(),
+            to_adopt: Vec::new(),
             summary_seen: 0,
             want_last: None,
             want_buf: Vec::new(),
@@ -379,18 +404,19 @@ impl Session {
                     self.end_queued = true;
                     self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
                 }
-                self.queue_refusals();
+                self.queue_refusals(replica);
                 Ok(())
             }
             (Phase::Exchange, SyncMsg::Refusals(refused)) if !self.finish_received => {
                 self.drop_refused(replica, refused, now_ms);
                 Ok(())
             }
-            (Phase::Exchange, SyncMsg::Finish { refused }) => {
+            (Phase::Exchange, SyncMsg::Finish { refused, digests }) => {
                 if self.finish_received {
                     return Err(SyncError::Protocol("second Finish".into()));
                 }
                 self.drop_refused(replica, refused, now_ms);
+                self.adopt(replica, digests)?;
                 self.finish_received = true;
                 if self.finish_sent {
                     self.complete(replica);
@@ -407,7 +433,7 @@ impl Session {
     /// chunk in `Finish`, so that a peer that sent many registers below our
     /// floor gets replies that each fit in a frame, and `Finish` still
     /// marks the end (the session completes on it, as before).
-    fn queue_refusals(&mut self) {
+    fn queue_refusals(&mut self, replica: &Replica) {
         let mut chunk = Vec::new();
         let mut size = 0;
         for (k, st) in std::mem::take(&mut self.refused) {
@@ -420,7 +446,40 @@ impl Session {
             size += s;
             chunk.push((k, st));
         }
-        self.after.push_back(SyncMsg::Finish { refused: chunk });
+        // The summary side's final digests of what it summarised: the other
+        // side's registers, which came before its EndOfEntries, are applied.
+        let digests = std::mem::take(&mut self.summarised_buckets)
+            .into_iter()
+            .map(|b| (b, replica.store().range_digest(b as usize, b as usize + 1)))
+            .collect();
+        self.after.push_back(SyncMsg::Finish { refused: chunk, digests });
+    }
+
+    /// On the summary side's `Finish`: makes each bucket we hold in part
+    /// agree with the peer's final digest, where every key both hold is now
+    /// held here at the peer's stamp or newer. Only this side adopts, so two
+    /// peers that both hold a bucket in part never trade ghosts back and
+    /// forth.
+    fn adopt(&mut self, replica: &Replica, digests: Vec<(u32, u64)>) -> Result<(), SyncError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        if self.summary_sender {
+            return Err(SyncError::Protocol("final digests from the side that received the summary".into()));
+        }
+        if digests.windows(2).any(|w| w[0].0 >= w[1].0) || digests.last().is_some_and(|d| d.0 as usize >= BUCKETS) {
+            return Err(SyncError::Protocol("final digests not increasing or out of range".into()));
+        }
+        let store = replica.store();
+        for a in std::mem::take(&mut self.to_adopt) {
+            let Ok(i) = digests.binary_search_by_key(&a.bucket, |d| d.0) else { continue };
+            let current = a.held.iter().all(|(k, st)| store.register(k).is_some_and(|r| r.marker >= *st));
+            if current {
+                store.adopt_ghost(a.bucket as usize, digests[i].1, a.their_max);
+                self.stats.ghosts_adopted += 1;
+            }
+        }
+        Ok(())
     }
 
     /// The refusal reply: drops our copies of what the peer refused.
@@ -518,28 +577,50 @@ impl Session {
     /// One chunk of the peer's summary: queue the registers it lacks or
     /// holds older, and note the positions of the keys we lack or hold
     /// older.
-    fn on_summary(&mut self, replica: &Replica, buckets: Vec<(u32, Vec<(Bytes, Stamp)>)>) -> Result<(), SyncError> {
-        if buckets.windows(2).any(|w| w[0].0 >= w[1].0) || buckets.last().is_some_and(|b| b.0 as usize >= BUCKETS) {
+    fn on_summary(&mut self, replica: &Replica, buckets: Vec<BucketSummary>) -> Result<(), SyncError> {
+        if buckets.windows(2).any(|w| w[0].bucket >= w[1].bucket)
+            || buckets.last().is_some_and(|b| b.bucket as usize >= BUCKETS)
+        {
             return Err(SyncError::Protocol("summary buckets not increasing or out of range".into()));
         }
         self.phase = Phase::Exchange;
-        let ids: Vec<usize> = buckets.iter().map(|b| b.0 as usize).collect();
+        let ids: Vec<usize> = buckets.iter().map(|b| b.bucket as usize).collect();
         let mine = replica.store().bucket_registers(&ids);
-        for ((_, theirs), (_, ours)) in buckets.into_iter().zip(mine) {
+        for (theirs, (_, ours)) in buckets.into_iter().zip(mine) {
+            // A side that holds a bucket in part wants no register for a key
+            // it lacks there: it takes the bucket's digest instead.
+            let partial_here = replica.store().bucket_floor(theirs.bucket as usize) != Stamp::ZERO;
+            let partial_there = theirs.floor.is_some();
             let ours_idx: HashMap<&Bytes, Stamp> = ours.iter().map(|(k, r)| (k, r.marker)).collect();
-            for (k, st) in &theirs {
+            for (k, st) in &theirs.items {
                 let pos = self.summary_seen;
                 self.summary_seen += 1;
-                if ours_idx.get(k).is_none_or(|o| o < st) {
+                let wanted = match ours_idx.get(k) {
+                    None => !partial_here,
+                    Some(o) => o < st,
+                };
+                if wanted {
                     let gap = pos - self.want_last.unwrap_or(0);
                     self.want_last = Some(pos);
                     self.want_bytes += varint_len(gap);
                     self.want_buf.push(gap);
                 }
             }
-            let theirs: HashMap<Bytes, Stamp> = theirs.into_iter().collect();
+            if partial_here {
+                let their_max = theirs.items.iter().map(|(_, st)| *st).max().unwrap_or(Stamp::ZERO);
+                self.to_adopt.push(Adoption {
+                    bucket: theirs.bucket,
+                    their_max: their_max.max(theirs.floor.unwrap_or(Stamp::ZERO)),
+                    held: theirs.items.iter().filter(|(k, _)| ours_idx.contains_key(k)).cloned().collect(),
+                });
+            }
+            let theirs: HashMap<Bytes, Stamp> = theirs.items.into_iter().collect();
             for (k, r) in ours {
-                if theirs.get(&k).is_none_or(|t| *t < r.marker) {
+                let send = match theirs.get(&k) {
+                    None => !partial_there,
+                    Some(t) => *t < r.marker,
+                };
+                if send {
                     self.pending.push_back((k, r));
                 }
             }
@@ -588,7 +669,11 @@ impl Session {
                     self.summary_queue.pop_front();
                 }
                 let read = replica.store().bucket_summaries(&ids);
-                self.summary_ready.extend(read.into_iter().map(|(b, items)| (b as u32, items)));
+                let store = replica.store();
+                self.summary_ready.extend(read.into_iter().map(|(b, items)| {
+                    let floor = Some(store.bucket_floor(b)).filter(|f| *f != Stamp::ZERO);
+                    BucketSummary { bucket: b as u32, floor, items }
+                }));
             }
         }
         if self.summary_ready.is_empty() {
@@ -597,16 +682,17 @@ impl Session {
         }
         let mut size = 0;
         let mut chunk = Vec::new();
-        while let Some((_, items)) = self.summary_ready.front() {
+        while let Some(b) = self.summary_ready.front() {
             // Key, its length, and a 16-byte stamp per pair.
-            let s = 6 + items.iter().map(|(k, _)| k.len() + varint_len(k.len() as u64) + 16).sum::<usize>();
+            let s = 23 + b.items.iter().map(|(k, _)| k.len() + varint_len(k.len() as u64) + 16).sum::<usize>();
             if !chunk.is_empty() && size + s > self.batch_bytes {
                 break;
             }
             size += s;
             chunk.push(self.summary_ready.pop_front().expect("front() was Some"));
         }
-        self.summarised.extend(chunk.iter().flat_map(|(_, items)| items.iter().map(|(k, _)| k.clone())));
+        self.summarised.extend(chunk.iter().flat_map(|b| b.items.iter().map(|(k, _)| k.clone())));
+        self.summarised_buckets.extend(chunk.iter().map(|b| b.bucket));
         SyncMsg::Summary(chunk)
     }
 

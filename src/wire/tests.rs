@@ -104,10 +104,16 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
         refusal().prop_map(SyncMsg::Reject),
         (any::<u8>(), vec(any::<u32>(), 0..6), vec(any::<u64>(), 0..20))
             .prop_map(|(level, parents, hashes)| SyncMsg::Level { level, parents, hashes }),
-        vec((any::<u32>(), vec((bytes(24), stamp()), 0..4)), 0..4).prop_map(SyncMsg::Summary),
+        vec(
+            (any::<u32>(), proptest::option::of(stamp()), vec((bytes(24), stamp()), 0..4))
+                .prop_map(|(bucket, floor, items)| BucketSummary { bucket, floor, items }),
+            0..4
+        )
+        .prop_map(SyncMsg::Summary),
         entries().prop_map(SyncMsg::Entries),
         vec(any::<u64>(), 0..6).prop_map(|want| SyncMsg::EndOfEntries { want }),
-        vec((bytes(24), stamp()), 0..6).prop_map(|refused| SyncMsg::Finish { refused }),
+        (vec((bytes(24), stamp()), 0..6), vec((any::<u32>(), any::<u64>()), 0..4))
+            .prop_map(|(refused, digests)| SyncMsg::Finish { refused, digests }),
         Just(SyncMsg::SummaryDone),
         vec(any::<u64>(), 0..6).prop_map(SyncMsg::Want),
         vec((bytes(24), stamp()), 0..6).prop_map(SyncMsg::Refusals),
@@ -200,10 +206,13 @@ fn one_of_each() -> Vec<Message> {
         Message::Sync(SyncMsg::Accept(SyncHello { booted: false, members: Vec::new(), ..sh })),
         Message::Sync(SyncMsg::Reject(Refusal::Superseded { current: None })),
         Message::Sync(SyncMsg::Level { level: 3, parents: vec![0, 17, u32::MAX], hashes: vec![1, 2, u64::MAX] }),
-        Message::Sync(SyncMsg::Summary(vec![(0, Vec::new()), (9, vec![(Bytes::from_static(b"k"), st)])])),
+        Message::Sync(SyncMsg::Summary(vec![
+            BucketSummary { bucket: 0, floor: None, items: Vec::new() },
+            BucketSummary { bucket: 9, floor: Some(st), items: vec![(Bytes::from_static(b"k"), st)] },
+        ])),
         Message::Sync(SyncMsg::Entries(regs)),
         Message::Sync(SyncMsg::EndOfEntries { want: vec![0, 1, 300, u64::MAX] }),
-        Message::Sync(SyncMsg::Finish { refused: vec![(Bytes::from_static(b"k"), st)] }),
+        Message::Sync(SyncMsg::Finish { refused: vec![(Bytes::from_static(b"k"), st)], digests: vec![(9, u64::MAX)] }),
         Message::Sync(SyncMsg::SummaryDone),
         Message::Sync(SyncMsg::Want(vec![7, 1, 128])),
         Message::Sync(SyncMsg::Refusals(vec![(Bytes::from_static(b"r"), st), (Bytes::new(), st)])),
@@ -392,7 +401,11 @@ fn assert_huge_length_refused(template: Message) {
 fn huge_declared_lengths_are_refused() {
     assert_huge_length_refused(Message::Sync(SyncMsg::Entries(Vec::new())));
     assert_huge_length_refused(Message::Sync(SyncMsg::Summary(Vec::new())));
-    assert_huge_length_refused(Message::Sync(SyncMsg::Summary(vec![(1, Vec::new())])));
+    assert_huge_length_refused(Message::Sync(SyncMsg::Summary(vec![BucketSummary {
+        bucket: 1,
+        floor: None,
+        items: Vec::new(),
+    }])));
     assert_huge_length_refused(Message::Sync(SyncMsg::EndOfEntries { want: Vec::new() }));
     assert_huge_length_refused(Message::Sync(SyncMsg::Level { level: 1, parents: vec![0], hashes: Vec::new() }));
     assert_huge_length_refused(Message::Membership(Bytes::new()));

@@ -390,7 +390,7 @@ impl Sim {
                             }
                         }
                     }
-                    if let SyncMsg::Finish { refused } = &m {
+                    if let SyncMsg::Finish { refused, .. } = &m {
                         for (k, st) in refused {
                             if rt.store().register(k).is_some_and(|r| r.marker == *st) {
                                 killed.push((k.clone(), *st));
