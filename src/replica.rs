@@ -300,6 +300,7 @@ impl Replica {
             members: self.members.lock().gossip(),
             root,
             count,
+            holds_part: self.store.holds_part(),
         }
     }
 

@@ -163,6 +163,10 @@ pub enum SyncMsg {
         /// those of the `Want` messages before it (empty from the summary
         /// side, and in stream mode).
         want: Vec<u64>,
+        /// From the side that received the summary: the summarised buckets
+        /// it holds in part, in increasing order, whose final digests it
+        /// asks for in the summary side's `Finish`. Empty otherwise.
+        adopt: Vec<u32>,
     },
     /// The last message each way: registers the sender refused by its
     /// `gc_floor` (the receiver drops its copies: the refusal reply). The
@@ -170,9 +174,9 @@ pub enum SyncMsg {
     Finish {
         /// Refused `key@stamp`s.
         refused: Vec<(Bytes, Stamp)>,
-        /// From the summary side: its digest of each bucket it summarised,
-        /// after applying the other side's registers (bucket, digest), in
-        /// the order summarised. Empty from the other side.
+        /// From the summary side: its digest of each bucket the other side
+        /// named in `adopt`, after applying that side's registers (bucket,
+        /// digest), in the same order. Empty from the other side.
         digests: Vec<(u32, u64)>,
     },
     /// The last `Summary` has been sent.
@@ -222,6 +226,10 @@ pub struct SyncHello {
     pub root: u64,
     /// Registers the sender holds.
     pub count: u64,
+    /// Whether the sender holds only part of some bucket (it evicted into
+    /// ghosts): its count then says nothing about how much it lacks, and
+    /// the session descends the tree rather than streaming everything.
+    pub holds_part: bool,
 }
 
 /// Why a frame could not be decoded. The connection that sent it is closed.

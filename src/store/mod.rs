@@ -1012,6 +1012,11 @@ impl Store {
         self.shards[s].read().floor_of(b & ((1 << self.shard_shift) - 1))
     }
 
+    /// Whether this replica holds only part of some bucket.
+    pub fn holds_part(&self) -> bool {
+        self.shards.iter().any(|sh| sh.read().floor.iter().any(|f| *f != Stamp::ZERO))
+    }
+
     /// The highest stamp this replica knows of in each of `buckets`
     /// (sorted): of the registers it holds there, and of its floor.
     pub fn bucket_max_stamps(&self, buckets: &[usize]) -> Vec<Stamp> {

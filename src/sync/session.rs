@@ -219,9 +219,10 @@ pub struct Session {
     changes: Vec<Change>,
     stats: SessionStats,
     batch_bytes: usize,
-    /// The (root, count) this side sent in its opening: the mode is decided
+    /// The (root, count, holds part) this side sent in its opening: the mode
+    /// is decided
     /// from the two openings, which both sides see alike.
-    opened_with: (u64, u64),
+    opened_with: (u64, u64, bool),
 }
 
 impl Session {
@@ -230,7 +231,7 @@ impl Session {
     pub fn initiate(replica: &Replica, now_ms: u64) -> Session {
         let mut s = Session::new(Role::Initiator, now_ms);
         let hello = replica.sync_hello();
-        s.opened_with = (hello.root, hello.count);
+        s.opened_with = (hello.root, hello.count, hello.holds_part);
         s.out.push_back(SyncMsg::Begin(hello));
         s.phase = Phase::AwaitAccept;
         s
@@ -271,7 +272,7 @@ impl Session {
             changes: Vec::new(),
             stats: SessionStats::default(),
             batch_bytes: DEFAULT_BATCH_BYTES,
-            opened_with: (0, 0),
+            opened_with: (0, 0, false),
         }
     }
 
@@ -351,16 +352,16 @@ impl Session {
                 self.started_ms = now_ms;
                 self.open(replica, &h, now_ms)?;
                 let mine = replica.sync_hello();
-                let (root, count) = (mine.root, mine.count);
+                let opened = (mine.root, mine.count, mine.holds_part);
                 self.out.push_back(SyncMsg::Accept(mine));
-                self.decide(replica, (root, count), (h.root, h.count));
+                self.decide(replica, opened, (h.root, h.count, h.holds_part));
                 Ok(())
             }
             (Phase::AwaitAccept, SyncMsg::Accept(h)) => {
                 self.open(replica, &h, now_ms)?;
                 // Decide from the root we sent, not today's: the store may
                 // have changed since, and both sides must decide alike.
-                self.decide(replica, self.opened_with, (h.root, h.count));
+                self.decide(replica, self.opened_with, (h.root, h.count, h.holds_part));
                 if self.stats.mode == Mode::Descend {
                     let hashes = children(replica, 1, &[0]);
                     self.out.push_back(SyncMsg::Level { level: 1, parents: vec![0], hashes });
@@ -381,7 +382,8 @@ impl Session {
                 self.end_queued = true;
                 let want = std::mem::take(&mut self.want_buf);
                 self.want_bytes = 0;
-                self.after.push_back(SyncMsg::EndOfEntries { want });
+                let adopt = self.to_adopt.iter().map(|a| a.bucket).collect();
+                self.after.push_back(SyncMsg::EndOfEntries { want, adopt });
                 Ok(())
             }
             (Phase::Exchange, SyncMsg::Want(gaps)) if self.summary_sender => self.queue_wanted(replica, gaps),
@@ -396,13 +398,14 @@ impl Session {
                 self.changes.extend(out.changes);
                 Ok(())
             }
-            (Phase::Exchange, SyncMsg::EndOfEntries { want }) => {
+            (Phase::Exchange, SyncMsg::EndOfEntries { want, adopt }) => {
                 self.queue_wanted(replica, want)?;
+                self.digests_wanted(adopt)?;
                 // No position can be wanted after the peer's last message.
                 self.summarised = Vec::new();
                 if !self.end_queued {
                     self.end_queued = true;
-                    self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
+                    self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new(), adopt: Vec::new() });
                 }
                 self.queue_refusals(replica);
                 Ok(())
@@ -446,13 +449,34 @@ impl Session {
             size += s;
             chunk.push((k, st));
         }
-        // The summary side's final digests of what it summarised: the other
-        // side's registers, which came before its EndOfEntries, are applied.
+        // The summary side's final digests of the buckets the other side
+        // adopts: its registers, which came before its EndOfEntries, are
+        // applied.
         let digests = std::mem::take(&mut self.summarised_buckets)
             .into_iter()
             .map(|b| (b, replica.store().range_digest(b as usize, b as usize + 1)))
             .collect();
         self.after.push_back(SyncMsg::Finish { refused: chunk, digests });
+    }
+
+    /// The summary side: keeps, of the buckets summarised, those whose final
+    /// digests the other side asks for (the ones it holds in part), for our
+    /// `Finish`. Any other bucket breaks the protocol.
+    fn digests_wanted(&mut self, adopt: Vec<u32>) -> Result<(), SyncError> {
+        if adopt.is_empty() {
+            self.summarised_buckets.clear();
+            return Ok(());
+        }
+        if !self.summary_sender {
+            return Err(SyncError::Protocol("buckets to adopt from the side that sent the summary".into()));
+        }
+        if adopt.windows(2).any(|w| w[0] >= w[1])
+            || adopt.iter().any(|b| self.summarised_buckets.binary_search(b).is_err())
+        {
+            return Err(SyncError::Protocol("buckets to adopt not increasing or not summarised".into()));
+        }
+        self.summarised_buckets = adopt;
+        Ok(())
     }
 
     /// On the summary side's `Finish`: makes each bucket we hold in part
@@ -509,14 +533,18 @@ impl Session {
 
     /// Chooses the mode from both (root, count) pairs; both sides decide
     /// alike because they see the same two pairs.
-    fn decide(&mut self, replica: &Replica, mine: (u64, u64), theirs: (u64, u64)) {
-        if mine == theirs {
+    fn decide(&mut self, replica: &Replica, mine: (u64, u64, bool), theirs: (u64, u64, bool)) {
+        // Equal roots are enough when a side holds part of the keyspace:
+        // its count leaves out what its ghosts stand for.
+        if mine.0 == theirs.0 && (mine.1 == theirs.1 || mine.2 || theirs.2) {
             self.stats.mode = Mode::InSync;
             self.complete(replica);
             return;
         }
         let (small, big) = (mine.1.min(theirs.1), mine.1.max(theirs.1));
-        if small.saturating_mul(STREAM_RATIO) <= big {
+        // A side that holds part of the keyspace is small because it chose
+        // to be: streaming would ship it everything it left out.
+        if small.saturating_mul(STREAM_RATIO) <= big && !mine.2 && !theirs.2 {
             self.stats.mode = Mode::Stream;
             self.phase = Phase::Exchange;
             if mine.1 <= theirs.1 {
@@ -529,7 +557,7 @@ impl Session {
                 self.stream_shard = Some(0);
             }
             self.end_queued = true;
-            self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
+            self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new(), adopt: Vec::new() });
         } else {
             self.stats.mode = Mode::Descend;
             self.phase = Phase::Descend;

@@ -84,8 +84,11 @@ fn delta_batch() -> impl Strategy<Value = DeltaBatch> {
 }
 
 fn sync_hello() -> impl Strategy<Value = SyncHello> {
-    (member_id(), any::<u64>(), any::<bool>(), stamp(), vec(member_info(), 0..4), any::<u64>(), any::<u64>()).prop_map(
-        |(from, hlc, booted, clear_below, members, root, count)| SyncHello {
+    (
+        (member_id(), any::<u64>(), any::<bool>(), stamp()),
+        (vec(member_info(), 0..4), any::<u64>(), any::<u64>(), any::<bool>()),
+    )
+        .prop_map(|((from, hlc, booted, clear_below), (members, root, count, holds_part))| SyncHello {
             from,
             hlc,
             booted,
@@ -93,8 +96,8 @@ fn sync_hello() -> impl Strategy<Value = SyncHello> {
             members,
             root,
             count,
-        },
-    )
+            holds_part,
+        })
 }
 
 fn sync_msg() -> impl Strategy<Value = SyncMsg> {
@@ -111,7 +114,8 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
         )
         .prop_map(SyncMsg::Summary),
         entries().prop_map(SyncMsg::Entries),
-        vec(any::<u64>(), 0..6).prop_map(|want| SyncMsg::EndOfEntries { want }),
+        (vec(any::<u64>(), 0..6), vec(any::<u32>(), 0..3))
+            .prop_map(|(want, adopt)| SyncMsg::EndOfEntries { want, adopt }),
         (vec((bytes(24), stamp()), 0..6), vec((any::<u32>(), any::<u64>()), 0..4))
             .prop_map(|(refused, digests)| SyncMsg::Finish { refused, digests }),
         Just(SyncMsg::SummaryDone),
@@ -173,6 +177,7 @@ fn one_of_each() -> Vec<Message> {
         members: members.clone(),
         root: u64::MAX,
         count: 5,
+        holds_part: true,
     };
     vec![
         Message::Hello(Hello {
@@ -211,7 +216,7 @@ fn one_of_each() -> Vec<Message> {
             BucketSummary { bucket: 9, floor: Some(st), items: vec![(Bytes::from_static(b"k"), st)] },
         ])),
         Message::Sync(SyncMsg::Entries(regs)),
-        Message::Sync(SyncMsg::EndOfEntries { want: vec![0, 1, 300, u64::MAX] }),
+        Message::Sync(SyncMsg::EndOfEntries { want: vec![0, 1, 300, u64::MAX], adopt: vec![9] }),
         Message::Sync(SyncMsg::Finish { refused: vec![(Bytes::from_static(b"k"), st)], digests: vec![(9, u64::MAX)] }),
         Message::Sync(SyncMsg::SummaryDone),
         Message::Sync(SyncMsg::Want(vec![7, 1, 128])),
@@ -406,7 +411,7 @@ fn huge_declared_lengths_are_refused() {
         floor: None,
         items: Vec::new(),
     }])));
-    assert_huge_length_refused(Message::Sync(SyncMsg::EndOfEntries { want: Vec::new() }));
+    assert_huge_length_refused(Message::Sync(SyncMsg::EndOfEntries { want: Vec::new(), adopt: Vec::new() }));
     assert_huge_length_refused(Message::Sync(SyncMsg::Level { level: 1, parents: vec![0], hashes: Vec::new() }));
     assert_huge_length_refused(Message::Membership(Bytes::new()));
     assert_huge_length_refused(Message::Sync(SyncMsg::Want(Vec::new())));

@@ -1,0 +1,168 @@
+//! Eviction stays local: a peer short of memory evicts into ghosts, deletes
+//! nothing on the peers that have room, and anti-entropy goes quiet again
+//! once eviction settles (ALGORITHM.md, "Eviction").
+
+mod common;
+
+use std::num::NonZeroUsize;
+
+use bytes::Bytes;
+use common::*;
+use meshcache::replica::Replica;
+use meshcache::store::StoreConfig;
+use meshcache::sync::Mode;
+
+const VALUE: usize = 100;
+
+fn key(i: usize) -> Bytes {
+    Bytes::from(format!("key{i:07}"))
+}
+
+fn value(i: usize) -> Bytes {
+    let mut v = vec![b'v'; VALUE];
+    v[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    Bytes::from(v)
+}
+
+/// A replica whose values fit in about `n` entries.
+fn bounded(name: &str, node: u64, n: usize) -> Replica {
+    let cfg = StoreConfig {
+        max_bytes: NonZeroUsize::new(n * 300),
+        max_tombstones: NonZeroUsize::new(1_000).unwrap(),
+        seed: node,
+        ..StoreConfig::default()
+    };
+    replica_with(name, node, cfg, true)
+}
+
+/// Writes keys `range` on `from`, pushing each to `to`, with a round of
+/// anti-entropy each way and timer work on both every `every` writes.
+fn load(from: &Replica, to: &Replica, range: std::ops::Range<usize>, now: &mut u64, every: usize) {
+    for i in range {
+        *now += 1;
+        let w = from.put(key(i), value(i), None, *now).unwrap();
+        to.handle_deltas(from.deltas(vec![(w.key, w.register)], false), *now).unwrap();
+        if i % every == every - 1 {
+            *now += 10;
+            sync(from, to, *now).unwrap();
+            sync(to, from, *now).unwrap();
+            from.tick(*now);
+            to.tick(*now);
+        }
+    }
+}
+
+/// Rounds both ways until a round finds the two in sync; returns how many
+/// it took, or panics past `limit`.
+fn settle(a: &Replica, b: &Replica, now: &mut u64, limit: usize) -> usize {
+    for round in 1..=limit {
+        *now += 10;
+        a.tick(*now);
+        b.tick(*now);
+        let (x, _) = sync(a, b, *now).unwrap();
+        let (y, _) = sync(b, a, *now).unwrap();
+        if x.mode == Mode::InSync && y.mode == Mode::InSync {
+            return round;
+        }
+    }
+    panic!("still not in sync after {limit} rounds each way");
+}
+
+/// Every register `small` holds is the one `big` holds: no older value.
+fn no_older_value(small: &Replica, big: &Replica) {
+    let (_, held) = small.store().snapshot();
+    for (k, r) in held {
+        let theirs = big.store().register(&k).unwrap_or_else(|| panic!("{k:?} held only by the bounded peer"));
+        assert!(r.marker >= theirs.marker, "{k:?}: the bounded peer holds an older register");
+    }
+}
+
+#[test]
+fn one_peers_memory_pressure_deletes_nothing_elsewhere_and_anti_entropy_goes_quiet() {
+    let s = replica("s", 1);
+    let t = bounded("t", 2, 200);
+    let mut now = T0;
+    // A key written before the load, on the peer with room.
+    let before = s.put(b("written-before"), b("kept"), None, now).unwrap();
+    t.handle_deltas(s.deltas(vec![(before.key, before.register)], false), now).unwrap();
+    sync(&s, &t, now).unwrap();
+    load(&s, &t, 0..5_000, &mut now, 250);
+    let rounds = settle(&s, &t, &mut now, 10);
+
+    // The peer with room lost nothing.
+    let st = s.store().stats();
+    assert_eq!(st.entries, 5_001, "{st:?}");
+    assert_eq!(s.store().get(b"written-before", now), Some(b("kept")));
+    assert!((0..5_000).all(|i| s.store().get(&key(i), now) == Some(value(i))));
+    // The bounded peer kept its bound, without a range tombstone.
+    let tt = t.store().stats();
+    assert!(t.store().value_bytes() <= t.store().max_bytes().unwrap().get(), "{tt:?}");
+    assert_eq!(
+        (tt.compactions, st.floors.clear_below, tt.floors.clear_below),
+        (0, Default::default(), Default::default())
+    );
+    assert!(tt.ghosted > 4_000, "{tt:?}");
+    no_older_value(&t, &s);
+    // Quiet: a round between the two is one root exchange each way.
+    now += 10;
+    let (x, y) = sync(&s, &t, now).unwrap();
+    assert_eq!(x.mode, Mode::InSync);
+    assert!(x.bytes_sent < 200 && y.bytes_sent < 200, "{x:?} {y:?}");
+    println!("in sync after {rounds} settling round(s) each way; t: {tt:?}");
+}
+
+#[test]
+fn a_ghosted_key_written_again_is_read_again_and_the_digests_agree() {
+    let s = replica("s", 1);
+    let t = bounded("t", 2, 50);
+    let mut now = T0;
+    load(&s, &t, 0..1_000, &mut now, 100);
+    settle(&s, &t, &mut now, 10);
+    let ghosted = (0..1_000).find(|i| t.store().get(&key(*i), now).is_none()).expect("t evicted something");
+    // The key is written again on s: t takes the newer write and serves it,
+    // although its ghost still counts the old one...
+    now += 1;
+    let w = s.put(key(ghosted), b("again"), None, now).unwrap();
+    t.handle_deltas(s.deltas(vec![(w.key, w.register)], false), now).unwrap();
+    assert_eq!(t.store().get(&key(ghosted), now), Some(b("again")));
+    // ...until a round started by s makes t adopt s's digest.
+    now += 10;
+    let (_, ty) = sync(&s, &t, now).unwrap();
+    assert!(ty.ghosts_adopted >= 1, "{ty:?}");
+    now += 10;
+    assert_eq!(sync(&s, &t, now).unwrap().0.mode, Mode::InSync);
+    no_older_value(&t, &s);
+}
+
+#[test]
+fn two_bounded_peers_converge_quietly_and_never_hold_an_older_value() {
+    let a = bounded("a", 1, 300);
+    let c = bounded("c", 2, 300);
+    let mut now = T0;
+    // Writes on both sides, overlapping keys, pushed both ways.
+    for i in 0..3_000 {
+        now += 1;
+        let (from, to) = if i % 2 == 0 { (&a, &c) } else { (&c, &a) };
+        let w = from.put(key(i % 2_000), value(i), None, now).unwrap();
+        to.handle_deltas(from.deltas(vec![(w.key, w.register)], false), now).unwrap();
+        if i % 300 == 299 {
+            now += 10;
+            sync(&a, &c, now).unwrap();
+            sync(&c, &a, now).unwrap();
+            a.tick(now);
+            c.tick(now);
+        }
+    }
+    settle(&a, &c, &mut now, 10);
+    for (x, y) in [(&a, &c), (&c, &a)] {
+        assert!(x.store().value_bytes() <= x.store().max_bytes().unwrap().get());
+        assert_eq!(x.store().stats().compactions, 0);
+        // Where both hold a key, they hold the same register.
+        let (_, held) = x.store().snapshot();
+        for (k, r) in held {
+            if let Some(o) = y.store().register(&k) {
+                assert_eq!(r.marker, o.marker, "{k:?}");
+            }
+        }
+    }
+}
