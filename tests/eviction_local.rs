@@ -166,3 +166,67 @@ fn two_bounded_peers_converge_quietly_and_never_hold_an_older_value() {
         }
     }
 }
+
+/// Runs a session, `a` initiating, and calls `mid` once, right after `b`
+/// has taken in `a`'s first summary: a write that reaches `b` then is not in
+/// `a`'s final digest.
+fn sync_with_a_push_mid_session(a: &Replica, b: &Replica, now: u64, mut mid: impl FnMut()) {
+    use meshcache::sync::Session;
+    use meshcache::wire::SyncMsg;
+    let (mut sa, mut sb) = (Session::initiate(a, now), Session::respond(now));
+    let mut pushed = false;
+    for _ in 0..10_000 {
+        while let Some(m) = sa.poll_transmit(a) {
+            let summary = matches!(m, SyncMsg::Summary(_));
+            sb.handle_message(b, m, now).unwrap();
+            if summary && !pushed {
+                mid();
+                pushed = true;
+            }
+        }
+        while let Some(m) = sb.poll_transmit(b) {
+            sa.handle_message(a, m, now).unwrap();
+        }
+        if sa.is_finished() && sb.is_finished() {
+            assert!(pushed, "the session summarised nothing");
+            return;
+        }
+    }
+    panic!("session did not finish");
+}
+
+#[test]
+fn a_write_that_arrives_during_the_session_is_not_hidden_by_adoption() {
+    use meshcache::store::digest::{bucket_of, key_hash};
+    let s = replica("s", 1);
+    let t = bounded("t", 2, 200);
+    let r = replica("r", 3);
+    let mut now = T0;
+    load(&s, &t, 0..3_000, &mut now, 250);
+    settle(&s, &t, &mut now, 10);
+    // A key t holds, in a bucket it holds in part.
+    let (_, held) = t.store().snapshot();
+    let (k, _) = held
+        .into_iter()
+        .find(|(k, _)| t.store().bucket_floor(bucket_of(key_hash(k))) != Default::default())
+        .expect("t holds a key in a bucket it holds in part");
+    let bucket = bucket_of(key_hash(&k));
+    // s writes another key of that bucket and the push to t is lost: the
+    // bucket differs, so the next round summarises it.
+    let other = (0..).map(|i| Bytes::from(format!("other{i}"))).find(|x| bucket_of(key_hash(x)) == bucket).unwrap();
+    now += 1;
+    s.put(other, b("v"), None, now).unwrap();
+    // A third peer's newer write of `k` reaches t in the middle of that
+    // round; its push to s is lost.
+    now += 1;
+    let newer = r.put(k.clone(), b("newer"), None, now).unwrap();
+    now += 1;
+    sync_with_a_push_mid_session(&s, &t, now, || {
+        t.handle_deltas(r.deltas(vec![(newer.key.clone(), newer.register.clone())], false), now).unwrap();
+    });
+    // Had t adopted s's digest, the two would now look in sync with s
+    // still serving the older value. Later rounds bring s the newer one.
+    settle(&s, &t, &mut now, 10);
+    assert_eq!(s.store().register(&k).unwrap().marker, newer.register.marker, "s was left on the older value");
+    no_older_value(&t, &s);
+}

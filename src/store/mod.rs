@@ -1012,6 +1012,13 @@ impl Store {
         self.shards[s].read().floor_of(b & ((1 << self.shard_shift) - 1))
     }
 
+    /// How many times bucket `b`'s registers have changed (wrapping; counted
+    /// only once its shard holds part of the keyspace).
+    pub fn bucket_changes(&self, b: usize) -> u32 {
+        let s = b >> self.shard_shift;
+        self.shards[s].read().changes_of(b & ((1 << self.shard_shift) - 1))
+    }
+
     /// Whether this replica holds only part of some bucket.
     pub fn holds_part(&self) -> bool {
         self.shards.iter().any(|sh| sh.read().floor.iter().any(|f| *f != Stamp::ZERO))

@@ -79,6 +79,11 @@ pub(crate) struct Shard {
     /// be older than what was ghosted and is refused. `Stamp::ZERO` for a
     /// bucket held whole. Allocated with `ghost`.
     pub(crate) floor: Vec<Stamp>,
+    /// Per local bucket, how many times its registers changed (a store or a
+    /// removal), wrapping. Anti-entropy adopts a peer's digest for a bucket
+    /// only if nothing but its own session changed the bucket meanwhile.
+    /// Allocated with `ghost`.
+    pub(crate) changes: Vec<u32>,
 }
 
 /// What `Shard::store` did to the accounting the store keeps globally.
@@ -122,6 +127,7 @@ impl Shard {
             stubs: 0,
             ghost: Vec::new(),
             floor: Vec::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -232,13 +238,27 @@ impl Shard {
         }
         delta.add(self.index(&key, &new, local_bucket, now_ms));
         self.map.insert(key, new);
+        self.count_change(local_bucket);
         (old, delta)
+    }
+
+    fn count_change(&mut self, local_bucket: usize) {
+        if let Some(c) = self.changes.get_mut(local_bucket) {
+            *c = c.wrapping_add(1);
+        }
+    }
+
+    /// How many times a local bucket's registers changed (0 until the shard
+    /// first ghosts something).
+    pub(crate) fn changes_of(&self, local_bucket: usize) -> u32 {
+        self.changes.get(local_bucket).copied().unwrap_or(0)
     }
 
     /// Removes `key` entirely (collection, clear_below, refusal reply).
     pub(crate) fn remove(&mut self, key: &Bytes, local_bucket: usize) -> Option<(Entry, Delta)> {
         let e = self.map.swap_remove(key)?;
         let d = self.unindex(key, &e, local_bucket);
+        self.count_change(local_bucket);
         Some((e, d))
     }
 
@@ -256,6 +276,7 @@ impl Shard {
         if self.ghost.is_empty() {
             self.ghost = vec![0; self.buckets.len()];
             self.floor = vec![Stamp::ZERO; self.buckets.len()];
+            self.changes = vec![0; self.buckets.len()];
         }
     }
 

@@ -156,6 +156,12 @@ struct Adoption {
     /// only if we then hold each at that stamp or newer, or the ghost would
     /// hide an older register of ours.
     held: Vec<(Bytes, Stamp)>,
+    /// The bucket's change count when the summary arrived, and the changes
+    /// this session's registers made since. Any other change (a push from a
+    /// third peer, an eviction) is not in the peer's final digest, and
+    /// adopting would hide it: the bucket then waits for a later round.
+    changes_at_summary: u32,
+    own_changes: u32,
 }
 
 /// One anti-entropy session. See the module docs.
@@ -393,6 +399,14 @@ impl Session {
                     self.received.extend(regs.iter().map(|(k, r)| (k.clone(), r.marker)));
                 }
                 let out = replica.store().merge(regs, now_ms);
+                if !self.to_adopt.is_empty() {
+                    for c in &out.changes {
+                        let b = digest::bucket_of(digest::key_hash(&c.key)) as u32;
+                        if let Ok(i) = self.to_adopt.binary_search_by_key(&b, |a| a.bucket) {
+                            self.to_adopt[i].own_changes += 1;
+                        }
+                    }
+                }
                 self.stats.refused += out.refused.len() as u64;
                 self.refused.extend(out.refused);
                 self.changes.extend(out.changes);
@@ -497,8 +511,9 @@ impl Session {
         let store = replica.store();
         for a in std::mem::take(&mut self.to_adopt) {
             let Ok(i) = digests.binary_search_by_key(&a.bucket, |d| d.0) else { continue };
+            let untouched = store.bucket_changes(a.bucket as usize) == a.changes_at_summary.wrapping_add(a.own_changes);
             let current = a.held.iter().all(|(k, st)| store.register(k).is_some_and(|r| r.marker >= *st));
-            if current {
+            if untouched && current {
                 store.adopt_ghost(a.bucket as usize, digests[i].1, a.their_max);
                 self.stats.ghosts_adopted += 1;
             }
@@ -637,6 +652,8 @@ impl Session {
             if partial_here {
                 let their_max = theirs.items.iter().map(|(_, st)| *st).max().unwrap_or(Stamp::ZERO);
                 self.to_adopt.push(Adoption {
+                    changes_at_summary: replica.store().bucket_changes(theirs.bucket as usize),
+                    own_changes: 0,
                     bucket: theirs.bucket,
                     their_max: their_max.max(theirs.floor.unwrap_or(Stamp::ZERO)),
                     held: theirs.items.iter().filter(|(k, _)| ours_idx.contains_key(k)).cloned().collect(),
