@@ -23,10 +23,12 @@ use crate::store::Register;
 ///
 /// 3: refusals are cut into [`SyncMsg::Refusals`] chunks before `Finish`
 /// (a version 2 peer would take the new message for a protocol violation).
-/// 4: a summary's buckets carry the sender's floor, and the summary side's
-/// `Finish` its final digests of them, so that a peer holding part of a
-/// bucket can agree with a peer holding it whole (ALGORITHM.md,
-/// "Eviction"); both change the layout of existing messages.
+/// 4: a summary's buckets carry the sender's floor, the opening says
+/// whether the sender holds part of the keyspace, and the summary side
+/// sends its final digests of the summarised buckets to a peer that does
+/// ([`SyncMsg::Digests`]), so that a peer holding part of a bucket can agree
+/// with a peer holding it whole (ALGORITHM.md, "Eviction"). The first two
+/// change the layout of existing messages.
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes of the length prefix.
@@ -163,10 +165,6 @@ pub enum SyncMsg {
         /// those of the `Want` messages before it (empty from the summary
         /// side, and in stream mode).
         want: Vec<u64>,
-        /// From the side that received the summary: the summarised buckets
-        /// it holds in part, in increasing order, whose final digests it
-        /// asks for in the summary side's `Finish`. Empty otherwise.
-        adopt: Vec<u32>,
     },
     /// The last message each way: registers the sender refused by its
     /// `gc_floor` (the receiver drops its copies: the refusal reply). The
@@ -174,10 +172,6 @@ pub enum SyncMsg {
     Finish {
         /// Refused `key@stamp`s.
         refused: Vec<(Bytes, Stamp)>,
-        /// From the summary side: its digest of each bucket the other side
-        /// named in `adopt`, after applying that side's registers (bucket,
-        /// digest), in the same order. Empty from the other side.
-        digests: Vec<(u32, u64)>,
     },
     /// The last `Summary` has been sent.
     SummaryDone,
@@ -194,6 +188,13 @@ pub enum SyncMsg {
     /// cut like `Summary` and `Want`, so that no frame outgrows the limit
     /// however much a peer sent below the floor.
     Refusals(Vec<(Bytes, Stamp)>),
+    /// From the summary side, to a peer whose opening said it holds part of
+    /// the keyspace, between the summary side's `EndOfEntries` and its
+    /// refusals: `(bucket, digest)` for the buckets summarised, in
+    /// increasing order across all `Digests` messages, after applying the
+    /// peer's registers. The peer may make a bucket it holds in part agree
+    /// with it (ALGORITHM.md, "Eviction").
+    Digests(Vec<(u32, u64)>),
 }
 
 /// One bucket of a [`SyncMsg::Summary`].

@@ -144,7 +144,7 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         SyncMsg::Level { level: 2, parents: vec![5, 5], hashes: vec![0; 32] },
         SyncMsg::Level { level: 2, parents: vec![99], hashes: vec![0; 16] },
         SyncMsg::Summary(vec![meshcache::wire::BucketSummary { bucket: 70_000, floor: None, items: vec![] }]),
-        SyncMsg::Finish { refused: vec![], digests: vec![] },
+        SyncMsg::Finish { refused: vec![] },
         SyncMsg::Refusals(vec![(b("k"), meshcache::hlc::Stamp::ZERO)]),
     ];
     for m in bad {
@@ -204,14 +204,14 @@ fn wants_past_the_summary_or_not_increasing_are_protocol_errors() {
             vec![SyncMsg::Want(vec![n - 1, 1])],
             vec![SyncMsg::Want(vec![u64::MAX])],
             vec![SyncMsg::Want(vec![1, u64::MAX])],
-            vec![SyncMsg::EndOfEntries { want: vec![n], adopt: Vec::new() }],
-            vec![SyncMsg::Want(vec![3]), SyncMsg::EndOfEntries { want: vec![n - 3], adopt: Vec::new() }],
+            vec![SyncMsg::EndOfEntries { want: vec![n] }],
+            vec![SyncMsg::Want(vec![3]), SyncMsg::EndOfEntries { want: vec![n - 3] }],
             // Not increasing: a zero gap after the first position, within
             // one message or across two.
             vec![SyncMsg::Want(vec![0, 0])],
             vec![SyncMsg::Want(vec![2, 1, 0])],
             vec![SyncMsg::Want(vec![5]), SyncMsg::Want(vec![0])],
-            vec![SyncMsg::Want(vec![5]), SyncMsg::EndOfEntries { want: vec![0], adopt: Vec::new() }],
+            vec![SyncMsg::Want(vec![5]), SyncMsg::EndOfEntries { want: vec![0] }],
         ]
     };
     let pairs = |m: &SyncMsg| match m {
@@ -245,7 +245,7 @@ fn wants_past_the_summary_or_not_increasing_are_protocol_errors() {
     let (mut s, mut r, initiator_summarises, summary) = until_first_summary(&a, &c);
     let (other, store) = if initiator_summarises { (&mut r, &c) } else { (&mut s, &a) };
     other.handle_message(store, summary, T0).unwrap();
-    let res = other.handle_message(store, SyncMsg::EndOfEntries { want: vec![0], adopt: Vec::new() }, T0);
+    let res = other.handle_message(store, SyncMsg::EndOfEntries { want: vec![0] }, T0);
     assert!(matches!(res, Err(SyncError::Protocol(_))), "{res:?}");
 }
 

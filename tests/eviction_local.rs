@@ -230,3 +230,51 @@ fn a_write_that_arrives_during_the_session_is_not_hidden_by_adoption() {
     assert_eq!(s.store().register(&k).unwrap().marker, newer.register.marker, "s was left on the older value");
     no_older_value(&t, &s);
 }
+
+#[test]
+fn final_digests_are_cut_into_frames_and_every_bucket_is_adopted() {
+    use meshcache::sync::Session;
+    use meshcache::wire::SyncMsg;
+    let s = replica("s", 1);
+    let t = bounded("t", 2, 50);
+    let mut now = T0;
+    load(&s, &t, 0..2_000, &mut now, 100);
+    settle(&s, &t, &mut now, 10);
+    // Many ghosted keys written again on s and pushed to t: t serves each,
+    // and each of their buckets differs until t adopts s's digest there.
+    let ghosted: Vec<usize> = (0..2_000).filter(|i| t.store().get(&key(*i), now).is_none()).take(300).collect();
+    assert_eq!(ghosted.len(), 300);
+    for &i in &ghosted {
+        now += 1;
+        let w = s.put(key(i), b("again"), None, now).unwrap();
+        t.handle_deltas(s.deltas(vec![(w.key, w.register)], false), now).unwrap();
+    }
+    // One round started by s, with frames of at most a few digests.
+    now += 10;
+    let (mut ss, mut st) =
+        (Session::initiate(&s, now).with_batch_bytes(64), Session::respond(now).with_batch_bytes(64));
+    let mut digest_frames = 0;
+    for _ in 0..100_000 {
+        while let Some(m) = ss.poll_transmit(&s) {
+            if let SyncMsg::Digests(d) = &m {
+                assert!(d.len() <= 4, "{} digests in one frame", d.len());
+                digest_frames += 1;
+            }
+            st.handle_message(&t, m, now).unwrap();
+        }
+        while let Some(m) = st.poll_transmit(&t) {
+            ss.handle_message(&s, m, now).unwrap();
+        }
+        if ss.is_finished() && st.is_finished() {
+            break;
+        }
+    }
+    assert!(ss.is_complete() && st.is_complete());
+    assert!(digest_frames > 10, "{digest_frames} Digests frames");
+    // t adopted every bucket it held in part, so the next round is quiet.
+    assert!(st.stats().ghosts_adopted > 10, "{:?}", st.stats());
+    now += 10;
+    let (x, y) = sync(&s, &t, now).unwrap();
+    assert_eq!((x.mode, y.mode), (Mode::InSync, Mode::InSync));
+    no_older_value(&t, &s);
+}

@@ -32,7 +32,10 @@
 //!   Each side, once it has the other's EndOfEntries, sends the registers
 //!   it refused by its gc_floor, which the other side then drops (the
 //!   refusal reply): Refusals{chunk}... Finish{last chunk}, cut at about the
-//!   batch size like Summary and Want.
+//!   batch size like Summary and Want. Before them, the summary side sends
+//!   a peer that holds part of the keyspace its final digests of the
+//!   summarised buckets, Digests{(bucket, digest)}..., which that peer may
+//!   adopt for the buckets it holds in part on Finish.
 //! ```
 //!
 //! A side whose session completes records `synced[peer]` = the local time at
@@ -157,11 +160,14 @@ struct Adoption {
     /// hide an older register of ours.
     held: Vec<(Bytes, Stamp)>,
     /// The bucket's change count when the summary arrived, and the changes
-    /// this session's registers made since. Any other change (a push from a
-    /// third peer, an eviction) is not in the peer's final digest, and
-    /// adopting would hide it: the bucket then waits for a later round.
+    /// this session made since (registers merged, registers dropped on the
+    /// refusal reply). Any other change (a push from a third peer, an
+    /// eviction) is not in the peer's final digest, and adopting would hide
+    /// it: the bucket then waits for a later round.
     changes_at_summary: u32,
     own_changes: u32,
+    /// The peer's final digest of the bucket, from its `Digests`.
+    their_digest: Option<u64>,
 }
 
 /// One anti-entropy session. See the module docs.
@@ -198,12 +204,16 @@ pub struct Session {
     /// Summary side: the keys summarised so far, in the order sent, so that
     /// a wanted position names its key.
     summarised: Vec<Bytes>,
-    /// Summary side: the buckets summarised, in order, whose final digests
-    /// go in our `Finish`.
+    /// Summary side, when the peer holds part of the keyspace: the buckets
+    /// summarised, in order, whose final digests go in our `Digests`.
     summarised_buckets: Vec<u32>,
-    /// The other side: buckets we hold in part, to be made equal to the
-    /// peer's once its `Finish` gives its final digests.
+    /// The peer's opening said it holds part of the keyspace.
+    peer_holds_part: bool,
+    /// The other side: buckets we hold in part, in increasing order, to be
+    /// made equal to the peer's once its `Digests` and `Finish` arrived.
     to_adopt: Vec<Adoption>,
+    /// The other side: the last bucket of the peer's `Digests` so far.
+    digests_last: Option<u32>,
     /// The other side: `key@stamp` pairs of the peer's summary seen so far
     /// (the position of the next one).
     summary_seen: u64,
@@ -265,7 +275,9 @@ impl Session {
             summarizing: false,
             summarised: Vec::new(),
             summarised_buckets: Vec::new(),
+            peer_holds_part: false,
             to_adopt: Vec::new(),
+            digests_last: None,
             summary_seen: 0,
             want_last: None,
             want_buf: Vec::new(),
@@ -388,8 +400,7 @@ impl Session {
                 self.end_queued = true;
                 let want = std::mem::take(&mut self.want_buf);
                 self.want_bytes = 0;
-                let adopt = self.to_adopt.iter().map(|a| a.bucket).collect();
-                self.after.push_back(SyncMsg::EndOfEntries { want, adopt });
+                self.after.push_back(SyncMsg::EndOfEntries { want });
                 Ok(())
             }
             (Phase::Exchange, SyncMsg::Want(gaps)) if self.summary_sender => self.queue_wanted(replica, gaps),
@@ -399,27 +410,21 @@ impl Session {
                     self.received.extend(regs.iter().map(|(k, r)| (k.clone(), r.marker)));
                 }
                 let out = replica.store().merge(regs, now_ms);
-                if !self.to_adopt.is_empty() {
-                    for c in &out.changes {
-                        let b = digest::bucket_of(digest::key_hash(&c.key)) as u32;
-                        if let Ok(i) = self.to_adopt.binary_search_by_key(&b, |a| a.bucket) {
-                            self.to_adopt[i].own_changes += 1;
-                        }
-                    }
+                for c in &out.changes {
+                    self.own_change(&c.key);
                 }
                 self.stats.refused += out.refused.len() as u64;
                 self.refused.extend(out.refused);
                 self.changes.extend(out.changes);
                 Ok(())
             }
-            (Phase::Exchange, SyncMsg::EndOfEntries { want, adopt }) => {
+            (Phase::Exchange, SyncMsg::EndOfEntries { want }) => {
                 self.queue_wanted(replica, want)?;
-                self.digests_wanted(adopt)?;
                 // No position can be wanted after the peer's last message.
                 self.summarised = Vec::new();
                 if !self.end_queued {
                     self.end_queued = true;
-                    self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new(), adopt: Vec::new() });
+                    self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
                 }
                 self.queue_refusals(replica);
                 Ok(())
@@ -428,12 +433,15 @@ impl Session {
                 self.drop_refused(replica, refused, now_ms);
                 Ok(())
             }
-            (Phase::Exchange, SyncMsg::Finish { refused, digests }) => {
+            (Phase::Exchange, SyncMsg::Digests(digests)) if !self.summary_sender && !self.finish_received => {
+                self.on_digests(digests)
+            }
+            (Phase::Exchange, SyncMsg::Finish { refused }) => {
                 if self.finish_received {
                     return Err(SyncError::Protocol("second Finish".into()));
                 }
                 self.drop_refused(replica, refused, now_ms);
-                self.adopt(replica, digests)?;
+                self.adopt(replica);
                 self.finish_received = true;
                 if self.finish_sent {
                     self.complete(replica);
@@ -449,8 +457,25 @@ impl Session {
     /// `EndOfEntries`: `Refusals` chunks of about the batch size and the last
     /// chunk in `Finish`, so that a peer that sent many registers below our
     /// floor gets replies that each fit in a frame, and `Finish` still
-    /// marks the end (the session completes on it, as before).
+    /// marks the end (the session completes on it, as before). The summary
+    /// side first sends a peer that holds part of the keyspace its digests
+    /// of the summarised buckets, also cut at the batch size.
     fn queue_refusals(&mut self, replica: &Replica) {
+        if self.summary_sender && self.peer_holds_part {
+            // Computed now, once the peer's registers (all of which came
+            // before its EndOfEntries) are applied.
+            let mut chunk = Vec::new();
+            for b in std::mem::take(&mut self.summarised_buckets) {
+                // A bucket index and a digest, as varints: at most 15 bytes.
+                if (chunk.len() + 1) * 15 > self.batch_bytes && !chunk.is_empty() {
+                    self.after.push_back(SyncMsg::Digests(std::mem::take(&mut chunk)));
+                }
+                chunk.push((b, replica.store().range_digest(b as usize, b as usize + 1)));
+            }
+            if !chunk.is_empty() {
+                self.after.push_back(SyncMsg::Digests(chunk));
+            }
+        }
         let mut chunk = Vec::new();
         let mut size = 0;
         for (k, st) in std::mem::take(&mut self.refused) {
@@ -463,68 +488,58 @@ impl Session {
             size += s;
             chunk.push((k, st));
         }
-        // The summary side's final digests of the buckets the other side
-        // adopts: its registers, which came before its EndOfEntries, are
-        // applied.
-        let digests = std::mem::take(&mut self.summarised_buckets)
-            .into_iter()
-            .map(|b| (b, replica.store().range_digest(b as usize, b as usize + 1)))
-            .collect();
-        self.after.push_back(SyncMsg::Finish { refused: chunk, digests });
+        self.after.push_back(SyncMsg::Finish { refused: chunk });
     }
 
-    /// The summary side: keeps, of the buckets summarised, those whose final
-    /// digests the other side asks for (the ones it holds in part), for our
-    /// `Finish`. Any other bucket breaks the protocol.
-    fn digests_wanted(&mut self, adopt: Vec<u32>) -> Result<(), SyncError> {
-        if adopt.is_empty() {
-            self.summarised_buckets.clear();
-            return Ok(());
+    /// One chunk of the summary side's final digests: kept for the buckets
+    /// we hold in part. Buckets must increase across all chunks.
+    fn on_digests(&mut self, digests: Vec<(u32, u64)>) -> Result<(), SyncError> {
+        for (b, d) in digests {
+            if self.digests_last.is_some_and(|last| b <= last) || b as usize >= BUCKETS {
+                return Err(SyncError::Protocol("final digests not increasing or out of range".into()));
+            }
+            self.digests_last = Some(b);
+            if let Ok(i) = self.to_adopt.binary_search_by_key(&b, |a| a.bucket) {
+                self.to_adopt[i].their_digest = Some(d);
+            }
         }
-        if !self.summary_sender {
-            return Err(SyncError::Protocol("buckets to adopt from the side that sent the summary".into()));
-        }
-        if adopt.windows(2).any(|w| w[0] >= w[1])
-            || adopt.iter().any(|b| self.summarised_buckets.binary_search(b).is_err())
-        {
-            return Err(SyncError::Protocol("buckets to adopt not increasing or not summarised".into()));
-        }
-        self.summarised_buckets = adopt;
         Ok(())
+    }
+
+    /// Counts a change this session made to a bucket we may adopt.
+    fn own_change(&mut self, key: &[u8]) {
+        if self.to_adopt.is_empty() {
+            return;
+        }
+        let b = digest::bucket_of(digest::key_hash(key)) as u32;
+        if let Ok(i) = self.to_adopt.binary_search_by_key(&b, |a| a.bucket) {
+            self.to_adopt[i].own_changes = self.to_adopt[i].own_changes.wrapping_add(1);
+        }
     }
 
     /// On the summary side's `Finish`: makes each bucket we hold in part
     /// agree with the peer's final digest, where every key both hold is now
-    /// held here at the peer's stamp or newer. Only this side adopts, so two
-    /// peers that both hold a bucket in part never trade ghosts back and
-    /// forth.
-    fn adopt(&mut self, replica: &Replica, digests: Vec<(u32, u64)>) -> Result<(), SyncError> {
-        if digests.is_empty() {
-            return Ok(());
-        }
-        if self.summary_sender {
-            return Err(SyncError::Protocol("final digests from the side that received the summary".into()));
-        }
-        if digests.windows(2).any(|w| w[0].0 >= w[1].0) || digests.last().is_some_and(|d| d.0 as usize >= BUCKETS) {
-            return Err(SyncError::Protocol("final digests not increasing or out of range".into()));
-        }
+    /// held here at the peer's stamp or newer and nothing but this session
+    /// changed the bucket. Only this side adopts, so two peers that both
+    /// hold a bucket in part never trade ghosts back and forth.
+    fn adopt(&mut self, replica: &Replica) {
         let store = replica.store();
         for a in std::mem::take(&mut self.to_adopt) {
-            let Ok(i) = digests.binary_search_by_key(&a.bucket, |d| d.0) else { continue };
+            let Some(theirs) = a.their_digest else { continue };
             let untouched = store.bucket_changes(a.bucket as usize) == a.changes_at_summary.wrapping_add(a.own_changes);
             let current = a.held.iter().all(|(k, st)| store.register(k).is_some_and(|r| r.marker >= *st));
             if untouched && current {
-                store.adopt_ghost(a.bucket as usize, digests[i].1, a.their_max);
+                store.adopt_ghost(a.bucket as usize, theirs, a.their_max);
                 self.stats.ghosts_adopted += 1;
             }
         }
-        Ok(())
     }
 
     /// The refusal reply: drops our copies of what the peer refused.
     fn drop_refused(&mut self, replica: &Replica, refused: Vec<(Bytes, Stamp)>, now_ms: u64) {
         for (k, st) in refused {
             if let Some(c) = replica.store().drop_refused(&k, st, now_ms) {
+                self.own_change(&c.key);
                 self.changes.push(c);
             }
             self.stats.dropped_on_reply += 1;
@@ -543,6 +558,7 @@ impl Session {
         }
         self.peer = Some(h.from.clone());
         self.peer_booted = h.booted;
+        self.peer_holds_part = h.holds_part;
         Ok(())
     }
 
@@ -572,7 +588,7 @@ impl Session {
                 self.stream_shard = Some(0);
             }
             self.end_queued = true;
-            self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new(), adopt: Vec::new() });
+            self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
         } else {
             self.stats.mode = Mode::Descend;
             self.phase = Phase::Descend;
@@ -657,6 +673,7 @@ impl Session {
                     bucket: theirs.bucket,
                     their_max: their_max.max(theirs.floor.unwrap_or(Stamp::ZERO)),
                     held: theirs.items.iter().filter(|(k, _)| ours_idx.contains_key(k)).cloned().collect(),
+                    their_digest: None,
                 });
             }
             let theirs: HashMap<Bytes, Stamp> = theirs.items.into_iter().collect();
@@ -737,7 +754,9 @@ impl Session {
             chunk.push(self.summary_ready.pop_front().expect("front() was Some"));
         }
         self.summarised.extend(chunk.iter().flat_map(|b| b.items.iter().map(|(k, _)| k.clone())));
-        self.summarised_buckets.extend(chunk.iter().map(|b| b.bucket));
+        if self.peer_holds_part {
+            self.summarised_buckets.extend(chunk.iter().map(|b| b.bucket));
+        }
         SyncMsg::Summary(chunk)
     }
 
@@ -839,5 +858,6 @@ fn msg_name(m: &SyncMsg) -> &'static str {
         SyncMsg::SummaryDone => "SummaryDone",
         SyncMsg::Want(_) => "Want",
         SyncMsg::Refusals(_) => "Refusals",
+        SyncMsg::Digests(_) => "Digests",
     }
 }
