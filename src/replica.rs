@@ -208,6 +208,7 @@ impl Replica {
         out.changes.extend(merged.changes);
         out.refused = merged.refused;
         out.stale = merged.stale;
+        out.refused_ghost = merged.refused_ghost;
         out.below_clear = merged.below_clear;
         out.future = merged.future;
         Ok(out)

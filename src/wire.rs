@@ -208,6 +208,10 @@ pub struct BucketSummary {
     pub floor: Option<Stamp>,
     /// The `key@stamp` of every register the sender holds in the bucket.
     pub items: Vec<(Bytes, Stamp)>,
+    /// The positions in `items`, increasing, of the registers that are
+    /// stubs (values evicted before they were stable): a peer holding the
+    /// value sends it to a sender that holds the bucket whole.
+    pub stubs: Vec<u32>,
 }
 
 /// The opening of an anti-entropy session.

@@ -143,7 +143,12 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         SyncMsg::Level { level: 1, parents: vec![0], hashes: vec![0; 3] },
         SyncMsg::Level { level: 2, parents: vec![5, 5], hashes: vec![0; 32] },
         SyncMsg::Level { level: 2, parents: vec![99], hashes: vec![0; 16] },
-        SyncMsg::Summary(vec![meshcache::wire::BucketSummary { bucket: 70_000, floor: None, items: vec![] }]),
+        SyncMsg::Summary(vec![meshcache::wire::BucketSummary {
+            bucket: 70_000,
+            floor: None,
+            items: vec![],
+            stubs: vec![],
+        }]),
         SyncMsg::Finish { refused: vec![] },
         SyncMsg::Refusals(vec![(b("k"), meshcache::hlc::Stamp::ZERO)]),
     ];

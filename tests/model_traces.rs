@@ -20,6 +20,8 @@ fn run(name: &str, n: usize, lagging: &[usize], events: &[Ev]) {
         max_tombstones: 3,
         restart_at_end: 2,
         conv_seed: 1,
+        max_bytes: vec![None; n],
+        bug: None,
     };
     let mut s = Sim::new(cfg, true);
     for ev in events {

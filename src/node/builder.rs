@@ -163,6 +163,9 @@ impl MeshBuilder {
             policy: config.eviction_policy,
             samples: std::num::NonZeroUsize::new(config.eviction_samples).expect("validated"),
             max_tombstones: std::num::NonZeroUsize::new(config.max_tombstones).expect("validated"),
+            // One budget for both, for the operator: registers without a
+            // value.
+            max_stubs: std::num::NonZeroUsize::new(config.max_tombstones).expect("validated"),
             max_offset_ms: config.max_offset.as_millis() as u64,
             seed: node.0,
         };

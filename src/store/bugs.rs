@@ -22,6 +22,12 @@ pub enum Bug {
     /// Between two registers of one `hlc`, merge keeps the smaller node id
     /// (every other peer keeps the larger).
     ReversedTieBreak,
+    /// Eviction leaves a ghost even for a value that is not stable (some
+    /// member may not hold it yet), instead of a stub.
+    GhostUnstable,
+    /// A session adopts the peer's digest for a bucket held in part without
+    /// checking that the ghost hides nothing newer held here.
+    AdoptBlind,
 }
 
 #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
@@ -32,6 +38,8 @@ impl Bug {
             Bug::NoFloorFilter => 2,
             Bug::NoRefusalReply => 4,
             Bug::ReversedTieBreak => 8,
+            Bug::GhostUnstable => 16,
+            Bug::AdoptBlind => 32,
         }
     }
 }

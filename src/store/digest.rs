@@ -14,6 +14,7 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::hlc::Stamp;
+use crate::store::{Register, Slot};
 
 /// log2 of the bucket count.
 pub const BUCKET_BITS: u32 = 16;
@@ -48,12 +49,30 @@ fn fmix(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// `H(key, stamp)`: what one register contributes to its bucket's digest.
-/// It depends on the key and the stamp only, so a value and the stub left by
-/// evicting it hash alike.
+/// `H(key, stamp)`: what one value or tombstone contributes to its bucket's
+/// digest. It depends on the key and the stamp only.
 #[inline]
 pub fn entry_hash(key_hash: u64, stamp: &Stamp) -> u64 {
     fmix(key_hash ^ fmix(stamp.hlc ^ fmix(stamp.node.0 ^ 0x6d65_7368_6361_6368)))
+}
+
+/// What a stub (a value evicted before it was stable: key and stamp, no
+/// value) contributes instead: not the value's share, so that a peer
+/// holding the stub and one holding the value see their buckets differ, and
+/// the one that lost the value only to a peer's stub gets it back
+/// (ALGORITHM.md, "Eviction").
+#[inline]
+pub fn stub_hash(key_hash: u64, stamp: &Stamp) -> u64 {
+    fmix(entry_hash(key_hash, stamp) ^ 0x7374_7562_7374_7562)
+}
+
+/// What `reg` contributes to its bucket's digest.
+#[inline]
+pub fn register_hash(key_hash: u64, reg: &Register) -> u64 {
+    match reg.val {
+        Slot::Evicted { .. } => stub_hash(key_hash, &reg.marker),
+        _ => entry_hash(key_hash, &reg.marker),
+    }
 }
 
 /// Buckets covered by one node of `level` (0 = root).

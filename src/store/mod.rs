@@ -41,6 +41,18 @@ use evict::POOL_SIZE;
 use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 
+/// One register of a bucket summary: key, stamp, and whether it is a stub.
+pub type SummaryItem = (Bytes, Stamp, bool);
+
+/// Whether `remote` is the value a held stub stood for (same stamp): it
+/// replaces the stub.
+fn fills_stub(held: &Register, remote: &Register) -> bool {
+    held.marker == remote.marker && held.val.is_stub() && matches!(remote.val, Slot::Value { .. })
+}
+
+/// Bytes the memory bound counts for one entry beyond its key and value.
+pub const ENTRY_OVERHEAD: usize = shard::ENTRY_OVERHEAD;
+
 /// Store settings. Every field is documented with why it exists.
 ///
 /// Start from the default (`StoreConfig { shards, ..StoreConfig::default() }`)
@@ -53,8 +65,9 @@ pub struct StoreConfig {
     pub shards: NonZeroUsize,
     /// Memory bound for values, in accounted bytes (key + value + per-entry
     /// overhead of every register that holds a value). Past it, values are
-    /// evicted into stubs as `policy` chooses. Stubs and tombstones are
-    /// bounded separately, by `max_tombstones`. `None` means unbounded. The
+    /// evicted into ghosts or stubs as `policy` chooses. Stubs and
+    /// tombstones are bounded separately, by `max_stubs` and
+    /// `max_tombstones`. `None` means unbounded. The
     /// starting value: [`Store::set_max_bytes`] changes it at run time.
     pub max_bytes: Option<NonZeroUsize>,
     /// What to evict first (Redis's `maxmemory-policy`). The starting value:
@@ -64,12 +77,15 @@ pub struct StoreConfig {
     /// [`evict::MAX_SAMPLES`]. The starting value: [`Store::set_samples`]
     /// changes it at run time.
     pub samples: NonZeroUsize,
-    /// Budget for registers without a value: tombstones and eviction stubs.
-    /// Past it the store compacts by raising `clear_below` past the oldest
-    /// of them (a partial flush), so that they stay bounded even while
-    /// collection is paused by a member that is down, and even when the
-    /// keys alone outgrow `max_bytes`.
+    /// Budget for tombstones. Past it the store compacts by raising
+    /// `clear_below` past the oldest of them (a partial flush), so that they
+    /// stay bounded even while collection is paused by a member that is
+    /// down.
     pub max_tombstones: NonZeroUsize,
+    /// Budget for eviction stubs (values evicted before they were stable,
+    /// kept as key and stamp). Past it the oldest become ghosts before they
+    /// are stable, which has a price (ALGORITHM.md, "Eviction").
+    pub max_stubs: NonZeroUsize,
     /// The HLC's bound on remote clocks running ahead of local time, in ms.
     /// Also the grace period before an expired value may be collected.
     pub max_offset_ms: u64,
@@ -85,6 +101,7 @@ impl Default for StoreConfig {
             policy: EvictionPolicy::default(),
             samples: NonZeroUsize::new(evict::DEFAULT_SAMPLES).expect("nonzero"),
             max_tombstones: NonZeroUsize::new(1_000_000).expect("nonzero"),
+            max_stubs: NonZeroUsize::new(1_000_000).expect("nonzero"),
             max_offset_ms: 500,
             seed: 0,
         }
@@ -412,7 +429,8 @@ impl Store {
             }
             let Some(victim) = pool.take() else { break };
             let (s, _) = self.locate(key_hash(&victim));
-            let stable_before = self.stable_before.load(Ordering::Relaxed);
+            let stable_before =
+                if self.planted(Bug::GhostUnstable) { u64::MAX } else { self.stable_before.load(Ordering::Relaxed) };
             let mut g = self.shards[s].write();
             match g.evict(&victim, policy, now_ms, stable_before, |h| digest::bucket_of(h) & ((1 << shift) - 1)) {
                 Some((d, ghosted)) => {
@@ -631,7 +649,7 @@ impl Store {
                     out.refused_ghost += 1;
                     continue;
                 }
-                Some(cur) if !self.remote_wins(cur.reg.marker, reg.marker) => {
+                Some(cur) if !self.remote_wins(cur.reg.marker, reg.marker) && !fills_stub(&cur.reg, &reg) => {
                     debug_assert!(
                         cur.reg.marker != reg.marker || cur.reg.val.same_write(&reg.val),
                         "two different writes share stamp {}",
@@ -677,6 +695,11 @@ impl Store {
             return remote.node < held.node;
         }
         remote > held
+    }
+
+    /// Whether `bug` is planted here (always false without `testing`).
+    pub(crate) fn has_planted(&self, bug: Bug) -> bool {
+        self.planted(bug)
     }
 
     /// Plants (or removes) a known bug in this store, for checks that must
@@ -749,9 +772,10 @@ impl Store {
     /// over every known member). Raises `gc_floor` to each collected stamp.
     /// Returns (tombstones, expired values) collected.
     ///
-    /// Stubs whose arrival is before `stable_before` become ghosts here (see
-    /// ALGORITHM.md, "Eviction"); that raises their bucket's floor, not
-    /// `gc_floor`. The watermark is also kept for eviction.
+    /// Stubs whose arrival is before `stable_before` become ghosts here on a
+    /// bounded store, raising their bucket's floor, not `gc_floor`; a store
+    /// without a bound collects them like tombstones (see ALGORITHM.md,
+    /// "Eviction"). The watermark is also kept for eviction.
     pub fn collect(&self, now_ms: u64, stable_before: u64) -> (usize, usize) {
         self.stable_before.store(stable_before, Ordering::Relaxed);
         let grace = self.config.max_offset_ms;
@@ -768,7 +792,12 @@ impl Store {
                     g.dead.pop_first();
                     continue;
                 };
-                if matches!(e.reg.val, Slot::Evicted { .. }) {
+                // A stable stub on a bounded peer becomes a ghost. A peer
+                // without a bound never holds a bucket in part (it would stop
+                // asking for keys there): a stub it received stands, once
+                // stable, for a value every peer evicted, and is collected
+                // like a tombstone.
+                if matches!(e.reg.val, Slot::Evicted { .. }) && self.max_bytes.load(Ordering::Relaxed) != 0 {
                     let lb = self.locate(e.key_hash).1;
                     if let Some((_, x)) = g.ghost(&key, lb) {
                         d.add(x);
@@ -784,7 +813,7 @@ impl Store {
                     }
                 }
                 let stamp = e.reg.marker;
-                let tomb = e.reg.val.is_tombstone();
+                let tomb = !matches!(e.reg.val, Slot::Value { .. });
                 let lb = self.locate(e.key_hash).1;
                 if let Some((_, x)) = g.remove(&key, lb) {
                     d.add(x);
@@ -811,13 +840,13 @@ impl Store {
         (tombs, expired)
     }
 
-    /// Bounds the stubs: past `max_tombstones` of them, the oldest are made
+    /// Bounds the stubs: past `max_stubs` of them, the oldest are made
     /// ghosts before they are stable, down to half the budget. Stubs wait
     /// for stability only while a member is unreachable, so this happens
     /// during a long partition with eviction under way; the price is
     /// written in ALGORITHM.md ("Eviction").
     fn ghost_excess_stubs(&self) {
-        let budget = self.config.max_tombstones.get();
+        let budget = self.config.max_stubs.get();
         let held = self.stubs.load(Ordering::Relaxed).max(0) as usize;
         if held <= budget {
             return;
@@ -974,8 +1003,8 @@ impl Store {
     /// Keys and stamps of the registers in each of `buckets` (sorted,
     /// deduplicated). Each shard touched is scanned once, so asking for many
     /// buckets costs one pass over the store, not one per bucket.
-    pub fn bucket_summaries(&self, buckets: &[usize]) -> Vec<(usize, Vec<(Bytes, Stamp)>)> {
-        self.scan_buckets(buckets, |k, e| (k.clone(), e.reg.marker))
+    pub fn bucket_summaries(&self, buckets: &[usize]) -> Vec<(usize, Vec<SummaryItem>)> {
+        self.scan_buckets(buckets, |k, e| (k.clone(), e.reg.marker, matches!(e.reg.val, Slot::Evicted { .. })))
     }
 
     /// The registers in each of `buckets` (sorted, deduplicated).

@@ -11,7 +11,7 @@ use indexmap::IndexMap;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::digest::entry_hash;
+use super::digest::register_hash;
 use super::evict::{Access, EvictionPolicy, Pool};
 use super::slot::{Register, Slot};
 use crate::hlc::Stamp;
@@ -143,7 +143,7 @@ impl Shard {
 
     /// Removes the bookkeeping of an entry that is being replaced or dropped.
     fn unindex(&mut self, key: &Bytes, e: &Entry, local_bucket: usize) -> Delta {
-        self.digest_sub(local_bucket, entry_hash(e.key_hash, &e.reg.marker));
+        self.digest_sub(local_bucket, register_hash(e.key_hash, &e.reg));
         self.bucket_counts[local_bucket] -= 1;
         let mut d = Delta { entries: -1, bytes: -(cost(key, &e.reg.val) as isize), ..Delta::default() };
         match &e.reg.val {
@@ -176,7 +176,7 @@ impl Shard {
 
     /// Adds the bookkeeping of a newly stored entry.
     fn index(&mut self, key: &Bytes, e: &Entry, local_bucket: usize, now_ms: u64) -> Delta {
-        self.digest_add(local_bucket, entry_hash(e.key_hash, &e.reg.marker));
+        self.digest_add(local_bucket, register_hash(e.key_hash, &e.reg));
         self.bucket_counts[local_bucket] += 1;
         let c = cost(key, &e.reg.val);
         self.bytes += c;
@@ -286,7 +286,7 @@ impl Shard {
     /// floor to its stamp.
     pub(crate) fn ghost(&mut self, key: &Bytes, local_bucket: usize) -> Option<(Entry, Delta)> {
         let (e, d) = self.remove(key, local_bucket)?;
-        let h = entry_hash(e.key_hash, &e.reg.marker);
+        let h = register_hash(e.key_hash, &e.reg);
         self.ensure_ghosts();
         self.ghost[local_bucket] = self.ghost[local_bucket].wrapping_add(h);
         self.digest_add(local_bucket, h);
@@ -369,6 +369,10 @@ impl Shard {
             access: e.access,
         };
         let (_, d) = self.put_entry(key.clone(), lb, entry, now_ms);
+        // The bucket is held in part from now on: this peer wants the value
+        // back from no one, and will take its peers' digest there.
+        self.ensure_ghosts();
+        self.floor[lb] = self.floor[lb].max(e.reg.marker);
         Some((d, false))
     }
 

@@ -59,6 +59,12 @@ impl Slot {
         }
     }
 
+    /// Whether this is a stub: a value evicted before it was stable, kept
+    /// as its key and stamp.
+    pub fn is_stub(&self) -> bool {
+        matches!(self, Slot::Evicted { .. })
+    }
+
     /// Whether two slots may share one stamp: equal, or a value and the stub
     /// left by evicting it. Stamps are unique, so anything else is a bug.
     pub fn same_write(&self, other: &Slot) -> bool {

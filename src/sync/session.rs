@@ -528,7 +528,7 @@ impl Session {
             let Some(theirs) = a.their_digest else { continue };
             let untouched = store.bucket_changes(a.bucket as usize) == a.changes_at_summary.wrapping_add(a.own_changes);
             let current = a.held.iter().all(|(k, st)| store.register(k).is_some_and(|r| r.marker >= *st));
-            if untouched && current {
+            if untouched && current || store.has_planted(crate::store::Bug::AdoptBlind) {
                 store.adopt_ghost(a.bucket as usize, theirs, a.their_max);
                 self.stats.ghosts_adopted += 1;
             }
@@ -647,16 +647,24 @@ impl Session {
         let mine = replica.store().bucket_registers(&ids);
         for (theirs, (_, ours)) in buckets.into_iter().zip(mine) {
             // A side that holds a bucket in part wants no register for a key
-            // it lacks there: it takes the bucket's digest instead.
-            let partial_here = replica.store().bucket_floor(theirs.bucket as usize) != Stamp::ZERO;
+            // it lacks there at or below its floor (it would refuse it: it
+            // may be older than what it evicted), and no value for its own
+            // stubs; it takes the bucket's digest instead.
+            let floor_here = replica.store().bucket_floor(theirs.bucket as usize);
+            let partial_here = floor_here != Stamp::ZERO;
+            let floor_there = theirs.floor.unwrap_or(Stamp::ZERO);
             let partial_there = theirs.floor.is_some();
-            let ours_idx: HashMap<&Bytes, Stamp> = ours.iter().map(|(k, r)| (k, r.marker)).collect();
-            for (k, st) in &theirs.items {
+            let ours_idx: HashMap<&Bytes, (Stamp, bool)> =
+                ours.iter().map(|(k, r)| (k, (r.marker, r.val.is_stub()))).collect();
+            for (i, (k, st)) in theirs.items.iter().enumerate() {
                 let pos = self.summary_seen;
                 self.summary_seen += 1;
                 let wanted = match ours_idx.get(k) {
-                    None => !partial_here,
-                    Some(o) => o < st,
+                    None => *st > floor_here,
+                    Some((o, o_stub)) => {
+                        o < st
+                            || (o == st && *o_stub && !partial_here && theirs.stubs.binary_search(&(i as u32)).is_err())
+                    }
                 };
                 if wanted {
                     let gap = pos - self.want_last.unwrap_or(0);
@@ -665,7 +673,15 @@ impl Session {
                     self.want_buf.push(gap);
                 }
             }
-            if partial_here {
+            // The peer's ghosts stand for registers at or below its floor,
+            // any of which may be an older version of a key we hold and it
+            // does not list: adopting its digest would then hide ours from
+            // whoever still holds that older version. A key we hold above
+            // its floor is sent to it, and is in its final digest.
+            let listed: std::collections::HashSet<&Bytes> = theirs.items.iter().map(|(k, _)| k).collect();
+            let hides_nothing = ours.iter().all(|(k, r)| listed.contains(k) || r.marker > floor_there);
+            let blind = replica.store().has_planted(crate::store::Bug::AdoptBlind);
+            if partial_here && (hides_nothing || blind) {
                 let their_max = theirs.items.iter().map(|(_, st)| *st).max().unwrap_or(Stamp::ZERO);
                 self.to_adopt.push(Adoption {
                     changes_at_summary: replica.store().bucket_changes(theirs.bucket as usize),
@@ -676,11 +692,19 @@ impl Session {
                     their_digest: None,
                 });
             }
-            let theirs: HashMap<Bytes, Stamp> = theirs.items.into_iter().collect();
+            let stubs = theirs.stubs;
+            let theirs: HashMap<Bytes, (Stamp, bool)> = theirs
+                .items
+                .into_iter()
+                .enumerate()
+                .map(|(i, (k, st))| (k, (st, stubs.binary_search(&(i as u32)).is_ok())))
+                .collect();
             for (k, r) in ours {
                 let send = match theirs.get(&k) {
-                    None => !partial_there,
-                    Some(t) => *t < r.marker,
+                    None => r.marker > floor_there,
+                    Some((t, t_stub)) => {
+                        *t < r.marker || (*t == r.marker && *t_stub && !r.val.is_stub() && !partial_there)
+                    }
                 };
                 if send {
                     self.pending.push_back((k, r));
@@ -732,9 +756,11 @@ impl Session {
                 }
                 let read = replica.store().bucket_summaries(&ids);
                 let store = replica.store();
-                self.summary_ready.extend(read.into_iter().map(|(b, items)| {
+                self.summary_ready.extend(read.into_iter().map(|(b, read)| {
                     let floor = Some(store.bucket_floor(b)).filter(|f| *f != Stamp::ZERO);
-                    BucketSummary { bucket: b as u32, floor, items }
+                    let stubs = read.iter().enumerate().filter(|(_, x)| x.2).map(|(i, _)| i as u32).collect();
+                    let items = read.into_iter().map(|(k, st, _)| (k, st)).collect();
+                    BucketSummary { bucket: b as u32, floor, items, stubs }
                 }));
             }
         }

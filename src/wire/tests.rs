@@ -108,8 +108,8 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
         (any::<u8>(), vec(any::<u32>(), 0..6), vec(any::<u64>(), 0..20))
             .prop_map(|(level, parents, hashes)| SyncMsg::Level { level, parents, hashes }),
         vec(
-            (any::<u32>(), proptest::option::of(stamp()), vec((bytes(24), stamp()), 0..4))
-                .prop_map(|(bucket, floor, items)| BucketSummary { bucket, floor, items }),
+            (any::<u32>(), proptest::option::of(stamp()), vec((bytes(24), stamp()), 0..4), vec(any::<u32>(), 0..3))
+                .prop_map(|(bucket, floor, items, stubs)| BucketSummary { bucket, floor, items, stubs }),
             0..4
         )
         .prop_map(SyncMsg::Summary),
@@ -211,8 +211,8 @@ fn one_of_each() -> Vec<Message> {
         Message::Sync(SyncMsg::Reject(Refusal::Superseded { current: None })),
         Message::Sync(SyncMsg::Level { level: 3, parents: vec![0, 17, u32::MAX], hashes: vec![1, 2, u64::MAX] }),
         Message::Sync(SyncMsg::Summary(vec![
-            BucketSummary { bucket: 0, floor: None, items: Vec::new() },
-            BucketSummary { bucket: 9, floor: Some(st), items: vec![(Bytes::from_static(b"k"), st)] },
+            BucketSummary { bucket: 0, floor: None, items: Vec::new(), stubs: Vec::new() },
+            BucketSummary { bucket: 9, floor: Some(st), items: vec![(Bytes::from_static(b"k"), st)], stubs: vec![0] },
         ])),
         Message::Sync(SyncMsg::Entries(regs)),
         Message::Sync(SyncMsg::EndOfEntries { want: vec![0, 1, 300, u64::MAX] }),
@@ -410,6 +410,7 @@ fn huge_declared_lengths_are_refused() {
         bucket: 1,
         floor: None,
         items: Vec::new(),
+        stubs: Vec::new(),
     }])));
     assert_huge_length_refused(Message::Sync(SyncMsg::EndOfEntries { want: Vec::new() }));
     assert_huge_length_refused(Message::Sync(SyncMsg::Level { level: 1, parents: vec![0], hashes: Vec::new() }));

@@ -17,6 +17,15 @@
 //! - I2/I3/I4: every read returns the highest surviving stamp of the key
 //!   (a delete wins; nothing deleted comes back), except a latest write
 //!   lost to a refusal reply everywhere, which must then read as absent.
+//!
+//! Half the schedules bound some peers' memory to a few values, so that
+//! they evict into stubs and ghosts (ALGORITHM.md, "Eviction"). For them the
+//! checker also verifies MEM-BYTES (values within the bound after every
+//! event), and relaxes I1 and the reads only as eviction allows: a bounded
+//! peer may miss a key, and holds the same register as the others for every
+//! key it holds; its digest root equals theirs once all are live. It may
+//! never read an older value (F-STALE). Keys 0 to 3 share one digest bucket,
+//! so that a bucket is held in part while other keys of it change.
 
 #![allow(dead_code)]
 
@@ -95,6 +104,11 @@ pub struct Cfg {
     /// 2 all.
     pub restart_at_end: u8,
     pub conv_seed: u64,
+    /// Per slot: the memory bound of a bounded peer, in bytes.
+    pub max_bytes: Vec<Option<usize>>,
+    /// A bug planted in every bounded peer, for the checks that must catch
+    /// it.
+    pub bug: Option<meshcache::store::Bug>,
 }
 
 struct Push {
@@ -117,6 +131,9 @@ type StoreView = (String, Vec<(Bytes, Register)>);
 /// tombstone-ness of each register.
 type RegisterView = (Stamp, Vec<(Bytes, Stamp, bool)>);
 
+/// What a peer read for a key: the stamp and value, or a miss.
+type Read = Option<(Stamp, Bytes)>;
+
 /// A violation found by the checker.
 #[derive(Clone, Debug)]
 pub struct Violation {
@@ -136,6 +153,12 @@ pub struct Coverage {
     pub flushes: u64,
     pub lost_to_reply: u64,
     pub long_partitions: u64,
+    pub evicted: u64,
+    pub ghosted: u64,
+    pub refused_ghost: u64,
+    pub ghosts_adopted: u64,
+    /// Reads of a bounded peer that missed a key others hold.
+    pub misses: u64,
 }
 
 pub struct Sim {
@@ -163,8 +186,27 @@ pub struct Sim {
     s1_seen: HashSet<(NodeId, Bytes, Stamp)>,
 }
 
+/// Key `k`: keys 0 to 3 share one digest bucket, the others fall where
+/// their names put them.
 pub fn key(k: u8) -> Bytes {
-    Bytes::from(format!("k{k}"))
+    static SHARED: std::sync::OnceLock<Vec<Bytes>> = std::sync::OnceLock::new();
+    let shared = SHARED.get_or_init(|| {
+        use meshcache::store::digest::{bucket_of, key_hash};
+        let bucket = bucket_of(key_hash(b"k0"));
+        let mut out = vec![Bytes::from_static(b"k0")];
+        for k in 1..4 {
+            let name = (0u32..)
+                .map(|j| Bytes::from(format!("k{k}-{j}")))
+                .find(|n| bucket_of(key_hash(n)) == bucket)
+                .expect("some name falls in the bucket");
+            out.push(name);
+        }
+        out
+    });
+    match shared.get(k as usize) {
+        Some(name) => name.clone(),
+        None => Bytes::from(format!("k{k}")),
+    }
 }
 
 impl Sim {
@@ -222,10 +264,19 @@ impl Sim {
         let cfg = StoreConfig {
             shards: NonZeroUsize::new(4).unwrap(),
             max_tombstones: NonZeroUsize::new(self.cfg.max_tombstones).unwrap(),
+            max_bytes: self.cfg.max_bytes[slot].and_then(NonZeroUsize::new),
+            // Room for every stub the schedule can make: ghosting stubs
+            // before they are stable has a price the checker would report
+            // (ALGORITHM.md, "Eviction"); `store::ghost_tests` covers it.
+            max_stubs: NonZeroUsize::new(1_000).unwrap(),
             seed: id.0,
             ..StoreConfig::default()
         };
-        Node { r: Replica::new(me, cfg, booted).unwrap(), started: self.t }
+        let r = Replica::new(me, cfg, booted).unwrap();
+        if let (Some(bug), Some(_)) = (self.cfg.bug, self.cfg.max_bytes[slot]) {
+            r.store().plant(bug, true);
+        }
+        Node { r, started: self.t }
     }
 
     fn alive(&self, s: usize) -> bool {
@@ -331,11 +382,13 @@ impl Sim {
                 self.coverage.refusals += out.refused.len() as u64;
                 self.note(|| {
                     format!(
-                        "push n{}->n{}: {} changes, {} refused",
+                        "push n{}->n{}: {} changes, {} refused, {} stale, {} refused by a ghost floor",
                         p.from_slot,
                         p.to_slot,
                         out.changes.len(),
-                        out.refused.len()
+                        out.refused.len(),
+                        out.stale,
+                        out.refused_ghost
                     )
                 });
                 self.record(p.to_slot, &out.changes);
@@ -422,6 +475,7 @@ impl Sim {
         let (ca, cb) = (sa.take_changes(), sb.take_changes());
         self.coverage.reply_drops += killed.len() as u64;
         self.coverage.refusals += sa.stats().refused + sb.stats().refused;
+        self.coverage.ghosts_adopted += sa.stats().ghosts_adopted + sb.stats().ghosts_adopted;
         for k in &killed {
             self.reply_killed.insert(k.clone());
         }
@@ -591,6 +645,13 @@ impl Sim {
                 );
                 self.violations.push(Violation { kind: "MEM-BOUND", detail: d });
             }
+            if let Some(max) = self.cfg.max_bytes[s] {
+                let held = node.r.store().value_bytes();
+                if held > max {
+                    let d = format!("n{s} holds {held} bytes of values > bound {max} after {ev:?}");
+                    self.violations.push(Violation { kind: "MEM-BYTES", detail: d });
+                }
+            }
             for k in 0..self.cfg.keys {
                 let kb = key(k);
                 let Some(reg) = node.r.store().register(&kb) else { continue };
@@ -696,15 +757,23 @@ impl Sim {
     fn final_check(&mut self) {
         let n = self.cfg.n;
         let live: Vec<usize> = (0..n).filter(|s| self.alive(*s)).collect();
-        self.coverage.compactions += live.iter().map(|s| self.replica(*s).store().stats().compactions).sum::<u64>();
+        for s in &live {
+            let st = self.replica(*s).store().stats();
+            self.coverage.compactions += st.compactions;
+            self.coverage.evicted += st.evictions;
+            self.coverage.ghosted += st.ghosted;
+            self.coverage.refused_ghost += st.refused_ghost;
+        }
         if live.is_empty() {
             return;
         }
         let alive_ids: HashSet<NodeId> = live.iter().map(|s| self.replica(*s).me().incarnation.node).collect();
         let fcb = live.iter().map(|s| self.replica(*s).store().floors().clear_below).max().unwrap();
-        // I1: identical stores (registers that still matter, and clear_below).
+        // I1: identical stores (registers that still matter, and clear_below)
+        // among the peers that hold everything; a bounded peer holds, of
+        // the keys it holds, the same registers.
         let all_live = live.len() == n;
-        let views: Vec<RegisterView> = live
+        let views: Vec<(usize, RegisterView)> = live
             .iter()
             .map(|s| {
                 let now = self.pt(*s);
@@ -714,12 +783,37 @@ impl Sim {
                     .filter(|(_, r)| all_live || r.val.visible(now).is_some())
                     .map(|(k, r)| (k, r.marker, r.val.is_tombstone()))
                     .collect();
-                (f.clear_below, regs)
+                (*s, (f.clear_below, regs))
             })
             .collect();
-        if views.iter().any(|v| *v != views[0]) {
+        let bounded = |s: usize| self.cfg.max_bytes[s].is_some();
+        let whole: Vec<&RegisterView> = views.iter().filter(|(s, _)| !bounded(*s)).map(|(_, v)| v).collect();
+        let mut differ = whole.iter().any(|v| *v != whole[0]);
+        for (s, (cb, regs)) in views.iter().filter(|(s, _)| bounded(*s)) {
+            for (o, (ocb, oregs)) in &views {
+                if o == s || (bounded(*o) && !whole.is_empty()) {
+                    continue;
+                }
+                let theirs: HashMap<&Bytes, (Stamp, bool)> = oregs.iter().map(|(k, st, t)| (k, (*st, *t))).collect();
+                differ |= cb != ocb
+                    || regs.iter().any(|(k, st, t)| match theirs.get(k) {
+                        Some(x) => *x != (*st, *t),
+                        // Held here and not by a peer that holds everything.
+                        None => !bounded(*o),
+                    });
+            }
+        }
+        if differ {
             let d = self.describe_stores();
             self.violations.push(Violation { kind: "I1-STORES-DIFFER", detail: d });
+        }
+        // With ghosts, the digests agree as well: anti-entropy is quiet.
+        if all_live && live.iter().any(|s| bounded(*s)) {
+            let roots: Vec<u64> = live.iter().map(|s| self.replica(*s).store().root().0).collect();
+            if roots.iter().any(|r| *r != roots[0]) {
+                let d = format!("roots {roots:x?}{}", self.describe_stores());
+                self.violations.push(Violation { kind: "I1-ROOTS-DIFFER", detail: d });
+            }
         }
         // Expected winner per key: the highest stamp stored by a live
         // incarnation and not below the final clear_below.
@@ -737,9 +831,18 @@ impl Sim {
             .iter()
             .flat_map(|s| self.replica(*s).store().snapshot().1.into_iter().map(|(k, r)| (k, r.marker)))
             .collect();
+        // Registers whose value (or tombstone) some live peer still holds:
+        // a write that only bounded peers held may have been evicted from
+        // all of them, and then reads as a miss everywhere.
+        let with_value: HashSet<(Bytes, Stamp)> = live
+            .iter()
+            .flat_map(|s| self.replica(*s).store().snapshot().1)
+            .filter(|(_, r)| !r.val.is_stub())
+            .map(|(k, r)| (k, r.marker))
+            .collect();
         let mut keys: BTreeSet<Bytes> = best.keys().cloned().collect();
         keys.extend(surviving.iter().map(|(k, _)| k.clone()));
-        let mut reads: Vec<Vec<Option<(Stamp, Bytes)>>> = Vec::new();
+        let mut reads: Vec<Vec<Read>> = Vec::new();
         for s in &live {
             let now = self.pt(*s);
             let mut row = Vec::new();
@@ -769,7 +872,11 @@ impl Sim {
                     let reg = self.written.get(&(k.clone(), st))?;
                     reg.val.visible(now).map(|v| (st, v.clone()))
                 });
-                if got != exp {
+                let evicted_everywhere = exp.as_ref().is_some_and(|e| !with_value.contains(&(k.clone(), e.0)));
+                if got.is_none() && exp.is_some() && (self.cfg.max_bytes[*s].is_some() || evicted_everywhere) {
+                    // A bounded peer may have evicted the key.
+                    self.coverage.misses += 1;
+                } else if got != exp {
                     let kind = match (&got, best.get(k)) {
                         (Some((g, _)), Some(b)) if g < b => "F-STALE",
                         (Some(_), None) => "F-STALE",
@@ -789,7 +896,18 @@ impl Sim {
             }
             reads.push(row);
         }
-        if reads.iter().any(|r| *r != reads[0]) {
+        // Peers that hold everything read alike; a bounded peer reads the
+        // same or misses.
+        let rows: Vec<(usize, &Vec<Read>)> = live.iter().copied().zip(reads.iter()).collect();
+        let diverge = rows.iter().any(|(s, r)| {
+            rows.iter().any(|(o, x)| {
+                let bounded = |s: usize| self.cfg.max_bytes[s].is_some();
+                r.iter()
+                    .zip(x.iter())
+                    .any(|(a, b)| a != b && !(bounded(*s) && a.is_none() || bounded(*o) && b.is_none()))
+            })
+        });
+        if diverge {
             self.violations.push(Violation { kind: "I1-READS-DIVERGE", detail: self.describe_stores() });
         }
     }
@@ -809,6 +927,8 @@ pub fn generate(seed: u64) -> (Cfg, Vec<Ev>) {
         max_tombstones: rng.random_range(2..=4),
         restart_at_end: rng.random_range(0..3),
         conv_seed: rng.random(),
+        max_bytes: bounds(seed, n),
+        bug: None,
     };
     let long = rng.random_bool(0.35);
     let mut w: Vec<(&str, f64)> = vec![
@@ -905,9 +1025,29 @@ pub fn generate(seed: u64) -> (Cfg, Vec<Ev>) {
     (cfg, evs)
 }
 
+/// Memory bounds for half the schedules: each peer bounded with probability
+/// 1/2, to room for one to three of the simulation's values. Drawn from a
+/// generator of their own, so that a seed's schedule does not depend on them.
+fn bounds(seed: u64, n: usize) -> Vec<Option<usize>> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x6d65_6d6f_7279);
+    if rng.random_bool(0.5) {
+        return vec![None; n];
+    }
+    // One accounted entry of the simulation: its overhead, and a key and a
+    // value of up to 32 bytes together.
+    let entry = meshcache::store::ENTRY_OVERHEAD + 32;
+    (0..n).map(|_| rng.random_bool(0.5).then(|| rng.random_range(1..=3) * entry)).collect()
+}
+
 /// Runs one seeded schedule; returns the sim for inspection.
 pub fn run_seed(seed: u64, tracing: bool) -> Sim {
-    let (cfg, evs) = generate(seed);
+    run_seed_with(seed, tracing, None)
+}
+
+/// Runs one seeded schedule with `bug` planted in its bounded peers.
+pub fn run_seed_with(seed: u64, tracing: bool, bug: Option<meshcache::store::Bug>) -> Sim {
+    let (mut cfg, evs) = generate(seed);
+    cfg.bug = bug;
     let mut sim = Sim::new(cfg.clone(), tracing);
     sim.note(|| format!("seed {seed} cfg {cfg:?}"));
     for ev in &evs {
