@@ -202,9 +202,10 @@ pub enum SyncMsg {
 pub struct BucketSummary {
     /// The bucket.
     pub bucket: u32,
-    /// The sender's floor there: `None` when it holds the bucket whole;
-    /// otherwise it holds only part of it and wants no register for a key
-    /// it lacks (ALGORITHM.md, "Eviction").
+    /// The sender's floor there: `None` when it has no memory bound and
+    /// holds the bucket whole; otherwise it wants no register at or below
+    /// the floor for a key it lacks, and no value for its stubs
+    /// (ALGORITHM.md, "Eviction").
     pub floor: Option<Stamp>,
     /// The `key@stamp` of every register the sender holds in the bucket.
     pub items: Vec<(Bytes, Stamp)>,

@@ -5,7 +5,8 @@
 //! - `MESHCACHE_SIM_START=S` starts at seed S (default 0).
 //! - `MESHCACHE_SIM_SEED=S` replays seed S alone and prints its trace
 //!   (with `MESHCACHE_SIM_BUG=GhostUnstable` or `AdoptBlind`, with that bug
-//!   planted in its bounded peers).
+//!   planted in its bounded peers; with `MESHCACHE_SIM_WATCH=K`, the trace
+//!   notes every change of key K's register, bucket floor and digest).
 //!
 //! For long runs, use the release profile:
 //! `MESHCACHE_SIM_SCHEDULES=200000 cargo test --release --test simulation`.

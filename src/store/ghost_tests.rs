@@ -115,7 +115,7 @@ fn stubs_never_compact_and_past_their_budget_become_ghosts() {
 #[test]
 fn a_range_tombstone_above_the_floor_clears_the_ghosts() {
     let (big, small) = (unbounded(1), bounded(2, 5));
-    small.collect(T0, u64::MAX);
+    small.collect(T0, T0 + 1_000_000);
     replicate(&big, &small, 0..40, T0);
     assert!(small.stats().ghosted > 0);
     let (bar, _) = big.flush_all(T0 + 10);
@@ -143,4 +143,19 @@ fn adopting_a_peer_digest_makes_the_bucket_agree() {
     assert_eq!(c.bucket_floor(b0), max);
     // The held key is still read; a key of the bucket not held is a miss.
     assert_eq!(c.get(&k0, T0), Some(value()));
+}
+
+#[test]
+fn a_peer_that_knows_no_other_member_keeps_stubs() {
+    let (big, small) = (unbounded(1), bounded(2, 5));
+    replicate(&big, &small, 0..20, T0);
+    // Alone (`u64::MAX`): a member it has not met may hold older values,
+    // which only a stub can tell; tombstones would still be collected.
+    small.collect(T0 + 1, u64::MAX);
+    let st = small.stats();
+    assert_eq!((st.stubs, st.ghosted), (15, 0), "{st:?}");
+    // Once every known member has synced after them, they become ghosts.
+    small.collect(T0 + 2, T0 + 2);
+    let st = small.stats();
+    assert_eq!((st.stubs, st.ghosted), (0, 15), "{st:?}");
 }

@@ -23,6 +23,7 @@ mod shard;
 pub mod slot;
 
 use std::num::NonZeroUsize;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use bytes::Bytes;
@@ -777,19 +778,33 @@ impl Store {
     /// without a bound collects them like tombstones (see ALGORITHM.md,
     /// "Eviction"). The watermark is also kept for eviction.
     pub fn collect(&self, now_ms: u64, stable_before: u64) -> (usize, usize) {
-        self.stable_before.store(stable_before, Ordering::Relaxed);
+        // Ghosts need a member that has synced with this peer. One that
+        // knows no other member (`u64::MAX`) cannot know that no peer it has
+        // not met holds an older value, and a ghost could never tell that
+        // peer, as a collected tombstone's refusal reply does: it keeps
+        // stubs, which do.
+        let ghost_before = if stable_before == u64::MAX { 0 } else { stable_before };
+        self.stable_before.store(ghost_before, Ordering::Relaxed);
+        let bounded = self.max_bytes.load(Ordering::Relaxed) != 0;
         let grace = self.config.max_offset_ms;
         let (mut tombs, mut expired, mut ghosted) = (0, 0, 0);
         for sh in self.shards.iter() {
             let mut g = sh.write();
             let mut d = Delta::default();
             let mut high = Stamp::ZERO;
-            while let Some((arrival, key)) = g.dead.first().cloned() {
+            // The last entry passed over (a stub not yet to be ghosted).
+            let mut passed: Option<(u64, Bytes)> = None;
+            loop {
+                let next = match &passed {
+                    None => g.dead.first().cloned(),
+                    Some(p) => g.dead.range((Bound::Excluded(p.clone()), Bound::Unbounded)).next().cloned(),
+                };
+                let Some((arrival, key)) = next else { break };
                 if arrival >= stable_before {
                     break;
                 }
                 let Some(e) = g.map.get(&key) else {
-                    g.dead.pop_first();
+                    g.dead.remove(&(arrival, key));
                     continue;
                 };
                 // A stable stub on a bounded peer becomes a ghost. A peer
@@ -797,7 +812,11 @@ impl Store {
                 // asking for keys there): a stub it received stands, once
                 // stable, for a value every peer evicted, and is collected
                 // like a tombstone.
-                if matches!(e.reg.val, Slot::Evicted { .. }) && self.max_bytes.load(Ordering::Relaxed) != 0 {
+                if matches!(e.reg.val, Slot::Evicted { .. }) && bounded {
+                    if arrival >= ghost_before {
+                        passed = Some((arrival, key));
+                        continue;
+                    }
                     let lb = self.locate(e.key_hash).1;
                     if let Some((_, x)) = g.ghost(&key, lb) {
                         d.add(x);

@@ -81,9 +81,9 @@ pub(crate) struct Shard {
     pub(crate) floor: Vec<Stamp>,
     /// Per local bucket, how many times its registers changed (a store or a
     /// removal), wrapping. Anti-entropy adopts a peer's digest for a bucket
-    /// only if nothing but its own session changed the bucket meanwhile.
-    /// Allocated with `ghost`.
-    pub(crate) changes: Vec<u32>,
+    /// only if nothing but its own session changed the bucket meanwhile,
+    /// and offers its own digest only on the same condition.
+    pub(crate) changes: Box<[u32]>,
 }
 
 /// What `Shard::store` did to the accounting the store keeps globally.
@@ -127,7 +127,7 @@ impl Shard {
             stubs: 0,
             ghost: Vec::new(),
             floor: Vec::new(),
-            changes: Vec::new(),
+            changes: vec![0; buckets].into_boxed_slice(),
         }
     }
 
@@ -248,10 +248,9 @@ impl Shard {
         }
     }
 
-    /// How many times a local bucket's registers changed (0 until the shard
-    /// first ghosts something).
+    /// How many times a local bucket's registers changed (wrapping).
     pub(crate) fn changes_of(&self, local_bucket: usize) -> u32 {
-        self.changes.get(local_bucket).copied().unwrap_or(0)
+        self.changes[local_bucket]
     }
 
     /// Removes `key` entirely (collection, clear_below, refusal reply).
@@ -276,7 +275,6 @@ impl Shard {
         if self.ghost.is_empty() {
             self.ghost = vec![0; self.buckets.len()];
             self.floor = vec![Stamp::ZERO; self.buckets.len()];
-            self.changes = vec![0; self.buckets.len()];
         }
     }
 
@@ -369,10 +367,6 @@ impl Shard {
             access: e.access,
         };
         let (_, d) = self.put_entry(key.clone(), lb, entry, now_ms);
-        // The bucket is held in part from now on: this peer wants the value
-        // back from no one, and will take its peers' digest there.
-        self.ensure_ghosts();
-        self.floor[lb] = self.floor[lb].max(e.reg.marker);
         Some((d, false))
     }
 

@@ -158,7 +158,10 @@ struct Adoption {
     /// The peer's `key@stamp` for the keys we hold there: adopting is safe
     /// only if we then hold each at that stamp or newer, or the ghost would
     /// hide an older register of ours.
-    held: Vec<(Bytes, Stamp)>,
+    /// With each, whether the peer holds it as a stub: holding the value
+    /// at that stamp does not count then, or a peer that holds the stub and
+    /// no bound would see our digests agree and never ask us for the value.
+    held: Vec<(Bytes, Stamp, bool)>,
     /// The bucket's change count when the summary arrived, and the changes
     /// this session made since (registers merged, registers dropped on the
     /// refusal reply). Any other change (a push from a third peer, an
@@ -205,10 +208,18 @@ pub struct Session {
     /// a wanted position names its key.
     summarised: Vec<Bytes>,
     /// Summary side, when the peer holds part of the keyspace: the buckets
-    /// summarised, in order, whose final digests go in our `Digests`.
-    summarised_buckets: Vec<u32>,
+    /// summarised, in order, whose final digests go in our `Digests`, each
+    /// with its change count read before its summary and the changes this
+    /// session's registers made to it since. A bucket that anything else
+    /// changed (an eviction into a stub that the peer's registers caused,
+    /// say) holds what the peer's checks never saw: its digest is not
+    /// offered this round.
+    summarised_buckets: Vec<(u32, u32, u32)>,
     /// The peer's opening said it holds part of the keyspace.
     peer_holds_part: bool,
+    /// Summary side: the change counts of the buckets of the shard being
+    /// summarised, read before their summaries.
+    changes_at_read: HashMap<u32, u32>,
     /// The other side: buckets we hold in part, in increasing order, to be
     /// made equal to the peer's once its `Digests` and `Finish` arrived.
     to_adopt: Vec<Adoption>,
@@ -276,6 +287,7 @@ impl Session {
             summarised: Vec::new(),
             summarised_buckets: Vec::new(),
             peer_holds_part: false,
+            changes_at_read: HashMap::new(),
             to_adopt: Vec::new(),
             digests_last: None,
             summary_seen: 0,
@@ -465,7 +477,12 @@ impl Session {
             // Computed now, once the peer's registers (all of which came
             // before its EndOfEntries) are applied.
             let mut chunk = Vec::new();
-            for b in std::mem::take(&mut self.summarised_buckets) {
+            let store = replica.store();
+            let untouched = std::mem::take(&mut self.summarised_buckets)
+                .into_iter()
+                .filter(|(b, at, own)| store.bucket_changes(*b as usize) == at.wrapping_add(*own))
+                .map(|(b, _, _)| b);
+            for b in untouched {
                 // A bucket index and a digest, as varints: at most 15 bytes.
                 if (chunk.len() + 1) * 15 > self.batch_bytes && !chunk.is_empty() {
                     self.after.push_back(SyncMsg::Digests(std::mem::take(&mut chunk)));
@@ -506,14 +523,18 @@ impl Session {
         Ok(())
     }
 
-    /// Counts a change this session made to a bucket we may adopt.
+    /// Counts a change this session made to a bucket we may adopt, or whose
+    /// digest we may offer.
     fn own_change(&mut self, key: &[u8]) {
-        if self.to_adopt.is_empty() {
+        if self.to_adopt.is_empty() && self.summarised_buckets.is_empty() {
             return;
         }
         let b = digest::bucket_of(digest::key_hash(key)) as u32;
         if let Ok(i) = self.to_adopt.binary_search_by_key(&b, |a| a.bucket) {
             self.to_adopt[i].own_changes = self.to_adopt[i].own_changes.wrapping_add(1);
+        }
+        if let Ok(i) = self.summarised_buckets.binary_search_by_key(&b, |x| x.0) {
+            self.summarised_buckets[i].2 = self.summarised_buckets[i].2.wrapping_add(1);
         }
     }
 
@@ -527,7 +548,9 @@ impl Session {
         for a in std::mem::take(&mut self.to_adopt) {
             let Some(theirs) = a.their_digest else { continue };
             let untouched = store.bucket_changes(a.bucket as usize) == a.changes_at_summary.wrapping_add(a.own_changes);
-            let current = a.held.iter().all(|(k, st)| store.register(k).is_some_and(|r| r.marker >= *st));
+            let current = a.held.iter().all(|(k, st, stub)| {
+                store.register(k).is_some_and(|r| r.marker > *st || r.marker == *st && (r.val.is_stub() || !stub))
+            });
             if untouched && current || store.has_planted(crate::store::Bug::AdoptBlind) {
                 store.adopt_ghost(a.bucket as usize, theirs, a.their_max);
                 self.stats.ghosts_adopted += 1;
@@ -652,6 +675,9 @@ impl Session {
             // stubs; it takes the bucket's digest instead.
             let floor_here = replica.store().bucket_floor(theirs.bucket as usize);
             let partial_here = floor_here != Stamp::ZERO;
+            // A bounded peer's stubs are its own evictions, or stand for
+            // values it would evict again: it wants no value for them.
+            let bounded_here = replica.store().max_bytes().is_some();
             let floor_there = theirs.floor.unwrap_or(Stamp::ZERO);
             let partial_there = theirs.floor.is_some();
             let ours_idx: HashMap<&Bytes, (Stamp, bool)> =
@@ -663,7 +689,7 @@ impl Session {
                     None => *st > floor_here,
                     Some((o, o_stub)) => {
                         o < st
-                            || (o == st && *o_stub && !partial_here && theirs.stubs.binary_search(&(i as u32)).is_err())
+                            || (o == st && *o_stub && !bounded_here && theirs.stubs.binary_search(&(i as u32)).is_err())
                     }
                 };
                 if wanted {
@@ -677,7 +703,9 @@ impl Session {
             // any of which may be an older version of a key we hold and it
             // does not list: adopting its digest would then hide ours from
             // whoever still holds that older version. A key we hold above
-            // its floor is sent to it, and is in its final digest.
+            // its floor is sent to it, and is in its final digest. (So two
+            // bounded peers holding different parts of a bucket never adopt
+            // each other's digest there: ALGORITHM.md, "Eviction".)
             let listed: std::collections::HashSet<&Bytes> = theirs.items.iter().map(|(k, _)| k).collect();
             let hides_nothing = ours.iter().all(|(k, r)| listed.contains(k) || r.marker > floor_there);
             let blind = replica.store().has_planted(crate::store::Bug::AdoptBlind);
@@ -688,7 +716,13 @@ impl Session {
                     own_changes: 0,
                     bucket: theirs.bucket,
                     their_max: their_max.max(theirs.floor.unwrap_or(Stamp::ZERO)),
-                    held: theirs.items.iter().filter(|(k, _)| ours_idx.contains_key(k)).cloned().collect(),
+                    held: theirs
+                        .items
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (k, _))| ours_idx.contains_key(k))
+                        .map(|(i, (k, st))| (k.clone(), *st, theirs.stubs.binary_search(&(i as u32)).is_ok()))
+                        .collect(),
                     their_digest: None,
                 });
             }
@@ -754,10 +788,19 @@ impl Session {
                     ids.push(b);
                     self.summary_queue.pop_front();
                 }
+                // Change counts first: a change after them shows, even one
+                // made before the summary is read.
+                if self.peer_holds_part {
+                    self.changes_at_read =
+                        ids.iter().map(|b| (*b as u32, replica.store().bucket_changes(*b))).collect();
+                }
                 let read = replica.store().bucket_summaries(&ids);
                 let store = replica.store();
+                let bounded = store.max_bytes().is_some();
                 self.summary_ready.extend(read.into_iter().map(|(b, read)| {
-                    let floor = Some(store.bucket_floor(b)).filter(|f| *f != Stamp::ZERO);
+                    // A bounded peer always sends a floor (perhaps zero): it
+                    // wants no value for its stubs.
+                    let floor = Some(store.bucket_floor(b)).filter(|f| *f != Stamp::ZERO || bounded);
                     let stubs = read.iter().enumerate().filter(|(_, x)| x.2).map(|(i, _)| i as u32).collect();
                     let items = read.into_iter().map(|(k, st, _)| (k, st)).collect();
                     BucketSummary { bucket: b as u32, floor, items, stubs }
@@ -781,7 +824,9 @@ impl Session {
         }
         self.summarised.extend(chunk.iter().flat_map(|b| b.items.iter().map(|(k, _)| k.clone())));
         if self.peer_holds_part {
-            self.summarised_buckets.extend(chunk.iter().map(|b| b.bucket));
+            let at = &self.changes_at_read;
+            self.summarised_buckets
+                .extend(chunk.iter().map(|b| (b.bucket, at.get(&b.bucket).copied().unwrap_or(0), 0)));
         }
         SyncMsg::Summary(chunk)
     }

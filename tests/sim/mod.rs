@@ -184,6 +184,10 @@ pub struct Sim {
     /// Position of the event being applied (1-based).
     label: u64,
     s1_seen: HashSet<(NodeId, Bytes, Stamp)>,
+    /// `MESHCACHE_SIM_WATCH`: the key whose changes the trace notes, and
+    /// what was last noted per slot.
+    watch: Option<u8>,
+    watched: Vec<Option<String>>,
 }
 
 /// Key `k`: keys 0 to 3 share one digest bucket, the others fall where
@@ -228,6 +232,8 @@ impl Sim {
             trace: tracing.then(String::new),
             label: 0,
             s1_seen: HashSet::new(),
+            watch: if tracing { std::env::var("MESHCACHE_SIM_WATCH").ok().and_then(|k| k.parse().ok()) } else { None },
+            watched: vec![None; n],
             cfg,
         };
         // The initial members all know each other, as a mesh formed from a
@@ -632,7 +638,28 @@ impl Sim {
         self.check_after_event(ev);
     }
 
+    /// With a trace and `MESHCACHE_SIM_WATCH=K`, notes every change of key
+    /// K's register, bucket floor or bucket digest on each peer.
+    fn watch(&mut self) {
+        let Some(k) = self.watch else { return };
+        let kb = key(k);
+        let b = meshcache::store::digest::bucket_of(meshcache::store::digest::key_hash(&kb));
+        for s in 0..self.cfg.n {
+            let seen = self.nodes[s].as_ref().map(|n| {
+                let st = n.r.store();
+                let reg = st.register(&kb).map(|r| format!("{:?}@{}", r.val, r.marker));
+                format!("{reg:?} floor {} digest {:x}", st.bucket_floor(b), st.range_digest(b, b + 1))
+            });
+            if self.watched[s] != seen {
+                let line = format!("WATCH n{s} k{k}: {seen:?}");
+                self.watched[s] = seen;
+                self.note(|| line);
+            }
+        }
+    }
+
     fn check_after_event(&mut self, ev: &Ev) {
+        self.watch();
         for s in 0..self.cfg.n {
             let Some(node) = &self.nodes[s] else { continue };
             let inc = node.r.me().incarnation.node;
@@ -807,8 +834,11 @@ impl Sim {
             let d = self.describe_stores();
             self.violations.push(Violation { kind: "I1-STORES-DIFFER", detail: d });
         }
-        // With ghosts, the digests agree as well: anti-entropy is quiet.
-        if all_live && live.iter().any(|s| bounded(*s)) {
+        // With ghosts, the digests agree as well: anti-entropy is quiet. Only
+        // with a peer that holds everything: bounded peers that hold
+        // different parts of a bucket never adopt each other's digest there
+        // (ALGORITHM.md, "Eviction").
+        if all_live && live.iter().any(|s| bounded(*s)) && live.iter().any(|s| !bounded(*s)) {
             let roots: Vec<u64> = live.iter().map(|s| self.replica(*s).store().root().0).collect();
             if roots.iter().any(|r| *r != roots[0]) {
                 let d = format!("roots {roots:x?}{}", self.describe_stores());
