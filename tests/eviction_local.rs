@@ -305,3 +305,64 @@ fn final_digests_are_cut_into_frames_and_every_bucket_is_adopted() {
     assert_eq!((x.mode, y.mode), (Mode::InSync, Mode::InSync));
     no_older_value(&t, &s);
 }
+
+#[test]
+fn a_mesh_of_bounded_peers_only_goes_quiet() {
+    // Three peers, each with room for a different share of 3,000 keys, each
+    // taking a third of the writes; pushes reach one other peer only, so
+    // anti-entropy carries the rest.
+    let peers = [bounded("a", 1, 300), bounded("b", 2, 600), bounded("c", 3, 900)];
+    let mut now = T0;
+    for i in 0..3_000 {
+        now += 1;
+        let (from, to) = (&peers[i % 3], &peers[(i + 1) % 3]);
+        let w = from.put(key(i), value(i), None, now).unwrap();
+        to.handle_deltas(from.deltas(vec![(w.key, w.register)], false), now).unwrap();
+        if i % 300 == 299 {
+            now += 10;
+            for (x, y) in [(0, 1), (1, 2), (2, 0)] {
+                sync(&peers[x], &peers[y], now).unwrap();
+            }
+            for p in &peers {
+                p.tick(now);
+            }
+        }
+    }
+    // Rounds among all three until one finds every pair in sync.
+    let mut quiet = None;
+    for round in 1..=20 {
+        now += 10;
+        for p in &peers {
+            p.tick(now);
+        }
+        let mut all = true;
+        for (x, y) in [(0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)] {
+            let (s, t) = sync(&peers[x], &peers[y], now).unwrap();
+            all &= s.mode == Mode::InSync && t.mode == Mode::InSync;
+        }
+        if all {
+            quiet = Some(round);
+            break;
+        }
+    }
+    let round = quiet.expect("bounded peers still not in sync after 20 rounds");
+    for p in &peers {
+        assert!(p.store().value_bytes() <= p.store().max_bytes().unwrap().get());
+        assert_eq!(p.store().stats().compactions, 0);
+    }
+    // Where two hold a key, they hold the same register.
+    for x in &peers {
+        for y in &peers {
+            let (_, held) = x.store().snapshot();
+            for (k, r) in held {
+                if let Some(o) = y.store().register(&k) {
+                    assert_eq!(r.marker, o.marker, "{k:?}");
+                }
+            }
+        }
+    }
+    now += 10;
+    let (s, t) = sync(&peers[0], &peers[1], now).unwrap();
+    assert!(s.bytes_sent < 200 && t.bytes_sent < 200, "{s:?} {t:?}");
+    println!("quiet after {round} round(s)");
+}

@@ -502,6 +502,16 @@ impl Store {
         self.shards[s].read().map.get(key).map(|e| e.reg.clone())
     }
 
+    /// Whether `key`'s register is stable: it arrived before the eviction
+    /// watermark, so every member has since completed a session with this
+    /// peer (ALGORITHM.md, "Eviction stays local").
+    pub fn is_stable(&self, key: &[u8]) -> bool {
+        let kh = key_hash(key);
+        let (s, _) = self.locate(kh);
+        let before = self.stable_before.load(Ordering::Relaxed);
+        self.shards[s].read().map.get(key).is_some_and(|e| e.arrival_ms < before)
+    }
+
     /// Writes a value with an optional TTL (ms), stamped now.
     pub fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>, now_ms: u64) -> Result<Written, OutOfMemory> {
         self.write_with(key, now_ms, |_, stamp| {

@@ -703,13 +703,20 @@ impl Session {
             // any of which may be an older version of a key we hold and it
             // does not list: adopting its digest would then hide ours from
             // whoever still holds that older version. A key we hold above
-            // its floor is sent to it, and is in its final digest. (So two
-            // bounded peers holding different parts of a bucket never adopt
-            // each other's digest there: ALGORITHM.md, "Eviction".)
+            // its floor is sent to it, and is in its final digest; a stable
+            // one has been offered to every member since it arrived here.
             let listed: std::collections::HashSet<&Bytes> = theirs.items.iter().map(|(k, _)| k).collect();
-            let hides_nothing = ours.iter().all(|(k, r)| listed.contains(k) || r.marker > floor_there);
+            let hides_nothing =
+                ours.iter().all(|(k, r)| listed.contains(k) || r.marker > floor_there || replica.store().is_stable(k));
             let blind = replica.store().has_planted(crate::store::Bug::AdoptBlind);
-            if partial_here && (hides_nothing || blind) {
+            // Between peers that both hold the bucket in part, only from the
+            // higher node id: adopting in a circle (a from b, b from c, c
+            // from a) would chase digests round it for ever; this way they
+            // settle on the highest one's.
+            let ranked = !partial_there
+                || floor_there == Stamp::ZERO
+                || self.peer.as_ref().is_some_and(|p| p.incarnation.node > replica.me().incarnation.node);
+            if partial_here && ((hides_nothing && ranked) || blind) {
                 let their_max = theirs.items.iter().map(|(_, st)| *st).max().unwrap_or(Stamp::ZERO);
                 self.to_adopt.push(Adoption {
                     changes_at_summary: replica.store().bucket_changes(theirs.bucket as usize),
