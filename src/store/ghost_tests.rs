@@ -159,3 +159,23 @@ fn a_peer_that_knows_no_other_member_keeps_stubs() {
     let st = small.stats();
     assert_eq!((st.stubs, st.ghosted), (0, 15), "{st:?}");
 }
+
+#[test]
+fn a_peer_alone_keeps_a_bounded_number_of_stubs_and_still_finds_values_to_evict() {
+    // Ten values among thousands of stubs: random probes alone would miss
+    // them and refuse the writes for memory.
+    let cfg = StoreConfig {
+        shards: NonZeroUsize::new(4).unwrap(),
+        max_bytes: NonZeroUsize::new(10 * shard::cost(&key(0), &Slot::Value { data: value(), expires_at_ms: None })),
+        ..StoreConfig::default()
+    };
+    let small = Store::new(NodeId(2), cfg).unwrap();
+    small.collect(T0, u64::MAX);
+    for i in 0..(super::LONE_STUBS as u64 + 2_000) {
+        small.put(key(i), value(), None, T0 + 1 + i / 1000).unwrap_or_else(|e| panic!("{i}: {e:?}"));
+    }
+    small.compact_if_needed(T0 + 2);
+    let st = small.stats();
+    assert!(st.stubs <= super::LONE_STUBS, "{st:?}");
+    assert!(st.stubs_ghosted_early > 0, "{st:?}");
+}

@@ -51,6 +51,12 @@ fn fills_stub(held: &Register, remote: &Register) -> bool {
     held.marker == remote.marker && held.val.is_stub() && matches!(remote.val, Slot::Value { .. })
 }
 
+/// Stubs a peer that knows no other member keeps, at most. It keeps them
+/// only against a peer it has not met that holds older values (a restart
+/// without seeds while the others run on); a peer alone for good should not
+/// pay a stub per evicted key for that.
+pub const LONE_STUBS: usize = 10_000;
+
 /// Bytes the memory bound counts for one entry beyond its key and value.
 pub const ENTRY_OVERHEAD: usize = shard::ENTRY_OVERHEAD;
 
@@ -268,6 +274,9 @@ pub struct Store {
     /// something newer is), so evicting it may leave a ghost instead of a
     /// stub.
     stable_before: AtomicU64,
+    /// The last collection knew no other member: stubs then wait for one
+    /// (see `collect`), within `LONE_STUBS`.
+    lone: std::sync::atomic::AtomicBool,
     counters: Counters,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
@@ -318,6 +327,7 @@ impl Store {
             policy: AtomicU8::new(config.policy.to_u8()),
             samples: AtomicUsize::new(config.samples.get()),
             stable_before: AtomicU64::new(0),
+            lone: std::sync::atomic::AtomicBool::new(false),
             evictor: Mutex::new(Evictor { pool: evict::Pool::default(), rng: SmallRng::seed_from_u64(config.seed) }),
             config,
             counters: Counters::default(),
@@ -795,6 +805,7 @@ impl Store {
         // stubs, which do.
         let ghost_before = if stable_before == u64::MAX { 0 } else { stable_before };
         self.stable_before.store(ghost_before, Ordering::Relaxed);
+        self.lone.store(stable_before == u64::MAX, Ordering::Relaxed);
         let bounded = self.max_bytes.load(Ordering::Relaxed) != 0;
         let grace = self.config.max_offset_ms;
         let (mut tombs, mut expired, mut ghosted) = (0, 0, 0);
@@ -875,7 +886,10 @@ impl Store {
     /// during a long partition with eviction under way; the price is
     /// written in ALGORITHM.md ("Eviction").
     fn ghost_excess_stubs(&self) {
-        let budget = self.config.max_stubs.get();
+        let mut budget = self.config.max_stubs.get();
+        if self.lone.load(Ordering::Relaxed) {
+            budget = budget.min(LONE_STUBS);
+        }
         let held = self.stubs.load(Ordering::Relaxed).max(0) as usize;
         if held <= budget {
             return;

@@ -426,6 +426,28 @@ impl Shard {
             }
             return found;
         }
+        let values = n.saturating_sub(self.tombstones + self.stubs);
+        if values == 0 {
+            return 0;
+        }
+        if values * 8 < n {
+            // Mostly stubs and tombstones (a long partition with eviction
+            // under way): random probes would miss, and a write would be
+            // refused for memory with values still to evict. Walk from a
+            // random entry instead, however far the next values are.
+            let start = rng.random_range(0..n);
+            for i in (start..n).chain(0..start) {
+                let (k, e) = self.map.get_index(i).expect("index in range");
+                if matches!(e.reg.val, Slot::Value { .. }) {
+                    pool.offer(score(e), k);
+                    found += 1;
+                    if found == samples {
+                        break;
+                    }
+                }
+            }
+            return found;
+        }
         // Stubs and tombstones are skipped; the probe limit keeps a shard
         // made mostly of them from spinning.
         for _ in 0..samples * 4 {
