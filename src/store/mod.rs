@@ -35,7 +35,7 @@ use crate::hlc::{Clock, ClockError, NodeId, Stamp};
 #[cfg(any(test, feature = "testing"))]
 pub use bugs::Bug;
 #[cfg(not(any(test, feature = "testing")))]
-use bugs::Bug;
+pub(crate) use bugs::Bug;
 use digest::{key_hash, BUCKETS, BUCKET_BITS};
 pub use evict::EvictionPolicy;
 use evict::POOL_SIZE;
