@@ -55,6 +55,11 @@ fn load(from: &Replica, to: &Replica, range: std::ops::Range<usize>, now: &mut u
 /// Rounds both ways until a round finds the two in sync; returns how many
 /// it took, or panics past `limit`.
 fn settle(a: &Replica, b: &Replica, now: &mut u64, limit: usize) -> usize {
+    settle_or_not(a, b, now, limit).unwrap_or_else(|| panic!("still not in sync after {limit} rounds each way"))
+}
+
+/// Like `settle`, but reports rather than panics.
+fn settle_or_not(a: &Replica, b: &Replica, now: &mut u64, limit: usize) -> Option<usize> {
     for round in 1..=limit {
         *now += 10;
         a.tick(*now);
@@ -62,10 +67,10 @@ fn settle(a: &Replica, b: &Replica, now: &mut u64, limit: usize) -> usize {
         let (x, _) = sync(a, b, *now).unwrap();
         let (y, _) = sync(b, a, *now).unwrap();
         if x.mode == Mode::InSync && y.mode == Mode::InSync {
-            return round;
+            return Some(round);
         }
     }
-    panic!("still not in sync after {limit} rounds each way");
+    None
 }
 
 /// Every register `small` holds is the one `big` holds: no older value.
@@ -231,21 +236,6 @@ fn mid_session_write_reaches_s(plant_adopt_blind: bool) -> bool {
     // still serving the older value. Later rounds bring s the newer one.
     let _ = settle_or_not(&s, &t, &mut now, 10);
     s.store().register(&k).unwrap().marker == newer.register.marker
-}
-
-/// Like `settle`, but reports rather than panics.
-fn settle_or_not(a: &Replica, b: &Replica, now: &mut u64, limit: usize) -> bool {
-    for _ in 0..limit {
-        *now += 10;
-        a.tick(*now);
-        b.tick(*now);
-        let (x, _) = sync(a, b, *now).unwrap();
-        let (y, _) = sync(b, a, *now).unwrap();
-        if x.mode == Mode::InSync && y.mode == Mode::InSync {
-            return true;
-        }
-    }
-    false
 }
 
 #[test]
