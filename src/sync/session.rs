@@ -155,12 +155,12 @@ struct Adoption {
     /// The peer's highest stamp in the bucket: its floor, or the newest
     /// register it listed.
     their_max: Stamp,
-    /// The peer's `key@stamp` for the keys we hold there: adopting is safe
-    /// only if we then hold each at that stamp or newer, or the ghost would
-    /// hide an older register of ours.
-    /// With each, whether the peer holds it as a stub: holding the value
-    /// at that stamp does not count then, or a peer that holds the stub and
-    /// no bound would see our digests agree and never ask us for the value.
+    /// The peer's `key@stamp` for the keys we hold there, and whether it
+    /// holds each as a stub. Adopting is safe only if we then hold each at
+    /// that stamp or newer, or the ghost would hide an older register of
+    /// ours; and not as a value where the peer holds the stub, or a peer
+    /// without a bound that holds the stub would see our digests agree and
+    /// never ask us for the value.
     held: Vec<(Bytes, Stamp, bool)>,
     /// The bucket's change count when the summary arrived, and the changes
     /// this session made since (registers merged, registers dropped on the
@@ -247,8 +247,7 @@ pub struct Session {
     stats: SessionStats,
     batch_bytes: usize,
     /// The (root, count, holds part) this side sent in its opening: the mode
-    /// is decided
-    /// from the two openings, which both sides see alike.
+    /// is decided from the two openings, which both sides see alike.
     opened_with: (u64, u64, bool),
 }
 
@@ -671,8 +670,8 @@ impl Session {
         for (theirs, (_, ours)) in buckets.into_iter().zip(mine) {
             // A side that holds a bucket in part wants no register for a key
             // it lacks there at or below its floor (it would refuse it: it
-            // may be older than what it evicted), and no value for its own
-            // stubs; it takes the bucket's digest instead.
+            // may be older than what it evicted); it takes the bucket's
+            // digest instead.
             let floor_here = replica.store().bucket_floor(theirs.bucket as usize);
             let partial_here = floor_here != Stamp::ZERO;
             // A bounded peer's stubs are its own evictions, or stand for
