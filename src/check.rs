@@ -57,6 +57,19 @@ pub struct Op {
     pub at: Duration,
 }
 
+/// The digest root every peer agrees on, if they do. Register counts must
+/// agree too, unless a peer holds part of the keyspace (its ghosts stand
+/// for registers it does not count: ALGORITHM.md, "Eviction").
+fn agreed_root(peers: &[Mesh]) -> Option<(u64, u64)> {
+    let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
+    let part = peers.iter().any(|p| p.replica().store().holds_part() || p.replica().store().max_bytes().is_some());
+    let first = *roots.first()?;
+    roots
+        .iter()
+        .all(|r| r.0 == first.0 && (part || r.1 == first.1))
+        .then_some((first.0, if part { 0 } else { first.1 }))
+}
+
 /// A broken invariant, with the keys and stamps involved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
@@ -189,10 +202,7 @@ impl History {
     /// Waits until every peer has equal digests (I1), polling, or until
     /// `deadline`. Returns how long it took, or `None` on timeout.
     pub async fn wait_converged(&self, peers: &[Mesh], deadline: Duration) -> Option<Duration> {
-        let equal = || {
-            let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
-            roots.iter().all(|r| *r == roots[0])
-        };
+        let equal = || agreed_root(peers).is_some();
         crate::wait::Wait::new(deadline).every(Duration::from_millis(5)).until("equal digests", equal).await.ok()
     }
 
@@ -207,16 +217,15 @@ impl History {
         let mut last = None;
         let mut since = crate::env::stopwatch();
         loop {
-            let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
-            let equal = roots.iter().all(|r| *r == roots[0]);
-            if equal && last == Some(roots[0]) {
+            let root = agreed_root(peers);
+            if root.is_some() && last == root {
                 let clean = peers.iter().all(|p| p.stats().store.tombstones == 0);
                 let quiet = since.elapsed();
                 if (clean && quiet >= Duration::from_millis(500)) || quiet >= Duration::from_secs(3) {
                     return true;
                 }
             } else {
-                last = equal.then_some(roots[0]);
+                last = root;
                 since = crate::env::stopwatch();
             }
             if crate::env::stopwatch() > end {
@@ -250,6 +259,8 @@ impl History {
     /// - I3: a key whose newest write is a delete (or an expired write)
     ///   reads as absent everywhere;
     /// - I4: every read returns the winning write's value;
+    /// - a peer with a memory bound may read a miss instead, for a key it
+    ///   evicted (ALGORITHM.md, "Eviction"), but never an older value;
     /// - READ: during the run, no peer returned a value older than one it had
     ///   returned before for the same key.
     pub fn check(&self, peers: &[Mesh]) -> Report {
@@ -316,7 +327,7 @@ impl History {
             return report;
         }
         let roots: Vec<(u64, u64)> = peers.iter().map(|p| p.replica().store().root()).collect();
-        if roots.iter().any(|r| *r != roots[0]) {
+        if agreed_root(peers).is_none() {
             // Each peer collects a tombstone (or an expired value) at its
             // own moment, so digests may differ by those alone for a while
             // after convergence; the registers that can be read must not.
@@ -327,8 +338,15 @@ impl History {
                     .map(|(k, r)| (k, r.marker))
                     .collect()
             };
-            let first = live(&peers[0]);
-            if peers[1..].iter().any(|p| live(p) != first) {
+            // A bounded peer holds only part of the keys: of those, the same
+            // registers as a peer that holds them all.
+            let bounded = |p: &Mesh| p.replica().store().max_bytes().is_some();
+            let whole: Vec<Vec<(Bytes, Stamp)>> = peers.iter().filter(|p| !bounded(p)).map(live).collect();
+            let differ = whole.iter().any(|w| *w != whole[0])
+                || whole.first().is_some_and(|w| {
+                    peers.iter().filter(|p| bounded(p)).any(|p| live(p).iter().any(|r| w.binary_search(r).is_err()))
+                });
+            if differ {
                 let names: Vec<String> = peers.iter().map(|p| p.id().name.clone()).collect();
                 report
                     .violations
@@ -378,7 +396,10 @@ impl History {
                         });
                     }
                 }
-                reads.push(got);
+                // A bounded peer's miss is not a divergence.
+                if got.is_some() || p.replica().store().max_bytes().is_none() {
+                    reads.push(got);
+                }
             }
             if reads.iter().any(|r| *r != reads[0]) {
                 report.violations.push(Violation {

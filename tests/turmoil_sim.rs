@@ -14,7 +14,10 @@
 //! - `random_schedules`: seeded schedules on 3 to 5 peers (some with a
 //!   budget of 3 tombstones): random splits, isolations, one-way cuts, held (delayed)
 //!   links, heals, writes, deletes and races on 8 keys, reads, sleeps of up
-//!   to an hour, and crashes and restarts (a new, empty incarnation). After
+//!   to an hour, and crashes and restarts (a new, empty incarnation); in
+//!   half the schedules, some peers have room for one to three values and
+//!   evict all the time (a miss is then allowed on them, an older value
+//!   never). After
 //!   the final heal, every peer must converge and [`History::check`] must
 //!   find no violation. 200 schedules by default (optimized builds only:
 //!   `cargo test --release --test turmoil_sim`);
@@ -171,6 +174,7 @@ fn long_partition_no_resurrection() {
         seed: 7,
         peers: 3,
         budgets: vec![SMALL_BUDGET; 3],
+        max_bytes: vec![None; 3],
         duration: Duration::from_secs(6 * 3600),
         loss: 0.0,
         keep_trace: false,
@@ -284,7 +288,7 @@ struct Plan {
 fn plan(seed: u64) -> Plan {
     let mut rng = SmallRng::seed_from_u64(seed);
     let n = rng.random_range(3..=5usize);
-    let budgets = (0..n).map(|_| if rng.random_bool(0.5) { SMALL_BUDGET } else { BIG_BUDGET }).collect();
+    let budgets: Vec<usize> = (0..n).map(|_| if rng.random_bool(0.5) { SMALL_BUDGET } else { BIG_BUDGET }).collect();
     let mut steps = Vec::new();
     let mut down: Option<usize> = None;
     let mut restarted = vec![false; n];
@@ -370,8 +374,31 @@ fn plan(seed: u64) -> Plan {
         slowdown: if rng.random_bool(0.25) { 1_000 } else { 1 },
         restart_lag_ms: 0,
     };
-    let layout = Layout { seed, peers: n, budgets, duration, loss, keep_trace: false, bugs: Vec::new(), clocks };
+    let max_bytes = bounds(seed, &budgets);
+    let layout =
+        Layout { seed, peers: n, budgets, max_bytes, duration, loss, keep_trace: false, bugs: Vec::new(), clocks };
     Plan { layout, steps }
+}
+
+/// Memory bounds for half the schedules: each peer with the big tombstone
+/// budget is bounded with probability 1/2, to room for one to three of the
+/// schedules' values, so that it evicts all the time. (With the small
+/// budget its stubs would be ghosted early, which has a price the checker
+/// would report: ALGORITHM.md, "Eviction".) Drawn from a generator of their
+/// own, so that a seed's plan does not depend on them.
+fn bounds(seed: u64, budgets: &[usize]) -> Vec<Option<usize>> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x6d65_6d6f_7279);
+    let on = rng.random_bool(0.5);
+    // One accounted entry: its overhead, a key and a value of up to 48
+    // bytes together.
+    let entry = meshcache::store::ENTRY_OVERHEAD + 48;
+    budgets
+        .iter()
+        .map(|b| {
+            let bounded = rng.random_bool(0.5);
+            (on && bounded && *b == BIG_BUDGET).then(|| rng.random_range(1..=3) * entry)
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Default)]
@@ -556,6 +583,8 @@ fn planted_from_env() -> Option<(Bug, Vec<usize>)> {
         "NoRefusalReply" => (Bug::NoRefusalReply, all),
         "TakesOlder" => (Bug::TakesOlder, all),
         "ReversedTieBreak" => (Bug::ReversedTieBreak, vec![0]),
+        // Planted everywhere, it acts on the bounded peers only.
+        "GhostUnstable" => (Bug::GhostUnstable, all),
         other => panic!("MESHCACHE_TURMOIL_BUG: unknown bug {other:?}"),
     })
 }
@@ -563,7 +592,13 @@ fn planted_from_env() -> Option<(Bug, Vec<usize>)> {
 fn run_plan(p: Plan, trace: bool) -> Result<(RunStats, Duration), String> {
     let seed = p.layout.seed;
     if trace {
-        println!("seed {seed}: {} peers, budgets {:?}, {} steps", p.layout.peers, p.layout.budgets, p.steps.len());
+        println!(
+            "seed {seed}: {} peers, budgets {:?}, bounds {:?}, {} steps",
+            p.layout.peers,
+            p.layout.budgets,
+            p.layout.max_bytes,
+            p.steps.len()
+        );
     }
     let real = Instant::now();
     let result = Arc::new(Mutex::new(None));
@@ -752,6 +787,7 @@ fn lagging_restart_behind_a_partition(bugs: Vec<(usize, Bug)>) -> Result<String,
         seed: 11,
         peers: 3,
         budgets: vec![BIG_BUDGET; 3],
+        max_bytes: vec![None; 3],
         duration: Duration::from_secs(4 * 3600),
         loss: 0.0,
         keep_trace: false,

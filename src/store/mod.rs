@@ -886,6 +886,13 @@ impl Store {
     /// during a long partition with eviction under way; the price is
     /// written in ALGORITHM.md ("Eviction").
     fn ghost_excess_stubs(&self) {
+        // A peer without a bound never holds a bucket in part; the stubs it
+        // holds are ones it received, each standing in for a stub a bounded
+        // peer keeps within its own budget, and it collects them at
+        // stability like tombstones.
+        if self.max_bytes.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut budget = self.config.max_stubs.get();
         if self.lone.load(Ordering::Relaxed) {
             budget = budget.min(LONE_STUBS);

@@ -223,6 +223,8 @@ pub struct Layout {
     pub peers: usize,
     /// `max_tombstones` per peer (index = peer).
     pub budgets: Vec<usize>,
+    /// `max_bytes` per peer: a bounded peer evicts (index = peer).
+    pub max_bytes: Vec<Option<usize>>,
     /// Virtual time the simulation may run at most.
     pub duration: Duration,
     /// Probability that a link starts dropping datagrams (turmoil's
@@ -339,6 +341,7 @@ where
         let clocks = layout.clocks;
         let bugs: Vec<Bug> = layout.bugs.iter().filter(|(p, _)| *p == i).map(|(_, b)| *b).collect();
         let budget = layout.budgets[i];
+        let max_bytes = layout.max_bytes[i];
         let starts = Rc::new(std::cell::Cell::new(0u32));
         sim.host(name.clone(), move || {
             let (ca, meshes, names, name, starts, trace, bugs) =
@@ -365,6 +368,7 @@ where
                 };
                 let config = MeshConfig {
                     max_tombstones: budget,
+                    max_bytes,
                     anti_entropy_interval: Duration::from_secs(1),
                     ..MeshConfig::for_test(&name)
                 };
