@@ -28,7 +28,7 @@ use proptest::test_runner::TestCaseError;
 use meshcache::hlc::{NodeId, Stamp};
 use meshcache::membership::{Incarnation, MemberId};
 use meshcache::replica::Replica;
-use meshcache::store::digest::{bucket_of, entry_hash, key_hash};
+use meshcache::store::digest::{bucket_of, key_hash, register_hash};
 use meshcache::store::{Floors, MergeOutcome, Register, Slot, Store, StoreConfig};
 use meshcache::sync::{Mode, Session};
 
@@ -328,7 +328,7 @@ fn assert_holds_join(store: &Store, expected: &BTreeMap<Bytes, Register>, who: &
 /// (kept incrementally) and the gauges.
 fn assert_consistent(store: &Store, who: &str) -> TestResult {
     let (_, all) = store.snapshot();
-    let h = all.iter().fold(0u64, |acc, (k, r)| acc.wrapping_add(entry_hash(key_hash(k), &r.marker)));
+    let h = all.iter().fold(0u64, |acc, (k, r)| acc.wrapping_add(register_hash(key_hash(k), r)));
     prop_assert_eq!(store.root(), (h, all.len() as u64), "{}: digest root out of date", who);
     let stats = store.stats();
     prop_assert_eq!(stats.entries, all.len(), "{}: entries gauge", who);
@@ -361,7 +361,14 @@ fn assert_same_state(a: &Store, b: &Store, at: &[u64], who: &str) -> TestResult 
     for ((k, ra), (_, rb)) in sa.iter().zip(&sb) {
         prop_assert!(ra.val.same_write(&rb.val), "{}: key {:?}@{}: {:?} vs {:?}", who, k, ra.marker, ra.val, rb.val);
     }
-    prop_assert_eq!(a.root(), b.root(), "{}: digest roots differ", who);
+    // A stub's share of the digest is not its value's (ALGORITHM.md,
+    // "Eviction"): where one side evicted what the other holds, the roots
+    // differ by design, and each root is checked against its own registers
+    // elsewhere.
+    let stub = |s: &Vec<(Bytes, Register)>| s.iter().any(|(_, r)| r.val.is_stub());
+    if !stub(&sa) && !stub(&sb) {
+        prop_assert_eq!(a.root(), b.root(), "{}: digest roots differ", who);
+    }
     for (k, ra) in &sa {
         let rb = b.register(k).expect("same keys");
         for &t in at {
@@ -686,13 +693,24 @@ fn sync_pair(a: &Replica, b: &Replica, now: u64, batch_bytes: usize) -> Result<M
     prop_assert_eq!(ss.entries_sent, rs.entries_received);
     prop_assert_eq!(rs.entries_sent, ss.entries_received);
     prop_assert_eq!((ss.refused, rs.refused), (0, 0), "nothing was collected, so nothing may be refused");
-    // A completed session leaves the pair holding the same registers.
-    prop_assert_eq!(a.store().root(), b.store().root(), "roots differ right after a {:?} session", ss.mode);
+    // A completed session leaves the pair holding the same registers: the
+    // same keys at the same stamps, where a bounded side may hold the stub
+    // of a value (whose share of the digest differs, so roots are compared
+    // only between stores without a bound).
+    prop_assert_eq!(stamps(a), stamps(b), "registers differ right after a {:?} session", ss.mode);
+    if a.store().max_bytes().is_none() && b.store().max_bytes().is_none() {
+        prop_assert_eq!(a.store().root(), b.store().root(), "roots differ right after a {:?} session", ss.mode);
+    }
     Ok(ss.mode)
 }
 
+/// Every key a replica holds, with its stamp.
+fn stamps(r: &Replica) -> Vec<(Bytes, Stamp)> {
+    r.store().snapshot().1.into_iter().map(|(k, reg)| (k, reg.marker)).collect()
+}
+
 fn all_in_sync(rs: &[Replica]) -> bool {
-    rs.windows(2).all(|w| w[0].store().root() == w[1].store().root())
+    rs.windows(2).all(|w| stamps(&w[0]) == stamps(&w[1]))
 }
 
 proptest! {
@@ -775,16 +793,20 @@ proptest! {
             }
         }
         // In sync: a further session finds equal roots and moves nothing.
-        for &(i, j) in &pairs {
-            prop_assert_eq!(sync_pair(&replicas[i], &replicas[j], now, batch_bytes)?, Mode::InSync);
+        // (A bounded replica's stubs differ from the values until they are
+        // stable and ghosted, which takes timer work this test never does.)
+        if replicas.iter().all(|r| r.store().max_bytes().is_none()) {
+            for &(i, j) in &pairs {
+                prop_assert_eq!(sync_pair(&replicas[i], &replicas[j], now, batch_bytes)?, Mode::InSync);
+            }
         }
     }
 }
 
 // ---- fixed cases that show the generators reach the interesting paths ---
 
-/// A tightly bounded store evicts into stubs, and the stub and the value it
-/// stands for merge to the same state in either order.
+/// A tightly bounded store evicts into stubs; on a store without a bound,
+/// a stub and the value it stands for merge to the value in either order.
 #[test]
 fn eviction_stub_and_value_converge() {
     let cfg = Cfg { shards: 1, max_bytes: Some(400), seed: 7 };
@@ -801,13 +823,15 @@ fn eviction_stub_and_value_converge() {
     let stubs_first = fresh(&unbounded, 2);
     stubs_first.merge(held.clone(), T0 + 10);
     let out = stubs_first.merge(writes.clone(), T0 + 10);
-    assert_eq!(out.stale, writes.len(), "a value at a stub's stamp is stale");
+    assert_eq!(out.stale, writes.len() - stubs, "the values already held are stale");
+    assert_eq!(out.changes.len(), stubs, "a value replaces the stub of its own write");
     let values_first = fresh(&unbounded, 3);
     values_first.merge(writes.clone(), T0 + 10);
     let out = values_first.merge(held, T0 + 10);
-    assert_eq!(out.stale, writes.len());
-    assert_eq!(stubs_first.stats().stubs, stubs);
+    assert_eq!(out.stale, writes.len(), "a stub at its value's stamp is stale");
+    assert_eq!(stubs_first.stats().stubs, 0);
     assert_eq!(values_first.stats().stubs, 0);
+    assert_eq!(stubs_first.root(), values_first.root());
     let check = || -> TestResult {
         assert_same_state(&stubs_first, &values_first, &[T0 + 10], "stub vs value")?;
         assert_same_state(&origin, &values_first, &[T0 + 10], "origin vs value")?;

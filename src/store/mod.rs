@@ -670,7 +670,13 @@ impl Store {
                     out.refused_ghost += 1;
                     continue;
                 }
-                Some(cur) if !self.remote_wins(cur.reg.marker, reg.marker) && !fills_stub(&cur.reg, &reg) => {
+                // A value replaces the stub of its own write, but not on a
+                // bounded store: there the stub is its own eviction, or a
+                // value it would evict again.
+                Some(cur)
+                    if !self.remote_wins(cur.reg.marker, reg.marker)
+                        && !(fills_stub(&cur.reg, &reg) && self.max_bytes.load(Ordering::Relaxed) == 0) =>
+                {
                     debug_assert!(
                         cur.reg.marker != reg.marker || cur.reg.val.same_write(&reg.val),
                         "two different writes share stamp {}",
