@@ -45,12 +45,6 @@ pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 /// One register of a bucket summary: key, stamp, and whether it is a stub.
 pub type SummaryItem = (Bytes, Stamp, bool);
 
-/// Whether `remote` is the value a held stub stood for (same stamp): it
-/// replaces the stub.
-fn fills_stub(held: &Register, remote: &Register) -> bool {
-    held.marker == remote.marker && held.val.is_stub() && matches!(remote.val, Slot::Value { .. })
-}
-
 /// Stubs a peer that knows no other member keeps, at most. It keeps them
 /// only against a peer it has not met that holds older values (a restart
 /// without seeds while the others run on); a peer alone for good should not
@@ -673,10 +667,7 @@ impl Store {
                 // A value replaces the stub of its own write, but not on a
                 // bounded store: there the stub is its own eviction, or a
                 // value it would evict again.
-                Some(cur)
-                    if !self.remote_wins(cur.reg.marker, reg.marker)
-                        && !(fills_stub(&cur.reg, &reg) && self.max_bytes.load(Ordering::Relaxed) == 0) =>
-                {
+                Some(cur) if !self.remote_wins(cur.reg.marker, reg.marker) && !self.refills(&cur.reg, &reg) => {
                     debug_assert!(
                         cur.reg.marker != reg.marker || cur.reg.val.same_write(&reg.val),
                         "two different writes share stamp {}",
@@ -709,6 +700,15 @@ impl Store {
             self.compact_if_needed(now_ms);
         }
         out
+    }
+
+    /// Whether `remote` is the value a held stub stood for (same stamp), on a
+    /// store without a bound: it replaces the stub.
+    fn refills(&self, held: &Register, remote: &Register) -> bool {
+        held.marker == remote.marker
+            && held.val.is_stub()
+            && matches!(remote.val, Slot::Value { .. })
+            && self.max_bytes.load(Ordering::Relaxed) == 0
     }
 
     /// LWW: whether a remote register replaces the one held. The higher
