@@ -225,7 +225,7 @@ pub struct StoreStats {
     /// stubs once they were.
     pub ghosted: u64,
     /// Stubs ghosted before they were stable, because stubs passed their
-    /// budget (`max_tombstones`).
+    /// budget (`max_stubs`, or `LONE_STUBS` on a peer alone).
     pub stubs_ghosted_early: u64,
     /// Incoming registers for keys not held, at or below their bucket's
     /// floor: refused without a reply.
