@@ -263,14 +263,9 @@ pub struct Store {
     /// deterministic under simulation). One for the whole store, so that a
     /// victim is the best candidate of every shard sampled, not of one.
     evictor: Mutex<Evictor>,
-    /// The collection watermark last passed to [`Store::collect`]: a
-    /// register that arrived before it is held by every member (or
-    /// something newer is), so evicting it may leave a ghost instead of a
-    /// stub.
+    /// The collection watermark last passed to [`Store::collect`] (`u64::MAX`
+    /// when no other member is known): see [`Store::ghost_before`].
     stable_before: AtomicU64,
-    /// The last collection knew no other member: stubs then wait for one
-    /// (see `collect`), within `LONE_STUBS`.
-    lone: std::sync::atomic::AtomicBool,
     counters: Counters,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
@@ -321,7 +316,6 @@ impl Store {
             policy: AtomicU8::new(config.policy.to_u8()),
             samples: AtomicUsize::new(config.samples.get()),
             stable_before: AtomicU64::new(0),
-            lone: std::sync::atomic::AtomicBool::new(false),
             evictor: Mutex::new(Evictor { pool: evict::Pool::default(), rng: SmallRng::seed_from_u64(config.seed) }),
             config,
             counters: Counters::default(),
@@ -434,8 +428,7 @@ impl Store {
             }
             let Some(victim) = pool.take() else { break };
             let (s, _) = self.locate(key_hash(&victim));
-            let stable_before =
-                if self.planted(Bug::GhostUnstable) { u64::MAX } else { self.stable_before.load(Ordering::Relaxed) };
+            let stable_before = if self.planted(Bug::GhostUnstable) { u64::MAX } else { self.ghost_before() };
             let mut g = self.shards[s].write();
             match g.evict(&victim, policy, now_ms, stable_before, |h| digest::bucket_of(h) & ((1 << shift) - 1)) {
                 Some((d, ghosted)) => {
@@ -506,13 +499,23 @@ impl Store {
         self.shards[s].read().map.get(key).map(|e| e.reg.clone())
     }
 
+    /// The watermark below which an evicted or stable register may become a
+    /// ghost: the collection watermark, or 0 (none) on a peer that knows no
+    /// other member (see `collect`).
+    fn ghost_before(&self) -> u64 {
+        match self.stable_before.load(Ordering::Relaxed) {
+            u64::MAX => 0,
+            t => t,
+        }
+    }
+
     /// Whether `key`'s register is stable: it arrived before the eviction
     /// watermark, so every member has since completed a session with this
     /// peer (ALGORITHM.md, "Eviction stays local").
     pub fn is_stable(&self, key: &[u8]) -> bool {
         let kh = key_hash(key);
         let (s, _) = self.locate(kh);
-        let before = self.stable_before.load(Ordering::Relaxed);
+        let before = self.ghost_before();
         self.shards[s].read().map.get(key).is_some_and(|e| e.arrival_ms < before)
     }
 
@@ -809,9 +812,8 @@ impl Store {
         // not met holds an older value, and a ghost could never tell that
         // peer, as a collected tombstone's refusal reply does: it keeps
         // stubs, which do.
-        let ghost_before = if stable_before == u64::MAX { 0 } else { stable_before };
-        self.stable_before.store(ghost_before, Ordering::Relaxed);
-        self.lone.store(stable_before == u64::MAX, Ordering::Relaxed);
+        self.stable_before.store(stable_before, Ordering::Relaxed);
+        let ghost_before = self.ghost_before();
         let bounded = self.max_bytes.load(Ordering::Relaxed) != 0;
         let grace = self.config.max_offset_ms;
         let (mut tombs, mut expired, mut ghosted) = (0, 0, 0);
@@ -900,7 +902,7 @@ impl Store {
             return;
         }
         let mut budget = self.config.max_stubs.get();
-        if self.lone.load(Ordering::Relaxed) {
+        if self.stable_before.load(Ordering::Relaxed) == u64::MAX {
             budget = budget.min(LONE_STUBS);
         }
         let held = self.stubs.load(Ordering::Relaxed).max(0) as usize;

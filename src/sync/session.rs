@@ -198,8 +198,9 @@ pub struct Session {
     /// sent. Summaries are read a shard at a time and cut into frames, so
     /// no message outgrows the frame limit however much differs.
     summary_queue: VecDeque<usize>,
-    /// Summary side: bucket summaries read but not yet sent.
-    summary_ready: VecDeque<BucketSummary>,
+    /// Summary side: bucket summaries read but not yet sent, each with the
+    /// bucket's change count read before it (see `summarised_buckets`).
+    summary_ready: VecDeque<(BucketSummary, u32)>,
     /// This side sends the summary (it received bucket-level digests).
     summary_sender: bool,
     /// The summary is still being sent.
@@ -217,9 +218,6 @@ pub struct Session {
     summarised_buckets: Vec<(u32, u32, u32)>,
     /// The peer's opening said it holds part of the keyspace.
     peer_holds_part: bool,
-    /// Summary side: the change counts of the buckets of the shard being
-    /// summarised, read before their summaries.
-    changes_at_read: HashMap<u32, u32>,
     /// The other side: buckets we hold in part, in increasing order, to be
     /// made equal to the peer's once its `Digests` and `Finish` arrived.
     to_adopt: Vec<Adoption>,
@@ -286,7 +284,6 @@ impl Session {
             summarised: Vec::new(),
             summarised_buckets: Vec::new(),
             peer_holds_part: false,
-            changes_at_read: HashMap::new(),
             to_adopt: Vec::new(),
             digests_last: None,
             summary_seen: 0,
@@ -704,9 +701,10 @@ impl Session {
             // whoever still holds that older version. A key we hold above
             // its floor is sent to it, and is in its final digest; a stable
             // one has been offered to every member since it arrived here.
-            let listed: std::collections::HashSet<&Bytes> = theirs.items.iter().map(|(k, _)| k).collect();
-            let hides_nothing =
-                ours.iter().all(|(k, r)| listed.contains(k) || r.marker > floor_there || replica.store().is_stable(k));
+            let hides_nothing = || {
+                let listed: std::collections::HashSet<&Bytes> = theirs.items.iter().map(|(k, _)| k).collect();
+                ours.iter().all(|(k, r)| listed.contains(k) || r.marker > floor_there || replica.store().is_stable(k))
+            };
             let blind = replica.store().has_planted(crate::store::Bug::AdoptBlind);
             // Between peers that both hold the bucket in part, only from the
             // higher node id: adopting in a circle (a from b, b from c, c
@@ -715,7 +713,7 @@ impl Session {
             let ranked = !partial_there
                 || floor_there == Stamp::ZERO
                 || self.peer.as_ref().is_some_and(|p| p.incarnation.node > replica.me().incarnation.node);
-            if partial_here && ((hides_nothing && ranked) || blind) {
+            if partial_here && (blind || ranked && hides_nothing()) {
                 let their_max = theirs.items.iter().map(|(_, st)| *st).max().unwrap_or(Stamp::ZERO);
                 self.to_adopt.push(Adoption {
                     changes_at_summary: replica.store().bucket_changes(theirs.bucket as usize),
@@ -794,22 +792,19 @@ impl Session {
                     ids.push(b);
                     self.summary_queue.pop_front();
                 }
+                let store = replica.store();
                 // Change counts first: a change after them shows, even one
                 // made before the summary is read.
-                if self.peer_holds_part {
-                    self.changes_at_read =
-                        ids.iter().map(|b| (*b as u32, replica.store().bucket_changes(*b))).collect();
-                }
-                let read = replica.store().bucket_summaries(&ids);
-                let store = replica.store();
+                let changes: Vec<u32> = ids.iter().map(|b| store.bucket_changes(*b)).collect();
+                let read = store.bucket_summaries(&ids);
                 let bounded = store.max_bytes().is_some();
-                self.summary_ready.extend(read.into_iter().map(|(b, read)| {
+                self.summary_ready.extend(read.into_iter().zip(changes).map(|((b, read), at)| {
                     // A bounded peer always sends a floor (perhaps zero): it
                     // wants no value for its stubs.
                     let floor = Some(store.bucket_floor(b)).filter(|f| *f != Stamp::ZERO || bounded);
                     let stubs = read.iter().enumerate().filter(|(_, x)| x.2).map(|(i, _)| i as u32).collect();
                     let items = read.into_iter().map(|(k, st, _)| (k, st)).collect();
-                    BucketSummary { bucket: b as u32, floor, items, stubs }
+                    (BucketSummary { bucket: b as u32, floor, items, stubs }, at)
                 }));
             }
         }
@@ -819,21 +814,20 @@ impl Session {
         }
         let mut size = 0;
         let mut chunk = Vec::new();
-        while let Some(b) = self.summary_ready.front() {
+        while let Some((b, _)) = self.summary_ready.front() {
             // Key, its length, and a 16-byte stamp per pair.
             let s = 23 + b.items.iter().map(|(k, _)| k.len() + varint_len(k.len() as u64) + 16).sum::<usize>();
             if !chunk.is_empty() && size + s > self.batch_bytes {
                 break;
             }
             size += s;
-            chunk.push(self.summary_ready.pop_front().expect("front() was Some"));
+            let (b, at) = self.summary_ready.pop_front().expect("front() was Some");
+            if self.peer_holds_part {
+                self.summarised_buckets.push((b.bucket, at, 0));
+            }
+            chunk.push(b);
         }
         self.summarised.extend(chunk.iter().flat_map(|b| b.items.iter().map(|(k, _)| k.clone())));
-        if self.peer_holds_part {
-            let at = &self.changes_at_read;
-            self.summarised_buckets
-                .extend(chunk.iter().map(|b| (b.bucket, at.get(&b.bucket).copied().unwrap_or(0), 0)));
-        }
         SyncMsg::Summary(chunk)
     }
 
