@@ -178,26 +178,15 @@ fn two_bounded_peers_converge_quietly_and_never_hold_an_older_value() {
 fn sync_with_a_push_mid_session(a: &Replica, b: &Replica, now: u64, mut mid: impl FnMut()) {
     use meshcache::sync::Session;
     use meshcache::wire::SyncMsg;
-    let (mut sa, mut sb) = (Session::initiate(a, now), Session::respond(now));
     let mut pushed = false;
-    for _ in 0..10_000 {
-        while let Some(m) = sa.poll_transmit(a) {
-            let summary = matches!(m, SyncMsg::Summary(_));
-            sb.handle_message(b, m, now).unwrap();
-            if summary && !pushed {
-                mid();
-                pushed = true;
-            }
+    let seen = |m: &SyncMsg| {
+        if matches!(m, SyncMsg::Summary(_)) && !pushed {
+            mid();
+            pushed = true;
         }
-        while let Some(m) = sb.poll_transmit(b) {
-            sa.handle_message(a, m, now).unwrap();
-        }
-        if sa.is_finished() && sb.is_finished() {
-            assert!(pushed, "the session summarised nothing");
-            return;
-        }
-    }
-    panic!("session did not finish");
+    };
+    drive(a, Session::initiate(a, now), now, b, Session::respond(now), now, seen).unwrap();
+    assert!(pushed, "the session summarised nothing");
 }
 
 /// A third peer's newer write reaches the bounded peer t in the middle of a
@@ -268,28 +257,26 @@ fn final_digests_are_cut_into_frames_and_every_bucket_is_adopted() {
     }
     // One round started by s, with frames of at most a few digests.
     now += 10;
-    let (mut ss, mut st) =
-        (Session::initiate(&s, now).with_batch_bytes(64), Session::respond(now).with_batch_bytes(64));
     let mut digest_frames = 0;
-    for _ in 0..100_000 {
-        while let Some(m) = ss.poll_transmit(&s) {
-            if let SyncMsg::Digests(d) = &m {
-                assert!(d.len() <= 4, "{} digests in one frame", d.len());
-                digest_frames += 1;
-            }
-            st.handle_message(&t, m, now).unwrap();
+    let count = |m: &SyncMsg| {
+        if let SyncMsg::Digests(d) = m {
+            assert!(d.len() <= 4, "{} digests in one frame", d.len());
+            digest_frames += 1;
         }
-        while let Some(m) = st.poll_transmit(&t) {
-            ss.handle_message(&s, m, now).unwrap();
-        }
-        if ss.is_finished() && st.is_finished() {
-            break;
-        }
-    }
-    assert!(ss.is_complete() && st.is_complete());
+    };
+    let (_, st) = drive(
+        &s,
+        Session::initiate(&s, now).with_batch_bytes(64),
+        now,
+        &t,
+        Session::respond(now).with_batch_bytes(64),
+        now,
+        count,
+    )
+    .unwrap();
     assert!(digest_frames > 10, "{digest_frames} Digests frames");
     // t adopted every bucket it held in part, so the next round is quiet.
-    assert!(st.stats().ghosts_adopted > 10, "{:?}", st.stats());
+    assert!(st.ghosts_adopted > 10, "{st:?}");
     now += 10;
     let (x, y) = sync(&s, &t, now).unwrap();
     assert_eq!((x.mode, y.mode), (Mode::InSync, Mode::InSync));

@@ -52,14 +52,28 @@ pub fn sync(a: &Replica, b: &Replica, now: u64) -> Result<(SessionStats, Session
 
 /// As `sync`, with each side's own local time.
 pub fn sync_at(a: &Replica, now_a: u64, b: &Replica, now_b: u64) -> Result<(SessionStats, SessionStats), SyncError> {
-    let mut sa = Session::initiate(a, now_a);
-    let mut sb = Session::respond(now_b);
+    drive(a, Session::initiate(a, now_a), now_a, b, Session::respond(now_b), now_b, |_| {})
+}
+
+/// Runs two sessions already opened (`sa` on `a`, initiating; `sb` on `b`)
+/// to their end, calling `seen` with each of `a`'s messages once `b` has
+/// taken it in. Returns both sides' stats, or the first error.
+pub fn drive(
+    a: &Replica,
+    mut sa: Session,
+    now_a: u64,
+    b: &Replica,
+    mut sb: Session,
+    now_b: u64,
+    mut seen: impl FnMut(&SyncMsg),
+) -> Result<(SessionStats, SessionStats), SyncError> {
     // Bounded: a session that does not finish in this many turns is a bug.
     for _ in 0..100_000 {
         let mut moved = false;
         while let Some(m) = sa.poll_transmit(a) {
             moved = true;
-            if let Err(e) = sb.handle_message(b, over_the_wire(m), now_b) {
+            let m = over_the_wire(m);
+            if let Err(e) = sb.handle_message(b, m.clone(), now_b) {
                 // A refusing side still sends what it queued (its Reject):
                 // the initiator's view of the failure is the one to report.
                 while let Some(m) = sb.poll_transmit(b) {
@@ -67,6 +81,7 @@ pub fn sync_at(a: &Replica, now_a: u64, b: &Replica, now_b: u64) -> Result<(Sess
                 }
                 return Err(e);
             }
+            seen(&m);
         }
         while let Some(m) = sb.poll_transmit(b) {
             moved = true;
