@@ -207,3 +207,76 @@ fn lru_evicts_the_least_recent_even_in_a_nearly_empty_store() {
     s.put(key(2), value(), None, T0 + 4).unwrap();
     assert_eq!((s.get(&key(1), T0 + 4), s.get(&key(2), T0 + 4).is_some()), (None, true));
 }
+
+#[test]
+fn writers_on_several_threads_are_never_refused_while_something_can_be_evicted() {
+    // Each writer crosses the bound and the next eviction restores it; a
+    // write that sees another's crossing must evict, not fail.
+    let s = std::sync::Arc::new(bounded(50, EvictionPolicy::AllkeysLru));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..5_000 {
+                    s.put(key(t * 100_000 + i), value(), None, T0 + i).expect("evicts instead of refusing");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Every writer has returned, so every eviction it owed has run.
+    within_bound(&s);
+    assert!(s.stats().evictions >= 20_000 - 50, "{:?}", s.stats());
+}
+
+#[test]
+fn a_value_budget_below_the_bound_evicts_down_to_it_and_lifting_it_restores_the_bound() {
+    let s = bounded(100, EvictionPolicy::AllkeysLru);
+    for i in 0..100 {
+        s.put(key(i), value(), None, T0 + i).unwrap();
+    }
+    let held = |s: &Store| (0..100).filter(|i| s.get(&key(*i), T0 + 200).is_some()).count();
+    assert_eq!(held(&s), 100);
+    s.set_value_budget(NonZeroUsize::new(40 * entry_cost()), T0 + 100);
+    assert_eq!(s.value_limit(), 40 * entry_cost());
+    assert!(s.value_bytes() <= 40 * entry_cost(), "{} over the budget", s.value_bytes());
+    assert_eq!(held(&s), 40);
+    // A budget above the bound does not lift the bound.
+    s.set_value_budget(NonZeroUsize::new(1_000 * entry_cost()), T0 + 300);
+    assert_eq!(s.value_limit(), 100 * entry_cost());
+    s.set_value_budget(None, T0 + 300);
+    for i in 100..300 {
+        s.put(key(i), value(), None, T0 + 300 + i).unwrap();
+    }
+    within_bound(&s);
+    assert_eq!((100..300).filter(|i| s.get(&key(*i), T0 + 600).is_some()).count(), 100);
+}
+
+#[test]
+fn a_written_value_does_not_keep_the_buffer_it_was_cut_from() {
+    // A client's read buffer holds many commands; the store must not keep
+    // it alive through the slices it was handed.
+    let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+    let s = Store::new(NodeId(1), StoreConfig::default()).unwrap();
+    s.put(buffer.slice(0..8), buffer.slice(8..108), None, T0).unwrap();
+    let got = s.get(&buffer[0..8], T0).unwrap();
+    let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+    assert!(!range.contains(&(got.as_ptr() as usize)), "the value is a slice of the client's buffer");
+    let (_, regs) = s.snapshot();
+    assert!(!range.contains(&(regs[0].0.as_ptr() as usize)), "the key is a slice of the client's buffer");
+}
+
+#[test]
+fn stub_and_tombstone_budgets_shrink_with_the_bound() {
+    let s = bounded(100, EvictionPolicy::AllkeysLru);
+    // A tiny bound keeps the floor of its share.
+    assert_eq!(s.stub_budget(), MIN_SHARE_COUNT);
+    assert_eq!(s.tombstone_budget(), MIN_SHARE_COUNT);
+    let big = 64usize << 20;
+    s.set_max_bytes(NonZeroUsize::new(big), T0);
+    assert_eq!(s.tombstone_budget(), big / SHARE_DIVISOR / NOMINAL_DEAD_COST);
+    s.set_max_bytes(None, T0);
+    assert_eq!(s.tombstone_budget(), 100_000, "max_tombstones alone without a bound");
+}

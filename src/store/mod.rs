@@ -54,6 +54,19 @@ pub const LONE_STUBS: usize = 10_000;
 /// Bytes the memory bound counts for one entry beyond its key and value.
 pub const ENTRY_OVERHEAD: usize = shard::ENTRY_OVERHEAD;
 
+/// Under a memory bound, stubs and tombstones may each take about this
+/// share of it (1/`SHARE_DIVISOR`): neither can be evicted like a value,
+/// so their budgets shrink with the bound (see [`Store::stub_budget`]).
+const SHARE_DIVISOR: usize = 8;
+
+/// What a stub or a tombstone is taken to cost when a budget is derived
+/// from the bound: the entry overhead and a 32-byte key.
+const NOMINAL_DEAD_COST: usize = ENTRY_OVERHEAD + 32;
+
+/// The least a bound's share allows of stubs and of tombstones, however
+/// small the bound: a few hundred kilobytes.
+const MIN_SHARE_COUNT: usize = 1_000;
+
 /// Store settings. Every field is documented with why it exists.
 ///
 /// Start from the default (`StoreConfig { shards, ..StoreConfig::default() }`)
@@ -68,7 +81,10 @@ pub struct StoreConfig {
     /// overhead of every register that holds a value). Past it, values are
     /// evicted into ghosts or stubs as `policy` chooses. Stubs and
     /// tombstones are bounded separately, by `max_stubs` and
-    /// `max_tombstones`. `None` means unbounded. The
+    /// `max_tombstones`, and each by an eighth of this bound
+    /// ([`Store::stub_budget`], [`Store::tombstone_budget`]). A process
+    /// that bounds all its memory also sets [`Store::set_value_budget`].
+    /// `None` means unbounded. The
     /// starting value: [`Store::set_max_bytes`] changes it at run time.
     pub max_bytes: Option<NonZeroUsize>,
     /// What to evict first (Redis's `maxmemory-policy`). The starting value:
@@ -225,7 +241,7 @@ pub struct StoreStats {
     /// stubs once they were.
     pub ghosted: u64,
     /// Stubs ghosted before they were stable, because stubs passed their
-    /// budget (`max_stubs`, or `LONE_STUBS` on a peer alone).
+    /// budget ([`Store::stub_budget`]).
     pub stubs_ghosted_early: u64,
     /// Incoming registers for keys not held, at or below their bucket's
     /// floor: refused without a reply.
@@ -257,6 +273,9 @@ pub struct Store {
     /// The bound in force (0: none), the policy and the samples per
     /// eviction, all settable at run time.
     max_bytes: AtomicUsize,
+    /// A tighter bound for values set by a process that also counts the
+    /// memory outside the store (0: none; see [`Store::set_value_budget`]).
+    value_budget: AtomicUsize,
     policy: AtomicU8,
     samples: AtomicUsize,
     /// The eviction pool and its sampling RNG (seeded: eviction is
@@ -313,6 +332,7 @@ impl Store {
             stubs: AtomicIsize::new(0),
             value_bytes: AtomicIsize::new(0),
             max_bytes: AtomicUsize::new(config.max_bytes.map_or(0, |b| b.get())),
+            value_budget: AtomicUsize::new(0),
             policy: AtomicU8::new(config.policy.to_u8()),
             samples: AtomicUsize::new(config.samples.get()),
             stable_before: AtomicU64::new(0),
@@ -355,7 +375,7 @@ impl Store {
     /// at local time `now_ms`.
     pub fn set_max_bytes(&self, max: Option<NonZeroUsize>, now_ms: u64) {
         self.max_bytes.store(max.map_or(0, |b| b.get()), Ordering::Relaxed);
-        if self.enforce_bound(now_ms) > 0 {
+        if self.enforce_bound(now_ms).0 > 0 {
             self.compact_if_needed(now_ms);
         }
     }
@@ -382,9 +402,32 @@ impl Store {
         self.value_bytes.load(Ordering::Relaxed).max(0) as usize
     }
 
-    fn over_bound(&self) -> bool {
+    /// What values may hold now: the bound, or the value budget when one
+    /// is set and smaller. 0: no bound.
+    pub fn value_limit(&self) -> usize {
         let max = self.max_bytes.load(Ordering::Relaxed);
-        max != 0 && self.value_bytes() > max
+        match self.value_budget.load(Ordering::Relaxed) {
+            0 => max,
+            _ if max == 0 => 0,
+            b => b.min(max),
+        }
+    }
+
+    /// Sets how many bytes values may hold, below the bound (`None`: the
+    /// bound alone), and evicts down to it at once. A process that bounds
+    /// all of its memory by `max_bytes` calls this as its other memory
+    /// (stubs, tombstones, tables, buffers) grows and shrinks: values are
+    /// the part that can give way. Without a bound it does nothing.
+    pub fn set_value_budget(&self, budget: Option<NonZeroUsize>, now_ms: u64) {
+        self.value_budget.store(budget.map_or(0, |b| b.get()), Ordering::Relaxed);
+        if self.max_bytes.load(Ordering::Relaxed) != 0 && self.over_bound() && self.enforce_bound(now_ms).0 > 0 {
+            self.compact_if_needed(now_ms);
+        }
+    }
+
+    fn over_bound(&self) -> bool {
+        let limit = self.value_limit();
+        limit != 0 && self.value_bytes() > limit
     }
 
     /// Evicts values until they fit the bound or the policy finds nothing
@@ -392,11 +435,12 @@ impl Store {
     /// until it has its samples, offers them to the store's pool, and evicts
     /// the pool's best candidate. Shard locks are taken one at a time, after
     /// the evictor's, so this runs after a write has released its own.
-    /// Returns how many values were evicted.
-    fn enforce_bound(&self, now_ms: u64) -> usize {
+    /// Returns how many values were evicted, and whether the store is still
+    /// over its bound because the policy found nothing more to evict.
+    fn enforce_bound(&self, now_ms: u64) -> (usize, bool) {
         let policy = self.policy();
         if policy == EvictionPolicy::Noeviction {
-            return 0;
+            return (0, self.over_bound());
         }
         let samples = self.samples();
         let shift = self.shard_shift;
@@ -408,7 +452,13 @@ impl Store {
         // were sampled) or shards sampled in vain: a bound on both keeps a
         // store with nothing left to evict from spinning.
         let mut misses = 0;
-        while self.over_bound() && misses < 2 * n + POOL_SIZE {
+        loop {
+            if !self.over_bound() {
+                return (evicted, false);
+            }
+            if misses >= 2 * n + POOL_SIZE {
+                return (evicted, true);
+            }
             if policy.is_random() {
                 // No candidate is better than another: evict the latest.
                 pool.clear();
@@ -426,7 +476,7 @@ impl Store {
                     break;
                 }
             }
-            let Some(victim) = pool.take() else { break };
+            let Some(victim) = pool.take() else { return (evicted, true) };
             let (s, _) = self.locate(key_hash(&victim));
             let stable_before = if self.planted(Bug::GhostUnstable) { u64::MAX } else { self.ghost_before() };
             let mut g = self.shards[s].write();
@@ -443,7 +493,6 @@ impl Store {
                 None => misses += 1,
             }
         }
-        evicted
     }
 
     /// The current floors.
@@ -552,10 +601,18 @@ impl Store {
         now_ms: u64,
         f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
     ) -> Result<Option<Written>, OutOfMemory> {
-        let mut evicted = 0;
+        // Only eviction that found nothing to evict refuses a write. Being
+        // over the bound is not enough: with writers on several threads the
+        // bound is crossed by one write and restored by the next eviction,
+        // and a write seeing the crossing must not fail for it.
+        let (mut evicted, mut full) = (0, false);
         if self.over_bound() {
-            evicted += self.enforce_bound(now_ms);
+            (evicted, full) = self.enforce_bound(now_ms);
         }
+        // The store keeps its own copy: `key` and the value may be slices
+        // of a larger buffer (a client's read buffer), which a stored slice
+        // would keep alive whole, uncounted.
+        let key = Bytes::copy_from_slice(&key);
         let kh = key_hash(&key);
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
@@ -564,9 +621,13 @@ impl Store {
         let previous = current.and_then(|v| v.visible(now_ms).cloned());
         let held = g.map.get(&key).map_or(0, |e| shard::cost(&key, &e.reg.val));
         let Some(slot) = f(current, stamp) else { return Ok(None) };
-        if matches!(slot, Slot::Value { .. }) && self.over_bound() && shard::cost(&key, &slot) > held {
+        if matches!(slot, Slot::Value { .. }) && full && shard::cost(&key, &slot) > held {
             return Err(OutOfMemory);
         }
+        let slot = match slot {
+            Slot::Value { data, expires_at_ms } => Slot::Value { data: Bytes::copy_from_slice(&data), expires_at_ms },
+            other => other,
+        };
         let register = Register { val: slot, marker: stamp };
         let cb = self.floors.read().clear_below;
         if stamp < cb {
@@ -577,7 +638,7 @@ impl Store {
         drop(g);
         self.apply(d);
         if self.over_bound() {
-            evicted += self.enforce_bound(now_ms);
+            evicted += self.enforce_bound(now_ms).0;
         }
         if is_tomb || evicted > 0 {
             self.compact_if_needed(now_ms);
@@ -696,7 +757,7 @@ impl Store {
         // A write from a peer is never refused for memory: refusing it would
         // leave this replica on the older value. The policy evicts instead
         // (with `noeviction`, the values stay over the bound; see README).
-        if self.over_bound() && self.enforce_bound(now_ms) > 0 {
+        if self.over_bound() && self.enforce_bound(now_ms).0 > 0 {
             added_tombstone = true;
         }
         if added_tombstone {
@@ -888,7 +949,37 @@ impl Store {
         (tombs, expired)
     }
 
-    /// Bounds the stubs: past `max_stubs` of them, the oldest are made
+    /// The share of a bound of `max` bytes that stubs, or tombstones, may
+    /// take, as a count (unbounded without a bound).
+    fn share_of(max: usize) -> usize {
+        match max {
+            0 => usize::MAX,
+            m => (m / SHARE_DIVISOR / NOMINAL_DEAD_COST).max(MIN_SHARE_COUNT),
+        }
+    }
+
+    /// How many stubs the store keeps before it ghosts the oldest early:
+    /// `max_stubs`, at most an eighth of the memory bound (a stub is memory
+    /// the bound must count, and it cannot be evicted), and at most
+    /// [`LONE_STUBS`] on a peer that knows no other member.
+    pub fn stub_budget(&self) -> usize {
+        let mut budget = self.config.max_stubs.get().min(Self::share_of(self.max_bytes.load(Ordering::Relaxed)));
+        if self.stable_before.load(Ordering::Relaxed) == u64::MAX {
+            budget = budget.min(LONE_STUBS);
+        }
+        budget
+    }
+
+    /// How many tombstones the store keeps before it compacts:
+    /// `max_tombstones`, and at most an eighth of the memory bound. A
+    /// tombstone cannot be evicted (it would bring its value back), so a
+    /// smaller bound compacts sooner; tombstones pile up only while a
+    /// member is unreachable, which is what compaction is for.
+    pub fn tombstone_budget(&self) -> usize {
+        self.config.max_tombstones.get().min(Self::share_of(self.max_bytes.load(Ordering::Relaxed)))
+    }
+
+    /// Bounds the stubs: past [`Store::stub_budget`] of them, the oldest are made
     /// ghosts before they are stable, down to half the budget. Stubs wait
     /// for stability only while a member is unreachable, so this happens
     /// during a long partition with eviction under way; the price is
@@ -901,10 +992,7 @@ impl Store {
         if self.max_bytes.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let mut budget = self.config.max_stubs.get();
-        if self.stable_before.load(Ordering::Relaxed) == u64::MAX {
-            budget = budget.min(LONE_STUBS);
-        }
+        let budget = self.stub_budget();
         let held = self.stubs.load(Ordering::Relaxed).max(0) as usize;
         if held <= budget {
             return;
@@ -938,14 +1026,14 @@ impl Store {
         }
     }
 
-    /// Enforces the tombstone budget: past `max_tombstones` tombstones,
+    /// Enforces the tombstone budget: past [`Store::tombstone_budget`] tombstones,
     /// raises `clear_below` just above the oldest of them so that the newest
     /// half of the budget remains. Values older than the bar go too. Stubs
     /// never cause a compaction (memory pressure must not delete data on
     /// other peers): past the same budget they become ghosts instead.
     pub fn compact_if_needed(&self, _now_ms: u64) -> Option<Compaction> {
         self.ghost_excess_stubs();
-        let budget = self.config.max_tombstones.get();
+        let budget = self.tombstone_budget();
         let held = self.tombstones.load(Ordering::Relaxed).max(0);
         if held as usize <= budget {
             return None;

@@ -42,10 +42,24 @@ impl Clone for Entry {
     }
 }
 
-/// Estimated bytes one entry costs beyond its key and value bytes: the map
-/// slot, the entry, the index table and allocator slack. Used for the memory
-/// bound; `benches/` measures the real figure.
-pub(crate) const ENTRY_OVERHEAD: usize = std::mem::size_of::<(u64, Bytes, Entry)>() + 16;
+/// Estimated bytes one entry costs beyond its key and value bytes, used for
+/// the memory bound (row 6 of BENCHMARKS.md measures the real figure):
+/// - the map's slot (hash, key handle, entry), times 3/2: a table that
+///   doubles when full is on average about two thirds full;
+/// - the index, a `usize` per slot at a load of at most 7/8, and the same
+///   slack;
+/// - two `bytes` headers of 32 bytes: the key and the value each get one
+///   the first time they are shared (a push, a read);
+/// - 16 bytes of allocator rounding for the key and the value together.
+///
+/// Close is enough: a process that bounds all of its memory corrects for
+/// the difference with its allocator's count (`node::memory`), and the
+/// closer the estimate, the steadier that correction.
+pub(crate) const ENTRY_OVERHEAD: usize =
+    std::mem::size_of::<(u64, Bytes, Entry)>() * 3 / 2 + std::mem::size_of::<usize>() * 2 + 2 * 32 + 16;
+
+/// Capacity below which a shard's table is never shrunk.
+const MIN_TABLE: usize = 64;
 
 pub(crate) struct Shard {
     pub(crate) map: IndexMap<Bytes, Entry, foldhash::fast::RandomState>,
@@ -258,6 +272,14 @@ impl Shard {
         let e = self.map.swap_remove(key)?;
         let d = self.unindex(key, &e, local_bucket);
         self.count_change(local_bucket);
+        // A table keeps its largest size unless told otherwise; after a
+        // flush or a wave of ghosting that is memory the bound pays for
+        // and nothing uses. Halving the slack each time it passes 3/4 of
+        // the table costs O(1) per removal, amortized.
+        let cap = self.map.capacity();
+        if cap > MIN_TABLE && self.map.len() * 4 < cap {
+            self.map.shrink_to(self.map.len() * 2);
+        }
         Some((e, d))
     }
 
