@@ -39,7 +39,9 @@ pub(super) async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: 
             if allowed {
                 let s = Session::respond(inner.env.now_ms());
                 let env = inner.env.clone();
-                let r = run_session(&inner.replica, s, send, recv, inner.codec, move || env.now_ms(), || {}).await;
+                let publish = |c| inner.publish_all(c);
+                let r =
+                    run_session(&inner.replica, s, send, recv, inner.codec, move || env.now_ms(), || {}, publish).await;
                 finish_session(&inner, &conn, &id, r);
             }
             inner.with_links(|d, now| d.links.handle_session_finished(now, session));
@@ -57,7 +59,8 @@ pub(super) async fn initiate(inner: Arc<Inner>, conn: quinn::Connection, id: Mem
             move || inner.with_links(|d, _| d.links.handle_session_accepted(session))
         };
         let env = inner.env.clone();
-        let r = run_session(&inner.replica, s, send, recv, inner.codec, move || env.now_ms(), accepted).await;
+        let publish = |c| inner.publish_all(c);
+        let r = run_session(&inner.replica, s, send, recv, inner.codec, move || env.now_ms(), accepted, publish).await;
         finish_session(&inner, &conn, &id, r);
     }
     inner.with_links(|d, now| d.links.handle_session_finished(now, session));

@@ -94,7 +94,11 @@ pub(crate) struct SessionResult {
 /// concurrently, so that two sides streaming large stores at each other
 /// cannot deadlock on flow control. `accepted` is called once the session
 /// is past waiting for the peer's accept: while an initiator waits, this
-/// peer's responders need not wait for it (see `Links`).
+/// peer's responders need not wait for it (see `Links`). `publish` gets the
+/// changes each message made as soon as it is merged: a session that
+/// brings a peer many registers would otherwise hold a change for each
+/// until it ends.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_session(
     replica: &Replica,
     mut session: Session,
@@ -103,6 +107,7 @@ pub(crate) async fn run_session(
     codec: FrameCodec,
     now_ms: impl Fn() -> u64,
     accepted: impl FnOnce(),
+    publish: impl Fn(Vec<Change>),
 ) -> SessionResult {
     let mut accepted = Some(accepted);
     // The writer owns the send stream; frames reach it through a small
@@ -148,7 +153,12 @@ pub(crate) async fn run_session(
                 }
                 m = in_rx.recv(), if !recv_done => match m {
                     Some(Ok(Some(Message::Sync(msg)))) => {
-                        session.handle_message(replica, msg, now_ms())?;
+                        let handled = session.handle_message(replica, msg, now_ms());
+                        let changes = session.take_changes();
+                        if !changes.is_empty() {
+                            publish(changes);
+                        }
+                        handled?;
                         if session.phase() != Phase::AwaitAccept {
                             if let Some(f) = accepted.take() {
                                 f();

@@ -57,6 +57,17 @@ use crate::wire::{encoded_len, BucketSummary, Refusal, SyncHello, SyncMsg, LENGT
 /// amortize framing, small enough to interleave with other traffic.
 pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
 
+/// A side that holds part of the keyspace keeps, for each bucket it may
+/// adopt, the peer's stamps for the keys both hold until the peer's final
+/// digests arrive. That state is bounded by 1/`ADOPT_BUDGET_SHARE` of its
+/// memory bound (at least [`MIN_ADOPT_BUDGET`]): a peer catching up on a
+/// large mesh differs in every bucket, and the buckets past the budget are
+/// adopted in later rounds instead.
+pub const ADOPT_BUDGET_SHARE: usize = 32;
+
+/// The least adoption state a session may keep, in bytes.
+pub const MIN_ADOPT_BUDGET: usize = 64 * 1024;
+
 /// A nearly empty side: when the smaller store holds at most
 /// `1/STREAM_RATIO` of the larger, descending the tree costs more than it
 /// saves, and both sides stream everything instead.
@@ -125,6 +136,10 @@ pub struct SessionStats {
     /// Buckets this side holds in part whose digest it made equal to the
     /// peer's (ghosts adopted: ALGORITHM.md, "Eviction").
     pub ghosts_adopted: u64,
+    /// Buckets this side holds in part that it did not prepare to adopt,
+    /// because the session's adoption state reached its budget
+    /// ([`ADOPT_BUDGET_SHARE`]); a later round adopts them.
+    pub adoptions_deferred: u64,
     /// How the differences were found.
     pub mode: Mode,
 }
@@ -161,7 +176,7 @@ struct Adoption {
     /// ours; and not as a value where the peer holds the stub, or a peer
     /// without a bound that holds the stub would see our digests agree and
     /// never ask us for the value.
-    held: Vec<(Bytes, Stamp, bool)>,
+    held: Box<[(Bytes, Stamp, bool)]>,
     /// The bucket's change count when the summary arrived, and the changes
     /// this session made since (registers merged, registers dropped on the
     /// refusal reply). Any other change (a push from a third peer, an
@@ -223,6 +238,9 @@ pub struct Session {
     to_adopt: Vec<Adoption>,
     /// The other side: the last bucket of the peer's `Digests` so far.
     digests_last: Option<u32>,
+    /// The other side: bytes `to_adopt` holds, and the most it may hold.
+    adopt_bytes: usize,
+    adopt_budget: usize,
     /// The other side: `key@stamp` pairs of the peer's summary seen so far
     /// (the position of the next one).
     summary_seen: u64,
@@ -286,6 +304,8 @@ impl Session {
             peer_holds_part: false,
             to_adopt: Vec::new(),
             digests_last: None,
+            adopt_bytes: 0,
+            adopt_budget: usize::MAX,
             summary_seen: 0,
             want_last: None,
             want_buf: Vec::new(),
@@ -566,6 +586,8 @@ impl Session {
     }
 
     fn open(&mut self, replica: &Replica, h: &SyncHello, now_ms: u64) -> Result<(), SyncError> {
+        self.adopt_budget =
+            replica.store().max_bytes().map_or(usize::MAX, |m| (m.get() / ADOPT_BUDGET_SHARE).max(MIN_ADOPT_BUDGET));
         match replica.observe_sync_hello(h, now_ms) {
             Ok(changes) => self.changes.extend(changes),
             Err(SyncRefused::Peer(why)) => {
@@ -713,7 +735,9 @@ impl Session {
             let ranked = !partial_there
                 || floor_there == Stamp::ZERO
                 || self.peer.as_ref().is_some_and(|p| p.incarnation.node > replica.me().incarnation.node);
-            if partial_here && (blind || ranked && hides_nothing()) {
+            if partial_here && self.adopt_bytes >= self.adopt_budget {
+                self.stats.adoptions_deferred += 1;
+            } else if partial_here && (blind || ranked && hides_nothing()) {
                 let their_max = theirs.items.iter().map(|(_, st)| *st).max().unwrap_or(Stamp::ZERO);
                 self.to_adopt.push(Adoption {
                     changes_at_summary: replica.store().bucket_changes(theirs.bucket as usize),
@@ -726,9 +750,13 @@ impl Session {
                         .enumerate()
                         .filter(|(_, (k, _))| ours_idx.contains_key(k))
                         .map(|(i, (k, st))| (k.clone(), *st, theirs.stubs.binary_search(&(i as u32)).is_ok()))
-                        .collect(),
+                        .collect::<Vec<_>>()
+                        .into_boxed_slice(),
                     their_digest: None,
                 });
+                let a = self.to_adopt.last().expect("just pushed");
+                self.adopt_bytes += std::mem::size_of::<Adoption>()
+                    + a.held.iter().map(|(k, ..)| std::mem::size_of::<(Bytes, Stamp, bool)>() + k.len()).sum::<usize>();
             }
             let stubs = theirs.stubs;
             let theirs: HashMap<Bytes, (Stamp, bool)> = theirs
