@@ -343,3 +343,46 @@ fn a_mesh_of_bounded_peers_only_goes_quiet() {
     assert!(s.bytes_sent < 200 && t.bytes_sent < 200, "{s:?} {t:?}");
     println!("quiet after {round} round(s)");
 }
+
+#[test]
+fn a_bounded_peer_that_differs_in_more_buckets_than_its_adoption_budget_adopts_the_rest_in_later_rounds() {
+    // `t`'s bound is small enough that its adoption state per session
+    // (at least 64 KiB) covers about a thousand buckets; the load makes it
+    // ghost in about five thousand.
+    let s = replica("s", 1);
+    let t = bounded("t", 2, 200);
+    let mut now = T0;
+    for i in 0..5_000 {
+        now += 1;
+        let w = s.put(key(i), value(i), None, now).unwrap();
+        t.handle_deltas(s.deltas(vec![(w.key, w.register)], false), now).unwrap();
+    }
+    // Every member has synced since: what `t` evicts from here on is
+    // stable, and becomes a ghost.
+    for _ in 0..2 {
+        now += 10;
+        sync(&s, &t, now).unwrap();
+        sync(&t, &s, now).unwrap();
+        s.tick(now);
+        t.tick(now);
+    }
+    let (mut deferred, mut adopted) = (0, 0);
+    let mut quiet = false;
+    for _ in 0..30 {
+        now += 10;
+        s.tick(now);
+        t.tick(now);
+        let (x, y) = sync(&s, &t, now).unwrap();
+        let (p, q) = sync(&t, &s, now).unwrap();
+        deferred += x.adoptions_deferred + y.adoptions_deferred + p.adoptions_deferred + q.adoptions_deferred;
+        adopted += x.ghosts_adopted + y.ghosts_adopted + p.ghosts_adopted + q.ghosts_adopted;
+        if x.mode == Mode::InSync && p.mode == Mode::InSync {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(deferred > 0, "the budget never deferred an adoption ({adopted} adopted): the test shows nothing");
+    assert!(quiet, "not in sync after 30 rounds each way ({deferred} deferred, {adopted} adopted)");
+    assert_eq!(s.store().stats().entries, 5_000);
+    no_older_value(&t, &s);
+}
