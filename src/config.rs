@@ -29,6 +29,11 @@ fn invalid(field: &'static str, why: impl Into<String>) -> MeshConfigError {
     MeshConfigError::Invalid { field, why: why.into() }
 }
 
+/// The smallest `receive_window`: one push batch must fit.
+const MIN_RECEIVE_WINDOW: usize = 64 * 1024;
+/// The largest `receive_window` QUIC can carry (a variable-length integer).
+const MAX_RECEIVE_WINDOW: usize = (1 << 62) - 1;
+
 /// Settings of one peer. Durations are in milliseconds in TOML, except
 /// `push_delay` (microseconds).
 ///
@@ -73,6 +78,12 @@ pub struct MeshConfig {
     pub push_queue_bytes: usize,
     /// Largest frame accepted from a peer (bytes).
     pub max_frame: usize,
+    /// Most bytes a peer may have sent on one connection that this peer
+    /// has not read yet (QUIC flow control; also the cap per stream and on
+    /// what this peer sends unacknowledged). `None`: quinn's defaults (no
+    /// cap per connection, 1.25 MB per stream). A peer that reads slowly
+    /// then slows its senders instead of buffering for them.
+    pub receive_window: Option<usize>,
     /// A peer started with seeds accepts writes once it has synced with one;
     /// if no seed answers for this long (ms), it starts on its own.
     #[serde(with = "ms")]
@@ -121,6 +132,7 @@ impl Default for MeshConfig {
             push_batch_bytes: 64 * 1024,
             push_queue_bytes: 32 << 20,
             max_frame: crate::wire::DEFAULT_MAX_FRAME,
+            receive_window: None,
             bootstrap_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(3),
@@ -148,8 +160,29 @@ impl MeshConfig {
         }
     }
 
+    /// Shrinks the buffers that would not fit inside `max_bytes` when it
+    /// bounds the whole process (the `meshcache` command): each peer's push
+    /// queue, and what each peer may send unread (`receive_window`), to a
+    /// thirty-second of it. A full queue is dropped and anti-entropy repairs
+    /// that peer, so a small queue costs repair traffic, not data; a small
+    /// window costs a fast sender some speed.
+    /// `max_frame` stays: peers must agree on it (a frame one peer may send
+    /// and another refuses would stall their sessions), and a frame's
+    /// buffer grows only with the bytes a peer actually sends, which the
+    /// process bound counts.
+    pub fn fit_to_bound(&mut self) {
+        if let Some(max) = self.max_bytes {
+            self.push_queue_bytes = self.push_queue_bytes.min(max / 32).max(self.push_batch_bytes);
+            let window = self.receive_window.unwrap_or(usize::MAX).min(max / 32).max(MIN_RECEIVE_WINDOW);
+            self.receive_window = Some(window);
+        }
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), MeshConfigError> {
+        if self.receive_window.is_some_and(|w| !(MIN_RECEIVE_WINDOW..=MAX_RECEIVE_WINDOW).contains(&w)) {
+            return Err(invalid("receive_window", "must be between 64 KiB and 2^62 - 1 bytes"));
+        }
         validate_name(&self.name)?;
         if self.advertise.is_none() && self.listen.ip().is_unspecified() {
             return Err(invalid("advertise", "required when `listen` is a wildcard address"));

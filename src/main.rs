@@ -33,6 +33,19 @@ use meshcache::{admin, Mesh, MeshConfig, MeshError};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+/// jemalloc counts what the process allocates, which `--max-bytes` bounds
+/// (see [`allocated`]).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Bytes the process has allocated, by jemalloc's count: what
+/// `--max-bytes` bounds and INFO reports as `used_memory`. jemalloc
+/// refreshes its statistics when the epoch advances.
+fn allocated() -> Option<usize> {
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    tikv_jemalloc_ctl::stats::allocated::read().ok()
+}
+
 /// Where `node` serves, and `status` and `forget` look for, the admin port:
 /// one above the default peer port (7946).
 const DEFAULT_ADMIN: &str = "127.0.0.1:7947";
@@ -402,7 +415,15 @@ fn node_config(args: &NodeArgs) -> Result<MeshConfig, Exit> {
     if c.name.is_empty() {
         return Err(usage("no peer name: give --name NAME (or MESHCACHE_NAME, or `name` in the config file)"));
     }
+    if let Some(b) = c.max_bytes.filter(|b| *b < meshcache::node::MIN_PROCESS_BYTES) {
+        return Err(usage(format!(
+            "max_bytes {b} is below the {} MiB a peer process needs to run (it bounds the whole process: \
+             runtime, buffers, tables and values); give at least --max-bytes 16M, or off",
+            meshcache::node::MIN_PROCESS_BYTES >> 20
+        )));
+    }
     c.validate().map_err(|e| usage(e.to_string()))?;
+    c.fit_to_bound();
     Ok(c)
 }
 
@@ -502,9 +523,19 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
     if let Some(l) = metrics_listener {
         serve_metrics(l)?;
     }
-    let mesh = Mesh::builder().config(config).tls(identity).start().await.map_err(mesh_error)?;
+    let max_bytes = config.max_bytes;
+    let mesh = Mesh::builder()
+        .config(config)
+        .tls(identity)
+        .memory_probe(Arc::new(allocated))
+        .start()
+        .await
+        .map_err(mesh_error)?;
     let resp_task = resp_listener.map(|l| {
-        let cfg = meshcache::resp::RespConfig { requirepass: args.requirepass.clone(), ..Default::default() };
+        let mut cfg = meshcache::resp::RespConfig { requirepass: args.requirepass.clone(), ..Default::default() };
+        if let Some(max) = max_bytes {
+            cfg.fit_to_bound(max);
+        }
         let m = mesh.clone();
         tokio::spawn(meshcache::resp::serve(mesh.clone(), l, cfg, async move { m.stopped().await }))
     });

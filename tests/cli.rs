@@ -90,6 +90,15 @@ fn bad_flag_exits_2() {
     let out = run_in(&tmp.0, &["node", "--name", "a", "--admin", "0.0.0.0:0"]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("loopback"), "{out:?}");
+    // The bound covers the whole process, which needs 16 MiB to run.
+    let out = run_in(&tmp.0, &["node", "--name", "a", "--max-bytes", "8M", "--print-config"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("16 MiB"), "the error names the minimum: {out:?}");
+    let out = run_in(&tmp.0, &["node", "--name", "a", "--max-bytes", "16M", "--print-config"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // Buffers that would not fit shrink with the bound.
+    assert!(out.stdout.lines().any(|l| l == "push_queue_bytes = 524288"), "{out:?}");
+    assert!(out.stdout.lines().any(|l| l == "receive_window = 524288"), "{out:?}");
 }
 
 #[test]
@@ -136,14 +145,14 @@ fn settings_layer_file_then_environment_then_flags() {
     );
     c.env("MESHCACHE_NAME", "env").env("MESHCACHE_MAX_TOMBSTONES", "20");
     c.env("MESHCACHE_MAX_MEMBERS", "9").env("MESHCACHE_EVICTION_POLICY", "allkeys-lfu");
-    c.env("MESHCACHE_SEEDS", "127.0.0.1:7000,127.0.0.1:7001").env("MESHCACHE_MAX_BYTES", "1M");
+    c.env("MESHCACHE_SEEDS", "127.0.0.1:7000,127.0.0.1:7001").env("MESHCACHE_MAX_BYTES", "16M");
     let out = run(c, SHORT);
     assert_eq!(out.code, Some(0), "{out:?}");
     for line in [
         "name = \"env\"",
         "max_tombstones = 30",
         "anti_entropy_interval = 250",
-        "max_bytes = 1048576",
+        "max_bytes = 16777216",
         "push_delay = 50",
         "seeds = [\"127.0.0.1:7000\", \"127.0.0.1:7001\"]",
         "max_members = 9",

@@ -15,6 +15,7 @@ use super::accept::accept_loop;
 use super::driver::{drive, Driver};
 use super::inner::{Counters, Inner};
 use super::links;
+use super::memory::MemoryProbe;
 use super::timer::timer_loop;
 use super::{Mesh, MeshError};
 use crate::config::MeshConfig;
@@ -35,6 +36,7 @@ pub struct MeshBuilder {
     socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
     env: Option<Env>,
     crypto: Option<Arc<rustls::crypto::CryptoProvider>>,
+    memory: Option<MemoryProbe>,
 }
 
 impl MeshBuilder {
@@ -121,12 +123,21 @@ impl MeshBuilder {
         self
     }
 
+    /// How the peer reads the process's allocated bytes. With one, and a
+    /// `max_bytes`, the bound covers everything the process allocates, not
+    /// only the store's values: see [`MemoryProbe`]. A probe must be cheap;
+    /// it is read every 10 ms.
+    pub fn memory_probe(mut self, probe: MemoryProbe) -> Self {
+        self.memory = Some(probe);
+        self
+    }
+
     /// Validates the settings, binds the listen address and starts the peer.
     pub async fn start(self) -> Result<Mesh, MeshError> {
         let env = self.env.unwrap_or_default();
         let crypto = self.crypto.unwrap_or_else(crate::transport::tls::default_provider);
         let identity = self.identity.ok_or(MeshError::NoIdentity)?;
-        let (config, socket) = (self.config, self.socket);
+        let (config, socket, memory) = (self.config, self.socket, self.memory);
         config.validate()?;
         if identity.name != config.name {
             return Err(MeshError::NameMismatch { cert: identity.name.clone(), name: config.name.clone() });
@@ -200,11 +211,13 @@ impl MeshBuilder {
             sessions_ended: tokio::sync::Notify::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            memory,
         });
         tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
         inner.tasks.spawn(accept_loop(inner.clone()));
         inner.tasks.spawn(drive(inner.clone()));
         inner.tasks.spawn(timer_loop(inner.clone()));
+        inner.tasks.spawn(super::memory::memory_loop(inner.clone()));
         Ok(Mesh::new(inner))
     }
 }
@@ -220,5 +233,12 @@ fn transport_config(c: &MeshConfig) -> Arc<quinn::TransportConfig> {
     // once per connection (both directions, plus the hello).
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(16));
+    if let Some(w) = c.receive_window {
+        // Validated to fit a VarInt.
+        let w = quinn::VarInt::from_u64(w as u64).unwrap_or(quinn::VarInt::MAX);
+        t.receive_window(w);
+        t.stream_receive_window(w.min(quinn::VarInt::from_u32(1_250_000)));
+        t.send_window(w.into_inner());
+    }
     Arc::new(t)
 }

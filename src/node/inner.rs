@@ -71,6 +71,8 @@ pub(super) struct Inner {
     pub(super) tasks: TaskTracker,
     /// When this peer started, on tokio's clock (simulated runtimes move it).
     pub(super) started: tokio::time::Instant,
+    /// The process's allocator count, when the application gives one.
+    pub(super) memory: Option<super::MemoryProbe>,
 }
 
 impl Inner {

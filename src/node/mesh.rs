@@ -193,6 +193,12 @@ impl Mesh {
         &self.inner.env
     }
 
+    /// Bytes the process has allocated, from the [`super::MemoryProbe`]
+    /// given at start (`None` without one).
+    pub fn allocated_bytes(&self) -> Option<usize> {
+        self.inner.memory.as_ref().and_then(|probe| probe())
+    }
+
     /// The largest key plus value a write may carry: it must fit in one
     /// frame, with room for the batch header.
     pub fn max_write_bytes(&self) -> usize {

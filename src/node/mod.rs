@@ -26,6 +26,7 @@
 //! - `sessions`: anti-entropy sessions on bi streams, both ways;
 //! - `stream`: framing on a QUIC stream, and running one session over it;
 //! - `queue`: a peer's bounded push queue;
+//! - `memory`: a memory bound on the whole process, from an allocator probe;
 //! - `timer`: expiry, collection, the bootstrap timeout and gauges.
 
 mod accept;
@@ -37,6 +38,7 @@ mod error;
 mod hello;
 mod inner;
 mod links;
+mod memory;
 mod mesh;
 mod push;
 mod queue;
@@ -46,4 +48,5 @@ mod timer;
 
 pub use builder::MeshBuilder;
 pub use error::MeshError;
+pub use memory::{MemoryProbe, MIN_PROCESS_BYTES};
 pub use mesh::{MemberStatus, Mesh, MeshStats};

@@ -14,6 +14,7 @@ use super::notify::{self, Hint, Outbox};
 use super::parse::parse_i64;
 use super::reply::Out;
 use super::Shared;
+use crate::node::MIN_PROCESS_BYTES;
 use crate::replica::WriteError;
 use crate::store::evict::MAX_SAMPLES;
 use crate::store::{EvictionPolicy, Slot};
@@ -1058,6 +1059,14 @@ fn config_command(sh: &Shared, args: &[Bytes], out: &mut Out) {
                 }
             } else if name == "maxmemory" {
                 match parse_memory(&kv[1]) {
+                    // A bound on the whole process (a peer with an
+                    // allocator probe) has the same floor as at start.
+                    Some(b) if b != 0 && b < MIN_PROCESS_BYTES && sh.mesh.allocated_bytes().is_some() => {
+                        return out.error(&failed(&format!(
+                            "maxmemory must be 0 or at least {} MiB, what a peer process needs to run",
+                            MIN_PROCESS_BYTES >> 20
+                        )))
+                    }
                     Some(b) => max_bytes = Some(b),
                     None => return out.error(&failed("argument must be a memory value")),
                 }

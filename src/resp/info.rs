@@ -71,16 +71,25 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
             )
         }
         "memory" => {
+            // As Redis: used_memory is the allocator's count when the
+            // process has one (the `meshcache` command), which is what the
+            // bound applies to; an embedded peer without a probe reports
+            // the store's own accounting.
             let store = sh.mesh.replica().store();
-            let used = store.stats().bytes;
+            let st = store.stats();
+            let used = sh.mesh.allocated_bytes().unwrap_or(st.bytes);
             let max = store.max_bytes().map_or(0, |b| b.get());
             writeln!(
                 s,
-                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nmaxmemory:{max}\r\nmaxmemory_human:{}\r\n\
-                 maxmemory_policy:{}\r",
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{}\r\n\
+                 used_memory_dataset:{}\r\nmaxmemory:{max}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:{}\r\n\
+                 mem_values_limit:{}\r",
                 human(used),
+                rss_bytes().unwrap_or(0),
+                st.bytes,
                 human(max),
                 store.policy(),
+                store.value_limit(),
             )
         }
         "stats" => {
@@ -190,4 +199,12 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         )?;
     }
     Ok(())
+}
+
+/// The process's resident set, from /proc (None where there is none).
+fn rss_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -148,6 +148,18 @@ pub struct RespConfig {
     pub notify_keyspace_events: String,
 }
 
+impl RespConfig {
+    /// Shrinks the per-client limits to a quarter of a process memory
+    /// bound of `max_bytes`, so that no one request or reply can take more
+    /// of it (and what clients buffer is counted in the bound anyway).
+    pub fn fit_to_bound(&mut self, max_bytes: usize) {
+        let quarter = max_bytes / 4;
+        self.max_request_bytes = self.max_request_bytes.min(quarter);
+        self.max_command_bytes = self.max_command_bytes.min(quarter);
+        self.output_buffer_limit = self.output_buffer_limit.min(quarter);
+    }
+}
+
 impl Default for RespConfig {
     fn default() -> Self {
         RespConfig {
