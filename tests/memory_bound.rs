@@ -136,6 +136,12 @@ async fn a_lone_peer_stays_within_its_bound() {
     assert!(rss_reported > 0, "used_memory_rss reported");
     // Eviction made room rather than refusing, and kept a working set.
     assert!(held > 1_000 && held < KEYS, "{held} keys held of {KEYS} written");
+    // At run time too, the bound may not go below what the process needs.
+    let refused = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("8mb").query_async::<()>(&mut c).await;
+    let e = refused.expect_err("a bound below 16 MiB is refused");
+    assert!(e.to_string().contains("16 MiB"), "{e}");
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("32mb").query_async(&mut c).await.unwrap();
+    assert_eq!(memory(&mut c).await.1, 32 << 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
