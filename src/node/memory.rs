@@ -23,9 +23,10 @@ use crate::store::Store;
 pub type MemoryProbe = Arc<dyn Fn() -> Option<usize> + Send + Sync>;
 
 /// The smallest `max_bytes` a `meshcache` process accepts when it bounds
-/// the whole process: a peer at rest allocates about 4 MiB (its runtime,
-/// TLS, the store's digest arrays and, once it evicts, its ghost arrays),
-/// and this leaves room for buffers and some data.
+/// the whole process: a peer at rest allocates about 5 MiB (quinn's
+/// receive buffers alone are 3 MiB; then the runtime, TLS and the store's
+/// digest arrays), its ghost arrays take 1.5 MiB more once it evicts, and
+/// this leaves room for buffers and a few megabytes of data.
 pub const MIN_PROCESS_BYTES: usize = 16 << 20;
 
 /// Values keep at least this share of the bound (1/8), however much the

@@ -1030,7 +1030,7 @@ impl Store {
     /// raises `clear_below` just above the oldest of them so that the newest
     /// half of the budget remains. Values older than the bar go too. Stubs
     /// never cause a compaction (memory pressure must not delete data on
-    /// other peers): past the same budget they become ghosts instead.
+    /// other peers): past their own budget they become ghosts instead.
     pub fn compact_if_needed(&self, _now_ms: u64) -> Option<Compaction> {
         self.ghost_excess_stubs();
         let budget = self.tombstone_budget();
