@@ -13,7 +13,8 @@
 #   16380  redis primary, 16381 its replica (--replicaof; lag baseline)
 #   16390-16392  RESP ports of the three meshcache peers (inside meshbench)
 # builds and runs target/release/meshbench (the workspace member
-# `meshbench/`), and stops everything at the end, even on failure.
+# `meshbench/`; row 9 also runs target/release/meshcache nodes on ports
+# the system picks), and stops everything at the end, even on failure.
 # Results: bench/results/latest.json and latest.svg (quick.json and
 # quick.svg with --quick, git-ignored).
 #
@@ -107,6 +108,8 @@ if [ -z "$bin" ]; then
     cargo build --release -p meshbench
     bin=target/release/meshbench
 fi
+# Row 9 runs the `meshcache` command itself, as processes.
+cargo build --release --bin meshcache
 
 mkdir -p "$OUT"
 "$bin" --out "$OUT" --redis "127.0.0.1:$REDIS_PORT" \

@@ -32,6 +32,8 @@ use meshcache::transport::faults::Faults;
 use meshcache::wait::Wait;
 use meshcache::{Mesh, MeshConfig, MeshStats};
 
+mod bound;
+
 /// Bytes per key, as `redis-benchmark -r` makes them (`key:000000012345`).
 const KEY_LEN: usize = 16;
 /// Bytes per value, as `redis-benchmark -d 100`.
@@ -60,7 +62,10 @@ struct Args {
     /// First of three fixed loopback ports for the meshcache peers' RESP servers.
     #[arg(long, default_value_t = 16390)]
     resp_base: u16,
-    /// Only these row groups (comma-separated, 1-8); default all.
+    /// The `meshcache` command that row 9 runs as processes.
+    #[arg(long, default_value = "target/release/meshcache")]
+    meshcache: PathBuf,
+    /// Only these row groups (comma-separated, 1-9); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// The exact command line, recorded in the report.
@@ -91,6 +96,7 @@ struct Sizes {
     local_secs: f64,
     zipf_keys: usize,
     zipf_requests: usize,
+    bound_writes: u64,
 }
 
 impl Sizes {
@@ -108,6 +114,7 @@ impl Sizes {
                 local_secs: 0.1,
                 zipf_keys: 10_000,
                 zipf_requests: 100_000,
+                bound_writes: 200_000,
             }
         } else {
             Sizes {
@@ -122,6 +129,7 @@ impl Sizes {
                 local_secs: 1.0,
                 zipf_keys: 1_000_000,
                 zipf_requests: 10_000_000,
+                bound_writes: 4_000_000,
             }
         }
     }
@@ -1649,7 +1657,7 @@ async fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let z = Sizes::new(args.quick);
-    let rows: Vec<u8> = if args.only.is_empty() { (1..=8).collect() } else { args.only.clone() };
+    let rows: Vec<u8> = if args.only.is_empty() { (1..=9).collect() } else { args.only.clone() };
     let (cpus, model) = machine();
     eprintln!(
         "meshbench ({} mode{}): {cpus} CPUs, {model}",
@@ -1673,13 +1681,14 @@ async fn main() -> Result<()> {
         &'a EphemeralCa,
         &'a mut Report,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
-    let steps: [(u8, &str, Step); 6] = [
+    let steps: [(u8, &str, Step); 7] = [
         (7, "local get and put", |_, z, ca, r| Box::pin(row_local(z, ca, r))),
         (3, "replicated updates", |_, z, ca, r| Box::pin(row_replicated(z, ca, r))),
         (4, "convergence after a heal", |_, z, ca, r| Box::pin(row_heal(z, ca, r))),
         (1, "RESP throughput", |a, z, ca, r| Box::pin(row_throughput(a, z, ca, r))),
         (2, "read-after-write lag", |a, z, ca, r| Box::pin(row_lag(a, z, ca, r))),
         (8, "hit ratio under a memory bound", |a, z, ca, r| Box::pin(row_hit_ratio(a, z, ca, r))),
+        (9, "processes under a memory bound", |a, z, _, r| Box::pin(bound::row_bound(&a.meshcache, z, r))),
     ];
     for (n, what, f) in steps {
         if !rows.contains(&n) {
