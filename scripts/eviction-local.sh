@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Eviction stays local, shown with two real peers on loopback: `s` has no
-# memory bound, `t` has 8 MiB. redis-benchmark writes N random keys (about
+# memory bound, `t` has 16 MiB. redis-benchmark writes N random keys (about
 # N distinct, 100-byte values) on `s`; then, every 10 s for a minute, the
 # script prints what each peer holds, `t`'s memory against its bound, and
 # the anti-entropy bytes each has sent. Expected: `s` keeps every key
@@ -35,7 +35,7 @@ start() {
 }
 addr() { awk -v k="$2" '$1 == k { print $2 }' "$D/$1.addr"; }
 start s
-start t --seed "$(addr s quic)" --max-bytes 8M
+start t --seed "$(addr s quic)" --max-bytes 16M
 sleep 3
 SR=$(addr s resp); TR=$(addr t resp)
 redis-cli -u "redis://$SR" set written-before kept >/dev/null
