@@ -98,7 +98,10 @@ pub struct MeshConfig {
     /// Period of timer work: expiry, tombstone collection (ms).
     #[serde(with = "ms")]
     pub tick_interval: Duration,
-    /// Memory bound for values (bytes); `None` for unbounded.
+    /// Memory bound (bytes); `None` for unbounded. It bounds the values'
+    /// estimated bytes, and the whole process when the peer has an
+    /// allocator probe, as the `meshcache` command does (ALGORITHM.md, "The
+    /// memory bound").
     pub max_bytes: Option<usize>,
     /// What to evict first past `max_bytes`: a Redis `maxmemory-policy`
     /// name (`allkeys-lru` by default, `allkeys-lfu`, `volatile-ttl`,

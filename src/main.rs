@@ -146,8 +146,8 @@ struct NodeArgs {
     /// Password clients must give with AUTH on the Redis-protocol port.
     #[arg(long, env = "MESHCACHE_REQUIREPASS", value_name = "PASSWORD")]
     requirepass: Option<String>,
-    /// Memory bound for values: bytes, or with a K, M or G suffix (powers of
-    /// 1024, e.g. 256M), or `off` for none.
+    /// Memory bound for the whole process, at least 16M: bytes, or with a K,
+    /// M or G suffix (powers of 1024, e.g. 256M), or `off` for none.
     #[arg(long, env = "MESHCACHE_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
     max_bytes: Option<MaxBytes>,
     /// What to evict first past --max-bytes: allkeys-lru (the default),

@@ -80,7 +80,8 @@ impl MeshBuilder {
         self.config.push_delay = d;
         self
     }
-    /// Memory bound for values, in bytes.
+    /// Memory bound, in bytes: for the values, or for the whole process
+    /// with a [`MeshBuilder::memory_probe`].
     pub fn max_bytes(mut self, bytes: usize) -> Self {
         self.config.max_bytes = Some(bytes);
         self
