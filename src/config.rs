@@ -109,7 +109,9 @@ pub struct MeshConfig {
     pub eviction_policy: crate::store::EvictionPolicy,
     /// Entries sampled per eviction (Redis's `maxmemory-samples`), 1 to 64.
     pub eviction_samples: usize,
-    /// Budget of tombstones and eviction stubs before compaction.
+    /// Budget of tombstones before compaction, and of eviction stubs before
+    /// the oldest become ghosts early; under a memory bound, each is also
+    /// at most an eighth of it.
     pub max_tombstones: usize,
     /// Store shards (a power of two).
     pub shards: usize,

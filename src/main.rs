@@ -155,7 +155,9 @@ struct NodeArgs {
     /// volatile-random, volatile-ttl or noeviction (Redis's names).
     #[arg(long, env = "MESHCACHE_EVICTION_POLICY", value_name = "POLICY", value_parser = parse_policy)]
     eviction_policy: Option<meshcache::store::EvictionPolicy>,
-    /// Budget of tombstones and eviction stubs before compaction.
+    /// Budget of tombstones before compaction, and of eviction stubs before
+    /// the oldest become ghosts early; under a memory bound, each is also
+    /// at most an eighth of it.
     #[arg(long, env = "MESHCACHE_MAX_TOMBSTONES", value_name = "N")]
     max_tombstones: Option<usize>,
     /// Most members kept in this peer's view; past it, new names are ignored.
