@@ -189,7 +189,8 @@ async fn a_heal_ships_each_difference_once() {
     eventually("a and b agree", || a.replica().store().root() == b.replica().store().root()).await;
     assert_eq!((count(a), count(c)), (n, n));
     let sent = |ps: &[Mesh]| -> u64 { ps.iter().map(|p| p.stats().ae_entries_sent).sum() };
-    let before = sent(&peers);
+    let failed_sent = |ps: &[Mesh]| -> u64 { ps.iter().map(|p| p.stats().ae_entries_sent_failed).sum() };
+    let (before, failed_before) = (sent(&peers), failed_sent(&peers));
     // Slow links make repair sessions long, so that two of them would
     // overlap if a peer ran them at once.
     faults.heal();
@@ -212,14 +213,23 @@ async fn a_heal_ships_each_difference_once() {
     })
     .await;
     let shipped = sent(&peers) - before;
-    // Per peer: registers sent, rounds completed, rounds failed.
-    let per_peer: Vec<(u64, u64, u64)> =
-        peers.iter().map(|p| p.stats()).map(|st| (st.ae_entries_sent, st.ae_rounds, st.ae_failed)).collect();
+    // A session that fails (a starved machine can time a link out) may
+    // have shipped registers the peer never merged, and a later round
+    // ships them again: that is repair, not the double shipping checked
+    // here, so what failed sessions sent is allowed on top.
+    let failed = failed_sent(&peers) - failed_before;
+    // Per peer: registers sent, of which by failed sessions, rounds
+    // completed, rounds failed.
+    let per_peer: Vec<(u64, u64, u64, u64)> = peers
+        .iter()
+        .map(|p| p.stats())
+        .map(|st| (st.ae_entries_sent, st.ae_entries_sent_failed, st.ae_rounds, st.ae_failed))
+        .collect();
     assert!(shipped >= 3 * n, "{shipped} registers cannot repair 3 x {n} missing pairs");
     assert!(
-        shipped < 4 * n,
-        "{shipped} registers shipped for 3 x {n} missing pairs: a difference went twice \
-         (sent, rounds, failed per peer: {per_peer:?})"
+        shipped < 4 * n + failed,
+        "{shipped} registers shipped for 3 x {n} missing pairs, {failed} of them by failed sessions: a \
+         difference went twice (sent, sent by failed sessions, rounds, failed per peer: {per_peer:?})"
     );
     shutdown(&peers).await;
 }

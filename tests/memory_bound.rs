@@ -15,7 +15,8 @@ use common::process::{node_addrs, Addrs, Guard, TempDir, BIN};
 
 /// The bound: the smallest a peer process accepts.
 const BOUND: usize = 16 << 20;
-/// Distinct keys written: about 4x what fits in the bound.
+/// Distinct keys written: about three times the bound in key and value
+/// bytes alone.
 const KEYS: usize = 300_000;
 const VALUE: usize = 150;
 /// SETs per pipeline.

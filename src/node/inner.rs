@@ -33,6 +33,7 @@ pub(super) struct Counters {
     pub(super) ae_bytes_sent: AtomicU64,
     pub(super) ae_bytes_received: AtomicU64,
     pub(super) ae_entries_sent: AtomicU64,
+    pub(super) ae_entries_sent_failed: AtomicU64,
     pub(super) ae_entries_received: AtomicU64,
     pub(super) refused_peers: AtomicU64,
     pub(super) protocol_errors: AtomicU64,

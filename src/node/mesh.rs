@@ -67,6 +67,9 @@ pub struct MeshStats {
     /// Registers sent in anti-entropy sessions (a register another peer
     /// also sent is repair done twice).
     pub ae_entries_sent: u64,
+    /// The part of `ae_entries_sent` sent by sessions that failed: a later
+    /// round may send some of them again (those the peer had not merged).
+    pub ae_entries_sent_failed: u64,
     /// Registers received in anti-entropy sessions.
     pub ae_entries_received: u64,
     /// Peers refused at the hello (version, skew, superseded, name).
@@ -357,6 +360,7 @@ impl Mesh {
             ae_bytes_sent: l(&c.ae_bytes_sent),
             ae_bytes_received: l(&c.ae_bytes_received),
             ae_entries_sent: l(&c.ae_entries_sent),
+            ae_entries_sent_failed: l(&c.ae_entries_sent_failed),
             ae_entries_received: l(&c.ae_entries_received),
             refused_peers: l(&c.refused_peers),
             protocol_errors: l(&c.protocol_errors),

@@ -88,6 +88,7 @@ fn finish_session(inner: &Inner, conn: &quinn::Connection, id: &MemberId, res: S
         }
         Some(e) => {
             c.ae_failed.fetch_add(1, Ordering::Relaxed);
+            c.ae_entries_sent_failed.fetch_add(res.stats.entries_sent, Ordering::Relaxed);
             note_protocol_error(inner, conn, "anti-entropy", e);
             if !inner.cancel.is_cancelled() {
                 tracing::warn!(peer = %id, error = %e, sent = res.stats.bytes_sent, merged = res.changes.len(),
