@@ -225,7 +225,7 @@ fn status(mesh: &Mesh) -> String {
     kv("stubs:", &st.stubs);
     kv("clear_below:", &st.floors.clear_below);
     kv("gc_floor:", &st.floors.gc_floor);
-    let counters: [(&str, u64); 25] = [
+    let counters: [(&str, u64); 26] = [
         ("deltas_sent", s.deltas_sent),
         ("deltas_received", s.deltas_received),
         ("push_batches_sent", s.push_batches_sent),
@@ -236,6 +236,7 @@ fn status(mesh: &Mesh) -> String {
         ("ae_bytes_sent", s.ae_bytes_sent),
         ("ae_bytes_received", s.ae_bytes_received),
         ("ae_entries_sent", s.ae_entries_sent),
+        ("ae_entries_sent_failed", s.ae_entries_sent_failed),
         ("ae_entries_received", s.ae_entries_received),
         ("refused_peers", s.refused_peers),
         ("protocol_errors", s.protocol_errors),
