@@ -153,10 +153,7 @@ fn sample(pids: &[u32], resps: &[SocketAddr], stop: &AtomicBool) -> Result<Vec<P
 }
 
 fn rss_of(pid: u32) -> Option<usize> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: usize =
-        s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024)
+    super::rss_at(&format!("/proc/{pid}/status"))
 }
 
 async fn start(bin: &Path, dir: &Path, name: &str, seeds: &[SocketAddr]) -> Result<Node> {

@@ -278,11 +278,15 @@ fn value(i: usize) -> Bytes {
 }
 
 fn rss_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    rss_at("/proc/self/status").map_or(0, |b| b as u64)
+}
+
+/// VmRSS from a `/proc/*/status` file, in bytes.
+fn rss_at(status: &str) -> Option<usize> {
+    let s = std::fs::read_to_string(status).ok()?;
+    let kb: usize =
+        s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// MeshConfig's defaults (anti-entropy every 1 s, push delay 0) on a free

@@ -405,11 +405,11 @@ impl Store {
     /// What values may hold now: the bound, or the value budget when one
     /// is set and smaller. 0: no bound.
     pub fn value_limit(&self) -> usize {
-        let max = self.max_bytes.load(Ordering::Relaxed);
-        match self.value_budget.load(Ordering::Relaxed) {
-            0 => max,
-            _ if max == 0 => 0,
-            b => b.min(max),
+        let (max, budget) = (self.max_bytes.load(Ordering::Relaxed), self.value_budget.load(Ordering::Relaxed));
+        if max == 0 || budget == 0 {
+            max
+        } else {
+            budget.min(max)
         }
     }
 
@@ -420,7 +420,7 @@ impl Store {
     /// the part that can give way. Without a bound it does nothing.
     pub fn set_value_budget(&self, budget: Option<NonZeroUsize>, now_ms: u64) {
         self.value_budget.store(budget.map_or(0, |b| b.get()), Ordering::Relaxed);
-        if self.max_bytes.load(Ordering::Relaxed) != 0 && self.over_bound() && self.enforce_bound(now_ms).0 > 0 {
+        if self.over_bound() && self.enforce_bound(now_ms).0 > 0 {
             self.compact_if_needed(now_ms);
         }
     }
@@ -609,13 +609,16 @@ impl Store {
         if self.over_bound() {
             (evicted, full) = self.enforce_bound(now_ms);
         }
-        // The store keeps its own copy: `key` and the value may be slices
-        // of a larger buffer (a client's read buffer), which a stored slice
-        // would keep alive whole, uncounted.
-        let key = Bytes::copy_from_slice(&key);
         let kh = key_hash(&key);
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
+        // The store keeps its own copy: `key` and the value may be slices
+        // of a larger buffer (a client's read buffer), which a stored slice
+        // would keep alive whole, uncounted. A key already held is reused.
+        let key = match g.map.get_key_value(&key[..]) {
+            Some((held, _)) => held.clone(),
+            None => Bytes::copy_from_slice(&key),
+        };
         let stamp = self.clock.now(now_ms);
         let current = g.map.get(&key).map(|e| &e.reg.val).filter(|v| v.visible(now_ms).is_some());
         let previous = current.and_then(|v| v.visible(now_ms).cloned());

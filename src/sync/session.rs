@@ -750,8 +750,7 @@ impl Session {
                         .enumerate()
                         .filter(|(_, (k, _))| ours_idx.contains_key(k))
                         .map(|(i, (k, st))| (k.clone(), *st, theirs.stubs.binary_search(&(i as u32)).is_ok()))
-                        .collect::<Vec<_>>()
-                        .into_boxed_slice(),
+                        .collect(),
                     their_digest: None,
                 });
                 let a = self.to_adopt.last().expect("just pushed");
