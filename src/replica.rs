@@ -154,6 +154,11 @@ impl Replica {
         self.store.get(key, now_ms)
     }
 
+    /// Reads `key` and lends the value to `f`; see [`Store::get_with`].
+    pub fn get_with<R>(&self, key: &[u8], now_ms: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        self.store.get_with(key, now_ms, f)
+    }
+
     /// Writes a value with an optional TTL in ms.
     pub fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>, now_ms: u64) -> Result<Written, WriteError> {
         self.check_writable()?;

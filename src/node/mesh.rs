@@ -181,9 +181,18 @@ impl Mesh {
         &self.inner.replica
     }
 
-    /// Reads `key` from the local replica: no network, no await.
+    /// Reads `key` from the local replica: no network, no await. The value
+    /// is a copy (the store keeps each entry in one compact allocation).
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
         self.inner.replica.get(key, self.now_ms())
+    }
+
+    /// Reads `key` like [`Mesh::get`], but lends the value to `f` instead of
+    /// copying it: the faster read when the caller copies or parses it
+    /// anyway. `f` runs under a shard's read lock, so it should be short,
+    /// and must not write to this mesh.
+    pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        self.inner.replica.get_with(key, self.now_ms(), f)
     }
 
     /// The peer's clock (Unix ms): what its stamps, TTLs and expiry use.

@@ -303,13 +303,12 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
     let mesh = &sh.mesh;
     match spec.cmd {
         Cmd::Get => {
-            let v = mesh.get(&args[1]);
-            if v.is_some() {
+            if mesh.get_with(&args[1], |v| out.bulk_lent(v)).is_some() {
                 c.hits += 1;
             } else {
                 c.misses += 1;
+                out.null();
             }
-            out.opt_bulk(v.as_ref());
         }
         Cmd::Set => set_command(sh, args, out),
         Cmd::Ping => {
@@ -380,13 +379,12 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
         Cmd::MGet => {
             out.array(args.len() - 1);
             for k in &args[1..] {
-                let v = mesh.get(k);
-                if v.is_some() {
+                if mesh.get_with(k, |v| out.bulk_lent(v)).is_some() {
                     c.hits += 1;
                 } else {
                     c.misses += 1;
+                    out.null();
                 }
-                out.opt_bulk(v.as_ref());
             }
         }
         Cmd::MSet => {

@@ -132,6 +132,17 @@ impl Out {
         }
     }
 
+    /// A bulk string lent by the store: small ones are copied into the
+    /// buffer, big ones into bytes of their own, queued as `bulk_bytes`
+    /// queues them.
+    pub(crate) fn bulk_lent(&mut self, b: &[u8]) {
+        if b.len() < BIG_VALUE {
+            self.bulk(b)
+        } else {
+            self.bulk_bytes(&Bytes::copy_from_slice(b))
+        }
+    }
+
     /// The null bulk string (RESP2 `$-1`, RESP3 `_`).
     pub(crate) fn null(&mut self) {
         if self.resp3 {

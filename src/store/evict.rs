@@ -17,8 +17,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::hlc::Stamp;
 
 /// What to evict first when the store is over its bound (Redis's
 /// `maxmemory-policy`, with the same names and meanings).
@@ -244,20 +245,30 @@ fn initial(lfu: bool, now_ms: u64) -> u32 {
     }
 }
 
-/// A shard's best eviction candidates, kept between evictions so that each
-/// eviction profits from earlier samples (Redis's eviction pool). Sorted by
-/// score, best last.
+/// A sampled entry: its shard, record id and stamp. The stamp makes it
+/// exact: stamps are unique, so a record that was rewritten, removed or
+/// moved since it was sampled no longer matches, and is passed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) shard: u32,
+    pub(crate) id: u32,
+    pub(crate) stamp: Stamp,
+}
+
+/// The store's best eviction candidates, kept between evictions so that
+/// each eviction profits from earlier samples (Redis's eviction pool).
+/// Sorted by score, best last.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
-    candidates: Vec<(u64, Bytes)>,
+    candidates: Vec<(u64, Candidate)>,
 }
 
 impl Pool {
     /// Offers a sampled candidate.
-    pub(crate) fn offer(&mut self, score: u64, key: &Bytes) {
-        // A key sampled again comes back with its current score: the one it
-        // had may be stale (it was read, or rewritten, since).
-        if let Some(i) = self.candidates.iter().position(|(_, k)| k == key) {
+    pub(crate) fn offer(&mut self, score: u64, c: Candidate) {
+        // A record sampled again comes back with its current score: the
+        // one it had may be stale (it was read, or rewritten, since).
+        if let Some(i) = self.candidates.iter().position(|(_, k)| k.shard == c.shard && k.id == c.id) {
             self.candidates.remove(i);
         }
         if self.candidates.len() == POOL_SIZE {
@@ -267,12 +278,12 @@ impl Pool {
             self.candidates.remove(0);
         }
         let at = self.candidates.partition_point(|(s, _)| *s <= score);
-        self.candidates.insert(at, (score, key.clone()));
+        self.candidates.insert(at, (score, c));
     }
 
     /// Takes the best candidate. The caller checks it still qualifies: the
     /// key may have been deleted or rewritten since it was sampled.
-    pub(crate) fn take(&mut self) -> Option<Bytes> {
+    pub(crate) fn take(&mut self) -> Option<Candidate> {
         self.candidates.pop().map(|(_, k)| k)
     }
 
@@ -326,13 +337,14 @@ mod tests {
     #[test]
     fn pool_keeps_the_best_candidates() {
         let mut p = Pool::default();
+        let c = |i: u64| Candidate { shard: 0, id: i as u32, stamp: Stamp { hlc: i, node: crate::hlc::NodeId(1) } };
         for i in 0..40u64 {
-            p.offer(i, &Bytes::from(i.to_string()));
+            p.offer(i, c(i));
         }
-        p.offer(39, &Bytes::from("39"));
-        let taken: Vec<Bytes> = std::iter::from_fn(|| p.take()).collect();
+        p.offer(39, c(39));
+        let taken: Vec<u32> = std::iter::from_fn(|| p.take()).map(|c| c.id).collect();
         assert_eq!(taken.len(), POOL_SIZE);
-        assert_eq!(taken[0], Bytes::from("39"));
-        assert_eq!(taken[POOL_SIZE - 1], Bytes::from("24"));
+        assert_eq!(taken[0], 39);
+        assert_eq!(taken[POOL_SIZE - 1], 24);
     }
 }

@@ -21,6 +21,7 @@ pub mod digest;
 pub mod evict;
 mod shard;
 pub mod slot;
+mod table;
 
 use std::num::NonZeroUsize;
 use std::ops::Bound;
@@ -471,17 +472,17 @@ impl Store {
             let mut offered = 0;
             for s in (first..n).chain(0..first) {
                 let per_shard = if want == usize::MAX { 1 } else { samples };
-                offered += self.shards[s].read().sample(policy, per_shard, now_ms, rng, pool);
+                offered += self.shards[s].read().sample(s, policy, per_shard, now_ms, rng, pool);
                 if offered >= want {
                     break;
                 }
             }
             let Some(victim) = pool.take() else { return (evicted, true) };
-            let (s, _) = self.locate(key_hash(&victim));
             let stable_before = if self.planted(Bug::GhostUnstable) { u64::MAX } else { self.ghost_before() };
-            let mut g = self.shards[s].write();
-            match g.evict(&victim, policy, now_ms, stable_before, |h| digest::bucket_of(h) & ((1 << shift) - 1)) {
+            let mut g = self.shards[victim.shard as usize].write();
+            match g.evict(victim, policy, now_ms, stable_before, |h| digest::bucket_of(h) & ((1 << shift) - 1)) {
                 Some((d, ghosted)) => {
+                    g.tidy();
                     drop(g);
                     evicted += 1;
                     self.counters.evictions.fetch_add(1, Ordering::Relaxed);
@@ -524,28 +525,37 @@ impl Store {
     }
 
     /// Stores a winning register in its (locked) shard.
-    fn store_in(&self, g: &mut Shard, key: Bytes, kh: u64, lb: usize, reg: Register, now_ms: u64) -> Delta {
-        g.store(key, kh, lb, reg, now_ms, now_ms, self.policy().is_lfu()).1
+    fn store_in(&self, g: &mut Shard, key: &[u8], kh: u64, lb: usize, reg: &Register, now_ms: u64) -> Delta {
+        g.store(key, kh, lb, reg, now_ms, now_ms, self.policy().is_lfu())
     }
 
-    /// Reads `key` at `now_ms`: the value, unless it is absent, deleted,
-    /// evicted or expired. Local; takes one shard read lock. A hit counts
-    /// as an access for the eviction policy.
+    /// Reads `key` at `now_ms`: a copy of the value, unless it is absent,
+    /// deleted, evicted or expired. Local; takes one shard read lock. A hit
+    /// counts as an access for the eviction policy.
     pub fn get(&self, key: &[u8], now_ms: u64) -> Option<Bytes> {
+        self.get_with(key, now_ms, Bytes::copy_from_slice)
+    }
+
+    /// Reads `key` at `now_ms` like [`Store::get`], but lends the value to
+    /// `f` under the shard's read lock instead of copying it out: for a
+    /// caller that copies it somewhere anyway (a reply buffer). `f` must
+    /// not call back into the store.
+    #[inline]
+    pub fn get_with<R>(&self, key: &[u8], now_ms: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let kh = key_hash(key);
         let (s, _) = self.locate(kh);
         let g = self.shards[s].read();
-        let e = g.map.get(key)?;
-        let v = e.reg.val.visible(now_ms)?;
-        e.access.touch(self.policy().is_lfu(), now_ms);
-        Some(v.clone())
+        let (_, r) = g.find(kh, key)?;
+        let v = r.visible(now_ms)?;
+        r.access().touch(self.policy().is_lfu(), now_ms);
+        Some(f(v))
     }
 
     /// The register held for `key`, whatever it holds (tests, TTL queries).
     pub fn register(&self, key: &[u8]) -> Option<Register> {
         let kh = key_hash(key);
         let (s, _) = self.locate(kh);
-        self.shards[s].read().map.get(key).map(|e| e.reg.clone())
+        self.shards[s].read().find(kh, key).map(|(_, r)| r.register())
     }
 
     /// The watermark below which an evicted or stable register may become a
@@ -565,7 +575,7 @@ impl Store {
         let kh = key_hash(key);
         let (s, _) = self.locate(kh);
         let before = self.ghost_before();
-        self.shards[s].read().map.get(key).is_some_and(|e| e.arrival_ms < before)
+        self.shards[s].read().find(kh, key).is_some_and(|(_, r)| r.arrival_ms() < before)
     }
 
     /// Writes a value with an optional TTL (ms), stamped now.
@@ -612,21 +622,23 @@ impl Store {
         let kh = key_hash(&key);
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
-        // The store keeps its own copy: `key` and the value may be slices
-        // of a larger buffer (a client's read buffer), which a stored slice
-        // would keep alive whole, uncounted. A key already held is reused.
-        let key = match g.map.get_key_value(&key[..]) {
-            Some((held, _)) => held.clone(),
-            None => Bytes::copy_from_slice(&key),
-        };
         let stamp = self.clock.now(now_ms);
-        let current = g.map.get(&key).map(|e| &e.reg.val).filter(|v| v.visible(now_ms).is_some());
-        let previous = current.and_then(|v| v.visible(now_ms).cloned());
-        let held = g.map.get(&key).map_or(0, |e| shard::cost(&key, &e.reg.val));
-        let Some(slot) = f(current, stamp) else { return Ok(None) };
+        let held = g.find(kh, &key).map(|(_, r)| r);
+        let current = held.filter(|r| r.visible(now_ms).is_some()).map(|r| r.slot());
+        let previous = match &current {
+            Some(Slot::Value { data, .. }) => Some(data.clone()),
+            _ => None,
+        };
+        let held = held.map_or(0, shard::record_cost);
+        let Some(slot) = f(current.as_ref(), stamp) else { return Ok(None) };
         if matches!(slot, Slot::Value { .. }) && full && shard::cost(&key, &slot) > held {
             return Err(OutOfMemory);
         }
+        // What the write hands back (to be pushed to peers) is the store's
+        // own copy: `key` and the value may be slices of a larger buffer (a
+        // client's read buffer), which a queued slice would keep alive
+        // whole, uncounted.
+        let key = Bytes::copy_from_slice(&key);
         let slot = match slot {
             Slot::Value { data, expires_at_ms } => Slot::Value { data: Bytes::copy_from_slice(&data), expires_at_ms },
             other => other,
@@ -637,7 +649,7 @@ impl Store {
             return Ok(Some(Written { key, register, previous, applied: false }));
         }
         let is_tomb = register.val.is_tombstone();
-        let d = self.store_in(&mut g, key.clone(), kh, lb, register.clone(), now_ms);
+        let d = self.store_in(&mut g, &key, kh, lb, &register, now_ms);
         drop(g);
         self.apply(d);
         if self.over_bound() {
@@ -680,16 +692,15 @@ impl Store {
         let mut removed = 0;
         for sh in self.shards.iter() {
             let mut g = sh.write();
-            let victims: Vec<Bytes> = g.map.iter().filter(|(_, e)| e.reg.marker < c).map(|(k, _)| k.clone()).collect();
+            let victims: Vec<(u32, u64)> =
+                g.table.iter().filter(|(_, r)| r.stamp() < c).map(|(id, r)| (id, key_hash(r.key()))).collect();
             let mut d = Delta::default();
-            for k in victims {
-                let kh = key_hash(&k);
+            for (id, kh) in victims {
                 let (_, lb) = self.locate(kh);
-                if let Some((_, x)) = g.remove(&k, lb) {
-                    d.add(x);
-                    removed += 1;
-                }
+                d.add(g.remove(id, kh, lb));
+                removed += 1;
             }
+            g.tidy();
             g.clear_ghosts_below(c);
             drop(g);
             self.apply(d);
@@ -718,7 +729,7 @@ impl Store {
                 self.counters.below_clear.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            match g.map.get(&key) {
+            match g.find(kh, &key).map(|(_, r)| r) {
                 None if reg.marker <= floors.gc_floor && !self.planted(Bug::NoFloorFilter) => {
                     self.counters.refused_floor.fetch_add(1, Ordering::Relaxed);
                     out.refused.push((key, reg.marker));
@@ -734,9 +745,9 @@ impl Store {
                 // A value replaces the stub of its own write, but not on a
                 // bounded store: there the stub is its own eviction, or a
                 // value it would evict again.
-                Some(cur) if !self.remote_wins(cur.reg.marker, reg.marker) && !self.refills(&cur.reg, &reg) => {
+                Some(cur) if !self.remote_wins(cur.stamp(), reg.marker) && !self.refills(cur, &reg) => {
                     debug_assert!(
-                        cur.reg.marker != reg.marker || cur.reg.val.same_write(&reg.val),
+                        cur.stamp() != reg.marker || cur.slot().same_write(&reg.val),
                         "two different writes share stamp {}",
                         reg.marker
                     );
@@ -752,7 +763,7 @@ impl Store {
             };
             added_tombstone |= !matches!(reg.val, Slot::Value { .. });
             let stamp = reg.marker;
-            let d = self.store_in(&mut g, key.clone(), kh, lb, reg, now_ms);
+            let d = self.store_in(&mut g, &key, kh, lb, &reg, now_ms);
             drop(g);
             self.apply(d);
             out.changes.push(Change { key, kind, origin: Origin::Remote, stamp });
@@ -771,9 +782,9 @@ impl Store {
 
     /// Whether `remote` is the value a held stub stood for (same stamp), on a
     /// store without a bound: it replaces the stub.
-    fn refills(&self, held: &Register, remote: &Register) -> bool {
-        held.marker == remote.marker
-            && held.val.is_stub()
+    fn refills(&self, held: table::Entry<'_>, remote: &Register) -> bool {
+        held.stamp() == remote.marker
+            && held.kind() == table::Kind::Stub
             && matches!(remote.val, Slot::Value { .. })
             && self.max_bytes.load(Ordering::Relaxed) == 0
     }
@@ -825,10 +836,10 @@ impl Store {
         let kh = key_hash(key);
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
-        if g.map.get(key).map(|e| e.reg.marker) != Some(stamp) {
-            return None;
-        }
-        let (e, d) = g.remove(key, lb)?;
+        let (id, r) = g.find(kh, key).filter(|(_, r)| r.stamp() == stamp)?;
+        let was_visible = r.visible(now_ms).is_some();
+        let d = g.remove(id, kh, lb);
+        g.tidy();
         {
             let mut f = self.floors.write();
             f.gc_floor = f.gc_floor.max(stamp);
@@ -836,12 +847,7 @@ impl Store {
         drop(g);
         self.apply(d);
         self.counters.refusal_drops.fetch_add(1, Ordering::Relaxed);
-        e.reg.val.visible(now_ms).map(|_| Change {
-            key: key.clone(),
-            kind: ChangeKind::Delete,
-            origin: Origin::Remote,
-            stamp,
-        })
+        was_visible.then(|| Change { key: key.clone(), kind: ChangeKind::Delete, origin: Origin::Remote, stamp })
     }
 
     /// Marks values whose TTL ran out as dead (queued for collection) and
@@ -886,50 +892,46 @@ impl Store {
             let mut d = Delta::default();
             let mut high = Stamp::ZERO;
             // The last entry passed over (a stub not yet to be ghosted).
-            let mut passed: Option<(u64, Bytes)> = None;
+            let mut passed: Option<(u64, u32)> = None;
             loop {
-                let next = match &passed {
-                    None => g.dead.first().cloned(),
-                    Some(p) => g.dead.range((Bound::Excluded(p.clone()), Bound::Unbounded)).next().cloned(),
+                let next = match passed {
+                    None => g.dead.first().copied(),
+                    Some(p) => g.dead.range((Bound::Excluded(p), Bound::Unbounded)).next().copied(),
                 };
-                let Some((arrival, key)) = next else { break };
+                let Some((arrival, id)) = next else { break };
                 if arrival >= stable_before {
                     break;
                 }
-                let Some(e) = g.map.get(&key) else {
-                    g.dead.remove(&(arrival, key));
+                let Some(e) = g.table.used(id) else {
+                    g.dead.remove(&(arrival, id));
                     continue;
                 };
+                let kh = key_hash(e.key());
+                let lb = self.locate(kh).1;
                 // A stable stub on a bounded peer becomes a ghost. A peer
                 // without a bound never holds a bucket in part (it would stop
                 // asking for keys there): a stub it received stands, once
                 // stable, for a value every peer evicted, and is collected
                 // like a tombstone.
-                if matches!(e.reg.val, Slot::Evicted { .. }) && bounded {
+                if e.kind() == table::Kind::Stub && bounded {
                     if arrival >= ghost_before {
-                        passed = Some((arrival, key));
+                        passed = Some((arrival, id));
                         continue;
                     }
-                    let lb = self.locate(e.key_hash).1;
-                    if let Some((_, x)) = g.ghost(&key, lb) {
-                        d.add(x);
-                        ghosted += 1;
-                    }
+                    d.add(g.ghost(id, kh, lb));
+                    ghosted += 1;
                     continue;
                 }
-                if let Some(exp) = e.reg.val.expires_at_ms() {
+                if let Some(exp) = e.expires_at_ms() {
                     // Wait out the skew: a peer whose clock lags may still
                     // read the value as live.
                     if now_ms <= exp.saturating_add(grace) {
                         break;
                     }
                 }
-                let stamp = e.reg.marker;
-                let tomb = !matches!(e.reg.val, Slot::Value { .. });
-                let lb = self.locate(e.key_hash).1;
-                if let Some((_, x)) = g.remove(&key, lb) {
-                    d.add(x);
-                }
+                let stamp = e.stamp();
+                let tomb = !e.is_value();
+                d.add(g.remove(id, kh, lb));
                 high = high.max(stamp);
                 if tomb {
                     tombs += 1;
@@ -943,6 +945,7 @@ impl Store {
                 let mut f = self.floors.write();
                 f.gc_floor = f.gc_floor.max(high);
             }
+            g.tidy();
             drop(g);
             self.apply(d);
         }
@@ -1007,23 +1010,22 @@ impl Store {
                 break;
             }
             let mut g = sh.write();
-            let oldest: Vec<Bytes> = g
+            let oldest: Vec<(u32, u64)> = g
                 .dead
                 .iter()
-                .filter(|(_, k)| matches!(g.map.get(k).map(|e| &e.reg.val), Some(Slot::Evicted { .. })))
+                .filter_map(|&(_, id)| g.table.used(id).filter(|r| r.kind() == table::Kind::Stub).map(|r| (id, r)))
                 .take(per_shard.min(excess))
-                .map(|(_, k)| k.clone())
+                .map(|(id, r)| (id, key_hash(r.key())))
                 .collect();
             let mut d = Delta::default();
-            for k in oldest {
-                let lb = self.locate(key_hash(&k)).1;
-                if let Some((_, x)) = g.ghost(&k, lb) {
-                    d.add(x);
-                    excess -= 1;
-                    self.counters.ghosted.fetch_add(1, Ordering::Relaxed);
-                    self.counters.stubs_ghosted_early.fetch_add(1, Ordering::Relaxed);
-                }
+            for (id, kh) in oldest {
+                let lb = self.locate(kh).1;
+                d.add(g.ghost(id, kh, lb));
+                excess -= 1;
+                self.counters.ghosted.fetch_add(1, Ordering::Relaxed);
+                self.counters.stubs_ghosted_early.fetch_add(1, Ordering::Relaxed);
             }
+            g.tidy();
             drop(g);
             self.apply(d);
         }
@@ -1044,7 +1046,7 @@ impl Store {
         let mut stamps: Vec<Stamp> = Vec::new();
         for sh in self.shards.iter() {
             let g = sh.read();
-            stamps.extend(g.map.values().filter(|e| e.reg.val.is_tombstone()).map(|e| e.reg.marker));
+            stamps.extend(g.table.iter().filter(|(_, r)| r.kind() == table::Kind::Tombstone).map(|(_, r)| r.stamp()));
         }
         if stamps.len() <= budget {
             return None;
@@ -1055,7 +1057,7 @@ impl Store {
         let mut values = 0;
         for sh in self.shards.iter() {
             let g = sh.read();
-            values += g.map.values().filter(|e| e.reg.marker < bar && matches!(e.reg.val, Slot::Value { .. })).count();
+            values += g.table.iter().filter(|(_, r)| r.stamp() < bar && r.is_value()).count();
         }
         let tombstones = stamps.len() - keep;
         self.raise_clear_below_unchecked(bar);
@@ -1106,7 +1108,7 @@ impl Store {
         let mut all = Vec::with_capacity(self.len());
         for sh in self.shards.iter() {
             let g = sh.read();
-            all.extend(g.map.iter().map(|(k, e)| (k.clone(), e.reg.clone())));
+            all.extend(g.table.iter().map(|(_, r)| (Bytes::copy_from_slice(r.key()), r.register())));
         }
         all.sort_by(|a, b| a.0.cmp(&b.0));
         (self.floors(), all)
@@ -1121,7 +1123,7 @@ impl Store {
         for sh in self.shards.iter() {
             let g = sh.read();
             h = h.wrapping_add(g.total);
-            n += g.map.len() as u64;
+            n += g.table.len() as u64;
         }
         (h, n)
     }
@@ -1153,15 +1155,15 @@ impl Store {
     /// deduplicated). Each shard touched is scanned once, so asking for many
     /// buckets costs one pass over the store, not one per bucket.
     pub fn bucket_summaries(&self, buckets: &[usize]) -> Vec<(usize, Vec<SummaryItem>)> {
-        self.scan_buckets(buckets, |k, e| (k.clone(), e.reg.marker, matches!(e.reg.val, Slot::Evicted { .. })))
+        self.scan_buckets(buckets, |r| (Bytes::copy_from_slice(r.key()), r.stamp(), r.kind() == table::Kind::Stub))
     }
 
     /// The registers in each of `buckets` (sorted, deduplicated).
     pub fn bucket_registers(&self, buckets: &[usize]) -> Vec<(usize, Vec<(Bytes, Register)>)> {
-        self.scan_buckets(buckets, |k, e| (k.clone(), e.reg.clone()))
+        self.scan_buckets(buckets, |r| (Bytes::copy_from_slice(r.key()), r.register()))
     }
 
-    fn scan_buckets<T>(&self, buckets: &[usize], f: impl Fn(&Bytes, &shard::Entry) -> T) -> Vec<(usize, Vec<T>)> {
+    fn scan_buckets<T>(&self, buckets: &[usize], f: impl Fn(table::Entry<'_>) -> T) -> Vec<(usize, Vec<T>)> {
         let mut out: Vec<(usize, Vec<T>)> = buckets.iter().map(|b| (*b, Vec::new())).collect();
         let mut i = 0;
         while i < buckets.len() {
@@ -1171,10 +1173,10 @@ impl Store {
                 j += 1;
             }
             let g = self.shards[s].read();
-            for (k, e) in g.map.iter() {
-                let b = digest::bucket_of(e.key_hash);
+            for (_, r) in g.table.iter() {
+                let b = digest::bucket_of(key_hash(r.key()));
                 if let Ok(pos) = buckets[i..j].binary_search(&b) {
-                    out[i + pos].1.push(f(k, e));
+                    out[i + pos].1.push(f(r));
                 }
             }
             i = j;
@@ -1205,7 +1207,7 @@ impl Store {
     /// The highest stamp this replica knows of in each of `buckets`
     /// (sorted): of the registers it holds there, and of its floor.
     pub fn bucket_max_stamps(&self, buckets: &[usize]) -> Vec<Stamp> {
-        self.scan_buckets(buckets, |_, e| e.reg.marker)
+        self.scan_buckets(buckets, |r| r.stamp())
             .into_iter()
             .map(|(b, stamps)| stamps.into_iter().max().unwrap_or(Stamp::ZERO).max(self.bucket_floor(b)))
             .collect()
@@ -1226,7 +1228,7 @@ impl Store {
     /// used to stream a store to a nearly empty peer one shard at a time.
     pub fn shard_registers(&self, shard: usize) -> Vec<(Bytes, Register)> {
         let g = self.shards[shard].read();
-        g.map.iter().map(|(k, e)| (k.clone(), e.reg.clone())).collect()
+        g.table.iter().map(|(_, r)| (Bytes::copy_from_slice(r.key()), r.register())).collect()
     }
 
     /// Number of shards.

@@ -7,62 +7,30 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use indexmap::IndexMap;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::digest::register_hash;
-use super::evict::{Access, EvictionPolicy, Pool};
+use super::digest::{entry_hash, key_hash, stub_hash};
+use super::evict::{Access, Candidate, EvictionPolicy, Pool};
 use super::slot::{Register, Slot};
+use super::table::{Entry, Kind, Record, Table};
 use crate::hlc::Stamp;
-
-/// A stored register and the local time it arrived.
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) reg: Register,
-    /// Local time (Unix ms) at which this register was stored here. Collection
-    /// compares it with the per-member `synced` watermarks: a register that
-    /// arrived before the last complete anti-entropy round with every member
-    /// started is held by every member (or something newer is).
-    pub(crate) arrival_ms: u64,
-    /// The key's hash, kept so that digest upkeep on removal needs no rehash.
-    pub(crate) key_hash: u64,
-    /// When (LRU) or how often (LFU) the entry was last read or written.
-    pub(crate) access: Access,
-}
-
-impl Clone for Entry {
-    fn clone(&self) -> Self {
-        Entry {
-            reg: self.reg.clone(),
-            arrival_ms: self.arrival_ms,
-            key_hash: self.key_hash,
-            access: self.access.copy(),
-        }
-    }
-}
 
 /// Estimated bytes one entry costs beyond its key and value bytes, used for
 /// the memory bound (row 6 of BENCHMARKS.md measures the real figure):
-/// - the map's slot (hash, key handle, entry), times 3/2: a table that
-///   doubles when full is on average about two thirds full;
-/// - the index, a `usize` per slot at a load of at most 7/8, and the same
-///   slack;
-/// - two `bytes` headers of 32 bytes: the key and the value each get one
-///   the first time they are shared (a push, a read);
-/// - 16 bytes of allocator rounding for the key and the value together.
+/// - the record (40 bytes);
+/// - the index: 4 bytes and a control byte a slot, at a load between 7/16
+///   and 7/8, so about 8 bytes;
+/// - the blob's header (two varints, 2 or 3 bytes for a short key and
+///   value) and the allocator's rounding of it, about 14 bytes together.
 ///
 /// Close is enough: a process that bounds all of its memory corrects for
 /// the difference with its allocator's count (`node::memory`), and the
 /// closer the estimate, the steadier that correction.
-pub(crate) const ENTRY_OVERHEAD: usize =
-    std::mem::size_of::<(u64, Bytes, Entry)>() * 3 / 2 + std::mem::size_of::<usize>() * 2 + 2 * 32 + 16;
-
-/// Capacity below which a shard's table is never shrunk.
-const MIN_TABLE: usize = 64;
+pub(crate) const ENTRY_OVERHEAD: usize = std::mem::size_of::<Record>() + 8 + 14;
 
 pub(crate) struct Shard {
-    pub(crate) map: IndexMap<Bytes, Entry, foldhash::fast::RandomState>,
+    pub(crate) table: Table,
     /// Digest of each bucket this shard owns: the wrapping sum of
     /// `entry_hash(key, stamp)` over its entries. Order-independent, so it is
     /// kept up to date in O(1) per change.
@@ -71,12 +39,13 @@ pub(crate) struct Shard {
     pub(crate) bucket_counts: Box<[u32]>,
     /// Wrapping sum of `buckets`, so that the root costs one read per shard.
     pub(crate) total: u64,
-    /// Registers waiting for collection, by local arrival time: tombstones, and
-    /// values (or stubs) whose TTL has run out. Collection pops from the front
-    /// while arrivals are older than the stability watermark.
-    pub(crate) dead: BTreeSet<(u64, Bytes)>,
-    /// Live values and stubs that carry a TTL, by expiry time.
-    pub(crate) expiries: BTreeSet<(u64, Bytes)>,
+    /// Records waiting for collection, by local arrival time and record id:
+    /// tombstones, and values (or stubs) whose TTL has run out. Collection
+    /// pops from the front while arrivals are older than the stability
+    /// watermark.
+    pub(crate) dead: BTreeSet<(u64, u32)>,
+    /// Live values and stubs that carry a TTL, by expiry time and record id.
+    pub(crate) expiries: BTreeSet<(u64, u32)>,
     /// Accounted bytes (keys, values and `ENTRY_OVERHEAD` per entry).
     pub(crate) bytes: usize,
     /// The part of `bytes` held by registers with a value: what eviction
@@ -122,14 +91,48 @@ impl Delta {
 }
 
 /// Accounted bytes of one entry.
-pub(crate) fn cost(key: &Bytes, slot: &Slot) -> usize {
+pub(crate) fn cost(key: &[u8], slot: &Slot) -> usize {
     key.len() + slot.payload_len() + ENTRY_OVERHEAD
+}
+
+/// Accounted bytes of a stored record.
+pub(crate) fn record_cost(r: Entry<'_>) -> usize {
+    r.key().len() + r.payload_len() + ENTRY_OVERHEAD
+}
+
+/// What the shard's bookkeeping needs to know of a record.
+#[derive(Clone, Copy)]
+struct Facts {
+    kind: Kind,
+    stamp: Stamp,
+    arrival_ms: u64,
+    expires_at_ms: Option<u64>,
+    cost: usize,
+}
+
+impl Facts {
+    fn of(r: Entry<'_>) -> Facts {
+        Facts {
+            kind: r.kind(),
+            stamp: r.stamp(),
+            arrival_ms: r.arrival_ms(),
+            expires_at_ms: r.expires_at_ms(),
+            cost: record_cost(r),
+        }
+    }
+
+    fn hash(&self, kh: u64) -> u64 {
+        match self.kind {
+            Kind::Stub => stub_hash(kh, &self.stamp),
+            _ => entry_hash(kh, &self.stamp),
+        }
+    }
 }
 
 impl Shard {
     pub(crate) fn new(buckets: usize) -> Self {
         Shard {
-            map: IndexMap::default(),
+            table: Table::default(),
             buckets: vec![0; buckets].into_boxed_slice(),
             bucket_counts: vec![0; buckets].into_boxed_slice(),
             total: 0,
@@ -145,6 +148,12 @@ impl Shard {
         }
     }
 
+    /// The record held for `key`, with its id; `kh` is the key's hash.
+    #[inline]
+    pub(crate) fn find(&self, kh: u64, key: &[u8]) -> Option<(u32, Entry<'_>)> {
+        self.table.find(kh, key).map(|id| (id, self.table.get(id)))
+    }
+
     fn digest_add(&mut self, local_bucket: usize, h: u64) {
         self.buckets[local_bucket] = self.buckets[local_bucket].wrapping_add(h);
         self.total = self.total.wrapping_add(h);
@@ -155,70 +164,65 @@ impl Shard {
         self.total = self.total.wrapping_sub(h);
     }
 
-    /// Removes the bookkeeping of an entry that is being replaced or dropped.
-    fn unindex(&mut self, key: &Bytes, e: &Entry, local_bucket: usize) -> Delta {
-        self.digest_sub(local_bucket, register_hash(e.key_hash, &e.reg));
+    /// Removes the bookkeeping of record `id`, which is being replaced or
+    /// dropped.
+    fn unindex(&mut self, id: u32, f: Facts, kh: u64, local_bucket: usize) -> Delta {
+        self.digest_sub(local_bucket, f.hash(kh));
         self.bucket_counts[local_bucket] -= 1;
-        let mut d = Delta { entries: -1, bytes: -(cost(key, &e.reg.val) as isize), ..Delta::default() };
-        match &e.reg.val {
-            Slot::Tombstone => {
+        let mut d = Delta { entries: -1, bytes: -(f.cost as isize), ..Delta::default() };
+        match f.kind {
+            Kind::Tombstone => {
                 self.tombstones -= 1;
                 d.tombstones = -1;
-                self.dead.remove(&(e.arrival_ms, key.clone()));
+                self.dead.remove(&(f.arrival_ms, id));
             }
-            Slot::Evicted { .. } => {
+            Kind::Stub => {
                 self.stubs -= 1;
                 d.stubs = -1;
-                self.dead.remove(&(e.arrival_ms, key.clone()));
+                self.dead.remove(&(f.arrival_ms, id));
             }
-            Slot::Value { expires_at_ms, .. } => {
-                if let Some(exp) = *expires_at_ms {
-                    if !self.expiries.remove(&(exp, key.clone())) {
-                        self.dead.remove(&(e.arrival_ms, key.clone()));
+            Kind::Value => {
+                if let Some(exp) = f.expires_at_ms {
+                    if !self.expiries.remove(&(exp, id)) {
+                        self.dead.remove(&(f.arrival_ms, id));
                     }
                 }
+                self.value_bytes -= f.cost;
+                d.value_bytes = -(f.cost as isize);
             }
         }
-        self.bytes = (self.bytes as isize + d.bytes) as usize;
-        if matches!(e.reg.val, Slot::Value { .. }) {
-            let c = cost(key, &e.reg.val);
-            self.value_bytes -= c;
-            d.value_bytes = -(c as isize);
-        }
+        self.bytes -= f.cost;
         d
     }
 
-    /// Adds the bookkeeping of a newly stored entry.
-    fn index(&mut self, key: &Bytes, e: &Entry, local_bucket: usize, now_ms: u64) -> Delta {
-        self.digest_add(local_bucket, register_hash(e.key_hash, &e.reg));
+    /// Adds the bookkeeping of record `id`, newly stored.
+    fn index(&mut self, id: u32, f: Facts, kh: u64, local_bucket: usize, now_ms: u64) -> Delta {
+        self.digest_add(local_bucket, f.hash(kh));
         self.bucket_counts[local_bucket] += 1;
-        let c = cost(key, &e.reg.val);
-        self.bytes += c;
-        let mut d = Delta { entries: 1, bytes: c as isize, ..Delta::default() };
-        if matches!(e.reg.val, Slot::Value { .. }) {
-            self.value_bytes += c;
-            d.value_bytes = c as isize;
-        }
-        match &e.reg.val {
-            Slot::Tombstone => {
+        self.bytes += f.cost;
+        let mut d = Delta { entries: 1, bytes: f.cost as isize, ..Delta::default() };
+        match f.kind {
+            Kind::Tombstone => {
                 self.tombstones += 1;
                 d.tombstones = 1;
-                self.dead.insert((e.arrival_ms, key.clone()));
+                self.dead.insert((f.arrival_ms, id));
             }
-            Slot::Evicted { .. } => {
+            Kind::Stub => {
                 // A stub waits in the same queue as the dead, by arrival,
                 // until it is stable and can become a ghost.
                 self.stubs += 1;
                 d.stubs = 1;
-                self.dead.insert((e.arrival_ms, key.clone()));
+                self.dead.insert((f.arrival_ms, id));
             }
-            Slot::Value { expires_at_ms, .. } => {
-                if let Some(exp) = *expires_at_ms {
+            Kind::Value => {
+                self.value_bytes += f.cost;
+                d.value_bytes = f.cost as isize;
+                if let Some(exp) = f.expires_at_ms {
                     if now_ms > exp {
                         // Already expired on arrival: a tombstone in effect.
-                        self.dead.insert((e.arrival_ms, key.clone()));
+                        self.dead.insert((f.arrival_ms, id));
                     } else {
-                        self.expiries.insert((exp, key.clone()));
+                        self.expiries.insert((exp, id));
                     }
                 }
             }
@@ -226,34 +230,41 @@ impl Shard {
         d
     }
 
-    /// Stores `reg` for `key`, replacing whatever was there. The caller has
-    /// checked that `reg` wins. A write counts as an access under `lfu` (or
-    /// LRU when false). Returns the replaced entry.
+    /// Stores `reg` for `key` (hash `kh`), replacing whatever was there.
+    /// The caller has checked that `reg` wins. A write counts as an access
+    /// under `lfu` (or LRU when false).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn store(
         &mut self,
-        key: Bytes,
-        key_hash: u64,
+        key: &[u8],
+        kh: u64,
         local_bucket: usize,
-        reg: Register,
+        reg: &Register,
         arrival_ms: u64,
         now_ms: u64,
         lfu: bool,
-    ) -> (Option<Entry>, Delta) {
-        let access = Access::written(self.map.get(&key).map(|e| &e.access), lfu, now_ms);
-        self.put_entry(key, local_bucket, Entry { reg, arrival_ms, key_hash, access }, now_ms)
+    ) -> Delta {
+        let held = self.table.find(kh, key);
+        let access = Access::written(held.map(|id| self.table.get(id).access()), lfu, now_ms);
+        let mut delta = Delta::default();
+        let id = match held {
+            Some(id) => {
+                delta.add(self.unindex(id, Facts::of(self.table.get(id)), kh, local_bucket));
+                self.table.replace(id, &reg.val, reg.marker, arrival_ms, access);
+                id
+            }
+            None => self.table.insert(kh, key, &reg.val, reg.marker, arrival_ms, access),
+        };
+        delta.add(self.indexed(id, kh, local_bucket, now_ms));
+        delta
     }
 
-    fn put_entry(&mut self, key: Bytes, local_bucket: usize, new: Entry, now_ms: u64) -> (Option<Entry>, Delta) {
-        let mut delta = Delta::default();
-        let old = self.map.get(&key).cloned();
-        if let Some(o) = &old {
-            delta.add(self.unindex(&key, o, local_bucket));
-        }
-        delta.add(self.index(&key, &new, local_bucket, now_ms));
-        self.map.insert(key, new);
+    /// Adds the bookkeeping of record `id`, newly stored, and counts the
+    /// change.
+    fn indexed(&mut self, id: u32, kh: u64, local_bucket: usize, now_ms: u64) -> Delta {
+        let delta = self.index(id, Facts::of(self.table.get(id)), kh, local_bucket, now_ms);
         self.count_change(local_bucket);
-        (old, delta)
+        delta
     }
 
     fn count_change(&mut self, local_bucket: usize) {
@@ -267,20 +278,30 @@ impl Shard {
         self.changes[local_bucket]
     }
 
-    /// Removes `key` entirely (collection, clear_below, refusal reply).
-    pub(crate) fn remove(&mut self, key: &Bytes, local_bucket: usize) -> Option<(Entry, Delta)> {
-        let e = self.map.swap_remove(key)?;
-        let d = self.unindex(key, &e, local_bucket);
+    /// Removes record `id` (of key hash `kh`) entirely: collection,
+    /// clear_below, a refusal reply. Record ids stay valid until the caller
+    /// calls [`Shard::tidy`].
+    pub(crate) fn remove(&mut self, id: u32, kh: u64, local_bucket: usize) -> Delta {
+        let f = Facts::of(self.table.get(id));
+        let d = self.unindex(id, f, kh, local_bucket);
+        self.table.remove(kh, id);
         self.count_change(local_bucket);
-        // A table keeps its largest size unless told otherwise; after a
-        // flush or a wave of ghosting that is memory the bound pays for
-        // and nothing uses. Halving the slack each time it passes 3/4 of
-        // the table costs O(1) per removal, amortized.
-        let cap = self.map.capacity();
-        if cap > MIN_TABLE && self.map.len() * 4 < cap {
-            self.map.shrink_to(self.map.len() * 2);
+        d
+    }
+
+    /// Compacts the table if it is mostly free (after a flush, or a wave of
+    /// ghosting), renumbering the queues' record ids. Callers run it once
+    /// they hold no record id.
+    pub(crate) fn tidy(&mut self) {
+        if !self.table.sparse() {
+            return;
         }
-        Some((e, d))
+        let renumber = self.table.compact();
+        let remap = |set: &mut BTreeSet<(u64, u32)>| {
+            *set = std::mem::take(set).into_iter().map(|(t, id)| (t, renumber[id as usize])).collect();
+        };
+        remap(&mut self.dead);
+        remap(&mut self.expiries);
     }
 
     /// The floor of a local bucket: `Stamp::ZERO` when it is held whole.
@@ -300,18 +321,19 @@ impl Shard {
         }
     }
 
-    /// Drops `key`'s register but keeps its share of the digest, as a ghost:
-    /// digests stay equal to peers that hold it, so anti-entropy neither
-    /// pulls it back nor tells anyone else to drop it. Raises the bucket's
-    /// floor to its stamp.
-    pub(crate) fn ghost(&mut self, key: &Bytes, local_bucket: usize) -> Option<(Entry, Delta)> {
-        let (e, d) = self.remove(key, local_bucket)?;
-        let h = register_hash(e.key_hash, &e.reg);
+    /// Drops record `id`'s register but keeps its share of the digest, as a
+    /// ghost: digests stay equal to peers that hold it, so anti-entropy
+    /// neither pulls it back nor tells anyone else to drop it. Raises the
+    /// bucket's floor to its stamp.
+    pub(crate) fn ghost(&mut self, id: u32, kh: u64, local_bucket: usize) -> Delta {
+        let f = Facts::of(self.table.get(id));
+        let d = self.remove(id, kh, local_bucket);
+        let h = f.hash(kh);
         self.ensure_ghosts();
         self.ghost[local_bucket] = self.ghost[local_bucket].wrapping_add(h);
         self.digest_add(local_bucket, h);
-        self.floor[local_bucket] = self.floor[local_bucket].max(e.reg.marker);
-        Some((e, d))
+        self.floor[local_bucket] = self.floor[local_bucket].max(f.stamp);
+        d
     }
 
     /// Makes a local bucket's digest equal to a peer's, `remote_digest`, by
@@ -345,68 +367,62 @@ impl Shard {
     /// collection). Returns their keys and stamps.
     pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<(Bytes, Stamp, bool)> {
         let mut out = Vec::new();
-        while let Some((exp, _)) = self.expiries.first() {
-            if *exp >= now_ms {
+        while let Some(&(exp, id)) = self.expiries.first() {
+            if exp >= now_ms {
                 break;
             }
-            let (_, key) = self.expiries.pop_first().expect("first() was Some");
-            if let Some(e) = self.map.get(&key) {
-                self.dead.insert((e.arrival_ms, key.clone()));
-                out.push((key, e.reg.marker, matches!(e.reg.val, Slot::Value { .. })));
+            self.expiries.pop_first();
+            if let Some(r) = self.table.used(id) {
+                let (arrival, entry) = (r.arrival_ms(), (Bytes::copy_from_slice(r.key()), r.stamp(), r.is_value()));
+                self.dead.insert((arrival, id));
+                out.push(entry);
             }
         }
         out
     }
 
-    /// Evicts `key` if it still holds a value `policy` may evict. A value
-    /// that arrived before `stable_before` (every member holds it, or
-    /// something newer) becomes a ghost; a newer one becomes a stub, which
-    /// keeps its key and stamp until it is stable. Returns what that did to
-    /// the accounting, and whether it left a ghost.
+    /// Evicts candidate `c` if its record still holds the value sampled
+    /// and `policy` may evict it. A value that arrived before
+    /// `stable_before` (every member holds it, or something newer) becomes
+    /// a ghost; a newer one becomes a stub, which keeps its key and stamp
+    /// until it is stable. Returns what that did to the accounting, and
+    /// whether it left a ghost.
     pub(crate) fn evict(
         &mut self,
-        key: &Bytes,
+        c: Candidate,
         policy: EvictionPolicy,
         now_ms: u64,
         stable_before: u64,
         local_bucket: impl Fn(u64) -> usize,
     ) -> Option<(Delta, bool)> {
-        if !self.is_value(key) || (policy.volatile_only() && !self.has_ttl(key)) {
+        let r = self.table.used(c.id).filter(|r| r.stamp() == c.stamp && r.is_value())?;
+        let expires_at_ms = r.expires_at_ms();
+        if policy.volatile_only() && expires_at_ms.is_none() {
             return None;
         }
-        let e = self.map.get(key).cloned().expect("checked above");
-        let lb = local_bucket(e.key_hash);
-        if e.arrival_ms < stable_before {
-            return self.ghost(key, lb).map(|(_, d)| (d, true));
+        let kh = key_hash(r.key());
+        let lb = local_bucket(kh);
+        if r.arrival_ms() < stable_before {
+            return Some((self.ghost(c.id, kh, lb), true));
         }
-        let stub = Slot::Evicted { expires_at_ms: e.reg.val.expires_at_ms() };
         // Keep the arrival time and access history: eviction is local and
         // is not a new write.
-        let entry = Entry {
-            reg: Register { val: stub, marker: e.reg.marker },
-            arrival_ms: e.arrival_ms,
-            key_hash: e.key_hash,
-            access: e.access,
-        };
-        let (_, d) = self.put_entry(key.clone(), lb, entry, now_ms);
+        let (arrival, access) = (r.arrival_ms(), r.access().copy());
+        let mut d = self.unindex(c.id, Facts::of(r), kh, lb);
+        self.table.replace(c.id, &Slot::Evicted { expires_at_ms }, c.stamp, arrival, access);
+        d.add(self.indexed(c.id, kh, lb, now_ms));
         Some((d, false))
     }
 
-    fn is_value(&self, key: &Bytes) -> bool {
-        matches!(self.map.get(key).map(|e| &e.reg.val), Some(Slot::Value { .. }))
-    }
-
-    fn has_ttl(&self, key: &Bytes) -> bool {
-        self.map.get(key).is_some_and(|e| e.reg.val.expires_at_ms().is_some())
-    }
-
-    /// Offers up to `samples` eviction candidates of this shard to `pool`:
-    /// random values for the allkeys policies; for the volatile ones, a run
-    /// of values with a TTL from a random point of the expiry index (the
-    /// shard keeps no random access to them alone), and for `volatile-ttl`
-    /// the soonest expiries. Returns how many were offered.
+    /// Offers up to `samples` eviction candidates of this shard (number
+    /// `shard`) to `pool`: random values for the allkeys policies; for the
+    /// volatile ones, a run of values with a TTL from a random point of the
+    /// expiry index (the shard keeps no random access to them alone), and
+    /// for `volatile-ttl` the soonest expiries. Returns how many were
+    /// offered.
     pub(crate) fn sample(
         &self,
+        shard: usize,
         policy: EvictionPolicy,
         samples: usize,
         now_ms: u64,
@@ -414,10 +430,13 @@ impl Shard {
         pool: &mut Pool,
     ) -> usize {
         let lfu = policy.is_lfu();
-        let score = |e: &Entry| match policy {
-            EvictionPolicy::VolatileTtl => u64::MAX - e.reg.val.expires_at_ms().unwrap_or(u64::MAX),
+        let score = |r: Entry<'_>| match policy {
+            EvictionPolicy::VolatileTtl => u64::MAX - r.expires_at_ms().unwrap_or(u64::MAX),
             p if p.is_random() => 0,
-            _ => e.access.idle(lfu, now_ms),
+            _ => r.access().idle(lfu, now_ms),
+        };
+        let mut offer = |id: u32, r: Entry<'_>| {
+            pool.offer(score(r), Candidate { shard: shard as u32, id, stamp: r.stamp() });
         };
         let mut found = 0;
         if policy.volatile_only() {
@@ -425,11 +444,11 @@ impl Shard {
                 return 0;
             };
             let from = if policy == EvictionPolicy::VolatileTtl { lo } else { rng.random_range(lo..=hi) };
-            let start = (from, Bytes::new());
-            let run = self.expiries.range(&start..).chain(self.expiries.range(..&start));
-            for (_, k) in run.take(samples * 4) {
-                if let Some(e) = self.map.get(k).filter(|e| matches!(e.reg.val, Slot::Value { .. })) {
-                    pool.offer(score(e), k);
+            let start = (from, 0);
+            let run = self.expiries.range(start..).chain(self.expiries.range(..start));
+            for &(_, id) in run.take(samples * 4) {
+                if let Some(r) = self.table.used(id).filter(|r| r.is_value()) {
+                    offer(id, r);
                     found += 1;
                     if found == samples {
                         break;
@@ -438,12 +457,12 @@ impl Shard {
             }
             return found;
         }
-        let n = self.map.len();
+        let n = self.table.len();
         if n <= samples {
             // A shard this small is offered whole: random probes would offer
             // its few values over and over.
-            for (k, e) in self.map.iter().filter(|(_, e)| matches!(e.reg.val, Slot::Value { .. })) {
-                pool.offer(score(e), k);
+            for (id, r) in self.table.iter().filter(|(_, r)| r.is_value()) {
+                offer(id, r);
                 found += 1;
             }
             return found;
@@ -452,16 +471,17 @@ impl Shard {
         if values == 0 {
             return 0;
         }
-        if values * 8 < n {
+        let cap = self.table.capacity();
+        if values * 8 < cap {
             // Mostly stubs and tombstones (a long partition with eviction
-            // under way): random probes would miss, and a write would be
-            // refused for memory with values still to evict. Walk from a
-            // random entry instead, however far the next values are.
-            let start = rng.random_range(0..n);
-            for i in (start..n).chain(0..start) {
-                let (k, e) = self.map.get_index(i).expect("index in range");
-                if matches!(e.reg.val, Slot::Value { .. }) {
-                    pool.offer(score(e), k);
+            // under way), or mostly free records (a table of one chunk):
+            // random probes would miss, and a write would be refused for
+            // memory with values still to evict. Walk from a random record
+            // instead, however far the next values are.
+            let start = rng.random_range(0..cap) as u32;
+            for id in (start..cap as u32).chain(0..start) {
+                if let Some(r) = self.table.used(id).filter(|r| r.is_value()) {
+                    offer(id, r);
                     found += 1;
                     if found == samples {
                         break;
@@ -470,15 +490,16 @@ impl Shard {
             }
             return found;
         }
-        // Stubs and tombstones are skipped; the probe limit keeps a shard
-        // made mostly of them from spinning.
+        // Free records, stubs and tombstones are skipped: at least an eighth
+        // of the records hold values, so the probes find about half the
+        // samples asked for, and their limit keeps a shard from spinning.
         for _ in 0..samples * 4 {
-            if found == samples || n == 0 {
+            if found == samples {
                 break;
             }
-            let (k, e) = self.map.get_index(rng.random_range(0..n)).expect("index in range");
-            if matches!(e.reg.val, Slot::Value { .. }) {
-                pool.offer(score(e), k);
+            let id = rng.random_range(0..cap) as u32;
+            if let Some(r) = self.table.used(id).filter(|r| r.is_value()) {
+                offer(id, r);
                 found += 1;
             }
         }
