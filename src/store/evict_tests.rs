@@ -280,3 +280,32 @@ fn stub_and_tombstone_budgets_shrink_with_the_bound() {
     s.set_max_bytes(None, T0);
     assert_eq!(s.tombstone_budget(), 100_000, "max_tombstones alone without a bound");
 }
+
+#[test]
+fn candidates_sampled_before_a_table_shrank_are_passed_over() {
+    // The pool keeps candidates between evictions. A flush compacts the
+    // table, so ids sampled before it may lie past its new end; evicting
+    // must skip them, not index past the records.
+    let cfg = StoreConfig {
+        shards: NonZeroUsize::new(1).unwrap(),
+        max_bytes: NonZeroUsize::new(4_000 * entry_cost()),
+        seed: 7,
+        ..StoreConfig::default()
+    };
+    let s = Store::new(NodeId(1), cfg).unwrap();
+    let mut now = T0;
+    for i in 0..4_500 {
+        now += 1;
+        s.put(key(i), value(), None, now).unwrap();
+    }
+    assert!(s.stats().evictions > 0);
+    now += 1;
+    s.flush_all(now);
+    s.set_max_bytes(NonZeroUsize::new(1_000 * entry_cost()), now);
+    for i in 10_000..11_500 {
+        now += 1;
+        s.put(key(i), value(), None, now).unwrap();
+        within_bound(&s);
+    }
+    assert!(s.stats().evictions >= 4_500 - 4_000 + 500, "{:?}", s.stats());
+}

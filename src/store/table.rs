@@ -279,9 +279,10 @@ impl Table {
         Entry { rec: at(&self.chunks, id), nodes: &self.nodes }
     }
 
-    /// The record `id` if it is in use.
+    /// The record `id` if it is in use. `id` may be stale (an eviction
+    /// candidate sampled before the table was compacted) and past the end.
     pub(crate) fn used(&self, id: u32) -> Option<Entry<'_>> {
-        let rec = at(&self.chunks, id);
+        let rec = self.chunks.get((id >> CHUNK_BITS) as usize)?.get(id as usize & (CHUNK - 1))?;
         rec.blob.is_some().then_some(Entry { rec, nodes: &self.nodes })
     }
 
@@ -525,6 +526,7 @@ mod tests {
         t.remove(key_hash(b"k"), k);
         assert!(t.find(key_hash(b"k"), b"k").is_none());
         assert!(t.used(k).is_none());
+        assert!(t.used(u32::MAX).is_none(), "an id past the end is not in use");
         let find = |t: &Table, key: &str| t.find(key_hash(key.as_bytes()), key.as_bytes());
         for i in 0..5_000u64 {
             put(&mut t, format!("key{i}").as_bytes(), value(&[7; 100], None), i);
