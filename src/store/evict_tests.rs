@@ -309,3 +309,29 @@ fn candidates_sampled_before_a_table_shrank_are_passed_over() {
     }
     assert!(s.stats().evictions >= 4_500 - 4_000 + 500, "{:?}", s.stats());
 }
+
+#[test]
+fn scratch_budget_drop() {
+    let cfg = StoreConfig { max_bytes: NonZeroUsize::new(64 << 20), seed: 7, ..StoreConfig::default() };
+    let s = Store::new(NodeId(1), cfg).unwrap();
+    let mut now = T0;
+    let mut full = 0;
+    for round in 0..20u64 {
+        for i in 0..50_000u64 {
+            now += 1;
+            let k = Bytes::from(format!("key:{:012}", (i * 7919 + round * 1_000_003) % 100_000_000));
+            if s.put(k, Bytes::from(vec![1u8; 200]), None, now).is_err() {
+                full += 1;
+            }
+        }
+        let lim = if round % 2 == 0 { 20 << 20 } else { 50 << 20 };
+        s.set_value_budget(NonZeroUsize::new(lim), now);
+        eprintln!(
+            "round {round} limit {} value_bytes {} entries {} stubs {} full {full}",
+            s.value_limit(),
+            s.value_bytes(),
+            s.len(),
+            s.stats().stubs
+        );
+    }
+}

@@ -53,6 +53,16 @@ use crate::store::digest::{self, BUCKETS, FANOUT, LEVELS};
 use crate::store::{Change, Register};
 use crate::wire::{encoded_len, BucketSummary, Refusal, SyncHello, SyncMsg, LENGTH_PREFIX};
 
+/// A register to send in an `Entries` message.
+#[derive(Debug)]
+enum Outgoing {
+    /// A key whose register is read when its turn comes.
+    Key(Bytes),
+    /// A register read already (a whole shard streamed, or the small
+    /// side's registers copied before the peer's arrive).
+    Read(Bytes, Register),
+}
+
 /// Default bytes of registers per `Entries` message: large enough to
 /// amortize framing, small enough to interleave with other traffic.
 pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
@@ -201,7 +211,7 @@ pub struct Session {
     /// Control messages, sent before anything else.
     out: VecDeque<SyncMsg>,
     /// Registers still to send, cut into `Entries` messages.
-    pending: VecDeque<(Bytes, Register)>,
+    pending: VecDeque<Outgoing>,
     /// Stream mode, larger side: the next shard to copy into `pending`.
     /// Copying a shard at a time keeps a big store from being copied whole
     /// into memory.
@@ -431,7 +441,7 @@ impl Session {
                 self.after.push_back(SyncMsg::EndOfEntries { want });
                 Ok(())
             }
-            (Phase::Exchange, SyncMsg::Want(gaps)) if self.summary_sender => self.queue_wanted(replica, gaps),
+            (Phase::Exchange, SyncMsg::Want(gaps)) if self.summary_sender => self.queue_wanted(gaps),
             (Phase::Exchange, SyncMsg::Entries(regs)) => {
                 self.stats.entries_received += regs.len() as u64;
                 if self.stream_shard.is_some() {
@@ -447,7 +457,7 @@ impl Session {
                 Ok(())
             }
             (Phase::Exchange, SyncMsg::EndOfEntries { want }) => {
-                self.queue_wanted(replica, want)?;
+                self.queue_wanted(want)?;
                 // No position can be wanted after the peer's last message.
                 self.summarised = Vec::new();
                 if !self.end_queued {
@@ -623,7 +633,8 @@ impl Session {
                 // The small side copies its few registers now, before the
                 // peer's arrive, so it never echoes them back.
                 for s in 0..replica.store().shard_count() {
-                    self.pending.extend(replica.store().shard_registers(s));
+                    self.pending
+                        .extend(replica.store().shard_registers(s).into_iter().map(|(k, r)| Outgoing::Read(k, r)));
                 }
             } else {
                 self.stream_shard = Some(0);
@@ -685,7 +696,9 @@ impl Session {
         }
         self.phase = Phase::Exchange;
         let ids: Vec<usize> = buckets.iter().map(|b| b.bucket as usize).collect();
-        let mine = replica.store().bucket_registers(&ids);
+        // Keys and stamps only: the registers to send are read when their
+        // turn comes, so a long queue holds keys, not copies of values.
+        let mine = replica.store().bucket_summaries(&ids);
         for (theirs, (_, ours)) in buckets.into_iter().zip(mine) {
             // A side that holds a bucket in part wants no register for a key
             // it lacks there at or below its floor (it would refuse it: it
@@ -698,8 +711,7 @@ impl Session {
             let bounded_here = replica.store().max_bytes().is_some();
             let floor_there = theirs.floor.unwrap_or(Stamp::ZERO);
             let partial_there = theirs.floor.is_some();
-            let ours_idx: HashMap<&Bytes, (Stamp, bool)> =
-                ours.iter().map(|(k, r)| (k, (r.marker, r.val.is_stub()))).collect();
+            let ours_idx: HashMap<&Bytes, (Stamp, bool)> = ours.iter().map(|(k, st, stub)| (k, (*st, *stub))).collect();
             for (i, (k, st)) in theirs.items.iter().enumerate() {
                 let pos = self.summary_seen;
                 self.summary_seen += 1;
@@ -725,7 +737,7 @@ impl Session {
             // one has been offered to every member since it arrived here.
             let hides_nothing = || {
                 let listed: std::collections::HashSet<&Bytes> = theirs.items.iter().map(|(k, _)| k).collect();
-                ours.iter().all(|(k, r)| listed.contains(k) || r.marker > floor_there || replica.store().is_stable(k))
+                ours.iter().all(|(k, st, _)| listed.contains(k) || *st > floor_there || replica.store().is_stable(k))
             };
             let blind = replica.store().has_planted(crate::store::Bug::AdoptBlind);
             // Between peers that both hold the bucket in part, only from the
@@ -764,15 +776,13 @@ impl Session {
                 .enumerate()
                 .map(|(i, (k, st))| (k, (st, stubs.binary_search(&(i as u32)).is_ok())))
                 .collect();
-            for (k, r) in ours {
+            for (k, st, stub) in ours {
                 let send = match theirs.get(&k) {
-                    None => r.marker > floor_there,
-                    Some((t, t_stub)) => {
-                        *t < r.marker || (*t == r.marker && *t_stub && !r.val.is_stub() && !partial_there)
-                    }
+                    None => st > floor_there,
+                    Some((t, t_stub)) => *t < st || (*t == st && *t_stub && !stub && !partial_there),
                 };
                 if send {
-                    self.pending.push_back((k, r));
+                    self.pending.push_back(Outgoing::Key(k));
                 }
             }
         }
@@ -786,7 +796,7 @@ impl Session {
     /// Queues the registers the peer wants, named by their positions in our
     /// summary (sent as gaps). A position past what we summarised, or one
     /// not above the previous, breaks the protocol.
-    fn queue_wanted(&mut self, replica: &Replica, gaps: Vec<u64>) -> Result<(), SyncError> {
+    fn queue_wanted(&mut self, gaps: Vec<u64>) -> Result<(), SyncError> {
         for gap in gaps {
             let pos = match self.want_last {
                 None => gap,
@@ -797,9 +807,7 @@ impl Session {
                 SyncError::Protocol(format!("wanted position {pos} past the {} keys summarised", self.summarised.len()))
             })?;
             self.want_last = Some(pos);
-            if let Some(reg) = replica.store().register(key) {
-                self.pending.push_back((key.clone(), reg));
-            }
+            self.pending.push_back(Outgoing::Key(key.clone()));
         }
         Ok(())
     }
@@ -886,18 +894,28 @@ impl Session {
             return Some(self.next_summary(replica));
         }
         loop {
-            if !self.pending.is_empty() {
-                let mut size = 0;
-                let mut batch = Vec::new();
-                while let Some((k, r)) = self.pending.front() {
-                    let s = k.len() + r.val.payload_len() + 24;
-                    if !batch.is_empty() && size + s > self.batch_bytes {
-                        break;
-                    }
-                    size += s;
-                    let e = self.pending.pop_front().expect("front() was Some");
-                    batch.push(e);
+            let mut size = 0;
+            let mut batch = Vec::new();
+            while let Some(next) = self.pending.pop_front() {
+                // A key is read now: the register it holds now is what the
+                // peer should have (a newer one than when it was queued is
+                // as good), and one no longer held has nothing to send.
+                let (k, r) = match next {
+                    Outgoing::Read(k, r) => (k, r),
+                    Outgoing::Key(k) => match replica.store().register(&k) {
+                        Some(r) => (k, r),
+                        None => continue,
+                    },
+                };
+                let s = k.len() + r.val.payload_len() + 24;
+                if !batch.is_empty() && size + s > self.batch_bytes {
+                    self.pending.push_front(Outgoing::Read(k, r));
+                    break;
                 }
+                size += s;
+                batch.push((k, r));
+            }
+            if !batch.is_empty() {
                 return Some(SyncMsg::Entries(batch));
             }
             match self.stream_shard {
@@ -908,7 +926,8 @@ impl Session {
                             .store()
                             .shard_registers(s)
                             .into_iter()
-                            .filter(|(k, r)| received.get(k) != Some(&r.marker)),
+                            .filter(|(k, r)| received.get(k) != Some(&r.marker))
+                            .map(|(k, r)| Outgoing::Read(k, r)),
                     );
                     self.stream_shard = Some(s + 1);
                 }
