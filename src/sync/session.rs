@@ -59,8 +59,33 @@ enum Outgoing {
     /// A key whose register is read when its turn comes.
     Key(Bytes),
     /// A register read already (a whole shard streamed, or the small
-    /// side's registers copied before the peer's arrive).
-    Read(Bytes, Register),
+    /// side's registers copied before the peer's arrive). Boxed, so that
+    /// the many keys of a summary session queue at the size of a key.
+    Read(Box<(Bytes, Register)>),
+}
+
+/// Keys packed in one buffer, in the order pushed.
+#[derive(Debug, Default)]
+struct KeyList {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl KeyList {
+    fn push(&mut self, key: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.bytes[start..end])
+    }
 }
 
 /// Default bytes of registers per `Entries` message: large enough to
@@ -231,8 +256,10 @@ pub struct Session {
     /// The summary is still being sent.
     summarizing: bool,
     /// Summary side: the keys summarised so far, in the order sent, so that
-    /// a wanted position names its key.
-    summarised: Vec<Bytes>,
+    /// a wanted position names its key. When every bucket differs (a mesh
+    /// under a steady write load) that is every key held, so they are kept
+    /// packed, not as a handle each.
+    summarised: KeyList,
     /// Summary side, when the peer holds part of the keyspace: the buckets
     /// summarised, in order, whose final digests go in our `Digests`, each
     /// with its change count read before its summary and the changes this
@@ -309,7 +336,7 @@ impl Session {
             summary_ready: VecDeque::new(),
             summary_sender: false,
             summarizing: false,
-            summarised: Vec::new(),
+            summarised: KeyList::default(),
             summarised_buckets: Vec::new(),
             peer_holds_part: false,
             to_adopt: Vec::new(),
@@ -459,7 +486,7 @@ impl Session {
             (Phase::Exchange, SyncMsg::EndOfEntries { want }) => {
                 self.queue_wanted(want)?;
                 // No position can be wanted after the peer's last message.
-                self.summarised = Vec::new();
+                self.summarised = KeyList::default();
                 if !self.end_queued {
                     self.end_queued = true;
                     self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
@@ -633,8 +660,8 @@ impl Session {
                 // The small side copies its few registers now, before the
                 // peer's arrive, so it never echoes them back.
                 for s in 0..replica.store().shard_count() {
-                    self.pending
-                        .extend(replica.store().shard_registers(s).into_iter().map(|(k, r)| Outgoing::Read(k, r)));
+                    let regs = replica.store().shard_registers(s);
+                    self.pending.extend(regs.into_iter().map(|e| Outgoing::Read(Box::new(e))));
                 }
             } else {
                 self.stream_shard = Some(0);
@@ -807,7 +834,7 @@ impl Session {
                 SyncError::Protocol(format!("wanted position {pos} past the {} keys summarised", self.summarised.len()))
             })?;
             self.want_last = Some(pos);
-            self.pending.push_back(Outgoing::Key(key.clone()));
+            self.pending.push_back(Outgoing::Key(Bytes::copy_from_slice(key)));
         }
         Ok(())
     }
@@ -862,7 +889,9 @@ impl Session {
             }
             chunk.push(b);
         }
-        self.summarised.extend(chunk.iter().flat_map(|b| b.items.iter().map(|(k, _)| k.clone())));
+        for (k, _) in chunk.iter().flat_map(|b| b.items.iter()) {
+            self.summarised.push(k);
+        }
         SyncMsg::Summary(chunk)
     }
 
@@ -901,7 +930,7 @@ impl Session {
                 // peer should have (a newer one than when it was queued is
                 // as good), and one no longer held has nothing to send.
                 let (k, r) = match next {
-                    Outgoing::Read(k, r) => (k, r),
+                    Outgoing::Read(e) => *e,
                     Outgoing::Key(k) => match replica.store().register(&k) {
                         Some(r) => (k, r),
                         None => continue,
@@ -909,7 +938,7 @@ impl Session {
                 };
                 let s = k.len() + r.val.payload_len() + 24;
                 if !batch.is_empty() && size + s > self.batch_bytes {
-                    self.pending.push_front(Outgoing::Read(k, r));
+                    self.pending.push_front(Outgoing::Read(Box::new((k, r))));
                     break;
                 }
                 size += s;
@@ -927,7 +956,7 @@ impl Session {
                             .shard_registers(s)
                             .into_iter()
                             .filter(|(k, r)| received.get(k) != Some(&r.marker))
-                            .map(|(k, r)| Outgoing::Read(k, r)),
+                            .map(|e| Outgoing::Read(Box::new(e))),
                     );
                     self.stream_shard = Some(s + 1);
                 }
