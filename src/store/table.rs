@@ -26,8 +26,9 @@ use crate::hlc::{NodeId, Stamp};
 
 /// log2 of the records per chunk.
 const CHUNK_BITS: u32 = 8;
-/// Records per chunk: 256 records of 40 bytes, 10 KiB. Each shard has at
-/// most one chunk partly used.
+/// Records per chunk: 256 records of 40 bytes, 10 KiB. A table that only
+/// grows has at most one chunk partly used; removals leave free records
+/// anywhere, which are reused first, until the table is compacted.
 pub(crate) const CHUNK: usize = 1 << CHUNK_BITS;
 
 /// Node ids a table may index: the two top bits of a record's `node` word
