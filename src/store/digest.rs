@@ -66,13 +66,21 @@ pub fn stub_hash(key_hash: u64, stamp: &Stamp) -> u64 {
     fmix(entry_hash(key_hash, stamp) ^ 0x7374_7562_7374_7562)
 }
 
+/// What a register stamped `stamp` contributes to its bucket's digest: a
+/// stub's share, or a value's or tombstone's.
+#[inline]
+pub fn stamp_hash(key_hash: u64, stamp: &Stamp, is_stub: bool) -> u64 {
+    if is_stub {
+        stub_hash(key_hash, stamp)
+    } else {
+        entry_hash(key_hash, stamp)
+    }
+}
+
 /// What `reg` contributes to its bucket's digest.
 #[inline]
 pub fn register_hash(key_hash: u64, reg: &Register) -> u64 {
-    match reg.val {
-        Slot::Evicted { .. } => stub_hash(key_hash, &reg.marker),
-        _ => entry_hash(key_hash, &reg.marker),
-    }
+    stamp_hash(key_hash, &reg.marker, matches!(reg.val, Slot::Evicted { .. }))
 }
 
 /// Buckets covered by one node of `level` (0 = root).

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::digest::{entry_hash, key_hash, stub_hash};
+use super::digest::{key_hash, stamp_hash};
 use super::evict::{Access, Candidate, EvictionPolicy, Pool};
 use super::slot::{Register, Slot};
 use super::table::{Entry, Kind, Record, Table};
@@ -122,10 +122,7 @@ impl Facts {
     }
 
     fn hash(&self, kh: u64) -> u64 {
-        match self.kind {
-            Kind::Stub => stub_hash(kh, &self.stamp),
-            _ => entry_hash(kh, &self.stamp),
-        }
+        stamp_hash(kh, &self.stamp, self.kind == Kind::Stub)
     }
 }
 
@@ -246,15 +243,31 @@ impl Shard {
     ) -> Delta {
         let held = self.table.find(kh, key);
         let access = Access::written(held.map(|id| self.table.get(id).access()), lfu, now_ms);
-        let mut delta = Delta::default();
-        let id = match held {
-            Some(id) => {
-                delta.add(self.unindex(id, Facts::of(self.table.get(id)), kh, local_bucket));
-                self.table.replace(id, &reg.val, reg.marker, arrival_ms, access);
-                id
+        match held {
+            Some(id) => self.rewrite(id, kh, local_bucket, &reg.val, reg.marker, arrival_ms, access, now_ms),
+            None => {
+                let id = self.table.insert(kh, key, &reg.val, reg.marker, arrival_ms, access);
+                self.indexed(id, kh, local_bucket, now_ms)
             }
-            None => self.table.insert(kh, key, &reg.val, reg.marker, arrival_ms, access),
-        };
+        }
+    }
+
+    /// Replaces record `id`'s contents, keeping its id, with their
+    /// bookkeeping: a winning write, or an eviction into a stub.
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite(
+        &mut self,
+        id: u32,
+        kh: u64,
+        local_bucket: usize,
+        slot: &Slot,
+        stamp: Stamp,
+        arrival_ms: u64,
+        access: Access,
+        now_ms: u64,
+    ) -> Delta {
+        let mut delta = self.unindex(id, Facts::of(self.table.get(id)), kh, local_bucket);
+        self.table.replace(id, slot, stamp, arrival_ms, access);
         delta.add(self.indexed(id, kh, local_bucket, now_ms));
         delta
     }
@@ -408,10 +421,8 @@ impl Shard {
         // Keep the arrival time and access history: eviction is local and
         // is not a new write.
         let (arrival, access) = (r.arrival_ms(), r.access().copy());
-        let mut d = self.unindex(c.id, Facts::of(r), kh, lb);
-        self.table.replace(c.id, &Slot::Evicted { expires_at_ms }, c.stamp, arrival, access);
-        d.add(self.indexed(c.id, kh, lb, now_ms));
-        Some((d, false))
+        let stub = Slot::Evicted { expires_at_ms };
+        Some((self.rewrite(c.id, kh, lb, &stub, c.stamp, arrival, access, now_ms), false))
     }
 
     /// Offers up to `samples` eviction candidates of this shard (number
