@@ -1158,11 +1158,6 @@ impl Store {
         self.scan_buckets(buckets, |r| (Bytes::copy_from_slice(r.key()), r.stamp(), r.kind() == table::Kind::Stub))
     }
 
-    /// The registers in each of `buckets` (sorted, deduplicated).
-    pub fn bucket_registers(&self, buckets: &[usize]) -> Vec<(usize, Vec<(Bytes, Register)>)> {
-        self.scan_buckets(buckets, |r| (Bytes::copy_from_slice(r.key()), r.register()))
-    }
-
     fn scan_buckets<T>(&self, buckets: &[usize], f: impl Fn(table::Entry<'_>) -> T) -> Vec<(usize, Vec<T>)> {
         let mut out: Vec<(usize, Vec<T>)> = buckets.iter().map(|b| (*b, Vec::new())).collect();
         let mut i = 0;
