@@ -225,7 +225,7 @@ fn status(mesh: &Mesh) -> String {
     kv("stubs:", &st.stubs);
     kv("clear_below:", &st.floors.clear_below);
     kv("gc_floor:", &st.floors.gc_floor);
-    let counters: [(&str, u64); 26] = [
+    let counters: [(&str, u64); 27] = [
         ("deltas_sent", s.deltas_sent),
         ("deltas_received", s.deltas_received),
         ("push_batches_sent", s.push_batches_sent),
@@ -233,6 +233,7 @@ fn status(mesh: &Mesh) -> String {
         ("queue_overflows", s.queue_overflows),
         ("ae_rounds", s.ae_rounds),
         ("ae_failed", s.ae_failed),
+        ("ae_declined", s.ae_declined),
         ("ae_bytes_sent", s.ae_bytes_sent),
         ("ae_bytes_received", s.ae_bytes_received),
         ("ae_entries_sent", s.ae_entries_sent),

@@ -29,7 +29,10 @@ use crate::store::Register;
 /// ([`SyncMsg::Digests`]), so that a peer holding part of a bucket can agree
 /// with a peer holding it whole (ALGORITHM.md, "Eviction"). The first two
 /// change the layout of existing messages.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: a responder running another session answers `Begin` with
+/// [`SyncMsg::Busy`] (a version 4 initiator would take it for a protocol
+/// violation).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -195,6 +198,10 @@ pub enum SyncMsg {
     /// peer's registers. The peer may make a bucket it holds in part agree
     /// with it (ALGORITHM.md, "Eviction").
     Digests(Vec<(u32, u64)>),
+    /// Responder to initiator, instead of `Accept`: the responder runs
+    /// another session and will not run this one at the same time; the
+    /// initiator tries again later. Nothing else follows either way.
+    Busy,
 }
 
 /// One bucket of a [`SyncMsg::Summary`].

@@ -219,17 +219,17 @@ async fn a_heal_ships_each_difference_once() {
     // here, so what failed sessions sent is allowed on top.
     let failed = failed_sent(&peers) - failed_before;
     // Per peer: registers sent, of which by failed sessions, rounds
-    // completed, rounds failed.
-    let per_peer: Vec<(u64, u64, u64, u64)> = peers
+    // completed, failed, declined.
+    let per_peer: Vec<(u64, u64, u64, u64, u64)> = peers
         .iter()
         .map(|p| p.stats())
-        .map(|st| (st.ae_entries_sent, st.ae_entries_sent_failed, st.ae_rounds, st.ae_failed))
+        .map(|st| (st.ae_entries_sent, st.ae_entries_sent_failed, st.ae_rounds, st.ae_failed, st.ae_declined))
         .collect();
     assert!(shipped >= 3 * n, "{shipped} registers cannot repair 3 x {n} missing pairs");
     assert!(
         shipped < 4 * n + failed,
         "{shipped} registers shipped for 3 x {n} missing pairs, {failed} of them by failed sessions: a \
-         difference went twice (sent, sent by failed sessions, rounds, failed per peer: {per_peer:?})"
+         difference went twice (sent, sent by failed sessions, rounds, failed, declined per peer: {per_peer:?})"
     );
     shutdown(&peers).await;
 }

@@ -25,10 +25,18 @@ pub(super) struct Driver {
     pub(super) links: Links,
     /// Authenticated connections the machine knows, until closed.
     pub(super) conns: HashMap<ConnId, (quinn::Connection, MemberId)>,
-    /// Responders waiting for [`Action::Respond`].
-    pub(super) responders: HashMap<SessionId, oneshot::Sender<()>>,
+    /// Responders waiting for [`Action::Respond`] or [`Action::Decline`].
+    pub(super) responders: HashMap<SessionId, oneshot::Sender<Go>>,
     /// The membership version last given to the machine.
     members_version: u64,
+}
+
+/// What a waiting responder is told.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Go {
+    Respond,
+    /// Answer `Busy`.
+    Decline,
 }
 
 impl Driver {
@@ -171,7 +179,12 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
         }
         Action::Respond { session } => {
             if let Some(tx) = d.responders.remove(&session) {
-                let _ = tx.send(());
+                let _ = tx.send(Go::Respond);
+            }
+        }
+        Action::Decline { session } => {
+            if let Some(tx) = d.responders.remove(&session) {
+                let _ = tx.send(Go::Decline);
             }
         }
         Action::Stop => {

@@ -57,6 +57,10 @@ pub(crate) struct Timings {
     pub(crate) backoff_min: Duration,
     /// See `backoff_min`.
     pub(crate) backoff_max: Duration,
+    /// How long after a peer declined a round (it ran another) the round
+    /// is asked for again, jittered to between half and one and a half
+    /// times this, so that peers declined at once do not retry at once.
+    pub(crate) busy_retry: Duration,
 }
 
 impl Timings {
@@ -69,6 +73,7 @@ impl Timings {
             wait_max: Duration::from_secs(30),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(5),
+            busy_retry: Duration::from_millis(50),
         }
     }
 }
@@ -131,11 +136,16 @@ pub(crate) enum Action {
     /// Close `conn`.
     Close { conn: ConnId, why: Close },
     /// Start an anti-entropy round as initiator over `conn`; report with
-    /// [`Links::handle_session_accepted`] and
-    /// [`Links::handle_session_finished`].
+    /// [`Links::handle_session_accepted`], then
+    /// [`Links::handle_session_finished`] or, if the peer answered `Busy`,
+    /// [`Links::handle_session_declined`].
     StartSession { session: SessionId, peer: String, conn: ConnId },
     /// The responder `session` may run now.
     Respond { session: SessionId },
+    /// The responder `session` answers `Busy` and ends: this peer's own
+    /// round waits for its peer's accept. Report its end with
+    /// [`Links::handle_session_finished`].
+    Decline { session: SessionId },
     /// A newer incarnation of this peer's name runs in the mesh: stop.
     Stop,
 }
@@ -162,15 +172,14 @@ enum Wait {
 struct SessionState {
     peer: String,
     conn: ConnId,
+    /// This peer's own round (not a responder).
+    own: bool,
+    /// This peer's own round, not yet accepted by its peer.
+    awaiting_accept: bool,
+    /// A responder told to answer `Busy`.
+    declined: bool,
     /// A responder not yet allowed to run, and until when it waits.
     waiting: Option<(Wait, Instant)>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Slot {
-    holder: SessionId,
-    /// Held by this peer's own round that its peer has not accepted yet.
-    awaiting_accept: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -192,13 +201,16 @@ pub(crate) struct Links {
     next_session: u64,
     /// One anti-entropy session at a time on this peer, either role: after
     /// a heal, two peers that hold the same data would otherwise both ship
-    /// it here at once.
-    slot: Option<Slot>,
+    /// it here at once. The one exception is the crossed pair (see
+    /// [`Links::handle_session_offered`]), whose two rounds still run one
+    /// after the other.
+    slot: Option<SessionId>,
     /// Peers whose requested round waits for the sessions in flight; a set,
     /// so that a round asked for twice meanwhile runs once.
     deferred: BTreeSet<String>,
-    /// Rounds that start once a new connection has settled.
-    settling: Vec<(Instant, String)>,
+    /// Rounds asked for at a later time: once a new connection has
+    /// settled, or once a peer that declined a round may be free.
+    later: Vec<(Instant, String)>,
     next_round: Instant,
     /// Where this peer itself is reached: never dialed.
     own_addrs: Vec<SocketAddr>,
@@ -234,7 +246,7 @@ impl Links {
             next_session: 0,
             slot: None,
             deferred: BTreeSet::new(),
-            settling: Vec::new(),
+            later: Vec::new(),
             next_round,
             own_addrs,
             seeds,
@@ -259,7 +271,7 @@ impl Links {
             return None;
         }
         let mut t = vec![self.next_round];
-        t.extend(self.settling.iter().map(|(at, _)| *at));
+        t.extend(self.later.iter().map(|(at, _)| *at));
         t.extend(self.sessions.values().filter_map(|s| s.waiting.map(|(_, until)| until)));
         for (id, c) in &self.conns {
             if let Some(since) = c.retired {
@@ -297,8 +309,8 @@ impl Links {
             return;
         }
         let (due, later): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.settling).into_iter().partition(|(at, _)| *at <= now);
-        self.settling = later;
+            std::mem::take(&mut self.later).into_iter().partition(|(at, _)| *at <= now);
+        self.later = later;
         for (_, peer) in due {
             self.request_round(now, &peer);
         }
@@ -437,7 +449,7 @@ impl Links {
         // round).
         if dialed_by_me {
             if booted {
-                self.settling.push((now + self.timings.connect_settle, name));
+                self.later.push((now + self.timings.connect_settle, name));
             } else {
                 self.request_round(now, &name);
             }
@@ -548,10 +560,24 @@ impl Links {
         self.sessions.values().filter(|s| s.conn == conn).count()
     }
 
-    fn new_session(&mut self, peer: &str, conn: ConnId, waiting: Option<(Wait, Instant)>) -> SessionId {
+    /// Whether this peer runs its own round with `peer`, accepted or not.
+    fn own_round_with(&self, peer: &str) -> bool {
+        self.sessions.values().any(|s| s.own && s.peer == peer)
+    }
+
+    /// Whether the slot is held by this peer's own round that its peer has
+    /// not accepted yet.
+    fn slot_awaits_accept(&self) -> bool {
+        self.slot.is_some_and(|id| self.sessions.get(&id).is_some_and(|s| s.awaiting_accept))
+    }
+
+    fn new_session(&mut self, peer: &str, conn: ConnId, waiting: Option<(Wait, Instant)>, own: bool) -> SessionId {
         let id = SessionId(self.next_session);
         self.next_session += 1;
-        self.sessions.insert(id, SessionState { peer: peer.to_owned(), conn, waiting });
+        self.sessions.insert(
+            id,
+            SessionState { peer: peer.to_owned(), conn, own, awaiting_accept: own, declined: false, waiting },
+        );
         id
     }
 
@@ -569,39 +595,44 @@ impl Links {
             }
             return;
         }
-        let session = self.new_session(peer, conn, None);
-        self.slot = Some(Slot { holder: session, awaiting_accept: true });
+        let session = self.new_session(peer, conn, None, true);
+        self.slot = Some(session);
         self.actions.push_back(Action::StartSession { session, peer: peer.to_owned(), conn });
     }
 
-    /// The peer accepted our round `session`: it runs now, so responders
-    /// waiting for the slot wait for it to end.
+    /// The peer accepted our round `session`: it runs now, and rounds
+    /// offered meanwhile wait for it to end.
     pub(crate) fn handle_session_accepted(&mut self, session: SessionId) {
-        if let Some(s) = &mut self.slot {
-            if s.holder == session {
-                s.awaiting_accept = false;
-            }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.awaiting_accept = false;
         }
     }
 
-    /// `peer` opened a round with us on `conn`. The responder runs when
-    /// [`Action::Respond`] says so. Waits cannot form a cycle: a responder
-    /// waits for the slot only while the session holding it runs (is
-    /// accepted by its peer), and of two rounds crossing between the same
-    /// pair, the one started by the smaller name goes first.
+    /// `peer` opened a round with us on `conn`. The responder runs, or is
+    /// declined, when [`Action::Respond`] or [`Action::Decline`] says so.
+    ///
+    /// A responder waits for the slot while another session holds it and
+    /// runs; waiting cannot form a cycle, because a running session waits
+    /// for nothing here. One offered while this peer's own round waits
+    /// for its peer's accept is declined instead: waiting then could form a
+    /// cycle (peers that start rounds with each other in a ring), and
+    /// running at once with the own round, once accepted, would have both
+    /// peers ship the same difference here. Of two rounds crossing
+    /// between the same pair, the one started by the smaller name goes
+    /// first and the other waits for it.
     pub(crate) fn handle_session_offered(&mut self, now: Instant, conn: ConnId, peer: &str) -> SessionId {
-        let crossed = self.sessions_with(peer) > 0;
-        let until = now + self.timings.wait_max;
+        let crossed = self.own_round_with(peer);
         let waiting = match (crossed, self.me.name.as_str() < peer) {
             // Both started rounds with each other at once: the two would
-            // ship the same difference twice, and each wait for the
-            // other's slot. The smaller name's round goes first, without
-            // the slot; the other waits for it, then finds little to do.
+            // ship the same difference twice. The smaller name's round
+            // goes first, answered here without the slot, which our own
+            // round holds; ours waits for it at the smaller name, then
+            // finds little to do.
             (true, false) => None,
-            (true, true) => Some((Wait::Crossed, until)),
-            (false, _) => Some((Wait::Slot, until)),
+            (true, true) => Some(Wait::Crossed),
+            (false, _) => Some(Wait::Slot),
         };
-        let session = self.new_session(peer, conn, waiting);
+        let session = self.new_session(peer, conn, waiting.map(|w| (w, now + self.timings.wait_max)), false);
         if waiting.is_none() {
             self.actions.push_back(Action::Respond { session });
         }
@@ -609,49 +640,62 @@ impl Links {
         session
     }
 
+    /// Our round `session` was declined: the peer ran another session. It
+    /// is asked for again a little later.
+    pub(crate) fn handle_session_declined(&mut self, now: Instant, session: SessionId) {
+        let Some(peer) = self.sessions.get(&session).map(|s| s.peer.clone()) else { return };
+        let delay = self.timings.busy_retry.mul_f64(self.rng.random_range(0.5..1.5));
+        self.later.push((now + delay, peer));
+        self.handle_session_finished(now, session);
+    }
+
     /// `session` ended, either role, complete or not.
     pub(crate) fn handle_session_finished(&mut self, now: Instant, session: SessionId) {
         if self.sessions.remove(&session).is_none() {
             return;
         }
-        if self.slot.is_some_and(|s| s.holder == session) {
-            self.slot = None;
+        if self.slot == Some(session) {
+            // A crossed round answered without the slot runs on: it takes
+            // the slot over, so that nothing else starts here meanwhile.
+            self.slot =
+                self.sessions.iter().find(|(_, s)| !s.own && !s.declined && s.waiting.is_none()).map(|(id, _)| *id);
         }
         self.settle(now);
     }
 
-    /// Lets waiting responders run, starts deferred rounds once nothing
-    /// runs, and closes idle retired connections.
+    /// Lets waiting responders run (or declines them, see
+    /// [`Links::handle_session_offered`]), starts deferred rounds once
+    /// nothing runs, and closes idle retired connections.
     fn settle(&mut self, now: Instant) {
         let waiting: Vec<(SessionId, Wait, Instant)> =
             self.sessions.iter().filter_map(|(id, s)| s.waiting.map(|(w, until)| (*id, w, until))).collect();
         for (id, wait, until) in waiting {
-            let go = match wait {
-                Wait::Slot => match self.slot {
-                    None => {
-                        self.slot = Some(Slot { holder: id, awaiting_accept: false });
-                        true
-                    }
-                    // Our own round holds the slot but its peer has not
-                    // accepted it: that round may itself wait for a slot
-                    // (peers starting rounds with each other in a ring
-                    // would otherwise wait forever).
-                    Some(s) if s.awaiting_accept => true,
-                    Some(_) => now >= until,
-                },
-                Wait::Crossed => self.sessions_with(&self.sessions[&id].peer) <= 1 || now >= until,
-            };
-            if go {
-                if now >= until {
-                    tracing::warn!(
-                        ?wait,
-                        "anti-entropy responder waited {:?}: responding anyway",
-                        self.timings.wait_max
-                    );
-                }
+            if now >= until {
+                tracing::warn!(?wait, "anti-entropy responder waited {:?}: responding anyway", self.timings.wait_max);
                 self.sessions.get_mut(&id).expect("listed above").waiting = None;
                 self.actions.push_back(Action::Respond { session: id });
+                continue;
             }
+            // A crossed round waits for ours with the same peer, and
+            // then for the slot like any other.
+            if wait == Wait::Crossed && self.own_round_with(&self.sessions[&id].peer) {
+                continue;
+            }
+            let go = match self.slot {
+                None => {
+                    self.slot = Some(id);
+                    Action::Respond { session: id }
+                }
+                Some(_) if self.slot_awaits_accept() => Action::Decline { session: id },
+                Some(_) => {
+                    self.sessions.get_mut(&id).expect("listed above").waiting = Some((Wait::Slot, until));
+                    continue;
+                }
+            };
+            let s = self.sessions.get_mut(&id).expect("listed above");
+            s.waiting = None;
+            s.declined = matches!(go, Action::Decline { .. });
+            self.actions.push_back(go);
         }
         if self.sessions.is_empty() {
             for peer in std::mem::take(&mut self.deferred) {

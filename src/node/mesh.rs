@@ -60,6 +60,11 @@ pub struct MeshStats {
     pub ae_rounds: u64,
     /// Anti-entropy sessions that failed.
     pub ae_failed: u64,
+    /// Rounds this peer started that its peer declined: the peer's own
+    /// round was waiting for its accept, and running both at once would
+    /// have two peers ship the same data to it. Each is asked for again
+    /// shortly after.
+    pub ae_declined: u64,
     /// Bytes sent in anti-entropy sessions.
     pub ae_bytes_sent: u64,
     /// Bytes received in anti-entropy sessions.
@@ -366,6 +371,7 @@ impl Mesh {
             queue_overflows: l(&c.queue_overflows),
             ae_rounds: l(&c.ae_rounds),
             ae_failed: l(&c.ae_failed),
+            ae_declined: l(&c.ae_declined),
             ae_bytes_sent: l(&c.ae_bytes_sent),
             ae_bytes_received: l(&c.ae_bytes_received),
             ae_entries_sent: l(&c.ae_entries_sent),

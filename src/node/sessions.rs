@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::conn::note_protocol_error;
-use super::driver::conn_id;
+use super::driver::{conn_id, Go};
 use super::inner::Inner;
 use super::links::SessionId;
 use super::stream::{run_session, SessionResult};
@@ -32,12 +32,16 @@ pub(super) async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: 
         });
         let (inner, conn, id) = (inner.clone(), conn.clone(), id.clone());
         inner.clone().tasks.spawn(async move {
-            let allowed = tokio::select! {
-                _ = inner.cancel.cancelled() => false,
-                r = go => r.is_ok(),
+            let go = tokio::select! {
+                _ = inner.cancel.cancelled() => None,
+                r = go => r.ok(),
             };
-            if allowed {
-                let s = Session::respond(inner.env.now_ms());
+            if let Some(go) = go {
+                let now = inner.env.now_ms();
+                let s = match go {
+                    Go::Respond => Session::respond(now),
+                    Go::Decline => Session::decline(now),
+                };
                 let env = inner.env.clone();
                 let publish = |c| inner.publish_all(c);
                 let r =
@@ -61,7 +65,15 @@ pub(super) async fn initiate(inner: Arc<Inner>, conn: quinn::Connection, id: Mem
         let env = inner.env.clone();
         let publish = |c| inner.publish_all(c);
         let r = run_session(&inner.replica, s, send, recv, inner.codec, move || env.now_ms(), accepted, publish).await;
+        let declined = r.declined;
         finish_session(&inner, &conn, &id, r);
+        if declined {
+            inner.counters.ae_declined.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("meshcache_ae_declined_total").increment(1);
+            inner.with_links(|d, now| d.links.handle_session_declined(now, session));
+            inner.note_members();
+            return;
+        }
     }
     inner.with_links(|d, now| d.links.handle_session_finished(now, session));
     inner.note_members();
@@ -78,6 +90,9 @@ fn finish_session(inner: &Inner, conn: &quinn::Connection, id: &MemberId, res: S
     c.ae_entries_received.fetch_add(res.stats.entries_received, Ordering::Relaxed);
     metrics::counter!("meshcache_ae_bytes_sent_total").increment(res.stats.bytes_sent);
     match &res.error {
+        None if res.declined => {
+            tracing::debug!(peer = %id, "anti-entropy round declined: the peer waits on a round of its own")
+        }
         None => {
             if res.complete {
                 c.ae_rounds.fetch_add(1, Ordering::Relaxed);

@@ -86,15 +86,18 @@ pub(crate) struct SessionResult {
     pub(crate) stats: SessionStats,
     pub(crate) changes: Vec<Change>,
     pub(crate) complete: bool,
+    /// The responder ran another session and declined this one (`Busy`).
+    pub(crate) declined: bool,
     /// Why the session ended early, if it did.
     pub(crate) error: Option<StreamError>,
 }
 
 /// Runs an anti-entropy session over one bi stream. Reading and writing run
 /// concurrently, so that two sides streaming large stores at each other
-/// cannot deadlock on flow control. `accepted` is called once the session
-/// is past waiting for the peer's accept: while an initiator waits, this
-/// peer's responders need not wait for it (see `Links`). `publish` gets the
+/// cannot deadlock on flow control. `accepted` is called once the peer
+/// accepted the session (not when it declined it): while an initiator
+/// waits for that, this peer declines rounds offered to it (see `Links`).
+/// `publish` gets the
 /// changes each message made as soon as it is merged: a session that
 /// brings a peer many registers would otherwise hold a change for each
 /// until it ends.
@@ -159,7 +162,7 @@ pub(crate) async fn run_session(
                             publish(changes);
                         }
                         handled?;
-                        if session.phase() != Phase::AwaitAccept {
+                        if !matches!(session.phase(), Phase::AwaitAccept | Phase::Declined) {
                             if let Some(f) = accepted.take() {
                                 f();
                             }
@@ -206,6 +209,7 @@ pub(crate) async fn run_session(
         stats: session.stats().clone(),
         changes: session.take_changes(),
         complete: error.is_none() && session.is_complete(),
+        declined: error.is_none() && session.is_declined(),
         error,
     }
 }

@@ -9,6 +9,9 @@
 //! initiator                                   responder
 //!   Begin{root,count,view,floors}  ------->
 //!                                  <-------   Accept{root,count,view,floors}
+//!                                  <-------   or Busy: the responder runs
+//!                                             another session; the
+//!                                             initiator tries again later
 //!   equal roots: done (one root each way)
 //!   one side nearly empty: both stream every register, then EndOfEntries
 //!   otherwise descend the digest tree, the two sides taking turns:
@@ -132,6 +135,11 @@ pub enum Phase {
     Done,
     /// Ended without completing.
     Failed,
+    /// Responder that will answer `Begin` with `Busy`.
+    Declining,
+    /// Declined: `Busy` was sent or received, and nothing else. Neither an
+    /// error nor a completed session: the initiator tries again later.
+    Declined,
 }
 
 /// How the differences were found.
@@ -321,6 +329,15 @@ impl Session {
         Session::new(Role::Responder, now_ms)
     }
 
+    /// Waits for a peer's `Begin` as responder, to answer it with `Busy`:
+    /// this peer runs another session, and a second one at once would be
+    /// sent what the first is sending.
+    pub fn decline(now_ms: u64) -> Session {
+        let mut s = Session::new(Role::Responder, now_ms);
+        s.phase = Phase::Declining;
+        s
+    }
+
     fn new(role: Role, now_ms: u64) -> Session {
         Session {
             role,
@@ -380,10 +397,17 @@ impl Session {
         self.phase == Phase::Done
     }
 
-    /// True once nothing more will happen: complete or failed, and
-    /// everything queued was transmitted.
+    /// True once nothing more will happen: complete, failed or declined,
+    /// and everything queued was transmitted.
     pub fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::Failed) && self.out.is_empty() && self.after.is_empty()
+        matches!(self.phase, Phase::Done | Phase::Failed | Phase::Declined)
+            && self.out.is_empty()
+            && self.after.is_empty()
+    }
+
+    /// True once `Busy` was sent or received.
+    pub fn is_declined(&self) -> bool {
+        self.phase == Phase::Declined
     }
 
     /// The peer, once its opening arrived.
@@ -452,6 +476,15 @@ impl Session {
                 Ok(())
             }
             (Phase::AwaitAccept, SyncMsg::Reject(why)) => Err(SyncError::Rejected(why)),
+            (Phase::Declining, SyncMsg::Begin(_)) => {
+                self.out.push_back(SyncMsg::Busy);
+                self.phase = Phase::Declined;
+                Ok(())
+            }
+            (Phase::AwaitAccept, SyncMsg::Busy) => {
+                self.phase = Phase::Declined;
+                Ok(())
+            }
             (Phase::Descend, SyncMsg::Level { level, parents, hashes }) => {
                 self.on_level(replica, level, parents, hashes)
             }
@@ -1005,5 +1038,6 @@ fn msg_name(m: &SyncMsg) -> &'static str {
         SyncMsg::Want(_) => "Want",
         SyncMsg::Refusals(_) => "Refusals",
         SyncMsg::Digests(_) => "Digests",
+        SyncMsg::Busy => "Busy",
     }
 }

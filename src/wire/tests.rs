@@ -120,6 +120,7 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
         vec(any::<u64>(), 0..6).prop_map(SyncMsg::Want),
         vec((bytes(24), stamp()), 0..6).prop_map(SyncMsg::Refusals),
         vec((any::<u32>(), any::<u64>()), 0..6).prop_map(SyncMsg::Digests),
+        Just(SyncMsg::Busy),
     ]
 }
 
@@ -221,6 +222,7 @@ fn one_of_each() -> Vec<Message> {
         Message::Sync(SyncMsg::SummaryDone),
         Message::Sync(SyncMsg::Want(vec![7, 1, 128])),
         Message::Sync(SyncMsg::Refusals(vec![(Bytes::from_static(b"r"), st), (Bytes::new(), st)])),
+        Message::Sync(SyncMsg::Busy),
         Message::Membership(Bytes::from(vec![0x5A; 300])),
         Message::Goodbye(id),
     ]

@@ -88,6 +88,8 @@ struct Sim {
     running: Vec<((String, SessionId), (String, SessionId))>,
     /// (initiator, responder) of every round that ran to its end.
     completed: Vec<(String, String)>,
+    /// (initiator, responder) of every round the responder declined.
+    declined: Vec<(String, String)>,
     /// Every action, by node, in order.
     log: Vec<(String, Action)>,
 }
@@ -107,6 +109,7 @@ impl Sim {
             offered: BTreeMap::new(),
             running: Vec::new(),
             completed: Vec::new(),
+            declined: Vec::new(),
             log: Vec::new(),
         }
     }
@@ -158,6 +161,24 @@ impl Sim {
                             self.offered.remove(&init);
                             self.links(&init.0).handle_session_accepted(init.1);
                             self.running.push((init, resp));
+                            for n in [&self.running.last().unwrap().0 .0, &self.running.last().unwrap().1 .0] {
+                                let at_once: Vec<_> =
+                                    self.running.iter().filter(|(i, r)| i.0 == *n || r.0 == *n).collect();
+                                assert!(at_once.len() <= 1, "{n} runs two sessions at once: {at_once:?}");
+                            }
+                        }
+                        Action::Decline { session } => {
+                            let (init, _) = self
+                                .offered
+                                .iter()
+                                .find(|(_, (p, s))| *p == name && *s == session)
+                                .map(|(i, r)| (i.clone(), r.clone()))
+                                .expect("a decline of an offered round");
+                            self.offered.remove(&init);
+                            let now = self.now;
+                            self.links(&init.0).handle_session_declined(now, init.1);
+                            self.links(&name).handle_session_finished(now, session);
+                            self.declined.push((init.0, name.clone()));
                         }
                         _ => {}
                     }
@@ -189,6 +210,27 @@ impl Sim {
             self.deliver();
             if !self.finish_one() {
                 return;
+            }
+        }
+    }
+
+    /// As [`Sim::run`], and lets time pass to each deadline closer than
+    /// a minute (the periodic rounds are an hour apart) until none is left.
+    fn run_with_deadlines(&mut self) {
+        loop {
+            self.run();
+            let horizon = self.now + Duration::from_secs(60);
+            let names: Vec<String> = self.nodes.keys().cloned().collect();
+            let Some(next) = names.iter().filter_map(|n| self.links(n).poll_timeout()).filter(|t| *t < horizon).min()
+            else {
+                return;
+            };
+            self.now = self.now.max(next);
+            let now = self.now;
+            for n in &names {
+                if self.links(n).poll_timeout().is_some_and(|t| t <= now) {
+                    self.links(n).handle_timeout(now);
+                }
             }
         }
     }
@@ -273,13 +315,14 @@ fn a_ring_starting_rounds_with_each_other_at_once_does_not_deadlock() {
     // The settled rounds after connecting are not what this is about.
     sim.deliver();
     for n in ["a", "b", "c"] {
-        sim.links(n).settling.clear();
+        sim.links(n).later.clear();
     }
     let now = sim.now;
     sim.links("a").request_round(now, "b");
     sim.links("b").request_round(now, "c");
     sim.links("c").request_round(now, "a");
-    sim.run();
+    sim.run_with_deadlines();
+    assert!(!sim.declined.is_empty(), "in a ring of rounds waiting for accepts, some are declined");
     let mut done = sim.completed.clone();
     done.sort();
     let want: Vec<(String, String)> =
@@ -290,12 +333,49 @@ fn a_ring_starting_rounds_with_each_other_at_once_does_not_deadlock() {
     }
 }
 
+/// The heal that shipped a difference twice: `c`'s own round waits for
+/// `a`, busy with `d`; `b` offers `c` a round meanwhile. Answered at once,
+/// it would run beside `c`'s round once `a` accepts that, and both `a` and
+/// `b` would send `c` what they hold. It is declined, asked for again, and
+/// runs after.
+#[test]
+fn a_round_offered_while_the_own_round_awaits_its_accept_is_declined_then_runs() {
+    let mut sim = Sim::new(&["a", "b", "c", "d"]);
+    for (x, y) in [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c")] {
+        sim.connect(x, y);
+    }
+    sim.deliver();
+    for n in ["a", "b", "c", "d"] {
+        sim.links(n).later.clear();
+    }
+    let now = sim.now;
+    sim.links("a").request_round(now, "d");
+    sim.deliver();
+    assert_eq!(sim.running.len(), 1, "a runs with d");
+    sim.links("c").request_round(now, "a");
+    sim.deliver();
+    assert_eq!(sim.running.len(), 1, "c's round waits for a");
+    sim.links("b").request_round(now, "c");
+    sim.deliver();
+    assert_eq!(sim.declined, vec![("b".to_string(), "c".to_string())]);
+    // Sim::deliver checks that no peer runs two sessions at once.
+    sim.run_with_deadlines();
+    let mut done = sim.completed.clone();
+    done.sort();
+    let want: Vec<(String, String)> =
+        [("a", "d"), ("b", "c"), ("c", "a")].iter().map(|(i, r)| (i.to_string(), r.to_string())).collect();
+    assert_eq!(done, want);
+    for n in ["a", "b", "c", "d"] {
+        assert!(sim.links(n).sessions.is_empty() && sim.links(n).slot.is_none(), "{n} still holds a session");
+    }
+}
+
 #[test]
 fn crossed_rounds_let_the_smaller_names_round_go_first() {
     let mut sim = Sim::new(&["a", "b"]);
     sim.connect("a", "b");
     sim.deliver();
-    sim.links("a").settling.clear();
+    sim.links("a").later.clear();
     let now = sim.now;
     sim.links("a").request_round(now, "b");
     sim.links("b").request_round(now, "a");
@@ -422,7 +502,7 @@ fn a_periodic_round_picks_a_linked_peer_and_rearms_with_jitter() {
     sim.connect("a", "b");
     sim.connect("a", "c");
     sim.deliver();
-    sim.links("a").settling.clear();
+    sim.links("a").later.clear();
     let mut gaps = Vec::new();
     let mut last = sim.now;
     for _ in 0..20 {
