@@ -159,6 +159,12 @@ impl Replica {
         self.store.get_with(key, now_ms, f)
     }
 
+    /// Reads `key` and lends the value to `f`, reading `clock` only if the
+    /// key has an expiry; see [`Store::get_with_clock`].
+    pub fn get_with_clock<R>(&self, key: &[u8], clock: impl FnOnce() -> u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        self.store.get_with_clock(key, clock, f)
+    }
+
     /// Writes a value with an optional TTL in ms.
     pub fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>, now_ms: u64) -> Result<Written, WriteError> {
         self.check_writable()?;

@@ -189,7 +189,7 @@ impl Mesh {
     /// Reads `key` from the local replica: no network, no await. The value
     /// is a copy (the store keeps each entry in one compact allocation).
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.inner.replica.get(key, self.now_ms())
+        self.get_with(key, Bytes::copy_from_slice)
     }
 
     /// Reads `key` like [`Mesh::get`], but lends the value to `f` instead of
@@ -197,7 +197,9 @@ impl Mesh {
     /// anyway. `f` runs under a shard's read lock, so it should be short,
     /// and must not write to this mesh.
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        self.inner.replica.get_with(key, self.now_ms(), f)
+        // The clock is read only for a key with an expiry; the access is
+        // stamped with the time the timer and writes last gave the store.
+        self.inner.replica.get_with_clock(key, || self.now_ms(), f)
     }
 
     /// The peer's clock (Unix ms): what its stamps, TTLs and expiry use.

@@ -56,6 +56,23 @@ fn hot_keys_kept_while_read(policy: EvictionPolicy) -> usize {
     (0..10).filter(|h| s.get(&key(*h), now).is_some()).count()
 }
 
+/// As `hot_keys_kept_while_read` under LRU, reading as `Mesh` does: the
+/// keys have no expiry, so no read may call the clock, and the accesses
+/// are stamped with the time the writes gave the store.
+#[test]
+fn reads_that_read_no_clock_still_keep_the_keys_being_read() {
+    let s = bounded(100, EvictionPolicy::AllkeysLru);
+    let mut now = T0;
+    for i in 0..2_000 {
+        now += 1;
+        s.put(key(i), value(), None, now).unwrap();
+        for h in 0..10 {
+            s.get_with_clock(&key(h), || panic!("a key without an expiry read the clock"), |_| ());
+        }
+    }
+    assert_eq!((0..10).filter(|h| s.get(&key(*h), now).is_some()).count(), 10);
+}
+
 #[test]
 fn lru_keeps_the_keys_being_read() {
     assert_eq!(hot_keys_kept_while_read(EvictionPolicy::AllkeysLru), 10);

@@ -286,6 +286,12 @@ pub struct Store {
     /// The collection watermark last passed to [`Store::collect`] (`u64::MAX`
     /// when no other member is known): see [`Store::ghost_before`].
     stable_before: AtomicU64,
+    /// The latest local time a write, a merge, an expiry pass or a read
+    /// that needed the time was given: what a read of a key without an
+    /// expiry stamps its access with, so that it reads no clock. Redis
+    /// stamps accesses from a clock cached per event-loop pass (and LRU at
+    /// a second's resolution) for the same reason.
+    recent_ms: AtomicU64,
     counters: Counters,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
@@ -337,6 +343,7 @@ impl Store {
             policy: AtomicU8::new(config.policy.to_u8()),
             samples: AtomicUsize::new(config.samples.get()),
             stable_before: AtomicU64::new(0),
+            recent_ms: AtomicU64::new(0),
             evictor: Mutex::new(Evictor { pool: evict::Pool::default(), rng: SmallRng::seed_from_u64(config.seed) }),
             config,
             counters: Counters::default(),
@@ -542,13 +549,49 @@ impl Store {
     /// not call back into the store.
     #[inline]
     pub fn get_with<R>(&self, key: &[u8], now_ms: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        self.saw_time(now_ms);
+        self.read(key, || now_ms, Some(now_ms), f)
+    }
+
+    /// Reads `key` like [`Store::get_with`], calling `clock` (local Unix
+    /// ms) only when the key has an expiry to check. The access is stamped
+    /// with the latest time the store was given (see `recent_ms`), which
+    /// the shell's timer keeps within a tick of the clock: most keys have
+    /// no expiry, and a clock read would cost a read of a cached value
+    /// several times over.
+    #[inline]
+    pub fn get_with_clock<R>(&self, key: &[u8], clock: impl FnOnce() -> u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        self.read(key, clock, None, f)
+    }
+
+    /// A read at `at`, or else at `clock` if the key has an expiry, and
+    /// stamped with the latest time the store was given if neither.
+    #[inline]
+    fn read<R>(
+        &self,
+        key: &[u8],
+        clock: impl FnOnce() -> u64,
+        at: Option<u64>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Option<R> {
         let kh = key_hash(key);
         let (s, _) = self.locate(kh);
         let g = self.shards[s].read();
         let (_, r) = g.find(kh, key)?;
-        let v = r.visible(now_ms)?;
-        r.access().touch(self.policy().is_lfu(), now_ms);
+        let mut now = at;
+        let v = r.visible_at(|| *now.get_or_insert_with(clock))?;
+        let stamp = now.unwrap_or_else(|| self.recent_ms.load(Ordering::Relaxed));
+        r.access().touch(self.policy().is_lfu(), stamp);
         Some(f(v))
+    }
+
+    /// Notes local time `now_ms` (see `recent_ms`). A store only when it
+    /// moved, so that readers on several threads share the line.
+    #[inline]
+    fn saw_time(&self, now_ms: u64) {
+        if now_ms > self.recent_ms.load(Ordering::Relaxed) {
+            self.recent_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
     }
 
     /// The register held for `key`, whatever it holds (tests, TTL queries).
@@ -615,6 +658,7 @@ impl Store {
         // over the bound is not enough: with writers on several threads the
         // bound is crossed by one write and restored by the next eviction,
         // and a write seeing the crossing must not fail for it.
+        self.saw_time(now_ms);
         let (mut evicted, mut full) = (0, false);
         if self.over_bound() {
             (evicted, full) = self.enforce_bound(now_ms);
@@ -712,6 +756,7 @@ impl Store {
     /// time `now_ms`. Applies, in order: the future-stamp check, the HLC
     /// observation, `clear_below`, the `gc_floor` filter, then LWW.
     pub fn merge(&self, regs: impl IntoIterator<Item = (Bytes, Register)>, now_ms: u64) -> MergeOutcome {
+        self.saw_time(now_ms);
         let mut out = MergeOutcome::default();
         let mut added_tombstone = false;
         for (key, reg) in regs {
@@ -854,6 +899,7 @@ impl Store {
     /// reports them. Call it from a timer; reads treat expired values as
     /// absent whether or not this has run.
     pub fn expire(&self, now_ms: u64) -> Vec<Change> {
+        self.saw_time(now_ms);
         let mut out = Vec::new();
         for sh in self.shards.iter() {
             let mut g = sh.write();

@@ -189,11 +189,18 @@ impl<'a> Entry<'a> {
     /// once `now > expires_at`).
     #[inline]
     pub(crate) fn visible(&self, now_ms: u64) -> Option<&'a [u8]> {
+        self.visible_at(|| now_ms)
+    }
+
+    /// As [`Entry::visible`], reading the time from `clock` only if the
+    /// entry has an expiry.
+    #[inline]
+    pub(crate) fn visible_at(&self, clock: impl FnOnce() -> u64) -> Option<&'a [u8]> {
         if self.kind() != Kind::Value {
             return None;
         }
         match parts(self.blob()) {
-            (_, _, Some(e)) if now_ms > e => None,
+            (_, _, Some(e)) if clock() > e => None,
             (_, v, _) => Some(v),
         }
     }

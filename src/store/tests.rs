@@ -49,6 +49,29 @@ fn ttl_expires_at_writer_stamp_plus_ttl() {
 }
 
 #[test]
+fn a_read_calls_the_clock_only_for_a_key_with_an_expiry() {
+    let s = store(1);
+    s.put(b("plain"), b("v"), None, T0).unwrap();
+    let w = s.put(b("ttl"), b("v"), Some(100), T0).unwrap();
+    let exp = w.register.val.expires_at_ms().unwrap();
+    let calls = std::cell::Cell::new(0);
+    let clock = |t: u64| {
+        let calls = &calls;
+        move || {
+            calls.set(calls.get() + 1);
+            t
+        }
+    };
+    assert_eq!(s.get_with_clock(b"plain", clock(exp + 1), |v| v.to_vec()), Some(b"v".to_vec()));
+    assert_eq!(calls.get(), 0);
+    assert_eq!(s.get_with_clock(b"ttl", clock(exp), |v| v.to_vec()), Some(b"v".to_vec()));
+    assert_eq!(s.get_with_clock(b"ttl", clock(exp + 1), |v| v.to_vec()), None);
+    assert_eq!(calls.get(), 2);
+    assert_eq!(s.get_with_clock(b"absent", clock(exp), |v| v.to_vec()), None);
+    assert_eq!(calls.get(), 2, "a miss needs no time");
+}
+
+#[test]
 fn higher_stamp_wins_either_order() {
     let a = store(1);
     let c = store(2);
