@@ -57,9 +57,11 @@ pub(crate) struct Timings {
     pub(crate) backoff_min: Duration,
     /// See `backoff_min`.
     pub(crate) backoff_max: Duration,
-    /// How long after a peer declined a round (it ran another) the round
-    /// is asked for again, jittered to between half and one and a half
-    /// times this, so that peers declined at once do not retry at once.
+    /// How long after a peer declined a round (its own round waited for
+    /// an accept) the round is asked for again: doubling with each decline
+    /// in a row by that peer up to eight times this, and each delay
+    /// jittered to between half and one and a half times, so that peers
+    /// declined at once do not retry at once.
     pub(crate) busy_retry: Duration,
 }
 
@@ -211,6 +213,8 @@ pub(crate) struct Links {
     /// Rounds asked for at a later time: once a new connection has
     /// settled, or once a peer that declined a round may be free.
     later: Vec<(Instant, String)>,
+    /// Rounds each peer declined in a row (reset when it accepts one).
+    declines: BTreeMap<String, u32>,
     next_round: Instant,
     /// Where this peer itself is reached: never dialed.
     own_addrs: Vec<SocketAddr>,
@@ -247,6 +251,7 @@ impl Links {
             slot: None,
             deferred: BTreeSet::new(),
             later: Vec::new(),
+            declines: BTreeMap::new(),
             next_round,
             own_addrs,
             seeds,
@@ -476,6 +481,7 @@ impl Links {
         match name {
             Some(n) => {
                 self.links.remove(&n);
+                self.declines.remove(&n);
                 true
             }
             None => false,
@@ -605,6 +611,7 @@ impl Links {
     pub(crate) fn handle_session_accepted(&mut self, session: SessionId) {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.awaiting_accept = false;
+            self.declines.remove(&s.peer);
         }
     }
 
@@ -644,8 +651,10 @@ impl Links {
     /// is asked for again a little later.
     pub(crate) fn handle_session_declined(&mut self, now: Instant, session: SessionId) {
         let Some(peer) = self.sessions.get(&session).map(|s| s.peer.clone()) else { return };
-        let delay = self.timings.busy_retry.mul_f64(self.rng.random_range(0.5..1.5));
-        self.later.push((now + delay, peer));
+        let n = self.declines.entry(peer.clone()).or_default();
+        let base = self.timings.busy_retry * (1 << (*n).min(3));
+        *n += 1;
+        self.later.push((now + base.mul_f64(self.rng.random_range(0.5..1.5)), peer));
         self.handle_session_finished(now, session);
     }
 

@@ -371,6 +371,43 @@ fn a_round_offered_while_the_own_round_awaits_its_accept_is_declined_then_runs()
 }
 
 #[test]
+fn a_declined_round_is_asked_for_again_later_each_time_until_one_is_accepted() {
+    let mut sim = Sim::new(&["a", "b"]);
+    sim.connect("a", "b");
+    sim.deliver();
+    sim.links("a").later.clear();
+    let start = |sim: &mut Sim| {
+        let now = sim.now;
+        sim.links("a").request_round(now, "b");
+        match sim.nodes.get_mut("a").unwrap().actions().as_slice() {
+            [Action::StartSession { session, .. }] => *session,
+            other => panic!("expected one round to start: {other:?}"),
+        }
+    };
+    let decline = |sim: &mut Sim| {
+        let session = start(sim);
+        let now = sim.now;
+        sim.links("a").handle_session_declined(now, session);
+        let (at, peer) = sim.links("a").later.pop().expect("asked for again");
+        assert_eq!(peer, "b");
+        at - now
+    };
+    let delays: Vec<Duration> = (0..6).map(|_| decline(&mut sim)).collect();
+    let busy_retry = timings().busy_retry;
+    for (d, times) in delays.iter().zip([1, 2, 4, 8, 8, 8]) {
+        let base = busy_retry * times;
+        assert!(*d >= base / 2 && *d <= base * 3 / 2, "{delays:?}");
+    }
+    // An accepted round starts the doubling over.
+    let session = start(&mut sim);
+    let now = sim.now;
+    sim.links("a").handle_session_accepted(session);
+    sim.links("a").handle_session_finished(now, session);
+    let d = decline(&mut sim);
+    assert!(d <= busy_retry * 3 / 2, "{d:?}");
+}
+
+#[test]
 fn crossed_rounds_let_the_smaller_names_round_go_first() {
     let mut sim = Sim::new(&["a", "b"]);
     sim.connect("a", "b");
