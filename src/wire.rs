@@ -198,9 +198,10 @@ pub enum SyncMsg {
     /// peer's registers. The peer may make a bucket it holds in part agree
     /// with it (ALGORITHM.md, "Eviction").
     Digests(Vec<(u32, u64)>),
-    /// Responder to initiator, instead of `Accept`: the responder runs
-    /// another session and will not run this one at the same time; the
-    /// initiator tries again later. Nothing else follows either way.
+    /// Responder to initiator, instead of `Accept`: the responder's own
+    /// round waits for its peer's accept, and the responder will not run
+    /// two sessions at once; the initiator asks again later. Nothing else
+    /// follows either way.
     Busy,
 }
 

@@ -151,6 +151,8 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         }]),
         SyncMsg::Finish { refused: vec![] },
         SyncMsg::Refusals(vec![(b("k"), meshcache::hlc::Stamp::ZERO)]),
+        // Only an answer to Begin.
+        SyncMsg::Busy,
     ];
     for m in bad {
         let mut s = Session::initiate(&a, T0);
@@ -162,6 +164,34 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         assert!(s.handle_message(&a, m.clone(), T0).is_err(), "{m:?} accepted");
         assert_eq!(s.phase(), meshcache::sync::Phase::Failed);
     }
+}
+
+#[test]
+fn a_declined_round_exchanges_nothing_and_completes_nothing() {
+    use meshcache::sync::{Phase, Session};
+    use meshcache::wire::SyncMsg;
+    let a = replica("a", 1);
+    let c = replica("c", 2);
+    fill(&a, 100, "k", T0);
+    fill(&c, 100, "j", T0);
+    let (roots_a, roots_c) = (a.store().root(), c.store().root());
+    let mut s = Session::initiate(&a, T0);
+    let mut r = Session::decline(T0);
+    let begin = s.poll_transmit(&a).unwrap();
+    r.handle_message(&c, begin, T0).unwrap();
+    let busy = r.poll_transmit(&c).unwrap();
+    assert_eq!(busy, SyncMsg::Busy);
+    assert!(r.poll_transmit(&c).is_none(), "nothing after Busy");
+    s.handle_message(&a, busy, T0).unwrap();
+    assert!(s.poll_transmit(&a).is_none(), "nothing after Busy");
+    for x in [&s, &r] {
+        assert!(x.is_finished() && x.is_declined() && !x.is_complete());
+        assert_eq!(x.phase(), Phase::Declined);
+    }
+    assert_eq!((a.store().root(), c.store().root()), (roots_a, roots_c));
+    // Asked for again, the round runs.
+    sync(&a, &c, T0).unwrap();
+    assert_eq!(a.store().root(), c.store().root());
 }
 
 /// Drives a session between `a` (initiator) and `c` until one side has sent

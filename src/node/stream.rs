@@ -86,7 +86,8 @@ pub(crate) struct SessionResult {
     pub(crate) stats: SessionStats,
     pub(crate) changes: Vec<Change>,
     pub(crate) complete: bool,
-    /// The responder ran another session and declined this one (`Busy`).
+    /// The peer declined the session (`Busy`): its own round waited for
+    /// an accept.
     pub(crate) declined: bool,
     /// Why the session ended early, if it did.
     pub(crate) error: Option<StreamError>,

@@ -9,9 +9,9 @@
 //! initiator                                   responder
 //!   Begin{root,count,view,floors}  ------->
 //!                                  <-------   Accept{root,count,view,floors}
-//!                                  <-------   or Busy: the responder runs
-//!                                             another session; the
-//!                                             initiator tries again later
+//!                                  <-------   or Busy: the responder's own
+//!                                             round waits for an accept;
+//!                                             the initiator asks again later
 //!   equal roots: done (one root each way)
 //!   one side nearly empty: both stream every register, then EndOfEntries
 //!   otherwise descend the digest tree, the two sides taking turns:
@@ -330,8 +330,8 @@ impl Session {
     }
 
     /// Waits for a peer's `Begin` as responder, to answer it with `Busy`:
-    /// this peer runs another session, and a second one at once would be
-    /// sent what the first is sending.
+    /// this peer's own round waits for its peer's accept, and once it runs,
+    /// a second session at once would be sent what it is sent.
     pub fn decline(now_ms: u64) -> Session {
         let mut s = Session::new(Role::Responder, now_ms);
         s.phase = Phase::Declining;
