@@ -72,9 +72,10 @@ pub struct MeshConfig {
     pub push_delay: Duration,
     /// Target bytes of writes per pushed batch.
     pub push_batch_bytes: usize,
-    /// Bound on each peer's push queue (bytes). On overflow the queue is
-    /// dropped and that peer is repaired by anti-entropy instead: writers
-    /// never block.
+    /// Bound on each peer's push queue: the bytes its queued writes hold
+    /// (key, value and about 100 bytes of queue slot each). On overflow
+    /// the queue is dropped and that peer is repaired by anti-entropy
+    /// instead: writers never block.
     pub push_queue_bytes: usize,
     /// Largest frame accepted from a peer (bytes).
     pub max_frame: usize,
