@@ -245,6 +245,15 @@ pub struct Session {
     out: VecDeque<SyncMsg>,
     /// Registers still to send, cut into `Entries` messages.
     pending: VecDeque<Outgoing>,
+    /// Summary side: positions in `summarised` of the registers the peer
+    /// wants, sent after `pending`. A position is 8 bytes where a queued
+    /// key is about 60 (its handle, its copy and its slot), and under a
+    /// steady write load the peer wants most of what was summarised.
+    wanted: VecDeque<u64>,
+    /// Summary side: the peer's `EndOfEntries` arrived, so no position is
+    /// wanted after those in `wanted`, and `summarised` goes once they are
+    /// sent.
+    wants_done: bool,
     /// Stream mode, larger side: the next shard to copy into `pending`.
     /// Copying a shard at a time keeps a big store from being copied whole
     /// into memory.
@@ -264,7 +273,8 @@ pub struct Session {
     /// The summary is still being sent.
     summarizing: bool,
     /// Summary side: the keys summarised so far, in the order sent, so that
-    /// a wanted position names its key. When every bucket differs (a mesh
+    /// a wanted position names its key; kept until the wanted registers
+    /// are sent (see `wants_done`). When every bucket differs (a mesh
     /// under a steady write load) that is every key held, so they are kept
     /// packed, not as a handle each.
     summarised: KeyList,
@@ -347,6 +357,8 @@ impl Session {
             started_ms: now_ms,
             out: VecDeque::new(),
             pending: VecDeque::new(),
+            wanted: VecDeque::new(),
+            wants_done: false,
             stream_shard: None,
             received: HashMap::new(),
             summary_queue: VecDeque::new(),
@@ -435,6 +447,7 @@ impl Session {
     fn fail(&mut self) {
         self.phase = Phase::Failed;
         self.pending.clear();
+        self.wanted.clear();
         self.after.clear();
         self.stream_shard = None;
     }
@@ -518,8 +531,8 @@ impl Session {
             }
             (Phase::Exchange, SyncMsg::EndOfEntries { want }) => {
                 self.queue_wanted(want)?;
-                // No position can be wanted after the peer's last message.
-                self.summarised = KeyList::default();
+                self.wants_done = true;
+                self.release_summarised();
                 if !self.end_queued {
                     self.end_queued = true;
                     self.after.push_back(SyncMsg::EndOfEntries { want: Vec::new() });
@@ -863,13 +876,24 @@ impl Session {
                 Some(_) if gap == 0 => return Err(SyncError::Protocol("wanted positions not increasing".into())),
                 Some(last) => last.saturating_add(gap),
             };
-            let key = usize::try_from(pos).ok().and_then(|p| self.summarised.get(p)).ok_or_else(|| {
-                SyncError::Protocol(format!("wanted position {pos} past the {} keys summarised", self.summarised.len()))
-            })?;
+            if usize::try_from(pos).ok().and_then(|p| self.summarised.get(p)).is_none() {
+                return Err(SyncError::Protocol(format!(
+                    "wanted position {pos} past the {} keys summarised",
+                    self.summarised.len()
+                )));
+            }
             self.want_last = Some(pos);
-            self.pending.push_back(Outgoing::Key(Bytes::copy_from_slice(key)));
+            self.wanted.push_back(pos);
         }
         Ok(())
+    }
+
+    /// Drops the summarised keys once no position can be wanted after
+    /// those queued (the peer's last message came) and those are sent.
+    fn release_summarised(&mut self) {
+        if self.wants_done && self.wanted.is_empty() {
+            self.summarised = KeyList::default();
+        }
     }
 
     /// The next chunk of our summary, reading one shard's differing buckets
@@ -958,7 +982,18 @@ impl Session {
         loop {
             let mut size = 0;
             let mut batch = Vec::new();
-            while let Some(next) = self.pending.pop_front() {
+            loop {
+                let next = match self.pending.pop_front() {
+                    Some(next) => next,
+                    None => match self.wanted.pop_front() {
+                        // Checked against `summarised` when it was wanted.
+                        Some(pos) => match self.summarised.get(pos as usize) {
+                            Some(k) => Outgoing::Key(Bytes::copy_from_slice(k)),
+                            None => continue,
+                        },
+                        None => break,
+                    },
+                };
                 // A key is read now: the register it holds now is what the
                 // peer should have (a newer one than when it was queued is
                 // as good), and one no longer held has nothing to send.
@@ -977,6 +1012,7 @@ impl Session {
                 size += s;
                 batch.push((k, r));
             }
+            self.release_summarised();
             if !batch.is_empty() {
                 return Some(SyncMsg::Entries(batch));
             }
