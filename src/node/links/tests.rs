@@ -152,13 +152,7 @@ impl Sim {
                             self.offered.insert((name.clone(), session), (peer, r));
                         }
                         Action::Respond { session } => {
-                            let (init, resp) = self
-                                .offered
-                                .iter()
-                                .find(|(_, (p, s))| *p == name && *s == session)
-                                .map(|(i, r)| (i.clone(), r.clone()))
-                                .expect("a response to an offered round");
-                            self.offered.remove(&init);
+                            let (init, resp) = self.answer(&name, session);
                             self.links(&init.0).handle_session_accepted(init.1);
                             self.running.push((init, resp));
                             for n in [&self.running.last().unwrap().0 .0, &self.running.last().unwrap().1 .0] {
@@ -168,13 +162,7 @@ impl Sim {
                             }
                         }
                         Action::Decline { session } => {
-                            let (init, _) = self
-                                .offered
-                                .iter()
-                                .find(|(_, (p, s))| *p == name && *s == session)
-                                .map(|(i, r)| (i.clone(), r.clone()))
-                                .expect("a decline of an offered round");
-                            self.offered.remove(&init);
+                            let (init, _) = self.answer(&name, session);
                             let now = self.now;
                             self.links(&init.0).handle_session_declined(now, init.1);
                             self.links(&name).handle_session_finished(now, session);
@@ -188,6 +176,19 @@ impl Sim {
                 return;
             }
         }
+    }
+
+    /// The round offered to `responder` as its `session`, answered now:
+    /// (initiator, its id) and (responder, its id).
+    fn answer(&mut self, responder: &str, session: SessionId) -> ((String, SessionId), (String, SessionId)) {
+        let init = self
+            .offered
+            .iter()
+            .find(|(_, (p, s))| p == responder && *s == session)
+            .map(|(i, _)| i.clone())
+            .expect("an answer to an offered round");
+        let resp = self.offered.remove(&init).expect("found above");
+        (init, resp)
     }
 
     /// Ends the oldest running round on both sides.
