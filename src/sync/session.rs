@@ -888,6 +888,21 @@ impl Session {
         Ok(())
     }
 
+    /// The next register to send: those queued, then those the peer
+    /// wanted, whose keys are read from the summary (each position was
+    /// checked against it when it was wanted).
+    fn next_outgoing(&mut self) -> Option<Outgoing> {
+        if let Some(next) = self.pending.pop_front() {
+            return Some(next);
+        }
+        while let Some(pos) = self.wanted.pop_front() {
+            if let Some(k) = self.summarised.get(pos as usize) {
+                return Some(Outgoing::Key(Bytes::copy_from_slice(k)));
+            }
+        }
+        None
+    }
+
     /// Drops the summarised keys once no position can be wanted after
     /// those queued (the peer's last message came) and those are sent.
     fn release_summarised(&mut self) {
@@ -982,18 +997,7 @@ impl Session {
         loop {
             let mut size = 0;
             let mut batch = Vec::new();
-            loop {
-                let next = match self.pending.pop_front() {
-                    Some(next) => next,
-                    None => match self.wanted.pop_front() {
-                        // Checked against `summarised` when it was wanted.
-                        Some(pos) => match self.summarised.get(pos as usize) {
-                            Some(k) => Outgoing::Key(Bytes::copy_from_slice(k)),
-                            None => continue,
-                        },
-                        None => break,
-                    },
-                };
+            while let Some(next) = self.next_outgoing() {
                 // A key is read now: the register it holds now is what the
                 // peer should have (a newer one than when it was queued is
                 // as good), and one no longer held has nothing to send.
