@@ -89,7 +89,8 @@
 //! replies), `meshcache_resp_protocol_errors_total` (connections closed for
 //! malformed input), `meshcache_resp_clients` (gauge).
 
-mod commands;
+mod client;
+mod cmd;
 mod info;
 mod notify;
 mod parse;

@@ -12,7 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::commands::{self, Client};
+use super::client::Client;
+use super::cmd;
 use super::notify::Outbox;
 use super::parse::{Limits, Parser};
 use super::reply::Out;
@@ -192,7 +193,7 @@ impl Connection {
                         self.client.outbox.drain_into(&mut self.out);
                     }
                     let before = self.out.len();
-                    commands::execute(&self.shared, &mut self.client, args, &mut self.out);
+                    cmd::execute(&self.shared, &mut self.client, args, &mut self.out);
                     args.clear();
                     if self.out.len() > cfg.output_buffer_limit {
                         self.out.truncate(before);

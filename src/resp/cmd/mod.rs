@@ -1,0 +1,274 @@
+//! Command lookup and dispatch, and what the command families share.
+//!
+//! Each family lives in its own file (`strings`, `keyspace`, `expire`,
+//! `pubsub`, `connection`, `server`), one function per command that
+//! parses its arguments and applies them. The table below names every
+//! command with what `COMMAND` reports about it and the function that runs
+//! it; lookup is a hash of the lowercased name.
+
+mod connection;
+mod expire;
+mod keyspace;
+mod pubsub;
+mod server;
+mod strings;
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+
+use super::client::Client;
+use super::parse::parse_i64;
+use super::reply::Out;
+use super::Shared;
+use crate::replica::WriteError;
+use crate::store::Slot;
+use crate::MeshError;
+
+/// What a command runs with: the server, the connection, and its own
+/// table entry (commands that share a function tell themselves apart by
+/// it).
+pub(crate) struct Cx<'a> {
+    pub(crate) sh: &'a Shared,
+    pub(crate) c: &'a mut Client,
+    pub(crate) spec: &'static Spec,
+}
+
+/// Runs one command whose name and arity were checked.
+type Run = fn(&mut Cx<'_>, &[Bytes], &mut Out);
+
+/// One command's table entry: what COMMAND reports, the arity check, and
+/// the function that runs it.
+pub(crate) struct Spec {
+    pub(crate) name: &'static str,
+    /// Redis's arity: exact when positive, a minimum when negative.
+    arity: i32,
+    flags: &'static [&'static str],
+    first: i32,
+    last: i32,
+    step: i32,
+    acl: &'static [&'static str],
+    run: Run,
+}
+
+const W: &[&str] = &["write", "denyoom"];
+const WF: &[&str] = &["write", "denyoom", "fast"];
+const WR: &[&str] = &["write", "fast"];
+const R: &[&str] = &["readonly", "fast"];
+const CONN: &[&str] = &["noscript", "loading", "stale", "fast"];
+const NOAUTH: &[&str] = &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"];
+const PUBSUB: &[&str] = &["pubsub", "noscript", "loading", "stale"];
+const ADMIN: &[&str] = &["admin", "noscript", "loading", "stale"];
+
+macro_rules! spec {
+    ($name:literal, $arity:expr, $flags:expr, $first:expr, $last:expr, $step:expr, $acl:expr, $run:path) => {
+        Spec {
+            name: $name,
+            arity: $arity,
+            flags: $flags,
+            first: $first,
+            last: $last,
+            step: $step,
+            acl: $acl,
+            run: $run,
+        }
+    };
+}
+
+/// Every command, as `COMMAND` lists them.
+static SPECS: &[Spec] = &[
+    spec!("get", 2, R, 1, 1, 1, &["@read", "@string", "@fast"], strings::get),
+    spec!("set", -3, W, 1, 1, 1, &["@write", "@string", "@slow"], strings::set),
+    spec!("ping", -1, &["fast"], 0, 0, 0, &["@fast", "@connection"], connection::ping),
+    spec!("mget", -2, &["readonly", "fast"], 1, -1, 1, &["@read", "@string", "@fast"], strings::mget),
+    spec!("mset", -3, W, 1, -1, 2, &["@write", "@string", "@slow"], strings::mset),
+    spec!("del", -2, &["write"], 1, -1, 1, &["@keyspace", "@write", "@slow"], keyspace::del),
+    spec!("unlink", -2, WR, 1, -1, 1, &["@keyspace", "@write", "@fast"], keyspace::del),
+    spec!("exists", -2, R, 1, -1, 1, &["@keyspace", "@read", "@fast"], keyspace::exists),
+    spec!("expire", -3, WR, 1, 1, 1, &["@keyspace", "@write", "@fast"], expire::expire),
+    spec!("pexpire", -3, WR, 1, 1, 1, &["@keyspace", "@write", "@fast"], expire::expire),
+    spec!("ttl", 2, R, 1, 1, 1, &["@keyspace", "@read", "@fast"], expire::ttl),
+    spec!("pttl", 2, R, 1, 1, 1, &["@keyspace", "@read", "@fast"], expire::ttl),
+    spec!("setex", 4, W, 1, 1, 1, &["@write", "@string", "@slow"], strings::setex),
+    spec!("psetex", 4, W, 1, 1, 1, &["@write", "@string", "@slow"], strings::setex),
+    spec!("setnx", 3, WF, 1, 1, 1, &["@write", "@string", "@fast"], strings::setnx),
+    spec!("getdel", 2, WR, 1, 1, 1, &["@write", "@string", "@fast"], strings::getdel),
+    spec!("echo", 2, &["fast"], 0, 0, 0, &["@fast", "@connection"], connection::echo),
+    spec!("touch", -2, R, 1, -1, 1, &["@keyspace", "@read", "@fast"], keyspace::exists),
+    spec!("type", 2, R, 1, 1, 1, &["@keyspace", "@read", "@fast"], keyspace::type_of),
+    spec!("expireat", -3, WR, 1, 1, 1, &["@keyspace", "@write", "@fast"], expire::expire),
+    spec!("pexpireat", -3, WR, 1, 1, 1, &["@keyspace", "@write", "@fast"], expire::expire),
+    spec!("expiretime", 2, R, 1, 1, 1, &["@keyspace", "@read", "@fast"], expire::ttl),
+    spec!("pexpiretime", 2, R, 1, 1, 1, &["@keyspace", "@read", "@fast"], expire::ttl),
+    spec!("persist", 2, WR, 1, 1, 1, &["@keyspace", "@write", "@fast"], expire::persist),
+    spec!("dbsize", 1, R, 0, 0, 0, &["@keyspace", "@read", "@fast"], keyspace::dbsize),
+    spec!("info", -1, &["loading", "stale"], 0, 0, 0, &["@slow", "@dangerous"], server::info),
+    spec!("client", -2, &["loading", "stale"], 0, 0, 0, &["@slow", "@connection"], connection::client),
+    spec!("command", -1, &["loading", "stale"], 0, 0, 0, &["@slow", "@connection"], server::command),
+    spec!("select", 2, CONN, 0, 0, 0, &["@keyspace", "@fast"], connection::select),
+    spec!("quit", -1, NOAUTH, 0, 0, 0, &["@fast", "@connection"], connection::quit),
+    spec!("reset", 1, NOAUTH, 0, 0, 0, &["@fast", "@connection"], connection::reset),
+    spec!("flushall", -1, &["write"], 0, 0, 0, &["@keyspace", "@write", "@slow", "@dangerous"], keyspace::flush),
+    spec!("flushdb", -1, &["write"], 0, 0, 0, &["@keyspace", "@write", "@slow", "@dangerous"], keyspace::flush),
+    spec!("auth", -2, NOAUTH, 0, 0, 0, &["@fast", "@connection"], connection::auth),
+    spec!("hello", -1, NOAUTH, 0, 0, 0, &["@fast", "@connection"], connection::hello),
+    spec!("config", -2, ADMIN, 0, 0, 0, &["@admin", "@slow", "@dangerous"], server::config),
+    spec!("time", 1, &["loading", "stale", "fast"], 0, 0, 0, &["@fast"], server::time),
+    spec!("subscribe", -2, PUBSUB, 0, 0, 0, &["@pubsub", "@slow"], pubsub::subscribe),
+    spec!("psubscribe", -2, PUBSUB, 0, 0, 0, &["@pubsub", "@slow"], pubsub::subscribe),
+    spec!("unsubscribe", -1, PUBSUB, 0, 0, 0, &["@pubsub", "@slow"], pubsub::unsubscribe),
+    spec!("punsubscribe", -1, PUBSUB, 0, 0, 0, &["@pubsub", "@slow"], pubsub::unsubscribe),
+];
+
+/// The longest command name (`COMMAND`'s names are short; anything longer
+/// is unknown without hashing it).
+const MAX_NAME: usize = 32;
+
+static BY_NAME: LazyLock<HashMap<&'static [u8], &'static Spec>> =
+    LazyLock::new(|| SPECS.iter().map(|s| (s.name.as_bytes(), s)).collect());
+
+/// The table entry for `name`, in any case.
+pub(crate) fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    if name.len() > MAX_NAME {
+        return None;
+    }
+    let mut lower = [0u8; MAX_NAME];
+    let lower = &mut lower[..name.len()];
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    BY_NAME.get(&*lower).copied()
+}
+
+fn arity_ok(arity: i32, n: usize) -> bool {
+    if arity >= 0 {
+        n == arity as usize
+    } else {
+        n >= arity.unsigned_abs() as usize
+    }
+}
+
+/// Commands a RESP2 client may send while subscribed, as in Redis.
+fn allowed_subscribed(spec: &Spec) -> bool {
+    matches!(spec.name, "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" | "ping" | "quit" | "reset")
+}
+
+/// Runs one command and appends its reply to `out`.
+pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
+    let Some(spec) = lookup(&args[0]) else {
+        let mut tail = String::new();
+        for a in &args[1..] {
+            if tail.len() >= 128 {
+                break;
+            }
+            let room = 128 - tail.len();
+            tail.push('\'');
+            tail.push_str(&lossy(&a[..a.len().min(room)]));
+            tail.push_str("' ");
+        }
+        let name = &args[0][..args[0].len().min(128)];
+        out.error(&format!("ERR unknown command '{}', with args beginning with: {}", lossy(name), tail));
+        return;
+    };
+    if !arity_ok(spec.arity, args.len()) {
+        return wrong_args(out, spec.name);
+    }
+    if !c.authed && !spec.flags.contains(&"no_auth") {
+        return out.error("NOAUTH Authentication required.");
+    }
+    if !out.resp3 && c.subscribed() && !allowed_subscribed(spec) {
+        return out.error(&format!(
+            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            spec.name
+        ));
+    }
+    c.last = spec.name;
+    (spec.run)(&mut Cx { sh, c, spec }, args, out)
+}
+
+pub(crate) fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+/// Whether argument `a` is the keyword `b`, in any case.
+pub(crate) fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+pub(crate) const SYNTAX: &str = "ERR syntax error";
+pub(crate) const NOT_INT: &str = "ERR value is not an integer or out of range";
+
+pub(crate) fn wrong_args(out: &mut Out, name: &str) {
+    out.error(&format!("ERR wrong number of arguments for '{name}' command"));
+}
+
+pub(crate) fn unknown_subcommand(out: &mut Out, sub: &[u8], cmd: &str) {
+    let sub = &sub[..sub.len().min(128)];
+    out.error(&format!("ERR unknown subcommand '{}'. Try {} HELP.", lossy(sub), cmd));
+}
+
+pub(crate) fn write_error(out: &mut Out, e: MeshError) {
+    match e {
+        MeshError::Write(WriteError::Loading) => out.error("LOADING meshcache is loading the dataset from its peers"),
+        MeshError::Write(WriteError::OutOfMemory) => {
+            out.error("OOM command not allowed when used memory > 'maxmemory'.")
+        }
+        e => out.error(&format!("ERR {e}")),
+    }
+}
+
+/// An integer argument, or Redis's error for one that is not.
+pub(crate) fn int_arg(out: &mut Out, a: &[u8]) -> Option<i64> {
+    let v = parse_i64(a);
+    if v.is_none() {
+        out.error(NOT_INT);
+    }
+    v
+}
+
+/// Copies an argument out of the read buffer, so that a stored key or
+/// value does not pin the whole buffer it arrived in.
+pub(crate) fn copy(b: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(b)
+}
+
+pub(crate) fn value_of(slot: Option<&Slot>) -> Option<Bytes> {
+    match slot {
+        Some(Slot::Value { data, .. }) => Some(data.clone()),
+        _ => None,
+    }
+}
+
+/// A `<CMD> HELP` reply.
+pub(crate) fn help(out: &mut Out, cmd: &str, lines: &[&str]) {
+    out.array(lines.len() + 3);
+    out.simple(&format!("{cmd} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"));
+    for l in lines {
+        out.simple(l);
+    }
+    out.simple("HELP");
+    out.simple("    Print this help.");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn table_is_consistent() {
+        let mut names = HashSet::new();
+        for s in SPECS {
+            assert!(names.insert(s.name), "duplicate {}", s.name);
+            assert_eq!(s.name, s.name.to_ascii_lowercase());
+            assert!(s.name.len() <= MAX_NAME);
+            assert!(s.arity != 0);
+        }
+        assert_eq!(lookup(b"GeT").map(|s| s.name), Some("get"));
+        assert_eq!(lookup(b"PUNSUBSCRIBE").map(|s| s.name), Some("punsubscribe"));
+        assert!(lookup(b"nosuch").is_none());
+        assert!(lookup(&[b'g'; 40]).is_none());
+        assert!(arity_ok(-3, 5) && !arity_ok(-3, 2) && arity_ok(2, 2) && !arity_ok(2, 3));
+    }
+}

@@ -1,0 +1,260 @@
+//! Server commands: INFO, COMMAND, CONFIG, TIME.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{eq, help, lookup, lossy, unknown_subcommand, wrong_args, Cx, Spec, SPECS};
+use crate::node::MIN_PROCESS_BYTES;
+use crate::resp::notify;
+use crate::resp::parse::parse_i64;
+use crate::resp::reply::Out;
+use crate::resp::Shared;
+use crate::store::evict::MAX_SAMPLES;
+use crate::store::EvictionPolicy;
+
+pub(super) fn info(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let text = crate::resp::info::info(cx.sh, &args[1..]);
+    out.verbatim(&text);
+}
+
+pub(super) fn time(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
+    let d = Duration::from_millis(cx.sh.mesh.now_ms());
+    out.array(2);
+    out.bulk(d.as_secs().to_string().as_bytes());
+    out.bulk(d.subsec_micros().to_string().as_bytes());
+}
+
+pub(super) fn command(_cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    command_command(args, out)
+}
+
+pub(super) fn config(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    config_command(cx.sh, args, out)
+}
+
+fn command_info(out: &mut Out, s: &Spec) {
+    out.array(10);
+    out.bulk(s.name.as_bytes());
+    out.int(s.arity as i64);
+    out.set(s.flags.len());
+    for f in s.flags {
+        out.simple(f);
+    }
+    out.int(s.first as i64);
+    out.int(s.last as i64);
+    out.int(s.step as i64);
+    out.set(s.acl.len());
+    for a in s.acl {
+        out.simple(a);
+    }
+    out.array(0); // tips
+    out.array(0); // key specs
+    out.array(0); // subcommands
+}
+
+fn command_command(args: &[Bytes], out: &mut Out) {
+    if args.len() == 1 {
+        out.array(SPECS.len());
+        for s in SPECS {
+            command_info(out, s);
+        }
+        return;
+    }
+    let sub = &args[1];
+    if eq(sub, "count") && args.len() == 2 {
+        out.int(SPECS.len() as i64);
+    } else if eq(sub, "info") {
+        if args.len() == 2 {
+            return command_command(&args[..1], out);
+        }
+        out.array(args.len() - 2);
+        for name in &args[2..] {
+            match lookup(name) {
+                Some(s) => command_info(out, s),
+                None => out.null(),
+            }
+        }
+    } else if eq(sub, "docs") {
+        // No documentation is served: redis-cli then shows no hints.
+        out.map(0);
+    } else if eq(sub, "list") {
+        out.array(SPECS.len());
+        for s in SPECS {
+            out.bulk(s.name.as_bytes());
+        }
+    } else if eq(sub, "help") && args.len() == 2 {
+        help(
+            out,
+            "COMMAND",
+            &[
+                "(no subcommand)",
+                "    Return details about all commands.",
+                "COUNT",
+                "    Return the total number of commands.",
+                "DOCS [<command-name> ...]",
+                "    Return documentary information (none is served).",
+                "INFO [<command-name> ...]",
+                "    Return details about the given commands, or all of them.",
+                "LIST",
+                "    Return the names of all commands.",
+            ],
+        );
+    } else if eq(sub, "count") || eq(sub, "help") {
+        wrong_args(out, &format!("command|{}", lossy(sub).to_ascii_lowercase()));
+    } else {
+        unknown_subcommand(out, sub, "COMMAND");
+    }
+}
+
+/// The parameters CONFIG GET knows, with their values.
+fn config_params(sh: &Shared) -> Vec<(&'static str, String)> {
+    let c = &sh.config;
+    vec![
+        ("notify-keyspace-events", notify::flags_to_string(sh.hub.flags())),
+        ("requirepass", c.requirepass.clone().unwrap_or_default()),
+        ("maxclients", c.max_clients.to_string()),
+        ("proto-max-bulk-len", c.max_request_bytes.to_string()),
+        ("client-query-buffer-limit", c.max_command_bytes.to_string()),
+        ("client-output-buffer-limit", format!("normal 0 0 0 replica 0 0 0 pubsub {} 0 0", c.output_buffer_limit)),
+        ("maxmemory", sh.mesh.replica().store().max_bytes().map_or(0, |b| b.get()).to_string()),
+        ("maxmemory-policy", sh.mesh.replica().store().policy().to_string()),
+        ("maxmemory-samples", sh.mesh.replica().store().samples().to_string()),
+        ("databases", "1".into()),
+        ("save", String::new()),
+        ("appendonly", "no".into()),
+        ("port", sh.local_addr.port().to_string()),
+        ("bind", sh.local_addr.ip().to_string()),
+        ("timeout", "0".into()),
+    ]
+}
+
+fn config_command(sh: &Shared, args: &[Bytes], out: &mut Out) {
+    let sub = &args[1];
+    if eq(sub, "get") {
+        if args.len() < 3 {
+            return wrong_args(out, "config|get");
+        }
+        let params = config_params(sh);
+        let matched: Vec<&(&str, String)> = params
+            .iter()
+            .filter(|(name, _)| args[2..].iter().any(|p| notify::glob_match(&p.to_ascii_lowercase(), name.as_bytes())))
+            .collect();
+        out.map(matched.len());
+        for (name, value) in matched {
+            out.bulk(name.as_bytes());
+            out.bulk(value.as_bytes());
+        }
+    } else if eq(sub, "set") {
+        if args.len() < 4 || args.len() % 2 != 0 {
+            return wrong_args(out, "config|set");
+        }
+        // Every value is checked before any is applied, so that a bad one
+        // leaves the configuration as it was (as Redis does).
+        let mut flags = None;
+        let mut max_bytes = None;
+        let mut policy = None;
+        let mut samples = None;
+        for kv in args[2..].chunks_exact(2) {
+            let name = lossy(&kv[0]).to_ascii_lowercase();
+            let failed = |why: &str| format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}");
+            if name == "notify-keyspace-events" {
+                match notify::parse_flags(&kv[1]) {
+                    Some(f) => flags = Some(f),
+                    None => return out.error(&failed("Invalid event class character. Use 'Ag$lshzxeKEtmdn'.")),
+                }
+            } else if name == "maxmemory" {
+                match parse_memory(&kv[1]) {
+                    // A bound on the whole process (a peer with an
+                    // allocator probe) has the same floor as at start.
+                    Some(b) if b != 0 && b < MIN_PROCESS_BYTES && sh.mesh.allocated_bytes().is_some() => {
+                        return out.error(&failed(&format!(
+                            "maxmemory must be 0 or at least {} MiB, what a peer process needs to run",
+                            MIN_PROCESS_BYTES >> 20
+                        )))
+                    }
+                    Some(b) => max_bytes = Some(b),
+                    None => return out.error(&failed("argument must be a memory value")),
+                }
+            } else if name == "maxmemory-policy" {
+                match lossy(&kv[1]).parse::<EvictionPolicy>() {
+                    Ok(p) => policy = Some(p),
+                    Err(e) => return out.error(&failed(&e.to_string())),
+                }
+            } else if name == "maxmemory-samples" {
+                match parse_i64(&kv[1]).filter(|n| (1..=MAX_SAMPLES as i64).contains(n)) {
+                    Some(n) => samples = std::num::NonZeroUsize::new(n as usize),
+                    None => {
+                        return out.error(&failed(&format!("argument must be between 1 and {MAX_SAMPLES} inclusive")))
+                    }
+                }
+            } else if config_params(sh).iter().any(|(n, _)| *n == name) {
+                return out.error(&format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
+                ));
+            } else {
+                return out
+                    .error(&format!("ERR Unknown option or number of arguments for CONFIG SET - '{}'", lossy(&kv[0])));
+            }
+        }
+        if let Some(f) = flags {
+            sh.hub.set_flags(f);
+        }
+        let store = sh.mesh.replica().store();
+        if let Some(p) = policy {
+            store.set_policy(p);
+        }
+        if let Some(n) = samples {
+            store.set_samples(n).expect("checked above");
+        }
+        if let Some(b) = max_bytes {
+            store.set_max_bytes(std::num::NonZeroUsize::new(b), sh.mesh.now_ms());
+        }
+        out.ok();
+    } else if eq(sub, "resetstat") && args.len() == 2 {
+        out.ok();
+    } else if eq(sub, "rewrite") && args.len() == 2 {
+        out.error("ERR The server is running without a config file");
+    } else if eq(sub, "help") && args.len() == 2 {
+        help(
+            out,
+            "CONFIG",
+            &[
+                "GET <pattern>",
+                "    Return parameters matching the glob-like <pattern> and their values.",
+                "SET <directive> <value>",
+                "    Set the configuration <directive> to <value> (notify-keyspace-events, maxmemory,",
+                "    maxmemory-policy, maxmemory-samples).",
+                "RESETSTAT",
+                "    Accepted; statistics are not reset.",
+            ],
+        );
+    } else if ["resetstat", "rewrite", "help"].iter().any(|s| eq(sub, s)) {
+        wrong_args(out, &format!("config|{}", lossy(sub).to_ascii_lowercase()));
+    } else {
+        unknown_subcommand(out, sub, "CONFIG");
+    }
+}
+
+/// Parses a memory value as Redis's `CONFIG SET maxmemory` does: digits
+/// with an optional unit, case-insensitive (`k` = 1000, `kb` = 1024, and so
+/// on for m, g). `0` means no bound.
+fn parse_memory(v: &[u8]) -> Option<usize> {
+    let s = std::str::from_utf8(v).ok()?.to_ascii_lowercase();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits == 0 {
+        return None;
+    }
+    let (num, unit) = s.split_at(digits);
+    let mul: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        _ => return None,
+    };
+    num.parse::<u64>().ok()?.checked_mul(mul).and_then(|b| usize::try_from(b).ok())
+}
