@@ -1,14 +1,18 @@
 //! Command lookup and dispatch, and what the command families share.
 //!
-//! Each family lives in its own file (`strings`, `keyspace`, `expire`,
-//! `pubsub`, `connection`, `server`), one function per command that
+//! Each family lives in its own file (`strings`, `counters`, `bits`,
+//! `lcs`, `keyspace`, `expire`, `pubsub`, `connection`, `server`), one
+//! function per command that
 //! parses its arguments and applies them. The table below names every
 //! command with what `COMMAND` reports about it and the function that runs
 //! it; lookup is a hash of the lowercased name.
 
+mod bits;
 mod connection;
+mod counters;
 mod expire;
 mod keyspace;
+mod lcs;
 mod pubsub;
 mod server;
 mod strings;
@@ -56,6 +60,7 @@ const W: &[&str] = &["write", "denyoom"];
 const WF: &[&str] = &["write", "denyoom", "fast"];
 const WR: &[&str] = &["write", "fast"];
 const R: &[&str] = &["readonly", "fast"];
+const RS: &[&str] = &["readonly"];
 const CONN: &[&str] = &["noscript", "loading", "stale", "fast"];
 const NOAUTH: &[&str] = &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"];
 const PUBSUB: &[&str] = &["pubsub", "noscript", "loading", "stale"];
@@ -119,6 +124,22 @@ static SPECS: &[Spec] = &[
     spec!("psubscribe", -2, PUBSUB, 0, 0, 0, &["@pubsub", "@slow"], pubsub::subscribe),
     spec!("unsubscribe", -1, PUBSUB, 0, 0, 0, &["@pubsub", "@slow"], pubsub::unsubscribe),
     spec!("punsubscribe", -1, PUBSUB, 0, 0, 0, &["@pubsub", "@slow"], pubsub::unsubscribe),
+    spec!("getex", -2, WR, 1, 1, 1, &["@write", "@string", "@fast"], strings::getex),
+    spec!("getset", 3, WF, 1, 1, 1, &["@write", "@string", "@fast"], strings::getset),
+    spec!("strlen", 2, R, 1, 1, 1, &["@read", "@string", "@fast"], strings::strlen),
+    spec!("append", 3, WF, 1, 1, 1, &["@write", "@string", "@fast"], strings::append),
+    spec!("getrange", 4, RS, 1, 1, 1, &["@read", "@string", "@slow"], strings::getrange),
+    spec!("substr", 4, RS, 1, 1, 1, &["@read", "@string", "@slow"], strings::getrange),
+    spec!("setrange", 4, W, 1, 1, 1, &["@write", "@string", "@slow"], strings::setrange),
+    spec!("incr", 2, WF, 1, 1, 1, &["@write", "@string", "@fast"], counters::incr),
+    spec!("decr", 2, WF, 1, 1, 1, &["@write", "@string", "@fast"], counters::incr),
+    spec!("incrby", 3, WF, 1, 1, 1, &["@write", "@string", "@fast"], counters::incr),
+    spec!("decrby", 3, WF, 1, 1, 1, &["@write", "@string", "@fast"], counters::incr),
+    spec!("incrbyfloat", 3, WF, 1, 1, 1, &["@write", "@string", "@fast"], counters::incrbyfloat),
+    spec!("setbit", 4, W, 1, 1, 1, &["@write", "@bitmap", "@slow"], bits::setbit),
+    spec!("getbit", 3, R, 1, 1, 1, &["@read", "@bitmap", "@fast"], bits::getbit),
+    spec!("bitcount", -2, RS, 1, 1, 1, &["@read", "@bitmap", "@slow"], bits::bitcount),
+    spec!("lcs", -3, RS, 1, 2, 1, &["@read", "@string", "@slow"], lcs::lcs),
 ];
 
 /// The longest command name (`COMMAND`'s names are short; anything longer

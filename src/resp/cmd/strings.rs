@@ -177,3 +177,210 @@ fn write(sh: &Shared, key: &Bytes, value: &Bytes, cond: Cond, ttl: Ttl) -> Resul
     })?;
     Ok((written, old))
 }
+
+/// GETSET: SET ... GET without the options; the TTL is dropped.
+pub(super) fn getset(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    match write(cx.sh, &args[1], &args[2], Cond::Always, Ttl::None) {
+        Ok((_, old)) => out.opt_bulk(old.as_ref()),
+        Err(e) => write_error(out, e),
+    }
+}
+
+/// GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]: the value, and
+/// its TTL changed if an option says so.
+pub(super) fn getex(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let sh = cx.sh;
+    let mut change: Option<Ttl> = None;
+    let mut j = 2;
+    while j < args.len() {
+        let a = &args[j][..];
+        let unit = ["ex", "px", "exat", "pxat"].into_iter().find(|u| eq(a, u));
+        match (unit, args.get(j + 1)) {
+            (Some(unit), Some(v)) if change.is_none() => {
+                let Some(n) = int_arg(out, v) else { return };
+                let bad = "ERR invalid expire time in 'getex' command";
+                let secs = unit == "ex" || unit == "exat";
+                let Some(ms) = (if secs { n.checked_mul(1000) } else { Some(n) }).filter(|&m| m > 0) else {
+                    return out.error(bad);
+                };
+                let relative = unit == "ex" || unit == "px";
+                if relative && (sh.mesh.now_ms() as i64).checked_add(ms).is_none() {
+                    return out.error(bad);
+                }
+                change = Some(if relative { Ttl::Rel(ms as u64) } else { Ttl::Abs(ms as u64) });
+                j += 2;
+            }
+            _ if eq(a, "persist") && change.is_none() => {
+                change = Some(Ttl::None);
+                j += 1;
+            }
+            _ => return out.error(SYNTAX),
+        }
+    }
+    let Some(ttl) = change else {
+        return get(cx, args, out);
+    };
+    let listening = sh.hub.listening();
+    let mut old = None;
+    let r = sh.mesh.write_with(copy(&args[1]), |cur, stamp| {
+        let Some(Slot::Value { data, expires_at_ms }) = cur else { return None };
+        old = Some(data.clone());
+        let now = stamp.physical_ms();
+        let at = match ttl {
+            // PERSIST on a key without a TTL writes nothing.
+            Ttl::None if expires_at_ms.is_none() => return None,
+            Ttl::None | Ttl::Keep => None,
+            Ttl::Rel(ms) => Some(now.saturating_add(ms)),
+            Ttl::Abs(at) if at <= now => return Some(Slot::Tombstone),
+            Ttl::Abs(at) => Some(at),
+        };
+        if listening {
+            sh.hub.hint(stamp, if at.is_some() { Hint::Expire } else { Hint::Persist });
+        }
+        Some(Slot::Value { data: data.clone(), expires_at_ms: at })
+    });
+    match r {
+        Ok(_) => {
+            if old.is_some() {
+                cx.c.hits += 1;
+            } else {
+                cx.c.misses += 1;
+            }
+            out.opt_bulk(old.as_ref())
+        }
+        Err(e) => write_error(out, e),
+    }
+}
+
+pub(super) fn strlen(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let n = cx.sh.mesh.get_with(&args[1], |v| v.len()).unwrap_or(0);
+    out.int(n as i64);
+}
+
+/// GETRANGE and SUBSTR: the bytes from `start` to `end` inclusive, both
+/// counted from the end when negative, clamped to the value.
+pub(super) fn getrange(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let Some(start) = int_arg(out, &args[2]) else { return };
+    let Some(end) = int_arg(out, &args[3]) else { return };
+    let lent = cx.sh.mesh.get_with(&args[1], |v| match range(start, end, v.len() as i64) {
+        Some((s, e)) => out.bulk(&v[s as usize..=e as usize]),
+        None => out.bulk(b""),
+    });
+    if lent.is_none() {
+        out.bulk(b"");
+    }
+}
+
+/// Redis's range rule (GETRANGE, BITCOUNT): negative ends count from
+/// `len`, then both are clamped; `None` when the range is empty.
+pub(super) fn range(start: i64, end: i64, len: i64) -> Option<(i64, i64)> {
+    if start < 0 && end < 0 && start > end {
+        return None;
+    }
+    let start = if start < 0 { len.saturating_add(start).max(0) } else { start };
+    let end = if end < 0 { len.saturating_add(end).max(0) } else { end.min(len - 1) };
+    (len > 0 && start <= end).then_some((start, end))
+}
+
+/// The largest value a command may build (APPEND, SETRANGE, SETBIT):
+/// Redis's `proto-max-bulk-len`, and what one write can carry to peers.
+pub(super) fn max_value(sh: &Shared, key: &[u8]) -> usize {
+    sh.config.max_request_bytes.min(sh.mesh.max_write_bytes().saturating_sub(key.len()))
+}
+
+pub(super) const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+
+/// A read-modify-write of one string value that keeps its TTL, as Redis's
+/// APPEND, SETRANGE, INCR and SETBIT do: `f` gets the visible value and
+/// returns the value to write, `None` to write nothing, or an error reply.
+/// Returns whether it went through (otherwise the error is in `out`).
+pub(super) fn update(
+    sh: &Shared,
+    key: &Bytes,
+    out: &mut Out,
+    f: impl FnOnce(Option<&Bytes>) -> Result<Option<Bytes>, String>,
+) -> bool {
+    let mut refused = None;
+    let r = sh.mesh.write_with(copy(key), |cur, _| {
+        let (data, expires_at_ms) = match cur {
+            Some(Slot::Value { data, expires_at_ms }) => (Some(data), *expires_at_ms),
+            _ => (None, None),
+        };
+        match f(data) {
+            Ok(v) => v.map(|data| Slot::Value { data, expires_at_ms }),
+            Err(e) => {
+                refused = Some(e);
+                None
+            }
+        }
+    });
+    if let Some(e) = refused {
+        out.error(&e);
+        return false;
+    }
+    if let Err(e) = r {
+        write_error(out, e);
+        return false;
+    }
+    true
+}
+
+/// APPEND: the new length; a missing key is created.
+pub(super) fn append(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let max = max_value(cx.sh, &args[1]);
+    let mut len = 0;
+    let ok = update(cx.sh, &args[1], out, |cur| {
+        let held = cur.is_some();
+        let cur = cur.map_or(&[][..], |v| &v[..]);
+        len = cur.len() + args[2].len();
+        if len > max {
+            return Err(TOO_BIG.into());
+        }
+        // Appending nothing to a missing key creates it empty, as in Redis.
+        if args[2].is_empty() && held {
+            return Ok(None);
+        }
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(cur);
+        v.extend_from_slice(&args[2]);
+        Ok(Some(v.into()))
+    });
+    if ok {
+        out.int(len as i64);
+    }
+}
+
+/// SETRANGE: overwrites from `offset`, padding with zero bytes; the new
+/// length. An empty value writes nothing (and creates no key).
+pub(super) fn setrange(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let Some(offset) = int_arg(out, &args[2]) else { return };
+    if offset < 0 {
+        return out.error("ERR offset is out of range");
+    }
+    let max = max_value(cx.sh, &args[1]);
+    let value = &args[3];
+    let mut len = 0;
+    let ok = update(cx.sh, &args[1], out, |cur| {
+        let cur = cur.map_or(&[][..], |v| &v[..]);
+        if value.is_empty() {
+            len = cur.len();
+            return Ok(None);
+        }
+        // Checked before anything is allocated: a short command must not
+        // make the server build a huge value it cannot keep.
+        let end = (offset as u64).saturating_add(value.len() as u64);
+        if end > max as u64 {
+            return Err(TOO_BIG.into());
+        }
+        let (offset, end) = (offset as usize, end as usize);
+        len = cur.len().max(end);
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(cur);
+        v.resize(len, 0);
+        v[offset..end].copy_from_slice(value);
+        Ok(Some(v.into()))
+    });
+    if ok {
+        out.int(len as i64);
+    }
+}
