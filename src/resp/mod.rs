@@ -18,11 +18,13 @@
 //! a read is executed and the replies go out in one write.
 //!
 //! Commands, with Redis's semantics, replies and error texts: `PING ECHO GET
-//! SET (EX PX EXAT PXAT NX XX KEEPTTL GET) SETNX SETEX PSETEX GETDEL DEL
-//! UNLINK EXISTS TOUCH TYPE MGET MSET EXPIRE PEXPIRE EXPIREAT PEXPIREAT (NX XX
-//! GT LT) TTL PTTL EXPIRETIME PEXPIRETIME PERSIST DBSIZE INFO CLIENT COMMAND
-//! SELECT 0 QUIT RESET FLUSHALL FLUSHDB AUTH HELLO CONFIG TIME SUBSCRIBE
-//! PSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE`. There is one database, 0.
+//! SET (EX PX EXAT PXAT NX XX KEEPTTL GET) SETNX SETEX PSETEX GETDEL GETEX
+//! GETSET STRLEN APPEND GETRANGE SUBSTR SETRANGE INCR DECR INCRBY DECRBY
+//! INCRBYFLOAT SETBIT GETBIT BITCOUNT LCS DEL UNLINK EXISTS TOUCH TYPE MGET
+//! MSET EXPIRE PEXPIRE EXPIREAT PEXPIREAT (NX XX GT LT) TTL PTTL EXPIRETIME
+//! PEXPIRETIME PERSIST DBSIZE INFO CLIENT COMMAND SELECT 0 QUIT RESET
+//! FLUSHALL FLUSHDB AUTH HELLO CONFIG TIME SUBSCRIBE PSUBSCRIBE UNSUBSCRIBE
+//! PUNSUBSCRIBE`. There is one database, 0.
 //!
 //! # Consistency: what differs from a single Redis
 //!
@@ -39,6 +41,10 @@
 //!   semantics: do not build a distributed lock on it.
 //! - `MSET` writes each key separately: other clients may see some of the
 //!   keys before the others.
+//! - Read-modify-write commands (`INCR` and its relatives, `APPEND`,
+//!   `SETRANGE`, `SETBIT`, `GETEX`, `GETSET`) are atomic on this peer and
+//!   replicate the resulting value as one write: two peers incrementing
+//!   the same counter at once converge on one of the two results.
 //! - `DEL` always writes a tombstone, even for a key not visible here,
 //!   because another peer may hold it; it returns the number of keys that
 //!   were visible here.
