@@ -1451,7 +1451,9 @@ async fn row_local(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> 
         let per = rate / threads as f64;
         let how = match op.as_str() {
             "get" => "Mesh::get: the value copied out; ",
-            "get_with" => "Mesh::get_with: the value lent to a closure that copies it into a kept buffer, as RESP GET does; ",
+            "get_with" => {
+                "Mesh::get_with: the value lent to a closure that copies it into a kept buffer, as RESP GET does; "
+            }
             _ => "",
         };
         let mut row = Row::new(7, format!("local {op}, {threads} thread(s), per thread"), "ops/s", per).note(format!(
