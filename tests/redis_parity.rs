@@ -11,182 +11,20 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
-
-use bytes::BytesMut;
-use meshcache::resp::{serve, RespConfig};
-use meshcache::transport::certs::EphemeralCa;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
-
-use common::mesh::start;
-use common::wait::DEADLINE;
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A client sending multibulk commands and reading whole reply frames.
-struct Conn {
-    sock: Box<dyn Io>,
-    buf: BytesMut,
-    resp3: bool,
-}
-
-impl Conn {
-    fn new(sock: impl Io + 'static) -> Conn {
-        Conn { sock: Box::new(sock), buf: BytesMut::new(), resp3: false }
-    }
-
-    async fn cmd(&mut self, args: &[&[u8]]) -> Vec<u8> {
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
-        self.sock.write_all(&req).await.unwrap();
-        let end = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let len = if self.resp3 {
-                redis_protocol::resp3::decode::complete::decode(&self.buf).expect("valid RESP3").map(|(_, n)| n)
-            } else {
-                redis_protocol::resp2::decode::decode(&self.buf).expect("valid RESP2").map(|(_, n)| n)
-            };
-            if let Some(n) = len {
-                return self.buf.split_to(n).to_vec();
-            }
-            let read = tokio::time::timeout_at(end, self.sock.read_buf(&mut self.buf)).await;
-            let n = read.expect("a reply within the deadline").unwrap();
-            assert!(n > 0, "connection closed before the reply to {:?}", show(args));
-        }
-    }
-}
-
-fn show(args: &[&[u8]]) -> String {
-    args.iter().map(|a| String::from_utf8_lossy(a)).collect::<Vec<_>>().join(" ")
-}
-
-/// A redis-server of its own, killed when dropped.
-struct RedisServer {
-    _child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-    socket: std::path::PathBuf,
-}
-
-impl RedisServer {
-    async fn start() -> Option<RedisServer> {
-        if !common::process::tool("redis-server", "redis-server") {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("redis.sock");
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
-            .arg(&socket)
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        common::wait::eventually_async("redis-server's socket", || ready(&socket)).await;
-        Some(RedisServer { _child: child, _dir: dir, socket })
-    }
-}
-
-async fn ready(socket: &Path) -> bool {
-    let Ok(s) = UnixStream::connect(socket).await else { return false };
-    let mut c = Conn::new(s);
-    c.cmd(&[b"PING"]).await == b"+PONG\r\n"
-}
-
-/// One step of a script: a command, and what is checked of its reply.
-struct Step(&'static [&'static str], Check);
-
-#[derive(Clone, Copy, PartialEq)]
-enum Check {
-    /// The same bytes from both.
-    Same,
-    /// Nothing: the reply depends on the moment or the server.
-    Nothing,
-    /// meshcache's reply is these bytes, which redis-server 7.0 (Debian's)
-    /// does not give because Redis 7.2, whose behaviour meshcache follows,
-    /// changed it.
-    Redis72(&'static str),
-}
-
-fn same(args: &'static [&'static str]) -> Step {
-    Step(args, Check::Same)
-}
-
-fn run_only(args: &'static [&'static str]) -> Step {
-    Step(args, Check::Nothing)
-}
-
-fn redis72(args: &'static [&'static str], reply: &'static str) -> Step {
-    Step(args, Check::Redis72(reply))
-}
-
-/// Runs `script` against both servers from an empty keyspace, comparing
-/// the replies; returns how many were compared.
-async fn compare(mesh_port: u16, redis: &RedisServer, script: &[Step]) -> usize {
-    let mut ours = Conn::new(TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap());
-    let mut theirs = Conn::new(UnixStream::connect(&redis.socket).await.unwrap());
-    for c in [&mut ours, &mut theirs] {
-        assert_eq!(c.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
-    }
-    let mut compared = 0;
-    for Step(args, check) in script {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        if args[0].eq_ignore_ascii_case(b"hello") && args.get(1) == Some(&&b"3"[..]) {
-            ours.resp3 = true;
-            theirs.resp3 = true;
-        }
-        let a = ours.cmd(&args).await;
-        let b = theirs.cmd(&args).await;
-        match check {
-            Check::Same => {
-                assert_eq!(
-                    String::from_utf8_lossy(&a),
-                    String::from_utf8_lossy(&b),
-                    "meshcache (left) and redis-server (right) differ on `{}`",
-                    show(&args)
-                );
-                compared += 1;
-            }
-            Check::Redis72(want) => assert_eq!(String::from_utf8_lossy(&a), *want, "on `{}`", show(&args)),
-            Check::Nothing => {}
-        }
-    }
-    compared
-}
+use common::redis_ref::{compare, redis72, run_only, same, Check, RedisServer, RespPeer, Step};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn string_commands_answer_as_redis_does() {
     let Some(redis) = RedisServer::start().await else { return };
-    let ca = EphemeralCa::new().unwrap();
-    let mesh = start(&ca, "parity", &[]).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(mesh.clone(), listener, RespConfig::default(), async move {
-        let _ = stopped.await;
-    }));
-
+    let peer = RespPeer::start("parity").await;
     let script = strings_script();
-    let n = compare(port, &redis, &script).await;
+    let n = compare(peer.port, &redis, &script).await;
     assert_eq!(n, script.iter().filter(|s| s.1 == Check::Same).count());
-
     // The same replies in RESP3.
     let mut resp3 = vec![run_only(&["HELLO", "3"])];
     resp3.extend(strings_script());
-    compare(port, &redis, &resp3).await;
-
-    drop(stop);
-    server.await.unwrap().unwrap();
-    mesh.shutdown().await;
+    compare(peer.port, &redis, &resp3).await;
+    peer.stop().await;
 }
 
 fn strings_script() -> Vec<Step> {

@@ -3,6 +3,7 @@
 
 pub mod mesh;
 pub mod process;
+pub mod redis_ref;
 pub mod wait;
 
 use bytes::{Bytes, BytesMut};

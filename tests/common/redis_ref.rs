@@ -1,0 +1,182 @@
+//! A reference redis-server and a raw RESP client, to compare a peer's
+//! replies with Redis's byte for byte (tests/redis_parity.rs).
+
+use std::path::Path;
+use std::process::Stdio;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::wait::DEADLINE;
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A client sending multibulk commands and reading whole reply frames.
+pub struct Conn {
+    sock: Box<dyn Io>,
+    buf: BytesMut,
+    /// Decode replies as RESP3 (set before sending `HELLO 3`).
+    pub resp3: bool,
+}
+
+impl Conn {
+    pub fn new(sock: impl Io + 'static) -> Conn {
+        Conn { sock: Box::new(sock), buf: BytesMut::new(), resp3: false }
+    }
+
+    pub async fn cmd(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+        self.sock.write_all(&req).await.unwrap();
+        let end = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let len = if self.resp3 {
+                redis_protocol::resp3::decode::complete::decode(&self.buf).expect("valid RESP3").map(|(_, n)| n)
+            } else {
+                redis_protocol::resp2::decode::decode(&self.buf).expect("valid RESP2").map(|(_, n)| n)
+            };
+            if let Some(n) = len {
+                return self.buf.split_to(n).to_vec();
+            }
+            let read = tokio::time::timeout_at(end, self.sock.read_buf(&mut self.buf)).await;
+            let n = read.expect("a reply within the deadline").unwrap();
+            assert!(n > 0, "connection closed before the reply to {:?}", show(args));
+        }
+    }
+}
+
+pub fn show(args: &[&[u8]]) -> String {
+    args.iter().map(|a| String::from_utf8_lossy(a)).collect::<Vec<_>>().join(" ")
+}
+
+/// A redis-server of its own, killed when dropped.
+pub struct RedisServer {
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    pub socket: std::path::PathBuf,
+}
+
+impl RedisServer {
+    /// `None` when redis-server is not installed (and not under CI).
+    pub async fn start() -> Option<RedisServer> {
+        if !super::process::tool("redis-server", "redis-server") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("redis.sock");
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .arg(&socket)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        super::wait::eventually_async("redis-server's socket", || ready(&socket)).await;
+        Some(RedisServer { _child: child, _dir: dir, socket })
+    }
+}
+
+async fn ready(socket: &Path) -> bool {
+    let Ok(s) = UnixStream::connect(socket).await else { return false };
+    let mut c = Conn::new(s);
+    c.cmd(&[b"PING"]).await == b"+PONG\r\n"
+}
+
+/// One step of a script: a command, and what is checked of its reply.
+pub struct Step(pub &'static [&'static str], pub Check);
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Check {
+    /// The same bytes from both.
+    Same,
+    /// Nothing: the reply depends on the moment or the server.
+    Nothing,
+    /// meshcache's reply is these bytes, which redis-server 7.0 (Debian's)
+    /// does not give because Redis 7.2, whose behaviour meshcache follows,
+    /// changed it.
+    Redis72(&'static str),
+}
+
+pub fn same(args: &'static [&'static str]) -> Step {
+    Step(args, Check::Same)
+}
+
+pub fn run_only(args: &'static [&'static str]) -> Step {
+    Step(args, Check::Nothing)
+}
+
+pub fn redis72(args: &'static [&'static str], reply: &'static str) -> Step {
+    Step(args, Check::Redis72(reply))
+}
+
+/// Runs `script` against both servers from an empty keyspace, comparing
+/// the replies; returns how many were compared.
+pub async fn compare(mesh_port: u16, redis: &RedisServer, script: &[Step]) -> usize {
+    let mut ours = Conn::new(TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap());
+    let mut theirs = Conn::new(UnixStream::connect(&redis.socket).await.unwrap());
+    for c in [&mut ours, &mut theirs] {
+        assert_eq!(c.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
+    }
+    let mut compared = 0;
+    for Step(args, check) in script {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        if args[0].eq_ignore_ascii_case(b"hello") && args.get(1) == Some(&&b"3"[..]) {
+            ours.resp3 = true;
+            theirs.resp3 = true;
+        }
+        let a = ours.cmd(&args).await;
+        let b = theirs.cmd(&args).await;
+        match check {
+            Check::Same => {
+                assert_eq!(
+                    String::from_utf8_lossy(&a),
+                    String::from_utf8_lossy(&b),
+                    "meshcache (left) and redis-server (right) differ on `{}`",
+                    show(&args)
+                );
+                compared += 1;
+            }
+            Check::Redis72(want) => assert_eq!(String::from_utf8_lossy(&a), *want, "on `{}`", show(&args)),
+            Check::Nothing => {}
+        }
+    }
+    compared
+}
+
+/// A lone peer with a RESP server on a port the OS chose.
+pub struct RespPeer {
+    pub mesh: meshcache::Mesh,
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RespPeer {
+    pub async fn start(name: &str) -> RespPeer {
+        let ca = meshcache::transport::certs::EphemeralCa::new().unwrap();
+        let mesh = super::mesh::start(&ca, name, &[]).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = meshcache::resp::RespConfig::default();
+        let task = tokio::spawn(meshcache::resp::serve(mesh.clone(), listener, config, async move {
+            let _ = stopped.await;
+        }));
+        RespPeer { mesh, port, stop: Some(stop), task }
+    }
+
+    pub async fn stop(mut self) {
+        drop(self.stop.take());
+        tokio::time::timeout(DEADLINE, self.task).await.expect("the server stops").unwrap().unwrap();
+        self.mesh.shutdown().await;
+    }
+}
