@@ -19,6 +19,7 @@
 mod bugs;
 pub mod digest;
 pub mod evict;
+mod keys;
 mod shard;
 pub mod slot;
 mod table;
@@ -40,6 +41,7 @@ pub(crate) use bugs::Bug;
 use digest::{key_hash, BUCKETS, BUCKET_BITS};
 pub use evict::EvictionPolicy;
 use evict::POOL_SIZE;
+pub use keys::KeyAccess;
 use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 

@@ -1,9 +1,13 @@
-//! Keyspace commands: DEL, EXISTS, TYPE, DBSIZE, FLUSHALL.
+//! Keyspace commands: DEL, EXISTS, TYPE, DBSIZE, FLUSHALL, KEYS, SCAN,
+//! RANDOMKEY, RENAME, RENAMENX, COPY, OBJECT.
 
 use bytes::Bytes;
 
-use super::{copy, eq, write_error, Cx, SYNTAX};
+use super::{copy, eq, help, int_arg, unknown_subcommand, write_error, wrong_args, Cx, SYNTAX};
+use crate::resp::notify::glob_match;
+use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
+use crate::store::Slot;
 
 /// DEL and UNLINK (the same here: nothing is freed in the background).
 pub(super) fn del(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
@@ -46,5 +50,225 @@ pub(super) fn flush(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     match cx.sh.mesh.flush_all() {
         Ok(()) => out.ok(),
         Err(e) => write_error(out, e),
+    }
+}
+
+/// KEYS pattern: every visible key matching Redis's glob.
+pub(super) fn keys(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let mesh = &cx.sh.mesh;
+    let all = args[1][..] == *b"*";
+    let keys = mesh.replica().store().keys(mesh.now_ms(), |k| all || glob_match(&args[1], k));
+    out.array(keys.len());
+    for k in &keys {
+        out.bulk(k);
+    }
+}
+
+/// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]. The cursor is
+/// the next digest bucket to visit (`Store::scan`): a key present for the
+/// whole scan is returned, whatever is written or evicted meanwhile.
+pub(super) fn scan(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|c| c.parse::<u64>().ok()) else {
+        return out.error("ERR invalid cursor");
+    };
+    let (mut pattern, mut count, mut strings) = (None, 10usize, true);
+    let mut j = 2;
+    while j < args.len() {
+        let Some(v) = args.get(j + 1) else { return out.error(SYNTAX) };
+        if eq(&args[j], "count") {
+            let Some(n) = int_arg(out, v) else { return };
+            if n < 1 {
+                return out.error(SYNTAX);
+            }
+            count = n as usize;
+        } else if eq(&args[j], "match") {
+            pattern = Some(v);
+        } else if eq(&args[j], "type") {
+            // Every value here is a string: another type filters out all.
+            strings = eq(v, "string");
+        } else {
+            return out.error(SYNTAX);
+        }
+        j += 2;
+    }
+    let mesh = &cx.sh.mesh;
+    let (mut keys, next) = if strings {
+        mesh.replica().store().scan(cursor, count, mesh.now_ms())
+    } else {
+        // No value of another type exists; the walk still advances, as
+        // Redis's does when its filter drops every key of a step.
+        let (_, next) = mesh.replica().store().scan(cursor, count, mesh.now_ms());
+        (Vec::new(), next)
+    };
+    if let Some(p) = pattern {
+        keys.retain(|k| glob_match(p, k));
+    }
+    out.array(2);
+    out.bulk(next.to_string().as_bytes());
+    out.array(keys.len());
+    for k in &keys {
+        out.bulk(k);
+    }
+}
+
+pub(super) fn randomkey(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
+    let mesh = &cx.sh.mesh;
+    let env = mesh.env();
+    match mesh.replica().store().random_key(mesh.now_ms(), |n| env.random_index(n)) {
+        Some(k) => out.bulk(&k),
+        None => out.null(),
+    }
+}
+
+/// RENAME and RENAMENX. The new key is written before the old one is
+/// deleted, as two writes: a reader on this peer may see both for a
+/// moment, never neither, and the old key is deleted only if it still
+/// holds the value that was moved (a write to it meanwhile comes after the
+/// rename).
+pub(super) fn rename(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let nx = cx.spec.name == "renamenx";
+    let (src, dst) = (&args[1], &args[2]);
+    let Some(slot) = visible_slot(cx, src) else { return out.error("ERR no such key") };
+    if src == dst {
+        return if nx { out.int(0) } else { out.ok() };
+    }
+    match move_slot(cx, dst, slot.clone(), !nx) {
+        Ok(false) => return out.int(0),
+        Ok(true) => {}
+        Err(e) => return write_error(out, e),
+    }
+    let r = cx.sh.mesh.write_with(copy(src), |cur, _| (cur == Some(&slot)).then_some(Slot::Tombstone));
+    match r {
+        Ok(_) if nx => out.int(1),
+        Ok(_) => out.ok(),
+        Err(e) => write_error(out, e),
+    }
+}
+
+/// COPY source destination [DB 0] [REPLACE]: the value and its TTL.
+pub(super) fn copy_key(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let mut replace = false;
+    let mut j = 3;
+    while j < args.len() {
+        if eq(&args[j], "replace") {
+            replace = true;
+        } else if eq(&args[j], "db") && j + 1 < args.len() {
+            let Some(db) = int_arg(out, &args[j + 1]) else { return };
+            if i32::try_from(db).is_err() {
+                return out.error(super::NOT_INT);
+            }
+            if db != 0 {
+                return out.error("ERR DB index is out of range");
+            }
+            j += 1;
+        } else {
+            return out.error(SYNTAX);
+        }
+        j += 1;
+    }
+    if args[1] == args[2] {
+        return out.error("ERR source and destination objects are the same");
+    }
+    let Some(slot) = visible_slot(cx, &args[1]) else { return out.int(0) };
+    match move_slot(cx, &args[2], slot, replace) {
+        Ok(done) => out.int(done as i64),
+        Err(e) => write_error(out, e),
+    }
+}
+
+/// The value `key` holds here, with its TTL, if visible.
+fn visible_slot(cx: &Cx<'_>, key: &[u8]) -> Option<Slot> {
+    let mesh = &cx.sh.mesh;
+    let reg = mesh.replica().store().register(key)?;
+    reg.val.visible(mesh.now_ms())?;
+    Some(reg.val)
+}
+
+/// Writes `slot` (a value and its absolute expiry) to `dst`, over what is
+/// there only if `replace`. Whether it wrote.
+fn move_slot(cx: &Cx<'_>, dst: &Bytes, slot: Slot, replace: bool) -> Result<bool, crate::MeshError> {
+    let mut wrote = false;
+    cx.sh.mesh.write_with(copy(dst), |cur, _| {
+        if cur.is_some() && !replace {
+            return None;
+        }
+        wrote = true;
+        Some(slot)
+    })?;
+    Ok(wrote)
+}
+
+/// OBJECT ENCODING | FREQ | IDLETIME | HELP. A read by OBJECT does not
+/// count as an access, as in Redis.
+pub(super) fn object(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    let sub = &args[1];
+    let mesh = &cx.sh.mesh;
+    let known = ["encoding", "freq", "idletime"].into_iter().find(|s| eq(sub, s));
+    if eq(sub, "help") && args.len() == 2 {
+        return help(
+            out,
+            "OBJECT",
+            &[
+                "ENCODING <key>",
+                "    Return the kind of internal representation used in order to store the value",
+                "    associated with a <key>.",
+                "FREQ <key>",
+                "    Return the access frequency index of the <key>. The returned integer is",
+                "    proportional to the logarithm of the recent access frequency of the key.",
+                "IDLETIME <key>",
+                "    Return the idle time of the <key>, that is the approximated number of",
+                "    seconds elapsed since the last access to the key.",
+            ],
+        );
+    }
+    let Some(which) = known else {
+        if eq(sub, "help") {
+            return wrong_args(out, "object|help");
+        }
+        return unknown_subcommand(out, sub, "OBJECT");
+    };
+    if args.len() != 3 {
+        return wrong_args(out, &format!("object|{which}"));
+    }
+    let key = &args[2];
+    let now = mesh.now_ms();
+    let store = mesh.replica().store();
+    match which {
+        "encoding" => match mesh.get_with(key, |v| encoding(v)) {
+            Some(e) => out.bulk(e.as_bytes()),
+            None => out.null(),
+        },
+        _ => {
+            let lfu = store.policy().is_lfu();
+            let Some(a) = store.access_of(key, now) else { return out.null() };
+            const SWITCH: &str = "Please note that when switching between policies at runtime LRU and LFU data \
+                                  will take some time to adjust.";
+            if which == "freq" {
+                if !lfu {
+                    return out.error(&format!(
+                        "ERR An LFU maxmemory policy is not selected, access frequency not tracked. {SWITCH}"
+                    ));
+                }
+                out.int(a.freq as i64);
+            } else {
+                if lfu {
+                    return out
+                        .error(&format!("ERR An LFU maxmemory policy is selected, idle time not tracked. {SWITCH}"));
+                }
+                out.int((a.idle_ms / 1000) as i64);
+            }
+        }
+    }
+}
+
+/// How Redis would store a string value: as an integer, inline in its
+/// object header (44 bytes or less), or separately.
+fn encoding(v: &[u8]) -> &'static str {
+    if v.len() <= 20 && parse_i64(v).is_some() {
+        "int"
+    } else if v.len() <= 44 {
+        "embstr"
+    } else {
+        "raw"
     }
 }

@@ -140,6 +140,13 @@ static SPECS: &[Spec] = &[
     spec!("getbit", 3, R, 1, 1, 1, &["@read", "@bitmap", "@fast"], bits::getbit),
     spec!("bitcount", -2, RS, 1, 1, 1, &["@read", "@bitmap", "@slow"], bits::bitcount),
     spec!("lcs", -3, RS, 1, 2, 1, &["@read", "@string", "@slow"], lcs::lcs),
+    spec!("keys", 2, RS, 0, 0, 0, &["@keyspace", "@read", "@slow", "@dangerous"], keyspace::keys),
+    spec!("scan", -2, RS, 0, 0, 0, &["@keyspace", "@read", "@slow"], keyspace::scan),
+    spec!("randomkey", 1, RS, 0, 0, 0, &["@keyspace", "@read", "@slow"], keyspace::randomkey),
+    spec!("rename", 3, &["write"], 1, 2, 1, &["@keyspace", "@write", "@slow"], keyspace::rename),
+    spec!("renamenx", 3, WR, 1, 2, 1, &["@keyspace", "@write", "@fast"], keyspace::rename),
+    spec!("copy", -3, W, 1, 2, 1, &["@keyspace", "@write", "@slow"], keyspace::copy_key),
+    spec!("object", -2, &["slow"], 2, 2, 1, &["@keyspace", "@read", "@slow"], keyspace::object),
 ];
 
 /// The longest command name (`COMMAND`'s names are short; anything longer
