@@ -27,6 +27,96 @@ async fn string_commands_answer_as_redis_does() {
     peer.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_commands_answer_as_redis_does() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let peer = RespPeer::start("parity").await;
+    let script = keyspace_script();
+    let n = compare(peer.port, &redis, &script).await;
+    assert_eq!(n, script.iter().filter(|s| s.1 == Check::Same).count());
+    let mut resp3 = vec![run_only(&["HELLO", "3"])];
+    resp3.extend(keyspace_script());
+    compare(peer.port, &redis, &resp3).await;
+    peer.stop().await;
+}
+
+/// Key order in KEYS and SCAN is each server's own: the steps that list
+/// keys match one key at a time, or none.
+fn keyspace_script() -> Vec<Step> {
+    vec![
+        same(&["SCAN", "0"]),
+        same(&["KEYS", "*"]),
+        same(&["RANDOMKEY"]),
+        same(&["MSET", "alpha", "1", "beta", "two", "gamma", "3"]),
+        same(&["KEYS", "al*"]),
+        same(&["KEYS", "?eta"]),
+        same(&["KEYS", "[ab]lpha"]),
+        same(&["KEYS", "nothing*"]),
+        same(&["KEYS"]),
+        same(&["SCAN", "0", "MATCH", "gam*"]),
+        same(&["SCAN", "0", "MATCH", "gam*", "COUNT", "100"]),
+        same(&["SCAN", "0", "MATCH", "b*", "TYPE", "string"]),
+        same(&["SCAN", "0", "TYPE", "hash"]),
+        same(&["SCAN", "x"]),
+        same(&["SCAN", "0", "COUNT", "0"]),
+        same(&["SCAN", "0", "COUNT", "x"]),
+        same(&["SCAN", "0", "MATCH"]),
+        same(&["SCAN", "0", "FOO", "bar"]),
+        same(&["SCAN"]),
+        // RENAME, RENAMENX, COPY.
+        same(&["SET", "t", "v", "EX", "100"]),
+        same(&["RENAME", "t", "t2"]),
+        same(&["EXISTS", "t"]),
+        same(&["GET", "t2"]),
+        same(&["TTL", "t2"]),
+        same(&["RENAME", "t", "t3"]),
+        same(&["RENAME", "t2", "t2"]),
+        same(&["RENAMENX", "t2", "t2"]),
+        same(&["RENAMENX", "t2", "alpha"]),
+        same(&["RENAMENX", "t2", "fresh"]),
+        same(&["RENAMENX", "nothing", "x"]),
+        same(&["RENAME", "alpha"]),
+        same(&["COPY", "fresh", "fresh2"]),
+        same(&["TTL", "fresh2"]),
+        same(&["COPY", "fresh", "fresh2"]),
+        same(&["COPY", "beta", "fresh2", "REPLACE"]),
+        same(&["GET", "fresh2"]),
+        same(&["COPY", "beta", "b2", "DB", "0"]),
+        same(&["COPY", "beta", "b3", "DB", "x"]),
+        same(&["COPY", "beta", "b3", "FOO"]),
+        same(&["COPY", "beta", "b3", "DB"]),
+        same(&["COPY", "beta", "beta"]),
+        same(&["COPY", "nothing", "b4"]),
+        same(&["COPY", "beta"]),
+        // OBJECT.
+        same(&["SET", "long", "a fairly long value that takes more than forty-four bytes"]),
+        same(&["OBJECT", "ENCODING", "gamma"]),
+        same(&["OBJECT", "ENCODING", "beta"]),
+        same(&["OBJECT", "ENCODING", "long"]),
+        same(&["OBJECT", "ENCODING", "nothing"]),
+        same(&["OBJECT", "IDLETIME", "beta"]),
+        same(&["OBJECT", "IDLETIME", "nothing"]),
+        same(&["OBJECT", "FREQ", "beta"]),
+        same(&["OBJECT", "ENCODING"]),
+        same(&["OBJECT", "FOO", "beta"]),
+        same(&["OBJECT", "HELP", "x"]),
+        same(&["OBJECT"]),
+        same(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"]),
+        same(&["OBJECT", "FREQ", "nothing"]),
+        same(&["OBJECT", "IDLETIME", "beta"]),
+        run_only(&["OBJECT", "FREQ", "beta"]),
+        same(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]),
+        // DEL and UNLINK of many keys, FLUSHDB, and RANDOMKEY of one.
+        same(&["DEL", "beta", "gamma", "nothing", "beta"]),
+        same(&["UNLINK", "fresh", "fresh2", "long", "b2", "t2"]),
+        same(&["KEYS", "*"]),
+        same(&["RANDOMKEY"]),
+        same(&["FLUSHDB"]),
+        same(&["RANDOMKEY"]),
+        same(&["SCAN", "0"]),
+    ]
+}
+
 fn strings_script() -> Vec<Step> {
     vec![
         // Counters, and their edges.

@@ -263,6 +263,80 @@ async fn writes_on_one_peer_are_read_on_another() {
     shutdown(meshes, servers).await;
 }
 
+/// A SCAN walk returns every key present for the whole walk while another
+/// client writes, deletes and (under a memory bound) evicts other keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_misses_no_key_present_throughout_while_others_change() {
+    let (mesh, server) = solo(RespConfig::default()).await;
+    let mut con = server.conn().await;
+    let mut writer = server.conn().await;
+    // Only keys with a TTL may be evicted: the 1,000 kept keys have none.
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory-policy", "volatile-lru", "maxmemory", "2mb"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for chunk in (0..1000).collect::<Vec<_>>().chunks(100) {
+        let mut c = redis::cmd("MSET");
+        for i in chunk {
+            c.arg(format!("kept:{i}")).arg("v");
+        }
+        let () = c.query_async(&mut con).await.unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let big = vec![b'x'; 1024];
+            let mut i = 0u64;
+            // Bounded: at most 50,000 writes, or until the walk ends.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 50_000 {
+                let () = redis::cmd("SET")
+                    .arg(format!("churn:{i}"))
+                    .arg(&big[..])
+                    .arg("EX")
+                    .arg(1000)
+                    .query_async(&mut writer)
+                    .await
+                    .unwrap();
+                if i % 3 == 0 {
+                    let _: i64 = writer.del(format!("churn:{}", i / 2)).await.unwrap();
+                }
+                i += 1;
+            }
+            i
+        }
+    });
+    // Let the churn fill the bound before the walk starts.
+    eventually_async("evictions start", || async {
+        let stats = info(&mut con.clone(), "stats").await;
+        stats.lines().any(|l| l.strip_prefix("evicted_keys:").is_some_and(|n| n.trim() != "0"))
+    })
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = 0u64;
+    let mut steps = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(20).query_async(&mut con).await.unwrap();
+        seen.extend(keys.into_iter().filter(|k| k.starts_with("kept:")));
+        steps += 1;
+        assert!(steps < 100_000, "the walk ends");
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = churn.await.unwrap();
+    assert!(writes > 0);
+    for i in 0..1000 {
+        assert!(seen.contains(&format!("kept:{i}")), "kept:{i} was present throughout and not returned");
+    }
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
 /// Read-modify-write commands run on one peer and replicate their result;
 /// two peers incrementing one counter at once converge on one result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
