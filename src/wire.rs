@@ -32,7 +32,9 @@ use crate::store::Register;
 /// 5: a responder running another session answers `Begin` with
 /// [`SyncMsg::Busy`] (a version 4 initiator would take it for a protocol
 /// violation).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 6: pub/sub messages ride on the push stream ([`Message::Published`]; a
+/// version 5 peer would take the new message for a protocol violation).
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -64,6 +66,23 @@ pub enum Message {
     Membership(Bytes),
     /// The sender is shutting down gracefully and leaves the mesh.
     Goodbye(MemberId),
+    /// Pub/sub messages published on the sender, on its push stream after
+    /// the writes queued before them: a subscriber told of a change by a
+    /// message reads the change. Delivered at most once; none is sent again
+    /// after a lost connection.
+    Published(Vec<Publication>),
+}
+
+/// One pub/sub message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    /// The channel.
+    pub channel: Bytes,
+    /// The message.
+    pub message: Bytes,
+    /// Published to shard channels (Redis's `SPUBLISH`), a namespace apart
+    /// from ordinary channels.
+    pub sharded: bool,
 }
 
 /// The hello: who is speaking, and what its clocks say.

@@ -123,3 +123,46 @@ async fn writes_are_refused_while_loading() {
     m.put("k", "v").unwrap();
     m.shutdown().await;
 }
+
+/// A message published after a write is heard, on another peer, only once
+/// that write is applied there: a listener reading the key it is told of
+/// at the moment the message arrives reads the write or a later one. And
+/// a listener hears nothing once dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_message_arrives_after_the_writes_before_it() {
+    let ca = EphemeralCa::new().unwrap();
+    let a = start(&ca, "a", &[]).await;
+    let b = start(&ca, "b", &[a.local_addr()]).await;
+    assert!(b.wait_ready(DEADLINE).await);
+    eventually("connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    let heard = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let listener = b.on_message({
+        let (heard, b) = (heard.clone(), b.clone());
+        move |m| {
+            // Read at delivery, on the task that delivers.
+            let now = b.get(&m.message).map(|v| String::from_utf8_lossy(&v).into_owned());
+            heard.lock().push((m.channel.clone(), String::from_utf8_lossy(&m.message).into_owned(), now));
+            1
+        }
+    });
+    for i in 0..500 {
+        let key = format!("k{}", i % 7);
+        a.put(key.clone(), format!("{i}")).unwrap();
+        assert_eq!(a.publish("changed", key, false).unwrap(), 0, "no listener on a");
+    }
+    eventually("every message heard", || heard.lock().len() == 500).await;
+    for (i, (channel, key, value)) in heard.lock().iter().enumerate() {
+        assert_eq!(channel, "changed");
+        assert_eq!(key, &format!("k{}", i % 7), "in order");
+        let v: usize = value.as_deref().expect("the key is there").parse().unwrap();
+        assert!(v >= i, "message {i} heard while {key} held {v}");
+    }
+    drop(listener);
+    a.publish("changed", "k0", false).unwrap();
+    a.put("after", "x").unwrap();
+    eventually("the write after it arrives", || b.get(b"after").is_some()).await;
+    assert_eq!(heard.lock().len(), 500, "a dropped listener hears nothing");
+    assert_eq!(b.stats().messages_received, 501);
+    b.shutdown().await;
+    a.shutdown().await;
+}

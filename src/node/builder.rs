@@ -213,6 +213,7 @@ impl MeshBuilder {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             memory,
+            listeners: Default::default(),
         });
         tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
         inner.tasks.spawn(accept_loop(inner.clone()));

@@ -37,6 +37,8 @@ pub(super) struct Counters {
     pub(super) ae_entries_sent_failed: AtomicU64,
     pub(super) ae_entries_received: AtomicU64,
     pub(super) refused_peers: AtomicU64,
+    pub(super) messages_published: AtomicU64,
+    pub(super) messages_received: AtomicU64,
     pub(super) protocol_errors: AtomicU64,
 }
 
@@ -75,6 +77,8 @@ pub(super) struct Inner {
     pub(super) started: tokio::time::Instant,
     /// The process's allocator count, when the application gives one.
     pub(super) memory: Option<super::MemoryProbe>,
+    /// Who hears pub/sub messages on this peer.
+    pub(super) listeners: Arc<super::pubsub::Listeners>,
 }
 
 impl Inner {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::conn::CODE_GOODBYE;
 use super::inner::Inner;
+use super::pubsub::MessageListener;
 use super::push::say_goodbye;
 use super::{MeshBuilder, MeshError};
 use crate::env::Env;
@@ -17,6 +18,7 @@ use crate::hlc::Stamp;
 use crate::membership::{MemberId, Status};
 use crate::replica::Replica;
 use crate::store::{Change, ChangeKind, Origin, Slot, StoreStats, Written};
+use crate::wire::Publication;
 
 /// A member as this peer sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +90,10 @@ pub struct MeshStats {
     pub members_invalid: u64,
     /// New member names ignored because the view held `max_members`.
     pub members_over_cap: u64,
+    /// Pub/sub messages published on this peer ([`Mesh::publish`]).
+    pub messages_published: u64,
+    /// Pub/sub messages received from peers.
+    pub messages_received: u64,
 }
 
 /// An embedded meshcache peer: this process becomes a member of the mesh.
@@ -300,6 +306,43 @@ impl Mesh {
         Ok(())
     }
 
+    /// Publishes `message` on `channel` (on the shard channel namespace if
+    /// `sharded`): this peer's listeners ([`Mesh::on_message`]) get it at
+    /// once, and it is pushed to every connected peer behind the writes
+    /// queued before it, for their listeners. Returns the receivers this
+    /// peer's listeners reported (what Redis's `PUBLISH` answers in a
+    /// cluster). At most once, and only to peers connected now; see the
+    /// `pubsub` module docs.
+    ///
+    /// Refused if channel and message do not fit in one push frame.
+    pub fn publish(
+        &self,
+        channel: impl Into<Bytes>,
+        message: impl Into<Bytes>,
+        sharded: bool,
+    ) -> Result<usize, MeshError> {
+        let m = Publication { channel: channel.into(), message: message.into(), sharded };
+        let len = m.channel.len() + m.message.len();
+        let max = self.max_write_bytes();
+        if len > max {
+            return Err(MeshError::TooLarge { len, max });
+        }
+        self.inner.counters.messages_published.fetch_add(1, Ordering::Relaxed);
+        for p in self.inner.peers.lock().values() {
+            p.queue.push_message(m.clone());
+        }
+        Ok(self.inner.listeners.deliver(&m))
+    }
+
+    /// Calls `f` with every pub/sub message published on this peer or
+    /// received from another, until the returned listener is dropped. `f`
+    /// returns how many receivers it handed the message to. It runs on the
+    /// task that delivers the message, so it must not block: hand the
+    /// message off if it needs work.
+    pub fn on_message(&self, f: impl Fn(&Publication) -> usize + Send + Sync + 'static) -> MessageListener {
+        self.inner.listeners.add(Arc::new(f))
+    }
+
     /// A stream of changes, local and remote. A subscriber that falls more
     /// than 4,096 changes behind is told how many it missed.
     pub fn subscribe(&self) -> tokio_stream::wrappers::BroadcastStream<Change> {
@@ -384,6 +427,8 @@ impl Mesh {
             clock_refused: self.inner.replica.store().clock().refused(),
             members_invalid: ignored.invalid,
             members_over_cap: ignored.over_cap,
+            messages_published: l(&c.messages_published),
+            messages_received: l(&c.messages_received),
         }
     }
 

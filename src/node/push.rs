@@ -1,4 +1,5 @@
-//! The uni streams, both ways: pushed delta batches and goodbyes.
+//! The uni streams, both ways: pushed delta batches, pub/sub messages and
+//! goodbyes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use super::queue::PushQueue;
 use super::stream::{kind, write_message, FrameReader, StreamError};
 use crate::membership::MemberId;
 use crate::replica::PeerError;
-use crate::wire::Message;
+use crate::wire::{Message, Publication};
 
 /// Pushes queued writes to one peer over one long-lived uni stream.
 pub(super) async fn push_sender(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, queue: Arc<PushQueue>) {
@@ -39,36 +40,74 @@ pub(super) async fn push_sender(inner: Arc<Inner>, conn: quinn::Connection, id: 
                 tracing::warn!(peer = %id, "push queue overflowed: falling back to anti-entropy");
                 inner.with_links(|d, now| d.links.handle_queue_overflow(now, &id.name));
             }
-            if batch.entries.is_empty() && !batch.force {
+            if batch.entries.is_empty() && !batch.force && batch.messages.is_empty() {
                 break;
             }
-            let version = inner.replica.members_version();
-            let with_members = version != sent_members_version;
-            sent_members_version = version;
-            let n = batch.entries.len() as u64;
-            let msg = Message::Deltas(inner.replica.deltas(batch.entries, with_members));
-            let frame = match inner.codec.encode_to_bytes(&msg) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(peer = %id, error = %e, "cannot encode a push batch; the peer will be repaired by anti-entropy");
-                    inner.with_links(|d, now| d.links.request_round(now, &id.name));
-                    continue;
-                }
-            };
-            if send.write_all(&frame).await.is_err() {
+            let writes = !batch.entries.is_empty() || batch.force;
+            if writes && !push_writes(&inner, &mut send, &id, batch.entries, &mut sent_members_version).await {
                 return;
             }
-            let c = &inner.counters;
-            c.deltas_sent.fetch_add(n, Ordering::Relaxed);
-            c.push_batches_sent.fetch_add(1, Ordering::Relaxed);
-            c.push_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
-            metrics::counter!("meshcache_deltas_sent_total").increment(n);
-            metrics::counter!("meshcache_push_bytes_sent_total").increment(frame.len() as u64);
+            if !batch.messages.is_empty() && !push_messages(&inner, &mut send, &id, batch.messages).await {
+                return;
+            }
             if !queue.has_more() {
                 break;
             }
         }
     }
+}
+
+/// Sends one batch of writes. False once the stream is gone.
+async fn push_writes(
+    inner: &Arc<Inner>,
+    send: &mut quinn::SendStream,
+    id: &MemberId,
+    entries: Vec<(bytes::Bytes, crate::store::Register)>,
+    sent_members_version: &mut u64,
+) -> bool {
+    let version = inner.replica.members_version();
+    let with_members = version != *sent_members_version;
+    *sent_members_version = version;
+    let n = entries.len() as u64;
+    let msg = Message::Deltas(inner.replica.deltas(entries, with_members));
+    let frame = match inner.codec.encode_to_bytes(&msg) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(peer = %id, error = %e, "cannot encode a push batch; the peer will be repaired by anti-entropy");
+            inner.with_links(|d, now| d.links.request_round(now, &id.name));
+            return true;
+        }
+    };
+    if send.write_all(&frame).await.is_err() {
+        return false;
+    }
+    let c = &inner.counters;
+    c.deltas_sent.fetch_add(n, Ordering::Relaxed);
+    c.push_batches_sent.fetch_add(1, Ordering::Relaxed);
+    c.push_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    metrics::counter!("meshcache_deltas_sent_total").increment(n);
+    metrics::counter!("meshcache_push_bytes_sent_total").increment(frame.len() as u64);
+    true
+}
+
+/// Sends pub/sub messages. False once the stream is gone; a message that
+/// cannot be encoded (larger than a frame) is dropped, as at most once
+/// allows.
+async fn push_messages(inner: &Inner, send: &mut quinn::SendStream, id: &MemberId, messages: Vec<Publication>) -> bool {
+    let n = messages.len();
+    let frame = match inner.codec.encode_to_bytes(&Message::Published(messages)) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(peer = %id, error = %e, messages = n, "pub/sub messages dropped");
+            return true;
+        }
+    };
+    if send.write_all(&frame).await.is_err() {
+        return false;
+    }
+    inner.counters.push_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    metrics::counter!("meshcache_push_bytes_sent_total").increment(frame.len() as u64);
+    true
 }
 
 /// Accepts the peer's uni streams: pushes and goodbyes.
@@ -107,6 +146,12 @@ pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id:
                             }
                             Err(PeerError::SelfSuperseded) => return,
                             Err(e) => tracing::warn!(peer = %id, error = %e, "push dropped"),
+                        }
+                    }
+                    Ok(Some(Message::Published(messages))) => {
+                        inner.counters.messages_received.fetch_add(messages.len() as u64, Ordering::Relaxed);
+                        for m in &messages {
+                            inner.listeners.deliver(m);
                         }
                     }
                     Ok(Some(Message::Goodbye(who))) => {

@@ -1,4 +1,6 @@
 //! The per-peer push queue: bounded in bytes held, never blocking writers.
+//! It carries writes and pub/sub messages, and a message goes out with or
+//! after the writes queued before it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -7,6 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::store::Register;
+use crate::wire::Publication;
 
 /// Estimated wire bytes of one queued write (key, value, stamp, framing):
 /// what batches are cut by.
@@ -21,9 +24,22 @@ fn held_cost(key: &Bytes, reg: &Register) -> usize {
     std::mem::size_of::<(Bytes, Register)>() + key.len() + reg.val.payload_len()
 }
 
+/// Estimated wire bytes of one queued message.
+fn message_cost(m: &Publication) -> usize {
+    m.channel.len() + m.message.len() + 8
+}
+
+/// Bytes one queued message holds.
+fn message_held(m: &Publication) -> usize {
+    std::mem::size_of::<(usize, Publication)>() + m.channel.len() + m.message.len()
+}
+
 #[derive(Default)]
 struct State {
     items: Vec<(Bytes, Register)>,
+    /// Messages, each with how many of `items` were queued before it: it
+    /// may go out once those have.
+    messages: Vec<(usize, Publication)>,
     /// Sum of `entry_cost` over `items`.
     bytes: usize,
     /// Sum of `held_cost` over `items`.
@@ -52,6 +68,8 @@ pub(crate) struct PushQueue {
 /// What the sender takes from the queue.
 pub(crate) struct Batch {
     pub(crate) entries: Vec<(Bytes, Register)>,
+    /// Messages to send after `entries`.
+    pub(crate) messages: Vec<Publication>,
     pub(crate) force: bool,
     pub(crate) overflowed: bool,
 }
@@ -72,14 +90,33 @@ impl PushQueue {
         {
             let mut s = self.state.lock();
             if s.held + held > self.limit {
-                s.items = Vec::new();
-                s.bytes = 0;
-                s.held = 0;
-                s.overflowed = true;
+                s.drop_all();
             } else {
                 s.bytes += cost;
                 s.held += held;
                 s.items.push((key, reg));
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Queues one pub/sub message, behind the writes queued so far. On
+    /// overflow it is dropped with the rest, as writes are: messages are
+    /// delivered at most once.
+    pub(crate) fn push_message(&self, m: Publication) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let (cost, held) = (message_cost(&m), message_held(&m));
+        {
+            let mut s = self.state.lock();
+            if s.held + held > self.limit {
+                s.drop_all();
+            } else {
+                s.bytes += cost;
+                s.held += held;
+                let after = s.items.len();
+                s.messages.push((after, m));
             }
         }
         self.notify.notify_one();
@@ -91,37 +128,41 @@ impl PushQueue {
         self.notify.notify_one();
     }
 
-    /// Takes up to about `max_bytes` of writes, oldest first.
+    /// Takes up to about `max_bytes` of writes, oldest first, and the
+    /// messages queued behind no other write (up to about `max_bytes` of
+    /// them too).
     pub(crate) fn take(&self, max_bytes: usize) -> Batch {
         let mut s = self.state.lock();
         let force = std::mem::take(&mut s.force);
         let overflowed = std::mem::take(&mut s.overflowed);
-        if s.bytes <= max_bytes {
+        let entries = if s.bytes <= max_bytes && s.messages.is_empty() {
             s.bytes = 0;
             s.held = 0;
-            return Batch { entries: std::mem::take(&mut s.items), force, overflowed };
-        }
-        let (mut size, mut held, mut n) = (0, 0, 0);
-        for (k, r) in &s.items {
-            let c = entry_cost(k, r);
-            if n > 0 && size + c > max_bytes {
-                break;
+            std::mem::take(&mut s.items)
+        } else {
+            let (mut size, mut held, mut n) = (0, 0, 0);
+            for (k, r) in &s.items {
+                let c = entry_cost(k, r);
+                if n > 0 && size + c > max_bytes {
+                    break;
+                }
+                size += c;
+                held += held_cost(k, r);
+                n += 1;
             }
-            size += c;
-            held += held_cost(k, r);
-            n += 1;
-        }
-        let rest = s.items.split_off(n);
-        let entries = std::mem::replace(&mut s.items, rest);
-        s.bytes -= size;
-        s.held -= held;
-        Batch { entries, force, overflowed }
+            let rest = s.items.split_off(n);
+            s.bytes -= size;
+            s.held -= held;
+            std::mem::replace(&mut s.items, rest)
+        };
+        let messages = s.take_messages(entries.len(), max_bytes);
+        Batch { entries, messages, force, overflowed }
     }
 
     /// True while writes are waiting.
     pub(crate) fn has_more(&self) -> bool {
         let s = self.state.lock();
-        !s.items.is_empty() || s.force
+        !s.items.is_empty() || !s.messages.is_empty() || s.force
     }
 
     /// Drops everything and refuses further writes (the peer is gone).
@@ -133,6 +174,44 @@ impl PushQueue {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+}
+
+impl State {
+    /// Drops everything queued and flags the overflow.
+    fn drop_all(&mut self) {
+        self.items = Vec::new();
+        self.messages = Vec::new();
+        self.bytes = 0;
+        self.held = 0;
+        self.overflowed = true;
+    }
+
+    /// The messages behind at most `sent` writes (the writes just taken),
+    /// oldest first, up to about `max_bytes`; the others now wait behind
+    /// `sent` fewer writes.
+    fn take_messages(&mut self, sent: usize, max_bytes: usize) -> Vec<Publication> {
+        let (mut n, mut size) = (0, 0);
+        for (after, m) in &self.messages {
+            let c = message_cost(m);
+            if *after > sent || (n > 0 && size + c > max_bytes) {
+                break;
+            }
+            size += c;
+            n += 1;
+        }
+        let rest = self.messages.split_off(n);
+        let taken = std::mem::replace(&mut self.messages, rest);
+        for (after, _) in &mut self.messages {
+            *after = after.saturating_sub(sent);
+        }
+        let mut out = Vec::with_capacity(taken.len());
+        for (_, m) in taken {
+            self.bytes -= message_cost(&m);
+            self.held -= message_held(&m);
+            out.push(m);
+        }
+        out
     }
 }
 
@@ -191,5 +270,46 @@ mod tests {
         assert_eq!(rest.entries.len(), 8);
         assert_eq!(rest.entries[0].0[0], 2);
         assert!(!q.has_more());
+    }
+
+    fn msg(c: &str) -> Publication {
+        Publication { channel: Bytes::from(c.to_string()), message: Bytes::from_static(b"m"), sharded: false }
+    }
+
+    /// A message never overtakes a write queued before it, however batches
+    /// are cut; one queued first may go out with any batch.
+    #[test]
+    fn a_message_goes_out_with_or_after_the_writes_before_it() {
+        let q = PushQueue::new(1 << 20);
+        q.push_message(msg("first"));
+        for i in 0..4u8 {
+            q.push(Bytes::from(vec![i]), reg(100));
+        }
+        q.push_message(msg("after4"));
+        q.push(Bytes::from(vec![9]), reg(100));
+        q.push_message(msg("after5"));
+        let b = q.take(300);
+        assert_eq!(b.entries.len(), 2);
+        assert_eq!(b.messages, vec![msg("first")]);
+        let b = q.take(300);
+        assert_eq!(b.entries.len(), 2);
+        assert_eq!(b.messages, vec![msg("after4")], "four writes out now");
+        assert!(q.has_more());
+        let b = q.take(300);
+        assert_eq!((b.entries.len(), b.messages), (1, vec![msg("after5")]));
+        assert!(!q.has_more());
+        let s = q.state.lock();
+        assert_eq!((s.bytes, s.held), (0, 0), "the accounting returns to zero");
+    }
+
+    #[test]
+    fn messages_overflow_with_the_writes() {
+        let m = msg("c");
+        let q = PushQueue::new(3 * message_held(&m));
+        for _ in 0..4 {
+            q.push_message(m.clone());
+        }
+        let b = q.take(1 << 20);
+        assert!(b.overflowed && b.messages.is_empty());
     }
 }

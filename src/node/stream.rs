@@ -224,5 +224,6 @@ pub(crate) fn kind(m: &Message) -> &'static str {
         Message::Sync(_) => "Sync",
         Message::Membership(_) => "Membership",
         Message::Goodbye(_) => "Goodbye",
+        Message::Published(_) => "Published",
     }
 }

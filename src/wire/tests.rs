@@ -132,6 +132,15 @@ fn message() -> impl Strategy<Value = Message> {
         sync_msg().prop_map(Message::Sync),
         bytes(300).prop_map(Message::Membership),
         member_id().prop_map(Message::Goodbye),
+        vec(
+            (bytes(24), bytes(100), any::<bool>()).prop_map(|(channel, message, sharded)| Publication {
+                channel,
+                message,
+                sharded
+            }),
+            0..4
+        )
+        .prop_map(Message::Published),
     ]
 }
 
@@ -225,6 +234,10 @@ fn one_of_each() -> Vec<Message> {
         Message::Sync(SyncMsg::Busy),
         Message::Membership(Bytes::from(vec![0x5A; 300])),
         Message::Goodbye(id),
+        Message::Published(vec![
+            Publication { channel: Bytes::from_static(b"news"), message: Bytes::from_static(b"hi"), sharded: false },
+            Publication { channel: Bytes::new(), message: Bytes::new(), sharded: true },
+        ]),
     ]
 }
 
