@@ -1,10 +1,12 @@
 //! The state of one client connection that commands read and change.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::notify::Outbox;
@@ -25,6 +27,8 @@ pub(crate) struct Client {
     pub(crate) channels: HashSet<Bytes>,
     /// Patterns subscribed to.
     pub(crate) patterns: HashSet<Bytes>,
+    /// Shard channels subscribed to (SSUBSCRIBE).
+    pub(crate) shard_channels: HashSet<Bytes>,
     /// Where the hub queues this client's pub/sub messages.
     pub(crate) outbox: Arc<Outbox>,
     /// Close once the pending replies are written (QUIT, protocol error).
@@ -33,32 +37,115 @@ pub(crate) struct Client {
     pub(crate) misses: u64,
     /// The last command run, for CLIENT INFO.
     pub(crate) last: &'static str,
+    /// What other connections see of this one (CLIENT LIST, CLIENT KILL).
+    pub(crate) handle: Arc<Handle>,
+    /// CLIENT REPLY OFF: no reply is written until CLIENT REPLY ON.
+    pub(crate) reply_off: bool,
+    /// CLIENT REPLY SKIP was run: the next command's reply is dropped.
+    pub(crate) skip_next: bool,
+    /// This command's reply is dropped (the one after CLIENT REPLY SKIP).
+    skip: bool,
+    /// Error replies that `execute` took from the output to tell failed
+    /// calls apart; the connection adds them to the server's count.
+    pub(crate) errors: u64,
 }
 
 impl Client {
     pub(crate) fn new(id: u64, addr: SocketAddr, laddr: SocketAddr, outbox: Arc<Outbox>, authed: bool) -> Self {
+        let created = crate::env::stopwatch();
+        let handle = Arc::new(Handle {
+            id,
+            addr,
+            laddr,
+            created,
+            names: Mutex::new(Names::default()),
+            channels: AtomicUsize::new(0),
+            patterns: AtomicUsize::new(0),
+            shard_channels: AtomicUsize::new(0),
+            resp3: AtomicBool::new(false),
+            last: AtomicUsize::new(usize::MAX),
+            killed: AtomicBool::new(false),
+            kill: outbox.kill.clone(),
+        });
         Client {
             id,
             addr,
             laddr,
-            created: crate::env::stopwatch(),
+            created,
             authed,
             name: None,
             lib_name: None,
             lib_ver: None,
             channels: HashSet::new(),
             patterns: HashSet::new(),
+            shard_channels: HashSet::new(),
             outbox,
             close: false,
             hits: 0,
             misses: 0,
             last: "NULL",
+            handle,
+            reply_off: false,
+            skip_next: false,
+            skip: false,
+            errors: 0,
+        }
+    }
+
+    /// Whether the reply of the command being run is dropped (CLIENT
+    /// REPLY OFF or SKIP). Checked after the command ran, as Redis checks
+    /// when a reply is added: CLIENT REPLY ON's own OK is sent, OFF's is not.
+    pub(crate) fn quiet(&self) -> bool {
+        self.reply_off || self.skip
+    }
+
+    /// Ends a command: a SKIP it asked for applies to the next one.
+    pub(crate) fn reply_done(&mut self) {
+        self.skip = std::mem::take(&mut self.skip_next);
+    }
+
+    /// Back to sending every reply (RESET).
+    pub(crate) fn reply_on(&mut self) {
+        self.reply_off = false;
+        self.skip_next = false;
+        self.skip = false;
+    }
+
+    /// Copies what other connections list of this one into its handle,
+    /// after each command. Relaxed stores: CLIENT LIST is a snapshot.
+    pub(crate) fn publish(&self, resp3: bool) {
+        let h = &self.handle;
+        h.channels.store(self.channels.len(), Ordering::Relaxed);
+        h.patterns.store(self.patterns.len(), Ordering::Relaxed);
+        h.shard_channels.store(self.shard_channels.len(), Ordering::Relaxed);
+        h.resp3.store(resp3, Ordering::Relaxed);
+    }
+
+    /// Copies the name and library into the handle, when one of them
+    /// changes (CLIENT SETNAME, CLIENT SETINFO, HELLO, RESET).
+    pub(crate) fn publish_names(&self) {
+        *self.handle.names.lock() =
+            Names { name: self.name.clone(), lib_name: self.lib_name.clone(), lib_ver: self.lib_ver.clone() };
+    }
+
+    /// This connection as CLIENT INFO and CLIENT LIST show it.
+    pub(crate) fn view(&self, resp3: bool) -> View {
+        View {
+            id: self.id,
+            addr: self.addr,
+            laddr: self.laddr,
+            age: self.created.elapsed().as_secs(),
+            names: Names { name: self.name.clone(), lib_name: self.lib_name.clone(), lib_ver: self.lib_ver.clone() },
+            channels: self.channels.len(),
+            patterns: self.patterns.len(),
+            shard_channels: self.shard_channels.len(),
+            resp3,
         }
     }
 
     /// Whether the client has any subscription.
     pub(crate) fn subscribed(&self) -> bool {
-        !self.channels.is_empty() || !self.patterns.is_empty()
+        !self.channels.is_empty() || !self.patterns.is_empty() || !self.shard_channels.is_empty()
     }
 
     pub(crate) fn subscriptions(&self) -> usize {
@@ -68,5 +155,110 @@ impl Client {
     /// Keyspace hits and misses since the last call.
     pub(crate) fn take_hits(&mut self) -> (u64, u64) {
         (std::mem::take(&mut self.hits), std::mem::take(&mut self.misses))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Names {
+    pub(crate) name: Option<Bytes>,
+    pub(crate) lib_name: Option<Bytes>,
+    pub(crate) lib_ver: Option<Bytes>,
+}
+
+/// The part of a connection's state that other connections read (CLIENT
+/// LIST) or act on (CLIENT KILL), held in the server's [`Registry`]. The
+/// connection owns the rest in its [`Client`], without locks.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub(crate) id: u64,
+    pub(crate) addr: SocketAddr,
+    pub(crate) laddr: SocketAddr,
+    created: Instant,
+    names: Mutex<Names>,
+    channels: AtomicUsize,
+    patterns: AtomicUsize,
+    shard_channels: AtomicUsize,
+    resp3: AtomicBool,
+    /// The last command run, by its place in the command table
+    /// (`usize::MAX` before the first).
+    pub(crate) last: AtomicUsize,
+    /// Set by CLIENT KILL, so that the connection's end is not taken for
+    /// an output-limit close (both fire the outbox's `kill`).
+    pub(crate) killed: AtomicBool,
+    kill: tokio_util::sync::CancellationToken,
+}
+
+impl Handle {
+    /// Whether the client has any subscription (Redis's `pubsub` type).
+    pub(crate) fn subscribed(&self) -> bool {
+        self.channels.load(Ordering::Relaxed)
+            + self.patterns.load(Ordering::Relaxed)
+            + self.shard_channels.load(Ordering::Relaxed)
+            > 0
+    }
+
+    /// Closes the connection: it stops at once, even if it is blocked
+    /// writing to a client that does not read.
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.kill.cancel();
+    }
+
+    pub(crate) fn view(&self) -> View {
+        View {
+            id: self.id,
+            addr: self.addr,
+            laddr: self.laddr,
+            age: self.created.elapsed().as_secs(),
+            names: self.names.lock().clone(),
+            channels: self.channels.load(Ordering::Relaxed),
+            patterns: self.patterns.load(Ordering::Relaxed),
+            shard_channels: self.shard_channels.load(Ordering::Relaxed),
+            resp3: self.resp3.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of one connection, for CLIENT INFO and CLIENT LIST.
+#[derive(Debug)]
+pub(crate) struct View {
+    pub(crate) id: u64,
+    pub(crate) addr: SocketAddr,
+    pub(crate) laddr: SocketAddr,
+    /// Seconds since the connection was accepted.
+    pub(crate) age: u64,
+    pub(crate) names: Names,
+    pub(crate) channels: usize,
+    pub(crate) patterns: usize,
+    pub(crate) shard_channels: usize,
+    pub(crate) resp3: bool,
+}
+
+/// Every live connection of one server, by id (the order CLIENT LIST
+/// shows them in, as Redis lists clients in the order they connected).
+/// Bounded by `max_clients`: a connection is added once it is admitted
+/// and removed when it ends.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    clients: Mutex<BTreeMap<u64, Arc<Handle>>>,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, h: Arc<Handle>) {
+        self.clients.lock().insert(h.id, h);
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.clients.lock().remove(&id);
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<Handle>> {
+        self.clients.lock().get(&id).cloned()
+    }
+
+    /// Every client, in id order, copied out so that no lock is held while
+    /// their lines are written.
+    pub(crate) fn all(&self) -> Vec<Arc<Handle>> {
+        self.clients.lock().values().cloned().collect()
     }
 }

@@ -12,13 +12,30 @@ use crate::membership::Status;
 /// (reported by HELLO and INFO, as other Redis-compatible servers do).
 pub(crate) const REDIS_VERSION: &str = "7.2.0";
 
-const SECTIONS: &[&str] = &["server", "clients", "memory", "stats", "replication", "keyspace", "meshcache"];
+/// Every section, in the order INFO writes them (Redis's order, then the
+/// mesh's own).
+const SECTIONS: &[&str] =
+    &["server", "clients", "memory", "stats", "replication", "commandstats", "keyspace", "meshcache"];
 
-/// The INFO text for the requested sections (all of them by default).
+/// Sections that `INFO`, `INFO default` leave out, as Redis leaves out its
+/// per-command statistics; `all` and `everything` include them.
+const NOT_DEFAULT: &[&str] = &["commandstats"];
+
+/// The INFO text for the requested sections, each once and in the order of
+/// [`SECTIONS`] whatever the order asked, as Redis writes them. An unknown
+/// name adds nothing (so `INFO nosuch` is empty).
 pub(crate) fn info(sh: &Shared, args: &[Bytes]) -> String {
-    let all = args.is_empty()
-        || args.iter().any(|a| ["all", "default", "everything"].iter().any(|s| a.eq_ignore_ascii_case(s.as_bytes())));
-    let wanted = |name: &str| all || args.iter().any(|a| a.eq_ignore_ascii_case(name.as_bytes()));
+    let asked = |name: &str| args.iter().any(|a| a.eq_ignore_ascii_case(name.as_bytes()));
+    let every = asked("all") || asked("everything");
+    let default = args.is_empty() || asked("default");
+    // `mesh` is another name for `meshcache`, which already shows the
+    // peers connected (`connected`, and `peerN:...connected=`), the
+    // anti-entropy counters (`ae_*`) and how far behind each member this
+    // peer can be (`synced_ago_ms`, the bound on push lag: pushes usually
+    // arrive sooner, anti-entropy at the latest).
+    let wanted = |name: &str| {
+        every || (default && !NOT_DEFAULT.contains(&name)) || asked(name) || (name == "meshcache" && asked("mesh"))
+    };
     let mut s = String::with_capacity(2048);
     for sec in SECTIONS.iter().copied().filter(|n| wanted(n)) {
         if !s.is_empty() {
@@ -116,8 +133,12 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
         }
         "replication" => {
             // Every peer takes writes: each is a "master" to its clients.
+            // The other peers are not its replicas: they are masters too,
+            // merging each other's writes (pushes and anti-entropy, shown
+            // in the meshcache section), so none is counted as a slave.
             writeln!(s, "# Replication\r\nrole:master\r\nconnected_slaves:0\r")
         }
+        "commandstats" => commandstats(sh, s),
         "keyspace" => {
             let st = sh.mesh.replica().store().stats();
             let keys = st.entries.saturating_sub(st.tombstones + st.stubs);
@@ -131,6 +152,27 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
         "meshcache" => meshcache(sh, s),
         _ => Ok(()),
     };
+}
+
+/// One line per command that was called or refused, as Redis's
+/// `cmdstat_<name>` lines.
+fn commandstats(sh: &Shared, s: &mut String) -> std::fmt::Result {
+    s.push_str("# Commandstats\r\n");
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    for (i, st) in sh.commands.iter().enumerate() {
+        let (calls, usec, rejected, failed) = (l(&st.calls), l(&st.usec), l(&st.rejected), l(&st.failed));
+        if calls == 0 && rejected == 0 && failed == 0 {
+            continue;
+        }
+        let name = crate::resp::cmd::name_at(i).unwrap_or("unknown");
+        let per_call = if calls == 0 { 0.0 } else { usec as f64 / calls as f64 };
+        writeln!(
+            s,
+            "cmdstat_{name}:calls={calls},usec={usec},usec_per_call={per_call:.2},rejected_calls={rejected},\
+             failed_calls={failed}\r"
+        )?;
+    }
+    Ok(())
 }
 
 fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {

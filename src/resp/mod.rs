@@ -21,10 +21,16 @@
 //! SET (EX PX EXAT PXAT NX XX KEEPTTL GET) SETNX SETEX PSETEX GETDEL GETEX
 //! GETSET STRLEN APPEND GETRANGE SUBSTR SETRANGE INCR DECR INCRBY DECRBY
 //! INCRBYFLOAT SETBIT GETBIT BITCOUNT LCS DEL UNLINK EXISTS TOUCH TYPE MGET
-//! MSET EXPIRE PEXPIRE EXPIREAT PEXPIREAT (NX XX GT LT) TTL PTTL EXPIRETIME
-//! PEXPIRETIME PERSIST DBSIZE INFO CLIENT COMMAND SELECT 0 QUIT RESET
-//! FLUSHALL FLUSHDB AUTH HELLO CONFIG TIME SUBSCRIBE PSUBSCRIBE UNSUBSCRIBE
-//! PUNSUBSCRIBE`. There is one database, 0.
+//! MSET KEYS SCAN RANDOMKEY RENAME RENAMENX COPY OBJECT EXPIRE PEXPIRE
+//! EXPIREAT PEXPIREAT (NX XX GT LT) TTL PTTL EXPIRETIME PEXPIRETIME PERSIST
+//! DBSIZE INFO CLIENT COMMAND SELECT 0 QUIT RESET FLUSHALL FLUSHDB AUTH
+//! HELLO CONFIG TIME PUBLISH SPUBLISH PUBSUB SUBSCRIBE PSUBSCRIBE SSUBSCRIBE
+//! UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE WAIT LASTSAVE SAVE BGSAVE`. There is one database, 0.
+//!
+//! Nothing is persisted: `SAVE` and `BGSAVE` answer an error, `LASTSAVE`
+//! the server's start. `WAIT` answers 0 at once: no peer acknowledges a
+//! write (writes are pushed and anti-entropy repairs what a push misses),
+//! so there is nothing to wait for.
 //!
 //! # Consistency: what differs from a single Redis
 //!
@@ -41,6 +47,11 @@
 //!   semantics: do not build a distributed lock on it.
 //! - `MSET` writes each key separately: other clients may see some of the
 //!   keys before the others.
+//! - `PUBLISH` reaches subscribers on every connected peer, after the
+//!   writes made before it, at most once (`Mesh::publish`); it answers the
+//!   receivers on this peer, and `PUBSUB` counts this peer's subscribers.
+//! - `RENAME` and `COPY` are two writes (the new key, then for `RENAME`
+//!   the old one deleted): a reader may see both keys for a moment.
 //! - Read-modify-write commands (`INCR` and its relatives, `APPEND`,
 //!   `SETRANGE`, `SETBIT`, `GETEX`, `GETSET`) are atomic on this peer and
 //!   replicate the resulting value as one write: two peers incrementing
@@ -106,7 +117,7 @@ mod server;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -195,6 +206,33 @@ impl std::fmt::Debug for RespConfig {
     }
 }
 
+/// One command's counters, for INFO commandstats.
+#[derive(Debug, Default)]
+struct CommandStat {
+    /// Calls run, failed ones included (as Redis counts them).
+    calls: AtomicU64,
+    /// Time spent running them, in microseconds.
+    usec: AtomicU64,
+    /// Calls refused before running (arity, authentication, context).
+    rejected: AtomicU64,
+    /// Calls that ran and answered an error.
+    failed: AtomicU64,
+}
+
+impl CommandStat {
+    fn record(&self, took: std::time::Duration, failed: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.usec.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        if failed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn reject(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Counters of one server, for INFO.
 #[derive(Debug, Default)]
 struct Stats {
@@ -215,8 +253,15 @@ struct Shared {
     hub: Arc<notify::Hub>,
     next_id: AtomicU64,
     clients: AtomicUsize,
+    /// The live connections, for CLIENT LIST and CLIENT KILL.
+    registry: client::Registry,
     stats: Stats,
+    /// Per command, by its place in the command table.
+    commands: Box<[CommandStat]>,
     started: tokio::time::Instant,
+    /// When the server started, in Unix seconds: LASTSAVE's answer (as a
+    /// Redis that never saved answers its start time).
+    started_unix: u64,
     local_addr: SocketAddr,
 }
 
@@ -243,16 +288,21 @@ pub async fn serve(
     })?;
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
+    let started_unix = mesh.now_ms() / 1000;
     let shared = Arc::new(Shared {
         hub: Arc::new(notify::Hub::new(mesh.clone(), flags, stop.clone())),
         mesh,
         config,
         next_id: AtomicU64::new(1),
         clients: AtomicUsize::new(0),
+        registry: client::Registry::default(),
         stats: Stats::default(),
+        commands: (0..cmd::table_len()).map(|_| CommandStat::default()).collect(),
         started: crate::env::stopwatch(),
+        started_unix,
         local_addr,
     });
+    shared.hub.listen();
     tracing::info!(addr = %local_addr, "RESP server listening");
     let tracker = TaskTracker::new();
     tokio::select! {

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use super::reply::Out;
 use crate::hlc::Stamp;
 use crate::store::ChangeKind;
+use crate::wire::Publication;
 use crate::Mesh;
 
 // Event classes, as Redis's NOTIFY_* bits.
@@ -186,6 +187,15 @@ impl Outbox {
         });
     }
 
+    fn smessage(&self, channel: &[u8], payload: &[u8]) {
+        self.queue(|o| {
+            o.push(3);
+            o.bulk(b"smessage");
+            o.bulk(channel);
+            o.bulk(payload);
+        });
+    }
+
     fn pmessage(&self, pattern: &[u8], channel: &[u8], payload: &[u8]) {
         self.queue(|o| {
             o.push(4);
@@ -224,6 +234,8 @@ struct Sub {
 struct Subs {
     channels: HashMap<Bytes, Vec<Sub>>,
     patterns: Vec<(Bytes, Sub)>,
+    /// Shard channels (SSUBSCRIBE): a namespace apart, as in Redis.
+    shard_channels: HashMap<Bytes, Vec<Sub>>,
     /// The running pump, if any.
     pump: Option<CancellationToken>,
 }
@@ -244,6 +256,9 @@ pub(crate) struct Hub {
     pub(crate) lagged: AtomicU64,
     /// Stops every pump on server shutdown.
     shutdown: CancellationToken,
+    /// The mesh's pub/sub messages reach this server's subscribers through
+    /// it, for as long as the hub lives.
+    listener: Mutex<Option<crate::MessageListener>>,
 }
 
 /// Hints left behind by writes that were never published (a write voided
@@ -261,7 +276,33 @@ impl Hub {
             delivered: AtomicU64::new(0),
             lagged: AtomicU64::new(0),
             shutdown,
+            listener: Mutex::new(None),
         }
+    }
+
+    /// Starts taking the mesh's pub/sub messages (published here, by this
+    /// server's PUBLISH or the embedding application, or by other peers)
+    /// to this server's subscribers.
+    pub(crate) fn listen(self: &Arc<Self>) {
+        let hub = Arc::downgrade(self);
+        let l = self.mesh.on_message(move |m| hub.upgrade().map_or(0, |h| h.deliver(m)));
+        *self.listener.lock() = Some(l);
+    }
+
+    /// Hands one pub/sub message to its subscribers here; how many.
+    fn deliver(&self, m: &Publication) -> usize {
+        if !m.sharded {
+            return self.publish(&m.channel, &m.message);
+        }
+        let s = self.subs.lock();
+        let subs = s.shard_channels.get(&m.channel).map_or(&[][..], |v| &v[..]);
+        for sub in subs {
+            sub.outbox.smessage(&m.channel, &m.message);
+        }
+        let n = subs.len();
+        drop(s);
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        n
     }
 
     pub(crate) fn flags(&self) -> u32 {
@@ -294,6 +335,50 @@ impl Hub {
     pub(crate) fn counts(&self) -> (usize, usize) {
         let s = self.subs.lock();
         (s.channels.len(), s.patterns.iter().map(|(p, _)| p).collect::<HashSet<_>>().len())
+    }
+
+    /// Channels (or shard channels) with subscribers here matching
+    /// `pattern` (PUBSUB CHANNELS, SHARDCHANNELS).
+    pub(crate) fn channels(&self, sharded: bool, pattern: Option<&[u8]>) -> Vec<Bytes> {
+        let s = self.subs.lock();
+        let map = if sharded { &s.shard_channels } else { &s.channels };
+        map.keys().filter(|c| pattern.is_none_or(|p| glob_match(p, c))).cloned().collect()
+    }
+
+    /// Subscribers here of `channel` (PUBSUB NUMSUB, SHARDNUMSUB).
+    pub(crate) fn subscribers(&self, sharded: bool, channel: &[u8]) -> usize {
+        let s = self.subs.lock();
+        let map = if sharded { &s.shard_channels } else { &s.channels };
+        map.get(channel).map_or(0, Vec::len)
+    }
+
+    /// Pattern subscriptions here, counted once per client and pattern
+    /// (PUBSUB NUMPAT).
+    pub(crate) fn numpat(&self) -> usize {
+        self.subs.lock().patterns.len()
+    }
+
+    /// Subscribes `client` to shard channel `channel`. Returns false if it
+    /// already was. Shard channels carry no keyspace notifications, so the
+    /// pump does not care.
+    pub(crate) fn ssubscribe(&self, client: u64, outbox: &Arc<Outbox>, channel: Bytes) -> bool {
+        let mut s = self.subs.lock();
+        let v = s.shard_channels.entry(channel).or_default();
+        if v.iter().any(|x| x.client == client) {
+            return false;
+        }
+        v.push(Sub { client, outbox: outbox.clone() });
+        true
+    }
+
+    pub(crate) fn sunsubscribe(&self, client: u64, channel: &[u8]) {
+        let mut s = self.subs.lock();
+        if let Some(v) = s.shard_channels.get_mut(channel) {
+            v.retain(|x| x.client != client);
+            if v.is_empty() {
+                s.shard_channels.remove(channel);
+            }
+        }
     }
 
     /// Subscribes `client` to `channel`. Returns false if it already was.
@@ -422,10 +507,16 @@ impl Hub {
 
     /// Unsubscribes a client from everything (its connection ended).
     pub(crate) fn drop_client(self: &Arc<Self>, client: u64, channels: &HashSet<Bytes>, patterns: &HashSet<Bytes>) {
+        let mut s = self.subs.lock();
+        // Shard channels are found by client here, so that the connection
+        // loop needs to hand over no more than it did.
+        s.shard_channels.retain(|_, v| {
+            v.retain(|x| x.client != client);
+            !v.is_empty()
+        });
         if channels.is_empty() && patterns.is_empty() {
             return;
         }
-        let mut s = self.subs.lock();
         for c in channels {
             if let Some(v) = s.channels.get_mut(c) {
                 v.retain(|x| x.client != client);

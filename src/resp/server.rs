@@ -84,6 +84,7 @@ struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.shared.registry.remove(self.client.id);
         self.shared.hub.drop_client(self.client.id, &self.client.channels, &self.client.patterns);
         self.shared.clients.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("meshcache_resp_clients").decrement(1.0);
@@ -103,8 +104,10 @@ impl Connection {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(shared.config.output_buffer_limit));
         let laddr = sock.local_addr().unwrap_or(shared.local_addr);
+        let client = Client::new(id, addr, laddr, outbox, shared.config.requirepass.is_none());
+        shared.registry.insert(client.handle.clone());
         Connection {
-            client: Client::new(id, addr, laddr, outbox, shared.config.requirepass.is_none()),
+            client,
             shared,
             sock,
             buf: BytesMut::with_capacity(READ_MIN),
@@ -119,6 +122,10 @@ impl Connection {
     async fn run(mut self) {
         let r = self.serve().await;
         let killed = self.client.outbox.kill.is_cancelled();
+        if self.client.handle.killed.load(Ordering::Relaxed) {
+            tracing::debug!(id = self.client.id, addr = %self.client.addr, "RESP client closed by CLIENT KILL");
+            return;
+        }
         match r {
             Ok(End::Done) if !killed => {}
             Err(e) if !killed => {
@@ -192,14 +199,25 @@ impl Connection {
                         // Messages queued so far go before this reply.
                         self.client.outbox.drain_into(&mut self.out);
                     }
+                    if self.client.quiet() && !self.out.is_empty() {
+                        // Written first, so that dropping this command's
+                        // reply (CLIENT REPLY OFF, SKIP) drops nothing else,
+                        // even when the reply is queued in chunks.
+                        self.flush().await?;
+                    }
                     let before = self.out.len();
                     cmd::execute(&self.shared, &mut self.client, args, &mut self.out);
                     args.clear();
+                    self.client.publish(self.out.resp3);
                     if self.out.len() > cfg.output_buffer_limit {
                         self.out.truncate(before);
                         end = Some(End::OutputLimit);
                         break;
                     }
+                    if self.client.quiet() {
+                        self.out.truncate(before);
+                    }
+                    self.client.reply_done();
                     if self.client.close {
                         break;
                     }
@@ -209,7 +227,12 @@ impl Connection {
                 }
                 Ok(false) => break,
                 Err(e) => {
+                    let before = self.out.len();
                     self.out.error(&format!("ERR Protocol error: {}", e.0));
+                    if self.client.quiet() {
+                        // Redis drops it too under CLIENT REPLY OFF.
+                        self.out.truncate(before);
+                    }
                     self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("meshcache_resp_protocol_errors_total").increment(1);
                     tracing::debug!(id = self.client.id, addr = %self.client.addr, error = %e.0, "RESP protocol error");
@@ -226,7 +249,7 @@ impl Connection {
     /// read, not per command.
     fn account(&mut self, commands: u64) {
         let st = &self.shared.stats;
-        let errors = self.out.take_errors();
+        let errors = self.out.take_errors() + std::mem::take(&mut self.client.errors);
         let (hits, misses) = self.client.take_hits();
         if commands > 0 {
             st.commands.fetch_add(commands, Ordering::Relaxed);

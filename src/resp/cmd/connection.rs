@@ -1,11 +1,11 @@
 //! Connection commands: PING, ECHO, SELECT, QUIT, RESET, AUTH, HELLO,
-//! CLIENT.
+//! CLIENT, WAIT.
 
 use bytes::Bytes;
 
 use super::pubsub::unsubscribe_all;
-use super::{copy, eq, help, int_arg, lossy, unknown_subcommand, wrong_args, Cx, SYNTAX};
-use crate::resp::client::Client;
+use super::{copy, eq, help, int_arg, lossy, name_at, unknown_subcommand, wrong_args, Cx, SYNTAX};
+use crate::resp::client::{Client, Handle, View};
 use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
 use crate::resp::Shared;
@@ -50,6 +50,10 @@ pub(super) fn reset(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
     out.resp3 = false;
     c.outbox.set_resp3(false);
     c.name = None;
+    c.publish_names();
+    // As Redis's RESET: replies back on (a SKIP already in force still
+    // drops RESET's own reply, as there).
+    c.reply_off = false;
     c.authed = sh.config.requirepass.is_none();
     out.simple("RESET");
 }
@@ -79,7 +83,30 @@ pub(super) fn hello(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 }
 
 pub(super) fn client(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    client_command(cx.c, args, out)
+    client_command(cx.sh, cx.c, args, out)
+}
+
+/// WAIT numreplicas timeout: 0 at once. No peer acknowledges a write to
+/// the one that took it: writes are pushed, and anti-entropy repairs what
+/// a push missed, so there is no count of acknowledgements to wait for and
+/// blocking would only delay the client. The arguments are still checked
+/// as Redis checks them.
+pub(super) fn wait(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    if int_arg(out, &args[1]).is_none() {
+        return;
+    }
+    let Some(timeout) = parse_i64(&args[2]) else {
+        return out.error("ERR timeout is not an integer or out of range");
+    };
+    if timeout < 0 {
+        return out.error("ERR timeout is negative");
+    }
+    // Redis adds the timeout to the time now, and refuses one that would
+    // overflow.
+    if timeout > 0 && timeout > i64::MAX - cx.sh.mesh.now_ms() as i64 {
+        return out.error("ERR timeout is out of range");
+    }
+    out.int(0)
 }
 
 fn check_auth(sh: &Shared, user: &[u8], pass: &[u8]) -> bool {
@@ -141,6 +168,7 @@ fn hello_command(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
             return out.error("ERR Client names cannot contain spaces, newlines or special characters.");
         }
         c.name = (!name.is_empty()).then(|| copy(name));
+        c.publish_names();
     }
     if let Some(v) = ver {
         out.resp3 = v == 3;
@@ -167,7 +195,7 @@ fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
 
-fn client_command(c: &mut Client, args: &[Bytes], out: &mut Out) {
+fn client_command(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
     let sub = &args[1];
     let argc = args.len();
     if eq(sub, "id") && argc == 2 {
@@ -182,6 +210,7 @@ fn client_command(c: &mut Client, args: &[Bytes], out: &mut Out) {
             return out.error("ERR Client names cannot contain spaces, newlines or special characters.");
         }
         c.name = (!args[2].is_empty()).then(|| copy(&args[2]));
+        c.publish_names();
         out.ok();
     } else if eq(sub, "setinfo") {
         if argc != 4 {
@@ -202,9 +231,16 @@ fn client_command(c: &mut Client, args: &[Bytes], out: &mut Out) {
             ));
         }
         *slot = (!v.is_empty()).then(|| copy(v));
+        c.publish_names();
         out.ok();
     } else if eq(sub, "info") && argc == 2 {
-        out.verbatim(&client_info(c, out.resp3));
+        out.verbatim(&client_line(&c.view(out.resp3), "client|info"));
+    } else if eq(sub, "list") {
+        client_list(sh, c, args, out);
+    } else if eq(sub, "kill") && argc >= 3 {
+        client_kill(sh, c, args, out);
+    } else if eq(sub, "reply") && argc == 3 {
+        client_reply(c, &args[2], out);
     } else if (eq(sub, "no-evict") || eq(sub, "no-touch")) && argc == 3 {
         if eq(&args[2], "on") || eq(&args[2], "off") {
             out.ok();
@@ -222,6 +258,30 @@ fn client_command(c: &mut Client, args: &[Bytes], out: &mut Out) {
                 "    Return the ID of the current connection.",
                 "INFO",
                 "    Return information about the current client connection.",
+                "KILL <ip:port>",
+                "    Kill connection made from <ip:port>.",
+                "KILL <option> <value> [<option> <value> [...]]",
+                "    Kill connections. Options are:",
+                "    * ADDR <ip:port>",
+                "      Kill connections made from the specified address",
+                "    * LADDR <ip:port>",
+                "      Kill connections made to specified local address",
+                "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+                "      Kill connections by type.",
+                "    * USER <username>",
+                "      Kill connections authenticated by <username>.",
+                "    * SKIPME (YES|NO)",
+                "      Skip killing current connection (default: yes).",
+                "    * ID <client-id>",
+                "      Kill connections by client id.",
+                "LIST [options ...]",
+                "    Return information about client connections. Options:",
+                "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+                "      Return clients of specified type.",
+                "    * ID <client-id> [<client-id> ...]",
+                "      Return clients of specified IDs only.",
+                "REPLY (ON|OFF|SKIP)",
+                "    Control the replies sent to the current connection.",
                 "SETNAME <name>",
                 "    Assign the name <name> to the current connection.",
                 "SETINFO <option> <value>",
@@ -232,28 +292,184 @@ fn client_command(c: &mut Client, args: &[Bytes], out: &mut Out) {
                 "    Accepted for compatibility.",
             ],
         );
-    } else if ["id", "getname", "info", "help", "no-evict", "no-touch"].iter().any(|s| eq(sub, s)) {
+    } else if ["id", "getname", "info", "help", "no-evict", "no-touch", "kill", "reply"].iter().any(|s| eq(sub, s)) {
         wrong_args(out, &format!("client|{}", lossy(sub).to_ascii_lowercase()));
     } else {
         unknown_subcommand(out, sub, "CLIENT");
     }
 }
 
-fn client_info(c: &Client, resp3: bool) -> String {
+/// One line of CLIENT INFO and CLIENT LIST, with Redis's fields (those
+/// that mean nothing here at their idle values).
+fn client_line(v: &View, cmd: &str) -> String {
     let s = |b: &Option<Bytes>| b.as_ref().map(|b| lossy(b).into_owned()).unwrap_or_default();
     format!(
-        "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db=0 sub={} psub={} ssub=0 multi=-1 \
-         watch=0 cmd=client|info user=default lib-name={} lib-ver={} resp={}\n",
-        c.id,
-        c.addr,
-        c.laddr,
-        s(&c.name),
-        c.created.elapsed().as_secs(),
-        if c.subscribed() { "P" } else { "N" },
-        c.channels.len(),
-        c.patterns.len(),
-        s(&c.lib_name),
-        s(&c.lib_ver),
-        if resp3 { 3 } else { 2 },
+        "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db=0 sub={} psub={} ssub={} multi=-1 \
+         watch=0 cmd={cmd} user=default lib-name={} lib-ver={} resp={}\n",
+        v.id,
+        v.addr,
+        v.laddr,
+        s(&v.names.name),
+        v.age,
+        if v.channels + v.patterns + v.shard_channels > 0 { "P" } else { "N" },
+        v.channels,
+        v.patterns,
+        v.shard_channels,
+        s(&v.names.lib_name),
+        s(&v.names.lib_ver),
+        if v.resp3 { 3 } else { 2 },
     )
+}
+
+/// A client type for CLIENT LIST TYPE and CLIENT KILL TYPE: `Some(true)`
+/// for pubsub, `Some(false)` for normal, `None` for the replication types
+/// (no client here is a master or a replica).
+fn client_type(out: &mut Out, name: &[u8]) -> Result<Option<bool>, ()> {
+    if eq(name, "normal") {
+        Ok(Some(false))
+    } else if eq(name, "pubsub") {
+        Ok(Some(true))
+    } else if ["master", "replica", "slave"].iter().any(|t| eq(name, t)) {
+        Ok(None)
+    } else {
+        out.error(&format!("ERR Unknown client type '{}'", lossy(name)));
+        Err(())
+    }
+}
+
+/// A line for a client in the registry; the caller's own from its live
+/// state, as Redis shows the caller running CLIENT LIST.
+fn line_of(c: &Client, h: &Handle, resp3: bool) -> String {
+    if h.id == c.id {
+        client_line(&c.view(resp3), "client|list")
+    } else {
+        let last = h.last.load(std::sync::atomic::Ordering::Relaxed);
+        client_line(&h.view(), name_at(last).unwrap_or("NULL"))
+    }
+}
+
+/// CLIENT LIST [TYPE type | ID id ...].
+fn client_list(sh: &Shared, c: &Client, args: &[Bytes], out: &mut Out) {
+    let mut text = String::new();
+    if args.len() == 4 && eq(&args[2], "type") {
+        let Ok(ty) = client_type(out, &args[3]) else { return };
+        for h in sh.registry.all() {
+            if ty == Some(h.subscribed()) {
+                text.push_str(&line_of(c, &h, out.resp3));
+            }
+        }
+    } else if args.len() > 3 && eq(&args[2], "id") {
+        // In the order asked, as Redis does (an id given twice is listed
+        // twice).
+        let mut ids = Vec::with_capacity(args.len() - 3);
+        for a in &args[3..] {
+            match parse_i64(a) {
+                Some(id) => ids.push(id),
+                None => return out.error("ERR Invalid client ID"),
+            }
+        }
+        for id in ids {
+            if let Some(h) = u64::try_from(id).ok().and_then(|id| sh.registry.get(id)) {
+                text.push_str(&line_of(c, &h, out.resp3));
+            }
+        }
+    } else if args.len() == 2 {
+        for h in sh.registry.all() {
+            text.push_str(&line_of(c, &h, out.resp3));
+        }
+    } else {
+        return out.error(SYNTAX);
+    }
+    out.verbatim(&text);
+}
+
+/// CLIENT KILL addr:port (which answers OK, or an error if no client has
+/// that address, and may kill the caller), or CLIENT KILL with filters
+/// (which answers how many were killed, skipping the caller by default).
+fn client_kill(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
+    let old_form = args.len() == 3;
+    let (mut addr, mut laddr, mut ty, mut id) = (None, None, None, None);
+    let mut skipme = !old_form;
+    if old_form {
+        addr = Some(&args[2]);
+    } else {
+        for kv in args[2..].chunks(2) {
+            let [opt, v] = kv else { return out.error(SYNTAX) };
+            if eq(opt, "id") {
+                match parse_i64(v).filter(|&n| n > 0) {
+                    Some(n) => id = Some(n as u64),
+                    None => return out.error("ERR client-id should be greater than 0"),
+                }
+            } else if eq(opt, "type") {
+                let Ok(t) = client_type(out, v) else { return };
+                ty = Some(t);
+            } else if eq(opt, "addr") {
+                addr = Some(v);
+            } else if eq(opt, "laddr") {
+                laddr = Some(v);
+            } else if eq(opt, "user") {
+                // The default user is the only one.
+                if &v[..] != b"default" {
+                    return out.error(&format!("ERR No such user '{}'", lossy(v)));
+                }
+            } else if eq(opt, "skipme") {
+                if eq(v, "yes") {
+                    skipme = true;
+                } else if eq(v, "no") {
+                    skipme = false;
+                } else {
+                    return out.error(SYNTAX);
+                }
+            } else {
+                return out.error(SYNTAX);
+            }
+        }
+    }
+    let matches = |h: &Handle| {
+        addr.is_none_or(|a| h.addr.to_string().as_bytes() == &a[..])
+            && laddr.is_none_or(|a| h.laddr.to_string().as_bytes() == &a[..])
+            && ty.is_none_or(|t| t == Some(h.subscribed()))
+            && id.is_none_or(|id| id == h.id)
+    };
+    let mut killed = 0;
+    for h in sh.registry.all().iter().filter(|h| matches(h)) {
+        if h.id == c.id {
+            if skipme {
+                continue;
+            }
+            // After this reply, as Redis closes the caller.
+            c.close = true;
+        } else {
+            h.kill();
+            // Gone from CLIENT LIST at once, as in Redis, though its task
+            // ends a moment later.
+            sh.registry.remove(h.id);
+        }
+        killed += 1;
+    }
+    if !old_form {
+        out.int(killed);
+    } else if killed == 0 {
+        out.error("ERR No such client");
+    } else {
+        out.ok();
+    }
+}
+
+/// CLIENT REPLY ON|OFF|SKIP. OFF and SKIP answer nothing (their reply
+/// would be dropped anyway); the connection drops the replies while
+/// `Client::quiet` holds.
+fn client_reply(c: &mut Client, mode: &[u8], out: &mut Out) {
+    if eq(mode, "on") {
+        c.reply_on();
+        out.ok();
+    } else if eq(mode, "off") {
+        c.reply_off = true;
+    } else if eq(mode, "skip") {
+        if !c.reply_off {
+            c.skip_next = true;
+        }
+    } else {
+        out.error(SYNTAX);
+    }
 }

@@ -234,7 +234,7 @@ pub(super) fn object(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     let now = mesh.now_ms();
     let store = mesh.replica().store();
     match which {
-        "encoding" => match mesh.get_with(key, |v| encoding(v)) {
+        "encoding" => match mesh.get_with(key, encoding) {
             Some(e) => out.bulk(e.as_bytes()),
             None => out.null(),
         },

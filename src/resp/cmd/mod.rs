@@ -64,6 +64,7 @@ const RS: &[&str] = &["readonly"];
 const CONN: &[&str] = &["noscript", "loading", "stale", "fast"];
 const NOAUTH: &[&str] = &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"];
 const PUBSUB: &[&str] = &["pubsub", "noscript", "loading", "stale"];
+const PUBFAST: &[&str] = &["pubsub", "loading", "stale", "fast"];
 const ADMIN: &[&str] = &["admin", "noscript", "loading", "stale"];
 
 macro_rules! spec {
@@ -147,6 +148,34 @@ static SPECS: &[Spec] = &[
     spec!("renamenx", 3, WR, 1, 2, 1, &["@keyspace", "@write", "@fast"], keyspace::rename),
     spec!("copy", -3, W, 1, 2, 1, &["@keyspace", "@write", "@slow"], keyspace::copy_key),
     spec!("object", -2, &["slow"], 2, 2, 1, &["@keyspace", "@read", "@slow"], keyspace::object),
+    spec!("publish", 3, PUBFAST, 0, 0, 0, &["@pubsub", "@fast"], pubsub::publish),
+    spec!("spublish", 3, PUBFAST, 1, 1, 1, &["@pubsub", "@fast"], pubsub::publish),
+    spec!("ssubscribe", -2, PUBSUB, 1, -1, 1, &["@pubsub", "@slow"], pubsub::ssubscribe),
+    spec!("sunsubscribe", -1, PUBSUB, 1, -1, 1, &["@pubsub", "@slow"], pubsub::sunsubscribe),
+    spec!("pubsub", -2, &["slow"], 0, 0, 0, &["@slow"], pubsub::pubsub),
+    // Connection and server commands.
+    spec!("wait", 3, &["noscript"], 0, 0, 0, &["@slow", "@connection"], connection::wait),
+    spec!("lastsave", 1, &["loading", "stale", "fast"], 0, 0, 0, &["@admin", "@fast", "@dangerous"], server::lastsave),
+    spec!(
+        "save",
+        1,
+        &["admin", "noscript", "no_async_loading", "no_multi"],
+        0,
+        0,
+        0,
+        &["@admin", "@slow", "@dangerous"],
+        server::save
+    ),
+    spec!(
+        "bgsave",
+        -1,
+        &["admin", "noscript", "no_async_loading"],
+        0,
+        0,
+        0,
+        &["@admin", "@slow", "@dangerous"],
+        server::save
+    ),
 ];
 
 /// The longest command name (`COMMAND`'s names are short; anything longer
@@ -178,7 +207,18 @@ fn arity_ok(arity: i32, n: usize) -> bool {
 
 /// Commands a RESP2 client may send while subscribed, as in Redis.
 fn allowed_subscribed(spec: &Spec) -> bool {
-    matches!(spec.name, "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" | "ping" | "quit" | "reset")
+    matches!(
+        spec.name,
+        "subscribe"
+            | "psubscribe"
+            | "ssubscribe"
+            | "unsubscribe"
+            | "punsubscribe"
+            | "sunsubscribe"
+            | "ping"
+            | "quit"
+            | "reset"
+    )
 }
 
 /// Runs one command and appends its reply to `out`.
@@ -198,20 +238,48 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
         out.error(&format!("ERR unknown command '{}', with args beginning with: {}", lossy(name), tail));
         return;
     };
+    let i = index_of(spec);
+    let stat = &sh.commands[i];
     if !arity_ok(spec.arity, args.len()) {
+        stat.reject();
         return wrong_args(out, spec.name);
     }
     if !c.authed && !spec.flags.contains(&"no_auth") {
+        stat.reject();
         return out.error("NOAUTH Authentication required.");
     }
     if !out.resp3 && c.subscribed() && !allowed_subscribed(spec) {
+        stat.reject();
         return out.error(&format!(
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             spec.name
         ));
     }
     c.last = spec.name;
-    (spec.run)(&mut Cx { sh, c, spec }, args, out)
+    c.handle.last.store(i, std::sync::atomic::Ordering::Relaxed);
+    // The output's error count tells whether this call failed; what it
+    // held before is kept for the server's total.
+    c.errors += out.take_errors();
+    let start = std::time::Instant::now();
+    (spec.run)(&mut Cx { sh, c, spec }, args, out);
+    let failed = out.take_errors();
+    c.errors += failed;
+    stat.record(start.elapsed(), failed > 0);
+}
+
+/// A command's place in the table, which indexes its counters.
+fn index_of(spec: &'static Spec) -> usize {
+    (std::ptr::from_ref(spec).addr() - SPECS.as_ptr().addr()) / std::mem::size_of::<Spec>()
+}
+
+/// How many commands the table holds.
+pub(crate) fn table_len() -> usize {
+    SPECS.len()
+}
+
+/// The name of the command at place `i` in the table.
+pub(crate) fn name_at(i: usize) -> Option<&'static str> {
+    SPECS.get(i).map(|s| s.name)
 }
 
 pub(crate) fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {

@@ -1,4 +1,4 @@
-//! Server commands: INFO, COMMAND, CONFIG, TIME.
+//! Server commands: INFO, COMMAND, CONFIG, TIME, LASTSAVE, SAVE, BGSAVE.
 
 use std::time::Duration;
 
@@ -23,6 +23,21 @@ pub(super) fn time(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
     out.array(2);
     out.bulk(d.as_secs().to_string().as_bytes());
     out.bulk(d.subsec_micros().to_string().as_bytes());
+}
+
+/// LASTSAVE: the server's start, as a Redis that never saved answers.
+pub(super) fn lastsave(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
+    out.int(cx.sh.started_unix as i64)
+}
+
+/// SAVE and BGSAVE: there is no dump to write. A peer's data is in its
+/// peers: one restarted empty is filled again by anti-entropy.
+pub(super) fn save(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+    // BGSAVE [SCHEDULE], checked as Redis does before anything else.
+    if cx.spec.name == "bgsave" && args.len() > 1 && !(args.len() == 2 && eq(&args[1], "schedule")) {
+        return out.error(super::SYNTAX);
+    }
+    out.error("ERR meshcache does not persist: its data lives in its peers")
 }
 
 pub(super) fn command(_cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
@@ -75,6 +90,8 @@ fn command_command(args: &[Bytes], out: &mut Out) {
                 None => out.null(),
             }
         }
+    } else if (eq(sub, "getkeys") || eq(sub, "getkeysandflags")) && args.len() >= 4 {
+        get_keys(&args[2..], eq(sub, "getkeysandflags"), out);
     } else if eq(sub, "docs") {
         // No documentation is served: redis-cli then shows no hints.
         out.map(0);
@@ -96,14 +113,84 @@ fn command_command(args: &[Bytes], out: &mut Out) {
                 "    Return documentary information (none is served).",
                 "INFO [<command-name> ...]",
                 "    Return details about the given commands, or all of them.",
+                "GETKEYS <full-command>",
+                "    Return the keys from a full Redis command.",
+                "GETKEYSANDFLAGS <full-command>",
+                "    Return the keys and the access flags from a full Redis command.",
                 "LIST",
                 "    Return the names of all commands.",
             ],
         );
-    } else if eq(sub, "count") || eq(sub, "help") {
+    } else if ["count", "help", "getkeys", "getkeysandflags"].iter().any(|s| eq(sub, s)) {
         wrong_args(out, &format!("command|{}", lossy(sub).to_ascii_lowercase()));
     } else {
         unknown_subcommand(out, sub, "COMMAND");
+    }
+}
+
+/// COMMAND GETKEYS and GETKEYSANDFLAGS: the keys of `argv` (a whole
+/// command), found from the table's first, last and step key positions.
+fn get_keys(argv: &[Bytes], with_flags: bool, out: &mut Out) {
+    let Some(s) = lookup(&argv[0]) else { return out.error("ERR Invalid command specified") };
+    // The sharded pub/sub commands' positions name channels, which Redis
+    // flags `not_key` and does not count as keys.
+    if s.first == 0 || matches!(s.name, "spublish" | "ssubscribe" | "sunsubscribe") {
+        return out.error("ERR The command has no key arguments");
+    }
+    let argc = argv.len() as i64;
+    let arity = s.arity as i64;
+    if (arity > 0 && arity != argc) || argc < -arity {
+        return out.error("ERR Invalid number of arguments specified for command");
+    }
+    let first = s.first as i64;
+    let last = if s.last < 0 { argc + s.last as i64 } else { s.last as i64 };
+    if first >= argc || last >= argc || last < first {
+        return out.error("ERR Invalid arguments specified for command");
+    }
+    let positions: Vec<usize> = (first..=last).step_by(s.step.max(1) as usize).map(|i| i as usize).collect();
+    out.array(positions.len());
+    for (n, &i) in positions.iter().enumerate() {
+        if !with_flags {
+            out.bulk(&argv[i]);
+            continue;
+        }
+        out.array(2);
+        out.bulk(&argv[i]);
+        let flags = key_flags(s, n, argv);
+        out.set(flags.len());
+        for f in flags {
+            out.simple(f);
+        }
+    }
+}
+
+/// Redis's key-spec flags for the `n`th key of a command (what
+/// GETKEYSANDFLAGS reports; `COMMAND INFO` does not serve key specs).
+fn key_flags(s: &Spec, n: usize, argv: &[Bytes]) -> &'static [&'static str] {
+    const RO: &[&str] = &["RO"];
+    const RO_ACCESS: &[&str] = &["RO", "access"];
+    const OW_UPDATE: &[&str] = &["OW", "update"];
+    const RW_UPDATE: &[&str] = &["RW", "update"];
+    const RW_ACCESS_UPDATE: &[&str] = &["RW", "access", "update"];
+    const RW_ACCESS_DELETE: &[&str] = &["RW", "access", "delete"];
+    match s.name {
+        // SET ... GET reads the old value.
+        "set" if argv[3..].iter().any(|a| eq(a, "get")) => RW_ACCESS_UPDATE,
+        "set" | "mset" | "setex" | "psetex" => OW_UPDATE,
+        "setnx" => &["OW", "insert"],
+        "append" => &["RW", "insert"],
+        "del" | "unlink" => &["RM", "delete"],
+        "exists" | "touch" | "type" | "strlen" | "object" => RO,
+        "expire" | "pexpire" | "expireat" | "pexpireat" | "persist" | "setrange" => RW_UPDATE,
+        "getdel" => RW_ACCESS_DELETE,
+        "getex" | "getset" | "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "setbit" => RW_ACCESS_UPDATE,
+        "rename" | "renamenx" if n == 0 => RW_ACCESS_DELETE,
+        "rename" => OW_UPDATE,
+        "renamenx" => &["OW", "insert"],
+        "copy" if n == 0 => RO_ACCESS,
+        "copy" => OW_UPDATE,
+        _ if s.flags.contains(&"write") => RW_UPDATE,
+        _ => RO_ACCESS,
     }
 }
 
