@@ -40,6 +40,55 @@ async fn keyspace_commands_answer_as_redis_does() {
     peer.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_commands_answer_as_redis_does() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let peer = RespPeer::start("parity").await;
+    let script = pubsub_script();
+    let n = compare(peer.port, &redis, &script).await;
+    assert_eq!(n, script.iter().filter(|s| s.1 == Check::Same).count());
+    let mut resp3 = vec![run_only(&["HELLO", "3"])];
+    resp3.extend(pubsub_script());
+    compare(peer.port, &redis, &resp3).await;
+    peer.stop().await;
+}
+
+/// One connection: publishing to nobody, PUBSUB's counts, then the same
+/// connection subscribing, restricted in RESP2, and back.
+fn pubsub_script() -> Vec<Step> {
+    vec![
+        same(&["PUBLISH", "ch", "hello"]),
+        same(&["SPUBLISH", "ch", "hello"]),
+        same(&["PUBLISH", "ch"]),
+        same(&["PUBSUB", "CHANNELS"]),
+        same(&["PUBSUB", "CHANNELS", "c*"]),
+        same(&["PUBSUB", "NUMSUB"]),
+        same(&["PUBSUB", "NUMSUB", "a", "b"]),
+        same(&["PUBSUB", "NUMPAT"]),
+        same(&["PUBSUB", "SHARDCHANNELS"]),
+        same(&["PUBSUB", "SHARDNUMSUB", "s"]),
+        same(&["PUBSUB", "FOO"]),
+        same(&["PUBSUB", "NUMPAT", "x"]),
+        same(&["PUBSUB", "CHANNELS", "a", "b"]),
+        same(&["PUBSUB"]),
+        same(&["SUBSCRIBE", "a", "b"]),
+        same(&["PSUBSCRIBE", "p*"]),
+        same(&["SSUBSCRIBE", "s1", "s2"]),
+        same(&["SSUBSCRIBE", "s1"]),
+        same(&["PING"]),
+        same(&["PING", "x"]),
+        same(&["SUNSUBSCRIBE", "s1"]),
+        same(&["SUNSUBSCRIBE"]),
+        same(&["SUNSUBSCRIBE"]),
+        same(&["PUNSUBSCRIBE", "p*"]),
+        same(&["UNSUBSCRIBE", "b"]),
+        same(&["UNSUBSCRIBE"]),
+        same(&["UNSUBSCRIBE"]),
+        same(&["PUNSUBSCRIBE"]),
+        same(&["SSUBSCRIBE"]),
+    ]
+}
+
 /// Key order in KEYS and SCAN is each server's own: the steps that list
 /// keys match one key at a time, or none.
 fn keyspace_script() -> Vec<Step> {

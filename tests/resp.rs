@@ -263,6 +263,71 @@ async fn writes_on_one_peer_are_read_on_another() {
     shutdown(meshes, servers).await;
 }
 
+/// PUBLISH on one peer reaches SUBSCRIBE, PSUBSCRIBE and (for SPUBLISH)
+/// SSUBSCRIBE clients on every peer, in RESP2 and RESP3, after the writes
+/// made before it; PUBLISH and PUBSUB count this peer's subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_messages_reach_subscribers_on_every_peer() {
+    let (meshes, servers) = cluster(3, RespConfig::default()).await;
+    let mut b = Raw::connect(servers[1].port).await;
+    assert_eq!(b.cmd(&["SUBSCRIBE", "news"]).await, "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+    let mut c = Raw::connect(servers[2].port).await;
+    c.resp3 = true;
+    assert!(c.cmd(&["HELLO", "3"]).await.starts_with("%7\r\n"));
+    assert_eq!(c.cmd(&["PSUBSCRIBE", "n*"]).await, ">3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:1\r\n");
+    assert_eq!(c.cmd(&["SSUBSCRIBE", "shard"]).await, ">3\r\n$10\r\nssubscribe\r\n$5\r\nshard\r\n:1\r\n");
+    let mut a_sub = Raw::connect(servers[0].port).await;
+    assert_eq!(a_sub.cmd(&["SUBSCRIBE", "news"]).await, "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+    let mut a = Raw::connect(servers[0].port).await;
+    assert_eq!(
+        a.cmd(&["PUBSUB", "NUMSUB", "news", "shard"]).await,
+        "*4\r\n$4\r\nnews\r\n:1\r\n$5\r\nshard\r\n:0\r\n",
+        "counts are this peer's"
+    );
+    let mut c2 = Raw::connect(servers[2].port).await;
+    assert_eq!(c2.cmd(&["PUBSUB", "NUMPAT"]).await, ":1\r\n");
+    assert_eq!(c2.cmd(&["PUBSUB", "SHARDCHANNELS"]).await, "*1\r\n$5\r\nshard\r\n");
+    assert_eq!(c2.cmd(&["PUBSUB", "CHANNELS"]).await, "*0\r\n");
+
+    // Writes, each followed by a message naming the key: a subscriber on B
+    // told of a key reads it there at least as new as when it was named.
+    let mut b_reader = Raw::connect(servers[1].port).await;
+    for i in 0..50 {
+        let v = format!("v{i}");
+        // Pipelined, so that the write and the message leave in one batch.
+        let req = format!(
+            "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${n}\r\n{v}\r\n*3\r\n$7\r\nPUBLISH\r\n$4\r\nnews\r\n${n}\r\n{v}\r\n",
+            n = v.len()
+        );
+        a.send(req.as_bytes()).await;
+        assert_eq!(a.reply().await.unwrap(), "+OK\r\n");
+        assert_eq!(a.reply().await.unwrap(), ":1\r\n", "A's own subscriber");
+        let msg = format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n${}\r\n{v}\r\n", v.len());
+        assert_eq!(a_sub.reply().await.unwrap(), msg);
+        assert_eq!(b.reply().await.unwrap(), msg);
+        let got = b_reader.cmd(&["GET", "k"]).await;
+        let n: usize = got.rsplit("\r\n").nth(1).unwrap().trim_start_matches('v').parse().unwrap();
+        assert!(n >= i, "B read {got:?} after the message naming v{i}");
+        let pmsg = format!(">4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n${}\r\n{v}\r\n", v.len());
+        assert_eq!(c.reply().await.unwrap(), pmsg);
+    }
+    // SPUBLISH reaches shard subscribers only: B's next message is the
+    // PUBLISH after it.
+    assert_eq!(a.cmd(&["SPUBLISH", "shard", "hello"]).await, ":0\r\n");
+    assert_eq!(c.reply().await.unwrap(), ">3\r\n$8\r\nsmessage\r\n$5\r\nshard\r\n$5\r\nhello\r\n");
+    assert_eq!(a.cmd(&["PUBLISH", "news", "last"]).await, ":1\r\n");
+    assert_eq!(b.reply().await.unwrap(), "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$4\r\nlast\r\n");
+    assert_eq!(c.reply().await.unwrap(), ">4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$4\r\nlast\r\n");
+    // Unsubscribing everything, then the RESP2 connection is free again.
+    assert_eq!(b.cmd(&["UNSUBSCRIBE"]).await, "*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:0\r\n");
+    assert_eq!(b.cmd(&["GET", "k"]).await, "$3\r\nv49\r\n");
+    assert_eq!(c.cmd(&["SUNSUBSCRIBE"]).await, ">3\r\n$12\r\nsunsubscribe\r\n$5\r\nshard\r\n:0\r\n");
+    let stats = meshes[0].stats();
+    assert_eq!(stats.messages_published, 52);
+    assert!(meshes[1].stats().messages_received >= 52);
+    shutdown(meshes, servers).await;
+}
+
 /// A SCAN walk returns every key present for the whole walk while another
 /// client writes, deletes and (under a memory bound) evicts other keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

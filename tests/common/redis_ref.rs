@@ -163,7 +163,10 @@ pub struct RespPeer {
 impl RespPeer {
     pub async fn start(name: &str) -> RespPeer {
         let ca = meshcache::transport::certs::EphemeralCa::new().unwrap();
-        let mesh = super::mesh::start(&ca, name, &[]).await;
+        Self::serve(super::mesh::start(&ca, name, &[]).await).await
+    }
+
+    async fn serve(mesh: meshcache::Mesh) -> RespPeer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -172,6 +175,23 @@ impl RespPeer {
             let _ = stopped.await;
         }));
         RespPeer { mesh, port, stop: Some(stop), task }
+    }
+
+    /// `n` peers, the first alone and the others seeded with it, all booted
+    /// and connected to each other, each with a RESP server.
+    pub async fn cluster(n: usize) -> Vec<RespPeer> {
+        let ca = meshcache::transport::certs::EphemeralCa::new().unwrap();
+        let mut peers: Vec<RespPeer> = Vec::new();
+        for i in 0..n {
+            let seeds: Vec<_> = peers.first().map(|p| p.mesh.local_addr()).into_iter().collect();
+            let mesh = super::mesh::start(&ca, &format!("p{i}"), &seeds).await;
+            peers.push(Self::serve(mesh).await);
+        }
+        for p in &peers {
+            assert!(p.mesh.wait_ready(DEADLINE).await, "{} never finished bootstrap", p.mesh.id());
+        }
+        super::wait::eventually("full mesh", || peers.iter().all(|p| p.mesh.stats().connected == n - 1)).await;
+        peers
     }
 
     pub async fn stop(mut self) {

@@ -1,0 +1,91 @@
+"""redis-py against a three-peer meshcache mesh (run by tests/redis_py.rs).
+
+Usage: redis_py_check.py PORT_A PORT_B PORT_C
+
+Exercises what applications built on redis-py send: pipelines, counters,
+SCAN iteration, pub/sub (ordinary and sharded) from one peer to
+subscribers on the others. Exits non-zero on the first failed check.
+"""
+
+import sys
+import time
+
+import redis
+
+DEADLINE = 20.0
+
+
+def eventually(what, cond):
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not within {DEADLINE} s: {what}")
+
+
+def next_message(ps, kind):
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end:
+        m = ps.get_message(timeout=1.0)
+        if m is not None and m["type"] == kind:
+            return m
+    raise AssertionError(f"no {kind} within {DEADLINE} s")
+
+
+def main():
+    ports = [int(p) for p in sys.argv[1:4]]
+    a, b, c = (redis.Redis(port=p, protocol=3, decode_responses=True) for p in ports)
+    assert a.ping() and b.ping() and c.ping()
+
+    # Counters, replicated as their results.
+    a.set("counter", 10)
+    assert a.incr("counter") == 11
+    assert a.incrby("counter", 5) == 16
+    assert a.decr("counter") == 15
+    assert abs(a.incrbyfloat("float", 2.5) - 2.5) < 1e-9
+    eventually("the counter reaches B", lambda: b.get("counter") == "15")
+    assert b.incr("counter") == 16
+
+    # A pipeline without a transaction: one round trip, replies in order.
+    p = a.pipeline(transaction=False)
+    p.set("x", 1).incr("x").append("log", "a").append("log", "b").get("x").getrange("log", 0, -1)
+    assert p.execute() == [True, 2, 1, 2, "2", "ab"]
+
+    # SCAN iteration on another peer finds every key written on A.
+    a.mset({f"user:{i}": i for i in range(500)})
+    eventually(
+        "SCAN on C finds the 500 users",
+        lambda: len(set(c.scan_iter(match="user:*", count=50))) == 500,
+    )
+    assert sorted(c.keys("user:1?"), key=lambda k: int(k[5:])) == [f"user:{i}" for i in range(10, 20)]
+
+    # Pub/sub: A publishes, subscribers on B (channel) and C (pattern)
+    # hear it; PUBLISH counts A's own subscribers.
+    on_b = b.pubsub()
+    on_b.subscribe("events")
+    next_message(on_b, "subscribe")
+    on_c = c.pubsub()
+    on_c.psubscribe("ev*")
+    next_message(on_c, "psubscribe")
+    assert a.publish("events", "hello") == 0
+    m = next_message(on_b, "message")
+    assert (m["channel"], m["data"]) == ("events", "hello"), m
+    m = next_message(on_c, "pmessage")
+    assert (m["pattern"], m["channel"], m["data"]) == ("ev*", "events", "hello"), m
+    assert b.pubsub_numsub("events") == [("events", 1)]
+
+    # Sharded pub/sub: SPUBLISH reaches SSUBSCRIBE clients only.
+    on_c.ssubscribe("shard")
+    next_message(on_c, "ssubscribe")
+    assert a.spublish("shard", "s1") == 0
+    m = next_message(on_c, "smessage")
+    assert (m["channel"], m["data"]) == ("shard", "s1"), m
+
+    for ps in (on_b, on_c):
+        ps.close()
+    print("redis-py", redis.__version__, "checks passed")
+
+
+if __name__ == "__main__":
+    main()
