@@ -48,6 +48,22 @@ pub(crate) struct Client {
     /// Error replies that `execute` took from the output to tell failed
     /// calls apart; the connection adds them to the server's count.
     pub(crate) errors: u64,
+    /// Per-command counts since the connection's last read, added to the
+    /// server's once per read: counting into shared counters on every
+    /// command made pipelined commands measurably slower.
+    pub(crate) tallies: Vec<Tally>,
+}
+
+/// One command's counts on one connection, for INFO commandstats.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// The command's place in the table.
+    pub(crate) idx: usize,
+    pub(crate) calls: u64,
+    /// Its share of the read's time (see `Connection::account`).
+    pub(crate) nanos: u64,
+    pub(crate) failed: u64,
+    pub(crate) rejected: u64,
 }
 
 impl Client {
@@ -89,7 +105,21 @@ impl Client {
             skip_next: false,
             skip: false,
             errors: 0,
+            tallies: Vec::new(),
         }
+    }
+
+    /// The counts of the command at `idx` since the last read (a
+    /// connection uses few commands: a short list is enough).
+    pub(crate) fn tally(&mut self, idx: usize) -> &mut Tally {
+        let at = match self.tallies.iter().position(|t| t.idx == idx) {
+            Some(at) => at,
+            None => {
+                self.tallies.push(Tally { idx, ..Tally::default() });
+                self.tallies.len() - 1
+            }
+        };
+        &mut self.tallies[at]
     }
 
     /// Whether the reply of the command being run is dropped (CLIENT

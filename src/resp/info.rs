@@ -160,7 +160,7 @@ fn commandstats(sh: &Shared, s: &mut String) -> std::fmt::Result {
     s.push_str("# Commandstats\r\n");
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     for (i, st) in sh.commands.iter().enumerate() {
-        let (calls, usec, rejected, failed) = (l(&st.calls), l(&st.usec), l(&st.rejected), l(&st.failed));
+        let (calls, usec, rejected, failed) = (l(&st.calls), l(&st.nanos) / 1000, l(&st.rejected), l(&st.failed));
         if calls == 0 && rejected == 0 && failed == 0 {
             continue;
         }

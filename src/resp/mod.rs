@@ -211,8 +211,9 @@ impl std::fmt::Debug for RespConfig {
 struct CommandStat {
     /// Calls run, failed ones included (as Redis counts them).
     calls: AtomicU64,
-    /// Time spent running them, in microseconds.
-    usec: AtomicU64,
+    /// Time spent running them, in nanoseconds (summed before rounding, so
+    /// that calls shorter than a microsecond still count).
+    nanos: AtomicU64,
     /// Calls refused before running (arity, authentication, context).
     rejected: AtomicU64,
     /// Calls that ran and answered an error.
@@ -220,16 +221,12 @@ struct CommandStat {
 }
 
 impl CommandStat {
-    fn record(&self, took: std::time::Duration, failed: bool) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.usec.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        if failed {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn reject(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+    /// Adds what one connection counted since its last read.
+    fn add(&self, t: &client::Tally) {
+        self.calls.fetch_add(t.calls, Ordering::Relaxed);
+        self.nanos.fetch_add(t.nanos, Ordering::Relaxed);
+        self.rejected.fetch_add(t.rejected, Ordering::Relaxed);
+        self.failed.fetch_add(t.failed, Ordering::Relaxed);
     }
 }
 
