@@ -5,59 +5,20 @@
 
 mod common;
 
-use std::io;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use meshcache::resp::{serve, RespConfig};
+use meshcache::resp::RespConfig;
 use meshcache::transport::certs::EphemeralCa;
 use meshcache::{Mesh, MeshConfig};
 use redis::{AsyncCommands, Value};
 use redis_protocol::resp3::types::{OwnedFrame, Resp3Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 
 use common::mesh::{silent_seed, start};
+use common::redis_ref::{Raw, Server};
 use common::wait::{eventually, eventually_async, DEADLINE};
-
-/// A RESP server running in front of a mesh.
-struct Server {
-    port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<io::Result<()>>,
-}
-
-impl Server {
-    async fn start(mesh: &Mesh, config: RespConfig) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(mesh.clone(), listener, config, async move {
-            let _ = rx.await;
-        }));
-        Server { port, stop: Some(tx), task }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection_with_config(&common::patient())
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        drop(self.stop.take());
-        tokio::time::timeout(DEADLINE, self.task).await.expect("server stops").unwrap().unwrap();
-    }
-}
 
 /// `n` peers (the first alone, the others seeded with it), all booted and
 /// fully connected, each with a RESP server.
@@ -102,76 +63,6 @@ async fn get(con: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<S
 
 async fn info(con: &mut redis::aio::MultiplexedConnection, section: &str) -> String {
     redis::cmd("INFO").arg(section).query_async(con).await.unwrap()
-}
-
-/// A raw client: exact request bytes, exact reply bytes.
-struct Raw {
-    sock: TcpStream,
-    buf: BytesMut,
-    resp3: bool,
-}
-
-impl Raw {
-    async fn connect(port: u16) -> Raw {
-        Raw { sock: TcpStream::connect(("127.0.0.1", port)).await.unwrap(), buf: BytesMut::new(), resp3: false }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).await.unwrap();
-    }
-
-    /// Sends one command as a multibulk and returns the bytes of its reply.
-    async fn cmd(&mut self, args: &[&str]) -> String {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
-        }
-        self.send(req.as_bytes()).await;
-        self.reply().await.unwrap_or_else(|| panic!("no reply to {args:?}"))
-    }
-
-    /// The next complete reply frame, found with `redis_protocol`'s decoders
-    /// (so that every reply checked is also well-formed RESP); `None` once
-    /// the server closed the connection.
-    async fn reply(&mut self) -> Option<String> {
-        let end = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let len = if self.resp3 {
-                redis_protocol::resp3::decode::complete::decode(&self.buf).expect("valid RESP3").map(|(_, n)| n)
-            } else {
-                redis_protocol::resp2::decode::decode(&self.buf).expect("valid RESP2").map(|(_, n)| n)
-            };
-            if let Some(n) = len {
-                let frame = self.buf.split_to(n);
-                return Some(String::from_utf8_lossy(&frame).into_owned());
-            }
-            let read = tokio::time::timeout_at(end, self.sock.read_buf(&mut self.buf)).await;
-            match read.expect("a reply within the deadline") {
-                Ok(0) | Err(_) => {
-                    assert!(self.buf.is_empty(), "partial frame before close: {:?}", self.buf);
-                    return None;
-                }
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Reads until the server closes the connection; returns what came.
-    async fn read_to_close(&mut self) -> String {
-        let mut all = std::mem::take(&mut self.buf).to_vec();
-        let r = tokio::time::timeout(DEADLINE, async {
-            let mut chunk = [0u8; 4096];
-            loop {
-                match self.sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => all.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await;
-        r.expect("the server closes the connection");
-        String::from_utf8_lossy(&all).into_owned()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,53 +7,16 @@
 
 mod common;
 
-use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
-use meshcache::resp::{serve, RespConfig};
+use meshcache::resp::RespConfig;
 use meshcache::transport::certs::EphemeralCa;
 use meshcache::Mesh;
 use redis::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use common::mesh::start;
-use common::wait::{eventually_async, DEADLINE};
-
-/// A RESP server running in front of a mesh.
-struct Server {
-    port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<io::Result<()>>,
-}
-
-impl Server {
-    async fn start(mesh: &Mesh, config: RespConfig) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(mesh.clone(), listener, config, async move {
-            let _ = rx.await;
-        }));
-        Server { port, stop: Some(tx), task }
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
-            .unwrap()
-            .get_multiplexed_async_connection_with_config(&common::patient())
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        drop(self.stop.take());
-        tokio::time::timeout(DEADLINE, self.task).await.expect("server stops").unwrap().unwrap();
-    }
-}
+use common::redis_ref::{Raw, Server};
+use common::wait::eventually_async;
 
 /// One peer, alone, with a RESP server in front of it.
 async fn solo() -> (Mesh, Server) {
@@ -63,74 +26,10 @@ async fn solo() -> (Mesh, Server) {
     (mesh, server)
 }
 
-/// A raw client: exact request bytes, exact reply bytes.
-struct Raw {
-    sock: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    async fn connect(port: u16) -> Raw {
-        Raw { sock: TcpStream::connect(("127.0.0.1", port)).await.unwrap(), buf: BytesMut::new() }
-    }
-
-    /// The address the server sees this client at.
-    fn addr(&self) -> String {
-        self.sock.local_addr().unwrap().to_string()
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).await.unwrap();
-    }
-
-    /// Sends one command as a multibulk and returns the bytes of its reply.
-    async fn cmd(&mut self, args: &[&str]) -> String {
-        self.send(&multibulk(args)).await;
-        self.reply().await.unwrap_or_else(|| panic!("no reply to {args:?}"))
-    }
-
-    /// The next complete RESP2 reply frame; `None` once the server closed
-    /// the connection.
-    async fn reply(&mut self) -> Option<String> {
-        let end = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let len = redis_protocol::resp2::decode::decode(&self.buf).expect("valid RESP2").map(|(_, n)| n);
-            if let Some(n) = len {
-                let frame = self.buf.split_to(n);
-                return Some(String::from_utf8_lossy(&frame).into_owned());
-            }
-            let read = tokio::time::timeout_at(end, self.sock.read_buf(&mut self.buf)).await;
-            match read.expect("a reply within the deadline") {
-                Ok(0) | Err(_) => {
-                    assert!(self.buf.is_empty(), "partial frame before close: {:?}", self.buf);
-                    return None;
-                }
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Reads until the server closes the connection; returns what came.
-    async fn read_to_close(&mut self) -> String {
-        let mut all = std::mem::take(&mut self.buf).to_vec();
-        let r = tokio::time::timeout(DEADLINE, async {
-            let mut chunk = [0u8; 4096];
-            loop {
-                match self.sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => all.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await;
-        r.expect("the server closes the connection");
-        String::from_utf8_lossy(&all).into_owned()
-    }
-
-    async fn id(&mut self) -> u64 {
-        let r = self.cmd(&["CLIENT", "ID"]).await;
-        r.trim_start_matches(':').trim_end().parse().unwrap()
-    }
+/// The id the server gave this connection.
+async fn client_id(raw: &mut Raw) -> u64 {
+    let r = raw.cmd(&["CLIENT", "ID"]).await;
+    r.trim_start_matches(':').trim_end().parse().unwrap()
 }
 
 fn multibulk(args: &[&str]) -> Vec<u8> {
@@ -172,7 +71,7 @@ async fn client_list_shows_every_connection_and_filters_them() {
     let mut a = Raw::connect(server.port).await;
     let mut b = Raw::connect(server.port).await;
     let mut c = Raw::connect(server.port).await;
-    let (ida, idb, idc) = (a.id().await, b.id().await, c.id().await);
+    let (ida, idb, idc) = (client_id(&mut a).await, client_id(&mut b).await, client_id(&mut c).await);
     assert_eq!(a.cmd(&["CLIENT", "SETNAME", "alpha"]).await, "+OK\r\n");
     assert_eq!(a.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "raw"]).await, "+OK\r\n");
     assert!(b.cmd(&["SUBSCRIBE", "news"]).await.starts_with("*3\r\n$9\r\nsubscribe\r\n"));
@@ -228,7 +127,7 @@ async fn client_list_shows_every_connection_and_filters_them() {
     let port = server.port;
     eventually_async("only a, b and the probe remain", || async move {
         let mut probe = Raw::connect(port).await;
-        let me = probe.id().await;
+        let me = client_id(&mut probe).await;
         listed_ids(&probe.cmd(&["CLIENT", "LIST"]).await) == [ida, idb, me]
     })
     .await;
@@ -243,7 +142,8 @@ async fn client_kill_closes_the_connections_it_names() {
     let mut b = Raw::connect(server.port).await;
     let mut c = Raw::connect(server.port).await;
     let mut d = Raw::connect(server.port).await;
-    let (ida, idb, idc, idd) = (a.id().await, b.id().await, c.id().await, d.id().await);
+    let (ida, idb, idc, idd) =
+        (client_id(&mut a).await, client_id(&mut b).await, client_id(&mut c).await, client_id(&mut d).await);
     // b is subscribed: a killed client is closed even while it waits for
     // messages.
     assert!(b.cmd(&["SUBSCRIBE", "news"]).await.starts_with("*3\r\n"));

@@ -1,12 +1,17 @@
-//! A reference redis-server and a raw RESP client, to compare a peer's
-//! replies with Redis's byte for byte (tests/redis_parity.rs).
+//! RESP test helpers: a RESP server in front of a mesh, raw clients (exact
+//! request and reply bytes), and a reference redis-server to compare a
+//! peer's replies with Redis's byte for byte (tests/redis_parity.rs).
 
 use std::path::Path;
 use std::process::Stdio;
 
 use bytes::BytesMut;
+use meshcache::resp::{serve, RespConfig};
+use meshcache::Mesh;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::wait::DEADLINE;
 
@@ -198,5 +203,117 @@ impl RespPeer {
         drop(self.stop.take());
         tokio::time::timeout(DEADLINE, self.task).await.expect("the server stops").unwrap().unwrap();
         self.mesh.shutdown().await;
+    }
+}
+
+/// A RESP server running in front of a mesh.
+pub struct Server {
+    pub port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(mesh: &Mesh, config: RespConfig) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(mesh.clone(), listener, config, async move {
+            let _ = rx.await;
+        }));
+        Server { port, stop: Some(tx), task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&super::patient())
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        drop(self.stop.take());
+        tokio::time::timeout(DEADLINE, self.task).await.expect("server stops").unwrap().unwrap();
+    }
+}
+
+/// A raw client: exact request bytes, exact reply bytes.
+pub struct Raw {
+    pub sock: TcpStream,
+    pub buf: BytesMut,
+    /// Decode replies as RESP3 (set before sending `HELLO 3`).
+    pub resp3: bool,
+}
+
+impl Raw {
+    /// The address the server sees this client at.
+    pub fn addr(&self) -> String {
+        self.sock.local_addr().unwrap().to_string()
+    }
+
+    pub async fn connect(port: u16) -> Raw {
+        Raw { sock: TcpStream::connect(("127.0.0.1", port)).await.unwrap(), buf: BytesMut::new(), resp3: false }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends one command as a multibulk and returns the bytes of its reply.
+    pub async fn cmd(&mut self, args: &[&str]) -> String {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        self.send(req.as_bytes()).await;
+        self.reply().await.unwrap_or_else(|| panic!("no reply to {args:?}"))
+    }
+
+    /// The next complete reply frame, found with `redis_protocol`'s decoders
+    /// (so that every reply checked is also well-formed RESP); `None` once
+    /// the server closed the connection.
+    pub async fn reply(&mut self) -> Option<String> {
+        let end = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let len = if self.resp3 {
+                redis_protocol::resp3::decode::complete::decode(&self.buf).expect("valid RESP3").map(|(_, n)| n)
+            } else {
+                redis_protocol::resp2::decode::decode(&self.buf).expect("valid RESP2").map(|(_, n)| n)
+            };
+            if let Some(n) = len {
+                let frame = self.buf.split_to(n);
+                return Some(String::from_utf8_lossy(&frame).into_owned());
+            }
+            let read = tokio::time::timeout_at(end, self.sock.read_buf(&mut self.buf)).await;
+            match read.expect("a reply within the deadline") {
+                Ok(0) | Err(_) => {
+                    assert!(self.buf.is_empty(), "partial frame before close: {:?}", self.buf);
+                    return None;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the server closes the connection; returns what came.
+    pub async fn read_to_close(&mut self) -> String {
+        let mut all = std::mem::take(&mut self.buf).to_vec();
+        let r = tokio::time::timeout(DEADLINE, async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match self.sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => all.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        r.expect("the server closes the connection");
+        String::from_utf8_lossy(&all).into_owned()
     }
 }
