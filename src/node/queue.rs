@@ -83,31 +83,27 @@ impl PushQueue {
     /// peer is marked for anti-entropy: memory stays bounded and the writer
     /// does not wait.
     pub(crate) fn push(&self, key: Bytes, reg: Register) {
-        if self.closed.load(Ordering::Relaxed) {
-            return;
-        }
         let (cost, held) = (entry_cost(&key, &reg), held_cost(&key, &reg));
-        {
-            let mut s = self.state.lock();
-            if s.held + held > self.limit {
-                s.drop_all();
-            } else {
-                s.bytes += cost;
-                s.held += held;
-                s.items.push((key, reg));
-            }
-        }
-        self.notify.notify_one();
+        self.admit(cost, held, |s| s.items.push((key, reg)));
     }
 
     /// Queues one pub/sub message, behind the writes queued so far. On
     /// overflow it is dropped with the rest, as writes are: messages are
     /// delivered at most once.
     pub(crate) fn push_message(&self, m: Publication) {
+        let (cost, held) = (message_cost(&m), message_held(&m));
+        self.admit(cost, held, |s| {
+            let after = s.items.len();
+            s.messages.push((after, m));
+        });
+    }
+
+    /// Adds an item of `cost` wire bytes holding `held` bytes with `add`,
+    /// or drops the whole queue if it would pass the bound.
+    fn admit(&self, cost: usize, held: usize, add: impl FnOnce(&mut State)) {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        let (cost, held) = (message_cost(&m), message_held(&m));
         {
             let mut s = self.state.lock();
             if s.held + held > self.limit {
@@ -115,8 +111,7 @@ impl PushQueue {
             } else {
                 s.bytes += cost;
                 s.held += held;
-                let after = s.items.len();
-                s.messages.push((after, m));
+                add(&mut s);
             }
         }
         self.notify.notify_one();
