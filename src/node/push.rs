@@ -13,7 +13,8 @@ use crate::membership::MemberId;
 use crate::replica::PeerError;
 use crate::wire::{Message, Publication};
 
-/// Pushes queued writes to one peer over one long-lived uni stream.
+/// Pushes queued writes, then the messages queued behind them, to one
+/// peer over one long-lived uni stream.
 pub(super) async fn push_sender(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, queue: Arc<PushQueue>) {
     let mut send = match conn.open_uni().await {
         Ok(s) => s,
@@ -110,7 +111,8 @@ async fn push_messages(inner: &Inner, send: &mut quinn::SendStream, id: &MemberI
     true
 }
 
-/// Accepts the peer's uni streams: pushes and goodbyes.
+/// Accepts the peer's uni streams: pushes (writes and pub/sub messages)
+/// and goodbyes.
 pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) {
     loop {
         let recv = tokio::select! {

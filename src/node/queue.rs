@@ -40,9 +40,10 @@ struct State {
     /// Messages, each with how many of `items` were queued before it: it
     /// may go out once those have.
     messages: Vec<(usize, Publication)>,
-    /// Sum of `entry_cost` over `items`.
+    /// Sum of `entry_cost` over `items` and `message_cost` over
+    /// `messages`.
     bytes: usize,
-    /// Sum of `held_cost` over `items`.
+    /// Sum of `held_cost` over `items` and `message_held` over `messages`.
     held: usize,
     /// A batch must go out even with no entries (a FLUSHALL's
     /// `clear_below` rides in the batch header).
