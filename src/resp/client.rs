@@ -35,8 +35,6 @@ pub(crate) struct Client {
     pub(crate) close: bool,
     pub(crate) hits: u64,
     pub(crate) misses: u64,
-    /// The last command run, for CLIENT INFO.
-    pub(crate) last: &'static str,
     /// What other connections see of this one (CLIENT LIST, CLIENT KILL).
     pub(crate) handle: Arc<Handle>,
     /// CLIENT REPLY OFF: no reply is written until CLIENT REPLY ON.
@@ -99,7 +97,6 @@ impl Client {
             close: false,
             hits: 0,
             misses: 0,
-            last: "NULL",
             handle,
             reply_off: false,
             skip_next: false,
@@ -142,7 +139,7 @@ impl Client {
     }
 
     /// Copies what other connections list of this one into its handle,
-    /// after each command. Relaxed stores: CLIENT LIST is a snapshot.
+    /// once per read. Relaxed stores: CLIENT LIST is a snapshot.
     pub(crate) fn publish(&self, resp3: bool) {
         let h = &self.handle;
         h.channels.store(self.channels.len(), Ordering::Relaxed);

@@ -182,7 +182,7 @@ impl Connection {
     /// Executes every complete command in the read buffer. `Some` when the
     /// connection must end.
     async fn process(&mut self, args: &mut Vec<Bytes>) -> io::Result<Option<End>> {
-        let started = std::time::Instant::now();
+        let started = self.shared.mesh.env().instant();
         let shared = self.shared.clone();
         let cfg = &shared.config;
         let mut n = 0u64;
@@ -209,7 +209,6 @@ impl Connection {
                     let before = self.out.len();
                     cmd::execute(&self.shared, &mut self.client, args, &mut self.out);
                     args.clear();
-                    self.client.publish(self.out.resp3);
                     if self.out.len() > cfg.output_buffer_limit {
                         self.out.truncate(before);
                         end = Some(End::OutputLimit);
@@ -252,6 +251,8 @@ impl Connection {
         let st = &self.shared.stats;
         let errors = self.out.take_errors() + std::mem::take(&mut self.client.errors);
         let (hits, misses) = self.client.take_hits();
+        // What other connections list of this one, as of this read's end.
+        self.client.publish(self.out.resp3);
         // The read's time is shared among its commands by count: two clock
         // reads per read, where two per command cost pipelined GETs about
         // 5% of their throughput. A read holds one command, or a pipeline

@@ -256,7 +256,6 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
             spec.name
         ));
     }
-    c.last = spec.name;
     c.handle.last.store(i, std::sync::atomic::Ordering::Relaxed);
     // The output's error count tells whether this call failed; what it
     // held before is kept for the server's total.
