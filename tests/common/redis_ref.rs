@@ -41,11 +41,7 @@ impl Conn {
         self.sock.write_all(&req).await.unwrap();
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let len = if self.resp3 {
-                redis_protocol::resp3::decode::complete::decode(&self.buf).expect("valid RESP3").map(|(_, n)| n)
-            } else {
-                redis_protocol::resp2::decode::decode(&self.buf).expect("valid RESP2").map(|(_, n)| n)
-            };
+            let len = frame_len(&self.buf, self.resp3);
             if let Some(n) = len {
                 return self.buf.split_to(n).to_vec();
             }
@@ -280,11 +276,7 @@ impl Raw {
     pub async fn reply(&mut self) -> Option<String> {
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let len = if self.resp3 {
-                redis_protocol::resp3::decode::complete::decode(&self.buf).expect("valid RESP3").map(|(_, n)| n)
-            } else {
-                redis_protocol::resp2::decode::decode(&self.buf).expect("valid RESP2").map(|(_, n)| n)
-            };
+            let len = frame_len(&self.buf, self.resp3);
             if let Some(n) = len {
                 let frame = self.buf.split_to(n);
                 return Some(String::from_utf8_lossy(&frame).into_owned());
@@ -315,5 +307,16 @@ impl Raw {
         .await;
         r.expect("the server closes the connection");
         String::from_utf8_lossy(&all).into_owned()
+    }
+}
+
+/// The length of the first complete reply frame in `buf`, found with
+/// `redis_protocol`'s decoders (so that every reply checked is also
+/// well-formed RESP); `None` while it is incomplete.
+fn frame_len(buf: &[u8], resp3: bool) -> Option<usize> {
+    if resp3 {
+        redis_protocol::resp3::decode::complete::decode(buf).expect("valid RESP3").map(|(_, n)| n)
+    } else {
+        redis_protocol::resp2::decode::decode(buf).expect("valid RESP2").map(|(_, n)| n)
     }
 }
