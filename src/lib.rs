@@ -126,7 +126,7 @@ pub mod wait;
 pub mod wire;
 
 pub use config::MeshConfig;
-pub use node::{MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener};
+pub use node::{MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Transaction};
 pub use store::{Change, Origin};
 
 /// The README's Rust examples, compiled by `cargo test --doc` so that they

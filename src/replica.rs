@@ -139,7 +139,7 @@ impl Replica {
         self.members.lock().self_superseded()
     }
 
-    fn check_writable(&self) -> Result<(), WriteError> {
+    pub(crate) fn check_writable(&self) -> Result<(), WriteError> {
         if !self.is_booted() {
             return Err(WriteError::Loading);
         }

@@ -53,6 +53,136 @@ async fn pubsub_commands_answer_as_redis_does() {
     peer.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_answer_as_redis_does() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let peer = RespPeer::start("parity").await;
+    let script = transaction_script();
+    let n = compare(peer.port, &redis, &script).await;
+    assert_eq!(n, script.iter().filter(|s| s.1 == Check::Same).count());
+    let mut resp3 = vec![run_only(&["HELLO", "3"])];
+    resp3.extend(transaction_script());
+    compare(peer.port, &redis, &resp3).await;
+    peer.stop().await;
+}
+
+/// MULTI, EXEC, DISCARD, WATCH, UNWATCH and MSETNX on one connection:
+/// queuing, the errors that abort a transaction and those that do not,
+/// and WATCH's aborts (by this connection's own writes: another peer's are
+/// in `tests/resp.rs`).
+fn transaction_script() -> Vec<Step> {
+    vec![
+        same(&["FLUSHALL"]),
+        // Errors while queuing: nested MULTI and WATCH are answered and
+        // do not abort; unknown commands and bad arity do.
+        same(&["MULTI"]),
+        same(&["MULTI"]),
+        same(&["WATCH", "a"]),
+        same(&["SET", "a", "1"]),
+        same(&["EXEC"]),
+        same(&["GET", "a"]),
+        same(&["MULTI"]),
+        same(&["SET", "a", "2"]),
+        same(&["NOSUCH", "x"]),
+        same(&["GET"]),
+        same(&["EXEC"]),
+        same(&["GET", "a"]),
+        same(&["EXEC"]),
+        same(&["DISCARD"]),
+        // Commands queued and run, errors at run time in the reply.
+        same(&["MULTI"]),
+        same(&["SET", "a", "1"]),
+        same(&["INCR", "a"]),
+        same(&["SET", "b", "x"]),
+        same(&["INCR", "b"]),
+        same(&["SET", "c", "v", "EX", "0"]),
+        same(&["MGET", "a", "b", "c"]),
+        same(&["APPEND", "b", "yz"]),
+        same(&["GETRANGE", "b", "0", "1"]),
+        same(&["DEL", "b", "c"]),
+        same(&["EXISTS", "a", "b"]),
+        same(&["EXEC"]),
+        same(&["MULTI"]),
+        same(&["EXEC"]),
+        // Commands a transaction may not hold.
+        same(&["MULTI"]),
+        same(&["SAVE"]),
+        same(&["PING"]),
+        same(&["EXEC"]),
+        same(&["MULTI"]),
+        same(&["DISCARD"]),
+        same(&["DISCARD"]),
+        // A refused EXEC discards the transaction.
+        same(&["EXEC", "x"]),
+        same(&["MULTI"]),
+        same(&["SET", "a", "9"]),
+        same(&["EXEC", "x"]),
+        same(&["EXEC"]),
+        same(&["GET", "a"]),
+        // WATCH.
+        same(&["WATCH"]),
+        same(&["WATCH", "a", "b", "a"]),
+        same(&["SET", "a", "5"]),
+        same(&["MULTI"]),
+        same(&["GET", "a"]),
+        same(&["EXEC"]),
+        same(&["WATCH", "a"]),
+        same(&["MULTI"]),
+        same(&["GET", "a"]),
+        same(&["EXEC"]),
+        same(&["WATCH", "a"]),
+        same(&["UNWATCH"]),
+        same(&["SET", "a", "6"]),
+        same(&["MULTI"]),
+        same(&["GET", "a"]),
+        same(&["EXEC"]),
+        same(&["WATCH", "nokey"]),
+        same(&["SET", "nokey", "1"]),
+        same(&["DEL", "nokey"]),
+        same(&["MULTI"]),
+        same(&["PING"]),
+        same(&["EXEC"]),
+        same(&["WATCH", "a"]),
+        same(&["MULTI"]),
+        same(&["DISCARD"]),
+        same(&["SET", "a", "7"]),
+        same(&["MULTI"]),
+        same(&["GET", "a"]),
+        same(&["EXEC"]),
+        same(&["WATCH", "a"]),
+        same(&["MULTI"]),
+        same(&["UNWATCH"]),
+        same(&["GET", "a"]),
+        same(&["EXEC"]),
+        // RESET ends a transaction being queued.
+        same(&["MULTI"]),
+        same(&["SET", "a", "8"]),
+        same(&["RESET"]),
+        same(&["EXEC"]),
+        same(&["GET", "a"]),
+        // MSETNX.
+        same(&["MSETNX"]),
+        same(&["MSETNX", "a"]),
+        same(&["MSETNX", "a", "1", "b"]),
+        same(&["DEL", "a", "b"]),
+        same(&["MSETNX", "a", "1", "b", "2"]),
+        same(&["MSETNX", "b", "3", "c", "4"]),
+        same(&["MSETNX", "d", "1", "d", "2"]),
+        same(&["MGET", "a", "b", "c", "d"]),
+        // Keyspace walks and two-key commands inside a transaction.
+        same(&["MULTI"]),
+        same(&["MSETNX", "x", "1", "y", "2"]),
+        same(&["RENAME", "x", "z"]),
+        same(&["COPY", "z", "w"]),
+        same(&["KEYS", "z"]),
+        same(&["SCAN", "0", "MATCH", "z", "COUNT", "1000"]),
+        same(&["EXISTS", "x", "y", "z", "w"]),
+        same(&["DBSIZE"]),
+        same(&["EXEC"]),
+        same(&["FLUSHALL"]),
+    ]
+}
+
 /// One connection: publishing to nobody, PUBSUB's counts, then the same
 /// connection subscribing, restricted in RESP2, and back.
 fn pubsub_script() -> Vec<Step> {

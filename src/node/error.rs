@@ -46,6 +46,11 @@ pub enum MeshError {
         /// The limit.
         max: usize,
     },
+    /// A transaction read or wrote a key it did not name when it began
+    /// (or walked the keyspace without locking all of it); see
+    /// [`crate::Mesh::transaction`].
+    #[error("the transaction did not name this key when it began")]
+    NotInTransaction,
 }
 
 impl MeshError {

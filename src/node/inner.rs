@@ -96,6 +96,25 @@ impl Inner {
         }
     }
 
+    /// Pushes a transaction's writes to every peer as one run (see
+    /// `PushQueue::push_many`), then tells subscribers.
+    pub(super) fn after_transaction(&self, written: Vec<Written>) {
+        let entries: Vec<_> =
+            written.iter().filter(|w| w.applied).map(|w| (w.key.clone(), w.register.clone())).collect();
+        if entries.is_empty() {
+            return;
+        }
+        for p in self.peers.lock().values() {
+            p.queue.push_many(&entries);
+        }
+        if self.events.receiver_count() > 0 {
+            for (key, reg) in entries {
+                let kind = if reg.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
+                self.publish(Change { key, kind, origin: Origin::Local, stamp: reg.marker });
+            }
+        }
+    }
+
     pub(super) fn after_write(&self, w: Written, kind: ChangeKind) {
         if !w.applied {
             return;

@@ -130,7 +130,7 @@ pub struct MeshStats {
 /// handle for as long as it serves.
 #[derive(Clone)]
 pub struct Mesh {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
     /// Held by handles only, never by the peer's own tasks (which hold
     /// `inner`): its drop is the last handle's.
     _handle: Arc<HandleGuard>,

@@ -46,9 +46,11 @@ mod queue;
 mod sessions;
 mod stream;
 mod timer;
+mod txn;
 
 pub use builder::MeshBuilder;
 pub use error::MeshError;
 pub use memory::{MemoryProbe, MIN_PROCESS_BYTES};
 pub use mesh::{MemberStatus, Mesh, MeshStats};
 pub use pubsub::MessageListener;
+pub use txn::Transaction;

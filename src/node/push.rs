@@ -34,7 +34,7 @@ pub(super) async fn push_sender(inner: Arc<Inner>, conn: quinn::Connection, id: 
             tokio::time::sleep(inner.config.push_delay).await;
         }
         loop {
-            let batch = queue.take(inner.config.push_batch_bytes);
+            let batch = queue.take(inner.config.push_batch_bytes, inner.config.max_frame - 4096);
             if batch.overflowed {
                 inner.counters.queue_overflows.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("meshcache_push_queue_overflows_total").increment(1);

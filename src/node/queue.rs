@@ -88,6 +88,14 @@ impl PushQueue {
         self.admit(cost, held, |s| s.items.push((key, reg)));
     }
 
+    /// Queues a transaction's writes (one stamp) together: a batch is not
+    /// cut between them unless they do not fit in one frame (see `take`).
+    pub(crate) fn push_many(&self, entries: &[(Bytes, Register)]) {
+        let cost = entries.iter().map(|(k, r)| entry_cost(k, r)).sum();
+        let held = entries.iter().map(|(k, r)| held_cost(k, r)).sum();
+        self.admit(cost, held, |s| s.items.extend_from_slice(entries));
+    }
+
     /// Queues one pub/sub message, behind the writes queued so far. On
     /// overflow it is dropped with the rest, as writes are: messages are
     /// delivered at most once.
@@ -126,8 +134,10 @@ impl PushQueue {
 
     /// Takes up to about `max_bytes` of writes, oldest first, and the
     /// messages queued behind no other write (up to about `max_bytes` of
-    /// them too).
-    pub(crate) fn take(&self, max_bytes: usize) -> Batch {
+    /// them too). A transaction's writes (a run with one stamp) are not cut
+    /// apart unless the batch would pass `room` bytes (what a frame holds),
+    /// so that the receiver can merge them as one.
+    pub(crate) fn take(&self, max_bytes: usize, room: usize) -> Batch {
         let mut s = self.state.lock();
         let force = std::mem::take(&mut s.force);
         let overflowed = std::mem::take(&mut s.overflowed);
@@ -137,9 +147,10 @@ impl PushQueue {
             std::mem::take(&mut s.items)
         } else {
             let (mut size, mut held, mut n) = (0, 0, 0);
-            for (k, r) in &s.items {
+            for (i, (k, r)) in s.items.iter().enumerate() {
                 let c = entry_cost(k, r);
-                if n > 0 && size + c > max_bytes {
+                let in_run = i > 0 && s.items[i - 1].1.marker == r.marker;
+                if n > 0 && size + c > if in_run { room } else { max_bytes } {
                     break;
                 }
                 size += c;
@@ -230,10 +241,10 @@ mod tests {
         }
         assert!(!q.state.lock().overflowed, "five fit");
         q.push(Bytes::from_static(b"k"), reg(100));
-        let b = q.take(1 << 20);
+        let b = q.take(1 << 20, 1 << 20);
         assert!(b.entries.is_empty() && b.overflowed);
         q.push(Bytes::from_static(b"k"), reg(10));
-        let b = q.take(1 << 20);
+        let b = q.take(1 << 20, 1 << 20);
         assert_eq!(b.entries.len(), 1);
         assert!(!b.overflowed, "the flag is reported once");
     }
@@ -248,7 +259,7 @@ mod tests {
         for _ in 0..11 {
             q.push(k.clone(), reg(0));
         }
-        let b = q.take(1 << 20);
+        let b = q.take(1 << 20, 1 << 20);
         assert!(b.overflowed && b.entries.is_empty());
     }
 
@@ -258,11 +269,11 @@ mod tests {
         for i in 0..10u8 {
             q.push(Bytes::from(vec![i]), reg(100));
         }
-        let b = q.take(300);
+        let b = q.take(300, 300);
         assert_eq!(b.entries.len(), 2);
         assert_eq!(b.entries[0].0[0], 0);
         assert!(q.has_more());
-        let rest = q.take(1 << 20);
+        let rest = q.take(1 << 20, 1 << 20);
         assert_eq!(rest.entries.len(), 8);
         assert_eq!(rest.entries[0].0[0], 2);
         assert!(!q.has_more());
@@ -284,14 +295,14 @@ mod tests {
         q.push_message(msg("after4"));
         q.push(Bytes::from(vec![9]), reg(100));
         q.push_message(msg("after5"));
-        let b = q.take(300);
+        let b = q.take(300, 300);
         assert_eq!(b.entries.len(), 2);
         assert_eq!(b.messages, vec![msg("first")]);
-        let b = q.take(300);
+        let b = q.take(300, 300);
         assert_eq!(b.entries.len(), 2);
         assert_eq!(b.messages, vec![msg("after4")], "four writes out now");
         assert!(q.has_more());
-        let b = q.take(300);
+        let b = q.take(300, 300);
         assert_eq!((b.entries.len(), b.messages), (1, vec![msg("after5")]));
         assert!(!q.has_more());
         let s = q.state.lock();
@@ -305,7 +316,7 @@ mod tests {
         for _ in 0..4 {
             q.push_message(m.clone());
         }
-        let b = q.take(1 << 20);
+        let b = q.take(1 << 20, 1 << 20);
         assert!(b.overflowed && b.messages.is_empty());
     }
 }

@@ -50,6 +50,37 @@ pub(crate) struct Client {
     /// server's once per read: counting into shared counters on every
     /// command made pipelined commands measurably slower.
     pub(crate) tallies: Vec<Tally>,
+    /// Between MULTI and EXEC: the commands queued.
+    pub(crate) multi: Option<Multi>,
+    /// WATCHed keys, with what each held when watched.
+    pub(crate) watched: Vec<Watched>,
+}
+
+/// A transaction being queued (between MULTI and EXEC).
+#[derive(Debug, Default)]
+pub(crate) struct Multi {
+    pub(crate) queued: Vec<Queued>,
+    /// Bytes the queued commands hold (bounded: see `multi::queue`).
+    pub(crate) bytes: usize,
+    /// A command was refused while queuing: EXEC answers EXECABORT.
+    pub(crate) dirty: bool,
+}
+
+/// One queued command, its arguments copied out of the read buffer.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) spec: &'static super::cmd::Spec,
+    pub(crate) args: Vec<Bytes>,
+}
+
+/// A WATCHed key and its state when watched: the stamp of the register
+/// held (`None`: none), and whether a value was visible. EXEC aborts if
+/// either differs: any write here, local or from a peer, changes the
+/// stamp; an expiry or an eviction changes what is visible.
+#[derive(Debug)]
+pub(crate) struct Watched {
+    pub(crate) key: Bytes,
+    pub(crate) seen: Option<(crate::hlc::Stamp, bool)>,
 }
 
 /// One command's counts on one connection, for INFO commandstats.
@@ -103,6 +134,8 @@ impl Client {
             skip: false,
             errors: 0,
             tallies: Vec::new(),
+            multi: None,
+            watched: Vec::new(),
         }
     }
 

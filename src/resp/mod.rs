@@ -108,6 +108,7 @@
 
 mod client;
 mod cmd;
+mod db;
 mod info;
 mod notify;
 mod parse;

@@ -248,8 +248,9 @@ pub(crate) struct Hub {
     subs: Mutex<Subs>,
     /// Whether a pump runs (mirrors `Subs::pump`, readable without a lock).
     pumping: AtomicBool,
-    /// Better event names for local writes, by stamp (stamps are unique).
-    hints: Mutex<HashMap<Stamp, Hint>>,
+    /// Better event names for local writes, by stamp and key (a
+    /// transaction's writes share one stamp).
+    hints: Mutex<HashMap<(Stamp, Bytes), Hint>>,
     /// Messages delivered (for INFO).
     pub(crate) delivered: AtomicU64,
     /// Times the pump fell behind the mesh's change stream.
@@ -323,12 +324,12 @@ impl Hub {
 
     /// Records the events of a local write stamped `stamp`. Called from
     /// inside `Mesh::write_with`, before the change is published.
-    pub(crate) fn hint(&self, stamp: Stamp, hint: Hint) {
+    pub(crate) fn hint(&self, stamp: Stamp, key: &[u8], hint: Hint) {
         let mut h = self.hints.lock();
         if h.len() >= MAX_HINTS {
             h.clear();
         }
-        h.insert(stamp, hint);
+        h.insert((stamp, Bytes::copy_from_slice(key)), hint);
     }
 
     /// Numbers of channels and patterns with subscribers (INFO).
@@ -473,14 +474,14 @@ impl Hub {
     fn notify(&self, key: &[u8], kind: ChangeKind, stamp: Stamp, chan: &mut Vec<u8>) {
         let flags = self.flags();
         let events: &[(&str, u32)] = match kind {
-            ChangeKind::Put => match self.hints.lock().remove(&stamp) {
+            ChangeKind::Put => match self.hints.lock().remove(&(stamp, Bytes::copy_from_slice(key))) {
                 None => &[("set", STRING)],
                 Some(Hint::SetWithTtl) => &[("set", STRING), ("expire", GENERIC)],
                 Some(Hint::Expire) => &[("expire", GENERIC)],
                 Some(Hint::Persist) => &[("persist", GENERIC)],
             },
             ChangeKind::Delete => {
-                self.hints.lock().remove(&stamp);
+                self.hints.lock().remove(&(stamp, Bytes::copy_from_slice(key)));
                 &[("del", GENERIC)]
             }
             ChangeKind::Expire => &[("expired", EXPIRED)],

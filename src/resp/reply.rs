@@ -152,6 +152,15 @@ impl Out {
         }
     }
 
+    /// The null array (RESP2 `*-1`, RESP3 `_`): an aborted EXEC.
+    pub(crate) fn null_array(&mut self) {
+        if self.resp3 {
+            self.buf.extend_from_slice(b"_\r\n");
+        } else {
+            self.buf.extend_from_slice(b"*-1\r\n");
+        }
+    }
+
     /// The header of an array of `n` elements.
     pub(crate) fn array(&mut self, n: usize) {
         self.header(b'*', n as i64);

@@ -10,6 +10,7 @@
 use bytes::Bytes;
 
 use super::digest::{bucket_of, key_hash, BUCKETS};
+use super::shard::Shard;
 use super::Store;
 
 /// What OBJECT reports of one key.
@@ -30,13 +31,48 @@ impl Store {
     /// each shard's table at most sixteen times however small `count` is,
     /// and it passes over empty buckets without reading the table at all.
     pub fn scan(&self, cursor: u64, count: usize, now_ms: u64) -> (Vec<Bytes>, u64) {
-        let Ok(mut b) = usize::try_from(cursor) else { return (Vec::new(), 0) };
-        let per = 1usize << self.shard_shift;
-        let mut keys = Vec::new();
-        while b < BUCKETS && keys.len() < count {
-            let (s, lo) = (b >> self.shard_shift, b & (per - 1));
-            let g = self.shards[s].read();
-            let need = count - keys.len();
+        scan(self, self, cursor, count, now_ms)
+    }
+
+    /// Every key with a value visible at `now_ms` that `keep` accepts.
+    pub fn keys(&self, now_ms: u64, keep: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
+        keys(self, self, now_ms, keep)
+    }
+
+    /// A key with a visible value, chosen from a random bucket on (the keys
+    /// of the first step of a scan from there that finds any); `None` when
+    /// no value is visible. `pick(n)` chooses an index below `n`.
+    pub fn random_key(&self, now_ms: u64, pick: impl FnMut(usize) -> usize) -> Option<Bytes> {
+        random_key(self, self, now_ms, pick)
+    }
+
+    /// How recently and how often `key` was used, if it has a visible value.
+    pub fn access_of(&self, key: &[u8], now_ms: u64) -> Option<KeyAccess> {
+        access_of(self, self, key, now_ms)
+    }
+}
+
+/// Read access to a store's shards: each under its read lock in turn, or
+/// through the guards a transaction holds.
+pub(super) trait Shards {
+    fn read_shard<R>(&self, s: usize, f: impl FnOnce(&Shard) -> R) -> R;
+}
+
+impl Shards for Store {
+    fn read_shard<R>(&self, s: usize, f: impl FnOnce(&Shard) -> R) -> R {
+        f(&self.shards[s].read())
+    }
+}
+
+pub(super) fn scan(store: &Store, src: &impl Shards, cursor: u64, count: usize, now_ms: u64) -> (Vec<Bytes>, u64) {
+    let Ok(mut b) = usize::try_from(cursor) else { return (Vec::new(), 0) };
+    let shift = store.shard_shift;
+    let per = 1usize << shift;
+    let mut keys = Vec::new();
+    while b < BUCKETS && keys.len() < count {
+        let (s, lo) = (b >> shift, b & (per - 1));
+        let need = count - keys.len();
+        let hi = src.read_shard(s, |g| {
             let (mut hi, mut seen) = (lo, 0usize);
             while hi < per && (seen < need || hi - lo < (per / 16).max(1)) {
                 seen += g.bucket_counts[hi] as usize;
@@ -50,66 +86,69 @@ impl Store {
                     }
                 }
             }
-            b = (s << self.shard_shift) + hi;
-        }
-        (keys, if b >= BUCKETS { 0 } else { b as u64 })
+            hi
+        });
+        b = (s << shift) + hi;
     }
+    (keys, if b >= BUCKETS { 0 } else { b as u64 })
+}
 
-    /// Every key with a value visible at `now_ms` that `keep` accepts.
-    pub fn keys(&self, now_ms: u64, keep: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        for sh in self.shards.iter() {
-            let g = sh.read();
+pub(super) fn keys(store: &Store, src: &impl Shards, now_ms: u64, keep: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    for s in 0..store.shards.len() {
+        src.read_shard(s, |g| {
             for (_, r) in g.table.iter() {
                 if r.visible(now_ms).is_some() && keep(r.key()) {
                     out.push(Bytes::copy_from_slice(r.key()));
                 }
             }
-        }
-        out
+        });
     }
+    out
+}
 
-    /// A key with a visible value, chosen from a random bucket on (the keys
-    /// of the first step of a scan from there that finds any); `None` when
-    /// no value is visible. `pick(n)` chooses an index below `n`.
-    pub fn random_key(&self, now_ms: u64, mut pick: impl FnMut(usize) -> usize) -> Option<Bytes> {
-        let start = pick(BUCKETS) as u64;
-        let mut cursor = start;
-        let mut wrapped = false;
-        loop {
-            let (mut keys, next) = self.scan(cursor, 1, now_ms);
-            if !keys.is_empty() {
-                let i = pick(keys.len());
-                return Some(keys.swap_remove(i));
-            }
-            // Once round the ring of buckets, back to where it started.
-            if next == 0 {
-                if wrapped || start == 0 {
-                    return None;
-                }
-                wrapped = true;
-            }
-            if wrapped && next >= start {
+pub(super) fn random_key(
+    store: &Store,
+    src: &impl Shards,
+    now_ms: u64,
+    mut pick: impl FnMut(usize) -> usize,
+) -> Option<Bytes> {
+    let start = pick(BUCKETS) as u64;
+    let mut cursor = start;
+    let mut wrapped = false;
+    loop {
+        let (mut keys, next) = scan(store, src, cursor, 1, now_ms);
+        if !keys.is_empty() {
+            let i = pick(keys.len());
+            return Some(keys.swap_remove(i));
+        }
+        // Once round the ring of buckets, back to where it started.
+        if next == 0 {
+            if wrapped || start == 0 {
                 return None;
             }
-            cursor = next;
+            wrapped = true;
         }
+        if wrapped && next >= start {
+            return None;
+        }
+        cursor = next;
     }
+}
 
-    /// How recently and how often `key` was used, if it has a visible value.
-    pub fn access_of(&self, key: &[u8], now_ms: u64) -> Option<KeyAccess> {
-        let kh = key_hash(key);
-        let (s, _) = self.locate(kh);
-        let g = self.shards[s].read();
+pub(super) fn access_of(store: &Store, src: &impl Shards, key: &[u8], now_ms: u64) -> Option<KeyAccess> {
+    let kh = key_hash(key);
+    let (s, _) = store.locate(kh);
+    let lfu = store.policy().is_lfu();
+    src.read_shard(s, |g| {
         let (_, r) = g.find(kh, key)?;
         r.visible(now_ms)?;
         let a = r.access();
-        let lfu = self.policy().is_lfu();
         Some(KeyAccess {
             idle_ms: if lfu { 0 } else { a.idle(false, now_ms) },
             freq: if lfu { (255 - a.idle(true, now_ms)) as u8 } else { 0 },
         })
-    }
+    })
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod keys;
 mod shard;
 pub mod slot;
 mod table;
+mod txn;
 
 use std::num::NonZeroUsize;
 use std::ops::Bound;
@@ -42,6 +43,7 @@ use digest::{key_hash, BUCKETS, BUCKET_BITS};
 pub use evict::EvictionPolicy;
 use evict::POOL_SIZE;
 pub use keys::KeyAccess;
+pub use txn::{Locked, TxnError};
 use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 
@@ -388,6 +390,12 @@ impl Store {
         if self.enforce_bound(now_ms).0 > 0 {
             self.compact_if_needed(now_ms);
         }
+    }
+
+    /// Changes the bound without evicting now: for a caller holding a
+    /// transaction's locks, which evicts down to the bound as it ends.
+    pub fn set_max_bytes_later(&self, max: Option<NonZeroUsize>) {
+        self.max_bytes.store(max.map_or(0, |b| b.get()), Ordering::Relaxed);
     }
 
     /// Changes the eviction policy.
@@ -757,63 +765,56 @@ impl Store {
     /// Merges registers received from a peer (push or anti-entropy) at local
     /// time `now_ms`. Applies, in order: the future-stamp check, the HLC
     /// observation, `clear_below`, the `gc_floor` filter, then LWW.
+    ///
+    /// A run of registers with one stamp is one transaction's writes (see
+    /// `txn`): they are merged under all their shards' locks at once, so no
+    /// reader here sees part of them.
     pub fn merge(&self, regs: impl IntoIterator<Item = (Bytes, Register)>, now_ms: u64) -> MergeOutcome {
         self.saw_time(now_ms);
         let mut out = MergeOutcome::default();
         let mut added_tombstone = false;
-        for (key, reg) in regs {
-            if self.clock.observe(reg.marker.hlc, now_ms).is_err() {
-                out.future += 1;
-                self.counters.refused_future.fetch_add(1, Ordering::Relaxed);
+        let mut regs = regs.into_iter().peekable();
+        while let Some((key, reg)) = regs.next() {
+            let marker = reg.marker;
+            let mut run = Vec::new();
+            while let Some(next) = regs.next_if(|(_, r)| r.marker == marker) {
+                run.push(next);
+            }
+            if self.clock.observe(marker.hlc, now_ms).is_err() {
+                let n = 1 + run.len();
+                out.future += n;
+                self.counters.refused_future.fetch_add(n as u64, Ordering::Relaxed);
                 continue;
             }
-            let kh = key_hash(&key);
-            let (s, lb) = self.locate(kh);
-            let mut g = self.shards[s].write();
-            let floors = *self.floors.read();
-            if reg.marker < floors.clear_below {
-                out.below_clear += 1;
-                self.counters.below_clear.fetch_add(1, Ordering::Relaxed);
+            if run.is_empty() {
+                let kh = key_hash(&key);
+                let (s, lb) = self.locate(kh);
+                let mut g = self.shards[s].write();
+                let d = self.merge_into(&mut g, key, kh, lb, reg, now_ms, &mut out, &mut added_tombstone);
+                drop(g);
+                self.apply(d);
                 continue;
             }
-            match g.find(kh, &key).map(|(_, r)| r) {
-                None if reg.marker <= floors.gc_floor && !self.planted(Bug::NoFloorFilter) => {
-                    self.counters.refused_floor.fetch_add(1, Ordering::Relaxed);
-                    out.refused.push((key, reg.marker));
-                    continue;
-                }
-                // No reply: the sender's copy is not deleted, only older
-                // than what this replica chose not to hold.
-                None if reg.marker <= g.floor_of(lb) => {
-                    self.counters.refused_ghost.fetch_add(1, Ordering::Relaxed);
-                    out.refused_ghost += 1;
-                    continue;
-                }
-                // A value replaces the stub of its own write, but not on a
-                // bounded store: there the stub is its own eviction, or a
-                // value it would evict again.
-                Some(cur) if !self.remote_wins(cur.stamp(), reg.marker) && !self.refills(cur, &reg) => {
-                    debug_assert!(
-                        cur.stamp() != reg.marker || cur.slot().same_write(&reg.val),
-                        "two different writes share stamp {}",
-                        reg.marker
-                    );
-                    out.stale += 1;
-                    continue;
-                }
-                _ => {}
+            run.insert(0, (key, reg));
+            let mut want = vec![false; self.shards.len()];
+            let located: Vec<(u64, usize, usize)> = run
+                .iter()
+                .map(|(k, _)| {
+                    let kh = key_hash(k);
+                    let (s, lb) = self.locate(kh);
+                    want[s] = true;
+                    (kh, s, lb)
+                })
+                .collect();
+            // In increasing shard order, as transactions lock them.
+            let mut guards: Vec<_> = want.iter().enumerate().map(|(s, &w)| w.then(|| self.shards[s].write())).collect();
+            let mut d = shard::Delta::default();
+            for ((key, reg), (kh, s, lb)) in run.into_iter().zip(located) {
+                let g = guards[s].as_deref_mut().expect("locked above");
+                d.add(self.merge_into(g, key, kh, lb, reg, now_ms, &mut out, &mut added_tombstone));
             }
-            let kind = match &reg.val {
-                Slot::Tombstone => ChangeKind::Delete,
-                v if v.is_expired(now_ms) => ChangeKind::Expire,
-                _ => ChangeKind::Put,
-            };
-            added_tombstone |= !matches!(reg.val, Slot::Value { .. });
-            let stamp = reg.marker;
-            let d = self.store_in(&mut g, &key, kh, lb, &reg, now_ms);
-            drop(g);
+            drop(guards);
             self.apply(d);
-            out.changes.push(Change { key, kind, origin: Origin::Remote, stamp });
         }
         // A write from a peer is never refused for memory: refusing it would
         // leave this replica on the older value. The policy evicts instead
@@ -825,6 +826,64 @@ impl Store {
             self.compact_if_needed(now_ms);
         }
         out
+    }
+
+    /// Merges one remote register into its shard, held by the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn merge_into(
+        &self,
+        g: &mut Shard,
+        key: Bytes,
+        kh: u64,
+        lb: usize,
+        reg: Register,
+        now_ms: u64,
+        out: &mut MergeOutcome,
+        added_tombstone: &mut bool,
+    ) -> Delta {
+        let floors = *self.floors.read();
+        if reg.marker < floors.clear_below {
+            out.below_clear += 1;
+            self.counters.below_clear.fetch_add(1, Ordering::Relaxed);
+            return Delta::default();
+        }
+        match g.find(kh, &key).map(|(_, r)| r) {
+            None if reg.marker <= floors.gc_floor && !self.planted(Bug::NoFloorFilter) => {
+                self.counters.refused_floor.fetch_add(1, Ordering::Relaxed);
+                out.refused.push((key, reg.marker));
+                return Delta::default();
+            }
+            // No reply: the sender's copy is not deleted, only older
+            // than what this replica chose not to hold.
+            None if reg.marker <= g.floor_of(lb) => {
+                self.counters.refused_ghost.fetch_add(1, Ordering::Relaxed);
+                out.refused_ghost += 1;
+                return Delta::default();
+            }
+            // A value replaces the stub of its own write, but not on a
+            // bounded store: there the stub is its own eviction, or a
+            // value it would evict again.
+            Some(cur) if !self.remote_wins(cur.stamp(), reg.marker) && !self.refills(cur, &reg) => {
+                debug_assert!(
+                    cur.stamp() != reg.marker || cur.slot().same_write(&reg.val),
+                    "two different writes share stamp {}",
+                    reg.marker
+                );
+                out.stale += 1;
+                return Delta::default();
+            }
+            _ => {}
+        }
+        let kind = match &reg.val {
+            Slot::Tombstone => ChangeKind::Delete,
+            v if v.is_expired(now_ms) => ChangeKind::Expire,
+            _ => ChangeKind::Put,
+        };
+        *added_tombstone |= !matches!(reg.val, Slot::Value { .. });
+        let stamp = reg.marker;
+        let d = self.store_in(g, &key, kh, lb, &reg, now_ms);
+        out.changes.push(Change { key, kind, origin: Origin::Remote, stamp });
+        d
     }
 
     /// Whether `remote` is the value a held stub stood for (same stamp), on a

@@ -25,7 +25,7 @@ fn bit(v: &[u8], offset: u64) -> bool {
 
 /// SETBIT: sets or clears one bit, growing the value with zero bytes; the
 /// bit's previous value.
-pub(super) fn setbit(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn setbit(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let Some(offset) = bit_offset(out, &args[2]) else { return };
     let on = match &args[3][..] {
         b"1" => true,
@@ -34,7 +34,7 @@ pub(super) fn setbit(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     };
     let max = max_value(cx.sh, &args[1]);
     let mut was = false;
-    let ok = update(cx.sh, &args[1], out, |cur| {
+    let ok = update(cx, &args[1], out, |cur| {
         let cur = cur.map_or(&[][..], |v| &v[..]);
         was = bit(cur, offset);
         let byte = (offset >> 3) as usize;
@@ -61,14 +61,14 @@ pub(super) fn setbit(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn getbit(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn getbit(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let Some(offset) = bit_offset(out, &args[2]) else { return };
-    let on = cx.sh.mesh.get_with(&args[1], |v| bit(v, offset)).unwrap_or(false);
+    let on = cx.db.get_with(&args[1], |v| bit(v, offset)).unwrap_or(false);
     out.int(on as i64);
 }
 
 /// BITCOUNT key [start end [BYTE | BIT]].
-pub(super) fn bitcount(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn bitcount(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let mut bounds = None;
     match args.len() {
         2 => {}
@@ -85,7 +85,7 @@ pub(super) fn bitcount(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
         }
         _ => return out.error(SYNTAX),
     }
-    let n = cx.sh.mesh.get_with(&args[1], |v| count(v, bounds)).unwrap_or(0);
+    let n = cx.db.get_with(&args[1], |v| count(v, bounds)).unwrap_or(0);
     out.int(n as i64);
 }
 

@@ -10,7 +10,7 @@ use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
 use crate::resp::Shared;
 
-pub(super) fn ping(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn ping(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     if args.len() > 2 {
         return wrong_args(out, "ping");
     }
@@ -25,12 +25,12 @@ pub(super) fn ping(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn echo(_cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn echo(_cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     out.bulk_bytes(&args[1])
 }
 
 /// SELECT: there is one database, 0.
-pub(super) fn select(_cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn select(_cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let Some(db) = int_arg(out, &args[1]) else { return };
     if db == 0 {
         out.ok()
@@ -39,12 +39,12 @@ pub(super) fn select(_cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn quit(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
+pub(super) fn quit(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
     out.ok();
     cx.c.close = true;
 }
 
-pub(super) fn reset(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
+pub(super) fn reset(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
     let (sh, c) = (cx.sh, &mut *cx.c);
     unsubscribe_all(sh, c, out, None);
     out.resp3 = false;
@@ -55,10 +55,12 @@ pub(super) fn reset(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
     // drops RESET's own reply, as there).
     c.reply_off = false;
     c.authed = sh.config.requirepass.is_none();
+    c.multi = None;
+    c.watched.clear();
     out.simple("RESET");
 }
 
-pub(super) fn auth(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn auth(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let sh = cx.sh;
     if args.len() > 3 {
         return out.error(SYNTAX);
@@ -78,11 +80,11 @@ pub(super) fn auth(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn hello(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn hello(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     hello_command(cx.sh, cx.c, args, out)
 }
 
-pub(super) fn client(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn client(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     client_command(cx.sh, cx.c, args, out)
 }
 
@@ -91,7 +93,7 @@ pub(super) fn client(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 /// a push missed, so there is no count of acknowledgements to wait for and
 /// blocking would only delay the client. The arguments are still checked
 /// as Redis checks them.
-pub(super) fn wait(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn wait(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     if int_arg(out, &args[1]).is_none() {
         return;
     }

@@ -13,7 +13,7 @@ use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
 
 /// INCR, DECR, INCRBY and DECRBY.
-pub(super) fn incr(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn incr(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let by = match cx.spec.name {
         "incr" => 1,
         "decr" => -1,
@@ -29,7 +29,7 @@ pub(super) fn incr(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
         }
     };
     let mut result = 0;
-    let ok = update(cx.sh, &args[1], out, |cur| {
+    let ok = update(cx, &args[1], out, |cur| {
         let cur = match cur {
             None => 0,
             Some(v) => parse_i64(v).ok_or_else(|| NOT_INT.to_string())?,
@@ -44,11 +44,11 @@ pub(super) fn incr(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 
 /// INCRBYFLOAT: the new value as a bulk string, written as Redis writes it
 /// (no exponent, no trailing zeros).
-pub(super) fn incrbyfloat(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn incrbyfloat(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     const NOT_FLOAT: &str = "ERR value is not a valid float";
     let Some(by) = parse_f64(&args[2]) else { return out.error(NOT_FLOAT) };
     let mut result = String::new();
-    let ok = update(cx.sh, &args[1], out, |cur| {
+    let ok = update(cx, &args[1], out, |cur| {
         let cur = match cur {
             None => 0.0,
             Some(v) => parse_f64(v).ok_or_else(|| NOT_FLOAT.to_string())?,

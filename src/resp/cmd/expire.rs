@@ -8,7 +8,7 @@ use crate::resp::reply::Out;
 use crate::store::Slot;
 
 /// EXPIRE, PEXPIRE, EXPIREAT and PEXPIREAT, with NX, XX, GT and LT.
-pub(super) fn expire(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn expire(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let (sh, name) = (cx.sh, cx.spec.name);
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for a in &args[3..] {
@@ -35,12 +35,13 @@ pub(super) fn expire(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     let relative = matches!(name, "expire" | "pexpire");
     let bad = format!("ERR invalid expire time in '{name}' command");
     let Some(ms) = (if secs { n.checked_mul(1000) } else { Some(n) }) else { return out.error(&bad) };
-    if relative && (sh.mesh.now_ms() as i64).checked_add(ms).is_none() {
+    if relative && (cx.db.now_ms() as i64).checked_add(ms).is_none() {
         return out.error(&bad);
     }
     let mut done = false;
     let listening = sh.hub.listening();
-    let r = sh.mesh.write_with(copy(&args[1]), |cur, stamp| {
+    let key = &args[1];
+    let r = cx.db.write_with(copy(key), |cur, stamp| {
         let Some(Slot::Value { data, expires_at_ms }) = cur else { return None };
         let now = stamp.physical_ms() as i64;
         let when = if relative { now.saturating_add(ms) } else { ms };
@@ -57,7 +58,7 @@ pub(super) fn expire(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
             return Some(Slot::Tombstone);
         }
         if listening {
-            sh.hub.hint(stamp, Hint::Expire);
+            sh.hub.hint(stamp, key, Hint::Expire);
         }
         Some(Slot::Value { data: data.clone(), expires_at_ms: Some(when as u64) })
     });
@@ -69,11 +70,10 @@ pub(super) fn expire(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 
 /// TTL, PTTL, EXPIRETIME and PEXPIRETIME: -2 for a missing key, -1 for
 /// one without an expiry.
-pub(super) fn ttl(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    let mesh = &cx.sh.mesh;
+pub(super) fn ttl(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let name = cx.spec.name;
-    let now = mesh.now_ms();
-    let reg = mesh.replica().store().register(&args[1]);
+    let now = cx.db.now_ms();
+    let reg = cx.db.register(&args[1]);
     let Some(slot) = reg.as_ref().map(|r| &r.val).filter(|s| s.visible(now).is_some()) else {
         return out.int(-2);
     };
@@ -86,15 +86,16 @@ pub(super) fn ttl(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     out.int(if ms { v } else { (v + 500) / 1000 });
 }
 
-pub(super) fn persist(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn persist(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let sh = cx.sh;
     let mut done = false;
     let listening = sh.hub.listening();
-    let r = sh.mesh.write_with(copy(&args[1]), |cur, stamp| match cur {
+    let key = &args[1];
+    let r = cx.db.write_with(copy(key), |cur, stamp| match cur {
         Some(Slot::Value { data, expires_at_ms: Some(_) }) => {
             done = true;
             if listening {
-                sh.hub.hint(stamp, Hint::Persist);
+                sh.hub.hint(stamp, key, Hint::Persist);
             }
             Some(Slot::Value { data: data.clone(), expires_at_ms: None })
         }

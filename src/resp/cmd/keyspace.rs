@@ -3,17 +3,17 @@
 
 use bytes::Bytes;
 
-use super::{copy, eq, help, int_arg, unknown_subcommand, write_error, wrong_args, Cx, SYNTAX};
+use super::{copy, eq, help, Db, int_arg, unknown_subcommand, write_error, wrong_args, Cx, SYNTAX};
 use crate::resp::notify::glob_match;
 use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
 use crate::store::Slot;
 
 /// DEL and UNLINK (the same here: nothing is freed in the background).
-pub(super) fn del(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn del(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let mut n = 0;
     for k in &args[1..] {
-        match cx.sh.mesh.delete(copy(k)) {
+        match cx.db.delete(copy(k)) {
             Ok(existed) => n += existed as i64,
             Err(e) => return write_error(out, e),
         }
@@ -23,27 +23,25 @@ pub(super) fn del(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 
 /// EXISTS and TOUCH: how many of the keys are visible (a key named twice
 /// counts twice, as in Redis).
-pub(super) fn exists(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    let mesh = &cx.sh.mesh;
-    let n = args[1..].iter().filter(|k| mesh.get_with(k, |_| ()).is_some()).count();
+pub(super) fn exists(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    let n = args[1..].iter().filter(|k| cx.db.get_with(k, |_| ()).is_some()).count();
     out.int(n as i64);
 }
 
-pub(super) fn type_of(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    if cx.sh.mesh.get_with(&args[1], |_| ()).is_some() {
+pub(super) fn type_of(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    if cx.db.get_with(&args[1], |_| ()).is_some() {
         out.simple("string")
     } else {
         out.simple("none")
     }
 }
 
-pub(super) fn dbsize(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
-    let st = cx.sh.mesh.replica().store().stats();
-    out.int(st.entries.saturating_sub(st.tombstones + st.stubs) as i64);
+pub(super) fn dbsize(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
+    out.int(cx.db.dbsize() as i64);
 }
 
 /// FLUSHALL and FLUSHDB: mesh-wide.
-pub(super) fn flush(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn flush(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     if args.len() > 2 || (args.len() == 2 && !eq(&args[1], "async") && !eq(&args[1], "sync")) {
         return out.error(SYNTAX);
     }
@@ -54,10 +52,9 @@ pub(super) fn flush(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 }
 
 /// KEYS pattern: every visible key matching Redis's glob.
-pub(super) fn keys(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    let mesh = &cx.sh.mesh;
+pub(super) fn keys(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let all = args[1][..] == *b"*";
-    let keys = mesh.replica().store().keys(mesh.now_ms(), |k| all || glob_match(&args[1], k));
+    let keys = cx.db.keys(|k| all || glob_match(&args[1], k));
     out.array(keys.len());
     for k in &keys {
         out.bulk(k);
@@ -67,7 +64,7 @@ pub(super) fn keys(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]. The cursor is
 /// the next digest bucket to visit (`Store::scan`): a key present for the
 /// whole scan is returned, whatever is written or evicted meanwhile.
-pub(super) fn scan(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn scan(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|c| c.parse::<u64>().ok()) else {
         return out.error("ERR invalid cursor");
     };
@@ -91,13 +88,12 @@ pub(super) fn scan(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
         }
         j += 2;
     }
-    let mesh = &cx.sh.mesh;
     let (mut keys, next) = if strings {
-        mesh.replica().store().scan(cursor, count, mesh.now_ms())
+        cx.db.scan(cursor, count)
     } else {
         // No value of another type exists; the walk still advances, as
         // Redis's does when its filter drops every key of a step.
-        let (_, next) = mesh.replica().store().scan(cursor, count, mesh.now_ms());
+        let (_, next) = cx.db.scan(cursor, count);
         (Vec::new(), next)
     };
     if let Some(p) = pattern {
@@ -111,42 +107,40 @@ pub(super) fn scan(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn randomkey(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
-    let mesh = &cx.sh.mesh;
-    let env = mesh.env();
-    match mesh.replica().store().random_key(mesh.now_ms(), |n| env.random_index(n)) {
+pub(super) fn randomkey(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
+    let env = cx.sh.mesh.env();
+    match cx.db.random_key(|n| env.random_index(n)) {
         Some(k) => out.bulk(&k),
         None => out.null(),
     }
 }
 
-/// RENAME and RENAMENX. The new key is written before the old one is
-/// deleted, as two writes: a reader on this peer may see both for a
-/// moment, never neither, and the old key is deleted only if it still
-/// holds the value that was moved (a write to it meanwhile comes after the
-/// rename).
-pub(super) fn rename(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+/// RENAME and RENAMENX, as one transaction: no reader on this peer sees
+/// both keys or neither, and the two writes are replicated together.
+pub(super) fn rename(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let nx = cx.spec.name == "renamenx";
     let (src, dst) = (&args[1], &args[2]);
-    let Some(slot) = visible_slot(cx, src) else { return out.error("ERR no such key") };
-    if src == dst {
-        return if nx { out.int(0) } else { out.ok() };
-    }
-    match move_slot(cx, dst, slot.clone(), !nx) {
-        Ok(false) => return out.int(0),
-        Ok(true) => {}
-        Err(e) => return write_error(out, e),
-    }
-    let r = cx.sh.mesh.write_with(copy(src), |cur, _| (cur == Some(&slot)).then_some(Slot::Tombstone));
+    let r = cx.db.atomically([src, dst], |db| {
+        let Some(slot) = visible_slot(db, src) else { return Ok(None) };
+        if src == dst {
+            return Ok(Some(false));
+        }
+        if !move_slot(db, dst, slot, !nx)? {
+            return Ok(Some(false));
+        }
+        db.write_with(copy(src), |_, _| Some(Slot::Tombstone))?;
+        Ok(Some(true))
+    });
     match r {
-        Ok(_) if nx => out.int(1),
-        Ok(_) => out.ok(),
+        Ok(None) => out.error("ERR no such key"),
+        Ok(Some(moved)) if nx => out.int(moved as i64),
+        Ok(Some(_)) => out.ok(),
         Err(e) => write_error(out, e),
     }
 }
 
 /// COPY source destination [DB 0] [REPLACE]: the value and its TTL.
-pub(super) fn copy_key(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn copy_key(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let mut replace = false;
     let mut j = 3;
     while j < args.len() {
@@ -169,26 +163,28 @@ pub(super) fn copy_key(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     if args[1] == args[2] {
         return out.error("ERR source and destination objects are the same");
     }
-    let Some(slot) = visible_slot(cx, &args[1]) else { return out.int(0) };
-    match move_slot(cx, &args[2], slot, replace) {
+    let r = cx.db.atomically([&args[1], &args[2]], |db| {
+        let Some(slot) = visible_slot(db, &args[1]) else { return Ok(false) };
+        move_slot(db, &args[2], slot, replace)
+    });
+    match r {
         Ok(done) => out.int(done as i64),
         Err(e) => write_error(out, e),
     }
 }
 
 /// The value `key` holds here, with its TTL, if visible.
-fn visible_slot(cx: &Cx<'_>, key: &[u8]) -> Option<Slot> {
-    let mesh = &cx.sh.mesh;
-    let reg = mesh.replica().store().register(key)?;
-    reg.val.visible(mesh.now_ms())?;
+fn visible_slot(db: &Db<'_, '_>, key: &[u8]) -> Option<Slot> {
+    let reg = db.register(key)?;
+    reg.val.visible(db.now_ms())?;
     Some(reg.val)
 }
 
 /// Writes `slot` (a value and its absolute expiry) to `dst`, over what is
 /// there only if `replace`. Whether it wrote.
-fn move_slot(cx: &Cx<'_>, dst: &Bytes, slot: Slot, replace: bool) -> Result<bool, crate::MeshError> {
+fn move_slot(db: &mut Db<'_, '_>, dst: &Bytes, slot: Slot, replace: bool) -> Result<bool, crate::MeshError> {
     let mut wrote = false;
-    cx.sh.mesh.write_with(copy(dst), |cur, _| {
+    db.write_with(copy(dst), |cur, _| {
         if cur.is_some() && !replace {
             return None;
         }
@@ -200,9 +196,8 @@ fn move_slot(cx: &Cx<'_>, dst: &Bytes, slot: Slot, replace: bool) -> Result<bool
 
 /// OBJECT ENCODING | FREQ | IDLETIME | HELP. A read by OBJECT does not
 /// count as an access, as in Redis.
-pub(super) fn object(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn object(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let sub = &args[1];
-    let mesh = &cx.sh.mesh;
     let known = ["encoding", "freq", "idletime"].into_iter().find(|s| eq(sub, s));
     if eq(sub, "help") && args.len() == 2 {
         return help(
@@ -231,16 +226,14 @@ pub(super) fn object(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
         return wrong_args(out, &format!("object|{which}"));
     }
     let key = &args[2];
-    let now = mesh.now_ms();
-    let store = mesh.replica().store();
     match which {
-        "encoding" => match mesh.get_with(key, encoding) {
+        "encoding" => match cx.db.get_with(key, encoding) {
             Some(e) => out.bulk(e.as_bytes()),
             None => out.null(),
         },
         _ => {
-            let lfu = store.policy().is_lfu();
-            let Some(a) = store.access_of(key, now) else { return out.null() };
+            let lfu = cx.sh.mesh.replica().store().policy().is_lfu();
+            let Some(a) = cx.db.access_of(key) else { return out.null() };
             const SWITCH: &str = "Please note that when switching between policies at runtime LRU and LFU data \
                                   will take some time to adjust.";
             if which == "freq" {

@@ -9,7 +9,7 @@ use crate::resp::reply::Out;
 /// is an empty string. The table the answer is computed in is bounded by
 /// `proto-max-bulk-len`, as in Redis, so two large values cannot make the
 /// server allocate without limit.
-pub(super) fn lcs(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn lcs(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let (mut len_only, mut idx, mut with_len, mut min_len) = (false, false, false, 0i64);
     let mut j = 3;
     while j < args.len() {
@@ -32,9 +32,8 @@ pub(super) fn lcs(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     if idx && len_only {
         return out.error("ERR If you want both the length and indexes, please just use IDX.");
     }
-    let mesh = &cx.sh.mesh;
-    let a = mesh.get(&args[1]).unwrap_or_default();
-    let b = mesh.get(&args[2]).unwrap_or_default();
+    let a = cx.db.get(&args[1]).unwrap_or_default();
+    let b = cx.db.get(&args[2]).unwrap_or_default();
     let cells = (a.len() as u64 + 1).saturating_mul(b.len() as u64 + 1);
     if cells.saturating_mul(4) > cx.sh.config.max_request_bytes as u64 {
         return out.error("ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len");

@@ -1,9 +1,10 @@
 //! Command lookup and dispatch, and what the command families share.
 //!
 //! Each family lives in its own file (`strings`, `counters`, `bits`,
-//! `lcs`, `keyspace`, `expire`, `pubsub`, `connection`, `server`), one
-//! function per command that
-//! parses its arguments and applies them. The table below names every
+//! `lcs`, `keyspace`, `expire`, `pubsub`, `connection`, `server`,
+//! `multi`), one function per command that parses its arguments and
+//! applies them. Commands reach the keyspace through `cx.db` only (see
+//! `resp::db`): inside EXEC it is the transaction. The table below names every
 //! command with what `COMMAND` reports about it and the function that runs
 //! it; lookup is a hash of the lowercased name.
 
@@ -13,6 +14,7 @@ mod counters;
 mod expire;
 mod keyspace;
 mod lcs;
+mod multi;
 mod pubsub;
 mod server;
 mod strings;
@@ -23,6 +25,7 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 
 use super::client::Client;
+pub(crate) use super::db::Db;
 use super::parse::parse_i64;
 use super::reply::Out;
 use super::Shared;
@@ -30,17 +33,18 @@ use crate::replica::WriteError;
 use crate::store::Slot;
 use crate::MeshError;
 
-/// What a command runs with: the server, the connection, and its own
-/// table entry (commands that share a function tell themselves apart by
-/// it).
-pub(crate) struct Cx<'a> {
+/// What a command runs with: the server, the connection, its own table
+/// entry (commands that share a function tell themselves apart by it), and
+/// the keyspace (the mesh, or the transaction of an EXEC).
+pub(crate) struct Cx<'a, 't> {
     pub(crate) sh: &'a Shared,
     pub(crate) c: &'a mut Client,
     pub(crate) spec: &'static Spec,
+    pub(crate) db: Db<'a, 't>,
 }
 
 /// Runs one command whose name and arity were checked.
-type Run = fn(&mut Cx<'_>, &[Bytes], &mut Out);
+type Run = fn(&mut Cx<'_, '_>, &[Bytes], &mut Out);
 
 /// One command's table entry: what COMMAND reports, the arity check, and
 /// the function that runs it.
@@ -56,6 +60,34 @@ pub(crate) struct Spec {
     run: Run,
 }
 
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Spec {
+    /// The keys of `args` (this command, checked for arity), from the
+    /// table's key positions: what a transaction running it must lock.
+    pub(crate) fn keys<'b>(&self, args: &'b [Bytes]) -> impl Iterator<Item = &'b Bytes> {
+        let argc = args.len() as i64;
+        let first = self.first as i64;
+        let last = if self.last < 0 { argc + self.last as i64 } else { (self.last as i64).min(argc - 1) };
+        let range = if first == 0 || first > last { 1..1 } else { first as usize..last as usize + 1 };
+        args[range].iter().step_by(self.step.max(1) as usize)
+    }
+
+    /// Whether it walks the whole keyspace (a transaction running it locks
+    /// every shard).
+    pub(crate) fn walks_keyspace(&self) -> bool {
+        matches!(self.name, "keys" | "scan" | "randomkey")
+    }
+
+    fn is(&self, flag: &str) -> bool {
+        self.flags.contains(&flag)
+    }
+}
+
 const W: &[&str] = &["write", "denyoom"];
 const WF: &[&str] = &["write", "denyoom", "fast"];
 const WR: &[&str] = &["write", "fast"];
@@ -66,6 +98,7 @@ const NOAUTH: &[&str] = &["noscript", "loading", "stale", "fast", "no_auth", "al
 const PUBSUB: &[&str] = &["pubsub", "noscript", "loading", "stale"];
 const PUBFAST: &[&str] = &["pubsub", "loading", "stale", "fast"];
 const ADMIN: &[&str] = &["admin", "noscript", "loading", "stale"];
+const TXN: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 macro_rules! spec {
     ($name:literal, $arity:expr, $flags:expr, $first:expr, $last:expr, $step:expr, $acl:expr, $run:path) => {
@@ -117,6 +150,12 @@ static SPECS: &[Spec] = &[
     spec!("reset", 1, NOAUTH, 0, 0, 0, &["@fast", "@connection"], connection::reset),
     spec!("flushall", -1, &["write"], 0, 0, 0, &["@keyspace", "@write", "@slow", "@dangerous"], keyspace::flush),
     spec!("flushdb", -1, &["write"], 0, 0, 0, &["@keyspace", "@write", "@slow", "@dangerous"], keyspace::flush),
+    spec!("msetnx", -3, W, 1, -1, 2, &["@write", "@string", "@slow"], strings::mset),
+    spec!("multi", 1, TXN, 0, 0, 0, &["@fast", "@transaction"], multi::multi),
+    spec!("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], 0, 0, 0, &["@slow", "@transaction"], multi::exec),
+    spec!("discard", 1, TXN, 0, 0, 0, &["@fast", "@transaction"], multi::discard),
+    spec!("watch", -2, TXN, 1, -1, 1, &["@fast", "@transaction"], multi::watch),
+    spec!("unwatch", 1, TXN, 0, 0, 0, &["@fast", "@transaction"], multi::unwatch),
     spec!("auth", -2, NOAUTH, 0, 0, 0, &["@fast", "@connection"], connection::auth),
     spec!("hello", -1, NOAUTH, 0, 0, 0, &["@fast", "@connection"], connection::hello),
     spec!("config", -2, ADMIN, 0, 0, 0, &["@admin", "@slow", "@dangerous"], server::config),
@@ -223,7 +262,8 @@ fn allowed_subscribed(spec: &Spec) -> bool {
     )
 }
 
-/// Runs one command and appends its reply to `out`.
+/// Runs one command and appends its reply to `out`; between MULTI and
+/// EXEC, queues it instead.
 pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
     let Some(spec) = lookup(&args[0]) else {
         let mut tail = String::new();
@@ -237,33 +277,70 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
             tail.push_str("' ");
         }
         let name = &args[0][..args[0].len().min(128)];
-        out.error(&format!("ERR unknown command '{}', with args beginning with: {}", lossy(name), tail));
-        return;
+        return refuse(c, None, out, &format!("unknown command '{}', with args beginning with: {}", lossy(name), tail));
     };
     let i = index_of(spec);
     if !arity_ok(spec.arity, args.len()) {
-        c.tally(i).rejected += 1;
-        return wrong_args(out, spec.name);
+        return refuse(c, Some(spec), out, &format!("wrong number of arguments for '{}' command", spec.name));
     }
-    if !c.authed && !spec.flags.contains(&"no_auth") {
-        c.tally(i).rejected += 1;
-        return out.error("NOAUTH Authentication required.");
+    if !c.authed && !spec.is("no_auth") {
+        return refuse(c, Some(spec), out, "-NOAUTH Authentication required.");
     }
     if !out.resp3 && c.subscribed() && !allowed_subscribed(spec) {
-        c.tally(i).rejected += 1;
-        return out.error(&format!(
-            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
-            spec.name
-        ));
+        return refuse(
+            c,
+            Some(spec),
+            out,
+            &format!(
+                "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                spec.name
+            ),
+        );
     }
     c.handle.last.store(i, std::sync::atomic::Ordering::Relaxed);
+    if c.multi.is_some() && !multi::runs_at_once(spec) {
+        if let Some(why) = multi::refused_in_multi(spec) {
+            return refuse(c, Some(spec), out, why);
+        }
+        return multi::queue(sh, c, spec, args, out);
+    }
+    run(&mut Cx { sh, c, spec, db: Db::Mesh(&sh.mesh) }, args, out);
+}
+
+/// Refuses a command before it runs, as Redis's `rejectCommand` does: the
+/// error ends a transaction being queued in EXECABORT, and a refused EXEC
+/// discards it at once. `msg` is the text after `ERR ` (or a whole error
+/// after `-`).
+fn refuse(c: &mut Client, spec: Option<&'static Spec>, out: &mut Out, msg: &str) {
+    if let Some(spec) = spec {
+        c.tally(index_of(spec)).rejected += 1;
+    }
+    let bare = msg.strip_prefix('-').unwrap_or(msg);
+    if spec.is_some_and(|s| s.name == "exec") {
+        c.multi = None;
+        c.watched.clear();
+        return out.error(&format!("EXECABORT Transaction discarded because of: {bare}"));
+    }
+    if let Some(m) = &mut c.multi {
+        m.dirty = true;
+    }
+    if msg.starts_with('-') {
+        out.error(bare)
+    } else {
+        out.error(&format!("ERR {msg}"))
+    }
+}
+
+/// Runs one command (checked, and not queued), counting it.
+fn run(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    let i = index_of(cx.spec);
     // The output's error count tells whether this call failed; what it
     // held before is kept for the server's total.
-    c.errors += out.take_errors();
-    (spec.run)(&mut Cx { sh, c, spec }, args, out);
+    cx.c.errors += out.take_errors();
+    (cx.spec.run)(cx, args, out);
     let failed = out.take_errors();
-    c.errors += failed;
-    let t = c.tally(i);
+    cx.c.errors += failed;
+    let t = cx.c.tally(i);
     t.calls += 1;
     t.failed += (failed > 0) as u64;
 }

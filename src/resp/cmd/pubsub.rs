@@ -15,7 +15,7 @@ use crate::resp::reply::Out;
 use crate::resp::Shared;
 
 /// SUBSCRIBE and PSUBSCRIBE.
-pub(super) fn subscribe(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn subscribe(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let (sh, c) = (cx.sh, &mut *cx.c);
     let pattern = cx.spec.name == "psubscribe";
     c.outbox.set_resp3(out.resp3);
@@ -34,7 +34,7 @@ pub(super) fn subscribe(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 }
 
 /// PUBLISH and SPUBLISH.
-pub(super) fn publish(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn publish(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let sharded = cx.spec.name == "spublish";
     match cx.sh.mesh.publish(copy(&args[1]), copy(&args[2]), sharded) {
         Ok(n) => out.int(n as i64),
@@ -43,7 +43,7 @@ pub(super) fn publish(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 }
 
 /// SSUBSCRIBE.
-pub(super) fn ssubscribe(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn ssubscribe(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let (sh, c) = (cx.sh, &mut *cx.c);
     c.outbox.set_resp3(out.resp3);
     for ch in &args[1..] {
@@ -56,7 +56,7 @@ pub(super) fn ssubscribe(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 }
 
 /// SUNSUBSCRIBE; without arguments, from every shard channel.
-pub(super) fn sunsubscribe(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn sunsubscribe(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let (sh, c) = (cx.sh, &mut *cx.c);
     if args.len() == 1 {
         return sunsubscribe_all(sh, c, Some(out));
@@ -86,7 +86,7 @@ pub(super) fn sunsubscribe_all(sh: &Shared, c: &mut Client, out: Option<&mut Out
 
 /// PUBSUB CHANNELS | NUMSUB | NUMPAT | SHARDCHANNELS | SHARDNUMSUB | HELP,
 /// counted on this peer.
-pub(super) fn pubsub(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn pubsub(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let hub = &cx.sh.hub;
     let sub = &args[1];
     let n = args.len();
@@ -138,7 +138,7 @@ pub(super) fn pubsub(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 }
 
 /// UNSUBSCRIBE and PUNSUBSCRIBE; without arguments, from everything.
-pub(super) fn unsubscribe(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn unsubscribe(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let (sh, c) = (cx.sh, &mut *cx.c);
     let pattern = cx.spec.name == "punsubscribe";
     if args.len() == 1 {

@@ -13,12 +13,12 @@ use crate::resp::Shared;
 use crate::store::evict::MAX_SAMPLES;
 use crate::store::EvictionPolicy;
 
-pub(super) fn info(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn info(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let text = crate::resp::info::info(cx.sh, &args[1..]);
     out.verbatim(&text);
 }
 
-pub(super) fn time(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
+pub(super) fn time(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
     let d = Duration::from_millis(cx.sh.mesh.now_ms());
     out.array(2);
     out.bulk(d.as_secs().to_string().as_bytes());
@@ -26,13 +26,13 @@ pub(super) fn time(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
 }
 
 /// LASTSAVE: the server's start, as a Redis that never saved answers.
-pub(super) fn lastsave(cx: &mut Cx<'_>, _args: &[Bytes], out: &mut Out) {
+pub(super) fn lastsave(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
     out.int(cx.sh.started_unix as i64)
 }
 
 /// SAVE and BGSAVE: there is no dump to write. A peer's data is in its
 /// peers: one restarted empty is filled again by anti-entropy.
-pub(super) fn save(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn save(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     // BGSAVE [SCHEDULE], checked as Redis does before anything else.
     if cx.spec.name == "bgsave" && args.len() > 1 && !(args.len() == 2 && eq(&args[1], "schedule")) {
         return out.error(super::SYNTAX);
@@ -40,12 +40,12 @@ pub(super) fn save(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     out.error("ERR meshcache does not persist: its data lives in its peers")
 }
 
-pub(super) fn command(_cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn command(_cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     command_command(args, out)
 }
 
-pub(super) fn config(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    config_command(cx.sh, args, out)
+pub(super) fn config(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    config_command(cx.sh, cx.db.in_transaction(), args, out)
 }
 
 fn command_info(out: &mut Out, s: &Spec) {
@@ -216,7 +216,9 @@ fn config_params(sh: &Shared) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn config_command(sh: &Shared, args: &[Bytes], out: &mut Out) {
+/// `in_transaction`: run inside EXEC, whose transaction holds shard locks
+/// that an eviction would wait for: a new bound is enforced when it ends.
+fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut Out) {
     let sub = &args[1];
     if eq(sub, "get") {
         if args.len() < 3 {
@@ -295,7 +297,12 @@ fn config_command(sh: &Shared, args: &[Bytes], out: &mut Out) {
             store.set_samples(n).expect("checked above");
         }
         if let Some(b) = max_bytes {
-            store.set_max_bytes(std::num::NonZeroUsize::new(b), sh.mesh.now_ms());
+            let b = std::num::NonZeroUsize::new(b);
+            if in_transaction {
+                store.set_max_bytes_later(b);
+            } else {
+                store.set_max_bytes(b, sh.mesh.now_ms());
+            }
         }
         out.ok();
     } else if eq(sub, "resetstat") && args.len() == 2 {

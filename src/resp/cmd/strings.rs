@@ -9,8 +9,8 @@ use crate::resp::Shared;
 use crate::store::Slot;
 use crate::MeshError;
 
-pub(super) fn get(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    if cx.sh.mesh.get_with(&args[1], |v| out.bulk_lent(v)).is_some() {
+pub(super) fn get(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    if cx.db.get_with(&args[1], |v| out.bulk_lent(v)).is_some() {
         cx.c.hits += 1;
     } else {
         cx.c.misses += 1;
@@ -18,10 +18,10 @@ pub(super) fn get(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn mget(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn mget(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     out.array(args.len() - 1);
     for k in &args[1..] {
-        if cx.sh.mesh.get_with(k, |v| out.bulk_lent(v)).is_some() {
+        if cx.db.get_with(k, |v| out.bulk_lent(v)).is_some() {
             cx.c.hits += 1;
         } else {
             cx.c.misses += 1;
@@ -30,8 +30,7 @@ pub(super) fn mget(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn set(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    let sh = cx.sh;
+pub(super) fn set(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let (mut cond, mut ttl, mut get) = (Cond::Always, Ttl::None, false);
     let mut expire: Option<(&[u8], &Bytes)> = None;
     let mut j = 3;
@@ -65,12 +64,12 @@ pub(super) fn set(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
         let secs = eq(unit, "ex") || eq(unit, "exat");
         let Some(ms) = (if secs { n.checked_mul(1000) } else { Some(n) }) else { return out.error(bad()) };
         let relative = eq(unit, "ex") || eq(unit, "px");
-        if relative && (sh.mesh.now_ms() as i64).checked_add(ms).is_none() {
+        if relative && (cx.db.now_ms() as i64).checked_add(ms).is_none() {
             return out.error(bad());
         }
         ttl = if relative { Ttl::Rel(ms as u64) } else { Ttl::Abs(ms as u64) };
     }
-    match write(sh, &args[1], &args[2], cond, ttl) {
+    match write(cx, &args[1], &args[2], cond, ttl) {
         Ok((written, old)) => {
             if get {
                 out.opt_bulk(old.as_ref())
@@ -84,30 +83,30 @@ pub(super) fn set(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn setnx(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    match write(cx.sh, &args[1], &args[2], Cond::Nx, Ttl::None) {
+pub(super) fn setnx(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    match write(cx, &args[1], &args[2], Cond::Nx, Ttl::None) {
         Ok((written, _)) => out.int(written as i64),
         Err(e) => write_error(out, e),
     }
 }
 
 /// SETEX and PSETEX.
-pub(super) fn setex(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn setex(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let Some(t) = int_arg(out, &args[2]) else { return };
     let name = cx.spec.name;
     let ms = if name == "setex" { t.checked_mul(1000) } else { Some(t) };
-    let Some(ms) = ms.filter(|&m| m > 0 && (cx.sh.mesh.now_ms() as i64).checked_add(m).is_some()) else {
+    let Some(ms) = ms.filter(|&m| m > 0 && (cx.db.now_ms() as i64).checked_add(m).is_some()) else {
         return out.error(&format!("ERR invalid expire time in '{name}' command"));
     };
-    match write(cx.sh, &args[1], &args[3], Cond::Always, Ttl::Rel(ms as u64)) {
+    match write(cx, &args[1], &args[3], Cond::Always, Ttl::Rel(ms as u64)) {
         Ok(_) => out.ok(),
         Err(e) => write_error(out, e),
     }
 }
 
-pub(super) fn getdel(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn getdel(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let mut old = None;
-    let r = cx.sh.mesh.write_with(copy(&args[1]), |cur, _| {
+    let r = cx.db.write_with(copy(&args[1]), |cur, _| {
         old = value_of(cur);
         old.as_ref().map(|_| Slot::Tombstone)
     });
@@ -117,16 +116,28 @@ pub(super) fn getdel(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn mset(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+/// MSET, as one transaction: no reader on this peer sees some of the keys
+/// written and not the others, and the writes are replicated together.
+pub(super) fn mset(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     if args.len() % 2 == 0 {
-        return wrong_args(out, "mset");
+        return wrong_args(out, cx.spec.name);
     }
-    for kv in args[1..].chunks_exact(2) {
-        if let Err(e) = cx.sh.mesh.put(copy(&kv[0]), copy(&kv[1])) {
-            return write_error(out, e);
+    let nx = cx.spec.name == "msetnx";
+    let r = cx.db.atomically(args[1..].iter().step_by(2), |db| {
+        let pairs = args[1..].chunks_exact(2);
+        if nx && pairs.clone().any(|kv| db.get_with(&kv[0], |_| ()).is_some()) {
+            return Ok(false);
         }
+        for kv in pairs {
+            db.put(copy(&kv[0]), copy(&kv[1]))?;
+        }
+        Ok(true)
+    });
+    match r {
+        Ok(_) if !nx => out.ok(),
+        Ok(set) => out.int(set as i64),
+        Err(e) => write_error(out, e),
     }
-    out.ok();
 }
 
 /// A SET's condition.
@@ -150,11 +161,18 @@ enum Ttl {
 
 /// SET and its relatives as one atomic local read-modify-write. Returns
 /// whether it wrote, and the value that was visible before.
-fn write(sh: &Shared, key: &Bytes, value: &Bytes, cond: Cond, ttl: Ttl) -> Result<(bool, Option<Bytes>), MeshError> {
+fn write(
+    cx: &mut Cx<'_, '_>,
+    key: &Bytes,
+    value: &Bytes,
+    cond: Cond,
+    ttl: Ttl,
+) -> Result<(bool, Option<Bytes>), MeshError> {
+    let sh = cx.sh;
     let (mut written, mut old) = (false, None);
     let listening = sh.hub.listening();
     let value = copy(value);
-    sh.mesh.write_with(copy(key), |cur, stamp| {
+    cx.db.write_with(copy(key), |cur, stamp| {
         old = value_of(cur);
         match cond {
             Cond::Nx if cur.is_some() => return None,
@@ -171,7 +189,7 @@ fn write(sh: &Shared, key: &Bytes, value: &Bytes, cond: Cond, ttl: Ttl) -> Resul
             Ttl::Abs(at) => Some(at),
         };
         if listening && expires_at_ms.is_some() && ttl != Ttl::Keep {
-            sh.hub.hint(stamp, Hint::SetWithTtl);
+            sh.hub.hint(stamp, key, Hint::SetWithTtl);
         }
         Some(Slot::Value { data: value, expires_at_ms })
     })?;
@@ -179,8 +197,8 @@ fn write(sh: &Shared, key: &Bytes, value: &Bytes, cond: Cond, ttl: Ttl) -> Resul
 }
 
 /// GETSET: SET ... GET without the options; the TTL is dropped.
-pub(super) fn getset(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    match write(cx.sh, &args[1], &args[2], Cond::Always, Ttl::None) {
+pub(super) fn getset(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    match write(cx, &args[1], &args[2], Cond::Always, Ttl::None) {
         Ok((_, old)) => out.opt_bulk(old.as_ref()),
         Err(e) => write_error(out, e),
     }
@@ -188,7 +206,7 @@ pub(super) fn getset(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 
 /// GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]: the value, and
 /// its TTL changed if an option says so.
-pub(super) fn getex(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn getex(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let sh = cx.sh;
     let mut change: Option<Ttl> = None;
     let mut j = 2;
@@ -204,7 +222,7 @@ pub(super) fn getex(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
                     return out.error(bad);
                 };
                 let relative = unit == "ex" || unit == "px";
-                if relative && (sh.mesh.now_ms() as i64).checked_add(ms).is_none() {
+                if relative && (cx.db.now_ms() as i64).checked_add(ms).is_none() {
                     return out.error(bad);
                 }
                 change = Some(if relative { Ttl::Rel(ms as u64) } else { Ttl::Abs(ms as u64) });
@@ -222,7 +240,8 @@ pub(super) fn getex(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     };
     let listening = sh.hub.listening();
     let mut old = None;
-    let r = sh.mesh.write_with(copy(&args[1]), |cur, stamp| {
+    let key = &args[1];
+    let r = cx.db.write_with(copy(key), |cur, stamp| {
         let Some(Slot::Value { data, expires_at_ms }) = cur else { return None };
         old = Some(data.clone());
         let now = stamp.physical_ms();
@@ -235,7 +254,7 @@ pub(super) fn getex(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
             Ttl::Abs(at) => Some(at),
         };
         if listening {
-            sh.hub.hint(stamp, if at.is_some() { Hint::Expire } else { Hint::Persist });
+            sh.hub.hint(stamp, key, if at.is_some() { Hint::Expire } else { Hint::Persist });
         }
         Some(Slot::Value { data: data.clone(), expires_at_ms: at })
     });
@@ -252,17 +271,17 @@ pub(super) fn getex(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
-pub(super) fn strlen(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
-    let n = cx.sh.mesh.get_with(&args[1], |v| v.len()).unwrap_or(0);
+pub(super) fn strlen(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    let n = cx.db.get_with(&args[1], |v| v.len()).unwrap_or(0);
     out.int(n as i64);
 }
 
 /// GETRANGE and SUBSTR: the bytes from `start` to `end` inclusive, both
 /// counted from the end when negative, clamped to the value.
-pub(super) fn getrange(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn getrange(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let Some(start) = int_arg(out, &args[2]) else { return };
     let Some(end) = int_arg(out, &args[3]) else { return };
-    let lent = cx.sh.mesh.get_with(&args[1], |v| match range(start, end, v.len() as i64) {
+    let lent = cx.db.get_with(&args[1], |v| match range(start, end, v.len() as i64) {
         Some((s, e)) => out.bulk(&v[s as usize..=e as usize]),
         None => out.bulk(b""),
     });
@@ -295,13 +314,13 @@ pub(super) const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto
 /// returns the value to write, `None` to write nothing, or an error reply.
 /// Returns whether it went through (otherwise the error is in `out`).
 pub(super) fn update(
-    sh: &Shared,
+    cx: &mut Cx<'_, '_>,
     key: &Bytes,
     out: &mut Out,
     f: impl FnOnce(Option<&Bytes>) -> Result<Option<Bytes>, String>,
 ) -> bool {
     let mut refused = None;
-    let r = sh.mesh.write_with(copy(key), |cur, _| {
+    let r = cx.db.write_with(copy(key), |cur, _| {
         let (data, expires_at_ms) = match cur {
             Some(Slot::Value { data, expires_at_ms }) => (Some(data), *expires_at_ms),
             _ => (None, None),
@@ -326,10 +345,10 @@ pub(super) fn update(
 }
 
 /// APPEND: the new length; a missing key is created.
-pub(super) fn append(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn append(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let max = max_value(cx.sh, &args[1]);
     let mut len = 0;
-    let ok = update(cx.sh, &args[1], out, |cur| {
+    let ok = update(cx, &args[1], out, |cur| {
         let held = cur.is_some();
         let cur = cur.map_or(&[][..], |v| &v[..]);
         len = cur.len() + args[2].len();
@@ -352,7 +371,7 @@ pub(super) fn append(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
 
 /// SETRANGE: overwrites from `offset`, padding with zero bytes; the new
 /// length. An empty value writes nothing (and creates no key).
-pub(super) fn setrange(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
+pub(super) fn setrange(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let Some(offset) = int_arg(out, &args[2]) else { return };
     if offset < 0 {
         return out.error("ERR offset is out of range");
@@ -360,7 +379,7 @@ pub(super) fn setrange(cx: &mut Cx<'_>, args: &[Bytes], out: &mut Out) {
     let max = max_value(cx.sh, &args[1]);
     let value = &args[3];
     let mut len = 0;
-    let ok = update(cx.sh, &args[1], out, |cur| {
+    let ok = update(cx, &args[1], out, |cur| {
         let cur = cur.map_or(&[][..], |v| &v[..]);
         if value.is_empty() {
             len = cur.len();

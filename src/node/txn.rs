@@ -1,0 +1,176 @@
+//! Transactions on the embedded API: [`Mesh::transaction`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Mesh, MeshError};
+use crate::hlc::Stamp;
+use crate::store::{KeyAccess, Locked, Register, Slot, TxnError, Written};
+
+/// Reads and writes applied as one on this peer; see
+/// [`Mesh::transaction`].
+pub struct Transaction<'a> {
+    mesh: &'a Mesh,
+    locked: Locked<'a>,
+}
+
+impl From<TxnError> for MeshError {
+    fn from(e: TxnError) -> Self {
+        match e {
+            TxnError::NotLocked => MeshError::NotInTransaction,
+            TxnError::OutOfMemory => MeshError::Write(crate::replica::WriteError::OutOfMemory),
+        }
+    }
+}
+
+impl Mesh {
+    /// Runs `f` as one transaction over `keys`: every read and write `f`
+    /// makes through the [`Transaction`] is applied as one on this peer
+    /// (no reader here sees part of it), and the writes are pushed to the
+    /// peers together, where they are merged as one too (unless they do
+    /// not fit in one frame, or reach a peer by anti-entropy after a
+    /// partition: then key by key).
+    ///
+    /// The shards of `keys` stay locked while `f` runs, so `f` should be
+    /// short, and must not use this mesh except through the transaction.
+    /// Keys not named here are refused with
+    /// [`MeshError::NotInTransaction`]. Every write carries one stamp: a
+    /// key written twice keeps its last value.
+    pub fn transaction<K: AsRef<[u8]>, R>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        f: impl FnOnce(&mut Transaction<'_>) -> R,
+    ) -> R {
+        let locked = self.inner.replica.store().lock(keys, self.now_ms());
+        self.run_transaction(locked, f)
+    }
+
+    /// Runs `f` as one transaction over the whole keyspace, like
+    /// [`Mesh::transaction`]; it may also walk the keys. Every shard stays
+    /// locked while `f` runs: every other reader and writer here waits.
+    pub fn transaction_whole<R>(&self, f: impl FnOnce(&mut Transaction<'_>) -> R) -> R {
+        let locked = self.inner.replica.store().lock_all(self.now_ms());
+        self.run_transaction(locked, f)
+    }
+
+    fn run_transaction<'a, R>(&'a self, locked: Locked<'a>, f: impl FnOnce(&mut Transaction<'a>) -> R) -> R {
+        let mut t = Transaction { mesh: self, locked };
+        let r = f(&mut t);
+        let written = t.locked.finish();
+        self.inner.after_transaction(written);
+        r
+    }
+}
+
+impl Transaction<'_> {
+    /// The stamp every write of this transaction carries.
+    pub fn stamp(&self) -> Stamp {
+        self.locked.stamp()
+    }
+
+    /// The local time (Unix ms) the transaction runs at.
+    pub fn now_ms(&self) -> u64 {
+        self.locked.now_ms()
+    }
+
+    /// How many registers hold values (what DBSIZE counts), with this
+    /// transaction's writes.
+    pub fn values(&self) -> usize {
+        let st = self.mesh.replica().store().stats();
+        let held = st.entries.saturating_sub(st.tombstones + st.stubs) as isize;
+        (held + self.locked.values_added()).max(0) as usize
+    }
+
+    /// Reads `key` as [`Mesh::get`] does, including this transaction's own
+    /// writes.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, MeshError> {
+        self.get_with(key, Bytes::copy_from_slice)
+    }
+
+    /// Reads `key` as [`Mesh::get_with`] does.
+    pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, MeshError> {
+        Ok(self.locked.get_with(key, f)?)
+    }
+
+    /// The register held for `key`, whatever it holds (a value, a
+    /// tombstone, an expired value).
+    pub fn register(&self, key: &[u8]) -> Result<Option<Register>, MeshError> {
+        Ok(self.locked.register(key)?)
+    }
+
+    /// How recently and how often `key` was used.
+    pub fn access_of(&self, key: &[u8]) -> Result<Option<KeyAccess>, MeshError> {
+        Ok(self.locked.access_of(key)?)
+    }
+
+    /// Writes `key`.
+    pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), MeshError> {
+        let value = value.into();
+        self.write_with(key, |_, _| Some(Slot::Value { data: value, expires_at_ms: None })).map(drop)
+    }
+
+    /// Writes `key` with a time to live.
+    pub fn put_with_ttl(
+        &mut self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<(), MeshError> {
+        let ttl = ttl.as_millis().max(1) as u64;
+        let value = value.into();
+        self.write_with(key, |_, stamp| {
+            Some(Slot::Value { data: value, expires_at_ms: Some(stamp.physical_ms().saturating_add(ttl)) })
+        })
+        .map(drop)
+    }
+
+    /// Deletes `key`. Returns whether it was visible.
+    pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<bool, MeshError> {
+        let w = self.write_with(key, |_, _| Some(Slot::Tombstone))?;
+        Ok(w.is_some_and(|w| w.previous.is_some()))
+    }
+
+    /// Read-modify-write of `key`, as [`Mesh::write_with`] does.
+    pub fn write_with(
+        &mut self,
+        key: impl Into<Bytes>,
+        f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
+    ) -> Result<Option<Written>, MeshError> {
+        self.mesh.inner.replica.check_writable()?;
+        let key = key.into();
+        let max = self.mesh.max_write_bytes();
+        let mut too_large = None;
+        let w = self.locked.write_with(&key, |cur, stamp| {
+            let slot = f(cur, stamp)?;
+            let len = key.len() + slot.payload_len();
+            if len > max {
+                too_large = Some(len);
+                return None;
+            }
+            Some(slot)
+        })?;
+        if let Some(len) = too_large {
+            return Err(MeshError::TooLarge { len, max });
+        }
+        Ok(w)
+    }
+
+    /// One step of a scan (see [`crate::replica::Replica::store`]'s
+    /// `scan`); [`Mesh::transaction_whole`] only.
+    pub fn scan(&self, cursor: u64, count: usize) -> Result<(Vec<Bytes>, u64), MeshError> {
+        Ok(self.locked.scan(cursor, count)?)
+    }
+
+    /// The keys with a visible value that `keep` accepts;
+    /// [`Mesh::transaction_whole`] only.
+    pub fn keys(&self, keep: impl Fn(&[u8]) -> bool) -> Result<Vec<Bytes>, MeshError> {
+        Ok(self.locked.keys(keep)?)
+    }
+
+    /// A key with a visible value, `pick(n)` choosing an index below `n`;
+    /// [`Mesh::transaction_whole`] only.
+    pub fn random_key(&self, pick: impl FnMut(usize) -> usize) -> Result<Option<Bytes>, MeshError> {
+        Ok(self.locked.random_key(pick)?)
+    }
+}

@@ -1,0 +1,140 @@
+//! What commands read and write the keyspace through: the mesh itself, or
+//! the transaction an EXEC (or a multi-key command such as MSETNX) runs
+//! in. Inside a transaction its shards are locked, and the mesh's own
+//! reads and writes would wait for them forever: a command reaches the
+//! keyspace only through here.
+
+use bytes::Bytes;
+
+use crate::hlc::Stamp;
+use crate::store::{KeyAccess, Register, Slot, Written};
+use crate::{Mesh, MeshError, Transaction};
+
+pub(crate) enum Db<'a, 't> {
+    Mesh(&'a Mesh),
+    Txn(&'a mut Transaction<'t>),
+}
+
+/// A key a transaction did not lock reads as absent. Keys are taken from
+/// the command table's key positions, so this is a bug in the table.
+fn unlocked<T>(r: Result<Option<T>, MeshError>) -> Option<T> {
+    debug_assert!(r.is_ok(), "a transaction read a key it did not lock");
+    r.ok().flatten()
+}
+
+impl Db<'_, '_> {
+    pub(crate) fn in_transaction(&self) -> bool {
+        matches!(self, Db::Txn(_))
+    }
+
+    /// The time commands run at: a transaction's commands all run at its
+    /// start.
+    pub(crate) fn now_ms(&self) -> u64 {
+        match self {
+            Db::Mesh(m) => m.now_ms(),
+            Db::Txn(t) => t.now_ms(),
+        }
+    }
+
+    pub(crate) fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        match self {
+            Db::Mesh(m) => m.get_with(key, f),
+            Db::Txn(t) => unlocked(t.get_with(key, f)),
+        }
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.get_with(key, Bytes::copy_from_slice)
+    }
+
+    /// The register held for `key`, whatever it holds.
+    pub(crate) fn register(&self, key: &[u8]) -> Option<Register> {
+        match self {
+            Db::Mesh(m) => m.replica().store().register(key),
+            Db::Txn(t) => unlocked(t.register(key)),
+        }
+    }
+
+    pub(crate) fn access_of(&self, key: &[u8]) -> Option<KeyAccess> {
+        match self {
+            Db::Mesh(m) => m.replica().store().access_of(key, m.now_ms()),
+            Db::Txn(t) => unlocked(t.access_of(key)),
+        }
+    }
+
+    pub(crate) fn write_with(
+        &mut self,
+        key: Bytes,
+        f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
+    ) -> Result<Option<Written>, MeshError> {
+        match self {
+            Db::Mesh(m) => m.write_with(key, f),
+            Db::Txn(t) => t.write_with(key, f),
+        }
+    }
+
+    pub(crate) fn put(&mut self, key: Bytes, value: Bytes) -> Result<(), MeshError> {
+        match self {
+            Db::Mesh(m) => m.put(key, value),
+            Db::Txn(t) => t.put(key, value),
+        }
+    }
+
+    /// Deletes `key`; whether it was visible.
+    pub(crate) fn delete(&mut self, key: Bytes) -> Result<bool, MeshError> {
+        match self {
+            Db::Mesh(m) => m.delete(key),
+            Db::Txn(t) => t.delete(key),
+        }
+    }
+
+    /// Registers holding values (DBSIZE).
+    pub(crate) fn dbsize(&self) -> usize {
+        match self {
+            Db::Mesh(m) => {
+                let st = m.replica().store().stats();
+                st.entries.saturating_sub(st.tombstones + st.stubs)
+            }
+            Db::Txn(t) => t.values(),
+        }
+    }
+
+    pub(crate) fn scan(&self, cursor: u64, count: usize) -> (Vec<Bytes>, u64) {
+        match self {
+            Db::Mesh(m) => m.replica().store().scan(cursor, count, m.now_ms()),
+            Db::Txn(t) => t.scan(cursor, count).unwrap_or_else(|_| {
+                debug_assert!(false, "a transaction scanned without locking the keyspace");
+                (Vec::new(), 0)
+            }),
+        }
+    }
+
+    pub(crate) fn keys(&self, keep: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
+        match self {
+            Db::Mesh(m) => m.replica().store().keys(m.now_ms(), keep),
+            Db::Txn(t) => t.keys(keep).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn random_key(&self, pick: impl FnMut(usize) -> usize) -> Option<Bytes> {
+        match self {
+            Db::Mesh(m) => m.replica().store().random_key(m.now_ms(), pick),
+            Db::Txn(t) => unlocked(t.random_key(pick)),
+        }
+    }
+
+    /// Runs `f` on the keys named as one transaction: in the transaction
+    /// this already is, or in a new one over `keys` (MSET, MSETNX,
+    /// RENAME, COPY: no reader here sees half of them, and they are
+    /// replicated together).
+    pub(crate) fn atomically<'k, R>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k Bytes>,
+        f: impl FnOnce(&mut Db<'_, '_>) -> R,
+    ) -> R {
+        match self {
+            Db::Mesh(m) => m.transaction(keys, |t| f(&mut Db::Txn(t))),
+            Db::Txn(_) => f(self),
+        }
+    }
+}
