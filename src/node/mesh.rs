@@ -208,6 +208,14 @@ impl Mesh {
         self.inner.replica.get_with_clock(key, || self.now_ms(), f)
     }
 
+    /// Reads several keys as one, lending each value (`None`: absent) to
+    /// `f` in order: a [`Mesh::transaction`]'s writes, local or from a
+    /// peer, are seen all or none. `f` runs under the keys' shard read
+    /// locks, so it should be short, and must not use this mesh.
+    pub fn get_many_with<K: AsRef<[u8]>>(&self, keys: &[K], f: impl FnMut(Option<&[u8]>)) {
+        self.inner.replica.store().get_many_with(keys, self.now_ms(), f)
+    }
+
     /// The peer's clock (Unix ms): what its stamps, TTLs and expiry use.
     pub fn now_ms(&self) -> u64 {
         self.inner.env.now_ms()

@@ -43,6 +43,20 @@ impl Db<'_, '_> {
         }
     }
 
+    /// Reads several keys as one (MGET): see [`Mesh::get_many_with`].
+    pub(crate) fn get_many_with(&self, keys: &[Bytes], mut f: impl FnMut(Option<&[u8]>)) {
+        match self {
+            Db::Mesh(m) => m.get_many_with(keys, f),
+            Db::Txn(t) => {
+                for k in keys {
+                    if unlocked(t.get_with(k, |v| f(Some(v)))).is_none() {
+                        f(None);
+                    }
+                }
+            }
+        }
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Option<Bytes> {
         self.get_with(key, Bytes::copy_from_slice)
     }

@@ -28,6 +28,9 @@ pub enum Bug {
     /// A session adopts the peer's digest for a bucket held in part without
     /// checking that the ghost hides nothing newer held here.
     AdoptBlind,
+    /// Merge applies a transaction's registers (a run with one stamp) one
+    /// key at a time: a reader here can see part of the transaction.
+    MergesRunsApart,
 }
 
 #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
@@ -40,6 +43,7 @@ impl Bug {
             Bug::ReversedTieBreak => 8,
             Bug::GhostUnstable => 16,
             Bug::AdoptBlind => 32,
+            Bug::MergesRunsApart => 64,
         }
     }
 }

@@ -43,9 +43,9 @@ use digest::{key_hash, BUCKETS, BUCKET_BITS};
 pub use evict::EvictionPolicy;
 use evict::POOL_SIZE;
 pub use keys::KeyAccess;
-pub use txn::{Locked, TxnError};
 use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Origin, Register, Slot};
+pub use txn::{Locked, TxnError};
 
 /// One register of a bucket summary: key, stamp, and whether it is a stub.
 pub type SummaryItem = (Bytes, Stamp, bool);
@@ -595,6 +595,30 @@ impl Store {
         Some(f(v))
     }
 
+    /// Reads several keys as one, at `now_ms`: their shards' read locks are
+    /// held together (taken in increasing order, as transactions take
+    /// theirs), so a transaction's writes are seen all or none. `f` gets
+    /// each key's value (`None`: absent), in order.
+    pub fn get_many_with<K: AsRef<[u8]>>(&self, keys: &[K], now_ms: u64, mut f: impl FnMut(Option<&[u8]>)) {
+        self.saw_time(now_ms);
+        let mut want = vec![false; self.shards.len()];
+        for k in keys {
+            want[self.locate(key_hash(k.as_ref())).0] = true;
+        }
+        let guards: Vec<_> = want.iter().enumerate().map(|(s, &w)| w.then(|| self.shards[s].read())).collect();
+        let lfu = self.policy().is_lfu();
+        for k in keys {
+            let (key, kh) = (k.as_ref(), key_hash(k.as_ref()));
+            let g = guards[self.locate(kh).0].as_ref().expect("locked above");
+            let v = g.find(kh, key).and_then(|(_, r)| {
+                let v = r.visible(now_ms)?;
+                r.access().touch(lfu, now_ms);
+                Some(v)
+            });
+            f(v);
+        }
+    }
+
     /// Notes local time `now_ms` (see `recent_ms`). A store only when it
     /// moved, so that readers on several threads share the line.
     #[inline]
@@ -776,26 +800,26 @@ impl Store {
         let mut regs = regs.into_iter().peekable();
         while let Some((key, reg)) = regs.next() {
             let marker = reg.marker;
-            let mut run = Vec::new();
+            let in_run = regs.peek().is_some_and(|(_, r)| r.marker == marker);
+            if !in_run {
+                if self.observe(marker, 1, now_ms, &mut out) {
+                    self.merge_alone(key, reg, now_ms, &mut out, &mut added_tombstone);
+                }
+                continue;
+            }
+            let mut run = vec![(key, reg)];
             while let Some(next) = regs.next_if(|(_, r)| r.marker == marker) {
                 run.push(next);
             }
-            if self.clock.observe(marker.hlc, now_ms).is_err() {
-                let n = 1 + run.len();
-                out.future += n;
-                self.counters.refused_future.fetch_add(n as u64, Ordering::Relaxed);
+            if !self.observe(marker, run.len(), now_ms, &mut out) {
                 continue;
             }
-            if run.is_empty() {
-                let kh = key_hash(&key);
-                let (s, lb) = self.locate(kh);
-                let mut g = self.shards[s].write();
-                let d = self.merge_into(&mut g, key, kh, lb, reg, now_ms, &mut out, &mut added_tombstone);
-                drop(g);
-                self.apply(d);
+            if self.planted(Bug::MergesRunsApart) {
+                for (key, reg) in run {
+                    self.merge_alone(key, reg, now_ms, &mut out, &mut added_tombstone);
+                }
                 continue;
             }
-            run.insert(0, (key, reg));
             let mut want = vec![false; self.shards.len()];
             let located: Vec<(u64, usize, usize)> = run
                 .iter()
@@ -826,6 +850,27 @@ impl Store {
             self.compact_if_needed(now_ms);
         }
         out
+    }
+
+    /// The HLC observation of `n` remote registers stamped `marker`:
+    /// whether they may be merged (not stamped too far ahead).
+    fn observe(&self, marker: Stamp, n: usize, now_ms: u64, out: &mut MergeOutcome) -> bool {
+        if self.clock.observe(marker.hlc, now_ms).is_ok() {
+            return true;
+        }
+        out.future += n;
+        self.counters.refused_future.fetch_add(n as u64, Ordering::Relaxed);
+        false
+    }
+
+    /// Merges one remote register under its own shard's lock.
+    fn merge_alone(&self, key: Bytes, reg: Register, now_ms: u64, out: &mut MergeOutcome, added_tombstone: &mut bool) {
+        let kh = key_hash(&key);
+        let (s, lb) = self.locate(kh);
+        let mut g = self.shards[s].write();
+        let d = self.merge_into(&mut g, key, kh, lb, reg, now_ms, out, added_tombstone);
+        drop(g);
+        self.apply(d);
     }
 
     /// Merges one remote register into its shard, held by the caller.
@@ -1345,3 +1390,5 @@ mod evict_tests;
 mod ghost_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{copy, eq, help, Db, int_arg, unknown_subcommand, write_error, wrong_args, Cx, SYNTAX};
+use super::{copy, eq, help, int_arg, unknown_subcommand, write_error, wrong_args, Cx, Db, SYNTAX};
 use crate::resp::notify::glob_match;
 use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;

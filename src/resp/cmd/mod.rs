@@ -152,7 +152,16 @@ static SPECS: &[Spec] = &[
     spec!("flushdb", -1, &["write"], 0, 0, 0, &["@keyspace", "@write", "@slow", "@dangerous"], keyspace::flush),
     spec!("msetnx", -3, W, 1, -1, 2, &["@write", "@string", "@slow"], strings::mset),
     spec!("multi", 1, TXN, 0, 0, 0, &["@fast", "@transaction"], multi::multi),
-    spec!("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], 0, 0, 0, &["@slow", "@transaction"], multi::exec),
+    spec!(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        0,
+        0,
+        0,
+        &["@slow", "@transaction"],
+        multi::exec
+    ),
     spec!("discard", 1, TXN, 0, 0, 0, &["@fast", "@transaction"], multi::discard),
     spec!("watch", -2, TXN, 1, -1, 1, &["@fast", "@transaction"], multi::watch),
     spec!("unwatch", 1, TXN, 0, 0, 0, &["@fast", "@transaction"], multi::unwatch),

@@ -18,16 +18,24 @@ pub(super) fn get(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     }
 }
 
+/// MGET: the keys are read as one (a transaction is seen whole or not at
+/// all).
 pub(super) fn mget(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
-    out.array(args.len() - 1);
-    for k in &args[1..] {
-        if cx.db.get_with(k, |v| out.bulk_lent(v)).is_some() {
-            cx.c.hits += 1;
-        } else {
-            cx.c.misses += 1;
+    let keys = &args[1..];
+    out.array(keys.len());
+    let (mut hits, mut misses) = (0, 0);
+    cx.db.get_many_with(keys, |v| match v {
+        Some(v) => {
+            hits += 1;
+            out.bulk_lent(v);
+        }
+        None => {
+            misses += 1;
             out.null();
         }
-    }
+    });
+    cx.c.hits += hits;
+    cx.c.misses += misses;
 }
 
 pub(super) fn set(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
