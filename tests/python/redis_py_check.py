@@ -2,9 +2,9 @@
 
 Usage: redis_py_check.py PORT_A PORT_B PORT_C
 
-Exercises what applications built on redis-py send: pipelines, counters,
-SCAN iteration, pub/sub (ordinary and sharded) from one peer to
-subscribers on the others. Exits non-zero on the first failed check.
+Exercises what applications built on redis-py send: pipelines with and
+without a transaction, WATCH, counters, SCAN iteration, pub/sub (ordinary
+and sharded) from one peer to subscribers on the others. Exits non-zero on the first failed check.
 """
 
 import sys
@@ -51,6 +51,39 @@ def main():
     p = a.pipeline(transaction=False)
     p.set("x", 1).incr("x").append("log", "a").append("log", "b").get("x").getrange("log", 0, -1)
     assert p.execute() == [True, 2, 1, 2, "2", "ab"]
+
+    # redis-py's default pipeline is a transaction (MULTI/EXEC): applied as
+    # one on A, and its writes reach B together.
+    p = a.pipeline()
+    p.set("tx:a", 1).set("tx:b", 1).incr("tx:a").mget("tx:a", "tx:b")
+    assert p.execute() == [True, True, 2, ["2", "1"]]
+    eventually("the transaction reaches B", lambda: b.mget("tx:a", "tx:b") == ["2", "1"])
+
+    # WATCH, redis-py's optimistic locking: a write from another peer
+    # between WATCH and EXEC aborts the transaction (WatchError), and the
+    # retry, run by redis-py's transaction helper, succeeds.
+    with a.pipeline() as p:
+        p.watch("tx:a")
+        assert p.get("tx:a") == "2"
+        before = a.get("tx:a")
+        b.set("tx:a", 10)
+        eventually("B's write reaches A", lambda: a.get("tx:a") != before)
+        p.multi()
+        p.set("tx:a", 3)
+        try:
+            p.execute()
+            raise AssertionError("EXEC should have been aborted by B's write")
+        except redis.WatchError:
+            pass
+    assert a.get("tx:a") == "10"
+
+    def double(pipe):
+        v = int(pipe.get("tx:a"))
+        pipe.multi()
+        pipe.set("tx:a", v * 2)
+
+    assert a.transaction(double, "tx:a") == [True]
+    assert a.get("tx:a") == "20"
 
     # SCAN iteration on another peer finds every key written on A.
     a.mset({f"user:{i}": i for i in range(500)})
