@@ -14,7 +14,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 
 use common::mesh::start;
-use common::redis_ref::Server;
+use common::redis_ref::{Raw, Server};
 use common::wait::{eventually, eventually_async, DEADLINE};
 
 const KEYS: [&str; 3] = ["tx:x", "tx:y", "tx:z"];
@@ -159,4 +159,34 @@ async fn a_write_from_another_peer_aborts_an_exec_that_watched_its_key() {
     for m in meshes {
         m.shutdown().await;
     }
+}
+
+/// What other clients see of a transaction being queued, and the bound on
+/// what one may queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_transaction_is_listed_and_bounded() {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start(&ca, "solo", &[]).await;
+    let config = RespConfig { max_command_bytes: 4096, ..RespConfig::default() };
+    let server = Server::start(&mesh, config).await;
+    let mut t = Raw::connect(server.port).await;
+    let mut other = Raw::connect(server.port).await;
+    assert_eq!(t.cmd(&["WATCH", "k1", "k2"]).await, "+OK\r\n");
+    assert_eq!(t.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(t.cmd(&["SET", "k1", "v"]).await, "+QUEUED\r\n");
+    assert_eq!(t.cmd(&["SET", "k2", "v"]).await, "+QUEUED\r\n");
+    let list = other.cmd(&["CLIENT", "LIST"]).await;
+    let line = list.lines().find(|l| l.contains(" flags=x ")).unwrap_or_else(|| panic!("no client in MULTI: {list}"));
+    assert!(line.contains(" multi=2 ") && line.contains(" watch=2 "), "{line}");
+    // 3 KiB queued, then 2 KiB more: past the 4 KiB bound.
+    let big = "x".repeat(3000);
+    assert_eq!(t.cmd(&["SET", "k1", &big]).await, "+QUEUED\r\n");
+    let past = t.cmd(&["SET", "k2", &big[..2000]]).await;
+    assert!(past.starts_with("-ERR the transaction is too large"), "{past}");
+    assert_eq!(t.cmd(&["EXEC"]).await, "-EXECABORT Transaction discarded because of previous errors.\r\n");
+    assert_eq!(t.cmd(&["EXISTS", "k1", "k2"]).await, ":0\r\n");
+    let list = other.cmd(&["CLIENT", "LIST"]).await;
+    assert!(!list.contains(" flags=x "), "{list}");
+    server.stop().await;
+    mesh.shutdown().await;
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -107,6 +107,8 @@ impl Client {
             channels: AtomicUsize::new(0),
             patterns: AtomicUsize::new(0),
             shard_channels: AtomicUsize::new(0),
+            multi: AtomicI64::new(-1),
+            watch: AtomicUsize::new(0),
             resp3: AtomicBool::new(false),
             last: AtomicUsize::new(usize::MAX),
             killed: AtomicBool::new(false),
@@ -178,6 +180,8 @@ impl Client {
         h.channels.store(self.channels.len(), Ordering::Relaxed);
         h.patterns.store(self.patterns.len(), Ordering::Relaxed);
         h.shard_channels.store(self.shard_channels.len(), Ordering::Relaxed);
+        h.multi.store(self.multi_len(), Ordering::Relaxed);
+        h.watch.store(self.watched.len(), Ordering::Relaxed);
         h.resp3.store(resp3, Ordering::Relaxed);
     }
 
@@ -199,8 +203,16 @@ impl Client {
             channels: self.channels.len(),
             patterns: self.patterns.len(),
             shard_channels: self.shard_channels.len(),
+            multi: self.multi_len(),
+            watch: self.watched.len(),
             resp3,
         }
+    }
+
+    /// Commands queued since MULTI, or -1 outside one (CLIENT LIST's
+    /// `multi`).
+    fn multi_len(&self) -> i64 {
+        self.multi.as_ref().map_or(-1, |m| m.queued.len() as i64)
     }
 
     /// Whether the client has any subscription.
@@ -238,6 +250,8 @@ pub(crate) struct Handle {
     channels: AtomicUsize,
     patterns: AtomicUsize,
     shard_channels: AtomicUsize,
+    multi: AtomicI64,
+    watch: AtomicUsize,
     resp3: AtomicBool,
     /// The last command run, by its place in the command table
     /// (`usize::MAX` before the first).
@@ -274,6 +288,8 @@ impl Handle {
             channels: self.channels.load(Ordering::Relaxed),
             patterns: self.patterns.load(Ordering::Relaxed),
             shard_channels: self.shard_channels.load(Ordering::Relaxed),
+            multi: self.multi.load(Ordering::Relaxed),
+            watch: self.watch.load(Ordering::Relaxed),
             resp3: self.resp3.load(Ordering::Relaxed),
         }
     }
@@ -291,6 +307,10 @@ pub(crate) struct View {
     pub(crate) channels: usize,
     pub(crate) patterns: usize,
     pub(crate) shard_channels: usize,
+    /// Commands queued since MULTI, or -1.
+    pub(crate) multi: i64,
+    /// Keys watched.
+    pub(crate) watch: usize,
     pub(crate) resp3: bool,
 }
 

@@ -306,21 +306,34 @@ fn client_command(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
 fn client_line(v: &View, cmd: &str) -> String {
     let s = |b: &Option<Bytes>| b.as_ref().map(|b| lossy(b).into_owned()).unwrap_or_default();
     format!(
-        "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db=0 sub={} psub={} ssub={} multi=-1 \
-         watch=0 cmd={cmd} user=default lib-name={} lib-ver={} resp={}\n",
+        "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db=0 sub={} psub={} ssub={} multi={} \
+         watch={} cmd={cmd} user=default lib-name={} lib-ver={} resp={}\n",
         v.id,
         v.addr,
         v.laddr,
         s(&v.names.name),
         v.age,
-        if v.channels + v.patterns + v.shard_channels > 0 { "P" } else { "N" },
+        flags(v),
         v.channels,
         v.patterns,
         v.shard_channels,
+        v.multi,
+        v.watch,
         s(&v.names.lib_name),
         s(&v.names.lib_ver),
         if v.resp3 { 3 } else { 2 },
     )
+}
+
+/// CLIENT LIST's flags, in Redis's order: `P` subscribed, `x` in MULTI,
+/// `N` neither.
+fn flags(v: &View) -> &'static str {
+    match (v.channels + v.patterns + v.shard_channels > 0, v.multi >= 0) {
+        (true, true) => "Px",
+        (true, false) => "P",
+        (false, true) => "x",
+        (false, false) => "N",
+    }
 }
 
 /// A client type for CLIENT LIST TYPE and CLIENT KILL TYPE: `Some(true)`

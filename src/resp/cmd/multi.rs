@@ -37,17 +37,17 @@ pub(super) fn refused_in_multi(spec: &Spec) -> Option<&'static str> {
 /// Bytes one queued argument holds beyond its contents.
 const ARG_OVERHEAD: usize = std::mem::size_of::<Bytes>();
 
-/// Queues a command and answers QUEUED. The queue is bounded by
-/// `proto-max-bulk-len` (what one request may carry): past it the command
-/// is refused, and the transaction with it.
+/// Queues a command and answers QUEUED. EXEC runs the queue as one
+/// command, so it is bounded as one is, by `max_command_bytes`: past it the
+/// command is refused, and the transaction with it.
 pub(super) fn queue(sh: &Shared, c: &mut Client, spec: &'static Spec, args: &[Bytes], out: &mut Out) {
     let m = c.multi.as_mut().expect("queued in MULTI");
     let bytes: usize = args.iter().map(|a| a.len() + ARG_OVERHEAD).sum();
-    if m.bytes + bytes > sh.config.max_request_bytes {
+    if m.bytes + bytes > sh.config.max_command_bytes {
         // Nothing queued will run: free it now.
         m.queued = Vec::new();
         m.dirty = true;
-        return out.error("ERR transaction too large: the queued commands exceed proto-max-bulk-len");
+        return out.error("ERR the transaction is too large: its commands would exceed max_command_bytes");
     }
     m.bytes += bytes;
     // Copied: a queued slice would keep its whole read buffer alive.
