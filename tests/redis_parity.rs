@@ -11,7 +11,8 @@
 
 mod common;
 
-use common::redis_ref::{compare, redis72, run_only, same, Check, RedisServer, RespPeer, Step};
+use common::redis_ref::{compare, redis72, run_only, same, Check, Conn, RedisServer, RespPeer, Step};
+use tokio::net::{TcpStream, UnixStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn string_commands_answer_as_redis_does() {
@@ -63,6 +64,77 @@ async fn transactions_answer_as_redis_does() {
     let mut resp3 = vec![run_only(&["HELLO", "3"])];
     resp3.extend(transaction_script());
     compare(peer.port, &redis, &resp3).await;
+    peer.stop().await;
+}
+
+/// The keyspace events of each write command, against redis-server's: a
+/// subscriber to every `__keyevent@0__` channel on each server, and the
+/// same commands run on another connection of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_events_name_their_command_as_redis_does() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let peer = RespPeer::start("parity").await;
+    let connect = async |ours: bool| {
+        if ours {
+            Conn::new(TcpStream::connect(("127.0.0.1", peer.port)).await.unwrap())
+        } else {
+            Conn::new(UnixStream::connect(&redis.socket).await.unwrap())
+        }
+    };
+    let script: &[&[&str]] = &[
+        &["SET", "a", "1"],
+        &["APPEND", "a", "x"],
+        &["SETRANGE", "a", "0", "z"],
+        &["SETBIT", "b", "1", "1"],
+        &["INCR", "n"],
+        &["INCRBY", "n", "5"],
+        &["DECR", "n"],
+        &["DECRBY", "n", "2"],
+        &["INCRBYFLOAT", "f", "1.5"],
+        &["RENAME", "a", "a2"],
+        &["RENAMENX", "a2", "a3"],
+        &["COPY", "a3", "a4"],
+        &["GETDEL", "a4"],
+        &["MSET", "m1", "1", "m2", "2"],
+        &["MSETNX", "m3", "1", "m4", "2"],
+        &["GETSET", "m1", "3"],
+        &["SETNX", "m5", "1"],
+        &["EXPIRE", "m1", "100"],
+        &["PERSIST", "m1"],
+        &["GETEX", "m1", "EX", "100"],
+        &["DEL", "m2", "m3"],
+        // Inside a transaction (each key written once: a key written twice
+        // in one transaction notifies once, its last write).
+        &["SET", "t0", "1"],
+        &["MULTI"],
+        &["SET", "t1", "1"],
+        &["INCR", "t2"],
+        &["RENAME", "t0", "t3"],
+        &["EXEC"],
+    ];
+    let mut events = Vec::new();
+    for ours in [true, false] {
+        let mut sub = connect(ours).await;
+        let mut con = connect(ours).await;
+        assert_eq!(con.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
+        assert_eq!(con.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"EKA"]).await, b"+OK\r\n");
+        sub.cmd(&[b"PSUBSCRIBE", b"__keyevent@0__:*"]).await;
+        for c in script {
+            con.cmd(&c.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()).await;
+        }
+        // A mark after the last event: the stream ends there on both.
+        con.cmd(&[b"SET", b"end", b"1"]).await;
+        let mut got = Vec::new();
+        loop {
+            let m = String::from_utf8(sub.next().await).unwrap();
+            if m.ends_with("$3\r\nend\r\n") {
+                break;
+            }
+            got.push(m);
+        }
+        events.push(got);
+    }
+    assert_eq!(events[0], events[1], "meshcache's events (left) and redis-server's (right)");
     peer.stop().await;
 }
 

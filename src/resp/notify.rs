@@ -130,6 +130,11 @@ pub(crate) enum Hint {
     Expire,
     /// `persist`.
     Persist,
+    /// A string command's own event (`append`, `incrby`, `setrange`...).
+    String(&'static str),
+    /// A keyspace command's own event (`rename_from`, `rename_to`,
+    /// `copy_to`).
+    Generic(&'static str),
 }
 
 /// Output queued for one subscribed client by the hub, drained by its
@@ -479,11 +484,13 @@ impl Hub {
                 Some(Hint::SetWithTtl) => &[("set", STRING), ("expire", GENERIC)],
                 Some(Hint::Expire) => &[("expire", GENERIC)],
                 Some(Hint::Persist) => &[("persist", GENERIC)],
+                Some(Hint::String(event)) => &[(event, STRING)][..],
+                Some(Hint::Generic(event)) => &[(event, GENERIC)][..],
             },
-            ChangeKind::Delete => {
-                self.hints.lock().remove(&(stamp, Bytes::copy_from_slice(key)));
-                &[("del", GENERIC)]
-            }
+            ChangeKind::Delete => match self.hints.lock().remove(&(stamp, Bytes::copy_from_slice(key))) {
+                Some(Hint::Generic(event)) => &[(event, GENERIC)][..],
+                _ => &[("del", GENERIC)],
+            },
             ChangeKind::Expire => &[("expired", EXPIRED)],
             ChangeKind::Flush => &[("flushall", GENERIC)],
         };

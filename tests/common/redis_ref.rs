@@ -39,6 +39,11 @@ impl Conn {
             req.extend_from_slice(b"\r\n");
         }
         self.sock.write_all(&req).await.unwrap();
+        self.next().await
+    }
+
+    /// The next frame the server sends (a reply, or a pub/sub message).
+    pub async fn next(&mut self) -> Vec<u8> {
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
             let len = frame_len(&self.buf, self.resp3);
@@ -46,8 +51,8 @@ impl Conn {
                 return self.buf.split_to(n).to_vec();
             }
             let read = tokio::time::timeout_at(end, self.sock.read_buf(&mut self.buf)).await;
-            let n = read.expect("a reply within the deadline").unwrap();
-            assert!(n > 0, "connection closed before the reply to {:?}", show(args));
+            let n = read.expect("a frame within the deadline").unwrap();
+            assert!(n > 0, "connection closed before the next frame");
         }
     }
 }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::{copy, eq, help, int_arg, unknown_subcommand, write_error, wrong_args, Cx, Db, SYNTAX};
-use crate::resp::notify::glob_match;
+use crate::resp::notify::{glob_match, Hint, Hub};
 use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
 use crate::store::Slot;
@@ -120,15 +120,20 @@ pub(super) fn randomkey(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
 pub(super) fn rename(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let nx = cx.spec.name == "renamenx";
     let (src, dst) = (&args[1], &args[2]);
+    let hub = &cx.sh.hub;
     let r = cx.db.atomically([src, dst], |db| {
         let Some(slot) = visible_slot(db, src) else { return Ok(None) };
-        if src == dst {
+        if src == dst || (nx && db.get_with(dst, |_| ()).is_some()) {
             return Ok(Some(false));
         }
-        if !move_slot(db, dst, slot, !nx)? {
-            return Ok(Some(false));
-        }
-        db.write_with(copy(src), |_, _| Some(Slot::Tombstone))?;
+        // The old key first, as Redis notifies `rename_from` first.
+        db.write_with(copy(src), |_, stamp| {
+            if hub.listening() {
+                hub.hint(stamp, src, Hint::Generic("rename_from"));
+            }
+            Some(Slot::Tombstone)
+        })?;
+        move_slot(db, dst, slot, true, hub, "rename_to")?;
         Ok(Some(true))
     });
     match r {
@@ -163,9 +168,10 @@ pub(super) fn copy_key(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     if args[1] == args[2] {
         return out.error("ERR source and destination objects are the same");
     }
+    let hub = &cx.sh.hub;
     let r = cx.db.atomically([&args[1], &args[2]], |db| {
         let Some(slot) = visible_slot(db, &args[1]) else { return Ok(false) };
-        move_slot(db, &args[2], slot, replace)
+        move_slot(db, &args[2], slot, replace, hub, "copy_to")
     });
     match r {
         Ok(done) => out.int(done as i64),
@@ -181,12 +187,22 @@ fn visible_slot(db: &Db<'_, '_>, key: &[u8]) -> Option<Slot> {
 }
 
 /// Writes `slot` (a value and its absolute expiry) to `dst`, over what is
-/// there only if `replace`. Whether it wrote.
-fn move_slot(db: &mut Db<'_, '_>, dst: &Bytes, slot: Slot, replace: bool) -> Result<bool, crate::MeshError> {
+/// there only if `replace`, notified as `event`. Whether it wrote.
+fn move_slot(
+    db: &mut Db<'_, '_>,
+    dst: &Bytes,
+    slot: Slot,
+    replace: bool,
+    hub: &Hub,
+    event: &'static str,
+) -> Result<bool, crate::MeshError> {
     let mut wrote = false;
-    db.write_with(copy(dst), |cur, _| {
+    db.write_with(copy(dst), |cur, stamp| {
         if cur.is_some() && !replace {
             return None;
+        }
+        if hub.listening() {
+            hub.hint(stamp, dst, Hint::Generic(event));
         }
         wrote = true;
         Some(slot)

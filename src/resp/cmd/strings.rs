@@ -328,13 +328,21 @@ pub(super) fn update(
     f: impl FnOnce(Option<&Bytes>) -> Result<Option<Bytes>, String>,
 ) -> bool {
     let mut refused = None;
-    let r = cx.db.write_with(copy(key), |cur, _| {
+    let (hub, event) = (&cx.sh.hub, event_of(cx.spec.name));
+    let listening = hub.listening();
+    let r = cx.db.write_with(copy(key), |cur, stamp| {
         let (data, expires_at_ms) = match cur {
             Some(Slot::Value { data, expires_at_ms }) => (Some(data), *expires_at_ms),
             _ => (None, None),
         };
         match f(data) {
-            Ok(v) => v.map(|data| Slot::Value { data, expires_at_ms }),
+            Ok(Some(data)) => {
+                if listening {
+                    hub.hint(stamp, key, Hint::String(event));
+                }
+                Some(Slot::Value { data, expires_at_ms })
+            }
+            Ok(None) => None,
             Err(e) => {
                 refused = Some(e);
                 None
@@ -350,6 +358,14 @@ pub(super) fn update(
         return false;
     }
     true
+}
+
+/// The keyspace event of a read-modify-write command, as Redis names it.
+fn event_of(command: &'static str) -> &'static str {
+    match command {
+        "incr" | "decr" | "incrby" | "decrby" => "incrby",
+        other => other,
+    }
 }
 
 /// APPEND: the new length; a missing key is created.
