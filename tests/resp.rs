@@ -216,6 +216,8 @@ async fn published_messages_reach_subscribers_on_every_peer() {
     let stats = meshes[0].stats();
     assert_eq!(stats.messages_published, 52);
     assert!(meshes[1].stats().messages_received >= 52);
+    let mesh_info = a.cmd(&["INFO", "meshcache"]).await;
+    assert!(mesh_info.contains("\r\nmessages_published:52\r\n"), "{mesh_info}");
     shutdown(meshes, servers).await;
 }
 
