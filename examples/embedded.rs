@@ -2,18 +2,51 @@
 //! cache honest by subscribing to invalidations.
 //!
 //! Two peers run in this process (standing in for two application
-//! instances) with an in-memory CA; one writes, the other watches.
+//! instances) with an in-memory CA; one writes, the other keeps decoded
+//! objects in a near cache of its own and drops them when the mesh says:
+//! a key at a time for a write or delete, all of them for a FLUSHALL or
+//! when it fell behind and missed changes.
 //!
 //! `cargo run --example embedded`
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use meshcache::store::ChangeKind;
-use meshcache::transport::certs::EphemeralCa;
-use meshcache::wait::Wait;
-use meshcache::Mesh;
-use tokio_stream::StreamExt;
+use meshcache::{ChangeKind, EphemeralCa, Event, Mesh, Why};
+
+/// Decoded objects the application does not want to rebuild on every read.
+#[derive(Default)]
+struct NearCache {
+    objects: HashMap<Vec<u8>, String>,
+}
+
+impl NearCache {
+    /// Reads through: the near copy, or the mesh's value decoded and kept.
+    fn get(&mut self, mesh: &Mesh, key: &str) -> Option<String> {
+        if let Some(o) = self.objects.get(key.as_bytes()) {
+            return Some(o.clone());
+        }
+        let decoded = mesh.get_with(key, |v| format!("<decoded {}>", String::from_utf8_lossy(v)))?;
+        self.objects.insert(key.as_bytes().to_vec(), decoded.clone());
+        Some(decoded)
+    }
+
+    /// What the mesh says changed. Every event is handled: matching on
+    /// `Event` leaves no way to skip a flush or a lag.
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Changed(c) => {
+                if self.objects.remove(c.key.as_ref()).is_some() {
+                    println!("  dropped near copy of {} ({:?})", String::from_utf8_lossy(&c.key), c.kind);
+                }
+            }
+            Event::InvalidateAll(why) => {
+                println!("  dropped all {} near copies ({why:?})", self.objects.len());
+                self.objects.clear();
+            }
+        }
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,30 +59,47 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .tls(ca.issue("app-b")?)
         .start()
         .await?;
-    b.wait_ready(Duration::from_secs(10)).await;
-
-    // app-b's own near cache: decoded objects it does not want to rebuild
-    // on every read, dropped whenever the mesh says the key changed.
-    let mut near: HashMap<Vec<u8>, String> = HashMap::new();
-    a.put("user:42", "Ada")?;
-    Wait::new(Duration::from_secs(30)).until("user:42 reaches app-b", || b.get(b"user:42").is_some()).await?;
-    near.insert(b"user:42".to_vec(), format!("<decoded {:?}>", b.get(b"user:42").unwrap()));
-    println!("app-b cached user:42 -> {}", near[&b"user:42"[..]]);
-
+    // A peer started with seeds first loads the mesh's data; until then
+    // its writes are refused (LOADING).
+    if !b.wait_ready(Duration::from_secs(10)).await {
+        return Err("app-b did not finish loading".into());
+    }
     let mut changes = b.subscribe();
-    a.delete("session:9")?;
-    a.put("user:42", "Ada Lovelace")?;
-    // Drain invalidations until the rewrite of user:42 shows up.
-    while let Ok(Some(Ok(c))) = tokio::time::timeout(Duration::from_secs(5), changes.next()).await {
-        println!("invalidation on app-b: {:?} {:?} from {:?}", c.kind, String::from_utf8_lossy(&c.key), c.origin);
-        if near.remove(c.key.as_ref()).is_some() {
-            println!("  dropped stale near-cache entry for {}", String::from_utf8_lossy(&c.key));
-        }
-        if c.key.as_ref() == b"user:42" && c.kind == ChangeKind::Put {
+    let mut near = NearCache::default();
+
+    a.insert("user:42", "Ada")?;
+    a.insert("user:7", "Grace")?;
+    // Wait for the writes as app-b learns of them.
+    let mut seen = 0;
+    while seen < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await?.ok_or("app-b stopped")?;
+        near.apply(&event);
+        seen += matches!(event, Event::Changed(_)) as usize;
+    }
+    println!("app-b reads user:42 = {:?}", near.get(&b, "user:42"));
+    println!("app-b reads user:7 = {:?}", near.get(&b, "user:7"));
+
+    // A rewrite on app-a drops app-b's near copy of that key alone.
+    a.insert("user:42", "Ada Lovelace")?;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await?.ok_or("app-b stopped")?;
+        near.apply(&event);
+        if matches!(&event, Event::Changed(c) if c.key == "user:42" && c.kind == ChangeKind::Put) {
             break;
         }
     }
-    println!("app-b now reads user:42 = {:?}", b.get(b"user:42"));
+    println!("app-b reads user:42 = {:?}", near.get(&b, "user:42"));
+
+    // A FLUSHALL on app-a drops everything app-b kept.
+    a.invalidate_all()?;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await?.ok_or("app-b stopped")?;
+        near.apply(&event);
+        if matches!(event, Event::InvalidateAll(Why::Flushed { .. })) {
+            break;
+        }
+    }
+    println!("app-b reads user:7 = {:?}", near.get(&b, "user:7"));
     a.shutdown().await;
     b.shutdown().await;
     Ok(())

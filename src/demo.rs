@@ -58,7 +58,7 @@ fn name(p: &Mesh) -> &str {
 }
 
 fn put(p: &Mesh, k: Bytes, v: Bytes) -> Result<(), Exit> {
-    p.put(k, v).map_err(|e| failure(format!("a put on {} failed: {e}", name(p))))
+    p.insert(k, v).map_err(|e| failure(format!("a put on {} failed: {e}", name(p))))
 }
 
 /// Polls `pending` (which says what is still missing, or `None`) every
@@ -200,7 +200,7 @@ async fn step_writes(peers: &[Mesh], z: &Sizes) -> Result<(), Exit> {
     converge("writes", || {
         while next < n {
             let v = value("w", next);
-            if let Some(p) = peers.iter().find(|p| p.get(&key("w", next)).as_ref() != Some(&v)) {
+            if let Some(p) = peers.iter().find(|p| p.get(key("w", next)).as_ref() != Some(&v)) {
                 return Some(format!("{} does not read w:{next:07}", name(p)));
             }
             next += 1;
@@ -238,13 +238,13 @@ async fn step_deletes(peers: &[Mesh], z: &Sizes) -> Result<(), Exit> {
     let t = meshcache::env::stopwatch();
     for i in (0..n).step_by(4) {
         let p = &peers[(i + 1) % peers.len()];
-        p.delete(key("w", i)).map_err(|e| failure(format!("a delete on {} failed: {e}", name(p))))?;
+        p.invalidate(key("w", i)).map_err(|e| failure(format!("a delete on {} failed: {e}", name(p))))?;
     }
     let mut next = 0;
     converge("deletes", || {
         while next < n {
             let want = (next % 4 != 0).then(|| value("w", next));
-            if let Some(p) = peers.iter().find(|p| p.get(&key("w", next)) != want) {
+            if let Some(p) = peers.iter().find(|p| p.get(key("w", next)) != want) {
                 let what = if want.is_some() { "lost" } else { "still reads deleted" };
                 return Some(format!("{} {what} w:{next:07}", name(p)));
             }
@@ -312,7 +312,7 @@ async fn step_races(peers: &[Mesh], z: &Sizes) -> Result<(), Exit> {
             let want = Bytes::from(format!("{} wrote race:{next}", name(&peers[w])));
             for p in peers {
                 let held = p.replica().store().register(&key("race", next)).map(|reg| reg.marker);
-                if held != Some(stamp) || p.get(&key("race", next)).as_ref() != Some(&want) {
+                if held != Some(stamp) || p.get(key("race", next)).as_ref() != Some(&want) {
                     return Some(format!(
                         "{} does not hold {}'s winning write of race:{next}",
                         name(p),

@@ -126,8 +126,11 @@ pub mod wait;
 pub mod wire;
 
 pub use config::MeshConfig;
-pub use node::{MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Transaction};
-pub use store::{Change, Origin};
+pub use node::{
+    Changes, Event, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Transaction, Why,
+};
+pub use store::{Change, ChangeKind, Origin};
+pub use transport::certs::{load_identity, EphemeralCa, Identity};
 
 /// The README's Rust examples, compiled by `cargo test --doc` so that they
 /// keep up with the API.

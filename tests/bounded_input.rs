@@ -143,9 +143,9 @@ async fn announced_frames_cost_what_arrives_and_the_peer_keeps_serving() {
 
     // The peer keeps serving meanwhile (and its readers have long since
     // taken the announcements that followed the probes).
-    a.put("after", "ok").unwrap();
+    a.insert("after", "ok").unwrap();
     eventually("replication continues", || b.get(b"after").is_some()).await;
-    b.put("back", "ok").unwrap();
+    b.insert("back", "ok").unwrap();
     eventually("both ways", || a.get(b"back").is_some()).await;
 
     let grown = PEAK.load(Ordering::Relaxed).saturating_sub(before);

@@ -182,8 +182,8 @@ async fn a_heal_ships_each_difference_once() {
     eventually("the cut closes the links", || c.stats().connected == 0 && a.stats().connected == 1).await;
     let n = 5_000;
     for i in 0..n {
-        a.put(format!("ab{i}"), "x".repeat(100)).unwrap();
-        c.put(format!("c{i}"), "y".repeat(100)).unwrap();
+        a.insert(format!("ab{i}"), "x".repeat(100)).unwrap();
+        c.insert(format!("c{i}"), "y".repeat(100)).unwrap();
     }
     let count = |p: &Mesh| p.replica().store().root().1;
     eventually("a and b agree", || a.replica().store().root() == b.replica().store().root()).await;

@@ -9,8 +9,7 @@ use common::mesh::{silent_seed, start};
 use common::wait::{eventually, DEADLINE};
 use meshcache::store::ChangeKind;
 use meshcache::transport::certs::EphemeralCa;
-use meshcache::{Mesh, MeshConfig, Origin};
-use tokio_stream::StreamExt;
+use meshcache::{Event, Mesh, MeshConfig, Origin, Why};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_peers_replicate_and_stream_remote_changes() {
@@ -28,19 +27,23 @@ async fn five_peers_replicate_and_stream_remote_changes() {
     eventually("full mesh", || peers.iter().all(|p| p.stats().connected == 4)).await;
 
     let mut events = peers[4].subscribe();
-    peers[0].put("k", "v1").unwrap();
+    peers[0].insert("k", "v1").unwrap();
     eventually("put reaches every peer", || peers.iter().all(|p| p.get(b"k").as_deref() == Some(&b"v1"[..]))).await;
-    let ev = tokio::time::timeout(DEADLINE, events.next()).await.unwrap().unwrap().unwrap();
+    let Event::Changed(ev) = tokio::time::timeout(DEADLINE, events.recv()).await.unwrap().unwrap() else {
+        panic!("a change")
+    };
     assert_eq!((ev.key.as_ref(), ev.kind, ev.origin), (&b"k"[..], ChangeKind::Put, Origin::Remote));
 
-    assert!(peers[3].delete("k").unwrap());
+    assert!(peers[3].invalidate("k").unwrap());
     eventually("delete reaches every peer", || peers.iter().all(|p| p.get(b"k").is_none())).await;
-    let ev = tokio::time::timeout(DEADLINE, events.next()).await.unwrap().unwrap().unwrap();
+    let Event::Changed(ev) = tokio::time::timeout(DEADLINE, events.recv()).await.unwrap().unwrap() else {
+        panic!("a change")
+    };
     assert_eq!((ev.kind, ev.origin), (ChangeKind::Delete, Origin::Remote));
 
     // Concurrent writes to one key from every peer: one winner everywhere.
     for (i, p) in peers.iter().enumerate() {
-        p.put("race", format!("from p{i}")).unwrap();
+        p.insert("race", format!("from p{i}")).unwrap();
     }
     eventually("race converges", || {
         let v: Vec<Option<Bytes>> = peers.iter().map(|p| p.get(b"race")).collect();
@@ -54,7 +57,7 @@ async fn five_peers_replicate_and_stream_remote_changes() {
     .await;
 
     // TTL expires everywhere.
-    peers[1].put_with_ttl("ttl", "x", Duration::from_millis(300)).unwrap();
+    peers[1].insert_with_ttl("ttl", "x", Duration::from_millis(300)).unwrap();
     eventually("ttl value replicated", || peers.iter().all(|p| p.get(b"ttl").is_some())).await;
     eventually("ttl value expired everywhere", || peers.iter().all(|p| p.get(b"ttl").is_none())).await;
 
@@ -82,7 +85,7 @@ async fn a_seeded_peer_refuses_writes_until_synced_and_survives_its_seed() {
     let ca = EphemeralCa::new().unwrap();
     let seed = start(&ca, "seed", &[]).await;
     for i in 0..1000 {
-        seed.put(format!("k{i}"), "v").unwrap();
+        seed.insert(format!("k{i}"), "v").unwrap();
     }
     let cfg = MeshConfig { bootstrap_timeout: Duration::from_secs(30), ..MeshConfig::for_test("joiner") };
     let joiner =
@@ -90,11 +93,11 @@ async fn a_seeded_peer_refuses_writes_until_synced_and_survives_its_seed() {
     let third = start(&ca, "third", &[seed.local_addr()]).await;
     assert!(joiner.wait_ready(DEADLINE).await);
     eventually("bootstrap copied the store", || joiner.replica().store().len() == 1000).await;
-    joiner.put("after", "boot").unwrap();
+    joiner.insert("after", "boot").unwrap();
     eventually("third learns of joiner", || third.stats().connected == 2).await;
     // The seed dies; the other two carry on.
     seed.shutdown().await;
-    joiner.put("without-seed", "yes").unwrap();
+    joiner.insert("without-seed", "yes").unwrap();
     eventually("writes flow without the seed", || third.get(b"without-seed").is_some()).await;
     joiner.shutdown().await;
     third.shutdown().await;
@@ -112,7 +115,7 @@ async fn writes_are_refused_while_loading() {
     // its bootstrap timeout, here far longer than the test: it refuses
     // writes.
     let m = lonely("loading", Duration::from_secs(3600)).await.unwrap();
-    let err = m.put("k", "v").unwrap_err();
+    let err = m.insert("k", "v").unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().starts_with("LOADING"), "{err}");
     assert!(!m.is_ready());
@@ -120,7 +123,7 @@ async fn writes_are_refused_while_loading() {
     // The bootstrap timeout ends loading: then writes are accepted.
     let m = lonely("lonely", Duration::from_millis(800)).await.unwrap();
     assert!(m.wait_ready(DEADLINE).await, "bootstrap_timeout ends loading");
-    m.put("k", "v").unwrap();
+    m.insert("k", "v").unwrap();
     m.shutdown().await;
 }
 
@@ -147,7 +150,7 @@ async fn a_published_message_arrives_after_the_writes_before_it() {
     });
     for i in 0..500 {
         let key = format!("k{}", i % 7);
-        a.put(key.clone(), format!("{i}")).unwrap();
+        a.insert(key.clone(), format!("{i}")).unwrap();
         assert_eq!(a.publish("changed", key, false).unwrap(), 0, "no listener on a");
     }
     eventually("every message heard", || heard.lock().len() == 500).await;
@@ -159,10 +162,64 @@ async fn a_published_message_arrives_after_the_writes_before_it() {
     }
     drop(listener);
     a.publish("changed", "k0", false).unwrap();
-    a.put("after", "x").unwrap();
+    a.insert("after", "x").unwrap();
     eventually("the write after it arrives", || b.get(b"after").is_some()).await;
     assert_eq!(heard.lock().len(), 500, "a dropped listener hears nothing");
     assert_eq!(b.stats().messages_received, 501);
     b.shutdown().await;
     a.shutdown().await;
+}
+
+/// The cache vocabulary: insert (with the builder's default TTL),
+/// contains_key, len, invalidate, invalidate_all; and the change stream's
+/// two events that drop everything, a FLUSHALL from another peer and a
+/// subscriber that fell behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_vocabulary_and_the_events_that_drop_everything() {
+    let ca = EphemeralCa::new().unwrap();
+    let a = common::mesh::start(&ca, "a", &[]).await;
+    let b = Mesh::builder()
+        .config(MeshConfig::for_test("b"))
+        .seeds([a.local_addr()])
+        .tls(ca.issue("b").unwrap())
+        .default_ttl(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    assert!(b.wait_ready(DEADLINE).await);
+    eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+
+    // b's inserts carry its default TTL; a's do not.
+    b.insert("short", "x").unwrap();
+    a.insert("long", "x").unwrap();
+    assert!(b.contains_key("short") && !b.contains_key("nothing"));
+    eventually("both keys everywhere", || [&a, &b].iter().all(|m| m.contains_key("short") && m.contains_key("long")))
+        .await;
+    assert_eq!((a.len(), b.len()), (2, 2));
+    eventually("b's default TTL ran out on both", || !a.contains_key("short") && !b.contains_key("short")).await;
+    assert!(a.contains_key("long"));
+    assert!(a.invalidate("long").unwrap());
+    assert!(!a.invalidate("long").unwrap(), "no longer visible");
+
+    // A FLUSHALL on a is an InvalidateAll on b.
+    let mut events = b.subscribe();
+    a.invalidate_all().unwrap();
+    let flushed = loop {
+        match tokio::time::timeout(DEADLINE, events.recv()).await.unwrap().unwrap() {
+            Event::Changed(_) => continue,
+            Event::InvalidateAll(why) => break why,
+        }
+    };
+    assert!(matches!(flushed, Why::Flushed { origin: Origin::Remote, .. }), "{flushed:?}");
+
+    // A subscriber that does not read while 5,000 changes happen is told
+    // it missed some, as an InvalidateAll, before anything else.
+    let mut slow = b.subscribe();
+    for i in 0..5_000 {
+        b.insert(format!("k{i}"), "v").unwrap();
+    }
+    let first = tokio::time::timeout(DEADLINE, slow.recv()).await.unwrap().unwrap();
+    assert!(matches!(first, Event::InvalidateAll(Why::Lagged { missed }) if missed >= 5_000 - 4_096), "{first:?}");
+    a.shutdown().await;
+    b.shutdown().await;
 }

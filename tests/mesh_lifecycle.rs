@@ -32,7 +32,7 @@ async fn dropping_the_last_handle_stops_the_peer() {
     // Dropping one handle of two changes nothing.
     let other = b.clone();
     drop(b);
-    other.put("still", "up").unwrap();
+    other.insert("still", "up").unwrap();
     eventually("b still replicates", || a.get(b"still").is_some()).await;
     assert_eq!(a.stats().connected, 1);
 

@@ -38,8 +38,8 @@ async fn a_crashed_member_pauses_collection_until_it_restarts_or_is_forgotten() 
     // The window is one the property must hold through: past the link
     // timeouts and redials, and long enough for anti-entropy rounds between
     // a and b that would have let a collect the tombstone without c.
-    a.put("k", "v").unwrap();
-    a.delete("k").unwrap();
+    a.insert("k", "v").unwrap();
+    a.invalidate("k").unwrap();
     let paused = || {
         let st = a.stats().store;
         status_of(&a, "c") == Some((Status::Active, false)) && st.tombstones == 1 && st.collected_tombstones == 0
@@ -61,8 +61,8 @@ async fn a_crashed_member_pauses_collection_until_it_restarts_or_is_forgotten() 
 
     // An operator forgets a member that is gone for good.
     c2.halt().await;
-    a.put("j", "v").unwrap();
-    a.delete("j").unwrap();
+    a.insert("j", "v").unwrap();
+    a.invalidate("j").unwrap();
     let window = rounds_and_time(&[&a, &b], 3, Duration::from_secs(1));
     holds_until("collection waits for c", || a.stats().store.tombstones == 1, "a window of rounds and time", window)
         .await;
@@ -84,11 +84,11 @@ async fn a_superseded_incarnation_is_told_so_and_stops() {
     eventually("a talks to the new z", || a.members().iter().any(|m| m.id == *new.id() && m.connected)).await;
     tokio::time::timeout(DEADLINE, old.stopped()).await.expect("the old incarnation stops");
     assert!(old.replica().is_superseded());
-    assert!(old.put("x", "y").is_err(), "a superseded peer refuses writes");
+    assert!(old.insert("x", "y").is_err(), "a superseded peer refuses writes");
     // The old incarnation may learn it was replaced before the new one's
     // first round (its bootstrap) is over.
     assert!(new.wait_ready(DEADLINE).await);
-    new.put("x", "y").unwrap();
+    new.insert("x", "y").unwrap();
     eventually("new z replicates", || a.get(b"x").is_some()).await;
     a.shutdown().await;
     new.shutdown().await;

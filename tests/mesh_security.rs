@@ -86,7 +86,7 @@ async fn foreign_ca_and_certless_peers_cannot_join_or_inject() {
     let rogue = start(foreign.issue("rogue").unwrap(), &[a.local_addr()]).await;
     // It never finishes bootstrap through a, so it writes after its timeout.
     assert!(rogue.wait_ready(DEADLINE).await);
-    rogue.put("rogue-key", "evil").unwrap();
+    rogue.insert("rogue-key", "evil").unwrap();
 
     // A bare client presenting the foreign certificate, trusting our CA.
     let rogue_id = foreign.issue("rogue2").unwrap();
@@ -114,7 +114,7 @@ async fn foreign_ca_and_certless_peers_cannot_join_or_inject() {
     // Give the rogue peer every chance: its redials, and several
     // anti-entropy rounds between a and b, during which nothing of the
     // intruders' may appear anywhere.
-    a.put("legit", "1").unwrap();
+    a.insert("legit", "1").unwrap();
     eventually("legit write reaches b", || b.get(b"legit").is_some()).await;
     let kept_out = || {
         [&a, &b].iter().all(|m| {
@@ -164,9 +164,9 @@ async fn malformed_frames_close_only_that_connection() {
     eventually("counted", || a.stats().protocol_errors >= 1).await;
 
     // The mesh carries on.
-    a.put("after", "ok").unwrap();
+    a.insert("after", "ok").unwrap();
     eventually("replication continues", || b.get(b"after").is_some()).await;
-    b.put("back", "ok").unwrap();
+    b.insert("back", "ok").unwrap();
     eventually("both ways", || a.get(b"back").is_some()).await;
     a.shutdown().await;
     b.shutdown().await;

@@ -897,7 +897,7 @@ async fn a_subscriber_that_does_not_read_is_disconnected() {
     eventually_async("the slow subscriber is disconnected", || {
         for _ in 0..500 {
             if i < MAX_WRITES {
-                mesh.put(format!("{key}{i}"), "v").unwrap();
+                mesh.insert(format!("{key}{i}"), "v").unwrap();
                 i += 1;
             }
         }

@@ -687,7 +687,7 @@ async fn write_range(p: Mesh, prefix: &'static str, start: usize, n: usize) -> R
     tokio::task::spawn_blocking(move || {
         let t = meshcache::env::stopwatch().into_std();
         for i in start..start + n {
-            p.put(key(prefix, i), value(i))?;
+            p.insert(key(prefix, i), value(i))?;
         }
         anyhow::Ok(t.elapsed())
     })
@@ -1150,7 +1150,7 @@ async fn row_memory_bootstrap(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mu
         let aa = a.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             for i in 0..n {
-                aa.put(key("key", i), value(i))?;
+                aa.insert(key("key", i), value(i))?;
             }
             Ok(())
         })
@@ -1389,7 +1389,7 @@ async fn row_local(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> 
     let p = start_peer(ca, "local", &[]).await?;
     let keys: Arc<Vec<Bytes>> = Arc::new((0..z.local_keys).map(|i| key("key", i)).collect());
     for (i, k) in keys.iter().enumerate() {
-        p.put(k.clone(), value(i))?;
+        p.insert(k.clone(), value(i))?;
     }
     let secs = z.local_secs;
     let pp = p.clone();
@@ -1425,7 +1425,7 @@ async fn row_local(z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> 
                                                     std::hint::black_box(&buf);
                                                 }
                                                 _ => {
-                                                    let _ = std::hint::black_box(p.put(k.clone(), v.clone()));
+                                                    let _ = std::hint::black_box(p.insert(k.clone(), v.clone()));
                                                 }
                                             }
                                             i += 1;

@@ -37,9 +37,18 @@ pub struct MeshBuilder {
     env: Option<Env>,
     crypto: Option<Arc<rustls::crypto::CryptoProvider>>,
     memory: Option<MemoryProbe>,
+    default_ttl: Option<Duration>,
 }
 
 impl MeshBuilder {
+    /// A time to live for every [`Mesh::insert`] (without one, values live
+    /// until deleted or evicted). [`Mesh::insert_with_ttl`] still sets its
+    /// own.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
     /// Starts from a whole configuration.
     pub fn config(mut self, config: MeshConfig) -> Self {
         self.config = config;
@@ -214,6 +223,7 @@ impl MeshBuilder {
             tasks: TaskTracker::new(),
             memory,
             listeners: Default::default(),
+            default_ttl: self.default_ttl,
         });
         tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
         inner.tasks.spawn(accept_loop(inner.clone()));

@@ -79,6 +79,8 @@ pub(super) struct Inner {
     pub(super) memory: Option<super::MemoryProbe>,
     /// Who hears pub/sub messages on this peer.
     pub(super) listeners: Arc<super::pubsub::Listeners>,
+    /// The TTL of `Mesh::insert` (`MeshBuilder::default_ttl`).
+    pub(super) default_ttl: Option<std::time::Duration>,
 }
 
 impl Inner {

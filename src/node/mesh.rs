@@ -20,6 +20,11 @@ use crate::replica::Replica;
 use crate::store::{Change, ChangeKind, Origin, Slot, StoreStats, Written};
 use crate::wire::Publication;
 
+/// A TTL in whole milliseconds, at least one.
+pub(super) fn ttl_ms(ttl: Duration) -> u64 {
+    ttl.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
 /// A member as this peer sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -101,10 +106,10 @@ pub struct MeshStats {
 /// Reads are local and never touch the network; writes are local and then
 /// pushed to every connected peer; anti-entropy repairs what pushes miss.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use meshcache::transport::certs::EphemeralCa;
-/// use meshcache::Mesh;
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use meshcache::{EphemeralCa, Mesh};
 ///
 /// let ca = EphemeralCa::new()?;
 /// let a = Mesh::builder().name("a").listen("127.0.0.1:0".parse()?).tls(ca.issue("a")?).start().await?;
@@ -116,8 +121,8 @@ pub struct MeshStats {
 ///     .start()
 ///     .await?;
 /// b.wait_ready(std::time::Duration::from_secs(5)).await;
-/// b.put("greeting", "hello")?;
-/// assert_eq!(b.get(b"greeting").as_deref(), Some(&b"hello"[..]));
+/// b.insert("greeting", "hello")?;
+/// assert_eq!(b.get("greeting").as_deref(), Some(&b"hello"[..]));
 /// a.shutdown().await;
 /// b.shutdown().await;
 /// # Ok(()) }
@@ -194,7 +199,7 @@ impl Mesh {
 
     /// Reads `key` from the local replica: no network, no await. The value
     /// is a copy (the store keeps each entry in one compact allocation).
-    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Bytes> {
         self.get_with(key, Bytes::copy_from_slice)
     }
 
@@ -202,10 +207,27 @@ impl Mesh {
     /// copying it: the faster read when the caller copies or parses it
     /// anyway. `f` runs under a shard's read lock, so it should be short,
     /// and must not write to this mesh.
-    pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    pub fn get_with<R>(&self, key: impl AsRef<[u8]>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         // The clock is read only for a key with an expiry; the access is
         // stamped with the time the timer and writes last gave the store.
-        self.inner.replica.get_with_clock(key, || self.now_ms(), f)
+        self.inner.replica.get_with_clock(key.as_ref(), || self.now_ms(), f)
+    }
+
+    /// Whether `key` has a value here (as [`Mesh::get`] would find it).
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> bool {
+        self.get_with(key, |_| ()).is_some()
+    }
+
+    /// Values held here, including expired ones not yet reclaimed (as
+    /// moka's `entry_count`, an upper bound on what reads would find).
+    pub fn len(&self) -> usize {
+        let st = self.inner.replica.store().stats();
+        st.entries.saturating_sub(st.tombstones + st.stubs)
+    }
+
+    /// Whether no value is held here.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Reads several keys as one, lending each value (`None`: absent) to
@@ -247,27 +269,33 @@ impl Mesh {
         Ok(())
     }
 
-    /// Writes `key`; the write is pushed to every connected peer.
-    pub fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), MeshError> {
-        let (key, value) = (key.into(), value.into());
-        self.check_size(&key, &value)?;
-        let w = self.inner.replica.put(key, value, None, self.now_ms())?;
-        self.inner.after_write(w, ChangeKind::Put);
-        Ok(())
+    /// Writes `key` (with the builder's default TTL, if it set one); the
+    /// write is pushed to every connected peer. Refused while the peer is
+    /// still loading ([`Mesh::wait_ready`]).
+    pub fn insert(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), MeshError> {
+        let ttl = self.inner.default_ttl.map(ttl_ms);
+        self.insert_ttl_ms(key.into(), value.into(), ttl)
     }
 
     /// Writes `key` with a time to live.
-    pub fn put_with_ttl(&self, key: impl Into<Bytes>, value: impl Into<Bytes>, ttl: Duration) -> Result<(), MeshError> {
-        let ttl = ttl.as_millis().max(1) as u64;
-        let (key, value) = (key.into(), value.into());
+    pub fn insert_with_ttl(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<(), MeshError> {
+        self.insert_ttl_ms(key.into(), value.into(), Some(ttl_ms(ttl)))
+    }
+
+    fn insert_ttl_ms(&self, key: Bytes, value: Bytes, ttl: Option<u64>) -> Result<(), MeshError> {
         self.check_size(&key, &value)?;
-        let w = self.inner.replica.put(key, value, Some(ttl), self.now_ms())?;
+        let w = self.inner.replica.put(key, value, ttl, self.now_ms())?;
         self.inner.after_write(w, ChangeKind::Put);
         Ok(())
     }
 
     /// Deletes `key` everywhere. Returns whether it was visible here.
-    pub fn delete(&self, key: impl Into<Bytes>) -> Result<bool, MeshError> {
+    pub fn invalidate(&self, key: impl Into<Bytes>) -> Result<bool, MeshError> {
         let w = self.inner.replica.delete(key.into(), self.now_ms())?;
         let existed = w.previous.is_some();
         self.inner.after_write(w, ChangeKind::Delete);
@@ -304,8 +332,9 @@ impl Mesh {
         Ok(w)
     }
 
-    /// FLUSHALL: deletes every key older than now, on every peer.
-    pub fn flush_all(&self) -> Result<(), MeshError> {
+    /// Deletes every key written before now, on every peer (Redis's
+    /// FLUSHALL).
+    pub fn invalidate_all(&self) -> Result<(), MeshError> {
         let stamp = self.inner.replica.flush_all(self.now_ms())?;
         for p in self.inner.peers.lock().values() {
             p.queue.force();
@@ -349,12 +378,6 @@ impl Mesh {
     /// message off if it needs work.
     pub fn on_message(&self, f: impl Fn(&Publication) -> usize + Send + Sync + 'static) -> MessageListener {
         self.inner.listeners.add(Arc::new(f))
-    }
-
-    /// A stream of changes, local and remote. A subscriber that falls more
-    /// than 4,096 changes behind is told how many it missed.
-    pub fn subscribe(&self) -> tokio_stream::wrappers::BroadcastStream<Change> {
-        tokio_stream::wrappers::BroadcastStream::new(self.inner.events.subscribe())
     }
 
     /// Every member known, with its state.

@@ -31,6 +31,7 @@
 
 mod accept;
 mod builder;
+mod changes;
 mod conn;
 mod dial;
 mod driver;
@@ -49,6 +50,7 @@ mod timer;
 mod txn;
 
 pub use builder::MeshBuilder;
+pub use changes::{Changes, Event, Why};
 pub use error::MeshError;
 pub use memory::{MemoryProbe, MIN_PROCESS_BYTES};
 pub use mesh::{MemberStatus, Mesh, MeshStats};

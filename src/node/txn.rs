@@ -104,29 +104,32 @@ impl Transaction<'_> {
         Ok(self.locked.access_of(key)?)
     }
 
-    /// Writes `key`.
-    pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), MeshError> {
-        let value = value.into();
-        self.write_with(key, |_, _| Some(Slot::Value { data: value, expires_at_ms: None })).map(drop)
+    /// Writes `key`, as [`Mesh::insert`] does (with the default TTL).
+    pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), MeshError> {
+        let ttl = self.mesh.inner.default_ttl.map(super::mesh::ttl_ms);
+        self.insert_ttl_ms(key.into(), value.into(), ttl)
     }
 
     /// Writes `key` with a time to live.
-    pub fn put_with_ttl(
+    pub fn insert_with_ttl(
         &mut self,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
         ttl: Duration,
     ) -> Result<(), MeshError> {
-        let ttl = ttl.as_millis().max(1) as u64;
-        let value = value.into();
+        self.insert_ttl_ms(key.into(), value.into(), Some(super::mesh::ttl_ms(ttl)))
+    }
+
+    fn insert_ttl_ms(&mut self, key: Bytes, value: Bytes, ttl: Option<u64>) -> Result<(), MeshError> {
         self.write_with(key, |_, stamp| {
-            Some(Slot::Value { data: value, expires_at_ms: Some(stamp.physical_ms().saturating_add(ttl)) })
+            let expires_at_ms = ttl.map(|t| stamp.physical_ms().saturating_add(t));
+            Some(Slot::Value { data: value, expires_at_ms })
         })
         .map(drop)
     }
 
     /// Deletes `key`. Returns whether it was visible.
-    pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<bool, MeshError> {
+    pub fn invalidate(&mut self, key: impl Into<Bytes>) -> Result<bool, MeshError> {
         let w = self.write_with(key, |_, _| Some(Slot::Tombstone))?;
         Ok(w.is_some_and(|w| w.previous.is_some()))
     }

@@ -87,18 +87,17 @@ impl Db<'_, '_> {
         }
     }
 
+    /// Writes a value without a TTL (Redis's commands set their own: an
+    /// embedding's default TTL does not apply to them).
     pub(crate) fn put(&mut self, key: Bytes, value: Bytes) -> Result<(), MeshError> {
-        match self {
-            Db::Mesh(m) => m.put(key, value),
-            Db::Txn(t) => t.put(key, value),
-        }
+        self.write_with(key, |_, _| Some(Slot::Value { data: value, expires_at_ms: None })).map(drop)
     }
 
     /// Deletes `key`; whether it was visible.
     pub(crate) fn delete(&mut self, key: Bytes) -> Result<bool, MeshError> {
         match self {
-            Db::Mesh(m) => m.delete(key),
-            Db::Txn(t) => t.delete(key),
+            Db::Mesh(m) => m.invalidate(key),
+            Db::Txn(t) => t.invalidate(key),
         }
     }
 

@@ -44,7 +44,7 @@ use super::reply::Out;
 use crate::hlc::Stamp;
 use crate::store::ChangeKind;
 use crate::wire::Publication;
-use crate::Mesh;
+use crate::{Event, Mesh, Why};
 
 // Event classes, as Redis's NOTIFY_* bits.
 pub(crate) const KEYSPACE: u32 = 1 << 0; // K
@@ -540,11 +540,7 @@ impl Hub {
 
 /// Reads the mesh's change stream and publishes notifications until
 /// stopped.
-async fn pump(
-    hub: Arc<Hub>,
-    mut stream: tokio_stream::wrappers::BroadcastStream<crate::Change>,
-    stop: CancellationToken,
-) {
+async fn pump(hub: Arc<Hub>, mut stream: crate::Changes, stop: CancellationToken) {
     let mut chan = Vec::with_capacity(64);
     loop {
         let item = tokio::select! {
@@ -553,9 +549,12 @@ async fn pump(
         };
         match item {
             None => return,
-            Some(Ok(c)) => hub.notify(&c.key, c.kind, c.stamp, &mut chan),
-            Some(Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n))) => {
-                tracing::warn!(missed = n, "keyspace notifications fell behind: publishing flushall");
+            Some(Event::Changed(c)) => hub.notify(&c.key, c.kind, c.stamp, &mut chan),
+            Some(Event::InvalidateAll(Why::Flushed { clear_below, .. })) => {
+                hub.notify(b"", ChangeKind::Flush, clear_below, &mut chan)
+            }
+            Some(Event::InvalidateAll(Why::Lagged { missed })) => {
+                tracing::warn!(missed, "keyspace notifications fell behind: publishing flushall");
                 hub.lagged.fetch_add(1, Ordering::Relaxed);
                 hub.notify(b"", ChangeKind::Flush, Stamp::ZERO, &mut chan);
             }

@@ -45,7 +45,7 @@ pub(super) fn flush(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     if args.len() > 2 || (args.len() == 2 && !eq(&args[1], "async") && !eq(&args[1], "sync")) {
         return out.error(SYNTAX);
     }
-    match cx.sh.mesh.flush_all() {
+    match cx.sh.mesh.invalidate_all() {
         Ok(()) => out.ok(),
         Err(e) => write_error(out, e),
     }
