@@ -190,3 +190,45 @@ async fn a_queued_transaction_is_listed_and_bounded() {
     server.stop().await;
     mesh.shutdown().await;
 }
+
+/// CONFIG SET of the bound and the policy inside EXEC, while another client
+/// writes past the bound, end to end (the store's own test,
+/// `changing_the_policy_inside_a_transaction_does_not_wait_for_an_eviction`,
+/// is the one that forces the interleaving that could deadlock). Bounded:
+/// 2,000 writes, and the whole exchange within the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_inside_exec_while_evictions_run() {
+    let ca = EphemeralCa::new().unwrap();
+    let mesh = start(&ca, "solo", &[]).await;
+    let server = Server::start(&mesh, RespConfig::default()).await;
+    let mut writer = server.conn().await;
+    let mut t = server.conn().await;
+    let () = redis::cmd("CONFIG").arg(&["SET", "maxmemory", "1mb"]).query_async(&mut t).await.unwrap();
+    let churn = tokio::spawn(async move {
+        let v = vec![b'x'; 2048];
+        for i in 0..2_000 {
+            let () = writer.set(format!("churn:{i}"), &v[..]).await.unwrap();
+        }
+    });
+    tokio::time::timeout(DEADLINE, async {
+        for (policy, bound) in [("allkeys-lfu", "2mb"), ("allkeys-lru", "1mb"), ("allkeys-random", "1mb")] {
+            let r: (String, String, i64) = redis::pipe()
+                .atomic()
+                .cmd("CONFIG")
+                .arg(&["SET", "maxmemory-policy", policy, "maxmemory", bound])
+                .set("in-exec", policy)
+                .incr("in-exec-count", 1)
+                .query_async(&mut t)
+                .await
+                .unwrap();
+            assert_eq!((r.0.as_str(), r.1.as_str()), ("OK", "OK"));
+        }
+        churn.await.unwrap();
+    })
+    .await
+    .expect("no deadlock between EXEC and eviction");
+    let evicted = mesh.replica().store().stats().evictions;
+    assert!(evicted > 0, "the writes passed the bound");
+    server.stop().await;
+    mesh.shutdown().await;
+}

@@ -27,7 +27,7 @@ mod txn;
 
 use std::num::NonZeroUsize;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -287,6 +287,8 @@ pub struct Store {
     /// deterministic under simulation). One for the whole store, so that a
     /// victim is the best candidate of every shard sampled, not of one.
     evictor: Mutex<Evictor>,
+    /// The policy changed since the last eviction: its pool is stale.
+    policy_changed: AtomicBool,
     /// The collection watermark last passed to [`Store::collect`] (`u64::MAX`
     /// when no other member is known): see [`Store::ghost_before`].
     stable_before: AtomicU64,
@@ -348,6 +350,7 @@ impl Store {
             samples: AtomicUsize::new(config.samples.get()),
             stable_before: AtomicU64::new(0),
             recent_ms: AtomicU64::new(0),
+            policy_changed: AtomicBool::new(false),
             evictor: Mutex::new(Evictor { pool: evict::Pool::default(), rng: SmallRng::seed_from_u64(config.seed) }),
             config,
             counters: Counters::default(),
@@ -399,9 +402,14 @@ impl Store {
     }
 
     /// Changes the eviction policy.
+    ///
+    /// The pool of candidates, sampled under the old policy, is cleared by
+    /// the next eviction: taking the evictor's lock here could deadlock
+    /// with an eviction waiting for a shard that a transaction calling this
+    /// (CONFIG SET in EXEC) holds.
     pub fn set_policy(&self, policy: EvictionPolicy) {
         if self.policy.swap(policy.to_u8(), Ordering::Relaxed) != policy.to_u8() {
-            self.evictor.lock().pool.clear();
+            self.policy_changed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -465,6 +473,9 @@ impl Store {
         let n = self.shards.len();
         let mut ev = self.evictor.lock();
         let Evictor { pool, rng } = &mut *ev;
+        if self.policy_changed.swap(false, Ordering::Relaxed) {
+            pool.clear();
+        }
         let mut evicted = 0;
         // Pool candidates that were stale (deleted or rewritten since they
         // were sampled) or shards sampled in vain: a bound on both keeps a

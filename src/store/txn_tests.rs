@@ -155,3 +155,39 @@ fn a_run_of_one_stamp_is_merged_under_all_its_shards_locks() {
         assert_eq!((s.get(x.as_bytes(), T0), s.get(y.as_bytes(), T0)), (Some(b("new")), Some(b("new"))));
     }
 }
+
+/// An eviction holds the evictor's lock while it waits for shards; a
+/// transaction holding those shards must not wait for that lock in turn
+/// (CONFIG SET maxmemory-policy inside EXEC). A writer is made to wait in
+/// eviction for a whole-keyspace transaction, which then changes the
+/// policy: that must return at once.
+#[test]
+fn changing_the_policy_inside_a_transaction_does_not_wait_for_an_eviction() {
+    let s = Arc::new(store(1));
+    for i in 0..200 {
+        s.put(b(&format!("k{i}")), Bytes::from(vec![b'v'; 1024]), None, T0).unwrap();
+    }
+    let t = s.lock_all(T0);
+    // CONFIG SET maxmemory in the transaction: the next write evicts.
+    s.set_max_bytes_later(std::num::NonZeroUsize::new(64 << 10));
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || s.put(b("more"), b("v"), None, T0).is_ok())
+    };
+    // Time for the writer to take the evictor's lock and wait for a shard.
+    std::thread::sleep(Duration::from_millis(200));
+    let (done, wait_done) = std::sync::mpsc::channel();
+    let setter = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            s.set_policy(EvictionPolicy::AllkeysLfu);
+            done.send(()).unwrap();
+        })
+    };
+    let returned = wait_done.recv_timeout(Duration::from_secs(5)).is_ok();
+    drop(t);
+    assert!(returned, "set_policy waited for an eviction that waited for the transaction");
+    setter.join().unwrap();
+    assert!(writer.join().unwrap());
+    assert!(s.stats().evictions > 0);
+}
