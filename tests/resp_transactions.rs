@@ -31,6 +31,15 @@ async fn pair() -> (Vec<Mesh>, Vec<Server>) {
     (vec![a, b], servers)
 }
 
+async fn shutdown(meshes: Vec<Mesh>, servers: Vec<Server>) {
+    for s in servers {
+        s.stop().await;
+    }
+    for m in meshes {
+        m.shutdown().await;
+    }
+}
+
 /// Writes every key to `v` in one MULTI/EXEC.
 async fn write_all(con: &mut MultiplexedConnection, v: &str) {
     let mut p = redis::pipe();
@@ -112,12 +121,7 @@ async fn a_transaction_is_seen_whole_on_its_peer_while_another_peer_writes_the_s
         }
     })
     .await;
-    for s in servers {
-        s.stop().await;
-    }
-    for m in meshes {
-        m.shutdown().await;
-    }
+    shutdown(meshes, servers).await;
 }
 
 /// WATCH on peer a, a write to the key on peer b: once a has merged it,
@@ -153,12 +157,7 @@ async fn a_write_from_another_peer_aborts_an_exec_that_watched_its_key() {
         async move { b.get::<_, Option<String>>("w").await.unwrap().as_deref() == Some("mine") }
     })
     .await;
-    for s in servers {
-        s.stop().await;
-    }
-    for m in meshes {
-        m.shutdown().await;
-    }
+    shutdown(meshes, servers).await;
 }
 
 /// What other clients see of a transaction being queued, and the bound on

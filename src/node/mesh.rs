@@ -20,6 +20,36 @@ use crate::replica::Replica;
 use crate::store::{Change, ChangeKind, Origin, Slot, StoreStats, Written};
 use crate::wire::Publication;
 
+/// What a read-modify-write may write: a key and value that fit in one
+/// frame. A slot past that is not written, and the write fails.
+pub(super) struct SizeCheck {
+    max: usize,
+    too_large: Option<usize>,
+}
+
+impl SizeCheck {
+    pub(super) fn new(max: usize) -> Self {
+        SizeCheck { max, too_large: None }
+    }
+
+    /// `slot`, unless it is too large to write with `key`.
+    pub(super) fn check(&mut self, key: &[u8], slot: Slot) -> Option<Slot> {
+        let len = key.len() + slot.payload_len();
+        if len > self.max {
+            self.too_large = Some(len);
+            return None;
+        }
+        Some(slot)
+    }
+
+    pub(super) fn result(self) -> Result<(), MeshError> {
+        match self.too_large {
+            Some(len) => Err(MeshError::TooLarge { len, max: self.max }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A TTL in whole milliseconds, at least one.
 pub(super) fn ttl_ms(ttl: Duration) -> u64 {
     ttl.as_millis().clamp(1, u64::MAX as u128) as u64
@@ -311,20 +341,10 @@ impl Mesh {
         f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
     ) -> Result<Option<Written>, MeshError> {
         let key = key.into();
-        let max = self.max_write_bytes();
-        let mut too_large = None;
-        let w = self.inner.replica.write_with(key.clone(), self.now_ms(), |cur, stamp| {
-            let slot = f(cur, stamp)?;
-            let len = key.len() + slot.payload_len();
-            if len > max {
-                too_large = Some(len);
-                return None;
-            }
-            Some(slot)
-        })?;
-        if let Some(len) = too_large {
-            return Err(MeshError::TooLarge { len, max });
-        }
+        let mut size = SizeCheck::new(self.max_write_bytes());
+        let w =
+            self.inner.replica.write_with(key.clone(), self.now_ms(), |cur, stamp| size.check(&key, f(cur, stamp)?))?;
+        size.result()?;
         if let Some(w) = &w {
             let kind = if w.register.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
             self.inner.after_write(w.clone(), kind);

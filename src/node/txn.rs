@@ -142,20 +142,9 @@ impl Transaction<'_> {
     ) -> Result<Option<Written>, MeshError> {
         self.mesh.inner.replica.check_writable()?;
         let key = key.into();
-        let max = self.mesh.max_write_bytes();
-        let mut too_large = None;
-        let w = self.locked.write_with(&key, |cur, stamp| {
-            let slot = f(cur, stamp)?;
-            let len = key.len() + slot.payload_len();
-            if len > max {
-                too_large = Some(len);
-                return None;
-            }
-            Some(slot)
-        })?;
-        if let Some(len) = too_large {
-            return Err(MeshError::TooLarge { len, max });
-        }
+        let mut size = super::mesh::SizeCheck::new(self.mesh.max_write_bytes());
+        let w = self.locked.write_with(&key, |cur, stamp| size.check(&key, f(cur, stamp)?))?;
+        size.result()?;
         Ok(w)
     }
 
