@@ -134,16 +134,35 @@ impl Transaction<'_> {
         Ok(w.is_some_and(|w| w.previous.is_some()))
     }
 
-    /// Read-modify-write of `key`, as [`Mesh::write_with`] does.
+    /// Read-modify-write of `key`, as [`Mesh::write_with`] does. The key
+    /// and value are copied, so that a slice of a larger buffer does not
+    /// keep all of it alive.
     pub fn write_with(
         &mut self,
         key: impl Into<Bytes>,
         f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
     ) -> Result<Option<Written>, MeshError> {
+        let key = Bytes::copy_from_slice(&key.into());
+        self.write_owned(key, |cur, stamp| {
+            f(cur, stamp).map(|slot| match slot {
+                Slot::Value { data, expires_at_ms } => {
+                    Slot::Value { data: Bytes::copy_from_slice(&data), expires_at_ms }
+                }
+                other => other,
+            })
+        })
+    }
+
+    /// [`Transaction::write_with`] of a key and value that own their bytes
+    /// already (copied before the transaction began): stored as they are.
+    pub(crate) fn write_owned(
+        &mut self,
+        key: Bytes,
+        f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
+    ) -> Result<Option<Written>, MeshError> {
         self.mesh.inner.replica.check_writable()?;
-        let key = key.into();
         let mut size = super::mesh::SizeCheck::new(self.mesh.max_write_bytes());
-        let w = self.locked.write_with(&key, |cur, stamp| size.check(&key, f(cur, stamp)?))?;
+        let w = self.locked.write_with(key.clone(), |cur, stamp| size.check(&key, f(cur, stamp)?))?;
         size.result()?;
         Ok(w)
     }

@@ -83,7 +83,8 @@ impl Db<'_, '_> {
     ) -> Result<Option<Written>, MeshError> {
         match self {
             Db::Mesh(m) => m.write_with(key, f),
-            Db::Txn(t) => t.write_with(key, f),
+            // Commands copy keys and values out of the read buffer first.
+            Db::Txn(t) => t.write_owned(key, f),
         }
     }
 
@@ -97,7 +98,7 @@ impl Db<'_, '_> {
     pub(crate) fn delete(&mut self, key: Bytes) -> Result<bool, MeshError> {
         match self {
             Db::Mesh(m) => m.invalidate(key),
-            Db::Txn(t) => t.invalidate(key),
+            Db::Txn(t) => Ok(t.write_owned(key, |_, _| Some(Slot::Tombstone))?.is_some_and(|w| w.previous.is_some())),
         }
     }
 

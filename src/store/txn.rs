@@ -63,7 +63,7 @@ pub struct Locked<'a> {
     tombstones: bool,
     /// The last write of each key, in the order keys were first written.
     written: Vec<Written>,
-    index: HashMap<Bytes, usize>,
+    index: HashMap<Bytes, usize, foldhash::fast::FixedState>,
 }
 
 impl Store {
@@ -90,7 +90,7 @@ impl Store {
         if self.over_bound() {
             (evicted, full) = self.enforce_bound(now_ms);
         }
-        let guards = want.iter().enumerate().map(|(s, &w)| w.then(|| self.shards[s].write())).collect();
+        let guards = want.iter().enumerate().map(|(s, &w)| w.then(|| self.spin_write(s))).collect();
         let stamp = self.clock.now(now_ms);
         Locked {
             store: self,
@@ -103,10 +103,28 @@ impl Store {
             delta: Delta::default(),
             tombstones: false,
             written: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         }
     }
 }
+
+impl Store {
+    /// Shard `s`'s write lock, spinning a while before sleeping for it: a
+    /// transaction holds its shards for a few microseconds, less than a
+    /// thread takes to sleep and wake.
+    pub(super) fn spin_write(&self, s: usize) -> parking_lot::RwLockWriteGuard<'_, Shard> {
+        for _ in 0..SPINS {
+            if let Some(g) = self.shards[s].try_write() {
+                return g;
+            }
+            std::hint::spin_loop();
+        }
+        self.shards[s].write()
+    }
+}
+
+/// Tries before `spin_write` sleeps.
+const SPINS: usize = 4000;
 
 impl Shards for Locked<'_> {
     fn read_shard<R>(&self, s: usize, f: impl FnOnce(&Shard) -> R) -> R {
@@ -196,16 +214,21 @@ impl<'a> Locked<'a> {
     /// Read-modify-write of `key` as [`Store::write_with`] does, at the
     /// transaction's stamp. What a key's last write leaves is handed back
     /// by [`Locked::finish`].
+    ///
+    /// `key` and the value `f` returns are stored as they are: they must
+    /// own their bytes (not be slices of a larger buffer, which they would
+    /// keep alive), and are best copied before the transaction begins, so
+    /// that its locks are held for less.
     pub fn write_with(
         &mut self,
-        key: &[u8],
+        key: Bytes,
         f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
     ) -> Result<Option<Written>, TxnError> {
-        let kh = key_hash(key);
+        let kh = key_hash(&key);
         let (s, lb) = self.store.locate(kh);
         let (store, now, stamp, full) = (self.store, self.now_ms, self.stamp, self.full);
         let g = self.guards[s].as_deref_mut().ok_or(TxnError::NotLocked)?;
-        let held = g.find(kh, key).map(|(_, r)| r);
+        let held = g.find(kh, &key).map(|(_, r)| r);
         let current = held.filter(|r| r.visible(now).is_some()).map(|r| r.slot());
         let previous = match &current {
             Some(Slot::Value { data, .. }) => Some(data.clone()),
@@ -213,14 +236,9 @@ impl<'a> Locked<'a> {
         };
         let held = held.map_or(0, shard::record_cost);
         let Some(slot) = f(current.as_ref(), stamp) else { return Ok(None) };
-        if matches!(slot, Slot::Value { .. }) && full && shard::cost(key, &slot) > held {
+        if matches!(slot, Slot::Value { .. }) && full && shard::cost(&key, &slot) > held {
             return Err(TxnError::OutOfMemory);
         }
-        let key = Bytes::copy_from_slice(key);
-        let slot = match slot {
-            Slot::Value { data, expires_at_ms } => Slot::Value { data: Bytes::copy_from_slice(&data), expires_at_ms },
-            other => other,
-        };
         let register = Register { val: slot, marker: stamp };
         let applied = stamp >= store.floors.read().clear_below;
         if applied {

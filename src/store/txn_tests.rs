@@ -37,14 +37,14 @@ fn a_transaction_stamps_its_writes_alike_and_hands_back_each_keys_last_write() {
     let mut t = s.lock(["a", "b"], T0);
     let stamp = t.stamp();
     assert_eq!(t.get_with(b"a", |v| v.to_vec()), Ok(Some(b"old".to_vec())));
-    t.write_with(b"a", |_, _| Some(value("1"))).unwrap();
-    t.write_with(b"b", |_, _| Some(value("1"))).unwrap();
-    let w = t.write_with(b"a", |cur, _| {
+    t.write_with(b("a"), |_, _| Some(value("1"))).unwrap();
+    t.write_with(b("b"), |_, _| Some(value("1"))).unwrap();
+    let w = t.write_with(b("a"), |cur, _| {
         assert_eq!(cur, Some(&value("1")), "a transaction reads its own writes");
         Some(value("2"))
     });
     assert_eq!(w.unwrap().unwrap().register.marker, stamp);
-    assert_eq!(t.write_with(b"c", |_, _| Some(value("x"))).unwrap_err(), TxnError::NotLocked);
+    assert_eq!(t.write_with(b("c"), |_, _| Some(value("x"))).unwrap_err(), TxnError::NotLocked);
     assert_eq!(t.scan(0, 10).unwrap_err(), TxnError::NotLocked, "walking the keys needs every shard");
     let written = t.finish();
     let got: Vec<_> = written.iter().map(|w| (w.key.clone(), w.register.clone())).collect();
@@ -67,8 +67,8 @@ fn a_whole_keyspace_transaction_walks_the_keys_it_holds() {
         s.put(b(k), b("v"), None, T0).unwrap();
     }
     let mut t = s.lock_all(T0);
-    t.write_with(b"d", |_, _| Some(value("v"))).unwrap();
-    t.write_with(b"a", |_, _| Some(Slot::Tombstone)).unwrap();
+    t.write_with(b("d"), |_, _| Some(value("v"))).unwrap();
+    t.write_with(b("a"), |_, _| Some(Slot::Tombstone)).unwrap();
     let mut keys = t.keys(|_| true).unwrap();
     keys.sort();
     assert_eq!(keys, vec![b("b"), b("c"), b("d")]);
@@ -94,8 +94,8 @@ fn a_reader_of_several_keys_sees_a_transaction_whole_or_not_at_all() {
         std::thread::spawn(move || {
             wait_read.recv().unwrap();
             let mut t = s.lock([&x, &y], T0);
-            t.write_with(x.as_bytes(), |_, _| Some(value("new"))).unwrap();
-            t.write_with(y.as_bytes(), |_, _| Some(value("new"))).unwrap();
+            t.write_with(b(&x), |_, _| Some(value("new"))).unwrap();
+            t.write_with(b(&y), |_, _| Some(value("new"))).unwrap();
             drop(t);
             committed.send(()).unwrap();
         })

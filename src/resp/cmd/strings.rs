@@ -131,13 +131,14 @@ pub(super) fn mset(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
         return wrong_args(out, cx.spec.name);
     }
     let nx = cx.spec.name == "msetnx";
-    let r = cx.db.atomically(args[1..].iter().step_by(2), |db| {
-        let pairs = args[1..].chunks_exact(2);
-        if nx && pairs.clone().any(|kv| db.get_with(&kv[0], |_| ()).is_some()) {
+    // Copied before the transaction locks anything.
+    let pairs: Vec<(Bytes, Bytes)> = args[1..].chunks_exact(2).map(|kv| (copy(&kv[0]), copy(&kv[1]))).collect();
+    let r = cx.db.atomically(pairs.iter().map(|(k, _)| k), |db| {
+        if nx && pairs.iter().any(|(k, _)| db.get_with(k, |_| ()).is_some()) {
             return Ok(false);
         }
-        for kv in pairs {
-            db.put(copy(&kv[0]), copy(&kv[1]))?;
+        for (k, v) in &pairs {
+            db.put(k.clone(), v.clone())?;
         }
         Ok(true)
     });
