@@ -106,9 +106,7 @@ impl Store {
             index: HashMap::default(),
         }
     }
-}
 
-impl Store {
     /// Shard `s`'s write lock, spinning a while before sleeping for it: a
     /// transaction holds its shards for a few microseconds, less than a
     /// thread takes to sleep and wake.

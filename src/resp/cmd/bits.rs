@@ -1,11 +1,13 @@
-//! Bit commands on string values: SETBIT, GETBIT, BITCOUNT.
+//! Bit commands on string values: SETBIT, GETBIT, BITCOUNT, BITPOS,
+//! BITOP.
 
 use bytes::Bytes;
 
 use super::strings::{max_value, range, update, TOO_BIG};
-use super::{eq, int_arg, Cx, SYNTAX};
+use super::{copy, eq, int_arg, write_error, Cx, SYNTAX};
 use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
+use crate::store::Slot;
 
 /// A bit offset: at most 2^32 - 1, as in Redis (a 512 MiB string).
 fn bit_offset(out: &mut Out, a: &[u8]) -> Option<u64> {
@@ -89,6 +91,102 @@ pub(super) fn bitcount(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     out.int(n as i64);
 }
 
+/// BITPOS key bit [start [end [BYTE | BIT]]]: the first bit set to `bit`
+/// in the range, as Redis finds it. A missing key is all zeros; without an
+/// explicit end, a value of ones has its first zero just past its end.
+pub(super) fn bitpos(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    let Some(bit) = int_arg(out, &args[2]) else { return };
+    if bit != 0 && bit != 1 {
+        return out.error("ERR The bit argument must be 1 or 0.");
+    }
+    if args.len() > 6 {
+        return out.error(SYNTAX);
+    }
+    let mut start = 0;
+    let mut end = None;
+    if let Some(a) = args.get(3) {
+        let Some(n) = int_arg(out, a) else { return };
+        start = n;
+    }
+    let in_bits = match args.get(5) {
+        None => false,
+        Some(a) if eq(a, "bit") => true,
+        Some(a) if eq(a, "byte") => false,
+        Some(_) => return out.error(SYNTAX),
+    };
+    if let Some(a) = args.get(4) {
+        let Some(n) = int_arg(out, a) else { return };
+        end = Some(n);
+    }
+    let found = cx.db.get_with(&args[1], |v| first_bit(v, bit == 1, start, end, in_bits));
+    out.int(found.unwrap_or(if bit == 1 { -1 } else { 0 }));
+}
+
+/// BITPOS on a value `v`: Redis's range rules (negative from the end,
+/// clamped), then the first bit equal to `one` in it, -1 if none.
+fn first_bit(v: &[u8], one: bool, start: i64, end: Option<i64>, in_bits: bool) -> i64 {
+    let total = if in_bits { v.len() as i64 * 8 } else { v.len() as i64 };
+    let norm = |i: i64| if i < 0 { (total + i).max(0) } else { i };
+    let (s, e) = (norm(start), norm(end.unwrap_or(total - 1)).min(total - 1));
+    if s > e {
+        return -1;
+    }
+    let (first, last) = if in_bits { (s, e) } else { (s * 8, e * 8 + 7) };
+    if let Some(at) = (first..=last).find(|&o| bit(v, o as u64) == one) {
+        return at;
+    }
+    // Past the last byte of the range lie zeros, unless the caller bounded
+    // the range.
+    if !one && end.is_none() {
+        (last / 8 + 1) * 8
+    } else {
+        -1
+    }
+}
+
+/// BITOP AND | OR | XOR | NOT destkey key [key ...]: the result, as long
+/// as the longest source (missing keys and shorter values read as zeros),
+/// written to destkey, or destkey deleted if it is empty; its length. One
+/// transaction: the sources are read and the result written as one.
+pub(super) fn bitop(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    let op = &args[1];
+    let Some(op) = ["and", "or", "xor", "not"].into_iter().find(|o| eq(op, o)) else { return out.error(SYNTAX) };
+    if op == "not" && args.len() != 4 {
+        return out.error("ERR BITOP NOT must be called with a single source key.");
+    }
+    let (dest, sources) = (copy(&args[2]), &args[3..]);
+    let r = cx.db.atomically(std::iter::once(&dest).chain(sources), |db| {
+        let values: Vec<Bytes> = sources.iter().map(|k| db.get(k).unwrap_or_default()).collect();
+        let len = values.iter().map(Bytes::len).max().unwrap_or(0);
+        let byte = |v: &Bytes, i: usize| v.get(i).copied().unwrap_or(0);
+        let result: Vec<u8> = (0..len)
+            .map(|i| {
+                let mut acc = byte(&values[0], i);
+                for v in &values[1..] {
+                    let b = byte(v, i);
+                    acc = match op {
+                        "and" => acc & b,
+                        "or" => acc | b,
+                        _ => acc ^ b,
+                    };
+                }
+                if op == "not" {
+                    !acc
+                } else {
+                    acc
+                }
+            })
+            .collect();
+        let slot =
+            if len == 0 { Slot::Tombstone } else { Slot::Value { data: Bytes::from(result), expires_at_ms: None } };
+        db.write_with(dest.clone(), |cur, _| (len > 0 || cur.is_some()).then_some(slot)).map(|_| len)
+    });
+    match r {
+        Ok(len) => out.int(len as i64),
+        Err(e) => write_error(out, e),
+    }
+}
+
 /// Set bits in `v`, within `(start, end, in_bits)` if given.
 fn count(v: &[u8], bounds: Option<(i64, i64, bool)>) -> u64 {
     let ones = |b: &[u8]| b.iter().map(|x| x.count_ones() as u64).sum::<u64>();
@@ -123,6 +221,24 @@ mod tests {
         assert_eq!(count(v, Some((-100, 100, false))), 26);
         assert_eq!(count(b"", Some((0, -1, false))), 0);
         assert!(bit(b"\x80", 0) && !bit(b"\x80", 1) && !bit(b"\x80", 8));
+    }
+
+    #[test]
+    fn finds_bits_as_redis_does() {
+        // Redis's examples.
+        assert_eq!(first_bit(b"\xff\xf0\x00", false, 0, None, false), 12);
+        assert_eq!(first_bit(b"\x00\xff\xf0", true, 0, None, false), 8);
+        assert_eq!(first_bit(b"\x00\xff\xf0", true, 2, None, false), 16);
+        assert_eq!(first_bit(b"\x00\xff\xf0", true, 2, Some(-1), false), 16);
+        assert_eq!(first_bit(b"\x00\xff\xf0", true, 7, Some(15), true), 8);
+        assert_eq!(first_bit(b"\x00\xff\xf0", true, 7, Some(-3), true), 8);
+        assert_eq!(first_bit(b"\x00\x00\x00", true, 0, None, false), -1);
+        // All ones: past the end without an explicit end, -1 with one.
+        assert_eq!(first_bit(b"\xff\xff", false, 0, None, false), 16);
+        assert_eq!(first_bit(b"\xff\xff", false, 0, Some(-1), false), -1);
+        assert_eq!(first_bit(b"\xff\xff", false, 3, None, true), 16);
+        assert_eq!(first_bit(b"", false, 0, None, false), -1);
+        assert_eq!(first_bit(b"\xff", true, 5, Some(2), false), -1);
     }
 
     #[test]

@@ -188,6 +188,8 @@ static SPECS: &[Spec] = &[
     spec!("setbit", 4, W, 1, 1, 1, &["@write", "@bitmap", "@slow"], bits::setbit),
     spec!("getbit", 3, R, 1, 1, 1, &["@read", "@bitmap", "@fast"], bits::getbit),
     spec!("bitcount", -2, RS, 1, 1, 1, &["@read", "@bitmap", "@slow"], bits::bitcount),
+    spec!("bitpos", -3, RS, 1, 1, 1, &["@read", "@bitmap", "@slow"], bits::bitpos),
+    spec!("bitop", -4, W, 2, -1, 1, &["@write", "@bitmap", "@slow"], bits::bitop),
     spec!("lcs", -3, RS, 1, 2, 1, &["@read", "@string", "@slow"], lcs::lcs),
     spec!("keys", 2, RS, 0, 0, 0, &["@keyspace", "@read", "@slow", "@dangerous"], keyspace::keys),
     spec!("scan", -2, RS, 0, 0, 0, &["@keyspace", "@read", "@slow"], keyspace::scan),
