@@ -47,6 +47,34 @@ use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 pub use txn::{Locked, TxnError};
 
+/// The first half of a local read-modify-write of `key` in shard `g`,
+/// under its lock: the slot `f` returns for the value visible at `now_ms`
+/// and the new `stamp`, with that value; `None` when `f` writes nothing.
+/// Refused when the store is `full` and the slot would hold more than the
+/// register it replaces.
+fn decide(
+    g: &Shard,
+    kh: u64,
+    key: &[u8],
+    now_ms: u64,
+    stamp: Stamp,
+    full: bool,
+    f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
+) -> Result<Option<(Slot, Option<Bytes>)>, OutOfMemory> {
+    let held = g.find(kh, key).map(|(_, r)| r);
+    let current = held.filter(|r| r.visible(now_ms).is_some()).map(|r| r.slot());
+    let previous = match &current {
+        Some(Slot::Value { data, .. }) => Some(data.clone()),
+        _ => None,
+    };
+    let held = held.map_or(0, shard::record_cost);
+    let Some(slot) = f(current.as_ref(), stamp) else { return Ok(None) };
+    if matches!(slot, Slot::Value { .. }) && full && shard::cost(key, &slot) > held {
+        return Err(OutOfMemory);
+    }
+    Ok(Some((slot, previous)))
+}
+
 /// One register of a bucket summary: key, stamp, and whether it is a stub.
 pub type SummaryItem = (Bytes, Stamp, bool);
 
@@ -712,17 +740,7 @@ impl Store {
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
         let stamp = self.clock.now(now_ms);
-        let held = g.find(kh, &key).map(|(_, r)| r);
-        let current = held.filter(|r| r.visible(now_ms).is_some()).map(|r| r.slot());
-        let previous = match &current {
-            Some(Slot::Value { data, .. }) => Some(data.clone()),
-            _ => None,
-        };
-        let held = held.map_or(0, shard::record_cost);
-        let Some(slot) = f(current.as_ref(), stamp) else { return Ok(None) };
-        if matches!(slot, Slot::Value { .. }) && full && shard::cost(&key, &slot) > held {
-            return Err(OutOfMemory);
-        }
+        let Some((slot, previous)) = decide(&g, kh, &key, now_ms, stamp, full, f)? else { return Ok(None) };
         // What the write hands back (to be pushed to peers) is the store's
         // own copy: `key` and the value may be slices of a larger buffer (a
         // client's read buffer), which a queued slice would keep alive

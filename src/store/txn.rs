@@ -23,7 +23,7 @@ use parking_lot::RwLockWriteGuard;
 
 use super::digest::key_hash;
 use super::keys::{self, KeyAccess, Shards};
-use super::shard::{self, Delta, Shard};
+use super::shard::{Delta, Shard};
 use super::{OutOfMemory, Register, Slot, Store, Written};
 use crate::hlc::Stamp;
 
@@ -226,17 +226,7 @@ impl<'a> Locked<'a> {
         let (s, lb) = self.store.locate(kh);
         let (store, now, stamp, full) = (self.store, self.now_ms, self.stamp, self.full);
         let g = self.guards[s].as_deref_mut().ok_or(TxnError::NotLocked)?;
-        let held = g.find(kh, &key).map(|(_, r)| r);
-        let current = held.filter(|r| r.visible(now).is_some()).map(|r| r.slot());
-        let previous = match &current {
-            Some(Slot::Value { data, .. }) => Some(data.clone()),
-            _ => None,
-        };
-        let held = held.map_or(0, shard::record_cost);
-        let Some(slot) = f(current.as_ref(), stamp) else { return Ok(None) };
-        if matches!(slot, Slot::Value { .. }) && full && shard::cost(&key, &slot) > held {
-            return Err(TxnError::OutOfMemory);
-        }
+        let Some((slot, previous)) = super::decide(g, kh, &key, now, stamp, full, f)? else { return Ok(None) };
         let register = Register { val: slot, marker: stamp };
         let applied = stamp >= store.floors.read().clear_below;
         if applied {
