@@ -77,9 +77,7 @@ impl Transaction<'_> {
     /// How many registers hold values (what DBSIZE counts), with this
     /// transaction's writes.
     pub fn values(&self) -> usize {
-        let st = self.mesh.replica().store().stats();
-        let held = st.entries.saturating_sub(st.tombstones + st.stubs) as isize;
-        (held + self.locked.values_added()).max(0) as usize
+        (self.mesh.len() as isize + self.locked.values_added()).max(0) as usize
     }
 
     /// Reads `key` as [`Mesh::get`] does, including this transaction's own

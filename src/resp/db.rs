@@ -105,10 +105,7 @@ impl Db<'_, '_> {
     /// Registers holding values (DBSIZE).
     pub(crate) fn dbsize(&self) -> usize {
         match self {
-            Db::Mesh(m) => {
-                let st = m.replica().store().stats();
-                st.entries.saturating_sub(st.tombstones + st.stubs)
-            }
+            Db::Mesh(m) => m.len(),
             Db::Txn(t) => t.values(),
         }
     }
