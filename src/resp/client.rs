@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -54,6 +54,10 @@ pub(crate) struct Client {
     pub(crate) multi: Option<Multi>,
     /// WATCHed keys, with what each held when watched.
     pub(crate) watched: Vec<Watched>,
+    /// CLIENT TRACKING's options, while on.
+    pub(crate) tracking: Option<super::tracking::Mode>,
+    /// CLIENT CACHING was given for the next command (or transaction).
+    pub(crate) caching: bool,
 }
 
 /// A transaction being queued (between MULTI and EXEC).
@@ -113,6 +117,9 @@ impl Client {
             last: AtomicUsize::new(usize::MAX),
             killed: AtomicBool::new(false),
             kill: outbox.kill.clone(),
+            outbox: outbox.clone(),
+            tracking: AtomicU8::new(0),
+            redirect: AtomicU64::new(0),
         });
         Client {
             id,
@@ -138,6 +145,8 @@ impl Client {
             tallies: Vec::new(),
             multi: None,
             watched: Vec::new(),
+            tracking: None,
+            caching: false,
         }
     }
 
@@ -206,6 +215,7 @@ impl Client {
             multi: self.multi_len(),
             watch: self.watched.len(),
             resp3,
+            tracking: self.handle.tracking_view(),
         }
     }
 
@@ -260,9 +270,34 @@ pub(crate) struct Handle {
     /// an output-limit close (both fire the outbox's `kill`).
     pub(crate) killed: AtomicBool,
     kill: tokio_util::sync::CancellationToken,
+    /// Where pushes for this connection are queued (pub/sub messages,
+    /// invalidations).
+    pub(crate) outbox: Arc<Outbox>,
+    /// CLIENT TRACKING as CLIENT LIST shows it: `TRACK_*` bits.
+    tracking: AtomicU8,
+    /// The redirect target, while tracking (CLIENT LIST's `redir`).
+    redirect: AtomicU64,
 }
 
+const TRACK_ON: u8 = 1;
+const TRACK_BROKEN: u8 = 2;
+const TRACK_BCAST: u8 = 4;
+
 impl Handle {
+    /// Records tracking (`None`: off) and whether its redirect is broken.
+    pub(crate) fn set_tracking(&self, mode: Option<&super::tracking::Mode>, broken: bool) {
+        let bits = mode.map_or(0, |m| TRACK_ON | if m.bcast { TRACK_BCAST } else { 0 })
+            | if broken { TRACK_BROKEN } else { 0 };
+        self.tracking.store(bits, Ordering::Relaxed);
+        self.redirect.store(mode.map_or(0, |m| m.redirect), Ordering::Relaxed);
+    }
+
+    fn tracking_view(&self) -> (u8, i64) {
+        let bits = self.tracking.load(Ordering::Relaxed);
+        let redir = if bits & TRACK_ON != 0 { self.redirect.load(Ordering::Relaxed) as i64 } else { -1 };
+        (bits, redir)
+    }
+
     /// Whether the client has any subscription (Redis's `pubsub` type).
     pub(crate) fn subscribed(&self) -> bool {
         self.channels.load(Ordering::Relaxed)
@@ -291,6 +326,7 @@ impl Handle {
             multi: self.multi.load(Ordering::Relaxed),
             watch: self.watch.load(Ordering::Relaxed),
             resp3: self.resp3.load(Ordering::Relaxed),
+            tracking: self.tracking_view(),
         }
     }
 }
@@ -312,6 +348,17 @@ pub(crate) struct View {
     /// Keys watched.
     pub(crate) watch: usize,
     pub(crate) resp3: bool,
+    /// Tracking bits and redirect target (-1: not tracking).
+    pub(crate) tracking: (u8, i64),
+}
+
+impl View {
+    /// Whether tracking is on, its redirect is broken, it is in BCAST mode
+    /// (CLIENT LIST's `t`, `R`, `B`).
+    pub(crate) fn tracking_flags(&self) -> (bool, bool, bool) {
+        let b = self.tracking.0;
+        (b & TRACK_ON != 0, b & TRACK_BROKEN != 0, b & TRACK_BCAST != 0)
+    }
 }
 
 /// Every live connection of one server, by id (the order CLIENT LIST

@@ -79,10 +79,11 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
         }
         "clients" => {
             let (channels, patterns) = sh.hub.counts();
+            let (tracking, ..) = sh.tracking.counts();
             writeln!(
                 s,
-                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\npubsub_channels:{channels}\r\n\
-                 pubsub_patterns:{patterns}\r",
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\ntracking_clients:{tracking}\r\n\
+                 pubsub_channels:{channels}\r\npubsub_patterns:{patterns}\r",
                 sh.clients.load(Ordering::Relaxed),
                 sh.config.max_clients,
             )
@@ -111,12 +112,15 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
         }
         "stats" => {
             let store = sh.mesh.replica().store().stats();
+            let (_, keys, items, prefixes) = sh.tracking.counts();
             writeln!(
                 s,
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\
                  expired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\
                  total_error_replies:{}\r\nprotocol_errors:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\
-                 keyspace_notifications_delivered:{}\r\nkeyspace_notifications_lagged:{}\r",
+                 keyspace_notifications_delivered:{}\r\nkeyspace_notifications_lagged:{}\r\n\
+                 tracking_total_keys:{keys}\r\ntracking_total_items:{items}\r\ntracking_total_prefixes:{prefixes}\r\n\
+                 tracking_keys_invalidated_early:{}\r",
                 l(&st.connections),
                 l(&st.commands),
                 l(&st.rejected),
@@ -129,6 +133,7 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
                 l(&st.output_limit_closes),
                 sh.hub.delivered.load(Ordering::Relaxed),
                 sh.hub.lagged.load(Ordering::Relaxed),
+                sh.tracking.early.load(Ordering::Relaxed),
             )
         }
         "replication" => {

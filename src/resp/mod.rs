@@ -114,6 +114,7 @@ mod notify;
 mod parse;
 mod reply;
 mod server;
+mod tracking;
 
 use std::future::Future;
 use std::io;
@@ -165,6 +166,10 @@ pub struct RespConfig {
     /// Default `"KEA"`: every notification on (see the module docs for why
     /// this differs from Redis's default).
     pub notify_keyspace_events: String,
+    /// Most keys the CLIENT TRACKING table remembers, like Redis's
+    /// `tracking-table-max-keys` (0: no bound). Past it the keys tracked
+    /// longest are invalidated early. Default 1,000,000, as Redis.
+    pub tracking_table_max_keys: usize,
 }
 
 impl RespConfig {
@@ -189,6 +194,7 @@ impl Default for RespConfig {
             max_clients: 10_000,
             output_buffer_limit: 64 << 20,
             notify_keyspace_events: "KEA".into(),
+            tracking_table_max_keys: tracking::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -203,6 +209,7 @@ impl std::fmt::Debug for RespConfig {
             .field("max_clients", &self.max_clients)
             .field("output_buffer_limit", &self.output_buffer_limit)
             .field("notify_keyspace_events", &self.notify_keyspace_events)
+            .field("tracking_table_max_keys", &self.tracking_table_max_keys)
             .finish()
     }
 }
@@ -253,6 +260,8 @@ struct Shared {
     clients: AtomicUsize,
     /// The live connections, for CLIENT LIST and CLIENT KILL.
     registry: client::Registry,
+    /// CLIENT TRACKING's table, an observer of the mesh's store.
+    tracking: Arc<tracking::Table>,
     stats: Stats,
     /// Per command, by its place in the command table.
     commands: Box<[CommandStat]>,
@@ -287,6 +296,7 @@ pub async fn serve(
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let started_unix = mesh.now_ms() / 1000;
+    let tracking = Arc::new(tracking::Table::new(mesh.clone(), config.tracking_table_max_keys));
     let shared = Arc::new(Shared {
         hub: Arc::new(notify::Hub::new(mesh.clone(), flags, stop.clone())),
         mesh,
@@ -294,6 +304,7 @@ pub async fn serve(
         next_id: AtomicU64::new(1),
         clients: AtomicUsize::new(0),
         registry: client::Registry::default(),
+        tracking,
         stats: Stats::default(),
         commands: (0..cmd::table_len()).map(|_| CommandStat::default()).collect(),
         started: crate::env::stopwatch(),
@@ -301,6 +312,8 @@ pub async fn serve(
         local_addr,
     });
     shared.hub.listen();
+    let observer: Arc<dyn crate::store::Observer> = shared.tracking.clone();
+    shared.mesh.replica().store().add_observer(observer.clone());
     tracing::info!(addr = %local_addr, "RESP server listening");
     let tracker = TaskTracker::new();
     tokio::select! {
@@ -311,6 +324,7 @@ pub async fn serve(
     stop.cancel();
     tracker.close();
     tracker.wait().await;
+    shared.mesh.replica().store().remove_observer(&observer);
     tracing::info!(addr = %local_addr, "RESP server stopped");
     Ok(())
 }

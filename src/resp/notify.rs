@@ -211,6 +211,48 @@ impl Outbox {
         });
     }
 
+    /// An invalidation of `key` (`None`: of every key) for a tracking
+    /// client, as Redis sends it: an `invalidate` push to a RESP3
+    /// connection; to a RESP2 one only if it is a redirect target in
+    /// pub/sub mode (`as_message`), as a message on `__redis__:invalidate`.
+    pub(crate) fn invalidate(&self, key: Option<&[u8]>, as_message: bool) {
+        let resp3 = self.state.lock().out.resp3;
+        if !resp3 && !as_message {
+            return;
+        }
+        self.queue(|o| {
+            if o.resp3 {
+                o.push(2);
+                o.bulk(b"invalidate");
+            } else {
+                o.push(3);
+                o.bulk(b"message");
+                o.bulk(b"__redis__:invalidate");
+            }
+            match key {
+                Some(k) => {
+                    o.array(1);
+                    o.bulk(k);
+                }
+                None => o.null(),
+            }
+        });
+    }
+
+    /// Tells a RESP3 tracking client that the connection its
+    /// invalidations were redirected to (`id`) is gone. A RESP2 client
+    /// cannot be told (as in Redis).
+    pub(crate) fn redirect_broken(&self, id: u64) {
+        if !self.state.lock().out.resp3 {
+            return;
+        }
+        self.queue(|o| {
+            o.push(2);
+            o.bulk(b"tracking-redir-broken");
+            o.int(id as i64);
+        });
+    }
+
     fn queue(&self, f: impl FnOnce(&mut Out)) {
         if self.kill.is_cancelled() {
             return;

@@ -85,6 +85,7 @@ struct Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.registry.remove(self.client.id);
+        self.shared.tracking.gone(self.client.id);
         self.shared.hub.drop_client(self.client.id, &self.client.channels, &self.client.patterns);
         self.shared.clients.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("meshcache_resp_clients").decrement(1.0);
@@ -196,7 +197,7 @@ impl Connection {
             match self.parser.next(&mut self.buf, &limits, args) {
                 Ok(true) => {
                     n += 1;
-                    if self.client.subscribed() {
+                    if self.client.subscribed() || self.client.tracking.is_some() {
                         // Messages queued so far go before this reply.
                         self.client.outbox.drain_into(&mut self.out);
                     }

@@ -20,6 +20,7 @@ mod bugs;
 pub mod digest;
 pub mod evict;
 mod keys;
+mod observe;
 mod shard;
 pub mod slot;
 mod table;
@@ -28,6 +29,7 @@ mod txn;
 use std::num::NonZeroUsize;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -43,6 +45,8 @@ use digest::{key_hash, BUCKETS, BUCKET_BITS};
 pub use evict::EvictionPolicy;
 use evict::POOL_SIZE;
 pub use keys::KeyAccess;
+pub use observe::Observer;
+use observe::Observers;
 use shard::{Delta, Shard};
 pub use slot::{Change, ChangeKind, Origin, Register, Slot};
 pub use txn::{Locked, TxnError};
@@ -327,6 +331,8 @@ pub struct Store {
     /// a second's resolution) for the same reason.
     recent_ms: AtomicU64,
     counters: Counters,
+    /// Told of each change under its shard's lock (see `observe`).
+    observers: Observers,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
     bugs: bugs::Planted,
@@ -382,6 +388,7 @@ impl Store {
             evictor: Mutex::new(Evictor { pool: evict::Pool::default(), rng: SmallRng::seed_from_u64(config.seed) }),
             config,
             counters: Counters::default(),
+            observers: Observers::default(),
             #[cfg(any(test, feature = "testing"))]
             bugs: bugs::Planted::default(),
         })
@@ -536,7 +543,15 @@ impl Store {
             let Some(victim) = pool.take() else { return (evicted, true) };
             let stable_before = if self.planted(Bug::GhostUnstable) { u64::MAX } else { self.ghost_before() };
             let mut g = self.shards[victim.shard as usize].write();
-            match g.evict(victim, policy, now_ms, stable_before, |h| digest::bucket_of(h) & ((1 << shift) - 1)) {
+            let evicting = |key: &[u8]| self.observers.changed(key);
+            match g.evict(
+                victim,
+                policy,
+                now_ms,
+                stable_before,
+                |h| digest::bucket_of(h) & ((1 << shift) - 1),
+                evicting,
+            ) {
                 Some((d, ghosted)) => {
                     g.tidy();
                     drop(g);
@@ -582,7 +597,35 @@ impl Store {
 
     /// Stores a winning register in its (locked) shard.
     fn store_in(&self, g: &mut Shard, key: &[u8], kh: u64, lb: usize, reg: &Register, now_ms: u64) -> Delta {
-        g.store(key, kh, lb, reg, now_ms, now_ms, self.policy().is_lfu())
+        // Observers hear of a change to what the key reads as: a delete of
+        // a key that was not visible (replicated all the same) changes
+        // nothing a reader could have cached, and Redis is silent on it too.
+        let observed = self.observers.wanted()
+            && (matches!(reg.val, Slot::Value { .. }) && !reg.val.is_expired(now_ms)
+                || g.find(kh, key).is_some_and(|(_, r)| r.visible(now_ms).is_some()));
+        let d = g.store(key, kh, lb, reg, now_ms, now_ms, self.policy().is_lfu());
+        if observed {
+            self.observers.changed(key);
+        }
+        d
+    }
+
+    /// Adds an observer of every change, told under the changed key's
+    /// shard lock (see [`Observer`]). It is told nothing until it says it
+    /// wants changes ([`Store::want_changes`]).
+    pub fn add_observer(&self, o: Arc<dyn Observer>) {
+        self.observers.add(o);
+    }
+
+    /// Removes an observer added by [`Store::add_observer`].
+    pub fn remove_observer(&self, o: &Arc<dyn Observer>) {
+        self.observers.remove(o);
+    }
+
+    /// An observer starts or stops wanting changes; calls must pair. While
+    /// no observer wants them, a change costs one relaxed load.
+    pub fn want_changes(&self, on: bool) {
+        self.observers.want(on);
     }
 
     /// Reads `key` at `now_ms`: a copy of the value, unless it is absent,
@@ -812,6 +855,7 @@ impl Store {
             drop(g);
             self.apply(d);
         }
+        self.observers.flushed();
         removed
     }
 
@@ -1020,6 +1064,9 @@ impl Store {
         let was_visible = r.visible(now_ms).is_some();
         let d = g.remove(id, kh, lb);
         g.tidy();
+        if was_visible {
+            self.observers.changed(key);
+        }
         {
             let mut f = self.floors.write();
             f.gc_floor = f.gc_floor.max(stamp);
@@ -1040,6 +1087,7 @@ impl Store {
             let mut g = sh.write();
             for (key, stamp, was_value) in g.expire(now_ms) {
                 if was_value {
+                    self.observers.changed(&key);
                     out.push(Change { key, kind: ChangeKind::Expire, origin: Origin::Local, stamp });
                 }
             }

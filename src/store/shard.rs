@@ -407,12 +407,14 @@ impl Shard {
         now_ms: u64,
         stable_before: u64,
         local_bucket: impl Fn(u64) -> usize,
+        evicting: impl FnOnce(&[u8]),
     ) -> Option<(Delta, bool)> {
         let r = self.table.used(c.id).filter(|r| r.stamp() == c.stamp && r.is_value())?;
         let expires_at_ms = r.expires_at_ms();
         if policy.volatile_only() && expires_at_ms.is_none() {
             return None;
         }
+        evicting(r.key());
         let kh = key_hash(r.key());
         let lb = local_bucket(kh);
         if r.arrival_ms() < stable_before {

@@ -57,6 +57,9 @@ pub(super) fn reset(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
     c.authed = sh.config.requirepass.is_none();
     c.multi = None;
     c.watched.clear();
+    sh.tracking.disable(c.id);
+    c.tracking = None;
+    c.caching = false;
     out.simple("RESET");
 }
 
@@ -243,6 +246,14 @@ fn client_command(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
         client_kill(sh, c, args, out);
     } else if eq(sub, "reply") && argc == 3 {
         client_reply(c, &args[2], out);
+    } else if eq(sub, "tracking") && argc >= 3 {
+        super::tracking::tracking(sh, c, args, out);
+    } else if eq(sub, "caching") && argc >= 3 {
+        super::tracking::caching(c, args, out);
+    } else if eq(sub, "getredir") && argc == 2 {
+        super::tracking::getredir(c, out);
+    } else if eq(sub, "trackinginfo") && argc == 2 {
+        super::tracking::trackinginfo(sh, c, out);
     } else if (eq(sub, "no-evict") || eq(sub, "no-touch")) && argc == 3 {
         if eq(&args[2], "on") || eq(&args[2], "off") {
             out.ok();
@@ -284,6 +295,15 @@ fn client_command(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
                 "      Return clients of specified IDs only.",
                 "REPLY (ON|OFF|SKIP)",
                 "    Control the replies sent to the current connection.",
+                "TRACKING (ON|OFF) [REDIRECT <id>] [BCAST] [PREFIX <prefix> [...]]",
+                "         [OPTIN] [OPTOUT] [NOLOOP]",
+                "    Control server assisted client side caching.",
+                "CACHING (YES|NO)",
+                "    Enable/disable tracking of the keys for next command in OPTIN/OPTOUT modes.",
+                "GETREDIR",
+                "    Return the client ID we are redirecting to when tracking is enabled.",
+                "TRACKINGINFO",
+                "    Report tracking status for the current connection.",
                 "SETNAME <name>",
                 "    Assign the name <name> to the current connection.",
                 "SETINFO <option> <value>",
@@ -294,7 +314,23 @@ fn client_command(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
                 "    Accepted for compatibility.",
             ],
         );
-    } else if ["id", "getname", "info", "help", "no-evict", "no-touch", "kill", "reply"].iter().any(|s| eq(sub, s)) {
+    } else if [
+        "id",
+        "getname",
+        "info",
+        "help",
+        "no-evict",
+        "no-touch",
+        "kill",
+        "reply",
+        "tracking",
+        "caching",
+        "getredir",
+        "trackinginfo",
+    ]
+    .iter()
+    .any(|s| eq(sub, s))
+    {
         wrong_args(out, &format!("client|{}", lossy(sub).to_ascii_lowercase()));
     } else {
         unknown_subcommand(out, sub, "CLIENT");
@@ -307,7 +343,7 @@ fn client_line(v: &View, cmd: &str) -> String {
     let s = |b: &Option<Bytes>| b.as_ref().map(|b| lossy(b).into_owned()).unwrap_or_default();
     format!(
         "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db=0 sub={} psub={} ssub={} multi={} \
-         watch={} cmd={cmd} user=default lib-name={} lib-ver={} resp={}\n",
+         watch={} cmd={cmd} user=default redir={} resp={} lib-name={} lib-ver={}\n",
         v.id,
         v.addr,
         v.laddr,
@@ -319,21 +355,33 @@ fn client_line(v: &View, cmd: &str) -> String {
         v.shard_channels,
         v.multi,
         v.watch,
+        v.tracking.1,
+        if v.resp3 { 3 } else { 2 },
         s(&v.names.lib_name),
         s(&v.names.lib_ver),
-        if v.resp3 { 3 } else { 2 },
     )
 }
 
 /// CLIENT LIST's flags, in Redis's order: `P` subscribed, `x` in MULTI,
-/// `N` neither.
-fn flags(v: &View) -> &'static str {
-    match (v.channels + v.patterns + v.shard_channels > 0, v.multi >= 0) {
-        (true, true) => "Px",
-        (true, false) => "P",
-        (false, true) => "x",
-        (false, false) => "N",
+/// `t` tracking, `R` its redirect broken, `B` in BCAST mode; `N` none.
+fn flags(v: &View) -> String {
+    let (tracking, broken, bcast) = v.tracking_flags();
+    let mut f = String::new();
+    for (on, c) in [
+        (v.channels + v.patterns + v.shard_channels > 0, 'P'),
+        (v.multi >= 0, 'x'),
+        (tracking, 't'),
+        (broken, 'R'),
+        (bcast, 'B'),
+    ] {
+        if on {
+            f.push(c);
+        }
     }
+    if f.is_empty() {
+        f.push('N');
+    }
+    f
 }
 
 /// A client type for CLIENT LIST TYPE and CLIENT KILL TYPE: `Some(true)`

@@ -18,6 +18,7 @@ mod multi;
 mod pubsub;
 mod server;
 mod strings;
+mod tracking;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -315,7 +316,45 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
         }
         return multi::queue(sh, c, spec, args, out);
     }
-    run(&mut Cx { sh, c, spec, db: Db::Mesh(&sh.mesh) }, args, out);
+    match &c.tracking {
+        None => run(&mut Cx { sh, c, spec, db: Db::Mesh(&sh.mesh) }, args, out),
+        Some(mode) => {
+            let noloop = mode.noloop;
+            let id = c.id;
+            if noloop {
+                super::tracking::as_writer(id, || run_tracking(sh, c, spec, args, out))
+            } else {
+                run_tracking(sh, c, spec, args, out)
+            }
+        }
+    }
+}
+
+/// Runs a command of a tracking client. One that reads keys runs holding
+/// their shard locks, under which its keys are tracked and its pending
+/// invalidations go into `out` before its reply: see `resp::tracking`
+/// for why that orders every invalidation against the reply.
+fn run_tracking(sh: &Shared, c: &mut Client, spec: &'static Spec, args: &[Bytes], out: &mut Out) {
+    let Some(mode) = &c.tracking else { return };
+    let reads = spec.is("readonly") && spec.first != 0;
+    if reads {
+        let track = tracking::tracks_reads(mode, c.caching);
+        let keys: Vec<&Bytes> = spec.keys(args).collect();
+        sh.mesh.transaction(&keys, |t| {
+            if track {
+                sh.tracking.remember(c.id, keys.iter().copied());
+            }
+            c.outbox.drain_into(out);
+            run(&mut Cx { sh, c, spec, db: Db::Txn(t) }, args, out);
+        });
+    } else {
+        run(&mut Cx { sh, c, spec, db: Db::Mesh(&sh.mesh) }, args, out);
+    }
+    // CLIENT CACHING applies to the next command, or to the transaction
+    // that follows it, as in Redis.
+    if c.multi.is_none() && spec.name != "client" {
+        c.caching = false;
+    }
 }
 
 /// Refuses a command before it runs, as Redis's `rejectCommand` does: the

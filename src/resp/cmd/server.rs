@@ -213,6 +213,7 @@ fn config_params(sh: &Shared) -> Vec<(&'static str, String)> {
         ("port", sh.local_addr.port().to_string()),
         ("bind", sh.local_addr.ip().to_string()),
         ("timeout", "0".into()),
+        ("tracking-table-max-keys", sh.tracking.max_keys().to_string()),
     ]
 }
 
@@ -244,6 +245,7 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
         let mut max_bytes = None;
         let mut policy = None;
         let mut samples = None;
+        let mut tracking_keys = None;
         for kv in args[2..].chunks_exact(2) {
             let name = lossy(&kv[0]).to_ascii_lowercase();
             let failed = |why: &str| format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}");
@@ -277,6 +279,14 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
                         return out.error(&failed(&format!("argument must be between 1 and {MAX_SAMPLES} inclusive")))
                     }
                 }
+            } else if name == "tracking-table-max-keys" {
+                match parse_i64(&kv[1]) {
+                    Some(n) if n >= 0 => tracking_keys = Some(n as usize),
+                    Some(_) => {
+                        return out.error(&failed("argument must be between 0 and 9223372036854775807 inclusive"))
+                    }
+                    None => return out.error(&failed("argument couldn't be parsed into an integer")),
+                }
             } else if config_params(sh).iter().any(|(n, _)| *n == name) {
                 return out.error(&format!(
                     "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
@@ -288,6 +298,9 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
         }
         if let Some(f) = flags {
             sh.hub.set_flags(f);
+        }
+        if let Some(n) = tracking_keys {
+            sh.tracking.set_max_keys(n);
         }
         let store = sh.mesh.replica().store();
         if let Some(p) = policy {

@@ -1,0 +1,340 @@
+//! Client-side caching: Redis's `CLIENT TRACKING`, fed by every change this
+//! peer makes or learns of.
+//!
+//! The [`Table`] is an observer of the store (`store::Observer`): it is
+//! told of each write, delete, expiry and eviction under the lock of the
+//! key's shard, and of a FLUSHALL once its sweep is done, whether the
+//! change was made here, pushed by another peer, or repaired by
+//! anti-entropy. It queues each invalidation in the outbox of the client
+//! that must hear it, which its connection drains.
+//!
+//! # Ordering against replies
+//!
+//! A tracking client's command that reads keys runs holding its keys'
+//! shard locks (`cmd::execute`, as a transaction over them): under those
+//! locks it records the keys as tracked, moves its pending invalidations
+//! into its output, and reads. A change to one of those keys takes the same
+//! lock and queues its invalidation under it, so:
+//!
+//! - an invalidation for a change the reply shows is already queued when
+//!   the reply is read, and goes out before it;
+//! - an invalidation for a change made after the read is queued after the
+//!   reply is written, and goes out after it.
+//!
+//! The second point is what keeps a near cache from storing a value older
+//! than an invalidation it has already handled; the first means no reply
+//! shows a new value while the invalidation of the old one is still held
+//! back. A FLUSHALL is the one exception to the first point: its null
+//! invalidation is queued once every shard is swept, so a reply during the
+//! sweep may show a key gone before it (harmless: the client drops what it
+//! cached). A client's own writes invalidate after their reply, as in
+//! Redis 7.
+//!
+//! # The table
+//!
+//! In default mode a key a client read is tracked for that client until it
+//! is invalidated once. The table holds at most `tracking-table-max-keys`
+//! keys (0: no bound); past it the keys tracked longest are invalidated
+//! early, as if they had changed, never forgotten silently. In BCAST mode
+//! nothing is remembered per key: every change under one of the client's
+//! prefixes is sent.
+//!
+//! A client whose outbox passes the output limit is disconnected (its
+//! connection closes), so an invalidation is never dropped while the
+//! client keeps its cache.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::client::Handle;
+use crate::store::Observer;
+
+/// Redis's default `tracking-table-max-keys`.
+pub(crate) const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+thread_local! {
+    /// The client whose command is running on this thread (0: none), for
+    /// NOLOOP: a change is told to the observer by the thread that makes
+    /// it, before the command returns.
+    static WRITER: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` (one command of client `id`) with `id` known as the writer of
+/// the changes it makes.
+pub(crate) fn as_writer<R>(id: u64, f: impl FnOnce() -> R) -> R {
+    struct Reset(u64);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            WRITER.with(|w| w.set(self.0));
+        }
+    }
+    let _reset = Reset(WRITER.with(|w| w.replace(id)));
+    f()
+}
+
+/// How one client tracks (CLIENT TRACKING ON's options).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Mode {
+    pub(crate) bcast: bool,
+    pub(crate) optin: bool,
+    pub(crate) optout: bool,
+    pub(crate) noloop: bool,
+    /// The client invalidations go to instead (0: this one).
+    pub(crate) redirect: u64,
+}
+
+/// One tracking client.
+struct Tracker {
+    handle: Arc<Handle>,
+    mode: Mode,
+    /// The redirect target's connection, while it lives.
+    target: Option<Arc<Handle>>,
+    /// BCAST prefixes ("" for every key).
+    prefixes: Vec<Bytes>,
+}
+
+struct Entry {
+    clients: Vec<u64>,
+    /// Which registration in `order` is this entry's.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<u64, Tracker>,
+    keys: HashMap<Bytes, Entry, foldhash::fast::RandomState>,
+    /// Keys in the order they were first tracked, for the bound. Entries
+    /// of keys since invalidated stay until they reach the front (or the
+    /// queue is compacted).
+    order: VecDeque<(Bytes, u64)>,
+    next_generation: u64,
+    /// Client-key pairs tracked.
+    items: usize,
+    /// BCAST prefixes of every client.
+    prefixes: usize,
+}
+
+/// The tracking table of one server.
+pub(crate) struct Table {
+    state: Mutex<State>,
+    max_keys: AtomicUsize,
+    /// Keys invalidated early because the table was full (INFO).
+    pub(crate) early: AtomicU64,
+    store: crate::Mesh,
+}
+
+impl Table {
+    pub(crate) fn new(mesh: crate::Mesh, max_keys: usize) -> Self {
+        Table {
+            state: Mutex::new(State::default()),
+            max_keys: AtomicUsize::new(max_keys),
+            early: AtomicU64::new(0),
+            store: mesh,
+        }
+    }
+
+    pub(crate) fn max_keys(&self) -> usize {
+        self.max_keys.load(Ordering::Relaxed)
+    }
+
+    /// CONFIG SET tracking-table-max-keys: a smaller bound invalidates the
+    /// excess at once.
+    pub(crate) fn set_max_keys(&self, max: usize) {
+        self.max_keys.store(max, Ordering::Relaxed);
+        let mut st = self.state.lock();
+        self.bound(&mut st);
+    }
+
+    /// CLIENT TRACKING ON for `handle`'s client, its options checked.
+    /// `target` is the redirect target's connection (checked to exist).
+    pub(crate) fn enable(&self, handle: &Arc<Handle>, mode: Mode, target: Option<Arc<Handle>>, prefixes: Vec<Bytes>) {
+        let mut st = self.state.lock();
+        let first = st.clients.is_empty();
+        let id = handle.id;
+        let mut kept = Vec::new();
+        if let Some(old) = st.clients.remove(&id) {
+            kept = old.prefixes;
+        }
+        if mode.bcast && prefixes.is_empty() && kept.is_empty() {
+            kept.push(Bytes::new());
+        }
+        for p in prefixes {
+            if !kept.contains(&p) {
+                kept.push(p);
+            }
+        }
+        if !mode.bcast {
+            kept.clear();
+        }
+        handle.set_tracking(Some(&mode), false);
+        st.clients.insert(id, Tracker { handle: handle.clone(), mode, target, prefixes: kept });
+        st.prefixes = st.clients.values().map(|t| t.prefixes.len()).sum();
+        drop(st);
+        if first {
+            self.store.replica().store().want_changes(true);
+        }
+    }
+
+    /// CLIENT TRACKING OFF, RESET, or the connection closed. The keys it
+    /// tracked stay in the table until they change (as in Redis).
+    pub(crate) fn disable(&self, id: u64) {
+        let mut st = self.state.lock();
+        let Some(t) = st.clients.remove(&id) else { return };
+        t.handle.set_tracking(None, false);
+        st.prefixes -= t.prefixes.len();
+        let last = st.clients.is_empty();
+        drop(st);
+        if last {
+            self.store.replica().store().want_changes(false);
+        }
+    }
+
+    /// A connection closed: it stops tracking, and clients redirecting
+    /// to it hear `tracking-redir-broken` at once (Redis says so only at
+    /// their next invalidation, which it then loses; it is sent then too).
+    pub(crate) fn gone(&self, id: u64) {
+        self.disable(id);
+        let mut st = self.state.lock();
+        for t in st.clients.values_mut() {
+            if t.mode.redirect == id && t.target.take().is_some() {
+                t.handle.set_tracking(Some(&t.mode), true);
+                t.handle.outbox.redirect_broken(id);
+            }
+        }
+    }
+
+    /// The options `id` tracks with, and its prefixes (sorted, as Redis
+    /// lists them), if it tracks.
+    pub(crate) fn mode_of(&self, id: u64) -> Option<(Mode, bool, Vec<Bytes>)> {
+        let st = self.state.lock();
+        let t = st.clients.get(&id)?;
+        let mut p = t.prefixes.clone();
+        p.sort();
+        Some((t.mode.clone(), t.mode.redirect != 0 && t.target.is_none(), p))
+    }
+
+    /// Tracks `keys` for client `id` (a read in default mode). Called
+    /// holding the keys' shard locks; see the module docs.
+    pub(crate) fn remember<'k>(&self, id: u64, keys: impl IntoIterator<Item = &'k Bytes>) {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        for k in keys {
+            match st.keys.get_mut(&k[..]) {
+                Some(e) => {
+                    if !e.clients.contains(&id) {
+                        e.clients.push(id);
+                        st.items += 1;
+                    }
+                }
+                None => {
+                    let generation = st.next_generation;
+                    st.next_generation += 1;
+                    let key = Bytes::copy_from_slice(k);
+                    st.order.push_back((key.clone(), generation));
+                    st.keys.insert(key, Entry { clients: vec![id], generation });
+                    st.items += 1;
+                }
+            }
+        }
+        self.bound(st);
+    }
+
+    /// Invalidates the keys tracked longest while the table is over its
+    /// bound, and drops queue entries of keys no longer tracked once they
+    /// outnumber the live ones.
+    fn bound(&self, st: &mut State) {
+        let max = self.max_keys();
+        while max > 0 && st.keys.len() > max {
+            let Some((key, generation)) = st.order.pop_front() else { break };
+            if st.keys.get(&key).is_some_and(|e| e.generation == generation) {
+                let e = st.keys.remove(&key).expect("just found");
+                st.items -= e.clients.len();
+                self.early.fetch_add(1, Ordering::Relaxed);
+                for id in e.clients {
+                    if let Some(t) = st.clients.get(&id) {
+                        send(t, Some(&key));
+                    }
+                }
+            }
+        }
+        if st.order.len() > 2 * st.keys.len() + 1024 {
+            let keys = &st.keys;
+            st.order.retain(|(k, g)| keys.get(k).is_some_and(|e| e.generation == *g));
+        }
+    }
+
+    /// INFO: tracking clients, keys, client-key pairs, prefixes.
+    pub(crate) fn counts(&self) -> (usize, usize, usize, usize) {
+        let st = self.state.lock();
+        (st.clients.len(), st.keys.len(), st.items, st.prefixes)
+    }
+}
+
+impl Observer for Table {
+    fn changed(&self, key: &[u8]) {
+        let writer = WRITER.with(Cell::get);
+        let mut st = self.state.lock();
+        if st.clients.is_empty() {
+            return;
+        }
+        if let Some(e) = st.keys.remove(key) {
+            st.items -= e.clients.len();
+            for id in e.clients {
+                if let Some(t) = st.clients.get(&id) {
+                    if !(t.mode.noloop && id == writer) {
+                        send(t, Some(key));
+                    }
+                }
+            }
+        }
+        if st.prefixes > 0 {
+            for (id, t) in &st.clients {
+                if t.prefixes.iter().any(|p| key.starts_with(p)) && !(t.mode.noloop && *id == writer) {
+                    send(t, Some(key));
+                }
+            }
+        }
+    }
+
+    fn flushed(&self) {
+        let mut st = self.state.lock();
+        st.keys.clear();
+        st.order.clear();
+        st.items = 0;
+        for t in st.clients.values() {
+            send(t, None);
+        }
+    }
+}
+
+/// Queues an invalidation of `key` (`None`: of everything) for `t`: in
+/// its own connection, or the one it redirects to. A redirect whose
+/// target closed gets `tracking-redir-broken` instead, as in Redis.
+fn send(t: &Tracker, key: Option<&[u8]>) {
+    match (&t.target, t.mode.redirect) {
+        (_, 0) => t.handle.outbox.invalidate(key, false),
+        (Some(target), _) => target.outbox.invalidate(key, target.subscribed()),
+        (None, id) => t.handle.outbox.redirect_broken(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_is_restored() {
+        assert_eq!(WRITER.with(Cell::get), 0);
+        as_writer(7, || {
+            assert_eq!(WRITER.with(Cell::get), 7);
+            as_writer(9, || assert_eq!(WRITER.with(Cell::get), 9));
+            assert_eq!(WRITER.with(Cell::get), 7);
+        });
+        assert_eq!(WRITER.with(Cell::get), 0);
+    }
+}
