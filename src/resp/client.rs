@@ -292,6 +292,11 @@ impl Handle {
         self.redirect.store(mode.map_or(0, |m| m.redirect), Ordering::Relaxed);
     }
 
+    /// Seconds since the connection was accepted.
+    pub(crate) fn age_secs(&self) -> u64 {
+        self.created.elapsed().as_secs()
+    }
+
     fn tracking_view(&self) -> (u8, i64) {
         let bits = self.tracking.load(Ordering::Relaxed);
         let redir = if bits & TRACK_ON != 0 { self.redirect.load(Ordering::Relaxed) as i64 } else { -1 };

@@ -10,7 +10,10 @@ use crate::membership::Status;
 
 /// The Redis version whose commands and replies this server follows
 /// (reported by HELLO and INFO, as other Redis-compatible servers do).
-pub(crate) const REDIS_VERSION: &str = "7.2.0";
+/// 7.4 changed none of the commands meshcache has but CLIENT KILL (its
+/// MAXAGE filter, which meshcache has too); redis-py turns client-side
+/// caching on only for 7.4 or later.
+pub(crate) const REDIS_VERSION: &str = "7.4.0";
 
 /// Every section, in the order INFO writes them (Redis's order, then the
 /// mesh's own).

@@ -4,13 +4,16 @@ Usage: redis_py_check.py PORT_A PORT_B PORT_C
 
 Exercises what applications built on redis-py send: pipelines with and
 without a transaction, WATCH, counters, SCAN iteration, pub/sub (ordinary
-and sharded) from one peer to subscribers on the others. Exits non-zero on the first failed check.
+and sharded) from one peer to subscribers on the others, and redis-py's
+client-side cache (CLIENT TRACKING) on one peer while another writes.
+Exits non-zero on the first failed check.
 """
 
 import sys
 import time
 
 import redis
+from redis.cache import CacheConfig
 
 DEADLINE = 20.0
 
@@ -117,7 +120,88 @@ def main():
 
     for ps in (on_b, on_c):
         ps.close()
+
+    client_side_caching(a, b, ports[1])
     print("redis-py", redis.__version__, "checks passed")
+
+
+def client_side_caching(a, b, b_port):
+    """redis-py's client-side cache on peer B while peer A writes: once B
+    has applied a write, one round trip on the caching client brings the
+    invalidation, and the cache never serves the older value after it."""
+    cached = redis.Redis(port=b_port, protocol=3, decode_responses=True, cache_config=CacheConfig())
+    cache = cached.get_cache()
+
+    def fresh(key, want):
+        eventually(f"B applies {key} = {want}", lambda: b.get(key) == want)
+        cached.ping()
+        got = cached.get(key)
+        assert got == want, f"{key}: the cache served {got!r} after B had {want!r}"
+
+    def gets_on_b():
+        return b.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+
+    keys = [f"csc:{i}" for i in range(20)]
+    for k in keys:
+        a.set(k, "v0")
+    for k in keys:
+        fresh(k, "v0")
+    # The values are really cached: reading them again sends nothing.
+    before = gets_on_b()
+    for _ in range(5):
+        for k in keys:
+            assert cached.get(k) == "v0"
+    assert gets_on_b() == before, "cached reads went to the server"
+    assert cache.size >= len(keys), cache.size
+
+    for r in range(1, 6):
+        for k in keys:
+            a.set(k, f"v{r}")
+        for k in keys:
+            fresh(k, f"v{r}")
+
+    # DEL on A.
+    a.delete(keys[0], keys[1])
+    fresh(keys[0], None)
+    fresh(keys[1], None)
+
+    # A TTL set on A runs out on B: B's expiry pass invalidates it.
+    a.set("csc:ttl", "soon", px=300)
+    fresh("csc:ttl", "soon")
+
+    def expired():
+        cached.ping()
+        return cached.get("csc:ttl") is None
+
+    eventually("the expiry reaches the cache", expired)
+
+    # FLUSHALL on A: a null invalidation, the whole cache dropped.
+    a.flushall()
+    eventually("B is empty", lambda: b.dbsize() == 0)
+    cached.ping()
+    for k in keys:
+        assert cached.get(k) is None, k
+
+    # Evictions on B (local to B: A keeps the keys).
+    warm = [f"csc:warm:{i}" for i in range(200)]
+    value = "w" * 1024
+    for k in warm:
+        a.set(k, value)
+    eventually("B holds the warm keys", lambda: b.get(warm[-1]) == value)
+    for k in warm:
+        assert cached.get(k) == value
+    b.config_set("maxmemory-policy", "allkeys-random")
+    b.config_set("maxmemory", "128kb")
+    cached.ping()
+    evicted = 0
+    for k in warm:
+        if b.get(k) is None:
+            evicted += 1
+            got = cached.get(k)
+            assert got is None, f"{k} was evicted on B but the cache served it"
+    assert evicted >= 50, f"B evicted only {evicted} of {len(warm)}"
+    b.config_set("maxmemory", "0")
+    cached.close()
 
 
 if __name__ == "__main__":

@@ -285,6 +285,8 @@ fn client_command(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
                 "      Kill connections authenticated by <username>.",
                 "    * SKIPME (YES|NO)",
                 "      Skip killing current connection (default: yes).",
+                "    * MAXAGE <maxage>",
+                "      Kill connections older than the specified age.",
                 "    * ID <client-id>",
                 "      Kill connections by client id.",
                 "LIST [options ...]",
@@ -451,7 +453,7 @@ fn client_list(sh: &Shared, c: &Client, args: &[Bytes], out: &mut Out) {
 /// (which answers how many were killed, skipping the caller by default).
 fn client_kill(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
     let old_form = args.len() == 3;
-    let (mut addr, mut laddr, mut ty, mut id) = (None, None, None, None);
+    let (mut addr, mut laddr, mut ty, mut id, mut max_age) = (None, None, None, None, None);
     let mut skipme = !old_form;
     if old_form {
         addr = Some(&args[2]);
@@ -470,6 +472,10 @@ fn client_kill(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
                 addr = Some(v);
             } else if eq(opt, "laddr") {
                 laddr = Some(v);
+            } else if eq(opt, "maxage") {
+                // Redis 7.4: connections older than this many seconds.
+                let Some(n) = int_arg(out, v) else { return };
+                max_age = Some(n);
             } else if eq(opt, "user") {
                 // The default user is the only one.
                 if &v[..] != b"default" {
@@ -493,6 +499,7 @@ fn client_kill(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
             && laddr.is_none_or(|a| h.laddr.to_string().as_bytes() == &a[..])
             && ty.is_none_or(|t| t == Some(h.subscribed()))
             && id.is_none_or(|id| id == h.id)
+            && max_age.is_none_or(|m| m <= 0 || h.age_secs() as i64 > m)
     };
     let mut killed = 0;
     for h in sh.registry.all().iter().filter(|h| matches(h)) {
