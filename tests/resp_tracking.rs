@@ -445,3 +445,127 @@ async fn a_near_cache_on_one_peer_follows_writes_on_another() {
     assert!(near.invalidations > 0);
     shutdown(meshes, servers).await;
 }
+
+/// Writes racing with reads through the cache. On the peer the cache
+/// reads from, a writer records each write once acknowledged; after one
+/// round trip the cache must serve that write or a later one, whatever the
+/// interleaving. Writes from the other peer race with reads of other keys,
+/// and once the peers agree the cache must hold what they hold. A cache
+/// serving an older value would mean an invalidation came before the reply
+/// that read around it, or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writes_never_leave_a_near_cache_stale() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let (meshes, servers) = pair().await;
+    let a = servers[0].conn().await;
+    let b = servers[1].conn().await;
+    let mut near = NearCache::connect(&servers[1], &[]).await;
+    const KEYS: u64 = 2;
+    const WRITES: u64 = 2_000;
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let local = tokio::spawn({
+        let (mut b, acked) = (b.clone(), acked.clone());
+        async move {
+            for n in 1..=WRITES {
+                let () = b.set(format!("hot{}", n % KEYS), n).await.unwrap();
+                acked[(n % KEYS) as usize].store(n, Ordering::SeqCst);
+            }
+        }
+    });
+    let remote = tokio::spawn({
+        let mut a = a.clone();
+        async move {
+            for n in 1..=WRITES {
+                let () = a.set(format!("far{}", n % KEYS), n).await.unwrap();
+            }
+        }
+    });
+    let mut checked = 0u64;
+    let mut i = 0;
+    while !local.is_finished() {
+        let k = i % KEYS;
+        i += 1;
+        // A read (from the peer when the cache has nothing), then the
+        // check: a write acknowledged after that read must reach the cache.
+        near.get(&format!("hot{k}")).await;
+        let floor = acked[k as usize].load(Ordering::SeqCst);
+        near.sync().await;
+        let got = near.get(&format!("hot{k}")).await.map_or(0, |v| v.parse::<u64>().unwrap());
+        assert!(got >= floor, "hot{k}: the cache served write {got} after write {floor} was acknowledged");
+        near.get(&format!("far{k}")).await;
+        checked += 1;
+    }
+    local.await.unwrap();
+    remote.await.unwrap();
+    eventually_async("a and b agree", || async {
+        let keys: Vec<String> = (0..KEYS).map(|k| format!("far{k}")).collect();
+        let on_a: Vec<Option<String>> = a.clone().mget(&keys).await.unwrap();
+        let on_b: Vec<Option<String>> = b.clone().mget(&keys).await.unwrap();
+        on_a == on_b
+    })
+    .await;
+    near.sync().await;
+    for key in (0..KEYS).flat_map(|k| [format!("hot{k}"), format!("far{k}")]) {
+        let on_b: Option<String> = b.clone().get(&key).await.unwrap();
+        assert_eq!(near.get(&key).await, on_b, "{key}");
+    }
+    assert!(checked > 100, "only {checked} reads raced with the writes");
+    assert!(near.invalidations > 0);
+    shutdown(meshes, servers).await;
+}
+
+/// A redirect target that closes: the tracking client hears
+/// `tracking-redir-broken` at once, and CLIENT LIST and TRACKINGINFO say
+/// so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_redirect_target_is_reported_at_once() {
+    let peer = RespPeer::start("redirect").await;
+    let connect = async || Conn::new(TcpStream::connect(("127.0.0.1", peer.port)).await.unwrap());
+    let mut tracker = connect().await;
+    tracker.resp3 = true;
+    tracker.cmd(&[b"HELLO", b"3"]).await;
+    let mut target = connect().await;
+    let id = String::from_utf8(target.cmd(&[b"CLIENT", b"ID"]).await).unwrap();
+    let id = id.trim_start_matches(':').trim_end().to_string();
+    let on = tracker.cmd(&[b"CLIENT", b"TRACKING", b"on", b"REDIRECT", id.as_bytes()]).await;
+    assert_eq!(on, b"+OK\r\n");
+    drop(target);
+    let push = String::from_utf8(tracker.next().await).unwrap();
+    assert_eq!(push, format!(">2\r\n$21\r\ntracking-redir-broken\r\n:{id}\r\n"));
+    let info = String::from_utf8(tracker.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await).unwrap();
+    assert!(info.contains("broken_redirect"), "{info}");
+    let list = String::from_utf8(tracker.cmd(&[b"CLIENT", b"INFO"]).await).unwrap();
+    assert!(list.contains("flags=tR ") && list.contains(&format!("redir={id} ")), "{list}");
+    peer.stop().await;
+}
+
+/// `tracking-table-max-keys`: past it the keys tracked longest are
+/// invalidated early (the cache drops them), never forgotten silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_tracking_table_invalidates_its_oldest_keys() {
+    let (meshes, servers) = pair().await;
+    let mut b = servers[1].conn().await;
+    let () = redis::cmd("CONFIG").arg(&["SET", "tracking-table-max-keys", "10"]).query_async(&mut b).await.unwrap();
+    let mut near = NearCache::connect(&servers[1], &[]).await;
+    for i in 0..50 {
+        let () = b.set(format!("t{i}"), i).await.unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(near.get(&format!("t{i}")).await, Some(i.to_string()));
+    }
+    near.sync().await;
+    let stats: String = redis::cmd("INFO").arg("stats").query_async(&mut b).await.unwrap();
+    assert!(stats.contains("tracking_total_keys:10\r\n"), "{stats}");
+    assert!(stats.contains("tracking_keys_invalidated_early:40\r\n"), "{stats}");
+    let mut kept: Vec<&String> = near.cache.keys().collect();
+    kept.sort_by_key(|k| k[1..].parse::<u32>().unwrap());
+    let newest: Vec<String> = (40..50).map(|i| format!("t{i}")).collect();
+    assert_eq!(kept, newest.iter().collect::<Vec<_>>(), "the cache keeps what is still tracked");
+    // What is still tracked is still invalidated.
+    let () = b.set("t45", "new").await.unwrap();
+    near.sync().await;
+    assert_eq!(near.get("t45").await.as_deref(), Some("new"));
+    shutdown(meshes, servers).await;
+}
