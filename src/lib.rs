@@ -127,7 +127,7 @@ pub mod wire;
 
 pub use config::MeshConfig;
 pub use node::{
-    Changes, Event, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Transaction, Why,
+    Changes, Event, LoadError, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Transaction, Why,
 };
 pub use store::{Change, ChangeKind, Origin};
 pub use transport::certs::{load_identity, EphemeralCa, Identity};

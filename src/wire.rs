@@ -34,7 +34,9 @@ use crate::store::Register;
 /// violation).
 /// 6: pub/sub messages ride on the push stream ([`Message::Published`]; a
 /// version 5 peer would take the new message for a protocol violation).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 7: fill leases ride on the push stream ([`Message::Leases`], for
+/// `Mesh::get_or_load`).
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -71,6 +73,26 @@ pub enum Message {
     /// message reads the change. Delivered at most once; none is sent again
     /// after a lost connection.
     Published(Vec<Publication>),
+    /// Fill leases taken or released on the sender (`Mesh::get_or_load`),
+    /// on its push stream after the writes queued before them: a peer told
+    /// that a lease was released holds the value its holder loaded.
+    Leases(Vec<Lease>),
+}
+
+/// A fill lease: its holder (the stamp's node) is loading `key` and will
+/// write it; the other peers wait for the value rather than load it too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The key being loaded.
+    pub key: Bytes,
+    /// Taken at this stamp: between two leases on one key, the higher wins.
+    pub stamp: Stamp,
+    /// How long it holds from when it arrives, in ms (each peer times it on
+    /// its own clock, so clock offsets do not shorten it).
+    pub ttl_ms: u32,
+    /// The holder let it go (the value, if it loaded one, was queued
+    /// before this).
+    pub released: bool,
 }
 
 /// One pub/sub message.

@@ -38,6 +38,7 @@ pub struct MeshBuilder {
     crypto: Option<Arc<rustls::crypto::CryptoProvider>>,
     memory: Option<MemoryProbe>,
     default_ttl: Option<Duration>,
+    fill: super::fill::FillConfig,
 }
 
 impl MeshBuilder {
@@ -46,6 +47,22 @@ impl MeshBuilder {
     /// own.
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// How long a [`Mesh::get_or_load`] fill lease holds without renewal
+    /// (default 5 s): how long the other peers wait for a holder that was
+    /// cut off or died before one of them loads the key itself.
+    pub fn fill_lease(mut self, lease: Duration) -> Self {
+        self.fill.lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a fill waits between taking its lease and loading, for a
+    /// lease taken elsewhere at the same moment to arrive (default: twice
+    /// the slowest round trip to the connected peers, within 1–50 ms).
+    pub fn fill_settle(mut self, settle: Duration) -> Self {
+        self.fill.settle = Some(settle);
         self
     }
 
@@ -224,6 +241,9 @@ impl MeshBuilder {
             memory,
             listeners: Default::default(),
             default_ttl: self.default_ttl,
+            flights: Default::default(),
+            leases: Default::default(),
+            fill: self.fill,
         });
         tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
         inner.tasks.spawn(accept_loop(inner.clone()));

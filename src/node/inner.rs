@@ -39,6 +39,8 @@ pub(super) struct Counters {
     pub(super) refused_peers: AtomicU64,
     pub(super) messages_published: AtomicU64,
     pub(super) messages_received: AtomicU64,
+    /// Loaders `get_or_load` ran here.
+    pub(super) fill_loads: AtomicU64,
     pub(super) protocol_errors: AtomicU64,
 }
 
@@ -81,6 +83,10 @@ pub(super) struct Inner {
     pub(super) listeners: Arc<super::pubsub::Listeners>,
     /// The TTL of `Mesh::insert` (`MeshBuilder::default_ttl`).
     pub(super) default_ttl: Option<std::time::Duration>,
+    /// `get_or_load`'s fills running here, the leases known, and settings.
+    pub(super) flights: super::fill::Flights,
+    pub(super) leases: super::leases::Leases,
+    pub(super) fill: super::fill::FillConfig,
 }
 
 impl Inner {
@@ -90,6 +96,9 @@ impl Inner {
     }
 
     pub(super) fn publish_all(&self, changes: Vec<Change>) {
+        for c in &changes {
+            self.leases.touched(&c.key);
+        }
         if self.events.receiver_count() == 0 {
             return;
         }
@@ -109,6 +118,9 @@ impl Inner {
         for p in self.peers.lock().values() {
             p.queue.push_many(&entries);
         }
+        for (key, _) in &entries {
+            self.leases.touched(key);
+        }
         if self.events.receiver_count() > 0 {
             for (key, reg) in entries {
                 let kind = if reg.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
@@ -124,6 +136,7 @@ impl Inner {
         for p in self.peers.lock().values() {
             p.queue.push(w.key.clone(), w.register.clone());
         }
+        self.leases.touched(&w.key);
         if self.events.receiver_count() > 0 {
             self.publish(Change { key: w.key, kind, origin: Origin::Local, stamp: w.register.marker });
         }

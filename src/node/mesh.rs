@@ -129,6 +129,10 @@ pub struct MeshStats {
     pub messages_published: u64,
     /// Pub/sub messages received from peers.
     pub messages_received: u64,
+    /// Loaders [`Mesh::get_or_load`] ran on this peer.
+    pub fill_loads: u64,
+    /// Fill leases this peer knows of (its own and other peers').
+    pub fill_leases: usize,
 }
 
 /// An embedded meshcache peer: this process becomes a member of the mesh.
@@ -480,6 +484,8 @@ impl Mesh {
             members_over_cap: ignored.over_cap,
             messages_published: l(&c.messages_published),
             messages_received: l(&c.messages_received),
+            fill_loads: l(&c.fill_loads),
+            fill_leases: self.inner.leases.len(),
         }
     }
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use super::conn::note_protocol_error;
 use super::inner::Inner;
-use super::queue::PushQueue;
+use super::queue::{Aside, PushQueue};
 use super::stream::{kind, write_message, FrameReader, StreamError};
 use crate::membership::MemberId;
 use crate::replica::PeerError;
-use crate::wire::{Message, Publication};
+use crate::wire::{Lease, Message, Publication};
 
 /// Pushes queued writes, then the messages queued behind them, to one
 /// peer over one long-lived uni stream.
@@ -91,10 +91,57 @@ async fn push_writes(
     true
 }
 
+/// Sends pub/sub messages and leases, a frame per run of one kind, in
+/// order. False once the stream is gone.
+async fn push_messages(inner: &Inner, send: &mut quinn::SendStream, id: &MemberId, messages: Vec<Aside>) -> bool {
+    let mut published = Vec::new();
+    let mut leases = Vec::new();
+    for m in messages {
+        match m {
+            Aside::Message(p) => {
+                if !leases.is_empty() && !push_leases(inner, send, id, std::mem::take(&mut leases)).await {
+                    return false;
+                }
+                published.push(p);
+            }
+            Aside::Lease(l) => {
+                if !published.is_empty() && !push_published(inner, send, id, std::mem::take(&mut published)).await {
+                    return false;
+                }
+                leases.push(l);
+            }
+        }
+    }
+    (published.is_empty() || push_published(inner, send, id, published).await)
+        && (leases.is_empty() || push_leases(inner, send, id, leases).await)
+}
+
+/// Sends leases. A lease that cannot be encoded is dropped: its peers then
+/// load the key themselves, which leases only save them from.
+async fn push_leases(inner: &Inner, send: &mut quinn::SendStream, id: &MemberId, leases: Vec<Lease>) -> bool {
+    let frame = match inner.codec.encode_to_bytes(&Message::Leases(leases)) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(peer = %id, error = %e, "fill leases dropped");
+            return true;
+        }
+    };
+    if send.write_all(&frame).await.is_err() {
+        return false;
+    }
+    inner.counters.push_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    true
+}
+
 /// Sends pub/sub messages. False once the stream is gone; a message that
 /// cannot be encoded (larger than a frame) is dropped, as at most once
 /// allows.
-async fn push_messages(inner: &Inner, send: &mut quinn::SendStream, id: &MemberId, messages: Vec<Publication>) -> bool {
+async fn push_published(
+    inner: &Inner,
+    send: &mut quinn::SendStream,
+    id: &MemberId,
+    messages: Vec<Publication>,
+) -> bool {
     let n = messages.len();
     let frame = match inner.codec.encode_to_bytes(&Message::Published(messages)) {
         Ok(f) => f,
@@ -148,6 +195,12 @@ pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id:
                             }
                             Err(PeerError::SelfSuperseded) => return,
                             Err(e) => tracing::warn!(peer = %id, error = %e, "push dropped"),
+                        }
+                    }
+                    Ok(Some(Message::Leases(leases))) => {
+                        let now = inner.env.now_ms();
+                        for l in leases {
+                            inner.leases.handle(l, now);
                         }
                     }
                     Ok(Some(Message::Published(messages))) => {

@@ -1,6 +1,7 @@
 //! The per-peer push queue: bounded in bytes held, never blocking writers.
-//! It carries writes and pub/sub messages, and a message goes out with or
-//! after the writes queued before it.
+//! It carries writes, and beside them pub/sub messages and fill leases
+//! ([`Aside`]), each of which goes out with or after the writes queued
+//! before it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -9,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::store::Register;
-use crate::wire::Publication;
+use crate::wire::{Lease, Publication};
 
 /// Estimated wire bytes of one queued write (key, value, stamp, framing):
 /// what batches are cut by.
@@ -24,14 +25,30 @@ fn held_cost(key: &Bytes, reg: &Register) -> usize {
     std::mem::size_of::<(Bytes, Register)>() + key.len() + reg.val.payload_len()
 }
 
+/// What rides the push stream beside the writes, in order with them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Aside {
+    Message(Publication),
+    Lease(Lease),
+}
+
+impl Aside {
+    fn payload(&self) -> usize {
+        match self {
+            Aside::Message(m) => m.channel.len() + m.message.len(),
+            Aside::Lease(l) => l.key.len() + 16,
+        }
+    }
+}
+
 /// Estimated wire bytes of one queued message.
-fn message_cost(m: &Publication) -> usize {
-    m.channel.len() + m.message.len() + 8
+fn message_cost(m: &Aside) -> usize {
+    m.payload() + 8
 }
 
 /// Bytes one queued message holds.
-fn message_held(m: &Publication) -> usize {
-    std::mem::size_of::<(usize, Publication)>() + m.channel.len() + m.message.len()
+fn message_held(m: &Aside) -> usize {
+    std::mem::size_of::<(usize, Aside)>() + m.payload()
 }
 
 #[derive(Default)]
@@ -39,7 +56,7 @@ struct State {
     items: Vec<(Bytes, Register)>,
     /// Messages, each with how many of `items` were queued before it: it
     /// may go out once those have.
-    messages: Vec<(usize, Publication)>,
+    messages: Vec<(usize, Aside)>,
     /// Sum of `entry_cost` over `items` and `message_cost` over
     /// `messages`.
     bytes: usize,
@@ -69,8 +86,8 @@ pub(crate) struct PushQueue {
 /// What the sender takes from the queue.
 pub(crate) struct Batch {
     pub(crate) entries: Vec<(Bytes, Register)>,
-    /// Messages to send after `entries`.
-    pub(crate) messages: Vec<Publication>,
+    /// Messages and leases to send after `entries`, in order.
+    pub(crate) messages: Vec<Aside>,
     pub(crate) force: bool,
     pub(crate) overflowed: bool,
 }
@@ -100,6 +117,16 @@ impl PushQueue {
     /// overflow it is dropped with the rest, as writes are: messages are
     /// delivered at most once.
     pub(crate) fn push_message(&self, m: Publication) {
+        self.push_aside(Aside::Message(m));
+    }
+
+    /// Queues a fill lease (taken or released), behind the writes queued so
+    /// far: a release goes out after the value its holder wrote.
+    pub(crate) fn push_lease(&self, l: Lease) {
+        self.push_aside(Aside::Lease(l));
+    }
+
+    fn push_aside(&self, m: Aside) {
         let (cost, held) = (message_cost(&m), message_held(&m));
         self.admit(cost, held, |s| {
             let after = s.items.len();
@@ -197,7 +224,7 @@ impl State {
     /// The messages behind at most `sent` writes (the writes just taken),
     /// oldest first, up to about `max_bytes`; the others now wait behind
     /// `sent` fewer writes.
-    fn take_messages(&mut self, sent: usize, max_bytes: usize) -> Vec<Publication> {
+    fn take_messages(&mut self, sent: usize, max_bytes: usize) -> Vec<Aside> {
         let (mut n, mut size) = (0, 0);
         for (after, m) in &self.messages {
             let c = message_cost(m);
@@ -279,8 +306,19 @@ mod tests {
         assert!(!q.has_more());
     }
 
-    fn msg(c: &str) -> Publication {
-        Publication { channel: Bytes::from(c.to_string()), message: Bytes::from_static(b"m"), sharded: false }
+    fn msg(c: &str) -> Aside {
+        Aside::Message(Publication {
+            channel: Bytes::from(c.to_string()),
+            message: Bytes::from_static(b"m"),
+            sharded: false,
+        })
+    }
+
+    fn publication(m: Aside) -> Publication {
+        match m {
+            Aside::Message(p) => p,
+            Aside::Lease(_) => unreachable!(),
+        }
     }
 
     /// A message never overtakes a write queued before it, however batches
@@ -288,13 +326,15 @@ mod tests {
     #[test]
     fn a_message_goes_out_with_or_after_the_writes_before_it() {
         let q = PushQueue::new(1 << 20);
-        q.push_message(msg("first"));
+        q.push_message(publication(msg("first")));
         for i in 0..4u8 {
             q.push(Bytes::from(vec![i]), reg(100));
         }
-        q.push_message(msg("after4"));
+        q.push_message(publication(msg("after4")));
         q.push(Bytes::from(vec![9]), reg(100));
-        q.push_message(msg("after5"));
+        let lease = Lease { key: Bytes::from_static(b"k"), stamp: Stamp::ZERO, ttl_ms: 1, released: true };
+        q.push_lease(lease.clone());
+        q.push_message(publication(msg("after5")));
         let b = q.take(300, 300);
         assert_eq!(b.entries.len(), 2);
         assert_eq!(b.messages, vec![msg("first")]);
@@ -303,7 +343,7 @@ mod tests {
         assert_eq!(b.messages, vec![msg("after4")], "four writes out now");
         assert!(q.has_more());
         let b = q.take(300, 300);
-        assert_eq!((b.entries.len(), b.messages), (1, vec![msg("after5")]));
+        assert_eq!((b.entries.len(), b.messages), (1, vec![Aside::Lease(lease), msg("after5")]));
         assert!(!q.has_more());
         let s = q.state.lock();
         assert_eq!((s.bytes, s.held), (0, 0), "the accounting returns to zero");
@@ -314,7 +354,7 @@ mod tests {
         let m = msg("c");
         let q = PushQueue::new(3 * message_held(&m));
         for _ in 0..4 {
-            q.push_message(m.clone());
+            q.push_message(publication(m.clone()));
         }
         let b = q.take(1 << 20, 1 << 20);
         assert!(b.overflowed && b.messages.is_empty());

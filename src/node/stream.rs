@@ -225,5 +225,6 @@ pub(crate) fn kind(m: &Message) -> &'static str {
         Message::Membership(_) => "Membership",
         Message::Goodbye(_) => "Goodbye",
         Message::Published(_) => "Published",
+        Message::Leases(_) => "Leases",
     }
 }

@@ -141,6 +141,16 @@ fn message() -> impl Strategy<Value = Message> {
             0..4
         )
         .prop_map(Message::Published),
+        vec(
+            (bytes(24), stamp(), any::<u32>(), any::<bool>()).prop_map(|(key, stamp, ttl_ms, released)| Lease {
+                key,
+                stamp,
+                ttl_ms,
+                released
+            }),
+            0..4
+        )
+        .prop_map(Message::Leases),
     ]
 }
 
@@ -237,6 +247,10 @@ fn one_of_each() -> Vec<Message> {
         Message::Published(vec![
             Publication { channel: Bytes::from_static(b"news"), message: Bytes::from_static(b"hi"), sharded: false },
             Publication { channel: Bytes::new(), message: Bytes::new(), sharded: true },
+        ]),
+        Message::Leases(vec![
+            Lease { key: Bytes::from_static(b"user:1"), stamp: st, ttl_ms: 5000, released: false },
+            Lease { key: Bytes::new(), stamp: st, ttl_ms: 0, released: true },
         ]),
     ]
 }
