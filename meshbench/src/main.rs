@@ -65,7 +65,7 @@ struct Args {
     /// The `meshcache` command that row 9 runs as processes.
     #[arg(long, default_value = "target/release/meshcache")]
     meshcache: PathBuf,
-    /// Only these row groups (comma-separated, 1-9); default all.
+    /// Only these row groups (comma-separated, 1-10); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// The exact command line, recorded in the report.
@@ -97,6 +97,7 @@ struct Sizes {
     zipf_keys: usize,
     zipf_requests: usize,
     bound_writes: u64,
+    fill_keys: usize,
 }
 
 impl Sizes {
@@ -115,6 +116,7 @@ impl Sizes {
                 zipf_keys: 10_000,
                 zipf_requests: 100_000,
                 bound_writes: 200_000,
+                fill_keys: 100,
             }
         } else {
             Sizes {
@@ -130,6 +132,7 @@ impl Sizes {
                 zipf_keys: 1_000_000,
                 zipf_requests: 10_000_000,
                 bound_writes: 4_000_000,
+                fill_keys: 1_000,
             }
         }
     }
@@ -888,7 +891,8 @@ impl PeerProcess {
 /// [`bench_config`], prints `addr <address>`, then answers, one line each:
 /// `state` (digest root, register count, connections, push bytes, deltas
 /// sent, queue overflows), `write START N` (puts keys `START..START+N` with
-/// prefix `u`; answers `done`), `quit`.
+/// prefix `u`; answers `done`), `fill ROUND KEYS CALLERS MS` (see
+/// [`fill_callers`]), `quit`.
 async fn child_main(name: &str, certs: &std::path::Path, seed: Option<SocketAddr>) -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let id = meshcache::transport::certs::load_identity(certs, name).map_err(|e| anyhow!("{e}"))?;
@@ -920,12 +924,137 @@ async fn child_main(name: &str, certs: &std::path::Path, seed: Option<SocketAddr
                 },
                 _ => format!("error bad write command {line:?}"),
             },
+            ["fill", round, keys, callers, ms] => match (keys.parse(), callers.parse(), ms.parse()) {
+                (Ok(keys), Ok(callers), Ok(ms)) => match fill_callers(&p, round, keys, callers, ms).await {
+                    Ok(loaded) => format!("done {}", if loaded.is_empty() { "-".into() } else { loaded.join(",") }),
+                    Err(e) => format!("error {e:#}"),
+                },
+                _ => format!("error bad fill command {line:?}"),
+            },
             ["quit"] => break,
             _ => format!("error unknown command {line:?}"),
         };
     }
     p.shutdown().await;
     Ok(())
+}
+
+/// `callers` tasks on peer `p`, each asking `Mesh::get_or_load` for every
+/// one of `keys` cold keys (`f<round>:<i>`), starting at its own place in
+/// the list, so that the callers of every peer ask for the same keys at
+/// about the same moments. The loader sleeps `ms`. Returns the indices of
+/// the keys this peer loaded.
+async fn fill_callers(p: &Mesh, round: &str, keys: usize, callers: usize, ms: u64) -> Result<Vec<String>> {
+    let loaded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..callers {
+        let (p, loaded, round) = (p.clone(), loaded.clone(), round.to_string());
+        tasks.spawn(async move {
+            let offset = c * keys / callers;
+            for i in 0..keys {
+                let k = (offset + i) % keys;
+                let loaded = loaded.clone();
+                let loader = move || async move {
+                    loaded.lock().expect("not poisoned").push(k.to_string());
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok::<_, std::io::Error>(Bytes::from(vec![b'v'; VALUE_LEN]))
+                };
+                p.get_or_load(format!("f{round}:{k}"), None, loader).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let out = loaded.lock().expect("not poisoned").clone();
+    Ok(out)
+}
+
+/// Row 10: cold keys loaded through `Mesh::get_or_load`. Three peer
+/// processes, `CALLERS` concurrent callers on each asking for the same cold
+/// keys, a loader that takes `LOADER_MS`; how many times each key was
+/// loaded.
+async fn row_fill(z: &Sizes, rep: &mut Report) -> Result<()> {
+    const CALLERS: usize = 64;
+    const LOADER_MS: u64 = 20;
+    let certs = std::env::temp_dir().join(format!("meshbench-fill-certs-{}", std::process::id()));
+    let names = ["fa", "fb", "fc"];
+    for n in names {
+        meshcache::transport::certs::dev_identity(&certs, n).map_err(|e| anyhow!("certificates for {n}: {e}"))?;
+    }
+    let mut procs = Vec::new();
+    let res = async {
+        procs.push(PeerProcess::spawn(names[0], &certs, None).await?);
+        let seed = procs[0].addr;
+        for n in &names[1..] {
+            procs.push(PeerProcess::spawn(n, &certs, Some(seed)).await?);
+        }
+        let t = meshcache::env::stopwatch().into_std();
+        loop {
+            let mut up = true;
+            for p in procs.iter_mut() {
+                up &= p.state().await?.connected == 2;
+            }
+            if up {
+                break;
+            }
+            if t.elapsed() > DEADLINE {
+                bail!("peer processes did not connect within {} s", DEADLINE.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let keys = z.fill_keys;
+        let (mut means, mut maxes, mut secs, mut repeated) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..z.repeats {
+            let t = meshcache::env::stopwatch().into_std();
+            for p in procs.iter_mut() {
+                p.send(&format!("fill {round} {keys} {CALLERS} {LOADER_MS}")).await?;
+            }
+            let mut per_key = vec![0usize; keys];
+            for p in procs.iter_mut() {
+                let line = p.recv().await?;
+                let list = line.strip_prefix("done ").ok_or_else(|| anyhow!("fill answered {line:?}"))?;
+                for k in list.split(',').filter(|k| *k != "-") {
+                    per_key[k.parse::<usize>()?] += 1;
+                }
+            }
+            secs.push(t.elapsed().as_secs_f64());
+            if let Some(k) = per_key.iter().position(|&n| n == 0) {
+                bail!("key {k} was never loaded, yet every caller got a value");
+            }
+            means.push(per_key.iter().sum::<usize>() as f64 / keys as f64);
+            repeated.push(per_key.iter().filter(|&&n| n > 1).count().to_string());
+            maxes.push(*per_key.iter().max().unwrap_or(&0) as f64);
+        }
+        let how = format!(
+            "3 peer processes x {CALLERS} callers, {keys} cold keys, {LOADER_MS} ms loader; naive: {} loads per key \
+             (every caller), local single-flight only: 3 (one per peer); median of {} (means {}; keys loaded more \
+             than once: {}; rounds took {:.2} s)",
+            3 * CALLERS,
+            z.repeats,
+            means.iter().map(|m| format!("{m:.3}")).collect::<Vec<_>>().join(", "),
+            repeated.join(", "),
+            median(&secs)
+        );
+        rep.push(
+            Row::new(10, "get_or_load: loads per key, mean", "loads", median(&means))
+                .at_most(1.0, "<= 1.0")
+                .note(how.clone()),
+        );
+        rep.push(
+            Row::new(10, "get_or_load: loads of the most loaded key", "loads", median(&maxes))
+                .at_most(2.0, "<= 2")
+                .note(how),
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    for p in procs {
+        p.quit().await;
+    }
+    let _ = std::fs::remove_dir_all(&certs);
+    res
 }
 
 /// Row 3 with each peer in its own process.
@@ -1680,7 +1809,7 @@ async fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let z = Sizes::new(args.quick);
-    let rows: Vec<u8> = if args.only.is_empty() { (1..=9).collect() } else { args.only.clone() };
+    let rows: Vec<u8> = if args.only.is_empty() { (1..=10).collect() } else { args.only.clone() };
     let (cpus, model) = machine();
     eprintln!(
         "meshbench ({} mode{}): {cpus} CPUs, {model}",
@@ -1704,7 +1833,7 @@ async fn main() -> Result<()> {
         &'a EphemeralCa,
         &'a mut Report,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
-    let steps: [(u8, &str, Step); 7] = [
+    let steps: [(u8, &str, Step); 8] = [
         (7, "local get and put", |_, z, ca, r| Box::pin(row_local(z, ca, r))),
         (3, "replicated updates", |_, z, ca, r| Box::pin(row_replicated(z, ca, r))),
         (4, "convergence after a heal", |_, z, ca, r| Box::pin(row_heal(z, ca, r))),
@@ -1712,6 +1841,7 @@ async fn main() -> Result<()> {
         (2, "read-after-write lag", |a, z, ca, r| Box::pin(row_lag(a, z, ca, r))),
         (8, "hit ratio under a memory bound", |a, z, ca, r| Box::pin(row_hit_ratio(a, z, ca, r))),
         (9, "processes under a memory bound", |a, z, _, r| Box::pin(bound::row_bound(&a.meshcache, z, r))),
+        (10, "cold keys through get_or_load", |_, z, _, r| Box::pin(row_fill(z, r))),
     ];
     for (n, what, f) in steps {
         if !rows.contains(&n) {

@@ -60,7 +60,7 @@ impl MeshBuilder {
 
     /// How long a fill waits between taking its lease and loading, for a
     /// lease taken elsewhere at the same moment to arrive (default: twice
-    /// the slowest round trip to the connected peers, within 1–50 ms).
+    /// the slowest round trip to the connected peers, within 3–50 ms).
     pub fn fill_settle(mut self, settle: Duration) -> Self {
         self.fill.settle = Some(settle);
         self
