@@ -7,11 +7,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::redis_ref::{Conn, RedisServer, RespPeer, Server};
-use common::wait::{eventually, eventually_async};
-use meshcache::resp::RespConfig;
-use meshcache::transport::certs::EphemeralCa;
-use meshcache::Mesh;
+use common::redis_ref::{resp_pair, stop_all, Conn, RedisServer, RespPeer, Server};
+use common::wait::eventually_async;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::net::{TcpStream, UnixStream};
@@ -322,28 +319,6 @@ impl NearCache {
     }
 }
 
-/// Two peers, connected, each with a RESP server.
-async fn pair() -> (Vec<Mesh>, Vec<Server>) {
-    let ca = EphemeralCa::new().unwrap();
-    let a = common::mesh::start(&ca, "a", &[]).await;
-    let b = common::mesh::start(&ca, "b", &[a.local_addr()]).await;
-    for m in [&a, &b] {
-        assert!(m.wait_ready(common::wait::DEADLINE).await);
-    }
-    eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
-    let servers = vec![Server::start(&a, RespConfig::default()).await, Server::start(&b, RespConfig::default()).await];
-    (vec![a, b], servers)
-}
-
-async fn shutdown(meshes: Vec<Mesh>, servers: Vec<Server>) {
-    for s in servers {
-        s.stop().await;
-    }
-    for m in meshes {
-        m.shutdown().await;
-    }
-}
-
 /// Waits until a plain read on `con` gives `want`: the peer has applied
 /// the write (and queued its invalidations).
 async fn until_applied(con: &MultiplexedConnection, key: &str, want: Option<&str>) {
@@ -360,7 +335,7 @@ async fn until_applied(con: &MultiplexedConnection, key: &str, want: Option<&str
 /// B, so there is nothing there to invalidate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_near_cache_on_one_peer_follows_writes_on_another() {
-    let (meshes, servers) = pair().await;
+    let (meshes, servers) = resp_pair().await;
     let mut a = servers[0].conn().await;
     let b = servers[1].conn().await;
     let mut near = NearCache::connect(&servers[1], &[]).await;
@@ -443,7 +418,7 @@ async fn a_near_cache_on_one_peer_follows_writes_on_another() {
     }
     assert!(evicted >= 50, "B evicted only {evicted} of 200 keys");
     assert!(near.invalidations > 0);
-    shutdown(meshes, servers).await;
+    stop_all(meshes, servers).await;
 }
 
 /// Writes racing with reads through the cache. On the peer the cache
@@ -458,7 +433,7 @@ async fn racing_writes_never_leave_a_near_cache_stale() {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
-    let (meshes, servers) = pair().await;
+    let (meshes, servers) = resp_pair().await;
     let a = servers[0].conn().await;
     let b = servers[1].conn().await;
     let mut near = NearCache::connect(&servers[1], &[]).await;
@@ -513,7 +488,7 @@ async fn racing_writes_never_leave_a_near_cache_stale() {
     }
     assert!(checked > 100, "only {checked} reads raced with the writes");
     assert!(near.invalidations > 0);
-    shutdown(meshes, servers).await;
+    stop_all(meshes, servers).await;
 }
 
 /// A redirect target that closes: the tracking client hears
@@ -545,7 +520,7 @@ async fn a_closed_redirect_target_is_reported_at_once() {
 /// invalidated early (the cache drops them), never forgotten silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_tracking_table_invalidates_its_oldest_keys() {
-    let (meshes, servers) = pair().await;
+    let (meshes, servers) = resp_pair().await;
     let mut b = servers[1].conn().await;
     let () = redis::cmd("CONFIG").arg(&["SET", "tracking-table-max-keys", "10"]).query_async(&mut b).await.unwrap();
     let mut near = NearCache::connect(&servers[1], &[]).await;
@@ -567,5 +542,5 @@ async fn a_full_tracking_table_invalidates_its_oldest_keys() {
     let () = b.set("t45", "new").await.unwrap();
     near.sync().await;
     assert_eq!(near.get("t45").await.as_deref(), Some("new"));
-    shutdown(meshes, servers).await;
+    stop_all(meshes, servers).await;
 }

@@ -9,36 +9,14 @@ use std::time::{Duration, Instant};
 
 use meshcache::resp::RespConfig;
 use meshcache::transport::certs::EphemeralCa;
-use meshcache::Mesh;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 
 use common::mesh::start;
-use common::redis_ref::{Raw, Server};
+use common::redis_ref::{resp_pair, stop_all, Raw, Server};
 use common::wait::{eventually, eventually_async, DEADLINE};
 
 const KEYS: [&str; 3] = ["tx:x", "tx:y", "tx:z"];
-
-async fn pair() -> (Vec<Mesh>, Vec<Server>) {
-    let ca = EphemeralCa::new().unwrap();
-    let a = start(&ca, "a", &[]).await;
-    let b = start(&ca, "b", &[a.local_addr()]).await;
-    for m in [&a, &b] {
-        assert!(m.wait_ready(DEADLINE).await, "{} never finished bootstrap", m.id());
-    }
-    eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
-    let servers = vec![Server::start(&a, RespConfig::default()).await, Server::start(&b, RespConfig::default()).await];
-    (vec![a, b], servers)
-}
-
-async fn shutdown(meshes: Vec<Mesh>, servers: Vec<Server>) {
-    for s in servers {
-        s.stop().await;
-    }
-    for m in meshes {
-        m.shutdown().await;
-    }
-}
 
 /// Writes every key to `v` in one MULTI/EXEC.
 async fn write_all(con: &mut MultiplexedConnection, v: &str) {
@@ -57,7 +35,7 @@ async fn write_all(con: &mut MultiplexedConnection, v: &str) {
 /// transactions on each side, and a time limit on the readers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_is_seen_whole_on_its_peer_while_another_peer_writes_the_same_keys() {
-    let (meshes, servers) = pair().await;
+    let (meshes, servers) = resp_pair().await;
     let (sa, sb) = (&servers[0], &servers[1]);
     let mut wa = sa.conn().await;
     let mut wb = sb.conn().await;
@@ -121,14 +99,14 @@ async fn a_transaction_is_seen_whole_on_its_peer_while_another_peer_writes_the_s
         }
     })
     .await;
-    shutdown(meshes, servers).await;
+    stop_all(meshes, servers).await;
 }
 
 /// WATCH on peer a, a write to the key on peer b: once a has merged it,
 /// a's EXEC is aborted, even when b wrote the value a already held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_from_another_peer_aborts_an_exec_that_watched_its_key() {
-    let (meshes, servers) = pair().await;
+    let (meshes, servers) = resp_pair().await;
     let mut a = servers[0].conn().await;
     let mut a_reader = servers[0].conn().await;
     let mut b = servers[1].conn().await;
@@ -157,7 +135,7 @@ async fn a_write_from_another_peer_aborts_an_exec_that_watched_its_key() {
         async move { b.get::<_, Option<String>>("w").await.unwrap().as_deref() == Some("mine") }
     })
     .await;
-    shutdown(meshes, servers).await;
+    stop_all(meshes, servers).await;
 }
 
 /// What other clients see of a transaction being queued, and the bound on

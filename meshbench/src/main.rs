@@ -990,20 +990,7 @@ async fn row_fill(z: &Sizes, rep: &mut Report) -> Result<()> {
         for n in &names[1..] {
             procs.push(PeerProcess::spawn(n, &certs, Some(seed)).await?);
         }
-        let t = meshcache::env::stopwatch().into_std();
-        loop {
-            let mut up = true;
-            for p in procs.iter_mut() {
-                up &= p.state().await?.connected == 2;
-            }
-            if up {
-                break;
-            }
-            if t.elapsed() > DEADLINE {
-                bail!("peer processes did not connect within {} s", DEADLINE.as_secs());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        all_connected(&mut procs).await?;
         let keys = z.fill_keys;
         let (mut means, mut maxes, mut secs, mut repeated) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..z.repeats {
@@ -1057,6 +1044,25 @@ async fn row_fill(z: &Sizes, rep: &mut Report) -> Result<()> {
     res
 }
 
+/// Waits until each of the peer processes is connected to all the others.
+async fn all_connected(procs: &mut [PeerProcess]) -> Result<()> {
+    let t = meshcache::env::stopwatch().into_std();
+    let others = procs.len() - 1;
+    loop {
+        let mut up = true;
+        for p in procs.iter_mut() {
+            up &= p.state().await?.connected == others;
+        }
+        if up {
+            return Ok(());
+        }
+        if t.elapsed() > DEADLINE {
+            bail!("peer processes did not connect within {} s", DEADLINE.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Row 3 with each peer in its own process.
 async fn replicated_processes(z: &Sizes, rep: &mut Report, mode: &str, all: bool) -> Result<()> {
     let certs = std::env::temp_dir().join(format!("meshbench-certs-{}", std::process::id()));
@@ -1086,20 +1092,7 @@ async fn replicated_processes_inner(
             procs.push(PeerProcess::spawn(n, certs, Some(seed)).await?);
         }
         let res = async {
-            let t = meshcache::env::stopwatch().into_std();
-            loop {
-                let mut up = true;
-                for p in procs.iter_mut() {
-                    up &= p.state().await?.connected == 2;
-                }
-                if up {
-                    break;
-                }
-                if t.elapsed() > DEADLINE {
-                    bail!("peer processes did not connect within {} s", DEADLINE.as_secs());
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            all_connected(&mut procs).await?;
             let mut before = Vec::new();
             for p in procs.iter_mut() {
                 before.push(p.state().await?);

@@ -114,7 +114,8 @@ impl Mesh {
                 None => {
                     let (tx, rx) = watch::channel(None);
                     running.insert(key.clone(), rx.clone());
-                    let mesh = self.clone();
+                    // Not a handle: a fill does not keep the peer running.
+                    let mesh = Mesh::internal(self.inner.clone());
                     self.inner.tasks.spawn(async move {
                         let r = mesh.fill(&key, ttl, loader).await;
                         // Sent before the fill is forgotten: a caller that

@@ -171,8 +171,9 @@ pub struct MeshStats {
 pub struct Mesh {
     pub(super) inner: Arc<Inner>,
     /// Held by handles only, never by the peer's own tasks (which hold
-    /// `inner`): its drop is the last handle's.
-    _handle: Arc<HandleGuard>,
+    /// `inner`, or a `Mesh::internal` without it): its drop is the last
+    /// handle's.
+    _handle: Option<Arc<HandleGuard>>,
 }
 
 /// Stops the peer when the last [`Mesh`] handle goes.
@@ -213,7 +214,13 @@ impl Mesh {
 
     /// The first handle of a peer just started.
     pub(super) fn new(inner: Arc<Inner>) -> Mesh {
-        Mesh { _handle: Arc::new(HandleGuard { inner: inner.clone() }), inner }
+        Mesh { _handle: Some(Arc::new(HandleGuard { inner: inner.clone() })), inner }
+    }
+
+    /// A `Mesh` for one of the peer's own tasks: it does not keep the peer
+    /// running once the application's last handle is gone.
+    pub(super) fn internal(inner: Arc<Inner>) -> Mesh {
+        Mesh { _handle: None, inner }
     }
 
     /// The address peers are accepted on.

@@ -330,3 +330,27 @@ fn frame_len(buf: &[u8], resp3: bool) -> Option<usize> {
         redis_protocol::resp2::decode::decode(buf).expect("valid RESP2").map(|(_, n)| n)
     }
 }
+
+/// Two peers, `a` and `b` (seeded with `a`), booted and connected, each
+/// with a RESP server.
+pub async fn resp_pair() -> (Vec<Mesh>, Vec<Server>) {
+    let ca = meshcache::transport::certs::EphemeralCa::new().unwrap();
+    let a = super::mesh::start(&ca, "a", &[]).await;
+    let b = super::mesh::start(&ca, "b", &[a.local_addr()]).await;
+    for m in [&a, &b] {
+        assert!(m.wait_ready(DEADLINE).await, "{} never finished bootstrap", m.id());
+    }
+    super::wait::eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    let servers = vec![Server::start(&a, RespConfig::default()).await, Server::start(&b, RespConfig::default()).await];
+    (vec![a, b], servers)
+}
+
+/// Stops the servers, then the peers.
+pub async fn stop_all(meshes: Vec<Mesh>, servers: Vec<Server>) {
+    for s in servers {
+        s.stop().await;
+    }
+    for m in meshes {
+        m.shutdown().await;
+    }
+}
