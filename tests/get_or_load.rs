@@ -221,6 +221,8 @@ async fn a_lease_held_by_a_peer_cut_off_runs_out_and_is_taken_over() {
     });
     started.notified().await;
     eventually("B knows A's lease", || b.stats().fill_leases == 1).await;
+    assert!(a.get("k").is_none() && b.get("k").is_none(), "a lease is never a value");
+    assert_eq!((a.len(), b.len()), (0, 0));
     // B's callers wait on A's lease: while it is renewed, B loads nothing.
     let b_loads = Arc::new(AtomicUsize::new(0));
     let waiting = tokio::spawn({

@@ -544,3 +544,40 @@ async fn a_full_tracking_table_invalidates_its_oldest_keys() {
     assert_eq!(near.get("t45").await.as_deref(), Some("new"));
     stop_all(meshes, servers).await;
 }
+
+/// A write that reaches the cache's peer only by anti-entropy (the peers
+/// were cut apart when it was made, and their connection timed out)
+/// invalidates the near cache too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_repaired_by_anti_entropy_invalidates_the_near_cache() {
+    use meshcache::transport::certs::EphemeralCa;
+    use meshcache::transport::faults::Faults;
+
+    let ca = EphemeralCa::new().unwrap();
+    let faults = Faults::with_seed(3);
+    let a = common::mesh::start_faulty(&ca, &faults, "a", &[]).await;
+    let b = common::mesh::start_faulty(&ca, &faults, "b", &[a.local_addr()]).await;
+    common::wait::eventually("connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    assert!(b.wait_ready(common::wait::DEADLINE).await);
+    let servers = vec![
+        Server::start(&a, meshcache::resp::RespConfig::default()).await,
+        Server::start(&b, meshcache::resp::RespConfig::default()).await,
+    ];
+    let mut on_a = servers[0].conn().await;
+    let on_b = servers[1].conn().await;
+    let mut near = NearCache::connect(&servers[1], &[]).await;
+    let () = on_a.set("k", "before").await.unwrap();
+    until_applied(&on_b, "k", Some("before")).await;
+    assert_eq!(near.get("k").await.as_deref(), Some("before"));
+
+    faults.partition(&[a.local_addr()], &[b.local_addr()]);
+    common::wait::eventually("the connection times out", || a.stats().connected == 0 && b.stats().connected == 0).await;
+    let () = on_a.set("k", "after").await.unwrap();
+    let repaired = b.stats().ae_entries_received;
+    faults.heal();
+    until_applied(&on_b, "k", Some("after")).await;
+    assert!(b.stats().ae_entries_received > repaired, "the write arrived by anti-entropy");
+    near.sync().await;
+    assert_eq!(near.get("k").await.as_deref(), Some("after"));
+    stop_all(vec![a, b], servers).await;
+}
