@@ -65,7 +65,7 @@ struct Args {
     /// The `meshcache` command that row 9 runs as processes.
     #[arg(long, default_value = "target/release/meshcache")]
     meshcache: PathBuf,
-    /// Only these row groups (comma-separated, 1-10); default all.
+    /// Only these row groups (comma-separated, 1-11); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// The exact command line, recorded in the report.
@@ -98,6 +98,7 @@ struct Sizes {
     zipf_requests: usize,
     bound_writes: u64,
     fill_keys: usize,
+    tracking_keys: usize,
 }
 
 impl Sizes {
@@ -117,6 +118,7 @@ impl Sizes {
                 zipf_requests: 100_000,
                 bound_writes: 200_000,
                 fill_keys: 100,
+                tracking_keys: 1_000,
             }
         } else {
             Sizes {
@@ -133,6 +135,7 @@ impl Sizes {
                 zipf_requests: 10_000_000,
                 bound_writes: 4_000_000,
                 fill_keys: 1_000,
+                tracking_keys: 100_000,
             }
         }
     }
@@ -587,6 +590,76 @@ async fn row_throughput(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Repo
     }
     resp.stop().await;
     res
+}
+
+/// Row 11: GET with client tracking on against GET without, what a
+/// tracked read (taken under its key's shard lock, and recorded in the
+/// tracking table) costs. Peer A of three, `CONNS` connections in blocking threads,
+/// each a GET at a time on random keys of `tracking_keys` preloaded,
+/// `local_secs` a run; off and on alternate, median of `repeats`.
+async fn row_tracking(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
+    const CONNS: usize = 8;
+    let resp = start_resp(ca, "k", args.resp_base).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], resp.ports[0]));
+    let (keys, secs, repeats) = (z.tracking_keys, z.local_secs, z.repeats);
+    let res = tokio::task::spawn_blocking(move || -> Result<(Vec<f64>, Vec<f64>)> {
+        let mut c = Client::connect(addr)?;
+        for i in 0..keys {
+            match c.cmd(&[b"SET", &key("k", i), &value(i)])? {
+                Reply::Simple(s) if s == "OK" => {}
+                r => bail!("SET: {r:?}"),
+            }
+        }
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for _ in 0..repeats {
+            off.push(get_load(addr, CONNS, keys, false, secs)?);
+            on.push(get_load(addr, CONNS, keys, true, secs)?);
+        }
+        Ok((off, on))
+    })
+    .await;
+    resp.stop().await;
+    let (off, on) = res??;
+    let (off_m, on_m) = (median(&off), median(&on));
+    rep.push(Row::new(11, "GET with CLIENT TRACKING on", "ops/s", on_m).note(format!(
+        "{CONNS} connections, one GET at a time, {keys} keys; off: {off_m:.0}/s; on / off = {:.2}; median of \
+             {repeats} runs of {secs} s each, alternating",
+        on_m / off_m
+    )));
+    Ok(())
+}
+
+/// GETs on random keys over `conns` connections for `secs`, with CLIENT
+/// TRACKING on or off; GETs per second.
+fn get_load(addr: SocketAddr, conns: usize, keys: usize, tracking: bool, secs: f64) -> Result<f64> {
+    let end = meshcache::env::stopwatch().into_std() + Duration::from_secs_f64(secs);
+    let threads: Vec<_> = (0..conns)
+        .map(|t| {
+            std::thread::spawn(move || -> Result<u64> {
+                let mut c = Client::connect(addr)?;
+                if tracking {
+                    match c.cmd(&[b"CLIENT", b"TRACKING", b"ON"])? {
+                        Reply::Simple(s) if s == "OK" => {}
+                        r => bail!("CLIENT TRACKING ON: {r:?}"),
+                    }
+                }
+                let (mut n, mut i) = (0u64, t * 7919);
+                while std::time::Instant::now() < end {
+                    i = (i + 104_729) % keys;
+                    match c.cmd(&[b"GET", &key("k", i)])? {
+                        Reply::Bulk(_) => n += 1,
+                        r => bail!("GET: {r:?}"),
+                    }
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in threads {
+        total += t.join().map_err(|_| anyhow!("a load thread panicked"))??;
+    }
+    Ok(total as f64 / secs)
 }
 
 /// Write on `a`, poll `b` until visible, `n` keys; latencies in microseconds.
@@ -1802,7 +1875,7 @@ async fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let z = Sizes::new(args.quick);
-    let rows: Vec<u8> = if args.only.is_empty() { (1..=10).collect() } else { args.only.clone() };
+    let rows: Vec<u8> = if args.only.is_empty() { (1..=11).collect() } else { args.only.clone() };
     let (cpus, model) = machine();
     eprintln!(
         "meshbench ({} mode{}): {cpus} CPUs, {model}",
@@ -1826,7 +1899,7 @@ async fn main() -> Result<()> {
         &'a EphemeralCa,
         &'a mut Report,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
-    let steps: [(u8, &str, Step); 8] = [
+    let steps: [(u8, &str, Step); 9] = [
         (7, "local get and put", |_, z, ca, r| Box::pin(row_local(z, ca, r))),
         (3, "replicated updates", |_, z, ca, r| Box::pin(row_replicated(z, ca, r))),
         (4, "convergence after a heal", |_, z, ca, r| Box::pin(row_heal(z, ca, r))),
@@ -1835,6 +1908,7 @@ async fn main() -> Result<()> {
         (8, "hit ratio under a memory bound", |a, z, ca, r| Box::pin(row_hit_ratio(a, z, ca, r))),
         (9, "processes under a memory bound", |a, z, _, r| Box::pin(bound::row_bound(&a.meshcache, z, r))),
         (10, "cold keys through get_or_load", |_, z, _, r| Box::pin(row_fill(z, r))),
+        (11, "GET with client tracking", |a, z, ca, r| Box::pin(row_tracking(a, z, ca, r))),
     ];
     for (n, what, f) in steps {
         if !rows.contains(&n) {
