@@ -263,10 +263,7 @@ async fn a_lease_held_by_a_peer_cut_off_runs_out_and_is_taken_over() {
 async fn each_side_of_a_partition_loads_once_and_the_values_converge() {
     let ca = EphemeralCa::new().unwrap();
     let faults = Faults::with_seed(11);
-    let a = common::mesh::start_faulty(&ca, &faults, "a", &[]).await;
-    let b = common::mesh::start_faulty(&ca, &faults, "b", &[a.local_addr()]).await;
-    eventually("connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
-    assert!(b.wait_ready(DEADLINE).await);
+    let (a, b) = common::mesh::faulty_pair(&ca, &faults).await;
     faults.partition(&[a.local_addr()], &[b.local_addr()]);
     let mut callers = Vec::new();
     for (m, side) in [(&a, "a"), (&b, "b")] {

@@ -555,10 +555,7 @@ async fn a_write_repaired_by_anti_entropy_invalidates_the_near_cache() {
 
     let ca = EphemeralCa::new().unwrap();
     let faults = Faults::with_seed(3);
-    let a = common::mesh::start_faulty(&ca, &faults, "a", &[]).await;
-    let b = common::mesh::start_faulty(&ca, &faults, "b", &[a.local_addr()]).await;
-    common::wait::eventually("connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
-    assert!(b.wait_ready(common::wait::DEADLINE).await);
+    let (a, b) = common::mesh::faulty_pair(&ca, &faults).await;
     let servers = vec![
         Server::start(&a, meshcache::resp::RespConfig::default()).await,
         Server::start(&b, meshcache::resp::RespConfig::default()).await,

@@ -96,8 +96,10 @@ impl Inner {
     }
 
     pub(super) fn publish_all(&self, changes: Vec<Change>) {
-        for c in &changes {
-            self.leases.touched(&c.key);
+        if self.leases.waited_on() {
+            for c in &changes {
+                self.leases.touched(&c.key);
+            }
         }
         if self.events.receiver_count() == 0 {
             return;
@@ -118,8 +120,10 @@ impl Inner {
         for p in self.peers.lock().values() {
             p.queue.push_many(&entries);
         }
-        for (key, _) in &entries {
-            self.leases.touched(key);
+        if self.leases.waited_on() {
+            for (key, _) in &entries {
+                self.leases.touched(key);
+            }
         }
         if self.events.receiver_count() > 0 {
             for (key, reg) in entries {

@@ -103,9 +103,15 @@ impl Leases {
         Watch { leases: self, key: key.clone(), notify: e.0.clone() }
     }
 
+    /// Whether any fill waits on a key: while none does, a write need not
+    /// call [`Leases::touched`].
+    pub(super) fn waited_on(&self) -> bool {
+        self.watched.load(Ordering::Relaxed) > 0
+    }
+
     /// `key`'s lease or value changed: wakes the fills waiting on it.
     pub(super) fn touched(&self, key: &[u8]) {
-        if self.watched.load(Ordering::Relaxed) == 0 {
+        if !self.waited_on() {
             return;
         }
         if let Some((n, _)) = self.waiters.lock().get(key) {

@@ -40,6 +40,15 @@ pub async fn start_faulty(ca: &EphemeralCa, faults: &Faults, name: &str, seeds: 
         .unwrap()
 }
 
+/// As [`pair`], over fault-injecting sockets of `faults`.
+pub async fn faulty_pair(ca: &EphemeralCa, faults: &Faults) -> (Mesh, Mesh) {
+    let a = start_faulty(ca, faults, "a", &[]).await;
+    let b = start_faulty(ca, faults, "b", &[a.local_addr()]).await;
+    eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    assert!(b.wait_ready(DEADLINE).await, "b never finished bootstrap");
+    (a, b)
+}
+
 /// A seed that never answers: a loopback UDP socket that nobody reads.
 /// Keep it until the test ends, so that its port stays taken.
 pub fn silent_seed() -> UdpSocket {

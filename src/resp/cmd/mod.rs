@@ -335,16 +335,10 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
 /// invalidations go into `out` before its reply: see `resp::tracking`
 /// for why that orders every invalidation against the reply.
 fn run_tracking(sh: &Shared, c: &mut Client, spec: &'static Spec, args: &[Bytes], out: &mut Out) {
-    let Some(mode) = &c.tracking else { return };
-    let reads = spec.is("readonly") && spec.first != 0;
-    if reads {
-        let track = tracking::tracks_reads(mode, c.caching);
+    if spec.is("readonly") && spec.first != 0 {
         let keys: Vec<&Bytes> = spec.keys(args).collect();
         sh.mesh.transaction(&keys, |t| {
-            if track {
-                sh.tracking.remember(c.id, keys.iter().copied());
-            }
-            c.outbox.drain_into(out);
+            tracking::before_reads(sh, c, keys.iter().copied(), out);
             run(&mut Cx { sh, c, spec, db: Db::Txn(t) }, args, out);
         });
     } else {

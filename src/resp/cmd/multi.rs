@@ -113,14 +113,9 @@ pub(super) fn exec(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
         if changed {
             return false;
         }
-        if let Some(mode) = &c.tracking {
-            // As for a single read (`run_tracking`): under the keys' locks.
-            if super::tracking::tracks_reads(mode, c.caching) {
-                let reads = m.queued.iter().filter(|q| q.spec.is("readonly")).flat_map(|q| q.spec.keys(&q.args));
-                sh.tracking.remember(c.id, reads);
-            }
-            c.outbox.drain_into(out);
-        }
+        // As for a single read (`run_tracking`): under the keys' locks.
+        let reads = m.queued.iter().filter(|q| q.spec.is("readonly")).flat_map(|q| q.spec.keys(&q.args));
+        super::tracking::before_reads(sh, c, reads, out);
         out.array(m.queued.len());
         for q in &m.queued {
             run(&mut Cx { sh, c, spec: q.spec, db: Db::Txn(t) }, &q.args, out);

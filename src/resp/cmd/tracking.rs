@@ -200,10 +200,22 @@ pub(super) fn trackinginfo(sh: &Shared, c: &mut Client, out: &mut Out) {
     }
 }
 
+/// What a tracking client does before it reads, holding the shard locks
+/// of the keys it reads (see `resp::tracking`): records `keys` as tracked
+/// when its mode tracks this read, and moves its pending invalidations
+/// into `out`, ahead of the reply.
+pub(super) fn before_reads<'k>(sh: &Shared, c: &Client, keys: impl IntoIterator<Item = &'k Bytes>, out: &mut Out) {
+    let Some(mode) = &c.tracking else { return };
+    if tracks_reads(mode, c.caching) {
+        sh.tracking.remember(c.id, keys);
+    }
+    c.outbox.drain_into(out);
+}
+
 /// Whether a read by this client is tracked (default mode): always, but
 /// in OPTIN mode only right after CLIENT CACHING YES, and in OPTOUT mode
 /// not right after CLIENT CACHING NO.
-pub(crate) fn tracks_reads(mode: &Mode, caching: bool) -> bool {
+fn tracks_reads(mode: &Mode, caching: bool) -> bool {
     if mode.bcast {
         return false;
     }
