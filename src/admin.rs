@@ -225,7 +225,7 @@ fn status(mesh: &Mesh) -> String {
     kv("stubs:", &st.stubs);
     kv("clear_below:", &st.floors.clear_below);
     kv("gc_floor:", &st.floors.gc_floor);
-    let counters: [(&str, u64); 29] = [
+    let counters: [(&str, u64); 30] = [
         ("deltas_sent", s.deltas_sent),
         ("deltas_received", s.deltas_received),
         ("push_batches_sent", s.push_batches_sent),
@@ -243,6 +243,7 @@ fn status(mesh: &Mesh) -> String {
         ("protocol_errors", s.protocol_errors),
         ("clock_refused", s.clock_refused),
         ("members_invalid", s.members_invalid),
+        ("seed_lookups_failed", s.seed_lookups_failed),
         ("messages_published", s.messages_published),
         ("messages_received", s.messages_received),
         ("members_over_cap", s.members_over_cap),

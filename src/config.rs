@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::membership::NAME_RULE;
 
+mod seed;
+pub use seed::{Seed, SeedError};
+
 /// Why a configuration is invalid. Nothing was started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -53,8 +56,10 @@ pub struct MeshConfig {
     /// when `listen` is a wildcard address).
     pub advertise: Option<SocketAddr>,
     /// Peers to join through. Only a way in: the mesh learns every member
-    /// from them and survives their death.
-    pub seeds: Vec<SocketAddr>,
+    /// from them and survives their death. A seed given by DNS name is
+    /// resolved again on every dial round, and each address it resolves to
+    /// is a seed.
+    pub seeds: Vec<Seed>,
     /// Largest clock offset tolerated between peers (ms). Peers further
     /// apart are refused at the hello; remote stamps further ahead are not
     /// adopted.
@@ -317,10 +322,16 @@ mod tests {
 
     #[test]
     fn toml_round_trip_and_unknown_fields() {
-        let c = MeshConfig { name: "a".into(), seeds: vec!["127.0.0.1:7000".parse().unwrap()], ..Default::default() };
+        let c = MeshConfig {
+            name: "a".into(),
+            seeds: vec!["127.0.0.1:7000".parse().unwrap(), "seeds.example:7946".parse().unwrap()],
+            ..Default::default()
+        };
         let text = toml::to_string(&c).unwrap();
         let back: MeshConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
+        let err = toml::from_str::<MeshConfig>("seeds = [\"seeds.example\"]").unwrap_err().to_string();
+        assert!(err.contains("a seed is ADDR:PORT or NAME:PORT"), "{err}");
         let err = toml::from_str::<MeshConfig>("nmae = \"a\"").unwrap_err().to_string();
         assert!(err.contains("nmae"), "{err}");
         let partial: MeshConfig = toml::from_str("name = \"b\"\nmax_offset = 250").unwrap();

@@ -97,7 +97,7 @@ pub(crate) async fn demo(quick: bool, push_delay: Option<Duration>) -> Result<()
     let mut peers: Vec<Mesh> = Vec::new();
     let mut result = Ok(());
     for n in ["a", "b", "c"] {
-        let seeds: Vec<SocketAddr> = peers.first().map(Mesh::local_addr).into_iter().collect();
+        let seeds: Vec<meshcache::Seed> = peers.first().map(|p| p.local_addr().into()).into_iter().collect();
         let started = async {
             let id = ca.issue(n).map_err(|e| failure(format!("cannot issue {n}'s certificate: {e}")))?;
             let config = MeshConfig {

@@ -125,7 +125,7 @@ pub mod transport;
 pub mod wait;
 pub mod wire;
 
-pub use config::MeshConfig;
+pub use config::{MeshConfig, Seed};
 pub use node::{
     Changes, Event, LoadError, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Transaction, Why,
 };

@@ -140,9 +140,11 @@ struct NodeArgs {
     /// --listen is a wildcard such as 0.0.0.0).
     #[arg(long, env = "MESHCACHE_ADVERTISE", value_name = "ADDR")]
     advertise: Option<SocketAddr>,
-    /// A peer to join through; repeat for more (MESHCACHE_SEEDS: comma-separated).
-    #[arg(long = "seed", env = "MESHCACHE_SEEDS", value_name = "ADDR", value_delimiter = ',')]
-    seeds: Vec<SocketAddr>,
+    /// A peer to join through, ADDR:PORT or NAME:PORT; repeat for more
+    /// (MESHCACHE_SEEDS: comma-separated). A name is resolved again on
+    /// every dial round, and each of its A and AAAA records is a seed.
+    #[arg(long = "seed", env = "MESHCACHE_SEEDS", value_name = "HOST:PORT", value_delimiter = ',')]
+    seeds: Vec<meshcache::Seed>,
     /// Directory of ca.crt, NAME.crt and NAME.key (made by `meshcache certs`).
     #[arg(long, env = "MESHCACHE_CERTS", value_name = "DIR")]
     certs: Option<PathBuf>,

@@ -145,7 +145,8 @@ fn settings_layer_file_then_environment_then_flags() {
     );
     c.env("MESHCACHE_NAME", "env").env("MESHCACHE_MAX_TOMBSTONES", "20");
     c.env("MESHCACHE_MAX_MEMBERS", "9").env("MESHCACHE_EVICTION_POLICY", "allkeys-lfu");
-    c.env("MESHCACHE_SEEDS", "127.0.0.1:7000,127.0.0.1:7001").env("MESHCACHE_MAX_BYTES", "16M");
+    c.env("MESHCACHE_SEEDS", "127.0.0.1:7000,meshcache-0.meshcache.cache.svc:7946,[::1]:7001");
+    c.env("MESHCACHE_MAX_BYTES", "16M");
     let out = run(c, SHORT);
     assert_eq!(out.code, Some(0), "{out:?}");
     for line in [
@@ -154,7 +155,7 @@ fn settings_layer_file_then_environment_then_flags() {
         "anti_entropy_interval = 250",
         "max_bytes = 16777216",
         "push_delay = 50",
-        "seeds = [\"127.0.0.1:7000\", \"127.0.0.1:7001\"]",
+        "seeds = [\"127.0.0.1:7000\", \"meshcache-0.meshcache.cache.svc:7946\", \"[::1]:7001\"]",
         "max_members = 9",
         "eviction_policy = \"allkeys-lfu\"",
     ] {
@@ -169,6 +170,13 @@ fn settings_layer_file_then_environment_then_flags() {
     let out = run_in(&tmp.0, &["node", "--config", "m.toml", "--max-members", "0", "--print-config"]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("max_members"), "{out:?}");
+    // A seed without a port, or with a host that is no name, is refused
+    // with the form a seed takes.
+    for bad in ["meshcache.cache.svc", "::1:7946", "a b:7946", "host:0"] {
+        let out = run_in(&tmp.0, &["node", "--config", "m.toml", "--seed", bad, "--print-config"]);
+        assert_eq!(out.code, Some(2), "{bad}: {out:?}");
+        assert!(out.stderr.contains("--seed") && out.stderr.contains(bad), "{bad}: {out:?}");
+    }
 }
 
 #[test]

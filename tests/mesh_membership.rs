@@ -10,7 +10,7 @@ use common::mesh::start;
 use common::wait::{eventually, holds_until, DEADLINE};
 use meshcache::membership::Status;
 use meshcache::transport::certs::EphemeralCa;
-use meshcache::Mesh;
+use meshcache::{Mesh, MeshConfig, Seed};
 
 fn status_of(m: &Mesh, name: &str) -> Option<(Status, bool)> {
     m.members().into_iter().find(|s| s.id.name == name).map(|s| (s.status, s.connected))
@@ -92,4 +92,28 @@ async fn a_superseded_incarnation_is_told_so_and_stops() {
     eventually("new z replicates", || a.get(b"x").is_some()).await;
     a.shutdown().await;
     new.shutdown().await;
+}
+
+/// Seeds by name: `localhost` is looked up with the system resolver and the
+/// peer joins through what it resolves to; a name that cannot resolve
+/// (`.invalid`, RFC 6761) is counted and looked up again with backoff, and
+/// never stops the peer. (That every address a name resolves to is a seed
+/// is checked on the connection machine, `src/node/links/tests.rs`:
+/// `localhost` may resolve to one address only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_by_name_are_resolved_and_a_name_that_does_not_resolve_is_retried() {
+    let ca = EphemeralCa::new().unwrap();
+    let a = start(&ca, "a", &[]).await;
+    let port = a.local_addr().port();
+    let seeds: Vec<Seed> =
+        vec!["no-such-seed.invalid:7946".parse().unwrap(), format!("localhost:{port}").parse().unwrap()];
+    let b = Mesh::builder().config(MeshConfig::for_test("b")).seeds(seeds).tls(ca.issue("b").unwrap()).start().await;
+    let b = b.unwrap();
+    assert!(b.wait_ready(DEADLINE).await, "b never joined through the name localhost");
+    eventually("a and b linked", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    b.insert("k", "v").unwrap();
+    eventually("b's write reaches a", || a.get("k").as_deref() == Some(&b"v"[..])).await;
+    eventually("the name that does not resolve is looked up again", || b.stats().seed_lookups_failed >= 3).await;
+    assert_eq!(a.stats().seed_lookups_failed, 0, "a has no seeds");
+    assert_eq!(b.stats().connected, 1, "b still runs, linked to a");
 }

@@ -18,7 +18,7 @@ use super::links;
 use super::memory::MemoryProbe;
 use super::timer::timer_loop;
 use super::{Mesh, MeshError};
-use crate::config::MeshConfig;
+use crate::config::{MeshConfig, Seed};
 use crate::env::Env;
 use crate::hlc::NodeId;
 use crate::membership::{Incarnation, MemberId};
@@ -86,9 +86,10 @@ impl MeshBuilder {
         self.config.advertise = Some(addr);
         self
     }
-    /// Peers to join through.
-    pub fn seeds(mut self, seeds: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.config.seeds = seeds.into_iter().collect();
+    /// Peers to join through: socket addresses, or [`Seed`]s (which may be
+    /// DNS names, resolved again on every dial round).
+    pub fn seeds(mut self, seeds: impl IntoIterator<Item = impl Into<Seed>>) -> Self {
+        self.config.seeds = seeds.into_iter().map(Into::into).collect();
         self
     }
     /// The TLS identity: this peer's certificate and key, and the cluster CA.

@@ -18,6 +18,9 @@ use crate::hlc::SkewError;
 use crate::membership::{Incarnation, Learned, MemberId, Status};
 use crate::wire::Refusal;
 
+/// How long a seed name's lookup may take before it counts as failed.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The machine and what the shell keeps to execute its actions, under one
 /// lock: an action names a connection or a session that the same critical
 /// section registered.
@@ -132,6 +135,38 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
                     tracing::debug!(%addr, error = %e, "dial failed");
                 }
                 inner2.with_links(|d, now| d.links.handle_dial_result(now, addr, ok));
+            });
+        }
+        Action::Resolve { name, host, port } => {
+            let inner2 = inner.clone();
+            inner.tasks.spawn(async move {
+                // The system resolver (getaddrinfo, on a blocking thread):
+                // it follows /etc/hosts and resolv.conf's search domains,
+                // as a headless Service's short name needs.
+                let lookup = tokio::net::lookup_host((host.as_str(), port));
+                let found = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                    Ok(Ok(addrs)) => Ok(addrs.collect::<Vec<_>>()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer in {} s", RESOLVE_TIMEOUT.as_secs())),
+                };
+                let (addrs, why) = match found {
+                    Ok(a) if a.is_empty() => (None, Some("no addresses".to_owned())),
+                    Ok(a) => (Some(a), None),
+                    Err(e) => (None, Some(e)),
+                };
+                let seed = format!("{host}:{port}");
+                match &addrs {
+                    Some(a) => tracing::debug!(%seed, addrs = ?a, "seed name resolved"),
+                    None => tracing::debug!(%seed, "seed name not resolved"),
+                }
+                if addrs.is_none() {
+                    inner2.counters.seed_lookups_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics::counter!("meshcache_seed_lookups_failed_total").increment(1);
+                }
+                let first = inner2.with_links(|d, now| d.links.handle_resolved(now, name, addrs));
+                if let (Some(why), true) = (why, first) {
+                    tracing::warn!(%seed, error = %why, "cannot resolve a seed name; retrying with backoff");
+                }
             });
         }
         Action::Link { peer, conn } => {

@@ -42,6 +42,7 @@ pub(super) struct Counters {
     /// Loaders `get_or_load` ran here.
     pub(super) fill_loads: AtomicU64,
     pub(super) protocol_errors: AtomicU64,
+    pub(super) seed_lookups_failed: AtomicU64,
 }
 
 /// The link to a peer incarnation: the connection its pushes go over.

@@ -19,6 +19,7 @@ use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::config::Seed;
 use crate::hlc::SkewError;
 use crate::membership::{Incarnation, Learned, MemberId};
 use crate::wire::{Hello, Refusal, PROTOCOL_VERSION};
@@ -129,6 +130,9 @@ pub(crate) enum Action {
     /// Dial `addr` and run the hello; report with
     /// [`Links::handle_dial_result`].
     Dial(SocketAddr),
+    /// Look up the addresses of seed name `name` (its index among the
+    /// named seeds) at `port`; report with [`Links::handle_resolved`].
+    Resolve { name: usize, host: String, port: u16 },
     /// `conn` is now the link to `peer`: pushes go over it and its streams
     /// are served; a previous link's queued pushes are dropped.
     Link { peer: MemberId, conn: ConnId },
@@ -190,6 +194,24 @@ struct Backoff {
     delay: Duration,
 }
 
+/// A seed given by DNS name. It is looked up again whenever the machine
+/// would dial it (none of its addresses is linked), at most once per
+/// backoff, so that a name whose records change (pods replaced behind a
+/// headless Service) is followed, and one that does not resolve costs a
+/// lookup per backoff, not a loop.
+#[derive(Clone, Debug)]
+struct NamedSeed {
+    host: String,
+    port: u16,
+    /// What the last successful lookup returned (kept through failed
+    /// ones: a DNS outage does not make known seeds unknown).
+    addrs: Vec<SocketAddr>,
+    resolving: bool,
+    backoff: Option<Backoff>,
+    /// The last lookup failed.
+    failing: bool,
+}
+
 /// The connection-level protocol of one peer. See the module docs.
 pub(crate) struct Links {
     me: MemberId,
@@ -218,7 +240,10 @@ pub(crate) struct Links {
     next_round: Instant,
     /// Where this peer itself is reached: never dialed.
     own_addrs: Vec<SocketAddr>,
+    /// Seeds given by address.
     seeds: Vec<SocketAddr>,
+    /// Seeds given by name.
+    names: Vec<NamedSeed>,
     /// Active members other than this peer, with their addresses.
     members: Vec<(String, SocketAddr)>,
     dialing: BTreeSet<SocketAddr>,
@@ -234,10 +259,25 @@ impl Links {
         me: MemberId,
         timings: Timings,
         own_addrs: Vec<SocketAddr>,
-        seeds: Vec<SocketAddr>,
+        seeds: Vec<Seed>,
         seed: u64,
         now: Instant,
     ) -> Self {
+        let mut names = Vec::new();
+        let mut addrs = Vec::new();
+        for s in seeds {
+            match s {
+                Seed::Addr(a) => addrs.push(a),
+                Seed::Name { host, port } => names.push(NamedSeed {
+                    host,
+                    port,
+                    addrs: Vec::new(),
+                    resolving: false,
+                    backoff: None,
+                    failing: false,
+                }),
+            }
+        }
         let mut rng = SmallRng::seed_from_u64(seed);
         let next_round = now + jittered_period(&mut rng, timings.anti_entropy_interval);
         let mut links = Links {
@@ -254,7 +294,8 @@ impl Links {
             declines: BTreeMap::new(),
             next_round,
             own_addrs,
-            seeds,
+            seeds: addrs,
+            names,
             members: Vec::new(),
             dialing: BTreeSet::new(),
             backoff: BTreeMap::new(),
@@ -291,6 +332,13 @@ impl Links {
         let targets = self.targets();
         t.extend(
             self.backoff.iter().filter(|(a, _)| targets.contains(a) && !self.dialing.contains(a)).map(|(_, b)| b.until),
+        );
+        let linked = self.linked_addrs();
+        t.extend(
+            self.names
+                .iter()
+                .filter(|n| !n.resolving && !n.addrs.iter().any(|a| linked.contains(a)))
+                .filter_map(|n| n.backoff.map(|b| b.until)),
         );
         t.into_iter().min()
     }
@@ -503,6 +551,9 @@ impl Links {
         self.dialing.remove(&addr);
         if ok {
             self.backoff.remove(&addr);
+            for n in self.names.iter_mut().filter(|n| n.addrs.contains(&addr)) {
+                n.backoff = None;
+            }
         } else {
             let delay = self
                 .backoff
@@ -521,13 +572,47 @@ impl Links {
         self.dial_targets(now);
     }
 
+    /// A lookup of named seed `name` (the index of [`Action::Resolve`])
+    /// ended: with its addresses, or failed (`None`, or no address). The
+    /// addresses it returns are seeds from now on; after a failure the
+    /// last ones found stay, and the lookup is tried again after a backoff.
+    /// Returns whether this failure is the first since a lookup that
+    /// worked (or the first lookup), for the shell to log once rather than
+    /// at every retry.
+    pub(crate) fn handle_resolved(&mut self, now: Instant, name: usize, addrs: Option<Vec<SocketAddr>>) -> bool {
+        let Some(n) = self.names.get_mut(name) else { return false };
+        n.resolving = false;
+        let delay = n.backoff.map_or(self.timings.backoff_min, |b| (b.delay * 2).min(self.timings.backoff_max));
+        let jittered = delay.mul_f64(self.rng.random_range(0.75..1.25));
+        n.backoff = Some(Backoff { until: now + jittered, delay });
+        let was_failing = n.failing;
+        let failed = match addrs {
+            Some(mut a) if !a.is_empty() => {
+                a.sort();
+                a.dedup();
+                n.addrs = a;
+                false
+            }
+            _ => true,
+        };
+        n.failing = failed;
+        self.dial_targets(now);
+        failed && !was_failing
+    }
+
+    /// The addresses of this peer's links (as dialed, or as advertised by
+    /// a peer that dialed in).
+    fn linked_addrs(&self) -> BTreeSet<SocketAddr> {
+        self.links.values().filter_map(|c| self.conns.get(c).and_then(|c| c.addr)).collect()
+    }
+
     /// Seeds and members without a link, not counting ourselves.
     fn targets(&self) -> BTreeSet<SocketAddr> {
-        let linked_addrs: BTreeSet<SocketAddr> =
-            self.links.values().filter_map(|c| self.conns.get(c).and_then(|c| c.addr)).collect();
+        let linked_addrs = self.linked_addrs();
         let members = self.members.iter().filter(|(n, _)| !self.links.contains_key(n)).map(|(_, a)| *a);
         self.seeds
             .iter()
+            .chain(self.names.iter().flat_map(|n| &n.addrs))
             .copied()
             .chain(members)
             .filter(|a| !self.own_addrs.contains(a) && !linked_addrs.contains(a))
@@ -537,6 +622,16 @@ impl Links {
     fn dial_targets(&mut self, now: Instant) {
         if self.stopped {
             return;
+        }
+        // A named seed none of whose addresses is linked is looked up
+        // again (its records may have changed), once its backoff is over.
+        let linked = self.linked_addrs();
+        for (i, n) in self.names.iter_mut().enumerate() {
+            if n.resolving || n.backoff.is_some_and(|b| now < b.until) || n.addrs.iter().any(|a| linked.contains(a)) {
+                continue;
+            }
+            n.resolving = true;
+            self.actions.push_back(Action::Resolve { name: i, host: n.host.clone(), port: n.port });
         }
         for addr in self.targets() {
             if self.dialing.contains(&addr) || self.backoff.get(&addr).is_some_and(|b| now < b.until) {

@@ -123,6 +123,9 @@ pub struct MeshStats {
     /// Member entries ignored: a gossiped or announced name no certificate
     /// can carry, or an address no one can dial.
     pub members_invalid: u64,
+    /// Lookups of a seed name that failed or found no address (each is
+    /// retried after a backoff).
+    pub seed_lookups_failed: u64,
     /// New member names ignored because the view held `max_members`.
     pub members_over_cap: u64,
     /// Pub/sub messages published on this peer ([`Mesh::publish`]).
@@ -488,6 +491,7 @@ impl Mesh {
             protocol_errors: l(&c.protocol_errors),
             clock_refused: self.inner.replica.store().clock().refused(),
             members_invalid: ignored.invalid,
+            seed_lookups_failed: l(&c.seed_lookups_failed),
             members_over_cap: ignored.over_cap,
             messages_published: l(&c.messages_published),
             messages_received: l(&c.messages_received),

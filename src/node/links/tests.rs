@@ -64,6 +64,10 @@ struct Node {
 
 impl Node {
     fn new(name: &str, port: u16, seeds: Vec<SocketAddr>, now: Instant) -> Self {
+        Node::with_seeds(name, port, seeds.into_iter().map(Seed::from).collect(), now)
+    }
+
+    fn with_seeds(name: &str, port: u16, seeds: Vec<Seed>, now: Instant) -> Self {
         let id = id(name, 100);
         let links = Links::new(id.clone(), timings(), vec![addr(port)], seeds, u64::from(port), now);
         Node { core: FakeCore::new(&id), id, addr: addr(port), links }
@@ -507,6 +511,65 @@ fn redial_backoff_doubles_to_five_seconds_with_jitter_and_resets_after_a_success
     a.links.handle_dial_result(now, seed, false);
     let delay = a.links.poll_timeout().unwrap() - now;
     assert!(delay >= Duration::from_millis(150) && delay < Duration::from_millis(250), "{delay:?}");
+}
+
+#[test]
+fn a_seed_name_is_looked_up_whenever_it_would_be_dialed_with_backoff_and_keeps_its_last_addresses() {
+    let mut now = crate::env::stopwatch().into_std();
+    let name = Seed::Name { host: "seeds.test".into(), port: 7001 };
+    let resolve = Action::Resolve { name: 0, host: "seeds.test".into(), port: 7001 };
+    let mut a = Node::with_seeds("a", 7000, vec![name], now);
+    assert_eq!(a.actions(), vec![resolve.clone()], "a name is looked up before anything is dialed");
+    assert!(a.links.poll_timeout().is_none_or(|t| t > now + Duration::from_secs(60)), "no deadline while it resolves");
+
+    // Lookups that fail are retried after a doubling backoff; only the
+    // first failure of a run is for the log.
+    let mut firsts = Vec::new();
+    for k in 0..4u32 {
+        firsts.push(a.links.handle_resolved(now, 0, None));
+        assert!(a.actions().is_empty(), "lookup {k}: nothing to dial, no lookup before the backoff");
+        let at = a.links.poll_timeout().expect("a lookup is due");
+        let base = (Duration::from_millis(200) * 2u32.pow(k)).min(Duration::from_secs(5));
+        let delay = at - now;
+        assert!(delay >= base.mul_f64(0.75) && delay < base.mul_f64(1.25), "lookup {k}: {delay:?} for {base:?}");
+        a.links.handle_timeout(at);
+        assert_eq!(a.actions(), vec![resolve.clone()], "lookup {k}: looked up again");
+        now = at;
+    }
+    assert_eq!(firsts, vec![true, false, false, false]);
+
+    // Every address it resolves to is dialed, except this peer's own.
+    let b = id("b", 100);
+    assert!(!a.links.handle_resolved(now, 0, Some(vec![addr(7002), addr(7001), addr(7000), addr(7001)])));
+    assert_eq!(a.actions(), vec![Action::Dial(addr(7001)), Action::Dial(addr(7002))]);
+    a.links.handle_dial_result(now, addr(7002), false);
+    let v =
+        a.links.handle_hello(now, ConnId(1), Side::Dialer(addr(7001)), &hello(&b, addr(7001)), Some("b"), &mut a.core);
+    assert_eq!(v, Verdict::Accept);
+    a.links.handle_dial_result(now, addr(7001), true);
+    let linked: Vec<Action> = a.actions().into_iter().filter(|x| matches!(x, Action::Resolve { .. })).collect();
+    assert!(linked.is_empty(), "linked to one of its addresses: no lookup");
+    // Long after, still linked: the name is not looked up.
+    // Every address is a seed: the other one is still dialed.
+    a.links.handle_timeout(now + Duration::from_secs(30));
+    let dials: Vec<Action> = a.actions().into_iter().filter(|x| !matches!(x, Action::StartSession { .. })).collect();
+    assert_eq!(dials, vec![Action::Dial(addr(7002))], "no lookup while one of its addresses is linked");
+    a.links.handle_dial_result(now + Duration::from_secs(30), addr(7002), false);
+
+    // The link goes: the name is looked up again at once (its records may
+    // have changed: pods replaced), and while the lookup fails the last
+    // addresses found are still dialed.
+    now += Duration::from_secs(30);
+    a.links.handle_conn_closed(now, ConnId(1));
+    let actions = a.actions();
+    assert_eq!(actions, vec![resolve.clone(), Action::Dial(addr(7001))]);
+    assert!(a.links.handle_resolved(now, 0, None), "the first failure after a success is for the log");
+    a.links.handle_dial_result(now, addr(7001), false);
+    a.links.handle_dial_result(now, addr(7002), false);
+    a.links.handle_timeout(now + Duration::from_secs(5));
+    let actions = a.actions();
+    assert!(actions.contains(&Action::Dial(addr(7001))) && actions.contains(&Action::Dial(addr(7002))), "{actions:?}");
+    assert!(actions.contains(&resolve), "{actions:?}");
 }
 
 #[test]
