@@ -5,8 +5,9 @@
 //! [`MAX_REQUEST`] bytes, ended by `\n` or by closing its side), the server
 //! replies with text and closes. Requests:
 //!
-//! - `status`: this peer's identity, listen address, bootstrap state, store
-//!   gauges, every counter of [`Mesh::stats`], and one line per member.
+//! - `status`: this peer's identity, listen address, bootstrap state and
+//!   readiness (a `readiness:` line, [`Mesh::readiness`]), store gauges,
+//!   every counter of [`Mesh::stats`], and one line per member.
 //! - `forget NAME`: [`Mesh::forget`]; the reply starts with `OK` if the
 //!   member was forgotten, `ERR` otherwise.
 //! - `help`: the list of requests.
@@ -219,6 +220,7 @@ fn status(mesh: &Mesh) -> String {
     );
     kv("listen:", &mesh.local_addr());
     kv("booted:", &s.booted);
+    kv("readiness:", &mesh.readiness().reason());
     kv("entries:", &st.entries);
     kv("bytes:", &st.bytes);
     kv("tombstones:", &st.tombstones);

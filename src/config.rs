@@ -94,6 +94,14 @@ pub struct MeshConfig {
     /// if no seed answers for this long (ms), it starts on its own.
     #[serde(with = "ms")]
     pub bootstrap_timeout: Duration,
+    /// How long a peer that leaves ([`crate::Mesh::shutdown`]) waits for
+    /// each peer to confirm it has read every write queued for it, before
+    /// it says goodbye anyway (ms). A peer not confirmed in time may miss
+    /// the writes still in flight until anti-entropy with another peer
+    /// repairs it. The `meshcache` command also bounds, by the same time,
+    /// the wait for its Redis clients' commands in flight.
+    #[serde(with = "ms")]
+    pub drain_timeout: Duration,
     /// QUIC keep-alive period (ms).
     #[serde(with = "ms")]
     pub keep_alive: Duration,
@@ -145,6 +153,7 @@ impl Default for MeshConfig {
             max_frame: crate::wire::DEFAULT_MAX_FRAME,
             receive_window: None,
             bootstrap_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(3),
             tick_interval: Duration::from_millis(100),

@@ -113,6 +113,8 @@ pub mod check;
 pub mod config;
 pub mod env;
 pub mod hlc;
+#[cfg(feature = "server")]
+pub mod http;
 pub mod membership;
 pub mod node;
 pub mod replica;
@@ -127,7 +129,8 @@ pub mod wire;
 
 pub use config::{MeshConfig, Seed};
 pub use node::{
-    Changes, Event, LoadError, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Transaction, Why,
+    Changes, Event, LoadError, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Readiness,
+    Transaction, Why,
 };
 pub use store::{Change, ChangeKind, Origin};
 pub use transport::certs::{load_identity, EphemeralCa, Identity};

@@ -151,7 +151,8 @@ struct NodeArgs {
     /// TOML settings file (MeshConfig fields).
     #[arg(long, env = "MESHCACHE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Serve Prometheus metrics over HTTP on this address (any path).
+    /// Serve HTTP on this address: Prometheus metrics at /metrics, and the
+    /// liveness and readiness probes at /healthz and /readyz.
     #[arg(long, env = "MESHCACHE_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// The admin port (loopback only), or `off`.
@@ -187,6 +188,10 @@ struct NodeArgs {
     /// How long a seeded peer waits for a seed before starting alone, in ms.
     #[arg(long, env = "MESHCACHE_BOOTSTRAP_TIMEOUT_MS", value_name = "MS")]
     bootstrap_timeout_ms: Option<u64>,
+    /// On SIGTERM: how long to wait for the Redis clients' commands in
+    /// flight, then for the peers to confirm every queued write, in ms.
+    #[arg(long, env = "MESHCACHE_DRAIN_TIMEOUT_MS", value_name = "MS")]
+    drain_timeout_ms: Option<u64>,
     /// Largest clock offset tolerated between peers, in ms.
     #[arg(long, env = "MESHCACHE_MAX_OFFSET_MS", value_name = "MS")]
     max_offset_ms: Option<u64>,
@@ -357,10 +362,18 @@ async fn run(command: Command, version: &str) -> Result<(), Exit> {
     match command {
         Command::Node(args) => node(*args).await,
         Command::Certs(c) => certs(c),
-        Command::Status(a) => admin_request(a.admin, "status".to_owned()).await,
+        Command::Status(a) => {
+            let reply = admin_request(a.admin, "status".to_owned()).await?;
+            // Exits non-zero when the peer should not be sent traffic, so
+            // that scripts and exec probes can use it.
+            match reply.lines().find_map(|l| l.strip_prefix("readiness:")).map(str::trim) {
+                Some(r) if r != "ready" => Err(failure(format!("not ready: {r}"))),
+                _ => Ok(()),
+            }
+        }
         Command::Forget { name, admin } => {
             meshcache::config::validate_name(&name).map_err(|e| usage(e.to_string()))?;
-            admin_request(admin.admin, format!("forget {name}")).await
+            admin_request(admin.admin, format!("forget {name}")).await.map(drop)
         }
         Command::Demo { quick, push_delay_us } => demo::demo(quick, push_delay_us.map(Duration::from_micros)).await,
         Command::Version => {
@@ -423,6 +436,9 @@ fn node_config(args: &NodeArgs) -> Result<MeshConfig, Exit> {
     }
     if let Some(ms) = args.anti_entropy_ms {
         c.anti_entropy_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.drain_timeout_ms {
+        c.drain_timeout = Duration::from_millis(ms);
     }
     if let Some(ms) = args.bootstrap_timeout_ms {
         c.bootstrap_timeout = Duration::from_millis(ms);
@@ -541,10 +557,11 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
         l.as_ref().map(|l| l.local_addr()).transpose().map_err(|e| failure(format!("cannot read a bound address: {e}")))
     };
     let (metrics_at, admin_at, resp_at) = (bound(&metrics_listener)?, bound(&admin_listener)?, bound(&resp_listener)?);
-    if let Some(l) = metrics_listener {
-        serve_metrics(l)?;
-    }
-    let max_bytes = config.max_bytes;
+    let metrics = match metrics_listener {
+        Some(l) => Some((l, install_metrics()?)),
+        None => None,
+    };
+    let (max_bytes, drain_timeout) = (config.max_bytes, config.drain_timeout);
     let mesh = Mesh::builder()
         .config(config)
         .tls(identity)
@@ -552,13 +569,27 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
         .start()
         .await
         .map_err(mesh_error)?;
+    if let Some((l, handle)) = metrics {
+        // For as long as the process runs: probes keep their answers
+        // through a drain.
+        tokio::spawn(meshcache::http::serve(l, mesh.clone(), Some(handle), std::future::pending::<()>()));
+    }
+    // Cancelled when a drain begins: the Redis-protocol port stops taking
+    // clients and commands, and each connection ends after the command it
+    // is running, its reply sent.
+    let drain = tokio_util::sync::CancellationToken::new();
     let resp_task = resp_listener.map(|l| {
         let mut cfg = meshcache::resp::RespConfig { requirepass: args.requirepass.clone(), ..Default::default() };
         if let Some(max) = max_bytes {
             cfg.fit_to_bound(max);
         }
-        let m = mesh.clone();
-        tokio::spawn(meshcache::resp::serve(mesh.clone(), l, cfg, async move { m.stopped().await }))
+        let (m, drain) = (mesh.clone(), drain.clone());
+        tokio::spawn(meshcache::resp::serve(mesh.clone(), l, cfg, async move {
+            tokio::select! {
+                _ = m.stopped() => {}
+                _ = drain.cancelled() => {}
+            }
+        }))
     });
     let mut admin_task = admin_listener.map(|l| {
         let m = mesh.clone();
@@ -588,8 +619,8 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
         }
     };
     tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: leaving the mesh"),
-        _ = sigint.recv() => info!("SIGINT: leaving the mesh"),
+        _ = sigterm.recv() => info!("SIGTERM: draining, then leaving the mesh"),
+        _ = sigint.recv() => info!("SIGINT: draining, then leaving the mesh"),
         _ = mesh.stopped() => {
             error!("the peer stopped on its own: a newer incarnation of this name joined, or it was forgotten");
             return Err(failure("the peer stopped on its own: superseded or forgotten (see the log above)"));
@@ -600,26 +631,38 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
             return Err(failure("the admin port stopped unexpectedly"));
         }
     }
-    // A second signal cuts the goodbye short.
+    // The drain: readiness turns to `draining`; the Redis clients'
+    // commands in flight finish (bounded by drain_timeout), so that every
+    // write acknowledged is in the push queues; then `shutdown` sends what
+    // is queued and waits for each peer to confirm it (bounded by
+    // drain_timeout again), and says goodbye. A second signal cuts it short.
+    mesh.start_draining();
+    drain.cancel();
+    let second = || failure("second signal: stopped without finishing the drain and the goodbye");
+    if let Some(t) = resp_task {
+        tokio::select! {
+            r = tokio::time::timeout(drain_timeout, t) => if r.is_err() {
+                warn!(timeout_ms = drain_timeout.as_millis() as u64, "drain_timeout passed with Redis clients' commands in flight");
+            },
+            _ = sigterm.recv() => return Err(second()),
+            _ = sigint.recv() => return Err(second()),
+        }
+    }
     tokio::select! {
         _ = mesh.shutdown() => {}
-        _ = sigterm.recv() => return Err(failure("second signal: stopped without finishing the goodbye")),
-        _ = sigint.recv() => return Err(failure("second signal: stopped without finishing the goodbye")),
+        _ = sigterm.recv() => return Err(second()),
+        _ = sigint.recv() => return Err(second()),
     }
     if let Some(t) = admin_task {
         // Requests in flight are bounded by the admin timeout.
         let _ = tokio::time::timeout(admin::TIMEOUT + Duration::from_secs(1), t).await;
     }
-    if let Some(t) = resp_task {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
     Ok(())
 }
 
-/// Serves Prometheus metrics over HTTP on `listener`, for any path, for as
-/// long as the process runs.
-fn serve_metrics(listener: tokio::net::TcpListener) -> Result<(), Exit> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Installs the Prometheus recorder (every metric the process records
+/// goes to it from then on) and keeps its histograms trimmed.
+fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, Exit> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| failure(format!("cannot record metrics: {e}")))?;
@@ -630,41 +673,7 @@ fn serve_metrics(listener: tokio::net::TcpListener) -> Result<(), Exit> {
             upkeep.run_upkeep();
         }
     });
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                // Out of file descriptors and the like: back off.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                // Reads the request head (bounded in size and time), answers
-                // with the metrics whatever it asked for, and closes.
-                let exchange = async {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                        let n = stream.read(&mut buf).await?;
-                        if n == 0 {
-                            break;
-                        }
-                        head.extend_from_slice(&buf[..n]);
-                    }
-                    let body = handle.render();
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\
-                         Connection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    stream.write_all(reply.as_bytes()).await?;
-                    stream.shutdown().await
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(5), exchange).await;
-            });
-        }
-    });
-    Ok(())
+    Ok(handle)
 }
 
 /// Writes `addrs` to `path`, one `NAME ADDR` a line, whole or not at all:
@@ -704,7 +713,8 @@ fn certs(command: CertsCommand) -> Result<(), Exit> {
     Ok(())
 }
 
-async fn admin_request(addr: AdminAddr, line: String) -> Result<(), Exit> {
+/// Sends `line` to the admin port, prints the reply and returns it.
+async fn admin_request(addr: AdminAddr, line: String) -> Result<String, Exit> {
     let AdminAddr::At(addr) = addr else {
         return Err(usage("--admin off: give the address of the peer's admin port"));
     };
@@ -721,5 +731,5 @@ async fn admin_request(addr: AdminAddr, line: String) -> Result<(), Exit> {
         return Err(failure(reply.trim_end().trim_start_matches("ERR ").replace('\n', "; ")));
     }
     emit(&reply);
-    Ok(())
+    Ok(reply)
 }

@@ -280,6 +280,37 @@ fn node_serves_status_and_stops_on_sigterm() {
     assert!(log_text().contains("SIGTERM"), "{}", log_text());
 }
 
+/// A peer waiting for its seeds is not ready: `meshcache status` exits 1
+/// saying why, and the readiness probe answers 503 `loading` while the
+/// liveness probe answers 200.
+#[test]
+fn a_loading_peer_is_not_ready_to_status_or_the_probe() {
+    let tmp = TempDir::new("loading");
+    assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", "c"]).code, Some(0));
+    assert_eq!(run_in(&tmp.0, &["certs", "issue", "n1", "--dir", "c", "--ip", "127.0.0.1"]).code, Some(0));
+    let silent = common::mesh::silent_seed();
+    let (log, addr_file) = (tmp.path("node.log"), tmp.path("node.addrs"));
+    let mut c = meshcache(&tmp.0, &["node", "--name", "n1", "--certs", "c", "--listen", "127.0.0.1:0"]);
+    c.args(["--admin", "127.0.0.1:0", "--resp", "off", "--metrics", "127.0.0.1:0"]);
+    c.args(["--seed", &silent.local_addr().unwrap().to_string(), "--bootstrap-timeout-ms", "3600000"]);
+    c.arg("--addr-file").arg(&addr_file).stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
+    let mut node = Guard(c.spawn().expect("spawn node"));
+    let addrs = block_on(node_addrs(&mut node.0, &addr_file, &log));
+    let (admin, http) = (addrs.admin.unwrap().to_string(), addrs.metrics.unwrap());
+
+    let status = run_in(&tmp.0, &["status", "--admin", &admin]);
+    assert_eq!(status.code, Some(1), "{status:?}");
+    assert!(status.stdout.lines().any(|l| l.starts_with("readiness:") && l.contains("loading")), "{status:?}");
+    assert!(status.stderr.contains("not ready: loading"), "{status:?}");
+    let (code, body) = block_on(common::http::request(http, "GET", "/readyz"));
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("loading"), "{body}");
+    assert_eq!(block_on(common::http::request(http, "GET", "/healthz")), (200, "ok\n".to_owned()));
+    sigterm(&node.0);
+    let status = block_on(exited(&mut node.0, SHORT)).expect("exits on SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn demo_quick_converges_and_reports() {
     let tmp = TempDir::new("demo");

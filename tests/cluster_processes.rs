@@ -7,10 +7,10 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
+use common::http::request;
 use common::process::{exited, node_addrs, sigterm, Addrs, Guard, TempDir, BIN};
-use common::wait::{eventually_async, DEADLINE};
+use common::wait::{eventually, eventually_async, DEADLINE};
 use meshcache::wait::Wait;
 use redis::AsyncCommands;
 
@@ -18,6 +18,8 @@ struct Node {
     name: &'static str,
     /// Whether it serves Prometheus metrics.
     metrics: bool,
+    /// Anti-entropy period, in ms.
+    anti_entropy_ms: u64,
     /// Where the running process listens (each start gets new ports).
     addrs: Option<Addrs>,
     child: Option<Guard>,
@@ -42,7 +44,8 @@ async fn spawn(dir: &Path, n: &mut Node, seeds: &[SocketAddr]) {
     let _ = std::fs::remove_file(&addr_file);
     let mut cmd = Command::new(BIN);
     cmd.args(["node", "--name", n.name, "--listen", "127.0.0.1:0", "--resp", "127.0.0.1:0"])
-        .args(["--certs", dir.join("certs").to_str().unwrap(), "--admin", "off", "--anti-entropy-ms", "300"])
+        .args(["--certs", dir.join("certs").to_str().unwrap(), "--admin", "off"])
+        .args(["--anti-entropy-ms", &n.anti_entropy_ms.to_string()])
         .arg("--addr-file")
         .arg(&addr_file)
         .env("RUST_LOG", "meshcache=info")
@@ -108,7 +111,14 @@ async fn three_processes_replicate_and_survive_a_sigkill() {
         .into_iter()
         .map(|name| {
             run_ok(&["certs", "issue", name, "--dir", certs.to_str().unwrap(), "--ip", "127.0.0.1"]);
-            Node { name, metrics: name == "a", addrs: None, child: None, log: dir.join(format!("{name}.log")) }
+            Node {
+                name,
+                metrics: name == "a",
+                anti_entropy_ms: 300,
+                addrs: None,
+                child: None,
+                log: dir.join(format!("{name}.log")),
+            }
         })
         .collect();
     spawn(dir, &mut nodes[0], &[]).await;
@@ -197,13 +207,22 @@ async fn three_processes_replicate_and_survive_a_sigkill() {
     };
     assert!(sizes.iter().all(|s| *s == sizes[0]), "DBSIZE differs: {sizes:?}");
 
-    // Prometheus metrics on a.
-    let body = http_get(nodes[0].addrs().metrics.expect("a serves metrics"), "/metrics");
+    // Prometheus metrics on a, and its probes.
+    let http = nodes[0].addrs().metrics.expect("a serves metrics");
+    let (status, body) = request(http, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{body}");
     for metric in
         ["meshcache_entries", "meshcache_members", "meshcache_deltas_received_total", "meshcache_ae_rounds_total"]
     {
         assert!(body.contains(metric), "{metric} missing from /metrics:\n{body}");
     }
+    assert_eq!(request(http, "GET", "/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(request(http, "GET", "/readyz").await, (200, "ready\n".to_owned()));
+    assert_eq!(request(http, "HEAD", "/readyz").await, (200, String::new()));
+    let (status, body) = request(http, "GET", "/nothing").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("/healthz") && body.contains("/readyz"), "{body}");
+    assert_eq!(request(http, "POST", "/readyz").await.0, 405);
 
     // SIGTERM: each leaves gracefully and exits 0.
     for n in nodes.iter_mut() {
@@ -215,12 +234,90 @@ async fn three_processes_replicate_and_survive_a_sigkill() {
     }
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+/// SIGTERM while clients write to a peer as fast as they can: every write
+/// the peer acknowledged, before the signal or during its drain, is on
+/// both other peers afterwards, and the peer exits 0. Anti-entropy runs
+/// once an hour here, so only the drain's pushes can carry the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_acknowledged_write_to_the_other_peers() {
+    const WRITERS: usize = 4;
+    const MAX_WRITES: usize = 50_000;
+    let tmp = TempDir::new("drain");
+    let dir = &tmp.0;
+    let certs = dir.join("certs");
+    run_ok(&["certs", "init", "--dir", certs.to_str().unwrap()]);
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            run_ok(&["certs", "issue", name, "--dir", certs.to_str().unwrap(), "--ip", "127.0.0.1"]);
+            Node {
+                name,
+                metrics: false,
+                anti_entropy_ms: 3_600_000,
+                addrs: None,
+                child: None,
+                log: dir.join(format!("{name}.log")),
+            }
+        })
+        .collect();
+    spawn(dir, &mut nodes[0], &[]).await;
+    let seed = nodes[0].addrs().quic;
+    for n in &mut nodes[1..] {
+        spawn(dir, n, &[seed]).await;
+    }
+    let mut cs = Vec::new();
+    for n in &nodes {
+        cs.push(client(n).await);
+    }
+    set(&mut cs[0], "linked", "v").await;
+    for (j, n) in nodes.iter().enumerate() {
+        eventually_get(&mut cs[j], "linked", Some("v"), n).await;
+    }
+
+    // Writers on a, each recording the writes a acknowledged.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (mut c, acked) = (cs[0].clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..MAX_WRITES {
+                let k = format!("drain-{w}-{i}");
+                let r: redis::RedisResult<()> = c.set(&k, i).await;
+                if r.is_err() {
+                    break;
+                }
+                acked.lock().unwrap().push(k);
+            }
+        }));
+    }
+    eventually("a acknowledged 2,000 writes", || acked.lock().unwrap().len() >= 2_000).await;
+    let mut a = nodes[0].child.take().unwrap();
+    sigterm(&a.0);
+    let at_signal = acked.lock().unwrap().len();
+    let status = exited(&mut a.0, DEADLINE).await;
+    let status = status.unwrap_or_else(|| panic!("a did not exit on SIGTERM; log:\n{}", log_of(&nodes[0])));
+    assert!(status.success(), "a exited with {status}; log:\n{}", log_of(&nodes[0]));
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() < WRITERS * MAX_WRITES, "the writers never met the drain");
+    eprintln!("{} writes acknowledged, {} of them after SIGTERM was sent", acked.len(), acked.len() - at_signal);
+    for (j, n) in nodes.iter().enumerate().skip(1) {
+        for chunk in acked.chunks(500) {
+            let got = Wait::new(DEADLINE)
+                .until_async(&format!("{}: holds a's acknowledged writes", n.name), || {
+                    let mut c = cs[j].clone();
+                    async move {
+                        let vals: Vec<Option<String>> = c.mget(chunk).await.unwrap();
+                        vals.iter().zip(chunk).all(|(v, k)| v.as_deref() == k.rsplit('-').next())
+                    }
+                })
+                .await;
+            if let Err(e) = got {
+                panic!("{e}; a's log:\n{}", log_of(&nodes[0]));
+            }
+        }
+    }
+    assert!(log_of(&nodes[0]).contains("drained: every peer confirmed every queued write"), "{}", log_of(&nodes[0]));
 }

@@ -10,7 +10,7 @@ use common::mesh::start;
 use common::wait::{eventually, holds_until, DEADLINE};
 use meshcache::membership::Status;
 use meshcache::transport::certs::EphemeralCa;
-use meshcache::{Mesh, MeshConfig, Seed};
+use meshcache::{Mesh, MeshConfig, Readiness, Seed};
 
 fn status_of(m: &Mesh, name: &str) -> Option<(Status, bool)> {
     m.members().into_iter().find(|s| s.id.name == name).map(|s| (s.status, s.connected))
@@ -79,11 +79,23 @@ async fn a_superseded_incarnation_is_told_so_and_stops() {
     let a = start(&ca, "a", &[]).await;
     let old = start(&ca, "z", &[a.local_addr()]).await;
     eventually("old z joined", || a.stats().connected == 1).await;
+    assert!(old.wait_ready(DEADLINE).await);
+    assert_eq!(old.readiness(), Readiness::Ready);
     // A second process with the same name starts later: it is newer.
     let new = start(&ca, "z", &[a.local_addr()]).await;
     eventually("a talks to the new z", || a.members().iter().any(|m| m.id == *new.id() && m.connected)).await;
     tokio::time::timeout(DEADLINE, old.stopped()).await.expect("the old incarnation stops");
     assert!(old.replica().is_superseded());
+    assert_eq!(old.readiness(), Readiness::Superseded);
+    #[cfg(feature = "server")]
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = listener.local_addr().unwrap();
+        tokio::spawn(meshcache::http::serve(listener, old.clone(), None, std::future::pending::<()>()));
+        let (status, body) = common::http::request(http, "GET", "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.starts_with("superseded: a newer incarnation of this name joined"), "{body}");
+    }
     assert!(old.insert("x", "y").is_err(), "a superseded peer refuses writes");
     // The old incarnation may learn it was replaced before the new one's
     // first round (its bootstrap) is over.

@@ -245,6 +245,8 @@ impl MeshBuilder {
             flights: Default::default(),
             leases: Default::default(),
             fill: self.fill,
+            draining: Default::default(),
+            superseded: Default::default(),
         });
         tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
         inner.tasks.spawn(accept_loop(inner.clone()));

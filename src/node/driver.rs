@@ -224,6 +224,7 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
         }
         Action::Stop => {
             tracing::error!(name = %inner.replica.me().name, "a newer incarnation of this peer exists, or it was forgotten: stopping");
+            inner.superseded.store(true, std::sync::atomic::Ordering::Relaxed);
             inner.cancel.cancel();
             inner.endpoint.close(CODE_SUPERSEDED, b"superseded");
         }

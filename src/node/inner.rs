@@ -88,6 +88,12 @@ pub(super) struct Inner {
     pub(super) flights: super::fill::Flights,
     pub(super) leases: super::leases::Leases,
     pub(super) fill: super::fill::FillConfig,
+    /// `Mesh::drain` or `shutdown` began: the peer still replicates, but
+    /// should be sent no new traffic.
+    pub(super) draining: std::sync::atomic::AtomicBool,
+    /// Stopped because a newer incarnation of its name runs, or an
+    /// operator forgot it (as opposed to a shutdown).
+    pub(super) superseded: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {

@@ -12,7 +12,7 @@ use super::conn::CODE_GOODBYE;
 use super::inner::Inner;
 use super::pubsub::MessageListener;
 use super::push::say_goodbye;
-use super::{MeshBuilder, MeshError};
+use super::{MeshBuilder, MeshError, Readiness};
 use crate::env::Env;
 use crate::hlc::Stamp;
 use crate::membership::{MemberId, Status};
@@ -518,10 +518,71 @@ impl Mesh {
         let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.tasks.wait()).await;
     }
 
-    /// Leaves the mesh gracefully: says goodbye to every peer (so that they
-    /// stop waiting for this incarnation), closes connections, and waits
-    /// for every task to finish.
+    /// Whether this peer should be sent traffic, and if not, why (what a
+    /// readiness probe reports).
+    pub fn readiness(&self) -> Readiness {
+        let inner = &self.inner;
+        if inner.superseded.load(Ordering::Relaxed) {
+            Readiness::Superseded
+        } else if inner.cancel.is_cancelled() {
+            Readiness::Stopped
+        } else if inner.draining.load(Ordering::Relaxed) {
+            Readiness::Draining
+        } else if !inner.replica.is_booted() {
+            Readiness::Loading
+        } else {
+            Readiness::Ready
+        }
+    }
+
+    /// Marks the peer as leaving ([`Readiness::Draining`]) without
+    /// stopping anything: it still takes writes and replicates them. For an
+    /// application that stops its own front door first (as the `meshcache`
+    /// command does with its Redis clients) and then calls
+    /// [`Mesh::shutdown`].
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Leaves the mesh gracefully. First drains: each peer's push stream
+    /// sends what is queued for it and ends, and the peer confirms it
+    /// received all of it (each waits at most `drain_timeout`; one not
+    /// confirmed in time is logged, and may miss those writes until
+    /// anti-entropy with another peer repairs it). Then says goodbye to
+    /// every peer (so that they stop waiting for this incarnation), closes
+    /// connections, and waits for every task to finish. Writes made after
+    /// the drain began may not reach every peer.
     pub async fn shutdown(&self) {
+        self.start_draining();
+        let queues: Vec<(String, Arc<super::queue::PushQueue>)> =
+            self.inner.peers.lock().iter().map(|(name, p)| (name.clone(), p.queue.clone())).collect();
+        let mut ends = tokio::task::JoinSet::new();
+        for (i, (_, q)) in queues.iter().enumerate() {
+            q.drain();
+            let q = q.clone();
+            ends.spawn(async move { (i, q.ended().await) });
+        }
+        let mut flushed = vec![false; queues.len()];
+        let collect = async {
+            while let Some(Ok((i, ok))) = ends.join_next().await {
+                flushed[i] = ok;
+            }
+        };
+        match tokio::time::timeout(self.inner.config.drain_timeout, collect).await {
+            Ok(()) => {
+                let missed: Vec<&str> =
+                    queues.iter().zip(&flushed).filter(|(_, ok)| !**ok).map(|((n, _), _)| n.as_str()).collect();
+                if missed.is_empty() {
+                    tracing::info!(peers = queues.len(), "drained: every peer confirmed every queued write");
+                } else {
+                    tracing::warn!(?missed, "drained: these peers' links ended before they confirmed every write");
+                }
+            }
+            Err(_) => tracing::warn!(
+                timeout_ms = self.inner.config.drain_timeout.as_millis() as u64,
+                "drain_timeout passed before every peer confirmed every queued write"
+            ),
+        }
         say_goodbye(&self.inner).await;
         self.inner.cancel.cancel();
         self.inner.endpoint.close(CODE_GOODBYE, b"goodbye");

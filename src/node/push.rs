@@ -14,23 +14,32 @@ use crate::replica::PeerError;
 use crate::wire::{Lease, Message, Publication};
 
 /// Pushes queued writes, then the messages queued behind them, to one
-/// peer over one long-lived uni stream.
+/// peer over one long-lived uni stream, until the connection or the peer
+/// stops, or the queue drains (the peer is leaving); then tells the queue
+/// how it ended.
 pub(super) async fn push_sender(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, queue: Arc<PushQueue>) {
+    let flushed = send_pushes(&inner, &conn, &id, &queue).await;
+    queue.set_ended(flushed);
+}
+
+/// The sender's loop. True only if it drained: every write queued was
+/// sent and the other side acknowledged all of it.
+async fn send_pushes(inner: &Arc<Inner>, conn: &quinn::Connection, id: &MemberId, queue: &PushQueue) -> bool {
     let mut send = match conn.open_uni().await {
         Ok(s) => s,
-        Err(_) => return,
+        Err(_) => return false,
     };
     let mut sent_members_version = u64::MAX;
     loop {
         tokio::select! {
-            _ = inner.cancel.cancelled() => return,
-            _ = conn.closed() => return,
+            _ = inner.cancel.cancelled() => return false,
+            _ = conn.closed() => return false,
             _ = queue.notify.notified() => {}
         }
         if queue.is_closed() {
-            return;
+            return false;
         }
-        if !inner.config.push_delay.is_zero() {
+        if !inner.config.push_delay.is_zero() && !queue.is_draining() {
             tokio::time::sleep(inner.config.push_delay).await;
         }
         loop {
@@ -45,15 +54,28 @@ pub(super) async fn push_sender(inner: Arc<Inner>, conn: quinn::Connection, id: 
                 break;
             }
             let writes = !batch.entries.is_empty() || batch.force;
-            if writes && !push_writes(&inner, &mut send, &id, batch.entries, &mut sent_members_version).await {
-                return;
+            if writes && !push_writes(inner, &mut send, id, batch.entries, &mut sent_members_version).await {
+                return false;
             }
-            if !batch.messages.is_empty() && !push_messages(&inner, &mut send, &id, batch.messages).await {
-                return;
+            if !batch.messages.is_empty() && !push_messages(inner, &mut send, id, batch.messages).await {
+                return false;
             }
             if !queue.has_more() {
                 break;
             }
+        }
+        if queue.is_draining() && !queue.has_more() {
+            // Everything queued is written. Finishing the stream and
+            // waiting until the other side acknowledged all of it tells
+            // that it holds every write; data it has received stays
+            // readable after this peer closes the connection.
+            if send.finish().is_err() {
+                return false;
+            }
+            return tokio::select! {
+                _ = inner.cancel.cancelled() => false,
+                r = send.stopped() => matches!(r, Ok(None)),
+            };
         }
     }
 }

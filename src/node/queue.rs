@@ -81,6 +81,13 @@ pub(crate) struct PushQueue {
     pub(crate) notify: Notify,
     limit: usize,
     closed: AtomicBool,
+    /// The peer is leaving: once the queue is empty, the sender finishes
+    /// its stream and waits for the other side to have read all of it.
+    draining: AtomicBool,
+    /// How the sender ended: `None` while it runs, `Some(true)` once the
+    /// other side confirmed reading everything it sent, `Some(false)` if
+    /// it ended otherwise (the connection went, the peer stopped).
+    ended: tokio::sync::watch::Sender<Option<bool>>,
 }
 
 /// What the sender takes from the queue.
@@ -94,7 +101,43 @@ pub(crate) struct Batch {
 
 impl PushQueue {
     pub(crate) fn new(limit: usize) -> Self {
-        PushQueue { state: Mutex::new(State::default()), notify: Notify::new(), limit, closed: AtomicBool::new(false) }
+        PushQueue {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limit,
+            closed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            ended: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    /// Asks the sender to send what is queued, then finish its stream.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The sender ended: `flushed` if the other side read all it sent.
+    pub(crate) fn set_ended(&self, flushed: bool) {
+        self.ended.send_if_modified(|e| {
+            let first = e.is_none();
+            if first {
+                *e = Some(flushed);
+            }
+            first
+        });
+    }
+
+    /// Waits for the sender to end; true if the other side read all it
+    /// sent.
+    pub(crate) async fn ended(&self) -> bool {
+        let mut rx = self.ended.subscribe();
+        let ended = rx.wait_for(Option::is_some).await.map(|e| e.unwrap_or(false));
+        ended.unwrap_or(false)
     }
 
     /// Queues one write. On overflow the whole queue is dropped and the
