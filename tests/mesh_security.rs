@@ -90,7 +90,7 @@ async fn foreign_ca_and_certless_peers_cannot_join_or_inject() {
 
     // A bare client presenting the foreign certificate, trusting our CA.
     let rogue_id = foreign.issue("rogue2").unwrap();
-    let trusting = Identity { ca: ca.ca_der(), ..rogue_id };
+    let trusting = Identity { cas: vec![ca.ca_der()], ..rogue_id };
     let c1 = raw_client(tls::quinn_client_config(&trusting).unwrap(), a.local_addr(), "rogue2", "raw-foreign").await;
     // A bare client with no certificate at all.
     let mut roots = rustls::RootCertStore::empty();
