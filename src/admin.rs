@@ -10,6 +10,11 @@
 //!   every counter of [`Mesh::stats`], and one line per member.
 //! - `forget NAME`: [`Mesh::forget`]; the reply starts with `OK` if the
 //!   member was forgotten, `ERR` otherwise.
+//! - `reload`: reads the peer's TLS files again and hands them to
+//!   [`Mesh::reload_tls`] (what SIGHUP does to `meshcache node`), through the
+//!   [`Reload`] the server was given; the reply starts with `OK` and names
+//!   the certificate now in use, or with `ERR` and says why the files were
+//!   refused (the peer then keeps its current ones).
 //! - `help`: the list of requests.
 //!
 //! Anything else gets a reply starting with `ERR`. The port has no
@@ -45,6 +50,11 @@ const MAX_CONNECTIONS: usize = 32;
 /// stays far below it.
 const MAX_REPLY: u64 = 16 << 20;
 
+/// What the `reload` request runs: reads the peer's TLS files again and
+/// hands them to it. `Ok` carries what to report (the certificate now in
+/// use), `Err` why the files were refused.
+pub type Reload = Arc<dyn Fn(&Mesh) -> Result<String, String> + Send + Sync>;
+
 /// Serves the admin protocol for `mesh` on `addr` until `shutdown`
 /// resolves, then waits for the requests in flight (each bounded by
 /// [`TIMEOUT`]). Fails only if `addr` cannot be bound.
@@ -56,6 +66,17 @@ pub async fn serve(mesh: Mesh, addr: SocketAddr, shutdown: impl Future) -> io::R
 /// [`serve`] on a listener bound beforehand (so that a caller can report a
 /// bind failure before starting anything, or bind port 0 and read the port).
 pub async fn serve_listener(mesh: Mesh, listener: TcpListener, shutdown: impl Future) -> io::Result<()> {
+    serve_with_reload(mesh, listener, None, shutdown).await
+}
+
+/// [`serve_listener`], with what the `reload` request runs (without one,
+/// `reload` is answered with an error: this peer has no files to read).
+pub async fn serve_with_reload(
+    mesh: Mesh,
+    listener: TcpListener,
+    reload: Option<Reload>,
+    shutdown: impl Future,
+) -> io::Result<()> {
     tokio::pin!(shutdown);
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
@@ -66,10 +87,10 @@ pub async fn serve_listener(mesh: Mesh, listener: TcpListener, shutdown: impl Fu
                 Ok((stream, _)) => {
                     // Over the limit: dropping the stream closes it.
                     let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
-                    let mesh = mesh.clone();
+                    let (mesh, reload) = (mesh.clone(), reload.clone());
                     conns.spawn(async move {
                         let _permit = permit;
-                        handle(&mesh, stream).await;
+                        handle(&mesh, reload.as_ref(), stream).await;
                     });
                 }
                 Err(e) => {
@@ -122,13 +143,13 @@ enum Received {
 
 /// Serves one connection: one request, one reply, close. Errors end the
 /// connection quietly: the client sees it closed.
-async fn handle(mesh: &Mesh, mut stream: TcpStream) {
+async fn handle(mesh: &Mesh, reload: Option<&Reload>, mut stream: TcpStream) {
     let reply = match tokio::time::timeout(TIMEOUT, read_request(&mut stream)).await {
         Err(_) => format!("ERR no request line within {TIMEOUT:?}\n"),
         Ok(Err(_)) => return,
         Ok(Ok(Received::TooLong)) => format!("ERR request longer than {MAX_REQUEST} bytes\n"),
         Ok(Ok(Received::NotUtf8)) => "ERR the request is not UTF-8 text\n".to_owned(),
-        Ok(Ok(Received::Line(line))) => respond(mesh, &line),
+        Ok(Ok(Received::Line(line))) => respond(mesh, reload, &line).await,
     };
     let _ = tokio::time::timeout(TIMEOUT, async {
         stream.write_all(reply.as_bytes()).await?;
@@ -162,19 +183,39 @@ async fn read_request(stream: &mut TcpStream) -> io::Result<Received> {
     }
 }
 
+/// The requests, for `help` and errors.
+const REQUESTS: &str = "status | forget NAME | reload | help";
+
 /// The reply to one request line.
-fn respond(mesh: &Mesh, line: &str) -> String {
+async fn respond(mesh: &Mesh, reload: Option<&Reload>, line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["status"] => status(mesh),
         ["forget", name] => forget(mesh, name),
         ["forget", ..] => "ERR usage: forget NAME\n".to_owned(),
-        ["help"] => "requests: status | forget NAME | help\n".to_owned(),
-        [] => "ERR empty request; try: status | forget NAME | help\n".to_owned(),
+        ["reload"] => reload_tls(mesh, reload).await,
+        ["reload", ..] => "ERR usage: reload (it takes no argument)\n".to_owned(),
+        ["help"] => format!("requests: {REQUESTS}\n"),
+        [] => format!("ERR empty request; try: {REQUESTS}\n"),
         _ => {
             let shown: String = line.chars().take(64).collect();
-            format!("ERR unknown request {shown:?}; try: status | forget NAME | help\n")
+            format!("ERR unknown request {shown:?}; try: {REQUESTS}\n")
         }
+    }
+}
+
+async fn reload_tls(mesh: &Mesh, reload: Option<&Reload>) -> String {
+    let Some(reload) = reload.cloned() else {
+        return "ERR this peer was given no certificate files to reload from\n".to_owned();
+    };
+    // Reading files and checking signatures: off the runtime's threads.
+    let m = mesh.clone();
+    match tokio::task::spawn_blocking(move || reload(&m)).await {
+        Ok(Ok(done)) => format!("OK reloaded: {}\n", done.replace('\n', "; ")),
+        Ok(Err(why)) => {
+            format!("ERR reload refused, the current certificates stay in use: {}\n", why.replace('\n', "; "))
+        }
+        Err(e) => format!("ERR reload failed, the current certificates stay in use: {e}\n"),
     }
 }
 
@@ -219,6 +260,10 @@ fn status(mesh: &Mesh) -> String {
         &format!("{} (unix ms; up {})", me.incarnation.started_ms, secs(now.saturating_sub(me.incarnation.started_ms))),
     );
     kv("listen:", &mesh.local_addr());
+    match mesh.certificate() {
+        Some(c) => kv("certificate:", &c),
+        None => kv("certificate:", &"unreadable"),
+    }
     kv("booted:", &s.booted);
     kv("readiness:", &mesh.readiness().reason());
     kv("entries:", &st.entries);
@@ -227,7 +272,7 @@ fn status(mesh: &Mesh) -> String {
     kv("stubs:", &st.stubs);
     kv("clear_below:", &st.floors.clear_below);
     kv("gc_floor:", &st.floors.gc_floor);
-    let counters: [(&str, u64); 30] = [
+    let counters: [(&str, u64); 32] = [
         ("deltas_sent", s.deltas_sent),
         ("deltas_received", s.deltas_received),
         ("push_batches_sent", s.push_batches_sent),
@@ -242,6 +287,8 @@ fn status(mesh: &Mesh) -> String {
         ("ae_entries_sent_failed", s.ae_entries_sent_failed),
         ("ae_entries_received", s.ae_entries_received),
         ("refused_peers", s.refused_peers),
+        ("tls_refused", s.tls_refused),
+        ("links_made", s.links_made),
         ("protocol_errors", s.protocol_errors),
         ("clock_refused", s.clock_refused),
         ("members_invalid", s.members_invalid),
@@ -317,6 +364,9 @@ mod tests {
         let r = request(addr, "flushall").await.unwrap();
         assert!(r.starts_with("ERR unknown request"), "{r}");
         assert!(request(addr, "help").await.unwrap().contains("forget NAME"));
+        let r = request(addr, "reload").await.unwrap();
+        assert!(r.starts_with("ERR this peer was given no certificate files"), "{r}");
+        assert!(status.contains("certificate:") && status.contains("1 trusted CA"), "{status}");
 
         // Without a line end (closed write side), with CRLF, too long, binary.
         assert!(raw(addr, b"status").await.starts_with("name:"));

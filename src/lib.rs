@@ -68,7 +68,9 @@
 //! - [`env`](mod@env): the shell's one source of time and randomness.
 //! - [`config`]: [`MeshConfig`], a peer's settings, defaults and validation.
 //! - [`transport`]: the certificate files ([`transport::certs`]) and the
-//!   rustls / quinn configurations ([`transport::tls`]).
+//!   rustls / quinn configurations ([`transport::tls`]). A running peer
+//!   takes a new certificate, key and CA bundle with [`Mesh::reload_tls`]
+//!   (certificate rotation, CA roll-over) without dropping its connections.
 //! - [`node`]: the tokio + quinn peer and its embedded API, [`Mesh`].
 //! - `resp`: the Redis-protocol front door (the `server` feature).
 //! - `admin`: the loopback admin port (the `server` feature).
@@ -133,7 +135,7 @@ pub use node::{
     Transaction, Why,
 };
 pub use store::{Change, ChangeKind, Origin};
-pub use transport::certs::{load_identity, EphemeralCa, Identity};
+pub use transport::certs::{load_identity, CertInfo, EphemeralCa, Identity};
 
 /// The README's Rust examples, compiled by `cargo test --doc` so that they
 /// keep up with the API.

@@ -4,11 +4,12 @@
 //! - `meshcache node`: one peer. Settings are layered: defaults, then the
 //!   TOML file of `--config` (a [`MeshConfig`]), then `MESHCACHE_*`
 //!   environment variables, then flags. Stops gracefully on SIGINT or
-//!   SIGTERM.
+//!   SIGTERM; on SIGHUP reads its certificate files again (see
+//!   `meshcache reload`).
 //! - `meshcache certs init | issue NAME`: the cluster CA and node
 //!   certificates.
-//! - `meshcache status | forget NAME`: requests to a peer's admin port
-//!   ([`meshcache::admin`]).
+//! - `meshcache status | forget NAME | reload`: requests to a peer's admin
+//!   port ([`meshcache::admin`]).
 //! - `meshcache demo`: three peers in this process; measures replication.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (a port in use, a peer that
@@ -81,8 +82,15 @@ fine on one machine, not for production. Real ones: `meshcache certs init`, \
 then `meshcache certs issue NAME --ip ADDR` for each node, then --certs DIR.
 
 The admin port (default 127.0.0.1:7947, `--admin off` to disable) answers \
-`meshcache status` and `meshcache forget NAME`. It has no authentication, so \
-it only binds loopback addresses; give each node on one host its own.";
+`meshcache status`, `meshcache forget NAME` and `meshcache reload`. It has no \
+authentication, so it only binds loopback addresses; give each node on one \
+host its own.
+
+On SIGHUP (or `meshcache reload`) the node reads ca.crt, NAME.crt and NAME.key \
+again (from --certs, or ./certs without it) and uses them for new connections; \
+connections already up keep theirs. Files that fail the checks are refused \
+with an error in the log, and the current ones stay in use. ca.crt may hold \
+several CAs, all trusted: that is how a new CA is rolled out.";
 
 #[derive(Parser)]
 #[command(name = "meshcache", about = "A CRDT cache mesh: every peer holds the whole keyspace.")]
@@ -102,6 +110,12 @@ enum Command {
     Certs(CertsCommand),
     /// Show a running peer's state, counters and members (via its admin port).
     Status(AdminArgs),
+    /// Make a running peer read its certificate files again (as SIGHUP does).
+    ///
+    /// New connections use the new certificate, key and CAs; connections
+    /// already up keep theirs. Files that fail the checks are refused, the
+    /// peer keeps its current ones, and this exits 1 saying why.
+    Reload(AdminArgs),
     /// Remove a member that is gone for good (tombstone collection stops waiting for it).
     ///
     /// Never for a member that may come back with its data: its deletes could be undone.
@@ -371,6 +385,7 @@ async fn run(command: Command, version: &str) -> Result<(), Exit> {
                 _ => Ok(()),
             }
         }
+        Command::Reload(a) => admin_request(a.admin, "reload".to_owned()).await.map(drop),
         Command::Forget { name, admin } => {
             meshcache::config::validate_name(&name).map_err(|e| usage(e.to_string()))?;
             admin_request(admin.admin, format!("forget {name}")).await.map(drop)
@@ -504,6 +519,34 @@ fn node_identity(certs: Option<&Path>, name: &str) -> Result<Identity, Exit> {
     Ok(identity)
 }
 
+/// What SIGHUP and the admin port's `reload` run: reads `dir`'s ca.crt,
+/// NAME.crt and NAME.key again and hands them to the peer, logging the
+/// outcome either way. Never creates files, not even in the development
+/// directory.
+fn reloader(dir: PathBuf) -> admin::Reload {
+    Arc::new(move |mesh: &Mesh| {
+        let name = &mesh.id().name;
+        let result = certs::load_identity(&dir, name)
+            .map_err(|e| e.to_string())
+            .and_then(|id| mesh.reload_tls(id).map_err(|e| e.to_string()));
+        match result {
+            Ok(()) => {
+                let now = mesh.certificate().map_or_else(|| "unreadable".to_owned(), |c| c.to_string());
+                info!(
+                    certs = %dir.display(),
+                    "TLS certificates reloaded: certificate {now}; new connections use them, connections already up \
+                     keep theirs"
+                );
+                Ok(format!("certificate {now}"))
+            }
+            Err(e) => {
+                error!(certs = %dir.display(), "TLS certificates NOT reloaded, the current ones stay in use: {e}");
+                Err(e)
+            }
+        }
+    })
+}
+
 fn mesh_error(e: MeshError) -> Exit {
     match e {
         MeshError::Bind { .. } | MeshError::Write(_) => failure(e.to_string()),
@@ -530,9 +573,12 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
     };
     init_logging("info");
     let identity = node_identity(args.certs.as_deref(), &config.name)?;
-    // Before anything starts, so that an early signal is not lost.
+    // Before anything starts, so that an early signal is not lost (and a
+    // SIGHUP, whose default action ends the process, never does).
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| failure(format!("cannot handle SIGTERM: {e}")))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| failure(format!("cannot handle SIGINT: {e}")))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| failure(format!("cannot handle SIGHUP: {e}")))?;
+    let reload = reloader(args.certs.clone().unwrap_or_else(|| PathBuf::from(DEV_CERTS)));
     let metrics_listener = match args.metrics {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a).await.map_err(|e| failure(format!("cannot serve metrics on {a}: {e}")))?,
@@ -593,7 +639,7 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
     });
     let mut admin_task = admin_listener.map(|l| {
         let m = mesh.clone();
-        tokio::spawn(admin::serve_listener(mesh.clone(), l, async move { m.stopped().await }))
+        tokio::spawn(admin::serve_with_reload(mesh.clone(), l, Some(reload.clone()), async move { m.stopped().await }))
     });
     let addrs: Vec<(&str, SocketAddr)> =
         [("quic", Some(mesh.local_addr())), ("resp", resp_at), ("admin", admin_at), ("metrics", metrics_at)]
@@ -612,23 +658,42 @@ async fn node(args: NodeArgs) -> Result<(), Exit> {
         None => info!("ready on {listening} (admin port off)"),
     }
 
-    let admin_done = async {
-        match admin_task.as_mut() {
-            Some(t) => t.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: draining, then leaving the mesh"),
-        _ = sigint.recv() => info!("SIGINT: draining, then leaving the mesh"),
-        _ = mesh.stopped() => {
-            error!("the peer stopped on its own: a newer incarnation of this name joined, or it was forgotten");
-            return Err(failure("the peer stopped on its own: superseded or forgotten (see the log above)"));
-        }
-        r = admin_done => {
-            error!(result = ?r, "the admin port stopped unexpectedly; leaving the mesh");
-            mesh.shutdown().await;
-            return Err(failure("the admin port stopped unexpectedly"));
+    // A block of its own: `admin_done` borrows `admin_task` until it ends.
+    {
+        let admin_done = async {
+            match admin_task.as_mut() {
+                Some(t) => t.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(admin_done);
+        loop {
+            tokio::select! {
+                _ = sighup.recv() => {
+                    info!("SIGHUP: reading the certificate files again");
+                    let (m, reload) = (mesh.clone(), reload.clone());
+                    // Its outcome is logged by `reload`; a failure leaves the
+                    // current certificates in use, and the peer running.
+                    let _ = tokio::task::spawn_blocking(move || reload(&m)).await;
+                }
+                _ = sigterm.recv() => {
+                    info!("SIGTERM: draining, then leaving the mesh");
+                    break;
+                }
+                _ = sigint.recv() => {
+                    info!("SIGINT: draining, then leaving the mesh");
+                    break;
+                }
+                _ = mesh.stopped() => {
+                    error!("the peer stopped on its own: a newer incarnation of this name joined, or it was forgotten");
+                    return Err(failure("the peer stopped on its own: superseded or forgotten (see the log above)"));
+                }
+                r = &mut admin_done => {
+                    error!(result = ?r, "the admin port stopped unexpectedly; leaving the mesh");
+                    mesh.shutdown().await;
+                    return Err(failure("the admin port stopped unexpectedly"));
+                }
+            }
         }
     }
     // The drain: readiness turns to `draining`; the Redis clients'

@@ -322,3 +322,114 @@ fn demo_quick_converges_and_reports() {
         assert!(out.stdout.contains(needle), "missing {needle:?}: {out:?}");
     }
 }
+
+/// Sends SIGHUP to `child`.
+fn sighup(child: &std::process::Child) {
+    let id = child.id().to_string();
+    let sent = Command::new("kill").args(["-HUP", &id]).status().expect("`kill` (procps) sends SIGHUP");
+    assert!(sent.success(), "kill -HUP {id}: {sent}");
+}
+
+/// The `certificate:` line of `meshcache status`.
+fn certificate_line(dir: &Path, admin: &str) -> String {
+    let out = run_in(dir, &["status", "--admin", admin]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.stdout.lines().find(|l| l.starts_with("certificate:")).unwrap_or_else(|| panic!("{out:?}")).to_owned()
+}
+
+/// A running node rolls over to a new CA: SIGHUP reads its files again
+/// (old and new CA trusted, a certificate of the new one), a peer that
+/// trusts only the new CA then joins it, and `meshcache reload` does the
+/// same as SIGHUP. Bad files are refused, `meshcache reload` says why and
+/// exits 1, and the node keeps running on its current certificates.
+#[test]
+fn sighup_and_reload_roll_a_running_node_over_to_a_new_ca() {
+    use common::wait::{eventually, eventually_async};
+    let tmp = TempDir::new("rotate");
+    for dir in ["ca1", "ca2"] {
+        assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", dir]).code, Some(0));
+    }
+    for (dir, name) in [("ca1", "n1"), ("ca2", "n1"), ("ca2", "j")] {
+        let out = run_in(&tmp.0, &["certs", "issue", name, "--dir", dir, "--ip", "127.0.0.1"]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+    // The node's own directory starts with the old CA's files.
+    let (ca1, ca2, n1) = (tmp.path("ca1"), tmp.path("ca2"), tmp.path("n1certs"));
+    fs::create_dir(&n1).unwrap();
+    for f in ["ca.crt", "n1.crt", "n1.key"] {
+        fs::copy(ca1.join(f), n1.join(f)).unwrap();
+    }
+    let start = |name: &str, certs: &str, seed: Option<String>| {
+        let (log, addr_file) = (tmp.path(&format!("{name}.log")), tmp.path(&format!("{name}.addrs")));
+        let mut c = meshcache(&tmp.0, &["node", "--name", name, "--certs", certs, "--listen", "127.0.0.1:0"]);
+        c.args(["--admin", "127.0.0.1:0", "--resp", "off", "--addr-file"]).arg(&addr_file);
+        if let Some(seed) = seed {
+            c.args(["--seed", &seed]);
+        }
+        c.stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
+        let mut node = Guard(c.spawn().expect("spawn node"));
+        let addrs = block_on(node_addrs(&mut node.0, &addr_file, &log));
+        (node, addrs, log)
+    };
+    let (mut node, addrs, log) = start("n1", "n1certs", None);
+    let log_text = || fs::read_to_string(&log).unwrap_or_default();
+    let admin = addrs.admin.expect("an admin line").to_string();
+    let first = certificate_line(&tmp.0, &admin);
+    assert!(first.ends_with(", 1 trusted CA"), "{first}");
+
+    // Old and new CA trusted, and a certificate of the new one.
+    let bundle = [fs::read_to_string(ca1.join("ca.crt")).unwrap(), fs::read_to_string(ca2.join("ca.crt")).unwrap()];
+    fs::write(n1.join("ca.crt"), bundle.concat()).unwrap();
+    for f in ["n1.crt", "n1.key"] {
+        fs::copy(ca2.join(f), n1.join(f)).unwrap();
+    }
+    sighup(&node.0);
+    block_on(eventually("the node logs the reload", || log_text().contains("TLS certificates reloaded")));
+    let second = certificate_line(&tmp.0, &admin);
+    assert!(second != first && second.ends_with(", 2 trusted CAs"), "{first} -> {second}");
+
+    // A peer that trusts only the new CA joins: the node presents its new
+    // certificate and trusts the new CA.
+    let (_j, _, j_log) = start("j", "ca2", Some(addrs.quic.to_string()));
+    let admin_at = addrs.admin.expect("an admin line");
+    block_on(eventually_async("j joins n1", || async move {
+        let status = meshcache::admin::request(admin_at, "status").await.unwrap_or_default();
+        status.lines().any(|l| l.trim_start().starts_with("j ") && l.contains(" connected "))
+    }));
+
+    let out = run_in(&tmp.0, &["reload", "--admin", &admin]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.starts_with("OK reloaded: certificate serial") && out.stdout.contains("2 trusted CAs"),
+        "{out:?}"
+    );
+
+    // Bad files: refused, with the file and the reason; the node carries on.
+    fs::write(n1.join("n1.key"), "garbage").unwrap();
+    let out = run_in(&tmp.0, &["reload", "--admin", &admin]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("n1.key") && out.stderr.contains("current certificates stay in use"), "{out:?}");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {out:?}");
+    sighup(&node.0);
+    block_on(eventually("the node logs the refusal of SIGHUP's reload", || {
+        log_text().matches("NOT reloaded").count() >= 2
+    }));
+    assert!(node.0.try_wait().unwrap().is_none(), "a refused reload stopped the node:\n{}", log_text());
+    assert_eq!(certificate_line(&tmp.0, &admin), second, "a refused reload changed the certificate");
+    assert!(log_text().lines().any(|l| l.contains("ERROR") && l.contains("n1.key")), "{}", log_text());
+
+    // The old CA retired.
+    fs::copy(ca2.join("n1.key"), n1.join("n1.key")).unwrap();
+    fs::copy(ca2.join("ca.crt"), n1.join("ca.crt")).unwrap();
+    let out = run_in(&tmp.0, &["reload", "--admin", &admin]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains(", 1 trusted CA"), "{out:?}");
+    let out = run_in(&tmp.0, &["status", "--admin", &admin]);
+    assert!(out.stdout.lines().any(|l| l.trim_start().starts_with("j ") && l.contains(" connected ")), "{out:?}");
+
+    sigterm(&node.0);
+    let status = block_on(exited(&mut node.0, SHORT))
+        .unwrap_or_else(|| panic!("node still running {SHORT:?} after SIGTERM:\n{}", log_text()));
+    assert_eq!(status.code(), Some(0), "node log:\n{}", log_text());
+    let _ = j_log;
+}

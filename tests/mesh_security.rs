@@ -90,7 +90,7 @@ async fn foreign_ca_and_certless_peers_cannot_join_or_inject() {
 
     // A bare client presenting the foreign certificate, trusting our CA.
     let rogue_id = foreign.issue("rogue2").unwrap();
-    let trusting = Identity { ca: ca.ca_der(), ..rogue_id };
+    let trusting = Identity { cas: vec![ca.ca_der()], ..rogue_id };
     let c1 = raw_client(tls::quinn_client_config(&trusting).unwrap(), a.local_addr(), "rogue2", "raw-foreign").await;
     // A bare client with no certificate at all.
     let mut roots = rustls::RootCertStore::empty();
@@ -269,4 +269,225 @@ async fn gossiped_members_are_validated_and_capped() {
     assert_eq!(a.stats().connected, 1);
     conn.close(0u32.into(), b"done");
     a.shutdown().await;
+}
+
+/// `ca`'s certificate for `name`, trusting `cas`.
+fn issued(ca: &EphemeralCa, name: &str, cas: &[&EphemeralCa]) -> Identity {
+    Identity { cas: cas.iter().map(|c| c.ca_der()).collect(), ..ca.issue(name).unwrap() }
+}
+
+/// Keys written on `peers` by a task, round-robin, until stopped (or a
+/// bound on the count): writes keep flowing while the peers reload.
+struct Writer {
+    written: Arc<parking_lot::Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(peers: &[meshcache::Mesh]) -> Writer {
+        const MAX_WRITES: usize = 50_000;
+        let written = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (w, s, peers) = (written.clone(), stop.clone(), peers.to_vec());
+        let task = tokio::spawn(async move {
+            for i in 0..MAX_WRITES {
+                if s.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("w{i}");
+                peers[i % peers.len()].insert(key.clone(), format!("v{i}")).unwrap();
+                w.lock().push(key);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Writer { written, stop, task }
+    }
+
+    fn so_far(&self) -> Vec<String> {
+        self.written.lock().clone()
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        let written = self.written.lock().clone();
+        written
+    }
+}
+
+/// Every key of `keys` holds its value on every peer.
+async fn converged(what: &str, peers: &[meshcache::Mesh], keys: &[String]) {
+    let value = |k: &str| format!("v{}", &k[1..]);
+    eventually(what, || {
+        peers.iter().all(|m| keys.iter().all(|k| m.get(k.as_bytes()).as_deref() == Some(value(k).as_bytes())))
+    })
+    .await;
+}
+
+/// No peer has refused another, at the hello or in the TLS handshake.
+fn none_refused(peers: &[meshcache::Mesh]) {
+    for m in peers {
+        let s = m.stats();
+        assert_eq!((s.refused_peers, s.tls_refused), (0, 0), "{}: {s:?}", m.id());
+    }
+}
+
+/// Cuts every link of `peers` until each has timed out, then heals: every
+/// link is made again, in new TLS handshakes both ways.
+async fn reconnect_all(step: &str, faults: &meshcache::transport::faults::Faults, peers: &[meshcache::Mesh]) {
+    let made: Vec<u64> = peers.iter().map(|m| m.stats().links_made).collect();
+    for m in peers {
+        faults.isolate(m.local_addr());
+    }
+    eventually(&format!("{step}: every link timed out"), || peers.iter().all(|m| m.stats().connected == 0)).await;
+    faults.heal();
+    eventually(&format!("{step}: every link made again"), || {
+        peers.iter().zip(&made).all(|(m, &before)| {
+            let s = m.stats();
+            s.connected == peers.len() - 1 && s.links_made >= before + (peers.len() - 1) as u64
+        })
+    })
+    .await;
+}
+
+/// Certificates rotate, then the cluster CA rolls over (old, old + new,
+/// new), on a running three-peer mesh with writes flowing. After each
+/// step every link is made again, so that the new material is what the
+/// handshakes use: nothing written is lost, no peer is refused, and the
+/// links that were up when a peer reloaded stay up. At the end a peer
+/// holding only a certificate of the retired CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_and_the_ca_rolls_over_while_writes_flow() {
+    use common::mesh::start_faulty;
+    use meshcache::transport::faults::Faults;
+    let (ca1, ca2) = (EphemeralCa::new().unwrap(), EphemeralCa::new().unwrap());
+    let faults = Faults::new();
+    let a = start_faulty(&ca1, &faults, "a", &[]).await;
+    let b = start_faulty(&ca1, &faults, "b", &[a.local_addr()]).await;
+    let c = start_faulty(&ca1, &faults, "c", &[a.local_addr()]).await;
+    let peers = vec![a, b, c];
+    eventually("a full mesh", || peers.iter().all(|m| m.stats().connected == 2)).await;
+    for m in &peers {
+        assert!(m.wait_ready(DEADLINE).await, "{} never finished bootstrap", m.id());
+    }
+    let writer = Writer::start(&peers);
+
+    type Step<'a> = (&'a str, &'a EphemeralCa, Vec<&'a EphemeralCa>);
+    let steps: [Step; 4] = [
+        ("new node certificates from the same CA", &ca1, vec![&ca1]),
+        ("the new CA trusted beside the old", &ca1, vec![&ca1, &ca2]),
+        ("node certificates from the new CA", &ca2, vec![&ca1, &ca2]),
+        ("the old CA retired", &ca2, vec![&ca2]),
+    ];
+    for (step, issuer, cas) in steps {
+        let made: Vec<u64> = peers.iter().map(|m| m.stats().links_made).collect();
+        for m in &peers {
+            let before = m.certificate().unwrap();
+            m.reload_tls(issued(issuer, &m.id().name, &cas)).unwrap_or_else(|e| panic!("{step}: {e}"));
+            let now = m.certificate().unwrap();
+            assert!(now.serial != before.serial && now.cas == cas.len(), "{step}: {before} -> {now}");
+        }
+        // The links that were up stay up: what is written after the reload
+        // arrives over them, and none was made again.
+        let reloaded_at = writer.so_far().len();
+        eventually("writes after the reload", || writer.so_far().len() >= reloaded_at + 30).await;
+        converged(&format!("{step}: writes over the links made before"), &peers, &writer.so_far()).await;
+        let now: Vec<u64> = peers.iter().map(|m| m.stats().links_made).collect();
+        assert_eq!(now, made, "{step}: a reload dropped a link");
+        assert!(peers.iter().all(|m| m.stats().connected == 2), "{step}");
+        // New handshakes, with the new material on both sides.
+        reconnect_all(step, &faults, &peers).await;
+        converged(&format!("{step}: writes after new handshakes"), &peers, &writer.so_far()).await;
+        none_refused(&peers);
+    }
+    let written = writer.finish().await;
+    assert!(written.len() > 100, "writes flowed throughout: {}", written.len());
+    converged("every write on every peer", &peers, &written).await;
+    none_refused(&peers);
+
+    // A peer with only the retired CA: it refuses the peers' certificates,
+    // and they refuse its own.
+    let refused_before = peers[0].stats().tls_refused;
+    let old_only = start(issued(&ca1, "old-only", &[&ca1]), &[peers[0].local_addr()]).await;
+    eventually("the old-only peer refused in the handshake", || {
+        old_only.stats().tls_refused >= 1 && peers[0].stats().tls_refused > refused_before
+    })
+    .await;
+    // One that trusts both CAs but holds a certificate of the retired one:
+    // refused by the peers' trust in the new CA alone.
+    let refused_before = peers[0].stats().tls_refused;
+    let old_cert = start(issued(&ca1, "old-cert", &[&ca1, &ca2]), &[peers[0].local_addr()]).await;
+    eventually("the old-certificate peer refused in the handshake", || peers[0].stats().tls_refused > refused_before)
+        .await;
+    let outsiders = ["old-only", "old-cert"];
+    for m in &peers {
+        assert!(m.members().iter().all(|s| !outsiders.contains(&s.id.name.as_str())), "{:?}", m.members());
+        assert_eq!((m.stats().connected, m.stats().refused_peers), (2, 0), "{}", m.id());
+    }
+    for m in [&old_only, &old_cert] {
+        assert_eq!(m.stats().connected, 0, "{}", m.id());
+        assert!(m.members().is_empty(), "{:?}", m.members());
+    }
+    for m in peers.into_iter().chain([old_only, old_cert]) {
+        m.shutdown().await;
+    }
+}
+
+/// A reload with bad material is refused with an error that says what is
+/// wrong, and the peer keeps its certificate: new connections, both ways,
+/// still succeed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_reload_is_refused_and_the_old_certificate_stays() {
+    use common::mesh::{faulty_pair, start_faulty};
+    use meshcache::transport::certs::CertError;
+    use meshcache::transport::faults::Faults;
+    use meshcache::MeshError;
+    use rustls::pki_types::CertificateDer;
+    let (ca, foreign) = (EphemeralCa::new().unwrap(), EphemeralCa::new().unwrap());
+    let faults = Faults::new();
+    let (a, b) = faulty_pair(&ca, &faults).await;
+    let before = a.certificate().unwrap();
+    let good = issued(&ca, "a", &[&ca]);
+
+    let garbage = CertificateDer::from(b"garbage".to_vec());
+    type Expected = fn(&MeshError) -> bool;
+    let cases: Vec<(&str, Identity, Expected)> = vec![
+        ("a key not the certificate's", Identity { key: ca.issue("a").unwrap().key, ..good.clone() }, |e| {
+            matches!(e, MeshError::Tls(CertError::KeyMismatch { .. }))
+        }),
+        ("an identity for another name", issued(&ca, "z", &[&ca]), |e| matches!(e, MeshError::NameMismatch { .. })),
+        ("a certificate for another name", Identity { name: "a".into(), ..issued(&ca, "z", &[&ca]) }, |e| {
+            matches!(e, MeshError::Tls(CertError::Unusable { .. }))
+        }),
+        ("a garbage certificate", Identity { chain: vec![garbage.clone()], ..good.clone() }, |e| {
+            matches!(e, MeshError::Tls(CertError::BadPem { .. }))
+        }),
+        ("a garbage CA", Identity { cas: vec![garbage], ..good.clone() }, |e| {
+            matches!(e, MeshError::Tls(CertError::BadPem { .. }))
+        }),
+        ("no CA", Identity { cas: vec![], ..good.clone() }, |e| matches!(e, MeshError::Tls(CertError::BadPem { .. }))),
+        ("a certificate of no CA in the bundle", issued(&foreign, "a", &[&ca]), |e| {
+            matches!(e, MeshError::Tls(CertError::WrongCa { .. }))
+        }),
+    ];
+    for (what, id, expected) in cases {
+        let err = a.reload_tls(id).expect_err(what);
+        assert!(expected(&err), "{what}: {err:?}");
+        assert!(!err.to_string().is_empty());
+        assert_eq!(a.certificate().as_ref(), Some(&before), "{what}: the certificate changed");
+    }
+
+    // New connections still succeed with the old material: a newcomer is
+    // accepted, and every link is made again.
+    let c = start_faulty(&ca, &faults, "c", &[a.local_addr()]).await;
+    let peers = vec![a, b, c];
+    eventually("c joins", || peers.iter().all(|m| m.stats().connected == 2)).await;
+    reconnect_all("after the bad reloads", &faults, &peers).await;
+    peers[0].insert("after", "bad reloads").unwrap();
+    eventually("replication continues", || peers.iter().all(|m| m.get(b"after").is_some())).await;
+    none_refused(&peers);
+    for m in peers {
+        m.shutdown().await;
+    }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::conn::{note_protocol_error, CODE_DUPLICATE, CODE_PROTOCOL, CODE_REFUSED};
+use super::conn::{note_protocol_error, note_tls_refusal, CODE_DUPLICATE, CODE_PROTOCOL, CODE_REFUSED};
 use super::hello::{check_hello, my_hello, refused, HELLO_TIMEOUT};
 use super::inner::Inner;
 use super::links::{Side, Verdict};
@@ -34,8 +34,15 @@ async fn accept_one(
     inner: &Arc<Inner>,
     incoming: quinn::Incoming,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    // The TLS handshake verified the client's certificate against the CA.
-    let conn = incoming.await?;
+    // The TLS handshake verified the client's certificate against the CAs.
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            note_tls_refusal(inner, remote, false, &e);
+            return Err(e.into());
+        }
+    };
     let (mut send, recv) = conn.accept_bi().await?;
     let mut reader = FrameReader::new(recv, inner.codec);
     let h = match reader.next().await {

@@ -16,6 +16,7 @@ use super::driver::{drive, Driver};
 use super::inner::{Counters, Inner};
 use super::links;
 use super::memory::MemoryProbe;
+use super::reload::Tls;
 use super::timer::timer_loop;
 use super::{Mesh, MeshError};
 use crate::config::{MeshConfig, Seed};
@@ -170,17 +171,20 @@ impl MeshBuilder {
         if identity.name != config.name {
             return Err(MeshError::NameMismatch { cert: identity.name.clone(), name: config.name.clone() });
         }
+        let transport = transport_config(&config);
         let mut server = crate::transport::tls::quinn_server_config_with(&identity, crypto.clone())?;
-        server.transport_config(transport_config(&config));
-        let mut client_config = crate::transport::tls::quinn_client_config_with(&identity, crypto)?;
-        client_config.transport_config(transport_config(&config));
+        server.transport_config(transport.clone());
+        let mut client_config = crate::transport::tls::quinn_client_config_with(&identity, crypto.clone())?;
+        client_config.transport_config(transport.clone());
         // quinn's own draws come from the env too when it is seeded, so
         // that a seeded run replays (see `transport::seeded`).
-        let endpoint_config = if env.is_seeded() {
-            crate::transport::seeded::seed_quinn(&env, &mut server, &mut client_config)
+        let (endpoint_config, dst_cids) = if env.is_seeded() {
+            let (endpoint, dst_cids) = crate::transport::seeded::seed_quinn(&env, &mut server, &mut client_config);
+            (endpoint, Some(dst_cids))
         } else {
-            quinn::EndpointConfig::default()
+            (quinn::EndpointConfig::default(), None)
         };
+        let tls = Tls::new(crypto, transport, dst_cids, server.clone(), client_config, identity.info());
         let endpoint = match socket {
             Some(socket) => quinn::Endpoint::new_with_abstract_socket(
                 endpoint_config,
@@ -228,7 +232,7 @@ impl MeshBuilder {
             codec: FrameCodec::new(config.max_frame),
             config,
             endpoint,
-            client_config,
+            tls,
             local_addr,
             advertise,
             peers: Mutex::new(BTreeMap::new()),

@@ -64,3 +64,35 @@ pub(super) fn note_protocol_error(inner: &Inner, conn: &quinn::Connection, what:
         conn.close(CODE_PROTOCOL, b"protocol error");
     }
 }
+
+/// Whether a connection ended in its TLS handshake: a certificate refused,
+/// by this peer or by the other (QUIC carries TLS alerts as the crypto
+/// error codes 0x100-0x1ff).
+fn tls_refusal(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    (0x100..0x200).contains(&u64::from(code))
+}
+
+/// Counts and logs a connection that ended in its TLS handshake, and
+/// returns whether it did. A warning, since it is what an operator sees of
+/// a peer with a certificate from a CA this peer does not trust (or the
+/// reverse), as during a CA roll-over done out of order.
+pub(super) fn note_tls_refusal(
+    inner: &Inner,
+    remote: std::net::SocketAddr,
+    dialed: bool,
+    e: &quinn::ConnectionError,
+) -> bool {
+    if !tls_refusal(e) {
+        return false;
+    }
+    inner.counters.tls_refused.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("meshcache_tls_refused_total").increment(1);
+    let side = if dialed { "dialed" } else { "incoming" };
+    tracing::warn!(%remote, side, error = %e, "TLS handshake refused: a certificate not trusted on one side");
+    true
+}

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::conn::{CODE_DUPLICATE, CODE_PROTOCOL, CODE_REFUSED};
+use super::conn::{note_tls_refusal, CODE_DUPLICATE, CODE_PROTOCOL, CODE_REFUSED};
 use super::driver::CoreView;
 use super::hello::{check_hello, my_hello, refused};
 use super::inner::Inner;
@@ -17,14 +17,27 @@ pub(super) async fn dial(
     inner: &Arc<Inner>,
     addr: SocketAddr,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let conn = inner.endpoint.connect_with(inner.client_config.clone(), addr, certs::SERVER_NAME)?.await?;
+    let conn = match inner.endpoint.connect_with(inner.tls.client(), addr, certs::SERVER_NAME)?.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            note_tls_refusal(inner, addr, true, &e);
+            return Err(e.into());
+        }
+    };
     // Under TLS 1.3 a client the server rejects still sees the handshake
-    // succeed: authentication counts only once the hello exchange is done.
-    let (mut send, recv) = conn.open_bi().await?;
-    write_message(&mut send, &inner.codec, &my_hello(inner)).await?;
+    // succeed: authentication counts only once the hello exchange is done,
+    // and a refusal of this peer's certificate shows in the close.
+    let refused_tls = |e: Box<dyn std::error::Error + Send + Sync>| {
+        if let Some(reason) = conn.close_reason() {
+            note_tls_refusal(inner, addr, true, &reason);
+        }
+        e
+    };
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| refused_tls(e.into()))?;
+    write_message(&mut send, &inner.codec, &my_hello(inner)).await.map_err(|e| refused_tls(e.into()))?;
     let _ = send.finish();
     let mut reader = FrameReader::new(recv, inner.codec);
-    match reader.next().await? {
+    match reader.next().await.map_err(|e| refused_tls(e.into()))? {
         Some(Message::Hello(h)) => match check_hello(inner, &conn, Side::Dialer(addr), &h) {
             Verdict::Accept => Ok(h.from.name),
             Verdict::ToSelf => {

@@ -182,6 +182,7 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
                 old.queue.close();
             }
             tracing::info!(peer = %peer, remote = %conn.remote_address(), "peer connected");
+            inner.counters.links_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("meshcache_connections_total").increment(1);
             inner.tasks.spawn(push_sender(inner.clone(), conn.clone(), peer.clone(), queue.clone()));
             inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), peer.clone()));

@@ -37,6 +37,10 @@ pub(super) struct Counters {
     pub(super) ae_entries_sent_failed: AtomicU64,
     pub(super) ae_entries_received: AtomicU64,
     pub(super) refused_peers: AtomicU64,
+    /// Connections whose TLS handshake failed, either way.
+    pub(super) tls_refused: AtomicU64,
+    /// Links made (a reconnection counts again).
+    pub(super) links_made: AtomicU64,
     pub(super) messages_published: AtomicU64,
     pub(super) messages_received: AtomicU64,
     /// Loaders `get_or_load` ran here.
@@ -62,7 +66,8 @@ pub(super) struct Inner {
     pub(super) sessions_ended: tokio::sync::Notify,
     pub(super) config: MeshConfig,
     pub(super) endpoint: quinn::Endpoint,
-    pub(super) client_config: quinn::ClientConfig,
+    /// The TLS material new connections use (swapped by a reload).
+    pub(super) tls: super::reload::Tls,
     pub(super) local_addr: SocketAddr,
     pub(super) advertise: SocketAddr,
     pub(super) codec: FrameCodec,

@@ -116,6 +116,13 @@ pub struct MeshStats {
     pub ae_entries_received: u64,
     /// Peers refused at the hello (version, skew, superseded, name).
     pub refused_peers: u64,
+    /// Connections that ended in their TLS handshake, either way: a peer's
+    /// certificate from no CA this peer trusts (or none at all), or this
+    /// peer's refused by the other. Each is logged as a warning.
+    pub tls_refused: u64,
+    /// Links made to peers: a reconnection counts again, a connection that
+    /// stays up does not.
+    pub links_made: u64,
     /// Connections closed because a peer broke the protocol.
     pub protocol_errors: u64,
     /// Remote clock readings refused for running too far ahead.
@@ -488,6 +495,8 @@ impl Mesh {
             ae_entries_sent_failed: l(&c.ae_entries_sent_failed),
             ae_entries_received: l(&c.ae_entries_received),
             refused_peers: l(&c.refused_peers),
+            tls_refused: l(&c.tls_refused),
+            links_made: l(&c.links_made),
             protocol_errors: l(&c.protocol_errors),
             clock_refused: self.inner.replica.store().clock().refused(),
             members_invalid: ignored.invalid,

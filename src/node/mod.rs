@@ -27,6 +27,8 @@
 //! - `stream`: framing on a QUIC stream, and running one session over it;
 //! - `queue`: a peer's bounded push queue;
 //! - `memory`: a memory bound on the whole process, from an allocator probe;
+//! - `reload`: the TLS material new connections use, and swapping it while
+//!   the peer runs ([`Mesh::reload_tls`]);
 //! - `timer`: expiry, collection, the bootstrap timeout and gauges.
 
 mod accept;
@@ -47,6 +49,7 @@ mod pubsub;
 mod push;
 mod queue;
 mod readiness;
+mod reload;
 mod sessions;
 mod stream;
 mod timer;

@@ -175,17 +175,19 @@ pub enum CertError {
         cert: PathBuf,
     },
     /// A node certificate was not signed by the cluster CA in the same
-    /// directory.
+    /// directory (by none of them, when `ca.crt` holds several).
     #[error(
-        "{} was not issued by the cluster CA in {}; re-issue it with `meshcache certs issue NAME --force` \
-         against this CA, or point --certs at the directory of the CA that issued it",
+        "{} was not issued by the cluster CA in {} (by none of the CAs it holds); re-issue it with \
+         `meshcache certs issue NAME --force` against this CA, or point --certs at the directory of the CA \
+         that issued it, or add that CA to {}",
         cert.display(),
+        ca.display(),
         ca.display()
     )]
     WrongCa {
         /// The node certificate.
         cert: PathBuf,
-        /// The CA certificate it was checked against.
+        /// The CA certificate file it was checked against.
         ca: PathBuf,
     },
     /// A certificate is past its expiry date.
@@ -264,8 +266,8 @@ fn fmt_time(t: OffsetDateTime) -> String {
     )
 }
 
-/// A node's TLS identity: its certificate chain and key, and the cluster CA
-/// it trusts.
+/// A node's TLS identity: its certificate chain and key, and the cluster
+/// CAs it trusts.
 pub struct Identity {
     /// The node name (the common name of the certificate).
     pub name: String,
@@ -273,13 +275,20 @@ pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
     /// The private key of the end-entity certificate.
     pub key: PrivateKeyDer<'static>,
-    /// The cluster CA certificate: the only trust anchor.
-    pub ca: CertificateDer<'static>,
+    /// The trust anchors: the cluster CA, or several while a new CA is
+    /// rolled out (`ca.crt` may hold more than one). A peer is accepted if
+    /// its certificate chains to any of them, and so is this peer's own.
+    pub cas: Vec<CertificateDer<'static>>,
 }
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Identity { name: self.name.clone(), chain: self.chain.clone(), key: self.key.clone_key(), ca: self.ca.clone() }
+        Identity {
+            name: self.name.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            cas: self.cas.clone(),
+        }
     }
 }
 
@@ -289,7 +298,43 @@ impl fmt::Debug for Identity {
             .field("name", &self.name)
             .field("chain", &format_args!("[{} certificate(s)]", self.chain.len()))
             .field("key", &format_args!("<redacted>"))
+            .field("cas", &self.cas.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// What an operator needs to know of this identity: its certificate's
+    /// serial and expiry, and how many CAs it trusts. `None` if the
+    /// certificate cannot be parsed (an identity that
+    /// [`check_identity`] refuses).
+    pub fn info(&self) -> Option<CertInfo> {
+        let (_, cert) = x509_parser::parse_x509_certificate(self.chain.first()?).ok()?;
+        Some(CertInfo {
+            serial: cert.raw_serial_as_string(),
+            not_after: cert.validity().not_after.to_datetime(),
+            cas: self.cas.len(),
+        })
+    }
+}
+
+/// A summary of an [`Identity`], for logs and the admin port: which
+/// certificate is in use, until when, and how many CAs are trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CertInfo {
+    /// The certificate's serial number, as colon-separated hex.
+    pub serial: String,
+    /// The end of the certificate's validity.
+    pub not_after: OffsetDateTime,
+    /// How many CA certificates are trusted.
+    pub cas: usize,
+}
+
+impl fmt::Display for CertInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.cas == 1 { "" } else { "s" };
+        write!(f, "serial {}, valid until {}, {} trusted CA{plural}", self.serial, fmt_time(self.not_after), self.cas)
     }
 }
 
@@ -519,39 +564,38 @@ pub fn init_ca(dir: &Path, force: bool) -> Result<PathBuf, CertError> {
     Ok(crt)
 }
 
-/// Loads the CA of `dir` as an rcgen issuer, checking that `ca.key` is the
-/// key of `ca.crt`.
+/// Loads the CA of `dir` as an rcgen issuer: the certificate of `ca.crt`
+/// whose key is `ca.key` (during a roll-over `ca.crt` may hold the old CA
+/// beside the new one).
 fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
     let (crt, key_path) = (ca_cert_path(dir), ca_key_path(dir));
     let ca_pem = read_file(&crt, || CertError::MissingCa { path: crt.clone() })?;
     let key_pem = read_file(&key_path, || CertError::MissingCa { path: key_path.clone() })?;
-    let ca = single_ca_cert(&crt, &ca_pem)?;
+    let cas = parse_ca_bundle(&crt, &ca_pem)?;
     let bad_key = |detail: String| CertError::BadCaKey { path: key_path.clone(), detail };
     let key_der = parse_key(&key_path, &key_pem).map_err(|e| bad_key(e.to_string()))?;
-    match key_matches(&ca, &key_der) {
-        Ok(true) => {}
-        Ok(false) => return Err(bad_key("it is not the key of ca.crt".into())),
-        Err(e) => return Err(bad_key(format!("unusable key ({e})"))),
+    let mut ca = None;
+    for c in &cas {
+        match key_matches(c, &key_der) {
+            Ok(true) => {
+                ca = Some(c);
+                break;
+            }
+            Ok(false) => {}
+            Err(e) => return Err(bad_key(format!("unusable key ({e})"))),
+        }
     }
+    let Some(ca) = ca else {
+        let which =
+            if cas.len() == 1 { String::new() } else { format!(" (of none of its {} certificates)", cas.len()) };
+        return Err(bad_key(format!("it is not the key of ca.crt{which}")));
+    };
     let key = KeyPair::try_from(&key_der).map_err(|e| bad_key(format!("unusable key ({e})")))?;
-    Issuer::from_ca_cert_der(&ca, key).map_err(|e| CertError::BadPem {
+    Issuer::from_ca_cert_der(ca, key).map_err(|e| CertError::BadPem {
         path: crt.clone(),
         what: "CA certificate",
         detail: format!("rcgen cannot sign with it ({e})"),
     })
-}
-
-/// Parses `ca.crt`, which must hold exactly one certificate.
-fn single_ca_cert(path: &Path, pem: &[u8]) -> Result<CertificateDer<'static>, CertError> {
-    let mut certs = parse_certs(path, pem)?;
-    if certs.len() != 1 {
-        return Err(CertError::BadPem {
-            path: path.to_owned(),
-            what: "CA certificate file",
-            detail: format!("it holds {} certificates, and exactly one is expected", certs.len()),
-        });
-    }
-    Ok(certs.remove(0))
 }
 
 /// Issues a node certificate: writes `dir/NAME.crt` and `dir/NAME.key`
@@ -594,10 +638,12 @@ fn issue_with_validity(
 }
 
 /// Loads node `name`'s identity from `dir`: `ca.crt`, `NAME.crt` and
-/// `NAME.key`.
+/// `NAME.key`. `ca.crt` may hold several CA certificates (PEM blocks one
+/// after the other), all of them trusted: that is how a new CA is rolled
+/// out before the old one is retired.
 ///
 /// Checks that the key belongs to the certificate, that the certificate is
-/// within its validity period, was signed by this CA, carries
+/// within its validity period, was signed by one of these CAs, carries
 /// [`SERVER_NAME`] and both key usages, and names `name`.
 pub fn load_identity(dir: &Path, name: &str) -> Result<Identity, CertError> {
     check_name(name)?;
@@ -609,11 +655,49 @@ pub fn load_identity(dir: &Path, name: &str) -> Result<Identity, CertError> {
     let ca_pem = read_file(&ca_path, || CertError::MissingCa { path: ca_path.clone() })?;
     let crt_pem = read_file(&crt, || missing_node(&crt))?;
     let key_pem = read_file(&key_path, || missing_node(&key_path))?;
-    let ca = single_ca_cert(&ca_path, &ca_pem)?;
+    let cas = parse_ca_bundle(&ca_path, &ca_pem)?;
     let chain = parse_certs(&crt, &crt_pem)?;
     let key = parse_key(&key_path, &key_pem)?;
+    let id = Identity { name: name.to_owned(), chain, key, cas };
+    check_at(&id, &ca_path, &crt, &key_path)?;
+    Ok(id)
+}
 
-    match key_matches(&chain[0], &key) {
+/// Checks an identity made in memory (not read from files) the way
+/// [`load_identity`] checks files, before a peer uses it: the key belongs
+/// to the certificate, the certificate is within its validity period,
+/// chains to one of `cas`, carries [`SERVER_NAME`] and both key usages, and
+/// names `id.name`; every CA certificate is usable as a trust anchor.
+/// Errors name the files the parts would have in a certificate directory
+/// (`ca.crt`, `NAME.crt`, `NAME.key`).
+pub fn check_identity(id: &Identity) -> Result<(), CertError> {
+    check_name(&id.name)?;
+    let ca_path = PathBuf::from(CA_CERT_FILE);
+    let (crt, key_path) = (PathBuf::from(format!("{}.crt", id.name)), PathBuf::from(format!("{}.key", id.name)));
+    if id.chain.is_empty() {
+        return Err(CertError::BadPem {
+            path: crt,
+            what: "PEM certificate file",
+            detail: "it holds no certificate".into(),
+        });
+    }
+    for cert in &id.chain {
+        x509_parser::parse_x509_certificate(cert).map_err(|e| CertError::BadPem {
+            path: crt.clone(),
+            what: "PEM certificate file",
+            detail: format!("unparseable certificate ({e})"),
+        })?;
+    }
+    check_cas(&ca_path, &id.cas)?;
+    check_at(id, &ca_path, &crt, &key_path)
+}
+
+/// What [`load_identity`] and [`check_identity`] check once the parts
+/// parse, naming the files they came from.
+fn check_at(id: &Identity, ca_path: &Path, crt: &Path, key_path: &Path) -> Result<(), CertError> {
+    let (name, chain, key) = (id.name.as_str(), &id.chain, &id.key);
+    let (crt, key_path) = (crt.to_owned(), key_path.to_owned());
+    match key_matches(&chain[0], key) {
         Ok(true) => {}
         Ok(false) => return Err(CertError::KeyMismatch { key: key_path, cert: crt }),
         Err(e) => {
@@ -626,18 +710,15 @@ pub fn load_identity(dir: &Path, name: &str) -> Result<Identity, CertError> {
     }
 
     check_validity(&crt, &chain[0], OffsetDateTime::now_utc())?;
-    verify_chain(&ca_path, &crt, &ca, &chain)?;
+    verify_chain(ca_path, &crt, &id.cas, chain)?;
 
     match cert_node_name(&chain[0]) {
-        Some(n) if n == name => {}
-        other => {
-            return Err(CertError::Unusable {
-                path: crt,
-                detail: format!("it names node {:?}, not {name:?}", other.unwrap_or_default()),
-            })
-        }
+        Some(n) if n == name => Ok(()),
+        other => Err(CertError::Unusable {
+            path: crt,
+            detail: format!("it names node {:?}, not {name:?}", other.unwrap_or_default()),
+        }),
     }
-    Ok(Identity { name: name.to_owned(), chain, key, ca })
 }
 
 /// Fails if `now` is outside the validity period of `cert`.
@@ -659,15 +740,15 @@ fn check_validity(path: &Path, cert: &CertificateDer<'_>, now: OffsetDateTime) -
     Ok(())
 }
 
-/// Verifies `chain` against `ca` exactly as peers will: as a client
-/// certificate and as a server certificate for [`SERVER_NAME`].
+/// Verifies `chain` against the CAs `cas` exactly as peers will: as a
+/// client certificate and as a server certificate for [`SERVER_NAME`].
 fn verify_chain(
     ca_path: &Path,
     crt: &Path,
-    ca: &CertificateDer<'static>,
+    cas: &[CertificateDer<'static>],
     chain: &[CertificateDer<'static>],
 ) -> Result<(), CertError> {
-    let roots = Arc::new(ca_roots(ca_path, ca)?);
+    let roots = Arc::new(ca_roots(ca_path, cas)?);
     let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider()).build()?;
     let server_verifier =
         WebPkiServerVerifier::builder_with_provider(roots, provider()).build().map_err(CertError::Verifier)?;
@@ -700,15 +781,57 @@ fn verify_chain(
         })
 }
 
-/// A root store holding only the cluster CA.
-pub(super) fn ca_roots(ca_path: &Path, ca: &CertificateDer<'static>) -> Result<RootCertStore, CertError> {
+/// A root store holding the cluster CAs `cas` and nothing else (no
+/// system roots).
+pub(super) fn ca_roots(ca_path: &Path, cas: &[CertificateDer<'static>]) -> Result<RootCertStore, CertError> {
+    if cas.is_empty() {
+        return Err(no_ca(ca_path));
+    }
     let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).map_err(|e| CertError::BadPem {
-        path: ca_path.to_owned(),
-        what: "CA certificate",
-        detail: format!("unusable as a trust anchor ({e})"),
-    })?;
+    for (i, ca) in cas.iter().enumerate() {
+        roots.add(ca.clone()).map_err(|e| CertError::BadPem {
+            path: ca_path.to_owned(),
+            what: "CA certificate file",
+            detail: format!("certificate {} of {} is unusable as a trust anchor ({e})", i + 1, cas.len()),
+        })?;
+    }
     Ok(roots)
+}
+
+fn no_ca(ca_path: &Path) -> CertError {
+    CertError::BadPem {
+        path: ca_path.to_owned(),
+        what: "CA certificate file",
+        detail: "it holds no CA certificate".into(),
+    }
+}
+
+/// Parses `ca.crt`: one CA certificate, or several while a new CA is
+/// rolled out; every one must be a CA certificate.
+fn parse_ca_bundle(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let cas = parse_certs(path, pem)?;
+    check_cas(path, &cas)?;
+    Ok(cas)
+}
+
+/// Fails unless `cas` is non-empty and each is a CA certificate usable as
+/// a trust anchor: a node certificate pasted into `ca.crt` by mistake is
+/// named here rather than at the first handshake.
+fn check_cas(path: &Path, cas: &[CertificateDer<'static>]) -> Result<(), CertError> {
+    let bad = |detail: String| CertError::BadPem { path: path.to_owned(), what: "CA certificate file", detail };
+    if cas.is_empty() {
+        return Err(no_ca(path));
+    }
+    for (i, ca) in cas.iter().enumerate() {
+        let which = format!("certificate {} of {}", i + 1, cas.len());
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(ca).map_err(|e| bad(format!("{which} is unparseable ({e})")))?;
+        if !parsed.is_ca() {
+            let subject = parsed.subject().to_string();
+            return Err(bad(format!("{which} ({subject}) is not a CA certificate")));
+        }
+    }
+    ca_roots(path, cas).map(|_| ())
 }
 
 /// The identity for `node` run without `--certs`: creates `dir/ca.*` and
@@ -840,7 +963,7 @@ impl EphemeralCa {
             name: name.to_owned(),
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            ca: self.ca_der(),
+            cas: vec![self.ca_der()],
         })
     }
 

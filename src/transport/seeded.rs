@@ -44,14 +44,17 @@ impl ConnectionIdGenerator for SeededCids {
     }
 }
 
+/// Where a client configuration's first destination ids come from.
+pub(crate) type DstCids = Arc<dyn Fn() -> ConnectionId + Send + Sync>;
+
 /// An endpoint configuration whose generator, reset key and connection ids
 /// come from `env`, and a client configuration whose first destination ids
-/// do.
+/// do (returned too, for the client configurations made later).
 pub(crate) fn seed_quinn(
     env: &Env,
     server: &mut quinn::ServerConfig,
     client: &mut quinn::ClientConfig,
-) -> quinn::EndpointConfig {
+) -> (quinn::EndpointConfig, DstCids) {
     let mut key = [0u8; 64];
     env.rng().fill_bytes(&mut key);
     let mut endpoint = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key)));
@@ -67,10 +70,11 @@ pub(crate) fn seed_quinn(
     let factory_env = env.clone();
     endpoint.cid_generator(move || Box::new(SeededCids { rng: factory_env.rng() }));
     let rng = parking_lot::Mutex::new(env.rng());
-    client.initial_dst_cid_provider(Arc::new(move || {
+    let dst_cids: DstCids = Arc::new(move || {
         let mut b = [0u8; INITIAL_DCID_LEN];
         rng.lock().fill_bytes(&mut b);
         ConnectionId::new(&b)
-    }));
-    endpoint
+    });
+    client.initial_dst_cid_provider(dst_cids.clone());
+    (endpoint, dst_cids)
 }

@@ -1,7 +1,8 @@
 //! The rustls and quinn configurations for mutual TLS 1.3 between peers.
 //!
 //! Servers require and verify a client certificate; clients verify the
-//! server against the cluster CA only. Both trust the cluster CA alone, and
+//! server against the cluster CA only. Both trust the identity's CAs alone
+//! (the cluster CA, or the old and the new one during a roll-over), and
 //! nothing else: no system roots.
 //!
 //! Under TLS 1.3 a client that the server rejects still sees the handshake
@@ -22,7 +23,7 @@ use super::certs::{ca_roots, cert_node_name, provider, CertError, Identity, CA_C
 pub const ALPN: &[u8] = b"meshcache/1";
 
 /// The rustls server configuration for `id`: TLS 1.3 only, ALPN
-/// [`ALPN`], a client certificate required and verified against `id.ca`
+/// [`ALPN`], a client certificate required and verified against `id.cas`
 /// alone.
 pub fn server_config(id: &Identity) -> Result<rustls::ServerConfig, CertError> {
     server_config_with(id, provider())
@@ -30,7 +31,7 @@ pub fn server_config(id: &Identity) -> Result<rustls::ServerConfig, CertError> {
 
 /// [`server_config`] with another crypto provider.
 pub fn server_config_with(id: &Identity, provider: Arc<CryptoProvider>) -> Result<rustls::ServerConfig, CertError> {
-    let roots = Arc::new(ca_roots(Path::new(CA_CERT_FILE), &id.ca)?);
+    let roots = Arc::new(ca_roots(Path::new(CA_CERT_FILE), &id.cas)?);
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -41,7 +42,7 @@ pub fn server_config_with(id: &Identity, provider: Arc<CryptoProvider>) -> Resul
 }
 
 /// The rustls client configuration for `id`: TLS 1.3 only, ALPN [`ALPN`],
-/// the server verified against `id.ca` alone (for the name
+/// the server verified against `id.cas` alone (for the name
 /// [`SERVER_NAME`](super::certs::SERVER_NAME), which the dialer passes), `id.chain` presented.
 pub fn client_config(id: &Identity) -> Result<rustls::ClientConfig, CertError> {
     client_config_with(id, provider())
@@ -49,7 +50,7 @@ pub fn client_config(id: &Identity) -> Result<rustls::ClientConfig, CertError> {
 
 /// [`client_config`] with another crypto provider.
 pub fn client_config_with(id: &Identity, provider: Arc<CryptoProvider>) -> Result<rustls::ClientConfig, CertError> {
-    let roots = ca_roots(Path::new(CA_CERT_FILE), &id.ca)?;
+    let roots = ca_roots(Path::new(CA_CERT_FILE), &id.cas)?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)

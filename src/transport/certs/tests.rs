@@ -78,7 +78,8 @@ fn init_issue_load_round_trip() {
     let days = (v.not_after.to_datetime() - v.not_before.to_datetime()).whole_hours();
     assert_eq!(days, 825 * 24 + 1);
     assert!(!cert.is_ca());
-    assert!(parse(&id.ca).is_ca());
+    assert_eq!(id.cas.len(), 1);
+    assert!(parse(&id.cas[0]).is_ca());
     assert_eq!(format!("{id:?}").matches("redacted").count(), 1);
 
     // Configurations build from a loaded identity.
@@ -334,7 +335,7 @@ fn dev_identity_creates_once() {
     assert_eq!(a.chain, a2.chain);
     let (b, created) = dev_identity(&dir, "b").unwrap();
     assert!(created, "a new node in an existing directory");
-    assert_eq!(a.ca, b.ca, "one CA per directory");
+    assert_eq!(a.cas, b.cas, "one CA per directory");
     #[cfg(unix)]
     assert_eq!(mode(&dir.join("b.key")), 0o600);
 
@@ -348,13 +349,103 @@ fn dev_identity_creates_once() {
 fn ephemeral_ca_issues_loadable_identities() {
     let ca = EphemeralCa::new().unwrap();
     let id = ca.issue("eph").unwrap();
-    assert_eq!(id.ca, ca.ca_der());
+    assert_eq!(id.cas, vec![ca.ca_der()]);
     let pem_ca = CertificateDer::from_pem_slice(ca.ca_pem().as_bytes()).unwrap();
-    assert_eq!(pem_ca, id.ca);
+    assert_eq!(vec![pem_ca], id.cas);
     assert_eq!(cert_node_name(&id.chain[0]).as_deref(), Some("eph"));
     assert!(key_matches(&id.chain[0], &id.key).unwrap());
-    verify_chain(Path::new("ca.crt"), Path::new("eph.crt"), &id.ca, &id.chain).unwrap();
+    verify_chain(Path::new("ca.crt"), Path::new("eph.crt"), &id.cas, &id.chain).unwrap();
     let other = EphemeralCa::new().unwrap().issue("eph").unwrap();
-    let err = verify_chain(Path::new("ca.crt"), Path::new("eph.crt"), &id.ca, &other.chain).unwrap_err();
+    let err = verify_chain(Path::new("ca.crt"), Path::new("eph.crt"), &id.cas, &other.chain).unwrap_err();
     assert!(matches!(err, CertError::WrongCa { .. }), "{err}");
+}
+
+/// `ca.crt` with two CAs (a roll-over): identities of either load, both
+/// CAs are trusted, and `certs issue` signs with the CA whose key is
+/// `ca.key`.
+#[test]
+fn a_ca_bundle_trusts_every_ca_in_it() {
+    let (old, new) = (TempDir::new("bundle-old"), TempDir::new("bundle-new"));
+    init_ca(&old.0, false).unwrap();
+    init_ca(&new.0, false).unwrap();
+    issue(&old.0, "n1", &[], &[], false).unwrap();
+    issue(&new.0, "n2", &[], &[], false).unwrap();
+    let bundle =
+        [fs::read_to_string(old.0.join("ca.crt")).unwrap(), fs::read_to_string(new.0.join("ca.crt")).unwrap()].concat();
+    // The old CA's directory gets the bundle, and the new CA's node files.
+    fs::write(old.0.join("ca.crt"), &bundle).unwrap();
+    for ext in ["crt", "key"] {
+        fs::copy(new.0.join(format!("n2.{ext}")), old.0.join(format!("n2.{ext}"))).unwrap();
+    }
+    let n1 = load_identity(&old.0, "n1").unwrap();
+    let n2 = load_identity(&old.0, "n2").unwrap();
+    assert_eq!((n1.cas.len(), n2.cas.len()), (2, 2));
+    let info = n2.info().unwrap();
+    assert_eq!(info.cas, 2);
+    assert!(info.to_string().contains("2 trusted CAs"), "{info}");
+    // ca.key is the old CA's: issuing signs with it, whatever its place.
+    issue(&old.0, "n3", &[], &[], false).unwrap();
+    let n3 = load_identity(&old.0, "n3").unwrap();
+    let only_old = vec![n1.cas[0].clone()];
+    verify_chain(Path::new("ca.crt"), Path::new("n3.crt"), &only_old, &n3.chain).unwrap();
+    // And with the CAs the other way round.
+    let swapped =
+        [fs::read_to_string(new.0.join("ca.crt")).unwrap(), fs::read_to_string(old.0.join("ca.crt")).unwrap()].concat();
+    fs::write(new.0.join("ca.crt"), swapped).unwrap();
+    issue(&new.0, "n4", &[], &[], false).unwrap();
+    load_identity(&new.0, "n4").unwrap();
+
+    // Without the new CA, its node is refused.
+    fs::write(old.0.join("ca.crt"), &bundle[..bundle.find("-----END CERTIFICATE-----").unwrap() + 26]).unwrap();
+    load_identity(&old.0, "n1").unwrap();
+    let err = load_identity(&old.0, "n2").unwrap_err();
+    assert!(matches!(err, CertError::WrongCa { .. }), "{err}");
+}
+
+/// A bundle with something other than a CA in it is refused, naming the
+/// file and which certificate.
+#[test]
+fn a_ca_bundle_with_a_node_certificate_or_garbage_is_refused() {
+    let tmp = TempDir::new("bundle-bad");
+    init_ca(&tmp.0, false).unwrap();
+    issue(&tmp.0, "n1", &[], &[], false).unwrap();
+    let ca = fs::read_to_string(tmp.0.join("ca.crt")).unwrap();
+    let node = fs::read_to_string(tmp.0.join("n1.crt")).unwrap();
+    fs::write(tmp.0.join("ca.crt"), format!("{ca}{node}")).unwrap();
+    let err = load_identity(&tmp.0, "n1").unwrap_err();
+    assert!(matches!(err, CertError::BadPem { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("ca.crt") && msg.contains("certificate 2 of 2") && msg.contains("not a CA"), "{msg}");
+    fs::write(
+        tmp.0.join("ca.crt"),
+        format!("{ca}-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"),
+    )
+    .unwrap();
+    let err = load_identity(&tmp.0, "n1").unwrap_err();
+    assert!(matches!(err, CertError::BadPem { .. }) && err.to_string().contains("ca.crt"), "{err}");
+}
+
+/// `check_identity` refuses what `load_identity` would, for an identity
+/// made in memory.
+#[test]
+fn check_identity_refuses_what_loading_would() {
+    let (ca, other) = (EphemeralCa::new().unwrap(), EphemeralCa::new().unwrap());
+    let good = ca.issue("n1").unwrap();
+    check_identity(&good).unwrap();
+    check_identity(&Identity { cas: vec![other.ca_der(), ca.ca_der()], ..good.clone() }).unwrap();
+
+    let cases: Vec<(&str, Identity, &str)> = vec![
+        ("key of another cert", Identity { key: ca.issue("n1").unwrap().key, ..good.clone() }, "not the private key"),
+        ("cert for another name", Identity { name: "n1".into(), ..ca.issue("n2").unwrap() }, "names node \"n2\""),
+        ("foreign CA", Identity { cas: vec![other.ca_der()], ..good.clone() }, "not issued by"),
+        ("no CA", Identity { cas: vec![], ..good.clone() }, "no CA certificate"),
+        ("garbage CA", Identity { cas: vec![CertificateDer::from(vec![1, 2, 3])], ..good.clone() }, "unparseable"),
+        ("node cert as CA", Identity { cas: good.chain.clone(), ..good.clone() }, "not a CA"),
+        ("no chain", Identity { chain: vec![], ..good.clone() }, "no certificate"),
+        ("garbage chain", Identity { chain: vec![CertificateDer::from(vec![0x30, 0])], ..good.clone() }, "unparseable"),
+    ];
+    for (what, id, needle) in cases {
+        let err = check_identity(&id).expect_err(what);
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+    }
 }

@@ -102,7 +102,7 @@ async fn quic_refuses_client_from_foreign_ca() {
     let foreign = EphemeralCa::new().unwrap().issue("mallory").unwrap();
     // The client trusts the real CA (so it accepts the server) but
     // presents a certificate from a foreign CA.
-    let client = Identity { ca: ca.ca_der(), ..foreign };
+    let client = Identity { cas: vec![ca.ca_der()], ..foreign };
     let (result, served) = exchange(quinn_server_config(&server).unwrap(), quinn_client_config(&client).unwrap()).await;
     // The client's handshake may complete (TLS 1.3): the refusal shows
     // on the first stream operation at the latest.
