@@ -127,7 +127,8 @@ pub mod wire;
 
 pub use config::MeshConfig;
 pub use node::{
-    Changes, Event, LoadError, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Transaction, Why,
+    Changes, Event, LoadError, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Transaction,
+    VersionRefusal, Why,
 };
 pub use store::{Change, ChangeKind, Origin};
 pub use transport::certs::{load_identity, EphemeralCa, Identity};
