@@ -5,9 +5,11 @@
 //! [`MAX_REQUEST`] bytes, ended by `\n` or by closing its side), the server
 //! replies with text and closes. Requests:
 //!
-//! - `status`: this peer's identity, listen address, bootstrap state and
+//! - `status`: this peer's identity, listen address, the protocol versions
+//!   it speaks and the last refusal for versions, bootstrap state and
 //!   readiness (a `readiness:` line, [`Mesh::readiness`]), store gauges,
-//!   every counter of [`Mesh::stats`], and one line per member.
+//!   every counter of [`Mesh::stats`], and one line per member (with its
+//!   link's protocol version while connected).
 //! - `forget NAME`: [`Mesh::forget`]; the reply starts with `OK` if the
 //!   member was forgotten, `ERR` otherwise.
 //! - `reload`: reads the peer's TLS files again and hands them to
@@ -243,6 +245,13 @@ fn secs(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
 
+/// The last refusal for versions, as one line.
+fn version_refused(mesh: &Mesh, now: u64) -> String {
+    let Some(r) = mesh.version_refusal() else { return "none".to_owned() };
+    let who = if r.by_us { "this peer refused it" } else { "it refused this peer" };
+    format!("{} speaks {}, this peer {}: {who}, {} ago", r.peer, r.theirs, r.ours, secs(now.saturating_sub(r.at_ms)))
+}
+
 fn status(mesh: &Mesh) -> String {
     let now = mesh.now_ms();
     let me = mesh.id();
@@ -264,6 +273,8 @@ fn status(mesh: &Mesh) -> String {
         Some(c) => kv("certificate:", &c),
         None => kv("certificate:", &"unreadable"),
     }
+    kv("protocol:", &mesh.protocol_versions());
+    kv("version_refused:", &version_refused(mesh, now));
     kv("booted:", &s.booted);
     kv("readiness:", &mesh.readiness().reason());
     kv("entries:", &st.entries);
@@ -272,7 +283,8 @@ fn status(mesh: &Mesh) -> String {
     kv("stubs:", &st.stubs);
     kv("clear_below:", &st.floors.clear_below);
     kv("gc_floor:", &st.floors.gc_floor);
-    let counters: [(&str, u64); 32] = [
+    let counters: [(&str, u64); 33] = [
+        ("version_refusals", s.version_refusals),
         ("deltas_sent", s.deltas_sent),
         ("deltas_received", s.deltas_received),
         ("push_batches_sent", s.push_batches_sent),
@@ -322,7 +334,12 @@ fn status(mesh: &Mesh) -> String {
         let addr = m.addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
         let synced = m.synced_ms.map_or_else(|| "never".to_owned(), |t| format!("{} ago", secs(now.saturating_sub(t))));
         let connected = if m.connected { "connected" } else { "disconnected" };
-        let _ = writeln!(out, "  {:<width$}  {status:<9}  {connected:<12}  {addr:<21}  synced {synced}", m.id.name);
+        let protocol = m.version.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {status:<9}  {connected:<12}  {addr:<21}  protocol {protocol:<3}  synced {synced}",
+            m.id.name
+        );
     }
     out
 }
@@ -379,5 +396,43 @@ mod tests {
         stop_tx.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
         mesh.shutdown().await;
+    }
+
+    /// `status` names the versions this peer speaks, each linked member's
+    /// version, and the last peer refused for versions with both ranges.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_shows_versions_and_the_last_version_refusal() {
+        let ca = EphemeralCa::new().unwrap();
+        let start = |name: &'static str, versions: std::ops::RangeInclusive<u16>, seeds: Vec<SocketAddr>| {
+            Mesh::builder()
+                .config(MeshConfig::for_test(name))
+                .protocol_versions(versions)
+                .seeds(seeds)
+                .tls(ca.issue(name).unwrap())
+                .start()
+        };
+        let new = start("new", 6..=7, Vec::new()).await.unwrap();
+        let old = start("old", 6..=6, vec![new.local_addr()]).await.unwrap();
+        let other = start("other", 7..=7, vec![new.local_addr()]).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !(new.stats().connected == 2 && other.stats().connected == 1 && old.stats().version_refusals > 0) {
+            assert!(std::time::Instant::now() < deadline, "the mesh never formed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let text = status(&new);
+        assert!(text.contains("protocol:             6-7\n"), "{text}");
+        assert!(text.contains("version_refused:      none\n"), "{text}");
+        let line = |name: &str| text.lines().find(|l| l.trim_start().starts_with(name)).unwrap().to_owned();
+        assert!(line("old ").contains("protocol 6 "), "{text}");
+        assert!(line("other ").contains("protocol 7 "), "{text}");
+        // old and other do not meet: whichever dialed was refused.
+        let text = status(&old);
+        assert!(text.contains("protocol:             6\n"), "{text}");
+        let refused = text.lines().find(|l| l.starts_with("version_refused:")).unwrap();
+        assert!(refused.contains("speaks 7, this peer 6"), "{text}");
+        assert!(text.contains("version_refusals:     "), "{text}");
+        for m in [new, old, other] {
+            m.shutdown().await;
+        }
     }
 }

@@ -132,7 +132,7 @@ pub mod wire;
 pub use config::{MeshConfig, Seed};
 pub use node::{
     Changes, Event, LoadError, MemberStatus, Mesh, MeshBuilder, MeshError, MeshStats, MessageListener, Readiness,
-    Transaction, Why,
+    Transaction, VersionRefusal, Why,
 };
 pub use store::{Change, ChangeKind, Origin};
 pub use transport::certs::{load_identity, CertInfo, EphemeralCa, Identity};

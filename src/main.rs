@@ -138,7 +138,7 @@ enum Command {
         #[arg(long, value_name = "US")]
         push_delay_us: Option<u64>,
     },
-    /// Print the version and the wire protocol version.
+    /// Print the version and the wire protocol versions it speaks.
     Version,
 }
 
@@ -343,7 +343,7 @@ fn failure(message: impl Into<String>) -> Exit {
 }
 
 fn version() -> String {
-    format!("{} (protocol {})", env!("CARGO_PKG_VERSION"), meshcache::wire::PROTOCOL_VERSION)
+    format!("{} (protocol {})", env!("CARGO_PKG_VERSION"), meshcache::wire::PROTOCOL_VERSIONS)
 }
 
 fn main() -> ExitCode {

@@ -8,8 +8,9 @@
 //! hostile frame costs memory in proportion to its length: a small constant
 //! factor over the frame, for the decoded structures.
 //!
-//! Adding a variant at the end of an enum is compatible; anything else bumps
-//! [`PROTOCOL_VERSION`], which the hello carries.
+//! Adding a variant at the end of an enum is compatible as long as it is
+//! sent only on links whose negotiated version knows it; anything else
+//! raises [`OLDEST_VERSION`]. See [`PROTOCOL_VERSION`] for the rule.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -18,8 +19,25 @@ use crate::hlc::Stamp;
 use crate::membership::{Incarnation, MemberId, MemberInfo};
 use crate::store::Register;
 
-/// The protocol version carried in every hello. Peers with another version
-/// are refused with [`Refusal::Version`].
+/// The newest protocol version this build speaks. A peer speaks a range of
+/// versions ([`PROTOCOL_VERSIONS`], from [`OLDEST_VERSION`] to this one),
+/// says so in its hello, and each link uses the highest version both ends
+/// speak; a hello is refused only when the two ranges do not meet
+/// ([`Refusal::Version`] or [`Refusal::Versions`]). ALGORITHM.md,
+/// "Protocol versions", has the rule and its reasons.
+///
+/// What a new version may do, and still be spoken beside the older ones:
+/// add a message kind (a variant at the end of an enum), sent on a link
+/// only when its negotiated version is at least the kind's
+/// ([`Message::since`]; a receiver takes an older link's newer kind for a
+/// protocol violation), or add a frame after the hello (which a peer that
+/// does not expect it never reads). Anything else (the layout of an
+/// existing message, what an existing message means, or an answer an older
+/// peer would not expect) cannot be spoken to an older peer: it needs
+/// [`OLDEST_VERSION`] raised to the new version, and the peers below it
+/// are then refused.
+///
+/// The versions so far:
 ///
 /// 3: refusals are cut into [`SyncMsg::Refusals`] chunks before `Finish`
 /// (a version 2 peer would take the new message for a protocol violation).
@@ -35,8 +53,33 @@ use crate::store::Register;
 /// 6: pub/sub messages ride on the push stream ([`Message::Published`]; a
 /// version 5 peer would take the new message for a protocol violation).
 /// 7: fill leases ride on the push stream ([`Message::Leases`], for
-/// `Mesh::get_or_load`).
+/// `Mesh::get_or_load`). From this build on, the hello is followed by the
+/// range of versions its sender speaks ([`Message::Versions`]); a peer of
+/// an earlier build, which speaks one version, reads only the hello.
 pub const PROTOCOL_VERSION: u16 = 7;
+
+/// The oldest protocol version this build speaks: 6, the first whose
+/// messages this build still sends and reads in the same layout (version
+/// 6 differs from 7 only by [`Message::Leases`], which a link at 6 never
+/// carries). Version 5 lacks [`Message::Published`] only, but no peer of
+/// that build is meant to be mixed with this one, so it is not claimed.
+pub const OLDEST_VERSION: u16 = 6;
+
+/// Every protocol version this build speaks.
+pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { lo: OLDEST_VERSION, hi: PROTOCOL_VERSION };
+
+/// The version that introduced [`Message::Published`].
+pub const PUBLISHED_SINCE: u16 = 6;
+
+/// The version that introduced [`Message::Leases`] (and the range after a
+/// hello, [`Message::Versions`]).
+pub const LEASES_SINCE: u16 = 7;
+
+/// The last version whose peers speak only one version: a hello without a
+/// [`Message::Versions`] frame after it comes from such a peer, which
+/// accepts a hello only if its `version` is its own, and refuses any other
+/// with [`Refusal::Version`].
+pub const LAST_SINGLE_VERSION: u16 = 7;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -77,6 +120,84 @@ pub enum Message {
     /// on its push stream after the writes queued before them: a peer told
     /// that a lease was released holds the value its holder loaded.
     Leases(Vec<Lease>),
+    /// The protocol versions the sender speaks: the frame after its hello
+    /// on the hello stream. A peer of an earlier build reads only the
+    /// hello and never sees it; a hello without it comes from such a peer,
+    /// which speaks only the hello's `version`.
+    Versions(VersionRange),
+}
+
+impl Message {
+    /// The protocol version that introduced this kind of message: it is
+    /// sent on a link only when the link's negotiated version is at least
+    /// this, and received on a link at an older version it is a protocol
+    /// violation (as it would be to a peer of that version). Kinds older
+    /// than [`OLDEST_VERSION`] say [`OLDEST_VERSION`].
+    pub fn since(&self) -> u16 {
+        match self {
+            Message::Published(_) => PUBLISHED_SINCE,
+            Message::Leases(_) | Message::Versions(_) => LEASES_SINCE,
+            Message::Hello(_)
+            | Message::Refused(_)
+            | Message::Deltas(_)
+            | Message::Sync(_)
+            | Message::Membership(_)
+            | Message::Goodbye(_) => OLDEST_VERSION,
+        }
+    }
+}
+
+/// A range of protocol versions, both ends included; empty if `lo > hi`
+/// (which a peer may send, and which meets no range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VersionRange {
+    /// The oldest version.
+    pub lo: u16,
+    /// The newest version.
+    pub hi: u16,
+}
+
+impl VersionRange {
+    /// The range holding `version` only: what a peer of an earlier build,
+    /// which sends no range, speaks.
+    pub const fn single(version: u16) -> Self {
+        VersionRange { lo: version, hi: version }
+    }
+
+    /// Whether `version` is in the range.
+    pub fn contains(&self, version: u16) -> bool {
+        self.lo <= version && version <= self.hi
+    }
+
+    /// The version a link between a peer speaking `self` and one speaking
+    /// `theirs` uses: the highest both speak, or `None` if the ranges do
+    /// not meet. Symmetric, so both ends pick the same.
+    pub fn negotiate(&self, theirs: &VersionRange) -> Option<u16> {
+        let (lo, hi) = (self.lo.max(theirs.lo), self.hi.min(theirs.hi));
+        (lo <= hi).then_some(hi)
+    }
+
+    /// The `version` a dialer's hello carries: the highest version in the
+    /// range that a single-version peer (up to [`LAST_SINGLE_VERSION`]) can
+    /// have, since such a peer accepts only its own; `lo` if the range
+    /// holds none.
+    pub fn hello_version(&self) -> u16 {
+        if self.lo <= LAST_SINGLE_VERSION {
+            self.hi.min(LAST_SINGLE_VERSION)
+        } else {
+            self.lo
+        }
+    }
+}
+
+impl std::fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
 }
 
 /// A fill lease: its holder (the stamp's node) is loading `key` and will
@@ -110,7 +231,11 @@ pub struct Publication {
 /// The hello: who is speaking, and what its clocks say.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// [`PROTOCOL_VERSION`] of the sender.
+    /// From a dialer, [`VersionRange::hello_version`] of the versions it
+    /// speaks; from an acceptor, the version the link uses. What a peer of
+    /// an earlier build checks (it accepts only its own version); a peer
+    /// that sends a [`Message::Versions`] frame after its hello is judged
+    /// by that range instead.
     pub version: u16,
     /// The sender.
     pub from: MemberId,
@@ -127,9 +252,12 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Refusal {
-    /// Protocol versions differ.
+    /// Protocol versions differ: the refuser speaks only `ours`. Sent to a
+    /// peer that sent no range (a peer of an earlier build); a peer that
+    /// did is sent [`Refusal::Versions`].
     Version {
-        /// The refusing side's version.
+        /// The refusing side's version ([`VersionRange::hello_version`] of
+        /// its range, if it speaks several).
         ours: u16,
     },
     /// The physical clocks are further apart than `max_offset`.
@@ -159,6 +287,15 @@ pub enum Refusal {
     /// The refuser's view already holds `max_members` and the sender's name
     /// is new to it.
     Full,
+    /// The protocol version ranges do not meet. Sent only to a peer that
+    /// sent its range (older peers cannot decode it: they get
+    /// [`Refusal::Version`]).
+    Versions {
+        /// The versions the refuser speaks.
+        ours: VersionRange,
+        /// The versions the refused peer said it speaks.
+        theirs: VersionRange,
+    },
 }
 
 /// Pushed writes, with what the receiver needs to apply them safely.

@@ -72,7 +72,8 @@ fn version() {
     for args in [&["version"][..], &["--version"][..]] {
         let out = run_in(&tmp.0, args);
         assert_eq!(out.code, Some(0), "{out:?}");
-        assert!(out.stdout.starts_with("meshcache ") && out.stdout.contains("(protocol "), "{out:?}");
+        let protocols = format!("(protocol {})", meshcache::wire::PROTOCOL_VERSIONS);
+        assert!(out.stdout.starts_with("meshcache ") && out.stdout.contains(&protocols), "{out:?}");
     }
 }
 

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::conn::{note_protocol_error, note_tls_refusal, CODE_DUPLICATE, CODE_PROTOCOL, CODE_REFUSED};
-use super::hello::{check_hello, my_hello, refused, HELLO_TIMEOUT};
+use super::hello::{check_hello, refused, HELLO_TIMEOUT};
 use super::inner::Inner;
 use super::links::{Side, Verdict};
 use super::stream::{kind, write_message, FrameReader};
-use crate::wire::Message;
+use super::versions::{hello_frames, read_versions};
+use crate::wire::{Message, VersionRange};
 
 /// Accepts incoming connections until shutdown.
 pub(super) async fn accept_loop(inner: Arc<Inner>) {
@@ -56,9 +57,20 @@ async fn accept_one(
             return Err(e.into());
         }
     };
-    match check_hello(inner, &conn, Side::Acceptor, &h) {
-        Verdict::Accept => {
-            write_message(&mut send, &inner.codec, &my_hello(inner)).await?;
+    // The range its sender speaks, or the end of the stream from a peer of
+    // an earlier build.
+    let versions = match read_versions(&mut reader).await {
+        Ok(v) => v,
+        Err(e) => {
+            note_protocol_error(inner, &conn, "hello", &e);
+            return Err(e.into());
+        }
+    };
+    match check_hello(inner, &conn, Side::Acceptor, &h, versions) {
+        Verdict::Accept { version } => {
+            // The link's version, which a peer of an earlier build checks
+            // against its own.
+            send.write_all(&hello_frames(inner, version)?).await?;
             let _ = send.finish();
             Ok(())
         }
@@ -67,7 +79,7 @@ async fn accept_one(
             Ok(())
         }
         Verdict::Refuse(r) => {
-            refused(inner, &h.from.to_string(), &r);
+            refused(inner, &h.from, &r, versions.unwrap_or(VersionRange::single(h.version)));
             let _ = write_message(&mut send, &inner.codec, &Message::Refused(r)).await;
             let _ = send.finish();
             // Give the refusal time to arrive before the close.

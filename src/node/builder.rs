@@ -26,7 +26,7 @@ use crate::membership::{Incarnation, MemberId};
 use crate::replica::Replica;
 use crate::store::StoreConfig;
 use crate::transport::certs::Identity;
-use crate::wire::FrameCodec;
+use crate::wire::{FrameCodec, VersionRange, PROTOCOL_VERSIONS};
 
 /// Builds a [`Mesh`]. See [`MeshConfig`] for every setting.
 #[must_use]
@@ -40,6 +40,7 @@ pub struct MeshBuilder {
     memory: Option<MemoryProbe>,
     default_ttl: Option<Duration>,
     fill: super::fill::FillConfig,
+    versions: Option<VersionRange>,
 }
 
 impl MeshBuilder {
@@ -161,6 +162,18 @@ impl MeshBuilder {
         self
     }
 
+    /// Speaks only `versions` of the protocol versions this build speaks
+    /// (`wire::PROTOCOL_VERSIONS`), as a peer of an older build would: a
+    /// link to it uses at most `versions.end()`, and it never sends a
+    /// message kind newer than that. For tests of mixed meshes; only with
+    /// the `testing` feature. [`MeshBuilder::start`] refuses a range that
+    /// is empty or reaches outside what this build speaks.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn protocol_versions(mut self, versions: std::ops::RangeInclusive<u16>) -> Self {
+        self.versions = Some(VersionRange { lo: *versions.start(), hi: *versions.end() });
+        self
+    }
+
     /// Validates the settings, binds the listen address and starts the peer.
     pub async fn start(self) -> Result<Mesh, MeshError> {
         let env = self.env.unwrap_or_default();
@@ -168,6 +181,13 @@ impl MeshBuilder {
         let identity = self.identity.ok_or(MeshError::NoIdentity)?;
         let (config, socket, memory) = (self.config, self.socket, self.memory);
         config.validate()?;
+        let versions = self.versions.unwrap_or(PROTOCOL_VERSIONS);
+        if versions.lo > versions.hi
+            || !PROTOCOL_VERSIONS.contains(versions.lo)
+            || !PROTOCOL_VERSIONS.contains(versions.hi)
+        {
+            return Err(MeshError::ProtocolVersions { asked: versions, speaks: PROTOCOL_VERSIONS });
+        }
         if identity.name != config.name {
             return Err(MeshError::NameMismatch { cert: identity.name.clone(), name: config.name.clone() });
         }
@@ -217,7 +237,7 @@ impl MeshBuilder {
         replica.set_my_addr(advertise);
         replica.set_max_members(config.max_members);
         let (events, _) = broadcast::channel(4096);
-        let links = links::Links::new(
+        let mut links = links::Links::new(
             me.clone(),
             links::Timings::new(config.anti_entropy_interval),
             vec![advertise, local_addr],
@@ -225,11 +245,14 @@ impl MeshBuilder {
             env.random_u64(),
             env.instant().into_std(),
         );
+        links.set_versions(versions);
         let inner = Arc::new(Inner {
             replica,
             started: env.instant(),
             env,
             codec: FrameCodec::new(config.max_frame),
+            versions,
+            version_state: Default::default(),
             config,
             endpoint,
             tls,
@@ -252,7 +275,8 @@ impl MeshBuilder {
             draining: Default::default(),
             superseded: Default::default(),
         });
-        tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds, "peer started");
+        tracing::info!(name = %me.name, node = %me.incarnation.node, listen = %local_addr, seeds = ?inner.config.seeds,
+            protocol = %versions, "peer started");
         inner.tasks.spawn(accept_loop(inner.clone()));
         inner.tasks.spawn(drive(inner.clone()));
         inner.tasks.spawn(timer_loop(inner.clone()));

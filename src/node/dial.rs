@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use super::conn::{note_tls_refusal, CODE_DUPLICATE, CODE_PROTOCOL, CODE_REFUSED};
 use super::driver::CoreView;
-use super::hello::{check_hello, my_hello, refused};
+use super::hello::{check_hello, refused};
 use super::inner::Inner;
 use super::links::{Side, Verdict};
-use super::stream::{kind, write_message, FrameReader};
+use super::stream::{kind, FrameReader};
+use super::versions::{hello_frames, hello_version, read_versions, refused_by, spoke_range};
 use crate::transport::certs;
-use crate::wire::Message;
+use crate::wire::{Message, VersionRange};
 
 /// Dials `addr` and runs the hello. Returns the peer's name on success.
 pub(super) async fn dial(
@@ -34,24 +35,33 @@ pub(super) async fn dial(
         e
     };
     let (mut send, recv) = conn.open_bi().await.map_err(|e| refused_tls(e.into()))?;
-    write_message(&mut send, &inner.codec, &my_hello(inner)).await.map_err(|e| refused_tls(e.into()))?;
+    let sent = hello_version(inner, addr);
+    send.write_all(&hello_frames(inner, sent)?).await.map_err(|e| refused_tls(e.into()))?;
     let _ = send.finish();
     let mut reader = FrameReader::new(recv, inner.codec);
     match reader.next().await.map_err(|e| refused_tls(e.into()))? {
-        Some(Message::Hello(h)) => match check_hello(inner, &conn, Side::Dialer(addr), &h) {
-            Verdict::Accept => Ok(h.from.name),
-            Verdict::ToSelf => {
-                conn.close(CODE_DUPLICATE, b"self");
-                Err("dialed itself".into())
+        Some(Message::Hello(h)) => {
+            let versions = read_versions(&mut reader).await?;
+            if versions.is_some() {
+                spoke_range(inner, addr);
             }
-            Verdict::Refuse(r) => {
-                refused(inner, &h.from.to_string(), &r);
-                conn.close(CODE_REFUSED, b"refused");
-                Err(format!("refused {}: {r:?}", h.from).into())
+            match check_hello(inner, &conn, Side::Dialer(addr), &h, versions) {
+                Verdict::Accept { .. } => Ok(h.from.name),
+                Verdict::ToSelf => {
+                    conn.close(CODE_DUPLICATE, b"self");
+                    Err("dialed itself".into())
+                }
+                Verdict::Refuse(r) => {
+                    refused(inner, &h.from, &r, versions.unwrap_or(VersionRange::single(h.version)));
+                    conn.close(CODE_REFUSED, b"refused");
+                    Err(format!("refused {}: {r:?}", h.from).into())
+                }
             }
-        },
+        }
         Some(Message::Refused(r)) => {
-            tracing::error!(%addr, reason = ?r, "peer refused this peer's hello");
+            if !refused_by(inner, addr, &r, sent) {
+                tracing::error!(%addr, reason = ?r, "peer refused this peer's hello");
+            }
             let now_ms = inner.env.now_ms();
             inner.with_links(|d, _| d.links.handle_refused(&r, &mut CoreView { inner, now_ms }));
             Err(format!("refused by {addr}: {r:?}").into())

@@ -16,7 +16,7 @@ use super::queue::PushQueue;
 use super::sessions::{bi_acceptor, initiate};
 use crate::hlc::SkewError;
 use crate::membership::{Incarnation, Learned, MemberId, Status};
-use crate::wire::Refusal;
+use crate::wire::{Refusal, OLDEST_VERSION};
 
 /// How long a seed name's lookup may take before it counts as failed.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -170,29 +170,31 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
             });
         }
         Action::Link { peer, conn } => {
+            let version = d.links.version(conn).unwrap_or(OLDEST_VERSION);
             let Some((conn, _)) = d.conns.get(&conn).cloned() else { return };
-            let queue = Arc::new(PushQueue::new(inner.config.push_queue_bytes));
-            let old = inner
-                .peers
-                .lock()
-                .insert(peer.name.clone(), PeerConn { id: peer.clone(), conn: conn.clone(), queue: queue.clone() });
+            let queue = Arc::new(PushQueue::new(inner.config.push_queue_bytes, version));
+            let old = inner.peers.lock().insert(
+                peer.name.clone(),
+                PeerConn { id: peer.clone(), conn: conn.clone(), queue: queue.clone(), version },
+            );
             // Writes queued for an older link (or an older incarnation) are
             // never redirected: anti-entropy repairs what they carried.
             if let Some(old) = old {
                 old.queue.close();
             }
-            tracing::info!(peer = %peer, remote = %conn.remote_address(), "peer connected");
+            tracing::info!(peer = %peer, remote = %conn.remote_address(), version, "peer connected");
             inner.counters.links_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("meshcache_connections_total").increment(1);
             inner.tasks.spawn(push_sender(inner.clone(), conn.clone(), peer.clone(), queue.clone()));
-            inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), peer.clone()));
+            inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), peer.clone(), version));
             inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), peer.clone()));
             inner.tasks.spawn(watch_close(inner.clone(), conn, peer, Some(queue)));
         }
         Action::Serve { peer, conn } => {
+            let version = d.links.version(conn).unwrap_or(OLDEST_VERSION);
             let Some((conn, _)) = d.conns.get(&conn).cloned() else { return };
             tracing::debug!(peer = %peer, remote = %conn.remote_address(), "retiring a duplicate connection");
-            inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), peer.clone()));
+            inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), peer.clone(), version));
             inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), peer.clone()));
             inner.tasks.spawn(watch_close(inner.clone(), conn, peer, None));
         }

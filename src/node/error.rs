@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use crate::config::MeshConfigError;
 use crate::replica::WriteError;
 use crate::transport::certs::CertError;
+use crate::wire::VersionRange;
 
 /// Why a mesh operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,15 @@ pub enum MeshError {
     /// [`crate::Mesh::transaction`].
     #[error("the transaction did not name this key when it began")]
     NotInTransaction,
+    /// The protocol versions asked of the peer are empty or not all spoken
+    /// by this build (`MeshBuilder::protocol_versions`, a test hook).
+    #[error("protocol versions {asked} asked for, but this build speaks {speaks}")]
+    ProtocolVersions {
+        /// The versions asked for.
+        asked: VersionRange,
+        /// The versions this build speaks.
+        speaks: VersionRange,
+    },
 }
 
 impl MeshError {

@@ -18,6 +18,10 @@
 //!   that raced, and its value converges by LWW as every write does.
 //! - **Under a partition** each side sees only its own leases and loads at
 //!   most once per lease period; after the heal the values converge.
+//! - **Across protocol versions** (a rolling upgrade), a link older than
+//!   leases carries none either way: a peer there loads a cold key on its
+//!   own, at most once more than the others, and neither side waits for a
+//!   lease that cannot arrive (ALGORITHM.md, "Protocol versions").
 //!
 //! The loader runs at most once per fill. While it runs, its lease is
 //! renewed every half period, so a slow loader is not taken over while it

@@ -18,7 +18,7 @@ use crate::env::Env;
 use crate::membership::MemberId;
 use crate::replica::Replica;
 use crate::store::{Change, ChangeKind, Origin, Written};
-use crate::wire::FrameCodec;
+use crate::wire::{FrameCodec, VersionRange};
 
 /// Counters of the peer's replication traffic. Monotonic.
 #[derive(Default, Debug)]
@@ -47,6 +47,9 @@ pub(super) struct Counters {
     pub(super) fill_loads: AtomicU64,
     pub(super) protocol_errors: AtomicU64,
     pub(super) seed_lookups_failed: AtomicU64,
+    /// Hellos refused because the version ranges did not meet, by either
+    /// side.
+    pub(super) version_refusals: AtomicU64,
 }
 
 /// The link to a peer incarnation: the connection its pushes go over.
@@ -54,6 +57,8 @@ pub(super) struct PeerConn {
     pub(super) id: MemberId,
     pub(super) conn: quinn::Connection,
     pub(super) queue: Arc<PushQueue>,
+    /// The protocol version of the link (which the queue sends by).
+    pub(super) version: u16,
 }
 
 /// What a peer's tasks and handles share.
@@ -71,6 +76,10 @@ pub(super) struct Inner {
     pub(super) local_addr: SocketAddr,
     pub(super) advertise: SocketAddr,
     pub(super) codec: FrameCodec,
+    /// The protocol versions this peer speaks.
+    pub(super) versions: VersionRange,
+    /// Single-version peers' versions and the last refusal for versions.
+    pub(super) version_state: super::versions::Versions,
     pub(super) peers: Mutex<BTreeMap<String, PeerConn>>,
     pub(super) events: broadcast::Sender<Change>,
     /// The connection-level protocol (which connection is a peer's link,

@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::Seed;
 use crate::hlc::SkewError;
 use crate::membership::{Incarnation, Learned, MemberId};
-use crate::wire::{Hello, Refusal, PROTOCOL_VERSION};
+use crate::wire::{Hello, Refusal, VersionRange, PROTOCOL_VERSIONS};
 
 /// A connection, as the shell names it (quinn's `stable_id`): the machine
 /// holds no transport types.
@@ -108,9 +108,13 @@ pub(crate) enum Side {
 /// the hello's stream belongs to the task that read it, which answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Authenticated: the acceptor answers with its own hello, and the
-    /// connection's fate (link, retire, close) follows as actions.
-    Accept,
+    /// Authenticated, at the protocol `version` both ends speak: the
+    /// acceptor answers with its own hello, and the connection's fate
+    /// (link, retire, close) follows as actions.
+    Accept {
+        /// The link's protocol version.
+        version: u16,
+    },
     /// A connection to ourselves: close it.
     ToSelf,
     /// Refused: the acceptor answers with the refusal, then closes.
@@ -164,6 +168,8 @@ struct Conn {
     addr: Option<SocketAddr>,
     /// When it lost to a duplicate.
     retired: Option<Instant>,
+    /// The protocol version both ends speak: what may be sent over it.
+    version: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +221,8 @@ struct NamedSeed {
 /// The connection-level protocol of one peer. See the module docs.
 pub(crate) struct Links {
     me: MemberId,
+    /// The protocol versions this peer speaks.
+    versions: VersionRange,
     timings: Timings,
     rng: SmallRng,
     /// Authenticated connections, linked or retired, until closed.
@@ -282,6 +290,7 @@ impl Links {
         let next_round = now + jittered_period(&mut rng, timings.anti_entropy_interval);
         let mut links = Links {
             me,
+            versions: PROTOCOL_VERSIONS,
             timings,
             rng,
             conns: BTreeMap::new(),
@@ -304,6 +313,18 @@ impl Links {
         };
         links.dial_targets(now);
         links
+    }
+
+    /// Speaks only `versions` (a subrange of what this build speaks), as a
+    /// peer of an older build would.
+    pub(crate) fn set_versions(&mut self, versions: VersionRange) {
+        self.versions = versions;
+    }
+
+    /// The protocol version of an authenticated connection, linked or
+    /// retired.
+    pub(crate) fn version(&self, conn: ConnId) -> Option<u16> {
+        self.conns.get(&conn).map(|c| c.version)
     }
 
     /// The next thing the shell must do.
@@ -378,21 +399,31 @@ impl Links {
         self.dial_targets(now);
     }
 
-    /// Checks a peer's hello on `conn`, in order: version, a connection to
-    /// ourselves, clock offset, certificate name, membership. An accepted
-    /// connection becomes the peer's link or is retired as a duplicate.
+    /// Checks a peer's hello on `conn`, in order: versions, a connection to
+    /// ourselves, clock offset, certificate name, membership. `versions` is
+    /// the range the peer sent after its hello, if it sent one (a peer of
+    /// an earlier build speaks only the hello's `version`). An accepted
+    /// connection becomes the peer's link, at the highest version both
+    /// speak, or is retired as a duplicate.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn handle_hello(
         &mut self,
         now: Instant,
         conn: ConnId,
         side: Side,
         hello: &Hello,
+        versions: Option<VersionRange>,
         certificate: Option<&str>,
         core: &mut impl Core,
     ) -> Verdict {
-        if hello.version != PROTOCOL_VERSION {
-            return Verdict::Refuse(Refusal::Version { ours: PROTOCOL_VERSION });
-        }
+        let theirs = versions.unwrap_or(VersionRange::single(hello.version));
+        let Some(version) = self.versions.negotiate(&theirs) else {
+            // Each side is told in terms it can decode.
+            return Verdict::Refuse(match versions {
+                Some(theirs) => Refusal::Versions { ours: self.versions, theirs },
+                None => Refusal::Version { ours: self.versions.hello_version() },
+            });
+        };
         if hello.from == self.me {
             return Verdict::ToSelf;
         }
@@ -421,8 +452,8 @@ impl Links {
             Side::Dialer(a) => (true, Some(a)),
             Side::Acceptor => (false, hello.listen),
         };
-        self.register(now, conn, hello.from.clone(), dialed_by_me, addr, core.booted());
-        Verdict::Accept
+        self.register(now, conn, hello.from.clone(), dialed_by_me, addr, version, core.booted());
+        Verdict::Accept { version }
     }
 
     /// The peer we dialed refused our hello. A peer that knows a newer
@@ -450,6 +481,7 @@ impl Links {
 
     /// Both sides dialing at once yields two connections; both keep the
     /// one dialed by the smaller name, so they agree without talking.
+    #[allow(clippy::too_many_arguments)]
     fn register(
         &mut self,
         now: Instant,
@@ -457,10 +489,11 @@ impl Links {
         id: MemberId,
         dialed_by_me: bool,
         addr: Option<SocketAddr>,
+        version: u16,
         booted: bool,
     ) {
         let name = id.name.clone();
-        self.conns.insert(conn, Conn { peer: id.clone(), dialed_by_me, addr, retired: None });
+        self.conns.insert(conn, Conn { peer: id.clone(), dialed_by_me, addr, retired: None, version });
         if let Some(cur_id) = self.links.get(&name).copied() {
             let cur = self.conns[&cur_id].clone();
             let keep_new = if cur.peer.incarnation != id.incarnation {

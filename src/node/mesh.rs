@@ -69,6 +69,9 @@ pub struct MemberStatus {
     /// Local time (Unix ms) of the start of the last complete anti-entropy
     /// round with it.
     pub synced_ms: Option<u64>,
+    /// The protocol version of its link, while connected: the highest
+    /// version both peers speak.
+    pub version: Option<u16>,
 }
 
 /// A snapshot of the peer's state and counters.
@@ -143,6 +146,10 @@ pub struct MeshStats {
     pub fill_loads: u64,
     /// Fill leases this peer knows of (its own and other peers').
     pub fill_leases: usize,
+    /// Hellos refused because the two peers' protocol version ranges do not
+    /// meet, by this peer or by the other ([`Mesh::version_refusal`] has the
+    /// last one).
+    pub version_refusals: u64,
 }
 
 /// An embedded meshcache peer: this process becomes a member of the mesh.
@@ -423,20 +430,29 @@ impl Mesh {
 
     /// Every member known, with its state.
     pub fn members(&self) -> Vec<MemberStatus> {
-        let connected: HashMap<String, MemberId> =
-            self.inner.peers.lock().iter().map(|(n, p)| (n.clone(), p.id.clone())).collect();
+        let connected: HashMap<String, (MemberId, u16)> =
+            self.inner.peers.lock().iter().map(|(n, p)| (n.clone(), (p.id.clone(), p.version))).collect();
         self.inner
             .replica
             .members_all()
             .into_iter()
-            .map(|(id, status, synced_ms, addr)| MemberStatus {
-                connected: connected.get(&id.name) == Some(&id),
-                id,
-                status,
-                addr,
-                synced_ms,
+            .map(|(id, status, synced_ms, addr)| {
+                let version = connected.get(&id.name).filter(|(c, _)| *c == id).map(|(_, v)| *v);
+                MemberStatus { connected: version.is_some(), version, id, status, addr, synced_ms }
             })
             .collect()
+    }
+
+    /// The protocol versions this peer speaks: each link uses the highest
+    /// version both of its ends speak.
+    pub fn protocol_versions(&self) -> crate::wire::VersionRange {
+        self.inner.versions
+    }
+
+    /// The last hello refused because protocol version ranges did not meet
+    /// (this peer refusing a peer, or refused by one), if any.
+    pub fn version_refusal(&self) -> Option<super::VersionRefusal> {
+        self.inner.version_state.last_refusal()
     }
 
     /// Operator removal of a member that is gone for good (`meshcache
@@ -506,6 +522,7 @@ impl Mesh {
             messages_received: l(&c.messages_received),
             fill_loads: l(&c.fill_loads),
             fill_leases: self.inner.leases.len(),
+            version_refusals: l(&c.version_refusals),
         }
     }
 

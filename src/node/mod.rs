@@ -2,7 +2,8 @@
 //!
 //! One QUIC connection per peer pair, with traffic split by kind:
 //!
-//! - the first bi stream carries the hello exchange (version, clocks, name);
+//! - the first bi stream carries the hello exchange (versions, clocks,
+//!   name);
 //!   a peer counts as authenticated only once it is done;
 //! - one long-lived uni stream per direction carries pushed delta batches;
 //! - every anti-entropy session runs on a bi stream of its own.
@@ -21,6 +22,8 @@
 //!   run; `driver` feeds it events and executes its actions;
 //! - `hello`, `accept`, `dial`: turning a QUIC connection into a peer's
 //!   link, from either side;
+//! - `versions`: the version range after a hello, the version a dial
+//!   names, and refusals for versions;
 //! - `conn`: close codes, protocol errors and the end of a connection;
 //! - `push`: the uni streams, pushes and goodbyes, both ways;
 //! - `sessions`: anti-entropy sessions on bi streams, both ways;
@@ -54,6 +57,7 @@ mod sessions;
 mod stream;
 mod timer;
 mod txn;
+mod versions;
 
 pub use builder::MeshBuilder;
 pub use changes::{Changes, Event, Why};
@@ -64,3 +68,4 @@ pub use mesh::{MemberStatus, Mesh, MeshStats};
 pub use pubsub::MessageListener;
 pub use readiness::Readiness;
 pub use txn::Transaction;
+pub use versions::VersionRefusal;

@@ -181,8 +181,8 @@ async fn push_published(
 }
 
 /// Accepts the peer's uni streams: pushes (writes and pub/sub messages)
-/// and goodbyes.
-pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) {
+/// and goodbyes, over a link at protocol `version`.
+pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, version: u16) {
     loop {
         let recv = tokio::select! {
             _ = inner.cancel.cancelled() => return,
@@ -197,6 +197,16 @@ pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id:
                     m = reader.next() => m,
                 };
                 match m {
+                    // What a peer of that version could not decode.
+                    Ok(Some(m)) if m.since() > version => {
+                        note_protocol_error(
+                            &inner,
+                            &conn,
+                            "push",
+                            &StreamError::Protocol(format!("{} on a link at protocol version {version}", kind(&m))),
+                        );
+                        return;
+                    }
                     Ok(Some(Message::Deltas(batch))) => {
                         if batch.from.name != id.name {
                             note_protocol_error(

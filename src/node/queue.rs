@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::store::Register;
-use crate::wire::{Lease, Publication};
+use crate::wire::{Lease, Publication, LEASES_SINCE, PUBLISHED_SINCE};
 
 /// Estimated wire bytes of one queued write (key, value, stamp, framing):
 /// what batches are cut by.
@@ -33,6 +33,14 @@ pub(crate) enum Aside {
 }
 
 impl Aside {
+    /// The protocol version that introduced its message kind.
+    fn since(&self) -> u16 {
+        match self {
+            Aside::Message(_) => PUBLISHED_SINCE,
+            Aside::Lease(_) => LEASES_SINCE,
+        }
+    }
+
     fn payload(&self) -> usize {
         match self {
             Aside::Message(m) => m.channel.len() + m.message.len(),
@@ -80,6 +88,9 @@ pub(crate) struct PushQueue {
     /// task is busy, so no wake-up is lost.
     pub(crate) notify: Notify,
     limit: usize,
+    /// The link's protocol version: a message of a newer kind is never
+    /// queued (the peer would take it for a protocol violation).
+    version: u16,
     closed: AtomicBool,
     /// The peer is leaving: once the queue is empty, the sender finishes
     /// its stream and waits for the other side to have read all of it.
@@ -100,11 +111,13 @@ pub(crate) struct Batch {
 }
 
 impl PushQueue {
-    pub(crate) fn new(limit: usize) -> Self {
+    /// A queue of at most `limit` bytes for a link at protocol `version`.
+    pub(crate) fn new(limit: usize, version: u16) -> Self {
         PushQueue {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             limit,
+            version,
             closed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(None),
@@ -158,18 +171,24 @@ impl PushQueue {
 
     /// Queues one pub/sub message, behind the writes queued so far. On
     /// overflow it is dropped with the rest, as writes are: messages are
-    /// delivered at most once.
+    /// delivered at most once. Not queued for a link older than pub/sub.
     pub(crate) fn push_message(&self, m: Publication) {
         self.push_aside(Aside::Message(m));
     }
 
     /// Queues a fill lease (taken or released), behind the writes queued so
-    /// far: a release goes out after the value its holder wrote.
+    /// far: a release goes out after the value its holder wrote. Not queued
+    /// for a link older than leases: that peer neither waits for this
+    /// peer's fills nor makes this peer wait for its own (ALGORITHM.md,
+    /// "Protocol versions").
     pub(crate) fn push_lease(&self, l: Lease) {
         self.push_aside(Aside::Lease(l));
     }
 
     fn push_aside(&self, m: Aside) {
+        if m.since() > self.version {
+            return;
+        }
         let (cost, held) = (message_cost(&m), message_held(&m));
         self.admit(cost, held, |s| {
             let after = s.items.len();
@@ -297,6 +316,7 @@ mod tests {
     use super::*;
     use crate::hlc::Stamp;
     use crate::store::Slot;
+    use crate::wire::PROTOCOL_VERSION;
 
     fn reg(n: usize) -> Register {
         Register { val: Slot::Value { data: Bytes::from(vec![0u8; n]), expires_at_ms: None }, marker: Stamp::ZERO }
@@ -305,7 +325,7 @@ mod tests {
     #[test]
     fn overflow_drops_the_queue_and_flags_it() {
         let each = held_cost(&Bytes::from_static(b"k"), &reg(100));
-        let q = PushQueue::new(5 * each);
+        let q = PushQueue::new(5 * each, PROTOCOL_VERSION);
         for _ in 0..5 {
             q.push(Bytes::from_static(b"k"), reg(100));
         }
@@ -325,7 +345,7 @@ mod tests {
     fn the_bound_counts_what_a_write_holds_not_its_wire_bytes() {
         let (k, r) = (Bytes::from_static(b"k"), reg(0));
         assert!(held_cost(&k, &r) > 3 * entry_cost(&k, &r), "{} {}", held_cost(&k, &r), entry_cost(&k, &r));
-        let q = PushQueue::new(10 * held_cost(&k, &r));
+        let q = PushQueue::new(10 * held_cost(&k, &r), PROTOCOL_VERSION);
         for _ in 0..11 {
             q.push(k.clone(), reg(0));
         }
@@ -335,7 +355,7 @@ mod tests {
 
     #[test]
     fn take_cuts_batches_by_size_in_order() {
-        let q = PushQueue::new(1 << 20);
+        let q = PushQueue::new(1 << 20, PROTOCOL_VERSION);
         for i in 0..10u8 {
             q.push(Bytes::from(vec![i]), reg(100));
         }
@@ -368,7 +388,7 @@ mod tests {
     /// are cut; one queued first may go out with any batch.
     #[test]
     fn a_message_goes_out_with_or_after_the_writes_before_it() {
-        let q = PushQueue::new(1 << 20);
+        let q = PushQueue::new(1 << 20, PROTOCOL_VERSION);
         q.push_message(publication(msg("first")));
         for i in 0..4u8 {
             q.push(Bytes::from(vec![i]), reg(100));
@@ -395,11 +415,27 @@ mod tests {
     #[test]
     fn messages_overflow_with_the_writes() {
         let m = msg("c");
-        let q = PushQueue::new(3 * message_held(&m));
+        let q = PushQueue::new(3 * message_held(&m), PROTOCOL_VERSION);
         for _ in 0..4 {
             q.push_message(publication(m.clone()));
         }
         let b = q.take(1 << 20, 1 << 20);
         assert!(b.overflowed && b.messages.is_empty());
+    }
+
+    /// A link at an older version never carries a kind it does not speak:
+    /// at 6, pub/sub messages but no leases; writes always.
+    #[test]
+    fn a_link_carries_only_the_kinds_its_version_speaks() {
+        let lease = Lease { key: Bytes::from_static(b"k"), stamp: Stamp::ZERO, ttl_ms: 1, released: false };
+        let q = PushQueue::new(1 << 20, PUBLISHED_SINCE);
+        q.push_lease(lease.clone());
+        q.push_message(publication(msg("c")));
+        q.push(Bytes::from_static(b"k"), reg(1));
+        let b = q.take(1 << 20, 1 << 20);
+        assert_eq!((b.entries.len(), b.messages), (1, vec![msg("c")]));
+        let q = PushQueue::new(1 << 20, LEASES_SINCE);
+        q.push_lease(lease.clone());
+        assert_eq!(q.take(1 << 20, 1 << 20).messages, vec![Aside::Lease(lease)]);
     }
 }

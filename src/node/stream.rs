@@ -226,5 +226,6 @@ pub(crate) fn kind(m: &Message) -> &'static str {
         Message::Goodbye(_) => "Goodbye",
         Message::Published(_) => "Published",
         Message::Leases(_) => "Leases",
+        Message::Versions(_) => "Versions",
     }
 }

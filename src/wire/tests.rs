@@ -63,7 +63,12 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         Just(Refusal::Stopping),
         Just(Refusal::InvalidName),
         Just(Refusal::Full),
+        (version_range(), version_range()).prop_map(|(ours, theirs)| Refusal::Versions { ours, theirs }),
     ]
+}
+
+fn version_range() -> impl Strategy<Value = VersionRange> {
+    (any::<u16>(), any::<u16>()).prop_map(|(lo, hi)| VersionRange { lo, hi })
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
@@ -151,6 +156,7 @@ fn message() -> impl Strategy<Value = Message> {
             0..4
         )
         .prop_map(Message::Leases),
+        version_range().prop_map(Message::Versions),
     ]
 }
 
@@ -212,6 +218,7 @@ fn one_of_each() -> Vec<Message> {
         Message::Refused(Refusal::Superseded { current: None }),
         Message::Refused(Refusal::Name { certificate: Some("mallory".into()) }),
         Message::Refused(Refusal::Stopping),
+        Message::Refused(Refusal::Versions { ours: PROTOCOL_VERSIONS, theirs: VersionRange { lo: 8, hi: 9 } }),
         Message::Deltas(DeltaBatch {
             from: id.clone(),
             hlc: st.hlc,
@@ -252,6 +259,7 @@ fn one_of_each() -> Vec<Message> {
             Lease { key: Bytes::from_static(b"user:1"), stamp: st, ttl_ms: 5000, released: false },
             Lease { key: Bytes::new(), stamp: st, ttl_ms: 0, released: true },
         ]),
+        Message::Versions(PROTOCOL_VERSIONS),
     ]
 }
 
@@ -606,5 +614,167 @@ proptest! {
         if let Ok(msgs) = res {
             msgs.iter().for_each(assert_reencodes);
         }
+    }
+}
+
+mod versions {
+    //! Version ranges, and the hello stream against a peer of the build
+    //! before them (protocol 7, one version), whose wire types are copied
+    //! here as they were.
+
+    use super::*;
+
+    /// `Hello` of protocol 7 before version ranges.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct ReleaseHello {
+        version: u16,
+        from: MemberId,
+        physical_ms: u64,
+        hlc: u64,
+        listen: Option<std::net::SocketAddr>,
+    }
+
+    /// `Refusal` of protocol 7 before version ranges.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum ReleaseRefusal {
+        Version { ours: u16 },
+        Skew { offset_ms: i64, max_offset_ms: u64 },
+        Superseded { current: Option<Incarnation> },
+        Name { certificate: Option<String> },
+        Stopping,
+        InvalidName,
+        Full,
+    }
+
+    /// `Message` of protocol 7 before version ranges (the variants after
+    /// the hello's are never on a hello stream; their payloads are kept
+    /// opaque).
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum ReleaseMessage {
+        Hello(ReleaseHello),
+        Refused(ReleaseRefusal),
+        Deltas(DeltaBatch),
+        Sync(SyncMsg),
+        Membership(Bytes),
+        Goodbye(MemberId),
+        Published(Vec<Publication>),
+        Leases(Vec<Lease>),
+    }
+
+    /// How that build reads a hello stream: the first frame only, decoded
+    /// whole (trailing bytes in it are an error), and a hello accepted
+    /// only with its own version.
+    fn release_reads(stream: &[u8]) -> Result<ReleaseMessage, String> {
+        let len = u32::from_be_bytes(stream[..4].try_into().unwrap()) as usize;
+        let body = &stream[4..4 + len];
+        let (m, rest) = postcard::take_from_bytes::<ReleaseMessage>(body).map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} trailing bytes", rest.len()));
+        }
+        Ok(m)
+    }
+
+    fn id() -> MemberId {
+        MemberId { name: "peer-a".into(), incarnation: Incarnation { started_ms: 1, node: NodeId(3) } }
+    }
+
+    fn range(lo: u16, hi: u16) -> VersionRange {
+        VersionRange { lo, hi }
+    }
+
+    /// What this build writes on a hello stream: the hello, then its range.
+    fn hello_stream(version: u16, versions: VersionRange) -> BytesMut {
+        let hello = Hello {
+            version,
+            from: id(),
+            physical_ms: 1_700_000_000_000,
+            hlc: 42,
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+        };
+        let mut b = frame(&Message::Hello(hello));
+        b.extend_from_slice(&frame(&Message::Versions(versions)));
+        b
+    }
+
+    #[test]
+    fn ranges_that_meet_use_the_highest_common_version() {
+        assert_eq!(range(6, 7).negotiate(&range(6, 7)), Some(7));
+        assert_eq!(range(6, 7).negotiate(&range(6, 6)), Some(6));
+        assert_eq!(range(6, 7).negotiate(&range(7, 9)), Some(7));
+        assert_eq!(range(6, 9).negotiate(&range(3, 8)), Some(8));
+        assert_eq!(range(6, 7).negotiate(&range(8, 9)), None);
+        assert_eq!(range(7, 7).negotiate(&range(6, 6)), None);
+        assert_eq!(range(6, 7).negotiate(&range(7, 6)), None, "an empty range meets nothing");
+        assert_eq!(PROTOCOL_VERSIONS, range(OLDEST_VERSION, PROTOCOL_VERSION));
+        assert_eq!((range(6, 7).to_string(), range(6, 6).to_string()), ("6-7".to_owned(), "6".to_owned()));
+    }
+
+    proptest! {
+        /// Both ends of a link pick the same version, one both speak, and
+        /// none higher that both speak.
+        #[test]
+        fn negotiation_is_symmetric_and_picks_the_highest_common(a in (0u16..20, 0u16..20), b in (0u16..20, 0u16..20)) {
+            let (a, b) = (range(a.0, a.1), range(b.0, b.1));
+            let v = a.negotiate(&b);
+            prop_assert_eq!(v, b.negotiate(&a));
+            let common: Vec<u16> = (0..20).filter(|v| a.contains(*v) && b.contains(*v)).collect();
+            prop_assert_eq!(v, common.last().copied());
+        }
+    }
+
+    #[test]
+    fn a_dialer_names_the_newest_version_a_single_version_peer_can_have() {
+        assert_eq!(range(6, 7).hello_version(), 7);
+        assert_eq!(range(6, 6).hello_version(), 6);
+        assert_eq!(range(6, 9).hello_version(), LAST_SINGLE_VERSION);
+        assert_eq!(range(8, 9).hello_version(), 8, "no single-version peer speaks it: any will refuse");
+    }
+
+    #[test]
+    fn the_hello_stream_round_trips() {
+        let stream = hello_stream(7, PROTOCOL_VERSIONS);
+        let msgs = FrameCodec::default().decode_all(&stream).unwrap();
+        assert!(
+            matches!(&msgs[..], [Message::Hello(h), Message::Versions(v)] if h.version == 7 && *v == PROTOCOL_VERSIONS)
+        );
+        assert_eq!(Message::Versions(PROTOCOL_VERSIONS).since(), LEASES_SINCE);
+    }
+
+    /// A peer of the build before ranges reads this build's hello stream as
+    /// a hello it accepts (version 7), never seeing the range after it;
+    /// from a peer limited to 6 it reads version 6, which it refuses, as
+    /// the ranges say.
+    #[test]
+    fn a_release_peer_reads_this_builds_hello() {
+        let m = release_reads(&hello_stream(PROTOCOL_VERSIONS.hello_version(), PROTOCOL_VERSIONS)).unwrap();
+        let ReleaseMessage::Hello(h) = m else { panic!("{m:?}") };
+        assert_eq!((h.version, h.from, h.hlc), (7, id(), 42));
+        let ReleaseMessage::Hello(h) = release_reads(&hello_stream(range(6, 6).hello_version(), range(6, 6))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(h.version, 6);
+        // The refusal such a peer is sent is one it decodes; the one with
+        // both ranges is not (and goes only to peers that sent a range).
+        let r = release_reads(&frame(&Message::Refused(Refusal::Version { ours: 7 }))).unwrap();
+        assert_eq!(r, ReleaseMessage::Refused(ReleaseRefusal::Version { ours: 7 }));
+        let both = Refusal::Versions { ours: range(6, 7), theirs: range(8, 8) };
+        assert!(release_reads(&frame(&Message::Refused(both))).is_err());
+    }
+
+    /// This build reads a release peer's hello stream: the hello, then the
+    /// end of the stream (no range: it speaks the hello's version alone).
+    #[test]
+    fn this_build_reads_a_release_peers_hello() {
+        let h = ReleaseHello { version: 7, from: id(), physical_ms: 5, hlc: 6, listen: None };
+        let body = postcard::to_stdvec(&ReleaseMessage::Hello(h)).unwrap();
+        let msgs = FrameCodec::default().decode_all(&frame_around(&body)).unwrap();
+        assert_eq!(
+            msgs,
+            vec![Message::Hello(Hello { version: 7, from: id(), physical_ms: 5, hlc: 6, listen: None })],
+            "nothing after the hello"
+        );
+        let body = postcard::to_stdvec(&ReleaseMessage::Refused(ReleaseRefusal::Version { ours: 7 })).unwrap();
+        assert_eq!(decode_payload(&body).unwrap(), Message::Refused(Refusal::Version { ours: 7 }));
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::hlc::NodeId;
+use crate::wire::PROTOCOL_VERSION;
 
 fn id(name: &str, started_ms: u64) -> MemberId {
     MemberId { name: name.to_owned(), incarnation: Incarnation { started_ms, node: NodeId(started_ms | 1) } }
@@ -16,7 +17,13 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 fn hello(from: &MemberId, listen: SocketAddr) -> Hello {
-    Hello { version: PROTOCOL_VERSION, from: from.clone(), physical_ms: 1_000, hlc: 0, listen: Some(listen) }
+    Hello {
+        version: PROTOCOL_VERSIONS.hello_version(),
+        from: from.clone(),
+        physical_ms: 1_000,
+        hlc: 0,
+        listen: Some(listen),
+    }
 }
 
 fn timings() -> Timings {
@@ -127,12 +134,27 @@ impl Sim {
         let (a_id, a_addr) = (self.nodes[acceptor].id.clone(), self.nodes[acceptor].addr);
         let now = self.now;
         let a = self.nodes.get_mut(acceptor).unwrap();
-        let v = a.links.handle_hello(now, conn, Side::Acceptor, &hello(&d_id, d_addr), Some(dialer), &mut a.core);
-        assert_eq!(v, Verdict::Accept);
+        let v = a.links.handle_hello(
+            now,
+            conn,
+            Side::Acceptor,
+            &hello(&d_id, d_addr),
+            Some(PROTOCOL_VERSIONS),
+            Some(dialer),
+            &mut a.core,
+        );
+        assert_eq!(v, Verdict::Accept { version: PROTOCOL_VERSION });
         let d = self.nodes.get_mut(dialer).unwrap();
-        let v =
-            d.links.handle_hello(now, conn, Side::Dialer(a_addr), &hello(&a_id, a_addr), Some(acceptor), &mut d.core);
-        assert_eq!(v, Verdict::Accept);
+        let v = d.links.handle_hello(
+            now,
+            conn,
+            Side::Dialer(a_addr),
+            &hello(&a_id, a_addr),
+            Some(PROTOCOL_VERSIONS),
+            Some(acceptor),
+            &mut d.core,
+        );
+        assert_eq!(v, Verdict::Accept { version: PROTOCOL_VERSION });
         conn
     }
 
@@ -441,7 +463,15 @@ fn a_superseded_incarnation_is_refused_told_and_stops() {
     assert_eq!(a.actions(), vec![Action::Dial(addr(7001))]);
     // b knows the newer incarnation.
     b.core.learn = Err(Refusal::Superseded { current: Some(new.incarnation) });
-    let v = b.links.handle_hello(now, ConnId(1), Side::Acceptor, &hello(&old, addr(7000)), Some("a"), &mut b.core);
+    let v = b.links.handle_hello(
+        now,
+        ConnId(1),
+        Side::Acceptor,
+        &hello(&old, addr(7000)),
+        Some(PROTOCOL_VERSIONS),
+        Some("a"),
+        &mut b.core,
+    );
     let refusal = match v {
         Verdict::Refuse(r) => r,
         other => panic!("accepted a superseded incarnation: {other:?}"),
@@ -468,15 +498,39 @@ fn a_hello_naming_someone_other_than_its_certificate_is_refused() {
     let now = crate::env::stopwatch().into_std();
     let mut b = Node::new("b", 7001, Vec::new(), now);
     let a = id("a", 100);
-    let v = b.links.handle_hello(now, ConnId(1), Side::Acceptor, &hello(&a, addr(7000)), Some("mallory"), &mut b.core);
+    let v = b.links.handle_hello(
+        now,
+        ConnId(1),
+        Side::Acceptor,
+        &hello(&a, addr(7000)),
+        Some(PROTOCOL_VERSIONS),
+        Some("mallory"),
+        &mut b.core,
+    );
     assert_eq!(v, Verdict::Refuse(Refusal::Name { certificate: Some("mallory".into()) }));
-    let v = b.links.handle_hello(now, ConnId(2), Side::Acceptor, &hello(&a, addr(7000)), None, &mut b.core);
+    let v = b.links.handle_hello(
+        now,
+        ConnId(2),
+        Side::Acceptor,
+        &hello(&a, addr(7000)),
+        Some(PROTOCOL_VERSIONS),
+        None,
+        &mut b.core,
+    );
     assert_eq!(v, Verdict::Refuse(Refusal::Name { certificate: None }));
     assert!(b.core.learned.is_empty(), "a hello under a false name must not reach the membership");
     assert!(b.actions().is_empty());
     // The same hello under its own certificate goes through.
-    let v = b.links.handle_hello(now, ConnId(3), Side::Acceptor, &hello(&a, addr(7000)), Some("a"), &mut b.core);
-    assert_eq!(v, Verdict::Accept);
+    let v = b.links.handle_hello(
+        now,
+        ConnId(3),
+        Side::Acceptor,
+        &hello(&a, addr(7000)),
+        Some(PROTOCOL_VERSIONS),
+        Some("a"),
+        &mut b.core,
+    );
+    assert_eq!(v, Verdict::Accept { version: PROTOCOL_VERSION });
     assert_eq!(b.actions(), vec![Action::Link { peer: a, conn: ConnId(3) }]);
 }
 
@@ -543,9 +597,9 @@ fn a_seed_name_is_looked_up_whenever_it_would_be_dialed_with_backoff_and_keeps_i
     assert!(!a.links.handle_resolved(now, 0, Some(vec![addr(7002), addr(7001), addr(7000), addr(7001)])));
     assert_eq!(a.actions(), vec![Action::Dial(addr(7001)), Action::Dial(addr(7002))]);
     a.links.handle_dial_result(now, addr(7002), false);
-    let v =
-        a.links.handle_hello(now, ConnId(1), Side::Dialer(addr(7001)), &hello(&b, addr(7001)), Some("b"), &mut a.core);
-    assert_eq!(v, Verdict::Accept);
+    let hi = hello(&b, addr(7001));
+    let v = a.links.handle_hello(now, ConnId(1), Side::Dialer(addr(7001)), &hi, None, Some("b"), &mut a.core);
+    assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
     a.links.handle_dial_result(now, addr(7001), true);
     let linked: Vec<Action> = a.actions().into_iter().filter(|x| matches!(x, Action::Resolve { .. })).collect();
     assert!(linked.is_empty(), "linked to one of its addresses: no lookup");
@@ -646,4 +700,48 @@ fn the_same_seed_and_events_replay_the_same_actions() {
         sim.log.iter().map(|(n, a)| format!("{n}: {a:?}")).collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn a_link_uses_the_highest_version_both_speak_and_disjoint_ranges_are_refused() {
+    let now = crate::env::stopwatch().into_std();
+    let mut b = Node::new("b", 7001, Vec::new(), now);
+    let a = id("a", 100);
+    let range = |lo, hi| VersionRange { lo, hi };
+    let mut hello_from = |conn, version, versions| {
+        let h = Hello { version, ..hello(&a, addr(7000)) };
+        b.links.handle_hello(now, ConnId(conn), Side::Acceptor, &h, versions, Some("a"), &mut b.core)
+    };
+    // A peer limited to 6 (and saying 6 in its hello, as its dialer would).
+    assert_eq!(hello_from(1, 6, Some(range(6, 6))), Verdict::Accept { version: 6 });
+    // Ranges reaching past ours: the highest common version.
+    assert_eq!(hello_from(2, 7, Some(range(6, 9))), Verdict::Accept { version: 7 });
+    // Peers of earlier builds send no range: their hello's version alone.
+    assert_eq!(hello_from(3, 7, None), Verdict::Accept { version: 7 });
+    assert_eq!(hello_from(4, 6, None), Verdict::Accept { version: 6 });
+    // Ranges that do not meet: a peer that sent a range is told both; one
+    // of an earlier build gets the refusal it can decode.
+    assert_eq!(
+        hello_from(5, 7, Some(range(8, 9))),
+        Verdict::Refuse(Refusal::Versions { ours: PROTOCOL_VERSIONS, theirs: range(8, 9) })
+    );
+    assert_eq!(hello_from(6, 5, None), Verdict::Refuse(Refusal::Version { ours: PROTOCOL_VERSION }));
+    assert_eq!(
+        hello_from(7, 7, Some(range(7, 6))),
+        Verdict::Refuse(Refusal::Versions { ours: PROTOCOL_VERSIONS, theirs: range(7, 6) }),
+        "an empty range meets nothing"
+    );
+    assert_eq!(b.core.learned.len(), 4, "a refused version never reaches the membership");
+    // The last accepted connection is the link, at its own version.
+    let actions = b.actions();
+    assert_eq!(actions.last(), Some(&Action::Link { peer: a.clone(), conn: ConnId(4) }));
+    assert_eq!(b.links.version(ConnId(4)), Some(6));
+
+    // A peer limited to 7 refuses one limited to 6, and the other way.
+    let mut new = Node::new("n", 7002, Vec::new(), now);
+    new.links.set_versions(range(7, 7));
+    let h = Hello { version: 6, ..hello(&a, addr(7000)) };
+    let v = new.links.handle_hello(now, ConnId(9), Side::Acceptor, &h, Some(range(6, 6)), Some("a"), &mut new.core);
+    assert_eq!(v, Verdict::Refuse(Refusal::Versions { ours: range(7, 7), theirs: range(6, 6) }));
+    assert!(new.actions().is_empty() && new.links.version(ConnId(9)).is_none());
 }
