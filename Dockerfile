@@ -7,9 +7,8 @@
 #
 #   docker build -t meshcache .
 #
-# The Rust version: Cargo.toml's rust-version is 1.85, but the locked
-# dependencies the binary builds (time 0.3.55, rcgen 0.14, postcard 1.2)
-# need 1.88 or newer.
+# The Rust version: Cargo.toml's rust-version (what the locked
+# dependencies need: time 0.3.55, rcgen 0.14, postcard 1.2).
 ARG RUST_VERSION=1.88
 
 FROM rust:${RUST_VERSION}-bookworm AS build
