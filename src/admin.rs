@@ -32,8 +32,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::membership::Status;
 use crate::Mesh;
@@ -79,33 +77,11 @@ pub async fn serve_with_reload(
     reload: Option<Reload>,
     shutdown: impl Future,
 ) -> io::Result<()> {
-    tokio::pin!(shutdown);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Over the limit: dropping the stream closes it.
-                    let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
-                    let (mesh, reload) = (mesh.clone(), reload.clone());
-                    conns.spawn(async move {
-                        let _permit = permit;
-                        handle(&mesh, reload.as_ref(), stream).await;
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off and
-                    // carry on; the admin port must not stop the peer.
-                    tracing::warn!(error = %e, "admin port: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    while conns.join_next().await.is_some() {}
+    crate::listen::serve_bounded(listener, MAX_CONNECTIONS, "admin", shutdown, |stream| {
+        let (mesh, reload) = (mesh.clone(), reload.clone());
+        async move { handle(&mesh, reload.as_ref(), stream).await }
+    })
+    .await;
     Ok(())
 }
 

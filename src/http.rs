@@ -24,8 +24,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::Mesh;
 
@@ -48,44 +46,26 @@ const MAX_CONNECTIONS: usize = 64;
 /// Serves the endpoints for `mesh` on `listener` until `shutdown`
 /// resolves. `metrics` renders `/metrics` (404 without one).
 pub async fn serve(listener: TcpListener, mesh: Mesh, metrics: Option<PrometheusHandle>, shutdown: impl Future) {
-    tokio::pin!(shutdown);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
     let metrics = Arc::new(metrics);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Over the limit: dropping the stream closes it.
-                    let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
-                    let (mesh, metrics) = (mesh.clone(), metrics.clone());
-                    conns.spawn(async move {
-                        let _permit = permit;
-                        let service = hyper::service::service_fn(move |req| {
-                            let reply = answer(&req, &mesh, metrics.as_ref().as_ref());
-                            async move { Ok::<_, Infallible>(reply) }
-                        });
-                        let served = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEAD_TIMEOUT)
-                            .max_buf_size(MAX_HEAD)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        if let Err(e) = served {
-                            tracing::debug!(error = %e, "HTTP connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off.
-                    tracing::warn!(error = %e, "HTTP port: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+    crate::listen::serve_bounded(listener, MAX_CONNECTIONS, "http", shutdown, |stream| {
+        let (mesh, metrics) = (mesh.clone(), metrics.clone());
+        async move {
+            let service = hyper::service::service_fn(move |req| {
+                let reply = answer(&req, &mesh, metrics.as_ref().as_ref());
+                async move { Ok::<_, Infallible>(reply) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// The reply to one request.

@@ -117,6 +117,8 @@ pub mod env;
 pub mod hlc;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
+mod listen;
 pub mod membership;
 pub mod node;
 pub mod replica;

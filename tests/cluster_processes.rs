@@ -62,6 +62,38 @@ async fn spawn(dir: &Path, n: &mut Node, seeds: &[SocketAddr]) {
     n.child = Some(child);
 }
 
+/// Nodes a, b and c under `dir` (a serving metrics), with certificates
+/// from one CA and anti-entropy every `anti_entropy_ms`; b and c seeded
+/// with a. Returns them with a client of each.
+async fn three(dir: &Path, anti_entropy_ms: u64) -> (Vec<Node>, Vec<redis::aio::MultiplexedConnection>) {
+    let certs = dir.join("certs");
+    run_ok(&["certs", "init", "--dir", certs.to_str().unwrap()]);
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            run_ok(&["certs", "issue", name, "--dir", certs.to_str().unwrap(), "--ip", "127.0.0.1"]);
+            Node {
+                name,
+                metrics: name == "a",
+                anti_entropy_ms,
+                addrs: None,
+                child: None,
+                log: dir.join(format!("{name}.log")),
+            }
+        })
+        .collect();
+    spawn(dir, &mut nodes[0], &[]).await;
+    let seed = nodes[0].addrs().quic;
+    for n in &mut nodes[1..] {
+        spawn(dir, n, &[seed]).await;
+    }
+    let mut cs = Vec::new();
+    for n in &nodes {
+        cs.push(client(n).await);
+    }
+    (nodes, cs)
+}
+
 /// A client of `n`'s Redis-protocol port (open: `spawn` waited for it).
 async fn client(n: &Node) -> redis::aio::MultiplexedConnection {
     let c = redis::Client::open(format!("redis://{}/", n.addrs().resp.unwrap())).unwrap();
@@ -105,31 +137,8 @@ async fn eventually_get(c: &mut redis::aio::MultiplexedConnection, k: &str, want
 async fn three_processes_replicate_and_survive_a_sigkill() {
     let tmp = TempDir::new("cluster");
     let dir = &tmp.0;
-    let certs = dir.join("certs");
-    run_ok(&["certs", "init", "--dir", certs.to_str().unwrap()]);
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
-        .into_iter()
-        .map(|name| {
-            run_ok(&["certs", "issue", name, "--dir", certs.to_str().unwrap(), "--ip", "127.0.0.1"]);
-            Node {
-                name,
-                metrics: name == "a",
-                anti_entropy_ms: 300,
-                addrs: None,
-                child: None,
-                log: dir.join(format!("{name}.log")),
-            }
-        })
-        .collect();
-    spawn(dir, &mut nodes[0], &[]).await;
+    let (mut nodes, mut cs) = three(dir, 300).await;
     let seed = nodes[0].addrs().quic;
-    for n in &mut nodes[1..] {
-        spawn(dir, n, &[seed]).await;
-    }
-    let mut cs = Vec::new();
-    for n in &nodes {
-        cs.push(client(n).await);
-    }
 
     // A write on any peer is readable on every other.
     for i in 0..3 {
@@ -244,31 +253,7 @@ async fn sigterm_drains_every_acknowledged_write_to_the_other_peers() {
     const MAX_WRITES: usize = 50_000;
     let tmp = TempDir::new("drain");
     let dir = &tmp.0;
-    let certs = dir.join("certs");
-    run_ok(&["certs", "init", "--dir", certs.to_str().unwrap()]);
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
-        .into_iter()
-        .map(|name| {
-            run_ok(&["certs", "issue", name, "--dir", certs.to_str().unwrap(), "--ip", "127.0.0.1"]);
-            Node {
-                name,
-                metrics: false,
-                anti_entropy_ms: 3_600_000,
-                addrs: None,
-                child: None,
-                log: dir.join(format!("{name}.log")),
-            }
-        })
-        .collect();
-    spawn(dir, &mut nodes[0], &[]).await;
-    let seed = nodes[0].addrs().quic;
-    for n in &mut nodes[1..] {
-        spawn(dir, n, &[seed]).await;
-    }
-    let mut cs = Vec::new();
-    for n in &nodes {
-        cs.push(client(n).await);
-    }
+    let (mut nodes, mut cs) = three(dir, 3_600_000).await;
     set(&mut cs[0], "linked", "v").await;
     for (j, n) in nodes.iter().enumerate() {
         eventually_get(&mut cs[j], "linked", Some("v"), n).await;

@@ -257,7 +257,7 @@ async fn a_scan_misses_no_key_present_throughout_while_others_change() {
                     .query_async(&mut writer)
                     .await
                     .unwrap();
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     let _: i64 = writer.del(format!("churn:{}", i / 2)).await.unwrap();
                 }
                 i += 1;

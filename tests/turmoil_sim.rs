@@ -208,7 +208,7 @@ fn long_partition_no_resurrection() {
         while cut.elapsed() < Duration::from_secs(2 * 3600) {
             tokio::time::sleep(Duration::from_secs(60)).await;
             minute += 1;
-            let w = if minute % 2 == 0 { &p0 } else { &p1 };
+            let w = if minute.is_multiple_of(2) { &p0 } else { &p1 };
             // Delete one of the old keys (each once), churn new ones.
             let k = (minute % 20) as usize;
             let name = format!("x{k}");
@@ -217,7 +217,7 @@ fn long_partition_no_resurrection() {
             }
             let fresh = format!("y{minute}");
             h.put(w, fresh.clone(), "new")?;
-            if minute % 3 == 0 {
+            if minute.is_multiple_of(3) {
                 h.delete(w, fresh)?;
             }
             h.read(&p0, "x19");

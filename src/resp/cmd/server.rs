@@ -236,7 +236,7 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
             out.bulk(value.as_bytes());
         }
     } else if eq(sub, "set") {
-        if args.len() < 4 || args.len() % 2 != 0 {
+        if args.len() < 4 || !args.len().is_multiple_of(2) {
             return wrong_args(out, "config|set");
         }
         // Every value is checked before any is applied, so that a bad one

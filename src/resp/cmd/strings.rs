@@ -127,7 +127,7 @@ pub(super) fn getdel(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
 /// MSET, as one transaction: no reader on this peer sees some of the keys
 /// written and not the others, and the writes are replicated together.
 pub(super) fn mset(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return wrong_args(out, cx.spec.name);
     }
     let nx = cx.spec.name == "msetnx";
