@@ -14,7 +14,7 @@
 set -euo pipefail
 N=${1:-2400000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$ROOT/target/release/meshcache
+BIN=$(cd "$ROOT" && cd "${CARGO_TARGET_DIR:-target}" 2>/dev/null && pwd)/release/meshcache
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 for t in redis-benchmark redis-cli curl; do
     command -v $t >/dev/null || { echo "$t is needed" >&2; exit 1; }

@@ -207,7 +207,7 @@ if [ -n "${MESHCACHE_BIN:-}" ]; then
 else
     log "cargo build --release"
     (cd "$ROOT" && cargo build --release) || fail "cargo build --release failed"
-    BIN=$ROOT/target/release/meshcache
+    BIN=$(cd "$ROOT" && cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/meshcache
 fi
 [ -x "$BIN" ] || fail "no executable meshcache at $BIN"
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
