@@ -494,6 +494,7 @@ impl Links {
     ) {
         let name = id.name.clone();
         self.conns.insert(conn, Conn { peer: id.clone(), dialed_by_me, addr, retired: None, version });
+        let was_lost = !self.links.contains_key(&name);
         if let Some(cur_id) = self.links.get(&name).copied() {
             let cur = self.conns[&cur_id].clone();
             let keep_new = if cur.peer.incarnation != id.incarnation {
@@ -540,7 +541,21 @@ impl Links {
                 self.request_round(now, &name);
             }
         }
+        if was_lost {
+            self.end_backoffs(now);
+        }
         self.dial_targets(now);
+    }
+
+    /// A link to a peer this one had none with is news that the network
+    /// carries again (a partition lifting, a peer back from a restart), so
+    /// every address and name waiting out a redial backoff is tried at
+    /// once rather than up to `backoff_max` later. Each keeps its delay: one
+    /// that fails again backs off from where it was.
+    fn end_backoffs(&mut self, now: Instant) {
+        for b in self.backoff.values_mut().chain(self.names.iter_mut().filter_map(|n| n.backoff.as_mut())) {
+            b.until = b.until.min(now);
+        }
     }
 
     fn retire(&mut self, now: Instant, conn: ConnId) {

@@ -601,8 +601,11 @@ fn a_seed_name_is_looked_up_whenever_it_would_be_dialed_with_backoff_and_keeps_i
     let v = a.links.handle_hello(now, ConnId(1), Side::Dialer(addr(7001)), &hi, None, Some("b"), &mut a.core);
     assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
     a.links.handle_dial_result(now, addr(7001), true);
-    let linked: Vec<Action> = a.actions().into_iter().filter(|x| matches!(x, Action::Resolve { .. })).collect();
-    assert!(linked.is_empty(), "linked to one of its addresses: no lookup");
+    let actions = a.actions();
+    assert!(!actions.iter().any(|x| matches!(x, Action::Resolve { .. })), "linked to one of its addresses: no lookup");
+    // The new link ended the other address's backoff.
+    assert!(actions.contains(&Action::Dial(addr(7002))), "{actions:?}");
+    a.links.handle_dial_result(now, addr(7002), false);
     // Long after, still linked: the name is not looked up.
     // Every address is a seed: the other one is still dialed.
     a.links.handle_timeout(now + Duration::from_secs(30));
@@ -624,6 +627,58 @@ fn a_seed_name_is_looked_up_whenever_it_would_be_dialed_with_backoff_and_keeps_i
     let actions = a.actions();
     assert!(actions.contains(&Action::Dial(addr(7001))) && actions.contains(&Action::Dial(addr(7002))), "{actions:?}");
     assert!(actions.contains(&resolve), "{actions:?}");
+}
+
+#[test]
+fn a_link_to_a_lost_peer_ends_every_redial_backoff_and_the_next_failure_backs_off_from_where_it_was() {
+    let mut now = crate::env::stopwatch().into_std();
+    let name = Seed::Name { host: "seeds.test".into(), port: 7003 };
+    let resolve = Action::Resolve { name: 0, host: "seeds.test".into(), port: 7003 };
+    let mut c = Node::with_seeds("c", 7002, vec![name], now);
+    assert_eq!(c.actions(), vec![resolve.clone()]);
+    c.links.handle_members(now, vec![("a".into(), addr(7000)), ("b".into(), addr(7001))]);
+    assert_eq!(c.actions(), vec![Action::Dial(addr(7000)), Action::Dial(addr(7001))]);
+    // Cut off: every dial and lookup fails six times, and the backoffs
+    // reach their cap, 5 s (+-25%).
+    for k in 0..5 {
+        c.links.handle_dial_result(now, addr(7000), false);
+        c.links.handle_dial_result(now, addr(7001), false);
+        c.links.handle_resolved(now, 0, None);
+        assert!(c.actions().is_empty(), "failure {k}: nothing before the backoffs end");
+        let at = now + Duration::from_secs(6);
+        c.links.handle_timeout(at);
+        assert_eq!(c.actions().len(), 3, "failure {k}: each dialed and looked up again");
+        now = at;
+    }
+    c.links.handle_dial_result(now, addr(7000), false);
+    c.links.handle_dial_result(now, addr(7001), false);
+    c.links.handle_resolved(now, 0, None);
+    let due = c.links.poll_timeout().expect("redials are due");
+    assert!(due >= now + Duration::from_millis(3750), "backed off {:?}", due - now);
+
+    // The partition lifts: a's dial arrives first. The link is news that
+    // the network carries again: b and the name are tried at once.
+    now += Duration::from_millis(10);
+    let a = id("a", 100);
+    let v = c.links.handle_hello(now, ConnId(1), Side::Acceptor, &hello(&a, addr(7000)), None, Some("a"), &mut c.core);
+    assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
+    let actions = c.actions();
+    assert!(actions.contains(&Action::Dial(addr(7001))), "b redialed at once: {actions:?}");
+    assert!(actions.contains(&resolve), "the name looked up at once: {actions:?}");
+    assert!(!actions.contains(&Action::Dial(addr(7000))), "a is linked: {actions:?}");
+
+    // b is still unreachable: its next backoff is where it was (5 s,
+    // +-25%), not 200 ms again.
+    c.links.handle_dial_result(now, addr(7001), false);
+    c.links.handle_resolved(now, 0, None);
+    let due = c.links.poll_timeout().expect("a redial is due");
+    assert!(due >= now + Duration::from_millis(3750), "backed off {:?}", due - now);
+
+    // A new connection of a peer already linked is no such news.
+    let v = c.links.handle_hello(now, ConnId(2), Side::Acceptor, &hello(&a, addr(7000)), None, Some("a"), &mut c.core);
+    assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
+    let actions = c.actions();
+    assert!(!actions.iter().any(|x| matches!(x, Action::Dial(_) | Action::Resolve { .. })), "{actions:?}");
 }
 
 #[test]
