@@ -10,15 +10,17 @@
 # Installs redis-server and redis-tools when missing (apt-get), starts on
 # loopback with fixed ports:
 #   16379  standalone redis-server (throughput and memory baselines)
-#   16380  redis primary, 16381 its replica (--replicaof; lag baseline)
+#   16380  redis primary, 16381 and 16382 its replicas (--replicaof): the
+#          baseline for a peer that replicates to two others (throughput
+#          and lag)
 #   16390-16392  RESP ports of the three meshcache peers (inside meshbench)
-# builds and runs target/release/meshbench (the workspace member
-# `meshbench/`; row 9 also runs target/release/meshcache nodes on ports
-# the system picks), and stops everything at the end, even on failure.
+# builds and runs meshbench (the workspace member `meshbench/`, built
+# under $CARGO_TARGET_DIR or target/; row 9 also runs the meshcache
+# command built beside it, as nodes on ports the system picks), and stops everything at the end, even on failure.
 # Results: bench/results/latest.json and latest.svg (quick.json and
 # quick.svg with --quick, git-ignored).
 #
-# MESHBENCH_BIN=path skips the build and runs that binary instead.
+# MESHBENCH_BIN=path runs that meshbench instead of the one built.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,6 +28,7 @@ cd "$(dirname "$0")/.."
 REDIS_PORT=16379
 PRIMARY_PORT=16380
 REPLICA_PORT=16381
+REPLICA2_PORT=16382
 RESP_BASE=16390
 OUT=bench/results
 
@@ -52,7 +55,7 @@ if [ "$need_install" = 1 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 
-for port in "$REDIS_PORT" "$PRIMARY_PORT" "$REPLICA_PORT" "$RESP_BASE" "$((RESP_BASE + 1))" "$((RESP_BASE + 2))"; do
+for port in "$REDIS_PORT" "$PRIMARY_PORT" "$REPLICA_PORT" "$REPLICA2_PORT" "$RESP_BASE" "$((RESP_BASE + 1))" "$((RESP_BASE + 2))"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "bench: port $port on 127.0.0.1 is already in use; stop what holds it" >&2
         exit 1
@@ -93,25 +96,29 @@ start_redis() { # port [extra args...]
 
 start_redis "$REDIS_PORT"
 start_redis "$PRIMARY_PORT"
-start_redis "$REPLICA_PORT" --replicaof 127.0.0.1 "$PRIMARY_PORT"
-for _ in $(seq 200); do
-    if redis-cli -p "$REPLICA_PORT" info replication | grep -q 'master_link_status:up'; then break; fi
-    sleep 0.05
+for port in "$REPLICA_PORT" "$REPLICA2_PORT"; do
+    start_redis "$port" --replicaof 127.0.0.1 "$PRIMARY_PORT"
 done
-redis-cli -p "$REPLICA_PORT" info replication | grep -q 'master_link_status:up' || {
-    echo "bench: the redis replica did not connect to its primary" >&2
-    exit 1
-}
+for port in "$REPLICA_PORT" "$REPLICA2_PORT"; do
+    for _ in $(seq 200); do
+        if redis-cli -p "$port" info replication | grep -q 'master_link_status:up'; then break; fi
+        sleep 0.05
+    done
+    redis-cli -p "$port" info replication | grep -q 'master_link_status:up' || {
+        echo "bench: the redis replica on $port did not connect to its primary" >&2
+        exit 1
+    }
+done
 
-bin=${MESHBENCH_BIN:-}
-if [ -z "$bin" ]; then
-    cargo build --release -p meshbench
-    bin=target/release/meshbench
-fi
-# Row 9 runs the `meshcache` command itself, as processes.
-cargo build --release --bin meshcache
+# Where cargo puts what it builds (CARGO_TARGET_DIR, relative to the
+# repository as cargo takes it here).
+target_dir=${CARGO_TARGET_DIR:-target}
+# Row 9 runs the `meshcache` command itself, as processes. Both are built
+# in one invocation, with the crate's features resolved once.
+cargo build --release -p meshcache -p meshbench --bin meshcache --bin meshbench
+bin=${MESHBENCH_BIN:-$target_dir/release/meshbench}
 
 mkdir -p "$OUT"
 "$bin" --out "$OUT" --redis "127.0.0.1:$REDIS_PORT" \
     --redis-primary "127.0.0.1:$PRIMARY_PORT" --redis-replica "127.0.0.1:$REPLICA_PORT" \
-    --resp-base "$RESP_BASE" --command "scripts/bench.sh${*:+ $*}" ${args[@]+"${args[@]}"}
+    --resp-base "$RESP_BASE" --meshcache "$target_dir/release/meshcache" --command "scripts/bench.sh${*:+ $*}" ${args[@]+"${args[@]}"}
