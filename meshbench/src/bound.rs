@@ -6,7 +6,7 @@
 //! alone, once replicating to two peers with the same bound.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::nodes::{start_mesh, TempDir};
 use super::{Client, Reply, Report, Row, Sizes};
 
 /// The bound under test.
@@ -21,13 +22,6 @@ const BOUND: usize = 64 << 20;
 const VALUE_LEN: usize = 200;
 /// How long sampling goes on after the writes, while peers catch up.
 const SETTLE: Duration = Duration::from_secs(5);
-
-/// One `meshcache node` child, killed on drop.
-struct Node {
-    child: tokio::process::Child,
-    resp: SocketAddr,
-    quic: SocketAddr,
-}
 
 /// The largest figures seen while sampling one node.
 #[derive(Clone, Copy, Default)]
@@ -37,11 +31,8 @@ struct Peak {
 }
 
 pub(super) async fn row_bound(bin: &Path, z: &Sizes, rep: &mut Report) -> Result<()> {
-    if !bin.exists() {
-        bail!("{} not found: build it with `cargo build --release --bin meshcache`", bin.display());
-    }
     for peers in [0, 2] {
-        let dir = TempDir::new(peers)?;
+        let dir = TempDir::new(&format!("bound-{peers}"))?;
         let r = run(bin, &dir.0, z.bound_writes, peers).await;
         let (peaks, held, rate) = r?;
         let target = 1.15 * BOUND as f64 / 1e6 + 40.0;
@@ -81,19 +72,10 @@ pub(super) async fn row_bound(bin: &Path, z: &Sizes, rep: &mut Report) -> Result
 /// written one first), the keys it holds at the end, and the write rate.
 async fn run(bin: &Path, dir: &Path, writes: u64, peers: usize) -> Result<(Vec<Peak>, i64, f64)> {
     let names: Vec<String> = (0..=peers).map(|i| format!("b{i}")).collect();
-    let certs = dir.join("certs");
-    command(bin, &["certs", "init", "--dir", path(&certs)?]).await?;
-    for n in &names {
-        command(bin, &["certs", "issue", n, "--dir", path(&certs)?, "--ip", "127.0.0.1"]).await?;
-    }
-    let mut nodes: Vec<Node> = Vec::new();
-    for n in &names {
-        let seeds: Vec<SocketAddr> = nodes.first().map(|a| vec![a.quic]).unwrap_or_default();
-        nodes.push(start(bin, dir, n, &seeds).await?);
-    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut nodes = start_mesh(bin, dir, &names, &["--max-bytes", &BOUND.to_string()]).await?;
     let pids: Vec<u32> = nodes.iter().map(|n| n.child.id().unwrap_or(0)).collect();
     let resps: Vec<SocketAddr> = nodes.iter().map(|n| n.resp).collect();
-    wait_writable(resps[0]).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let stop = stop.clone();
@@ -154,80 +136,4 @@ fn sample(pids: &[u32], resps: &[SocketAddr], stop: &AtomicBool) -> Result<Vec<P
 
 fn rss_of(pid: u32) -> Option<usize> {
     super::rss_at(&format!("/proc/{pid}/status"))
-}
-
-async fn start(bin: &Path, dir: &Path, name: &str, seeds: &[SocketAddr]) -> Result<Node> {
-    let addr_file = dir.join(format!("{name}.addrs"));
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(["node", "--name", name, "--listen", "127.0.0.1:0", "--resp", "127.0.0.1:0", "--admin", "off"])
-        .args(["--certs", path(&dir.join("certs"))?, "--max-bytes", &BOUND.to_string(), "--addr-file"])
-        .arg(&addr_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true);
-    for s in seeds {
-        cmd.args(["--seed", &s.to_string()]);
-    }
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-    for _ in 0..200 {
-        if let Ok(text) = std::fs::read_to_string(&addr_file) {
-            let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.trim().parse::<SocketAddr>().ok());
-            if let (Some(quic), Some(resp)) = (get("quic "), get("resp ")) {
-                return Ok(Node { child, resp, quic });
-            }
-        }
-        if let Some(st) = child.try_wait()? {
-            bail!("{name} exited ({st}): {}", std::fs::read_to_string(dir.join(format!("{name}.log")))?);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{name} did not write {} within 10 s", addr_file.display())
-}
-
-/// Waits until a SET succeeds (a seeded peer refuses writes until synced).
-async fn wait_writable(a: SocketAddr) -> Result<()> {
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        for _ in 0..200 {
-            if let Ok(mut c) = Client::connect(a) {
-                if matches!(c.cmd(&[b"SET", b"bench:ready", b"1"]), Ok(Reply::Simple(_))) {
-                    return Ok(());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("{a} accepted no write within 10 s")
-    })
-    .await?
-}
-
-async fn command(bin: &Path, args: &[&str]) -> Result<()> {
-    let out = tokio::process::Command::new(bin).args(args).stdin(Stdio::null()).output().await?;
-    if !out.status.success() {
-        bail!("meshcache {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn path(p: &Path) -> Result<&str> {
-    p.to_str().ok_or_else(|| anyhow!("{} is not UTF-8", p.display()))
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: usize) -> Result<TempDir> {
-        let d = std::env::temp_dir().join(format!("meshbench-bound-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)?;
-        Ok(TempDir(d))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

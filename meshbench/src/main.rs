@@ -2,12 +2,15 @@
 //!
 //! Run through `scripts/bench.sh`, which starts the redis-server baselines
 //! on fixed loopback ports, passes them here, and stops them at the end.
-//! meshcache peers run in this process (QUIC + mutual TLS on 127.0.0.1),
-//! except in row 3's second half, where each of three peers is a child
-//! meshbench process (`--child-peer`) driven over its stdin and stdout.
-//! RESP rows serve peers through `meshcache::resp::serve` on fixed ports and
-//! drive them with `redis-benchmark` and a tiny RESP client. The heal row
-//! partitions its peers with fault-injecting sockets.
+//! The rows that compare with redis-server over the Redis protocol (1 and
+//! 2) and the memory bound (9) run `meshcache node` processes, as the
+//! baselines are redis-server processes (`nodes`). Elsewhere meshcache
+//! peers run in this process (QUIC + mutual TLS on 127.0.0.1), except in
+//! row 3's second half and row 10, where each of three peers is a child
+//! meshbench process (`--child-peer`) driven over its stdin and stdout;
+//! rows 8 and 11 serve embedded peers through `meshcache::resp::serve` on
+//! fixed ports. RESP is driven with `redis-benchmark` and a tiny RESP
+//! client. The heal row partitions its peers with fault-injecting sockets.
 //!
 //! Nothing here asserts a timing: figures are printed, written to
 //! `<out>/latest.json` and charted in `<out>/latest.svg`. The exit status is
@@ -33,6 +36,7 @@ use meshcache::wait::Wait;
 use meshcache::{Mesh, MeshConfig, MeshStats};
 
 mod bound;
+mod nodes;
 
 /// Bytes per key, as `redis-benchmark -r` makes them (`key:000000012345`).
 const KEY_LEN: usize = 16;
@@ -549,9 +553,12 @@ impl Resp {
 // Rows.
 
 /// 1. RESP throughput.
-async fn row_throughput(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
-    let resp = start_resp(ca, "t", args.resp_base).await?;
-    let mesh_port = resp.ports[0];
+async fn row_throughput(args: &Args, z: &Sizes, rep: &mut Report) -> Result<()> {
+    // Three `meshcache node` processes, as the redis baseline is three
+    // redis-server processes.
+    let dir = nodes::TempDir::new("resp")?;
+    let peers = nodes::start_mesh(&args.meshcache, &dir.0, &["ta", "tb", "tc"], &[]).await?;
+    let mesh_port = peers[0].resp.port();
     let mut res = Ok(());
     for pipeline in [1u32, 16] {
         let n = if pipeline == 1 { z.resp_requests } else { z.resp_requests_pipelined };
@@ -595,11 +602,13 @@ async fn row_throughput(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Repo
             rep.push(if cmd == "GET" { lone.ratio_at_least(1.0) } else { lone });
         }
     }
-    let writer = resp.peers[0].stats();
-    if writer.queue_overflows > 0 {
-        rep.errors.push(format!("note: {} push queue overflows during RESP throughput", writer.queue_overflows));
+    let overflows = tokio::task::spawn_blocking(move || -> Result<u64> {
+        Ok(Client::connect(peers[0].resp)?.info_field("meshcache", "queue_overflows")?.trim().parse()?)
+    })
+    .await??;
+    if overflows > 0 {
+        rep.errors.push(format!("note: {overflows} push queue overflows during RESP throughput"));
     }
-    resp.stop().await;
     res
 }
 
@@ -720,10 +729,10 @@ async fn probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &'static str, loaded
 }
 
 /// 2. Read-after-write lag.
-async fn row_lag(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> Result<()> {
-    let resp = start_resp(ca, "l", args.resp_base).await?;
-    let ma = SocketAddr::from(([127, 0, 0, 1], resp.ports[0]));
-    let mb = SocketAddr::from(([127, 0, 0, 1], resp.ports[1]));
+async fn row_lag(args: &Args, z: &Sizes, rep: &mut Report) -> Result<()> {
+    let dir = nodes::TempDir::new("lag")?;
+    let peers = nodes::start_mesh(&args.meshcache, &dir.0, &["la", "lb", "lc"], &[]).await?;
+    let (ma, mb) = (peers[0].resp, peers[1].resp);
     let (ra, rb) = (args.redis_primary, args.redis_replica);
     let n = z.lag_keys;
     let mut res = Ok(());
@@ -765,7 +774,7 @@ async fn row_lag(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mut Report) -> 
                 .note(note),
         );
     }
-    resp.stop().await;
+    drop(peers);
     res
 }
 
@@ -1921,8 +1930,8 @@ async fn main() -> Result<()> {
         (7, "local get and put", |_, z, ca, r| Box::pin(row_local(z, ca, r))),
         (3, "replicated updates", |_, z, ca, r| Box::pin(row_replicated(z, ca, r))),
         (4, "convergence after a heal", |_, z, ca, r| Box::pin(row_heal(z, ca, r))),
-        (1, "RESP throughput", |a, z, ca, r| Box::pin(row_throughput(a, z, ca, r))),
-        (2, "read-after-write lag", |a, z, ca, r| Box::pin(row_lag(a, z, ca, r))),
+        (1, "RESP throughput", |a, z, _, r| Box::pin(row_throughput(a, z, r))),
+        (2, "read-after-write lag", |a, z, _, r| Box::pin(row_lag(a, z, r))),
         (8, "hit ratio under a memory bound", |a, z, ca, r| Box::pin(row_hit_ratio(a, z, ca, r))),
         (9, "processes under a memory bound", |a, z, _, r| Box::pin(bound::row_bound(&a.meshcache, z, r))),
         (10, "cold keys through get_or_load", |_, z, _, r| Box::pin(row_fill(z, r))),
