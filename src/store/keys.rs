@@ -75,7 +75,7 @@ pub(super) fn scan(store: &Store, src: &impl Shards, cursor: u64, count: usize, 
         let hi = src.read_shard(s, |g| {
             let (mut hi, mut seen) = (lo, 0usize);
             while hi < per && (seen < need || hi - lo < (per / 16).max(1)) {
-                seen += g.bucket_counts[hi] as usize;
+                seen += g.buckets[hi].count as usize;
                 hi += 1;
             }
             if seen > 0 {

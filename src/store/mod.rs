@@ -64,8 +64,10 @@ fn decide(
     stamp: Stamp,
     full: bool,
     f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
-) -> Result<Option<(Slot, Option<Bytes>)>, OutOfMemory> {
-    let held = g.find(kh, key).map(|(_, r)| r);
+) -> Result<Option<(Slot, Option<Bytes>, Option<u32>)>, OutOfMemory> {
+    let found = g.find(kh, key);
+    let id = found.map(|(id, _)| id);
+    let held = found.map(|(_, r)| r);
     let current = held.filter(|r| r.visible(now_ms).is_some()).map(|r| r.slot());
     let previous = match &current {
         Some(Slot::Value { data, .. }) => Some(data.clone()),
@@ -76,7 +78,7 @@ fn decide(
     if matches!(slot, Slot::Value { .. }) && full && shard::cost(key, &slot) > held {
         return Err(OutOfMemory);
     }
-    Ok(Some((slot, previous)))
+    Ok(Some((slot, previous, id)))
 }
 
 /// One register of a bucket summary: key, stamp, and whether it is a stub.
@@ -596,14 +598,29 @@ impl Store {
     }
 
     /// Stores a winning register in its (locked) shard.
-    fn store_in(&self, g: &mut Shard, key: &[u8], kh: u64, lb: usize, reg: &Register, now_ms: u64) -> Delta {
+    ///
+    /// `held` is the id of `key`'s record in `g`, as the caller found it
+    /// under the same lock (`None`: not held): a lookup costs a few cache
+    /// misses, and every write and merge has made one already.
+    #[allow(clippy::too_many_arguments)]
+    fn store_in(
+        &self,
+        g: &mut Shard,
+        key: &[u8],
+        kh: u64,
+        lb: usize,
+        held: Option<u32>,
+        reg: &Register,
+        now_ms: u64,
+    ) -> Delta {
+        debug_assert_eq!(held, g.table.find(kh, key), "the caller's lookup of the key");
         // Observers hear of a change to what the key reads as: a delete of
         // a key that was not visible (replicated all the same) changes
         // nothing a reader could have cached, and Redis is silent on it too.
         let observed = self.observers.wanted()
             && (matches!(reg.val, Slot::Value { .. }) && !reg.val.is_expired(now_ms)
-                || g.find(kh, key).is_some_and(|(_, r)| r.visible(now_ms).is_some()));
-        let d = g.store(key, kh, lb, reg, now_ms, now_ms, self.policy().is_lfu());
+                || held.is_some_and(|id| g.table.get(id).visible(now_ms).is_some()));
+        let d = g.store(key, kh, lb, held, reg, now_ms, now_ms, self.policy().is_lfu());
         if observed {
             self.observers.changed(key);
         }
@@ -783,7 +800,7 @@ impl Store {
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
         let stamp = self.clock.now(now_ms);
-        let Some((slot, previous)) = decide(&g, kh, &key, now_ms, stamp, full, f)? else { return Ok(None) };
+        let Some((slot, previous, held)) = decide(&g, kh, &key, now_ms, stamp, full, f)? else { return Ok(None) };
         // What the write hands back (to be pushed to peers) is the store's
         // own copy: `key` and the value may be slices of a larger buffer (a
         // client's read buffer), which a queued slice would keep alive
@@ -799,7 +816,7 @@ impl Store {
             return Ok(Some(Written { key, register, previous, applied: false }));
         }
         let is_tomb = register.val.is_tombstone();
-        let d = self.store_in(&mut g, &key, kh, lb, &register, now_ms);
+        let d = self.store_in(&mut g, &key, kh, lb, held, &register, now_ms);
         drop(g);
         self.apply(d);
         if self.over_bound() {
@@ -965,7 +982,8 @@ impl Store {
             self.counters.below_clear.fetch_add(1, Ordering::Relaxed);
             return Delta::default();
         }
-        match g.find(kh, &key).map(|(_, r)| r) {
+        let found = g.find(kh, &key);
+        match found.map(|(_, r)| r) {
             None if reg.marker <= floors.gc_floor && !self.planted(Bug::NoFloorFilter) => {
                 self.counters.refused_floor.fetch_add(1, Ordering::Relaxed);
                 out.refused.push((key, reg.marker));
@@ -999,7 +1017,7 @@ impl Store {
         };
         *added_tombstone |= !matches!(reg.val, Slot::Value { .. });
         let stamp = reg.marker;
-        let d = self.store_in(g, &key, kh, lb, &reg, now_ms);
+        let d = self.store_in(g, &key, kh, lb, found.map(|(id, _)| id), &reg, now_ms);
         out.changes.push(Change { key, kind, origin: Origin::Remote, stamp });
         d
     }
@@ -1372,7 +1390,7 @@ impl Store {
             } else {
                 let end = (hi - s * per).min(per);
                 for x in &g.buckets[start..end] {
-                    h = h.wrapping_add(*x);
+                    h = h.wrapping_add(x.digest);
                 }
                 b = s * per + end;
             }

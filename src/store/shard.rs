@@ -29,15 +29,28 @@ use crate::hlc::Stamp;
 /// closer the estimate, the steadier that correction.
 pub(crate) const ENTRY_OVERHEAD: usize = std::mem::size_of::<Record>() + 8 + 14;
 
+/// What a shard keeps of one digest bucket it owns. The three are kept
+/// side by side because every change to a register updates all three:
+/// one cache line rather than three arrays' worth of misses a write.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Bucket {
+    /// The wrapping sum of `entry_hash(key, stamp)` over its entries.
+    /// Order-independent, so it is kept up to date in O(1) per change.
+    pub(crate) digest: u64,
+    /// Entry count, to size bucket transfers.
+    pub(crate) count: u32,
+    /// How many times its registers changed (a store or a removal),
+    /// wrapping. Anti-entropy adopts a peer's digest for a bucket only if
+    /// nothing but its own session changed the bucket meanwhile, and
+    /// offers its own digest only on the same condition.
+    pub(crate) changes: u32,
+}
+
 pub(crate) struct Shard {
     pub(crate) table: Table,
-    /// Digest of each bucket this shard owns: the wrapping sum of
-    /// `entry_hash(key, stamp)` over its entries. Order-independent, so it is
-    /// kept up to date in O(1) per change.
-    pub(crate) buckets: Box<[u64]>,
-    /// Entry count per bucket, to size bucket transfers.
-    pub(crate) bucket_counts: Box<[u32]>,
-    /// Wrapping sum of `buckets`, so that the root costs one read per shard.
+    /// Each bucket this shard owns, by local bucket.
+    pub(crate) buckets: Box<[Bucket]>,
+    /// Wrapping sum of the buckets' digests, so that the root costs one read per shard.
     pub(crate) total: u64,
     /// Records waiting for collection, by local arrival time and record id:
     /// tombstones, and values (or stubs) whose TTL has run out. Collection
@@ -62,11 +75,6 @@ pub(crate) struct Shard {
     /// be older than what was ghosted and is refused. `Stamp::ZERO` for a
     /// bucket held whole. Allocated with `ghost`.
     pub(crate) floor: Vec<Stamp>,
-    /// Per local bucket, how many times its registers changed (a store or a
-    /// removal), wrapping. Anti-entropy adopts a peer's digest for a bucket
-    /// only if nothing but its own session changed the bucket meanwhile,
-    /// and offers its own digest only on the same condition.
-    pub(crate) changes: Box<[u32]>,
 }
 
 /// What `Shard::store` did to the accounting the store keeps globally.
@@ -130,8 +138,7 @@ impl Shard {
     pub(crate) fn new(buckets: usize) -> Self {
         Shard {
             table: Table::default(),
-            buckets: vec![0; buckets].into_boxed_slice(),
-            bucket_counts: vec![0; buckets].into_boxed_slice(),
+            buckets: vec![Bucket::default(); buckets].into_boxed_slice(),
             total: 0,
             dead: BTreeSet::new(),
             expiries: BTreeSet::new(),
@@ -141,7 +148,6 @@ impl Shard {
             stubs: 0,
             ghost: Vec::new(),
             floor: Vec::new(),
-            changes: vec![0; buckets].into_boxed_slice(),
         }
     }
 
@@ -152,12 +158,14 @@ impl Shard {
     }
 
     fn digest_add(&mut self, local_bucket: usize, h: u64) {
-        self.buckets[local_bucket] = self.buckets[local_bucket].wrapping_add(h);
+        let b = &mut self.buckets[local_bucket].digest;
+        *b = b.wrapping_add(h);
         self.total = self.total.wrapping_add(h);
     }
 
     fn digest_sub(&mut self, local_bucket: usize, h: u64) {
-        self.buckets[local_bucket] = self.buckets[local_bucket].wrapping_sub(h);
+        let b = &mut self.buckets[local_bucket].digest;
+        *b = b.wrapping_sub(h);
         self.total = self.total.wrapping_sub(h);
     }
 
@@ -165,7 +173,7 @@ impl Shard {
     /// dropped.
     fn unindex(&mut self, id: u32, f: Facts, kh: u64, local_bucket: usize) -> Delta {
         self.digest_sub(local_bucket, f.hash(kh));
-        self.bucket_counts[local_bucket] -= 1;
+        self.buckets[local_bucket].count -= 1;
         let mut d = Delta { entries: -1, bytes: -(f.cost as isize), ..Delta::default() };
         match f.kind {
             Kind::Tombstone => {
@@ -195,7 +203,7 @@ impl Shard {
     /// Adds the bookkeeping of record `id`, newly stored.
     fn index(&mut self, id: u32, f: Facts, kh: u64, local_bucket: usize, now_ms: u64) -> Delta {
         self.digest_add(local_bucket, f.hash(kh));
-        self.bucket_counts[local_bucket] += 1;
+        self.buckets[local_bucket].count += 1;
         self.bytes += f.cost;
         let mut d = Delta { entries: 1, bytes: f.cost as isize, ..Delta::default() };
         match f.kind {
@@ -227,8 +235,9 @@ impl Shard {
         d
     }
 
-    /// Stores `reg` for `key` (hash `kh`), replacing whatever was there.
-    /// The caller has checked that `reg` wins. A write counts as an access
+    /// Stores `reg` for `key` (hash `kh`), replacing whatever was there:
+    /// record `held`, as the caller found it. The caller has checked that
+    /// `reg` wins. A write counts as an access
     /// under `lfu` (or LRU when false).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn store(
@@ -236,12 +245,12 @@ impl Shard {
         key: &[u8],
         kh: u64,
         local_bucket: usize,
+        held: Option<u32>,
         reg: &Register,
         arrival_ms: u64,
         now_ms: u64,
         lfu: bool,
     ) -> Delta {
-        let held = self.table.find(kh, key);
         let access = Access::written(held.map(|id| self.table.get(id).access()), lfu, now_ms);
         match held {
             Some(id) => self.rewrite(id, kh, local_bucket, &reg.val, reg.marker, arrival_ms, access, now_ms),
@@ -281,14 +290,13 @@ impl Shard {
     }
 
     fn count_change(&mut self, local_bucket: usize) {
-        if let Some(c) = self.changes.get_mut(local_bucket) {
-            *c = c.wrapping_add(1);
-        }
+        let c = &mut self.buckets[local_bucket].changes;
+        *c = c.wrapping_add(1);
     }
 
     /// How many times a local bucket's registers changed (wrapping).
     pub(crate) fn changes_of(&self, local_bucket: usize) -> u32 {
-        self.changes[local_bucket]
+        self.buckets[local_bucket].changes
     }
 
     /// Removes record `id` (of key hash `kh`) entirely: collection,
@@ -324,7 +332,7 @@ impl Shard {
 
     /// The part of a local bucket's digest that registers held here make.
     pub(crate) fn held_sum(&self, local_bucket: usize) -> u64 {
-        self.buckets[local_bucket].wrapping_sub(self.ghost.get(local_bucket).copied().unwrap_or(0))
+        self.buckets[local_bucket].digest.wrapping_sub(self.ghost.get(local_bucket).copied().unwrap_or(0))
     }
 
     fn ensure_ghosts(&mut self) {
