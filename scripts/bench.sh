@@ -6,6 +6,7 @@
 #   scripts/bench.sh            full run (about 10 minutes on 2 cores)
 #   scripts/bench.sh --quick    tiny sizes: validates the harness in seconds
 #   scripts/bench.sh --only 1,2 only these row groups (see BENCHMARKS.md)
+#   scripts/bench.sh --out DIR  results in DIR rather than bench/results
 #
 # Installs redis-server and redis-tools when missing (apt-get), starts on
 # loopback with fixed ports:
@@ -13,14 +14,16 @@
 #   16380  redis primary, 16381 and 16382 its replicas (--replicaof): the
 #          baseline for a peer that replicates to two others (throughput
 #          and lag)
-#   16390-16392  RESP ports of the three meshcache peers (inside meshbench)
+#   16390-16392  RESP ports of embedded meshcache peers (rows 8 and 11)
 # builds and runs meshbench (the workspace member `meshbench/`, built
-# under $CARGO_TARGET_DIR or target/; row 9 also runs the meshcache
-# command built beside it, as nodes on ports the system picks), and stops everything at the end, even on failure.
+# under $CARGO_TARGET_DIR or target/; rows 1, 2 and 9 also run the
+# meshcache command built beside it, as nodes on ports the system
+# picks), and stops everything at the end, even on failure.
 # Results: bench/results/latest.json and latest.svg (quick.json and
 # quick.svg with --quick, git-ignored).
 #
-# MESHBENCH_BIN=path runs that meshbench instead of the one built.
+# MESHBENCH_BIN=path runs that meshbench instead of the one built, and
+# MESHCACHE_BIN=path that meshcache command (to compare two builds).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,15 +35,22 @@ REPLICA2_PORT=16382
 RESP_BASE=16390
 OUT=bench/results
 
+command_line="scripts/bench.sh${*:+ $*}"
 args=()
-for a in "$@"; do
-    case "$a" in
+while [ $# -gt 0 ]; do
+    case "$1" in
         -h | --help)
-            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
-        *) args+=("$a") ;;
+        --out)
+            OUT=${2:?--out needs a directory}
+            shift
+            ;;
+        --out=*) OUT=${1#--out=} ;;
+        *) args+=("$1") ;;
     esac
+    shift
 done
 
 need_install=0
@@ -121,4 +131,4 @@ bin=${MESHBENCH_BIN:-$target_dir/release/meshbench}
 mkdir -p "$OUT"
 "$bin" --out "$OUT" --redis "127.0.0.1:$REDIS_PORT" \
     --redis-primary "127.0.0.1:$PRIMARY_PORT" --redis-replica "127.0.0.1:$REPLICA_PORT" \
-    --resp-base "$RESP_BASE" --meshcache "$target_dir/release/meshcache" --command "scripts/bench.sh${*:+ $*}" ${args[@]+"${args[@]}"}
+    --resp-base "$RESP_BASE" --meshcache "${MESHCACHE_BIN:-$target_dir/release/meshcache}" --command "$command_line" ${args[@]+"${args[@]}"}
