@@ -151,6 +151,17 @@ async fn writes_on_one_peer_are_read_on_another() {
         assert!(mc.contains(needle), "{needle} missing:\n{mc}");
     }
     assert!(mc.contains("synced_ago_ms="), "{mc}");
+    // The link counters, as MeshStats has them: b made a link to each
+    // peer, refused none.
+    let field = |name: &str| -> u64 {
+        let line =
+            mc.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap_or_else(|| panic!("{name}:\n{mc}"));
+        line.trim().parse().unwrap_or_else(|e| panic!("{name}: {line:?}: {e}"))
+    };
+    assert!(field("links_made") >= 2, "{mc}");
+    // Read before, so at most what the counter holds now.
+    assert!(field("links_made") <= meshes[1].stats().links_made, "{mc}");
+    assert_eq!((field("tls_refused"), field("version_refusals")), (0, 0), "{mc}");
     shutdown(meshes, servers).await;
 }
 

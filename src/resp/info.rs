@@ -195,7 +195,8 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
          push_batches_sent:{}\r\npush_bytes_sent:{}\r\nqueue_overflows:{}\r\nae_rounds:{}\r\nae_failed:{}\r\nae_declined:{}\r\n\
          ae_bytes_sent:{}\r\nae_bytes_received:{}\r\nae_entries_sent:{}\r\nae_entries_received:{}\r\n\
          messages_published:{}\r\nmessages_received:{}\r\nrefused_peers:{}\r\npeer_protocol_errors:{}\r\n\
-         clock_refused:{}\r\nmembers_invalid:{}\r\nmembers_over_cap:{}\r\nseed_lookups_failed:{}\r\ncollected_tombstones:{}\r\ncompactions:{}\r\n\
+         clock_refused:{}\r\nmembers_invalid:{}\r\nmembers_over_cap:{}\r\nseed_lookups_failed:{}\r\n\
+         tls_refused:{}\r\nlinks_made:{}\r\nversion_refusals:{}\r\ncollected_tombstones:{}\r\ncompactions:{}\r\n\
          clear_below:{}\r\ngc_floor:{}\r",
         id.name,
         id.incarnation.node,
@@ -228,6 +229,9 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         st.members_invalid,
         st.members_over_cap,
         st.seed_lookups_failed,
+        st.tls_refused,
+        st.links_made,
+        st.version_refusals,
         st.store.collected_tombstones,
         st.store.compactions,
         st.store.floors.clear_below,
