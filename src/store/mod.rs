@@ -64,7 +64,7 @@ fn decide(
     stamp: Stamp,
     full: bool,
     f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
-) -> Result<Option<(Slot, Option<Bytes>, Option<u32>)>, OutOfMemory> {
+) -> Result<Option<Decided>, OutOfMemory> {
     let found = g.find(kh, key);
     let id = found.map(|(id, _)| id);
     let held = found.map(|(_, r)| r);
@@ -78,7 +78,17 @@ fn decide(
     if matches!(slot, Slot::Value { .. }) && full && shard::cost(key, &slot) > held {
         return Err(OutOfMemory);
     }
-    Ok(Some((slot, previous, id)))
+    Ok(Some(Decided { slot, previous, held: id }))
+}
+
+/// What a write decided (see [`decide`]).
+struct Decided {
+    /// What the key is to hold.
+    slot: Slot,
+    /// The value that was visible before, if any.
+    previous: Option<Bytes>,
+    /// The id of the key's record, if one is held: the write stores into it.
+    held: Option<u32>,
 }
 
 /// One register of a bucket summary: key, stamp, and whether it is a stub.
@@ -800,7 +810,9 @@ impl Store {
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
         let stamp = self.clock.now(now_ms);
-        let Some((slot, previous, held)) = decide(&g, kh, &key, now_ms, stamp, full, f)? else { return Ok(None) };
+        let Some(Decided { slot, previous, held }) = decide(&g, kh, &key, now_ms, stamp, full, f)? else {
+            return Ok(None);
+        };
         // What the write hands back (to be pushed to peers) is the store's
         // own copy: `key` and the value may be slices of a larger buffer (a
         // client's read buffer), which a queued slice would keep alive
