@@ -123,8 +123,8 @@ done
 # Where cargo puts what it builds (CARGO_TARGET_DIR, relative to the
 # repository as cargo takes it here).
 target_dir=${CARGO_TARGET_DIR:-target}
-# Row 9 runs the `meshcache` command itself, as processes. Both are built
-# in one invocation, with the crate's features resolved once.
+# Rows 1, 2 and 9 run the `meshcache` command itself, as processes. Both
+# are built in one invocation, with the crate's features resolved once.
 cargo build --release -p meshcache -p meshbench --bin meshcache --bin meshbench
 bin=${MESHBENCH_BIN:-$target_dir/release/meshbench}
 
