@@ -11,6 +11,10 @@
 //!   virtual hours while the other two write and delete with a tombstone
 //!   budget of 8 (so they compact); after healing, the mesh converges and
 //!   nothing deleted comes back.
+//! - `a_peer_cut_off_links_again_soon_after_the_cut_lifts`: one of three
+//!   peers cut off for 5 s to an hour, six times; each time the mesh is
+//!   whole again within 2 virtual seconds of the cut lifting (how often a
+//!   cut-off peer's dials probe, `src/node/rtt.rs`).
 //! - `random_schedules`: seeded schedules on 3 to 5 peers (some with a
 //!   budget of 3 tombstones): random splits, isolations, one-way cuts, held (delayed)
 //!   links, heals, writes, deletes and races on 8 keys, reads, sleeps of up
@@ -250,6 +254,56 @@ fn long_partition_no_resurrection() {
         Ok(())
     });
     println!("{}real time {:?}", out.lock(), real.elapsed());
+    r.unwrap();
+}
+
+/// The most virtual time from lifting a full cut to a full mesh again. A
+/// peer's dials are the only thing that can find that a cut lifted; each
+/// sends its Initial at 0, 30, 90, 210, 450 and 930 ms (ten of its last RTTs
+/// and more), and a failed dial is retried after at most 1.25 s, so every
+/// dialer probes at least every 1.4 s or so. With a 3 s handshake and
+/// backoffs up to 5 s, single dialers went silent for up to 7 s.
+const RELINK: Duration = Duration::from_secs(2);
+
+/// A peer cut off for 5 s to an hour links again with both others within
+/// [`RELINK`] of virtual time after the cut lifts: a property of the
+/// dial's probes and backoff in a deterministic simulation, not a timing of
+/// this machine (virtual time does not depend on it).
+#[test]
+fn a_peer_cut_off_links_again_soon_after_the_cut_lifts() {
+    let layout = Layout {
+        seed: 11,
+        peers: 3,
+        budgets: vec![BIG_BUDGET; 3],
+        max_bytes: vec![None; 3],
+        duration: Duration::from_secs(3 * 3600),
+        loss: 0.0,
+        keep_trace: false,
+        bugs: Vec::new(),
+        clocks: Clocks { skew_ms: 0, slowdown: 1, restart_lag_ms: 0 },
+    };
+    let out = Arc::new(Mutex::new(String::new()));
+    let out2 = out.clone();
+    let r = tsim::run(&layout, move |net| async move {
+        wait_full_mesh(&net, 3, Duration::from_secs(60)).await?;
+        let mut took = Vec::new();
+        for secs in [5u64, 17, 60, 123, 600, 3600] {
+            turmoil::partition("p2", "p0");
+            turmoil::partition("p2", "p1");
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let p2 = net.mesh("p2").ok_or("p2 is down")?;
+            if p2.stats().connected != 0 {
+                return Err(format!("p2 still linked after a cut of {secs} s").into());
+            }
+            let lifted = tokio::time::Instant::now();
+            heal_all(&net);
+            wait_full_mesh(&net, 3, RELINK).await.map_err(|e| format!("cut of {secs} s: {e}"))?;
+            took.push(lifted.elapsed());
+        }
+        writeln!(out2.lock(), "from lifting a cut to a full mesh (virtual): {took:?}").unwrap();
+        Ok(())
+    });
+    println!("{}", out.lock());
     r.unwrap();
 }
 

@@ -191,7 +191,7 @@ impl MeshBuilder {
         if identity.name != config.name {
             return Err(MeshError::NameMismatch { cert: identity.name.clone(), name: config.name.clone() });
         }
-        let transport = transport_config(&config);
+        let transport = transport_config(&config, None);
         let mut server = crate::transport::tls::quinn_server_config_with(&identity, crypto.clone())?;
         server.transport_config(transport.clone());
         let mut client_config = crate::transport::tls::quinn_client_config_with(&identity, crypto.clone())?;
@@ -270,6 +270,7 @@ impl MeshBuilder {
             listeners: Default::default(),
             default_ttl: self.default_ttl,
             flights: Default::default(),
+            rtts: Default::default(),
             leases: Default::default(),
             fill: self.fill,
             draining: Default::default(),
@@ -285,9 +286,13 @@ impl MeshBuilder {
     }
 }
 
-/// quinn's transport settings for a peer's connections.
-fn transport_config(c: &MeshConfig) -> Arc<quinn::TransportConfig> {
+/// quinn's transport settings for a peer's connections; a dial to an
+/// address measured before passes that RTT as `initial_rtt` (`rtt`).
+pub(super) fn transport_config(c: &MeshConfig, initial_rtt: Option<Duration>) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    if let Some(rtt) = initial_rtt {
+        t.initial_rtt(rtt);
+    }
     t.keep_alive_interval(Some(c.keep_alive));
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(c.idle_timeout).unwrap_or(quinn::VarInt::from_u32(10_000).into()),

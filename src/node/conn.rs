@@ -34,6 +34,7 @@ pub(super) async fn watch_close(
     if let Some(q) = &queue {
         q.close();
     }
+    inner.rtts.remember(conn.remote_address(), conn.rtt());
     let removed = {
         let mut peers = inner.peers.lock();
         let current = peers.get(&id.name).is_some_and(|p| p.conn.stable_id() == conn.stable_id());

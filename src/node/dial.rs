@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::builder::transport_config;
 use super::conn::{note_tls_refusal, CODE_DUPLICATE, CODE_PROTOCOL, CODE_REFUSED};
 use super::driver::CoreView;
 use super::hello::{check_hello, refused};
 use super::inner::Inner;
 use super::links::{Side, Verdict};
+use super::rtt::handshake_timeout;
 use super::stream::{kind, FrameReader};
 use super::versions::{hello_frames, hello_version, read_versions, refused_by, spoke_range};
 use crate::transport::certs;
@@ -18,12 +20,21 @@ pub(super) async fn dial(
     inner: &Arc<Inner>,
     addr: SocketAddr,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let conn = match inner.endpoint.connect_with(inner.tls.client(), addr, certs::SERVER_NAME)?.await {
-        Ok(conn) => conn,
-        Err(e) => {
+    let initial_rtt = inner.rtts.initial(addr);
+    let mut client = inner.tls.client();
+    if let Some(rtt) = initial_rtt {
+        client.transport_config(transport_config(&inner.config, Some(rtt)));
+    }
+    let connecting = inner.endpoint.connect_with(client, addr, certs::SERVER_NAME)?;
+    let conn = match tokio::time::timeout(handshake_timeout(initial_rtt), connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
             note_tls_refusal(inner, addr, true, &e);
             return Err(e.into());
         }
+        // Dropping the attempt abandons it; the machine backs off and dials
+        // again with a fresh probe timeout (`rtt`).
+        Err(_) => return Err("no handshake in time".into()),
     };
     // Under TLS 1.3 a client the server rejects still sees the handshake
     // succeed: authentication counts only once the hello exchange is done,

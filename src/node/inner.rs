@@ -100,6 +100,8 @@ pub(super) struct Inner {
     pub(super) default_ttl: Option<std::time::Duration>,
     /// `get_or_load`'s fills running here, the leases known, and settings.
     pub(super) flights: super::fill::Flights,
+    /// The RTT last measured to each address, for the next dial there.
+    pub(super) rtts: super::rtt::Rtts,
     pub(super) leases: super::leases::Leases,
     pub(super) fill: super::fill::FillConfig,
     /// `Mesh::drain` or `shutdown` began: the peer still replicates, but

@@ -30,6 +30,7 @@
 //! - `stream`: framing on a QUIC stream, and running one session over it;
 //! - `queue`: a peer's bounded push queue;
 //! - `memory`: a memory bound on the whole process, from an allocator probe;
+//! - `rtt`: what a dial assumes of the network before it hears back;
 //! - `reload`: the TLS material new connections use, and swapping it while
 //!   the peer runs ([`Mesh::reload_tls`]);
 //! - `timer`: expiry, collection, the bootstrap timeout and gauges.
@@ -53,6 +54,7 @@ mod push;
 mod queue;
 mod readiness;
 mod reload;
+mod rtt;
 mod sessions;
 mod stream;
 mod timer;

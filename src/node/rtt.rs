@@ -1,0 +1,118 @@
+//! What a dial assumes of the network before it hears back: the round-trip
+//! time last measured to the address, and how long its handshake may take.
+//!
+//! A QUIC client that gets no answer resends its Initial only at its probe
+//! timeouts, three times the initial RTT and doubling after each: with the
+//! standard 333 ms (RFC 9002, for a path never measured) at 1 s, then 3 s.
+//! A peer dialing across a partition therefore stays silent for seconds
+//! after the partition lifts, and the first datagram to cross it is what
+//! starts the heal (`links`: a link to a lost peer ends every backoff). So a
+//! dial to an address a link has run over starts from that link's final
+//! smoothed RTT (as RFC 9002 allows for a path measured before), and gives
+//! up after a time that scales with it; the next dial, after a backoff of at
+//! most a second, probes again from a fresh probe timeout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// The smallest initial RTT a dial starts from. On one host or one network the
+/// measured RTT is well under a millisecond, and a probe timeout of three
+/// times that would resend Initials faster than a busy peer can answer.
+pub(super) const MIN_INITIAL_RTT: Duration = Duration::from_millis(10);
+/// The largest: quinn's default, RFC 9002's for a path never measured.
+pub(super) const MAX_INITIAL_RTT: Duration = Duration::from_millis(333);
+/// The shortest time a dial waits for its handshake. With a 10 ms initial
+/// RTT a silent dial sends its Initial at 0, 30, 90, 210, 450 and 930 ms.
+const MIN_HANDSHAKE: Duration = Duration::from_secs(1);
+/// How many initial RTTs a handshake may take before the dial gives up:
+/// enough for the probes above, and for a peer far away to answer through
+/// a lost datagram or two.
+const HANDSHAKE_RTTS: u32 = 10;
+/// Addresses remembered: far more than a mesh's members. Past it, one entry
+/// is forgotten for each new one (its next dial starts from the default).
+const CAPACITY: usize = 4096;
+
+/// The RTT last measured to each address a connection ran over.
+#[derive(Default)]
+pub(super) struct Rtts {
+    known: Mutex<HashMap<SocketAddr, Duration>>,
+}
+
+impl Rtts {
+    /// Records the smoothed RTT of a connection to `addr` that ended or
+    /// came up.
+    pub(super) fn remember(&self, addr: SocketAddr, rtt: Duration) {
+        let mut known = self.known.lock();
+        if known.len() >= CAPACITY && !known.contains_key(&addr) {
+            if let Some(old) = known.keys().next().copied() {
+                known.remove(&old);
+            }
+        }
+        known.insert(addr, rtt);
+    }
+
+    /// The initial RTT of a dial to `addr`: the one last measured there,
+    /// within [`MIN_INITIAL_RTT`]..=[`MAX_INITIAL_RTT`], or `None` for an
+    /// address never measured (quinn's default, the maximum, applies).
+    pub(super) fn initial(&self, addr: SocketAddr) -> Option<Duration> {
+        self.known.lock().get(&addr).map(|&rtt| rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.known.lock().len()
+    }
+}
+
+/// How long a dial whose initial RTT is `initial_rtt` (`None`: the default)
+/// waits for its handshake to complete.
+pub(super) fn handshake_timeout(initial_rtt: Option<Duration>) -> Duration {
+    (initial_rtt.unwrap_or(MAX_INITIAL_RTT) * HANDSHAKE_RTTS).max(MIN_HANDSHAKE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_measured_rtt_is_used_within_bounds_and_an_unknown_address_gets_the_default() {
+        let r = Rtts::default();
+        assert_eq!(r.initial(addr(1)), None);
+        r.remember(addr(1), Duration::from_micros(80));
+        r.remember(addr(2), Duration::from_millis(40));
+        r.remember(addr(3), Duration::from_secs(2));
+        assert_eq!(r.initial(addr(1)), Some(MIN_INITIAL_RTT));
+        assert_eq!(r.initial(addr(2)), Some(Duration::from_millis(40)));
+        assert_eq!(r.initial(addr(3)), Some(MAX_INITIAL_RTT));
+        // The last measurement wins.
+        r.remember(addr(2), Duration::from_millis(25));
+        assert_eq!(r.initial(addr(2)), Some(Duration::from_millis(25)));
+    }
+
+    #[test]
+    fn the_handshake_timeout_scales_with_the_initial_rtt_and_is_at_least_a_second() {
+        assert_eq!(handshake_timeout(Some(MIN_INITIAL_RTT)), Duration::from_secs(1));
+        assert_eq!(handshake_timeout(Some(Duration::from_millis(150))), Duration::from_millis(1500));
+        assert_eq!(handshake_timeout(None), Duration::from_millis(3330));
+    }
+
+    #[test]
+    fn addresses_beyond_the_capacity_replace_others() {
+        let r = Rtts::default();
+        for p in 0..(CAPACITY as u16 + 100) {
+            r.remember(addr(p), Duration::from_millis(1));
+        }
+        assert_eq!(r.len(), CAPACITY);
+        // Remembering a known address again forgets nothing.
+        r.remember(addr(CAPACITY as u16 + 99), Duration::from_millis(2));
+        assert_eq!(r.len(), CAPACITY);
+        assert_eq!(r.initial(addr(CAPACITY as u16 + 99)), Some(MIN_INITIAL_RTT));
+    }
+}
