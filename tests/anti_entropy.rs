@@ -478,3 +478,48 @@ fn a_refusal_list_larger_than_a_frame_is_cut_and_arrives_whole() {
     assert!(c.store().is_empty(), "c dropped every refused register");
     assert!(refusal_messages > 1, "the refusals were cut into several messages");
 }
+
+/// A bounded peer that differs from its peer in every bucket queues the
+/// registers the peer lacks a summary at a time: what it holds queued stays
+/// near its budget (a 64th of its bound) rather than growing to every key
+/// it holds, and the session still moves everything.
+#[test]
+fn a_bounded_side_queues_what_the_peer_lacks_within_its_budget() {
+    use meshcache::store::StoreConfig;
+    use meshcache::sync::session::{MIN_PENDING_BUDGET, PENDING_BUDGET_SHARE};
+    use std::num::NonZeroUsize;
+    const N: usize = 20_000;
+    const BOUND: usize = 8 << 20;
+    let budget = (BOUND / PENDING_BUDGET_SHARE).max(MIN_PENDING_BUDGET) as u64;
+    let mut deferring = 0;
+    for bounded_initiates in [false, true] {
+        let a = replica("a", 1);
+        let cfg = StoreConfig { max_bytes: NonZeroUsize::new(BOUND), ..StoreConfig::default() };
+        let b = replica_with("b", 2, cfg, true);
+        fill(&a, N, "a", T0);
+        for i in 0..N {
+            b.put(Bytes::from(format!("b{i:07}")), Bytes::from_static(b"v"), None, T0).unwrap();
+        }
+        assert_eq!(b.store().len(), N, "the bound holds all of b's keys");
+        let (sb, sa) = if bounded_initiates { sync(&b, &a, T0 + 1) } else { sync(&a, &b, T0 + 1).map(|(x, y)| (y, x)) }
+            .expect("the session completes");
+        assert_eq!(sb.entries_sent, N as u64, "b sent every key a lacked: {sb:?}");
+        for i in (0..N).step_by(997) {
+            assert!(a.get(format!("b{i:07}").as_bytes(), T0 + 1).is_some(), "a holds b{i:07}");
+        }
+        assert_eq!(sa.summaries_deferred, 0, "the unbounded side has no budget: {sa:?}");
+        if sb.peak_queued_bytes > 0 {
+            deferring += 1;
+            // Each key queued costs its length and a queue slot; all of b's
+            // at once would be N of them.
+            let all = (N * (8 + 32)) as u64;
+            assert!(sb.summaries_deferred > 0, "{sb:?}");
+            assert!(
+                sb.peak_queued_bytes <= 3 * budget && sb.peak_queued_bytes * 4 < all,
+                "b queued {} bytes at most, budget {budget}, all {all}: {sb:?}",
+                sb.peak_queued_bytes
+            );
+        }
+    }
+    assert_eq!(deferring, 1, "b received the summary in exactly one of the two directions");
+}

@@ -31,6 +31,7 @@ pub(super) struct Counters {
     pub(super) ae_rounds: AtomicU64,
     pub(super) ae_failed: AtomicU64,
     pub(super) ae_declined: AtomicU64,
+    pub(super) ae_summaries_deferred: AtomicU64,
     pub(super) ae_bytes_sent: AtomicU64,
     pub(super) ae_bytes_received: AtomicU64,
     pub(super) ae_entries_sent: AtomicU64,

@@ -105,6 +105,10 @@ pub struct MeshStats {
     /// have two peers ship the same data to it. Each is asked for again
     /// shortly after.
     pub ae_declined: u64,
+    /// Summaries this peer, under a memory bound, held back in its
+    /// sessions until the registers it had queued for the peer were sent
+    /// (the session's queue stays within a 64th of the bound).
+    pub ae_summaries_deferred: u64,
     /// Bytes sent in anti-entropy sessions.
     pub ae_bytes_sent: u64,
     /// Bytes received in anti-entropy sessions.
@@ -505,6 +509,7 @@ impl Mesh {
             ae_rounds: l(&c.ae_rounds),
             ae_failed: l(&c.ae_failed),
             ae_declined: l(&c.ae_declined),
+            ae_summaries_deferred: l(&c.ae_summaries_deferred),
             ae_bytes_sent: l(&c.ae_bytes_sent),
             ae_bytes_received: l(&c.ae_bytes_received),
             ae_entries_sent: l(&c.ae_entries_sent),

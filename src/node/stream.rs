@@ -155,7 +155,10 @@ pub(crate) async fn run_session(
                     let permit = permit.map_err(|_| StreamError::WriterGone)?;
                     permit.send(next.take().expect("guarded by is_some"));
                 }
-                m = in_rx.recv(), if !recv_done => match m {
+                // A session waiting for its queue to drain takes nothing
+                // more (see `Session::wants_input`): the peer's messages wait
+                // in the stream, under its flow control.
+                m = in_rx.recv(), if !recv_done && session.wants_input() => match m {
                     Some(Ok(Some(Message::Sync(msg)))) => {
                         let handled = session.handle_message(replica, msg, now_ms());
                         let changes = session.take_changes();

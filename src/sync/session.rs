@@ -106,6 +106,19 @@ pub const ADOPT_BUDGET_SHARE: usize = 32;
 /// The least adoption state a session may keep, in bytes.
 pub const MIN_ADOPT_BUDGET: usize = 64 * 1024;
 
+/// On a side with a memory bound, the registers queued for the summary
+/// side (their keys, read when their turn comes) take at most about
+/// 1/`PENDING_BUDGET_SHARE` of the bound (at least [`MIN_PENDING_BUDGET`]):
+/// past it, the next `Summary` waits until the queue drains, and the peer's
+/// summary waits in its stream's flow control. Without it a bounded peer
+/// that differs from its peer in every bucket (a mesh under a steady write
+/// load) queued every key it holds at once, megabytes its bound did not
+/// leave room for.
+pub const PENDING_BUDGET_SHARE: usize = 64;
+
+/// The least queue a bounded side may keep, in bytes.
+pub const MIN_PENDING_BUDGET: usize = 64 * 1024;
+
 /// A nearly empty side: when the smaller store holds at most
 /// `1/STREAM_RATIO` of the larger, descending the tree costs more than it
 /// saves, and both sides stream everything instead.
@@ -183,6 +196,11 @@ pub struct SessionStats {
     /// because the session's adoption state reached its budget
     /// ([`ADOPT_BUDGET_SHARE`]); a later round adopts them.
     pub adoptions_deferred: u64,
+    /// `Summary` messages this side held back until the registers it had
+    /// queued for the peer were sent ([`PENDING_BUDGET_SHARE`]).
+    pub summaries_deferred: u64,
+    /// The most bytes of keys this side had queued for the peer at once.
+    pub peak_queued_bytes: u64,
     /// How the differences were found.
     pub mode: Mode,
 }
@@ -245,6 +263,14 @@ pub struct Session {
     out: VecDeque<SyncMsg>,
     /// Registers still to send, cut into `Entries` messages.
     pending: VecDeque<Outgoing>,
+    /// What the keys in `pending` take (`Outgoing::Key` only), and the most
+    /// they may take before a `Summary` is deferred.
+    pending_bytes: usize,
+    pending_budget: usize,
+    /// The other side: a `Summary` received while `pending` was over its
+    /// budget, handled once it drains. Until then [`Session::wants_input`]
+    /// is false.
+    deferred: Option<Vec<BucketSummary>>,
     /// Summary side: positions in `summarised` of the registers the peer
     /// wants, sent after `pending`. A position is 8 bytes where a queued
     /// key is about 60 (its handle, its copy and its slot), and under a
@@ -357,6 +383,9 @@ impl Session {
             started_ms: now_ms,
             out: VecDeque::new(),
             pending: VecDeque::new(),
+            pending_bytes: 0,
+            pending_budget: usize::MAX,
+            deferred: None,
             wanted: VecDeque::new(),
             wants_done: false,
             stream_shard: None,
@@ -432,6 +461,14 @@ impl Session {
         &self.stats
     }
 
+    /// Whether the session takes the peer's next message now. False while a
+    /// `Summary` waits for the registers queued before it to be sent (see
+    /// [`PENDING_BUDGET_SHARE`]): the driver then only transmits. A message
+    /// handed in anyway is handled after the waiting summary, in order.
+    pub fn wants_input(&self) -> bool {
+        self.deferred.is_none()
+    }
+
     /// Takes the store changes made so far, for subscribers.
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)
@@ -447,6 +484,8 @@ impl Session {
     fn fail(&mut self) {
         self.phase = Phase::Failed;
         self.pending.clear();
+        self.pending_bytes = 0;
+        self.deferred = None;
         self.wanted.clear();
         self.after.clear();
         self.stream_shard = None;
@@ -459,6 +498,9 @@ impl Session {
     pub fn handle_message(&mut self, replica: &Replica, msg: SyncMsg, now_ms: u64) -> Result<(), SyncError> {
         self.stats.messages_received += 1;
         self.stats.bytes_received += frame_len(&msg);
+        if let Some(buckets) = self.deferred.take() {
+            self.on_summary(replica, buckets);
+        }
         let r = self.handle_inner(replica, msg, now_ms);
         if r.is_err() {
             self.fail();
@@ -504,7 +546,15 @@ impl Session {
             (Phase::Descend | Phase::Exchange, SyncMsg::Summary(buckets))
                 if !self.summary_sender && !self.end_queued =>
             {
-                self.on_summary(replica, buckets)
+                check_summary(&buckets)?;
+                self.phase = Phase::Exchange;
+                if self.pending_bytes > self.pending_budget {
+                    self.stats.summaries_deferred += 1;
+                    self.deferred = Some(buckets);
+                } else {
+                    self.on_summary(replica, buckets);
+                }
+                Ok(())
             }
             (Phase::Descend | Phase::Exchange, SyncMsg::SummaryDone) if !self.summary_sender && !self.end_queued => {
                 self.phase = Phase::Exchange;
@@ -669,8 +719,9 @@ impl Session {
     }
 
     fn open(&mut self, replica: &Replica, h: &SyncHello, now_ms: u64) -> Result<(), SyncError> {
-        self.adopt_budget =
-            replica.store().max_bytes().map_or(usize::MAX, |m| (m.get() / ADOPT_BUDGET_SHARE).max(MIN_ADOPT_BUDGET));
+        let bound = replica.store().max_bytes();
+        self.adopt_budget = bound.map_or(usize::MAX, |m| (m.get() / ADOPT_BUDGET_SHARE).max(MIN_ADOPT_BUDGET));
+        self.pending_budget = bound.map_or(usize::MAX, |m| (m.get() / PENDING_BUDGET_SHARE).max(MIN_PENDING_BUDGET));
         match replica.observe_sync_hello(h, now_ms) {
             Ok(changes) => self.changes.extend(changes),
             Err(SyncRefused::Peer(why)) => {
@@ -761,13 +812,9 @@ impl Session {
     /// One chunk of the peer's summary: queue the registers it lacks or
     /// holds older, and note the positions of the keys we lack or hold
     /// older.
-    fn on_summary(&mut self, replica: &Replica, buckets: Vec<BucketSummary>) -> Result<(), SyncError> {
-        if buckets.windows(2).any(|w| w[0].bucket >= w[1].bucket)
-            || buckets.last().is_some_and(|b| b.bucket as usize >= BUCKETS)
-        {
-            return Err(SyncError::Protocol("summary buckets not increasing or out of range".into()));
-        }
-        self.phase = Phase::Exchange;
+    /// Compares a summary checked by [`check_summary`] with what we hold:
+    /// the positions we want, and our registers the peer lacks.
+    fn on_summary(&mut self, replica: &Replica, buckets: Vec<BucketSummary>) {
         let ids: Vec<usize> = buckets.iter().map(|b| b.bucket as usize).collect();
         // Keys and stamps only: the registers to send are read when their
         // turn comes, so a long queue holds keys, not copies of values.
@@ -855,15 +902,18 @@ impl Session {
                     Some((t, t_stub)) => *t < st || (*t == st && *t_stub && !stub && !partial_there),
                 };
                 if send {
+                    self.pending_bytes += std::mem::size_of::<Outgoing>() + k.len();
                     self.pending.push_back(Outgoing::Key(k));
                 }
             }
         }
-        if self.want_bytes >= self.batch_bytes {
+        self.stats.peak_queued_bytes = self.stats.peak_queued_bytes.max(self.pending_bytes as u64);
+        // Cut by the bytes they take here as well as on the wire (most
+        // gaps are one byte there, eight here).
+        if self.want_bytes >= self.batch_bytes || self.want_buf.len() * 8 >= self.batch_bytes {
             self.want_bytes = 0;
             self.out.push_back(SyncMsg::Want(std::mem::take(&mut self.want_buf)));
         }
-        Ok(())
     }
 
     /// Queues the registers the peer wants, named by their positions in our
@@ -893,6 +943,9 @@ impl Session {
     /// checked against it when it was wanted).
     fn next_outgoing(&mut self) -> Option<Outgoing> {
         if let Some(next) = self.pending.pop_front() {
+            if let Outgoing::Key(k) = &next {
+                self.pending_bytes = self.pending_bytes.saturating_sub(std::mem::size_of::<Outgoing>() + k.len());
+            }
             return Some(next);
         }
         while let Some(pos) = self.wanted.pop_front() {
@@ -969,7 +1022,19 @@ impl Session {
 
     /// The next message to send, if any. Call until it returns `None`.
     pub fn poll_transmit(&mut self, replica: &Replica) -> Option<SyncMsg> {
-        let msg = self.next_message(replica)?;
+        let msg = loop {
+            if self.deferred.is_some() && (self.pending_bytes <= self.pending_budget || self.pending.is_empty()) {
+                let buckets = self.deferred.take().expect("checked above");
+                self.on_summary(replica, buckets);
+            }
+            match self.next_message(replica) {
+                Some(m) => break m,
+                // The queue drained (its keys may all have gone from the
+                // store): the waiting summary is handled now.
+                None if self.deferred.is_some() => continue,
+                None => return None,
+            }
+        };
         if let SyncMsg::Entries(e) = &msg {
             self.stats.entries_sent += e.len() as u64;
         }
@@ -1038,6 +1103,16 @@ impl Session {
         }
         self.after.pop_front()
     }
+}
+
+/// Refuses a summary whose buckets are not increasing or out of range.
+fn check_summary(buckets: &[BucketSummary]) -> Result<(), SyncError> {
+    if buckets.windows(2).any(|w| w[0].bucket >= w[1].bucket)
+        || buckets.last().is_some_and(|b| b.bucket as usize >= BUCKETS)
+    {
+        return Err(SyncError::Protocol("summary buckets not increasing or out of range".into()));
+    }
+    Ok(())
 }
 
 /// The digests of the children of `parents` (nodes at `level - 1`), in

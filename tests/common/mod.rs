@@ -7,6 +7,8 @@ pub mod process;
 pub mod redis_ref;
 pub mod wait;
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 use meshcache::hlc::NodeId;
 use meshcache::membership::{Incarnation, MemberId};
@@ -59,7 +61,9 @@ pub fn sync_at(a: &Replica, now_a: u64, b: &Replica, now_b: u64) -> Result<(Sess
 
 /// Runs two sessions already opened (`sa` on `a`, initiating; `sb` on `b`)
 /// to their end, calling `seen` with each of `a`'s messages once `b` has
-/// taken it in. Returns both sides' stats, or the first error.
+/// taken it in. Each side takes the other's messages only while it
+/// `wants_input`, as the stream driver does; the rest wait in flight.
+/// Returns both sides' stats, or the first error.
 pub fn drive(
     a: &Replica,
     mut sa: Session,
@@ -69,12 +73,17 @@ pub fn drive(
     now_b: u64,
     mut seen: impl FnMut(&SyncMsg),
 ) -> Result<(SessionStats, SessionStats), SyncError> {
+    let (mut to_a, mut to_b) = (VecDeque::new(), VecDeque::new());
     // Bounded: a session that does not finish in this many turns is a bug.
     for _ in 0..100_000 {
         let mut moved = false;
         while let Some(m) = sa.poll_transmit(a) {
             moved = true;
-            let m = over_the_wire(m);
+            to_b.push_back(over_the_wire(m));
+        }
+        while sb.wants_input() {
+            let Some(m) = to_b.pop_front() else { break };
+            moved = true;
             if let Err(e) = sb.handle_message(b, m.clone(), now_b) {
                 // A refusing side still sends what it queued (its Reject):
                 // the initiator's view of the failure is the one to report.
@@ -87,9 +96,14 @@ pub fn drive(
         }
         while let Some(m) = sb.poll_transmit(b) {
             moved = true;
-            sa.handle_message(a, over_the_wire(m), now_a)?;
+            to_a.push_back(over_the_wire(m));
         }
-        if sa.is_finished() && sb.is_finished() {
+        while sa.wants_input() {
+            let Some(m) = to_a.pop_front() else { break };
+            moved = true;
+            sa.handle_message(a, m, now_a)?;
+        }
+        if sa.is_finished() && sb.is_finished() && to_a.is_empty() && to_b.is_empty() {
             assert!(sa.is_complete() && sb.is_complete(), "both sides complete");
             return Ok((sa.stats().clone(), sb.stats().clone()));
         }
