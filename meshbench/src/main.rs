@@ -1347,10 +1347,10 @@ async fn heal_inner(z: &Sizes, faults: &Faults, peers: &[Mesh], rep: &mut Report
         Row::new(4, "heal: partition lifted to equal digests", "ms", total.as_secs_f64() * 1e3)
             .at_most(300.0, "<= 300 ms")
             .note(format!(
-        "includes {:.0} ms until a link across the cut reopened (redial backoff grows from 200 ms to 5 s, +-25%, \
-             while the cut lasts)",
-        redial.as_secs_f64() * 1e3
-    )),
+                "includes {:.0} ms until a link across the cut reopened (while the cut lasts each side's dials probe \
+             at least every 1.4 s or so: src/node/rtt.rs)",
+                redial.as_secs_f64() * 1e3
+            )),
     );
     rep.push(Row::new(4, "heal: AE bytes / divergent data", "x", ae_bytes / divergent).at_most(1.2, "<= 1.2x").note(
         format!(
