@@ -9,7 +9,6 @@ use super::driver::CoreView;
 use super::hello::{check_hello, refused};
 use super::inner::Inner;
 use super::links::{Side, Verdict};
-use super::rtt::handshake_timeout;
 use super::stream::{kind, FrameReader};
 use super::versions::{hello_frames, hello_version, read_versions, refused_by, spoke_range};
 use crate::transport::certs;
@@ -20,22 +19,29 @@ pub(super) async fn dial(
     inner: &Arc<Inner>,
     addr: SocketAddr,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let initial_rtt = inner.rtts.initial(addr);
+    let plan = inner.rtts.plan(addr);
     let mut client = inner.tls.client();
-    if let Some(rtt) = initial_rtt {
-        client.transport_config(transport_config(&inner.config, Some(rtt)));
+    if plan.initial_rtt.is_some() {
+        client.transport_config(transport_config(&inner.config, plan.initial_rtt));
     }
     let connecting = inner.endpoint.connect_with(client, addr, certs::SERVER_NAME)?;
-    let conn = match tokio::time::timeout(handshake_timeout(initial_rtt), connecting).await {
+    let limit = plan.timeout.unwrap_or(inner.config.idle_timeout);
+    let conn = match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            note_tls_refusal(inner, addr, true, &e);
+            if !note_tls_refusal(inner, addr, true, &e) && matches!(e, quinn::ConnectionError::TimedOut) {
+                inner.rtts.timed_out(addr);
+            }
             return Err(e.into());
         }
         // Dropping the attempt abandons it; the machine backs off and dials
         // again with a fresh probe timeout (`rtt`).
-        Err(_) => return Err("no handshake in time".into()),
+        Err(_) => {
+            inner.rtts.timed_out(addr);
+            return Err("no handshake in time".into());
+        }
     };
+    inner.rtts.remember(addr, conn.rtt());
     // Under TLS 1.3 a client the server rejects still sees the handshake
     // succeed: authentication counts only once the hello exchange is done,
     // and a refusal of this peer's certificate shows in the close.

@@ -11,6 +11,14 @@
 //! smoothed RTT (as RFC 9002 allows for a path measured before), and gives
 //! up after a time that scales with it; the next dial, after a backoff of at
 //! most a second, probes again from a fresh probe timeout.
+//!
+//! A path whose round trip has grown past about a second since it was
+//! measured (a peer moved behind a congested satellite link, say) would
+//! never complete a handshake within one: so every fourth dial in a row
+//! that got no answer sets no limit of its own, and only the connection's
+//! idle timeout ends it, as for any dial before. A small initial RTT does
+//! such a path no harm: the extra Initials are a few datagrams, and the
+//! handshake completes when the answer comes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,15 +43,37 @@ const HANDSHAKE_RTTS: u32 = 10;
 /// is forgotten for each new one (its next dial starts from the default).
 const CAPACITY: usize = 4096;
 
+/// Every this many dials in a row that timed out, one waits as long as the
+/// idle timeout lets it.
+const LONG_EVERY: u32 = 4;
+
+/// What is known of an address.
+#[derive(Clone, Copy)]
+struct Known {
+    /// The smoothed RTT of the last connection there.
+    rtt: Duration,
+    /// Dials since then that got no handshake in time.
+    timeouts: u32,
+}
+
+/// How a dial goes about its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// The initial RTT; `None` for quinn's default.
+    pub(super) initial_rtt: Option<Duration>,
+    /// How long the handshake may take; `None`: until the idle timeout.
+    pub(super) timeout: Option<Duration>,
+}
+
 /// The RTT last measured to each address a connection ran over.
 #[derive(Default)]
 pub(super) struct Rtts {
-    known: Mutex<HashMap<SocketAddr, Duration>>,
+    known: Mutex<HashMap<SocketAddr, Known>>,
 }
 
 impl Rtts {
-    /// Records the smoothed RTT of a connection to `addr` that ended or
-    /// came up.
+    /// Records the smoothed RTT of a connection to `addr` that came up or
+    /// ended.
     pub(super) fn remember(&self, addr: SocketAddr, rtt: Duration) {
         let mut known = self.known.lock();
         if known.len() >= CAPACITY && !known.contains_key(&addr) {
@@ -51,14 +81,30 @@ impl Rtts {
                 known.remove(&old);
             }
         }
-        known.insert(addr, rtt);
+        known.insert(addr, Known { rtt, timeouts: 0 });
     }
 
-    /// The initial RTT of a dial to `addr`: the one last measured there,
-    /// within [`MIN_INITIAL_RTT`]..=[`MAX_INITIAL_RTT`], or `None` for an
-    /// address never measured (quinn's default, the maximum, applies).
-    pub(super) fn initial(&self, addr: SocketAddr) -> Option<Duration> {
-        self.known.lock().get(&addr).map(|&rtt| rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT))
+    /// A dial to `addr` got no handshake within its plan's timeout.
+    pub(super) fn timed_out(&self, addr: SocketAddr) {
+        if let Some(k) = self.known.lock().get_mut(&addr) {
+            k.timeouts = k.timeouts.saturating_add(1);
+        }
+    }
+
+    /// How the next dial to `addr` goes: from the RTT last measured there,
+    /// within [`MIN_INITIAL_RTT`]..=[`MAX_INITIAL_RTT`], with a timeout of
+    /// ten of those (at least a second), except every [`LONG_EVERY`]th dial
+    /// in a row without an answer; from quinn's default, with the timeout
+    /// that gives, for an address never measured.
+    pub(super) fn plan(&self, addr: SocketAddr) -> Plan {
+        match self.known.lock().get(&addr) {
+            None => Plan { initial_rtt: None, timeout: Some(handshake_timeout(None)) },
+            Some(k) => {
+                let rtt = k.rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT);
+                let long = k.timeouts % LONG_EVERY == LONG_EVERY - 1;
+                Plan { initial_rtt: Some(rtt), timeout: (!long).then(|| handshake_timeout(Some(rtt))) }
+            }
+        }
     }
 
     #[cfg(test)]
@@ -68,8 +114,8 @@ impl Rtts {
 }
 
 /// How long a dial whose initial RTT is `initial_rtt` (`None`: the default)
-/// waits for its handshake to complete.
-pub(super) fn handshake_timeout(initial_rtt: Option<Duration>) -> Duration {
+/// waits for its handshake to complete, as a rule.
+fn handshake_timeout(initial_rtt: Option<Duration>) -> Duration {
     (initial_rtt.unwrap_or(MAX_INITIAL_RTT) * HANDSHAKE_RTTS).max(MIN_HANDSHAKE)
 }
 
@@ -81,19 +127,42 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    fn plan(initial_rtt: Option<Duration>, timeout: Option<Duration>) -> Plan {
+        Plan { initial_rtt, timeout }
+    }
+
     #[test]
     fn a_measured_rtt_is_used_within_bounds_and_an_unknown_address_gets_the_default() {
         let r = Rtts::default();
-        assert_eq!(r.initial(addr(1)), None);
+        assert_eq!(r.plan(addr(1)), plan(None, Some(Duration::from_millis(3330))));
         r.remember(addr(1), Duration::from_micros(80));
         r.remember(addr(2), Duration::from_millis(40));
         r.remember(addr(3), Duration::from_secs(2));
-        assert_eq!(r.initial(addr(1)), Some(MIN_INITIAL_RTT));
-        assert_eq!(r.initial(addr(2)), Some(Duration::from_millis(40)));
-        assert_eq!(r.initial(addr(3)), Some(MAX_INITIAL_RTT));
+        assert_eq!(r.plan(addr(1)), plan(Some(MIN_INITIAL_RTT), Some(Duration::from_secs(1))));
+        assert_eq!(r.plan(addr(2)), plan(Some(Duration::from_millis(40)), Some(Duration::from_secs(1))));
+        assert_eq!(r.plan(addr(3)), plan(Some(MAX_INITIAL_RTT), Some(Duration::from_millis(3330))));
         // The last measurement wins.
-        r.remember(addr(2), Duration::from_millis(25));
-        assert_eq!(r.initial(addr(2)), Some(Duration::from_millis(25)));
+        r.remember(addr(2), Duration::from_millis(150));
+        assert_eq!(r.plan(addr(2)), plan(Some(Duration::from_millis(150)), Some(Duration::from_millis(1500))));
+    }
+
+    #[test]
+    fn every_fourth_dial_in_a_row_without_an_answer_waits_until_the_idle_timeout() {
+        let r = Rtts::default();
+        r.timed_out(addr(1));
+        assert_eq!(r.plan(addr(1)), plan(None, Some(Duration::from_millis(3330))), "nothing known: nothing kept");
+        r.remember(addr(1), Duration::from_micros(80));
+        let fast = plan(Some(MIN_INITIAL_RTT), Some(Duration::from_secs(1)));
+        let long = plan(Some(MIN_INITIAL_RTT), None);
+        let mut plans = Vec::new();
+        for _ in 0..8 {
+            plans.push(r.plan(addr(1)));
+            r.timed_out(addr(1));
+        }
+        assert_eq!(plans, vec![fast, fast, fast, long, fast, fast, fast, long]);
+        // A connection resets the count.
+        r.remember(addr(1), Duration::from_micros(80));
+        assert_eq!(r.plan(addr(1)), fast);
     }
 
     #[test]
@@ -113,6 +182,6 @@ mod tests {
         // Remembering a known address again forgets nothing.
         r.remember(addr(CAPACITY as u16 + 99), Duration::from_millis(2));
         assert_eq!(r.len(), CAPACITY);
-        assert_eq!(r.initial(addr(CAPACITY as u16 + 99)), Some(MIN_INITIAL_RTT));
+        assert_eq!(r.plan(addr(CAPACITY as u16 + 99)).initial_rtt, Some(MIN_INITIAL_RTT));
     }
 }
