@@ -259,12 +259,12 @@ fn long_partition_no_resurrection() {
 
 /// The most virtual time from lifting a full cut to a full mesh again. A
 /// peer's dials are the only thing that can find that a cut lifted; each
-/// sends its Initial at 0, 30, 90, 210, 450 and 930 ms (ten of its last RTTs
-/// and more; every fourth dial without an answer runs on to 1.89 s and the
-/// 3 s idle timeout), and a failed dial is retried after at most 1.25 s, so
-/// a dialer is seldom silent for more than 1.4 s, and four dial across
-/// this cut. With a 3 s handshake and backoffs up to 5 s, single dialers
-/// went silent for up to 7 s.
+/// sends its Initial at 0, 75, 225 and 525 ms (its last RTT is under the
+/// 25 ms floor; every fourth dial without an answer runs on to the 3 s idle
+/// timeout) and a failed dial is retried after at most 2.5 s, so a dialer
+/// is silent for at most about 3 s, and four dial across this cut, out of
+/// step by their jitter. With a 3 s handshake and backoffs up to 5 s, a
+/// dialer went silent for up to 7 s.
 const RELINK: Duration = Duration::from_secs(2);
 
 /// A peer cut off for 5 s to an hour links again with both others within

@@ -1348,7 +1348,7 @@ async fn heal_inner(z: &Sizes, faults: &Faults, peers: &[Mesh], rep: &mut Report
             .at_most(300.0, "<= 300 ms")
             .note(format!(
                 "includes {:.0} ms until a link across the cut reopened (while the cut lasts each side's dials probe \
-             at least every 1.4 s or so: src/node/rtt.rs)",
+             at least every 3 s: src/node/rtt.rs)",
                 redial.as_secs_f64() * 1e3
             )),
     );

@@ -54,9 +54,9 @@ pub(crate) struct Timings {
     pub(crate) wait_max: Duration,
     /// Redial backoff bounds, doubling from `backoff_min`, each delay
     /// jittered by ±25% so that a mesh restarting at once does not dial in
-    /// lockstep. The most is a second, as a Redis replica retries its
-    /// primary: across a partition nothing but these dials can find that it
-    /// lifted, and a dial costs a few datagrams.
+    /// lockstep. The most is two seconds: across a partition nothing but
+    /// these dials can find that it lifted (`rtt`: each sends its Initial
+    /// four times in its first 525 ms), and a dial costs a few datagrams.
     pub(crate) backoff_min: Duration,
     /// See `backoff_min`.
     pub(crate) backoff_max: Duration,
@@ -77,7 +77,7 @@ impl Timings {
             retire_linger: Duration::from_millis(500),
             wait_max: Duration::from_secs(30),
             backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(2),
             busy_retry: Duration::from_millis(50),
         }
     }

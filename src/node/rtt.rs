@@ -10,7 +10,7 @@
 //! dial to an address a link has run over starts from that link's final
 //! smoothed RTT (as RFC 9002 allows for a path measured before), and gives
 //! up after a time that scales with it; the next dial, after a backoff of at
-//! most a second, probes again from a fresh probe timeout.
+//! most two seconds, probes again from a fresh probe timeout.
 //!
 //! A path whose round trip has grown past about a second since it was
 //! measured (a peer moved behind a congested satellite link, say) would
@@ -28,12 +28,13 @@ use parking_lot::Mutex;
 
 /// The smallest initial RTT a dial starts from. On one host or one network the
 /// measured RTT is well under a millisecond, and a probe timeout of three
-/// times that would resend Initials faster than a busy peer can answer.
-pub(super) const MIN_INITIAL_RTT: Duration = Duration::from_millis(10);
+/// times that would resend Initials faster than a busy peer can answer; at
+/// 25 ms a dial to an unreachable member costs four datagrams.
+pub(super) const MIN_INITIAL_RTT: Duration = Duration::from_millis(25);
 /// The largest: quinn's default, RFC 9002's for a path never measured.
 pub(super) const MAX_INITIAL_RTT: Duration = Duration::from_millis(333);
-/// The shortest time a dial waits for its handshake. With a 10 ms initial
-/// RTT a silent dial sends its Initial at 0, 30, 90, 210, 450 and 930 ms.
+/// The shortest time a dial waits for its handshake. With a 25 ms initial
+/// RTT a silent dial sends its Initial at 0, 75, 225 and 525 ms.
 const MIN_HANDSHAKE: Duration = Duration::from_secs(1);
 /// How many initial RTTs a handshake may take before the dial gives up:
 /// enough for the probes above, and for a peer far away to answer through

@@ -535,7 +535,7 @@ fn a_hello_naming_someone_other_than_its_certificate_is_refused() {
 }
 
 #[test]
-fn redial_backoff_doubles_to_a_second_with_jitter_and_resets_after_a_success() {
+fn redial_backoff_doubles_to_two_seconds_with_jitter_and_resets_after_a_success() {
     let seed = addr(7001);
     let mut now = crate::env::stopwatch().into_std();
     let mut a = Node::new("a", 7000, vec![seed], now);
@@ -546,7 +546,7 @@ fn redial_backoff_doubles_to_a_second_with_jitter_and_resets_after_a_success() {
         assert!(a.actions().is_empty(), "no redial before the backoff ends");
         let at = a.links.poll_timeout().expect("a redial is due");
         let delay = at - now;
-        let base = (Duration::from_millis(200) * 2u32.pow(k)).min(Duration::from_secs(1));
+        let base = (Duration::from_millis(200) * 2u32.pow(k)).min(Duration::from_secs(2));
         assert!(delay >= base.mul_f64(0.75) && delay < base.mul_f64(1.25), "attempt {k}: {delay:?} for {base:?}");
         a.links.handle_timeout(at - Duration::from_millis(1));
         assert!(a.actions().is_empty(), "attempt {k}: redialed early");
@@ -583,7 +583,7 @@ fn a_seed_name_is_looked_up_whenever_it_would_be_dialed_with_backoff_and_keeps_i
         firsts.push(a.links.handle_resolved(now, 0, None));
         assert!(a.actions().is_empty(), "lookup {k}: nothing to dial, no lookup before the backoff");
         let at = a.links.poll_timeout().expect("a lookup is due");
-        let base = (Duration::from_millis(200) * 2u32.pow(k)).min(Duration::from_secs(1));
+        let base = (Duration::from_millis(200) * 2u32.pow(k)).min(Duration::from_secs(2));
         let delay = at - now;
         assert!(delay >= base.mul_f64(0.75) && delay < base.mul_f64(1.25), "lookup {k}: {delay:?} for {base:?}");
         a.links.handle_timeout(at);
@@ -639,7 +639,7 @@ fn a_link_to_a_lost_peer_ends_every_redial_backoff_and_the_next_failure_backs_of
     c.links.handle_members(now, vec![("a".into(), addr(7000)), ("b".into(), addr(7001))]);
     assert_eq!(c.actions(), vec![Action::Dial(addr(7000)), Action::Dial(addr(7001))]);
     // Cut off: every dial and lookup fails six times, and the backoffs
-    // reach their cap, 1 s (+-25%).
+    // reach their cap, 2 s (+-25%).
     for k in 0..5 {
         c.links.handle_dial_result(now, addr(7000), false);
         c.links.handle_dial_result(now, addr(7001), false);
@@ -654,7 +654,7 @@ fn a_link_to_a_lost_peer_ends_every_redial_backoff_and_the_next_failure_backs_of
     c.links.handle_dial_result(now, addr(7001), false);
     c.links.handle_resolved(now, 0, None);
     let due = c.links.poll_timeout().expect("redials are due");
-    assert!(due >= now + Duration::from_millis(750), "backed off {:?}", due - now);
+    assert!(due >= now + Duration::from_millis(1500), "backed off {:?}", due - now);
 
     // The partition lifts: a's dial arrives first. The link is news that
     // the network carries again: b and the name are tried at once.
@@ -667,12 +667,12 @@ fn a_link_to_a_lost_peer_ends_every_redial_backoff_and_the_next_failure_backs_of
     assert!(actions.contains(&resolve), "the name looked up at once: {actions:?}");
     assert!(!actions.contains(&Action::Dial(addr(7000))), "a is linked: {actions:?}");
 
-    // b is still unreachable: its next backoff is where it was (1 s,
+    // b is still unreachable: its next backoff is where it was (2 s,
     // +-25%), not 200 ms again.
     c.links.handle_dial_result(now, addr(7001), false);
     c.links.handle_resolved(now, 0, None);
     let due = c.links.poll_timeout().expect("a redial is due");
-    assert!(due >= now + Duration::from_millis(750), "backed off {:?}", due - now);
+    assert!(due >= now + Duration::from_millis(1500), "backed off {:?}", due - now);
 
     // A new connection of a peer already linked is no such news.
     let v = c.links.handle_hello(now, ConnId(2), Side::Acceptor, &hello(&a, addr(7000)), None, Some("a"), &mut c.core);
