@@ -16,7 +16,7 @@
 //! measured (a peer moved behind a congested satellite link, say) would
 //! never complete a handshake within one: so every fourth dial in a row
 //! that got no answer sets no limit of its own, and only the connection's
-//! idle timeout ends it, as for any dial before. A small initial RTT does
+//! idle timeout ends it. A small initial RTT does
 //! such a path no harm: the extra Initials are a few datagrams, and the
 //! handshake completes when the answer comes.
 

@@ -809,11 +809,9 @@ impl Session {
         Ok(())
     }
 
-    /// One chunk of the peer's summary: queue the registers it lacks or
-    /// holds older, and note the positions of the keys we lack or hold
-    /// older.
-    /// Compares a summary checked by [`check_summary`] with what we hold:
-    /// the positions we want, and our registers the peer lacks.
+    /// One chunk of the peer's summary, checked by [`check_summary`]: queue
+    /// the registers it lacks or holds older, and note the positions of the
+    /// keys we lack or hold older.
     fn on_summary(&mut self, replica: &Replica, buckets: Vec<BucketSummary>) {
         let ids: Vec<usize> = buckets.iter().map(|b| b.bucket as usize).collect();
         // Keys and stamps only: the registers to send are read when their
