@@ -154,6 +154,22 @@ async fn heal_converge_check(net: &Net, h: &History) -> Result<(Duration, Durati
     Ok(took)
 }
 
+/// Three peers with this tombstone budget each, no memory bound, no loss
+/// and true clocks, for at most `duration` of virtual time.
+fn three_peers(seed: u64, budget: usize, duration: Duration) -> Layout {
+    Layout {
+        seed,
+        peers: 3,
+        budgets: vec![budget; 3],
+        max_bytes: vec![None; 3],
+        duration,
+        loss: 0.0,
+        keep_trace: false,
+        bugs: Vec::new(),
+        clocks: Clocks { skew_ms: 0, slowdown: 1, restart_lag_ms: 0 },
+    }
+}
+
 fn heal_all(net: &Net) {
     for a in &net.names {
         for b in &net.names {
@@ -174,17 +190,7 @@ fn compactions(net: &Net) -> u64 {
 
 #[test]
 fn long_partition_no_resurrection() {
-    let layout = Layout {
-        seed: 7,
-        peers: 3,
-        budgets: vec![SMALL_BUDGET; 3],
-        max_bytes: vec![None; 3],
-        duration: Duration::from_secs(6 * 3600),
-        loss: 0.0,
-        keep_trace: false,
-        bugs: Vec::new(),
-        clocks: Clocks { skew_ms: 0, slowdown: 1, restart_lag_ms: 0 },
-    };
+    let layout = three_peers(7, SMALL_BUDGET, Duration::from_secs(6 * 3600));
     let out = Arc::new(Mutex::new(String::new()));
     let real = Instant::now();
     let out2 = out.clone();
@@ -273,17 +279,7 @@ const RELINK: Duration = Duration::from_secs(2);
 /// this machine (virtual time does not depend on it).
 #[test]
 fn a_peer_cut_off_links_again_soon_after_the_cut_lifts() {
-    let layout = Layout {
-        seed: 11,
-        peers: 3,
-        budgets: vec![BIG_BUDGET; 3],
-        max_bytes: vec![None; 3],
-        duration: Duration::from_secs(3 * 3600),
-        loss: 0.0,
-        keep_trace: false,
-        bugs: Vec::new(),
-        clocks: Clocks { skew_ms: 0, slowdown: 1, restart_lag_ms: 0 },
-    };
+    let layout = three_peers(11, BIG_BUDGET, Duration::from_secs(3 * 3600));
     let out = Arc::new(Mutex::new(String::new()));
     let out2 = out.clone();
     let r = tsim::run(&layout, move |net| async move {

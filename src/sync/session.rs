@@ -469,6 +469,12 @@ impl Session {
         self.deferred.is_none()
     }
 
+    /// Whether the keys queued for the peer are past their budget (an empty
+    /// queue never is, whatever its count says).
+    fn queue_over_budget(&self) -> bool {
+        self.pending_bytes > self.pending_budget && !self.pending.is_empty()
+    }
+
     /// Takes the store changes made so far, for subscribers.
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)
@@ -548,7 +554,7 @@ impl Session {
             {
                 check_summary(&buckets)?;
                 self.phase = Phase::Exchange;
-                if self.pending_bytes > self.pending_budget {
+                if self.queue_over_budget() {
                     self.stats.summaries_deferred += 1;
                     self.deferred = Some(buckets);
                 } else {
@@ -1021,7 +1027,7 @@ impl Session {
     /// The next message to send, if any. Call until it returns `None`.
     pub fn poll_transmit(&mut self, replica: &Replica) -> Option<SyncMsg> {
         let msg = loop {
-            if self.deferred.is_some() && (self.pending_bytes <= self.pending_budget || self.pending.is_empty()) {
+            if self.deferred.is_some() && !self.queue_over_budget() {
                 let buckets = self.deferred.take().expect("checked above");
                 self.on_summary(replica, buckets);
             }
