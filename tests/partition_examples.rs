@@ -2,10 +2,10 @@
 //! `flaky_network.rs`, `long_partition.rs`) in quick mode and checks that it
 //! exits 0 with its checker report and a PASS line.
 //!
-//! The examples must already be built: `cargo test --all-targets` (what
-//! `scripts/test` runs) builds them into `target/<profile>/examples/`, beside
-//! this test's `deps/` directory. Run alone, build them first with
-//! `cargo build --examples --features testing`.
+//! The examples must already be built: `cargo test` without target flags
+//! (what `scripts/test` runs) builds them as programs into
+//! `target/<profile>/examples/`, beside this test's `deps/` directory. Run
+//! alone, build them first with `cargo build --examples --features testing`.
 
 mod common;
 
@@ -31,7 +31,7 @@ fn example(name: &str) -> PathBuf {
     assert!(
         path.is_file(),
         "example binary {} not found: build the examples first (`cargo build --examples --features testing`, or run \
-         `cargo test --all-targets`, which builds them)",
+         `cargo test` without target flags, which builds them)",
         path.display()
     );
     path
