@@ -31,7 +31,7 @@ pub const PORT: u16 = 7000;
 /// turmoil's step: every host runs this much virtual time per step. A
 /// simulation costs about the same per step whatever happens in it, so the
 /// step sets what the schedules' hours of virtual time cost (the 200
-/// random schedules: 280 s at 5 ms, 216 s at 10 ms on a 2-core machine).
+/// random schedules: 297 s at 5 ms, 184 s at 10 ms on a 2-core machine).
 /// 10 ms is still well below every timer of the protocol (a dial's first
 /// probe at 75 ms, the 50 ms connect settle, 500 ms keep-alives); the
 /// network's latency (1-10 ms at random, below) is unchanged.
