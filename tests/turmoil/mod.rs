@@ -33,8 +33,8 @@ pub const PORT: u16 = 7000;
 /// step sets what the schedules' hours of virtual time cost (the 200
 /// random schedules: 297 s at 5 ms, 184 s at 10 ms on a 2-core machine).
 /// 10 ms is still well below every timer of the protocol (a dial's first
-/// probe at 75 ms, the 50 ms connect settle, 500 ms keep-alives); the
-/// network's latency (1-10 ms at random, below) is unchanged.
+/// resent Initial at 75 ms, the 50 ms connect settle, 500 ms keep-alives);
+/// the network's latency (1-10 ms at random, below) is unchanged.
 pub const TICK: Duration = Duration::from_millis(10);
 /// The virtual Unix time (ms) at which every simulation starts: peers'
 /// clocks read this plus the simulation's elapsed time, so that a seed
