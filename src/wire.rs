@@ -19,6 +19,12 @@ use crate::hlc::Stamp;
 use crate::membership::{Incarnation, MemberId, MemberInfo};
 use crate::store::Register;
 
+mod packed;
+pub use packed::{
+    listed_hash, BadPacking, HashKey, HashedBucket, HashedSummary, ListedHash, PackedBucket, PackedEntries, PackedSlot,
+    PackedStamp, PackedSummary, StampTable,
+};
+
 /// The newest protocol version this build speaks. A peer speaks a range of
 /// versions ([`PROTOCOL_VERSIONS`], from [`OLDEST_VERSION`] to this one),
 /// says so in its hello, and each link uses the highest version both ends
@@ -56,12 +62,19 @@ use crate::store::Register;
 /// `Mesh::get_or_load`). From this build on, the hello is followed by the
 /// range of versions its sender speaks ([`Message::Versions`]); a peer of
 /// an earlier build, which speaks one version, reads only the hello.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// 8: anti-entropy registers and summaries may travel with their stamps
+/// packed ([`SyncMsg::PackedEntries`], [`SyncMsg::PackedSummary`]; the
+/// `packed` module), and the side that would send the bucket-level hashes
+/// may send its summary of the differing ranges instead (ALGORITHM.md,
+/// "Anti-entropy"): a version 7 peer would take the new messages for a
+/// protocol violation, and is sent neither.
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The oldest protocol version this build speaks: 6, the first whose
 /// messages this build still sends and reads in the same layout (version
 /// 6 differs from 7 only by [`Message::Leases`], which a link at 6 never
-/// carries). Version 5 lacks [`Message::Published`] only, but no peer of
+/// carries, and 7 from 8 by what [`PACKED_SINCE`] introduced, which a link
+/// below 8 never carries). Version 5 lacks [`Message::Published`] only, but no peer of
 /// that build is meant to be mixed with this one, so it is not claimed.
 pub const OLDEST_VERSION: u16 = 6;
 
@@ -74,6 +87,11 @@ pub const PUBLISHED_SINCE: u16 = 6;
 /// The version that introduced [`Message::Leases`] (and the range after a
 /// hello, [`Message::Versions`]).
 pub const LEASES_SINCE: u16 = 7;
+
+/// The version that introduced packed anti-entropy messages
+/// ([`SyncMsg::PackedEntries`], [`SyncMsg::PackedSummary`]) and the summary
+/// sent one level above the buckets.
+pub const PACKED_SINCE: u16 = 8;
 
 /// The last version whose peers speak only one version: a hello without a
 /// [`Message::Versions`] frame after it comes from such a peer, which
@@ -137,10 +155,10 @@ impl Message {
         match self {
             Message::Published(_) => PUBLISHED_SINCE,
             Message::Leases(_) | Message::Versions(_) => LEASES_SINCE,
+            Message::Sync(m) => m.since(),
             Message::Hello(_)
             | Message::Refused(_)
             | Message::Deltas(_)
-            | Message::Sync(_)
             | Message::Membership(_)
             | Message::Goodbye(_) => OLDEST_VERSION,
         }
@@ -381,6 +399,34 @@ pub enum SyncMsg {
     /// two sessions at once; the initiator asks again later. Nothing else
     /// follows either way.
     Busy,
+    /// `Entries` with packed stamps (version 8).
+    PackedEntries(PackedEntries),
+    /// `Summary` with hashed keys and packed stamps (version 8), to a peer
+    /// whose opening said it holds the keyspace whole; numbered and
+    /// answered as `Summary`.
+    PackedSummary(PackedSummary),
+}
+
+impl SyncMsg {
+    /// The protocol version that introduced this kind, as
+    /// [`Message::since`].
+    pub fn since(&self) -> u16 {
+        match self {
+            SyncMsg::PackedEntries(_) | SyncMsg::PackedSummary(_) => PACKED_SINCE,
+            _ => OLDEST_VERSION,
+        }
+    }
+
+    /// The same message with its stamps packed, for a link at
+    /// [`PACKED_SINCE`] or later: `Entries` becomes `PackedEntries`,
+    /// anything else is unchanged (a `Summary` is packed, or not, by the
+    /// session, which knows whether the peer may take its keys hashed).
+    pub fn packed(self) -> SyncMsg {
+        match self {
+            SyncMsg::Entries(e) => SyncMsg::PackedEntries(PackedEntries::pack(e)),
+            m => m,
+        }
+    }
 }
 
 /// One bucket of a [`SyncMsg::Summary`].

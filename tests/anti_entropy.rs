@@ -5,7 +5,9 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
+use meshcache::hlc::NodeId;
 use meshcache::sync::Mode;
+use meshcache::wire::{HashKey, ListedHash, PackedBucket, PackedStamp, PackedSummary, StampTable, SyncMsg};
 
 fn fill(r: &meshcache::replica::Replica, n: usize, prefix: &str, now: u64) {
     for i in 0..n {
@@ -130,10 +132,31 @@ fn superseded_incarnation_is_rejected_at_the_opening() {
     assert!(old.put(b("k"), b("v"), None, T0).is_err());
 }
 
+/// A packed summary of `buckets`, each its gap and its `(node index,
+/// delta)` stamps, keys hashed to 1, 2, ...
+fn packed_summary(nodes: Vec<NodeId>, base: u64, buckets: &[(u32, Vec<(u32, u64)>)], empty: Vec<u32>) -> SyncMsg {
+    let mut hash = 0;
+    let buckets = buckets
+        .iter()
+        .map(|(gap, items)| PackedBucket {
+            gap: *gap,
+            floor: None,
+            items: items
+                .iter()
+                .map(|(node, delta)| {
+                    hash += 1;
+                    (ListedHash(hash), PackedStamp { node: *node, delta: *delta })
+                })
+                .collect(),
+            stubs: vec![],
+        })
+        .collect();
+    SyncMsg::PackedSummary(PackedSummary { key: HashKey(1, 2), table: StampTable { nodes, base }, buckets, empty })
+}
+
 #[test]
 fn hostile_session_messages_fail_the_session_without_panic() {
     use meshcache::sync::Session;
-    use meshcache::wire::SyncMsg;
     let a = replica("a", 1);
     let c = replica("c", 2);
     fill(&a, 3_000, "k", T0);
@@ -153,6 +176,19 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         SyncMsg::Refusals(vec![(b("k"), meshcache::hlc::Stamp::ZERO)]),
         // Only an answer to Begin.
         SyncMsg::Busy,
+        // Packed: a stamp naming a node the table lacks, an HLC past the
+        // clock's end, a bucket past u32::MAX, buckets not increasing.
+        packed_summary(vec![], 0, &[(1, vec![(0, 0)])], vec![]),
+        packed_summary(vec![NodeId(7)], u64::MAX, &[(1, vec![(0, 1)])], vec![]),
+        packed_summary(vec![NodeId(7)], 0, &[(u32::MAX, vec![]), (1, vec![])], vec![]),
+        packed_summary(vec![NodeId(7)], 0, &[(5, vec![]), (0, vec![])], vec![]),
+        packed_summary(vec![NodeId(7)], 0, &[(70_000, vec![(0, 1)])], vec![]),
+        // Empty buckets: not increasing, past the last bucket, or the same
+        // bucket as a listed one.
+        packed_summary(vec![NodeId(7)], 0, &[], vec![3, 0]),
+        packed_summary(vec![NodeId(7)], 0, &[], vec![65_000, 1_000]),
+        packed_summary(vec![NodeId(7)], 0, &[], vec![1, u32::MAX]),
+        packed_summary(vec![NodeId(7)], 0, &[(4, vec![(0, 1)])], vec![4]),
     ];
     for m in bad {
         let mut s = Session::initiate(&a, T0);
@@ -169,7 +205,6 @@ fn hostile_session_messages_fail_the_session_without_panic() {
 #[test]
 fn a_declined_round_exchanges_nothing_and_completes_nothing() {
     use meshcache::sync::{Phase, Session};
-    use meshcache::wire::SyncMsg;
     let a = replica("a", 1);
     let c = replica("c", 2);
     fill(&a, 100, "k", T0);
@@ -202,18 +237,17 @@ fn until_first_summary(
     c: &meshcache::replica::Replica,
 ) -> (meshcache::sync::Session, meshcache::sync::Session, bool, meshcache::wire::SyncMsg) {
     use meshcache::sync::Session;
-    use meshcache::wire::SyncMsg;
     let mut s = Session::initiate(a, T0);
     let mut r = Session::respond(T0);
     for _ in 0..100 {
         while let Some(m) = s.poll_transmit(a) {
-            if matches!(m, SyncMsg::Summary(_)) {
+            if matches!(m, SyncMsg::Summary(_) | SyncMsg::PackedSummary(_)) {
                 return (s, r, true, m);
             }
             r.handle_message(c, m, T0).unwrap();
         }
         while let Some(m) = r.poll_transmit(c) {
-            if matches!(m, SyncMsg::Summary(_)) {
+            if matches!(m, SyncMsg::Summary(_) | SyncMsg::PackedSummary(_)) {
                 return (s, r, false, m);
             }
             s.handle_message(a, m, T0).unwrap();
@@ -225,7 +259,6 @@ fn until_first_summary(
 #[test]
 fn wants_past_the_summary_or_not_increasing_are_protocol_errors() {
     use meshcache::sync::{Phase, SyncError};
-    use meshcache::wire::SyncMsg;
     let a = replica("a", 1);
     let c = replica("c", 2);
     fill(&a, 3_000, "k", T0);
@@ -251,6 +284,7 @@ fn wants_past_the_summary_or_not_increasing_are_protocol_errors() {
     };
     let pairs = |m: &SyncMsg| match m {
         SyncMsg::Summary(buckets) => buckets.iter().map(|b| b.items.len()).sum::<usize>(),
+        SyncMsg::PackedSummary(p) => p.buckets.iter().map(|b| b.items.len()).sum::<usize>(),
         _ => unreachable!(),
     };
     for i in 0.. {
@@ -371,26 +405,49 @@ fn no_message_outgrows_the_batch_size_however_much_differs() {
     assert!(ss.messages_sent > 40 && rs.messages_sent > 40, "cut into many frames: {ss:?} {rs:?}");
 }
 
-#[test]
-fn dense_differences_cost_little_beyond_the_registers() {
+/// What a session between two stores with disjoint halves cost, by kind.
+#[derive(Debug, Default)]
+struct DenseCost {
+    total: u64,
+    divergent: u64,
+    entries: usize,
+    summaries: usize,
+    wants: usize,
+    levels: usize,
+    bucket_levels: usize,
+    packed: usize,
+}
+
+/// Disjoint halves of `n` keys each, so that nearly every bucket differs
+/// (a healed partition), synced over a link at `version`. Node ids as
+/// random as a real process draws.
+fn dense_session(n: usize, version: u16) -> DenseCost {
+    use meshcache::store::digest::LEVELS;
     use meshcache::sync::Session;
-    use meshcache::wire::{encoded_len, SyncMsg};
-    // Disjoint halves, so that nearly every bucket differs (a healed
-    // partition). Node ids as random as a real process draws.
+    use meshcache::wire::encoded_len;
     let a = replica("a", 0x9e37_79b9_7f4a_7c15);
     let c = replica("c", 0xd1b5_4a32_d192_ed03);
-    const N: usize = 20_000;
-    for i in 0..N {
+    for i in 0..n {
         a.put(Bytes::from(format!("a{i:015}")), Bytes::from(vec![b'x'; 100]), None, T0).unwrap();
         c.put(Bytes::from(format!("c{i:015}")), Bytes::from(vec![b'y'; 100]), None, T0).unwrap();
     }
-    let mut s = Session::initiate(&a, T0 + 1);
-    let mut r = Session::respond(T0 + 1);
-    let (mut want_bytes, mut entry_bytes) = (0, 0);
-    let mut count = |m: &SyncMsg| match m {
-        SyncMsg::Want(_) | SyncMsg::EndOfEntries { .. } => want_bytes += encoded_len(m),
-        SyncMsg::Entries(_) => entry_bytes += encoded_len(m),
-        _ => {}
+    let mut s = Session::initiate(&a, T0 + 1).with_version(version).with_hash_key(HashKey(3, 4));
+    let mut r = Session::respond(T0 + 1).with_version(version).with_hash_key(HashKey(5, 6));
+    let mut cost = DenseCost::default();
+    let mut count = |m: &SyncMsg| {
+        let len = encoded_len(m);
+        match m {
+            SyncMsg::Want(_) | SyncMsg::EndOfEntries { .. } => cost.wants += len,
+            SyncMsg::Entries(_) => cost.entries += len,
+            SyncMsg::PackedEntries(_) => (cost.entries, cost.packed) = (cost.entries + len, cost.packed + 1),
+            SyncMsg::Summary(_) => cost.summaries += len,
+            SyncMsg::PackedSummary(_) => (cost.summaries, cost.packed) = (cost.summaries + len, cost.packed + 1),
+            SyncMsg::Level { level, .. } => {
+                cost.levels += len;
+                cost.bucket_levels += usize::from(*level == LEVELS);
+            }
+            _ => {}
+        }
     };
     for _ in 0..100_000 {
         while let Some(m) = s.poll_transmit(&a) {
@@ -409,18 +466,68 @@ fn dense_differences_cost_little_beyond_the_registers() {
     assert_eq!(s.stats().mode, Mode::Descend);
     assert_eq!(a.store().snapshot(), c.store().snapshot());
     let (ss, rs) = (s.stats(), r.stats());
-    assert_eq!(ss.entries_sent + rs.entries_sent, 2 * N as u64, "each register crosses once");
+    assert_eq!(ss.entries_sent + rs.entries_sent, 2 * n as u64, "each register crosses once");
+    cost.total = ss.bytes_sent + rs.bytes_sent;
+    cost.divergent = 2 * n as u64 * (16 + 100);
+    cost
+}
+
+#[test]
+fn dense_differences_cost_little_beyond_the_registers() {
+    const N: usize = 20_000;
+    // A link at version 7: registers with 16-byte stamps, a summary of
+    // keys, the tree descended to the buckets. About 1.40x.
+    let old = dense_session(N, 7);
+    assert_eq!(old.packed, 0, "nothing packed on a link at version 7");
+    assert!(old.bucket_levels > 0, "{old:?}");
     // Half the registers are wanted by position: about a byte each.
-    assert!(want_bytes <= N + 100, "{want_bytes} bytes of want lists for {N} wanted registers");
+    assert!(old.wants <= N + 100, "{old:?}");
     // A register is its key and value, a 16-byte stamp and a few bytes of
     // lengths and tags.
-    assert!(entry_bytes <= 2 * N * (16 + 100 + 16 + 6), "{entry_bytes} bytes of registers");
-    let total = ss.bytes_sent + rs.bytes_sent;
-    let divergent = 2 * N as u64 * (16 + 100);
-    // Besides the registers: the tree descent and one side's summary (key
-    // and stamp per pair). About 1.40x; with varint stamps and wants by key
-    // it was about 1.50x.
-    assert!(total * 100 <= divergent * 145, "{total} bytes for {divergent} bytes of keys and values");
+    assert!(old.entries <= 2 * N * (16 + 100 + 16 + 6), "{old:?}");
+    assert!(old.total * 100 <= old.divergent * 145, "{old:?}");
+    // Version 8: packed stamps, a summary of hashed keys sent a level above
+    // the buckets, since nearly all of them differ.
+    let new = dense_session(N, 8);
+    eprintln!("version 7: {old:?}\nversion 8: {new:?}");
+    assert!(new.packed > 0, "{new:?}");
+    assert_eq!(new.bucket_levels, 0, "summarised a level above the buckets: {new:?}");
+    assert!(new.wants <= N + 100, "{new:?}");
+    // A packed stamp: a node index and the distance from the message's
+    // lowest HLC, 5 bytes or so here.
+    assert!(new.entries <= 2 * N * (16 + 100 + 5 + 6), "{new:?}");
+    // A listed key: 8 bytes of hash and its packed stamp.
+    assert!(new.summaries <= N * (8 + 6) + 65_536 * 4, "{new:?}");
+    assert!(new.total * 100 <= new.divergent * 117, "{new:?}");
+}
+
+/// A session between a peer at version 8 and one at 7 never carries a
+/// packed message, and a packed message on a link at 7 is a protocol
+/// violation, as it would be to a peer of that version.
+#[test]
+fn a_link_at_version_7_carries_no_packed_message() {
+    use meshcache::sync::{Session, SyncError};
+    let a = replica("a", 1);
+    let c = replica("c", 2);
+    fill(&a, 3_000, "k", T0);
+    fill(&c, 3_000, "j", T0);
+    let mut seen = Vec::new();
+    drive(&a, Session::initiate(&a, T0).with_version(7), T0, &c, Session::respond(T0).with_version(7), T0, |m| {
+        seen.push(m.since())
+    })
+    .unwrap();
+    assert!(!seen.is_empty() && seen.iter().all(|v| *v <= 7), "{seen:?}");
+    assert_eq!(a.store().root(), c.store().root());
+
+    let mut s = Session::initiate(&a, T0).with_version(7);
+    let mut r = Session::respond(T0).with_version(7);
+    let begin = s.poll_transmit(&a).unwrap();
+    r.handle_message(&c, begin, T0).unwrap();
+    let accept = r.poll_transmit(&c).unwrap();
+    s.handle_message(&a, accept, T0).unwrap();
+    let well_formed = packed_summary(vec![NodeId(7)], 0, &[(1, vec![(0, 0)])], vec![0, 2]);
+    let res = s.handle_message(&a, well_formed, T0);
+    assert!(matches!(&res, Err(SyncError::Protocol(why)) if why.contains("version 7")), "{res:?}");
 }
 
 /// A peer that sends many registers below the other's `gc_floor` gets

@@ -373,7 +373,10 @@ async fn a_single_version_peer_is_answered_in_its_own_terms() {
         let reply = tokio::time::timeout(DEADLINE, recv.read_to_end(1 << 16)).await.unwrap().unwrap();
         let msgs = FrameCodec::default().decode_all(&reply).unwrap();
         match (version, &msgs[..]) {
-            (5, [Message::Refused(r)]) => assert_eq!(*r, Refusal::Version { ours: PROTOCOL_VERSION }),
+            // The newest version a single-version peer can have: 7.
+            (5, [Message::Refused(r)]) => {
+                assert_eq!(*r, Refusal::Version { ours: PROTOCOL_VERSIONS.hello_version() })
+            }
             (6 | 7, [Message::Hello(h), Message::Versions(v)]) => {
                 assert_eq!((h.version, *v), (version, PROTOCOL_VERSIONS), "its own version first");
             }
@@ -437,7 +440,8 @@ async fn a_dialer_refused_by_a_single_version_peer_it_can_speak_to_dials_again_i
         }
     });
     let a = start(&ca, "a", &[addr]).await;
-    assert_eq!(tokio::time::timeout(DEADLINE, seen.recv()).await.unwrap(), Some(PROTOCOL_VERSION), "7 first");
+    let first = tokio::time::timeout(DEADLINE, seen.recv()).await.unwrap();
+    assert_eq!(first, Some(PROTOCOL_VERSIONS.hello_version()), "the newest a single-version peer can have first");
     assert_eq!(tokio::time::timeout(DEADLINE, seen.recv()).await.unwrap(), Some(6), "then its own");
     eventually("linked at 6", || version_of(&a, "r6") == Some(6)).await;
     assert_eq!((a.stats().version_refusals, a.stats().protocol_errors), (0, 0));

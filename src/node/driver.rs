@@ -187,7 +187,7 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
             metrics::counter!("meshcache_connections_total").increment(1);
             inner.tasks.spawn(push_sender(inner.clone(), conn.clone(), peer.clone(), queue.clone()));
             inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), peer.clone(), version));
-            inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), peer.clone()));
+            inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), peer.clone(), version));
             inner.tasks.spawn(watch_close(inner.clone(), conn, peer, Some(queue)));
         }
         Action::Serve { peer, conn } => {
@@ -195,7 +195,7 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
             let Some((conn, _)) = d.conns.get(&conn).cloned() else { return };
             tracing::debug!(peer = %peer, remote = %conn.remote_address(), "retiring a duplicate connection");
             inner.tasks.spawn(uni_acceptor(inner.clone(), conn.clone(), peer.clone(), version));
-            inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), peer.clone()));
+            inner.tasks.spawn(bi_acceptor(inner.clone(), conn.clone(), peer.clone(), version));
             inner.tasks.spawn(watch_close(inner.clone(), conn, peer, None));
         }
         Action::Close { conn, why: Close::Duplicate } => {
@@ -204,6 +204,7 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
             }
         }
         Action::StartSession { session, conn, .. } => {
+            let version = d.links.version(conn).unwrap_or(OLDEST_VERSION);
             let Some((conn, id)) = d.conns.get(&conn).cloned() else {
                 // Closed meanwhile: the machine hears of it from the close
                 // watcher, and of the round's end from here, after the lock.
@@ -213,7 +214,7 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
                 });
                 return;
             };
-            inner.tasks.spawn(initiate(inner.clone(), conn, id, session));
+            inner.tasks.spawn(initiate(inner.clone(), conn, id, version, session));
         }
         Action::Respond { session } => {
             if let Some(tx) = d.responders.remove(&session) {

@@ -13,10 +13,11 @@ use super::links::SessionId;
 use super::stream::{run_session, SessionResult};
 use crate::membership::MemberId;
 use crate::sync::Session;
+use crate::wire::HashKey;
 
 /// Accepts the peer's bi streams: anti-entropy sessions it initiates. Each
 /// runs once the machine lets it (see `Links::handle_session_offered`).
-pub(super) async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId) {
+pub(super) async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, version: u16) {
     loop {
         let (send, recv) = tokio::select! {
             _ = inner.cancel.cancelled() => return,
@@ -41,7 +42,9 @@ pub(super) async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: 
                 let s = match go {
                     Go::Respond => Session::respond(now),
                     Go::Decline => Session::decline(now),
-                };
+                }
+                .with_version(version)
+                .with_hash_key(HashKey(inner.env.random_u64(), inner.env.random_u64()));
                 let env = inner.env.clone();
                 let publish = |c| inner.publish_all(c);
                 let r =
@@ -55,9 +58,17 @@ pub(super) async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: 
 }
 
 /// Runs a round this peer started, reporting its accept and its end.
-pub(super) async fn initiate(inner: Arc<Inner>, conn: quinn::Connection, id: MemberId, session: SessionId) {
+pub(super) async fn initiate(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    id: MemberId,
+    version: u16,
+    session: SessionId,
+) {
     if let Ok((send, recv)) = conn.open_bi().await {
-        let s = Session::initiate(&inner.replica, inner.env.now_ms());
+        let s = Session::initiate(&inner.replica, inner.env.now_ms())
+            .with_version(version)
+            .with_hash_key(HashKey(inner.env.random_u64(), inner.env.random_u64()));
         let accepted = {
             let inner = inner.clone();
             move || inner.with_links(|d, _| d.links.handle_session_accepted(session))

@@ -20,7 +20,12 @@
 //!   ...                                       ...
 //!   whoever receives bucket-level hashes sends Summary{key@stamp per
 //!   differing bucket}... then SummaryDone; the pairs are numbered 0, 1, 2,
-//!   ... in the order sent, across all Summary messages
+//!   ... in the order sent, across all Summary messages. At protocol
+//!   version 8, whoever receives the hashes a level above may summarise
+//!   every bucket of the differing ranges instead, when most buckets differ
+//!   (`summary_above_buckets`); and registers and summaries travel packed
+//!   (`PackedEntries`; `PackedSummary`, keys hashed, to a peer whose
+//!   opening said it holds every bucket whole)
 //!   Summary{(b, [k0@s0, k1@s1])}   ------->   (positions 0, 1)
 //!   Summary{(c, [k2@s2, ...])}     ------->   (positions 2, ...)
 //!   SummaryDone                    ------->
@@ -54,7 +59,10 @@ use crate::membership::MemberId;
 use crate::replica::{Replica, SyncRefused};
 use crate::store::digest::{self, BUCKETS, FANOUT, LEVELS};
 use crate::store::{Change, Register};
-use crate::wire::{encoded_len, BucketSummary, Refusal, SyncHello, SyncMsg, LENGTH_PREFIX};
+use crate::wire::{
+    encoded_len, listed_hash, BucketSummary, HashKey, HashedSummary, PackedSummary, Refusal, SyncHello, SyncMsg,
+    LENGTH_PREFIX, PACKED_SINCE, PROTOCOL_VERSION,
+};
 
 /// A register to send in an `Entries` message.
 #[derive(Debug)]
@@ -65,6 +73,23 @@ enum Outgoing {
     /// side's registers copied before the peer's arrive). Boxed, so that
     /// the many keys of a summary session queue at the size of a key.
     Read(Box<(Bytes, Register)>),
+}
+
+/// A chunk of the peer's summary: its keys listed, or hashed
+/// ([`SyncMsg::PackedSummary`]).
+#[derive(Debug)]
+enum Listing {
+    Keys(Vec<BucketSummary>),
+    Hashed(HashedSummary),
+}
+
+impl Listing {
+    fn buckets(&self) -> Vec<u32> {
+        match self {
+            Listing::Keys(b) => b.iter().map(|b| b.bucket).collect(),
+            Listing::Hashed(h) => h.buckets.iter().map(|b| b.bucket).collect(),
+        }
+    }
 }
 
 /// Keys packed in one buffer, in the order pushed.
@@ -270,7 +295,7 @@ pub struct Session {
     /// The other side: a `Summary` received while `pending` was over its
     /// budget, handled once it drains. Until then [`Session::wants_input`]
     /// is false.
-    deferred: Option<Vec<BucketSummary>>,
+    deferred: Option<Listing>,
     /// Summary side: positions in `summarised` of the registers the peer
     /// wants, sent after `pending`. A position is 8 bytes where a queued
     /// key is about 60 (its handle, its copy and its slot), and under a
@@ -346,6 +371,12 @@ pub struct Session {
     /// The (root, count, holds part) this side sent in its opening: the mode
     /// is decided from the two openings, which both sides see alike.
     opened_with: (u64, u64, bool),
+    /// Registers the peer said it holds, in its opening.
+    peer_count: u64,
+    /// The link's protocol version: what this side may send, and receive.
+    version: u16,
+    /// What our packed summaries hash their keys under.
+    hash_key: HashKey,
 }
 
 impl Session {
@@ -414,12 +445,33 @@ impl Session {
             stats: SessionStats::default(),
             batch_bytes: DEFAULT_BATCH_BYTES,
             opened_with: (0, 0, false),
+            peer_count: 0,
+            version: PROTOCOL_VERSION,
+            hash_key: HashKey::default(),
         }
     }
 
     /// Sets the size of `Entries` messages (bytes of registers, estimated).
     pub fn with_batch_bytes(mut self, bytes: usize) -> Session {
         self.batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets the protocol version of the link the session runs on (the
+    /// newest, [`PROTOCOL_VERSION`], unless set): the session sends only
+    /// what that version knows, and takes anything newer from the peer for
+    /// a protocol violation.
+    pub fn with_version(mut self, version: u16) -> Session {
+        self.version = version;
+        self
+    }
+
+    /// Sets the key this side's packed summaries hash their keys under
+    /// (zero unless set). A peer draws one per session from its generator,
+    /// so that keys which share a hash under one key, should there be any,
+    /// are told apart the next round.
+    pub fn with_hash_key(mut self, key: HashKey) -> Session {
+        self.hash_key = key;
         self
     }
 
@@ -507,11 +559,23 @@ impl Session {
         if let Some(buckets) = self.deferred.take() {
             self.on_summary(replica, buckets);
         }
-        let r = self.handle_inner(replica, msg, now_ms);
+        let r = self.check_version(&msg).and_then(|()| self.handle_inner(replica, msg, now_ms));
         if r.is_err() {
             self.fail();
         }
         r
+    }
+
+    fn check_version(&self, msg: &SyncMsg) -> Result<(), SyncError> {
+        if msg.since() > self.version {
+            return Err(SyncError::Protocol(format!(
+                "{} (protocol version {}) on a link at version {}",
+                msg_name(msg),
+                msg.since(),
+                self.version
+            )));
+        }
+        Ok(())
     }
 
     fn handle_inner(&mut self, replica: &Replica, msg: SyncMsg, now_ms: u64) -> Result<(), SyncError> {
@@ -521,6 +585,7 @@ impl Session {
                 self.open(replica, &h, now_ms)?;
                 let mine = replica.sync_hello();
                 let opened = (mine.root, mine.count, mine.holds_part);
+                self.opened_with = opened;
                 self.out.push_back(SyncMsg::Accept(mine));
                 self.decide(replica, opened, (h.root, h.count, h.holds_part));
                 Ok(())
@@ -552,15 +617,13 @@ impl Session {
             (Phase::Descend | Phase::Exchange, SyncMsg::Summary(buckets))
                 if !self.summary_sender && !self.end_queued =>
             {
-                check_summary(&buckets)?;
-                self.phase = Phase::Exchange;
-                if self.queue_over_budget() {
-                    self.stats.summaries_deferred += 1;
-                    self.deferred = Some(buckets);
-                } else {
-                    self.on_summary(replica, buckets);
-                }
-                Ok(())
+                self.on_listing(replica, Listing::Keys(buckets))
+            }
+            (Phase::Descend | Phase::Exchange, SyncMsg::PackedSummary(p))
+                if !self.summary_sender && !self.end_queued =>
+            {
+                let hashed = p.unpack().map_err(|e| SyncError::Protocol(e.to_string()))?;
+                self.on_listing(replica, Listing::Hashed(hashed))
             }
             (Phase::Descend | Phase::Exchange, SyncMsg::SummaryDone) if !self.summary_sender && !self.end_queued => {
                 self.phase = Phase::Exchange;
@@ -572,17 +635,12 @@ impl Session {
             }
             (Phase::Exchange, SyncMsg::Want(gaps)) if self.summary_sender => self.queue_wanted(gaps),
             (Phase::Exchange, SyncMsg::Entries(regs)) => {
-                self.stats.entries_received += regs.len() as u64;
-                if self.stream_shard.is_some() {
-                    self.received.extend(regs.iter().map(|(k, r)| (k.clone(), r.marker)));
-                }
-                let out = replica.store().merge(regs, now_ms);
-                for c in &out.changes {
-                    self.own_change(&c.key);
-                }
-                self.stats.refused += out.refused.len() as u64;
-                self.refused.extend(out.refused);
-                self.changes.extend(out.changes);
+                self.on_entries(replica, regs, now_ms);
+                Ok(())
+            }
+            (Phase::Exchange, SyncMsg::PackedEntries(p)) => {
+                let regs = p.unpack().map_err(|e| SyncError::Protocol(e.to_string()))?;
+                self.on_entries(replica, regs, now_ms);
                 Ok(())
             }
             (Phase::Exchange, SyncMsg::EndOfEntries { want }) => {
@@ -618,6 +676,34 @@ impl Session {
             (_, SyncMsg::Reject(why)) => Err(SyncError::Rejected(why)),
             (phase, m) => Err(SyncError::Protocol(format!("unexpected {} in phase {phase:?}", msg_name(&m)))),
         }
+    }
+
+    /// One chunk of the peer's summary: checked, then compared with ours,
+    /// or held until the registers queued before it are sent.
+    fn on_listing(&mut self, replica: &Replica, listing: Listing) -> Result<(), SyncError> {
+        check_summary(&listing.buckets())?;
+        self.phase = Phase::Exchange;
+        if self.queue_over_budget() {
+            self.stats.summaries_deferred += 1;
+            self.deferred = Some(listing);
+        } else {
+            self.on_summary(replica, listing);
+        }
+        Ok(())
+    }
+
+    fn on_entries(&mut self, replica: &Replica, regs: Vec<(Bytes, Register)>, now_ms: u64) {
+        self.stats.entries_received += regs.len() as u64;
+        if self.stream_shard.is_some() {
+            self.received.extend(regs.iter().map(|(k, r)| (k.clone(), r.marker)));
+        }
+        let out = replica.store().merge(regs, now_ms);
+        for c in &out.changes {
+            self.own_change(&c.key);
+        }
+        self.stats.refused += out.refused.len() as u64;
+        self.refused.extend(out.refused);
+        self.changes.extend(out.changes);
     }
 
     /// Queues our refusals, then `Finish`. They are cut like `Want` and
@@ -740,6 +826,7 @@ impl Session {
         self.peer = Some(h.from.clone());
         self.peer_booted = h.booted;
         self.peer_holds_part = h.holds_part;
+        self.peer_count = h.count;
         Ok(())
     }
 
@@ -797,14 +884,18 @@ impl Session {
             .filter(|(_, (a, b))| a != b)
             .map(|(i, _)| i)
             .collect();
-        if differing.is_empty() || level == LEVELS {
-            // `differing` are bucket indices here (or nothing differs any
-            // more: the stores converged while we descended). Summaries go
-            // out from `next_message`, a shard's worth at a time.
+        if differing.is_empty() || level == LEVELS || level == LEVELS - 1 && self.summary_above_buckets(differing.len())
+        {
+            // `differing` are bucket indices here, or ranges of FANOUT
+            // buckets a level above (or nothing differs any more: the
+            // stores converged while we descended). Summaries go out from
+            // `next_message`, a shard's worth at a time.
             self.summary_sender = true;
             self.summarizing = true;
             if level == LEVELS {
                 self.summary_queue = differing.into();
+            } else {
+                self.summary_queue = differing.iter().flat_map(|r| r * FANOUT..(r + 1) * FANOUT).collect();
             }
             self.phase = Phase::Exchange;
         } else {
@@ -815,99 +906,71 @@ impl Session {
         Ok(())
     }
 
+    /// Whether to summarise the `differing` ranges one level above the
+    /// buckets instead of sending their buckets' hashes, which would cost
+    /// `FANOUT` hashes each and the peer's summary of the buckets that
+    /// differ. Summarising a range lists every key we hold in its
+    /// `FANOUT` buckets, equal ones too, so it pays when most buckets
+    /// differ (a heal after a long cut, a mesh under a steady write load),
+    /// and not when a few keys differ among many. Both sides' key counts
+    /// come from the openings, spread evenly over the ranges; the share of
+    /// buckets that differ is estimated from the share of ranges that do,
+    /// as if each bucket differed alone. Only the cost depends on it: the
+    /// peer answers a summary the same whatever it covers.
+    ///
+    /// Never on a side whose opening said it holds part of the keyspace:
+    /// only the side that receives the summary adopts the peer's digests
+    /// (ALGORITHM.md, "Eviction"), and summarising would make it the
+    /// summary side.
+    fn summary_above_buckets(&self, differing: usize) -> bool {
+        // Key, its length and a packed stamp, about.
+        const ITEM: f64 = 24.0;
+        if self.version < PACKED_SINCE || self.opened_with.2 {
+            return false;
+        }
+        let ranges = digest::width(LEVELS - 1) as f64;
+        let share = (differing as f64 / ranges).min(1.0);
+        let bucket_share = 1.0 - (1.0 - share).powf(1.0 / FANOUT as f64);
+        let ours = self.opened_with.1 as f64 * share * ITEM;
+        let hashes = differing as f64 * (FANOUT * 8) as f64;
+        let theirs = self.peer_count as f64 * bucket_share * ITEM;
+        ours <= hashes + theirs
+    }
+
     /// One chunk of the peer's summary, checked by [`check_summary`]: queue
     /// the registers it lacks or holds older, and note the positions of the
     /// keys we lack or hold older.
-    fn on_summary(&mut self, replica: &Replica, buckets: Vec<BucketSummary>) {
-        let ids: Vec<usize> = buckets.iter().map(|b| b.bucket as usize).collect();
+    fn on_summary(&mut self, replica: &Replica, listing: Listing) {
+        let ids: Vec<usize> = listing.buckets().into_iter().map(|b| b as usize).collect();
         // Keys and stamps only: the registers to send are read when their
         // turn comes, so a long queue holds keys, not copies of values.
         let mine = replica.store().bucket_summaries(&ids);
-        for (theirs, (_, ours)) in buckets.into_iter().zip(mine) {
-            // A side that holds a bucket in part wants no register for a key
-            // it lacks there at or below its floor (it would refuse it: it
-            // may be older than what it evicted); it takes the bucket's
-            // digest instead.
-            let floor_here = replica.store().bucket_floor(theirs.bucket as usize);
-            let partial_here = floor_here != Stamp::ZERO;
-            // A bounded peer's stubs are its own evictions, or stand for
-            // values it would evict again: it wants no value for them.
-            let bounded_here = replica.store().max_bytes().is_some();
-            let floor_there = theirs.floor.unwrap_or(Stamp::ZERO);
-            let partial_there = theirs.floor.is_some();
-            let ours_idx: HashMap<&Bytes, (Stamp, bool)> = ours.iter().map(|(k, st, stub)| (k, (*st, *stub))).collect();
-            for (i, (k, st)) in theirs.items.iter().enumerate() {
-                let pos = self.summary_seen;
-                self.summary_seen += 1;
-                let wanted = match ours_idx.get(k) {
-                    None => *st > floor_here,
-                    Some((o, o_stub)) => {
-                        o < st
-                            || (o == st && *o_stub && !bounded_here && theirs.stubs.binary_search(&(i as u32)).is_err())
-                    }
-                };
-                if wanted {
-                    let gap = pos - self.want_last.unwrap_or(0);
-                    self.want_last = Some(pos);
-                    self.want_bytes += varint_len(gap);
-                    self.want_buf.push(gap);
+        match listing {
+            Listing::Keys(buckets) => {
+                for (theirs, (_, ours)) in buckets.into_iter().zip(mine) {
+                    self.prepare_adoption(replica, &theirs, &ours);
+                    let (bucket, floor, stubs) = (theirs.bucket, theirs.floor, &theirs.stubs);
+                    self.compare_bucket(replica, bucket, floor, theirs.items, stubs, ours, Bytes::clone);
                 }
             }
-            // The peer's ghosts stand for registers at or below its floor,
-            // any of which may be an older version of a key we hold and it
-            // does not list: adopting its digest would then hide ours from
-            // whoever still holds that older version. A key we hold above
-            // its floor is sent to it, and is in its final digest; a stable
-            // one has been offered to every member since it arrived here.
-            let hides_nothing = || {
-                let listed: std::collections::HashSet<&Bytes> = theirs.items.iter().map(|(k, _)| k).collect();
-                ours.iter().all(|(k, st, _)| listed.contains(k) || *st > floor_there || replica.store().is_stable(k))
-            };
-            let blind = replica.store().has_planted(crate::store::Bug::AdoptBlind);
-            // Between peers that both hold the bucket in part, only from the
-            // higher node id: adopting in a circle (a from b, b from c, c
-            // from a) would chase digests round it for ever; this way they
-            // settle on the highest one's.
-            let ranked = !partial_there
-                || floor_there == Stamp::ZERO
-                || self.peer.as_ref().is_some_and(|p| p.incarnation.node > replica.me().incarnation.node);
-            if partial_here && self.adopt_bytes >= self.adopt_budget {
-                self.stats.adoptions_deferred += 1;
-            } else if partial_here && (blind || ranked && hides_nothing()) {
-                let their_max = theirs.items.iter().map(|(_, st)| *st).max().unwrap_or(Stamp::ZERO);
-                self.to_adopt.push(Adoption {
-                    changes_at_summary: replica.store().bucket_changes(theirs.bucket as usize),
-                    own_changes: 0,
-                    bucket: theirs.bucket,
-                    their_max: their_max.max(theirs.floor.unwrap_or(Stamp::ZERO)),
-                    held: theirs
-                        .items
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (k, _))| ours_idx.contains_key(k))
-                        .map(|(i, (k, st))| (k.clone(), *st, theirs.stubs.binary_search(&(i as u32)).is_ok()))
-                        .collect(),
-                    their_digest: None,
-                });
-                let a = self.to_adopt.last().expect("just pushed");
-                self.adopt_bytes += std::mem::size_of::<Adoption>()
-                    + a.held.iter().map(|(k, ..)| std::mem::size_of::<(Bytes, Stamp, bool)>() + k.len()).sum::<usize>();
-            }
-            let stubs = theirs.stubs;
-            let theirs: HashMap<Bytes, (Stamp, bool)> = theirs
-                .items
-                .into_iter()
-                .enumerate()
-                .map(|(i, (k, st))| (k, (st, stubs.binary_search(&(i as u32)).is_ok())))
-                .collect();
-            for (k, st, stub) in ours {
-                let send = match theirs.get(&k) {
-                    None => st > floor_there,
-                    Some((t, t_stub)) => *t < st || (*t == st && *t_stub && !stub && !partial_there),
-                };
-                if send {
-                    self.pending_bytes += std::mem::size_of::<Outgoing>() + k.len();
-                    self.pending.push_back(Outgoing::Key(k));
+            Listing::Hashed(h) => {
+                for (theirs, (_, ours)) in h.buckets.into_iter().zip(mine) {
+                    // The peer lists hashes only to a side whose opening said
+                    // it holds every bucket whole; one held in part since
+                    // then is adopted in a later round, from its keys.
+                    if replica.store().bucket_floor(theirs.bucket as usize) != Stamp::ZERO {
+                        self.stats.adoptions_deferred += 1;
+                    }
+                    let hashed = |k: &Bytes| listed_hash(h.key, k);
+                    self.compare_bucket(
+                        replica,
+                        theirs.bucket,
+                        theirs.floor,
+                        theirs.items,
+                        &theirs.stubs,
+                        ours,
+                        hashed,
+                    );
                 }
             }
         }
@@ -918,6 +981,122 @@ impl Session {
             self.want_bytes = 0;
             self.out.push_back(SyncMsg::Want(std::mem::take(&mut self.want_buf)));
         }
+    }
+
+    /// Compares one bucket of the peer's summary with ours: notes the
+    /// positions of the registers it listed that we lack or hold older, and
+    /// queues ours that it lacks or holds older. `listed` names keys as
+    /// `key_of` names ours: themselves, or their hashes.
+    #[allow(clippy::too_many_arguments)]
+    fn compare_bucket<K: Eq + std::hash::Hash>(
+        &mut self,
+        replica: &Replica,
+        bucket: u32,
+        floor: Option<Stamp>,
+        listed: Vec<(K, Stamp)>,
+        stubs: &[u32],
+        ours: Vec<(Bytes, Stamp, bool)>,
+        key_of: impl Fn(&Bytes) -> K,
+    ) {
+        // A side that holds a bucket in part wants no register for a key
+        // it lacks there at or below its floor (it would refuse it: it may
+        // be older than what it evicted); it takes the bucket's digest
+        // instead.
+        let floor_here = replica.store().bucket_floor(bucket as usize);
+        // A bounded peer's stubs are its own evictions, or stand for values
+        // it would evict again: it wants no value for them.
+        let bounded_here = replica.store().max_bytes().is_some();
+        let floor_there = floor.unwrap_or(Stamp::ZERO);
+        let partial_there = floor.is_some();
+        let ours_idx: HashMap<K, (Stamp, bool)> = ours.iter().map(|(k, st, stub)| (key_of(k), (*st, *stub))).collect();
+        for (i, (k, st)) in listed.iter().enumerate() {
+            let pos = self.summary_seen;
+            self.summary_seen += 1;
+            let wanted = match ours_idx.get(k) {
+                None => *st > floor_here,
+                Some((o, o_stub)) => {
+                    o < st || (o == st && *o_stub && !bounded_here && stubs.binary_search(&(i as u32)).is_err())
+                }
+            };
+            if wanted {
+                let gap = pos - self.want_last.unwrap_or(0);
+                self.want_last = Some(pos);
+                self.want_bytes += varint_len(gap);
+                self.want_buf.push(gap);
+            }
+        }
+        drop(ours_idx);
+        let theirs: HashMap<K, (Stamp, bool)> = listed
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, st))| (k, (st, stubs.binary_search(&(i as u32)).is_ok())))
+            .collect();
+        for (k, st, stub) in ours {
+            let send = match theirs.get(&key_of(&k)) {
+                None => st > floor_there,
+                Some((t, t_stub)) => *t < st || (*t == st && *t_stub && !stub && !partial_there),
+            };
+            if send {
+                self.pending_bytes += std::mem::size_of::<Outgoing>() + k.len();
+                self.pending.push_back(Outgoing::Key(k));
+            }
+        }
+    }
+
+    /// Before a bucket of the peer's summary is compared: if we hold the
+    /// bucket in part, notes what adopting the peer's digest there needs
+    /// once the exchange is over, when that is safe.
+    fn prepare_adoption(&mut self, replica: &Replica, theirs: &BucketSummary, ours: &[(Bytes, Stamp, bool)]) {
+        let partial_here = replica.store().bucket_floor(theirs.bucket as usize) != Stamp::ZERO;
+        if !partial_here {
+            return;
+        }
+        if self.adopt_bytes >= self.adopt_budget {
+            self.stats.adoptions_deferred += 1;
+            return;
+        }
+        let floor_there = theirs.floor.unwrap_or(Stamp::ZERO);
+        let partial_there = theirs.floor.is_some();
+        // The peer's ghosts stand for registers at or below its floor, any
+        // of which may be an older version of a key we hold and it does not
+        // list: adopting its digest would then hide ours from whoever still
+        // holds that older version. A key we hold above its floor is sent
+        // to it, and is in its final digest; a stable one has been offered
+        // to every member since it arrived here.
+        let hides_nothing = || {
+            let listed: std::collections::HashSet<&Bytes> = theirs.items.iter().map(|(k, _)| k).collect();
+            ours.iter().all(|(k, st, _)| listed.contains(k) || *st > floor_there || replica.store().is_stable(k))
+        };
+        let blind = replica.store().has_planted(crate::store::Bug::AdoptBlind);
+        // Between peers that both hold the bucket in part, only from the
+        // higher node id: adopting in a circle (a from b, b from c, c from
+        // a) would chase digests round it for ever; this way they settle on
+        // the highest one's.
+        let ranked = !partial_there
+            || floor_there == Stamp::ZERO
+            || self.peer.as_ref().is_some_and(|p| p.incarnation.node > replica.me().incarnation.node);
+        if !(blind || ranked && hides_nothing()) {
+            return;
+        }
+        let held_here: std::collections::HashSet<&Bytes> = ours.iter().map(|(k, ..)| k).collect();
+        let their_max = theirs.items.iter().map(|(_, st)| *st).max().unwrap_or(Stamp::ZERO);
+        self.to_adopt.push(Adoption {
+            changes_at_summary: replica.store().bucket_changes(theirs.bucket as usize),
+            own_changes: 0,
+            bucket: theirs.bucket,
+            their_max: their_max.max(floor_there),
+            held: theirs
+                .items
+                .iter()
+                .enumerate()
+                .filter(|(_, (k, _))| held_here.contains(k))
+                .map(|(i, (k, st))| (k.clone(), *st, theirs.stubs.binary_search(&(i as u32)).is_ok()))
+                .collect(),
+            their_digest: None,
+        });
+        let a = self.to_adopt.last().expect("just pushed");
+        self.adopt_bytes += std::mem::size_of::<Adoption>()
+            + a.held.iter().map(|(k, ..)| std::mem::size_of::<(Bytes, Stamp, bool)>() + k.len()).sum::<usize>();
     }
 
     /// Queues the registers the peer wants, named by their positions in our
@@ -1003,11 +1182,18 @@ impl Session {
             self.summarizing = false;
             return SyncMsg::SummaryDone;
         }
+        let hashed = self.version >= PACKED_SINCE && !self.peer_holds_part;
         let mut size = 0;
         let mut chunk = Vec::new();
         while let Some((b, _)) = self.summary_ready.front() {
-            // Key, its length, and a 16-byte stamp per pair.
-            let s = 23 + b.items.iter().map(|(k, _)| k.len() + varint_len(k.len() as u64) + 16).sum::<usize>();
+            // Key, its length, and a 16-byte stamp per pair; or a hash and
+            // a packed stamp of at most 15.
+            let s = 23
+                + if hashed {
+                    b.items.len() * 23
+                } else {
+                    b.items.iter().map(|(k, _)| k.len() + varint_len(k.len() as u64) + 16).sum::<usize>()
+                };
             if !chunk.is_empty() && size + s > self.batch_bytes {
                 break;
             }
@@ -1021,7 +1207,11 @@ impl Session {
         for (k, _) in chunk.iter().flat_map(|b| b.items.iter()) {
             self.summarised.push(k);
         }
-        SyncMsg::Summary(chunk)
+        if hashed {
+            SyncMsg::PackedSummary(PackedSummary::pack(chunk, self.hash_key))
+        } else {
+            SyncMsg::Summary(chunk)
+        }
     }
 
     /// The next message to send, if any. Call until it returns `None`.
@@ -1042,6 +1232,7 @@ impl Session {
         if let SyncMsg::Entries(e) = &msg {
             self.stats.entries_sent += e.len() as u64;
         }
+        let msg = if self.version >= PACKED_SINCE { msg.packed() } else { msg };
         if matches!(msg, SyncMsg::Finish { .. }) {
             self.finish_sent = true;
             if self.finish_received && self.phase != Phase::Done {
@@ -1110,10 +1301,8 @@ impl Session {
 }
 
 /// Refuses a summary whose buckets are not increasing or out of range.
-fn check_summary(buckets: &[BucketSummary]) -> Result<(), SyncError> {
-    if buckets.windows(2).any(|w| w[0].bucket >= w[1].bucket)
-        || buckets.last().is_some_and(|b| b.bucket as usize >= BUCKETS)
-    {
+fn check_summary(buckets: &[u32]) -> Result<(), SyncError> {
+    if buckets.windows(2).any(|w| w[0] >= w[1]) || buckets.last().is_some_and(|b| *b as usize >= BUCKETS) {
         return Err(SyncError::Protocol("summary buckets not increasing or out of range".into()));
     }
     Ok(())
@@ -1158,5 +1347,7 @@ fn msg_name(m: &SyncMsg) -> &'static str {
         SyncMsg::Refusals(_) => "Refusals",
         SyncMsg::Digests(_) => "Digests",
         SyncMsg::Busy => "Busy",
+        SyncMsg::PackedEntries(_) => "PackedEntries",
+        SyncMsg::PackedSummary(_) => "PackedSummary",
     }
 }

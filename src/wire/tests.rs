@@ -126,7 +126,25 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
         vec((bytes(24), stamp()), 0..6).prop_map(SyncMsg::Refusals),
         vec((any::<u32>(), any::<u64>()), 0..6).prop_map(SyncMsg::Digests),
         Just(SyncMsg::Busy),
+        entries().prop_map(|e| SyncMsg::PackedEntries(PackedEntries::pack(e))),
+        packed_summary().prop_map(SyncMsg::PackedSummary),
     ]
+}
+
+// Any shape, not only what `pack` makes: indices past the table, gaps that
+// overflow, empty buckets out of order.
+fn packed_summary() -> impl Strategy<Value = PackedSummary> {
+    let packed_stamp = (any::<u32>(), any::<u64>()).prop_map(|(node, delta)| PackedStamp { node, delta });
+    let bucket = (any::<u32>(), option::of(stamp()), vec((any::<u64>().prop_map(ListedHash), packed_stamp), 0..4))
+        .prop_map(|(gap, floor, items)| PackedBucket { gap, floor, items, stubs: vec![0] });
+    (any::<(u64, u64)>(), vec(any::<u64>(), 0..3), any::<u64>(), vec(bucket, 0..4), vec(any::<u32>(), 0..6)).prop_map(
+        |(key, nodes, base, buckets, empty)| PackedSummary {
+            key: HashKey(key.0, key.1),
+            table: StampTable { nodes: nodes.into_iter().map(NodeId).collect(), base },
+            buckets,
+            empty,
+        },
+    )
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -241,7 +259,21 @@ fn one_of_each() -> Vec<Message> {
             BucketSummary { bucket: 0, floor: None, items: Vec::new(), stubs: Vec::new() },
             BucketSummary { bucket: 9, floor: Some(st), items: vec![(Bytes::from_static(b"k"), st)], stubs: vec![0] },
         ])),
-        Message::Sync(SyncMsg::Entries(regs)),
+        Message::Sync(SyncMsg::Entries(regs.clone())),
+        Message::Sync(SyncMsg::PackedEntries(PackedEntries::pack(regs))),
+        Message::Sync(SyncMsg::PackedSummary(PackedSummary::pack(
+            vec![
+                BucketSummary { bucket: 3, floor: None, items: Vec::new(), stubs: Vec::new() },
+                BucketSummary {
+                    bucket: 9,
+                    floor: Some(st),
+                    items: vec![(Bytes::from_static(b"k"), st)],
+                    stubs: vec![0],
+                },
+                BucketSummary { bucket: 65_535, floor: None, items: vec![(Bytes::new(), st)], stubs: Vec::new() },
+            ],
+            HashKey(u64::MAX, 1),
+        ))),
         Message::Sync(SyncMsg::EndOfEntries { want: vec![0, 1, 300, u64::MAX] }),
         Message::Sync(SyncMsg::Finish { refused: vec![(Bytes::from_static(b"k"), st)] }),
         Message::Sync(SyncMsg::Digests(vec![(9, u64::MAX), (70_000, 0)])),
@@ -776,5 +808,137 @@ mod versions {
         );
         let body = postcard::to_stdvec(&ReleaseMessage::Refused(ReleaseRefusal::Version { ours: 7 })).unwrap();
         assert_eq!(decode_payload(&body).unwrap(), Message::Refused(Refusal::Version { ours: 7 }));
+    }
+}
+
+mod packing {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn buckets() -> impl Strategy<Value = Vec<BucketSummary>> {
+        let one = (option::of(stamp()), vec((bytes(24), stamp()), 0..4), vec(any::<u32>(), 0..2));
+        (proptest::collection::btree_set(0u32..65_536, 0..6), vec(one, 6)).prop_map(|(ids, parts)| {
+            ids.into_iter()
+                .zip(parts)
+                .map(|(bucket, (floor, items, stubs))| BucketSummary { bucket, floor, items, stubs })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Packing loses nothing: stamps as far apart as a u64 allows, from
+        /// any nodes.
+        #[test]
+        fn entries_unpack_to_what_was_packed(mut e in entries()) {
+            let got = PackedEntries::pack(e.clone()).unpack().unwrap();
+            // In HLC order: the order of `Entries` means nothing.
+            e.sort_by_key(|(_, r)| r.marker.hlc);
+            prop_assert_eq!(got, e);
+        }
+
+        /// A packed summary unpacks to the same buckets, floors, stamps and
+        /// stubs, in order (empty buckets back among the others), each key
+        /// as its hash under the summary's key.
+        #[test]
+        fn summaries_unpack_to_what_was_packed(b in buckets(), key in any::<(u64, u64)>()) {
+            let key = HashKey(key.0, key.1);
+            let h = PackedSummary::pack(b.clone(), key).unpack().unwrap();
+            prop_assert_eq!(h.key, key);
+            prop_assert_eq!(h.buckets.len(), b.len());
+            for (got, want) in h.buckets.iter().zip(&b) {
+                prop_assert_eq!((got.bucket, got.floor, &got.stubs), (want.bucket, want.floor, &want.stubs));
+                let hashed: Vec<(ListedHash, Stamp)> = want.items.iter().map(|(k, s)| (listed_hash(key, k), *s)).collect();
+                prop_assert_eq!(&got.items, &hashed);
+            }
+        }
+
+        /// Whatever a packed summary holds, unpacking either fails or gives
+        /// at most one empty bucket per bucket there is, and never panics.
+        #[test]
+        fn any_packed_summary_unpacks_or_fails_cleanly(p in packed_summary()) {
+            let listed = p.buckets.len();
+            if let Ok(h) = p.unpack() {
+                let empty = h.buckets.iter().filter(|b| b.items.is_empty() && b.floor.is_none()).count();
+                prop_assert!(empty <= listed + crate::store::digest::BUCKETS);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stamp_outside_its_table_is_refused() {
+        let table = StampTable { nodes: vec![NodeId(1), NodeId(2)], base: u64::MAX - 5 };
+        assert_eq!(table.unpack(PackedStamp { node: 1, delta: 5 }).unwrap(), Stamp { hlc: u64::MAX, node: NodeId(2) });
+        assert!(matches!(table.unpack(PackedStamp { node: 2, delta: 0 }), Err(BadPacking::Stamp { .. })));
+        assert!(matches!(table.unpack(PackedStamp { node: 0, delta: 6 }), Err(BadPacking::Stamp { .. })));
+        let e = |entries| PackedEntries { table: table.clone(), entries };
+        let tomb = |node, delta| (Bytes::new(), PackedSlot::Tombstone, PackedStamp { node, delta });
+        assert!(e(vec![tomb(9, 0)]).unpack().is_err());
+        // Each register's stamp counts from the one before: the sum
+        // overflows at the second.
+        assert!(e(vec![tomb(0, 5)]).unpack().is_ok());
+        assert!(matches!(e(vec![tomb(0, 5), tomb(0, 1)]).unpack(), Err(BadPacking::Stamp { .. })));
+    }
+
+    #[test]
+    fn empty_buckets_must_increase_within_the_tree() {
+        let summary = |empty: Vec<u32>| PackedSummary {
+            key: HashKey::default(),
+            table: StampTable::default(),
+            buckets: Vec::new(),
+            empty,
+        };
+        let got: Vec<u32> = summary(vec![0, 1, 65_534]).unpack().unwrap().buckets.iter().map(|b| b.bucket).collect();
+        assert_eq!(got, vec![0, 1, 65_535]);
+        for bad in [vec![3, 0], vec![65_536], vec![1, 65_535], vec![1, u32::MAX]] {
+            assert_eq!(summary(bad.clone()).unpack(), Err(BadPacking::Empty), "{bad:?}");
+        }
+    }
+
+    /// The writes of a few seconds by a few nodes: a packed register costs
+    /// its key, its value and about 5 bytes of stamp, where a plain one
+    /// costs 16; a listed key 8 bytes of hash where a plain one costs its
+    /// length and its bytes.
+    #[test]
+    fn packing_saves_most_of_each_stamp() {
+        let t0 = Stamp::pack(1_700_000_000_000, 0);
+        let regs: Vec<(Bytes, Register)> = (0..500u64)
+            .map(|i| {
+                let marker =
+                    Stamp { hlc: t0 + i * 3_000_000 / 500 * 65_536 / 1_000, node: NodeId(0x9e37_79b9 + i % 3) };
+                let val = Slot::Value { data: Bytes::from(vec![7; 100]), expires_at_ms: None };
+                (Bytes::from(format!("key:{i:011}")), Register { val, marker })
+            })
+            .collect();
+        let plain = encoded_len(&SyncMsg::Entries(regs.clone()));
+        let packed = encoded_len(&SyncMsg::PackedEntries(PackedEntries::pack(regs.clone())));
+        assert!(packed + 500 * 12 <= plain, "{packed} bytes packed, {plain} plain");
+        let mut ids: BTreeSet<u32> = BTreeSet::new();
+        let summary: Vec<BucketSummary> = regs
+            .iter()
+            .map(|(k, r)| {
+                let mut bucket = crate::store::digest::bucket_of(crate::store::digest::key_hash(k)) as u32;
+                while !ids.insert(bucket) {
+                    bucket += 1;
+                }
+                (bucket, BucketSummary { bucket, floor: None, items: vec![(k.clone(), r.marker)], stubs: Vec::new() })
+            })
+            .collect::<std::collections::BTreeMap<u32, BucketSummary>>()
+            .into_values()
+            .collect();
+        let plain = encoded_len(&SyncMsg::Summary(summary.clone()));
+        let packed = encoded_len(&SyncMsg::PackedSummary(PackedSummary::pack(summary, HashKey(1, 2))));
+        assert!(packed + 500 * 18 <= plain, "{packed} bytes packed, {plain} plain");
+    }
+
+    #[test]
+    fn packed_kinds_are_version_8() {
+        let e = SyncMsg::PackedEntries(PackedEntries::pack(Vec::new()));
+        assert_eq!((e.since(), Message::Sync(e).since()), (PACKED_SINCE, 8));
+        assert_eq!(Message::Sync(SyncMsg::Busy).since(), OLDEST_VERSION);
+        assert_eq!(SyncMsg::Entries(Vec::new()).packed(), SyncMsg::PackedEntries(PackedEntries::pack(Vec::new())));
+        assert_eq!(SyncMsg::SummaryDone.packed(), SyncMsg::SummaryDone);
     }
 }
