@@ -5,8 +5,11 @@
 //! buffered or decoded. A frame's buffer grows with the bytes received, not
 //! with the length its prefix announces. Decoding preallocates nothing beyond what the frame
 //! can hold (postcard checks declared lengths against the bytes left), so a
-//! hostile frame costs memory in proportion to its length: a small constant
-//! factor over the frame, for the decoded structures.
+//! hostile frame costs memory in proportion to its length: at most about 25
+//! times the frame for the decoded structures (the densest are a packed
+//! register, 4 bytes on the wire at least and 96 decoded, unpacked in place,
+//! and a summary's bucket, 4 and 80), beside the bytes of its keys and
+//! values.
 //!
 //! Adding a variant at the end of an enum is compatible as long as it is
 //! sent only on links whose negotiated version knows it; anything else
@@ -66,16 +69,17 @@ pub use packed::{
 /// packed ([`SyncMsg::PackedEntries`], [`SyncMsg::PackedSummary`]; the
 /// `packed` module), and the side that would send the bucket-level hashes
 /// may send its summary of the differing ranges instead (ALGORITHM.md,
-/// "Anti-entropy"): a version 7 peer would take the new messages for a
-/// protocol violation, and is sent neither.
+/// "Packed anti-entropy"): a version 7 peer would take the new messages for
+/// a protocol violation, and is sent neither.
 pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The oldest protocol version this build speaks: 6, the first whose
 /// messages this build still sends and reads in the same layout (version
 /// 6 differs from 7 only by [`Message::Leases`], which a link at 6 never
-/// carries, and 7 from 8 by what [`PACKED_SINCE`] introduced, which a link
-/// below 8 never carries). Version 5 lacks [`Message::Published`] only, but no peer of
-/// that build is meant to be mixed with this one, so it is not claimed.
+/// carries, and 7 from 8 by what [`PACKED_SINCE`] introduced, which a
+/// link below 8 never carries). Version 5 lacks [`Message::Published`]
+/// only, but no peer of that build is meant to be mixed with this one, so
+/// it is not claimed.
 pub const OLDEST_VERSION: u16 = 6;
 
 /// Every protocol version this build speaks.

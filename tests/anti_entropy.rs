@@ -511,13 +511,25 @@ fn a_link_at_version_7_carries_no_packed_message() {
     let c = replica("c", 2);
     fill(&a, 3_000, "k", T0);
     fill(&c, 3_000, "j", T0);
-    let mut seen = Vec::new();
-    drive(&a, Session::initiate(&a, T0).with_version(7), T0, &c, Session::respond(T0).with_version(7), T0, |m| {
-        seen.push(m.since())
-    })
-    .unwrap();
-    assert!(!seen.is_empty() && seen.iter().all(|v| *v <= 7), "{seen:?}");
-    assert_eq!(a.store().root(), c.store().root());
+    // Each side's messages, in either role (the helper shows the
+    // initiator's): the store that summarises differs between the two.
+    for (x, y) in [(&a, &c), (&c, &a)] {
+        x.put(b("fresh"), Bytes::from(vec![b'f'; 10]), None, T0 + 1).unwrap();
+        let mut seen = Vec::new();
+        let (sx, sy) = drive(
+            x,
+            Session::initiate(x, T0 + 2).with_version(7),
+            T0 + 2,
+            y,
+            Session::respond(T0 + 2).with_version(7),
+            T0 + 2,
+            |m| seen.push(m.since()),
+        )
+        .unwrap();
+        assert!(!seen.is_empty() && seen.iter().all(|v| *v <= 7), "{seen:?}");
+        assert!(sx.entries_sent + sy.entries_sent > 0);
+        assert_eq!(x.store().root(), y.store().root());
+    }
 
     let mut s = Session::initiate(&a, T0).with_version(7);
     let mut r = Session::respond(T0).with_version(7);

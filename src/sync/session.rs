@@ -87,7 +87,7 @@ impl Listing {
     fn buckets(&self) -> Vec<u32> {
         match self {
             Listing::Keys(b) => b.iter().map(|b| b.bucket).collect(),
-            Listing::Hashed(h) => h.buckets.iter().map(|b| b.bucket).collect(),
+            Listing::Hashed(h) => h.bucket_ids(),
         }
     }
 }
@@ -954,23 +954,23 @@ impl Session {
                 }
             }
             Listing::Hashed(h) => {
-                for (theirs, (_, ours)) in h.buckets.into_iter().zip(mine) {
+                let key = h.key;
+                let hashed = |k: &Bytes| listed_hash(key, k);
+                let mut listed = h.buckets.into_iter().peekable();
+                for (bucket, ours) in mine {
                     // The peer lists hashes only to a side whose opening said
                     // it holds every bucket whole; one held in part since
                     // then is adopted in a later round, from its keys.
-                    if replica.store().bucket_floor(theirs.bucket as usize) != Stamp::ZERO {
+                    if replica.store().bucket_floor(bucket) != Stamp::ZERO {
                         self.stats.adoptions_deferred += 1;
                     }
-                    let hashed = |k: &Bytes| listed_hash(h.key, k);
-                    self.compare_bucket(
-                        replica,
-                        theirs.bucket,
-                        theirs.floor,
-                        theirs.items,
-                        &theirs.stubs,
-                        ours,
-                        hashed,
-                    );
+                    // `mine` follows the summary's buckets, listed and empty
+                    // in increasing order (checked): a bucket not next in
+                    // `listed` is one in which the peer holds nothing.
+                    match listed.next_if(|b| b.bucket as usize == bucket) {
+                        Some(t) => self.compare_bucket(replica, t.bucket, t.floor, t.items, &t.stubs, ours, hashed),
+                        None => self.compare_bucket(replica, bucket as u32, None, Vec::new(), &[], ours, hashed),
+                    }
                 }
             }
         }

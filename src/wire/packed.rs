@@ -160,8 +160,29 @@ pub struct PackedSummary {
 pub struct HashedSummary {
     /// The key the listed keys are hashed under.
     pub key: HashKey,
-    /// The buckets.
+    /// The buckets that list something or have a floor.
     pub buckets: Vec<HashedBucket>,
+    /// The other buckets summarised (the sender holds nothing there),
+    /// increasing: four bytes each here, where a [`HashedBucket`] would
+    /// take eighty for a byte on the wire.
+    pub empty: Vec<u32>,
+}
+
+impl HashedSummary {
+    /// Every bucket summarised, listed or empty, in the order they came
+    /// (increasing, if the sender kept the rule).
+    pub fn bucket_ids(&self) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(self.buckets.len() + self.empty.len());
+        let mut empty = self.empty.iter().copied().peekable();
+        for b in &self.buckets {
+            while let Some(e) = empty.next_if(|e| *e < b.bucket) {
+                ids.push(e);
+            }
+            ids.push(b.bucket);
+        }
+        ids.extend(empty);
+        ids
+    }
 }
 
 /// One bucket of a [`HashedSummary`].
@@ -300,21 +321,24 @@ impl PackedSummary {
         PackedSummary { key, table, buckets: packed, empty }
     }
 
-    /// The buckets with their stamps, the keys still hashed, the empty ones
-    /// among them in order. Buckets must increase (the session checks it,
+    /// The buckets with their stamps, the keys still hashed. Buckets must
+    /// increase, the empty ones among the others (the session checks it,
     /// as for `Summary`); here a gap only has to land on a `u32`, and the
-    /// empty buckets must increase and stay below [`BUCKETS`], so that a
-    /// byte each on the wire cannot stand for more buckets than there are.
+    /// empty buckets must increase and stay below [`BUCKETS`].
     pub fn unpack(self) -> Result<HashedSummary, BadPacking> {
         let table = self.table;
         let mut last = 0u32;
-        let listed = self.buckets.into_iter().map(|b| {
-            let bucket = last.checked_add(b.gap).ok_or(BadPacking::Bucket { after: last, gap: b.gap })?;
-            last = bucket;
-            let items = b.items.into_iter().map(|(h, p)| Ok((h, table.unpack(p)?))).collect::<Result<_, _>>()?;
-            Ok(HashedBucket { bucket, floor: b.floor, items, stubs: b.stubs })
-        });
-        let mut empty = Vec::with_capacity(self.empty.len().min(BUCKETS));
+        let buckets = self
+            .buckets
+            .into_iter()
+            .map(|b| {
+                let bucket = last.checked_add(b.gap).ok_or(BadPacking::Bucket { after: last, gap: b.gap })?;
+                last = bucket;
+                let items = b.items.into_iter().map(|(h, p)| Ok((h, table.unpack(p)?))).collect::<Result<_, _>>()?;
+                Ok(HashedBucket { bucket, floor: b.floor, items, stubs: b.stubs })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut empty = Vec::with_capacity(self.empty.len());
         let mut last_empty = None::<u32>;
         for gap in self.empty {
             let b = match last_empty {
@@ -326,18 +350,8 @@ impl PackedSummary {
                 return Err(BadPacking::Empty);
             }
             last_empty = Some(b);
-            empty.push(HashedBucket { bucket: b, floor: None, items: Vec::new(), stubs: Vec::new() });
+            empty.push(b);
         }
-        let mut buckets = Vec::with_capacity(empty.len());
-        let mut empty = empty.into_iter().peekable();
-        for b in listed {
-            let b = b?;
-            while let Some(e) = empty.next_if(|e| e.bucket < b.bucket) {
-                buckets.push(e);
-            }
-            buckets.push(b);
-        }
-        buckets.extend(empty);
-        Ok(HashedSummary { key: self.key, buckets })
+        Ok(HashedSummary { key: self.key, buckets, empty })
     }
 }
