@@ -154,6 +154,20 @@ fn packed_summary(nodes: Vec<NodeId>, base: u64, buckets: &[(u32, Vec<(u32, u64)
     SyncMsg::PackedSummary(PackedSummary { key: HashKey(1, 2), table: StampTable { nodes, base }, buckets, empty })
 }
 
+/// The initiator `s` on `a` once `r` on `c` has accepted its opening.
+fn opened(
+    a: &meshcache::replica::Replica,
+    c: &meshcache::replica::Replica,
+    mut s: meshcache::sync::Session,
+    mut r: meshcache::sync::Session,
+) -> meshcache::sync::Session {
+    let begin = s.poll_transmit(a).unwrap();
+    r.handle_message(c, begin, T0).unwrap();
+    let accept = r.poll_transmit(c).unwrap();
+    s.handle_message(a, accept, T0).unwrap();
+    s
+}
+
 #[test]
 fn hostile_session_messages_fail_the_session_without_panic() {
     use meshcache::sync::Session;
@@ -191,12 +205,7 @@ fn hostile_session_messages_fail_the_session_without_panic() {
         packed_summary(vec![NodeId(7)], 0, &[(4, vec![(0, 1)])], vec![4]),
     ];
     for m in bad {
-        let mut s = Session::initiate(&a, T0);
-        let mut r = Session::respond(T0);
-        let begin = s.poll_transmit(&a).unwrap();
-        r.handle_message(&c, begin, T0).unwrap();
-        let accept = r.poll_transmit(&c).unwrap();
-        s.handle_message(&a, accept, T0).unwrap();
+        let mut s = opened(&a, &c, Session::initiate(&a, T0), Session::respond(T0));
         assert!(s.handle_message(&a, m.clone(), T0).is_err(), "{m:?} accepted");
         assert_eq!(s.phase(), meshcache::sync::Phase::Failed);
     }
@@ -531,12 +540,7 @@ fn a_link_at_version_7_carries_no_packed_message() {
         assert_eq!(x.store().root(), y.store().root());
     }
 
-    let mut s = Session::initiate(&a, T0).with_version(7);
-    let mut r = Session::respond(T0).with_version(7);
-    let begin = s.poll_transmit(&a).unwrap();
-    r.handle_message(&c, begin, T0).unwrap();
-    let accept = r.poll_transmit(&c).unwrap();
-    s.handle_message(&a, accept, T0).unwrap();
+    let mut s = opened(&a, &c, Session::initiate(&a, T0).with_version(7), Session::respond(T0).with_version(7));
     let well_formed = packed_summary(vec![NodeId(7)], 0, &[(1, vec![(0, 0)])], vec![0, 2]);
     let res = s.handle_message(&a, well_formed, T0);
     assert!(matches!(&res, Err(SyncError::Protocol(why)) if why.contains("version 7")), "{res:?}");
