@@ -295,7 +295,7 @@ pub struct Session {
     /// The other side: a `Summary` received while `pending` was over its
     /// budget, handled once it drains. Until then [`Session::wants_input`]
     /// is false.
-    deferred: Option<Listing>,
+    deferred: Option<(Listing, Vec<usize>)>,
     /// Summary side: positions in `summarised` of the registers the peer
     /// wants, sent after `pending`. A position is 8 bytes where a queued
     /// key is about 60 (its handle, its copy and its slot), and under a
@@ -556,8 +556,8 @@ impl Session {
     pub fn handle_message(&mut self, replica: &Replica, msg: SyncMsg, now_ms: u64) -> Result<(), SyncError> {
         self.stats.messages_received += 1;
         self.stats.bytes_received += frame_len(&msg);
-        if let Some(buckets) = self.deferred.take() {
-            self.on_summary(replica, buckets);
+        if let Some((listing, ids)) = self.deferred.take() {
+            self.on_summary(replica, listing, ids);
         }
         let r = self.check_version(&msg).and_then(|()| self.handle_inner(replica, msg, now_ms));
         if r.is_err() {
@@ -681,13 +681,15 @@ impl Session {
     /// One chunk of the peer's summary: checked, then compared with ours,
     /// or held until the registers queued before it are sent.
     fn on_listing(&mut self, replica: &Replica, listing: Listing) -> Result<(), SyncError> {
-        check_summary(&listing.buckets())?;
+        let ids = listing.buckets();
+        check_summary(&ids)?;
+        let ids = ids.into_iter().map(|b| b as usize).collect();
         self.phase = Phase::Exchange;
         if self.queue_over_budget() {
             self.stats.summaries_deferred += 1;
-            self.deferred = Some(listing);
+            self.deferred = Some((listing, ids));
         } else {
-            self.on_summary(replica, listing);
+            self.on_summary(replica, listing, ids);
         }
         Ok(())
     }
@@ -939,9 +941,9 @@ impl Session {
 
     /// One chunk of the peer's summary, checked by [`check_summary`]: queue
     /// the registers it lacks or holds older, and note the positions of the
-    /// keys we lack or hold older.
-    fn on_summary(&mut self, replica: &Replica, listing: Listing) {
-        let ids: Vec<usize> = listing.buckets().into_iter().map(|b| b as usize).collect();
+    /// keys we lack or hold older. `ids` are the listing's buckets, in
+    /// order, listed or empty (computed once, for the check).
+    fn on_summary(&mut self, replica: &Replica, listing: Listing, ids: Vec<usize>) {
         // Keys and stamps only: the registers to send are read when their
         // turn comes, so a long queue holds keys, not copies of values.
         let mine = replica.store().bucket_summaries(&ids);
@@ -1218,8 +1220,8 @@ impl Session {
     pub fn poll_transmit(&mut self, replica: &Replica) -> Option<SyncMsg> {
         let msg = loop {
             if self.deferred.is_some() && !self.queue_over_budget() {
-                let buckets = self.deferred.take().expect("checked above");
-                self.on_summary(replica, buckets);
+                let (listing, ids) = self.deferred.take().expect("checked above");
+                self.on_summary(replica, listing, ids);
             }
             match self.next_message(replica) {
                 Some(m) => break m,
