@@ -259,7 +259,7 @@ fn status(mesh: &Mesh) -> String {
     kv("stubs:", &st.stubs);
     kv("clear_below:", &st.floors.clear_below);
     kv("gc_floor:", &st.floors.gc_floor);
-    let counters: [(&str, u64); 34] = [
+    let counters: [(&str, u64); 35] = [
         ("version_refusals", s.version_refusals),
         ("deltas_sent", s.deltas_sent),
         ("deltas_received", s.deltas_received),
@@ -270,6 +270,7 @@ fn status(mesh: &Mesh) -> String {
         ("ae_failed", s.ae_failed),
         ("ae_declined", s.ae_declined),
         ("ae_summaries_deferred", s.ae_summaries_deferred),
+        ("ae_summary_window_waits", s.ae_summary_window_waits),
         ("ae_bytes_sent", s.ae_bytes_sent),
         ("ae_bytes_received", s.ae_bytes_received),
         ("ae_entries_sent", s.ae_entries_sent),

@@ -71,7 +71,14 @@ pub use packed::{
 /// may send its summary of the differing ranges instead (ALGORITHM.md,
 /// "Packed anti-entropy"): a version 7 peer would take the new messages for
 /// a protocol violation, and is sent neither.
-pub const PROTOCOL_VERSION: u16 = 8;
+/// 9: the side that receives a summary says, after each chunk, how much of
+/// it it has compared and which positions among those it wants
+/// ([`SyncMsg::Compared`]), and the summary side keeps only the keys not
+/// yet answered for, summarising no further while they pass a window
+/// (ALGORITHM.md, "The summary window"): a version 8 peer would take the
+/// new message for a protocol violation, and is sent none (its summary
+/// side keeps every key it summarised until the session's end).
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// The oldest protocol version this build speaks: 6, the first whose
 /// messages this build still sends and reads in the same layout (version
@@ -96,6 +103,10 @@ pub const LEASES_SINCE: u16 = 7;
 /// ([`SyncMsg::PackedEntries`], [`SyncMsg::PackedSummary`]) and the summary
 /// sent one level above the buckets.
 pub const PACKED_SINCE: u16 = 8;
+
+/// The version that introduced [`SyncMsg::Compared`] and the summary
+/// window.
+pub const COMPARED_SINCE: u16 = 9;
 
 /// The last version whose peers speak only one version: a hello without a
 /// [`Message::Versions`] frame after it comes from such a peer, which
@@ -409,6 +420,19 @@ pub enum SyncMsg {
     /// whose opening said it holds the keyspace whole; numbered and
     /// answered as `Summary`.
     PackedSummary(PackedSummary),
+    /// From the side that receives the summary, after each chunk of it
+    /// (version 9): the summary's first `through` pairs are compared, and
+    /// `want` names the positions among them that the sender wants, as
+    /// gaps continuing those sent before (as in `Want`, which a link at 9
+    /// does not carry). `through` never decreases and never passes what was
+    /// summarised; a wanted position at or past it is a protocol violation.
+    /// The summary side then forgets the keys it will not be asked for.
+    Compared {
+        /// Pairs of the summary compared so far.
+        through: u64,
+        /// Wanted positions below `through`, as gaps.
+        want: Vec<u64>,
+    },
 }
 
 impl SyncMsg {
@@ -417,6 +441,7 @@ impl SyncMsg {
     pub fn since(&self) -> u16 {
         match self {
             SyncMsg::PackedEntries(_) | SyncMsg::PackedSummary(_) => PACKED_SINCE,
+            SyncMsg::Compared { .. } => COMPARED_SINCE,
             _ => OLDEST_VERSION,
         }
     }

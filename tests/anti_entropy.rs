@@ -289,6 +289,20 @@ fn wants_past_the_summary_or_not_increasing_are_protocol_errors() {
             vec![SyncMsg::Want(vec![2, 1, 0])],
             vec![SyncMsg::Want(vec![5]), SyncMsg::Want(vec![0])],
             vec![SyncMsg::Want(vec![5]), SyncMsg::EndOfEntries { want: vec![0] }],
+            // Version 9: compared through more than was summarised, or
+            // less than before; a wanted position at or past what was
+            // compared, or among the keys forgotten once answered for.
+            vec![SyncMsg::Compared { through: n + 1, want: vec![] }],
+            vec![SyncMsg::Compared { through: 5, want: vec![] }, SyncMsg::Compared { through: 4, want: vec![] }],
+            vec![SyncMsg::Compared { through: 5, want: vec![5] }],
+            vec![SyncMsg::Compared { through: n, want: vec![0, n] }],
+            vec![SyncMsg::Compared { through: 5, want: vec![] }, SyncMsg::Compared { through: 10, want: vec![3] }],
+            vec![
+                SyncMsg::Compared { through: 5, want: vec![1] },
+                SyncMsg::Compared { through: 10, want: vec![u64::MAX] },
+            ],
+            // Nothing is compared after the peer's last word.
+            vec![SyncMsg::EndOfEntries { want: vec![] }, SyncMsg::Compared { through: n, want: vec![] }],
         ]
     };
     let pairs = |m: &SyncMsg| match m {
@@ -318,12 +332,22 @@ fn wants_past_the_summary_or_not_increasing_are_protocol_errors() {
     let n = pairs(&summary) as u64;
     let (side, store) = if initiator_summarises { (&mut s, &a) } else { (&mut r, &c) };
     side.handle_message(store, SyncMsg::Want(vec![0, n - 1]), T0).unwrap();
+    let (mut s, mut r, initiator_summarises, summary) = until_first_summary(&a, &c);
+    let n = pairs(&summary) as u64;
+    let (side, store) = if initiator_summarises { (&mut s, &a) } else { (&mut r, &c) };
+    side.handle_message(store, SyncMsg::Compared { through: 3, want: vec![0, 2] }, T0).unwrap();
+    side.handle_message(store, SyncMsg::Compared { through: n, want: vec![1, n - 4] }, T0).unwrap();
     // The side that received the summary sent none: it has no positions for
     // the peer to want.
     let (mut s, mut r, initiator_summarises, summary) = until_first_summary(&a, &c);
     let (other, store) = if initiator_summarises { (&mut r, &c) } else { (&mut s, &a) };
     other.handle_message(store, summary, T0).unwrap();
     let res = other.handle_message(store, SyncMsg::EndOfEntries { want: vec![0] }, T0);
+    assert!(matches!(res, Err(SyncError::Protocol(_))), "{res:?}");
+    let (mut s, mut r, initiator_summarises, summary) = until_first_summary(&a, &c);
+    let (other, store) = if initiator_summarises { (&mut r, &c) } else { (&mut s, &a) };
+    other.handle_message(store, summary, T0).unwrap();
+    let res = other.handle_message(store, SyncMsg::Compared { through: 0, want: vec![] }, T0);
     assert!(matches!(res, Err(SyncError::Protocol(_))), "{res:?}");
 }
 
@@ -425,12 +449,16 @@ struct DenseCost {
     levels: usize,
     bucket_levels: usize,
     packed: usize,
+    /// The most bytes of summarised keys the summary side held at once,
+    /// and how often its summary waited for the peer's answers.
+    peak_summarised: u64,
+    window_waits: u64,
 }
 
 /// Disjoint halves of `n` keys each, so that nearly every bucket differs
 /// (a healed partition), synced over a link at `version`. Node ids as
 /// random as a real process draws.
-fn dense_session(n: usize, version: u16) -> DenseCost {
+fn dense_session(n: usize, version: u16, window: Option<usize>) -> DenseCost {
     use meshcache::store::digest::LEVELS;
     use meshcache::sync::Session;
     use meshcache::wire::encoded_len;
@@ -442,11 +470,14 @@ fn dense_session(n: usize, version: u16) -> DenseCost {
     }
     let mut s = Session::initiate(&a, T0 + 1).with_version(version).with_hash_key(HashKey(3, 4));
     let mut r = Session::respond(T0 + 1).with_version(version).with_hash_key(HashKey(5, 6));
+    if let Some(w) = window {
+        (s, r) = (s.with_summary_window(w), r.with_summary_window(w));
+    }
     let mut cost = DenseCost::default();
     let mut count = |m: &SyncMsg| {
         let len = encoded_len(m);
         match m {
-            SyncMsg::Want(_) | SyncMsg::EndOfEntries { .. } => cost.wants += len,
+            SyncMsg::Want(_) | SyncMsg::EndOfEntries { .. } | SyncMsg::Compared { .. } => cost.wants += len,
             SyncMsg::Entries(_) => cost.entries += len,
             SyncMsg::PackedEntries(_) => (cost.entries, cost.packed) = (cost.entries + len, cost.packed + 1),
             SyncMsg::Summary(_) => cost.summaries += len,
@@ -477,6 +508,8 @@ fn dense_session(n: usize, version: u16) -> DenseCost {
     let (ss, rs) = (s.stats(), r.stats());
     assert_eq!(ss.entries_sent + rs.entries_sent, 2 * n as u64, "each register crosses once");
     cost.total = ss.bytes_sent + rs.bytes_sent;
+    cost.peak_summarised = ss.peak_summarised_bytes.max(rs.peak_summarised_bytes);
+    cost.window_waits = ss.summary_window_waits + rs.summary_window_waits;
     cost.divergent = 2 * n as u64 * (16 + 100);
     cost
 }
@@ -486,7 +519,7 @@ fn dense_differences_cost_little_beyond_the_registers() {
     const N: usize = 20_000;
     // A link at version 7: registers with 16-byte stamps, a summary of
     // keys, the tree descended to the buckets. About 1.40x.
-    let old = dense_session(N, 7);
+    let old = dense_session(N, 7, None);
     assert_eq!(old.packed, 0, "nothing packed on a link at version 7");
     assert!(old.bucket_levels > 0, "{old:?}");
     // Half the registers are wanted by position: about a byte each.
@@ -497,7 +530,7 @@ fn dense_differences_cost_little_beyond_the_registers() {
     assert!(old.total * 100 <= old.divergent * 145, "{old:?}");
     // Version 8: packed stamps, a summary of hashed keys sent a level above
     // the buckets, since nearly all of them differ.
-    let new = dense_session(N, 8);
+    let new = dense_session(N, 8, None);
     eprintln!("version 7: {old:?}\nversion 8: {new:?}");
     assert!(new.packed > 0, "{new:?}");
     assert_eq!(new.bucket_levels, 0, "summarised a level above the buckets: {new:?}");
@@ -508,6 +541,33 @@ fn dense_differences_cost_little_beyond_the_registers() {
     // A listed key: 8 bytes of hash and its packed stamp.
     assert!(new.summaries <= N * (8 + 6) + 65_536 * 4, "{new:?}");
     assert!(new.total * 100 <= new.divergent * 117, "{new:?}");
+    // Version 9 adds a `Compared` a summary chunk, a few bytes each.
+    let now = dense_session(N, 9, None);
+    eprintln!("version 9: {now:?}");
+    assert!(now.wants <= N + 100 + 6 * now.packed, "{now:?}");
+    assert!(now.total * 100 <= now.divergent * 117, "{now:?}");
+}
+
+/// At version 9 the summary side holds only the keys the peer has not
+/// answered for, within its window, however much differs; at 8 it holds
+/// every key it summarised until the end. Both converge alike.
+#[test]
+fn a_summary_side_holds_no_more_than_its_window_of_keys() {
+    const N: usize = 20_000;
+    const WINDOW: u64 = 64 * 1024;
+    // A key is 16 bytes and its offset 8: the summary side lists N keys.
+    let whole = dense_session(N, 8, Some(WINDOW as usize));
+    assert!(whole.peak_summarised >= N as u64 * 24, "{whole:?}");
+    assert_eq!(whole.window_waits, 0, "{whole:?}");
+    let windowed = dense_session(N, 9, Some(WINDOW as usize));
+    eprintln!("version 8: {whole:?}\nversion 9: {windowed:?}");
+    // The window, and one summary chunk past it (a chunk's pairs are at
+    // least 8 bytes on the wire, 24 held).
+    assert!(windowed.peak_summarised <= WINDOW + 3 * 64 * 1024, "{windowed:?}");
+    assert!(windowed.window_waits > 0, "{windowed:?}");
+    // The window costs little on the wire: the answers, and an `Entries`
+    // cut short when the window fills.
+    assert!(windowed.total * 100 <= whole.total * 101, "{windowed:?} {whole:?}");
 }
 
 /// A session between a peer at version 8 and one at 7 never carries a

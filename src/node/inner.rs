@@ -32,6 +32,7 @@ pub(super) struct Counters {
     pub(super) ae_failed: AtomicU64,
     pub(super) ae_declined: AtomicU64,
     pub(super) ae_summaries_deferred: AtomicU64,
+    pub(super) ae_summary_window_waits: AtomicU64,
     pub(super) ae_bytes_sent: AtomicU64,
     pub(super) ae_bytes_received: AtomicU64,
     pub(super) ae_entries_sent: AtomicU64,

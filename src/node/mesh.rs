@@ -109,6 +109,10 @@ pub struct MeshStats {
     /// sessions until the registers it had queued for the peer were sent
     /// (the session's queue stays within a 64th of the bound).
     pub ae_summaries_deferred: u64,
+    /// Times this peer's summary waited, in its sessions, for the peer to
+    /// answer for the keys it had summarised (protocol 9: the summary side
+    /// holds at most a window of them).
+    pub ae_summary_window_waits: u64,
     /// Bytes sent in anti-entropy sessions.
     pub ae_bytes_sent: u64,
     /// Bytes received in anti-entropy sessions.
@@ -510,6 +514,7 @@ impl Mesh {
             ae_failed: l(&c.ae_failed),
             ae_declined: l(&c.ae_declined),
             ae_summaries_deferred: l(&c.ae_summaries_deferred),
+            ae_summary_window_waits: l(&c.ae_summary_window_waits),
             ae_bytes_sent: l(&c.ae_bytes_sent),
             ae_bytes_received: l(&c.ae_bytes_received),
             ae_entries_sent: l(&c.ae_entries_sent),

@@ -100,6 +100,7 @@ fn finish_session(inner: &Inner, conn: &quinn::Connection, id: &MemberId, res: S
     c.ae_entries_sent.fetch_add(res.stats.entries_sent, Ordering::Relaxed);
     c.ae_entries_received.fetch_add(res.stats.entries_received, Ordering::Relaxed);
     c.ae_summaries_deferred.fetch_add(res.stats.summaries_deferred, Ordering::Relaxed);
+    c.ae_summary_window_waits.fetch_add(res.stats.summary_window_waits, Ordering::Relaxed);
     metrics::counter!("meshcache_ae_bytes_sent_total").increment(res.stats.bytes_sent);
     match &res.error {
         None if res.declined => {

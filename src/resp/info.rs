@@ -193,7 +193,7 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         "# Meshcache\r\nname:{}\r\nnode:{}\r\nincarnation_started_ms:{}\r\nbooted:{}\r\nmembers:{}\r\nconnected:{}\r\n\
          entries:{}\r\nvalues:{}\r\ntombstones:{}\r\nstubs:{}\r\nbytes:{}\r\ndeltas_sent:{}\r\ndeltas_received:{}\r\n\
          push_batches_sent:{}\r\npush_bytes_sent:{}\r\nqueue_overflows:{}\r\nae_rounds:{}\r\nae_failed:{}\r\nae_declined:{}\r\n\
-         ae_summaries_deferred:{}\r\nae_bytes_sent:{}\r\nae_bytes_received:{}\r\nae_entries_sent:{}\r\nae_entries_received:{}\r\n\
+         ae_summaries_deferred:{}\r\nae_summary_window_waits:{}\r\nae_bytes_sent:{}\r\nae_bytes_received:{}\r\nae_entries_sent:{}\r\nae_entries_received:{}\r\n\
          messages_published:{}\r\nmessages_received:{}\r\nrefused_peers:{}\r\npeer_protocol_errors:{}\r\n\
          clock_refused:{}\r\nmembers_invalid:{}\r\nmembers_over_cap:{}\r\nseed_lookups_failed:{}\r\n\
          tls_refused:{}\r\nlinks_made:{}\r\nversion_refusals:{}\r\ncollected_tombstones:{}\r\ncompactions:{}\r\n\
@@ -218,6 +218,7 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         st.ae_failed,
         st.ae_declined,
         st.ae_summaries_deferred,
+        st.ae_summary_window_waits,
         st.ae_bytes_sent,
         st.ae_bytes_received,
         st.ae_entries_sent,

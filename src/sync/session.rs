@@ -36,7 +36,12 @@
 //!   positions sent as gaps (the first from 0, each later one from the
 //!   previous, so at least 1), cut into Want messages and the last ones in
 //!   EndOfEntries; the summary side sends the wanted registers and its own
-//!   EndOfEntries{[]}.
+//!   EndOfEntries{[]}. At version 9 the other side answers every summary
+//!   chunk, once compared, with Compared{through, gaps} instead of Want:
+//!   the first `through` pairs are compared and these are wanted among
+//!   them. The summary side forgets the keys it will not be asked for, and
+//!   summarises no further while those it holds pass its window
+//!   (`SUMMARY_WINDOW_SHARE`), sending the wanted registers meanwhile.
 //!   Each side, once it has the other's EndOfEntries, sends the registers
 //!   it refused by its gc_floor, which the other side then drops (the
 //!   refusal reply): Refusals{chunk}... Finish{last chunk}, cut at about the
@@ -61,7 +66,7 @@ use crate::store::digest::{self, BUCKETS, FANOUT, LEVELS};
 use crate::store::{Change, Register};
 use crate::wire::{
     encoded_len, listed_hash, BucketSummary, HashKey, HashedSummary, PackedSummary, Refusal, SyncHello, SyncMsg,
-    LENGTH_PREFIX, PACKED_SINCE, PROTOCOL_VERSION,
+    COMPARED_SINCE, LENGTH_PREFIX, PACKED_SINCE, PROTOCOL_VERSION,
 };
 
 /// A register to send in an `Entries` message.
@@ -92,27 +97,57 @@ impl Listing {
     }
 }
 
-/// Keys packed in one buffer, in the order pushed.
+/// Keys packed in one buffer, numbered in the order pushed; the oldest may
+/// be forgotten, and their bytes are given back once they are half the
+/// buffer.
 #[derive(Debug, Default)]
 struct KeyList {
+    /// Key bytes from offset `byte_base` of everything ever pushed.
     bytes: Vec<u8>,
-    ends: Vec<usize>,
+    byte_base: usize,
+    /// The end offsets of keys `first..`.
+    ends: VecDeque<usize>,
+    /// The number of the first key still held, and its start offset.
+    first: usize,
+    start: usize,
 }
 
 impl KeyList {
     fn push(&mut self, key: &[u8]) {
         self.bytes.extend_from_slice(key);
-        self.ends.push(self.bytes.len());
+        self.ends.push_back(self.byte_base + self.bytes.len());
     }
 
+    /// Keys ever pushed: the number the next one gets.
     fn len(&self) -> usize {
-        self.ends.len()
+        self.first + self.ends.len()
     }
 
+    /// Key `i`, unless it was never pushed or has been forgotten.
     fn get(&self, i: usize) -> Option<&[u8]> {
-        let end = *self.ends.get(i)?;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        Some(&self.bytes[start..end])
+        let at = i.checked_sub(self.first)?;
+        let end = *self.ends.get(at)?;
+        let start = if at == 0 { self.start } else { self.ends[at - 1] };
+        Some(&self.bytes[start - self.byte_base..end - self.byte_base])
+    }
+
+    /// Forgets the keys numbered below `i`.
+    fn forget_before(&mut self, i: usize) {
+        while self.first < i {
+            let Some(end) = self.ends.pop_front() else { break };
+            self.start = end;
+            self.first += 1;
+        }
+        let dead = self.start - self.byte_base;
+        if dead >= 4096 && dead * 2 >= self.bytes.len() {
+            self.bytes.drain(..dead);
+            self.byte_base = self.start;
+        }
+    }
+
+    /// What the keys still held take: their bytes and an offset each.
+    fn held_bytes(&self) -> usize {
+        self.bytes.len() - (self.start - self.byte_base) + self.ends.len() * std::mem::size_of::<usize>()
     }
 }
 
@@ -143,6 +178,23 @@ pub const PENDING_BUDGET_SHARE: usize = 64;
 
 /// The least queue a bounded side may keep, in bytes.
 pub const MIN_PENDING_BUDGET: usize = 64 * 1024;
+
+/// At protocol version 9 the summary side keeps only the keys of its
+/// summary that the peer has not answered for yet (see
+/// [`SyncMsg::Compared`]), and summarises no further while they take more
+/// than 1/`SUMMARY_WINDOW_SHARE` of its memory bound (at least
+/// [`MIN_SUMMARY_WINDOW`]), or [`DEFAULT_SUMMARY_WINDOW`] without a bound.
+/// Without the window, a summary side under a steady write load (every
+/// bucket differs) held every key it holds until the session's end.
+pub const SUMMARY_WINDOW_SHARE: usize = 64;
+
+/// The least summary window, in bytes.
+pub const MIN_SUMMARY_WINDOW: usize = 64 * 1024;
+
+/// The summary window without a memory bound: about 150,000 keys of 20
+/// bytes, far more than a round trip's worth on any link, and a fixed cost
+/// however large the store.
+pub const DEFAULT_SUMMARY_WINDOW: usize = 4 << 20;
 
 /// A nearly empty side: when the smaller store holds at most
 /// `1/STREAM_RATIO` of the larger, descending the tree costs more than it
@@ -226,6 +278,12 @@ pub struct SessionStats {
     pub summaries_deferred: u64,
     /// The most bytes of keys this side had queued for the peer at once.
     pub peak_queued_bytes: u64,
+    /// Summary side: the most bytes its summary's keys held at once
+    /// (bounded by the summary window at protocol version 9).
+    pub peak_summarised_bytes: u64,
+    /// Summary side: times the summary waited for the peer to answer for
+    /// the keys in the window ([`SUMMARY_WINDOW_SHARE`]).
+    pub summary_window_waits: u64,
     /// How the differences were found.
     pub mode: Mode,
 }
@@ -327,8 +385,19 @@ pub struct Session {
     /// a wanted position names its key; kept until the wanted registers
     /// are sent (see `wants_done`). When every bucket differs (a mesh
     /// under a steady write load) that is every key held, so they are kept
-    /// packed, not as a handle each.
+    /// packed, not as a handle each; and at version 9 only from the first
+    /// one the peer may still want (see `compared_through`).
     summarised: KeyList,
+    /// Summary side, version 9: the pairs of our summary the peer has
+    /// compared (its last `Compared`), and the most bytes `summarised` may
+    /// hold before summarising waits for more of them to be answered for.
+    compared_through: u64,
+    summary_window: usize,
+    /// Set by [`Session::with_summary_window`]: the window whatever the
+    /// bound.
+    window_override: Option<usize>,
+    /// Summary side: the last transmit found the window full.
+    window_waiting: bool,
     /// Summary side, when the peer holds part of the keyspace: the buckets
     /// summarised, in order, whose final digests go in our `Digests`, each
     /// with its change count read before its summary and the changes this
@@ -426,6 +495,10 @@ impl Session {
             summary_sender: false,
             summarizing: false,
             summarised: KeyList::default(),
+            compared_through: 0,
+            summary_window: DEFAULT_SUMMARY_WINDOW,
+            window_override: None,
+            window_waiting: false,
             summarised_buckets: Vec::new(),
             peer_holds_part: false,
             to_adopt: Vec::new(),
@@ -463,6 +536,13 @@ impl Session {
     /// a protocol violation.
     pub fn with_version(mut self, version: u16) -> Session {
         self.version = version;
+        self
+    }
+
+    /// Sets the summary window (see [`SUMMARY_WINDOW_SHARE`]), whatever
+    /// the memory bound.
+    pub fn with_summary_window(mut self, bytes: usize) -> Session {
+        self.window_override = Some(bytes);
         self
     }
 
@@ -634,6 +714,9 @@ impl Session {
                 Ok(())
             }
             (Phase::Exchange, SyncMsg::Want(gaps)) if self.summary_sender => self.queue_wanted(gaps),
+            (Phase::Exchange, SyncMsg::Compared { through, want }) if self.summary_sender && !self.wants_done => {
+                self.on_compared(through, want)
+            }
             (Phase::Exchange, SyncMsg::Entries(regs)) => {
                 self.on_entries(replica, regs, now_ms);
                 Ok(())
@@ -816,6 +899,9 @@ impl Session {
         let bound = replica.store().max_bytes();
         self.adopt_budget = bound.map_or(usize::MAX, |m| (m.get() / ADOPT_BUDGET_SHARE).max(MIN_ADOPT_BUDGET));
         self.pending_budget = bound.map_or(usize::MAX, |m| (m.get() / PENDING_BUDGET_SHARE).max(MIN_PENDING_BUDGET));
+        self.summary_window = self.window_override.unwrap_or_else(|| {
+            bound.map_or(DEFAULT_SUMMARY_WINDOW, |m| (m.get() / SUMMARY_WINDOW_SHARE).max(MIN_SUMMARY_WINDOW))
+        });
         match replica.observe_sync_hello(h, now_ms) {
             Ok(changes) => self.changes.extend(changes),
             Err(SyncRefused::Peer(why)) => {
@@ -977,9 +1063,15 @@ impl Session {
             }
         }
         self.stats.peak_queued_bytes = self.stats.peak_queued_bytes.max(self.pending_bytes as u64);
-        // Cut by the bytes they take here as well as on the wire (most
-        // gaps are one byte there, eight here).
-        if self.want_bytes >= self.batch_bytes || self.want_buf.len() * 8 >= self.batch_bytes {
+        if self.version >= COMPARED_SINCE {
+            // Every chunk is answered, so that the summary side can forget
+            // what it will not be asked for.
+            self.want_bytes = 0;
+            let want = std::mem::take(&mut self.want_buf);
+            self.out.push_back(SyncMsg::Compared { through: self.summary_seen, want });
+        } else if self.want_bytes >= self.batch_bytes || self.want_buf.len() * 8 >= self.batch_bytes {
+            // Cut by the bytes they take here as well as on the wire (most
+            // gaps are one byte there, eight here).
             self.want_bytes = 0;
             self.out.push_back(SyncMsg::Want(std::mem::take(&mut self.want_buf)));
         }
@@ -1113,14 +1205,52 @@ impl Session {
             };
             if usize::try_from(pos).ok().and_then(|p| self.summarised.get(p)).is_none() {
                 return Err(SyncError::Protocol(format!(
-                    "wanted position {pos} past the {} keys summarised",
-                    self.summarised.len()
+                    "wanted position {pos} past the {} keys summarised, or below {} answered for",
+                    self.summarised.len(),
+                    self.compared_through
                 )));
             }
             self.want_last = Some(pos);
             self.wanted.push_back(pos);
         }
         Ok(())
+    }
+
+    /// The peer compared our summary's first `through` pairs and wants
+    /// `want` among them: the keys below `through` that it did not want,
+    /// and those sent, are forgotten.
+    fn on_compared(&mut self, through: u64, want: Vec<u64>) -> Result<(), SyncError> {
+        if through < self.compared_through || through > self.summarised.len() as u64 {
+            return Err(SyncError::Protocol(format!(
+                "compared through {through}: not between {} and the {} pairs summarised",
+                self.compared_through,
+                self.summarised.len()
+            )));
+        }
+        self.queue_wanted(want)?;
+        if self.want_last.is_some_and(|last| last >= through) {
+            return Err(SyncError::Protocol(format!("a wanted position at or past {through} compared")));
+        }
+        self.compared_through = through;
+        self.forget_answered();
+        Ok(())
+    }
+
+    /// Summary side, version 9: forgets the keys before the first one that
+    /// may still be wanted or is wanted and not yet sent.
+    fn forget_answered(&mut self) {
+        if self.version >= COMPARED_SINCE {
+            let keep = self.wanted.front().map_or(self.compared_through, |w| (*w).min(self.compared_through));
+            self.summarised.forget_before(keep as usize);
+        }
+    }
+
+    /// Summary side: whether summarising waits for the peer to answer for
+    /// the keys summarised so far (version 9; an empty window never does).
+    fn window_full(&self) -> bool {
+        self.version >= COMPARED_SINCE
+            && self.summarised.len() as u64 > self.compared_through
+            && self.summarised.held_bytes() >= self.summary_window
     }
 
     /// The next register to send: those queued, then those the peer
@@ -1134,8 +1264,10 @@ impl Session {
             return Some(next);
         }
         while let Some(pos) = self.wanted.pop_front() {
-            if let Some(k) = self.summarised.get(pos as usize) {
-                return Some(Outgoing::Key(Bytes::copy_from_slice(k)));
+            let key = self.summarised.get(pos as usize).map(Bytes::copy_from_slice);
+            self.forget_answered();
+            if let Some(k) = key {
+                return Some(Outgoing::Key(k));
             }
         }
         None
@@ -1209,6 +1341,7 @@ impl Session {
         for (k, _) in chunk.iter().flat_map(|b| b.items.iter()) {
             self.summarised.push(k);
         }
+        self.stats.peak_summarised_bytes = self.stats.peak_summarised_bytes.max(self.summarised.held_bytes() as u64);
         if hashed {
             SyncMsg::PackedSummary(PackedSummary::pack(chunk, self.hash_key))
         } else {
@@ -1254,7 +1387,16 @@ impl Session {
             return None;
         }
         if self.summarizing {
-            return Some(self.next_summary(replica));
+            if !self.window_full() {
+                self.window_waiting = false;
+                return Some(self.next_summary(replica));
+            }
+            if !self.window_waiting {
+                self.window_waiting = true;
+                self.stats.summary_window_waits += 1;
+            }
+            // Meanwhile the registers the peer wanted go out, which lets
+            // the window move on.
         }
         loop {
             let mut size = 0;
@@ -1351,5 +1493,6 @@ fn msg_name(m: &SyncMsg) -> &'static str {
         SyncMsg::Busy => "Busy",
         SyncMsg::PackedEntries(_) => "PackedEntries",
         SyncMsg::PackedSummary(_) => "PackedSummary",
+        SyncMsg::Compared { .. } => "Compared",
     }
 }

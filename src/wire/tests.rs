@@ -128,6 +128,7 @@ fn sync_msg() -> impl Strategy<Value = SyncMsg> {
         Just(SyncMsg::Busy),
         entries().prop_map(|e| SyncMsg::PackedEntries(PackedEntries::pack(e))),
         packed_summary().prop_map(SyncMsg::PackedSummary),
+        (any::<u64>(), vec(any::<u64>(), 0..6)).prop_map(|(through, want)| SyncMsg::Compared { through, want }),
     ]
 }
 
@@ -281,6 +282,7 @@ fn one_of_each() -> Vec<Message> {
         Message::Sync(SyncMsg::Want(vec![7, 1, 128])),
         Message::Sync(SyncMsg::Refusals(vec![(Bytes::from_static(b"r"), st), (Bytes::new(), st)])),
         Message::Sync(SyncMsg::Busy),
+        Message::Sync(SyncMsg::Compared { through: 300, want: vec![2, 1, 128] }),
         Message::Membership(Bytes::from(vec![0x5A; 300])),
         Message::Goodbye(id),
         Message::Published(vec![
@@ -944,6 +946,13 @@ mod packing {
         assert_eq!(Message::Sync(SyncMsg::Busy).since(), OLDEST_VERSION);
         assert_eq!(SyncMsg::Entries(Vec::new()).packed(), SyncMsg::PackedEntries(PackedEntries::pack(Vec::new())));
         assert_eq!(SyncMsg::SummaryDone.packed(), SyncMsg::SummaryDone);
+    }
+
+    #[test]
+    fn compared_is_version_9() {
+        let c = SyncMsg::Compared { through: 1, want: vec![0] };
+        assert_eq!((c.since(), Message::Sync(c.clone()).since()), (COMPARED_SINCE, 9));
+        assert_eq!(c.clone().packed(), c);
     }
 }
 /// A frame costs memory within a constant factor of its length. The

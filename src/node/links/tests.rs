@@ -770,15 +770,15 @@ fn a_link_uses_the_highest_version_both_speak_and_disjoint_ranges_are_refused() 
     // A peer limited to 6 (and saying 6 in its hello, as its dialer would).
     assert_eq!(hello_from(1, 6, Some(range(6, 6))), Verdict::Accept { version: 6 });
     // Ranges reaching past ours: the highest common version.
-    assert_eq!(hello_from(2, 8, Some(range(6, 9))), Verdict::Accept { version: 8 });
+    assert_eq!(hello_from(2, 9, Some(range(6, 10))), Verdict::Accept { version: 9 });
     // Peers of earlier builds send no range: their hello's version alone.
     assert_eq!(hello_from(3, 7, None), Verdict::Accept { version: 7 });
     assert_eq!(hello_from(4, 6, None), Verdict::Accept { version: 6 });
     // Ranges that do not meet: a peer that sent a range is told both; one
     // of an earlier build gets the refusal it can decode.
     assert_eq!(
-        hello_from(5, 9, Some(range(9, 10))),
-        Verdict::Refuse(Refusal::Versions { ours: PROTOCOL_VERSIONS, theirs: range(9, 10) })
+        hello_from(5, 10, Some(range(10, 11))),
+        Verdict::Refuse(Refusal::Versions { ours: PROTOCOL_VERSIONS, theirs: range(10, 11) })
     );
     // The refusal names the newest version a single-version peer can have.
     assert_eq!(hello_from(6, 5, None), Verdict::Refuse(Refusal::Version { ours: LAST_SINGLE_VERSION }));
