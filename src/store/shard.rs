@@ -514,14 +514,24 @@ impl Shard {
         // Free records, stubs and tombstones are skipped: at least an eighth
         // of the records hold values, so the probes find about half the
         // samples asked for, and their limit keeps a shard from spinning.
-        for _ in 0..samples * 4 {
-            if found == samples {
-                break;
-            }
-            let id = rng.random_range(0..cap) as u32;
-            if let Some(r) = self.table.used(id).filter(|r| r.is_value()) {
-                offer(id, r);
-                found += 1;
+        // Probes go in batches whose records are all read before any is
+        // looked at: each is a cache miss in a table larger than the
+        // caches, and one at a time (a branch on each) they were most of
+        // what an eviction cost under replicated writes.
+        const BATCH: usize = 8;
+        let mut probes = 0;
+        while found < samples && probes < samples * 4 {
+            let ids: [u32; BATCH] = std::array::from_fn(|_| rng.random_range(0..cap) as u32);
+            let holds = ids.map(|id| self.table.holds_value(id));
+            probes += BATCH;
+            for (id, _) in ids.into_iter().zip(holds).filter(|(_, h)| *h) {
+                if found == samples {
+                    break;
+                }
+                if let Some(r) = self.table.used(id) {
+                    offer(id, r);
+                    found += 1;
+                }
             }
         }
         found

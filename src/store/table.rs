@@ -289,6 +289,14 @@ impl Table {
 
     /// The record `id` if it is in use. `id` may be stale (an eviction
     /// candidate sampled before the table was compacted) and past the end.
+    /// Whether record `id` holds a value, read without a branch on the
+    /// record: a caller probing many records reads them all before it
+    /// looks at any answer, so that their cache misses overlap.
+    pub(crate) fn holds_value(&self, id: u32) -> bool {
+        let rec = self.chunks.get((id >> CHUNK_BITS) as usize).and_then(|c| c.get(id as usize & (CHUNK - 1)));
+        rec.is_some_and(|r| r.blob.is_some() & (r.node >> KIND_SHIFT == Kind::Value as u32))
+    }
+
     pub(crate) fn used(&self, id: u32) -> Option<Entry<'_>> {
         let rec = self.chunks.get((id >> CHUNK_BITS) as usize)?.get(id as usize & (CHUNK - 1))?;
         rec.blob.is_some().then_some(Entry { rec, nodes: &self.nodes })
@@ -559,5 +567,22 @@ mod tests {
         }
         assert_eq!(t.iter().count(), t.len());
         assert!(find(&t, "e").is_some());
+    }
+
+    #[test]
+    fn holds_value_is_true_for_values_alone() {
+        let mut t = Table::default();
+        let v = put(&mut t, b"v", value(b"x", None), 1);
+        let d = put(&mut t, b"d", Slot::Tombstone, 2);
+        let s = put(&mut t, b"s", Slot::Evicted { expires_at_ms: None }, 3);
+        let gone = put(&mut t, b"g", value(b"y", None), 4);
+        t.remove(key_hash(b"g"), gone);
+        assert!(t.holds_value(v));
+        for id in [d, s, gone, CHUNK as u32 - 1, u32::MAX] {
+            assert!(!t.holds_value(id), "record {id}");
+        }
+        for id in 0..CHUNK as u32 {
+            assert_eq!(t.holds_value(id), t.used(id).is_some_and(|r| r.is_value()), "record {id}");
+        }
     }
 }
