@@ -453,6 +453,7 @@ struct DenseCost {
     /// and how often its summary waited for the peer's answers.
     peak_summarised: u64,
     window_waits: u64,
+    compared: usize,
 }
 
 /// Disjoint halves of `n` keys each, so that nearly every bucket differs
@@ -477,7 +478,8 @@ fn dense_session(n: usize, version: u16, window: Option<usize>) -> DenseCost {
     let mut count = |m: &SyncMsg| {
         let len = encoded_len(m);
         match m {
-            SyncMsg::Want(_) | SyncMsg::EndOfEntries { .. } | SyncMsg::Compared { .. } => cost.wants += len,
+            SyncMsg::Want(_) | SyncMsg::EndOfEntries { .. } => cost.wants += len,
+            SyncMsg::Compared { .. } => (cost.wants, cost.compared) = (cost.wants + len, cost.compared + 1),
             SyncMsg::Entries(_) => cost.entries += len,
             SyncMsg::PackedEntries(_) => (cost.entries, cost.packed) = (cost.entries + len, cost.packed + 1),
             SyncMsg::Summary(_) => cost.summaries += len,
@@ -558,13 +560,13 @@ fn a_summary_side_holds_no_more_than_its_window_of_keys() {
     // A key is 16 bytes and its offset 8: the summary side lists N keys.
     let whole = dense_session(N, 8, Some(WINDOW as usize));
     assert!(whole.peak_summarised >= N as u64 * 24, "{whole:?}");
-    assert_eq!(whole.window_waits, 0, "{whole:?}");
+    assert_eq!((whole.window_waits, whole.compared), (0, 0), "a link at 8 carries no Compared: {whole:?}");
     let windowed = dense_session(N, 9, Some(WINDOW as usize));
     eprintln!("version 8: {whole:?}\nversion 9: {windowed:?}");
     // The window, and one summary chunk past it (a chunk's pairs are at
     // least 8 bytes on the wire, 24 held).
     assert!(windowed.peak_summarised <= WINDOW + 3 * 64 * 1024, "{windowed:?}");
-    assert!(windowed.window_waits > 0, "{windowed:?}");
+    assert!(windowed.window_waits > 0 && windowed.compared > 0, "{windowed:?}");
     // The window costs little on the wire: the answers, and an `Entries`
     // cut short when the window fills.
     assert!(windowed.total * 100 <= whole.total * 101, "{windowed:?} {whole:?}");
@@ -604,6 +606,10 @@ fn a_link_at_version_7_carries_no_packed_message() {
     let well_formed = packed_summary(vec![NodeId(7)], 0, &[(1, vec![(0, 0)])], vec![0, 2]);
     let res = s.handle_message(&a, well_formed, T0);
     assert!(matches!(&res, Err(SyncError::Protocol(why)) if why.contains("version 7")), "{res:?}");
+    // Nor does a link at 8 carry `Compared` (version 9).
+    let mut s = opened(&a, &c, Session::initiate(&a, T0).with_version(8), Session::respond(T0).with_version(8));
+    let res = s.handle_message(&a, SyncMsg::Compared { through: 0, want: vec![] }, T0);
+    assert!(matches!(&res, Err(SyncError::Protocol(why)) if why.contains("version 8")), "{res:?}");
 }
 
 /// A peer that sends many registers below the other's `gc_floor` gets
