@@ -83,8 +83,9 @@ pub const PROTOCOL_VERSION: u16 = 9;
 /// The oldest protocol version this build speaks: 6, the first whose
 /// messages this build still sends and reads in the same layout (version
 /// 6 differs from 7 only by [`Message::Leases`], which a link at 6 never
-/// carries, and 7 from 8 by what [`PACKED_SINCE`] introduced, which a
-/// link below 8 never carries). Version 5 lacks [`Message::Published`]
+/// carries, 7 from 8 by what [`PACKED_SINCE`] introduced, which a link
+/// below 8 never carries, and 8 from 9 by [`SyncMsg::Compared`], which a
+/// link below 9 never carries). Version 5 lacks [`Message::Published`]
 /// only, but no peer of that build is meant to be mixed with this one, so
 /// it is not claimed.
 pub const OLDEST_VERSION: u16 = 6;
