@@ -292,15 +292,19 @@ impl Table {
     /// looks at any answer, so that their cache misses overlap. `id` may
     /// be past the end.
     pub(crate) fn holds_value(&self, id: u32) -> bool {
-        let rec = self.chunks.get((id >> CHUNK_BITS) as usize).and_then(|c| c.get(id as usize & (CHUNK - 1)));
-        rec.is_some_and(|r| r.blob.is_some() & (r.node >> KIND_SHIFT == Kind::Value as u32))
+        self.record(id).is_some_and(|r| r.blob.is_some() & (r.node >> KIND_SHIFT == Kind::Value as u32))
     }
 
     /// The record `id` if it is in use. `id` may be stale (an eviction
     /// candidate sampled before the table was compacted) and past the end.
     pub(crate) fn used(&self, id: u32) -> Option<Entry<'_>> {
-        let rec = self.chunks.get((id >> CHUNK_BITS) as usize)?.get(id as usize & (CHUNK - 1))?;
+        let rec = self.record(id)?;
         rec.blob.is_some().then_some(Entry { rec, nodes: &self.nodes })
+    }
+
+    /// Record `id`, used or free, unless it is past the end.
+    fn record(&self, id: u32) -> Option<&Record> {
+        self.chunks.get((id >> CHUNK_BITS) as usize)?.get(id as usize & (CHUNK - 1))
     }
 
     fn intern(&mut self, node: NodeId) -> u32 {
