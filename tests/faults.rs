@@ -167,10 +167,12 @@ async fn delay_and_jitter_still_replicate() {
 
 /// After a 2/1 split heals, the lone peer must not be sent the majority's
 /// writes by both majority peers at once: a peer runs one anti-entropy
-/// session at a time, two peers that start rounds with each other at once
-/// let one finish first, and a connection that loses to a duplicate is
-/// closed only once its rounds are over. Each missing (peer, key) pair is
-/// then shipped once; shipping the majority's half twice sends 4n.
+/// session at a time, of two peers that start rounds with each other at
+/// once the smaller name's round runs and the other is declined (and runs
+/// later, once both sides of the first have ended), and a connection that
+/// loses to a duplicate is closed only once its rounds are over. Each
+/// missing (peer, key) pair is then shipped once; shipping the majority's
+/// half twice sends 4n.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heal_ships_each_difference_once() {
     let ca = EphemeralCa::new().unwrap();

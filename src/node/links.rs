@@ -48,8 +48,8 @@ pub(crate) struct Timings {
     /// a round the other side asks for right after connecting (see
     /// `connect_settle`) to be seen.
     pub(crate) retire_linger: Duration,
-    /// The longest a responder waits for the slot or for a crossed round,
-    /// and a retired connection for its sessions: a safety net only (waits
+    /// The longest a responder waits for the slot, and a retired
+    /// connection for its sessions: a safety net only (waits
     /// cannot form a cycle, see [`Links::handle_session_offered`]).
     pub(crate) wait_max: Duration,
     /// Redial backoff bounds, doubling from `backoff_min`, each delay
@@ -174,14 +174,6 @@ struct Conn {
     version: u16,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wait {
-    /// For the slot.
-    Slot,
-    /// For the other rounds with the same peer (a crossed pair).
-    Crossed,
-}
-
 #[derive(Clone, Debug)]
 struct SessionState {
     peer: String,
@@ -192,8 +184,8 @@ struct SessionState {
     awaiting_accept: bool,
     /// A responder told to answer `Busy`.
     declined: bool,
-    /// A responder not yet allowed to run, and until when it waits.
-    waiting: Option<(Wait, Instant)>,
+    /// A responder waiting for the slot, and until when it waits.
+    waiting: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -236,8 +228,10 @@ pub(crate) struct Links {
     /// One anti-entropy session at a time on this peer, either role: after
     /// a heal, two peers that hold the same data would otherwise both ship
     /// it here at once. The one exception is the crossed pair (see
-    /// [`Links::handle_session_offered`]), whose two rounds still run one
-    /// after the other.
+    /// [`Links::handle_session_offered`]): the larger name answers the
+    /// smaller name's round while its own round, which the smaller name
+    /// declines, holds the slot, and the responder takes the slot over
+    /// once that round is declined.
     slot: Option<SessionId>,
     /// Peers whose requested round waits for the sessions in flight; a set,
     /// so that a round asked for twice meanwhile runs once.
@@ -341,7 +335,7 @@ impl Links {
         }
         let mut t = vec![self.next_round];
         t.extend(self.later.iter().map(|(at, _)| *at));
-        t.extend(self.sessions.values().filter_map(|s| s.waiting.map(|(_, until)| until)));
+        t.extend(self.sessions.values().filter_map(|s| s.waiting));
         for (id, c) in &self.conns {
             if let Some(since) = c.retired {
                 t.push(since + self.timings.wait_max);
@@ -722,7 +716,7 @@ impl Links {
         self.slot.is_some_and(|id| self.sessions.get(&id).is_some_and(|s| s.awaiting_accept))
     }
 
-    fn new_session(&mut self, peer: &str, conn: ConnId, waiting: Option<(Wait, Instant)>, own: bool) -> SessionId {
+    fn new_session(&mut self, peer: &str, conn: ConnId, waiting: Option<Instant>, own: bool) -> SessionId {
         let id = SessionId(self.next_session);
         self.next_session += 1;
         self.sessions.insert(
@@ -769,24 +763,28 @@ impl Links {
     /// for its peer's accept is declined instead: waiting then could form a
     /// cycle (peers that start rounds with each other in a ring), and
     /// running at once with the own round, once accepted, would have both
-    /// peers ship the same difference here. Of two rounds crossing
-    /// between the same pair, the one started by the smaller name goes
-    /// first and the other waits for it.
+    /// peers ship the same difference here.
+    ///
+    /// Of two rounds crossing between the same pair, the smaller name's
+    /// runs: the larger name answers it at once, without the slot, which
+    /// its own round holds, and the smaller name declines the larger
+    /// name's, which is asked for again later. Waiting for the smaller
+    /// name's round instead would not do: that round ends at the smaller
+    /// name once it has sent everything, while the larger name may still
+    /// be merging it, and the larger name's round, run then, would
+    /// summarise a store without those registers and be sent them again.
     pub(crate) fn handle_session_offered(&mut self, now: Instant, conn: ConnId, peer: &str) -> SessionId {
         let crossed = self.own_round_with(peer);
-        let waiting = match (crossed, self.me.name.as_str() < peer) {
-            // Both started rounds with each other at once: the two would
-            // ship the same difference twice. The smaller name's round
-            // goes first, answered here without the slot, which our own
-            // round holds; ours waits for it at the smaller name, then
-            // finds little to do.
-            (true, false) => None,
-            (true, true) => Some(Wait::Crossed),
-            (false, _) => Some(Wait::Slot),
-        };
-        let session = self.new_session(peer, conn, waiting.map(|w| (w, now + self.timings.wait_max)), false);
-        if waiting.is_none() {
-            self.actions.push_back(Action::Respond { session });
+        let smaller = self.me.name.as_str() < peer;
+        let waiting = (!crossed).then_some(now + self.timings.wait_max);
+        let session = self.new_session(peer, conn, waiting, false);
+        match (crossed, smaller) {
+            (true, false) => self.actions.push_back(Action::Respond { session }),
+            (true, true) => {
+                self.sessions.get_mut(&session).expect("inserted above").declined = true;
+                self.actions.push_back(Action::Decline { session });
+            }
+            (false, _) => {}
         }
         self.settle(now);
         session
@@ -821,18 +819,16 @@ impl Links {
     /// [`Links::handle_session_offered`]), starts deferred rounds once
     /// nothing runs, and closes idle retired connections.
     fn settle(&mut self, now: Instant) {
-        let waiting: Vec<(SessionId, Wait, Instant)> =
-            self.sessions.iter().filter_map(|(id, s)| s.waiting.map(|(w, until)| (*id, w, until))).collect();
-        for (id, wait, until) in waiting {
+        let waiting: Vec<(SessionId, Instant)> =
+            self.sessions.iter().filter_map(|(id, s)| s.waiting.map(|until| (*id, until))).collect();
+        for (id, until) in waiting {
             if now >= until {
-                tracing::warn!(?wait, "anti-entropy responder waited {:?}: responding anyway", self.timings.wait_max);
+                tracing::warn!(
+                    "anti-entropy responder waited {:?} for the slot: responding anyway",
+                    self.timings.wait_max
+                );
                 self.sessions.get_mut(&id).expect("listed above").waiting = None;
                 self.actions.push_back(Action::Respond { session: id });
-                continue;
-            }
-            // A crossed round waits for ours with the same peer, and
-            // then for the slot like any other.
-            if wait == Wait::Crossed && self.own_round_with(&self.sessions[&id].peer) {
                 continue;
             }
             let go = match self.slot {
@@ -841,10 +837,7 @@ impl Links {
                     Action::Respond { session: id }
                 }
                 Some(_) if self.slot_awaits_accept() => Action::Decline { session: id },
-                Some(_) => {
-                    self.sessions.get_mut(&id).expect("listed above").waiting = Some((Wait::Slot, until));
-                    continue;
-                }
+                Some(_) => continue,
             };
             let s = self.sessions.get_mut(&id).expect("listed above");
             s.waiting = None;
