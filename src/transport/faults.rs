@@ -29,8 +29,10 @@
 //! datagrams from a sender this handle does not know (an unwrapped socket)
 //! get their random loss on receipt instead (they cannot be delayed).
 //!
-//! Wrapped sockets send one datagram per transmit (no GSO), so loss is per
-//! packet.
+//! Wrapped sockets send several datagrams per transmit (GSO) as the real
+//! socket does, as long as every one of them passes at once; otherwise
+//! they go one datagram at a time, so that loss, delay and jitter stay
+//! per packet.
 //!
 //! # Randomness
 //!
@@ -284,7 +286,11 @@ impl Faults {
     }
 
     fn count(&self, c: fn(&Counters) -> &AtomicU64) {
-        c(&self.shared.counters).fetch_add(1, Ordering::Relaxed);
+        self.count_n(c, 1);
+    }
+
+    fn count_n(&self, c: fn(&Counters) -> &AtomicU64, n: u64) {
+        c(&self.shared.counters).fetch_add(n, Ordering::Relaxed);
     }
 
     fn on_send(&self, from: SocketAddr, to: SocketAddr) -> Verdict {
@@ -353,6 +359,27 @@ impl fmt::Debug for FaultySocket {
 }
 
 impl FaultySocket {
+    fn send_one(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let verdict = self.faults.on_send(self.addr, transmit.destination);
+        self.apply(verdict, transmit)
+    }
+
+    fn apply(&self, verdict: Verdict, transmit: &Transmit<'_>) -> io::Result<()> {
+        match verdict {
+            Verdict::Pass => {
+                self.inner.try_send(transmit)?;
+                self.faults.count(|c| &c.passed);
+                Ok(())
+            }
+            // Lost on the way: the sender cannot tell.
+            Verdict::Drop => Ok(()),
+            Verdict::Delay(d) => {
+                self.send_later(transmit, d);
+                Ok(())
+            }
+        }
+    }
+
     /// Sends a copy of `t` after `after`, unless the link is cut by then.
     fn send_later(&self, t: &Transmit<'_>, after: Duration) {
         let (inner, faults, from) = (self.inner.clone(), self.faults.clone(), self.addr);
@@ -383,20 +410,29 @@ impl AsyncUdpSocket for FaultySocket {
         self.inner.clone().create_io_poller()
     }
 
+    /// A transmit of several datagrams (GSO) goes out whole when every
+    /// one of them passes at once, and one datagram at a time otherwise,
+    /// so that loss, delay and jitter still apply per datagram.
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        match self.faults.on_send(self.addr, transmit.destination) {
-            Verdict::Pass => {
-                self.inner.try_send(transmit)?;
-                self.faults.count(|c| &c.passed);
-                Ok(())
-            }
-            // Lost on the way: the sender cannot tell.
-            Verdict::Drop => Ok(()),
-            Verdict::Delay(d) => {
-                self.send_later(transmit, d);
-                Ok(())
+        let seg = transmit.segment_size.filter(|s| *s < transmit.contents.len());
+        let Some(seg) = seg else { return self.send_one(transmit) };
+        let n = transmit.contents.len().div_ceil(seg);
+        let verdicts: Vec<Verdict> = (0..n).map(|_| self.faults.on_send(self.addr, transmit.destination)).collect();
+        if verdicts.iter().all(|v| matches!(v, Verdict::Pass)) {
+            self.inner.try_send(transmit)?;
+            self.faults.count_n(|c| &c.passed, n as u64);
+            return Ok(());
+        }
+        for (i, (verdict, contents)) in verdicts.into_iter().zip(transmit.contents.chunks(seg)).enumerate() {
+            let one = Transmit { contents, segment_size: None, ..*transmit };
+            match self.apply(verdict, &one) {
+                // Nothing went out yet: the caller may try the whole
+                // transmit again. Later datagrams are lost, as UDP may.
+                Err(e) if i == 0 => return Err(e),
+                _ => {}
             }
         }
+        Ok(())
     }
 
     fn poll_recv(
@@ -434,8 +470,7 @@ impl AsyncUdpSocket for FaultySocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        // One datagram per transmit, so that loss is per packet.
-        1
+        self.inner.max_transmit_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
@@ -469,6 +504,51 @@ mod tests {
             .start()
             .await
             .unwrap()
+    }
+
+    /// A transmit of several datagrams under loss: each datagram is lost
+    /// or passed on its own, and those passed arrive as datagrams of their
+    /// own size; without loss the transmit goes out whole.
+    #[tokio::test]
+    async fn a_gso_transmit_meets_the_rules_one_datagram_at_a_time() {
+        use quinn::udp::Transmit;
+        let faults = Faults::with_seed(3);
+        let tx = faults.socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let to = rx.local_addr().unwrap();
+        // Ten datagrams, each of 100 bytes all equal to its number.
+        let contents: Vec<u8> = (0..10u8).flat_map(|i| [i; 100]).collect();
+        // The socket sends once the runtime has seen it writable.
+        let mut writable = tx.clone().create_io_poller();
+        std::future::poll_fn(|cx| writable.as_mut().poll_writable(cx)).await.unwrap();
+        let send = |contents: &[u8]| {
+            let t = Transmit { destination: to, ecn: None, contents, segment_size: Some(100), src_ip: None };
+            tx.try_send(&t).unwrap();
+        };
+        faults.drop_rate(0.5);
+        send(&contents);
+        let st = faults.stats();
+        assert_eq!(st.passed + st.dropped_loss, 10, "{st:?}");
+        assert!(st.passed > 0 && st.dropped_loss > 0, "seed 3 passes some and drops some: {st:?}");
+        let mut buf = [0u8; 2000];
+        let mut got = Vec::new();
+        for _ in 0..st.passed {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(n, 100, "one datagram per segment");
+            assert!(buf[..n].iter().all(|b| *b == buf[0]));
+            got.push(buf[0]);
+        }
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order, each once: {got:?}");
+        faults.drop_rate(0.0);
+        if tx.max_transmit_segments() > 1 {
+            send(&contents);
+            assert_eq!(faults.stats().passed, st.passed + 10);
+            let mut n = 0;
+            while n < contents.len() {
+                n += rx.recv(&mut buf).unwrap();
+            }
+        }
     }
 
     /// Turns the broken merge off again when dropped, even on a panic.
