@@ -190,6 +190,20 @@ async fn a_heal_ships_each_difference_once() {
     let count = |p: &Mesh| p.replica().store().root().1;
     eventually("a and b agree", || a.replica().store().root() == b.replica().store().root()).await;
     assert_eq!((count(a), count(c)), (n, n));
+    // Sessions count what they sent when they end, before they count the
+    // session itself. A round between a and b may still run (repairing
+    // what their pushes dropped, some of it sent by the pushes meanwhile):
+    // what it sends is not the heal's. A peer runs one session at a time,
+    // so the second session each ends from now on started after agreement.
+    let ended = |p: &Mesh| {
+        let st = p.stats();
+        st.ae_rounds + st.ae_failed
+    };
+    let agreed: Vec<u64> = [a, b].iter().map(|p| ended(p)).collect();
+    eventually("a and b end two sessions each after agreeing", || {
+        [a, b].iter().zip(&agreed).all(|(p, &n)| ended(p) >= n + 2)
+    })
+    .await;
     let sent = |ps: &[Mesh]| -> u64 { ps.iter().map(|p| p.stats().ae_entries_sent).sum() };
     let failed_sent = |ps: &[Mesh]| -> u64 { ps.iter().map(|p| p.stats().ae_entries_sent_failed).sum() };
     let (before, failed_before) = (sent(&peers), failed_sent(&peers));
@@ -201,14 +215,9 @@ async fn a_heal_ships_each_difference_once() {
         peers.iter().all(|p| p.replica().store().root() == a.replica().store().root()) && count(a) == 2 * n
     })
     .await;
-    // Sessions count what they sent when they end, before they count the
-    // session itself; a peer runs one session at a time. So once each peer
-    // has ended a session after convergence, every session that shipped
-    // repair has been counted (later ones ship nothing).
-    let ended = |p: &Mesh| {
-        let st = p.stats();
-        st.ae_rounds + st.ae_failed
-    };
+    // Likewise, once each peer has ended a session after convergence,
+    // every session that shipped repair has been counted (later ones ship
+    // nothing).
     let at_convergence: Vec<u64> = peers.iter().map(ended).collect();
     eventually("each peer ends a session after convergence", || {
         peers.iter().zip(&at_convergence).all(|(p, &n)| ended(p) > n)

@@ -1311,6 +1311,18 @@ async fn heal_inner(z: &Sizes, faults: &Faults, peers: &[Mesh], rep: &mut Report
         a.replica().store().root() == b.replica().store().root() && count(a) == half && count(c) == half
     })
     .await?;
+    // A round between a and b may still run, repairing what their pushes
+    // dropped while some of it arrives by push meanwhile; a session counts
+    // what it sent when it ends. What it sends is not the heal's: wait for
+    // each to end two sessions (one runs at a time, so the second started
+    // after they agreed).
+    let ended = |p: &Mesh| {
+        let st = p.stats();
+        st.ae_rounds + st.ae_failed
+    };
+    let agreed = (ended(a), ended(b));
+    wait_until("a and b to end the sessions in flight", || ended(a) >= agreed.0 + 2 && ended(b) >= agreed.1 + 2)
+        .await?;
     let cut_for = cut.elapsed();
     let before: Vec<MeshStats> = peers.iter().map(Mesh::stats).collect();
     let crossed = faults.stats().dropped_cut;
