@@ -39,14 +39,8 @@ pub(crate) struct SessionId(pub(crate) u64);
 pub(crate) struct Timings {
     /// Mean anti-entropy period, jittered by ±20%.
     pub(crate) anti_entropy_interval: Duration,
-    /// How long after the dialer's side of a connection is up its first
-    /// round starts: after a heal both sides' handshakes tend to complete
-    /// together and one connection is retired, and a round should run on
-    /// the one that stays.
-    pub(crate) connect_settle: Duration,
     /// The shortest time a retired connection stays open: long enough for
-    /// a round the other side asks for right after connecting (see
-    /// `connect_settle`) to be seen.
+    /// a round the other side asks for right after connecting to be seen.
     pub(crate) retire_linger: Duration,
     /// The longest a responder waits for the slot, and a retired
     /// connection for its sessions: a safety net only (waits
@@ -73,7 +67,6 @@ impl Timings {
     pub(crate) fn new(anti_entropy_interval: Duration) -> Self {
         Timings {
             anti_entropy_interval,
-            connect_settle: Duration::from_millis(50),
             retire_linger: Duration::from_millis(500),
             wait_max: Duration::from_secs(30),
             backoff_min: Duration::from_millis(200),
@@ -236,8 +229,8 @@ pub(crate) struct Links {
     /// Peers whose requested round waits for the sessions in flight; a set,
     /// so that a round asked for twice meanwhile runs once.
     deferred: BTreeSet<String>,
-    /// Rounds asked for at a later time: once a new connection has
-    /// settled, or once a peer that declined a round may be free.
+    /// Rounds asked for at a later time: a new connection's, at the next
+    /// deadline, and a declined one's, once its peer may be free.
     later: Vec<(Instant, String)>,
     /// Rounds each peer declined in a row (reset when it accepts one).
     declines: BTreeMap<String, u32>,
@@ -526,13 +519,16 @@ impl Links {
         }
         self.links.insert(name.clone(), conn);
         self.actions.push_back(Action::Link { peer: id, conn });
-        // Repair whatever was missed while apart. One side is enough: the
-        // dialer (a joining peer dials its seeds, so it bootstraps at
-        // once, without waiting for the settle: its writes wait for that
-        // round).
+        // Repair whatever was missed while apart: after a heal this round
+        // is the repair, so it is asked for at the next deadline, which is
+        // now. One side is enough: the dialer. When both sides dialed, each
+        // starts a round on its own connection and the smaller name's runs
+        // (see `handle_session_offered`); a round on the connection that
+        // loses runs to its end before that connection closes. A joining
+        // peer asks at once: its writes wait for that round.
         if dialed_by_me {
             if booted {
-                self.later.push((now + self.timings.connect_settle, name));
+                self.later.push((now, name));
             } else {
                 self.request_round(now, &name);
             }

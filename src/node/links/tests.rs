@@ -297,8 +297,8 @@ impl Sim {
 #[test]
 fn both_dialing_at_once_keeps_one_connection_and_retires_the_other_after_its_rounds() {
     let mut sim = Sim::new(&["a", "b"]);
-    // b's dial completes first on both sides, and b's settled round starts
-    // on it; then a's dial completes.
+    // b's dial completes first on both sides, and b's round after
+    // connecting starts on it; then a's dial completes.
     let by_b = sim.connect("b", "a");
     sim.now += Duration::from_millis(60);
     let now = sim.now;
@@ -362,7 +362,7 @@ fn a_ring_starting_rounds_with_each_other_at_once_does_not_deadlock() {
     sim.connect("a", "b");
     sim.connect("b", "c");
     sim.connect("c", "a");
-    // The settled rounds after connecting are not what this is about.
+    // The rounds after connecting are not what this is about.
     sim.deliver();
     for n in ["a", "b", "c"] {
         sim.links(n).later.clear();
