@@ -43,8 +43,8 @@ pub(crate) struct Timings {
     /// a round the other side asks for right after connecting to be seen.
     pub(crate) retire_linger: Duration,
     /// The longest a responder waits for the slot, and a retired
-    /// connection for its sessions: a safety net only (waits
-    /// cannot form a cycle, see [`Links::handle_session_offered`]).
+    /// connection for its sessions: a safety net only (waits cannot form
+    /// a cycle, see [`Links::handle_session_offered`]).
     pub(crate) wait_max: Duration,
     /// Redial backoff bounds, doubling from `backoff_min`, each delay
     /// jittered by ±25% so that a mesh restarting at once does not dial in

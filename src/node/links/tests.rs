@@ -460,9 +460,9 @@ fn a_declined_round_is_asked_for_again_later_each_time_until_one_is_accepted() {
 /// Two rounds crossing: the smaller name's runs and the larger name's is
 /// declined. The smaller name's side ends first (it sent everything, the
 /// larger name still merges it): the larger name's round, asked for again
-/// meanwhile, runs only once the larger name's side has ended too. Had it
-/// run then (the protocol up to now let it wait for the smaller name's
-/// round alone), it would have been sent what the larger name had not yet
+/// meanwhile, runs only once the larger name's side has ended too. Run
+/// before that (as when it waited at the smaller name for the smaller
+/// name's round alone), it would be sent what the larger name had not yet
 /// merged (`a_heal_ships_each_difference_once`: 25,000 registers shipped
 /// for 15,000 missing pairs).
 #[test]
