@@ -463,8 +463,7 @@ fn a_declined_round_is_asked_for_again_later_each_time_until_one_is_accepted() {
 /// meanwhile, runs only once the larger name's side has ended too. Run
 /// before that (as when it waited at the smaller name for the smaller
 /// name's round alone), it would be sent what the larger name had not yet
-/// merged (`a_heal_ships_each_difference_once`: 25,000 registers shipped
-/// for 15,000 missing pairs).
+/// merged.
 #[test]
 fn crossed_rounds_run_one_after_the_other_at_both_ends() {
     let mut sim = Sim::new(&["a", "b"]);
