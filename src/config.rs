@@ -182,10 +182,15 @@ impl MeshConfig {
 
     /// Shrinks the buffers that would not fit inside `max_bytes` when it
     /// bounds the whole process (the `meshcache` command): each peer's push
-    /// queue, and what each peer may send unread (`receive_window`), to a
-    /// thirty-second of it. A full queue is dropped and anti-entropy repairs
-    /// that peer, so a small queue costs repair traffic, not data; a small
-    /// window costs a fast sender some speed.
+    /// queue to a thirty-second of it, and the windows of each connection
+    /// (what a peer may send unread, and what this peer keeps sent and
+    /// unacknowledged: `receive_window` sets both) to a sixty-fourth. A
+    /// full queue is dropped and anti-entropy repairs that peer, so a small
+    /// queue costs repair traffic, not data; a small window costs a fast
+    /// sender some speed (1 MiB a round trip at the 64 MiB bound). The
+    /// windows can fill between two readings of the allocator, so the
+    /// memory loop keeps two of them free per connection; with two peers
+    /// that is the sixteenth of the bound it keeps free anyway.
     /// `max_frame` stays: peers must agree on it (a frame one peer may send
     /// and another refuses would stall their sessions), and a frame's
     /// buffer grows only with the bytes a peer actually sends, which the
@@ -193,7 +198,7 @@ impl MeshConfig {
     pub fn fit_to_bound(&mut self) {
         if let Some(max) = self.max_bytes {
             self.push_queue_bytes = self.push_queue_bytes.min(max / 32).max(self.push_batch_bytes);
-            let window = self.receive_window.unwrap_or(usize::MAX).min(max / 32).max(MIN_RECEIVE_WINDOW);
+            let window = self.receive_window.unwrap_or(usize::MAX).min(max / 64).max(MIN_RECEIVE_WINDOW);
             self.receive_window = Some(window);
         }
     }

@@ -99,7 +99,7 @@ fn bad_flag_exits_2() {
     assert_eq!(out.code, Some(0), "{out:?}");
     // Buffers that would not fit shrink with the bound.
     assert!(out.stdout.lines().any(|l| l == "push_queue_bytes = 524288"), "{out:?}");
-    assert!(out.stdout.lines().any(|l| l == "receive_window = 524288"), "{out:?}");
+    assert!(out.stdout.lines().any(|l| l == "receive_window = 262144"), "{out:?}");
 }
 
 #[test]

@@ -34,8 +34,8 @@ pub const MIN_PROCESS_BYTES: usize = 16 << 20;
 /// overshoot rather than the whole cache.
 const MIN_VALUE_SHARE: usize = 8;
 
-/// Room kept free below the bound (1/16 of it) for what the rest of the
-/// process allocates between two readings.
+/// Room kept free below the bound (at least 1/16 of it) for what the rest
+/// of the process allocates between two readings.
 const HEADROOM: usize = 16;
 
 /// How often the probe is read. Writes arrive at hundreds of thousands a
@@ -55,26 +55,80 @@ pub(super) async fn memory_loop(inner: Arc<Inner>) {
             _ = iv.tick() => {}
         }
         let Some(allocated) = probe() else { continue };
-        if let Some(budget) = rebalance(inner.replica.store(), allocated, inner.env.now_ms()) {
+        let reserve = transport_reserve(inner.config.receive_window, inner.endpoint.open_connections());
+        if let Some(budget) = rebalance(inner.replica.store(), allocated, reserve, inner.env.now_ms()) {
             metrics::gauge!("meshcache_value_budget_bytes").set(budget as f64);
         }
         metrics::gauge!("meshcache_allocated_bytes").set(allocated as f64);
     }
 }
 
+/// What the connections may come to hold between two readings without
+/// this peer asking: each may be sent a window of data it has not read
+/// yet, and keep a window it has sent and not yet seen acknowledged. On a
+/// loopback or LAN link a peer fills both in well under one reading's
+/// 10 ms, and quinn keeps that data in large buffers (a received batch of
+/// datagrams is one allocation until all of it is read), so the room must
+/// be free before it arrives, not made by eviction after. Zero when the
+/// windows are quinn's defaults, which only a process without a bound
+/// uses (`MeshConfig::fit_to_bound` sets them).
+pub(crate) fn transport_reserve(window: Option<usize>, connections: usize) -> usize {
+    window.map_or(0, |w| w.saturating_mul(2).saturating_mul(connections))
+}
+
 /// Sets the store's value budget from an allocator reading: the bound,
-/// less headroom, less what the process holds outside values. The budget
+/// less headroom (a sixteenth of the bound, or `reserve` if the
+/// connections may fill more: [`transport_reserve`]), less what the
+/// process holds outside values. The budget
 /// falls to that at once, and rises only halfway to it per reading: the
 /// store's estimate of a value's cost is short of the allocator's, so
 /// "what is held outside values" grows with the values themselves, and a
 /// budget that jumped up would overshoot and swing. Returns the budget
 /// set, or `None` when the store has no bound.
-pub(crate) fn rebalance(store: &Store, allocated: usize, now_ms: u64) -> Option<usize> {
+pub(crate) fn rebalance(store: &Store, allocated: usize, reserve: usize, now_ms: u64) -> Option<usize> {
     let max = store.max_bytes()?.get();
     let other = allocated.saturating_sub(store.value_bytes());
-    let target = (max - max / HEADROOM).saturating_sub(other).max(max / MIN_VALUE_SHARE).max(1);
+    let headroom = (max / HEADROOM).max(reserve);
+    let target = max.saturating_sub(headroom).saturating_sub(other).max(max / MIN_VALUE_SHARE).max(1);
     let current = store.value_limit();
     let budget = if target <= current { target } else { current + (target - current) / 2 };
     store.set_value_budget(NonZeroUsize::new(budget), now_ms);
     Some(budget)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::NodeId;
+    use crate::store::StoreConfig;
+
+    const MAX: usize = 64 << 20;
+
+    fn bounded() -> Store {
+        let cfg = StoreConfig { max_bytes: NonZeroUsize::new(MAX), ..StoreConfig::default() };
+        Store::new(NodeId(1), cfg).unwrap()
+    }
+
+    #[test]
+    fn each_connection_keeps_two_windows_free() {
+        assert_eq!(transport_reserve(None, 5), 0, "unset windows are not counted");
+        assert_eq!(transport_reserve(Some(1 << 20), 0), 0);
+        assert_eq!(transport_reserve(Some(1 << 20), 3), 6 << 20);
+        assert_eq!(transport_reserve(Some(usize::MAX), 2), usize::MAX, "saturates rather than wraps");
+    }
+
+    #[test]
+    fn the_headroom_is_a_sixteenth_or_the_connections_reserve_if_larger() {
+        let other = 10 << 20;
+        // A reserve below a sixteenth leaves the sixteenth. The budget
+        // falls to its target at once from the unset budget (the bound).
+        let s = bounded();
+        assert_eq!(rebalance(&s, other, MAX / 32, 0), Some(MAX - MAX / 16 - other));
+        // Above it, the reserve is kept free instead.
+        let s = bounded();
+        assert_eq!(rebalance(&s, other, MAX / 4, 0), Some(MAX - MAX / 4 - other));
+        // Values keep an eighth whatever the reserve.
+        let s = bounded();
+        assert_eq!(rebalance(&s, other, MAX, 0), Some(MAX / 8));
+    }
 }
