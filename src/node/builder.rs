@@ -212,7 +212,7 @@ impl MeshBuilder {
                 socket,
                 Arc::new(quinn::TokioRuntime),
             ),
-            None => std::net::UdpSocket::bind(config.listen)
+            None => crate::transport::socket::bind(config.listen)
                 .and_then(|s| quinn::Endpoint::new(endpoint_config, Some(server), s, Arc::new(quinn::TokioRuntime))),
         }
         .map_err(|source| MeshError::Bind { addr: config.listen, source })?;

@@ -71,7 +71,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -199,7 +199,7 @@ impl Faults {
     /// returns it wrapped, for [`crate::MeshBuilder::socket`]. The node is
     /// its local address. Call it inside a tokio runtime.
     pub fn socket(&self, bind: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        let socket = UdpSocket::bind(bind)?;
+        let socket = super::socket::bind(bind)?;
         self.wrap(quinn::TokioRuntime.wrap_udp_socket(socket)?)
     }
 
