@@ -69,10 +69,11 @@ pub struct MeshConfig {
     #[serde(with = "ms")]
     pub anti_entropy_interval: Duration,
     /// How long a push waits to gather more writes into its batch
-    /// (microseconds in TOML, at most 1000; 0, the default, sends at once).
-    /// Writes still batch naturally: whatever queues while a batch is being
-    /// sent goes in the next one. tokio's timer rounds a non-zero delay up
-    /// to its 1 ms resolution.
+    /// (microseconds in TOML, at most 1000; 0, the default, sends once the
+    /// tasks ready to run have run, with no timer). Writes still batch
+    /// naturally: whatever queues meanwhile, or while a batch is being sent,
+    /// goes in the batch. tokio's timer rounds a non-zero delay up to its
+    /// 1 ms resolution.
     #[serde(with = "us")]
     pub push_delay: Duration,
     /// Target bytes of writes per pushed batch.
