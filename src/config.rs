@@ -190,8 +190,9 @@ impl MeshConfig {
     /// queue costs repair traffic, not data; a small window costs a fast
     /// sender some speed (1 MiB a round trip at the 64 MiB bound). The
     /// windows can fill between two readings of the allocator, so the
-    /// memory loop keeps two of them free per connection; with two peers
-    /// that is the sixteenth of the bound it keeps free anyway.
+    /// memory loop keeps two of them free per connection; for a peer
+    /// linked to two others that is the sixteenth of the bound it keeps
+    /// free anyway.
     /// `max_frame` stays: peers must agree on it (a frame one peer may send
     /// and another refuses would stall their sessions), and a frame's
     /// buffer grows only with the bytes a peer actually sends, which the

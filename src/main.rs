@@ -209,7 +209,8 @@ struct NodeArgs {
     /// Largest clock offset tolerated between peers, in ms.
     #[arg(long, env = "MESHCACHE_MAX_OFFSET_MS", value_name = "MS")]
     max_offset_ms: Option<u64>,
-    /// How long a push waits to batch more writes, in µs (at most 1000; 0 sends at once).
+    /// How long a push waits to batch more writes, in µs (at most 1000; 0,
+    /// the default, sends once the tasks ready to run have run).
     #[arg(long, env = "MESHCACHE_PUSH_DELAY_US", value_name = "US")]
     push_delay_us: Option<u64>,
     /// Once every port is open, write their addresses to FILE, one

@@ -69,9 +69,10 @@ pub(super) async fn memory_loop(inner: Arc<Inner>) {
 /// loopback or LAN link a peer fills both in well under one reading's
 /// 10 ms, and quinn keeps that data in large buffers (a received batch of
 /// datagrams is one allocation until all of it is read), so the room must
-/// be free before it arrives, not made by eviction after. Zero when the
-/// windows are quinn's defaults, which only a process without a bound
-/// uses (`MeshConfig::fit_to_bound` sets them).
+/// be free before it arrives, not made by eviction after. Zero when
+/// `receive_window` is unset (quinn's defaults, with no connection-wide
+/// limit): `MeshConfig::fit_to_bound` sets it, as the `meshcache` command
+/// does under a bound.
 pub(crate) fn transport_reserve(window: Option<usize>, connections: usize) -> usize {
     window.map_or(0, |w| w.saturating_mul(2).saturating_mul(connections))
 }
