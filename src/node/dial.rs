@@ -14,12 +14,14 @@ use super::versions::{hello_frames, hello_version, read_versions, refused_by, sp
 use crate::transport::certs;
 use crate::wire::{Message, VersionRange};
 
-/// Dials `addr` and runs the hello. Returns the peer's name on success.
+/// Dials `addr` and runs the hello, as a probe of a link lost moments ago
+/// if `probe` (`links`). Returns the peer's name on success.
 pub(super) async fn dial(
     inner: &Arc<Inner>,
     addr: SocketAddr,
+    probe: bool,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let plan = inner.rtts.plan(addr);
+    let plan = inner.rtts.plan(addr, probe);
     let mut client = inner.tls.client();
     if plan.initial_rtt.is_some() {
         client.transport_config(transport_config(&inner.config, plan.initial_rtt));

@@ -126,10 +126,11 @@ pub(super) async fn drive(inner: Arc<Inner>) {
 /// closes a connection or wakes a responder; never awaits.
 fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
     match action {
-        Action::Dial(addr) => {
+        Action::Dial(addr) | Action::Probe(addr) => {
+            let probe = matches!(action, Action::Probe(_));
             let inner2 = inner.clone();
             inner.tasks.spawn(async move {
-                let r = tokio::time::timeout(HELLO_TIMEOUT, dial(&inner2, addr)).await;
+                let r = tokio::time::timeout(HELLO_TIMEOUT, dial(&inner2, addr, probe)).await;
                 let ok = matches!(r, Ok(Ok(_)));
                 if let Ok(Err(e)) = &r {
                     tracing::debug!(%addr, error = %e, "dial failed");

@@ -54,6 +54,17 @@ pub(crate) struct Timings {
     pub(crate) backoff_min: Duration,
     /// See `backoff_min`.
     pub(crate) backoff_max: Duration,
+    /// How long after a link is lost its address is probed: dialed again
+    /// `probe_gap` (±25%) after each failed dial rather than after the
+    /// doubling backoff, each dial a [`Action::Probe`]. Most partitions
+    /// and restarts are over within seconds, and until a datagram crosses
+    /// nothing else can tell that one is over: with dials that back off, a
+    /// lifted partition waited up to a few hundred milliseconds for the
+    /// next Initial. Ten seconds of probes cost about 120 KB per lost
+    /// address; a peer gone for longer is dialed with backoff.
+    pub(crate) probe_for: Duration,
+    /// See `probe_for`.
+    pub(crate) probe_gap: Duration,
     /// How long after a peer declined a round (its own round waited for
     /// an accept) the round is asked for again: doubling with each decline
     /// in a row by that peer up to eight times this, and each delay
@@ -71,6 +82,8 @@ impl Timings {
             wait_max: Duration::from_secs(30),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(2),
+            probe_for: Duration::from_secs(10),
+            probe_gap: Duration::from_millis(50),
             busy_retry: Duration::from_millis(50),
         }
     }
@@ -129,6 +142,11 @@ pub(crate) enum Action {
     /// Dial `addr` and run the hello; report with
     /// [`Links::handle_dial_result`].
     Dial(SocketAddr),
+    /// Dial `addr`, a link lost moments ago, as a probe: the handshake is
+    /// given only a few round trips of the path last measured there
+    /// (`rtt`), since the next probe follows soon; report with
+    /// [`Links::handle_dial_result`].
+    Probe(SocketAddr),
     /// Look up the addresses of seed name `name` (its index among the
     /// named seeds) at `port`; report with [`Links::handle_resolved`].
     Resolve { name: usize, host: String, port: u16 },
@@ -245,6 +263,9 @@ pub(crate) struct Links {
     members: Vec<(String, SocketAddr)>,
     dialing: BTreeSet<SocketAddr>,
     backoff: BTreeMap<SocketAddr, Backoff>,
+    /// When the link over each address was lost, while it is probed
+    /// ([`Timings::probe_for`]).
+    lost: BTreeMap<SocketAddr, Instant>,
     stopped: bool,
     actions: VecDeque<Action>,
 }
@@ -297,6 +318,7 @@ impl Links {
             members: Vec::new(),
             dialing: BTreeSet::new(),
             backoff: BTreeMap::new(),
+            lost: BTreeMap::new(),
             stopped: false,
             actions: VecDeque::new(),
         };
@@ -518,6 +540,9 @@ impl Links {
             }
         }
         self.links.insert(name.clone(), conn);
+        if let Some(a) = addr {
+            self.lost.remove(&a);
+        }
         self.actions.push_back(Action::Link { peer: id, conn });
         // Repair whatever was missed while apart: after a heal this round
         // is the repair, so it is asked for at the next deadline, which is
@@ -578,12 +603,21 @@ impl Links {
 
     /// `conn` closed (either side, for any reason).
     pub(crate) fn handle_conn_closed(&mut self, now: Instant, conn: ConnId) {
-        self.conns.remove(&conn);
+        let addr = self.conns.remove(&conn).and_then(|c| c.addr);
         if self.unlink(conn) {
+            if let Some(a) = addr {
+                self.lost.insert(a, now);
+            }
             // Redial at once (within backoff): the link may be gone only
             // on this side.
             self.dial_targets(now);
         }
+    }
+
+    /// Whether `addr` is probed: a link over it was lost less than
+    /// [`Timings::probe_for`] ago.
+    fn probing(&self, now: Instant, addr: SocketAddr) -> bool {
+        self.lost.get(&addr).is_some_and(|at| now < *at + self.timings.probe_for)
     }
 
     /// A dial finished: with a link (`ok`) or not.
@@ -591,15 +625,24 @@ impl Links {
         self.dialing.remove(&addr);
         if ok {
             self.backoff.remove(&addr);
+            self.lost.remove(&addr);
             for n in self.names.iter_mut().filter(|n| n.addrs.contains(&addr)) {
                 n.backoff = None;
             }
         } else {
-            let delay = self
-                .backoff
-                .get(&addr)
-                .map_or(self.timings.backoff_min, |b| (b.delay * 2).min(self.timings.backoff_max));
-            let jittered = delay.mul_f64(self.rng.random_range(0.75..1.25));
+            // A probe's backoff keeps no delay: the first failure after
+            // the probes backs off from `backoff_min`.
+            let (wait, delay) = if self.probing(now, addr) {
+                (self.timings.probe_gap, Duration::ZERO)
+            } else {
+                let delay = self
+                    .backoff
+                    .get(&addr)
+                    .filter(|b| !b.delay.is_zero())
+                    .map_or(self.timings.backoff_min, |b| (b.delay * 2).min(self.timings.backoff_max));
+                (delay, delay)
+            };
+            let jittered = wait.mul_f64(self.rng.random_range(0.75..1.25));
             self.backoff.insert(addr, Backoff { until: now + jittered, delay });
         }
         self.dial_targets(now);
@@ -673,12 +716,14 @@ impl Links {
             n.resolving = true;
             self.actions.push_back(Action::Resolve { name: i, host: n.host.clone(), port: n.port });
         }
+        let probe_for = self.timings.probe_for;
+        self.lost.retain(|_, at| now < *at + probe_for);
         for addr in self.targets() {
             if self.dialing.contains(&addr) || self.backoff.get(&addr).is_some_and(|b| now < b.until) {
                 continue;
             }
             self.dialing.insert(addr);
-            self.actions.push_back(Action::Dial(addr));
+            self.actions.push_back(if self.probing(now, addr) { Action::Probe(addr) } else { Action::Dial(addr) });
         }
     }
 

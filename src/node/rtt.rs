@@ -19,6 +19,13 @@
 //! idle timeout ends it. A small initial RTT does
 //! such a path no harm: the extra Initials are a few datagrams, and the
 //! handshake completes when the answer comes.
+//!
+//! A probe (`links`: a dial in the seconds after a link over the address
+//! was lost) gets only ten initial RTTs, with no floor and never the long
+//! wait: 250 ms on one host or network, its Initials at 0, 75 and 225 ms,
+//! and the next probe follows about 50 ms after it gives up. So a lifted
+//! partition hears from each side within about 150 ms. A path that has
+//! grown slower than that meanwhile connects once the probes are over.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,12 +103,16 @@ impl Rtts {
     /// within [`MIN_INITIAL_RTT`]..=[`MAX_INITIAL_RTT`], with a timeout of
     /// ten of those (at least a second), except every [`LONG_EVERY`]th dial
     /// in a row without an answer; from quinn's default, with the timeout
-    /// that gives, for an address never measured.
-    pub(super) fn plan(&self, addr: SocketAddr) -> Plan {
+    /// that gives, for an address never measured. A `probe` to a measured
+    /// address waits ten of those RTTs, however short.
+    pub(super) fn plan(&self, addr: SocketAddr, probe: bool) -> Plan {
         match self.known.lock().get(&addr) {
             None => Plan { initial_rtt: None, timeout: Some(handshake_timeout(None)) },
             Some(k) => {
                 let rtt = k.rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT);
+                if probe {
+                    return Plan { initial_rtt: Some(rtt), timeout: Some(rtt * HANDSHAKE_RTTS) };
+                }
                 let long = k.timeouts % LONG_EVERY == LONG_EVERY - 1;
                 Plan { initial_rtt: Some(rtt), timeout: (!long).then(|| handshake_timeout(Some(rtt))) }
             }
@@ -135,35 +146,55 @@ mod tests {
     #[test]
     fn a_measured_rtt_is_used_within_bounds_and_an_unknown_address_gets_the_default() {
         let r = Rtts::default();
-        assert_eq!(r.plan(addr(1)), plan(None, Some(Duration::from_millis(3330))));
+        assert_eq!(r.plan(addr(1), false), plan(None, Some(Duration::from_millis(3330))));
         r.remember(addr(1), Duration::from_micros(80));
         r.remember(addr(2), Duration::from_millis(40));
         r.remember(addr(3), Duration::from_secs(2));
-        assert_eq!(r.plan(addr(1)), plan(Some(MIN_INITIAL_RTT), Some(Duration::from_secs(1))));
-        assert_eq!(r.plan(addr(2)), plan(Some(Duration::from_millis(40)), Some(Duration::from_secs(1))));
-        assert_eq!(r.plan(addr(3)), plan(Some(MAX_INITIAL_RTT), Some(Duration::from_millis(3330))));
+        assert_eq!(r.plan(addr(1), false), plan(Some(MIN_INITIAL_RTT), Some(Duration::from_secs(1))));
+        assert_eq!(r.plan(addr(2), false), plan(Some(Duration::from_millis(40)), Some(Duration::from_secs(1))));
+        assert_eq!(r.plan(addr(3), false), plan(Some(MAX_INITIAL_RTT), Some(Duration::from_millis(3330))));
         // The last measurement wins.
         r.remember(addr(2), Duration::from_millis(150));
-        assert_eq!(r.plan(addr(2)), plan(Some(Duration::from_millis(150)), Some(Duration::from_millis(1500))));
+        assert_eq!(r.plan(addr(2), false), plan(Some(Duration::from_millis(150)), Some(Duration::from_millis(1500))));
     }
 
     #[test]
     fn every_fourth_dial_in_a_row_without_an_answer_waits_until_the_idle_timeout() {
         let r = Rtts::default();
         r.timed_out(addr(1));
-        assert_eq!(r.plan(addr(1)), plan(None, Some(Duration::from_millis(3330))), "nothing known: nothing kept");
+        assert_eq!(
+            r.plan(addr(1), false),
+            plan(None, Some(Duration::from_millis(3330))),
+            "nothing known: nothing kept"
+        );
         r.remember(addr(1), Duration::from_micros(80));
         let fast = plan(Some(MIN_INITIAL_RTT), Some(Duration::from_secs(1)));
         let long = plan(Some(MIN_INITIAL_RTT), None);
         let mut plans = Vec::new();
         for _ in 0..8 {
-            plans.push(r.plan(addr(1)));
+            plans.push(r.plan(addr(1), false));
             r.timed_out(addr(1));
         }
         assert_eq!(plans, vec![fast, fast, fast, long, fast, fast, fast, long]);
         // A connection resets the count.
         r.remember(addr(1), Duration::from_micros(80));
-        assert_eq!(r.plan(addr(1)), fast);
+        assert_eq!(r.plan(addr(1), false), fast);
+    }
+
+    #[test]
+    fn a_probe_waits_ten_initial_rtts_without_a_floor_and_never_long() {
+        let r = Rtts::default();
+        assert_eq!(r.plan(addr(1), true), plan(None, Some(Duration::from_millis(3330))), "nothing known: the default");
+        r.remember(addr(1), Duration::from_micros(80));
+        r.remember(addr(2), Duration::from_millis(150));
+        let short = plan(Some(MIN_INITIAL_RTT), Some(Duration::from_millis(250)));
+        let mut plans = Vec::new();
+        for _ in 0..8 {
+            plans.push(r.plan(addr(1), true));
+            r.timed_out(addr(1));
+        }
+        assert_eq!(plans, vec![short; 8]);
+        assert_eq!(r.plan(addr(2), true), plan(Some(Duration::from_millis(150)), Some(Duration::from_millis(1500))));
     }
 
     #[test]
@@ -183,6 +214,6 @@ mod tests {
         // Remembering a known address again forgets nothing.
         r.remember(addr(CAPACITY as u16 + 99), Duration::from_millis(2));
         assert_eq!(r.len(), CAPACITY);
-        assert_eq!(r.plan(addr(CAPACITY as u16 + 99)).initial_rtt, Some(MIN_INITIAL_RTT));
+        assert_eq!(r.plan(addr(CAPACITY as u16 + 99), false).initial_rtt, Some(MIN_INITIAL_RTT));
     }
 }

@@ -665,14 +665,80 @@ fn a_seed_name_is_looked_up_whenever_it_would_be_dialed_with_backoff_and_keeps_i
     now += Duration::from_secs(30);
     a.links.handle_conn_closed(now, ConnId(1));
     let actions = a.actions();
-    assert_eq!(actions, vec![resolve.clone(), Action::Dial(addr(7001))]);
+    assert_eq!(actions, vec![resolve.clone(), Action::Probe(addr(7001))], "the lost link's address is probed");
     assert!(a.links.handle_resolved(now, 0, None), "the first failure after a success is for the log");
     a.links.handle_dial_result(now, addr(7001), false);
     a.links.handle_dial_result(now, addr(7002), false);
     a.links.handle_timeout(now + Duration::from_secs(5));
     let actions = a.actions();
-    assert!(actions.contains(&Action::Dial(addr(7001))) && actions.contains(&Action::Dial(addr(7002))), "{actions:?}");
+    assert!(actions.contains(&Action::Probe(addr(7001))) && actions.contains(&Action::Dial(addr(7002))), "{actions:?}");
     assert!(actions.contains(&resolve), "{actions:?}");
+}
+
+#[test]
+fn a_lost_links_address_is_probed_for_ten_seconds_then_dialed_with_backoff() {
+    let mut now = crate::env::stopwatch().into_std();
+    let mut c = Node::new("c", 7002, vec![], now);
+    c.links.handle_members(now, vec![("a".into(), addr(7000))]);
+    assert_eq!(c.actions(), vec![Action::Dial(addr(7000))], "an address never linked is dialed, not probed");
+    // Its round on the new link is asked for at once, not at a deadline.
+    c.core.booted = false;
+    let a = id("a", 100);
+    let v = c.links.handle_hello(
+        now,
+        ConnId(1),
+        Side::Dialer(addr(7000)),
+        &hello(&a, addr(7000)),
+        None,
+        Some("a"),
+        &mut c.core,
+    );
+    assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
+    c.links.handle_dial_result(now, addr(7000), true);
+    c.actions();
+
+    // The link is lost: probed at once, then about 50 ms after each probe
+    // that got no answer (a probe gives up after 250 ms on a fast path).
+    now += Duration::from_secs(30);
+    let lost = now;
+    c.links.handle_conn_closed(now, ConnId(1));
+    assert_eq!(c.actions(), vec![Action::Probe(addr(7000))]);
+    let mut probes = 1;
+    loop {
+        now += Duration::from_millis(250);
+        c.links.handle_dial_result(now, addr(7000), false);
+        let due = c.links.poll_timeout().expect("a redial is due");
+        if now >= lost + Duration::from_secs(10) {
+            // Past the probes: the doubling backoff, from its start.
+            let delay = due - now;
+            assert!(delay >= Duration::from_millis(150) && delay < Duration::from_millis(250), "{delay:?}");
+            c.links.handle_timeout(due);
+            assert_eq!(c.actions(), vec![Action::Dial(addr(7000))]);
+            c.links.handle_dial_result(due + Duration::from_secs(1), addr(7000), false);
+            let delay = c.links.poll_timeout().unwrap() - (due + Duration::from_secs(1));
+            assert!(delay >= Duration::from_millis(300) && delay < Duration::from_millis(500), "{delay:?}");
+            break;
+        }
+        let gap = due - now;
+        assert!(gap >= Duration::from_millis(37) && gap < Duration::from_millis(63), "probe {probes}: {gap:?}");
+        c.links.handle_timeout(due - Duration::from_millis(1));
+        assert!(c.actions().is_empty(), "probe {probes}: early");
+        c.links.handle_timeout(due);
+        assert_eq!(c.actions(), vec![Action::Probe(addr(7000))], "probe {probes}");
+        probes += 1;
+        now = due;
+    }
+    assert!((30..=36).contains(&probes), "{probes} probes in ten seconds");
+
+    // Linked again, then lost again: probed again.
+    now += Duration::from_secs(5);
+    let v = c.links.handle_hello(now, ConnId(2), Side::Acceptor, &hello(&a, addr(7000)), None, Some("a"), &mut c.core);
+    assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
+    c.actions();
+    c.links.handle_dial_result(now, addr(7000), false);
+    now += Duration::from_secs(60);
+    c.links.handle_conn_closed(now, ConnId(2));
+    assert_eq!(c.actions(), vec![Action::Probe(addr(7000))]);
 }
 
 #[test]
