@@ -76,6 +76,11 @@ impl Db<'_, '_> {
         }
     }
 
+    /// A read-modify-write of `key`. The key and the value `f` returns may
+    /// be slices of a client's read buffer: what is kept is a copy (the
+    /// store copies under a mesh, [`Transaction::write_with`] under a
+    /// transaction), so that a stored key or value does not pin the whole
+    /// buffer it arrived in, and a command need not copy them first.
     pub(crate) fn write_with(
         &mut self,
         key: Bytes,
@@ -83,15 +88,20 @@ impl Db<'_, '_> {
     ) -> Result<Option<Written>, MeshError> {
         match self {
             Db::Mesh(m) => m.write_with(key, f),
-            // Commands copy keys and values out of the read buffer first.
-            Db::Txn(t) => t.write_owned(key, f),
+            Db::Txn(t) => t.write_with(key, f),
         }
     }
 
     /// Writes a value without a TTL (Redis's commands set their own: an
-    /// embedding's default TTL does not apply to them).
+    /// embedding's default TTL does not apply to them). `key` and `value`
+    /// own their bytes already (copied before a transaction locks
+    /// anything) and are stored as they are under a transaction.
     pub(crate) fn put(&mut self, key: Bytes, value: Bytes) -> Result<(), MeshError> {
-        self.write_with(key, |_, _| Some(Slot::Value { data: value, expires_at_ms: None })).map(drop)
+        let f = |_: Option<&Slot>, _| Some(Slot::Value { data: value, expires_at_ms: None });
+        match self {
+            Db::Mesh(m) => m.write_with(key, f).map(drop),
+            Db::Txn(t) => t.write_owned(key, f).map(drop),
+        }
     }
 
     /// Deletes `key`; whether it was visible.

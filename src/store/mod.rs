@@ -69,12 +69,14 @@ fn decide(
     let id = found.map(|(id, _)| id);
     let held = found.map(|(_, r)| r);
     let current = held.filter(|r| r.visible(now_ms).is_some()).map(|r| r.slot());
-    let previous = match &current {
-        Some(Slot::Value { data, .. }) => Some(data.clone()),
-        _ => None,
-    };
     let held = held.map_or(0, shard::record_cost);
     let Some(slot) = f(current.as_ref(), stamp) else { return Ok(None) };
+    // Moved out once `f` is done with it: a clone would turn the copy into
+    // a shared buffer, one more allocation per overwrite.
+    let previous = match current {
+        Some(Slot::Value { data, .. }) => Some(data),
+        _ => None,
+    };
     if matches!(slot, Slot::Value { .. }) && full && shard::cost(key, &slot) > held {
         return Err(OutOfMemory);
     }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::strings::{max_value, range, update, TOO_BIG};
-use super::{copy, eq, int_arg, write_error, Cx, SYNTAX};
+use super::{eq, int_arg, write_error, Cx, SYNTAX};
 use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
 use crate::store::Slot;
@@ -154,7 +154,7 @@ pub(super) fn bitop(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     if op == "not" && args.len() != 4 {
         return out.error("ERR BITOP NOT must be called with a single source key.");
     }
-    let (dest, sources) = (copy(&args[2]), &args[3..]);
+    let (dest, sources) = (args[2].clone(), &args[3..]);
     let r = cx.db.atomically(std::iter::once(&dest).chain(sources), |db| {
         let values: Vec<Bytes> = sources.iter().map(|k| db.get(k).unwrap_or_default()).collect();
         let len = values.iter().map(Bytes::len).max().unwrap_or(0);

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::{copy, eq, int_arg, lossy, write_error, Cx};
+use super::{eq, int_arg, lossy, write_error, Cx};
 use crate::resp::notify::Hint;
 use crate::resp::reply::Out;
 use crate::store::Slot;
@@ -41,7 +41,7 @@ pub(super) fn expire(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let mut done = false;
     let listening = sh.hub.listening();
     let key = &args[1];
-    let r = cx.db.write_with(copy(key), |cur, stamp| {
+    let r = cx.db.write_with(key.clone(), |cur, stamp| {
         let Some(Slot::Value { data, expires_at_ms }) = cur else { return None };
         let now = stamp.physical_ms() as i64;
         let when = if relative { now.saturating_add(ms) } else { ms };
@@ -91,7 +91,7 @@ pub(super) fn persist(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let mut done = false;
     let listening = sh.hub.listening();
     let key = &args[1];
-    let r = cx.db.write_with(copy(key), |cur, stamp| match cur {
+    let r = cx.db.write_with(key.clone(), |cur, stamp| match cur {
         Some(Slot::Value { data, expires_at_ms: Some(_) }) => {
             done = true;
             if listening {

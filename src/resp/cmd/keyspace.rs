@@ -127,7 +127,7 @@ pub(super) fn rename(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
             return Ok(Some(false));
         }
         // The old key first, as Redis notifies `rename_from` first.
-        db.write_with(copy(src), |_, stamp| {
+        db.write_with(src.clone(), |_, stamp| {
             if hub.listening() {
                 hub.hint(stamp, src, Hint::Generic("rename_from"));
             }
@@ -197,7 +197,7 @@ fn move_slot(
     event: &'static str,
 ) -> Result<bool, crate::MeshError> {
     let mut wrote = false;
-    db.write_with(copy(dst), |cur, stamp| {
+    db.write_with(dst.clone(), |cur, stamp| {
         if cur.is_some() && !replace {
             return None;
         }

@@ -77,7 +77,7 @@ pub(super) fn set(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
         }
         ttl = if relative { Ttl::Rel(ms as u64) } else { Ttl::Abs(ms as u64) };
     }
-    match write(cx, &args[1], &args[2], cond, ttl) {
+    match write(cx, &args[1], &args[2], cond, ttl, get) {
         Ok((written, old)) => {
             if get {
                 out.opt_bulk(old.as_ref())
@@ -92,7 +92,7 @@ pub(super) fn set(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
 }
 
 pub(super) fn setnx(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
-    match write(cx, &args[1], &args[2], Cond::Nx, Ttl::None) {
+    match write(cx, &args[1], &args[2], Cond::Nx, Ttl::None, false) {
         Ok((written, _)) => out.int(written as i64),
         Err(e) => write_error(out, e),
     }
@@ -106,7 +106,7 @@ pub(super) fn setex(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let Some(ms) = ms.filter(|&m| m > 0 && (cx.db.now_ms() as i64).checked_add(m).is_some()) else {
         return out.error(&format!("ERR invalid expire time in '{name}' command"));
     };
-    match write(cx, &args[1], &args[3], Cond::Always, Ttl::Rel(ms as u64)) {
+    match write(cx, &args[1], &args[3], Cond::Always, Ttl::Rel(ms as u64), false) {
         Ok(_) => out.ok(),
         Err(e) => write_error(out, e),
     }
@@ -114,7 +114,7 @@ pub(super) fn setex(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
 
 pub(super) fn getdel(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let mut old = None;
-    let r = cx.db.write_with(copy(&args[1]), |cur, _| {
+    let r = cx.db.write_with(args[1].clone(), |cur, _| {
         old = value_of(cur);
         old.as_ref().map(|_| Slot::Tombstone)
     });
@@ -169,20 +169,24 @@ enum Ttl {
 }
 
 /// SET and its relatives as one atomic local read-modify-write. Returns
-/// whether it wrote, and the value that was visible before.
+/// whether it wrote, and the value that was visible before if `want_old`
+/// (a plain SET does not keep it).
 fn write(
     cx: &mut Cx<'_, '_>,
     key: &Bytes,
     value: &Bytes,
     cond: Cond,
     ttl: Ttl,
+    want_old: bool,
 ) -> Result<(bool, Option<Bytes>), MeshError> {
     let sh = cx.sh;
     let (mut written, mut old) = (false, None);
     let listening = sh.hub.listening();
-    let value = copy(value);
-    cx.db.write_with(copy(key), |cur, stamp| {
-        old = value_of(cur);
+    let value = value.clone();
+    cx.db.write_with(key.clone(), |cur, stamp| {
+        if want_old {
+            old = value_of(cur);
+        }
         match cond {
             Cond::Nx if cur.is_some() => return None,
             Cond::Xx if cur.is_none() => return None,
@@ -207,7 +211,7 @@ fn write(
 
 /// GETSET: SET ... GET without the options; the TTL is dropped.
 pub(super) fn getset(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
-    match write(cx, &args[1], &args[2], Cond::Always, Ttl::None) {
+    match write(cx, &args[1], &args[2], Cond::Always, Ttl::None, true) {
         Ok((_, old)) => out.opt_bulk(old.as_ref()),
         Err(e) => write_error(out, e),
     }
@@ -250,7 +254,7 @@ pub(super) fn getex(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let listening = sh.hub.listening();
     let mut old = None;
     let key = &args[1];
-    let r = cx.db.write_with(copy(key), |cur, stamp| {
+    let r = cx.db.write_with(key.clone(), |cur, stamp| {
         let Some(Slot::Value { data, expires_at_ms }) = cur else { return None };
         old = Some(data.clone());
         let now = stamp.physical_ms();
@@ -331,7 +335,7 @@ pub(super) fn update(
     let mut refused = None;
     let (hub, event) = (&cx.sh.hub, event_of(cx.spec.name));
     let listening = hub.listening();
-    let r = cx.db.write_with(copy(key), |cur, stamp| {
+    let r = cx.db.write_with(key.clone(), |cur, stamp| {
         let (data, expires_at_ms) = match cur {
             Some(Slot::Value { data, expires_at_ms }) => (Some(data), *expires_at_ms),
             _ => (None, None),
