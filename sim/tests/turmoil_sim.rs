@@ -2,7 +2,7 @@
 //!
 //! Every peer is a real [`Mesh`] (quinn, TLS, pushes, anti-entropy, the
 //! membership view) running in its own turmoil host; quinn's UDP goes
-//! through an adapter over `turmoil::net::UdpSocket` (`tests/turmoil/`),
+//! through an adapter over `turmoil::net::UdpSocket` (`sim/src/`),
 //! and the tokio clock is turmoil's paused one. So keep-alives, the 3 s
 //! idle timeout, anti-entropy rounds, tick work and dial timeouts all run
 //! in virtual time, and partitions of minutes to hours take seconds.
@@ -24,11 +24,11 @@
 //!   never). After
 //!   the final heal, every peer must converge and [`History::check`] must
 //!   find no violation. 200 schedules by default (optimized builds only:
-//!   `cargo test --release --test turmoil_sim`);
+//!   `cargo test --release -p meshcache-sim`);
 //!   `MESHCACHE_TURMOIL_SCHEDULES=N` runs more (`MESHCACHE_TURMOIL_FIRST=K`
 //!   starts at the K-th, to split a long run into chunks), and a failing seed is
 //!   replayed (with its plan printed) by
-//!   `MESHCACHE_TURMOIL_SEED=S cargo test --release --test turmoil_sim random_schedules -- --nocapture`
+//!   `MESHCACHE_TURMOIL_SEED=S cargo test --release -p meshcache-sim random_schedules -- --nocapture`
 //!   (the exact command is printed with each failure).
 //!
 //! Every run replays exactly from its seed: each peer's clock and random
@@ -37,7 +37,7 @@
 //! wall clock a thousand times slower than virtual time in a quarter, so
 //! that writes crowd into one millisecond), quinn's own draws are seeded
 //! through it, the TLS handshakes use a seeded CA and crypto provider
-//! (`turmoil/seeded_tls.rs`), and tokio's `select!` order is seeded by
+//! (`sim/src/seeded_tls.rs`), and tokio's `select!` order is seeded by
 //! turmoil (`.cargo/config.toml` sets `tokio_unstable` for that).
 //! `a_seed_replays_exactly` checks it: three seeds, twice each, must end
 //! with equal trace hashes over every datagram delivered and every client
@@ -55,8 +55,7 @@
 //! are recorded (for the monotonic-read check) only on peers' first
 //! incarnations.
 
-#[path = "turmoil/mod.rs"]
-mod tsim;
+use meshcache_sim as tsim;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -613,7 +612,7 @@ async fn execute(net: Net, steps: Vec<Step>, trace: bool) -> Result<RunStats, St
 
 /// The one command that replays `seed` with its plan and steps printed.
 fn replay_command(seed: u64) -> String {
-    format!("MESHCACHE_TURMOIL_SEED={seed} cargo test --release --test turmoil_sim random_schedules -- --nocapture")
+    format!("MESHCACHE_TURMOIL_SEED={seed} cargo test --release -p meshcache-sim random_schedules -- --nocapture")
 }
 
 fn run_schedule(seed: u64, trace: bool) -> Result<(RunStats, Duration), String> {

@@ -1,9 +1,15 @@
 //! Whole meshes in turmoil's simulated network and virtual time: a quinn
 //! socket over `turmoil::net::UdpSocket`, and a harness that starts one
 //! [`Mesh`] per simulated host and lets a driver cut, delay, heal, crash and
-//! restart them.
-
-#![allow(dead_code)]
+//! restart them. `tests/turmoil_sim.rs` holds the schedules.
+//!
+//! A package of its own, not a module of meshcache's tests: turmoil needs
+//! tokio's `test-util`, and the schedules run optimized. Built with
+//! meshcache's tests, every optimized dependency they share with the
+//! `meshcache` command (tokio's dependents, and every crate whose features
+//! a test-only dependency widens) would be built twice in release, once
+//! for the schedules and once for the command. Here the schedules build
+//! only what they use, without the command's `server` feature.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,7 +29,6 @@ use meshcache::{Mesh, MeshConfig};
 use parking_lot::Mutex;
 use quinn::udp::{RecvMeta, Transmit};
 
-#[path = "seeded_tls.rs"]
 mod seeded_tls;
 
 /// The port every peer listens on (each host has its own address).
