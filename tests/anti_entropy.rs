@@ -1,7 +1,7 @@
 //! The anti-entropy session: it converges two stores and moves bytes in
 //! proportion to their difference, not to their size.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::*;

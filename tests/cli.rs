@@ -5,7 +5,7 @@
 //! every `MESHCACHE_*` variable cleared, on loopback only; every wait is
 //! bounded.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Read;

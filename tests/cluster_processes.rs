@@ -2,7 +2,7 @@
 //! Redis-protocol ports by the `redis` crate: replication, deletes, races,
 //! and a peer killed with SIGKILL, written around, and restarted.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -13,7 +13,7 @@
 //! environment removed, on loopback only, with system-chosen ports and
 //! bounded waits.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

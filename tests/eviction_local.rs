@@ -2,7 +2,7 @@
 //! nothing on the peers that have room, and anti-entropy goes quiet again
 //! once eviction settles (ALGORITHM.md, "Eviction").
 
-mod common;
+use crate::common;
 
 use std::num::NonZeroUsize;
 

@@ -3,7 +3,7 @@
 //! one direction only, and 30% loss still converges. Every wait is bounded;
 //! convergence is checked against generous deadlines, never timed.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

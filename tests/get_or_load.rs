@@ -3,7 +3,7 @@
 //! up, or the peer holding the lease is cut off. In-process peers over real
 //! QUIC on loopback; waits are bounded by deadlines, nothing is timed.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,7 +5,7 @@
 //! resident set within 1.15 x the bound + 40 MB, the target of the bound's
 //! benchmark row (row 9).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

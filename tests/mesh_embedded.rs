@@ -1,6 +1,6 @@
 //! The embedded API over real QUIC on loopback: five in-process peers.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! readiness follows bootstrap, drain and stop; a shutdown drains what is
 //! queued for each peer before it leaves. Over real QUIC on loopback.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! link at the highest version both speak, and are refused only when their
 //! ranges do not meet.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;

@@ -2,7 +2,7 @@
 //! the cluster CA join or send data, and malformed frames from an
 //! authenticated peer close that connection while the mesh carries on.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

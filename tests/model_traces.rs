@@ -3,7 +3,7 @@
 //! real core. Each broke a simpler design; each must end with every
 //! invariant intact here (see `sim/mod.rs` for the checker).
 
-mod sim;
+use crate::sim;
 
 use sim::{Cfg, Ev, Sim, TICK_MS};
 use Ev::*;

@@ -7,7 +7,7 @@
 //! `target/<profile>/examples/`, beside this test's `deps/` directory. Run
 //! alone, build them first with `cargo build --examples --features testing`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -9,7 +9,7 @@
 //! package, which `scripts/test` installs; without it the test is skipped
 //! (and fails under CI).
 
-mod common;
+use crate::common;
 
 use common::redis_ref::{compare, redis72, run_only, same, Check, Conn, RedisServer, RespPeer, Step};
 use tokio::net::{TcpStream, UnixStream};

@@ -8,7 +8,7 @@
 //! Skipped without redis-server (and failing under CI), as the other
 //! parity test.
 
-mod common;
+use crate::common;
 
 use common::redis_ref::{compare, run_only, same, show, Check, Conn, RedisServer, RespPeer, Step};
 use tokio::net::{TcpStream, UnixStream};

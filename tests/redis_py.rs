@@ -7,7 +7,7 @@
 //! from the package registry). Without it the test is skipped, and fails
 //! under CI.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! socket, for exact wire bytes) as the client. Every wait is bounded by a
 //! deadline; nothing asserts on timing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

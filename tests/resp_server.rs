@@ -5,7 +5,7 @@
 //! close) and the `redis` crate. Every wait is bounded by a deadline;
 //! nothing asserts on timing.
 
-mod common;
+use crate::common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -3,7 +3,7 @@
 //! another peer writes, checked never to serve a value older than one the
 //! peer they read from has applied.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

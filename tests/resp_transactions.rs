@@ -3,7 +3,7 @@
 //! another peer writes the same keys, and a write from another peer aborts
 //! an EXEC that watched its key.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -9,9 +9,9 @@
 //!   notes every change of key K's register, bucket floor and digest).
 //!
 //! For long runs, use the release profile:
-//! `MESHCACHE_SIM_SCHEDULES=200000 cargo test --release --test simulation`.
+//! `MESHCACHE_SIM_SCHEDULES=200000 cargo test --release --test integration simulation::`.
 
-mod sim;
+use crate::sim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -81,7 +81,7 @@ fn random_schedules_keep_every_invariant() {
     if let Some((seed, v)) = failures.first() {
         let kinds: Vec<&str> = v.iter().map(|x| x.kind).collect();
         panic!(
-            "{} of {count} schedules failed; first: seed {seed}: {kinds:?}\n{:#?}\nreplay: MESHCACHE_SIM_SEED={seed} cargo test --test simulation -- --nocapture",
+            "{} of {count} schedules failed; first: seed {seed}: {kinds:?}\n{:#?}\nreplay: MESHCACHE_SIM_SEED={seed} cargo test --test integration simulation:: -- --nocapture",
             failures.len(),
             v
         );

@@ -1,7 +1,7 @@
 //! I3, no resurrection: the tombstone scenarios that broke simpler designs,
 //! written out step by step against real replicas and real sessions.
 
-mod common;
+use crate::common;
 
 use std::num::NonZeroUsize;
 
