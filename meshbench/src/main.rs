@@ -685,10 +685,22 @@ fn get_load(addr: SocketAddr, conns: usize, keys: usize, tracking: bool, secs: f
 }
 
 /// Write on `a`, poll `b` until visible, `n` keys; latencies in microseconds.
-fn lag_probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &str) -> Result<Vec<f64>> {
+/// One lag probe's samples (us), each sorted: the whole lag (from sending
+/// the SET to the GET that sees it), the SET's round trip (until its
+/// reply), and what follows the reply (replication, and the polling GETs'
+/// round trips); and how many GETs a sample took, on average.
+struct Lag {
+    total: Vec<f64>,
+    reply: Vec<f64>,
+    after: Vec<f64>,
+    gets: f64,
+}
+
+fn lag_probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &str) -> Result<Lag> {
     let mut ca = Client::connect(a)?;
     let mut cb = Client::connect(b)?;
-    let mut lat = Vec::with_capacity(n);
+    let (mut total, mut reply, mut after) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut gets = 0u64;
     for i in 0..n + 50 {
         let k = key(tag, i);
         let v = value(i + 7);
@@ -697,7 +709,10 @@ fn lag_probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &str) -> Result<Vec<f6
             Reply::Simple(s) if s == "OK" => {}
             r => bail!("SET on {a}: {r:?}"),
         }
+        let replied = t0.elapsed();
+        let mut polls = 0u64;
         loop {
+            polls += 1;
             if let Reply::Bulk(got) = cb.cmd(&[b"GET", &k])? {
                 if got == v[..] {
                     break;
@@ -707,17 +722,23 @@ fn lag_probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &str) -> Result<Vec<f6
                 bail!("key {i} written on {a} not visible on {b} within 10 s");
             }
         }
+        let seen = t0.elapsed();
         if i >= 50 {
             // The first 50 are warm-up.
-            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+            total.push(seen.as_secs_f64() * 1e6);
+            reply.push(replied.as_secs_f64() * 1e6);
+            after.push((seen - replied).as_secs_f64() * 1e6);
+            gets += polls;
         }
     }
-    lat.sort_by(f64::total_cmp);
-    Ok(lat)
+    for v in [&mut total, &mut reply, &mut after] {
+        v.sort_by(f64::total_cmp);
+    }
+    Ok(Lag { total, reply, after, gets: gets as f64 / n.max(1) as f64 })
 }
 
 /// One lag probe from `a` to `b`, with a background load on `a` if `loaded`.
-async fn probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &'static str, loaded: bool) -> Result<Vec<f64>> {
+async fn probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &'static str, loaded: bool) -> Result<Lag> {
     let child = if loaded { Some(background_load(a.port())?) } else { None };
     if child.is_some() {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -759,21 +780,36 @@ async fn row_lag(args: &Args, z: &Sizes, rep: &mut Report) -> Result<()> {
             format!("{n} keys, one at a time")
         };
         rep.push(
-            Row::new(2, format!("lag p50, {cond}"), "us", percentile(&mesh, 50.0))
-                .redis(percentile(&redis, 50.0))
+            Row::new(2, format!("lag p50, {cond}"), "us", percentile(&mesh.total, 50.0))
+                .redis(percentile(&redis.total, 50.0))
                 .ratio_at_most(1.0)
                 .note(note.clone()),
         );
         rep.push(
-            Row::new(2, format!("lag p99, {cond}"), "us", percentile(&mesh, 99.0))
-                .redis(percentile(&redis, 99.0))
+            Row::new(2, format!("lag p99, {cond}"), "us", percentile(&mesh.total, 99.0))
+                .redis(percentile(&redis.total, 99.0))
                 .ratio_at_most(1.2)
                 .note(note.clone()),
         );
         rep.push(
-            Row::new(2, format!("lag max, {cond}"), "us", *mesh.last().unwrap_or(&0.0))
-                .redis(*redis.last().unwrap_or(&0.0))
+            Row::new(2, format!("lag max, {cond}"), "us", *mesh.total.last().unwrap_or(&0.0))
+                .redis(*redis.total.last().unwrap_or(&0.0))
                 .note(note),
+        );
+        // Where the lag goes: the SET's round trip on the writer, and what
+        // follows its reply (replication, then the reader's GETs).
+        rep.push(
+            Row::new(2, format!("lag p50, {cond}: until the SET's reply"), "us", percentile(&mesh.reply, 50.0))
+                .redis(percentile(&redis.reply, 50.0))
+                .note("the writer's round trip: RESP parse, the write, the reply"),
+        );
+        rep.push(
+            Row::new(2, format!("lag p50, {cond}: after the SET's reply"), "us", percentile(&mesh.after, 50.0))
+                .redis(percentile(&redis.after, 50.0))
+                .note(format!(
+                    "replication, and the reader's GETs until one sees the value: {:.2} GETs a sample (redis {:.2})",
+                    mesh.gets, redis.gets
+                )),
         );
     }
     drop(peers);

@@ -3,13 +3,14 @@
 //! [`Mesh`] per simulated host and lets a driver cut, delay, heal, crash and
 //! restart them. `tests/turmoil_sim.rs` holds the schedules.
 //!
-//! A package of its own, not a module of meshcache's tests: turmoil needs
-//! tokio's `test-util`, and the schedules run optimized. Built with
-//! meshcache's tests, every optimized dependency they share with the
-//! `meshcache` command (tokio's dependents, and every crate whose features
-//! a test-only dependency widens) would be built twice in release, once
-//! for the schedules and once for the command. Here the schedules build
-//! only what they use, without the command's `server` feature.
+//! A package of its own, not a module of meshcache's tests, because the
+//! schedules run optimized. As one of meshcache's tests, their release
+//! build took in every test-only dependency (redis, criterion, proptest,
+//! ...), which widened the features of crates the command uses too, so
+//! that the command's release build could reuse few of them. Here the
+//! schedules build only what they use, without the command's `server`
+//! feature; what still differs from the command's build is tokio (turmoil
+//! needs its `test-util`) and what depends on it.
 
 use std::collections::HashMap;
 use std::fmt;
