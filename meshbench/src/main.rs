@@ -684,7 +684,6 @@ fn get_load(addr: SocketAddr, conns: usize, keys: usize, tracking: bool, secs: f
     Ok(total as f64 / secs)
 }
 
-/// Write on `a`, poll `b` until visible, `n` keys; latencies in microseconds.
 /// One lag probe's samples (us), each sorted: the whole lag (from sending
 /// the SET to the GET that sees it), the SET's round trip (until its
 /// reply), and what follows the reply (replication, and the polling GETs'
@@ -696,6 +695,8 @@ struct Lag {
     gets: f64,
 }
 
+/// Writes on `a` and polls `b` until the value is visible, `n` keys one
+/// at a time.
 fn lag_probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &str) -> Result<Lag> {
     let mut ca = Client::connect(a)?;
     let mut cb = Client::connect(b)?;
