@@ -99,6 +99,10 @@ async fn push_writes(
     let with_members = version != *sent_members_version;
     *sent_members_version = version;
     let n = entries.len() as u64;
+    // The path's trace points (target `meshcache::path`, here, on the
+    // receiving side and around RESP requests) time a write's way to a
+    // peer: scripts/lag-path.
+    tracing::trace!(target: "meshcache::path", peer = %id.name, writes = n, "push batch taken");
     let msg = Message::Deltas(inner.replica.deltas(entries, with_members));
     let frame = match inner.codec.encode_to_bytes(&msg) {
         Ok(f) => f,
@@ -111,6 +115,7 @@ async fn push_writes(
     if send.write_all(&frame).await.is_err() {
         return false;
     }
+    tracing::trace!(target: "meshcache::path", peer = %id.name, writes = n, "push batch written");
     let c = &inner.counters;
     c.deltas_sent.fetch_add(n, Ordering::Relaxed);
     c.push_batches_sent.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +220,7 @@ pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id:
                         return;
                     }
                     Ok(Some(Message::Deltas(batch))) => {
+                        tracing::trace!(target: "meshcache::path", peer = %id.name, writes = batch.entries.len(), "push batch read");
                         if batch.from.name != id.name {
                             note_protocol_error(
                                 &inner,
@@ -231,6 +237,7 @@ pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id:
                                 metrics::counter!("meshcache_deltas_received_total").increment(n);
                                 inner.publish_all(out.changes);
                                 inner.note_members();
+                                tracing::trace!(target: "meshcache::path", peer = %id.name, "push batch merged");
                             }
                             Err(PeerError::SelfSuperseded) => return,
                             Err(e) => tracing::warn!(peer = %id, error = %e, "push dropped"),

@@ -168,12 +168,14 @@ impl Connection {
                     if r? == 0 {
                         return Ok(End::Done);
                     }
+                    tracing::trace!(target: "meshcache::path", client = self.client.id, "request read");
                     if let Some(end) = self.process(&mut args).await? {
                         return Ok(end);
                     }
                 }
             }
             self.flush().await?;
+            tracing::trace!(target: "meshcache::path", client = self.client.id, "reply written");
             if self.client.close {
                 return Ok(End::Done);
             }
