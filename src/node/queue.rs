@@ -3,6 +3,7 @@
 //! ([`Aside`]), each of which goes out with or after the writes queued
 //! before it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
@@ -61,7 +62,10 @@ fn message_held(m: &Aside) -> usize {
 
 #[derive(Default)]
 struct State {
-    items: Vec<(Bytes, Register)>,
+    /// A ring rather than a vector: a batch is taken from the front while
+    /// writers append at the back, and the ring keeps its capacity, so
+    /// neither a take nor the appends after it copy or regrow the queue.
+    items: VecDeque<(Bytes, Register)>,
     /// Messages, each with how many of `items` were queued before it: it
     /// may go out once those have.
     messages: Vec<(usize, Aside)>,
@@ -158,7 +162,7 @@ impl PushQueue {
     /// does not wait.
     pub(crate) fn push(&self, key: Bytes, reg: Register) {
         let (cost, held) = (entry_cost(&key, &reg), held_cost(&key, &reg));
-        self.admit(cost, held, |s| s.items.push((key, reg)));
+        self.admit(cost, held, |s| s.items.push_back((key, reg)));
     }
 
     /// Queues a transaction's writes (one stamp) together: a batch is not
@@ -166,7 +170,7 @@ impl PushQueue {
     pub(crate) fn push_many(&self, entries: &[(Bytes, Register)]) {
         let cost = entries.iter().map(|(k, r)| entry_cost(k, r)).sum();
         let held = entries.iter().map(|(k, r)| held_cost(k, r)).sum();
-        self.admit(cost, held, |s| s.items.extend_from_slice(entries));
+        self.admit(cost, held, |s| s.items.extend(entries.iter().cloned()));
     }
 
     /// Queues one pub/sub message, behind the writes queued so far. On
@@ -230,27 +234,30 @@ impl PushQueue {
         let mut s = self.state.lock();
         let force = std::mem::take(&mut s.force);
         let overflowed = std::mem::take(&mut s.overflowed);
-        let entries = if s.bytes <= max_bytes && s.messages.is_empty() {
+        let n = if s.bytes <= max_bytes && s.messages.is_empty() {
             s.bytes = 0;
             s.held = 0;
-            std::mem::take(&mut s.items)
+            s.items.len()
         } else {
             let (mut size, mut held, mut n) = (0, 0, 0);
-            for (i, (k, r)) in s.items.iter().enumerate() {
+            let mut last = None;
+            for (k, r) in s.items.iter() {
                 let c = entry_cost(k, r);
-                let in_run = i > 0 && s.items[i - 1].1.marker == r.marker;
+                let in_run = last == Some(r.marker);
                 if n > 0 && size + c > if in_run { room } else { max_bytes } {
                     break;
                 }
                 size += c;
                 held += held_cost(k, r);
                 n += 1;
+                last = Some(r.marker);
             }
-            let rest = s.items.split_off(n);
             s.bytes -= size;
             s.held -= held;
-            std::mem::replace(&mut s.items, rest)
+            n
         };
+        let entries: Vec<_> = s.items.drain(..n).collect();
+        s.shrink_idle();
         let messages = s.take_messages(entries.len(), max_bytes);
         Batch { entries, messages, force, overflowed }
     }
@@ -274,9 +281,19 @@ impl PushQueue {
 }
 
 impl State {
+    /// Gives back the ring's capacity once it is mostly unused: `held`
+    /// counts a queued write's slot only while it is queued, so a ring
+    /// left at the size of a past surge would hold memory nothing counts.
+    fn shrink_idle(&mut self) {
+        const KEEP: usize = 256;
+        if self.items.capacity() > KEEP && self.items.capacity() > 4 * self.items.len() {
+            self.items.shrink_to((2 * self.items.len()).max(KEEP));
+        }
+    }
+
     /// Drops everything queued and flags the overflow.
     fn drop_all(&mut self) {
-        self.items = Vec::new();
+        self.items = VecDeque::new();
         self.messages = Vec::new();
         self.bytes = 0;
         self.held = 0;
@@ -367,6 +384,33 @@ mod tests {
         assert_eq!(rest.entries.len(), 8);
         assert_eq!(rest.entries[0].0[0], 2);
         assert!(!q.has_more());
+    }
+
+    #[test]
+    fn a_backlog_goes_out_in_order_and_gives_its_room_back() {
+        let q = PushQueue::new(1 << 30, PROTOCOL_VERSION);
+        let n = 5000u16;
+        for i in 0..n {
+            q.push(Bytes::copy_from_slice(&i.to_be_bytes()), reg(10));
+        }
+        let (mut next, mut appended) = (0u16, 0u16);
+        while q.has_more() {
+            let b = q.take(1000, 1000);
+            assert!(!b.entries.is_empty());
+            for (k, _) in &b.entries {
+                assert_eq!(u16::from_be_bytes([k[0], k[1]]), next);
+                next += 1;
+            }
+            // Writers append while batches are taken.
+            if appended < 50 {
+                q.push(Bytes::copy_from_slice(&(n + appended).to_be_bytes()), reg(10));
+                appended += 1;
+            }
+        }
+        assert_eq!((next, appended), (n + 50, 50), "every write went out once, in order");
+        let s = q.state.lock();
+        assert_eq!((s.bytes, s.held), (0, 0));
+        assert!(s.items.capacity() <= 256, "an empty queue keeps {} slots", s.items.capacity());
     }
 
     fn msg(c: &str) -> Aside {
