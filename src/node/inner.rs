@@ -153,7 +153,7 @@ impl Inner {
         if self.events.receiver_count() > 0 {
             for (key, reg) in entries {
                 let kind = if reg.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
-                self.publish(Change { key, kind, origin: Origin::Local, stamp: reg.marker });
+                self.publish(Change { key: own_key(&key), kind, origin: Origin::Local, stamp: reg.marker });
             }
         }
     }
@@ -167,7 +167,15 @@ impl Inner {
         }
         self.leases.touched(&w.key);
         if self.events.receiver_count() > 0 {
-            self.publish(Change { key: w.key, kind, origin: Origin::Local, stamp: w.register.marker });
+            self.publish(Change { key: own_key(&w.key), kind, origin: Origin::Local, stamp: w.register.marker });
         }
     }
+}
+
+/// A change event's own copy of a written key. A written key shares its
+/// buffer with the value (`Written::key`), and the events channel keeps its
+/// last few thousand events after every subscriber has read them: an
+/// event holding the shared key would keep that many values alive.
+fn own_key(key: &bytes::Bytes) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(key)
 }

@@ -277,10 +277,17 @@ fn a_written_value_does_not_keep_the_buffer_it_was_cut_from() {
     // it alive through the slices it was handed.
     let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
     let s = Store::new(NodeId(1), StoreConfig::default()).unwrap();
-    s.put(buffer.slice(0..8), buffer.slice(8..108), None, T0).unwrap();
+    let w = s.put(buffer.slice(0..8), buffer.slice(8..108), None, T0).unwrap();
     let got = s.get(&buffer[0..8], T0).unwrap();
     let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
     assert!(!range.contains(&(got.as_ptr() as usize)), "the value is a slice of the client's buffer");
+    // What the write hands on to peers' push queues: its own copies, the
+    // key and the value in one buffer (one allocation, shared from the
+    // start, so that each peer's clone costs no allocation of its own).
+    let Slot::Value { data, .. } = &w.register.val else { panic!("a value was written") };
+    assert_eq!((&w.key[..], &data[..]), (&buffer[0..8], &buffer[8..108]));
+    assert!(!range.contains(&(w.key.as_ptr() as usize)), "the pushed key is a slice of the client's buffer");
+    assert_eq!(data.as_ptr() as usize, w.key.as_ptr() as usize + 8, "key and value share one buffer");
     let (_, regs) = s.snapshot();
     assert!(!range.contains(&(regs[0].0.as_ptr() as usize)), "the key is a slice of the client's buffer");
 }

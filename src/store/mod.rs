@@ -200,10 +200,35 @@ pub struct Floors {
 #[error("OOM command not allowed when used memory > 'maxmemory'.")]
 pub struct OutOfMemory;
 
+/// What a write hands back (to be pushed to peers): the store's own copies
+/// of the key and the value, in one buffer. `key` and the value given may be
+/// slices of a larger buffer (a client's read buffer), which a queued slice
+/// would keep alive whole, uncounted; and one buffer shared from the start
+/// costs two allocations, where a copy of each costs four once it is cloned
+/// for a peer's push queue (the first clone of a `Bytes` made from a vector
+/// allocates its shared header).
+fn own_copies(key: &[u8], slot: Slot) -> (Bytes, Slot) {
+    let value: &[u8] = match &slot {
+        Slot::Value { data, .. } => data,
+        _ => &[],
+    };
+    let mut buf = bytes::BytesMut::with_capacity(key.len() + value.len());
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(value);
+    let key = buf.split_to(key.len()).freeze();
+    let slot = match slot {
+        Slot::Value { expires_at_ms, .. } => Slot::Value { data: buf.freeze(), expires_at_ms },
+        other => other,
+    };
+    (key, slot)
+}
+
 /// The result of a local write.
 #[derive(Clone, Debug)]
 pub struct Written {
-    /// The key written.
+    /// The key written. It shares one buffer with the register's value:
+    /// keeping the key keeps the value's memory too (copy the key to keep
+    /// it alone).
     pub key: Bytes,
     /// The new register, to be pushed to peers.
     pub register: Register,
@@ -815,15 +840,7 @@ impl Store {
         let Some(Decided { slot, previous, held }) = decide(&g, kh, &key, now_ms, stamp, full, f)? else {
             return Ok(None);
         };
-        // What the write hands back (to be pushed to peers) is the store's
-        // own copy: `key` and the value may be slices of a larger buffer (a
-        // client's read buffer), which a queued slice would keep alive
-        // whole, uncounted.
-        let key = Bytes::copy_from_slice(&key);
-        let slot = match slot {
-            Slot::Value { data, expires_at_ms } => Slot::Value { data: Bytes::copy_from_slice(&data), expires_at_ms },
-            other => other,
-        };
+        let (key, slot) = own_copies(&key, slot);
         let register = Register { val: slot, marker: stamp };
         let cb = self.floors.read().clear_below;
         if stamp < cb {
