@@ -536,6 +536,27 @@ pub enum WireError {
     },
 }
 
+/// A postcard output that appends to a buffer.
+struct Append<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.0.put_u8(b);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Encodes and decodes length-prefixed frames.
 #[derive(Clone, Copy, Debug)]
 pub struct FrameCodec {
@@ -564,14 +585,24 @@ impl FrameCodec {
     }
 
     /// Appends one frame holding `msg` to `dst`.
+    ///
+    /// The body is measured first (postcard's `Size` flavor adds up lengths
+    /// and copies nothing) and then serialized straight into `dst`: one
+    /// allocation of the right size, rather than a vector grown by doubling
+    /// and then copied behind the prefix. A push batch is up to 64 KiB.
     pub fn encode(&self, msg: &Message, dst: &mut BytesMut) -> Result<(), WireError> {
-        let body = postcard::to_stdvec(msg)?;
-        if body.len() > self.max_frame {
-            return Err(WireError::MessageTooLarge { len: body.len(), max: self.max_frame });
+        let len = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())?;
+        if len > self.max_frame {
+            return Err(WireError::MessageTooLarge { len, max: self.max_frame });
         }
-        dst.reserve(LENGTH_PREFIX + body.len());
-        dst.put_u32(body.len() as u32);
-        dst.extend_from_slice(&body);
+        dst.reserve(LENGTH_PREFIX + len);
+        dst.put_u32(len as u32);
+        let start = dst.len();
+        if let Err(e) = postcard::serialize_with_flavor(msg, Append(dst)) {
+            dst.truncate(start - LENGTH_PREFIX);
+            return Err(e.into());
+        }
+        debug_assert_eq!(dst.len() - start, len, "postcard's size pass and its output agree");
         Ok(())
     }
 

@@ -112,16 +112,19 @@ async fn push_writes(
             return true;
         }
     };
-    if send.write_all(&frame).await.is_err() {
+    let len = frame.len() as u64;
+    // The frame itself goes into the stream's send buffer, not a copy of
+    // it (`write_all` would copy a 64 KiB batch once more).
+    if send.write_chunk(frame).await.is_err() {
         return false;
     }
     tracing::trace!(target: "meshcache::path", peer = %id.name, writes = n, "push batch written");
     let c = &inner.counters;
     c.deltas_sent.fetch_add(n, Ordering::Relaxed);
     c.push_batches_sent.fetch_add(1, Ordering::Relaxed);
-    c.push_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    c.push_bytes_sent.fetch_add(len, Ordering::Relaxed);
     metrics::counter!("meshcache_deltas_sent_total").increment(n);
-    metrics::counter!("meshcache_push_bytes_sent_total").increment(frame.len() as u64);
+    metrics::counter!("meshcache_push_bytes_sent_total").increment(len);
     true
 }
 
@@ -160,10 +163,11 @@ async fn push_leases(inner: &Inner, send: &mut quinn::SendStream, id: &MemberId,
             return true;
         }
     };
-    if send.write_all(&frame).await.is_err() {
+    let len = frame.len() as u64;
+    if send.write_chunk(frame).await.is_err() {
         return false;
     }
-    inner.counters.push_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    inner.counters.push_bytes_sent.fetch_add(len, Ordering::Relaxed);
     true
 }
 
@@ -184,11 +188,12 @@ async fn push_published(
             return true;
         }
     };
-    if send.write_all(&frame).await.is_err() {
+    let len = frame.len() as u64;
+    if send.write_chunk(frame).await.is_err() {
         return false;
     }
-    inner.counters.push_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
-    metrics::counter!("meshcache_push_bytes_sent_total").increment(frame.len() as u64);
+    inner.counters.push_bytes_sent.fetch_add(len, Ordering::Relaxed);
+    metrics::counter!("meshcache_push_bytes_sent_total").increment(len);
     true
 }
 

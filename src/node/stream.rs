@@ -74,8 +74,7 @@ impl FrameReader {
 
 /// Encodes and writes one message.
 pub(crate) async fn write_message(send: &mut SendStream, codec: &FrameCodec, m: &Message) -> Result<(), StreamError> {
-    let frame = codec.encode_to_bytes(m)?;
-    send.write_all(&frame).await?;
+    send.write_chunk(codec.encode_to_bytes(m)?).await?;
     Ok(())
 }
 
@@ -120,7 +119,7 @@ pub(crate) async fn run_session(
     let writer = tokio::spawn(async move {
         let mut send = send;
         while let Some(frame) = rx.recv().await {
-            send.write_all(&frame).await?;
+            send.write_chunk(frame).await?;
         }
         let _ = send.finish();
         Ok::<_, StreamError>(send)
