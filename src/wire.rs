@@ -586,12 +586,13 @@ impl FrameCodec {
 
     /// Appends one frame holding `msg` to `dst`.
     ///
-    /// The body is measured first (postcard's `Size` flavor adds up lengths
-    /// and copies nothing) and then serialized straight into `dst`: one
+    /// The body is measured first (postcard's `serialized_size`, as
+    /// [`encoded_len`] does, adds up lengths and copies nothing) and then
+    /// serialized straight into `dst`: one
     /// allocation of the right size, rather than a vector grown by doubling
     /// and then copied behind the prefix. A push batch is up to 64 KiB.
     pub fn encode(&self, msg: &Message, dst: &mut BytesMut) -> Result<(), WireError> {
-        let len = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())?;
+        let len = postcard::experimental::serialized_size(msg)?;
         if len > self.max_frame {
             return Err(WireError::MessageTooLarge { len, max: self.max_frame });
         }
