@@ -223,3 +223,63 @@ async fn the_cache_vocabulary_and_the_events_that_drop_everything() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A peer that bounds its whole process reads its memory as an
+/// anti-entropy session's traffic grows, not only every 10 ms in its memory
+/// loop: a session's state can grow by megabytes between two of the loop's
+/// readings when the machine is busy (ALGORITHM.md, "The memory bound").
+/// Here a bootstrap streams about 6.6 MB; the probe notes which task reads
+/// it. The loop is the task that goes on reading once the mesh is idle; the
+/// sessions' readings are the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reads_the_process_memory_as_its_traffic_grows() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    const KEYS: usize = 30_000;
+    const BOUND: usize = 64 << 20;
+    let ca = EphemeralCa::new().unwrap();
+    let s = start(&ca, "s", &[]).await;
+    for i in 0..KEYS {
+        s.insert(format!("key{i:07}"), vec![b'v'; 200]).unwrap();
+    }
+    let readers: Arc<Mutex<HashMap<Option<tokio::task::Id>, usize>>> = Arc::default();
+    let probe = {
+        let readers = readers.clone();
+        // A figure well within the bound: the budget it sets evicts nothing.
+        Arc::new(move || {
+            *readers.lock().unwrap().entry(tokio::task::try_id()).or_default() += 1;
+            Some(1 << 20)
+        })
+    };
+    let mut cfg = MeshConfig::for_test("t");
+    cfg.max_bytes = Some(BOUND);
+    let t = Mesh::builder()
+        .config(cfg)
+        .seeds([s.local_addr()])
+        .tls(ca.issue("t").unwrap())
+        .memory_probe(probe)
+        .start()
+        .await
+        .unwrap();
+    assert!(t.wait_ready(DEADLINE).await, "t never finished bootstrap");
+    eventually("t holds every key", || t.len() == KEYS).await;
+
+    let st = t.stats();
+    let traffic = st.ae_bytes_sent + st.ae_bytes_received;
+    let during = readers.lock().unwrap().clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = readers.lock().unwrap().clone();
+    let the_loop: Vec<_> = after.iter().filter(|(id, n)| during.get(id) != Some(n)).map(|(id, _)| *id).collect();
+    assert_eq!(the_loop.len(), 1, "one task reads while the mesh is idle: {after:?}");
+    let by_sessions: usize = during.iter().filter(|(id, _)| id.is_some() && **id != the_loop[0]).map(|(_, n)| n).sum();
+    // One reading per 1/256 of the bound of a session's traffic.
+    let every = (BOUND / 256) as u64;
+    assert!(traffic > 20 * every, "the bootstrap moved {traffic} bytes");
+    assert!(
+        by_sessions as u64 >= traffic / every / 2,
+        "{by_sessions} readings by sessions for {traffic} bytes of anti-entropy (one expected per {every})"
+    );
+    t.shutdown().await;
+    s.shutdown().await;
+}

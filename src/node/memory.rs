@@ -46,7 +46,9 @@ const EVERY: Duration = Duration::from_millis(10);
 /// Keeps the store's value budget in step with the allocator's count, for
 /// a peer started with a probe and a bound.
 pub(super) async fn memory_loop(inner: Arc<Inner>) {
-    let Some(probe) = inner.memory.clone() else { return };
+    if inner.memory.is_none() {
+        return;
+    }
     let mut iv = tokio::time::interval(EVERY);
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -54,12 +56,40 @@ pub(super) async fn memory_loop(inner: Arc<Inner>) {
             _ = inner.cancel.cancelled() => return,
             _ = iv.tick() => {}
         }
-        let Some(allocated) = probe() else { continue };
-        let reserve = transport_reserve(inner.config.receive_window, inner.endpoint.open_connections());
-        if let Some(budget) = rebalance(inner.replica.store(), allocated, reserve, inner.env.now_ms()) {
-            metrics::gauge!("meshcache_value_budget_bytes").set(budget as f64);
-        }
-        metrics::gauge!("meshcache_allocated_bytes").set(allocated as f64);
+        check_memory(&inner);
+    }
+}
+
+/// Reads the allocator's count and sets the values' budget from it. The
+/// memory loop does so every 10 ms; an anti-entropy session also does as
+/// its traffic grows ([`session_check_every`]), since its state can grow by
+/// megabytes within milliseconds, while on a saturated machine the loop's
+/// readings come 50-150 ms apart.
+pub(super) fn check_memory(inner: &Inner) {
+    let Some(probe) = &inner.memory else { return };
+    let Some(allocated) = probe() else { return };
+    let reserve = transport_reserve(inner.config.receive_window, inner.endpoint.open_connections());
+    if let Some(budget) = rebalance(inner.replica.store(), allocated, reserve, inner.env.now_ms()) {
+        metrics::gauge!("meshcache_value_budget_bytes").set(budget as f64);
+    }
+    metrics::gauge!("meshcache_allocated_bytes").set(allocated as f64);
+}
+
+/// Each share of the bound's worth (1/`SESSION_CHECK_SHARE`) of messages an
+/// anti-entropy session sends and receives, it reads the allocator's count
+/// ([`check_memory`]): its state grows with its messages.
+const SESSION_CHECK_SHARE: u64 = 256;
+
+/// The least traffic between two of a session's readings.
+const MIN_SESSION_CHECK: u64 = 64 * 1024;
+
+/// Bytes of a session's traffic between two readings of the allocator's
+/// count ([`check_memory`]); 0 (never) on a peer that does not bound its
+/// whole process.
+pub(super) fn session_check_every(inner: &Inner) -> u64 {
+    match (&inner.memory, inner.replica.store().max_bytes()) {
+        (Some(_), Some(bound)) => (bound.get() as u64 / SESSION_CHECK_SHARE).max(MIN_SESSION_CHECK),
+        _ => 0,
     }
 }
 

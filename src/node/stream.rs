@@ -92,6 +92,13 @@ pub(crate) struct SessionResult {
     pub(crate) error: Option<StreamError>,
 }
 
+/// How often a session reads the process's memory, and how: every `every`
+/// bytes of its messages, sent and received (0: never), it calls `run`.
+pub(crate) struct Check<F> {
+    pub(crate) every: u64,
+    pub(crate) run: F,
+}
+
 /// Runs an anti-entropy session over one bi stream. Reading and writing run
 /// concurrently, so that two sides streaming large stores at each other
 /// cannot deadlock on flow control. `accepted` is called once the peer
@@ -100,7 +107,8 @@ pub(crate) struct SessionResult {
 /// `publish` gets the
 /// changes each message made as soon as it is merged: a session that
 /// brings a peer many registers would otherwise hold a change for each
-/// until it ends.
+/// until it ends. `check` reads the process's memory as the session's
+/// traffic grows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_session(
     replica: &Replica,
@@ -111,8 +119,10 @@ pub(crate) async fn run_session(
     now_ms: impl Fn() -> u64,
     accepted: impl FnOnce(),
     publish: impl Fn(Vec<Change>),
+    check: Check<impl Fn()>,
 ) -> SessionResult {
     let mut accepted = Some(accepted);
+    let mut checked_at = 0;
     // The writer owns the send stream; frames reach it through a small
     // bounded channel, which is the session's back-pressure.
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -139,6 +149,13 @@ pub(crate) async fn run_session(
         let mut next: Option<Bytes> = None;
         let mut recv_done = false;
         loop {
+            if check.every > 0 {
+                let traffic = session.stats().bytes_sent + session.stats().bytes_received;
+                if traffic - checked_at >= check.every {
+                    checked_at = traffic;
+                    (check.run)();
+                }
+            }
             if next.is_none() {
                 if let Some(m) = session.poll_transmit(replica) {
                     next = Some(codec.encode_to_bytes(&Message::Sync(m))?);
