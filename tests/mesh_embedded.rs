@@ -228,7 +228,7 @@ async fn the_cache_vocabulary_and_the_events_that_drop_everything() {
 /// anti-entropy session's traffic grows, not only every 10 ms in its memory
 /// loop: a session's state can grow by megabytes between two of the loop's
 /// readings when the machine is busy (ALGORITHM.md, "The memory bound").
-/// Here a bootstrap streams about 6.6 MB; the probe notes which task reads
+/// Here a bootstrap streams about 6.5 MB; the probe notes which task reads
 /// it. The loop is the task that goes on reading once the mesh is idle; the
 /// sessions' readings are the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
