@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::inner::Inner;
+use super::stream::Check;
 use crate::store::Store;
 
 /// Reads how many bytes the process has allocated now, if it can tell.
@@ -65,7 +66,7 @@ pub(super) async fn memory_loop(inner: Arc<Inner>) {
 /// its traffic grows ([`session_check_every`]), since its state can grow by
 /// megabytes within milliseconds, while on a saturated machine the loop's
 /// readings come 50-150 ms apart.
-pub(super) fn check_memory(inner: &Inner) {
+fn check_memory(inner: &Inner) {
     let Some(probe) = &inner.memory else { return };
     let Some(allocated) = probe() else { return };
     let reserve = transport_reserve(inner.config.receive_window, inner.endpoint.open_connections());
@@ -83,10 +84,16 @@ const SESSION_CHECK_SHARE: u64 = 256;
 /// The least traffic between two of a session's readings.
 const MIN_SESSION_CHECK: u64 = 64 * 1024;
 
+/// How an anti-entropy session reads the allocator's count
+/// ([`check_memory`]): every [`session_check_every`] bytes of its traffic.
+pub(super) fn session_check(inner: &Inner) -> Check<impl Fn() + '_> {
+    Check { every: session_check_every(inner), run: move || check_memory(inner) }
+}
+
 /// Bytes of a session's traffic between two readings of the allocator's
 /// count ([`check_memory`]); 0 (never) on a peer that does not bound its
 /// whole process.
-pub(super) fn session_check_every(inner: &Inner) -> u64 {
+fn session_check_every(inner: &Inner) -> u64 {
     match (&inner.memory, inner.replica.store().max_bytes()) {
         (Some(_), Some(bound)) => (bound.get() as u64 / SESSION_CHECK_SHARE).max(MIN_SESSION_CHECK),
         _ => 0,

@@ -10,8 +10,8 @@ use super::conn::note_protocol_error;
 use super::driver::{conn_id, Go};
 use super::inner::Inner;
 use super::links::SessionId;
-use super::memory::{check_memory, session_check_every};
-use super::stream::{run_session, Check, SessionResult};
+use super::memory::session_check;
+use super::stream::{run_session, SessionResult};
 use crate::membership::MemberId;
 use crate::sync::Session;
 use crate::wire::HashKey;
@@ -48,7 +48,6 @@ pub(super) async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: 
                 .with_hash_key(HashKey(inner.env.random_u64(), inner.env.random_u64()));
                 let env = inner.env.clone();
                 let publish = |c| inner.publish_all(c);
-                let check = Check { every: session_check_every(&inner), run: || check_memory(&inner) };
                 let r = run_session(
                     &inner.replica,
                     s,
@@ -58,7 +57,7 @@ pub(super) async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: 
                     move || env.now_ms(),
                     || {},
                     publish,
-                    check,
+                    session_check(&inner),
                 )
                 .await;
                 finish_session(&inner, &conn, &id, r);
@@ -87,9 +86,18 @@ pub(super) async fn initiate(
         };
         let env = inner.env.clone();
         let publish = |c| inner.publish_all(c);
-        let check = Check { every: session_check_every(&inner), run: || check_memory(&inner) };
-        let r = run_session(&inner.replica, s, send, recv, inner.codec, move || env.now_ms(), accepted, publish, check)
-            .await;
+        let r = run_session(
+            &inner.replica,
+            s,
+            send,
+            recv,
+            inner.codec,
+            move || env.now_ms(),
+            accepted,
+            publish,
+            session_check(&inner),
+        )
+        .await;
         let declined = r.declined;
         finish_session(&inner, &conn, &id, r);
         if declined {

@@ -150,7 +150,8 @@ pub(crate) async fn run_session(
         let mut recv_done = false;
         loop {
             if check.every > 0 {
-                let traffic = session.stats().bytes_sent + session.stats().bytes_received;
+                let st = session.stats();
+                let traffic = st.bytes_sent + st.bytes_received;
                 if traffic - checked_at >= check.every {
                     checked_at = traffic;
                     (check.run)();
