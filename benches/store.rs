@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the core [`Store`]: local reads (hit and miss),
-//! local overwrites, merges of remote registers, and reads from two threads
-//! against one shared store.
+//! local overwrites, merges of remote registers, reads from two threads
+//! against one shared store, and reads in a scattered order over a million
+//! keys.
 //!
 //! Every operation is given the same fixed `now`, so no benchmark reads the
 //! system clock. Run with `cargo bench --bench store`.
@@ -188,6 +189,36 @@ fn bench_get_parallel(c: &mut Criterion, store: &Arc<Store>, keys: &Arc<Vec<Byte
     group.finish();
 }
 
+/// Keys of the random-order read: 2^20, so that multiplying an index by an
+/// odd number and keeping the low bits visits every key once per cycle.
+const RANDOM_KEYS: usize = 1 << 20;
+
+/// Reads in a fixed scattered order over a million keys, the value copied
+/// into a kept buffer as RESP's GET copies it into its reply: every lookup
+/// then misses the caches on its way (index, record, value) and, on 4 KiB
+/// pages, the TLB, where `get` above reads keys in the order they were
+/// written, whose records and values the hardware prefetches.
+/// BENCHMARKS.md ("Huge pages for large key sets") runs it with and
+/// without glibc's huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`).
+fn bench_get_random(c: &mut Criterion) {
+    let keys: Vec<Bytes> = (0..RANDOM_KEYS).map(key).collect();
+    let store = preloaded(&keys, NOW);
+    let mut group = c.benchmark_group("get_random");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("1m_keys", |b| {
+        let (mut i, mut buf) = (0usize, Vec::with_capacity(VALUE_LEN));
+        b.iter(|| {
+            let k = &keys[i.wrapping_mul(0x9e37_79b1) & (RANDOM_KEYS - 1)];
+            i += 1;
+            buf.clear();
+            let r = store.get_with(k, NOW, |v| buf.extend_from_slice(v));
+            debug_assert!(r.is_some());
+            black_box(&buf);
+        })
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let keys = Arc::new(keys());
     let store = Arc::new(preloaded(&keys, NOW));
@@ -195,6 +226,8 @@ fn benches(c: &mut Criterion) {
     bench_put(c, &keys);
     bench_merge(c, &keys);
     bench_get_parallel(c, &store, &keys);
+    drop(store);
+    bench_get_random(c);
 }
 
 criterion_group! {
