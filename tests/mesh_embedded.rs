@@ -288,3 +288,76 @@ async fn a_session_reads_the_process_memory_as_its_traffic_grows() {
     t.shutdown().await;
     s.shutdown().await;
 }
+
+/// Pushes read the process's memory as they arrive, as sessions do: a
+/// peer written to fast fills another's memory with merged values and
+/// QUIC's buffers between two of the memory loop's readings when the
+/// machine is busy. Anti-entropy rounds are a virtual hour apart here and
+/// the peers start empty, so the pushes of about 6.5 MB are the only
+/// traffic; the probe notes which task reads, and the loop is the task that
+/// goes on reading once the mesh is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_read_the_process_memory_as_they_arrive() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    const KEYS: usize = 30_000;
+    const BOUND: usize = 64 << 20;
+    let quiet = |name: &str| {
+        let mut cfg = MeshConfig::for_test(name);
+        cfg.anti_entropy_interval = Duration::from_secs(3600);
+        cfg
+    };
+    let ca = EphemeralCa::new().unwrap();
+    let s = Mesh::builder().config(quiet("s")).tls(ca.issue("s").unwrap()).start().await.unwrap();
+    let readers: Arc<Mutex<HashMap<Option<tokio::task::Id>, usize>>> = Arc::default();
+    let probe = {
+        let readers = readers.clone();
+        // A figure well within the bound: the budget it sets evicts nothing.
+        Arc::new(move || {
+            *readers.lock().unwrap().entry(tokio::task::try_id()).or_default() += 1;
+            Some(1 << 20)
+        })
+    };
+    let mut cfg = quiet("t");
+    cfg.max_bytes = Some(BOUND);
+    let t = Mesh::builder()
+        .config(cfg)
+        .seeds([s.local_addr()])
+        .tls(ca.issue("t").unwrap())
+        .memory_probe(probe)
+        .start()
+        .await
+        .unwrap();
+    assert!(t.wait_ready(DEADLINE).await, "t never finished bootstrap");
+    eventually("s and t connected", || s.stats().connected == 1 && t.stats().connected == 1).await;
+    let before = readers.lock().unwrap().clone();
+    let ae_before = t.stats().ae_bytes_sent + t.stats().ae_bytes_received;
+
+    for i in 0..KEYS {
+        s.insert(format!("key{i:07}"), vec![b'v'; 200]).unwrap();
+    }
+    eventually("t holds every key", || t.len() == KEYS).await;
+    let pushed = s.stats().push_bytes_sent;
+    let during = readers.lock().unwrap().clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = readers.lock().unwrap().clone();
+    let every = (BOUND / 256) as u64;
+    let ae = t.stats().ae_bytes_sent + t.stats().ae_bytes_received - ae_before;
+    assert!(ae < every, "{ae} bytes of anti-entropy while the pushes ran: its sessions read the memory too");
+    assert_eq!(s.stats().queue_overflows, 0, "a queue overflowed: its writes went by anti-entropy");
+    let the_loop: Vec<_> = after.iter().filter(|(id, n)| during.get(id) != Some(n)).map(|(id, _)| *id).collect();
+    assert_eq!(the_loop.len(), 1, "one task reads while the mesh is idle: {after:?}");
+    let by_pushes: usize = during
+        .iter()
+        .filter(|(id, _)| id.is_some() && **id != the_loop[0])
+        .map(|(id, n)| n - before.get(id).copied().unwrap_or(0))
+        .sum();
+    // One reading per 1/256 of the bound of a stream's traffic.
+    assert!(
+        by_pushes as u64 >= pushed / every / 2,
+        "{by_pushes} readings by push streams for {pushed} bytes of pushes (one expected per {every})"
+    );
+    t.shutdown().await;
+    s.shutdown().await;
+}

@@ -62,10 +62,11 @@ pub(super) async fn memory_loop(inner: Arc<Inner>) {
 }
 
 /// Reads the allocator's count and sets the values' budget from it. The
-/// memory loop does so every 10 ms; an anti-entropy session also does as
-/// its traffic grows ([`session_check_every`]), since its state can grow by
-/// megabytes within milliseconds, while on a saturated machine the loop's
-/// readings come 50-150 ms apart.
+/// memory loop does so every 10 ms; anti-entropy sessions and push
+/// streams also do as their traffic grows ([`traffic_check_every`]),
+/// since what they bring in (a session's state, merged pushes, QUIC's
+/// receive buffers) can grow by megabytes within milliseconds, while on a
+/// saturated machine the loop's readings come 50-150 ms apart.
 fn check_memory(inner: &Inner) {
     let Some(probe) = &inner.memory else { return };
     let Some(allocated) = probe() else { return };
@@ -76,26 +77,28 @@ fn check_memory(inner: &Inner) {
     metrics::gauge!("meshcache_allocated_bytes").set(allocated as f64);
 }
 
-/// Each share of the bound's worth (1/`SESSION_CHECK_SHARE`) of messages an
-/// anti-entropy session sends and receives, it reads the allocator's count
-/// ([`check_memory`]): its state grows with its messages.
-const SESSION_CHECK_SHARE: u64 = 256;
+/// Each share of the bound's worth (1/`TRAFFIC_CHECK_SHARE`) of messages
+/// an anti-entropy session sends and receives, or a push stream receives,
+/// it reads the allocator's count ([`check_memory`]): what the process
+/// holds grows with those messages.
+const TRAFFIC_CHECK_SHARE: u64 = 256;
 
-/// The least traffic between two of a session's readings.
-const MIN_SESSION_CHECK: u64 = 64 * 1024;
+/// The least traffic between two of a reader's readings.
+const MIN_TRAFFIC_CHECK: u64 = 64 * 1024;
 
-/// How an anti-entropy session reads the allocator's count
-/// ([`check_memory`]): every [`session_check_every`] bytes of its traffic.
-pub(super) fn session_check(inner: &Inner) -> Check<impl Fn() + '_> {
-    Check { every: session_check_every(inner), run: move || check_memory(inner) }
+/// How an anti-entropy session or a push stream reads the allocator's
+/// count ([`check_memory`]): every [`traffic_check_every`] bytes of its
+/// traffic.
+pub(super) fn traffic_check(inner: &Inner) -> Check<impl Fn() + '_> {
+    Check { every: traffic_check_every(inner), run: move || check_memory(inner) }
 }
 
-/// Bytes of a session's traffic between two readings of the allocator's
-/// count ([`check_memory`]); 0 (never) on a peer that does not bound its
-/// whole process.
-fn session_check_every(inner: &Inner) -> u64 {
+/// Bytes of a session's or a push stream's traffic between two readings
+/// of the allocator's count ([`check_memory`]); 0 (never) on a peer that
+/// does not bound its whole process.
+fn traffic_check_every(inner: &Inner) -> u64 {
     match (&inner.memory, inner.replica.store().max_bytes()) {
-        (Some(_), Some(bound)) => (bound.get() as u64 / SESSION_CHECK_SHARE).max(MIN_SESSION_CHECK),
+        (Some(_), Some(bound)) => (bound.get() as u64 / TRAFFIC_CHECK_SHARE).max(MIN_TRAFFIC_CHECK),
         _ => 0,
     }
 }

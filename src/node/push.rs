@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::conn::note_protocol_error;
 use super::inner::Inner;
+use super::memory::traffic_check;
 use super::queue::{Aside, PushQueue};
 use super::stream::{kind, write_message, FrameReader, StreamError};
 use crate::membership::MemberId;
@@ -208,11 +209,20 @@ pub(super) async fn uni_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id:
         let (inner, conn, id) = (inner.clone(), conn.clone(), id.clone());
         inner.clone().tasks.spawn(async move {
             let mut reader = FrameReader::new(recv, inner.codec);
+            // A peer writing fast fills this one's memory with what it
+            // merges and what QUIC buffers, faster than the memory loop
+            // reads it on a saturated machine: the stream reads it too.
+            let check = traffic_check(&inner);
+            let mut checked_at = 0;
             loop {
                 let m = tokio::select! {
                     _ = inner.cancel.cancelled() => return,
                     m = reader.next() => m,
                 };
+                if check.every > 0 && reader.received() - checked_at >= check.every {
+                    checked_at = reader.received();
+                    (check.run)();
+                }
                 match m {
                     // What a peer of that version could not decode.
                     Ok(Some(m)) if m.since() > version => {

@@ -10,7 +10,7 @@ use super::conn::note_protocol_error;
 use super::driver::{conn_id, Go};
 use super::inner::Inner;
 use super::links::SessionId;
-use super::memory::session_check;
+use super::memory::traffic_check;
 use super::stream::{run_session, SessionResult};
 use crate::membership::MemberId;
 use crate::sync::Session;
@@ -57,7 +57,7 @@ pub(super) async fn bi_acceptor(inner: Arc<Inner>, conn: quinn::Connection, id: 
                     move || env.now_ms(),
                     || {},
                     publish,
-                    session_check(&inner),
+                    traffic_check(&inner),
                 )
                 .await;
                 finish_session(&inner, &conn, &id, r);
@@ -95,7 +95,7 @@ pub(super) async fn initiate(
             move || env.now_ms(),
             accepted,
             publish,
-            session_check(&inner),
+            traffic_check(&inner),
         )
         .await;
         let declined = r.declined;

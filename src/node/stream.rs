@@ -44,11 +44,17 @@ pub(crate) struct FrameReader {
     recv: RecvStream,
     buf: BytesMut,
     codec: FrameCodec,
+    received: u64,
 }
 
 impl FrameReader {
     pub(crate) fn new(recv: RecvStream, codec: FrameCodec) -> Self {
-        FrameReader { recv, buf: BytesMut::new(), codec }
+        FrameReader { recv, buf: BytesMut::new(), codec, received: 0 }
+    }
+
+    /// Bytes read from the stream so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
     }
 
     /// The next message, or `None` at a clean end of stream. Memory is
@@ -61,7 +67,10 @@ impl FrameReader {
                 return Ok(Some(m));
             }
             match self.recv.read_chunk(crate::wire::RESERVE_CHUNK, true).await? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                Some(chunk) => {
+                    self.received += chunk.bytes.len() as u64;
+                    self.buf.extend_from_slice(&chunk.bytes);
+                }
                 None if self.buf.is_empty() => return Ok(None),
                 None => {
                     let have = self.buf.len();
@@ -92,8 +101,10 @@ pub(crate) struct SessionResult {
     pub(crate) error: Option<StreamError>,
 }
 
-/// How often a session reads the process's memory, and how: every `every`
-/// bytes of its messages, sent and received (0: never), it calls `run`.
+/// How often a reader of a peer's messages (an anti-entropy session, a
+/// push stream) reads the process's memory, and how: every `every` bytes
+/// of its messages (a session's sent and received; 0: never), it calls
+/// `run`.
 pub(crate) struct Check<F> {
     pub(crate) every: u64,
     pub(crate) run: F,
