@@ -2,6 +2,7 @@
 
 use crate::common;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -224,6 +225,54 @@ async fn the_cache_vocabulary_and_the_events_that_drop_everything() {
     b.shutdown().await;
 }
 
+/// Readings of a peer's memory probe, by the task that made each.
+type Readings = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Option<tokio::task::Id>, usize>>>;
+
+/// The process bound of the peers that note their probe's readings.
+const PROBED_BOUND: usize = 64 << 20;
+
+/// Bytes of a session's or a push stream's traffic between two of its
+/// readings under [`PROBED_BOUND`]: 1/256 of it.
+const PROBED_EVERY: u64 = (PROBED_BOUND / 256) as u64;
+
+/// Peer `t` (from `cfg`), seeded with `seed`, bounded to [`PROBED_BOUND`],
+/// with a probe that notes which task reads it and gives a figure well
+/// within the bound (the budget it sets evicts nothing).
+async fn probed_peer(ca: &EphemeralCa, mut cfg: MeshConfig, seed: std::net::SocketAddr) -> (Mesh, Readings) {
+    let readings = Readings::default();
+    let probe = {
+        let readings = readings.clone();
+        std::sync::Arc::new(move || {
+            *readings.lock().unwrap().entry(tokio::task::try_id()).or_default() += 1;
+            Some(1 << 20)
+        })
+    };
+    cfg.max_bytes = Some(PROBED_BOUND);
+    let t = Mesh::builder()
+        .config(cfg)
+        .seeds([seed])
+        .tls(ca.issue("t").unwrap())
+        .memory_probe(probe)
+        .start()
+        .await
+        .unwrap();
+    assert!(t.wait_ready(DEADLINE).await, "t never finished bootstrap");
+    (t, readings)
+}
+
+/// The readings so far, and the one task that goes on reading while the
+/// mesh is idle: the memory loop.
+async fn readings_and_the_loop(
+    readings: &Readings,
+) -> (HashMap<Option<tokio::task::Id>, usize>, Option<tokio::task::Id>) {
+    let during = readings.lock().unwrap().clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = readings.lock().unwrap().clone();
+    let the_loop: Vec<_> = after.iter().filter(|(id, n)| during.get(id) != Some(n)).map(|(id, _)| *id).collect();
+    assert_eq!(the_loop.len(), 1, "one task reads while the mesh is idle: {after:?}");
+    (during, the_loop[0])
+}
+
 /// A peer that bounds its whole process reads its memory as an
 /// anti-entropy session's traffic grows, not only every 10 ms in its memory
 /// loop: a session's state can grow by megabytes between two of the loop's
@@ -233,57 +282,29 @@ async fn the_cache_vocabulary_and_the_events_that_drop_everything() {
 /// sessions' readings are the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_reads_the_process_memory_as_its_traffic_grows() {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-
     const KEYS: usize = 30_000;
-    const BOUND: usize = 64 << 20;
     let ca = EphemeralCa::new().unwrap();
     let s = start(&ca, "s", &[]).await;
     for i in 0..KEYS {
         s.insert(format!("key{i:07}"), vec![b'v'; 200]).unwrap();
     }
-    let readers: Arc<Mutex<HashMap<Option<tokio::task::Id>, usize>>> = Arc::default();
-    let probe = {
-        let readers = readers.clone();
-        // A figure well within the bound: the budget it sets evicts nothing.
-        Arc::new(move || {
-            *readers.lock().unwrap().entry(tokio::task::try_id()).or_default() += 1;
-            Some(1 << 20)
-        })
-    };
-    let mut cfg = MeshConfig::for_test("t");
-    cfg.max_bytes = Some(BOUND);
-    let t = Mesh::builder()
-        .config(cfg)
-        .seeds([s.local_addr()])
-        .tls(ca.issue("t").unwrap())
-        .memory_probe(probe)
-        .start()
-        .await
-        .unwrap();
-    assert!(t.wait_ready(DEADLINE).await, "t never finished bootstrap");
+    let (t, readings) = probed_peer(&ca, MeshConfig::for_test("t"), s.local_addr()).await;
     eventually("t holds every key", || t.len() == KEYS).await;
     // A session's bytes are counted when it has finished, which may come
     // after its last register is merged.
-    let every = (BOUND / 256) as u64;
     let traffic = || {
         let st = t.stats();
         st.ae_bytes_sent + st.ae_bytes_received
     };
-    eventually("the bootstrap's session is counted", || traffic() > 20 * every).await;
+    eventually("the bootstrap's session is counted", || traffic() > 20 * PROBED_EVERY).await;
 
     let traffic = traffic();
-    let during = readers.lock().unwrap().clone();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = readers.lock().unwrap().clone();
-    let the_loop: Vec<_> = after.iter().filter(|(id, n)| during.get(id) != Some(n)).map(|(id, _)| *id).collect();
-    assert_eq!(the_loop.len(), 1, "one task reads while the mesh is idle: {after:?}");
-    let by_sessions: usize = during.iter().filter(|(id, _)| id.is_some() && **id != the_loop[0]).map(|(_, n)| n).sum();
+    let (during, the_loop) = readings_and_the_loop(&readings).await;
+    let by_sessions: usize = during.iter().filter(|(id, _)| id.is_some() && **id != the_loop).map(|(_, n)| n).sum();
     // One reading per 1/256 of the bound of a session's traffic.
     assert!(
-        by_sessions as u64 >= traffic / every / 2,
-        "{by_sessions} readings by sessions for {traffic} bytes of anti-entropy (one expected per {every})"
+        by_sessions as u64 >= traffic / PROBED_EVERY / 2,
+        "{by_sessions} readings by sessions for {traffic} bytes of anti-entropy (one expected per {PROBED_EVERY})"
     );
     t.shutdown().await;
     s.shutdown().await;
@@ -292,71 +313,41 @@ async fn a_session_reads_the_process_memory_as_its_traffic_grows() {
 /// Pushes read the process's memory as they arrive, as sessions do: a
 /// peer written to fast fills another's memory with merged values and
 /// QUIC's buffers between two of the memory loop's readings when the
-/// machine is busy. Anti-entropy rounds are a virtual hour apart here and
-/// the peers start empty, so the pushes of about 6.5 MB are the only
-/// traffic; the probe notes which task reads, and the loop is the task that
-/// goes on reading once the mesh is idle.
+/// machine is busy. Anti-entropy rounds are an hour apart here and the
+/// peers start empty, so the pushes of about 6.9 MB are the only traffic;
+/// the probe notes which task reads, and the loop is the task that goes on
+/// reading once the mesh is idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_read_the_process_memory_as_they_arrive() {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-
     const KEYS: usize = 30_000;
-    const BOUND: usize = 64 << 20;
-    let quiet = |name: &str| {
-        let mut cfg = MeshConfig::for_test(name);
-        cfg.anti_entropy_interval = Duration::from_secs(3600);
-        cfg
-    };
+    let quiet =
+        |name: &str| MeshConfig { anti_entropy_interval: Duration::from_secs(3600), ..MeshConfig::for_test(name) };
     let ca = EphemeralCa::new().unwrap();
     let s = Mesh::builder().config(quiet("s")).tls(ca.issue("s").unwrap()).start().await.unwrap();
-    let readers: Arc<Mutex<HashMap<Option<tokio::task::Id>, usize>>> = Arc::default();
-    let probe = {
-        let readers = readers.clone();
-        // A figure well within the bound: the budget it sets evicts nothing.
-        Arc::new(move || {
-            *readers.lock().unwrap().entry(tokio::task::try_id()).or_default() += 1;
-            Some(1 << 20)
-        })
-    };
-    let mut cfg = quiet("t");
-    cfg.max_bytes = Some(BOUND);
-    let t = Mesh::builder()
-        .config(cfg)
-        .seeds([s.local_addr()])
-        .tls(ca.issue("t").unwrap())
-        .memory_probe(probe)
-        .start()
-        .await
-        .unwrap();
-    assert!(t.wait_ready(DEADLINE).await, "t never finished bootstrap");
+    let (t, readings) = probed_peer(&ca, quiet("t"), s.local_addr()).await;
     eventually("s and t connected", || s.stats().connected == 1 && t.stats().connected == 1).await;
-    let before = readers.lock().unwrap().clone();
-    let ae_before = t.stats().ae_bytes_sent + t.stats().ae_bytes_received;
+    let before = readings.lock().unwrap().clone();
+    let ae = || t.stats().ae_bytes_sent + t.stats().ae_bytes_received;
+    let ae_before = ae();
 
     for i in 0..KEYS {
         s.insert(format!("key{i:07}"), vec![b'v'; 200]).unwrap();
     }
     eventually("t holds every key", || t.len() == KEYS).await;
     let pushed = s.stats().push_bytes_sent;
-    let during = readers.lock().unwrap().clone();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = readers.lock().unwrap().clone();
-    let every = (BOUND / 256) as u64;
-    let ae = t.stats().ae_bytes_sent + t.stats().ae_bytes_received - ae_before;
-    assert!(ae < every, "{ae} bytes of anti-entropy while the pushes ran: its sessions read the memory too");
+    let (during, the_loop) = readings_and_the_loop(&readings).await;
+    let ae = ae() - ae_before;
+    assert!(ae < PROBED_EVERY, "{ae} bytes of anti-entropy while the pushes ran: its sessions read the memory too");
     assert_eq!(s.stats().queue_overflows, 0, "a queue overflowed: its writes went by anti-entropy");
-    let the_loop: Vec<_> = after.iter().filter(|(id, n)| during.get(id) != Some(n)).map(|(id, _)| *id).collect();
-    assert_eq!(the_loop.len(), 1, "one task reads while the mesh is idle: {after:?}");
     let by_pushes: usize = during
         .iter()
-        .filter(|(id, _)| id.is_some() && **id != the_loop[0])
+        .filter(|(id, _)| id.is_some() && **id != the_loop)
         .map(|(id, n)| n - before.get(id).copied().unwrap_or(0))
         .sum();
     // One reading per 1/256 of the bound of a stream's traffic.
     assert!(
-        by_pushes as u64 >= pushed / every / 2,
-        "{by_pushes} readings by push streams for {pushed} bytes of pushes (one expected per {every})"
+        by_pushes as u64 >= pushed / PROBED_EVERY / 2,
+        "{by_pushes} readings by push streams for {pushed} bytes of pushes (one expected per {PROBED_EVERY})"
     );
     t.shutdown().await;
     s.shutdown().await;
