@@ -198,7 +198,7 @@ const RANDOM_KEYS: usize = 1 << 20;
 /// then misses the caches on its way (index, record, value) and, on 4 KiB
 /// pages, the TLB, where `get` above reads keys in the order they were
 /// written, whose records and values the hardware prefetches.
-/// BENCHMARKS.md ("Huge pages for large key sets") runs it with and
+/// BENCHMARKS.md ("Reads in a scattered order, and huge pages") runs it with and
 /// without glibc's huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`).
 fn bench_get_random(c: &mut Criterion) {
     let keys: Vec<Bytes> = (0..RANDOM_KEYS).map(key).collect();
