@@ -3,6 +3,7 @@
 use crate::common;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -226,7 +227,7 @@ async fn the_cache_vocabulary_and_the_events_that_drop_everything() {
 }
 
 /// Readings of a peer's memory probe, by the task that made each.
-type Readings = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Option<tokio::task::Id>, usize>>>;
+type Readings = Arc<Mutex<HashMap<Option<tokio::task::Id>, usize>>>;
 
 /// The process bound of the peers that note their probe's readings.
 const PROBED_BOUND: usize = 64 << 20;
@@ -242,7 +243,7 @@ async fn probed_peer(ca: &EphemeralCa, mut cfg: MeshConfig, seed: std::net::Sock
     let readings = Readings::default();
     let probe = {
         let readings = readings.clone();
-        std::sync::Arc::new(move || {
+        Arc::new(move || {
             *readings.lock().unwrap().entry(tokio::task::try_id()).or_default() += 1;
             Some(1 << 20)
         })
