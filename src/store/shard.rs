@@ -18,11 +18,13 @@ use crate::hlc::Stamp;
 
 /// Estimated bytes one entry costs beyond its key and value bytes, used for
 /// the memory bound (row 6 of BENCHMARKS.md measures the real figure):
-/// - the record (40 bytes);
+/// - the record (32 bytes);
 /// - the index: 4 bytes and a control byte a slot, at a load between 7/16
 ///   and 7/8, so about 8 bytes;
-/// - the blob's header (two varints, 2 or 3 bytes for a short key and
-///   value) and the allocator's rounding of it, about 14 bytes together.
+/// - the blob's header (two varints: the key's length, and the arrival
+///   time, 2 bytes for a short key written here or pushed, up to 7 for a
+///   register anti-entropy brought long after its write) and the
+///   allocator's rounding of it, about 14 bytes together.
 ///
 /// Close is enough: a process that bounds all of its memory corrects for
 /// the difference with its allocator's count (`node::memory`), and the

@@ -1,4 +1,4 @@
-//! A shard's table: one allocation per entry and a 40-byte record.
+//! A shard's table: one allocation per entry and a 32-byte record.
 //!
 //! - `index`: a hashbrown table of record ids, 4 bytes and a control byte
 //!   a slot, hashed from the key's digest hash (every caller has it
@@ -8,7 +8,8 @@
 //!   a record's id is stable while its key is held (the shard's queues
 //!   hold ids, not keys). Freed ids are reused; a table less than a
 //!   quarter used is compacted, which renumbers the records;
-//! - a record's blob holds its key, value and expiry in one allocation;
+//! - a record's blob holds its key, value, expiry and arrival time in one
+//!   allocation;
 //! - a stamp's node id is kept once per table, and a record holds its
 //!   index: few processes ever write (one id per peer incarnation), and
 //!   8 bytes a record is an eighth of the budget.
@@ -26,7 +27,7 @@ use crate::hlc::{NodeId, Stamp};
 
 /// log2 of the records per chunk.
 const CHUNK_BITS: u32 = 8;
-/// Records per chunk: 256 records of 40 bytes, 10 KiB. A table that only
+/// Records per chunk: 256 records of 32 bytes, 8 KiB. A table that only
 /// grows has at most one chunk partly used; removals leave free records
 /// anywhere, which are reused first, until the table is compacted.
 pub(crate) const CHUNK: usize = 1 << CHUNK_BITS;
@@ -74,16 +75,27 @@ fn varint_len(mut n: u64) -> usize {
     len
 }
 
-/// An entry's key, value and expiry in one allocation: a LEB128 varint
-/// (the key length times two, plus one if there is an expiry), the key,
-/// the value, and the expiry (8 bytes, little endian) when there is one.
-/// The value's length is what remains.
-fn blob(key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Box<[u8]> {
+/// An entry's key, value, expiry and arrival in one allocation: a LEB128
+/// varint (the key length times two, plus one if there is an expiry), the
+/// key, a second varint (the arrival, see [`arrival_word`]), the value, and
+/// the expiry (8 bytes, little endian) when there is one. The value's
+/// length is what remains.
+///
+/// The arrival is here rather than in the record because only collection
+/// and the stability checks read it, and they read the key too: the record
+/// keeps what every lookup reads, in 32 bytes, so that no record straddles
+/// two cache lines.
+fn blob(key: &[u8], value: &[u8], expires_at_ms: Option<u64>, arrival: u64) -> Box<[u8]> {
     let tag = (key.len() as u64) << 1 | u64::from(expires_at_ms.is_some());
-    let total = varint_len(tag) + key.len() + value.len() + if expires_at_ms.is_some() { 8 } else { 0 };
+    let total = varint_len(tag)
+        + key.len()
+        + varint_len(arrival)
+        + value.len()
+        + if expires_at_ms.is_some() { 8 } else { 0 };
     let mut buf = Vec::with_capacity(total);
     put_varint(&mut buf, tag);
     buf.extend_from_slice(key);
+    put_varint(&mut buf, arrival);
     buf.extend_from_slice(value);
     if let Some(e) = expires_at_ms {
         buf.extend_from_slice(&e.to_le_bytes());
@@ -91,29 +103,69 @@ fn blob(key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Box<[u8]> {
     buf.into_boxed_slice()
 }
 
-/// The blob of `key` holding `slot`.
-fn blob_of(key: &[u8], slot: &Slot) -> Box<[u8]> {
+/// The blob of `key` holding `slot`, stamped `stamp`, stored at
+/// `arrival_ms`.
+fn blob_of(key: &[u8], slot: &Slot, stamp: Stamp, arrival_ms: u64) -> Box<[u8]> {
+    let arrival = arrival_word(stamp, arrival_ms);
     match slot {
-        Slot::Value { data, expires_at_ms } => blob(key, data, *expires_at_ms),
-        Slot::Tombstone => blob(key, &[], None),
-        Slot::Evicted { expires_at_ms } => blob(key, &[], *expires_at_ms),
+        Slot::Value { data, expires_at_ms } => blob(key, data, *expires_at_ms, arrival),
+        Slot::Tombstone => blob(key, &[], None, arrival),
+        Slot::Evicted { expires_at_ms } => blob(key, &[], *expires_at_ms, arrival),
     }
+}
+
+/// A register's arrival, kept as its distance from the stamp's physical
+/// time (zigzag encoded, as the arrival may precede it by the writer's
+/// clock skew): a local write arrives at its own stamp's time and a push
+/// within milliseconds of it, so it takes one byte; a register brought by
+/// anti-entropy long after its write takes up to six. Wrapping arithmetic
+/// keeps every pair of times exact.
+fn arrival_word(stamp: Stamp, arrival_ms: u64) -> u64 {
+    let d = arrival_ms.wrapping_sub(stamp.physical_ms()) as i64;
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+/// The arrival (local Unix ms) that [`arrival_word`] encoded for a stamp
+/// of `hlc`.
+fn arrival_of(hlc: u64, word: u64) -> u64 {
+    let d = ((word >> 1) as i64) ^ -((word & 1) as i64);
+    Stamp { hlc, node: NodeId(0) }.physical_ms().wrapping_add(d as u64)
+}
+
+/// Reads a varint at `at`, returning it and the position after it.
+#[inline]
+fn varint(blob: &[u8], mut at: usize) -> (u64, usize) {
+    let (mut n, mut shift) = (0u64, 0);
+    loop {
+        let b = blob[at];
+        at += 1;
+        n |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return (n, at);
+        }
+        shift += 7;
+    }
+}
+
+/// The key of a blob made by [`blob`], and the tag and the position after
+/// the key.
+#[inline]
+fn key_of(blob: &[u8]) -> (&[u8], u64, usize) {
+    let (tag, at) = varint(blob, 0);
+    let end = at + (tag >> 1) as usize;
+    (&blob[at..end], tag, end)
 }
 
 /// The key, value and expiry of a blob made by [`blob`].
 #[inline]
 fn parts(blob: &[u8]) -> (&[u8], &[u8], Option<u64>) {
-    let (mut tag, mut at, mut shift) = (0u64, 0, 0);
-    loop {
-        let b = blob[at];
+    let (key, tag, at) = key_of(blob);
+    let mut at = at;
+    // The arrival's varint: skipped, not decoded.
+    while blob[at] >= 0x80 {
         at += 1;
-        tag |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            break;
-        }
-        shift += 7;
     }
-    let (key, rest) = blob[at..].split_at((tag >> 1) as usize);
+    let rest = &blob[at + 1..];
     if tag & 1 == 0 {
         return (key, rest, None);
     }
@@ -121,19 +173,14 @@ fn parts(blob: &[u8]) -> (&[u8], &[u8], Option<u64>) {
     (key, value, Some(u64::from_le_bytes(expiry.try_into().expect("8 bytes"))))
 }
 
-/// One entry: 40 bytes.
+/// One entry: 32 bytes, so that a chunk's records never straddle a cache
+/// line.
 #[derive(Default)]
 pub(crate) struct Record {
     /// `None` for a free record.
     blob: Option<Box<[u8]>>,
     /// The stamp's hybrid logical time.
     hlc: u64,
-    /// Local time (Unix ms) at which this register was stored here.
-    /// Collection compares it with the per-member `synced` watermarks: a
-    /// register that arrived before the last complete anti-entropy round
-    /// with every member started is held by every member (or something
-    /// newer is).
-    arrival_ms: u64,
     /// When (LRU) or how often (LFU) the entry was last read or written.
     access: Access,
     /// The kind (top two bits) and the index of the stamp's node id in the
@@ -154,7 +201,7 @@ impl<'a> Entry<'a> {
     }
 
     pub(crate) fn key(&self) -> &'a [u8] {
-        parts(self.blob()).0
+        key_of(self.blob()).0
     }
 
     pub(crate) fn expires_at_ms(&self) -> Option<u64> {
@@ -177,8 +224,14 @@ impl<'a> Entry<'a> {
         Stamp { hlc: self.rec.hlc, node: self.nodes[(self.rec.node & (MAX_NODES as u32 - 1)) as usize] }
     }
 
+    /// Local time (Unix ms) at which this register was stored here.
+    /// Collection compares it with the per-member `synced` watermarks: a
+    /// register that arrived before the last complete anti-entropy round
+    /// with every member started is held by every member (or something
+    /// newer is).
     pub(crate) fn arrival_ms(&self) -> u64 {
-        self.rec.arrival_ms
+        let (_, _, at) = key_of(self.blob());
+        arrival_of(self.rec.hlc, varint(self.blob(), at).0)
     }
 
     pub(crate) fn access(&self) -> &'a Access {
@@ -259,7 +312,7 @@ fn at_mut(chunks: &mut [Box<[Record]>], id: u32) -> &mut Record {
 }
 
 fn rehash(chunks: &[Box<[Record]>]) -> impl Fn(&u32) -> u64 + '_ {
-    move |&id| index_hash(key_hash(parts(at(chunks, id).blob.as_deref().expect("indexed records are in use")).0))
+    move |&id| index_hash(key_hash(key_of(at(chunks, id).blob.as_deref().expect("indexed records are in use")).0))
 }
 
 impl Table {
@@ -277,7 +330,7 @@ impl Table {
     pub(crate) fn find(&self, kh: u64, key: &[u8]) -> Option<u32> {
         let chunks = &self.chunks;
         self.index
-            .find(index_hash(kh), |&id| at(chunks, id).blob.as_deref().is_some_and(|b| parts(b).0 == key))
+            .find(index_hash(kh), |&id| at(chunks, id).blob.as_deref().is_some_and(|b| key_of(b).0 == key))
             .copied()
     }
 
@@ -354,8 +407,8 @@ impl Table {
     /// its id.
     pub(crate) fn replace(&mut self, id: u32, slot: &Slot, stamp: Stamp, arrival_ms: u64, access: Access) {
         let node = self.node_word(stamp, slot);
-        let b = blob_of(self.get(id).key(), slot);
-        *at_mut(&mut self.chunks, id) = Record { blob: Some(b), hlc: stamp.hlc, arrival_ms, access, node };
+        let b = blob_of(self.get(id).key(), slot, stamp, arrival_ms);
+        *at_mut(&mut self.chunks, id) = Record { blob: Some(b), hlc: stamp.hlc, access, node };
     }
 
     /// Adds a record for a key not held; `kh` is its key hash. Returns its
@@ -370,7 +423,7 @@ impl Table {
         access: Access,
     ) -> u32 {
         let node = self.node_word(stamp, slot);
-        let new = Record { blob: Some(blob_of(key, slot)), hlc: stamp.hlc, arrival_ms, access, node };
+        let new = Record { blob: Some(blob_of(key, slot, stamp, arrival_ms)), hlc: stamp.hlc, access, node };
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -479,8 +532,39 @@ mod tests {
     }
 
     #[test]
-    fn a_record_is_40_bytes() {
-        assert_eq!(std::mem::size_of::<Record>(), 40);
+    fn a_record_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Record>(), 32);
+    }
+
+    #[test]
+    fn arrivals_round_trip_at_any_distance_from_the_stamp() {
+        let now = 1_800_000_000_000u64;
+        let hlc = Stamp::pack(now, 7);
+        let mut t = Table::default();
+        for (i, (hlc, arrival)) in [
+            (hlc, now),
+            // A writer whose clock runs ahead of ours.
+            (hlc, now - 30_000),
+            // Brought by anti-entropy sixty days after the write (past what
+            // 32 bits of milliseconds hold).
+            (hlc, now + 60 * 86_400_000),
+            (u64::MAX, 0),
+            (0, u64::MAX),
+            (hlc, now + 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = format!("k{i}");
+            let stamp = Stamp { hlc, node: NodeId(1) };
+            let slot = value(b"v", Some(now + 5));
+            let id = t.insert(key_hash(key.as_bytes()), key.as_bytes(), &slot, stamp, arrival, Access::default());
+            let e = t.get(id);
+            assert_eq!((e.arrival_ms(), e.stamp(), e.key(), e.slot()), (arrival, stamp, key.as_bytes(), slot.clone()));
+            t.replace(id, &Slot::Evicted { expires_at_ms: None }, stamp, arrival ^ 1, Access::default());
+            assert_eq!(t.get(id).arrival_ms(), arrival ^ 1);
+            assert_eq!(t.get(id).slot(), Slot::Evicted { expires_at_ms: None });
+        }
     }
 
     #[test]
