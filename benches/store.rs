@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the core [`Store`]: local reads (hit and miss),
 //! local overwrites, merges of remote registers, reads from two threads
-//! against one shared store, and reads in a scattered order over a million
-//! keys.
+//! against one shared store, reads in a scattered order over a million
+//! keys, and a million new keys written into an empty store.
 //!
 //! Every operation is given the same fixed `now`, so no benchmark reads the
 //! system clock. Run with `cargo bench --bench store`.
@@ -219,6 +219,30 @@ fn bench_get_random(c: &mut Criterion) {
     group.finish();
 }
 
+/// A million new keys into an empty store, as a peer that joins or a
+/// writer of fresh keys does: every shard's table and index grow as they
+/// go, and at this size the growth reads records and values from memory,
+/// not from the caches.
+fn bench_fill(c: &mut Criterion) {
+    let keys: Vec<Bytes> = (0..RANDOM_KEYS).map(key).collect();
+    let v = value();
+    let mut group = c.benchmark_group("fill");
+    group.throughput(Throughput::Elements(RANDOM_KEYS as u64)).sample_size(10);
+    group.bench_function("1m_keys", |b| {
+        b.iter_batched(
+            || Store::new(NodeId(1), StoreConfig::default()).expect("default config is valid"),
+            |store| {
+                for k in &keys {
+                    black_box(store.put(k.clone(), v.clone(), None, NOW).unwrap());
+                }
+                store
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let keys = Arc::new(keys());
     let store = Arc::new(preloaded(&keys, NOW));
@@ -228,6 +252,7 @@ fn benches(c: &mut Criterion) {
     bench_get_parallel(c, &store, &keys);
     drop(store);
     bench_get_random(c);
+    bench_fill(c);
 }
 
 criterion_group! {

@@ -87,11 +87,8 @@ fn varint_len(mut n: u64) -> usize {
 /// two cache lines.
 fn blob(key: &[u8], value: &[u8], expires_at_ms: Option<u64>, arrival: u64) -> Box<[u8]> {
     let tag = (key.len() as u64) << 1 | u64::from(expires_at_ms.is_some());
-    let total = varint_len(tag)
-        + key.len()
-        + varint_len(arrival)
-        + value.len()
-        + if expires_at_ms.is_some() { 8 } else { 0 };
+    let total =
+        varint_len(tag) + key.len() + varint_len(arrival) + value.len() + if expires_at_ms.is_some() { 8 } else { 0 };
     let mut buf = Vec::with_capacity(total);
     put_varint(&mut buf, tag);
     buf.extend_from_slice(key);
