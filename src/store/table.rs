@@ -83,8 +83,7 @@ fn varint_len(mut n: u64) -> usize {
 ///
 /// The arrival is here rather than in the record because only collection
 /// and the stability checks read it, and they read the key too: the record
-/// keeps what every lookup reads, in 32 bytes, so that no record straddles
-/// two cache lines.
+/// keeps what every lookup reads, in 32 bytes, which divide a cache line.
 fn blob(key: &[u8], value: &[u8], expires_at_ms: Option<u64>, arrival: u64) -> Box<[u8]> {
     let tag = (key.len() as u64) << 1 | u64::from(expires_at_ms.is_some());
     let total =
@@ -170,8 +169,9 @@ fn parts(blob: &[u8]) -> (&[u8], &[u8], Option<u64>) {
     (key, value, Some(u64::from_le_bytes(expiry.try_into().expect("8 bytes"))))
 }
 
-/// One entry: 32 bytes, so that a chunk's records never straddle a cache
-/// line.
+/// One entry: 32 bytes, which divide a cache line: in a chunk aligned to
+/// 32 bytes (jemalloc, the command's allocator, page-aligns chunks of this
+/// size) no record straddles two lines.
 #[derive(Default)]
 pub(crate) struct Record {
     /// `None` for a free record.
