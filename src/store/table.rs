@@ -156,12 +156,8 @@ fn key_of(blob: &[u8]) -> (&[u8], u64, usize) {
 #[inline]
 fn parts(blob: &[u8]) -> (&[u8], &[u8], Option<u64>) {
     let (key, tag, at) = key_of(blob);
-    let mut at = at;
-    // The arrival's varint: skipped, not decoded.
-    while blob[at] >= 0x80 {
-        at += 1;
-    }
-    let rest = &blob[at + 1..];
+    let (_arrival, at) = varint(blob, at);
+    let rest = &blob[at..];
     if tag & 1 == 0 {
         return (key, rest, None);
     }
