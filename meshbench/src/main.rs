@@ -38,6 +38,13 @@ use meshcache::{Mesh, MeshConfig, MeshStats};
 mod bound;
 mod nodes;
 
+/// The `meshcache` command's allocator, so that the embedded peers and the
+/// child peer processes are measured as the command runs; row 6 also
+/// reads its count, which is what redis-server's `used_memory` is of its
+/// own jemalloc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Bytes per key, as `redis-benchmark -r` makes them (`key:000000012345`).
 const KEY_LEN: usize = 16;
 /// Bytes per value, as `redis-benchmark -d 100`.
@@ -287,6 +294,14 @@ fn value(i: usize) -> Bytes {
     let mut v = format!("v{i}-").into_bytes();
     v.resize(VALUE_LEN, b'.');
     Bytes::from(v)
+}
+
+/// jemalloc's count of the bytes the process has allocated, and of its own
+/// metadata; `None` if it cannot be read.
+fn heap() -> Option<(u64, u64)> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some((stats::allocated::read().ok()? as u64, stats::metadata::read().ok()? as u64))
 }
 
 fn rss_bytes() -> u64 {
@@ -1420,6 +1435,7 @@ async fn row_memory_bootstrap(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mu
     let a = start_peer(ca, "ma", &[]).await?;
     let res = async {
         let rss0 = rss_bytes();
+        let heap0 = heap();
         let aa = a.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             for i in 0..n {
@@ -1429,17 +1445,30 @@ async fn row_memory_bootstrap(args: &Args, z: &Sizes, ca: &EphemeralCa, rep: &mu
         })
         .await??;
         let rss1 = rss_bytes();
+        let heap1 = heap();
         if rows.contains(&6) {
             let per = (rss1.saturating_sub(rss0)) as f64 / n as f64;
+            // What jemalloc counts as allocated is what redis-server's
+            // used_memory counts of its own; the row itself stays on the
+            // resident set, which also holds jemalloc's metadata.
+            let heap = match (heap0, heap1) {
+                (Some((a0, m0)), Some((a1, m1))) => format!(
+                    "; jemalloc: allocated delta {:.1} B/entry ({:.1} beyond k+v), its metadata {:.1} B/entry",
+                    a1.saturating_sub(a0) as f64 / n as f64,
+                    a1.saturating_sub(a0) as f64 / n as f64 - (KEY_LEN + VALUE_LEN) as f64,
+                    m1.saturating_sub(m0) as f64 / n as f64
+                ),
+                _ => String::new(),
+            };
             let redis = redis_memory(args.redis, n).await;
             let mut row = Row::new(6, "memory overhead per entry (beyond k+v)", "B", per - (KEY_LEN + VALUE_LEN) as f64)
                 .at_most(64.0, "<= 64 B");
             row = match redis {
                 Ok(r) => row.redis(r - (KEY_LEN + VALUE_LEN) as f64).note(format!(
-                    "{n} entries of {KEY_LEN}+{VALUE_LEN} B; VmRSS delta {:.1} B/entry; redis: used_memory delta {:.1} B/key",
+                    "{n} entries of {KEY_LEN}+{VALUE_LEN} B; VmRSS delta {:.1} B/entry{heap}; redis: used_memory delta {:.1} B/key",
                     per, r
                 )),
-                Err(e) => row.note(format!("VmRSS delta {per:.1} B/entry; redis baseline failed: {e}")),
+                Err(e) => row.note(format!("VmRSS delta {per:.1} B/entry{heap}; redis baseline failed: {e}")),
             };
             rep.push(row);
         }
