@@ -836,6 +836,7 @@ impl Store {
         let kh = key_hash(&key);
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
+        g.warm(lb);
         let stamp = self.clock.now(now_ms);
         let Some(Decided { slot, previous, held }) = decide(&g, kh, &key, now_ms, stamp, full, f)? else {
             return Ok(None);
@@ -1007,6 +1008,7 @@ impl Store {
         out: &mut MergeOutcome,
         added_tombstone: &mut bool,
     ) -> Delta {
+        g.warm(lb);
         let floors = *self.floors.read();
         if reg.marker < floors.clear_below {
             out.below_clear += 1;

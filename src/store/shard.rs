@@ -111,7 +111,7 @@ pub(crate) fn record_cost(r: Entry<'_>) -> usize {
 }
 
 /// What the shard's bookkeeping needs to know of a record.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Facts {
     kind: Kind,
     stamp: Stamp,
@@ -129,6 +129,13 @@ impl Facts {
             expires_at_ms: r.expires_at_ms(),
             cost: record_cost(r),
         }
+    }
+
+    /// The facts of the record that storing `slot` for `key`, stamped
+    /// `stamp`, at `arrival_ms`, makes: what [`Facts::of`] would read back
+    /// from it, without parsing the blob just written.
+    fn stored(key: &[u8], slot: &Slot, stamp: Stamp, arrival_ms: u64) -> Facts {
+        Facts { kind: Kind::of(slot), stamp, arrival_ms, expires_at_ms: slot.expires_at_ms(), cost: cost(key, slot) }
     }
 
     fn hash(&self, kh: u64) -> u64 {
@@ -157,6 +164,15 @@ impl Shard {
     #[inline]
     pub(crate) fn find(&self, kh: u64, key: &[u8]) -> Option<(u32, Entry<'_>)> {
         self.table.find(kh, key).map(|id| (id, self.table.get(id)))
+    }
+
+    /// Starts loading a local bucket's line, which a change to one of its
+    /// registers updates after the table lookup: the lookup's cache misses
+    /// follow one another, and this one, independent of them, can overlap
+    /// them rather than come after.
+    #[inline]
+    pub(crate) fn warm(&self, local_bucket: usize) {
+        std::hint::black_box(self.buckets[local_bucket].digest);
     }
 
     fn digest_add(&mut self, local_bucket: usize, h: u64) {
@@ -258,7 +274,7 @@ impl Shard {
             Some(id) => self.rewrite(id, kh, local_bucket, &reg.val, reg.marker, arrival_ms, access, now_ms),
             None => {
                 let id = self.table.insert(kh, key, &reg.val, reg.marker, arrival_ms, access);
-                self.indexed(id, kh, local_bucket, now_ms)
+                self.indexed(id, Facts::stored(key, &reg.val, reg.marker, arrival_ms), kh, local_bucket, now_ms)
             }
         }
     }
@@ -277,16 +293,19 @@ impl Shard {
         access: Access,
         now_ms: u64,
     ) -> Delta {
-        let mut delta = self.unindex(id, Facts::of(self.table.get(id)), kh, local_bucket);
+        let held = self.table.get(id);
+        let (old, new) = (Facts::of(held), Facts::stored(held.key(), slot, stamp, arrival_ms));
+        let mut delta = self.unindex(id, old, kh, local_bucket);
         self.table.replace(id, slot, stamp, arrival_ms, access);
-        delta.add(self.indexed(id, kh, local_bucket, now_ms));
+        delta.add(self.indexed(id, new, kh, local_bucket, now_ms));
         delta
     }
 
-    /// Adds the bookkeeping of record `id`, newly stored, and counts the
-    /// change.
-    fn indexed(&mut self, id: u32, kh: u64, local_bucket: usize, now_ms: u64) -> Delta {
-        let delta = self.index(id, Facts::of(self.table.get(id)), kh, local_bucket, now_ms);
+    /// Adds the bookkeeping of record `id`, newly stored with facts `f`,
+    /// and counts the change.
+    fn indexed(&mut self, id: u32, f: Facts, kh: u64, local_bucket: usize, now_ms: u64) -> Delta {
+        debug_assert_eq!(f, Facts::of(self.table.get(id)), "the facts of the record stored");
+        let delta = self.index(id, f, kh, local_bucket, now_ms);
         self.count_change(local_bucket);
         delta
     }

@@ -49,7 +49,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn of(slot: &Slot) -> Kind {
+    pub(crate) fn of(slot: &Slot) -> Kind {
         match slot {
             Slot::Value { .. } => Kind::Value,
             Slot::Tombstone => Kind::Tombstone,
