@@ -261,8 +261,12 @@ pub(crate) struct Links {
     names: Vec<NamedSeed>,
     /// Active members other than this peer, with their addresses.
     members: Vec<(String, SocketAddr)>,
-    dialing: BTreeSet<SocketAddr>,
+    /// Addresses being dialed, and when each dial started.
+    dialing: BTreeMap<SocketAddr, Instant>,
     backoff: BTreeMap<SocketAddr, Backoff>,
+    /// When a link to a lost peer last opened: news that the network
+    /// carries again (see [`Links::end_backoffs`]).
+    carries_since: Option<Instant>,
     /// When the link over each address was lost, while it is probed
     /// ([`Timings::probe_for`]).
     lost: BTreeMap<SocketAddr, Instant>,
@@ -316,7 +320,8 @@ impl Links {
             seeds: addrs,
             names,
             members: Vec::new(),
-            dialing: BTreeSet::new(),
+            dialing: BTreeMap::new(),
+            carries_since: None,
             backoff: BTreeMap::new(),
             lost: BTreeMap::new(),
             stopped: false,
@@ -363,7 +368,10 @@ impl Links {
         // not while it is being dialed (its end has passed then).
         let targets = self.targets();
         t.extend(
-            self.backoff.iter().filter(|(a, _)| targets.contains(a) && !self.dialing.contains(a)).map(|(_, b)| b.until),
+            self.backoff
+                .iter()
+                .filter(|(a, _)| targets.contains(a) && !self.dialing.contains_key(a))
+                .map(|(_, b)| b.until),
         );
         let linked = self.linked_addrs();
         t.extend(
@@ -568,8 +576,12 @@ impl Links {
     /// carries again (a partition lifting, a peer back from a restart), so
     /// every address and name waiting out a redial backoff is tried at
     /// once rather than up to `backoff_max` later. Each keeps its delay: one
-    /// that fails again backs off from where it was.
+    /// that fails again backs off from where it was. A dial under way then
+    /// sent its Initials into the cut, and once past them waits silently
+    /// for its handshake timeout: when it fails, it is tried again at once
+    /// (see [`Links::handle_dial_result`]).
     fn end_backoffs(&mut self, now: Instant) {
+        self.carries_since = Some(now);
         for b in self.backoff.values_mut().chain(self.names.iter_mut().filter_map(|n| n.backoff.as_mut())) {
             b.until = b.until.min(now);
         }
@@ -622,7 +634,7 @@ impl Links {
 
     /// A dial finished: with a link (`ok`) or not.
     pub(crate) fn handle_dial_result(&mut self, now: Instant, addr: SocketAddr, ok: bool) {
-        self.dialing.remove(&addr);
+        let started = self.dialing.remove(&addr);
         if ok {
             self.backoff.remove(&addr);
             self.lost.remove(&addr);
@@ -643,7 +655,11 @@ impl Links {
                 (delay, delay)
             };
             let jittered = wait.mul_f64(self.rng.random_range(0.75..1.25));
-            self.backoff.insert(addr, Backoff { until: now + jittered, delay });
+            // A dial that started before the network was seen to carry
+            // again is no evidence that this address is still cut off.
+            let stale = started.zip(self.carries_since).is_some_and(|(s, c)| s < c);
+            let until = if stale { now } else { now + jittered };
+            self.backoff.insert(addr, Backoff { until, delay });
         }
         self.dial_targets(now);
     }
@@ -719,10 +735,10 @@ impl Links {
         let probe_for = self.timings.probe_for;
         self.lost.retain(|_, at| now < *at + probe_for);
         for addr in self.targets() {
-            if self.dialing.contains(&addr) || self.backoff.get(&addr).is_some_and(|b| now < b.until) {
+            if self.dialing.contains_key(&addr) || self.backoff.get(&addr).is_some_and(|b| now < b.until) {
                 continue;
             }
-            self.dialing.insert(addr);
+            self.dialing.insert(addr, now);
             self.actions.push_back(if self.probing(now, addr) { Action::Probe(addr) } else { Action::Dial(addr) });
         }
     }

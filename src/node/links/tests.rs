@@ -794,6 +794,38 @@ fn a_link_to_a_lost_peer_ends_every_redial_backoff_and_the_next_failure_backs_of
 }
 
 #[test]
+fn a_dial_under_way_when_a_lost_peer_links_again_is_retried_at_once_when_it_fails() {
+    let mut now = crate::env::stopwatch().into_std();
+    let mut c = Node::with_seeds("c", 7002, vec![], now);
+    c.links.handle_members(now, vec![("a".into(), addr(7000)), ("b".into(), addr(7001))]);
+    assert_eq!(c.actions(), vec![Action::Dial(addr(7000)), Action::Dial(addr(7001))]);
+    // Cut off long enough for the backoffs to reach their cap.
+    for _ in 0..6 {
+        c.links.handle_dial_result(now, addr(7000), false);
+        c.links.handle_dial_result(now, addr(7001), false);
+        now += Duration::from_secs(6);
+        c.links.handle_timeout(now);
+        assert_eq!(c.actions().len(), 2, "both dialed again");
+    }
+    // Both dials are under way when the cut lifts and a's dial arrives.
+    now += Duration::from_millis(600);
+    let a = id("a", 100);
+    let v = c.links.handle_hello(now, ConnId(1), Side::Acceptor, &hello(&a, addr(7000)), None, Some("a"), &mut c.core);
+    assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
+    assert!(!c.actions().iter().any(|x| matches!(x, Action::Dial(_))), "b's dial is still under way");
+    // Its Initials went into the cut: when it times out, b is dialed at
+    // once, not after the capped backoff.
+    now += Duration::from_millis(400);
+    c.links.handle_dial_result(now, addr(7001), false);
+    assert!(c.actions().contains(&Action::Dial(addr(7001))), "b redialed at once");
+    // That dial started after the news: its failure backs off again.
+    c.links.handle_dial_result(now, addr(7001), false);
+    assert!(!c.actions().contains(&Action::Dial(addr(7001))));
+    let due = c.links.poll_timeout().expect("a redial is due");
+    assert!(due >= now + Duration::from_millis(1500), "backed off {:?}", due - now);
+}
+
+#[test]
 fn a_round_requested_while_one_runs_waits_then_runs_once() {
     let mut sim = Sim::new(&["a", "b"]);
     sim.nodes.get_mut("a").unwrap().core.booted = false;
