@@ -238,6 +238,37 @@ fn a_declined_round_exchanges_nothing_and_completes_nothing() {
     assert_eq!(a.store().root(), c.store().root());
 }
 
+#[test]
+fn a_round_to_decline_between_sides_in_sync_is_answered_and_complete() {
+    use meshcache::sync::{Phase, Session};
+    let a = replica("a", 1);
+    let c = replica("c", 2);
+    fill(&a, 100, "k", T0);
+    sync(&a, &c, T0).unwrap();
+    assert_eq!(a.store().root(), c.store().root());
+    let mut s = Session::initiate(&a, T0);
+    let mut r = Session::decline(T0);
+    let begin = s.poll_transmit(&a).unwrap();
+    r.handle_message(&c, begin, T0).unwrap();
+    let accept = r.poll_transmit(&c).unwrap();
+    assert!(matches!(accept, SyncMsg::Accept(_)), "{accept:?}");
+    assert!(r.poll_transmit(&c).is_none(), "nothing after Accept");
+    s.handle_message(&a, accept, T0).unwrap();
+    assert!(s.poll_transmit(&a).is_none(), "nothing after Accept");
+    for x in [&s, &r] {
+        assert!(x.is_finished() && x.is_complete() && !x.is_declined());
+        assert_eq!((x.phase(), x.stats().mode), (Phase::Done, Mode::InSync));
+    }
+    // One write apart, the round is declined again.
+    a.put(b("k-new"), b("v"), None, T0 + 1).unwrap();
+    let mut s = Session::initiate(&a, T0 + 2);
+    let mut r = Session::decline(T0 + 2);
+    let begin = s.poll_transmit(&a).unwrap();
+    r.handle_message(&c, begin, T0 + 2).unwrap();
+    assert_eq!(r.poll_transmit(&c), Some(SyncMsg::Busy));
+    assert!(r.is_declined());
+}
+
 /// Drives a session between `a` (initiator) and `c` until one side has sent
 /// its first `Summary` (not delivered). Returns both sessions, whether the
 /// initiator is the summary side, and that summary.

@@ -830,6 +830,11 @@ impl Links {
     /// name once it has sent everything, while the larger name may still
     /// be merging it, and the larger name's round, run then, would
     /// summarise a store without those registers and be sent them again.
+    ///
+    /// A declined round whose opening shows the two sides in sync is
+    /// answered by the session after all (`Session::decline`): this
+    /// machine decides from the link's state alone, before the opening
+    /// is read.
     pub(crate) fn handle_session_offered(&mut self, now: Instant, conn: ConnId, peer: &str) -> SessionId {
         let crossed = self.own_round_with(peer);
         let smaller = self.me.name.as_str() < peer;

@@ -10,8 +10,9 @@
 //!   Begin{root,count,view,floors}  ------->
 //!                                  <-------   Accept{root,count,view,floors}
 //!                                  <-------   or Busy: the responder's own
-//!                                             round waits for an accept;
-//!                                             the initiator asks again later
+//!                                             round waits for an accept
+//!                                             and the roots differ; the
+//!                                             initiator asks again later
 //!   equal roots: done (one root each way)
 //!   one side nearly empty: both stream every register, then EndOfEntries
 //!   otherwise descend the digest tree, the two sides taking turns:
@@ -225,7 +226,8 @@ pub enum Phase {
     Done,
     /// Ended without completing.
     Failed,
-    /// Responder that will answer `Begin` with `Busy`.
+    /// Responder that will answer `Begin` with `Busy`, unless the
+    /// openings show the two sides in sync.
     Declining,
     /// Declined: `Busy` was sent or received, and nothing else. Neither an
     /// error nor a completed session: the initiator tries again later.
@@ -467,7 +469,9 @@ impl Session {
 
     /// Waits for a peer's `Begin` as responder, to answer it with `Busy`:
     /// this peer's own round waits for its peer's accept, and once it runs,
-    /// a second session at once would be sent what it is sent.
+    /// a second session at once would be sent what it is sent. A `Begin`
+    /// whose opening shows the two sides in sync is answered instead: the
+    /// round is complete at once and ships nothing.
     pub fn decline(now_ms: u64) -> Session {
         let mut s = Session::new(Role::Responder, now_ms);
         s.phase = Phase::Declining;
@@ -660,16 +664,7 @@ impl Session {
 
     fn handle_inner(&mut self, replica: &Replica, msg: SyncMsg, now_ms: u64) -> Result<(), SyncError> {
         match (self.phase, msg) {
-            (Phase::AwaitBegin, SyncMsg::Begin(h)) => {
-                self.started_ms = now_ms;
-                self.open(replica, &h, now_ms)?;
-                let mine = replica.sync_hello();
-                let opened = (mine.root, mine.count, mine.holds_part);
-                self.opened_with = opened;
-                self.out.push_back(SyncMsg::Accept(mine));
-                self.decide(replica, opened, (h.root, h.count, h.holds_part));
-                Ok(())
-            }
+            (Phase::AwaitBegin, SyncMsg::Begin(h)) => self.answer(replica, &h, replica.sync_hello(), now_ms),
             (Phase::AwaitAccept, SyncMsg::Accept(h)) => {
                 self.open(replica, &h, now_ms)?;
                 // Decide from the root we sent, not today's: the store may
@@ -682,7 +677,15 @@ impl Session {
                 Ok(())
             }
             (Phase::AwaitAccept, SyncMsg::Reject(why)) => Err(SyncError::Rejected(why)),
-            (Phase::Declining, SyncMsg::Begin(_)) => {
+            (Phase::Declining, SyncMsg::Begin(h)) => {
+                // Declining keeps two sessions from shipping the same
+                // difference at once. Between sides already in sync there
+                // is none: answered, the round costs what `Busy` does, and
+                // the initiator need not ask again.
+                let mine = replica.sync_hello();
+                if in_sync((mine.root, mine.count, mine.holds_part), (h.root, h.count, h.holds_part)) {
+                    return self.answer(replica, &h, mine, now_ms);
+                }
                 self.out.push_back(SyncMsg::Busy);
                 self.phase = Phase::Declined;
                 Ok(())
@@ -918,12 +921,21 @@ impl Session {
         Ok(())
     }
 
+    /// Answers the peer's opening `h` with ours, `mine`, as responder.
+    fn answer(&mut self, replica: &Replica, h: &SyncHello, mine: SyncHello, now_ms: u64) -> Result<(), SyncError> {
+        self.started_ms = now_ms;
+        self.open(replica, h, now_ms)?;
+        let opened = (mine.root, mine.count, mine.holds_part);
+        self.opened_with = opened;
+        self.out.push_back(SyncMsg::Accept(mine));
+        self.decide(replica, opened, (h.root, h.count, h.holds_part));
+        Ok(())
+    }
+
     /// Chooses the mode from both (root, count) pairs; both sides decide
     /// alike because they see the same two pairs.
     fn decide(&mut self, replica: &Replica, mine: (u64, u64, bool), theirs: (u64, u64, bool)) {
-        // Equal roots are enough when a side holds part of the keyspace:
-        // its count leaves out what its ghosts stand for.
-        if mine.0 == theirs.0 && (mine.1 == theirs.1 || mine.2 || theirs.2) {
+        if in_sync(mine, theirs) {
             self.stats.mode = Mode::InSync;
             self.complete(replica);
             return;
@@ -1450,6 +1462,13 @@ fn check_summary(buckets: &[u32]) -> Result<(), SyncError> {
         return Err(SyncError::Protocol("summary buckets not increasing or out of range".into()));
     }
     Ok(())
+}
+
+/// Whether two openings, (root, count, holds part), leave nothing to
+/// exchange. Equal roots are enough when a side holds part of the
+/// keyspace: its count leaves out what its ghosts stand for.
+fn in_sync(mine: (u64, u64, bool), theirs: (u64, u64, bool)) -> bool {
+    mine.0 == theirs.0 && (mine.1 == theirs.1 || mine.2 || theirs.2)
 }
 
 /// The digests of the children of `parents` (nodes at `level - 1`), in
