@@ -246,6 +246,9 @@ async fn a_mixed_mesh_of_old_and_new_peers_replicates_both_ways() {
         async move { n1.get_or_load("cold", None, l).await }
     });
     eventually("n1's lease reaches n2", || n2.stats().fill_leases == 1).await;
+    // n1 loads only once its lease has settled; the old peer's value,
+    // arriving before that, would be taken instead of loading.
+    eventually("n1 loads", || n1.stats().fill_loads == 1).await;
     let fill_n2 = tokio::spawn({
         let (n2, l) = (n2.clone(), loader("n2's", None));
         async move { n2.get_or_load("cold", None, l).await }
