@@ -269,8 +269,8 @@ fn long_partition_no_resurrection() {
 /// timeout) and a failed dial is retried after at most 2.5 s, so a dialer
 /// is silent for at most about 3 s, and four dial across this cut, out of
 /// step by their jitter. Once the first link is back, the other link's
-/// backoffs end, and a dial of it under way is retried as soon as it
-/// fails (it once backed off in full, and the 60 s cut took 1.95 s). With
+/// backoffs end, and a dial of it under way is restarted (it once ran to
+/// its timeout and backed off in full, and the 60 s cut took 1.95 s). With
 /// a 3 s handshake and backoffs up to 5 s, a dialer went silent for up to
 /// 7 s.
 const RELINK: Duration = Duration::from_secs(2);

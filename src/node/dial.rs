@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use super::builder::transport_config;
 use super::conn::{note_tls_refusal, CODE_DUPLICATE, CODE_PROTOCOL, CODE_REFUSED};
 use super::driver::CoreView;
@@ -15,32 +17,45 @@ use crate::transport::certs;
 use crate::wire::{Message, VersionRange};
 
 /// Dials `addr` and runs the hello, as a probe of a link lost moments ago
-/// if `probe` (`links`). Returns the peer's name on success.
+/// if `probe` (`links`). Returns the peer's name on success. Until the
+/// handshake completes, `restart` starts it afresh (`Action::Restart`).
 pub(super) async fn dial(
     inner: &Arc<Inner>,
     addr: SocketAddr,
     probe: bool,
+    restart: &Notify,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let plan = inner.rtts.plan(addr, probe);
-    let mut client = inner.tls.client();
-    if plan.initial_rtt.is_some() {
-        client.transport_config(transport_config(&inner.config, plan.initial_rtt));
-    }
-    let connecting = inner.endpoint.connect_with(client, addr, certs::SERVER_NAME)?;
-    let limit = plan.timeout.unwrap_or(inner.config.idle_timeout);
-    let conn = match tokio::time::timeout(limit, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            if !note_tls_refusal(inner, addr, true, &e) && matches!(e, quinn::ConnectionError::TimedOut) {
-                inner.rtts.timed_out(addr);
-            }
-            return Err(e.into());
+    let conn = loop {
+        let plan = inner.rtts.plan(addr, probe);
+        let mut client = inner.tls.client();
+        if plan.initial_rtt.is_some() {
+            client.transport_config(transport_config(&inner.config, plan.initial_rtt));
         }
-        // Dropping the attempt abandons it; the machine backs off and dials
-        // again with a fresh probe timeout (`rtt`).
-        Err(_) => {
-            inner.rtts.timed_out(addr);
-            return Err("no handshake in time".into());
+        let connecting = inner.endpoint.connect_with(client, addr, certs::SERVER_NAME)?;
+        let limit = plan.timeout.unwrap_or(inner.config.idle_timeout);
+        let attempt = tokio::select! {
+            r = tokio::time::timeout(limit, connecting) => r,
+            // Dropping the attempt abandons it: its Initials went into a
+            // cut that has lifted, and a new one sends its own at once.
+            _ = restart.notified() => {
+                tracing::debug!(%addr, "the network carries again: dialing afresh");
+                continue;
+            }
+        };
+        match attempt {
+            Ok(Ok(conn)) => break conn,
+            Ok(Err(e)) => {
+                if !note_tls_refusal(inner, addr, true, &e) && matches!(e, quinn::ConnectionError::TimedOut) {
+                    inner.rtts.timed_out(addr);
+                }
+                return Err(e.into());
+            }
+            // Dropping the attempt abandons it; the machine backs off and
+            // dials again with a fresh probe timeout (`rtt`).
+            Err(_) => {
+                inner.rtts.timed_out(addr);
+                return Err("no handshake in time".into());
+            }
         }
     };
     inner.rtts.remember(addr, conn.rtt());

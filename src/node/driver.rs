@@ -2,9 +2,10 @@
 //! under one lock, executes its actions, and wakes it at its deadlines.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::conn::{watch_close, CODE_DUPLICATE, CODE_SUPERSEDED};
 use super::dial::dial;
@@ -30,6 +31,8 @@ pub(super) struct Driver {
     pub(super) conns: HashMap<ConnId, (quinn::Connection, MemberId)>,
     /// Responders waiting for [`Action::Respond`] or [`Action::Decline`].
     pub(super) responders: HashMap<SessionId, oneshot::Sender<Go>>,
+    /// Dials under way, each told by [`Action::Restart`] to start afresh.
+    dials: HashMap<SocketAddr, Arc<Notify>>,
     /// The membership version last given to the machine.
     members_version: u64,
 }
@@ -44,7 +47,13 @@ pub(super) enum Go {
 
 impl Driver {
     pub(super) fn new(links: Links) -> Self {
-        Driver { links, conns: HashMap::new(), responders: HashMap::new(), members_version: u64::MAX }
+        Driver {
+            links,
+            conns: HashMap::new(),
+            responders: HashMap::new(),
+            dials: HashMap::new(),
+            members_version: u64::MAX,
+        }
     }
 }
 
@@ -129,14 +138,24 @@ fn execute(inner: &Arc<Inner>, d: &mut Driver, action: Action) {
         Action::Dial(addr) | Action::Probe(addr) => {
             let probe = matches!(action, Action::Probe(_));
             let inner2 = inner.clone();
+            let restart = Arc::new(Notify::new());
+            d.dials.insert(addr, restart.clone());
             inner.tasks.spawn(async move {
-                let r = tokio::time::timeout(HELLO_TIMEOUT, dial(&inner2, addr, probe)).await;
+                let r = tokio::time::timeout(HELLO_TIMEOUT, dial(&inner2, addr, probe, &restart)).await;
                 let ok = matches!(r, Ok(Ok(_)));
                 if let Ok(Err(e)) = &r {
                     tracing::debug!(%addr, error = %e, "dial failed");
                 }
-                inner2.with_links(|d, now| d.links.handle_dial_result(now, addr, ok));
+                inner2.with_links(|d, now| {
+                    d.dials.remove(&addr);
+                    d.links.handle_dial_result(now, addr, ok)
+                });
             });
+        }
+        Action::Restart(addr) => {
+            if let Some(restart) = d.dials.get(&addr) {
+                restart.notify_one();
+            }
         }
         Action::Resolve { name, host, port } => {
             let inner2 = inner.clone();

@@ -147,6 +147,10 @@ pub(crate) enum Action {
     /// (`rtt`), since the next probe follows soon; report with
     /// [`Links::handle_dial_result`].
     Probe(SocketAddr),
+    /// The dial of `addr` under way is restarted, its handshake afresh:
+    /// the network carries again, and its Initials went into the cut. Its
+    /// result is still reported once.
+    Restart(SocketAddr),
     /// Look up the addresses of seed name `name` (its index among the
     /// named seeds) at `port`; report with [`Links::handle_resolved`].
     Resolve { name: usize, host: String, port: u16 },
@@ -166,7 +170,8 @@ pub(crate) enum Action {
     /// The responder `session` may run now.
     Respond { session: SessionId },
     /// The responder `session` answers `Busy` and ends: this peer's own
-    /// round waits for its peer's accept. Report its end with
+    /// round waits for its peer's accept. (Between sides in sync it
+    /// completes the round instead: `Session::decline`.) Report its end with
     /// [`Links::handle_session_finished`].
     Decline { session: SessionId },
     /// A newer incarnation of this peer's name runs in the mesh: stop.
@@ -261,12 +266,8 @@ pub(crate) struct Links {
     names: Vec<NamedSeed>,
     /// Active members other than this peer, with their addresses.
     members: Vec<(String, SocketAddr)>,
-    /// Addresses being dialed, and when each dial started.
-    dialing: BTreeMap<SocketAddr, Instant>,
+    dialing: BTreeSet<SocketAddr>,
     backoff: BTreeMap<SocketAddr, Backoff>,
-    /// When a link to a lost peer last opened: news that the network
-    /// carries again (see [`Links::end_backoffs`]).
-    carries_since: Option<Instant>,
     /// When the link over each address was lost, while it is probed
     /// ([`Timings::probe_for`]).
     lost: BTreeMap<SocketAddr, Instant>,
@@ -320,8 +321,7 @@ impl Links {
             seeds: addrs,
             names,
             members: Vec::new(),
-            dialing: BTreeMap::new(),
-            carries_since: None,
+            dialing: BTreeSet::new(),
             backoff: BTreeMap::new(),
             lost: BTreeMap::new(),
             stopped: false,
@@ -368,10 +368,7 @@ impl Links {
         // not while it is being dialed (its end has passed then).
         let targets = self.targets();
         t.extend(
-            self.backoff
-                .iter()
-                .filter(|(a, _)| targets.contains(a) && !self.dialing.contains_key(a))
-                .map(|(_, b)| b.until),
+            self.backoff.iter().filter(|(a, _)| targets.contains(a) && !self.dialing.contains(a)).map(|(_, b)| b.until),
         );
         let linked = self.linked_addrs();
         t.extend(
@@ -576,12 +573,14 @@ impl Links {
     /// carries again (a partition lifting, a peer back from a restart), so
     /// every address and name waiting out a redial backoff is tried at
     /// once rather than up to `backoff_max` later. Each keeps its delay: one
-    /// that fails again backs off from where it was. A dial under way then
-    /// sent its Initials into the cut, and once past them waits silently
-    /// for its handshake timeout: when it fails, it is tried again at once
-    /// (see [`Links::handle_dial_result`]).
+    /// that fails again backs off from where it was. A dial under way to an
+    /// address still unlinked sent its Initials into the cut, and once past
+    /// them waits in silence for its handshake timeout: it is restarted.
     fn end_backoffs(&mut self, now: Instant) {
-        self.carries_since = Some(now);
+        let linked = self.linked_addrs();
+        for &addr in self.dialing.iter().filter(|a| !linked.contains(a)) {
+            self.actions.push_back(Action::Restart(addr));
+        }
         for b in self.backoff.values_mut().chain(self.names.iter_mut().filter_map(|n| n.backoff.as_mut())) {
             b.until = b.until.min(now);
         }
@@ -634,7 +633,7 @@ impl Links {
 
     /// A dial finished: with a link (`ok`) or not.
     pub(crate) fn handle_dial_result(&mut self, now: Instant, addr: SocketAddr, ok: bool) {
-        let started = self.dialing.remove(&addr);
+        self.dialing.remove(&addr);
         if ok {
             self.backoff.remove(&addr);
             self.lost.remove(&addr);
@@ -655,11 +654,7 @@ impl Links {
                 (delay, delay)
             };
             let jittered = wait.mul_f64(self.rng.random_range(0.75..1.25));
-            // A dial that started before the network was seen to carry
-            // again is no evidence that this address is still cut off.
-            let stale = started.zip(self.carries_since).is_some_and(|(s, c)| s < c);
-            let until = if stale { now } else { now + jittered };
-            self.backoff.insert(addr, Backoff { until, delay });
+            self.backoff.insert(addr, Backoff { until: now + jittered, delay });
         }
         self.dial_targets(now);
     }
@@ -735,10 +730,10 @@ impl Links {
         let probe_for = self.timings.probe_for;
         self.lost.retain(|_, at| now < *at + probe_for);
         for addr in self.targets() {
-            if self.dialing.contains_key(&addr) || self.backoff.get(&addr).is_some_and(|b| now < b.until) {
+            if self.dialing.contains(&addr) || self.backoff.get(&addr).is_some_and(|b| now < b.until) {
                 continue;
             }
-            self.dialing.insert(addr, now);
+            self.dialing.insert(addr);
             self.actions.push_back(if self.probing(now, addr) { Action::Probe(addr) } else { Action::Dial(addr) });
         }
     }

@@ -794,7 +794,7 @@ fn a_link_to_a_lost_peer_ends_every_redial_backoff_and_the_next_failure_backs_of
 }
 
 #[test]
-fn a_dial_under_way_when_a_lost_peer_links_again_is_retried_at_once_when_it_fails() {
+fn a_dial_under_way_when_a_lost_peer_links_again_is_restarted() {
     let mut now = crate::env::stopwatch().into_std();
     let mut c = Node::with_seeds("c", 7002, vec![], now);
     c.links.handle_members(now, vec![("a".into(), addr(7000)), ("b".into(), addr(7001))]);
@@ -807,22 +807,29 @@ fn a_dial_under_way_when_a_lost_peer_links_again_is_retried_at_once_when_it_fail
         c.links.handle_timeout(now);
         assert_eq!(c.actions().len(), 2, "both dialed again");
     }
-    // Both dials are under way when the cut lifts and a's dial arrives.
+    // Both dials are under way when the cut lifts and a's dial arrives:
+    // b's, whose Initials went into the cut, starts afresh; a's, to a
+    // linked address, does not.
     now += Duration::from_millis(600);
     let a = id("a", 100);
     let v = c.links.handle_hello(now, ConnId(1), Side::Acceptor, &hello(&a, addr(7000)), None, Some("a"), &mut c.core);
     assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
-    assert!(!c.actions().iter().any(|x| matches!(x, Action::Dial(_))), "b's dial is still under way");
-    // Its Initials went into the cut: when it times out, b is dialed at
-    // once, not after the capped backoff.
+    let actions = c.actions();
+    assert!(actions.contains(&Action::Restart(addr(7001))), "{actions:?}");
+    assert!(!actions.contains(&Action::Restart(addr(7000))), "{actions:?}");
+    assert!(!actions.iter().any(|x| matches!(x, Action::Dial(_))), "b's dial is still one: {actions:?}");
+    // It is one dial: its failure backs off from where it was.
     now += Duration::from_millis(400);
-    c.links.handle_dial_result(now, addr(7001), false);
-    assert!(c.actions().contains(&Action::Dial(addr(7001))), "b redialed at once");
-    // That dial started after the news: its failure backs off again.
     c.links.handle_dial_result(now, addr(7001), false);
     assert!(!c.actions().contains(&Action::Dial(addr(7001))));
     let due = c.links.poll_timeout().expect("a redial is due");
     assert!(due >= now + Duration::from_millis(1500), "backed off {:?}", due - now);
+    // A new connection of a peer already linked is no such news.
+    c.links.handle_timeout(due);
+    assert_eq!(c.actions(), vec![Action::Dial(addr(7001))]);
+    let v = c.links.handle_hello(due, ConnId(2), Side::Acceptor, &hello(&a, addr(7000)), None, Some("a"), &mut c.core);
+    assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
+    assert!(!c.actions().iter().any(|x| matches!(x, Action::Restart(_))));
 }
 
 #[test]
