@@ -3,8 +3,9 @@
 //! against one shared store, reads in a scattered order over a million
 //! keys, and a million new keys written into an empty store.
 //!
-//! Every operation is given the same fixed `now`, so no benchmark reads the
-//! system clock. Run with `cargo bench --bench store`.
+//! Every operation is given a fixed `now` (a merge, the time of the
+//! registers it merges), so no benchmark reads the system clock. Run with
+//! `cargo bench --bench store`.
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
@@ -116,8 +117,9 @@ fn bench_put(c: &mut Criterion, keys: &[Bytes]) {
 fn bench_merge(c: &mut Criterion, keys: &[Bytes]) {
     // Preload with local stamps a minute in the past, so that remote stamps
     // starting at NOW - 50 s replace them. Remote stamps then rise by one per
-    // register: 50.5 s of headroom below the `max_offset` bar is 3.3 billion
-    // registers, far more than a run merges.
+    // register, and each batch arrives at its last stamp's time, as a push
+    // arrives within milliseconds of its write (and so its registers are
+    // stored as a push's are).
     let store = preloaded(keys, NOW - 60_000);
     let v = value();
     let mut hlc = Stamp::pack(NOW - 50_000, 0);
@@ -127,7 +129,7 @@ fn bench_merge(c: &mut Criterion, keys: &[Bytes]) {
     group.bench_function("batch1000", |b| {
         b.iter_batched(
             || {
-                (0..MERGE_BATCH)
+                let batch = (0..MERGE_BATCH)
                     .map(|_| {
                         hlc += 1;
                         let k = keys[cursor].clone();
@@ -138,10 +140,11 @@ fn bench_merge(c: &mut Criterion, keys: &[Bytes]) {
                         };
                         (k, reg)
                     })
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                (batch, Stamp { hlc, node: NodeId(2) }.physical_ms())
             },
-            |batch| {
-                let out = store.merge(batch, NOW);
+            |(batch, arrival)| {
+                let out = store.merge(batch, arrival);
                 debug_assert_eq!(out.changes.len(), MERGE_BATCH);
                 out
             },

@@ -99,15 +99,63 @@ fn blob(key: &[u8], value: &[u8], expires_at_ms: Option<u64>, arrival: u64) -> B
     buf.into_boxed_slice()
 }
 
+/// What a blob holds for `slot` beside its key: the value (empty for a
+/// tombstone or a stub) and the expiry.
+fn contents(slot: &Slot) -> (&[u8], Option<u64>) {
+    match slot {
+        Slot::Value { data, expires_at_ms } => (data, *expires_at_ms),
+        Slot::Tombstone => (&[], None),
+        Slot::Evicted { expires_at_ms } => (&[], *expires_at_ms),
+    }
+}
+
 /// The blob of `key` holding `slot`, stamped `stamp`, stored at
 /// `arrival_ms`.
 fn blob_of(key: &[u8], slot: &Slot, stamp: Stamp, arrival_ms: u64) -> Box<[u8]> {
+    let (value, expires_at_ms) = contents(slot);
+    blob(key, value, expires_at_ms, arrival_word(stamp, arrival_ms))
+}
+
+/// Writes into `blob` what [`blob_of`] would make for its own key, when
+/// that is exactly as long; false, with `blob` untouched, otherwise. Most
+/// overwrites keep the value's size (fixed-size values, counters, a
+/// refreshed entry), and one in place costs no allocation and no free, and
+/// writes to memory that the lookup before it has just read, where a new
+/// blob is memory no core has touched lately.
+fn overwrite(blob: &mut [u8], slot: &Slot, stamp: Stamp, arrival_ms: u64) -> bool {
+    let (value, expires_at_ms) = contents(slot);
+    let (old_tag, key_at) = varint(blob, 0);
+    let key_len = (old_tag >> 1) as usize;
+    let tag = (key_len as u64) << 1 | u64::from(expires_at_ms.is_some());
     let arrival = arrival_word(stamp, arrival_ms);
-    match slot {
-        Slot::Value { data, expires_at_ms } => blob(key, data, *expires_at_ms, arrival),
-        Slot::Tombstone => blob(key, &[], None, arrival),
-        Slot::Evicted { expires_at_ms } => blob(key, &[], *expires_at_ms, arrival),
+    let expiry_len = if expires_at_ms.is_some() { 8 } else { 0 };
+    // The tag's length follows from the key's alone (an even number and the
+    // odd one after it are never on two sides of a power of two), so it
+    // matches whenever the total does; checked all the same, as the writes
+    // below rely on it.
+    if varint_len(tag) != key_at || key_at + key_len + varint_len(arrival) + value.len() + expiry_len != blob.len() {
+        return false;
     }
+    put_varint_at(blob, 0, tag);
+    let at = put_varint_at(blob, key_at + key_len, arrival);
+    let (value_to, expiry_to) = blob[at..].split_at_mut(value.len());
+    value_to.copy_from_slice(value);
+    if let Some(e) = expires_at_ms {
+        expiry_to.copy_from_slice(&e.to_le_bytes());
+    }
+    true
+}
+
+/// Writes `n` as a varint at `at` in `out`, which has room for it; returns
+/// the position after it.
+fn put_varint_at(out: &mut [u8], mut at: usize, mut n: u64) -> usize {
+    while n >= 0x80 {
+        out[at] = (n as u8) | 0x80;
+        n >>= 7;
+        at += 1;
+    }
+    out[at] = n as u8;
+    at + 1
 }
 
 /// A register's arrival, kept as its distance from the stamp's physical
@@ -397,11 +445,16 @@ impl Table {
     }
 
     /// Replaces the record `id` (in use) with one for the same key, keeping
-    /// its id.
+    /// its id, and its blob's allocation when the new blob is as long.
     pub(crate) fn replace(&mut self, id: u32, slot: &Slot, stamp: Stamp, arrival_ms: u64, access: Access) {
         let node = self.node_word(stamp, slot);
-        let b = blob_of(self.get(id).key(), slot, stamp, arrival_ms);
-        *at_mut(&mut self.chunks, id) = Record { blob: Some(b), hlc: stamp.hlc, access, node };
+        let rec = at_mut(&mut self.chunks, id);
+        let blob = rec.blob.as_deref_mut().expect("a replaced record is in use");
+        if !overwrite(blob, slot, stamp, arrival_ms) {
+            let new = blob_of(key_of(blob).0, slot, stamp, arrival_ms);
+            rec.blob = Some(new);
+        }
+        (rec.hlc, rec.access, rec.node) = (stamp.hlc, access, node);
     }
 
     /// Adds a record for a key not held; `kh` is its key hash. Returns its
@@ -587,6 +640,63 @@ mod tests {
             assert_eq!(e.payload_len(), slot.payload_len());
             assert_eq!(e.register(), Register { val: slot, marker: st(i as u64 + 1) });
         }
+    }
+
+    /// Every pair of shapes, one written over the other: in place exactly
+    /// when the blobs are as long, and then the same bytes as a new blob.
+    #[test]
+    fn an_overwrite_in_place_is_the_blob_a_new_one_would_be() {
+        let now = 1_800_000_000_000u64;
+        let hlc = Stamp::pack(now, 3);
+        let keys: [&[u8]; 4] = [b"", b"k", &[5; 63], &[6; 64]];
+        let slots = [
+            value(b"", None),
+            value(b"v", None),
+            value(&[1; 100], None),
+            value(&[2; 100], Some(now + 10)),
+            value(&[3; 92], Some(now + 10)),
+            value(&[4; 8], None),
+            Slot::Tombstone,
+            Slot::Evicted { expires_at_ms: None },
+            Slot::Evicted { expires_at_ms: Some(7) },
+        ];
+        // Arrivals one varint byte from the stamp's time, and three.
+        let arrivals = [now, now + 1, now + 40_000];
+        let (mut in_place, mut anew) = (0, 0);
+        for key in keys {
+            for (old, old_at) in slots.iter().flat_map(|s| arrivals.map(|a| (s, a))) {
+                for (new, new_at) in slots.iter().flat_map(|s| arrivals.map(|a| (s, a))) {
+                    let stamp = Stamp { hlc, node: NodeId(1) };
+                    let before = blob_of(key, old, stamp, old_at);
+                    let want = blob_of(key, new, stamp, new_at);
+                    let mut b = before.clone();
+                    if overwrite(&mut b, new, stamp, new_at) {
+                        assert_eq!(b, want, "{old:?} at {old_at} overwritten by {new:?} at {new_at}");
+                        in_place += 1;
+                    } else {
+                        assert_ne!(before.len(), want.len(), "{old:?} by {new:?}: as long, and not in place");
+                        assert_eq!(b, before, "a blob not overwritten is left as it was");
+                        anew += 1;
+                    }
+                }
+            }
+        }
+        assert!(in_place > 0 && anew > 0, "{in_place} in place, {anew} anew");
+    }
+
+    #[test]
+    fn a_replace_as_long_keeps_the_blob_and_a_longer_one_does_not() {
+        let mut t = Table::default();
+        let id = put(&mut t, b"k", value(&[1; 100], None), 1);
+        let at = |t: &Table| t.get(id).blob().as_ptr();
+        let first = at(&t);
+        put(&mut t, b"k", value(&[2; 100], None), 2);
+        assert_eq!(at(&t), first, "a value as long is written in place");
+        assert_eq!(t.get(id).slot(), value(&[2; 100], None));
+        assert_eq!((t.get(id).stamp(), t.get(id).arrival_ms()), (st(2), 2));
+        put(&mut t, b"k", value(&[3; 101], None), 3);
+        assert_eq!(t.get(id).slot(), value(&[3; 101], None));
+        assert_eq!(t.get(id).blob().len(), blob_of(b"k", &value(&[3; 101], None), st(3), 3).len());
     }
 
     #[test]
