@@ -93,6 +93,12 @@ struct Decided {
     held: Option<u32>,
 }
 
+/// Registers merged together under their shards' locks (see
+/// [`Store::merge_together`]): enough lookups in a row for their cache
+/// misses to overlap, few enough that the locks are held for a few
+/// microseconds.
+const MERGE_GROUP: usize = 32;
+
 /// One register of a bucket summary: key, stamp, and whether it is a stub.
 pub type SummaryItem = (Bytes, Stamp, bool);
 
@@ -914,21 +920,28 @@ impl Store {
     ///
     /// A run of registers with one stamp is one transaction's writes (see
     /// `txn`): they are merged under all their shards' locks at once, so no
-    /// reader here sees part of them.
+    /// reader here sees part of them. Other registers are merged in groups
+    /// of a few dozen, each under its shards' locks at once, so that their
+    /// table lookups overlap.
     pub fn merge(&self, regs: impl IntoIterator<Item = (Bytes, Register)>, now_ms: u64) -> MergeOutcome {
         self.saw_time(now_ms);
         let mut out = MergeOutcome::default();
         let mut added_tombstone = false;
+        let mut group = Vec::new();
         let mut regs = regs.into_iter().peekable();
         while let Some((key, reg)) = regs.next() {
             let marker = reg.marker;
             let in_run = regs.peek().is_some_and(|(_, r)| r.marker == marker);
             if !in_run {
                 if self.observe(marker, 1, now_ms, &mut out) {
-                    self.merge_alone(key, reg, now_ms, &mut out, &mut added_tombstone);
+                    group.push((key, reg));
+                }
+                if group.len() == MERGE_GROUP {
+                    self.merge_together(std::mem::take(&mut group), now_ms, &mut out, &mut added_tombstone);
                 }
                 continue;
             }
+            self.merge_together(std::mem::take(&mut group), now_ms, &mut out, &mut added_tombstone);
             let mut run = vec![(key, reg)];
             while let Some(next) = regs.next_if(|(_, r)| r.marker == marker) {
                 run.push(next);
@@ -942,26 +955,9 @@ impl Store {
                 }
                 continue;
             }
-            let mut want = vec![false; self.shards.len()];
-            let located: Vec<(u64, usize, usize)> = run
-                .iter()
-                .map(|(k, _)| {
-                    let kh = key_hash(k);
-                    let (s, lb) = self.locate(kh);
-                    want[s] = true;
-                    (kh, s, lb)
-                })
-                .collect();
-            // In increasing shard order, as transactions lock them.
-            let mut guards: Vec<_> = want.iter().enumerate().map(|(s, &w)| w.then(|| self.shards[s].write())).collect();
-            let mut d = shard::Delta::default();
-            for ((key, reg), (kh, s, lb)) in run.into_iter().zip(located) {
-                let g = guards[s].as_deref_mut().expect("locked above");
-                d.add(self.merge_into(g, key, kh, lb, reg, now_ms, &mut out, &mut added_tombstone));
-            }
-            drop(guards);
-            self.apply(d);
+            self.merge_together(run, now_ms, &mut out, &mut added_tombstone);
         }
+        self.merge_together(group, now_ms, &mut out, &mut added_tombstone);
         // A write from a peer is never refused for memory: refusing it would
         // leave this replica on the older value. The policy evicts instead
         // (with `noeviction`, the values stay over the bound; see README).
@@ -972,6 +968,57 @@ impl Store {
             self.compact_if_needed(now_ms);
         }
         out
+    }
+
+    /// Merges registers (already observed) under all their shards' locks at
+    /// once, taken in increasing shard order as transactions take them.
+    ///
+    /// Each merge starts with a table lookup, a chain of dependent cache
+    /// misses (the index's slot, the record, the blob) that is most of what
+    /// a merge costs once the table outgrows the caches. The lookups of
+    /// different keys do not depend on one another, so all of them run
+    /// first, back to back: the processor overlaps their misses, and the
+    /// merges that follow find the lines loaded. Taking each shard's lock
+    /// once per group rather than once per register leaves no locked
+    /// instruction between two lookups to hold the next one back.
+    fn merge_together(
+        &self,
+        regs: Vec<(Bytes, Register)>,
+        now_ms: u64,
+        out: &mut MergeOutcome,
+        added_tombstone: &mut bool,
+    ) {
+        match regs.len() {
+            0 => return,
+            1 => {
+                let (key, reg) = regs.into_iter().next().expect("one register");
+                return self.merge_alone(key, reg, now_ms, out, added_tombstone);
+            }
+            _ => {}
+        }
+        let mut want = vec![false; self.shards.len()];
+        let located: Vec<(u64, usize, usize)> = regs
+            .iter()
+            .map(|(k, _)| {
+                let kh = key_hash(k);
+                let (s, lb) = self.locate(kh);
+                want[s] = true;
+                (kh, s, lb)
+            })
+            .collect();
+        let mut guards: Vec<_> = want.iter().enumerate().map(|(s, &w)| w.then(|| self.shards[s].write())).collect();
+        for ((key, _), &(kh, s, lb)) in regs.iter().zip(&located) {
+            let g = guards[s].as_deref().expect("locked above");
+            std::hint::black_box(g.find(kh, key).map(|(id, _)| id));
+            g.warm(lb);
+        }
+        let mut d = shard::Delta::default();
+        for ((key, reg), (kh, s, lb)) in regs.into_iter().zip(located) {
+            let g = guards[s].as_deref_mut().expect("locked above");
+            d.add(self.merge_into(g, key, kh, lb, reg, now_ms, out, added_tombstone));
+        }
+        drop(guards);
+        self.apply(d);
     }
 
     /// The HLC observation of `n` remote registers stamped `marker`:

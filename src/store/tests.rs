@@ -86,6 +86,43 @@ fn higher_stamp_wins_either_order() {
     assert_eq!(a.root(), c.root());
 }
 
+/// Registers merged in one batch (in groups, each under its shards' locks
+/// at once) end where the same registers merged one at a time end, keys
+/// repeated within a group included.
+#[test]
+fn a_batch_merges_as_its_registers_one_at_a_time() {
+    let a = store(1);
+    let mut regs = Vec::new();
+    for i in 0..150u64 {
+        let key = format!("k{}", i % 23);
+        let w = if i % 11 == 0 {
+            a.delete(b(&key), T0 + i)
+        } else {
+            a.put(b(&key), b(&format!("v{i}")), None, T0 + i).unwrap()
+        };
+        regs.push((w.key, w.register));
+    }
+    // Newest first for half the keys, so that a group holds a key's older
+    // writes after its newer ones too.
+    regs.sort_by_key(|(k, r)| if k.len() % 2 == 0 { (0, u64::MAX - r.marker.hlc) } else { (1, r.marker.hlc) });
+    let (batch, alone) = (store(2), store(3));
+    let out = batch.merge(regs.clone(), T0 + 200);
+    let (mut changes, mut stale) = (0, 0);
+    for r in regs {
+        let o = alone.merge([r], T0 + 200);
+        changes += o.changes.len();
+        stale += o.stale;
+    }
+    assert_eq!((out.changes.len(), out.stale), (changes, stale));
+    assert_eq!(batch.root(), alone.root());
+    assert_eq!(batch.root(), a.root());
+    assert_eq!(batch.root(), recomputed_root(&batch));
+    for i in 0..23 {
+        let key = format!("k{i}");
+        assert_eq!(batch.get(key.as_bytes(), T0 + 200), a.get(key.as_bytes(), T0 + 200), "{key}");
+    }
+}
+
 #[test]
 fn merge_is_idempotent_and_reports_changes() {
     let a = store(1);
