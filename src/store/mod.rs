@@ -95,9 +95,12 @@ struct Decided {
 
 /// Registers merged together under their shards' locks (see
 /// [`Store::merge_together`]): enough lookups in a row for their cache
-/// misses to overlap, few enough that the locks are held for a few
-/// microseconds.
-const MERGE_GROUP: usize = 32;
+/// misses to overlap, and at most 8 of the 64 default shards locked at
+/// once, for about a microsecond. Groups of 32 were a little faster but
+/// held up to half the shards, and with them row 10 of BENCHMARKS.md
+/// (cold keys loaded once) saw keys loaded twice in 2 rounds of 13, none
+/// in 18 with groups of 8 ("Merges in groups").
+const MERGE_GROUP: usize = 8;
 
 /// One register of a bucket summary: key, stamp, and whether it is a stub.
 pub type SummaryItem = (Bytes, Stamp, bool);
