@@ -923,9 +923,9 @@ impl Store {
     ///
     /// A run of registers with one stamp is one transaction's writes (see
     /// `txn`): they are merged under all their shards' locks at once, so no
-    /// reader here sees part of them. Other registers are merged in groups
-    /// of a few dozen, each under its shards' locks at once, so that their
-    /// table lookups overlap.
+    /// reader here sees part of them. Other registers are merged in small
+    /// groups, each under its shards' locks at once, so that their table
+    /// lookups overlap.
     pub fn merge(&self, regs: impl IntoIterator<Item = (Bytes, Register)>, now_ms: u64) -> MergeOutcome {
         self.saw_time(now_ms);
         let mut out = MergeOutcome::default();

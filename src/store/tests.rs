@@ -102,9 +102,9 @@ fn a_batch_merges_as_its_registers_one_at_a_time() {
         };
         regs.push((w.key, w.register));
     }
-    // Newest first for half the keys, so that a group holds a key's older
-    // writes after its newer ones too.
-    regs.sort_by_key(|(k, r)| if k.len() % 2 == 0 { (0, u64::MAX - r.marker.hlc) } else { (1, r.marker.hlc) });
+    // A key's writes side by side, so that groups hold several of them:
+    // newest first for the keys of two bytes, oldest first for the others.
+    regs.sort_by_key(|(k, r)| (k.clone(), if k.len() == 2 { u64::MAX - r.marker.hlc } else { r.marker.hlc }));
     let (batch, alone) = (store(2), store(3));
     let out = batch.merge(regs.clone(), T0 + 200);
     let (mut changes, mut stale) = (0, 0);
