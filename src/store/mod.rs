@@ -999,25 +999,29 @@ impl Store {
             }
             _ => {}
         }
-        let mut want = vec![false; self.shards.len()];
         let located: Vec<(u64, usize, usize)> = regs
             .iter()
             .map(|(k, _)| {
                 let kh = key_hash(k);
                 let (s, lb) = self.locate(kh);
-                want[s] = true;
                 (kh, s, lb)
             })
             .collect();
-        let mut guards: Vec<_> = want.iter().enumerate().map(|(s, &w)| w.then(|| self.shards[s].write())).collect();
+        // The shards touched, each once, locked in increasing order; a
+        // register finds its shard's guard by the shard's place among them.
+        let mut touched: Vec<usize> = located.iter().map(|&(_, s, _)| s).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut guards: Vec<_> = touched.iter().map(|&s| self.shards[s].write()).collect();
+        let guard_of = |s: usize| touched.binary_search(&s).expect("locked above");
         for ((key, _), &(kh, s, lb)) in regs.iter().zip(&located) {
-            let g = guards[s].as_deref().expect("locked above");
+            let g = &guards[guard_of(s)];
             std::hint::black_box(g.find(kh, key).map(|(id, _)| id));
             g.warm(lb);
         }
         let mut d = shard::Delta::default();
         for ((key, reg), (kh, s, lb)) in regs.into_iter().zip(located) {
-            let g = guards[s].as_deref_mut().expect("locked above");
+            let g = &mut guards[guard_of(s)];
             d.add(self.merge_into(g, key, kh, lb, reg, now_ms, out, added_tombstone));
         }
         drop(guards);
