@@ -834,10 +834,26 @@ async fn row_lag(args: &Args, z: &Sizes, rep: &mut Report) -> Result<()> {
 
 /// Writes `n` keys from `start` on `p` in a blocking thread.
 async fn write_range(p: Mesh, prefix: &'static str, start: usize, n: usize) -> Result<Duration> {
+    write_items(p, items(prefix, start, n)).await
+}
+
+/// Keys and their values, in the order they are put.
+type Items = Vec<(Bytes, Bytes)>;
+
+/// The keys `start..start + n` with `prefix` and their values. A timed
+/// write makes them before its clock starts, as row 7 makes its keys and
+/// redis-benchmark its commands: formatting them as it goes took about an
+/// eighth of row 3's writer thread.
+fn items(prefix: &str, start: usize, n: usize) -> Items {
+    (start..start + n).map(|i| (key(prefix, i), value(i))).collect()
+}
+
+/// Puts `items` into `p`, in order, on a thread of its own.
+async fn write_items(p: Mesh, items: Items) -> Result<Duration> {
     tokio::task::spawn_blocking(move || {
         let t = meshcache::env::stopwatch().into_std();
-        for i in start..start + n {
-            p.insert(key(prefix, i), value(i))?;
+        for (k, v) in items {
+            p.insert(k, v)?;
         }
         anyhow::Ok(t.elapsed())
     })
@@ -874,13 +890,18 @@ async fn replicated_mode(z: &Sizes, ca: &EphemeralCa, rep: &mut Report, mode: &s
         for r in 0..z.repeats {
             let peers = start_three(ca, &format!("r{run}{r}")).await?;
             let before: Vec<_> = peers.iter().map(Mesh::stats).collect();
+            let batches: Vec<_> = if run == 0 {
+                vec![items("u", 0, m)]
+            } else {
+                (0..3).map(|w| items("u", w * (m / 3), m / 3)).collect()
+            };
             let res = async {
                 let t = meshcache::env::stopwatch().into_std();
-                let writers: Vec<_> = if run == 0 {
-                    vec![tokio::spawn(write_range(peers[0].clone(), "u", 0, m))]
-                } else {
-                    (0..3).map(|w| tokio::spawn(write_range(peers[w].clone(), "u", w * (m / 3), m / 3))).collect()
-                };
+                let writers: Vec<_> = batches
+                    .into_iter()
+                    .enumerate()
+                    .map(|(w, b)| tokio::spawn(write_items(peers[w].clone(), b)))
+                    .collect();
                 for w in writers {
                     w.await??;
                 }
@@ -926,7 +947,7 @@ fn replicated_rows(
     overflows: u64,
 ) {
     let note = format!(
-        "{} puts of {KEY_LEN}+{VALUE_LEN} B, {how}, until equal digests; median of {}{}",
+        "{} puts of {KEY_LEN}+{VALUE_LEN} B (made before the clock starts), {how}, until equal digests; median of {}{}",
         z.replicated,
         z.repeats,
         if overflows > 0 { format!("; {overflows} queue overflows (repaired by AE)") } else { String::new() }
@@ -1040,9 +1061,10 @@ impl PeerProcess {
 /// The child side of [`PeerProcess`]: starts a peer with
 /// [`bench_config`], prints `addr <address>`, then answers, one line each:
 /// `state` (digest root, register count, connections, push bytes, deltas
-/// sent, queue overflows), `write START N` (puts keys `START..START+N` with
-/// prefix `u`; answers `done`), `fill ROUND KEYS CALLERS MS` (see
-/// [`fill_callers`]), `quit`.
+/// sent, queue overflows), `prepare START N` (makes keys `START..START+N`
+/// with prefix `u` and their values; answers `ready`), `write START N`
+/// (puts them, made now unless prepared; answers `done`), `fill ROUND KEYS
+/// CALLERS MS` (see [`fill_callers`]), `quit`.
 async fn child_main(name: &str, certs: &std::path::Path, seed: Option<SocketAddr>) -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let id = meshcache::transport::certs::load_identity(certs, name).map_err(|e| anyhow!("{e}"))?;
@@ -1056,6 +1078,7 @@ async fn child_main(name: &str, certs: &std::path::Path, seed: Option<SocketAddr
     let mut out = tokio::io::stdout();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut answer = format!("addr {}", p.local_addr());
+    let mut prepared: Option<(usize, usize, Items)> = None;
     loop {
         out.write_all(format!("{answer}\n").as_bytes()).await?;
         out.flush().await?;
@@ -1067,11 +1090,24 @@ async fn child_main(name: &str, certs: &std::path::Path, seed: Option<SocketAddr
                 let (h, n) = p.replica().store().root();
                 format!("{h} {n} {} {} {} {}", s.connected, s.push_bytes_sent, s.deltas_sent, s.queue_overflows)
             }
+            ["prepare", start, n] => match (start.parse(), n.parse()) {
+                (Ok(start), Ok(n)) => {
+                    prepared = Some((start, n, items("u", start, n)));
+                    "ready".into()
+                }
+                _ => format!("error bad prepare command {line:?}"),
+            },
             ["write", start, n] => match (start.parse(), n.parse()) {
-                (Ok(start), Ok(n)) => match write_range(p.clone(), "u", start, n).await {
-                    Ok(_) => "done".into(),
-                    Err(e) => format!("error {e:#}"),
-                },
+                (Ok(start), Ok(n)) => {
+                    let batch = match prepared.take() {
+                        Some((s, c, b)) if (s, c) == (start, n) => b,
+                        _ => items("u", start, n),
+                    };
+                    match write_items(p.clone(), batch).await {
+                        Ok(_) => "done".into(),
+                        Err(e) => format!("error {e:#}"),
+                    }
+                }
                 _ => format!("error bad write command {line:?}"),
             },
             ["fill", round, keys, callers, ms] => match (keys.parse(), callers.parse(), ms.parse()) {
@@ -1250,6 +1286,13 @@ async fn replicated_processes_inner(
             let writers = if all { 3 } else { 1 };
             let per = m / writers;
             let total = (per * writers) as u64;
+            for (w, p) in procs.iter_mut().take(writers).enumerate() {
+                p.send(&format!("prepare {} {per}", w * per)).await?;
+                let answer = p.recv().await?;
+                if answer != "ready" {
+                    bail!("peer process answered {answer:?} to prepare");
+                }
+            }
             let t = meshcache::env::stopwatch().into_std();
             for (w, p) in procs.iter_mut().take(writers).enumerate() {
                 p.send(&format!("write {} {per}", w * per)).await?;
