@@ -930,7 +930,8 @@ impl Store {
         self.saw_time(now_ms);
         let mut out = MergeOutcome::default();
         let mut added_tombstone = false;
-        let mut group = Vec::new();
+        // One buffer for every group: each is drained as it is merged.
+        let mut group = Vec::with_capacity(MERGE_GROUP);
         let mut regs = regs.into_iter().peekable();
         while let Some((key, reg)) = regs.next() {
             let marker = reg.marker;
@@ -940,11 +941,11 @@ impl Store {
                     group.push((key, reg));
                 }
                 if group.len() == MERGE_GROUP {
-                    self.merge_together(std::mem::take(&mut group), now_ms, &mut out, &mut added_tombstone);
+                    self.merge_together(&mut group, now_ms, &mut out, &mut added_tombstone);
                 }
                 continue;
             }
-            self.merge_together(std::mem::take(&mut group), now_ms, &mut out, &mut added_tombstone);
+            self.merge_together(&mut group, now_ms, &mut out, &mut added_tombstone);
             let mut run = vec![(key, reg)];
             while let Some(next) = regs.next_if(|(_, r)| r.marker == marker) {
                 run.push(next);
@@ -958,9 +959,9 @@ impl Store {
                 }
                 continue;
             }
-            self.merge_together(run, now_ms, &mut out, &mut added_tombstone);
+            self.merge_together(&mut run, now_ms, &mut out, &mut added_tombstone);
         }
-        self.merge_together(group, now_ms, &mut out, &mut added_tombstone);
+        self.merge_together(&mut group, now_ms, &mut out, &mut added_tombstone);
         // A write from a peer is never refused for memory: refusing it would
         // leave this replica on the older value. The policy evicts instead
         // (with `noeviction`, the values stay over the bound; see README).
@@ -973,8 +974,9 @@ impl Store {
         out
     }
 
-    /// Merges registers (already observed) under all their shards' locks at
-    /// once, taken in increasing shard order as transactions take them.
+    /// Merges registers (already observed), draining `regs`, under all their
+    /// shards' locks at once, taken in increasing shard order as
+    /// transactions take them.
     ///
     /// Each merge starts with a table lookup, a chain of dependent cache
     /// misses (the index's slot, the record, the blob) that is most of what
@@ -986,7 +988,7 @@ impl Store {
     /// instruction between two lookups to hold the next one back.
     fn merge_together(
         &self,
-        regs: Vec<(Bytes, Register)>,
+        regs: &mut Vec<(Bytes, Register)>,
         now_ms: u64,
         out: &mut MergeOutcome,
         added_tombstone: &mut bool,
@@ -994,7 +996,7 @@ impl Store {
         match regs.len() {
             0 => return,
             1 => {
-                let (key, reg) = regs.into_iter().next().expect("one register");
+                let (key, reg) = regs.pop().expect("one register");
                 return self.merge_alone(key, reg, now_ms, out, added_tombstone);
             }
             _ => {}
@@ -1020,7 +1022,7 @@ impl Store {
             g.warm(lb);
         }
         let mut d = shard::Delta::default();
-        for ((key, reg), (kh, s, lb)) in regs.into_iter().zip(located) {
+        for ((key, reg), (kh, s, lb)) in regs.drain(..).zip(located) {
             let g = &mut guards[guard_of(s)];
             d.add(self.merge_into(g, key, kh, lb, reg, now_ms, out, added_tombstone));
         }

@@ -58,12 +58,10 @@ impl Kind {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
+fn put_varint(out: &mut Vec<u8>, n: u64) {
+    let mut b = [0u8; 10];
+    let len = put_varint_at(&mut b, 0, n);
+    out.extend_from_slice(&b[..len]);
 }
 
 fn varint_len(mut n: u64) -> usize {
