@@ -631,6 +631,13 @@ impl Links {
         self.lost.get(&addr).is_some_and(|at| now < *at + self.timings.probe_for)
     }
 
+    /// Dials under way: their handshake or hello not yet done. A dial
+    /// that crosses one the peer made to this one ends in a link too, the
+    /// other side's or its own, so links settle only when none is left.
+    pub(crate) fn dials_under_way(&self) -> usize {
+        self.dialing.len()
+    }
+
     /// A dial finished: with a link (`ok`) or not.
     pub(crate) fn handle_dial_result(&mut self, now: Instant, addr: SocketAddr, ok: bool) {
         self.dialing.remove(&addr);

@@ -134,6 +134,10 @@ pub struct MeshStats {
     /// Links made to peers: a reconnection counts again, a connection that
     /// stays up does not.
     pub links_made: u64,
+    /// Dials under way (handshake or hello not yet done). While any is,
+    /// `links_made` may still move: two peers that dialed each other at
+    /// once both end on the connection the smaller name dialed.
+    pub dials: usize,
     /// Connections closed because a peer broke the protocol.
     pub protocol_errors: u64,
     /// Remote clock readings refused for running too far ahead.
@@ -523,6 +527,7 @@ impl Mesh {
             refused_peers: l(&c.refused_peers),
             tls_refused: l(&c.tls_refused),
             links_made: l(&c.links_made),
+            dials: self.inner.links.lock().links.dials_under_way(),
             protocol_errors: l(&c.protocol_errors),
             clock_refused: self.inner.replica.store().clock().refused(),
             members_invalid: ignored.invalid,

@@ -190,7 +190,7 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
     let now = m.now_ms();
     writeln!(
         s,
-        "# Meshcache\r\nname:{}\r\nnode:{}\r\nincarnation_started_ms:{}\r\nbooted:{}\r\nmembers:{}\r\nconnected:{}\r\n\
+        "# Meshcache\r\nname:{}\r\nnode:{}\r\nincarnation_started_ms:{}\r\nbooted:{}\r\nmembers:{}\r\nconnected:{}\r\ndials:{}\r\n\
          entries:{}\r\nvalues:{}\r\ntombstones:{}\r\nstubs:{}\r\nbytes:{}\r\ndeltas_sent:{}\r\ndeltas_received:{}\r\n\
          push_batches_sent:{}\r\npush_bytes_sent:{}\r\nqueue_overflows:{}\r\nae_rounds:{}\r\nae_failed:{}\r\nae_declined:{}\r\n\
          ae_summaries_deferred:{}\r\nae_summary_window_waits:{}\r\nae_bytes_sent:{}\r\nae_bytes_received:{}\r\nae_entries_sent:{}\r\nae_entries_received:{}\r\n\
@@ -204,6 +204,7 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         st.booted as u8,
         st.members,
         st.connected,
+        st.dials,
         st.store.entries,
         st.store.entries.saturating_sub(st.store.tombstones + st.store.stubs),
         st.store.tombstones,

@@ -586,10 +586,12 @@ fn redial_backoff_doubles_to_two_seconds_with_jitter_and_resets_after_a_success(
     let mut now = crate::env::stopwatch().into_std();
     let mut a = Node::new("a", 7000, vec![seed], now);
     assert_eq!(a.actions(), vec![Action::Dial(seed)]);
+    assert_eq!(a.links.dials_under_way(), 1);
     let mut delays = Vec::new();
     for k in 0..8u32 {
         a.links.handle_dial_result(now, seed, false);
         assert!(a.actions().is_empty(), "no redial before the backoff ends");
+        assert_eq!(a.links.dials_under_way(), 0, "attempt {k}: backing off is no dial");
         let at = a.links.poll_timeout().expect("a redial is due");
         let delay = at - now;
         let base = (Duration::from_millis(200) * 2u32.pow(k)).min(Duration::from_secs(2));
@@ -598,6 +600,7 @@ fn redial_backoff_doubles_to_two_seconds_with_jitter_and_resets_after_a_success(
         assert!(a.actions().is_empty(), "attempt {k}: redialed early");
         a.links.handle_timeout(at);
         assert_eq!(a.actions(), vec![Action::Dial(seed)], "attempt {k}");
+        assert_eq!(a.links.dials_under_way(), 1, "attempt {k}");
         // While the dial runs, the backoff that ended is no deadline: a
         // deadline in the past would have the driver spin.
         assert!(a.links.poll_timeout().is_none_or(|t| t > at), "attempt {k}: a deadline in the past");
