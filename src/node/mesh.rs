@@ -504,10 +504,15 @@ impl Mesh {
         let c = &self.inner.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let ignored = self.inner.replica.members_ignored();
+        // Each lock is taken and released in its own statement: in the
+        // struct's expression a guard would live to the end of it, and the
+        // driver takes `links` then `peers`.
+        let connected = self.inner.peers.lock().len();
+        let dials = self.inner.links.lock().links.dials_under_way();
         MeshStats {
             store: self.inner.replica.store().stats(),
             members: self.inner.replica.members().len(),
-            connected: self.inner.peers.lock().len(),
+            connected,
             booted: self.inner.replica.is_booted(),
             deltas_sent: l(&c.deltas_sent),
             deltas_received: l(&c.deltas_received),
@@ -527,7 +532,7 @@ impl Mesh {
             refused_peers: l(&c.refused_peers),
             tls_refused: l(&c.tls_refused),
             links_made: l(&c.links_made),
-            dials: self.inner.links.lock().links.dials_under_way(),
+            dials,
             protocol_errors: l(&c.protocol_errors),
             clock_refused: self.inner.replica.store().clock().refused(),
             members_invalid: ignored.invalid,
