@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the core [`Store`]: local reads (hit and miss),
-//! local overwrites, merges of remote registers, reads from two threads
-//! against one shared store, reads in a scattered order over a million
-//! keys, and a million new keys written into an empty store.
+//! local overwrites (reading the value replaced, and blind), merges of
+//! remote registers, reads from two threads against one shared store,
+//! reads in a scattered order over a million keys, and a million new keys
+//! written into an empty store.
 //!
 //! Every operation is given a fixed `now` (a merge, the time of the
 //! registers it merges), so no benchmark reads the system clock. Run with
@@ -107,6 +108,17 @@ fn bench_put(c: &mut Criterion, keys: &[Bytes]) {
         b.iter(|| {
             // Key and value are `Bytes` clones: a refcount bump, no copy.
             let w = store.put(keys[i].clone(), v.clone(), None, NOW).unwrap();
+            i = next(i);
+            black_box(w)
+        })
+    });
+    // The same overwrite without reading the value it replaces, as a plain
+    // SET and `Mesh::insert` write.
+    group.bench_function("overwrite_blind", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let data = v.clone();
+            let w = store.write_blind(keys[i].clone(), NOW, |_| Some(Slot::Value { data, expires_at_ms: None }));
             i = next(i);
             black_box(w)
         })

@@ -188,6 +188,18 @@ impl Replica {
         Ok(self.store.write_with(key, now_ms, f)?)
     }
 
+    /// A local write that does not read the value it replaces; see
+    /// [`Store::write_blind`].
+    pub fn write_blind(
+        &self,
+        key: Bytes,
+        now_ms: u64,
+        f: impl FnOnce(Stamp) -> Option<Slot>,
+    ) -> Result<Option<Written>, WriteError> {
+        self.check_writable()?;
+        Ok(self.store.write_blind(key, now_ms, f)?)
+    }
+
     /// FLUSHALL: a mesh-wide range tombstone at a fresh stamp.
     pub fn flush_all(&self, now_ms: u64) -> Result<Stamp, WriteError> {
         self.check_writable()?;

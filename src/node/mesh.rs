@@ -358,10 +358,12 @@ impl Mesh {
     }
 
     fn insert_ttl_ms(&self, key: Bytes, value: Bytes, ttl: Option<u64>) -> Result<(), MeshError> {
+        // Checked before the write, which may evict to make room.
         self.check_size(&key, &value)?;
-        let w = self.inner.replica.put(key, value, ttl, self.now_ms())?;
-        self.inner.after_write(w, ChangeKind::Put);
-        Ok(())
+        self.write_blind(key, |stamp| {
+            Some(Slot::Value { data: value, expires_at_ms: ttl.map(|t| stamp.physical_ms().saturating_add(t)) })
+        })
+        .map(drop)
     }
 
     /// Deletes `key` everywhere. Returns whether it was visible here.
@@ -390,6 +392,26 @@ impl Mesh {
             self.inner.after_write(w.clone(), kind);
         }
         Ok(w)
+    }
+
+    /// As [`Mesh::write_with`], for a write that does not depend on the
+    /// value it replaces: `f` is not shown it ([`Store::write_blind`]).
+    /// Returns whether `f` wrote.
+    ///
+    /// [`Store::write_blind`]: crate::store::Store::write_blind
+    pub(crate) fn write_blind(
+        &self,
+        key: impl Into<Bytes>,
+        f: impl FnOnce(Stamp) -> Option<Slot>,
+    ) -> Result<bool, MeshError> {
+        let key = key.into();
+        let mut size = SizeCheck::new(self.max_write_bytes());
+        let w = self.inner.replica.write_blind(key.clone(), self.now_ms(), |stamp| size.check(&key, f(stamp)?))?;
+        size.result()?;
+        let Some(w) = w else { return Ok(false) };
+        let kind = if w.register.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
+        self.inner.after_write(w, kind);
+        Ok(true)
     }
 
     /// Deletes every key written before now, on every peer (Redis's

@@ -92,15 +92,26 @@ impl Db<'_, '_> {
         }
     }
 
+    /// A write that does not depend on the value it replaces (a SET
+    /// without NX, XX, GET or KEEPTTL): under a mesh the old value is not
+    /// copied out for it ([`Mesh::write_blind`]). The key and value are as
+    /// [`Db::write_with`]'s. Returns whether `f` wrote.
+    pub(crate) fn write_blind(&mut self, key: Bytes, f: impl FnOnce(Stamp) -> Option<Slot>) -> Result<bool, MeshError> {
+        match self {
+            Db::Mesh(m) => m.write_blind(key, f),
+            Db::Txn(t) => t.write_with(key, |_, stamp| f(stamp)).map(|w| w.is_some()),
+        }
+    }
+
     /// Writes a value without a TTL (Redis's commands set their own: an
     /// embedding's default TTL does not apply to them). `key` and `value`
     /// own their bytes already (copied before a transaction locks
     /// anything) and are stored as they are under a transaction.
     pub(crate) fn put(&mut self, key: Bytes, value: Bytes) -> Result<(), MeshError> {
-        let f = |_: Option<&Slot>, _| Some(Slot::Value { data: value, expires_at_ms: None });
+        let f = |_| Some(Slot::Value { data: value, expires_at_ms: None });
         match self {
-            Db::Mesh(m) => m.write_with(key, f).map(drop),
-            Db::Txn(t) => t.write_owned(key, f).map(drop),
+            Db::Mesh(m) => m.write_blind(key, f).map(drop),
+            Db::Txn(t) => t.write_owned(key, |_, stamp| f(stamp)).map(drop),
         }
     }
 

@@ -174,6 +174,27 @@ fn noeviction_refuses_writes_that_add_memory_and_nothing_else() {
 }
 
 #[test]
+fn noeviction_refuses_blind_writes_as_it_refuses_puts() {
+    let s = bounded(20, EvictionPolicy::Noeviction);
+    let blind = |k: u64, v: Bytes, t: u64| {
+        s.write_blind(key(k), t, |_| Some(Slot::Value { data: v, expires_at_ms: None })).map(|w| w.is_some())
+    };
+    let mut i = 0;
+    while blind(i, value(), T0) == Ok(true) {
+        i += 1;
+        assert!(i < 100, "blind writes are refused once over the bound");
+    }
+    assert_eq!(blind(i, value(), T0), Err(OutOfMemory));
+    assert!(s.value_bytes() <= s.max_bytes().unwrap().get() + entry_cost());
+    assert_eq!(s.stats().evictions, 0);
+    // The same-size overwrite adds nothing and is admitted; a larger one is
+    // refused, and the value it would have replaced stays.
+    assert_eq!(blind(0, Bytes::from(vec![9u8; VALUE]), T0 + 1), Ok(true));
+    assert_eq!(blind(1, Bytes::from(vec![1u8; 2 * VALUE]), T0 + 1), Err(OutOfMemory));
+    assert_eq!(s.get(&key(1), T0 + 1), Some(value()));
+}
+
+#[test]
 fn a_write_from_a_peer_is_never_refused() {
     let s = bounded(10, EvictionPolicy::Noeviction);
     let peer = Store::new(NodeId(2), StoreConfig::default()).unwrap();

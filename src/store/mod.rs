@@ -55,7 +55,10 @@ pub use txn::{Locked, TxnError};
 /// under its lock: the slot `f` returns for the value visible at `now_ms`
 /// and the new `stamp`, with that value; `None` when `f` writes nothing.
 /// Refused when the store is `full` and the slot would hold more than the
-/// register it replaces.
+/// register it replaces. Unless `read`, `f` is shown no value and none is
+/// returned: a write that does not depend on the value it replaces is
+/// spared copying it out.
+#[allow(clippy::too_many_arguments)]
 fn decide(
     g: &Shard,
     kh: u64,
@@ -63,12 +66,13 @@ fn decide(
     now_ms: u64,
     stamp: Stamp,
     full: bool,
+    read: bool,
     f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
 ) -> Result<Option<Decided>, OutOfMemory> {
     let found = g.find(kh, key);
     let id = found.map(|(id, _)| id);
     let held = found.map(|(_, r)| r);
-    let current = held.filter(|r| r.visible(now_ms).is_some()).map(|r| r.slot());
+    let current = held.filter(|r| read && r.visible(now_ms).is_some()).map(|r| r.slot());
     let held = held.map_or(0, shard::record_cost);
     let Some(slot) = f(current.as_ref(), stamp) else { return Ok(None) };
     // Moved out once `f` is done with it: a clone would turn the copy into
@@ -833,6 +837,32 @@ impl Store {
         now_ms: u64,
         f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
     ) -> Result<Option<Written>, OutOfMemory> {
+        self.write(key, now_ms, true, f)
+    }
+
+    /// A blind write: as [`Store::write_with`], but `f` is not shown the
+    /// value it replaces, and [`Written::previous`] is `None`. A plain
+    /// overwrite (SET without options, [`Mesh::insert`]) needs neither,
+    /// and reading them costs a copy of the old value: an allocation, a
+    /// copy and a free on every overwrite.
+    ///
+    /// [`Mesh::insert`]: crate::Mesh::insert
+    pub fn write_blind(
+        &self,
+        key: Bytes,
+        now_ms: u64,
+        f: impl FnOnce(Stamp) -> Option<Slot>,
+    ) -> Result<Option<Written>, OutOfMemory> {
+        self.write(key, now_ms, false, |_, stamp| f(stamp))
+    }
+
+    fn write(
+        &self,
+        key: Bytes,
+        now_ms: u64,
+        read: bool,
+        f: impl FnOnce(Option<&Slot>, Stamp) -> Option<Slot>,
+    ) -> Result<Option<Written>, OutOfMemory> {
         // Only eviction that found nothing to evict refuses a write. Being
         // over the bound is not enough: with writers on several threads the
         // bound is crossed by one write and restored by the next eviction,
@@ -847,7 +877,7 @@ impl Store {
         let mut g = self.shards[s].write();
         g.warm(lb);
         let stamp = self.clock.now(now_ms);
-        let Some(Decided { slot, previous, held }) = decide(&g, kh, &key, now_ms, stamp, full, f)? else {
+        let Some(Decided { slot, previous, held }) = decide(&g, kh, &key, now_ms, stamp, full, read, f)? else {
             return Ok(None);
         };
         let (key, slot) = own_copies(&key, slot);

@@ -35,6 +35,38 @@ fn put_get_delete() {
 }
 
 #[test]
+fn a_blind_write_lands_as_a_read_write_does_without_reading() {
+    let (blind, read) = (store(1), store(1));
+    for s in [&blind, &read] {
+        s.put(b("k"), b("old"), None, T0).unwrap();
+    }
+    let value = |stamp: Stamp| Some(Slot::Value { data: b("new"), expires_at_ms: Some(stamp.physical_ms() + 50) });
+    let wb = blind.write_blind(b("k"), T0 + 1, value).unwrap().unwrap();
+    let wr = read
+        .write_with(b("k"), T0 + 1, |cur, stamp| {
+            assert_eq!(cur, Some(&Slot::Value { data: b("old"), expires_at_ms: None }));
+            value(stamp)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(wb.previous, None, "the value replaced is not read");
+    assert_eq!(wr.previous, Some(b("old")));
+    assert_eq!((&wb.key, &wb.register, wb.applied), (&wr.key, &wr.register, wr.applied));
+    assert_eq!(blind.get(b"k", T0 + 1), Some(b("new")));
+    assert_eq!(blind.stats().entries, 1);
+    assert_eq!(blind.root(), read.root());
+    assert_eq!(blind.root(), recomputed_root(&blind));
+    // A blind write of nothing writes nothing; a blind tombstone deletes.
+    assert!(blind.write_blind(b("k"), T0 + 2, |_| None).unwrap().is_none());
+    assert_eq!(blind.get(b"k", T0 + 2), Some(b("new")));
+    let d = blind.write_blind(b("k"), T0 + 3, |_| Some(Slot::Tombstone)).unwrap().unwrap();
+    assert_eq!((d.previous, d.register.val), (None, Slot::Tombstone));
+    assert_eq!(blind.get(b"k", T0 + 3), None);
+    assert_eq!(blind.stats().tombstones, 1);
+    assert_eq!(blind.root(), recomputed_root(&blind));
+}
+
+#[test]
 fn ttl_expires_at_writer_stamp_plus_ttl() {
     let s = store(1);
     let w = s.put(b("k"), b("v"), Some(100), T0).unwrap();

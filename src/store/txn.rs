@@ -226,7 +226,8 @@ impl<'a> Locked<'a> {
         let (s, lb) = self.store.locate(kh);
         let (store, now, stamp, full) = (self.store, self.now_ms, self.stamp, self.full);
         let g = self.guards[s].as_deref_mut().ok_or(TxnError::NotLocked)?;
-        let Some(super::Decided { slot, previous, held }) = super::decide(g, kh, &key, now, stamp, full, f)? else {
+        let Some(super::Decided { slot, previous, held }) = super::decide(g, kh, &key, now, stamp, full, true, f)?
+        else {
             return Ok(None);
         };
         let register = Register { val: slot, marker: stamp };

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use super::{copy, eq, int_arg, value_of, write_error, wrong_args, Cx, SYNTAX};
+use crate::hlc::Stamp;
 use crate::resp::notify::Hint;
 use crate::resp::reply::Out;
 use crate::resp::Shared;
@@ -183,7 +184,7 @@ fn write(
     let (mut written, mut old) = (false, None);
     let listening = sh.hub.listening();
     let value = value.clone();
-    cx.db.write_with(key.clone(), |cur, stamp| {
+    let slot = |cur: Option<&Slot>, stamp: Stamp| {
         if want_old {
             old = value_of(cur);
         }
@@ -205,7 +206,14 @@ fn write(
             sh.hub.hint(stamp, key, Hint::SetWithTtl);
         }
         Some(Slot::Value { data: value, expires_at_ms })
-    })?;
+    };
+    // Only these options read the value replaced; without them it is not
+    // copied out for the write.
+    if want_old || cond != Cond::Always || ttl == Ttl::Keep {
+        cx.db.write_with(key.clone(), slot)?;
+    } else {
+        cx.db.write_blind(key.clone(), |stamp| slot(None, stamp))?;
+    }
     Ok((written, old))
 }
 
