@@ -842,9 +842,9 @@ impl Store {
 
     /// A blind write: as [`Store::write_with`], but `f` is not shown the
     /// value it replaces, and [`Written::previous`] is `None`. A plain
-    /// overwrite (SET without options, [`Mesh::insert`]) needs neither,
-    /// and reading them costs a copy of the old value: an allocation, a
-    /// copy and a free on every overwrite.
+    /// overwrite (SET without NX, XX, GET or KEEPTTL; MSET;
+    /// [`Mesh::insert`]) needs neither, and reading them costs a copy of
+    /// the old value: an allocation, a copy and a free on every overwrite.
     ///
     /// [`Mesh::insert`]: crate::Mesh::insert
     pub fn write_blind(
