@@ -17,7 +17,7 @@ use crate::config::MeshConfig;
 use crate::env::Env;
 use crate::membership::MemberId;
 use crate::replica::Replica;
-use crate::store::{Change, ChangeKind, Origin, Written};
+use crate::store::{Change, ChangeKind, Origin, Register, Written};
 use crate::wire::{FrameCodec, VersionRange};
 
 /// Counters of the peer's replication traffic. Monotonic.
@@ -152,16 +152,17 @@ impl Inner {
         }
         if self.events.receiver_count() > 0 {
             for (key, reg) in entries {
-                let kind = if reg.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
+                let kind = written_kind(&reg);
                 self.publish(Change { key: own_key(&key), kind, origin: Origin::Local, stamp: reg.marker });
             }
         }
     }
 
-    pub(super) fn after_write(&self, w: Written, kind: ChangeKind) {
+    pub(super) fn after_write(&self, w: Written) {
         if !w.applied {
             return;
         }
+        let kind = written_kind(&w.register);
         for p in self.peers.lock().values() {
             p.queue.push(w.key.clone(), w.register.clone());
         }
@@ -169,6 +170,16 @@ impl Inner {
         if self.events.receiver_count() > 0 {
             self.publish(Change { key: own_key(&w.key), kind, origin: Origin::Local, stamp: w.register.marker });
         }
+    }
+}
+
+/// What a local write of `reg` was, for change events: a tombstone is a
+/// delete, anything else a put.
+fn written_kind(reg: &Register) -> ChangeKind {
+    if reg.val.is_tombstone() {
+        ChangeKind::Delete
+    } else {
+        ChangeKind::Put
     }
 }
 

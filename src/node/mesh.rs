@@ -370,7 +370,7 @@ impl Mesh {
     pub fn invalidate(&self, key: impl Into<Bytes>) -> Result<bool, MeshError> {
         let w = self.inner.replica.delete(key.into(), self.now_ms())?;
         let existed = w.previous.is_some();
-        self.inner.after_write(w, ChangeKind::Delete);
+        self.inner.after_write(w);
         Ok(existed)
     }
 
@@ -388,8 +388,7 @@ impl Mesh {
             self.inner.replica.write_with(key.clone(), self.now_ms(), |cur, stamp| size.check(&key, f(cur, stamp)?))?;
         size.result()?;
         if let Some(w) = &w {
-            let kind = if w.register.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
-            self.inner.after_write(w.clone(), kind);
+            self.inner.after_write(w.clone());
         }
         Ok(w)
     }
@@ -409,8 +408,7 @@ impl Mesh {
         let w = self.inner.replica.write_blind(key.clone(), self.now_ms(), |stamp| size.check(&key, f(stamp)?))?;
         size.result()?;
         let Some(w) = w else { return Ok(false) };
-        let kind = if w.register.val.is_tombstone() { ChangeKind::Delete } else { ChangeKind::Put };
-        self.inner.after_write(w, kind);
+        self.inner.after_write(w);
         Ok(true)
     }
 
