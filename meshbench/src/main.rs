@@ -753,6 +753,28 @@ fn lag_probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &str) -> Result<Lag> {
     Ok(Lag { total, reply, after, gets: gets as f64 / n.max(1) as f64 })
 }
 
+/// Round trips (us, sorted) of `n` SETs on `a`, one every `gap`: a writer
+/// that leaves the peer idle between writes, where the lag probe writes
+/// again as soon as the last write is seen.
+fn paced_sets(a: SocketAddr, n: usize, gap: Duration) -> Result<Vec<f64>> {
+    let mut c = Client::connect(a)?;
+    let mut trips = Vec::with_capacity(n);
+    for i in 0..n + 50 {
+        let (k, v) = (key("p", i), value(i + 3));
+        std::thread::sleep(gap);
+        let t0 = meshcache::env::stopwatch().into_std();
+        match c.cmd(&[b"SET", &k, &v])? {
+            Reply::Simple(s) if s == "OK" => {}
+            r => bail!("SET on {a}: {r:?}"),
+        }
+        if i >= 50 {
+            trips.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    trips.sort_by(f64::total_cmp);
+    Ok(trips)
+}
+
 /// One lag probe from `a` to `b`, with a background load on `a` if `loaded`.
 async fn probe(a: SocketAddr, b: SocketAddr, n: usize, tag: &'static str, loaded: bool) -> Result<Lag> {
     let child = if loaded { Some(background_load(a.port())?) } else { None };
@@ -827,6 +849,25 @@ async fn row_lag(args: &Args, z: &Sizes, rep: &mut Report) -> Result<()> {
                     mesh.gets, redis.gets
                 )),
         );
+    }
+    if res.is_ok() {
+        let gap = Duration::from_millis(2);
+        let r =
+            tokio::task::spawn_blocking(move || anyhow::Ok((paced_sets(ra, n, gap)?, paced_sets(ma, n, gap)?))).await;
+        match r {
+            Ok(Ok((redis, mesh))) => {
+                let note = format!("{n} SETs one every 2 ms, each answered before the next; the peer replicates to 2 others, redis to 2 replicas");
+                for p in [50.0, 99.0] {
+                    rep.push(
+                        Row::new(2, format!("SET round trip p{p:.0}, paced"), "us", percentile(&mesh, p))
+                            .redis(percentile(&redis, p))
+                            .note(note.clone()),
+                    );
+                }
+            }
+            Ok(Err(e)) => res = Err(e),
+            Err(e) => res = Err(e.into()),
+        }
     }
     drop(peers);
     res
