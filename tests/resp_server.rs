@@ -390,3 +390,42 @@ async fn command_getkeys_and_the_commands_that_answer_at_once() {
     server.stop().await;
     mesh.shutdown().await;
 }
+
+/// A write's push to the other peers goes out after its reply is written,
+/// but never waits on a client that does not read: here the reply sits in
+/// front of 8 MiB the client leaves unread, and the write still reaches
+/// the other peer by push (anti-entropy is an hour away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_pushed_while_its_client_does_not_read_its_reply() {
+    use meshcache::MeshConfig;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    let ca = EphemeralCa::new().unwrap();
+    let config =
+        |name: &str| MeshConfig { anti_entropy_interval: Duration::from_secs(3600), ..MeshConfig::for_test(name) };
+    let a = Mesh::builder().config(config("a")).tls(ca.issue("a").unwrap()).start().await.unwrap();
+    let b =
+        Mesh::builder().config(config("b")).seeds([a.local_addr()]).tls(ca.issue("b").unwrap()).start().await.unwrap();
+    common::wait::eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    assert!(b.wait_ready(common::wait::DEADLINE).await, "b never finished bootstrap");
+    a.insert(&b"big"[..], vec![b'x'; 8 << 20]).unwrap();
+    common::wait::eventually("b has the big value", || b.get(b"big").is_some()).await;
+    let pushed = b.stats().deltas_received;
+
+    let server = Server::start(&a, RespConfig::default()).await;
+    // A small receive buffer, never read: the server cannot write the two
+    // replies below in one go, and waits for the socket.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut sock = sock.connect(([127, 0, 0, 1], server.port).into()).await.unwrap();
+    let mut req = multibulk(&["SET", "fresh", "v"]);
+    req.extend(multibulk(&["GET", "big"]));
+    sock.write_all(&req).await.unwrap();
+    common::wait::eventually("b has the write", || b.get(b"fresh").as_deref() == Some(&b"v"[..])).await;
+    assert!(b.stats().deltas_received > pushed, "pushed, not repaired");
+    drop(sock);
+    server.stop().await;
+    b.shutdown().await;
+    a.shutdown().await;
+}

@@ -71,3 +71,6 @@ pub use pubsub::MessageListener;
 pub use readiness::Readiness;
 pub use txn::Transaction;
 pub use versions::VersionRefusal;
+
+#[cfg(feature = "server")]
+pub(crate) use queue::PushWakes;

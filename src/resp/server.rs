@@ -18,6 +18,7 @@ use super::notify::Outbox;
 use super::parse::{Limits, Parser};
 use super::reply::Out;
 use super::Shared;
+use crate::node::PushWakes;
 
 /// Room kept free in the read buffer before each read.
 const READ_MIN: usize = 16 * 1024;
@@ -77,6 +78,9 @@ struct Connection {
     out: Out,
     client: Client,
     stop: CancellationToken,
+    /// The push senders this connection's writes are queued for, woken
+    /// once their replies are written.
+    wakes: PushWakes,
     /// Metric handles, looked up once per connection.
     commands_total: metrics::Counter,
     errors_total: metrics::Counter,
@@ -115,6 +119,7 @@ impl Connection {
             parser: Parser::default(),
             out: Out::new(),
             stop,
+            wakes: PushWakes::default(),
             commands_total: metrics::counter!("meshcache_resp_commands_total"),
             errors_total: metrics::counter!("meshcache_resp_errors_total"),
         }
@@ -210,7 +215,7 @@ impl Connection {
                         self.flush().await?;
                     }
                     let before = self.out.len();
-                    cmd::execute(&self.shared, &mut self.client, args, &mut self.out);
+                    self.wakes.defer(|| cmd::execute(&self.shared, &mut self.client, args, &mut self.out));
                     args.clear();
                     if self.out.len() > cfg.output_buffer_limit {
                         self.out.truncate(before);
@@ -281,26 +286,31 @@ impl Connection {
         }
     }
 
-    /// Writes all pending output. Gives up if the client is killed or the
-    /// server stops while the socket is full.
+    /// Writes all pending output, then wakes the push senders of the
+    /// writes it answers. Gives up if the client is killed or the server
+    /// stops while the socket is full (the senders are woken when the
+    /// connection is dropped).
     async fn flush(&mut self) -> io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
+        if !self.out.is_empty() {
+            let (chunks, tail) = self.out.parts();
+            for c in chunks.iter().map(|c| &c[..]).chain(std::iter::once(tail)) {
+                write_all(&self.sock, c, &mut self.wakes, &self.client.outbox.kill, &self.stop).await?;
+            }
+            self.out.written();
         }
-        let (chunks, tail) = self.out.parts();
-        for c in chunks.iter().map(|c| &c[..]).chain(std::iter::once(tail)) {
-            write_all(&self.sock, c, &self.client.outbox.kill, &self.stop).await?;
-        }
-        self.out.written();
+        self.wakes.wake();
         Ok(())
     }
 }
 
 /// `write_all` that stops when `kill` or `stop` fire while the socket is
-/// full (a client that does not read).
+/// full (a client that does not read). It wakes the push senders before it
+/// waits: a client slow to read delays its replies, never its writes'
+/// replication.
 async fn write_all(
     sock: &TcpStream,
     mut data: &[u8],
+    wakes: &mut PushWakes,
     kill: &CancellationToken,
     stop: &CancellationToken,
 ) -> io::Result<()> {
@@ -314,6 +324,7 @@ async fn write_all(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
+        wakes.wake();
         tokio::select! {
             biased;
             _ = kill.cancelled() => return Err(io::Error::other("output buffer limit exceeded")),
