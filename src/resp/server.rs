@@ -287,9 +287,9 @@ impl Connection {
     }
 
     /// Writes all pending output, then wakes the push senders of the
-    /// writes it answers. Gives up if the client is killed or the server
-    /// stops while the socket is full (the senders are woken when the
-    /// connection is dropped).
+    /// writes it answers (earlier if the socket is full: see
+    /// [`write_all`]). Gives up if the client is killed or the server
+    /// stops while the socket is full.
     async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             let (chunks, tail) = self.out.parts();
