@@ -213,6 +213,13 @@ struct NodeArgs {
     /// the default, sends once the tasks ready to run have run).
     #[arg(long, env = "MESHCACHE_PUSH_DELAY_US", value_name = "US")]
     push_delay_us: Option<u64>,
+    /// Worker threads of the runtime that serves clients and peers, 1 to
+    /// 1024 (default: one per core). Where several busy processes share
+    /// a few cores, as several peers on one small host do, fewer threads
+    /// than cores spare the wake-ups of threads that take turns: README,
+    /// "Threads".
+    #[arg(long, env = "MESHCACHE_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     /// Once every port is open, write their addresses to FILE, one
     /// `NAME ADDR` a line: `quic`, then `resp`, `admin` and `metrics` when
     /// on. With port 0 in an address the system picks a free port; this is
@@ -360,7 +367,11 @@ fn main() -> ExitCode {
     let version: &'static str = Box::leak(version().into_boxed_str());
     let matches = Cli::command().version(version).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let result = match tokio::runtime::Runtime::new() {
+    let threads = match &cli.command {
+        Command::Node(args) => args.threads,
+        _ => None,
+    };
+    let result = match runtime(threads) {
         Ok(rt) => rt.block_on(run(cli.command, version)),
         Err(e) => Err(failure(format!("cannot start the async runtime: {e}"))),
     };
@@ -371,6 +382,17 @@ fn main() -> ExitCode {
             ExitCode::from(e.code)
         }
     }
+}
+
+/// The multi-threaded runtime, with `threads` workers if given (otherwise
+/// tokio's default: `TOKIO_WORKER_THREADS`, else one per core).
+fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(n) = threads {
+        b.worker_threads(n.into());
+    }
+    b.build()
 }
 
 async fn run(command: Command, version: &str) -> Result<(), Exit> {

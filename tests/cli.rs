@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::process::{exited, node_addrs, sigterm, Guard, TempDir, BIN};
+use common::redis_ref::Raw;
 use common::wait::block_on;
 
 /// Bound on any one short command.
@@ -88,6 +89,9 @@ fn bad_flag_exits_2() {
     let out = run_in(&tmp.0, &["node", "--name", "a", "--eviction-policy", "lru"]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("allkeys-lru"), "the error lists the policies: {out:?}");
+    let out = run_in(&tmp.0, &["node", "--name", "a", "--threads", "0"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("1..=1024"), "the error gives the range: {out:?}");
     let out = run_in(&tmp.0, &["node", "--name", "a", "--admin", "0.0.0.0:0"]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("loopback"), "{out:?}");
@@ -279,6 +283,28 @@ fn node_serves_status_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("node still running {SHORT:?} after SIGTERM:\n{}", log_text()));
     assert_eq!(status.code(), Some(0), "node log:\n{}", log_text());
     assert!(log_text().contains("SIGTERM"), "{}", log_text());
+}
+
+/// `--threads N` sets the runtime's workers, which `INFO meshcache`
+/// reports (3 is no machine's default here: the test fails if the flag is
+/// ignored).
+#[test]
+fn threads_sets_the_runtime_workers() {
+    let tmp = TempDir::new("threads");
+    assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", "c"]).code, Some(0));
+    assert_eq!(run_in(&tmp.0, &["certs", "issue", "n1", "--dir", "c", "--ip", "127.0.0.1"]).code, Some(0));
+    let (log, addr_file) = (tmp.path("node.log"), tmp.path("node.addrs"));
+    let mut c = meshcache(&tmp.0, &["node", "--name", "n1", "--certs", "c", "--listen", "127.0.0.1:0"]);
+    c.args(["--admin", "off", "--resp", "127.0.0.1:0", "--threads", "3", "--addr-file"]).arg(&addr_file);
+    c.stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
+    let mut node = Guard(c.spawn().expect("spawn node"));
+    let addrs = block_on(node_addrs(&mut node.0, &addr_file, &log));
+    let port = addrs.resp.expect("a resp line").port();
+    let info = block_on(async move { Raw::connect(port).await.cmd(&["INFO", "meshcache"]).await });
+    assert!(info.contains("\r\nruntime_workers:3\r\n"), "{info}");
+    sigterm(&node.0);
+    let status = block_on(exited(&mut node.0, SHORT)).expect("the node stops on SIGTERM");
+    assert_eq!(status.code(), Some(0), "node log:\n{}", fs::read_to_string(&log).unwrap_or_default());
 }
 
 /// A peer waiting for its seeds is not ready: `meshcache status` exits 1

@@ -197,7 +197,7 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
          messages_published:{}\r\nmessages_received:{}\r\nrefused_peers:{}\r\npeer_protocol_errors:{}\r\n\
          clock_refused:{}\r\nmembers_invalid:{}\r\nmembers_over_cap:{}\r\nseed_lookups_failed:{}\r\n\
          tls_refused:{}\r\nlinks_made:{}\r\nversion_refusals:{}\r\ncollected_tombstones:{}\r\ncompactions:{}\r\n\
-         clear_below:{}\r\ngc_floor:{}\r",
+         clear_below:{}\r\ngc_floor:{}\r\nruntime_workers:{}\r",
         id.name,
         id.incarnation.node,
         id.incarnation.started_ms,
@@ -239,6 +239,8 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         st.store.compactions,
         st.store.floors.clear_below,
         st.store.floors.gc_floor,
+        // The runtime serving this connection (`--threads`); 0 outside one.
+        tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers()),
     )?;
     // One line per known member. `synced_ago_ms` is the age of the start of
     // the last complete anti-entropy round with it: an upper bound on how
