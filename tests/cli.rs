@@ -9,11 +9,11 @@ use crate::common;
 
 use std::fs;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::process::{exited, node_addrs, sigterm, Guard, TempDir, BIN};
+use common::process::{exited, node_addrs, sigterm, Addrs, Guard, TempDir, BIN};
 use common::redis_ref::Raw;
 use common::wait::block_on;
 
@@ -65,6 +65,22 @@ fn run(mut c: Command, limit: Duration) -> Out {
 
 fn run_in(dir: &Path, args: &[&str]) -> Out {
     run(meshcache(dir, args), SHORT)
+}
+
+/// Starts `meshcache node` as n1 in `tmp` (a new CA and certificate in
+/// `c`, every port from the system: the node says which in its address
+/// file) with `args` added, logging to the returned path; returns once
+/// the address file is written.
+fn start_n1(tmp: &TempDir, args: &[&str]) -> (Guard, Addrs, PathBuf) {
+    assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", "c"]).code, Some(0));
+    assert_eq!(run_in(&tmp.0, &["certs", "issue", "n1", "--dir", "c", "--ip", "127.0.0.1"]).code, Some(0));
+    let (log, addr_file) = (tmp.path("node.log"), tmp.path("node.addrs"));
+    let mut c = meshcache(&tmp.0, &["node", "--name", "n1", "--certs", "c", "--listen", "127.0.0.1:0"]);
+    c.args(args).arg("--addr-file").arg(&addr_file);
+    c.stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
+    let mut node = Guard(c.spawn().expect("spawn node"));
+    let addrs = block_on(node_addrs(&mut node.0, &addr_file, &log));
+    (node, addrs, log)
 }
 
 #[test]
@@ -253,16 +269,8 @@ fn status_without_a_node_exits_1() {
 #[test]
 fn node_serves_status_and_stops_on_sigterm() {
     let tmp = TempDir::new("node");
-    assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", "c"]).code, Some(0));
-    assert_eq!(run_in(&tmp.0, &["certs", "issue", "n1", "--dir", "c", "--ip", "127.0.0.1"]).code, Some(0));
-    let (log, addr_file) = (tmp.path("node.log"), tmp.path("node.addrs"));
-    // Every port from the system: the node says which in its address file.
-    let mut c = meshcache(&tmp.0, &["node", "--name", "n1", "--certs", "c", "--listen", "127.0.0.1:0"]);
-    c.args(["--admin", "127.0.0.1:0", "--resp", "127.0.0.1:0", "--addr-file"]).arg(&addr_file);
-    c.stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
-    let mut node = Guard(c.spawn().expect("spawn node"));
+    let (mut node, addrs, log) = start_n1(&tmp, &["--admin", "127.0.0.1:0", "--resp", "127.0.0.1:0"]);
     let log_text = || fs::read_to_string(&log).unwrap_or_default();
-    let addrs = block_on(node_addrs(&mut node.0, &addr_file, &log));
     let (listen, admin) = (addrs.quic.to_string(), addrs.admin.expect("an admin line").to_string());
     assert!(addrs.resp.is_some() && addrs.metrics.is_none(), "{addrs:?}");
     assert!(log_text().contains(&format!("status --admin {admin}")), "{}", log_text());
@@ -291,14 +299,7 @@ fn node_serves_status_and_stops_on_sigterm() {
 #[test]
 fn threads_sets_the_runtime_workers() {
     let tmp = TempDir::new("threads");
-    assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", "c"]).code, Some(0));
-    assert_eq!(run_in(&tmp.0, &["certs", "issue", "n1", "--dir", "c", "--ip", "127.0.0.1"]).code, Some(0));
-    let (log, addr_file) = (tmp.path("node.log"), tmp.path("node.addrs"));
-    let mut c = meshcache(&tmp.0, &["node", "--name", "n1", "--certs", "c", "--listen", "127.0.0.1:0"]);
-    c.args(["--admin", "off", "--resp", "127.0.0.1:0", "--threads", "3", "--addr-file"]).arg(&addr_file);
-    c.stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
-    let mut node = Guard(c.spawn().expect("spawn node"));
-    let addrs = block_on(node_addrs(&mut node.0, &addr_file, &log));
+    let (mut node, addrs, log) = start_n1(&tmp, &["--admin", "off", "--resp", "127.0.0.1:0", "--threads", "3"]);
     let port = addrs.resp.expect("a resp line").port();
     let info = block_on(async move { Raw::connect(port).await.cmd(&["INFO", "meshcache"]).await });
     assert!(info.contains("\r\nruntime_workers:3\r\n"), "{info}");
@@ -313,16 +314,23 @@ fn threads_sets_the_runtime_workers() {
 #[test]
 fn a_loading_peer_is_not_ready_to_status_or_the_probe() {
     let tmp = TempDir::new("loading");
-    assert_eq!(run_in(&tmp.0, &["certs", "init", "--dir", "c"]).code, Some(0));
-    assert_eq!(run_in(&tmp.0, &["certs", "issue", "n1", "--dir", "c", "--ip", "127.0.0.1"]).code, Some(0));
     let silent = common::mesh::silent_seed();
-    let (log, addr_file) = (tmp.path("node.log"), tmp.path("node.addrs"));
-    let mut c = meshcache(&tmp.0, &["node", "--name", "n1", "--certs", "c", "--listen", "127.0.0.1:0"]);
-    c.args(["--admin", "127.0.0.1:0", "--resp", "off", "--metrics", "127.0.0.1:0"]);
-    c.args(["--seed", &silent.local_addr().unwrap().to_string(), "--bootstrap-timeout-ms", "3600000"]);
-    c.arg("--addr-file").arg(&addr_file).stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
-    let mut node = Guard(c.spawn().expect("spawn node"));
-    let addrs = block_on(node_addrs(&mut node.0, &addr_file, &log));
+    let seed = silent.local_addr().unwrap().to_string();
+    let (mut node, addrs, _log) = start_n1(
+        &tmp,
+        &[
+            "--admin",
+            "127.0.0.1:0",
+            "--resp",
+            "off",
+            "--metrics",
+            "127.0.0.1:0",
+            "--seed",
+            &seed,
+            "--bootstrap-timeout-ms",
+            "3600000",
+        ],
+    );
     let (admin, http) = (addrs.admin.unwrap().to_string(), addrs.metrics.unwrap());
 
     let status = run_in(&tmp.0, &["status", "--admin", &admin]);
