@@ -1,17 +1,29 @@
-//! Round trips between two processes on loopback: TCP, and a QUIC stream
-//! (quinn, as the mesh uses it) on tokio's multi-threaded runtime and on a
-//! current-thread runtime.
+//! Round trips between two processes on loopback: over TCP, bare UDP and
+//! a QUIC stream (quinn, as the mesh uses it), so that what QUIC adds to a
+//! hop can be read apart from what the runtime adds.
 //!
-//!     cargo run --release -p meshbench --example quic_hop [-- ROUNDS]
+//!     cargo run --release -p meshbench --example quic_hop [-- ROUNDS [MODE...]]
 //!
 //! A client sends 150 bytes, one message every 2 ms (the processes idle in
 //! between, as in row 2 of BENCHMARKS.md), and waits for the echo from a
 //! child process of this program; 2,000 round trips a run, the modes
 //! alternating for ROUNDS rounds (default 2). Prints the p50, p90 and p99
-//! of each run. Both sides use the same runtime; the multi-threaded one
-//! has tokio's default workers (one per core, or TOKIO_WORKER_THREADS).
-//! The difference between the two QUIC modes is the runtime's, not the
-//! protocol's: it is what wake-ups across worker threads cost.
+//! of each run. The modes (all by default):
+//!
+//! - `tcp`: blocking sockets, no runtime: the floor of a loopback hop;
+//! - `tcp-current-thread`, `udp-current-thread`: tokio sockets on a
+//!   current-thread runtime, what the runtime's wake-ups add to the floor;
+//! - `quic-current-thread`: a quinn stream on the same runtime, what
+//!   QUIC adds to a UDP hop (quinn's endpoint and connection tasks, TLS);
+//! - `quic-multi-thread`: a quinn stream on tokio's multi-threaded
+//!   runtime (one worker per core, or TOKIO_WORKER_THREADS), as a peer
+//!   runs: what wake-ups across worker threads add.
+//!
+//! Both sides use the same mode. For the QUIC modes, `QUIC_HOP_NO_GSO`,
+//! `QUIC_HOP_NO_MTU_DISCOVERY` and `QUIC_HOP_NEW_RENO` (set to anything)
+//! turn off segmentation offload, turn off MTU discovery, and replace
+//! quinn's default congestion controller (Cubic) with NewReno, on both
+//! sides: transport settings that might have cost a small message time.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -23,12 +35,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use meshcache::env::stopwatch;
 use meshcache::stats::percentile;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MSG: usize = 150;
 const TRIPS: usize = 2000;
 const WARM_UP: usize = 50;
 const GAP: Duration = Duration::from_millis(2);
-const MODES: [&str; 3] = ["tcp", "quic-multi-thread", "quic-current-thread"];
+const MODES: [&str; 5] =
+    ["tcp", "tcp-current-thread", "udp-current-thread", "quic-current-thread", "quic-multi-thread"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,9 +55,16 @@ fn main() -> Result<()> {
         Some(r) => r.parse().context("ROUNDS: a number")?,
         None => 2,
     };
+    let modes: Vec<&str> = match args.get(1..) {
+        Some(named) if !named.is_empty() => named.iter().map(String::as_str).collect(),
+        _ => MODES.to_vec(),
+    };
+    if let Some(m) = modes.iter().find(|m| !MODES.contains(m)) {
+        bail!("unknown mode {m}; the modes are {}", MODES.join(", "));
+    }
     println!("round trip of {MSG} B, one every {GAP:?}, {TRIPS} a run (us)");
     for _ in 0..rounds {
-        for mode in MODES {
+        for &mode in &modes {
             let mut trips = run(mode)?;
             trips.sort_by(f64::total_cmp);
             let p = |q| percentile(&trips, q);
@@ -56,13 +77,14 @@ fn main() -> Result<()> {
 /// Runs `work` as a task of `mode`'s runtime: on the multi-threaded
 /// runtime that is a worker thread, as the mesh's tasks run (a future
 /// given to `block_on` would run on this thread, outside the workers).
+/// Every mode but `quic-multi-thread` runs on a current-thread runtime.
 fn on_runtime<T: Send + 'static>(
     mode: &str,
     work: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
     let mut b = match mode {
-        "quic-current-thread" => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        "quic-multi-thread" => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
     };
     let rt = b.enable_all().build()?;
     rt.block_on(async move { tokio::spawn(work).await? })
@@ -78,6 +100,8 @@ fn run(mode: &str) -> Result<Vec<f64>> {
     BufReader::new(child.stdout.as_mut().context("the echo's stdout")?).read_line(&mut line)?;
     let trips = match line.trim().parse::<SocketAddr>() {
         Ok(addr) if mode == "tcp" => tcp_trips(addr),
+        Ok(addr) if mode == "tcp-current-thread" => on_runtime(mode, tokio_tcp_trips(addr)),
+        Ok(addr) if mode == "udp-current-thread" => on_runtime(mode, udp_trips(addr)),
         Ok(addr) => quic_trips(mode, addr, &dir.join("cert.der")),
         Err(_) => Err(anyhow::anyhow!("the echo process gave no address: {line:?}")),
     };
@@ -104,13 +128,57 @@ fn tcp_trips(addr: SocketAddr) -> Result<Vec<f64>> {
     Ok(trips)
 }
 
+/// Times `TRIPS` round trips (after `WARM_UP` untimed ones), one every
+/// `GAP`, inside an async block: `$exchange` sends one message and waits
+/// for its echo. A macro rather than a function taking an async closure,
+/// whose future could not be shown to be `Send` for the multi-threaded
+/// runtime.
+macro_rules! time_trips {
+    ($exchange:block) => {{
+        let mut trips = Vec::with_capacity(TRIPS);
+        for i in 0..TRIPS + WARM_UP {
+            tokio::time::sleep(GAP).await;
+            let t0 = stopwatch();
+            $exchange
+            if i >= WARM_UP {
+                trips.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        trips
+    }};
+}
+
+async fn tokio_tcp_trips(addr: SocketAddr) -> Result<Vec<f64>> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let (out, mut back) = ([7u8; MSG], [0u8; MSG]);
+    Ok(time_trips!({
+        s.write_all(&out).await?;
+        s.read_exact(&mut back).await?;
+    }))
+}
+
+async fn udp_trips(addr: SocketAddr) -> Result<Vec<f64>> {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    s.connect(addr).await?;
+    let (out, mut back) = ([7u8; MSG], [0u8; MSG]);
+    Ok(time_trips!({
+        s.send(&out).await?;
+        // A datagram lost on loopback would stop the run here; none is
+        // while the machine has memory to spare.
+        s.recv(&mut back).await?;
+    }))
+}
+
 fn quic_trips(mode: &str, addr: SocketAddr, cert: &Path) -> Result<Vec<f64>> {
     let cert = std::fs::read(cert)?;
     on_runtime(mode, async move {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(rustls::pki_types::CertificateDer::from(cert))?;
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        ep.set_default_client_config(quinn::ClientConfig::with_root_certificates(Arc::new(roots))?);
+        let mut client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+        client.transport_config(transport());
+        ep.set_default_client_config(client);
         let conn = ep.connect(addr, "localhost")?.await?;
         let mut send = conn.open_uni().await?;
         let (out, mut back) = ([7u8; MSG], [0u8; MSG]);
@@ -118,16 +186,10 @@ fn quic_trips(mode: &str, addr: SocketAddr, cert: &Path) -> Result<Vec<f64>> {
         send.write_all(&out).await?;
         let mut recv = conn.accept_uni().await?;
         recv.read_exact(&mut back).await?;
-        let mut trips = Vec::with_capacity(TRIPS);
-        for i in 0..TRIPS + WARM_UP {
-            tokio::time::sleep(GAP).await;
-            let t0 = stopwatch();
+        let trips = time_trips!({
             send.write_all(&out).await?;
             recv.read_exact(&mut back).await?;
-            if i >= WARM_UP {
-                trips.push(t0.elapsed().as_secs_f64() * 1e6);
-            }
-        }
+        });
         conn.close(0u32.into(), b"done");
         Ok(trips)
     })
@@ -147,6 +209,31 @@ fn echo(mode: &str, dir: &Path) -> Result<()> {
         }
         return Ok(());
     }
+    if mode == "tcp-current-thread" {
+        return on_runtime(mode, async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            say(l.local_addr()?)?;
+            let (mut s, _) = l.accept().await?;
+            s.set_nodelay(true)?;
+            let mut m = [0u8; MSG];
+            while s.read_exact(&mut m).await.is_ok() {
+                s.write_all(&m).await?;
+            }
+            Ok(())
+        });
+    }
+    if mode == "udp-current-thread" {
+        // Echoes until the parent kills it.
+        return on_runtime(mode, async {
+            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+            say(s.local_addr()?)?;
+            let mut m = [0u8; MSG];
+            loop {
+                let (n, from) = s.recv_from(&mut m).await?;
+                s.send_to(&m[..n], from).await?;
+            }
+        });
+    }
     if !MODES.contains(&mode) {
         bail!("unknown mode {mode}");
     }
@@ -155,7 +242,8 @@ fn echo(mode: &str, dir: &Path) -> Result<()> {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
         std::fs::write(dir.join("cert.der"), ck.cert.der())?;
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-        let server = quinn::ServerConfig::with_single_cert(vec![ck.cert.der().clone()], key)?;
+        let mut server = quinn::ServerConfig::with_single_cert(vec![ck.cert.der().clone()], key)?;
+        server.transport_config(transport());
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         let ep = quinn::Endpoint::new(Default::default(), Some(server), sock, Arc::new(quinn::TokioRuntime))?;
         say(ep.local_addr()?)?;
@@ -174,4 +262,21 @@ fn say(addr: SocketAddr) -> Result<()> {
     let mut out = std::io::stdout();
     writeln!(out, "{addr}")?;
     Ok(out.flush()?)
+}
+
+/// quinn's default transport settings, less those that the `QUIC_HOP_*`
+/// variables turn off.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let set = |name| std::env::var_os(name).is_some();
+    let mut t = quinn::TransportConfig::default();
+    if set("QUIC_HOP_NO_GSO") {
+        t.enable_segmentation_offload(false);
+    }
+    if set("QUIC_HOP_NO_MTU_DISCOVERY") {
+        t.mtu_discovery_config(None);
+    }
+    if set("QUIC_HOP_NEW_RENO") {
+        t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));
+    }
+    Arc::new(t)
 }
