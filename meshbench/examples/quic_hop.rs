@@ -13,8 +13,13 @@
 //! - `tcp`: blocking sockets, no runtime: the floor of a loopback hop;
 //! - `tcp-current-thread`, `udp-current-thread`: tokio sockets on a
 //!   current-thread runtime, what the runtime's wake-ups add to the floor;
-//! - `quic-current-thread`: a quinn stream on the same runtime, what
-//!   QUIC adds to a UDP hop (quinn's endpoint and connection tasks, TLS);
+//! - `quic-there-udp-back`: the message goes out on a quinn stream and
+//!   its echo comes back as a bare UDP datagram, on the same runtime: a
+//!   push's hop, one way, where the receiver sends nothing back but
+//!   QUIC's acknowledgements;
+//! - `quic-current-thread`: a quinn stream both ways on the same runtime,
+//!   what QUIC adds to a UDP hop (quinn's endpoint and connection tasks,
+//!   TLS);
 //! - `quic-multi-thread`: a quinn stream on tokio's multi-threaded
 //!   runtime (one worker per core, or TOKIO_WORKER_THREADS), as a peer
 //!   runs: what wake-ups across worker threads add.
@@ -23,7 +28,10 @@
 //! `QUIC_HOP_NO_MTU_DISCOVERY` and `QUIC_HOP_NEW_RENO` (set to anything)
 //! turn off segmentation offload, turn off MTU discovery, and replace
 //! quinn's default congestion controller (Cubic) with NewReno, on both
-//! sides: transport settings that might have cost a small message time.
+//! sides; `QUIC_HOP_ACK_EVERY=N` asks the peer (by QUIC's ACK frequency
+//! extension) for an acknowledgement every N ack-eliciting packets
+//! rather than every second one: transport settings that might cost a
+//! small message time.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -41,8 +49,14 @@ const MSG: usize = 150;
 const TRIPS: usize = 2000;
 const WARM_UP: usize = 50;
 const GAP: Duration = Duration::from_millis(2);
-const MODES: [&str; 5] =
-    ["tcp", "tcp-current-thread", "udp-current-thread", "quic-current-thread", "quic-multi-thread"];
+const MODES: [&str; 6] = [
+    "tcp",
+    "tcp-current-thread",
+    "udp-current-thread",
+    "quic-there-udp-back",
+    "quic-current-thread",
+    "quic-multi-thread",
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -102,6 +116,7 @@ fn run(mode: &str) -> Result<Vec<f64>> {
         Ok(addr) if mode == "tcp" => tcp_trips(addr),
         Ok(addr) if mode == "tcp-current-thread" => on_runtime(mode, tokio_tcp_trips(addr)),
         Ok(addr) if mode == "udp-current-thread" => on_runtime(mode, udp_trips(addr)),
+        Ok(addr) if mode == "quic-there-udp-back" => quic_one_way_trips(addr, &dir.join("cert.der")),
         Ok(addr) => quic_trips(mode, addr, &dir.join("cert.der")),
         Err(_) => Err(anyhow::anyhow!("the echo process gave no address: {line:?}")),
     };
@@ -170,16 +185,44 @@ async fn udp_trips(addr: SocketAddr) -> Result<Vec<f64>> {
     }))
 }
 
+/// A QUIC connection to the echo at `addr`, trusting the certificate
+/// the echo wrote to `cert`; with the endpoint, which must outlive it.
+async fn quic_connect(addr: SocketAddr, cert: &Path) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(std::fs::read(cert)?))?;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let mut client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+    client.transport_config(transport());
+    ep.set_default_client_config(client);
+    let conn = ep.connect(addr, "localhost")?.await?;
+    Ok((ep, conn))
+}
+
+fn quic_one_way_trips(addr: SocketAddr, cert: &Path) -> Result<Vec<f64>> {
+    let cert = cert.to_path_buf();
+    on_runtime("quic-there-udp-back", async move {
+        let (_ep, conn) = quic_connect(addr, &cert).await?;
+        let mut send = conn.open_uni().await?;
+        let back_to = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        // The first message opens the stream on the echo's side and tells
+        // it where to send the echoes.
+        let (mut out, mut back) = ([7u8; MSG], [0u8; MSG]);
+        out[..2].copy_from_slice(&back_to.local_addr()?.port().to_be_bytes());
+        send.write_all(&out).await?;
+        back_to.recv(&mut back).await?;
+        let trips = time_trips!({
+            send.write_all(&out).await?;
+            back_to.recv(&mut back).await?;
+        });
+        conn.close(0u32.into(), b"done");
+        Ok(trips)
+    })
+}
+
 fn quic_trips(mode: &str, addr: SocketAddr, cert: &Path) -> Result<Vec<f64>> {
-    let cert = std::fs::read(cert)?;
+    let cert = cert.to_path_buf();
     on_runtime(mode, async move {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from(cert))?;
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        let mut client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
-        client.transport_config(transport());
-        ep.set_default_client_config(client);
-        let conn = ep.connect(addr, "localhost")?.await?;
+        let (_ep, conn) = quic_connect(addr, &cert).await?;
         let mut send = conn.open_uni().await?;
         let (out, mut back) = ([7u8; MSG], [0u8; MSG]);
         // The first message opens the stream on the echo's side.
@@ -237,7 +280,7 @@ fn echo(mode: &str, dir: &Path) -> Result<()> {
     if !MODES.contains(&mode) {
         bail!("unknown mode {mode}");
     }
-    let dir = PathBuf::from(dir);
+    let (dir, one_way) = (PathBuf::from(dir), mode == "quic-there-udp-back");
     on_runtime(mode, async move {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
         std::fs::write(dir.join("cert.der"), ck.cert.der())?;
@@ -249,8 +292,18 @@ fn echo(mode: &str, dir: &Path) -> Result<()> {
         say(ep.local_addr()?)?;
         let conn = ep.accept().await.context("no client")?.await?;
         let mut recv = conn.accept_uni().await?;
-        let mut send = conn.open_uni().await?;
         let mut m = [0u8; MSG];
+        if one_way {
+            recv.read_exact(&mut m).await?;
+            let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+            back.connect(("127.0.0.1", u16::from_be_bytes([m[0], m[1]]))).await?;
+            back.send(&m).await?;
+            while recv.read_exact(&mut m).await.is_ok() {
+                back.send(&m).await?;
+            }
+            return Ok(());
+        }
+        let mut send = conn.open_uni().await?;
         while recv.read_exact(&mut m).await.is_ok() {
             send.write_all(&m).await?;
         }
@@ -274,6 +327,11 @@ fn transport() -> Arc<quinn::TransportConfig> {
     }
     if set("QUIC_HOP_NO_MTU_DISCOVERY") {
         t.mtu_discovery_config(None);
+    }
+    if let Some(n) = std::env::var("QUIC_HOP_ACK_EVERY").ok().and_then(|n| n.parse::<u32>().ok()) {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(quinn::VarInt::from_u32(n.saturating_sub(1)));
+        t.ack_frequency_config(Some(ack));
     }
     if set("QUIC_HOP_NEW_RENO") {
         t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));
