@@ -116,7 +116,6 @@ fn run(mode: &str) -> Result<Vec<f64>> {
         Ok(addr) if mode == "tcp" => tcp_trips(addr),
         Ok(addr) if mode == "tcp-current-thread" => on_runtime(mode, tokio_tcp_trips(addr)),
         Ok(addr) if mode == "udp-current-thread" => on_runtime(mode, udp_trips(addr)),
-        Ok(addr) if mode == "quic-there-udp-back" => quic_one_way_trips(addr, &dir.join("cert.der")),
         Ok(addr) => quic_trips(mode, addr, &dir.join("cert.der")),
         Err(_) => Err(anyhow::anyhow!("the echo process gave no address: {line:?}")),
     };
@@ -198,41 +197,32 @@ async fn quic_connect(addr: SocketAddr, cert: &Path) -> Result<(quinn::Endpoint,
     Ok((ep, conn))
 }
 
-fn quic_one_way_trips(addr: SocketAddr, cert: &Path) -> Result<Vec<f64>> {
-    let cert = cert.to_path_buf();
-    on_runtime("quic-there-udp-back", async move {
-        let (_ep, conn) = quic_connect(addr, &cert).await?;
-        let mut send = conn.open_uni().await?;
-        let back_to = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-        // The first message opens the stream on the echo's side and tells
-        // it where to send the echoes.
-        let (mut out, mut back) = ([7u8; MSG], [0u8; MSG]);
-        out[..2].copy_from_slice(&back_to.local_addr()?.port().to_be_bytes());
-        send.write_all(&out).await?;
-        back_to.recv(&mut back).await?;
-        let trips = time_trips!({
-            send.write_all(&out).await?;
-            back_to.recv(&mut back).await?;
-        });
-        conn.close(0u32.into(), b"done");
-        Ok(trips)
-    })
-}
-
 fn quic_trips(mode: &str, addr: SocketAddr, cert: &Path) -> Result<Vec<f64>> {
-    let cert = cert.to_path_buf();
+    let (cert, one_way) = (cert.to_path_buf(), mode == "quic-there-udp-back");
     on_runtime(mode, async move {
         let (_ep, conn) = quic_connect(addr, &cert).await?;
         let mut send = conn.open_uni().await?;
-        let (out, mut back) = ([7u8; MSG], [0u8; MSG]);
-        // The first message opens the stream on the echo's side.
-        send.write_all(&out).await?;
-        let mut recv = conn.accept_uni().await?;
-        recv.read_exact(&mut back).await?;
-        let trips = time_trips!({
+        let (mut out, mut back) = ([7u8; MSG], [0u8; MSG]);
+        // The first message opens the stream on the echo's side (and, one
+        // way, tells it where to send the echoes).
+        let trips = if one_way {
+            let back_to = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+            out[..2].copy_from_slice(&back_to.local_addr()?.port().to_be_bytes());
             send.write_all(&out).await?;
+            back_to.recv(&mut back).await?;
+            time_trips!({
+                send.write_all(&out).await?;
+                back_to.recv(&mut back).await?;
+            })
+        } else {
+            send.write_all(&out).await?;
+            let mut recv = conn.accept_uni().await?;
             recv.read_exact(&mut back).await?;
-        });
+            time_trips!({
+                send.write_all(&out).await?;
+                recv.read_exact(&mut back).await?;
+            })
+        };
         conn.close(0u32.into(), b"done");
         Ok(trips)
     })
