@@ -178,10 +178,18 @@ async fn udp_trips(addr: SocketAddr) -> Result<Vec<f64>> {
     let (out, mut back) = ([7u8; MSG], [0u8; MSG]);
     Ok(time_trips!({
         s.send(&out).await?;
-        // A datagram lost on loopback would stop the run here; none is
-        // while the machine has memory to spare.
-        s.recv(&mut back).await?;
+        echo_datagram(&s, &mut back).await?;
     }))
+}
+
+/// Waits for the echo's datagram: a run stops with an error, rather than
+/// waiting for ever, if a datagram is lost (none is on loopback while
+/// the machine has memory to spare).
+async fn echo_datagram(s: &tokio::net::UdpSocket, back: &mut [u8]) -> Result<()> {
+    match tokio::time::timeout(Duration::from_secs(1), s.recv(back)).await {
+        Ok(got) => Ok(got.map(drop)?),
+        Err(_) => bail!("no echo within a second: a datagram was lost"),
+    }
 }
 
 /// A QUIC connection to the echo at `addr`, trusting the certificate
@@ -191,7 +199,7 @@ async fn quic_connect(addr: SocketAddr, cert: &Path) -> Result<(quinn::Endpoint,
     roots.add(rustls::pki_types::CertificateDer::from(std::fs::read(cert)?))?;
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     let mut client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
-    client.transport_config(transport());
+    client.transport_config(transport()?);
     ep.set_default_client_config(client);
     let conn = ep.connect(addr, "localhost")?.await?;
     Ok((ep, conn))
@@ -209,10 +217,10 @@ fn quic_trips(mode: &str, addr: SocketAddr, cert: &Path) -> Result<Vec<f64>> {
             let back_to = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
             out[..2].copy_from_slice(&back_to.local_addr()?.port().to_be_bytes());
             send.write_all(&out).await?;
-            back_to.recv(&mut back).await?;
+            echo_datagram(&back_to, &mut back).await?;
             time_trips!({
                 send.write_all(&out).await?;
-                back_to.recv(&mut back).await?;
+                echo_datagram(&back_to, &mut back).await?;
             })
         } else {
             send.write_all(&out).await?;
@@ -276,7 +284,7 @@ fn echo(mode: &str, dir: &Path) -> Result<()> {
         std::fs::write(dir.join("cert.der"), ck.cert.der())?;
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
         let mut server = quinn::ServerConfig::with_single_cert(vec![ck.cert.der().clone()], key)?;
-        server.transport_config(transport());
+        server.transport_config(transport()?);
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         let ep = quinn::Endpoint::new(Default::default(), Some(server), sock, Arc::new(quinn::TokioRuntime))?;
         say(ep.local_addr()?)?;
@@ -307,9 +315,9 @@ fn say(addr: SocketAddr) -> Result<()> {
     Ok(out.flush()?)
 }
 
-/// quinn's default transport settings, less those that the `QUIC_HOP_*`
-/// variables turn off.
-fn transport() -> Arc<quinn::TransportConfig> {
+/// quinn's default transport settings, changed as the `QUIC_HOP_*`
+/// variables ask.
+fn transport() -> Result<Arc<quinn::TransportConfig>> {
     let set = |name| std::env::var_os(name).is_some();
     let mut t = quinn::TransportConfig::default();
     if set("QUIC_HOP_NO_GSO") {
@@ -318,13 +326,17 @@ fn transport() -> Arc<quinn::TransportConfig> {
     if set("QUIC_HOP_NO_MTU_DISCOVERY") {
         t.mtu_discovery_config(None);
     }
-    if let Some(n) = std::env::var("QUIC_HOP_ACK_EVERY").ok().and_then(|n| n.parse::<u32>().ok()) {
+    if let Some(n) = std::env::var_os("QUIC_HOP_ACK_EVERY") {
+        let n: u32 = match n.to_str().map(str::parse) {
+            Some(Ok(n)) if n >= 1 => n,
+            _ => bail!("QUIC_HOP_ACK_EVERY={n:?}: a number of packets, 1 or more"),
+        };
         let mut ack = quinn::AckFrequencyConfig::default();
-        ack.ack_eliciting_threshold(quinn::VarInt::from_u32(n.saturating_sub(1)));
+        ack.ack_eliciting_threshold(quinn::VarInt::from_u32(n - 1));
         t.ack_frequency_config(Some(ack));
     }
     if set("QUIC_HOP_NEW_RENO") {
         t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));
     }
-    Arc::new(t)
+    Ok(Arc::new(t))
 }
