@@ -118,6 +118,22 @@ struct Record {
     node: u32,
 }
 
+impl Record {
+    /// A lookup's work once the record is found: the kind, the value lent
+    /// to `f`, the access word.
+    #[inline]
+    fn read(&self, now: u32, f: impl FnOnce(&[u8])) -> bool {
+        if self.node >> 30 != 0 {
+            return false;
+        }
+        let b = self.blob.as_deref().expect("in use");
+        let (_, at) = varint(b, key_of(b).1);
+        touch(&self.access, now);
+        f(&b[at..]);
+        true
+    }
+}
+
 #[derive(Default)]
 struct SlotRecordBlob {
     index: HashTable<u32>,
@@ -155,15 +171,7 @@ impl Layout for SlotRecordBlob {
         else {
             return false;
         };
-        let r = record(chunks, id);
-        if r.node >> 30 != 0 {
-            return false;
-        }
-        let b = r.blob.as_deref().expect("in use");
-        let (_, at) = varint(b, key_of(b).1);
-        touch(&r.access, now);
-        f(&b[at..]);
-        true
+        record(chunks, id).read(now, f)
     }
 }
 
@@ -236,14 +244,7 @@ impl Layout for RecordInSlot {
         let Some(r) = self.index.find(index_hash(kh), |r| r.blob.as_deref().is_some_and(|b| key_of(b).0 == key)) else {
             return false;
         };
-        if r.node >> 30 != 0 {
-            return false;
-        }
-        let b = r.blob.as_deref().expect("in use");
-        let (_, at) = varint(b, key_of(b).1);
-        touch(&r.access, now);
-        f(&b[at..]);
-        true
+        r.read(now, f)
     }
 }
 
