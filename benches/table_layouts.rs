@@ -100,7 +100,7 @@ fn touch(a: &AtomicU32, now: u32) {
     }
 }
 
-trait Layout: Default + Send + Sync {
+trait Layout: Default {
     const NAME: &'static str;
     fn insert(&mut self, kh: u64, key: &[u8], value: &[u8], hlc: u64);
     /// The value of `key` lent to `f`, if it holds a value.
@@ -117,6 +117,10 @@ struct Record {
     /// Kind (top two bits) and node index.
     node: u32,
 }
+
+// The sizes the comparison is about: the store's record, and B's.
+const _: () = assert!(std::mem::size_of::<Record>() == 32);
+const _: () = assert!(std::mem::size_of::<Meta>() == 16);
 
 impl Record {
     /// A lookup's work once the record is found: the kind, the value lent
