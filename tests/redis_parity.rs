@@ -413,6 +413,22 @@ fn strings_script() -> Vec<Step> {
         same(&["INCRBYFLOAT", "g", "3"]),
         same(&["INCRBYFLOAT", "g", "-3"]),
         same(&["GET", "g"]),
+        // redis-server adds in the x87 80-bit format and writes 17 fraction
+        // digits, rounded half to even: f64 would answer 0.30000000000000004
+        // to the first pair, 3001.1 to the second, and 0.00000381469726563
+        // to the third.
+        same(&["INCRBYFLOAT", "p", "0.1"]),
+        same(&["INCRBYFLOAT", "p", "0.2"]),
+        same(&["SET", "p", "3001.1"]),
+        same(&["INCRBYFLOAT", "p", "1e-20"]),
+        same(&["INCRBYFLOAT", "q", "0.000003814697265625"]),
+        same(&["INCRBYFLOAT", "q", "0x10"]),
+        same(&["INCRBYFLOAT", "q", "-1e308"]),
+        same(&["INCRBYFLOAT", "q", "1e5000"]),
+        same(&["INCRBYFLOAT", "q", "nan"]),
+        same(&["INCRBYFLOAT", "q", "0\u{81}"]),
+        same(&["SET", "q", "9223372036854775807"]),
+        same(&["INCRBYFLOAT", "q", "5e-324"]),
         // APPEND, STRLEN, GETRANGE, SETRANGE.
         same(&["APPEND", "a", "Hello"]),
         same(&["APPEND", "a", " World"]),

@@ -14,6 +14,7 @@ mod counters;
 mod expire;
 mod keyspace;
 mod lcs;
+mod long_double;
 mod multi;
 mod pubsub;
 mod server;
