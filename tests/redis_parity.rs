@@ -483,6 +483,10 @@ fn strings_script() -> Vec<Step> {
         same(&["GETEX", "a", "EX", "abc"]),
         same(&["GETEX", "a", "EX", "9223372036854775807"]),
         same(&["GETEX", "nothing", "EX", "10"]),
+        // The key is looked up before the expire time is read.
+        same(&["GETEX", "nothing", "EX", "abc"]),
+        same(&["GETEX", "nothing", "PX", "-1"]),
+        same(&["GETEX", "nothing", "EX", "10", "PX", "10"]),
         same(&["GETEX", "a", "PXAT", "1"]),
         same(&["GET", "a"]),
         same(&["GETEX"]),

@@ -226,36 +226,48 @@ pub(super) fn getset(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
 }
 
 /// GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]: the value, and
-/// its TTL changed if an option says so.
+/// its TTL changed if an option says so. As in Redis, the options' syntax
+/// is checked first, then the key is looked up (a missing key answers nil),
+/// and only then the expire time's value.
 pub(super) fn getex(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let sh = cx.sh;
-    let mut change: Option<Ttl> = None;
+    let mut option: Option<(&str, Option<&Bytes>)> = None;
     let mut j = 2;
     while j < args.len() {
         let a = &args[j][..];
         let unit = ["ex", "px", "exat", "pxat"].into_iter().find(|u| eq(a, u));
         match (unit, args.get(j + 1)) {
-            (Some(unit), Some(v)) if change.is_none() => {
-                let Some(n) = int_arg(out, v) else { return };
-                let bad = "ERR invalid expire time in 'getex' command";
-                let secs = unit == "ex" || unit == "exat";
-                let Some(ms) = (if secs { n.checked_mul(1000) } else { Some(n) }).filter(|&m| m > 0) else {
-                    return out.error(bad);
-                };
-                let relative = unit == "ex" || unit == "px";
-                if relative && (cx.db.now_ms() as i64).checked_add(ms).is_none() {
-                    return out.error(bad);
-                }
-                change = Some(if relative { Ttl::Rel(ms as u64) } else { Ttl::Abs(ms as u64) });
+            (Some(unit), Some(v)) if option.is_none() => {
+                option = Some((unit, Some(v)));
                 j += 2;
             }
-            _ if eq(a, "persist") && change.is_none() => {
-                change = Some(Ttl::None);
+            _ if eq(a, "persist") && option.is_none() => {
+                option = Some(("persist", None));
                 j += 1;
             }
             _ => return out.error(SYNTAX),
         }
     }
+    if option.is_some() && cx.db.get_with(&args[1], |_| ()).is_none() {
+        return get(cx, args, out);
+    }
+    let change = match option {
+        None => None,
+        Some((_, None)) => Some(Ttl::None),
+        Some((unit, Some(v))) => {
+            let Some(n) = int_arg(out, v) else { return };
+            let bad = "ERR invalid expire time in 'getex' command";
+            let secs = unit == "ex" || unit == "exat";
+            let Some(ms) = (if secs { n.checked_mul(1000) } else { Some(n) }).filter(|&m| m > 0) else {
+                return out.error(bad);
+            };
+            let relative = unit == "ex" || unit == "px";
+            if relative && (cx.db.now_ms() as i64).checked_add(ms).is_none() {
+                return out.error(bad);
+            }
+            Some(if relative { Ttl::Rel(ms as u64) } else { Ttl::Abs(ms as u64) })
+        }
+    };
     let Some(ttl) = change else {
         return get(cx, args, out);
     };
