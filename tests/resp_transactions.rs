@@ -141,6 +141,28 @@ async fn a_write_from_another_peer_aborts_an_exec_that_watched_its_key() {
 /// What other clients see of a transaction being queued, and the bound on
 /// what one may queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_written_and_removed_since_its_watch_aborts_the_exec() {
+    let (meshes, servers) = resp_pair().await;
+    let mut a = servers[0].conn().await;
+    let mut other = servers[0].conn().await;
+    // Absent and untouched: EXEC runs.
+    let () = redis::cmd("WATCH").arg("gone").query_async(&mut a).await.unwrap();
+    let r: Option<(String,)> = redis::pipe().atomic().set("x", "1").query_async(&mut a).await.unwrap();
+    assert_eq!(r, Some(("OK".to_string(),)));
+    // Absent at the WATCH and at the EXEC, but written in between and its
+    // tombstone removed by FLUSHALL: the register EXEC finds is the same
+    // (none), and Redis aborts all the same.
+    let () = redis::cmd("WATCH").arg("gone").query_async(&mut a).await.unwrap();
+    let () = other.set("gone", "1").await.unwrap();
+    let _: i64 = other.del("gone").await.unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut other).await.unwrap();
+    eventually("the tombstone removed", || meshes[0].replica().store().register(b"gone").is_none()).await;
+    let r: Option<(String,)> = redis::pipe().atomic().set("x", "2").query_async(&mut a).await.unwrap();
+    assert_eq!(r, None, "EXEC must abort");
+    stop_all(meshes, servers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_transaction_is_listed_and_bounded() {
     let ca = EphemeralCa::new().unwrap();
     let mesh = start(&ca, "solo", &[]).await;

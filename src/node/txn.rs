@@ -97,6 +97,12 @@ impl Transaction<'_> {
         Ok(self.locked.register(key)?)
     }
 
+    /// How many times the registers of `key`'s digest bucket have changed
+    /// (wrapping); see [`crate::store::Store::changes_of`].
+    pub fn changes_of(&self, key: &[u8]) -> Result<u32, MeshError> {
+        Ok(self.locked.changes_of(key)?)
+    }
+
     /// How recently and how often `key` was used.
     pub fn access_of(&self, key: &[u8]) -> Result<Option<KeyAccess>, MeshError> {
         Ok(self.locked.access_of(key)?)

@@ -85,6 +85,8 @@ pub(crate) struct Queued {
 pub(crate) struct Watched {
     pub(crate) key: Bytes,
     pub(crate) seen: Option<(crate::hlc::Stamp, bool)>,
+    /// The change count of the key's bucket, read before `seen`.
+    pub(crate) changes: u32,
 }
 
 /// One command's counts on one connection, for INFO commandstats.

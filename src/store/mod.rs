@@ -784,6 +784,15 @@ impl Store {
         self.shards[s].read().find(kh, key).map(|(_, r)| r.register())
     }
 
+    /// How many times the registers of `key`'s digest bucket have changed
+    /// (wrapping). A key absent at two readings that found the same count
+    /// was not written in between, even if what a write left has since
+    /// been removed entirely (collected, flushed, ghosted).
+    pub fn changes_of(&self, key: &[u8]) -> u32 {
+        let (s, b) = self.locate(key_hash(key));
+        self.shards[s].read().changes_of(b)
+    }
+
     /// The watermark below which an evicted or stable register may become a
     /// ghost: the collection watermark, or 0 (none) on a peer that knows no
     /// other member (see `collect`).

@@ -174,6 +174,12 @@ impl<'a> Locked<'a> {
         Ok(g.find(kh, key).map(|(_, r)| r.register()))
     }
 
+    /// The change count of `key`'s bucket; see [`Store::changes_of`].
+    pub fn changes_of(&self, key: &[u8]) -> Result<u32, TxnError> {
+        let (g, kh) = self.shard(key)?;
+        Ok(g.changes_of(self.store.locate(kh).1))
+    }
+
     /// How recently and how often `key` was used; see [`Store::access_of`].
     pub fn access_of(&self, key: &[u8]) -> Result<Option<KeyAccess>, TxnError> {
         self.shard(key)?;

@@ -4,9 +4,11 @@
 //! the keys they name and the keys watched (the whole keyspace if one of
 //! them walks it): no reader on this peer sees part of it, and its writes
 //! are pushed to the peers together, where they are merged as one. WATCH
-//! notes each key's register stamp and visibility; EXEC, holding the
-//! keys' locks, aborts if any changed, so a write from a peer merged
-//! since the WATCH aborts it too. See README.md, "Redis clients".
+//! notes each key's register stamp and visibility, and its digest bucket's
+//! change count; EXEC, holding the keys' locks, aborts if any changed (the
+//! count is compared for a key absent at both, whose register a write may
+//! have left and a collection or FLUSHALL removed), so a write from a peer
+//! merged since the WATCH aborts it too. See README.md, "Redis clients".
 
 use bytes::Bytes;
 
@@ -85,8 +87,10 @@ pub(super) fn watch(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
         if cx.c.watched.iter().any(|w| w.key == *k) {
             continue;
         }
+        // The count first: a write after it moves it, whatever `seen` saw.
+        let changes = cx.db.changes_of(k);
         let seen = state(cx.db.register(k), now);
-        cx.c.watched.push(Watched { key: copy(k), seen });
+        cx.c.watched.push(Watched { key: copy(k), seen, changes });
     }
     out.ok();
 }
@@ -109,7 +113,15 @@ pub(super) fn exec(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
         let now = t.now_ms();
         // Holding the keys' locks: nothing can change them between this
         // check and the commands.
-        let changed = watched.iter().any(|w| state(t.register(&w.key).ok().flatten(), now) != w.seen);
+        // A key absent then and now may still have been written and its
+        // register removed since (collected, or under a FLUSHALL): its
+        // bucket's change count tells. It also moves for other keys of the
+        // bucket (a 65,536th of the keyspace), an abort Redis would not make
+        // but never a write missed.
+        let changed = watched.iter().any(|w| {
+            let now_seen = state(t.register(&w.key).ok().flatten(), now);
+            now_seen != w.seen || (w.seen.is_none() && t.changes_of(&w.key).ok() != Some(w.changes))
+        });
         if changed {
             return false;
         }
