@@ -97,10 +97,10 @@ impl Transaction<'_> {
         Ok(self.locked.register(key)?)
     }
 
-    /// How many times the registers of `key`'s digest bucket have changed
-    /// (wrapping); see [`crate::store::Store::changes_of`].
-    pub fn changes_of(&self, key: &[u8]) -> Result<u32, MeshError> {
-        Ok(self.locked.changes_of(key)?)
+    /// How many registers were stored in `key`'s digest bucket (wrapping);
+    /// see [`crate::store::Store::writes_of`].
+    pub fn writes_of(&self, key: &[u8]) -> Result<u32, MeshError> {
+        Ok(self.locked.writes_of(key)?)
     }
 
     /// How recently and how often `key` was used.

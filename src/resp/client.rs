@@ -84,9 +84,10 @@ pub(crate) struct Queued {
 #[derive(Debug)]
 pub(crate) struct Watched {
     pub(crate) key: Bytes,
-    pub(crate) seen: Option<(crate::hlc::Stamp, bool)>,
-    /// The change count of the key's bucket, read before `seen`.
-    pub(crate) changes: u32,
+    /// The key's register stamp if it had a value (`None`: absent).
+    pub(crate) seen: Option<crate::hlc::Stamp>,
+    /// The write count of the key's bucket, read before `seen`.
+    pub(crate) writes: u32,
 }
 
 /// One command's counts on one connection, for INFO commandstats.

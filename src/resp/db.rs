@@ -62,12 +62,12 @@ impl Db<'_, '_> {
     }
 
     /// The register held for `key`, whatever it holds.
-    /// See [`crate::store::Store::changes_of`].
-    pub(crate) fn changes_of(&self, key: &[u8]) -> u32 {
+    /// See [`crate::store::Store::writes_of`].
+    pub(crate) fn writes_of(&self, key: &[u8]) -> u32 {
         match self {
-            Db::Mesh(m) => m.replica().store().changes_of(key),
+            Db::Mesh(m) => m.replica().store().writes_of(key),
             Db::Txn(t) => {
-                let r = t.changes_of(key);
+                let r = t.writes_of(key);
                 debug_assert!(r.is_ok(), "a transaction read a key it did not lock");
                 r.unwrap_or(0)
             }

@@ -784,13 +784,13 @@ impl Store {
         self.shards[s].read().find(kh, key).map(|(_, r)| r.register())
     }
 
-    /// How many times the registers of `key`'s digest bucket have changed
-    /// (wrapping). A key absent at two readings that found the same count
-    /// was not written in between, even if what a write left has since
-    /// been removed entirely (collected, flushed, ghosted).
-    pub fn changes_of(&self, key: &[u8]) -> u32 {
+    /// How many registers were stored in `key`'s digest bucket (wrapping):
+    /// writes, merges and deletes, not removals. A key absent at two
+    /// readings that found the same count was not written in between, even
+    /// if what a write left has since been removed (collected, flushed).
+    pub fn writes_of(&self, key: &[u8]) -> u32 {
         let (s, b) = self.locate(key_hash(key));
-        self.shards[s].read().changes_of(b)
+        self.shards[s].read().writes_of(b)
     }
 
     /// The watermark below which an evicted or stable register may become a

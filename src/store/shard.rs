@@ -46,6 +46,10 @@ pub(crate) struct Bucket {
     /// nothing but its own session changed the bucket meanwhile, and
     /// offers its own digest only on the same condition.
     pub(crate) changes: u32,
+    /// How many registers were stored in it (written, merged, deleted as
+    /// tombstones; not removed), wrapping: WATCH compares it for a key
+    /// absent at both of its readings, which a removal leaves absent.
+    pub(crate) writes: u32,
 }
 
 pub(crate) struct Shard {
@@ -302,11 +306,13 @@ impl Shard {
     }
 
     /// Adds the bookkeeping of record `id`, newly stored with facts `f`,
-    /// and counts the change.
+    /// and counts the change and the write.
     fn indexed(&mut self, id: u32, f: Facts, kh: u64, local_bucket: usize, now_ms: u64) -> Delta {
         debug_assert_eq!(f, Facts::of(self.table.get(id)), "the facts of the record stored");
         let delta = self.index(id, f, kh, local_bucket, now_ms);
         self.count_change(local_bucket);
+        let w = &mut self.buckets[local_bucket].writes;
+        *w = w.wrapping_add(1);
         delta
     }
 
@@ -318,6 +324,11 @@ impl Shard {
     /// How many times a local bucket's registers changed (wrapping).
     pub(crate) fn changes_of(&self, local_bucket: usize) -> u32 {
         self.buckets[local_bucket].changes
+    }
+
+    /// How many registers were stored in a local bucket (wrapping).
+    pub(crate) fn writes_of(&self, local_bucket: usize) -> u32 {
+        self.buckets[local_bucket].writes
     }
 
     /// Removes record `id` (of key hash `kh`) entirely: collection,

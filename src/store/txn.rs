@@ -174,10 +174,10 @@ impl<'a> Locked<'a> {
         Ok(g.find(kh, key).map(|(_, r)| r.register()))
     }
 
-    /// The change count of `key`'s bucket; see [`Store::changes_of`].
-    pub fn changes_of(&self, key: &[u8]) -> Result<u32, TxnError> {
+    /// The write count of `key`'s bucket; see [`Store::writes_of`].
+    pub fn writes_of(&self, key: &[u8]) -> Result<u32, TxnError> {
         let (g, kh) = self.shard(key)?;
-        Ok(g.changes_of(self.store.locate(kh).1))
+        Ok(g.writes_of(self.store.locate(kh).1))
     }
 
     /// How recently and how often `key` was used; see [`Store::access_of`].

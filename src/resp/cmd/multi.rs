@@ -4,11 +4,11 @@
 //! the keys they name and the keys watched (the whole keyspace if one of
 //! them walks it): no reader on this peer sees part of it, and its writes
 //! are pushed to the peers together, where they are merged as one. WATCH
-//! notes each key's register stamp and visibility, and its digest bucket's
-//! change count; EXEC, holding the keys' locks, aborts if any changed (the
-//! count is compared for a key absent at both, whose register a write may
-//! have left and a collection or FLUSHALL removed), so a write from a peer
-//! merged since the WATCH aborts it too. See README.md, "Redis clients".
+//! notes the stamp of each key's value, and its digest bucket's write
+//! count; EXEC, holding the keys' locks, aborts if any changed (the count
+//! is compared for a key without a value at both, whose register a write
+//! may have left and a collection or FLUSHALL removed), so a write from a
+//! peer merged since the WATCH aborts it too. See README.md, "Redis clients".
 
 use bytes::Bytes;
 
@@ -73,9 +73,10 @@ pub(super) fn discard(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
     out.ok();
 }
 
-/// A key's state as WATCH notes it and EXEC compares it.
-fn state(reg: Option<Register>, now_ms: u64) -> Option<(crate::hlc::Stamp, bool)> {
-    reg.map(|r| (r.marker, matches!(r.val, Slot::Value { .. }) && !r.val.is_expired(now_ms)))
+/// A key's state as WATCH notes it and EXEC compares it: the stamp of its
+/// value, or `None` when it has none (absent, deleted, expired, evicted).
+fn state(reg: Option<Register>, now_ms: u64) -> Option<crate::hlc::Stamp> {
+    reg.filter(|r| matches!(r.val, Slot::Value { .. }) && !r.val.is_expired(now_ms)).map(|r| r.marker)
 }
 
 pub(super) fn watch(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
@@ -88,9 +89,9 @@ pub(super) fn watch(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
             continue;
         }
         // The count first: a write after it moves it, whatever `seen` saw.
-        let changes = cx.db.changes_of(k);
+        let writes = cx.db.writes_of(k);
         let seen = state(cx.db.register(k), now);
-        cx.c.watched.push(Watched { key: copy(k), seen, changes });
+        cx.c.watched.push(Watched { key: copy(k), seen, writes });
     }
     out.ok();
 }
@@ -113,14 +114,17 @@ pub(super) fn exec(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
         let now = t.now_ms();
         // Holding the keys' locks: nothing can change them between this
         // check and the commands.
-        // A key absent then and now may still have been written and its
-        // register removed since (collected, or under a FLUSHALL): its
-        // bucket's change count tells. It also moves for other keys of the
-        // bucket (a 65,536th of the keyspace), an abort Redis would not make
-        // but never a write missed.
+        // A key with a value has a new stamp after any write. One without
+        // a value then and now may still have been written since (a value
+        // and its delete, or a delete, which is a write mesh-wide), and
+        // what the write left removed (collected, or under a FLUSHALL): its
+        // bucket's write count tells. The count also moves for writes to
+        // other keys of the bucket (a 65,536th of the keyspace), an abort
+        // Redis would not make, but a write is never missed; a removal alone
+        // does not move it.
         let changed = watched.iter().any(|w| {
             let now_seen = state(t.register(&w.key).ok().flatten(), now);
-            now_seen != w.seen || (w.seen.is_none() && t.changes_of(&w.key).ok() != Some(w.changes))
+            now_seen != w.seen || (w.seen.is_none() && t.writes_of(&w.key).ok() != Some(w.writes))
         });
         if changed {
             return false;
