@@ -25,6 +25,7 @@ mod mesh_membership;
 mod mesh_security;
 mod model_traces;
 mod partition_examples;
+mod redis_differential;
 mod redis_parity;
 mod redis_parity_server;
 mod redis_py;
