@@ -113,30 +113,24 @@ impl LongDouble {
     }
 }
 
-/// `digits[.digits][(e|E)[+|-]digits]`, with digits on at least one side
-/// of the point: what strtold reads as a decimal number, sign removed.
-fn is_decimal_float(s: &str) -> bool {
-    let (mantissa, exponent) = match s.find(['e', 'E']) {
+/// What strtold reads as a number, sign removed: `digits[.digits]`, with
+/// digits on at least one side of the point (decimal, or hexadecimal after
+/// `0x`), then an optional exponent (`e` for decimal, `p`, a power of
+/// two, for hexadecimal) of `[+|-]digits`.
+fn is_float(s: &str, marks: [char; 2], digit: impl Fn(char) -> bool) -> bool {
+    let (mantissa, exponent) = match s.find(marks) {
         Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     };
-    if !is_mantissa(mantissa, |c| c.is_ascii_digit()) {
-        return false;
-    }
-    exponent.is_none_or(is_exponent)
+    is_mantissa(mantissa, digit) && exponent.is_none_or(is_exponent)
 }
 
-/// The hexadecimal form after `0x`: hex digits with an optional point,
-/// and an optional binary exponent `p[+|-]digits`.
+fn is_decimal_float(s: &str) -> bool {
+    is_float(s, ['e', 'E'], |c| c.is_ascii_digit())
+}
+
 fn is_hex_float(s: &str) -> bool {
-    let (mantissa, exponent) = match s.find(['p', 'P']) {
-        Some(i) => (&s[..i], Some(&s[i + 1..])),
-        None => (s, None),
-    };
-    if !is_mantissa(mantissa, |c| c.is_ascii_hexdigit()) {
-        return false;
-    }
-    exponent.is_none_or(is_exponent)
+    is_float(s, ['p', 'P'], |c| c.is_ascii_hexdigit())
 }
 
 fn is_mantissa(s: &str, digit: impl Fn(char) -> bool) -> bool {
