@@ -52,7 +52,7 @@ pub(super) fn incrbyfloat(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let ok = update(cx, &args[1], out, |cur| {
         // The value held is read first, as Redis reads it.
         let cur = match cur {
-            None => LongDouble::parse(b"0"),
+            None => Some(LongDouble::ZERO),
             Some(v) => LongDouble::parse(v),
         };
         let (Some(cur), Some(by)) = (cur, by) else { return Err(NOT_FLOAT.to_string()) };

@@ -19,6 +19,8 @@ pub(super) struct LongDouble(X87DoubleExtended);
 const MAX_CHARS: usize = 5 * 1024;
 
 impl LongDouble {
+    pub(super) const ZERO: LongDouble = LongDouble(X87DoubleExtended::ZERO);
+
     /// Reads `b` as Redis's `string2ld` does: all of it must be the
     /// number (no leading space, nothing after it); infinity reads, NaN
     /// does not, and neither does a number too large for the format or

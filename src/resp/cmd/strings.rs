@@ -2,9 +2,10 @@
 
 use bytes::Bytes;
 
-use super::{copy, eq, int_arg, value_of, write_error, wrong_args, Cx, SYNTAX};
+use super::{copy, eq, int_arg, value_of, write_error, wrong_args, Cx, NOT_INT, SYNTAX};
 use crate::hlc::Stamp;
 use crate::resp::notify::Hint;
+use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
 use crate::resp::Shared;
 use crate::store::Slot;
@@ -227,8 +228,8 @@ pub(super) fn getset(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
 
 /// GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]: the value, and
 /// its TTL changed if an option says so. As in Redis, the options' syntax
-/// is checked first, then the key is looked up (a missing key answers nil),
-/// and only then the expire time's value.
+/// is checked first, and an invalid expire time is an error only for a key
+/// that exists (a missing key answers nil).
 pub(super) fn getex(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let sh = cx.sh;
     let mut option: Option<(&str, Option<&Bytes>)> = None;
@@ -248,28 +249,16 @@ pub(super) fn getex(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
             _ => return out.error(SYNTAX),
         }
     }
-    if option.is_some() && cx.db.get_with(&args[1], |_| ()).is_none() {
-        return get(cx, args, out);
-    }
     let change = match option {
-        None => None,
-        Some((_, None)) => Some(Ttl::None),
-        Some((unit, Some(v))) => {
-            let Some(n) = int_arg(out, v) else { return };
-            let bad = "ERR invalid expire time in 'getex' command";
-            let secs = unit == "ex" || unit == "exat";
-            let Some(ms) = (if secs { n.checked_mul(1000) } else { Some(n) }).filter(|&m| m > 0) else {
-                return out.error(bad);
-            };
-            let relative = unit == "ex" || unit == "px";
-            if relative && (cx.db.now_ms() as i64).checked_add(ms).is_none() {
-                return out.error(bad);
-            }
-            Some(if relative { Ttl::Rel(ms as u64) } else { Ttl::Abs(ms as u64) })
-        }
+        None => return get(cx, args, out),
+        Some((_, None)) => Ok(Ttl::None),
+        Some((unit, Some(v))) => getex_ttl(unit, v, cx.db.now_ms()),
     };
-    let Some(ttl) = change else {
-        return get(cx, args, out);
+    let ttl = match change {
+        Ok(ttl) => ttl,
+        // Redis reads the expire time only for a key it found.
+        Err(e) if cx.db.get_with(&args[1], |_| ()).is_some() => return out.error(e),
+        Err(_) => return get(cx, args, out),
     };
     let listening = sh.hub.listening();
     let mut old = None;
@@ -302,6 +291,20 @@ pub(super) fn getex(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
         }
         Err(e) => write_error(out, e),
     }
+}
+
+/// GETEX's expire option `unit` with value `v`, at local time `now_ms`, or
+/// Redis's error for it.
+fn getex_ttl(unit: &str, v: &[u8], now_ms: u64) -> Result<Ttl, &'static str> {
+    let bad = "ERR invalid expire time in 'getex' command";
+    let n = parse_i64(v).ok_or(NOT_INT)?;
+    let secs = unit == "ex" || unit == "exat";
+    let ms = (if secs { n.checked_mul(1000) } else { Some(n) }).filter(|&m| m > 0).ok_or(bad)?;
+    let relative = unit == "ex" || unit == "px";
+    if relative && (now_ms as i64).checked_add(ms).is_none() {
+        return Err(bad);
+    }
+    Ok(if relative { Ttl::Rel(ms as u64) } else { Ttl::Abs(ms as u64) })
 }
 
 pub(super) fn strlen(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
