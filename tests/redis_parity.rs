@@ -483,7 +483,7 @@ fn strings_script() -> Vec<Step> {
         same(&["GETEX", "a", "EX", "abc"]),
         same(&["GETEX", "a", "EX", "9223372036854775807"]),
         same(&["GETEX", "nothing", "EX", "10"]),
-        // The key is looked up before the expire time is read.
+        // An invalid expire time is an error only for a key that exists.
         same(&["GETEX", "nothing", "EX", "abc"]),
         same(&["GETEX", "nothing", "PX", "-1"]),
         same(&["GETEX", "nothing", "EX", "10", "PX", "10"]),

@@ -138,8 +138,6 @@ async fn a_write_from_another_peer_aborts_an_exec_that_watched_its_key() {
     stop_all(meshes, servers).await;
 }
 
-/// What other clients see of a transaction being queued, and the bound on
-/// what one may queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_written_and_removed_since_its_watch_aborts_the_exec() {
     let (meshes, servers) = resp_pair().await;
@@ -162,6 +160,8 @@ async fn a_key_written_and_removed_since_its_watch_aborts_the_exec() {
     stop_all(meshes, servers).await;
 }
 
+/// What other clients see of a transaction being queued, and the bound on
+/// what one may queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_transaction_is_listed_and_bounded() {
     let ca = EphemeralCa::new().unwrap();
