@@ -211,11 +211,11 @@ impl Outbox {
         });
     }
 
-    /// An invalidation of `key` (`None`: of every key) for a tracking
+    /// An invalidation of `keys` (`None`: of every key) for a tracking
     /// client, as Redis sends it: an `invalidate` push to a RESP3
     /// connection; to a RESP2 one only if it is a redirect target in
     /// pub/sub mode (`as_message`), as a message on `__redis__:invalidate`.
-    pub(crate) fn invalidate(&self, key: Option<&[u8]>, as_message: bool) {
+    pub(crate) fn invalidate(&self, keys: Option<&[&[u8]]>, as_message: bool) {
         let resp3 = self.state.lock().out.resp3;
         if !resp3 && !as_message {
             return;
@@ -229,10 +229,12 @@ impl Outbox {
                 o.bulk(b"message");
                 o.bulk(b"__redis__:invalidate");
             }
-            match key {
-                Some(k) => {
-                    o.array(1);
-                    o.bulk(k);
+            match keys {
+                Some(keys) => {
+                    o.array(keys.len());
+                    for k in keys {
+                        o.bulk(k);
+                    }
                 }
                 None => o.null(),
             }

@@ -39,11 +39,22 @@
 //! nothing is remembered per key: every change under one of the client's
 //! prefixes is sent.
 //!
+//! # BCAST
+//!
+//! As in Redis, a BCAST client hears once per prefix: a change under two
+//! of its prefixes is sent twice. The changes a RESP command makes (all
+//! of an EXEC's) are gathered and sent when it ends, one push per prefix
+//! listing its keys sorted, as Redis sends what one turn of its event
+//! loop changed ([`Table::batch`]). So a reply on another connection may
+//! show such a change just before its invalidation arrives, which costs
+//! that client a cached value, never a stale one. A change learnt from
+//! another peer is sent at once, one key a push.
+//!
 //! A client whose outbox passes the output limit is disconnected (its
 //! connection closes), so an invalidation is never dropped while the
 //! client keeps its cache.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -62,6 +73,12 @@ thread_local! {
     /// NOLOOP: a change is told to the observer by the thread that makes
     /// it, before the command returns.
     static WRITER: Cell<u64> = const { Cell::new(0) };
+}
+
+thread_local! {
+    /// The BCAST invalidations of the command running on this thread, to
+    /// be sent when it ends (`Table::batch`): prefix, client, key.
+    static BATCH: RefCell<Option<Vec<(Bytes, u64, Bytes)>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` (one command of client `id`) with `id` known as the writer of
@@ -117,11 +134,38 @@ struct State {
     items: usize,
     /// BCAST prefixes of every client.
     prefixes: usize,
+    /// The store tells this table of changes (`Table::observe`).
+    observing: bool,
+}
+
+/// The BCAST invalidations of one command, sent when it is dropped.
+pub(crate) struct Batch<'t>(&'t Table);
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let Some(mut items) = BATCH.with_borrow_mut(Option::take) else { return };
+        if items.is_empty() {
+            return;
+        }
+        items.sort_unstable();
+        items.dedup();
+        let st = self.0.state.lock();
+        for group in items.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
+            let (prefix, id, _) = &group[0];
+            // The client may have stopped tracking since, on its own thread.
+            if let Some(t) = st.clients.get(id).filter(|t| t.prefixes.contains(prefix)) {
+                let keys: Vec<&[u8]> = group.iter().map(|(_, _, k)| &k[..]).collect();
+                send(t, Some(&keys));
+            }
+        }
+    }
 }
 
 /// The tracking table of one server.
 pub(crate) struct Table {
     state: Mutex<State>,
+    /// `State::prefixes`, read without the lock by every command.
+    prefixes: AtomicUsize,
     max_keys: AtomicUsize,
     /// Keys invalidated early because the table was full (INFO).
     pub(crate) early: AtomicU64,
@@ -132,6 +176,7 @@ impl Table {
     pub(crate) fn new(mesh: crate::Mesh, max_keys: usize) -> Self {
         Table {
             state: Mutex::new(State::default()),
+            prefixes: AtomicUsize::new(0),
             max_keys: AtomicUsize::new(max_keys),
             early: AtomicU64::new(0),
             store: mesh,
@@ -154,13 +199,14 @@ impl Table {
     /// `target` is the redirect target's connection (checked to exist).
     pub(crate) fn enable(&self, handle: &Arc<Handle>, mode: Mode, target: Option<Arc<Handle>>, prefixes: Vec<Bytes>) {
         let mut st = self.state.lock();
-        let first = st.clients.is_empty();
         let id = handle.id;
         let mut kept = Vec::new();
         if let Some(old) = st.clients.remove(&id) {
             kept = old.prefixes;
         }
-        if mode.bcast && prefixes.is_empty() && kept.is_empty() {
+        // BCAST without PREFIX adds the empty prefix, even beside the
+        // client's others, as in Redis.
+        if mode.bcast && prefixes.is_empty() && !kept.iter().any(|p| p.is_empty()) {
             kept.push(Bytes::new());
         }
         for p in prefixes {
@@ -174,23 +220,34 @@ impl Table {
         handle.set_tracking(Some(&mode), false);
         st.clients.insert(id, Tracker { handle: handle.clone(), mode, target, prefixes: kept });
         st.prefixes = st.clients.values().map(|t| t.prefixes.len()).sum();
-        drop(st);
-        if first {
-            self.store.replica().store().want_changes(true);
-        }
+        self.prefixes.store(st.prefixes, Ordering::Relaxed);
+        self.observe(&mut st);
     }
 
     /// CLIENT TRACKING OFF, RESET, or the connection closed. The keys it
-    /// tracked stay in the table until they change (as in Redis).
+    /// tracked stay in the table until they change, as in Redis: a client
+    /// that turns tracking on again hears of those that change later.
     pub(crate) fn disable(&self, id: u64) {
         let mut st = self.state.lock();
         let Some(t) = st.clients.remove(&id) else { return };
         t.handle.set_tracking(None, false);
         st.prefixes -= t.prefixes.len();
-        let last = st.clients.is_empty();
-        drop(st);
-        if last {
-            self.store.replica().store().want_changes(false);
+        self.prefixes.store(st.prefixes, Ordering::Relaxed);
+        self.observe(&mut st);
+    }
+
+    /// Has the store tell this table of changes while a client tracks or a
+    /// key is tracked: a key's entry is dropped at its next change even
+    /// when nobody tracks at that moment. Until then every write costs a
+    /// lookup here, under this table's lock.
+    fn observe(&self, st: &mut State) {
+        let want = !st.clients.is_empty() || !st.keys.is_empty();
+        if !want {
+            st.order.clear();
+        }
+        if want != st.observing {
+            st.observing = want;
+            self.store.replica().store().want_changes(want);
         }
     }
 
@@ -257,7 +314,7 @@ impl Table {
                 self.early.fetch_add(1, Ordering::Relaxed);
                 for id in e.clients {
                     if let Some(t) = st.clients.get(&id) {
-                        send(t, Some(&key));
+                        send(t, Some(&[&key[..]]));
                     }
                 }
             }
@@ -266,6 +323,19 @@ impl Table {
             let keys = &st.keys;
             st.order.retain(|(k, g)| keys.get(k).is_some_and(|e| e.generation == *g));
         }
+    }
+
+    /// Gathers the BCAST invalidations of the command about to run on
+    /// this thread until the batch is dropped, when some client tracks in
+    /// BCAST mode. A change made meanwhile by a command that began with
+    /// none is sent at once.
+    pub(crate) fn batch(&self) -> Option<Batch<'_>> {
+        if self.prefixes.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        // An EXEC's commands run inside its batch.
+        BATCH.with_borrow_mut(|b| b.is_none().then(|| *b = Some(Vec::new())))?;
+        Some(Batch(self))
     }
 
     /// INFO: tracking clients, keys, client-key pairs, prefixes.
@@ -279,25 +349,34 @@ impl Observer for Table {
     fn changed(&self, key: &[u8]) {
         let writer = WRITER.with(Cell::get);
         let mut st = self.state.lock();
-        if st.clients.is_empty() {
-            return;
-        }
         if let Some(e) = st.keys.remove(key) {
             st.items -= e.clients.len();
+            if st.clients.is_empty() {
+                // The key's clients stopped tracking: it is forgotten.
+                return self.observe(&mut st);
+            }
             for id in e.clients {
                 if let Some(t) = st.clients.get(&id) {
-                    if !(t.mode.noloop && id == writer) {
-                        send(t, Some(key));
+                    // A client that read the key in default mode and has
+                    // since switched to BCAST hears of it by its prefixes
+                    // alone, as in Redis.
+                    if !(t.mode.bcast || t.mode.noloop && id == writer) {
+                        send(t, Some(&[key]));
                     }
                 }
             }
         }
         if st.prefixes > 0 {
-            for (id, t) in &st.clients {
-                if t.prefixes.iter().any(|p| key.starts_with(p)) && !(t.mode.noloop && *id == writer) {
-                    send(t, Some(key));
+            BATCH.with_borrow_mut(|batch| {
+                for (id, t) in st.clients.iter().filter(|(id, t)| !(t.mode.noloop && **id == writer)) {
+                    for p in t.prefixes.iter().filter(|p| key.starts_with(p)) {
+                        match batch {
+                            Some(b) => b.push((p.clone(), *id, Bytes::copy_from_slice(key))),
+                            None => send(t, Some(&[key])),
+                        }
+                    }
                 }
-            }
+            });
         }
     }
 
@@ -309,16 +388,17 @@ impl Observer for Table {
         for t in st.clients.values() {
             send(t, None);
         }
+        self.observe(&mut st);
     }
 }
 
-/// Queues an invalidation of `key` (`None`: of everything) for `t`: in
+/// Queues an invalidation of `keys` (`None`: of everything) for `t`: in
 /// its own connection, or the one it redirects to. A redirect whose
 /// target closed gets `tracking-redir-broken` instead, as in Redis.
-fn send(t: &Tracker, key: Option<&[u8]>) {
+fn send(t: &Tracker, keys: Option<&[&[u8]]>) {
     match (&t.target, t.mode.redirect) {
-        (_, 0) => t.handle.outbox.invalidate(key, false),
-        (Some(target), _) => target.outbox.invalidate(key, target.subscribed()),
+        (_, 0) => t.handle.outbox.invalidate(keys, false),
+        (Some(target), _) => target.outbox.invalidate(keys, target.subscribed()),
         (None, id) => t.handle.outbox.redirect_broken(id),
     }
 }

@@ -129,11 +129,16 @@ pub(super) fn exec(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
         if changed {
             return false;
         }
-        // As for a single read (`run_tracking`): under the keys' locks.
-        let reads = m.queued.iter().filter(|q| q.spec.is("readonly")).flat_map(|q| q.spec.keys(&q.args));
-        super::tracking::before_reads(sh, c, reads, out);
+        // As for a single read (`run_tracking`), under the keys' locks:
+        // pending invalidations go before the reply, and each read's keys
+        // are tracked as it runs, as in Redis, so that a write earlier in
+        // the transaction does not invalidate a key read after it.
+        super::tracking::before_reads(sh, c, [], out);
         out.array(m.queued.len());
         for q in &m.queued {
+            if q.spec.is("readonly") {
+                super::tracking::remember_reads(sh, c, q.spec.keys(&q.args));
+            }
             run(&mut Cx { sh, c, spec: q.spec, db: Db::Txn(t) }, &q.args, out);
         }
         true

@@ -205,11 +205,18 @@ pub(super) fn trackinginfo(sh: &Shared, c: &mut Client, out: &mut Out) {
 /// when its mode tracks this read, and moves its pending invalidations
 /// into `out`, ahead of the reply.
 pub(super) fn before_reads<'k>(sh: &Shared, c: &Client, keys: impl IntoIterator<Item = &'k Bytes>, out: &mut Out) {
-    let Some(mode) = &c.tracking else { return };
-    if tracks_reads(mode, c.caching) {
+    if c.tracking.is_some() {
+        remember_reads(sh, c, keys);
+        c.outbox.drain_into(out);
+    }
+}
+
+/// Records `keys` as tracked for this client when its mode tracks this
+/// read, holding their shard locks.
+pub(super) fn remember_reads<'k>(sh: &Shared, c: &Client, keys: impl IntoIterator<Item = &'k Bytes>) {
+    if c.tracking.as_ref().is_some_and(|mode| tracks_reads(mode, c.caching)) {
         sh.tracking.remember(c.id, keys);
     }
-    c.outbox.drain_into(out);
 }
 
 /// Whether a read by this client is tracked (default mode): always, but
