@@ -401,16 +401,14 @@ pub(super) fn append(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let max = max_value(cx.sh, &args[1]);
     let mut len = 0;
     let ok = update(cx, &args[1], out, |cur| {
-        let held = cur.is_some();
         let cur = cur.map_or(&[][..], |v| &v[..]);
         len = cur.len() + args[2].len();
         if len > max {
             return Err(TOO_BIG.into());
         }
-        // Appending nothing to a missing key creates it empty, as in Redis.
-        if args[2].is_empty() && held {
-            return Ok(None);
-        }
+        // Appending nothing is a write all the same, as in Redis: it
+        // creates a missing key empty, and it aborts an EXEC that watched
+        // the key and invalidates it for tracking clients.
         let mut v = Vec::with_capacity(len);
         v.extend_from_slice(cur);
         v.extend_from_slice(&args[2]);
