@@ -3,7 +3,9 @@
 //! checks the cases someone thought of; this finds the ones nobody did:
 //! odd integers and floats, empty and binary values, options in every
 //! order, and commands inside MULTI/EXEC and after WATCH, on five keys
-//! so that they keep meeting each other's values.
+//! so that they keep meeting each other's values. A second run uses two
+//! connections, one of them switching CLIENT TRACKING between its modes,
+//! and compares the invalidation pushes too.
 //!
 //! A failure names its seed and step and prints the commands before it;
 //! `MESHCACHE_DIFF_SEED=S cargo test --test integration redis_differential`
@@ -18,6 +20,11 @@
 //! the clock: expiries a few milliseconds out, TTLs and DBSIZE (which
 //! counts expired keys until they are reclaimed, at its own moment on
 //! each server). Expiry times here are in the past, invalid, or far out.
+//! With tracking, no SET gets an absolute expiry in the past (see
+//! `Gen::expired_sets`). A DEL or UNLINK never names a key watched on
+//! either connection, and no key is watched while a DEL of it waits in
+//! the other's MULTI: deleting an absent key is a write here (README.md,
+//! WATCH).
 
 use crate::common;
 
@@ -113,21 +120,40 @@ const FLOATS: &[&str] = &[
 struct Gen {
     rng: SmallRng,
     watched: Vec<Vec<u8>>,
+    /// Keys another connection watches.
+    watched_elsewhere: Vec<Vec<u8>>,
+    /// Keys of the DEL and UNLINK commands queued in this connection's
+    /// MULTI, and in another's: not to be watched, as they run later.
+    deletes_queued: Vec<Vec<u8>>,
+    deletes_queued_elsewhere: Vec<Vec<u8>>,
     in_multi: bool,
+    /// SET may be given an absolute expiry in the past. Redis 7.0 stores
+    /// such a value and deletes it when it is next looked up or by its
+    /// expiry cycle, and invalidates it then for tracking clients; a peer
+    /// deletes it at once. So a run with tracking leaves them out.
+    expired_sets: bool,
 }
 
 impl Gen {
     fn new(seed: u64) -> Gen {
-        Gen { rng: SmallRng::seed_from_u64(seed), watched: Vec::new(), in_multi: false }
+        Gen {
+            rng: SmallRng::seed_from_u64(seed),
+            watched: Vec::new(),
+            watched_elsewhere: Vec::new(),
+            deletes_queued: Vec::new(),
+            deletes_queued_elsewhere: Vec::new(),
+            in_multi: false,
+            expired_sets: true,
+        }
     }
 
-    /// A key for DEL or UNLINK: not a watched one. Deleting a key is a
-    /// mesh-wide write even where the key is absent (another peer may hold
-    /// a value not yet here), so it aborts an EXEC that watched the key,
-    /// where Redis, which deleted nothing, does not.
+    /// A key for DEL or UNLINK: not a watched one, on any connection.
+    /// Deleting a key is a mesh-wide write even where the key is absent
+    /// (another peer may hold a value not yet here), so it aborts an EXEC
+    /// that watched the key, where Redis, which deleted nothing, does not.
     fn unwatched_key(&mut self) -> Option<Vec<u8>> {
-        let free: Vec<&str> =
-            KEYS.iter().copied().filter(|k| !self.watched.iter().any(|w| w == k.as_bytes())).collect();
+        let watched = |k: &str| self.watched.iter().chain(&self.watched_elsewhere).any(|w| w == k.as_bytes());
+        let free: Vec<&str> = KEYS.iter().copied().filter(|k| !watched(k)).collect();
         (!free.is_empty()).then(|| free[self.rng.random_range(0..free.len())].as_bytes().to_vec())
     }
 
@@ -139,7 +165,9 @@ impl Gen {
             b"EXEC" | b"DISCARD" if self.in_multi => {
                 self.in_multi = false;
                 self.watched.clear();
+                self.deletes_queued.clear();
             }
+            b"DEL" | b"UNLINK" if self.in_multi => self.deletes_queued.extend_from_slice(&c[1..]),
             b"WATCH" if !self.in_multi => self.watched.push(c[1].clone()),
             b"UNWATCH" if !self.in_multi => self.watched.clear(),
             _ => {}
@@ -177,6 +205,37 @@ impl Gen {
         o.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
 
+    /// A CLIENT command of client-side caching: tracking turned on with
+    /// options in any order (some refused together, or as a switch of
+    /// mode while on), off, CLIENT CACHING for the next command, or the
+    /// client's tracking state.
+    fn tracking(&mut self) -> Vec<Vec<u8>> {
+        let w = |s: &str| s.as_bytes().to_vec();
+        match self.rng.random_range(0..8) {
+            0 => vec![w("CLIENT"), w("TRACKING"), w("off")],
+            1 | 2 => vec![w("CLIENT"), w("CACHING"), self.pick(&["yes", "no"])],
+            3 => vec![w("CLIENT"), w(if self.rng.random_bool(0.5) { "TRACKINGINFO" } else { "GETREDIR" })],
+            _ => {
+                let mut opts: Vec<Vec<Vec<u8>>> = Vec::new();
+                if self.rng.random_bool(0.4) {
+                    opts.push(vec![w("BCAST")]);
+                }
+                for _ in 0..self.rng.random_range(0..3) {
+                    opts.push(vec![w("PREFIX"), self.pick(&["k", "k1", "{t}", "{t}a", "x", ""])]);
+                }
+                for (o, p) in [("OPTIN", 0.2), ("OPTOUT", 0.2), ("NOLOOP", 0.3)] {
+                    if self.rng.random_bool(p) {
+                        opts.push(vec![w(o)]);
+                    }
+                }
+                for i in (1..opts.len()).rev() {
+                    opts.swap(i, self.rng.random_range(0..=i));
+                }
+                [w("CLIENT"), w("TRACKING"), w("on")].into_iter().chain(opts.into_iter().flatten()).collect()
+            }
+        }
+    }
+
     fn command(&mut self) -> Vec<Vec<u8>> {
         let w = |s: &str| s.as_bytes().to_vec();
         match self.rng.random_range(0..43) {
@@ -186,7 +245,10 @@ impl Gen {
                     &[&[], &["NX"], &["XX"], &["GET"], &["NX", "GET"], &["XX", "GET"], &["KEEPTTL"], &["NX", "XX"]];
                 c.extend(self.either(opts));
                 if self.rng.random_bool(0.3) {
-                    c.extend(self.expiry());
+                    let e = self.expiry();
+                    if self.expired_sets || !e[0].ends_with(b"AT") {
+                        c.extend(e);
+                    }
                 }
                 c
             }
@@ -318,7 +380,14 @@ impl Gen {
             35 | 36 => vec![w("MULTI")],
             37 => vec![w("EXEC")],
             38 => vec![w("DISCARD")],
-            39 => vec![w("WATCH"), self.key()],
+            39 => {
+                let k = self.key();
+                if self.deletes_queued_elsewhere.contains(&k) {
+                    vec![w("GET"), k]
+                } else {
+                    vec![w("WATCH"), k]
+                }
+            }
             40 => vec![w("UNWATCH")],
             41 => vec![w("EXISTS"), self.key()],
             _ => vec![w("GET"), self.key()],
@@ -361,6 +430,95 @@ async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, 
     }
 }
 
+/// Sends `args` and reads up to its reply: the frames that come first
+/// (invalidation pushes), then the reply.
+async fn exchange(c: &mut Conn, args: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut frames = vec![c.cmd(args).await];
+    while frames.last().is_some_and(|f| f.starts_with(b">")) {
+        frames.push(c.next().await);
+    }
+    frames
+}
+
+/// Two connections on each server, on the same keys: `a` in RESP3 turns
+/// CLIENT TRACKING on and off in every mode and runs the generator's
+/// commands; `b`, in RESP2 or RESP3, writes beside it, between `a`'s
+/// reads and between its WATCH and EXEC. After every step a PING on `a`
+/// collects the invalidations queued for it, so that each push is
+/// compared where it arrives: before a reply, or after it.
+async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize) {
+    let b_resp3 = seed % 2 == 1;
+    let mut sides = Vec::new();
+    for ours in [true, false] {
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            conns.push(if ours {
+                Conn::new(TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap())
+            } else {
+                Conn::new(UnixStream::connect(&redis.socket).await.unwrap())
+            });
+        }
+        let [mut a, mut b]: [Conn; 2] = conns.try_into().ok().unwrap();
+        assert_eq!(b.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
+        // HELLO's reply names the server, so it is not compared.
+        a.resp3 = true;
+        a.cmd(&[b"HELLO", b"3"]).await;
+        if b_resp3 {
+            b.resp3 = true;
+            b.cmd(&[b"HELLO", b"3"]).await;
+        }
+        sides.push([a, b]);
+    }
+    let (mut ga, mut gb) = (Gen::new(seed), Gen::new(seed ^ 0x5eed_5eed));
+    ga.expired_sets = false;
+    gb.expired_sets = false;
+    let mut choose = SmallRng::seed_from_u64(!seed);
+    let mut history: Vec<String> = Vec::new();
+    for step in 0..steps {
+        let on_a = choose.random_bool(0.6);
+        let cmd = if on_a {
+            ga.watched_elsewhere.clone_from(&gb.watched);
+            ga.deletes_queued_elsewhere.clone_from(&gb.deletes_queued);
+            if !ga.in_multi && choose.random_bool(0.2) {
+                ga.tracking()
+            } else {
+                ga.next()
+            }
+        } else {
+            gb.watched_elsewhere.clone_from(&ga.watched);
+            gb.deletes_queued_elsewhere.clone_from(&ga.deletes_queued);
+            gb.next()
+        };
+        let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
+        history.push(format!("{}> {}", if on_a { "a" } else { "b" }, show(&args)));
+        // A PING inside MULTI would be queued, and one after CLIENT
+        // CACHING would be the command it applies to.
+        let sync = !(ga.in_multi || on_a && args[0] == b"CLIENT");
+        let mut seen = Vec::new();
+        for [a, b] in sides.iter_mut() {
+            let mut frames = exchange(if on_a { &mut *a } else { b }, &args).await;
+            if sync {
+                frames.push(b"(ping on a)".to_vec());
+                frames.extend(exchange(a, &[b"PING"]).await);
+            }
+            seen.push(frames);
+        }
+        let text = |fs: &[Vec<u8>]| format!("{:?}", fs.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>());
+        if seen[0] != seen[1] {
+            let from = history.len().saturating_sub(100);
+            panic!(
+                "seed {seed} (b in resp3: {b_resp3}), step {step}: meshcache and redis-server differ on `{}`\n\
+                 meshcache:    {}\nredis-server: {}\nthe steps before it, and what both answered:\n{}",
+                history.last().unwrap(),
+                text(&seen[0]),
+                text(&seen[1]),
+                history[from..history.len() - 1].join("\n")
+            );
+        }
+        *history.last_mut().unwrap() += &format!("  =>  {}", text(&seen[0]));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_command_sequences_answer_as_redis_does() {
     let Some(redis) = RedisServer::start().await else { return };
@@ -374,6 +532,23 @@ async fn random_command_sequences_answer_as_redis_does() {
     };
     for seed in seeds {
         run_seed(peer.port, &redis, seed, 600, seed % 2 == 1).await;
+    }
+    peer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sequences_on_two_connections_track_and_invalidate_as_redis_does() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let peer = RespPeer::start("differential-tracking").await;
+    let env = |name: &str| {
+        std::env::var(name).ok().map(|s| s.parse::<u64>().unwrap_or_else(|_| panic!("{name} must be a number")))
+    };
+    let seeds: Vec<u64> = match env("MESHCACHE_DIFF_SEED") {
+        Some(s) => vec![s],
+        None => (0..env("MESHCACHE_DIFF_SEEDS").unwrap_or(24)).collect(),
+    };
+    for seed in seeds {
+        run_tracking_seed(peer.port, &redis, seed, 600).await;
     }
     peer.stop().await;
 }

@@ -192,6 +192,18 @@ const SCRIPT: &[(&str, &[&str])] = &[
     ("b", &["SET", "session", "x"]),
     ("b", &["SET", "other", "x"]),
     ("b", &["SET", "obj:1", "x"]),
+    // One command's changes: one push per prefix, its keys sorted.
+    ("b", &["MSET", "user:9", "1", "other", "2", "user:2", "3", "session", "4", "user:9", "5"]),
+    ("b", &["MULTI"]),
+    ("b", &["SET", "obj:2", "x"]),
+    ("b", &["DEL", "user:2"]),
+    ("b", &["SET", "obj:1", "y"]),
+    ("b", &["EXEC"]),
+    // BCAST without PREFIX adds the empty prefix beside the others: a key
+    // under two prefixes is sent once for each.
+    ("a", &["CLIENT", "TRACKING", "on", "BCAST"]),
+    ("a", &["CLIENT", "TRACKINGINFO"]),
+    ("b", &["SET", "user:7", "y"]),
     ("b", &["FLUSHALL"]),
     ("a", &["CLIENT", "TRACKING", "off"]),
     ("a", &["CLIENT", "TRACKINGINFO"]),
