@@ -2,7 +2,8 @@
 //! reply compared byte for byte (RESP2, then RESP3). `redis_parity.rs`
 //! checks the cases someone thought of; this finds the ones nobody did:
 //! odd integers and floats, empty and binary values, options in every
-//! order, and commands inside MULTI/EXEC and after WATCH, on five keys
+//! order, glob patterns (KEYS, its reply sorted), and commands inside
+//! MULTI/EXEC and after WATCH, on five keys
 //! so that they keep meeting each other's values. A second run uses two
 //! connections, one of them switching CLIENT TRACKING between its modes,
 //! and compares the invalidation pushes too.
@@ -175,6 +176,40 @@ impl Gen {
         c
     }
 
+    /// A glob pattern for KEYS: the keys' own characters, and every one
+    /// that means something to a glob (classes, ranges, negation,
+    /// escapes), unbalanced as often as not.
+    fn pattern(&mut self) -> Vec<u8> {
+        const PARTS: &[&str] = &["*", "?", "[", "]", "^", "-", "\\", "k", "0", "1", "2", "{", "}", "t", "a", "b", "z"];
+        if self.rng.random_bool(0.4) {
+            let n = self.rng.random_range(0..7);
+            return (0..n).flat_map(|_| self.pick(PARTS)).collect();
+        }
+        // A key, each character kept or replaced by something that may
+        // match it: most of these match a key or nearly do.
+        let mut p = Vec::new();
+        for c in self.key() {
+            let other = self.pick(PARTS)[0];
+            match self.rng.random_range(0..10) {
+                0 => p.push(b'?'),
+                1 => p.push(b'*'),
+                2 => p.extend([b'\\', c]),
+                3 => p.extend([b'[', c, b']']),
+                4 => p.extend([b'[', b'^', other, b']']),
+                5 => {
+                    // A range in either order, one end the character.
+                    let (lo, hi) = if self.rng.random_bool(0.5) { (c, other) } else { (other, c) };
+                    p.extend([b'[', lo, b'-', hi, b']']);
+                }
+                _ => p.push(c),
+            }
+        }
+        if self.rng.random_bool(0.2) {
+            p.push(b'*');
+        }
+        p
+    }
+
     fn pick(&mut self, from: &[&'static str]) -> Vec<u8> {
         from[self.rng.random_range(0..from.len())].as_bytes().to_vec()
     }
@@ -238,7 +273,7 @@ impl Gen {
 
     fn command(&mut self) -> Vec<Vec<u8>> {
         let w = |s: &str| s.as_bytes().to_vec();
-        match self.rng.random_range(0..43) {
+        match self.rng.random_range(0..45) {
             0 => {
                 let mut c = vec![w("SET"), self.key(), self.value()];
                 let opts: &[&[&str]] =
@@ -390,6 +425,9 @@ impl Gen {
             }
             40 => vec![w("UNWATCH")],
             41 => vec![w("EXISTS"), self.key()],
+            // Outside MULTI, where its reply is sorted before it is
+            // compared (the two servers list keys in different orders).
+            42 | 43 if !self.in_multi => vec![w("KEYS"), self.pattern()],
             _ => vec![w("GET"), self.key()],
         }
     }
@@ -411,6 +449,7 @@ async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, 
         let cmd = g.next();
         let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
         let (a, b) = (ours.cmd(&args).await, theirs.cmd(&args).await);
+        let (a, b) = if args[0] == b"KEYS" { (sorted_array(&a), sorted_array(&b)) } else { (a, b) };
         history.push(show(&args));
         if a != b {
             let from = history.len().saturating_sub(30);
@@ -428,6 +467,36 @@ async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, 
         c.resp3 = false;
         c.cmd(&[b"RESET"]).await;
     }
+}
+
+/// A reply that is an array of bulk strings with its elements sorted; any
+/// other reply as it is.
+fn sorted_array(frame: &[u8]) -> Vec<u8> {
+    fn line(b: &[u8]) -> Option<(&[u8], &[u8])> {
+        let end = b.windows(2).position(|w| w == b"\r\n")?;
+        Some((&b[..end], &b[end + 2..]))
+    }
+    let parse = || -> Option<(Vec<u8>, Vec<&[u8]>)> {
+        let (head, mut rest) = line(frame.strip_prefix(b"*")?)?;
+        let n: usize = std::str::from_utf8(head).ok()?.parse().ok()?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (len, after) = line(rest.strip_prefix(b"$")?)?;
+            let len: usize = std::str::from_utf8(len).ok()?.parse().ok()?;
+            items.push(after.get(..len)?);
+            rest = after.get(len + 2..)?;
+        }
+        rest.is_empty().then(|| (head.to_vec(), items))
+    };
+    let Some((head, mut items)) = parse() else { return frame.to_vec() };
+    items.sort();
+    let mut out = [b"*".as_slice(), &head, b"\r\n"].concat();
+    for i in items {
+        out.extend_from_slice(format!("${}\r\n", i.len()).as_bytes());
+        out.extend_from_slice(i);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
 }
 
 /// Sends `args` and reads up to its reply: the frames that come first
@@ -497,6 +566,10 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
         let mut seen = Vec::new();
         for [a, b] in sides.iter_mut() {
             let mut frames = exchange(if on_a { &mut *a } else { b }, &args).await;
+            if args[0] == b"KEYS" {
+                let reply = frames.pop().expect("a reply");
+                frames.push(sorted_array(&reply));
+            }
             if sync {
                 frames.push(b"(ping on a)".to_vec());
                 frames.extend(exchange(a, &[b"PING"]).await);
