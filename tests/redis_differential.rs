@@ -5,8 +5,8 @@
 //! order, glob patterns (KEYS, its reply sorted), and commands inside
 //! MULTI/EXEC and after WATCH, on five keys
 //! so that they keep meeting each other's values. A second run uses two
-//! connections, one of them switching CLIENT TRACKING between its modes,
-//! and compares the invalidation pushes too.
+//! connections, one of them switching CLIENT TRACKING between its modes
+//! (redirecting to a third at times), and compares the invalidations too.
 //!
 //! A failure names its seed and step and prints the commands before it;
 //! `MESHCACHE_DIFF_SEED=S cargo test --test integration redis_differential`
@@ -263,6 +263,11 @@ impl Gen {
                         opts.push(vec![w(o)]);
                     }
                 }
+                if self.rng.random_bool(0.25) {
+                    // The run's RESP2 connection subscribed to
+                    // __redis__:invalidate, named by its id on each server.
+                    opts.push(vec![w("REDIRECT"), w("<c>")]);
+                }
                 for i in (1..opts.len()).rev() {
                     opts.swap(i, self.rng.random_range(0..=i));
                 }
@@ -512,22 +517,27 @@ async fn exchange(c: &mut Conn, args: &[&[u8]]) -> Vec<Vec<u8>> {
 /// Two connections on each server, on the same keys: `a` in RESP3 turns
 /// CLIENT TRACKING on and off in every mode and runs the generator's
 /// commands; `b`, in RESP2 or RESP3, writes beside it, between `a`'s
-/// reads and between its WATCH and EXEC. After every step a PING on `a`
-/// collects the invalidations queued for it, so that each push is
-/// compared where it arrives: before a reply, or after it.
+/// reads and between its WATCH and EXEC. A third, `c`, in RESP2, is
+/// subscribed to `__redis__:invalidate` for `a` to redirect to. After
+/// every step a PING on `a` and one on `c` collect the invalidations
+/// queued for them, so that each is compared where it arrives: before a
+/// reply, or after it.
 async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize) {
     let b_resp3 = seed % 2 == 1;
     let mut sides = Vec::new();
     for ours in [true, false] {
         let mut conns = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             conns.push(if ours {
                 Conn::new(TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap())
             } else {
                 Conn::new(UnixStream::connect(&redis.socket).await.unwrap())
             });
         }
-        let [mut a, mut b]: [Conn; 2] = conns.try_into().ok().unwrap();
+        let [mut a, mut b, mut c]: [Conn; 3] = conns.try_into().ok().unwrap();
+        let id = String::from_utf8(c.cmd(&[b"CLIENT", b"ID"]).await).unwrap();
+        let c_id = id.trim_start_matches(':').trim_end().to_string();
+        c.cmd(&[b"SUBSCRIBE", b"__redis__:invalidate"]).await;
         assert_eq!(b.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
         // HELLO's reply names the server, so it is not compared.
         a.resp3 = true;
@@ -536,7 +546,7 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
             b.resp3 = true;
             b.cmd(&[b"HELLO", b"3"]).await;
         }
-        sides.push([a, b]);
+        sides.push(([a, b, c], c_id));
     }
     let (mut ga, mut gb) = (Gen::new(seed), Gen::new(seed ^ 0x5eed_5eed));
     ga.expired_sets = false;
@@ -564,8 +574,14 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
         // CACHING would be the command it applies to.
         let sync = !(ga.in_multi || on_a && args[0] == b"CLIENT");
         let mut seen = Vec::new();
-        for [a, b] in sides.iter_mut() {
+        for ([a, b, c], c_id) in sides.iter_mut() {
+            let args: Vec<&[u8]> = args.iter().map(|&x| if x == b"<c>" { c_id.as_bytes() } else { x }).collect();
             let mut frames = exchange(if on_a { &mut *a } else { b }, &args).await;
+            if args[0] == b"CLIENT" {
+                // GETREDIR and TRACKINGINFO name `c` by its id.
+                let (id, name) = (format!(":{c_id}\r\n"), ":<c>\r\n");
+                frames = frames.into_iter().map(|f| String::from_utf8_lossy(&f).replace(&id, name).into()).collect();
+            }
             if args[0] == b"KEYS" {
                 let reply = frames.pop().expect("a reply");
                 frames.push(sorted_array(&reply));
@@ -573,6 +589,13 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
             if sync {
                 frames.push(b"(ping on a)".to_vec());
                 frames.extend(exchange(a, &[b"PING"]).await);
+            }
+            frames.push(b"(ping on c)".to_vec());
+            let pong: &[u8] = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+            let mut f = c.cmd(&[b"PING"]).await;
+            while f != pong {
+                frames.push(f);
+                f = c.next().await;
             }
             seen.push(frames);
         }
