@@ -368,10 +368,15 @@ impl Observer for Table {
         }
         if st.prefixes > 0 {
             BATCH.with_borrow_mut(|batch| {
+                // One copy of the key, shared by every client and prefix.
+                let mut copy: Option<Bytes> = None;
                 for (id, t) in st.clients.iter().filter(|(id, t)| !(t.mode.noloop && **id == writer)) {
                     for p in t.prefixes.iter().filter(|p| key.starts_with(p)) {
                         match batch {
-                            Some(b) => b.push((p.clone(), *id, Bytes::copy_from_slice(key))),
+                            Some(b) => {
+                                let k = copy.get_or_insert_with(|| Bytes::copy_from_slice(key)).clone();
+                                b.push((p.clone(), *id, k));
+                            }
                             None => send(t, Some(&[key])),
                         }
                     }
