@@ -615,18 +615,23 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
     }
 }
 
+/// The seeds to run: `MESHCACHE_DIFF_SEED` alone, or the first
+/// `MESHCACHE_DIFF_SEEDS` (24 unless set).
+fn seeds() -> Vec<u64> {
+    let env = |name: &str| {
+        std::env::var(name).ok().map(|s| s.parse::<u64>().unwrap_or_else(|_| panic!("{name} must be a number")))
+    };
+    match env("MESHCACHE_DIFF_SEED") {
+        Some(s) => vec![s],
+        None => (0..env("MESHCACHE_DIFF_SEEDS").unwrap_or(24)).collect(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_command_sequences_answer_as_redis_does() {
     let Some(redis) = RedisServer::start().await else { return };
     let peer = RespPeer::start("differential").await;
-    let env = |name: &str| {
-        std::env::var(name).ok().map(|s| s.parse::<u64>().unwrap_or_else(|_| panic!("{name} must be a number")))
-    };
-    let seeds: Vec<u64> = match env("MESHCACHE_DIFF_SEED") {
-        Some(s) => vec![s],
-        None => (0..env("MESHCACHE_DIFF_SEEDS").unwrap_or(24)).collect(),
-    };
-    for seed in seeds {
+    for seed in seeds() {
         run_seed(peer.port, &redis, seed, 600, seed % 2 == 1).await;
     }
     peer.stop().await;
@@ -636,14 +641,7 @@ async fn random_command_sequences_answer_as_redis_does() {
 async fn random_sequences_on_two_connections_track_and_invalidate_as_redis_does() {
     let Some(redis) = RedisServer::start().await else { return };
     let peer = RespPeer::start("differential-tracking").await;
-    let env = |name: &str| {
-        std::env::var(name).ok().map(|s| s.parse::<u64>().unwrap_or_else(|_| panic!("{name} must be a number")))
-    };
-    let seeds: Vec<u64> = match env("MESHCACHE_DIFF_SEED") {
-        Some(s) => vec![s],
-        None => (0..env("MESHCACHE_DIFF_SEEDS").unwrap_or(24)).collect(),
-    };
-    for seed in seeds {
+    for seed in seeds() {
         run_tracking_seed(peer.port, &redis, seed, 600).await;
     }
     peer.stop().await;
