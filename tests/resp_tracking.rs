@@ -182,6 +182,14 @@ const SCRIPT: &[(&str, &[&str])] = &[
     ("a", &["SET", "n1", "mine"]),
     ("a", &["GET", "n1"]),
     ("b", &["SET", "n1", "theirs"]),
+    // A key written and then read in one transaction stays tracked: the
+    // read is recorded as it runs, after the write, so another client's
+    // later write still reaches this cache.
+    ("a", &["MULTI"]),
+    ("a", &["SET", "n2", "mine"]),
+    ("a", &["GET", "n2"]),
+    ("a", &["EXEC"]),
+    ("b", &["SET", "n2", "theirs"]),
     ("a", &["CLIENT", "TRACKING", "off"]),
     // BCAST with prefixes.
     ("a", &["CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "user:", "PREFIX", "ses"]),
@@ -204,6 +212,7 @@ const SCRIPT: &[(&str, &[&str])] = &[
     ("a", &["CLIENT", "TRACKING", "on", "BCAST"]),
     ("a", &["CLIENT", "TRACKINGINFO"]),
     ("b", &["SET", "user:7", "y"]),
+    ("b", &["SET", "zzz", "y"]),
     ("b", &["FLUSHALL"]),
     ("a", &["CLIENT", "TRACKING", "off"]),
     ("a", &["CLIENT", "TRACKINGINFO"]),
