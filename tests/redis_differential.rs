@@ -2,7 +2,8 @@
 //! reply compared byte for byte (RESP2, then RESP3). `redis_parity.rs`
 //! checks the cases someone thought of; this finds the ones nobody did:
 //! odd integers and floats, empty and binary values, options in every
-//! order, glob patterns (KEYS, its reply sorted), and commands inside
+//! order, glob patterns (KEYS, and whole SCAN walks with their options,
+//! the keys sorted), and commands inside
 //! MULTI/EXEC and after WATCH, on five keys
 //! so that they keep meeting each other's values. A second run uses two
 //! connections, one of them switching CLIENT TRACKING between its modes
@@ -278,7 +279,7 @@ impl Gen {
 
     fn command(&mut self) -> Vec<Vec<u8>> {
         let w = |s: &str| s.as_bytes().to_vec();
-        match self.rng.random_range(0..45) {
+        match self.rng.random_range(0..47) {
             0 => {
                 let mut c = vec![w("SET"), self.key(), self.value()];
                 let opts: &[&[&str]] =
@@ -433,6 +434,37 @@ impl Gen {
             // Outside MULTI, where its reply is sorted before it is
             // compared (the two servers list keys in different orders).
             42 | 43 if !self.in_multi => vec![w("KEYS"), self.pattern()],
+            // A whole walk from cursor 0, however written (see
+            // `scan_walk`), or one step from a cursor that is not one. (A
+            // cursor past the keyspace is not tried: here it ends the
+            // walk at once, where Redis's masks it into its table.)
+            44 | 45 if !self.in_multi => {
+                let cursor = self.pick(&[
+                    "0",
+                    "0",
+                    "0",
+                    "0",
+                    "",
+                    "+0",
+                    "-0",
+                    "abc",
+                    " 0",
+                    "0x0",
+                    "18446744073709551616",
+                    "-",
+                    "+",
+                ]);
+                let mut c = vec![w("SCAN"), cursor];
+                for _ in 0..self.rng.random_range(0..3) {
+                    match self.rng.random_range(0..4) {
+                        0 => c.extend([w("COUNT"), self.pick(&["1", "2", "10", "1000", "0", "-1", "abc"])]),
+                        1 => c.extend([w("TYPE"), self.pick(&["string", "STRING", "list", "hash"])]),
+                        2 => c.push(self.pick(&["MATCH", "COUNT", "x"])),
+                        _ => c.extend([w("MATCH"), self.pattern()]),
+                    }
+                }
+                c
+            }
             _ => vec![w("GET"), self.key()],
         }
     }
@@ -453,7 +485,11 @@ async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, 
     for step in 0..steps {
         let cmd = g.next();
         let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
-        let (a, b) = (ours.cmd(&args).await, theirs.cmd(&args).await);
+        let (a, b) = if is_walk(&args) {
+            (scan_walk(&mut ours, &args).await, scan_walk(&mut theirs, &args).await)
+        } else {
+            (ours.cmd(&args).await, theirs.cmd(&args).await)
+        };
         let (a, b) = if args[0] == b"KEYS" { (sorted_array(&a), sorted_array(&b)) } else { (a, b) };
         history.push(show(&args));
         if a != b {
@@ -474,34 +510,71 @@ async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, 
     }
 }
 
-/// A reply that is an array of bulk strings with its elements sorted; any
-/// other reply as it is.
-fn sorted_array(frame: &[u8]) -> Vec<u8> {
+/// The elements of a frame that is an array of bulk strings.
+fn parse_array(frame: &[u8]) -> Option<Vec<Vec<u8>>> {
     fn line(b: &[u8]) -> Option<(&[u8], &[u8])> {
         let end = b.windows(2).position(|w| w == b"\r\n")?;
         Some((&b[..end], &b[end + 2..]))
     }
-    let parse = || -> Option<(Vec<u8>, Vec<&[u8]>)> {
-        let (head, mut rest) = line(frame.strip_prefix(b"*")?)?;
-        let n: usize = std::str::from_utf8(head).ok()?.parse().ok()?;
-        let mut items = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (len, after) = line(rest.strip_prefix(b"$")?)?;
-            let len: usize = std::str::from_utf8(len).ok()?.parse().ok()?;
-            items.push(after.get(..len)?);
-            rest = after.get(len + 2..)?;
-        }
-        rest.is_empty().then(|| (head.to_vec(), items))
-    };
-    let Some((head, mut items)) = parse() else { return frame.to_vec() };
-    items.sort();
-    let mut out = [b"*".as_slice(), &head, b"\r\n"].concat();
+    let (head, mut rest) = line(frame.strip_prefix(b"*")?)?;
+    let n: usize = std::str::from_utf8(head).ok()?.parse().ok()?;
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (len, after) = line(rest.strip_prefix(b"$")?)?;
+        let len: usize = std::str::from_utf8(len).ok()?.parse().ok()?;
+        items.push(after.get(..len)?.to_vec());
+        rest = after.get(len + 2..)?;
+    }
+    rest.is_empty().then_some(items)
+}
+
+/// An array of bulk strings.
+fn array_frame(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", items.len()).into_bytes();
     for i in items {
         out.extend_from_slice(format!("${}\r\n", i.len()).as_bytes());
         out.extend_from_slice(i);
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// A reply that is an array of bulk strings with its elements sorted; any
+/// other reply as it is.
+fn sorted_array(frame: &[u8]) -> Vec<u8> {
+    let Some(mut items) = parse_array(frame) else { return frame.to_vec() };
+    items.sort();
+    array_frame(&items)
+}
+
+/// A SCAN from a cursor that reads as 0 (Redis reads it with `strtoul`).
+fn is_walk(args: &[&[u8]]) -> bool {
+    args[0] == b"SCAN" && [&b"0"[..], b"", b"+0", b"-0"].contains(&args[1])
+}
+
+/// A SCAN from cursor 0 to its end, with `args`' options: the keys of
+/// every step as one array, sorted (the servers walk in different orders
+/// and steps), or the first error.
+async fn scan_walk(c: &mut Conn, args: &[&[u8]]) -> Vec<u8> {
+    let mut cursor = args[1].to_vec();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..100_000 {
+        let mut step = args.to_vec();
+        step[1] = &cursor;
+        let reply = c.cmd(&step).await;
+        // *2, the cursor as a bulk string, then the step's keys.
+        let Some(rest) = reply.strip_prefix(b"*2\r\n$") else { return reply };
+        let len_end = rest.windows(2).position(|w| w == b"\r\n").expect("a bulk length");
+        let len: usize = std::str::from_utf8(&rest[..len_end]).unwrap().parse().unwrap();
+        let next = rest[len_end + 2..len_end + 2 + len].to_vec();
+        keys.extend(parse_array(&rest[len_end + 4 + len..]).expect("an array of keys"));
+        if next == b"0" {
+            keys.sort();
+            return array_frame(&keys);
+        }
+        cursor = next;
+    }
+    panic!("a SCAN walk of five keys took 100,000 steps: {}", show(args));
 }
 
 /// Sends `args` and reads up to its reply: the frames that come first
@@ -576,7 +649,9 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
         let mut seen = Vec::new();
         for ([a, b, c], c_id) in sides.iter_mut() {
             let args: Vec<&[u8]> = args.iter().map(|&x| if x == b"<c>" { c_id.as_bytes() } else { x }).collect();
-            let mut frames = exchange(if on_a { &mut *a } else { b }, &args).await;
+            let conn = if on_a { &mut *a } else { &mut *b };
+            let mut frames =
+                if is_walk(&args) { vec![scan_walk(conn, &args).await] } else { exchange(conn, &args).await };
             if args[0] == b"CLIENT" {
                 // GETREDIR and TRACKINGINFO name `c` by its id.
                 let (id, name) = (format!(":{c_id}\r\n"), ":<c>\r\n");
