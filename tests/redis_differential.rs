@@ -177,7 +177,7 @@ impl Gen {
         c
     }
 
-    /// A glob pattern for KEYS: the keys' own characters, and every one
+    /// A glob pattern for KEYS and SCAN: the keys' own characters, and every one
     /// that means something to a glob (classes, ranges, negation,
     /// escapes), unbalanced as often as not.
     fn pattern(&mut self) -> Vec<u8> {
@@ -552,25 +552,28 @@ fn is_walk(args: &[&[u8]]) -> bool {
     args[0] == b"SCAN" && [&b"0"[..], b"", b"+0", b"-0"].contains(&args[1])
 }
 
-/// A SCAN from cursor 0 to its end, with `args`' options: the keys of
-/// every step as one array, sorted (the servers walk in different orders
-/// and steps), or the first error.
+/// A SCAN from cursor 0 to its end, with `args`' options: any pushes
+/// that come before its replies, then the keys of every step as one
+/// array, sorted (the servers walk in different orders and steps), or the
+/// first error.
 async fn scan_walk(c: &mut Conn, args: &[&[u8]]) -> Vec<u8> {
     let mut cursor = args[1].to_vec();
-    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let (mut keys, mut pushes): (Vec<Vec<u8>>, Vec<u8>) = (Vec::new(), Vec::new());
     for _ in 0..100_000 {
         let mut step = args.to_vec();
         step[1] = &cursor;
-        let reply = c.cmd(&step).await;
+        let mut frames = exchange(c, &step).await;
+        let reply = frames.pop().expect("a reply");
+        pushes.extend(frames.concat());
         // *2, the cursor as a bulk string, then the step's keys.
-        let Some(rest) = reply.strip_prefix(b"*2\r\n$") else { return reply };
+        let Some(rest) = reply.strip_prefix(b"*2\r\n$") else { return [pushes, reply].concat() };
         let len_end = rest.windows(2).position(|w| w == b"\r\n").expect("a bulk length");
         let len: usize = std::str::from_utf8(&rest[..len_end]).unwrap().parse().unwrap();
         let next = rest[len_end + 2..len_end + 2 + len].to_vec();
         keys.extend(parse_array(&rest[len_end + 4 + len..]).expect("an array of keys"));
         if next == b"0" {
             keys.sort();
-            return array_frame(&keys);
+            return [pushes, array_frame(&keys)].concat();
         }
         cursor = next;
     }
