@@ -510,20 +510,28 @@ async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, 
     }
 }
 
+/// The length after a one-byte type (`*3\r\n`, `$5\r\n`), and what
+/// follows its line.
+fn length(b: &[u8], kind: u8) -> Option<(usize, &[u8])> {
+    let b = b.strip_prefix(&[kind])?;
+    let end = b.windows(2).position(|w| w == b"\r\n")?;
+    Some((std::str::from_utf8(&b[..end]).ok()?.parse().ok()?, &b[end + 2..]))
+}
+
+/// A bulk string at the start of `b`, and what follows it.
+fn bulk(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, after) = length(b, b'$')?;
+    Some((after.get(..len)?, after.get(len + 2..)?))
+}
+
 /// The elements of a frame that is an array of bulk strings.
 fn parse_array(frame: &[u8]) -> Option<Vec<Vec<u8>>> {
-    fn line(b: &[u8]) -> Option<(&[u8], &[u8])> {
-        let end = b.windows(2).position(|w| w == b"\r\n")?;
-        Some((&b[..end], &b[end + 2..]))
-    }
-    let (head, mut rest) = line(frame.strip_prefix(b"*")?)?;
-    let n: usize = std::str::from_utf8(head).ok()?.parse().ok()?;
+    let (n, mut rest) = length(frame, b'*')?;
     let mut items = Vec::with_capacity(n);
     for _ in 0..n {
-        let (len, after) = line(rest.strip_prefix(b"$")?)?;
-        let len: usize = std::str::from_utf8(len).ok()?.parse().ok()?;
-        items.push(after.get(..len)?.to_vec());
-        rest = after.get(len + 2..)?;
+        let (item, after) = bulk(rest)?;
+        items.push(item.to_vec());
+        rest = after;
     }
     rest.is_empty().then_some(items)
 }
@@ -566,11 +574,11 @@ async fn scan_walk(c: &mut Conn, args: &[&[u8]]) -> Vec<u8> {
         let reply = frames.pop().expect("a reply");
         pushes.extend(frames.concat());
         // *2, the cursor as a bulk string, then the step's keys.
-        let Some(rest) = reply.strip_prefix(b"*2\r\n$") else { return [pushes, reply].concat() };
-        let len_end = rest.windows(2).position(|w| w == b"\r\n").expect("a bulk length");
-        let len: usize = std::str::from_utf8(&rest[..len_end]).unwrap().parse().unwrap();
-        let next = rest[len_end + 2..len_end + 2 + len].to_vec();
-        keys.extend(parse_array(&rest[len_end + 4 + len..]).expect("an array of keys"));
+        let Some((next, rest)) = reply.strip_prefix(b"*2\r\n").and_then(bulk) else {
+            return [pushes, reply].concat();
+        };
+        let next = next.to_vec();
+        keys.extend(parse_array(rest).expect("an array of keys"));
         if next == b"0" {
             keys.sort();
             return [pushes, array_frame(&keys)].concat();

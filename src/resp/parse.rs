@@ -302,6 +302,25 @@ pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
     i64::try_from(v).ok()
 }
 
+/// A SCAN cursor read as Redis reads one (`strtoul`, base 10, nothing
+/// after the digits, no leading space): an empty cursor is 0 and a
+/// negative one wraps, as there; past `u64` it is refused.
+pub(crate) fn parse_cursor(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return Some(0);
+    }
+    let (negative, digits) = match s[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
+    Some(if negative { n.wrapping_neg() } else { n })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +411,21 @@ mod tests {
                 // Every argument comes from the input: no more of them than bytes.
                 assert!(args.len() <= len, "{args:?}");
             }
+        }
+    }
+
+    #[test]
+    fn cursors_read_as_strtoul_reads_them() {
+        let p = |s: &str| parse_cursor(s.as_bytes());
+        assert_eq!(p("0"), Some(0));
+        assert_eq!(p(""), Some(0));
+        assert_eq!(p("+7"), Some(7));
+        assert_eq!(p("-0"), Some(0));
+        assert_eq!(p("-1"), Some(u64::MAX));
+        assert_eq!(p("-18446744073709551615"), Some(1));
+        assert_eq!(p("18446744073709551615"), Some(u64::MAX));
+        for bad in ["18446744073709551616", "-18446744073709551616", " 1", "1 ", "0x1", "-", "+", "1.0", "٣"] {
+            assert_eq!(p(bad), None, "{bad:?}");
         }
     }
 }

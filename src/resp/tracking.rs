@@ -132,8 +132,6 @@ struct State {
     next_generation: u64,
     /// Client-key pairs tracked.
     items: usize,
-    /// BCAST prefixes of every client.
-    prefixes: usize,
     /// The store tells this table of changes (`Table::observe`).
     observing: bool,
 }
@@ -164,7 +162,8 @@ impl Drop for Batch<'_> {
 /// The tracking table of one server.
 pub(crate) struct Table {
     state: Mutex<State>,
-    /// `State::prefixes`, read without the lock by every command.
+    /// BCAST prefixes of every client, written under `state`'s lock and
+    /// read without it by every command.
     prefixes: AtomicUsize,
     max_keys: AtomicUsize,
     /// Keys invalidated early because the table was full (INFO).
@@ -219,8 +218,7 @@ impl Table {
         }
         handle.set_tracking(Some(&mode), false);
         st.clients.insert(id, Tracker { handle: handle.clone(), mode, target, prefixes: kept });
-        st.prefixes = st.clients.values().map(|t| t.prefixes.len()).sum();
-        self.prefixes.store(st.prefixes, Ordering::Relaxed);
+        self.prefixes.store(st.clients.values().map(|t| t.prefixes.len()).sum(), Ordering::Relaxed);
         self.observe(&mut st);
     }
 
@@ -231,8 +229,7 @@ impl Table {
         let mut st = self.state.lock();
         let Some(t) = st.clients.remove(&id) else { return };
         t.handle.set_tracking(None, false);
-        st.prefixes -= t.prefixes.len();
-        self.prefixes.store(st.prefixes, Ordering::Relaxed);
+        self.prefixes.fetch_sub(t.prefixes.len(), Ordering::Relaxed);
         self.observe(&mut st);
     }
 
@@ -341,7 +338,7 @@ impl Table {
     /// INFO: tracking clients, keys, client-key pairs, prefixes.
     pub(crate) fn counts(&self) -> (usize, usize, usize, usize) {
         let st = self.state.lock();
-        (st.clients.len(), st.keys.len(), st.items, st.prefixes)
+        (st.clients.len(), st.keys.len(), st.items, self.prefixes.load(Ordering::Relaxed))
     }
 }
 
@@ -366,7 +363,7 @@ impl Observer for Table {
                 }
             }
         }
-        if st.prefixes > 0 {
+        if self.prefixes.load(Ordering::Relaxed) > 0 {
             BATCH.with_borrow_mut(|batch| {
                 // One copy of the key, shared by every client and prefix.
                 let mut copy: Option<Bytes> = None;

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::{copy, eq, help, int_arg, unknown_subcommand, write_error, wrong_args, Cx, Db, SYNTAX};
 use crate::resp::notify::{glob_match, Hint, Hub};
-use crate::resp::parse::parse_i64;
+use crate::resp::parse::{parse_cursor, parse_i64};
 use crate::resp::reply::Out;
 use crate::store::Slot;
 
@@ -64,25 +64,6 @@ pub(super) fn keys(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
 /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]. The cursor is
 /// the next digest bucket to visit (`Store::scan`): a key present for the
 /// whole scan is returned, whatever is written or evicted meanwhile.
-/// A SCAN cursor read as Redis reads one (`strtoul`, base 10, nothing
-/// after the digits, no leading space): an empty cursor is 0 and a
-/// negative one wraps, as there; past `u64` it is refused.
-fn parse_cursor(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return Some(0);
-    }
-    let (negative, digits) = match s[0] {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = digits.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
-    Some(if negative { n.wrapping_neg() } else { n })
-}
-
 pub(super) fn scan(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let Some(cursor) = parse_cursor(&args[1]) else {
         return out.error("ERR invalid cursor");
@@ -298,25 +279,5 @@ fn encoding(v: &[u8]) -> &'static str {
         "embstr"
     } else {
         "raw"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_cursor;
-
-    #[test]
-    fn cursors_read_as_strtoul_reads_them() {
-        let p = |s: &str| parse_cursor(s.as_bytes());
-        assert_eq!(p("0"), Some(0));
-        assert_eq!(p(""), Some(0));
-        assert_eq!(p("+7"), Some(7));
-        assert_eq!(p("-0"), Some(0));
-        assert_eq!(p("-1"), Some(u64::MAX));
-        assert_eq!(p("-18446744073709551615"), Some(1));
-        assert_eq!(p("18446744073709551615"), Some(u64::MAX));
-        for bad in ["18446744073709551616", "-18446744073709551616", " 1", "1 ", "0x1", "-", "+", "1.0", "٣"] {
-            assert_eq!(p(bad), None, "{bad:?}");
-        }
     }
 }

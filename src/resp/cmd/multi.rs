@@ -133,7 +133,7 @@ pub(super) fn exec(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
         // pending invalidations go before the reply, and each read's keys
         // are tracked as it runs, as in Redis, so that a write earlier in
         // the transaction does not invalidate a key read after it.
-        super::tracking::before_reads(sh, c, [], out);
+        super::tracking::pending_into(c, out);
         out.array(m.queued.len());
         for q in &m.queued {
             if q.spec.is("readonly") {

@@ -205,8 +205,14 @@ pub(super) fn trackinginfo(sh: &Shared, c: &mut Client, out: &mut Out) {
 /// when its mode tracks this read, and moves its pending invalidations
 /// into `out`, ahead of the reply.
 pub(super) fn before_reads<'k>(sh: &Shared, c: &Client, keys: impl IntoIterator<Item = &'k Bytes>, out: &mut Out) {
+    remember_reads(sh, c, keys);
+    pending_into(c, out);
+}
+
+/// Moves a tracking client's pending invalidations into `out`, ahead of
+/// the reply about to be written.
+pub(super) fn pending_into(c: &Client, out: &mut Out) {
     if c.tracking.is_some() {
-        remember_reads(sh, c, keys);
         c.outbox.drain_into(out);
     }
 }
