@@ -599,3 +599,41 @@ async fn a_write_repaired_by_anti_entropy_invalidates_the_near_cache() {
     assert_eq!(near.get("k").await.as_deref(), Some("after"));
     stop_all(vec![a, b], servers).await;
 }
+
+/// The changes one message from another peer brings reach a BCAST client
+/// as one push a prefix, their keys sorted, as a command's own writes do:
+/// an MSET on A is one push message to B, merged as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_message_reaches_a_bcast_client_as_one_push_a_prefix() {
+    let (meshes, servers) = resp_pair().await;
+    let mut a = servers[0].conn().await;
+    let mut near = NearCache::connect(&servers[1], &["BCAST", "PREFIX", "k", "PREFIX", "x"]).await;
+    let () = redis::cmd("MSET").arg(&["k3", "1", "x", "2", "y", "3", "k1", "4"]).query_async(&mut a).await.unwrap();
+
+    // The pushes are queued once the merge ends, just after B's readers
+    // can see its values: read them until both prefixes have been heard.
+    let mut pushes: Vec<Vec<String>> = Vec::new();
+    let heard = |pushes: &Vec<Vec<String>>| {
+        let keys: Vec<&String> = pushes.iter().flatten().collect();
+        keys.iter().filter(|k| k.starts_with('k')).count() >= 2 && keys.iter().any(|k| *k == "x")
+    };
+    let deadline = tokio::time::Instant::now() + common::wait::DEADLINE;
+    while !heard(&pushes) {
+        assert!(tokio::time::Instant::now() < deadline, "B's BCAST client heard only {pushes:?}");
+        let () = redis::cmd("PING").query_async(&mut near.con).await.map(|_: String| ()).unwrap();
+        while let Ok(p) = near.pushes.try_recv() {
+            if p.kind != PushKind::Invalidate {
+                continue;
+            }
+            let Some(Value::Array(keys)) = p.data.first() else { panic!("unexpected invalidation {p:?}") };
+            pushes.push(keys.iter().map(|k| redis::from_redis_value(k.clone()).unwrap()).collect());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Nothing more comes after a round trip.
+    let () = redis::cmd("PING").query_async(&mut near.con).await.map(|_: String| ()).unwrap();
+    assert!(near.pushes.try_recv().is_err(), "more pushes after {pushes:?}");
+    // Prefix "k" first, then "x": the order the prefixes sort in.
+    assert_eq!(pushes, vec![vec!["k1", "k3"], vec!["x"]]);
+    stop_all(meshes, servers).await;
+}

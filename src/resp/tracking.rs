@@ -47,8 +47,9 @@
 //! listing its keys sorted, as Redis sends what one turn of its event
 //! loop changed ([`Table::batch`]). So a reply on another connection may
 //! show such a change just before its invalidation arrives, which costs
-//! that client a cached value, never a stale one. A change learnt from
-//! another peer is sent at once, one key a push.
+//! that client a cached value, never a stale one. The changes one merge
+//! makes (a message from another peer) are gathered the same way: the
+//! store opens a group around it ([`Observer::gather`]).
 //!
 //! A client whose outbox passes the output limit is disconnected (its
 //! connection closes), so an invalidation is never dropped while the
@@ -76,8 +77,9 @@ thread_local! {
 }
 
 thread_local! {
-    /// The BCAST invalidations of the command running on this thread, to
-    /// be sent when it ends (`Table::batch`): prefix, client, key.
+    /// The BCAST invalidations of the command or merge running on this
+    /// thread, to be sent when it ends (`Table::batch`, `Observer::gather`):
+    /// prefix, client, key.
     static BATCH: RefCell<Option<Vec<(Bytes, u64, Bytes)>>> = const { RefCell::new(None) };
 }
 
@@ -141,21 +143,7 @@ pub(crate) struct Batch<'t>(&'t Table);
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        let Some(mut items) = BATCH.with_borrow_mut(Option::take) else { return };
-        if items.is_empty() {
-            return;
-        }
-        items.sort_unstable();
-        items.dedup();
-        let st = self.0.state.lock();
-        for group in items.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
-            let (prefix, id, _) = &group[0];
-            // The client may have stopped tracking since, on its own thread.
-            if let Some(t) = st.clients.get(id).filter(|t| t.prefixes.contains(prefix)) {
-                let keys: Vec<&[u8]> = group.iter().map(|(_, _, k)| &k[..]).collect();
-                send(t, Some(&keys));
-            }
-        }
+        self.0.release();
     }
 }
 
@@ -327,12 +315,7 @@ impl Table {
     /// BCAST mode. A change made meanwhile by a command that began with
     /// none is sent at once.
     pub(crate) fn batch(&self) -> Option<Batch<'_>> {
-        if self.prefixes.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        // An EXEC's commands run inside its batch.
-        BATCH.with_borrow_mut(|b| b.is_none().then(|| *b = Some(Vec::new())))?;
-        Some(Batch(self))
+        self.gather().then_some(Batch(self))
     }
 
     /// INFO: tracking clients, keys, client-key pairs, prefixes.
@@ -391,6 +374,33 @@ impl Observer for Table {
             send(t, None);
         }
         self.observe(&mut st);
+    }
+
+    /// Opens this thread's BCAST group, when some client tracks in BCAST
+    /// mode and none is open (an EXEC's commands run inside its own).
+    fn gather(&self) -> bool {
+        self.prefixes.load(Ordering::Relaxed) > 0
+            && BATCH.with_borrow_mut(|b| b.is_none().then(|| *b = Some(Vec::new()))).is_some()
+    }
+
+    /// Sends the group's invalidations: one push per client and prefix,
+    /// its keys sorted and each once.
+    fn release(&self) {
+        let Some(mut items) = BATCH.with_borrow_mut(Option::take) else { return };
+        if items.is_empty() {
+            return;
+        }
+        items.sort_unstable();
+        items.dedup();
+        let st = self.state.lock();
+        for group in items.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
+            let (prefix, id, _) = &group[0];
+            // The client may have stopped tracking since, on its own thread.
+            if let Some(t) = st.clients.get(id).filter(|t| t.prefixes.contains(prefix)) {
+                let keys: Vec<&[u8]> = group.iter().map(|(_, _, k)| &k[..]).collect();
+                send(t, Some(&keys));
+            }
+        }
     }
 }
 

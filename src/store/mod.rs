@@ -967,6 +967,10 @@ impl Store {
     /// lookups overlap.
     pub fn merge(&self, regs: impl IntoIterator<Item = (Bytes, Register)>, now_ms: u64) -> MergeOutcome {
         self.saw_time(now_ms);
+        // What the merge changes is one group for the observers (a near
+        // cache's BCAST clients hear it in one message a prefix), released
+        // once every shard lock is.
+        let _gathering = self.observers.gather();
         let mut out = MergeOutcome::default();
         let mut added_tombstone = false;
         // One buffer for every group: each is drained as it is merged.

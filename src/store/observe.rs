@@ -28,6 +28,30 @@ pub trait Observer: Send + Sync {
     /// may already show keys gone; none shows a key that should be gone
     /// after it.
     fn flushed(&self);
+    /// The changes this thread tells from now until [`Observer::release`]
+    /// are one group (the registers of one merge), which an observer may
+    /// hold and tell on as one. Returns whether this call began the group:
+    /// `release` follows only then. An observer that already gathers on
+    /// this thread (a RESP command's changes) keeps its own group.
+    fn gather(&self) -> bool {
+        false
+    }
+    /// The group begun by [`Observer::gather`] ends; told on this thread,
+    /// under no shard lock.
+    fn release(&self) {}
+}
+
+/// The groups begun by [`Observers::gather`], ended when it is dropped.
+pub(super) struct Gathering {
+    began: Vec<Arc<dyn Observer>>,
+}
+
+impl Drop for Gathering {
+    fn drop(&mut self) {
+        for o in &self.began {
+            o.release();
+        }
+    }
 }
 
 /// The observers of one store, and how many of them want to be told now.
@@ -73,6 +97,14 @@ impl Observers {
         for o in self.list.read().iter() {
             o.changed(key);
         }
+    }
+
+    /// Has every observer that wants changes gather those this thread
+    /// tells until the guard is dropped ([`Observer::gather`]).
+    pub(super) fn gather(&self) -> Gathering {
+        let began =
+            if self.wanted() { self.list.read().iter().filter(|o| o.gather()).cloned().collect() } else { Vec::new() };
+        Gathering { began }
     }
 
     pub(super) fn flushed(&self) {
