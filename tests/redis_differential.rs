@@ -16,7 +16,9 @@
 //! Left out of the generator, because the two servers differ on purpose
 //! or by version (README.md, "Redis clients"; redis_parity.rs's
 //! `redis72` steps): `OBJECT` (no shared objects, encodings by content),
-//! `COPY ... DB`, values past the largest write (`SETBIT` far out),
+//! `COPY ... DB`, values past the largest write (`SETBIT` and
+//! `BITFIELD` writes far out), a `BITFIELD` whose every write fails under
+//! `OVERFLOW FAIL` (`Gen::bitfield`),
 //! `BITCOUNT`/`BITPOS` arguments that Redis 7.2 refuses and 7.0 accepts
 //! on a missing key, FLUSHALL (mesh-wide here), and anything that reads
 //! the clock: expiries a few milliseconds out, TTLs and DBSIZE (which
@@ -279,7 +281,7 @@ impl Gen {
 
     fn command(&mut self) -> Vec<Vec<u8>> {
         let w = |s: &str| s.as_bytes().to_vec();
-        match self.rng.random_range(0..47) {
+        match self.rng.random_range(0..49) {
             0 => {
                 let mut c = vec![w("SET"), self.key(), self.value()];
                 let opts: &[&[&str]] =
@@ -465,8 +467,70 @@ impl Gen {
                 }
                 c
             }
+            47 | 48 => self.bitfield(),
             _ => vec![w("GET"), self.key()],
         }
+    }
+
+    /// BITFIELD or BITFIELD_RO with up to four subcommands: fields of
+    /// every width (and widths refused), offsets plain and `#`, values
+    /// and increments at the edges, each overflow mode, and stray or
+    /// missing arguments. A write's field stays near the start of the
+    /// value (a far one would grow it past the largest write here, where
+    /// Redis allocates up to 512 MB). `OVERFLOW FAIL` comes only after a
+    /// first write: Redis grows the value for the writes before it runs
+    /// them and signals no change when every write then fails, where
+    /// here growing the value is a write (see `resp/cmd/bitfield.rs`).
+    fn bitfield(&mut self) -> Vec<Vec<u8>> {
+        const TYPES: &[&str] =
+            &["i1", "i5", "i8", "i8", "i16", "i32", "i63", "i64", "u1", "u3", "u8", "u8", "u16", "u31", "u63"];
+        const BAD_TYPES: &[&str] = &["u64", "i65", "u0", "I8", "x8", "i", ""];
+        const WRITE_AT: &[&str] = &["0", "1", "3", "7", "8", "13", "31", "64", "#0", "#1", "#3"];
+        // `#536870912` is far but valid for a field narrower than 8 bits.
+        const READ_AT: &[&str] = &["0", "5", "8", "12", "40", "#1", "#2", "4294967295", "#536870912"];
+        const BAD_AT: &[&str] = &["-1", "#-1", "a", "", "4294967296"];
+        const NUMBERS: &[&str] = &[
+            "0",
+            "1",
+            "-1",
+            "3",
+            "7",
+            "100",
+            "-100",
+            "255",
+            "-129",
+            "2147483648",
+            "-2147483648",
+            "9223372036854775807",
+            "-9223372036854775808",
+        ];
+        let w = |s: &str| s.as_bytes().to_vec();
+        let read_only = self.rng.random_bool(0.2);
+        let mut c = vec![w(if read_only { "BITFIELD_RO" } else { "BITFIELD" }), self.key()];
+        let mut wrote = false;
+        for _ in 0..self.rng.random_range(0..7) {
+            // Mostly valid arguments, so that most commands run; now and
+            // then one Redis refuses.
+            let ty = if self.rng.random_bool(0.95) { self.pick(TYPES) } else { self.pick(BAD_TYPES) };
+            let bad_at = self.rng.random_bool(0.05);
+            match self.rng.random_range(0..14) {
+                0..=4 => c.extend([w("GET"), ty, self.pick(if bad_at { BAD_AT } else { READ_AT })]),
+                5..=10 => {
+                    let op = self.pick(&["SET", "INCRBY", "incrby"]);
+                    let at = self.pick(if bad_at { BAD_AT } else { WRITE_AT });
+                    let n = if self.rng.random_bool(0.95) { self.pick(NUMBERS) } else { self.pick(INTS) };
+                    c.extend([op, ty, at, n]);
+                    wrote = true;
+                }
+                11 | 12 => {
+                    let modes: &[&str] =
+                        if wrote { &["WRAP", "SAT", "FAIL", "fail", "FAIL", "x"] } else { &["WRAP", "sat"] };
+                    c.extend([w("OVERFLOW"), self.pick(modes)]);
+                }
+                _ => c.push(self.pick(&["GET", "SET", "OVERFLOW", "x"])),
+            }
+        }
+        c
     }
 }
 

@@ -86,6 +86,10 @@ async fn keyspace_events_name_their_command_as_redis_does() {
         &["APPEND", "a", "x"],
         &["SETRANGE", "a", "0", "z"],
         &["SETBIT", "b", "1", "1"],
+        &["BITFIELD", "b", "SET", "u8", "8", "7", "GET", "u4", "0"],
+        // Nothing changes: no event.
+        &["BITFIELD", "b", "SET", "u8", "8", "7"],
+        &["BITFIELD_RO", "b", "GET", "u8", "8"],
         &["INCR", "n"],
         &["INCRBY", "n", "5"],
         &["DECR", "n"],

@@ -77,6 +77,15 @@ fn script() -> Vec<Step> {
         same(&["COMMAND", "GETKEYSANDFLAGS", "getbit", "a", "1"]),
         same(&["COMMAND", "GETKEYSANDFLAGS", "bitcount", "a"]),
         same(&["COMMAND", "GETKEYSANDFLAGS", "lcs", "a", "b"]),
+        // BITFIELD's key is read-only for GETs and OVERFLOW alone, and
+        // read-write for a write or anything not understood.
+        same(&["COMMAND", "GETKEYSANDFLAGS", "bitfield", "a", "get", "u8", "0"]),
+        same(&["COMMAND", "GETKEYSANDFLAGS", "bitfield", "a", "OVERFLOW", "sat", "GET", "i5", "#1"]),
+        same(&["COMMAND", "GETKEYSANDFLAGS", "bitfield", "a", "get", "u8", "0", "set", "u8", "0", "1"]),
+        same(&["COMMAND", "GETKEYSANDFLAGS", "bitfield", "a", "incrby", "u8", "0", "1"]),
+        same(&["COMMAND", "GETKEYSANDFLAGS", "bitfield", "a", "get", "u8"]),
+        same(&["COMMAND", "GETKEYSANDFLAGS", "bitfield", "a"]),
+        same(&["COMMAND", "GETKEYSANDFLAGS", "bitfield_ro", "a", "get", "u8", "0"]),
         same(&["COMMAND", "GETKEYS", "nosuch", "k"]),
         same(&["COMMAND", "GETKEYS", "ping", "x"]),
         same(&["COMMAND", "GETKEYS", "client", "list"]),

@@ -325,12 +325,20 @@ async fn read_modify_write_commands_replicate_their_result() {
     assert_eq!(q(&mut a, &["INCR", "hits"]).await, Value::Int(42));
     assert_eq!(q(&mut a, &["SETBIT", "flags", "9", "1"]).await, Value::Int(0));
     assert_eq!(q(&mut a, &["SETRANGE", "log", "0", "ONE"]).await, Value::Int(7));
+    assert_eq!(
+        q(&mut a, &["BITFIELD", "fields", "SET", "u8", "#1", "200", "INCRBY", "i4", "0", "-3"]).await,
+        Value::Array(vec![Value::Int(0), Value::Int(-3)])
+    );
     eventually_async("the results reach B", || async {
-        let v: Vec<Option<Vec<u8>>> = b.clone().mget(&["log", "hits", "flags"]).await.unwrap();
-        v == [Some(b"ONE,two".to_vec()), Some(b"42".to_vec()), Some(vec![0, 0x40])]
+        let v: Vec<Option<Vec<u8>>> = b.clone().mget(&["log", "hits", "flags", "fields"]).await.unwrap();
+        v == [Some(b"ONE,two".to_vec()), Some(b"42".to_vec()), Some(vec![0, 0x40]), Some(vec![0xd0, 200])]
     })
     .await;
     assert_eq!(q(&mut b, &["GETBIT", "flags", "9"]).await, Value::Int(1));
+    assert_eq!(
+        q(&mut b, &["BITFIELD_RO", "fields", "GET", "u8", "8", "GET", "i4", "0"]).await,
+        Value::Array(vec![Value::Int(200), Value::Int(-3)])
+    );
     assert_eq!(q(&mut b, &["INCR", "hits"]).await, Value::Int(43), "B increments what A wrote");
 
     // Both peers increment at once, many times: each INCR is atomic where

@@ -1,6 +1,6 @@
 //! Command lookup and dispatch, and what the command families share.
 //!
-//! Each family lives in its own file (`strings`, `counters`, `bits`,
+//! Each family lives in its own file (`strings`, `counters`, `bits`, `bitfield`,
 //! `lcs`, `keyspace`, `expire`, `pubsub`, `connection`, `server`,
 //! `multi`), one function per command that parses its arguments and
 //! applies them. Commands reach the keyspace through `cx.db` only (see
@@ -8,6 +8,7 @@
 //! command with what `COMMAND` reports about it and the function that runs
 //! it; lookup is a hash of the lowercased name.
 
+mod bitfield;
 mod bits;
 mod connection;
 mod counters;
@@ -192,6 +193,8 @@ static SPECS: &[Spec] = &[
     spec!("bitcount", -2, RS, 1, 1, 1, &["@read", "@bitmap", "@slow"], bits::bitcount),
     spec!("bitpos", -3, RS, 1, 1, 1, &["@read", "@bitmap", "@slow"], bits::bitpos),
     spec!("bitop", -4, W, 2, -1, 1, &["@write", "@bitmap", "@slow"], bits::bitop),
+    spec!("bitfield", -2, W, 1, 1, 1, &["@write", "@bitmap", "@slow"], bitfield::bitfield),
+    spec!("bitfield_ro", -2, R, 1, 1, 1, &["@read", "@bitmap", "@fast"], bitfield::bitfield_ro),
     spec!("lcs", -3, RS, 1, 2, 1, &["@read", "@string", "@slow"], lcs::lcs),
     spec!("keys", 2, RS, 0, 0, 0, &["@keyspace", "@read", "@slow", "@dangerous"], keyspace::keys),
     spec!("scan", -2, RS, 0, 0, 0, &["@keyspace", "@read", "@slow"], keyspace::scan),

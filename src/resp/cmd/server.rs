@@ -183,7 +183,10 @@ fn key_flags(s: &Spec, n: usize, argv: &[Bytes]) -> &'static [&'static str] {
         "exists" | "touch" | "type" | "strlen" | "object" => RO,
         "expire" | "pexpire" | "expireat" | "pexpireat" | "persist" | "setrange" => RW_UPDATE,
         "getdel" => RW_ACCESS_DELETE,
-        "getex" | "getset" | "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "setbit" => RW_ACCESS_UPDATE,
+        "bitfield" if super::bitfield::only_reads(&argv[2..]) => RO_ACCESS,
+        "getex" | "getset" | "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "setbit" | "bitfield" => {
+            RW_ACCESS_UPDATE
+        }
         "rename" | "renamenx" if n == 0 => RW_ACCESS_DELETE,
         "rename" => OW_UPDATE,
         "renamenx" => &["OW", "insert"],

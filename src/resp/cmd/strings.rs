@@ -392,6 +392,7 @@ pub(super) fn update(
 fn event_of(command: &'static str) -> &'static str {
     match command {
         "incr" | "decr" | "incrby" | "decrby" => "incrby",
+        "bitfield" => "setbit",
         other => other,
     }
 }
