@@ -8,6 +8,7 @@
 //! so that they keep meeting each other's values. A second run uses two
 //! connections, one of them switching CLIENT TRACKING between its modes
 //! (redirecting to a third at times), and compares the invalidations too.
+//! A third compares the keyspace notifications each command publishes.
 //!
 //! A failure names its seed and step and prints the commands before it;
 //! `MESHCACHE_DIFF_SEED=S cargo test --test integration redis_differential`
@@ -136,6 +137,11 @@ struct Gen {
     /// expiry cycle, and invalidates it then for tracking clients; a peer
     /// deletes it at once. So a run with tracking leaves them out.
     expired_sets: bool,
+    /// For the run that compares keyspace notifications: no transactions
+    /// (a key written twice in one notifies once here, as many times as
+    /// written in Redis), and MSET and MSETNX name each key once (they are
+    /// transactions here).
+    notify: bool,
 }
 
 impl Gen {
@@ -148,6 +154,7 @@ impl Gen {
             deletes_queued_elsewhere: Vec::new(),
             in_multi: false,
             expired_sets: true,
+            notify: false,
         }
     }
 
@@ -163,7 +170,24 @@ impl Gen {
 
     /// The next command, with the state it leaves noted.
     fn next(&mut self) -> Vec<Vec<u8>> {
-        let c = self.command();
+        let mut c = self.command();
+        if self.notify {
+            match c[0].as_slice() {
+                b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => c = vec![b"GET".to_vec(), self.key()],
+                b"MSET" | b"MSETNX" => {
+                    let mut seen = Vec::new();
+                    let mut kept = vec![c[0].clone()];
+                    for pair in c[1..].chunks(2) {
+                        if pair.len() == 1 || !seen.contains(&pair[0]) {
+                            seen.push(pair[0].clone());
+                            kept.extend_from_slice(pair);
+                        }
+                    }
+                    c = kept;
+                }
+                _ => {}
+            }
+        }
         match c[0].as_slice() {
             b"MULTI" => self.in_multi = true,
             b"EXEC" | b"DISCARD" if self.in_multi => {
@@ -765,6 +789,91 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
     }
 }
 
+/// The key written after every step of the notification run: its
+/// events end the step's.
+const MARK: &[u8] = b"mark";
+
+/// Keyspace notifications (`notify-keyspace-events KEA`): a connection on
+/// each server runs the generator's commands, without transactions, and a
+/// subscriber to `__key*@0__:*` on each collects what they publish. After
+/// every step the connection writes `MARK`, whose events come after the
+/// step's on both servers (here the events of local changes are
+/// published in the order they were made), and the two lists of messages
+/// before them are compared. A DEL or UNLINK names only keys the
+/// reference holds: deleting an absent key notifies here (a delete is a
+/// write mesh-wide) and not in Redis.
+async fn run_notify_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize) {
+    let mut sides = Vec::new();
+    for ours in [true, false] {
+        let connect = async || {
+            if ours {
+                Conn::new(TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap())
+            } else {
+                Conn::new(UnixStream::connect(&redis.socket).await.unwrap())
+            }
+        };
+        let (mut con, mut sub) = (connect().await, connect().await);
+        assert_eq!(con.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
+        assert_eq!(con.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEA"]).await, b"+OK\r\n");
+        sub.cmd(&[b"PSUBSCRIBE", b"__key*@0__:*"]).await;
+        sides.push((con, sub));
+    }
+    let mut g = Gen::new(seed);
+    g.expired_sets = false;
+    g.notify = true;
+    let mut history: Vec<String> = Vec::new();
+    for step in 0..steps {
+        let mut cmd = g.next();
+        if cmd[0] == b"DEL" || cmd[0] == b"UNLINK" {
+            let mut held = vec![cmd[0].clone()];
+            for k in &cmd[1..] {
+                if sides[1].0.cmd(&[b"EXISTS", k]).await == b":1\r\n" {
+                    held.push(k.clone());
+                }
+            }
+            if held.len() == 1 {
+                continue;
+            }
+            cmd = held;
+        }
+        let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
+        let mut seen = Vec::new();
+        for (con, sub) in &mut sides {
+            let reply = if is_walk(&args) { scan_walk(con, &args).await } else { con.cmd(&args).await };
+            let reply = if args[0] == b"KEYS" { sorted_array(&reply) } else { reply };
+            con.cmd(&[b"SET", MARK, step.to_string().as_bytes()]).await;
+            let message = |channel: &[u8], payload: &[u8]| {
+                array_frame(&[b"pmessage".to_vec(), b"__key*@0__:*".to_vec(), channel.to_vec(), payload.to_vec()])
+            };
+            let mark = message(&[&b"__keyspace@0__:"[..], MARK].concat(), b"set");
+            let mut events = vec![reply];
+            loop {
+                let m = sub.next().await;
+                if m == mark {
+                    assert_eq!(sub.next().await, message(b"__keyevent@0__:set", MARK));
+                    break;
+                }
+                events.push(m);
+            }
+            seen.push(events);
+        }
+        history.push(show(&args));
+        if seen[0] != seen[1] {
+            let text =
+                |fs: &[Vec<u8>]| format!("{:?}", fs.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>());
+            let from = history.len().saturating_sub(30);
+            panic!(
+                "seed {seed}, step {step}: meshcache and redis-server differ on `{}` (its reply, then the \
+                 messages it published)\nmeshcache:    {}\nredis-server: {}\nthe commands before it:\n{}",
+                show(&args),
+                text(&seen[0]),
+                text(&seen[1]),
+                history[from..].join("\n")
+            );
+        }
+    }
+}
+
 /// The seeds to run: `MESHCACHE_DIFF_SEED` alone, or the first
 /// `MESHCACHE_DIFF_SEEDS` (24 unless set).
 fn seeds() -> Vec<u64> {
@@ -793,6 +902,16 @@ async fn random_sequences_on_two_connections_track_and_invalidate_as_redis_does(
     let peer = RespPeer::start("differential-tracking").await;
     for seed in seeds() {
         run_tracking_seed(peer.port, &redis, seed, 600).await;
+    }
+    peer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sequences_notify_as_redis_does() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let peer = RespPeer::start("differential-notify").await;
+    for seed in seeds() {
+        run_notify_seed(peer.port, &redis, seed, 600).await;
     }
     peer.stop().await;
 }

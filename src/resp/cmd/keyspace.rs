@@ -10,9 +10,13 @@ use crate::resp::reply::Out;
 use crate::store::Slot;
 
 /// DEL and UNLINK (the same here: nothing is freed in the background).
+/// A key named twice is deleted once: the second delete could find nothing
+/// in Redis, which runs the command at once, and here it would write (and
+/// replicate, and notify) a second delete.
 pub(super) fn del(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let mut n = 0;
-    for k in &args[1..] {
+    let mut named = std::collections::HashSet::with_capacity(args.len() - 1);
+    for k in args[1..].iter().filter(|k| named.insert(&k[..])) {
         match cx.db.delete(copy(k)) {
             Ok(existed) => n += existed as i64,
             Err(e) => return write_error(out, e),
