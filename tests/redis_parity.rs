@@ -87,8 +87,9 @@ async fn keyspace_events_name_their_command_as_redis_does() {
         &["SETRANGE", "a", "0", "z"],
         &["SETBIT", "b", "1", "1"],
         &["BITFIELD", "b", "SET", "u8", "8", "7", "GET", "u4", "0"],
-        // Nothing changes: no event.
+        // Nothing changes: no event; a bit changed and changed back: one.
         &["BITFIELD", "b", "SET", "u8", "8", "7"],
+        &["BITFIELD", "b", "INCRBY", "u1", "3", "1", "INCRBY", "u1", "3", "1"],
         &["BITFIELD_RO", "b", "GET", "u8", "8"],
         &["INCR", "n"],
         &["INCRBY", "n", "5"],

@@ -82,8 +82,11 @@ fn run(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out, read_only: bool) {
         if v.len() < end as usize {
             v.resize(end as usize, 0);
         }
-        replies.extend(fields.iter().map(|f| apply(&mut v, f)));
-        Ok((cur.map(|c| &c[..]) != Some(&v[..])).then(|| v.into()))
+        // A field changed and changed back is a write all the same, as
+        // Redis counts it: it notifies, invalidates and aborts a WATCH.
+        let mut changed = false;
+        replies.extend(fields.iter().map(|f| apply(&mut v, f, &mut changed)));
+        Ok((changed || cur.map(|c| &c[..]) != Some(&v[..])).then(|| v.into()))
     });
     if ok {
         reply(out, &replies);
@@ -207,8 +210,9 @@ fn get(v: &[u8], f: &Field) -> i64 {
 }
 
 /// A SET or INCRBY on `v` (grown to hold the field): the reply, `None`
-/// when the result overflows under FAIL, which writes nothing.
-fn apply(v: &mut [u8], f: &Field) -> Option<i64> {
+/// when the result overflows under FAIL, which writes nothing. Sets
+/// `changed` when the field's value changed.
+fn apply(v: &mut [u8], f: &Field, changed: &mut bool) -> Option<i64> {
     if f.op == Op::Get {
         return Some(get(v, f));
     }
@@ -220,6 +224,7 @@ fn apply(v: &mut [u8], f: &Field) -> Option<i64> {
         fit_unsigned(value, incr, f.bits, f.overflow)?
     };
     write(v, f.offset, f.bits, new as u64);
+    *changed |= new != old;
     Some(if f.op == Op::Set { old } else { new })
 }
 
