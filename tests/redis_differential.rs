@@ -1,5 +1,6 @@
 //! Random command sequences against a lone peer and a redis-server, every
-//! reply compared byte for byte (RESP2, then RESP3). `redis_parity.rs`
+//! reply compared byte for byte (RESP2 and RESP3, one command at a time
+//! and pipelined in batches of random length). `redis_parity.rs`
 //! checks the cases someone thought of; this finds the ones nobody did:
 //! odd integers and floats, empty and binary values, options in every
 //! order, glob patterns (KEYS, and whole SCAN walks with their options,
@@ -558,7 +559,10 @@ impl Gen {
     }
 }
 
-async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, resp3: bool) {
+/// One connection on each server, one seed's commands. A pipelined run
+/// sends them in batches of random length, each in one write, as a
+/// client that pipelines does (a SCAN walk goes alone, step by step).
+async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, resp3: bool, pipelined: bool) {
     let mut ours = Conn::new(TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap());
     let mut theirs = Conn::new(UnixStream::connect(&redis.socket).await.unwrap());
     for c in [&mut ours, &mut theirs] {
@@ -569,32 +573,56 @@ async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, 
         }
     }
     let mut g = Gen::new(seed);
+    // The batches' lengths come from a generator of their own, so that a
+    // seed's commands are the same pipelined or not.
+    let mut cut = SmallRng::seed_from_u64(seed ^ 0x0b47_c4e5);
     let mut history: Vec<String> = Vec::new();
+    // The commands not yet sent, each with its step.
+    let mut batch: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
     for step in 0..steps {
         let cmd = g.next();
-        let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
-        let (a, b) = if is_walk(&args) {
-            (scan_walk(&mut ours, &args).await, scan_walk(&mut theirs, &args).await)
-        } else {
-            (ours.cmd(&args).await, theirs.cmd(&args).await)
-        };
-        let (a, b) = if args[0] == b"KEYS" { (sorted_array(&a), sorted_array(&b)) } else { (a, b) };
-        history.push(show(&args));
-        if a != b {
-            let from = history.len().saturating_sub(30);
-            panic!(
-                "seed {seed} (resp3: {resp3}), step {step}: meshcache and redis-server differ on `{}`\n\
-                 meshcache:    {:?}\nredis-server: {:?}\nthe commands before it:\n{}",
-                show(&args),
-                String::from_utf8_lossy(&a),
-                String::from_utf8_lossy(&b),
-                history[from..].join("\n")
-            );
+        let walk = is_walk(&cmd.iter().map(|a| a.as_slice()).collect::<Vec<_>>());
+        if !walk {
+            batch.push((step, cmd.clone()));
+        }
+        let last = step + 1 == steps;
+        if !batch.is_empty() && (walk || last || !pipelined || cut.random_bool(0.2)) {
+            let cmds: Vec<Vec<&[u8]>> = batch.iter().map(|(_, c)| c.iter().map(|a| a.as_slice()).collect()).collect();
+            let (a, b) = (ours.pipeline(&cmds).await, theirs.pipeline(&cmds).await);
+            for ((args, (at, _)), (a, b)) in cmds.iter().zip(&batch).zip(a.into_iter().zip(b)) {
+                let (a, b) = if args[0] == b"KEYS" { (sorted_array(&a), sorted_array(&b)) } else { (a, b) };
+                history.push(show(args));
+                differ(seed, resp3, pipelined, *at, &history, &a, &b);
+            }
+            batch.clear();
+        }
+        if walk {
+            let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
+            let (a, b) = (scan_walk(&mut ours, &args).await, scan_walk(&mut theirs, &args).await);
+            history.push(show(&args));
+            differ(seed, resp3, pipelined, step, &history, &a, &b);
         }
     }
     for c in [&mut ours, &mut theirs] {
         c.resp3 = false;
         c.cmd(&[b"RESET"]).await;
+    }
+}
+
+/// Fails the run if the two servers answered the last command of
+/// `history`, the seed's `step`th, differently, printing the commands
+/// before it.
+fn differ(seed: u64, resp3: bool, pipelined: bool, step: usize, history: &[String], a: &[u8], b: &[u8]) {
+    if a != b {
+        let from = history.len().saturating_sub(30);
+        panic!(
+            "seed {seed} (resp3: {resp3}, pipelined: {pipelined}), step {step}: meshcache and redis-server differ on \
+             `{}`\nmeshcache:    {:?}\nredis-server: {:?}\nthe commands before it:\n{}",
+            history.last().unwrap(),
+            String::from_utf8_lossy(a),
+            String::from_utf8_lossy(b),
+            history[from..history.len() - 1].join("\n")
+        );
     }
 }
 
@@ -905,7 +933,7 @@ async fn random_command_sequences_answer_as_redis_does() {
     let Some(redis) = RedisServer::start().await else { return };
     let peer = RespPeer::start("differential").await;
     for seed in seeds() {
-        run_seed(peer.port, &redis, seed, 600, seed % 2 == 1).await;
+        run_seed(peer.port, &redis, seed, 600, seed % 2 == 1, seed % 4 >= 2).await;
     }
     peer.stop().await;
 }

@@ -32,14 +32,25 @@ impl Conn {
     }
 
     pub async fn cmd(&mut self, args: &[&[u8]]) -> Vec<u8> {
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
+        let mut req = Vec::new();
+        encode(&mut req, args);
         self.sock.write_all(&req).await.unwrap();
         self.next().await
+    }
+
+    /// Sends every command in one write, then reads one frame each: a
+    /// pipeline, for commands that answer with one frame.
+    pub async fn pipeline(&mut self, cmds: &[Vec<&[u8]>]) -> Vec<Vec<u8>> {
+        let mut req = Vec::new();
+        for args in cmds {
+            encode(&mut req, args);
+        }
+        self.sock.write_all(&req).await.unwrap();
+        let mut replies = Vec::with_capacity(cmds.len());
+        for _ in cmds {
+            replies.push(self.next().await);
+        }
+        replies
     }
 
     /// The next frame the server sends (a reply, or a pub/sub message).
@@ -54,6 +65,16 @@ impl Conn {
             let n = read.expect("a frame within the deadline").unwrap();
             assert!(n > 0, "connection closed before the next frame");
         }
+    }
+}
+
+/// Appends `args` to `req` as a multibulk command.
+fn encode(req: &mut Vec<u8>, args: &[&[u8]]) {
+    req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
     }
 }
 
