@@ -8,7 +8,8 @@
 //! MULTI/EXEC and after WATCH, on five keys
 //! so that they keep meeting each other's values. A second run uses two
 //! connections, one of them switching CLIENT TRACKING between its modes
-//! (redirecting to a third at times), and compares the invalidations too.
+//! (redirecting to a third at times), and compares the invalidations too;
+//! half its seeds pipeline the tracking connection's commands.
 //! A third compares the keyspace notifications each command publishes.
 //!
 //! A failure names its seed and step and prints the commands before it;
@@ -752,6 +753,12 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
     ga.expired_sets = false;
     gb.expired_sets = false;
     let mut choose = SmallRng::seed_from_u64(!seed);
+    // A pipelined run sends runs of `a`'s commands in batches of random
+    // length, each in one write; their lengths come from a generator of
+    // their own, so that a seed's commands are the same either way.
+    let pipelined = seed % 4 >= 2;
+    let mut cut = SmallRng::seed_from_u64(seed ^ 0x0b47_c4e5);
+    let mut batch: Vec<Vec<Vec<u8>>> = Vec::new();
     let mut history: Vec<String> = Vec::new();
     for step in 0..steps {
         let on_a = choose.random_bool(0.6);
@@ -768,53 +775,109 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
             gb.deletes_queued_elsewhere.clone_from(&ga.deletes_queued);
             gb.next()
         };
+        let walk = is_walk(&cmd.iter().map(|a| a.as_slice()).collect::<Vec<_>>());
+        // CLIENT TRACKING goes alone: Redis sends what a turn of its loop
+        // changed with the tracking state at the turn's end, and a client
+        // that turns tracking off and on again inside a pipeline loses the
+        // invalidations of the commands before it there. Here it gets
+        // them (extra invalidations, never missing ones).
+        let switch = cmd.len() > 1 && cmd[0] == b"CLIENT" && cmd[1] == b"TRACKING";
+        if on_a && pipelined && !walk && !switch {
+            history.push(format!("a> {}", show(&cmd.iter().map(|a| a.as_slice()).collect::<Vec<_>>())));
+            batch.push(cmd);
+            if step + 1 < steps && cut.random_bool(0.75) {
+                continue;
+            }
+            let cmds = std::mem::take(&mut batch);
+            tracking_step(&mut sides, &ga, true, &cmds, seed, b_resp3, step, &mut history).await;
+            continue;
+        }
+        if !batch.is_empty() {
+            let cmds = std::mem::take(&mut batch);
+            tracking_step(&mut sides, &ga, true, &cmds, seed, b_resp3, step, &mut history).await;
+        }
         let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
         history.push(format!("{}> {}", if on_a { "a" } else { "b" }, show(&args)));
-        // A PING inside MULTI would be queued, and one after CLIENT
-        // CACHING would be the command it applies to.
-        let sync = !(ga.in_multi || on_a && args[0] == b"CLIENT");
-        let mut seen = Vec::new();
-        for ([a, b, c], c_id) in sides.iter_mut() {
-            let args: Vec<&[u8]> = args.iter().map(|&x| if x == b"<c>" { c_id.as_bytes() } else { x }).collect();
-            let conn = if on_a { &mut *a } else { &mut *b };
-            let mut frames =
-                if is_walk(&args) { vec![scan_walk(conn, &args).await] } else { exchange(conn, &args).await };
-            if args[0] == b"CLIENT" {
-                // GETREDIR and TRACKINGINFO name `c` by its id.
-                let (id, name) = (format!(":{c_id}\r\n"), ":<c>\r\n");
-                frames = frames.into_iter().map(|f| String::from_utf8_lossy(&f).replace(&id, name).into()).collect();
-            }
-            if args[0] == b"KEYS" {
-                let reply = frames.pop().expect("a reply");
-                frames.push(sorted_array(&reply));
-            }
-            if sync {
-                frames.push(b"(ping on a)".to_vec());
-                frames.extend(exchange(a, &[b"PING"]).await);
-            }
-            frames.push(b"(ping on c)".to_vec());
-            let pong: &[u8] = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n";
-            let mut f = c.cmd(&[b"PING"]).await;
-            while f != pong {
-                frames.push(f);
-                f = c.next().await;
-            }
-            seen.push(frames);
-        }
-        let text = |fs: &[Vec<u8>]| format!("{:?}", fs.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>());
-        if seen[0] != seen[1] {
-            let from = history.len().saturating_sub(100);
-            panic!(
-                "seed {seed} (b in resp3: {b_resp3}), step {step}: meshcache and redis-server differ on `{}`\n\
-                 meshcache:    {}\nredis-server: {}\nthe steps before it, and what both answered:\n{}",
-                history.last().unwrap(),
-                text(&seen[0]),
-                text(&seen[1]),
-                history[from..history.len() - 1].join("\n")
-            );
-        }
-        *history.last_mut().unwrap() += &format!("  =>  {}", text(&seen[0]));
+        tracking_step(&mut sides, &ga, on_a, &[cmd], seed, b_resp3, step, &mut history).await;
     }
+}
+
+/// Runs `cmds` (several only on `a`, pipelined; a SCAN walk alone) on
+/// each side, with the PINGs after them that collect the invalidations
+/// queued for `a` and `c`, and fails the run if the two sides' frames
+/// differ. `history` ends with the commands.
+#[allow(clippy::too_many_arguments)]
+async fn tracking_step(
+    sides: &mut [([Conn; 3], String)],
+    ga: &Gen,
+    on_a: bool,
+    cmds: &[Vec<Vec<u8>>],
+    seed: u64,
+    b_resp3: bool,
+    step: usize,
+    history: &mut [String],
+) {
+    let last = cmds.last().expect("a command");
+    // A PING inside MULTI would be queued, and one after CLIENT CACHING
+    // would be the command it applies to.
+    let sync = !(ga.in_multi || on_a && last[0] == b"CLIENT");
+    let mut seen = Vec::new();
+    for ([a, b, c], c_id) in sides.iter_mut() {
+        let cmds: Vec<Vec<&[u8]>> = cmds
+            .iter()
+            .map(|cmd| cmd.iter().map(|x| if x == b"<c>" { c_id.as_bytes() } else { x.as_slice() }).collect())
+            .collect();
+        let conn = if on_a { &mut *a } else { &mut *b };
+        let mut frames = if is_walk(&cmds[0]) {
+            vec![scan_walk(conn, &cmds[0]).await]
+        } else {
+            let mut frames = conn.pipeline(&cmds).await;
+            // Each reply may be preceded by invalidation pushes: read on
+            // until every command has its reply.
+            while frames.iter().filter(|f| !f.starts_with(b">")).count() < cmds.len() {
+                frames.push(conn.next().await);
+            }
+            frames
+        };
+        // Each reply, by its command: KEYS is compared sorted, and CLIENT
+        // GETREDIR and TRACKINGINFO name `c` by its id.
+        let mut replies = cmds.iter();
+        for f in frames.iter_mut().filter(|f| !f.starts_with(b">")) {
+            let args = replies.next().expect("a command for each reply");
+            if args[0] == b"KEYS" {
+                *f = sorted_array(f);
+            } else if args[0] == b"CLIENT" {
+                let (id, name) = (format!(":{c_id}\r\n"), ":<c>\r\n");
+                *f = String::from_utf8_lossy(f).replace(&id, name).into();
+            }
+        }
+        if sync {
+            frames.push(b"(ping on a)".to_vec());
+            frames.extend(exchange(a, &[b"PING"]).await);
+        }
+        frames.push(b"(ping on c)".to_vec());
+        let pong: &[u8] = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+        let mut f = c.cmd(&[b"PING"]).await;
+        while f != pong {
+            frames.push(f);
+            f = c.next().await;
+        }
+        seen.push(frames);
+    }
+    let text = |fs: &[Vec<u8>]| format!("{:?}", fs.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>());
+    let at = history.len() - cmds.len();
+    if seen[0] != seen[1] {
+        let from = at.saturating_sub(100);
+        panic!(
+            "seed {seed} (b in resp3: {b_resp3}), step {step}: meshcache and redis-server differ on `{}`\n\
+             meshcache:    {}\nredis-server: {}\nthe steps before it, and what both answered:\n{}",
+            history[at..].join("`, `"),
+            text(&seen[0]),
+            text(&seen[1]),
+            history[from..at].join("\n")
+        );
+    }
+    *history.last_mut().unwrap() += &format!("  =>  {}", text(&seen[0]));
 }
 
 /// The key written after every step of the notification run: its

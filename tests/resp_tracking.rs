@@ -637,3 +637,37 @@ async fn a_merged_message_reaches_a_bcast_client_as_one_push_a_prefix() {
     assert_eq!(pushes, vec![vec!["k1", "k3"], vec!["x"]]);
     stop_all(meshes, servers).await;
 }
+
+/// A BCAST client hears of a write while the writer's connection waits
+/// on a client that does not read its replies: the invalidations a
+/// connection gathers go out before it waits for its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bcast_client_hears_a_write_whose_client_does_not_read() {
+    use tokio::io::AsyncWriteExt;
+
+    let (meshes, servers) = resp_pair().await;
+    let mut a = servers[0].conn().await;
+    let () = a.set("big", vec![b'x'; 8 << 20]).await.unwrap();
+    let mut near = NearCache::connect(&servers[0], &["BCAST", "PREFIX", "fresh"]).await;
+    // A small receive buffer, never read: the server cannot write the
+    // two replies below in one go, and waits for the socket.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut sock = sock.connect(([127, 0, 0, 1], servers[0].port).into()).await.unwrap();
+    let mut req = Vec::new();
+    for args in [&["SET", "fresh", "v"][..], &["GET", "big"]] {
+        req.extend(format!("*{}\r\n", args.len()).into_bytes());
+        for a in args {
+            req.extend(format!("${}\r\n{a}\r\n", a.len()).into_bytes());
+        }
+    }
+    sock.write_all(&req).await.unwrap();
+    let deadline = tokio::time::Instant::now() + common::wait::DEADLINE;
+    while near.invalidations == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the BCAST client never heard of `fresh`");
+        near.sync().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(sock);
+    stop_all(meshes, servers).await;
+}

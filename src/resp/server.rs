@@ -17,6 +17,7 @@ use super::cmd;
 use super::notify::Outbox;
 use super::parse::{Limits, Parser};
 use super::reply::Out;
+use super::tracking;
 use super::Shared;
 use crate::node::PushWakes;
 
@@ -81,6 +82,10 @@ struct Connection {
     /// The push senders this connection's writes are queued for, woken
     /// once their replies are written.
     wakes: PushWakes,
+    /// The BCAST invalidations of the commands run since the last write of
+    /// replies, sent together before it, as Redis sends what one turn of
+    /// its event loop changed (`Connection::send_gathered`).
+    gathered: tracking::Gathered,
     /// Metric handles, looked up once per connection.
     commands_total: metrics::Counter,
     errors_total: metrics::Counter,
@@ -120,6 +125,7 @@ impl Connection {
             out: Out::new(),
             stop,
             wakes: PushWakes::default(),
+            gathered: Vec::new(),
             commands_total: metrics::counter!("meshcache_resp_commands_total"),
             errors_total: metrics::counter!("meshcache_resp_errors_total"),
         }
@@ -215,7 +221,11 @@ impl Connection {
                         self.flush().await?;
                     }
                     let before = self.out.len();
+                    let batch = shared.tracking.batch();
                     self.wakes.defer(|| cmd::execute(&self.shared, &mut self.client, args, &mut self.out));
+                    if let Some(b) = batch {
+                        self.gathered.append(&mut b.take());
+                    }
                     args.clear();
                     if self.out.len() > cfg.output_buffer_limit {
                         self.out.truncate(before);
@@ -249,8 +259,18 @@ impl Connection {
                 }
             }
         }
+        self.send_gathered();
         self.account(n, started.elapsed());
         Ok(end)
+    }
+
+    /// Sends the BCAST invalidations gathered since the last write: before
+    /// any wait, so that a client slow to read holds back no other
+    /// client's invalidations.
+    fn send_gathered(&mut self) {
+        if !self.gathered.is_empty() {
+            self.shared.tracking.send_gathered(std::mem::take(&mut self.gathered), self.client.id);
+        }
     }
 
     /// Adds a batch's counts to the server's counters and metrics: once per
@@ -291,6 +311,7 @@ impl Connection {
     /// [`write_all`]). Gives up if the client is killed or the server
     /// stops while the socket is full.
     async fn flush(&mut self) -> io::Result<()> {
+        self.send_gathered();
         if !self.out.is_empty() {
             let (chunks, tail) = self.out.parts();
             for c in chunks.iter().map(|c| &c[..]).chain(std::iter::once(tail)) {

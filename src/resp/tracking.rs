@@ -42,14 +42,22 @@
 //! # BCAST
 //!
 //! As in Redis, a BCAST client hears once per prefix: a change under two
-//! of its prefixes is sent twice. The changes a RESP command makes (all
-//! of an EXEC's) are gathered and sent when it ends, one push per prefix
-//! listing its keys sorted, as Redis sends what one turn of its event
-//! loop changed ([`Table::batch`]). So a reply on another connection may
-//! show such a change just before its invalidation arrives, which costs
-//! that client a cached value, never a stale one. The changes one merge
-//! makes (a message from another peer) are gathered the same way: the
-//! store opens a group around it ([`Observer::gather`]).
+//! of its prefixes is sent twice. The changes a connection's commands
+//! make between two writes of its replies (the commands of one read, a
+//! pipeline; all of an EXEC's) are gathered and sent before that write,
+//! one push per client and prefix listing its keys sorted, as Redis sends
+//! what one turn of its event loop changed: each command's through
+//! [`Table::batch`], then together through [`Table::send_gathered`], with
+//! NOLOOP applied by the writer's mode then, as Redis applies it. So a
+//! reply on another connection may show such a change just before its
+//! invalidation arrives, which costs that client a cached value, never a
+//! stale one. The changes one merge makes (a message from another peer)
+//! are gathered the same way: the store opens a group around it
+//! ([`Observer::gather`]). A client that turns tracking off and on again
+//! within one pipeline gets the invalidations of the commands before the
+//! switch that its prefixes then match, where Redis drops those pending
+//! for a prefix nobody tracks any more: an extra invalidation, never a
+//! missing one.
 //!
 //! A client whose outbox passes the output limit is disconnected (its
 //! connection closes), so an invalidation is never dropped while the
@@ -138,8 +146,21 @@ struct State {
     observing: bool,
 }
 
-/// The BCAST invalidations of one command, sent when it is dropped.
+/// BCAST invalidations gathered and not yet sent: prefix, client, key.
+pub(crate) type Gathered = Vec<(Bytes, u64, Bytes)>;
+
+/// The BCAST invalidations of one command, sent when it is dropped unless
+/// taken first (the RESP server takes them, to send them with those of
+/// the commands around it).
 pub(crate) struct Batch<'t>(&'t Table);
+
+impl Batch<'_> {
+    /// The command's invalidations, for the caller to send with those of
+    /// the commands around it ([`Table::send_gathered`]).
+    pub(crate) fn take(self) -> Gathered {
+        BATCH.with_borrow_mut(Option::take).unwrap_or_default()
+    }
+}
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
@@ -350,13 +371,17 @@ impl Observer for Table {
             BATCH.with_borrow_mut(|batch| {
                 // One copy of the key, shared by every client and prefix.
                 let mut copy: Option<Bytes> = None;
-                for (id, t) in st.clients.iter().filter(|(id, t)| !(t.mode.noloop && **id == writer)) {
+                for (id, t) in st.clients.iter() {
                     for p in t.prefixes.iter().filter(|p| key.starts_with(p)) {
                         match batch {
+                            // NOLOOP is applied when the group is sent, with
+                            // the client's mode then, as Redis applies it
+                            // when it sends what a turn of its loop changed.
                             Some(b) => {
                                 let k = copy.get_or_insert_with(|| Bytes::copy_from_slice(key)).clone();
                                 b.push((p.clone(), *id, k));
                             }
+                            None if t.mode.noloop && *id == writer => {}
                             None => send(t, Some(&[key])),
                         }
                     }
@@ -383,10 +408,20 @@ impl Observer for Table {
             && BATCH.with_borrow_mut(|b| b.is_none().then(|| *b = Some(Vec::new()))).is_some()
     }
 
-    /// Sends the group's invalidations: one push per client and prefix,
-    /// its keys sorted and each once.
+    /// Sends the group's invalidations ([`Table::send_gathered`]), as
+    /// changes of the client running on this thread (none for a merge).
     fn release(&self) {
-        let Some(mut items) = BATCH.with_borrow_mut(Option::take) else { return };
+        if let Some(items) = BATCH.with_borrow_mut(Option::take) {
+            self.send_gathered(items, WRITER.with(Cell::get));
+        }
+    }
+}
+
+impl Table {
+    /// Sends gathered BCAST invalidations of changes made by client
+    /// `writer` (0: by none): one push per client and prefix, its keys
+    /// sorted and each once; none to the writer if it is in NOLOOP mode.
+    pub(crate) fn send_gathered(&self, mut items: Gathered, writer: u64) {
         if items.is_empty() {
             return;
         }
@@ -396,7 +431,8 @@ impl Observer for Table {
         for group in items.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
             let (prefix, id, _) = &group[0];
             // The client may have stopped tracking since, on its own thread.
-            if let Some(t) = st.clients.get(id).filter(|t| t.prefixes.contains(prefix)) {
+            let own = |t: &&Tracker| t.mode.noloop && *id == writer;
+            if let Some(t) = st.clients.get(id).filter(|t| t.prefixes.contains(prefix) && !own(t)) {
                 let keys: Vec<&[u8]> = group.iter().map(|(_, _, k)| &k[..]).collect();
                 send(t, Some(&keys));
             }

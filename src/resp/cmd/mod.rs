@@ -320,7 +320,6 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
         }
         return multi::queue(sh, c, spec, args, out);
     }
-    let _batch = sh.tracking.batch();
     match &c.tracking {
         None => run(&mut Cx { sh, c, spec, db: Db::Mesh(&sh.mesh) }, args, out),
         Some(mode) => {
