@@ -991,32 +991,30 @@ fn seeds() -> Vec<u64> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_command_sequences_answer_as_redis_does() {
+/// Runs `run` for each seed, against one peer and one redis-server.
+async fn for_seeds(name: &str, run: impl AsyncFn(u16, &RedisServer, u64)) {
     let Some(redis) = RedisServer::start().await else { return };
-    let peer = RespPeer::start("differential").await;
+    let peer = RespPeer::start(name).await;
     for seed in seeds() {
-        run_seed(peer.port, &redis, seed, 600, seed % 2 == 1, seed % 4 >= 2).await;
+        run(peer.port, &redis, seed).await;
     }
     peer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_command_sequences_answer_as_redis_does() {
+    for_seeds("differential", async |port, redis, seed| {
+        run_seed(port, redis, seed, 600, seed % 2 == 1, seed % 4 >= 2).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sequences_on_two_connections_track_and_invalidate_as_redis_does() {
-    let Some(redis) = RedisServer::start().await else { return };
-    let peer = RespPeer::start("differential-tracking").await;
-    for seed in seeds() {
-        run_tracking_seed(peer.port, &redis, seed, 600).await;
-    }
-    peer.stop().await;
+    for_seeds("differential-tracking", async |port, redis, seed| run_tracking_seed(port, redis, seed, 600).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sequences_notify_as_redis_does() {
-    let Some(redis) = RedisServer::start().await else { return };
-    let peer = RespPeer::start("differential-notify").await;
-    for seed in seeds() {
-        run_notify_seed(peer.port, &redis, seed, 600).await;
-    }
-    peer.stop().await;
+    for_seeds("differential-notify", async |port, redis, seed| run_notify_seed(port, redis, seed, 600).await).await;
 }
