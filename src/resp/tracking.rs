@@ -339,6 +339,27 @@ impl Table {
         self.gather().then_some(Batch(self))
     }
 
+    /// Sends gathered BCAST invalidations of changes made by client
+    /// `writer` (0: by none): one push per client and prefix, its keys
+    /// sorted and each once; none to the writer if it is in NOLOOP mode.
+    pub(crate) fn send_gathered(&self, mut items: Gathered, writer: u64) {
+        if items.is_empty() {
+            return;
+        }
+        items.sort_unstable();
+        items.dedup();
+        let st = self.state.lock();
+        for group in items.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
+            let (prefix, id, _) = &group[0];
+            // The client may have stopped tracking since, on its own thread.
+            let own = |t: &&Tracker| t.mode.noloop && *id == writer;
+            if let Some(t) = st.clients.get(id).filter(|t| t.prefixes.contains(prefix) && !own(t)) {
+                let keys: Vec<&[u8]> = group.iter().map(|(_, _, k)| &k[..]).collect();
+                send(t, Some(&keys));
+            }
+        }
+    }
+
     /// INFO: tracking clients, keys, client-key pairs, prefixes.
     pub(crate) fn counts(&self) -> (usize, usize, usize, usize) {
         let st = self.state.lock();
@@ -413,29 +434,6 @@ impl Observer for Table {
     fn release(&self) {
         if let Some(items) = BATCH.with_borrow_mut(Option::take) {
             self.send_gathered(items, WRITER.with(Cell::get));
-        }
-    }
-}
-
-impl Table {
-    /// Sends gathered BCAST invalidations of changes made by client
-    /// `writer` (0: by none): one push per client and prefix, its keys
-    /// sorted and each once; none to the writer if it is in NOLOOP mode.
-    pub(crate) fn send_gathered(&self, mut items: Gathered, writer: u64) {
-        if items.is_empty() {
-            return;
-        }
-        items.sort_unstable();
-        items.dedup();
-        let st = self.state.lock();
-        for group in items.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
-            let (prefix, id, _) = &group[0];
-            // The client may have stopped tracking since, on its own thread.
-            let own = |t: &&Tracker| t.mode.noloop && *id == writer;
-            if let Some(t) = st.clients.get(id).filter(|t| t.prefixes.contains(prefix) && !own(t)) {
-                let keys: Vec<&[u8]> = group.iter().map(|(_, _, k)| &k[..]).collect();
-                send(t, Some(&keys));
-            }
         }
     }
 }

@@ -15,8 +15,8 @@ use crate::store::Slot;
 /// replicate, and notify) a second delete.
 pub(super) fn del(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let mut n = 0;
-    let mut named = std::collections::HashSet::with_capacity(args.len() - 1);
-    for k in args[1..].iter().filter(|k| named.insert(&k[..])) {
+    let mut named = std::collections::HashSet::new();
+    for k in args[1..].iter().filter(|k| args.len() == 2 || named.insert(&k[..])) {
         match cx.db.delete(copy(k)) {
             Ok(existed) => n += existed as i64,
             Err(e) => return write_error(out, e),

@@ -1,8 +1,8 @@
 //! Command lookup and dispatch, and what the command families share.
 //!
-//! Each family lives in its own file (`strings`, `counters`, `bits`, `bitfield`,
-//! `lcs`, `keyspace`, `expire`, `pubsub`, `connection`, `server`,
-//! `multi`), one function per command that parses its arguments and
+//! Each family lives in its own file (`strings`, `counters`, `bits`,
+//! `bitfield`, `lcs`, `keyspace`, `expire`, `pubsub`, `connection`,
+//! `server`, `multi`), one function per command that parses its arguments and
 //! applies them. Commands reach the keyspace through `cx.db` only (see
 //! `resp::db`): inside EXEC it is the transaction. The table below names every
 //! command with what `COMMAND` reports about it and the function that runs
