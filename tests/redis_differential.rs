@@ -776,6 +776,7 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
             gb.next()
         };
         let walk = is_walk(&cmd.iter().map(|a| a.as_slice()).collect::<Vec<_>>());
+        let at = format!("seed {seed} (b in resp3: {b_resp3}), step {step}");
         // CLIENT TRACKING goes alone: Redis sends what a turn of its loop
         // changed with the tracking state at the turn's end, and a client
         // that turns tracking off and on again inside a pipeline loses the
@@ -789,32 +790,30 @@ async fn run_tracking_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps
                 continue;
             }
             let cmds = std::mem::take(&mut batch);
-            tracking_step(&mut sides, &ga, true, &cmds, seed, b_resp3, step, &mut history).await;
+            tracking_step(&mut sides, &ga, true, &cmds, &at, &mut history).await;
             continue;
         }
         if !batch.is_empty() {
             let cmds = std::mem::take(&mut batch);
-            tracking_step(&mut sides, &ga, true, &cmds, seed, b_resp3, step, &mut history).await;
+            tracking_step(&mut sides, &ga, true, &cmds, &at, &mut history).await;
         }
         let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
         history.push(format!("{}> {}", if on_a { "a" } else { "b" }, show(&args)));
-        tracking_step(&mut sides, &ga, on_a, &[cmd], seed, b_resp3, step, &mut history).await;
+        tracking_step(&mut sides, &ga, on_a, &[cmd], &at, &mut history).await;
     }
 }
 
 /// Runs `cmds` (several only on `a`, pipelined; a SCAN walk alone) on
 /// each side, with the PINGs after them that collect the invalidations
 /// queued for `a` and `c`, and fails the run if the two sides' frames
-/// differ. `history` ends with the commands.
-#[allow(clippy::too_many_arguments)]
+/// differ. `at` names the seed and step; `history` ends with the
+/// commands.
 async fn tracking_step(
     sides: &mut [([Conn; 3], String)],
     ga: &Gen,
     on_a: bool,
     cmds: &[Vec<Vec<u8>>],
-    seed: u64,
-    b_resp3: bool,
-    step: usize,
+    at: &str,
     history: &mut [String],
 ) {
     let last = cmds.last().expect("a command");
@@ -865,16 +864,16 @@ async fn tracking_step(
         seen.push(frames);
     }
     let text = |fs: &[Vec<u8>]| format!("{:?}", fs.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>());
-    let at = history.len() - cmds.len();
+    let first = history.len() - cmds.len();
     if seen[0] != seen[1] {
-        let from = at.saturating_sub(100);
+        let from = first.saturating_sub(100);
         panic!(
-            "seed {seed} (b in resp3: {b_resp3}), step {step}: meshcache and redis-server differ on `{}`\n\
+            "{at}: meshcache and redis-server differ on `{}`\n\
              meshcache:    {}\nredis-server: {}\nthe steps before it, and what both answered:\n{}",
-            history[at..].join("`, `"),
+            history[first..].join("`, `"),
             text(&seen[0]),
             text(&seen[1]),
-            history[from..at].join("\n")
+            history[from..first].join("\n")
         );
     }
     *history.last_mut().unwrap() += &format!("  =>  {}", text(&seen[0]));
