@@ -11,6 +11,8 @@
 //! (redirecting to a third at times), and compares the invalidations too;
 //! half its seeds pipeline the tracking connection's commands.
 //! A third compares the keyspace notifications each command publishes.
+//! `notify_replicated.rs` runs the same generator on two peers of one
+//! mesh.
 //!
 //! A failure names its seed and step and prints the commands before it;
 //! `MESHCACHE_DIFF_SEED=S cargo test --test integration redis_differential`
@@ -40,7 +42,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::{TcpStream, UnixStream};
 
-const KEYS: &[&str] = &["k0", "k1", "k2", "{t}a", "{t}b"];
+pub(crate) const KEYS: &[&str] = &["k0", "k1", "k2", "{t}a", "{t}b"];
 const VALUES: &[&str] = &[
     "",
     "0",
@@ -124,7 +126,7 @@ const FLOATS: &[&str] = &[
 
 /// The generator, and what it must know of the connection's state: the
 /// keys watched, and whether a MULTI is open.
-struct Gen {
+pub(crate) struct Gen {
     rng: SmallRng,
     watched: Vec<Vec<u8>>,
     /// Keys another connection watches.
@@ -147,7 +149,7 @@ struct Gen {
 }
 
 impl Gen {
-    fn new(seed: u64) -> Gen {
+    pub(crate) fn new(seed: u64) -> Gen {
         Gen {
             rng: SmallRng::seed_from_u64(seed),
             watched: Vec::new(),
@@ -171,7 +173,7 @@ impl Gen {
     }
 
     /// The next command, with the state it leaves noted.
-    fn next(&mut self) -> Vec<Vec<u8>> {
+    pub(crate) fn next(&mut self) -> Vec<Vec<u8>> {
         let mut c = self.command();
         if self.notify {
             match c[0].as_slice() {
@@ -642,7 +644,7 @@ fn bulk(b: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// The elements of a frame that is an array of bulk strings.
-fn parse_array(frame: &[u8]) -> Option<Vec<Vec<u8>>> {
+pub(crate) fn parse_array(frame: &[u8]) -> Option<Vec<Vec<u8>>> {
     let (n, mut rest) = length(frame, b'*')?;
     let mut items = Vec::with_capacity(n);
     for _ in 0..n {
@@ -980,7 +982,7 @@ async fn run_notify_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: 
 
 /// The seeds to run: `MESHCACHE_DIFF_SEED` alone, or the first
 /// `MESHCACHE_DIFF_SEEDS` (24 unless set).
-fn seeds() -> Vec<u64> {
+pub(crate) fn seeds() -> Vec<u64> {
     let env = |name: &str| {
         std::env::var(name).ok().map(|s| s.parse::<u64>().unwrap_or_else(|_| panic!("{name} must be a number")))
     };
