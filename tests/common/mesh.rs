@@ -30,11 +30,17 @@ pub async fn pair(ca: &EphemeralCa) -> (Mesh, Mesh) {
 
 /// As [`start`], over a fault-injecting socket of `faults`.
 pub async fn start_faulty(ca: &EphemeralCa, faults: &Faults, name: &str, seeds: &[SocketAddr]) -> Mesh {
+    start_faulty_with(MeshConfig::for_test(name), ca, faults, seeds).await
+}
+
+/// As [`start_faulty`], with `config` (named as the peer is).
+pub async fn start_faulty_with(config: MeshConfig, ca: &EphemeralCa, faults: &Faults, seeds: &[SocketAddr]) -> Mesh {
+    let name = config.name.clone();
     Mesh::builder()
-        .config(MeshConfig::for_test(name))
+        .config(config)
         .seeds(seeds.iter().copied())
         .socket(faults.socket("127.0.0.1:0".parse().unwrap()).unwrap())
-        .tls(ca.issue(name).unwrap())
+        .tls(ca.issue(&name).unwrap())
         .start()
         .await
         .unwrap()

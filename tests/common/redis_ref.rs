@@ -7,6 +7,7 @@ use std::process::Stdio;
 
 use bytes::BytesMut;
 use meshcache::resp::{serve, RespConfig};
+use meshcache::transport::faults::Faults;
 use meshcache::Mesh;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
@@ -212,11 +213,29 @@ impl RespPeer {
     /// `n` peers, the first alone and the others seeded with it, all booted
     /// and connected to each other, each with a RESP server.
     pub async fn cluster(n: usize) -> Vec<RespPeer> {
+        Self::cluster_on(n, None).await
+    }
+
+    /// As [`RespPeer::cluster`], each peer over a fault-injecting socket of
+    /// `faults`, with the configuration `config` makes of its name.
+    pub async fn faulty_cluster(
+        n: usize,
+        faults: &Faults,
+        config: impl Fn(&str) -> meshcache::MeshConfig,
+    ) -> Vec<RespPeer> {
+        Self::cluster_on(n, Some((faults, &config))).await
+    }
+
+    async fn cluster_on(n: usize, faults: Option<(&Faults, &MakeConfig<'_>)>) -> Vec<RespPeer> {
         let ca = meshcache::transport::certs::EphemeralCa::new().unwrap();
         let mut peers: Vec<RespPeer> = Vec::new();
         for i in 0..n {
             let seeds: Vec<_> = peers.first().map(|p| p.mesh.local_addr()).into_iter().collect();
-            let mesh = super::mesh::start(&ca, &format!("p{i}"), &seeds).await;
+            let name = format!("p{i}");
+            let mesh = match faults {
+                Some((f, config)) => super::mesh::start_faulty_with(config(&name), &ca, f, &seeds).await,
+                None => super::mesh::start(&ca, &name, &seeds).await,
+            };
             peers.push(Self::serve(mesh).await);
         }
         for p in &peers {
@@ -232,6 +251,9 @@ impl RespPeer {
         self.mesh.shutdown().await;
     }
 }
+
+/// A peer's configuration, made from its name.
+type MakeConfig<'a> = dyn Fn(&str) -> meshcache::MeshConfig + 'a;
 
 /// A RESP server running in front of a mesh.
 pub struct Server {
