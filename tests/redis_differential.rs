@@ -67,6 +67,31 @@ const VALUES: &[&str] = &[
     "18446744073709551616",
     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
 ];
+/// The generator's commands that write nothing.
+const READS: &[&[u8]] = &[
+    b"GET",
+    b"MGET",
+    b"EXISTS",
+    b"STRLEN",
+    b"GETRANGE",
+    b"SUBSTR",
+    b"GETBIT",
+    b"BITCOUNT",
+    b"BITPOS",
+    b"LCS",
+    b"TYPE",
+    b"TOUCH",
+    b"BITFIELD_RO",
+    b"KEYS",
+    b"SCAN",
+    b"ECHO",
+    b"PING",
+    b"MULTI",
+    b"EXEC",
+    b"DISCARD",
+    b"WATCH",
+    b"UNWATCH",
+];
 /// Integers for ranges and counts: edges of every width, and non-integers.
 const INTS: &[&str] = &[
     "0",
@@ -141,11 +166,15 @@ pub(crate) struct Gen {
     /// expiry cycle, and invalidates it then for tracking clients; a peer
     /// deletes it at once. So a run with tracking leaves them out.
     expired_sets: bool,
-    /// For the run that compares keyspace notifications: no transactions
-    /// (a key written twice in one notifies once here, as many times as
-    /// written in Redis), and MSET and MSETNX name each key once (they are
+    /// For the run that compares keyspace notifications: a transaction
+    /// names each key once, and deletes nothing (a key written twice in
+    /// one notifies once here, as many times as written in Redis; a DEL
+    /// is checked against the reference before it is sent, which a queued
+    /// one cannot be), and MSET and MSETNX name each key once (they are
     /// transactions here).
     notify: bool,
+    /// The keys the commands queued in this connection's MULTI name.
+    multi_keys: Vec<Vec<u8>>,
 }
 
 impl Gen {
@@ -159,6 +188,7 @@ impl Gen {
             in_multi: false,
             expired_sets: true,
             notify: false,
+            multi_keys: Vec::new(),
         }
     }
 
@@ -175,9 +205,19 @@ impl Gen {
     /// The next command, with the state it leaves noted.
     pub(crate) fn next(&mut self) -> Vec<Vec<u8>> {
         let mut c = self.command();
+        if self.notify && self.in_multi && !READS.contains(&c[0].as_slice()) {
+            // The keys a write names (and values that happen to read as
+            // one: a stricter rule, never a looser one).
+            let named: Vec<Vec<u8>> =
+                c[1..].iter().filter(|a| KEYS.iter().any(|k| k.as_bytes() == a.as_slice())).cloned().collect();
+            if c[0] == b"DEL" || c[0] == b"UNLINK" || named.iter().any(|k| self.multi_keys.contains(k)) {
+                c = vec![b"GET".to_vec(), self.key()];
+            } else {
+                self.multi_keys.extend(named);
+            }
+        }
         if self.notify {
             match c[0].as_slice() {
-                b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => c = vec![b"GET".to_vec(), self.key()],
                 b"MSET" | b"MSETNX" => {
                     let mut seen = Vec::new();
                     let mut kept = vec![c[0].clone()];
@@ -198,6 +238,7 @@ impl Gen {
                 self.in_multi = false;
                 self.watched.clear();
                 self.deletes_queued.clear();
+                self.multi_keys.clear();
             }
             b"DEL" | b"UNLINK" if self.in_multi => self.deletes_queued.extend_from_slice(&c[1..]),
             b"WATCH" if !self.in_multi => self.watched.push(c[1].clone()),
@@ -886,14 +927,15 @@ async fn tracking_step(
 const MARK: &[u8] = b"mark";
 
 /// Keyspace notifications (`notify-keyspace-events KEA`): a connection on
-/// each server runs the generator's commands, without transactions, and a
-/// subscriber to `__key*@0__:*` on each collects what they publish. After
-/// every step the connection writes `MARK`, whose events come after the
-/// step's on both servers (here the events of local changes are
-/// published in the order they were made), and the two lists of messages
-/// before them are compared. A DEL or UNLINK names only keys the
-/// reference holds: deleting an absent key notifies here (a delete is a
-/// write mesh-wide) and not in Redis.
+/// each server runs the generator's commands, transactions included (each
+/// key written once in one: see `Gen::notify`), and a subscriber to
+/// `__key*@0__:*` on each collects what they publish. After every step a
+/// third connection writes `MARK`, whose events come after the step's on
+/// both servers (here the events of local changes are published in the
+/// order they were made), and the two lists of messages before them are
+/// compared. A DEL or UNLINK names only keys the reference holds:
+/// deleting an absent key notifies here (a delete is a write mesh-wide)
+/// and not in Redis.
 async fn run_notify_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize) {
     // Odd seeds in RESP3, where a message is a push.
     let resp3 = seed % 2 == 1;
@@ -906,7 +948,9 @@ async fn run_notify_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: 
                 Conn::new(UnixStream::connect(&redis.socket).await.unwrap())
             }
         };
-        let (mut con, mut sub) = (connect().await, connect().await);
+        // The mark goes on a connection of its own: the commands' may be
+        // inside a MULTI.
+        let (mut con, mut sub, marks) = (connect().await, connect().await, connect().await);
         if resp3 {
             // HELLO's reply names the server, so it is not compared.
             for c in [&mut con, &mut sub] {
@@ -917,7 +961,7 @@ async fn run_notify_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: 
         assert_eq!(con.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
         assert_eq!(con.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEA"]).await, b"+OK\r\n");
         sub.cmd(&[b"PSUBSCRIBE", b"__key*@0__:*"]).await;
-        sides.push((con, sub));
+        sides.push((con, sub, marks));
     }
     let mut g = Gen::new(seed);
     g.expired_sets = false;
@@ -939,10 +983,10 @@ async fn run_notify_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: 
         }
         let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
         let mut seen = Vec::new();
-        for (con, sub) in &mut sides {
+        for (con, sub, marks) in &mut sides {
             let reply = if is_walk(&args) { scan_walk(con, &args).await } else { con.cmd(&args).await };
             let reply = if args[0] == b"KEYS" { sorted_array(&reply) } else { reply };
-            con.cmd(&[b"SET", MARK, step.to_string().as_bytes()]).await;
+            assert_eq!(marks.cmd(&[b"SET", MARK, step.to_string().as_bytes()]).await, b"+OK\r\n");
             let message = |channel: &[u8], payload: &[u8]| {
                 let mut m =
                     array_frame(&[b"pmessage".to_vec(), b"__key*@0__:*".to_vec(), channel.to_vec(), payload.to_vec()]);
