@@ -933,9 +933,10 @@ const MARK: &[u8] = b"mark";
 /// third connection writes `MARK`, whose events come after the step's on
 /// both servers (here the events of local changes are published in the
 /// order they were made), and the two lists of messages before them are
-/// compared. A DEL or UNLINK names only keys the reference holds:
-/// deleting an absent key notifies here (a delete is a write mesh-wide)
-/// and not in Redis.
+/// compared. Half the seeds send the commands in pipelined batches and
+/// compare each batch's. A DEL or UNLINK names only keys the reference
+/// holds: deleting an absent key notifies here (a delete is a write
+/// mesh-wide) and not in Redis.
 async fn run_notify_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize) {
     // Odd seeds in RESP3, where a message is a push.
     let resp3 = seed % 2 == 1;
@@ -966,10 +967,23 @@ async fn run_notify_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: 
     let mut g = Gen::new(seed);
     g.expired_sets = false;
     g.notify = true;
+    // Half the seeds pipeline, in batches of random length from a
+    // generator of their own (as `run_seed`'s).
+    let pipelined = seed % 4 >= 2;
+    let mut cut = SmallRng::seed_from_u64(seed ^ 0x0b47_c4e5);
     let mut history: Vec<String> = Vec::new();
+    // The commands not yet sent, each with its step.
+    let mut batch: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
     for step in 0..steps {
         let mut cmd = g.next();
-        if cmd[0] == b"DEL" || cmd[0] == b"UNLINK" {
+        let delete = cmd[0] == b"DEL" || cmd[0] == b"UNLINK";
+        let walk = is_walk(&cmd.iter().map(|a| a.as_slice()).collect::<Vec<_>>());
+        // A delete is checked against the reference as it is then, and a
+        // SCAN walk goes alone: what is queued goes first.
+        if (delete || walk) && !batch.is_empty() {
+            notify_batch(&mut sides, &std::mem::take(&mut batch), &mut history, seed, resp3).await;
+        }
+        if delete {
             let mut held = vec![cmd[0].clone()];
             for k in &cmd[1..] {
                 if sides[1].0.cmd(&[b"EXISTS", k]).await == b":1\r\n" {
@@ -981,46 +995,71 @@ async fn run_notify_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: 
             }
             cmd = held;
         }
-        let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_slice()).collect();
-        let mut seen = Vec::new();
-        for (con, sub, marks) in &mut sides {
-            let reply = if is_walk(&args) { scan_walk(con, &args).await } else { con.cmd(&args).await };
-            let reply = if args[0] == b"KEYS" { sorted_array(&reply) } else { reply };
-            assert_eq!(marks.cmd(&[b"SET", MARK, step.to_string().as_bytes()]).await, b"+OK\r\n");
-            let message = |channel: &[u8], payload: &[u8]| {
-                let mut m =
-                    array_frame(&[b"pmessage".to_vec(), b"__key*@0__:*".to_vec(), channel.to_vec(), payload.to_vec()]);
-                if resp3 {
-                    m[0] = b'>';
-                }
-                m
-            };
-            let mark = message(&[&b"__keyspace@0__:"[..], MARK].concat(), b"set");
-            let mut events = vec![reply];
-            loop {
-                let m = sub.next().await;
-                if m == mark {
-                    assert_eq!(sub.next().await, message(b"__keyevent@0__:set", MARK));
-                    break;
-                }
-                events.push(m);
+        batch.push((step, cmd));
+        if walk || !pipelined || step + 1 == steps || cut.random_bool(0.2) {
+            notify_batch(&mut sides, &std::mem::take(&mut batch), &mut history, seed, resp3).await;
+        }
+    }
+    if !batch.is_empty() {
+        notify_batch(&mut sides, &batch, &mut history, seed, resp3).await;
+    }
+}
+
+/// Sends `batch` on each side's command connection (one write; a SCAN
+/// walk is a batch alone), then the mark on its third connection, and
+/// fails the run unless the two sides' replies, and the messages their
+/// subscribers heard before the mark's, are the same.
+async fn notify_batch(
+    sides: &mut [(Conn, Conn, Conn)],
+    batch: &[(usize, Vec<Vec<u8>>)],
+    history: &mut Vec<String>,
+    seed: u64,
+    resp3: bool,
+) {
+    let cmds: Vec<Vec<&[u8]>> = batch.iter().map(|(_, c)| c.iter().map(|a| a.as_slice()).collect()).collect();
+    let (first, last) = (batch[0].0, batch[batch.len() - 1].0);
+    let mut seen = Vec::new();
+    for (con, sub, marks) in sides.iter_mut() {
+        let mut frames =
+            if is_walk(&cmds[0]) { vec![scan_walk(con, &cmds[0]).await] } else { con.pipeline(&cmds).await };
+        for (args, reply) in cmds.iter().zip(&mut frames) {
+            if args[0] == b"KEYS" {
+                *reply = sorted_array(reply);
             }
-            seen.push(events);
         }
-        history.push(show(&args));
-        if seen[0] != seen[1] {
-            let text =
-                |fs: &[Vec<u8>]| format!("{:?}", fs.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>());
-            let from = history.len().saturating_sub(30);
-            panic!(
-                "seed {seed} (resp3: {resp3}), step {step}: meshcache and redis-server differ on `{}` (its reply, then the \
-                 messages it published)\nmeshcache:    {}\nredis-server: {}\nthe commands before it:\n{}",
-                show(&args),
-                text(&seen[0]),
-                text(&seen[1]),
-                history[from..].join("\n")
-            );
+        assert_eq!(marks.cmd(&[b"SET", MARK, last.to_string().as_bytes()]).await, b"+OK\r\n");
+        let message = |channel: &[u8], payload: &[u8]| {
+            let mut m =
+                array_frame(&[b"pmessage".to_vec(), b"__key*@0__:*".to_vec(), channel.to_vec(), payload.to_vec()]);
+            if resp3 {
+                m[0] = b'>';
+            }
+            m
+        };
+        let mark = message(&[&b"__keyspace@0__:"[..], MARK].concat(), b"set");
+        loop {
+            let m = sub.next().await;
+            if m == mark {
+                assert_eq!(sub.next().await, message(b"__keyevent@0__:set", MARK));
+                break;
+            }
+            frames.push(m);
         }
+        seen.push(frames);
+    }
+    let from = history.len().saturating_sub(30);
+    history.extend(cmds.iter().map(|c| show(c)));
+    if seen[0] != seen[1] {
+        let text = |fs: &[Vec<u8>]| format!("{:?}", fs.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>());
+        let steps = if first == last { format!("step {first}") } else { format!("steps {first}-{last}, pipelined") };
+        panic!(
+            "seed {seed} (resp3: {resp3}), {steps}: meshcache and redis-server differ on `{}` (the replies, then the \
+             messages published)\nmeshcache:    {}\nredis-server: {}\nthe commands before:\n{}",
+            cmds.iter().map(|c| show(c)).collect::<Vec<_>>().join("`, `"),
+            text(&seen[0]),
+            text(&seen[1]),
+            history[from..history.len() - cmds.len()].join("\n")
+        );
     }
 }
 
