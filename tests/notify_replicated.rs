@@ -14,10 +14,11 @@
 //!   notifications relies on (README.md, "Keyspace notifications"): a
 //!   missing message is a stale entry that nothing will ever drop; an
 //!   extra one costs a reload.
-//! - on each peer, a RESP3 client with `CLIENT TRACKING on` keeps a near
-//!   cache of the values it read (misses too), dropping what the
-//!   invalidations name: after a round trip, every value it holds must be
-//!   what the peer holds. It reads a key or two each step.
+//! - on each peer, a RESP3 client with `CLIENT TRACKING on` (BCAST on
+//!   half the seeds) keeps a near cache of the values it read (misses
+//!   too), dropping what the invalidations name: after a round trip,
+//!   every value it holds must be what the peer holds. It reads a key or
+//!   two each step.
 //!
 //! Each seed ends with the two peers cut apart (fault-injecting sockets)
 //! for a few steps, both writing the same keys, then healed. What each
@@ -88,11 +89,14 @@ struct Near {
 }
 
 impl Near {
-    async fn connect(port: u16) -> Near {
+    /// A client tracking the keys it reads, or with `bcast` every key.
+    async fn connect(port: u16, bcast: bool) -> Near {
         let mut con = Conn::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
         con.resp3 = true;
         con.cmd(&[b"HELLO", b"3"]).await;
-        assert_eq!(con.cmd(&[b"CLIENT", b"TRACKING", b"on"]).await, b"+OK\r\n");
+        let on: &[&[u8]] =
+            if bcast { &[b"CLIENT", b"TRACKING", b"on", b"BCAST"] } else { &[b"CLIENT", b"TRACKING", b"on"] };
+        assert_eq!(con.cmd(on).await, b"+OK\r\n");
         Near { con, cache: BTreeMap::new(), invalidated: 0 }
     }
 
@@ -363,7 +367,8 @@ async fn run_seed(peers: &[RespPeer], faults: &Faults, seed: u64) {
             }
         }
         sub.cmd(&[b"PSUBSCRIBE", b"__key*@0__:*"]).await;
-        let near = Near::connect(p.port).await;
+        // Seeds 2 and 3 of every four track in BCAST mode.
+        let near = Near::connect(p.port, seed % 4 >= 2).await;
         sides.push(Side { con, sub, near, gen: Gen::new(seed.wrapping_mul(2).wrapping_add(i as u64)) });
     }
     // A clean start: FLUSHALL is mesh-wide; its messages are read and
