@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common;
-use crate::redis_differential::{parse_array, seeds, Gen, KEYS};
+use crate::redis_differential::{bulk, parse_array, seeds, Gen, KEYS};
 
 use common::redis_ref::{show, Conn, RespPeer};
 use common::wait::DEADLINE;
@@ -128,13 +128,10 @@ impl Near {
         let reply = self.round_trip(&[b"GET", key]).await;
         let value = match reply.as_slice() {
             b"_\r\n" => None,
-            r => {
-                let body = r.strip_prefix(b"$").and_then(|r| {
-                    let end = r.windows(2).position(|w| w == b"\r\n")?;
-                    Some(r[end + 2..r.len() - 2].to_vec())
-                });
-                Some(body.unwrap_or_else(|| panic!("GET's reply: {:?}", String::from_utf8_lossy(r))))
-            }
+            r => match bulk(r) {
+                Some((value, b"")) => Some(value.to_vec()),
+                _ => panic!("GET's reply: {:?}", String::from_utf8_lossy(r)),
+            },
         };
         self.cache.insert(key.to_vec(), value);
     }

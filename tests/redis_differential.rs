@@ -679,7 +679,7 @@ fn length(b: &[u8], kind: u8) -> Option<(usize, &[u8])> {
 }
 
 /// A bulk string at the start of `b`, and what follows it.
-fn bulk(b: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn bulk(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, after) = length(b, b'$')?;
     Some((after.get(..len)?, after.get(len + 2..)?))
 }
