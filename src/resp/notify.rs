@@ -289,6 +289,27 @@ struct Subs {
     pump: Option<CancellationToken>,
 }
 
+impl Subs {
+    /// Queues `payload` on `channel` for its channel and pattern
+    /// subscribers. Returns how many.
+    fn deliver(&self, channel: &[u8], payload: &[u8]) -> usize {
+        let mut n = 0;
+        if let Some(v) = self.channels.get(channel) {
+            for sub in v {
+                sub.outbox.message(channel, payload);
+                n += 1;
+            }
+        }
+        for (pat, sub) in &self.patterns {
+            if glob_match(pat, channel) {
+                sub.outbox.pmessage(pat, channel, payload);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
 /// The subscriptions of one server, and its keyspace notifications.
 pub(crate) struct Hub {
     mesh: Mesh,
@@ -500,27 +521,14 @@ impl Hub {
     /// Publishes `payload` on `channel` to channel and pattern subscribers.
     /// Returns the number of receivers.
     pub(crate) fn publish(&self, channel: &[u8], payload: &[u8]) -> usize {
-        let s = self.subs.lock();
-        let mut n = 0;
-        if let Some(v) = s.channels.get(channel) {
-            for sub in v {
-                sub.outbox.message(channel, payload);
-                n += 1;
-            }
-        }
-        for (pat, sub) in &s.patterns {
-            if glob_match(pat, channel) {
-                sub.outbox.pmessage(pat, channel, payload);
-                n += 1;
-            }
-        }
-        drop(s);
+        let n = self.subs.lock().deliver(channel, payload);
         self.delivered.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
-    /// Publishes the notifications of one change.
-    fn notify(&self, key: &[u8], kind: ChangeKind, stamp: Stamp, chan: &mut Vec<u8>) {
+    /// Publishes the notifications of one change, unless the pump that
+    /// read it (`stop`) has been stopped.
+    fn notify(&self, key: &[u8], kind: ChangeKind, stamp: Stamp, chan: &mut Vec<u8>, stop: &CancellationToken) {
         let flags = self.flags();
         let events: &[(&str, u32)] = match kind {
             ChangeKind::Put => match self.hints.lock().remove(&(stamp, Bytes::copy_from_slice(key))) {
@@ -538,6 +546,17 @@ impl Hub {
             ChangeKind::Expire => &[("expired", EXPIRED)],
             ChangeKind::Flush => &[("flushall", GENERIC)],
         };
+        // A pump is stopped under this lock, so checking here makes the
+        // stop exact. A stopped pump may still hold changes it read, or not
+        // yet have run since: were it to publish them, a client subscribed
+        // after the stop would hear them after the newer ones its
+        // successor has published (a `set` after the `del` that followed
+        // it).
+        let s = self.subs.lock();
+        if stop.is_cancelled() {
+            return;
+        }
+        let mut n = 0;
         for &(event, class) in events {
             if flags & class == 0 {
                 continue;
@@ -546,15 +565,17 @@ impl Hub {
                 chan.clear();
                 chan.extend_from_slice(b"__keyspace@0__:");
                 chan.extend_from_slice(key);
-                self.publish(chan, event.as_bytes());
+                n += s.deliver(chan, event.as_bytes());
             }
             if flags & KEYEVENT != 0 {
                 chan.clear();
                 chan.extend_from_slice(b"__keyevent@0__:");
                 chan.extend_from_slice(event.as_bytes());
-                self.publish(chan, key);
+                n += s.deliver(chan, key);
             }
         }
+        drop(s);
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Unsubscribes a client from everything (its connection ended).
@@ -588,19 +609,21 @@ async fn pump(hub: Arc<Hub>, mut stream: crate::Changes, stop: CancellationToken
     let mut chan = Vec::with_capacity(64);
     loop {
         let item = tokio::select! {
+            // A stopped pump stops at once, changes in hand or not.
+            biased;
             _ = stop.cancelled() => return,
             item = stream.next() => item,
         };
         match item {
             None => return,
-            Some(Event::Changed(c)) => hub.notify(&c.key, c.kind, c.stamp, &mut chan),
+            Some(Event::Changed(c)) => hub.notify(&c.key, c.kind, c.stamp, &mut chan, &stop),
             Some(Event::InvalidateAll(Why::Flushed { clear_below, .. })) => {
-                hub.notify(b"", ChangeKind::Flush, clear_below, &mut chan)
+                hub.notify(b"", ChangeKind::Flush, clear_below, &mut chan, &stop)
             }
             Some(Event::InvalidateAll(Why::Lagged { missed })) => {
                 tracing::warn!(missed, "keyspace notifications fell behind: publishing flushall");
                 hub.lagged.fetch_add(1, Ordering::Relaxed);
-                hub.notify(b"", ChangeKind::Flush, Stamp::ZERO, &mut chan);
+                hub.notify(b"", ChangeKind::Flush, Stamp::ZERO, &mut chan, &stop);
             }
         }
     }
@@ -723,6 +746,43 @@ mod tests {
             p.as_bytes(),
             "a".repeat(5000).as_bytes()[..].iter().chain(b"b").copied().collect::<Vec<_>>().as_slice()
         ));
+    }
+
+    /// Messages queued in `outbox`, taken out.
+    fn take(outbox: &Outbox) -> Vec<u8> {
+        let mut out = Out::new();
+        outbox.drain_into(&mut out);
+        out.parts().1.to_vec()
+    }
+
+    /// One client subscribes and leaves, so that the pump started for it is
+    /// stopped before it ever runs (this runtime has one thread), and
+    /// another subscribes: the first pump holds the next change too, and
+    /// must not publish it.
+    #[tokio::test]
+    async fn a_stopped_pump_publishes_nothing() {
+        let ca = crate::transport::certs::EphemeralCa::new().unwrap();
+        let tls = ca.issue("pump").unwrap();
+        let mesh = Mesh::builder().config(crate::MeshConfig::for_test("pump")).tls(tls).start().await.unwrap();
+        let hub = Arc::new(Hub::new(mesh.clone(), parse_flags(b"KA").unwrap(), CancellationToken::new()));
+        let (leaving, staying) = (Arc::new(Outbox::new(1 << 20)), Arc::new(Outbox::new(1 << 20)));
+        // A stopped pump that did publish would do so one time in two.
+        for round in 0..64 {
+            assert!(hub.psubscribe(1, &leaving, Bytes::from_static(b"*")));
+            hub.punsubscribe(1, b"*");
+            assert!(hub.psubscribe(2, &staying, Bytes::from_static(b"*")));
+            mesh.insert(format!("k{round}"), "v").unwrap();
+            let mut heard = Vec::new();
+            for _ in 0..1000 {
+                tokio::task::yield_now().await;
+                heard.extend(take(&staying));
+            }
+            let messages = heard.windows(8).filter(|w| w == b"pmessage").count();
+            assert_eq!(messages, 1, "round {round}: {}", String::from_utf8_lossy(&heard));
+            assert!(take(&leaving).is_empty(), "round {round}");
+            hub.punsubscribe(2, b"*");
+        }
+        mesh.shutdown().await;
     }
 
     #[test]
