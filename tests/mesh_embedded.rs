@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::mesh::{silent_seed, start};
+use common::mesh::{silent_seed, start, start_faulty, start_faulty_with};
 use common::wait::{eventually, DEADLINE};
 use meshcache::store::ChangeKind;
 use meshcache::transport::certs::EphemeralCa;
+use meshcache::transport::faults::Faults;
 use meshcache::{Event, Mesh, MeshConfig, Origin, Why};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,6 +223,51 @@ async fn the_cache_vocabulary_and_the_events_that_drop_everything() {
     }
     let first = tokio::time::timeout(DEADLINE, slow.recv()).await.unwrap().unwrap();
     assert!(matches!(first, Event::InvalidateAll(Why::Lagged { missed }) if missed >= 5_000 - 4_096), "{first:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The next InvalidateAll `events` delivers, changes before it skipped.
+async fn next_invalidate_all(events: &mut meshcache::Changes) -> Why {
+    loop {
+        match tokio::time::timeout(DEADLINE, events.recv()).await.expect("an InvalidateAll in time").unwrap() {
+            Event::Changed(_) => continue,
+            Event::InvalidateAll(why) => break why,
+        }
+    }
+}
+
+/// A compaction drops older values everywhere, as a FLUSHALL does. It
+/// happens inside a delete here (the tombstone budget exceeded while the
+/// other peer is cut off, so nothing can be collected), and the peer's own
+/// subscribers must hear it as an InvalidateAll, as the other peer's do
+/// once the raised `clear_below` reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_is_an_invalidate_all_here_and_there() {
+    let ca = EphemeralCa::new().unwrap();
+    let faults = Faults::with_seed(0);
+    let a = start_faulty_with(MeshConfig { max_tombstones: 4, ..MeshConfig::for_test("a") }, &ca, &faults, &[]).await;
+    let b = start_faulty(&ca, &faults, "b", &[a.local_addr()]).await;
+    eventually("a and b connected", || a.stats().connected == 1 && b.stats().connected == 1).await;
+    assert!(b.wait_ready(DEADLINE).await);
+    a.insert("old", "v").unwrap();
+    eventually("b holds old", || b.contains_key("old")).await;
+
+    faults.partition(&[a.local_addr()], &[b.local_addr()]);
+    let (mut here, mut there) = (a.subscribe(), b.subscribe());
+    for i in 0..8 {
+        a.insert(format!("k{i}"), "v").unwrap();
+        assert!(a.invalidate(format!("k{i}")).unwrap());
+    }
+    let why = next_invalidate_all(&mut here).await;
+    assert!(matches!(why, Why::Flushed { origin: Origin::Local, .. }), "{why:?}");
+    assert!(a.replica().store().stats().compactions >= 1);
+    assert!(!a.contains_key("old"), "the compaction dropped the value older than its bar");
+
+    faults.heal();
+    let why = next_invalidate_all(&mut there).await;
+    assert!(matches!(why, Why::Flushed { origin: Origin::Remote, .. }), "{why:?}");
+    assert!(!b.contains_key("old"));
     a.shutdown().await;
     b.shutdown().await;
 }

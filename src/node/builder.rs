@@ -24,7 +24,7 @@ use crate::env::Env;
 use crate::hlc::NodeId;
 use crate::membership::{Incarnation, MemberId};
 use crate::replica::Replica;
-use crate::store::StoreConfig;
+use crate::store::{Change, ChangeKind, Origin, StoreConfig};
 use crate::transport::certs::Identity;
 use crate::wire::{FrameCodec, VersionRange, PROTOCOL_VERSIONS};
 
@@ -236,7 +236,23 @@ impl MeshBuilder {
             Arc::new(Replica::new(me.clone(), store, config.seeds.is_empty()).expect("shards validated above"));
         replica.set_my_addr(advertise);
         replica.set_max_members(config.max_members);
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel::<Change>(4096);
+        // A compaction drops older values everywhere, like a FLUSHALL: this
+        // peer's subscribers hear it as one (the others do once its
+        // `clear_below` reaches them).
+        let told = events.clone();
+        replica.store().on_compaction(move |c| {
+            tracing::warn!(
+                clear_below = %c.clear_below, tombstones = c.tombstones, values = c.values,
+                "tombstone budget exceeded: compacted by raising clear_below (older values flushed)"
+            );
+            let _ = told.send(Change {
+                key: bytes::Bytes::new(),
+                kind: ChangeKind::Flush,
+                origin: Origin::Local,
+                stamp: c.clear_below,
+            });
+        });
         let mut links = links::Links::new(
             me.clone(),
             links::Timings::new(config.anti_entropy_interval),

@@ -35,13 +35,9 @@ pub(super) async fn timer_loop(inner: Arc<Inner>) {
         // Membership news normally reaches the dialer as it arrives; this
         // catches any path that changed it without saying so.
         inner.note_members();
+        // A compaction here is logged and published by the store's hook
+        // (set in the builder), as one inside a write is.
         let tick = r.tick(inner.env.now_ms());
-        if let Some(c) = tick.compaction {
-            tracing::warn!(
-                clear_below = %c.clear_below, tombstones = c.tombstones, values = c.values,
-                "tombstone budget exceeded: compacted by raising clear_below (older values flushed)"
-            );
-        }
         inner.publish_all(tick.expired);
         // Peers gossip their whole view again and again: the same ignored
         // entries come back every round, so one line a minute at most.

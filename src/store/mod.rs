@@ -29,7 +29,7 @@ mod txn;
 use std::num::NonZeroUsize;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -272,6 +272,9 @@ pub struct MergeOutcome {
     pub future: usize,
 }
 
+/// What [`Store::on_compaction`] sets.
+type CompactionHook = Box<dyn Fn(&Compaction) + Send + Sync>;
+
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compaction {
@@ -385,6 +388,9 @@ pub struct Store {
     counters: Counters,
     /// Told of each change under its shard's lock (see `observe`).
     observers: Observers,
+    /// Told of each compaction, wherever it happens (a delete, a merge, a
+    /// transaction, a new bound, a tick): see [`Store::on_compaction`].
+    on_compaction: OnceLock<CompactionHook>,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
     bugs: bugs::Planted,
@@ -441,6 +447,7 @@ impl Store {
             config,
             counters: Counters::default(),
             observers: Observers::default(),
+            on_compaction: OnceLock::new(),
             #[cfg(any(test, feature = "testing"))]
             bugs: bugs::Planted::default(),
         })
@@ -682,6 +689,15 @@ impl Store {
     /// wants changes ([`Store::want_changes`]).
     pub fn add_observer(&self, o: Arc<dyn Observer>) {
         self.observers.add(o);
+    }
+
+    /// Sets what is told of every compaction, once the registers below its
+    /// new `clear_below` are gone, under no lock. A compaction removes
+    /// values as a FLUSHALL does, so whoever keeps copies of them must
+    /// hear of it; most compactions happen inside a write, whose caller is
+    /// not shown them. Only the first call takes effect.
+    pub fn on_compaction(&self, f: impl Fn(&Compaction) + Send + Sync + 'static) {
+        let _ = self.on_compaction.set(Box::new(f));
     }
 
     /// Removes an observer added by [`Store::add_observer`].
@@ -1442,7 +1458,11 @@ impl Store {
         self.raise_clear_below_unchecked(bar);
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
         self.counters.compacted_values.fetch_add(values as u64, Ordering::Relaxed);
-        Some(Compaction { clear_below: bar, tombstones, values })
+        let c = Compaction { clear_below: bar, tombstones, values };
+        if let Some(f) = self.on_compaction.get() {
+            f(&c);
+        }
+        Some(c)
     }
 
     /// Registers held, of every kind.
