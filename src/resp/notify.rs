@@ -27,6 +27,10 @@
 //! changes, it publishes `flushall`: "anything may have changed", which is
 //! what a client keeping a near cache must hear.
 //!
+//! A change that reaches the pump after a newer one of its key (two
+//! threads changed the key at once) is dropped, not published out of
+//! order: see [`Order`].
+//!
 //! With no subscriber, nothing is subscribed to the mesh, so writes pay
 //! nothing for notifications.
 
@@ -607,6 +611,7 @@ impl Hub {
 /// stopped.
 async fn pump(hub: Arc<Hub>, mut stream: crate::Changes, stop: CancellationToken) {
     let mut chan = Vec::with_capacity(64);
+    let mut order = Order::new();
     loop {
         let item = tokio::select! {
             // A stopped pump stops at once, changes in hand or not.
@@ -616,16 +621,91 @@ async fn pump(hub: Arc<Hub>, mut stream: crate::Changes, stop: CancellationToken
         };
         match item {
             None => return,
-            Some(Event::Changed(c)) => hub.notify(&c.key, c.kind, c.stamp, &mut chan, &stop),
-            Some(Event::InvalidateAll(Why::Flushed { clear_below, .. })) => {
-                hub.notify(b"", ChangeKind::Flush, clear_below, &mut chan, &stop)
+            Some(event) => hub.handle(event, &mut order, &mut chan, &stop),
+        }
+    }
+}
+
+impl Hub {
+    /// Publishes what one event of the mesh's change stream says, unless
+    /// `order` finds it older than what was published before it.
+    fn handle(&self, event: Event, order: &mut Order, chan: &mut Vec<u8>, stop: &CancellationToken) {
+        match event {
+            Event::Changed(c) => {
+                if order.admit(&c.key, c.stamp) {
+                    self.notify(&c.key, c.kind, c.stamp, chan, stop);
+                } else {
+                    self.hints.lock().remove(&(c.stamp, c.key));
+                }
             }
-            Some(Event::InvalidateAll(Why::Lagged { missed })) => {
+            Event::InvalidateAll(Why::Flushed { clear_below, .. }) => {
+                order.flushed(clear_below);
+                self.notify(b"", ChangeKind::Flush, clear_below, chan, stop);
+            }
+            Event::InvalidateAll(Why::Lagged { missed }) => {
                 tracing::warn!(missed, "keyspace notifications fell behind: publishing flushall");
-                hub.lagged.fetch_add(1, Ordering::Relaxed);
-                hub.notify(b"", ChangeKind::Flush, Stamp::ZERO, &mut chan, &stop);
+                self.lagged.fetch_add(1, Ordering::Relaxed);
+                self.notify(b"", ChangeKind::Flush, Stamp::ZERO, chan, stop);
             }
         }
+    }
+}
+
+/// Slots of [`Order`]: keys changed within the moment two changes race
+/// rarely share one.
+const ORDER_SLOTS: usize = 4096;
+
+/// Keeps a pump's messages for one key in the order its changes were
+/// applied. A change is put on the mesh's stream once its key's lock is
+/// released, so two changes to one key applied at nearly the same moment
+/// on different threads (two connections; a push and a repair from another
+/// peer) can arrive in the other order, and a FLUSHALL can arrive before a
+/// write it removed. A key's stamps only grow as its changes are applied
+/// (a write is stamped under the key's lock, and a merge applies only a
+/// newer register; an expiry or a refusal reply carries the stamp it
+/// removes), so a change stamped below the last one published for its key,
+/// or below the last `clear_below`, came late and is dropped: the newer
+/// change has been heard, and the last message of a key names what it
+/// now is.
+///
+/// Keys share a fixed number of slots, each holding the hash of the last
+/// key published in it and that change's stamp. A key whose slot another
+/// has taken since is not checked; missing a late change that way takes a
+/// second key of its slot changing in the moment the two changes race.
+struct Order {
+    hasher: std::hash::RandomState,
+    slots: Box<[(u64, Stamp)]>,
+    clear_below: Stamp,
+}
+
+impl Order {
+    fn new() -> Self {
+        Order {
+            hasher: std::hash::RandomState::new(),
+            slots: vec![(0, Stamp::ZERO); ORDER_SLOTS].into_boxed_slice(),
+            clear_below: Stamp::ZERO,
+        }
+    }
+
+    /// Whether a change to `key` stamped `stamp` is to be published; if it
+    /// is, it becomes the last one of its key.
+    fn admit(&mut self, key: &[u8], stamp: Stamp) -> bool {
+        use std::hash::BuildHasher;
+        if stamp < self.clear_below {
+            return false;
+        }
+        let h = self.hasher.hash_one(key);
+        let slot = &mut self.slots[h as usize % ORDER_SLOTS];
+        if slot.0 == h && stamp < slot.1 {
+            return false;
+        }
+        *slot = (h, stamp);
+        true
+    }
+
+    /// Everything stamped below `clear_below` is gone.
+    fn flushed(&mut self, clear_below: Stamp) {
+        self.clear_below = self.clear_below.max(clear_below);
     }
 }
 
@@ -782,6 +862,55 @@ mod tests {
             assert!(take(&leaving).is_empty(), "round {round}");
             hub.punsubscribe(2, b"*");
         }
+        mesh.shutdown().await;
+    }
+
+    /// Changes that reach the pump late (older than one already published
+    /// for their key, or below a FLUSHALL already published) are dropped;
+    /// changes in order, and those of other keys, are not.
+    #[tokio::test]
+    async fn late_changes_are_dropped_and_the_last_message_names_the_state() {
+        use crate::hlc::NodeId;
+        use crate::store::{Change, Origin};
+        let ca = crate::transport::certs::EphemeralCa::new().unwrap();
+        let tls = ca.issue("order").unwrap();
+        let mesh = Mesh::builder().config(crate::MeshConfig::for_test("order")).tls(tls).start().await.unwrap();
+        let hub = Hub::new(mesh.clone(), parse_flags(b"KEA").unwrap(), CancellationToken::new());
+        let sub = Arc::new(Outbox::new(1 << 20));
+        hub.subs.lock().patterns.push((Bytes::from_static(b"*"), Sub { client: 1, outbox: sub.clone() }));
+        let (mut order, mut chan, live) = (Order::new(), Vec::new(), CancellationToken::new());
+        let at = |hlc: u64| Stamp { hlc, node: NodeId(1) };
+        let change = |key: &'static str, kind: ChangeKind, hlc: u64| {
+            Event::Changed(Change {
+                key: Bytes::from_static(key.as_bytes()),
+                kind,
+                origin: Origin::Local,
+                stamp: at(hlc),
+            })
+        };
+        let flushed = |hlc: u64| Event::InvalidateAll(Why::Flushed { origin: Origin::Remote, clear_below: at(hlc) });
+        for event in [
+            change("a", ChangeKind::Put, 20),
+            change("a", ChangeKind::Delete, 10), // late: dropped
+            change("b", ChangeKind::Delete, 10),
+            change("b", ChangeKind::Put, 20),
+            change("b", ChangeKind::Expire, 20), // the write it removes
+            flushed(30),
+            change("c", ChangeKind::Put, 25), // below the FLUSHALL: dropped
+            change("c", ChangeKind::Put, 40),
+        ] {
+            hub.handle(event, &mut order, &mut chan, &live);
+        }
+        let want = Outbox::new(1 << 20);
+        for (key, event) in [("a", "set"), ("b", "del"), ("b", "set"), ("b", "expired")] {
+            want.pmessage(b"*", format!("__keyspace@0__:{key}").as_bytes(), event.as_bytes());
+            want.pmessage(b"*", format!("__keyevent@0__:{event}").as_bytes(), key.as_bytes());
+        }
+        want.pmessage(b"*", b"__keyevent@0__:flushall", b"");
+        want.pmessage(b"*", b"__keyspace@0__:c", b"set");
+        want.pmessage(b"*", b"__keyevent@0__:set", b"c");
+        let (heard, want) = (take(&sub), take(&want));
+        assert_eq!(String::from_utf8_lossy(&heard), String::from_utf8_lossy(&want));
         mesh.shutdown().await;
     }
 
