@@ -207,12 +207,7 @@ async fn the_cache_vocabulary_and_the_events_that_drop_everything() {
     // A FLUSHALL on a is an InvalidateAll on b.
     let mut events = b.subscribe();
     a.invalidate_all().unwrap();
-    let flushed = loop {
-        match tokio::time::timeout(DEADLINE, events.recv()).await.unwrap().unwrap() {
-            Event::Changed(_) => continue,
-            Event::InvalidateAll(why) => break why,
-        }
-    };
+    let flushed = next_invalidate_all(&mut events).await;
     assert!(matches!(flushed, Why::Flushed { origin: Origin::Remote, .. }), "{flushed:?}");
 
     // A subscriber that does not read while 5,000 changes happen is told

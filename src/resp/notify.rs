@@ -828,6 +828,13 @@ mod tests {
         ));
     }
 
+    /// A peer alone, to feed a hub.
+    async fn lone_mesh(name: &str) -> Mesh {
+        let ca = crate::transport::certs::EphemeralCa::new().unwrap();
+        let tls = ca.issue(name).unwrap();
+        Mesh::builder().config(crate::MeshConfig::for_test(name)).tls(tls).start().await.unwrap()
+    }
+
     /// Messages queued in `outbox`, taken out.
     fn take(outbox: &Outbox) -> Vec<u8> {
         let mut out = Out::new();
@@ -841,9 +848,7 @@ mod tests {
     /// must not publish it.
     #[tokio::test]
     async fn a_stopped_pump_publishes_nothing() {
-        let ca = crate::transport::certs::EphemeralCa::new().unwrap();
-        let tls = ca.issue("pump").unwrap();
-        let mesh = Mesh::builder().config(crate::MeshConfig::for_test("pump")).tls(tls).start().await.unwrap();
+        let mesh = lone_mesh("pump").await;
         let hub = Arc::new(Hub::new(mesh.clone(), parse_flags(b"KA").unwrap(), CancellationToken::new()));
         let (leaving, staying) = (Arc::new(Outbox::new(1 << 20)), Arc::new(Outbox::new(1 << 20)));
         // A stopped pump that did publish would do so one time in two.
@@ -872,9 +877,7 @@ mod tests {
     async fn late_changes_are_dropped_and_the_last_message_names_the_state() {
         use crate::hlc::NodeId;
         use crate::store::{Change, Origin};
-        let ca = crate::transport::certs::EphemeralCa::new().unwrap();
-        let tls = ca.issue("order").unwrap();
-        let mesh = Mesh::builder().config(crate::MeshConfig::for_test("order")).tls(tls).start().await.unwrap();
+        let mesh = lone_mesh("order").await;
         let hub = Hub::new(mesh.clone(), parse_flags(b"KEA").unwrap(), CancellationToken::new());
         let sub = Arc::new(Outbox::new(1 << 20));
         hub.subs.lock().patterns.push((Bytes::from_static(b"*"), Sub { client: 1, outbox: sub.clone() }));
