@@ -708,6 +708,69 @@ async fn keyspace_notifications_reach_subscribers_on_other_peers() {
     shutdown(meshes, servers).await;
 }
 
+/// An eviction is `evicted` on the peer that evicted, as in Redis: one
+/// keyspace and one keyevent message for each value evicted, and no other,
+/// while the peer that wrote the keys keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_are_notified_where_they_happen() {
+    let (meshes, servers) = cluster(2, RespConfig::default()).await;
+    let mut a = servers[0].conn().await;
+    let mut b = servers[1].conn().await;
+    let mut sub = redis::Client::open(servers[1].url()).unwrap().get_async_pubsub().await.unwrap();
+    sub.psubscribe("__key*@0__:*").await.unwrap();
+    let mut msgs = sub.into_on_message();
+    let value = "w".repeat(1024);
+    for i in 0..200 {
+        let () = a.set(format!("warm{i}"), &value).await.unwrap();
+    }
+    // Every write is heard on B before anything is evicted.
+    let mut set = std::collections::BTreeSet::new();
+    while set.len() < 200 {
+        let m = tokio::time::timeout(DEADLINE, msgs.next()).await.expect("a notification").unwrap();
+        let (channel, payload) = (m.get_channel_name().to_owned(), m.get_payload::<String>().unwrap());
+        match channel.strip_prefix("__keyspace@0__:") {
+            Some(key) => assert!(payload == "set" && set.insert(key.to_owned()), "{channel} {payload}"),
+            None => assert_eq!(channel, "__keyevent@0__:set"),
+        }
+    }
+    let m = tokio::time::timeout(DEADLINE, msgs.next()).await.expect("the last keyevent").unwrap();
+    assert_eq!(m.get_channel_name(), "__keyevent@0__:set");
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory-policy", "allkeys-random", "maxmemory", "128kb"])
+        .query_async(&mut b)
+        .await
+        .unwrap();
+    // A write of B's own closes the messages to count: anything evicted
+    // before it was notified before it.
+    let () = b.set("mark", "m").await.unwrap();
+    let mut evicted = std::collections::BTreeSet::new();
+    loop {
+        let m = tokio::time::timeout(DEADLINE, msgs.next()).await.expect("a notification").unwrap();
+        let (channel, payload) = (m.get_channel_name().to_owned(), m.get_payload::<String>().unwrap());
+        match channel.strip_prefix("__keyspace@0__:") {
+            Some("mark") => break,
+            Some(key) => {
+                assert_eq!(payload, "evicted", "{key}");
+                let next = tokio::time::timeout(DEADLINE, msgs.next()).await.expect("its keyevent").unwrap();
+                assert_eq!(next.get_channel_name(), "__keyevent@0__:evicted");
+                assert_eq!(next.get_payload::<String>().unwrap(), key);
+                assert!(evicted.insert(key.to_owned()), "{key} evicted twice");
+            }
+            None => panic!("unexpected {channel} {payload}"),
+        }
+    }
+    let stats: String = redis::cmd("INFO").arg("stats").query_async(&mut b).await.unwrap();
+    let count = stats.lines().find_map(|l| l.strip_prefix("evicted_keys:")).unwrap().trim().parse::<usize>().unwrap();
+    assert_eq!(evicted.len(), count, "one notification for each eviction");
+    assert!(count >= 50, "B evicted only {count} of 200 keys");
+    for key in &evicted {
+        let on_b: Option<String> = b.get(key).await.unwrap();
+        let on_a: Option<String> = a.get(key).await.unwrap();
+        assert_eq!((on_b, on_a.as_deref()), (None, Some(&*value)), "{key}: evicted on B, kept on A");
+    }
+    shutdown(meshes, servers).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_required_when_configured() {
     let cfg = RespConfig { requirepass: Some("s3cret".into()), ..RespConfig::default() };

@@ -253,6 +253,20 @@ impl MeshBuilder {
                 stamp: c.clear_below,
             });
         });
+        // An eviction is told under the key's lock, so a later write of the
+        // key is never published before it. Without a subscriber it costs
+        // a look at the channel and no copy of the key.
+        let told = events.clone();
+        replica.store().on_eviction(move |key, stamp| {
+            if told.receiver_count() > 0 {
+                let _ = told.send(Change {
+                    key: bytes::Bytes::copy_from_slice(key),
+                    kind: ChangeKind::Evict,
+                    origin: Origin::Local,
+                    stamp,
+                });
+            }
+        });
         let mut links = links::Links::new(
             me.clone(),
             links::Timings::new(config.anti_entropy_interval),

@@ -20,9 +20,9 @@ use crate::store::{Change, ChangeKind, Origin};
 /// One thing a subscriber must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// One key changed on this peer (written, deleted, expired), by this
-    /// peer or another: drop what is cached for it. Its kind is never
-    /// [`ChangeKind::Flush`].
+    /// One key changed on this peer (written, deleted, expired, evicted),
+    /// by this peer or another: drop what is cached for it. Its kind is
+    /// never [`ChangeKind::Flush`].
     Changed(Change),
     /// Anything may have changed: drop everything cached.
     InvalidateAll(Why),

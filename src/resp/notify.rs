@@ -548,6 +548,7 @@ impl Hub {
                 _ => &[("del", GENERIC)],
             },
             ChangeKind::Expire => &[("expired", EXPIRED)],
+            ChangeKind::Evict => &[("evicted", EVICTED)],
             ChangeKind::Flush => &[("flushall", GENERIC)],
         };
         // A pump is stopped under this lock, so checking here makes the
@@ -632,7 +633,7 @@ impl Hub {
     fn handle(&self, event: Event, order: &mut Order, chan: &mut Vec<u8>, stop: &CancellationToken) {
         match event {
             Event::Changed(c) => {
-                if order.admit(&c.key, c.stamp) {
+                if order.admit(&c.key, c.stamp, matches!(c.kind, ChangeKind::Expire | ChangeKind::Evict)) {
                     self.notify(&c.key, c.kind, c.stamp, chan, stop);
                 } else {
                     self.hints.lock().remove(&(c.stamp, c.key));
@@ -662,19 +663,23 @@ const ORDER_SLOTS: usize = 4096;
 /// peer) can arrive in the other order, and a FLUSHALL can arrive before a
 /// write it removed. A key's stamps only grow as its changes are applied
 /// (a write is stamped under the key's lock, and a merge applies only a
-/// newer register; an expiry or a refusal reply carries the stamp it
-/// removes), so a change stamped below the last one published for its key,
-/// or below the last `clear_below`, came late and is dropped: the newer
-/// change has been heard, and the last message of a key names what it
-/// now is.
+/// newer register; an expiry, an eviction or a refusal reply carries the
+/// stamp it removes), so a change stamped below the last one published for
+/// its key, or below the last `clear_below`, came late and is dropped: the
+/// newer change has been heard, and the last message of a key names what
+/// it now is. An expiry or an eviction shares its stamp with the write
+/// whose value it ends, and comes after it: so a write that arrives after
+/// the end of its own value is late too. (An eviction is told under the
+/// key's lock, and can pass the write it evicts on its way here.)
 ///
 /// Keys share a fixed number of slots, each holding the hash of the last
-/// key published in it and that change's stamp. A key whose slot another
-/// has taken since is not checked; missing a late change that way takes a
-/// second key of its slot changing in the moment the two changes race.
+/// key published in it, that change's stamp, and whether it ended the
+/// value. A key whose slot another has taken since is not checked; missing
+/// a late change that way takes a second key of its slot changing in the
+/// moment the two changes race.
 struct Order {
     hasher: std::hash::RandomState,
-    slots: Box<[(u64, Stamp)]>,
+    slots: Box<[(u64, Stamp, bool)]>,
     clear_below: Stamp,
 }
 
@@ -682,24 +687,25 @@ impl Order {
     fn new() -> Self {
         Order {
             hasher: std::hash::RandomState::new(),
-            slots: vec![(0, Stamp::ZERO); ORDER_SLOTS].into_boxed_slice(),
+            slots: vec![(0, Stamp::ZERO, false); ORDER_SLOTS].into_boxed_slice(),
             clear_below: Stamp::ZERO,
         }
     }
 
     /// Whether a change to `key` stamped `stamp` is to be published; if it
-    /// is, it becomes the last one of its key.
-    fn admit(&mut self, key: &[u8], stamp: Stamp) -> bool {
+    /// is, it becomes the last one of its key. `ends` says whether it ends
+    /// the value of the write stamped `stamp` (an expiry, an eviction).
+    fn admit(&mut self, key: &[u8], stamp: Stamp, ends: bool) -> bool {
         use std::hash::BuildHasher;
         if stamp < self.clear_below {
             return false;
         }
         let h = self.hasher.hash_one(key);
         let slot = &mut self.slots[h as usize % ORDER_SLOTS];
-        if slot.0 == h && stamp < slot.1 {
+        if slot.0 == h && (stamp, ends) < (slot.1, slot.2) {
             return false;
         }
-        *slot = (h, stamp);
+        *slot = (h, stamp, ends);
         true
     }
 
@@ -871,8 +877,9 @@ mod tests {
     }
 
     /// Changes that reach the pump late (older than one already published
-    /// for their key, or below a FLUSHALL already published) are dropped;
-    /// changes in order, and those of other keys, are not.
+    /// for their key, a write after the expiry or eviction of its own
+    /// value, or below a FLUSHALL already published) are dropped; changes
+    /// in order, and those of other keys, are not.
     #[tokio::test]
     async fn late_changes_are_dropped_and_the_last_message_names_the_state() {
         use crate::hlc::NodeId;
@@ -898,6 +905,9 @@ mod tests {
             change("b", ChangeKind::Delete, 10),
             change("b", ChangeKind::Put, 20),
             change("b", ChangeKind::Expire, 20), // the write it removes
+            change("b", ChangeKind::Put, 20),    // the write it ended, late: dropped
+            change("d", ChangeKind::Evict, 22),
+            change("d", ChangeKind::Put, 22), // the write it evicted, late: dropped
             flushed(30),
             change("c", ChangeKind::Put, 25), // below the FLUSHALL: dropped
             change("c", ChangeKind::Put, 40),
@@ -905,7 +915,7 @@ mod tests {
             hub.handle(event, &mut order, &mut chan, &live);
         }
         let want = Outbox::new(1 << 20);
-        for (key, event) in [("a", "set"), ("b", "del"), ("b", "set"), ("b", "expired")] {
+        for (key, event) in [("a", "set"), ("b", "del"), ("b", "set"), ("b", "expired"), ("d", "evicted")] {
             want.pmessage(b"*", format!("__keyspace@0__:{key}").as_bytes(), event.as_bytes());
             want.pmessage(b"*", format!("__keyevent@0__:{event}").as_bytes(), key.as_bytes());
         }

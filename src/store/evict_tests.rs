@@ -2,6 +2,7 @@
 //! bound holds.
 
 use super::*;
+use std::collections::{HashMap, HashSet};
 
 const T0: u64 = 1_700_000_000_000;
 const VALUE: usize = 100;
@@ -375,4 +376,27 @@ fn a_budget_that_falls_and_rises_holds_after_every_change_and_refuses_no_write()
         assert!(s.value_bytes() <= budget, "round {round}: {} value bytes over {budget}", s.value_bytes());
     }
     assert!(s.stats().evictions > 0, "{:?}", s.stats());
+}
+
+#[test]
+fn every_eviction_is_told_with_the_key_and_the_stamp_it_ends() {
+    let s = bounded(100, EvictionPolicy::AllkeysLru);
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let t = told.clone();
+    s.on_eviction(move |key, stamp| t.lock().push((Bytes::copy_from_slice(key), stamp)));
+    let mut stamps = HashMap::new();
+    for i in 0..500 {
+        let w = s.put(key(i), value(), None, T0 + i).unwrap();
+        stamps.insert(key(i), w.register.marker);
+    }
+    let told = told.lock();
+    assert_eq!(told.len() as u64, s.stats().evictions);
+    let mut evicted = HashSet::new();
+    for (k, stamp) in told.iter() {
+        assert_eq!(Some(stamp), stamps.get(k), "{k:?} told with another write's stamp");
+        assert!(s.get(k, T0 + 500).is_none(), "{k:?} told evicted and still held");
+        assert!(evicted.insert(k.clone()), "{k:?} told twice");
+    }
+    let held = (0..500).filter(|i| s.get(&key(*i), T0 + 500).is_some()).count();
+    assert_eq!(held + evicted.len(), 500, "a value went without being told");
 }

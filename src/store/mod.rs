@@ -275,6 +275,9 @@ pub struct MergeOutcome {
 /// What [`Store::on_compaction`] sets.
 type CompactionHook = Box<dyn Fn(&Compaction) + Send + Sync>;
 
+/// What [`Store::on_eviction`] sets.
+type EvictionHook = Box<dyn Fn(&[u8], Stamp) + Send + Sync>;
+
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compaction {
@@ -391,6 +394,9 @@ pub struct Store {
     /// Told of each compaction, wherever it happens (a delete, a merge, a
     /// transaction, a new bound, a tick): see [`Store::on_compaction`].
     on_compaction: OnceLock<CompactionHook>,
+    /// Told of each eviction, under the evicted key's shard lock: see
+    /// [`Store::on_eviction`].
+    on_eviction: OnceLock<EvictionHook>,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
     bugs: bugs::Planted,
@@ -448,6 +454,7 @@ impl Store {
             counters: Counters::default(),
             observers: Observers::default(),
             on_compaction: OnceLock::new(),
+            on_eviction: OnceLock::new(),
             #[cfg(any(test, feature = "testing"))]
             bugs: bugs::Planted::default(),
         })
@@ -602,7 +609,13 @@ impl Store {
             let Some(victim) = pool.take() else { return (evicted, true) };
             let stable_before = if self.planted(Bug::GhostUnstable) { u64::MAX } else { self.ghost_before() };
             let mut g = self.shards[victim.shard as usize].write();
-            let evicting = |key: &[u8]| self.observers.changed(key);
+            let stamp = victim.stamp;
+            let evicting = |key: &[u8]| {
+                self.observers.changed(key);
+                if let Some(f) = self.on_eviction.get() {
+                    f(key, stamp);
+                }
+            };
             match g.evict(
                 victim,
                 policy,
@@ -698,6 +711,16 @@ impl Store {
     /// not shown them. Only the first call takes effect.
     pub fn on_compaction(&self, f: impl Fn(&Compaction) + Send + Sync + 'static) {
         let _ = self.on_compaction.set(Box::new(f));
+    }
+
+    /// Sets what is told of every eviction: the key and the stamp of the
+    /// value evicted, under that key's shard lock, so that no later change
+    /// of the key is told before it. It must be quick and must not call
+    /// back into the store, as an [`Observer`] must not. Evictions happen
+    /// inside writes and merges, whose callers are not shown them. Only
+    /// the first call takes effect.
+    pub fn on_eviction(&self, f: impl Fn(&[u8], Stamp) + Send + Sync + 'static) {
+        let _ = self.on_eviction.set(Box::new(f));
     }
 
     /// Removes an observer added by [`Store::add_observer`].

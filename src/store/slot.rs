@@ -98,6 +98,10 @@ pub enum ChangeKind {
     Delete,
     /// The key's TTL ran out.
     Expire,
+    /// The key's value was evicted here to keep the memory bound (always
+    /// [`Origin::Local`]): a read here misses, and the other peers keep
+    /// their copies. `stamp` is the evicted write's.
+    Evict,
     /// A range tombstone (`clear_below`, from FLUSHALL or compaction) removed
     /// every register stamped below `stamp`. `key` is empty.
     Flush,
