@@ -68,7 +68,10 @@ const NEW: u32 = 1 << 13; // n
 const ALL: u32 = GENERIC | STRING | LIST | SET | HASH | ZSET | EXPIRED | EVICTED | STREAM | MODULE;
 
 /// Parses a `notify-keyspace-events` value (Redis's letters). `None` on an
-/// unknown letter.
+/// unknown letter. `m` and `n` are kept, so that a setting made for Redis
+/// reads back as it was set, and publish nothing: a key miss is no change
+/// on the mesh's stream, and a write does not say whether it created its
+/// key (a difference README.md lists with the others).
 pub(crate) fn parse_flags(s: &[u8]) -> Option<u32> {
     let mut f = 0;
     for c in s {
