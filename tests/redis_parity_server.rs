@@ -3,7 +3,8 @@
 //! CLIENT LIST/KILL/REPLY's errors and empty answers, COMMAND GETKEYS and
 //! GETKEYSANDFLAGS for every command with keys, WAIT, BGSAVE's and SAVE's
 //! argument errors, COMMAND INFO of the new commands, INFO's unknown
-//! sections, and CONFIG GET with several patterns. Replies that depend on
+//! sections, CONFIG GET with several patterns, ROLE, and SLOWLOG's
+//! settings and errors. Replies that depend on
 //! the server, the moment, ids or addresses are run without comparing.
 //! Skipped without redis-server (and failing under CI), as the other
 //! parity test.
@@ -155,6 +156,31 @@ fn script() -> Vec<Step> {
         same(&["CONFIG", "GET", "maxmemory", "maxmemory"]),
         same(&["CONFIG", "GET", "nosuch", "other*"]),
         same(&["CONFIG", "GET"]),
+        // ROLE, and SLOWLOG's settings, help and errors (what it logs is
+        // checked in tests/resp.rs).
+        same(&["ROLE"]),
+        same(&["SLOWLOG"]),
+        same(&["SLOWLOG", "HELP"]),
+        same(&["SLOWLOG", "help", "x"]),
+        same(&["SLOWLOG", "foo"]),
+        same(&["SLOWLOG", "foo", "bar"]),
+        same(&["SLOWLOG", "LEN", "x"]),
+        same(&["SLOWLOG", "Reset", "x"]),
+        same(&["SLOWLOG", "GET", "x"]),
+        same(&["SLOWLOG", "GET", "-2"]),
+        same(&["SLOWLOG", "GET", "99999999999999999999"]),
+        same(&["SLOWLOG", "get", "1", "2"]),
+        same(&["SLOWLOG", "RESET"]),
+        run_only(&["SLOWLOG", "LEN"]),
+        same(&["CONFIG", "GET", "slowlog-log-slower-than"]),
+        same(&["CONFIG", "GET", "slowlog-max-len"]),
+        same(&["CONFIG", "SET", "slowlog-log-slower-than", "abc"]),
+        same(&["CONFIG", "SET", "slowlog-log-slower-than", "-5"]),
+        same(&["CONFIG", "SET", "slowlog-max-len", "-1"]),
+        same(&["CONFIG", "SET", "slowlog-max-len", "64", "slowlog-log-slower-than", "-1"]),
+        same(&["CONFIG", "GET", "slowlog-max-len"]),
+        same(&["CONFIG", "GET", "slowlog-log-slower-than"]),
+        same(&["CONFIG", "SET", "slowlog-max-len", "128", "slowlog-log-slower-than", "10000"]),
     ]
 }
 

@@ -771,6 +771,96 @@ async fn evictions_are_notified_where_they_happen() {
     shutdown(meshes, servers).await;
 }
 
+/// SLOWLOG with `slowlog-log-slower-than 0`, where every command timed is
+/// logged: a command sent alone is, whatever it is; in a pipeline the
+/// first command and the non-fast ones are; inside EXEC every command is
+/// and EXEC is not; passwords are redacted, long arguments cut; the log
+/// keeps `slowlog-max-len` entries, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_commands_are_logged_as_redis_logs_them() {
+    let (meshes, servers) = cluster(1, RespConfig::default()).await;
+    let mut raw = Raw::connect(servers[0].port).await;
+    let from = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(raw.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]).await, "+OK\r\n");
+    assert_eq!(raw.cmd(&["SLOWLOG", "RESET"]).await, "+OK\r\n");
+    let long = "v".repeat(200);
+    for cmd in [
+        &["CLIENT", "SETNAME", "app"][..],
+        &["SET", "k", &long],
+        &["GET", "k"],
+        &["AUTH", "not-the-password"],
+        &["MULTI"],
+        &["SET", "a", "1"],
+        &["GET", "a"],
+        &["EXEC"],
+    ] {
+        raw.cmd(cmd).await;
+    }
+    // One read: the first GET and KEYS are timed, the second GET is not.
+    raw.send(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n").await;
+    for _ in 0..3 {
+        raw.reply().await.unwrap();
+    }
+    let log = raw.cmd(&["SLOWLOG", "GET", "-1"]).await;
+    let to = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let Value::Array(entries) = redis::parse_redis_value(log.as_bytes()).unwrap() else { panic!("{log}") };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        v => panic!("{v:?}"),
+    };
+    let mut logged = Vec::new();
+    let mut ids = Vec::new();
+    for e in &entries {
+        let Value::Array(f) = e else { panic!("{e:?}") };
+        let [Value::Int(id), Value::Int(at), Value::Int(micros), Value::Array(args), addr, name] = &f[..] else {
+            panic!("{f:?}")
+        };
+        assert!((from as i64..=to as i64).contains(at), "{at} not within {from}..={to}");
+        assert!(*micros >= 0);
+        assert_eq!(text(addr), raw.addr());
+        ids.push(*id);
+        logged.push((args.iter().map(text).collect::<Vec<_>>().join(" "), text(name)));
+    }
+    let cut = format!("SET k {}... (72 more bytes)", &long[..128]);
+    let want: Vec<(String, &str)> = [
+        ("KEYS *", "app"),
+        ("GET k", "app"),
+        ("GET a", "app"),
+        ("SET a 1", "app"),
+        ("MULTI", "app"),
+        ("AUTH (redacted)", "app"),
+        ("GET k", "app"),
+        (cut.as_str(), "app"),
+        ("CLIENT SETNAME app", "app"),
+        ("SLOWLOG RESET", ""),
+    ]
+    .into_iter()
+    .map(|(a, n)| (a.to_owned(), n))
+    .collect();
+    let got: Vec<(String, &str)> = logged.iter().map(|(a, n)| (a.clone(), n.as_str())).collect();
+    assert_eq!(got, want);
+    assert!(ids.windows(2).all(|w| w[0] == w[1] + 1), "ids newest first, one apart: {ids:?}");
+    assert_eq!(raw.cmd(&["SLOWLOG", "LEN"]).await, ":11\r\n", "the GET above is logged too");
+    // Ten entries by default; the log keeps slowlog-max-len from its next
+    // entry on; -1 turns it off.
+    let Value::Array(ten) = redis::parse_redis_value(raw.cmd(&["SLOWLOG", "GET"]).await.as_bytes()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(ten.len(), 10);
+    assert_eq!(raw.cmd(&["CONFIG", "SET", "slowlog-max-len", "2"]).await, "+OK\r\n");
+    assert_eq!(raw.cmd(&["SLOWLOG", "LEN"]).await, ":2\r\n");
+    assert_eq!(raw.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "-1"]).await, "+OK\r\n");
+    raw.cmd(&["PING"]).await;
+    let Value::Array(two) = redis::parse_redis_value(raw.cmd(&["SLOWLOG", "GET", "5"]).await.as_bytes()).unwrap()
+    else {
+        panic!()
+    };
+    let Value::Array(newest) = &two[0] else { panic!() };
+    let Value::Array(args) = &newest[3] else { panic!() };
+    assert_eq!(args.iter().map(text).collect::<Vec<_>>(), ["SLOWLOG", "LEN"], "nothing logged once it is off");
+    shutdown(meshes, servers).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_required_when_configured() {
     let cfg = RespConfig { requirepass: Some("s3cret".into()), ..RespConfig::default() };

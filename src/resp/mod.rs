@@ -25,7 +25,8 @@
 //! EXPIREAT PEXPIREAT (NX XX GT LT) TTL PTTL EXPIRETIME PEXPIRETIME PERSIST
 //! DBSIZE INFO CLIENT COMMAND SELECT 0 QUIT RESET FLUSHALL FLUSHDB AUTH
 //! HELLO CONFIG TIME PUBLISH SPUBLISH PUBSUB SUBSCRIBE PSUBSCRIBE SSUBSCRIBE
-//! UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE WAIT LASTSAVE SAVE BGSAVE`. There is one database, 0.
+//! UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE WAIT LASTSAVE SAVE BGSAVE SLOWLOG
+//! ROLE`. There is one database, 0.
 //!
 //! Nothing is persisted: `SAVE` and `BGSAVE` answer an error, `LASTSAVE`
 //! the server's start. `WAIT` answers 0 at once: no peer acknowledges a
@@ -114,6 +115,7 @@ mod notify;
 mod parse;
 mod reply;
 mod server;
+mod slowlog;
 mod tracking;
 
 use std::future::Future;
@@ -265,6 +267,8 @@ struct Shared {
     stats: Stats,
     /// Per command, by its place in the command table.
     commands: Box<[CommandStat]>,
+    /// Commands that ran long (SLOWLOG).
+    slowlog: slowlog::Slowlog,
     started: tokio::time::Instant,
     /// When the server started, in Unix seconds: LASTSAVE's answer (as a
     /// Redis that never saved answers its start time).
@@ -307,6 +311,7 @@ pub async fn serve(
         tracking,
         stats: Stats::default(),
         commands: (0..cmd::table_len()).map(|_| CommandStat::default()).collect(),
+        slowlog: slowlog::Slowlog::default(),
         started: crate::env::stopwatch(),
         started_unix,
         local_addr,

@@ -201,6 +201,12 @@ impl Connection {
         let cfg = &shared.config;
         let mut n = 0u64;
         let mut end = None;
+        // When the read's first command began and ended, for the slow log
+        // (see `resp::slowlog`); the end also closes the read's time for
+        // INFO commandstats when the read held one command, so a client
+        // that sends one command at a time costs no clock reading more.
+        let mut first_began = started;
+        let mut first_ended = None;
         loop {
             let limits = Limits {
                 max_bulk: cfg.max_request_bytes,
@@ -219,10 +225,22 @@ impl Connection {
                         // reply (CLIENT REPLY OFF, SKIP) drops nothing else,
                         // even when the reply is queued in chunks.
                         self.flush().await?;
+                        if n == 1 {
+                            first_began = shared.mesh.env().instant();
+                        }
                     }
                     let before = self.out.len();
                     let batch = shared.tracking.batch();
-                    self.wakes.defer(|| cmd::execute(&self.shared, &mut self.client, args, &mut self.out));
+                    let ran = self.wakes.defer(|| cmd::execute(&self.shared, &mut self.client, args, &mut self.out));
+                    // A fast command is timed here when it comes first in the
+                    // read; the others are timed as they run.
+                    if n == 1 && shared.slowlog.enabled() {
+                        let t = shared.mesh.env().instant();
+                        first_ended = Some(t);
+                        if ran.is_some_and(|spec| spec.fast) {
+                            cmd::note_slow(&shared, &self.client, args, t.duration_since(first_began));
+                        }
+                    }
                     if let Some(b) = batch {
                         self.gathered.append(&mut b.take());
                     }
@@ -260,7 +278,11 @@ impl Connection {
             }
         }
         self.send_gathered();
-        self.account(n, started.elapsed());
+        let elapsed = match first_ended {
+            Some(t) if n == 1 => t.duration_since(started),
+            _ => started.elapsed(),
+        };
+        self.account(n, elapsed);
         Ok(end)
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Each family lives in its own file (`strings`, `counters`, `bits`,
 //! `bitfield`, `lcs`, `keyspace`, `expire`, `pubsub`, `connection`,
-//! `server`, `multi`), one function per command that parses its arguments and
+//! `server`, `slowlog`, `multi`), one function per command that parses its arguments and
 //! applies them. Commands reach the keyspace through `cx.db` only (see
 //! `resp::db`): inside EXEC it is the transaction. The table below names every
 //! command with what `COMMAND` reports about it and the function that runs
@@ -19,6 +19,7 @@ mod long_double;
 mod multi;
 mod pubsub;
 mod server;
+mod slowlog;
 mod strings;
 mod tracking;
 
@@ -61,6 +62,12 @@ pub(crate) struct Spec {
     step: i32,
     acl: &'static [&'static str],
     run: Run,
+    /// Flagged `fast` (Redis's O(1) or O(log N) commands): the slow log
+    /// times such a command only where that costs no clock reading of its
+    /// own (see `resp::slowlog`).
+    pub(crate) fast: bool,
+    /// Flagged `skip_slowlog` (EXEC: the commands it runs are logged).
+    skip_slowlog: bool,
 }
 
 impl std::fmt::Debug for Spec {
@@ -114,8 +121,29 @@ macro_rules! spec {
             step: $step,
             acl: $acl,
             run: $run,
+            fast: has_flag($flags, "fast"),
+            skip_slowlog: has_flag($flags, "skip_slowlog"),
         }
     };
+}
+
+/// Whether `flags` holds `flag`, at compile time.
+const fn has_flag(flags: &[&str], flag: &str) -> bool {
+    let mut i = 0;
+    while i < flags.len() {
+        let (a, b) = (flags[i].as_bytes(), flag.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Every command, as `COMMAND` lists them.
@@ -211,6 +239,17 @@ static SPECS: &[Spec] = &[
     // Connection and server commands.
     spec!("wait", 3, &["noscript"], 0, 0, 0, &["@slow", "@connection"], connection::wait),
     spec!("lastsave", 1, &["loading", "stale", "fast"], 0, 0, 0, &["@admin", "@fast", "@dangerous"], server::lastsave),
+    spec!("slowlog", -2, &["admin", "loading", "stale"], 0, 0, 0, &["@admin", "@slow", "@dangerous"], slowlog::slowlog),
+    spec!(
+        "role",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        &["@admin", "@fast", "@dangerous"],
+        server::role
+    ),
     spec!(
         "save",
         1,
@@ -280,7 +319,9 @@ fn allowed_subscribed(spec: &Spec) -> bool {
 
 /// Runs one command and appends its reply to `out`; between MULTI and
 /// EXEC, queues it instead.
-pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) {
+/// Returns the command's table entry if it ran (it was not refused, nor
+/// queued in a MULTI).
+pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out) -> Option<&'static Spec> {
     let Some(spec) = lookup(&args[0]) else {
         let mut tail = String::new();
         for a in &args[1..] {
@@ -293,17 +334,20 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
             tail.push_str("' ");
         }
         let name = &args[0][..args[0].len().min(128)];
-        return refuse(c, None, out, &format!("unknown command '{}', with args beginning with: {}", lossy(name), tail));
+        refuse(c, None, out, &format!("unknown command '{}', with args beginning with: {}", lossy(name), tail));
+        return None;
     };
     let i = index_of(spec);
     if !arity_ok(spec.arity, args.len()) {
-        return refuse(c, Some(spec), out, &format!("wrong number of arguments for '{}' command", spec.name));
+        refuse(c, Some(spec), out, &format!("wrong number of arguments for '{}' command", spec.name));
+        return None;
     }
     if !c.authed && !spec.is("no_auth") {
-        return refuse(c, Some(spec), out, "-NOAUTH Authentication required.");
+        refuse(c, Some(spec), out, "-NOAUTH Authentication required.");
+        return None;
     }
     if !out.resp3 && c.subscribed() && !allowed_subscribed(spec) {
-        return refuse(
+        refuse(
             c,
             Some(spec),
             out,
@@ -312,13 +356,15 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
                 spec.name
             ),
         );
+        return None;
     }
     c.handle.last.store(i, std::sync::atomic::Ordering::Relaxed);
     if c.multi.is_some() && !multi::runs_at_once(spec) {
-        if let Some(why) = multi::refused_in_multi(spec) {
-            return refuse(c, Some(spec), out, why);
+        match multi::refused_in_multi(spec) {
+            Some(why) => refuse(c, Some(spec), out, why),
+            None => multi::queue(sh, c, spec, args, out),
         }
-        return multi::queue(sh, c, spec, args, out);
+        return None;
     }
     match &c.tracking {
         None => run(&mut Cx { sh, c, spec, db: Db::Mesh(&sh.mesh) }, args, out),
@@ -332,6 +378,7 @@ pub(crate) fn execute(sh: &Shared, c: &mut Client, args: &[Bytes], out: &mut Out
             }
         }
     }
+    Some(spec)
 }
 
 /// Runs a command of a tracking client. One that reads keys runs holding
@@ -380,7 +427,37 @@ fn refuse(c: &mut Client, spec: Option<&'static Spec>, out: &mut Out, msg: &str)
 }
 
 /// Runs one command (checked, and not queued), counting it.
+/// Runs a command, timing it for the slow log unless it is `fast` (the
+/// connection times a fast command that comes first in a read itself: see
+/// `resp::slowlog`).
 fn run(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    if cx.spec.fast || cx.spec.skip_slowlog || !cx.sh.slowlog.enabled() {
+        return run_untimed(cx, args, out);
+    }
+    run_timed(cx, args, out)
+}
+
+/// Runs a command EXEC runs: every one is timed, as EXEC itself is not.
+fn run_in_exec(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    if !cx.sh.slowlog.enabled() {
+        return run_untimed(cx, args, out);
+    }
+    run_timed(cx, args, out)
+}
+
+fn run_timed(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
+    let started = cx.sh.mesh.env().instant();
+    run_untimed(cx, args, out);
+    note_slow(cx.sh, cx.c, args, started.elapsed());
+}
+
+/// Offers a command that ran for `took` to the slow log.
+pub(crate) fn note_slow(sh: &Shared, c: &Client, args: &[Bytes], took: std::time::Duration) {
+    let name = c.name.as_deref().unwrap_or_default();
+    sh.slowlog.note(took, args, c.addr, name, sh.mesh.now_ms() / 1000);
+}
+
+fn run_untimed(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let i = index_of(cx.spec);
     // The output's error count tells whether this call failed; what it
     // held before is kept for the server's total.

@@ -1,4 +1,4 @@
-//! Server commands: INFO, COMMAND, CONFIG, TIME, LASTSAVE, SAVE, BGSAVE.
+//! Server commands: INFO, COMMAND, CONFIG, TIME, LASTSAVE, SAVE, BGSAVE, ROLE.
 
 use std::time::Duration;
 
@@ -28,6 +28,16 @@ pub(super) fn time(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
 /// LASTSAVE: the server's start, as a Redis that never saved answers.
 pub(super) fn lastsave(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
     out.int(cx.sh.started_unix as i64)
+}
+
+/// ROLE: every peer takes writes, and none has a Redis replica (its peers
+/// are not), so each answers as a primary with none, as INFO's
+/// `role:master` and `connected_slaves:0` say.
+pub(super) fn role(_cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
+    out.array(3);
+    out.bulk(b"master");
+    out.int(0);
+    out.array(0);
 }
 
 /// SAVE and BGSAVE: there is no dump to write. A peer's data is in its
@@ -217,6 +227,8 @@ fn config_params(sh: &Shared) -> Vec<(&'static str, String)> {
         ("bind", sh.local_addr.ip().to_string()),
         ("timeout", "0".into()),
         ("tracking-table-max-keys", sh.tracking.max_keys().to_string()),
+        ("slowlog-log-slower-than", sh.slowlog.slower_than_us().to_string()),
+        ("slowlog-max-len", sh.slowlog.max_len().to_string()),
     ]
 }
 
@@ -249,6 +261,8 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
         let mut policy = None;
         let mut samples = None;
         let mut tracking_keys = None;
+        let mut slower_than = None;
+        let mut slowlog_len = None;
         for kv in args[2..].chunks_exact(2) {
             let name = lossy(&kv[0]).to_ascii_lowercase();
             let failed = |why: &str| format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}");
@@ -290,6 +304,18 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
                     }
                     None => return out.error(&failed("argument couldn't be parsed into an integer")),
                 }
+            } else if name == "slowlog-log-slower-than" || name == "slowlog-max-len" {
+                let floor = if name == "slowlog-max-len" { 0 } else { -1 };
+                match parse_i64(&kv[1]) {
+                    Some(n) if n >= floor && floor == 0 => slowlog_len = Some(n as u64),
+                    Some(n) if n >= floor => slower_than = Some(n),
+                    Some(_) => {
+                        return out.error(&failed(&format!(
+                            "argument must be between {floor} and 9223372036854775807 inclusive"
+                        )))
+                    }
+                    None => return out.error(&failed("argument couldn't be parsed into an integer")),
+                }
             } else if config_params(sh).iter().any(|(n, _)| *n == name) {
                 return out.error(&format!(
                     "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
@@ -304,6 +330,12 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
         }
         if let Some(n) = tracking_keys {
             sh.tracking.set_max_keys(n);
+        }
+        if let Some(us) = slower_than {
+            sh.slowlog.set_slower_than_us(us);
+        }
+        if let Some(n) = slowlog_len {
+            sh.slowlog.set_max_len(n);
         }
         let store = sh.mesh.replica().store();
         if let Some(p) = policy {
@@ -334,7 +366,8 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
                 "    Return parameters matching the glob-like <pattern> and their values.",
                 "SET <directive> <value>",
                 "    Set the configuration <directive> to <value> (notify-keyspace-events, maxmemory,",
-                "    maxmemory-policy, maxmemory-samples).",
+                "    maxmemory-policy, maxmemory-samples, tracking-table-max-keys,",
+                "    slowlog-log-slower-than, slowlog-max-len).",
                 "RESETSTAT",
                 "    Accepted; statistics are not reset.",
             ],
