@@ -673,7 +673,11 @@ const ORDER_SLOTS: usize = 4096;
 /// it now is. An expiry or an eviction shares its stamp with the write
 /// whose value it ends, and comes after it: so a write that arrives after
 /// the end of its own value is late too. (An eviction is told under the
-/// key's lock, and can pass the write it evicts on its way here.)
+/// key's lock, and can pass the write it evicts on its way here.) The one
+/// change dropped wrongly so: the same write merged again in place of its
+/// own eviction's stub, which only a store without a bound does (its bound
+/// lifted since), and only while the key's slot still remembers it; its
+/// key then reads a value that was last heard `evicted`.
 ///
 /// Keys share a fixed number of slots, each holding the hash of the last
 /// key published in it, that change's stamp, and whether it ended the
