@@ -232,12 +232,12 @@ impl Connection {
                     let before = self.out.len();
                     let batch = shared.tracking.batch();
                     let ran = self.wakes.defer(|| cmd::execute(&self.shared, &mut self.client, args, &mut self.out));
-                    // A fast command is timed here when it comes first in the
-                    // read; the others are timed as they run.
+                    // The read's first command is timed here, unless it was
+                    // timed as it ran.
                     if n == 1 && shared.slowlog.enabled() {
                         let t = shared.mesh.env().instant();
                         first_ended = Some(t);
-                        if ran.is_some_and(|spec| spec.fast) {
+                        if ran.is_some_and(|spec| !spec.timed_anywhere) {
                             cmd::note_slow(&shared, &self.client, args, t.duration_since(first_began));
                         }
                     }

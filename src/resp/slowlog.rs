@@ -2,20 +2,22 @@
 //! microseconds, the newest `slowlog-max-len` of them, as Redis keeps it
 //! (the `SLOWLOG` command reads it; monitoring agents poll it).
 //!
-//! What is timed. Redis times every command; here a clock read around
-//! every command would cost pipelined `GET`s a few percent of their
-//! throughput (the note in `server.rs`' `account`), so:
+//! What is timed. Redis reads the clock around every command; two readings
+//! a command cost a pipelined `SET` here 9% of a lone peer's CPU (0.12 us
+//! on 1.35: BENCHMARKS.md, "The slow log's clock readings"), so:
 //!
 //! - the first command of each read from the socket is timed by the
 //!   connection, from the reading it takes at the read's start (at most
 //!   one reading more a read, whatever it holds): a client that sends one
 //!   command at a time has every command timed;
-//! - every command that Redis does not flag `fast` (`SET`, `MSET`, `KEYS`,
-//!   `SCAN`, `LCS`...) is timed wherever it runs, in a pipeline or inside
-//!   `EXEC`, and so is every command `EXEC` runs;
-//! - a `fast` command behind another in the same read is not timed.
+//! - a command that neither is flagged `fast` nor writes (`KEYS`, `SCAN`,
+//!   `LCS`, `GETRANGE`, `CLIENT LIST`, `EXEC`...) is timed wherever it
+//!   runs, in a pipeline or inside `EXEC`;
+//! - a fast command or a write behind another in the same read, or inside
+//!   `EXEC`, is not timed.
 //!
-//! `EXEC` itself is never logged, as in Redis: the commands it ran are.
+//! `EXEC` is logged as one command, with the time of all it ran; Redis
+//! logs the commands it ran instead, one by one.
 //! Arguments are kept as Redis keeps them (at most 32, each cut to 128
 //! bytes), and passwords (`AUTH`, `HELLO ... AUTH`, `CONFIG SET
 //! requirepass`) are kept as `(redacted)`.
@@ -99,13 +101,22 @@ impl Slowlog {
     }
 
     /// Logs the command `args` that took `took`, if that is long enough.
-    /// `addr` and `name` are the client's.
-    pub(crate) fn note(&self, took: Duration, args: &[Bytes], addr: SocketAddr, name: &[u8], unix_secs: u64) {
+    /// `addr` and `name` are the client's; `unix_secs` reads the time (only
+    /// for a command logged).
+    pub(crate) fn note(
+        &self,
+        took: Duration,
+        args: &[Bytes],
+        addr: SocketAddr,
+        name: &[u8],
+        unix_secs: impl FnOnce() -> u64,
+    ) {
         let threshold = self.slower_than_us();
         let micros = took.as_micros().min(u64::MAX as u128) as u64;
         if threshold < 0 || micros < threshold as u64 {
             return;
         }
+        let unix_secs = unix_secs();
         let args = kept_args(args);
         let mut log = self.entries.lock();
         let id = log.next_id;
@@ -210,24 +221,24 @@ mod tests {
     fn keeps_what_passes_the_threshold_newest_first_up_to_max_len() {
         let log = Slowlog::default();
         let us = Duration::from_micros;
-        log.note(us(9_999), &args(&["GET", "a"]), addr("127.0.0.1:1"), b"", 1);
-        log.note(us(10_000), &args(&["GET", "b"]), addr("127.0.0.1:1"), b"app", 2);
-        log.note(us(20_000), &args(&["GET", "c"]), addr("127.0.0.1:2"), b"", 3);
+        log.note(us(9_999), &args(&["GET", "a"]), addr("127.0.0.1:1"), b"", || 1);
+        log.note(us(10_000), &args(&["GET", "b"]), addr("127.0.0.1:1"), b"app", || 2);
+        log.note(us(20_000), &args(&["GET", "c"]), addr("127.0.0.1:2"), b"", || 3);
         assert_eq!(logged(&log), [["GET", "c"], ["GET", "b"]]);
         let e = &log.newest(Some(1))[0];
         assert_eq!((e.id, e.unix_secs, e.micros, e.addr.as_str()), (1, 3, 20_000, "127.0.0.1:2"));
         assert_eq!(log.newest(Some(5))[1].name, "app");
         log.set_max_len(2);
-        log.note(us(30_000), &args(&["GET", "d"]), addr("127.0.0.1:1"), b"", 4);
+        log.note(us(30_000), &args(&["GET", "d"]), addr("127.0.0.1:1"), b"", || 4);
         assert_eq!(logged(&log), [["GET", "d"], ["GET", "c"]]);
         log.reset();
         assert_eq!(log.len(), 0);
         log.set_slower_than_us(0);
-        log.note(us(0), &args(&["PING"]), addr("127.0.0.1:1"), b"", 5);
+        log.note(us(0), &args(&["PING"]), addr("127.0.0.1:1"), b"", || 5);
         assert_eq!(log.newest(None)[0].id, 3, "ids go on after a reset");
         log.set_slower_than_us(-1);
         assert!(!log.enabled());
-        log.note(us(1 << 40), &args(&["KEYS", "*"]), addr("127.0.0.1:1"), b"", 6);
+        log.note(us(1 << 40), &args(&["KEYS", "*"]), addr("127.0.0.1:1"), b"", || 6);
         assert_eq!(log.len(), 1);
     }
 

@@ -62,12 +62,11 @@ pub(crate) struct Spec {
     step: i32,
     acl: &'static [&'static str],
     run: Run,
-    /// Flagged `fast` (Redis's O(1) or O(log N) commands): the slow log
-    /// times such a command only where that costs no clock reading of its
-    /// own (see `resp::slowlog`).
-    pub(crate) fast: bool,
-    /// Flagged `skip_slowlog` (EXEC: the commands it runs are logged).
-    skip_slowlog: bool,
+    /// Timed for the slow log wherever it runs: neither flagged `fast`
+    /// (Redis's O(1) and O(log N) commands) nor a write. Any other command
+    /// is timed only when it comes first in what a connection read, where
+    /// that costs no clock reading of its own (see `resp::slowlog`).
+    pub(crate) timed_anywhere: bool,
 }
 
 impl std::fmt::Debug for Spec {
@@ -121,8 +120,7 @@ macro_rules! spec {
             step: $step,
             acl: $acl,
             run: $run,
-            fast: has_flag($flags, "fast"),
-            skip_slowlog: has_flag($flags, "skip_slowlog"),
+            timed_anywhere: !has_flag($flags, "fast") && !has_flag($flags, "write"),
         }
     };
 }
@@ -426,20 +424,11 @@ fn refuse(c: &mut Client, spec: Option<&'static Spec>, out: &mut Out, msg: &str)
     }
 }
 
-/// Runs one command (checked, and not queued), counting it.
-/// Runs a command, timing it for the slow log unless it is `fast` (the
-/// connection times a fast command that comes first in a read itself: see
-/// `resp::slowlog`).
+/// Runs one command (checked, and not queued), timing it for the slow log
+/// if it is [`Spec::timed_anywhere`] (the connection times the first
+/// command of a read itself).
 fn run(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
-    if cx.spec.fast || cx.spec.skip_slowlog || !cx.sh.slowlog.enabled() {
-        return run_untimed(cx, args, out);
-    }
-    run_timed(cx, args, out)
-}
-
-/// Runs a command EXEC runs: every one is timed, as EXEC itself is not.
-fn run_in_exec(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
-    if !cx.sh.slowlog.enabled() {
+    if !cx.spec.timed_anywhere || !cx.sh.slowlog.enabled() {
         return run_untimed(cx, args, out);
     }
     run_timed(cx, args, out)
@@ -454,9 +443,10 @@ fn run_timed(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
 /// Offers a command that ran for `took` to the slow log.
 pub(crate) fn note_slow(sh: &Shared, c: &Client, args: &[Bytes], took: std::time::Duration) {
     let name = c.name.as_deref().unwrap_or_default();
-    sh.slowlog.note(took, args, c.addr, name, sh.mesh.now_ms() / 1000);
+    sh.slowlog.note(took, args, c.addr, name, || sh.mesh.now_ms() / 1000);
 }
 
+/// Runs one command, counting it.
 fn run_untimed(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let i = index_of(cx.spec);
     // The output's error count tells whether this call failed; what it

@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 
-use super::{copy, run_in_exec, Cx, Db, Spec};
+use super::{copy, run, Cx, Db, Spec};
 use crate::resp::client::{Client, Multi, Queued, Watched};
 use crate::resp::reply::Out;
 use crate::resp::Shared;
@@ -139,7 +139,7 @@ pub(super) fn exec(cx: &mut Cx<'_, '_>, _args: &[Bytes], out: &mut Out) {
             if q.spec.is("readonly") {
                 super::tracking::remember_reads(sh, c, q.spec.keys(&q.args));
             }
-            run_in_exec(&mut Cx { sh, c, spec: q.spec, db: Db::Txn(t) }, &q.args, out);
+            run(&mut Cx { sh, c, spec: q.spec, db: Db::Txn(t) }, &q.args, out);
         }
         true
     };
