@@ -3,8 +3,8 @@
 //! CLIENT LIST/KILL/REPLY's errors and empty answers, COMMAND GETKEYS and
 //! GETKEYSANDFLAGS for every command with keys, WAIT, BGSAVE's and SAVE's
 //! argument errors, COMMAND INFO of the new commands, INFO's unknown
-//! sections, CONFIG GET with several patterns, ROLE, and SLOWLOG's
-//! settings and errors. Replies that depend on
+//! sections, CONFIG GET with several patterns, ROLE, SLOWLOG's settings
+//! and errors, and MEMORY's arguments. Replies that depend on
 //! the server, the moment, ids or addresses are run without comparing.
 //! Skipped without redis-server (and failing under CI), as the other
 //! parity test.
@@ -181,6 +181,20 @@ fn script() -> Vec<Step> {
         same(&["CONFIG", "GET", "slowlog-max-len"]),
         same(&["CONFIG", "GET", "slowlog-log-slower-than"]),
         same(&["CONFIG", "SET", "slowlog-max-len", "128", "slowlog-log-slower-than", "10000"]),
+        // MEMORY's arguments and errors (what USAGE counts is checked in
+        // tests/resp.rs: Redis estimates otherwise).
+        same(&["MEMORY"]),
+        same(&["MEMORY", "foo"]),
+        same(&["MEMORY", "USAGE"]),
+        same(&["MEMORY", "USAGE", "nosuchkey"]),
+        same(&["MEMORY", "usage", "nosuchkey", "SAMPLES", "3"]),
+        same(&["MEMORY", "USAGE", "nosuchkey", "SAMPLES", "x"]),
+        same(&["MEMORY", "USAGE", "nosuchkey", "samples", "-1"]),
+        same(&["MEMORY", "USAGE", "nosuchkey", "SAMPLES"]),
+        same(&["MEMORY", "USAGE", "nosuchkey", "foo", "1"]),
+        same(&["MEMORY", "PURGE"]),
+        same(&["MEMORY", "PURGE", "x"]),
+        same(&["MEMORY", "HELP", "x"]),
     ]
 }
 

@@ -771,6 +771,26 @@ async fn evictions_are_notified_where_they_happen() {
     shutdown(meshes, servers).await;
 }
 
+/// MEMORY USAGE answers what the memory bound counts for a key: its key
+/// and value and the table's overhead for an entry; nothing for a key
+/// without a value here. It reads inside a transaction too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_usage_is_what_the_bound_counts() {
+    let (meshes, servers) = cluster(1, RespConfig::default()).await;
+    let mut raw = Raw::connect(servers[0].port).await;
+    let value = "x".repeat(100);
+    assert_eq!(raw.cmd(&["SET", "key", &value]).await, "+OK\r\n");
+    let want = format!(":{}\r\n", 3 + 100 + meshcache::store::ENTRY_OVERHEAD);
+    assert_eq!(raw.cmd(&["MEMORY", "USAGE", "key"]).await, want);
+    assert_eq!(raw.cmd(&["MEMORY", "USAGE", "key", "SAMPLES", "0"]).await, want);
+    assert_eq!(raw.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(raw.cmd(&["MEMORY", "USAGE", "key"]).await, "+QUEUED\r\n");
+    assert_eq!(raw.cmd(&["EXEC"]).await, format!("*1\r\n{want}"));
+    assert_eq!(raw.cmd(&["DEL", "key"]).await, ":1\r\n");
+    assert_eq!(raw.cmd(&["MEMORY", "USAGE", "key"]).await, "$-1\r\n");
+    shutdown(meshes, servers).await;
+}
+
 /// SLOWLOG with `slowlog-log-slower-than 0`, where every command timed is
 /// logged: a command sent alone is, whatever it is; in a pipeline, and
 /// inside EXEC, the first command and those that neither are fast nor

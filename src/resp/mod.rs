@@ -26,7 +26,7 @@
 //! DBSIZE INFO CLIENT COMMAND SELECT 0 QUIT RESET FLUSHALL FLUSHDB AUTH
 //! HELLO CONFIG TIME PUBLISH SPUBLISH PUBSUB SUBSCRIBE PSUBSCRIBE SSUBSCRIBE
 //! UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE WAIT LASTSAVE SAVE BGSAVE SLOWLOG
-//! ROLE`. There is one database, 0.
+//! ROLE MEMORY`. There is one database, 0.
 //!
 //! Nothing is persisted: `SAVE` and `BGSAVE` answer an error, `LASTSAVE`
 //! the server's start. `WAIT` answers 0 at once: no peer acknowledges a

@@ -2,11 +2,12 @@
 //!
 //! Each family lives in its own file (`strings`, `counters`, `bits`,
 //! `bitfield`, `lcs`, `keyspace`, `expire`, `pubsub`, `connection`,
-//! `server`, `slowlog`, `multi`), one function per command that parses its arguments and
-//! applies them. Commands reach the keyspace through `cx.db` only (see
-//! `resp::db`): inside EXEC it is the transaction. The table below names every
-//! command with what `COMMAND` reports about it and the function that runs
-//! it; lookup is a hash of the lowercased name.
+//! `server`, `slowlog`, `memory`, `multi`), one function per command that
+//! parses its arguments and applies them. Commands reach the keyspace
+//! through `cx.db` only (see `resp::db`): inside EXEC it is the
+//! transaction. The table below names every command with what `COMMAND`
+//! reports about it and the function that runs it; lookup is a hash of the
+//! lowercased name.
 
 mod bitfield;
 mod bits;
@@ -16,6 +17,7 @@ mod expire;
 mod keyspace;
 mod lcs;
 mod long_double;
+mod memory;
 mod multi;
 mod pubsub;
 mod server;
@@ -229,6 +231,7 @@ static SPECS: &[Spec] = &[
     spec!("renamenx", 3, WR, 1, 2, 1, &["@keyspace", "@write", "@fast"], keyspace::rename),
     spec!("copy", -3, W, 1, 2, 1, &["@keyspace", "@write", "@slow"], keyspace::copy_key),
     spec!("object", -2, &["slow"], 2, 2, 1, &["@keyspace", "@read", "@slow"], keyspace::object),
+    spec!("memory", -2, &["readonly"], 2, 2, 1, &["@read", "@slow"], memory::memory),
     spec!("publish", 3, PUBFAST, 0, 0, 0, &["@pubsub", "@fast"], pubsub::publish),
     spec!("spublish", 3, PUBFAST, 1, 1, 1, &["@pubsub", "@fast"], pubsub::publish),
     spec!("ssubscribe", -2, PUBSUB, 1, -1, 1, &["@pubsub", "@slow"], pubsub::ssubscribe),
