@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 
-use super::{eq, unknown_subcommand, wrong_args, Cx, NOT_INT, SYNTAX};
+use super::{eq, help_ending, unknown_subcommand, wrong_args, Cx, NOT_INT, SYNTAX};
 use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
 use crate::store::ENTRY_OVERHEAD;
@@ -50,21 +50,19 @@ pub(super) fn memory(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
         if args.len() != 2 {
             return wrong_args(out, "memory|help");
         }
-        const HELP: [&str; 9] = [
-            "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "PURGE",
-            "    Attempt to purge dirty pages for reclamation by the allocator.",
-            "USAGE <key> [SAMPLES <count>]",
-            "    Return memory in bytes used by <key> and its value. Nested values are",
-            "    sampled up to <count> times (default: 5, 0 means sample all).",
-            "    (The bytes the memory bound counts for the key.)",
-            "HELP",
+        help_ending(
+            out,
+            "MEMORY",
+            &[
+                "PURGE",
+                "    Attempt to purge dirty pages for reclamation by the allocator.",
+                "USAGE <key> [SAMPLES <count>]",
+                "    Return memory in bytes used by <key> and its value. Nested values are",
+                "    sampled up to <count> times (default: 5, 0 means sample all).",
+                "    (The bytes the memory bound counts for the key.)",
+            ],
             "    Prints this help.",
-        ];
-        out.array(HELP.len());
-        for line in HELP {
-            out.simple(line);
-        }
+        )
     } else {
         unknown_subcommand(out, sub, "MEMORY")
     }

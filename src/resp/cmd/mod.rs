@@ -533,13 +533,19 @@ pub(crate) fn value_of(slot: Option<&Slot>) -> Option<Bytes> {
 
 /// A `<CMD> HELP` reply.
 pub(crate) fn help(out: &mut Out, cmd: &str, lines: &[&str]) {
+    help_ending(out, cmd, lines, "    Print this help.")
+}
+
+/// [`help`] with its last line as given: Redis words it "Prints this help."
+/// for some commands (SLOWLOG, MEMORY).
+pub(crate) fn help_ending(out: &mut Out, cmd: &str, lines: &[&str], last: &str) {
     out.array(lines.len() + 3);
     out.simple(&format!("{cmd} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"));
     for l in lines {
         out.simple(l);
     }
     out.simple("HELP");
-    out.simple("    Print this help.");
+    out.simple(last);
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::{eq, lossy, unknown_subcommand, wrong_args, Cx};
+use super::{eq, help_ending, lossy, unknown_subcommand, wrong_args, Cx};
 use crate::resp::parse::parse_i64;
 use crate::resp::reply::Out;
 
@@ -24,11 +24,10 @@ pub(super) fn slowlog(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
             log.reset();
             out.ok()
         }
-        2 if eq(sub, "help") => {
-            // Redis's own text, whose last line differs from the other
-            // commands' help ("Prints", not "Print").
-            const HELP: [&str; 12] = [
-                "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        2 if eq(sub, "help") => help_ending(
+            out,
+            "SLOWLOG",
+            &[
                 "GET [<count>]",
                 "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
                 "    Entries are made of:",
@@ -38,14 +37,9 @@ pub(super) fn slowlog(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
                 "    Return the length of the slowlog.",
                 "RESET",
                 "    Reset the slowlog.",
-                "HELP",
-                "    Prints this help.",
-            ];
-            out.array(HELP.len());
-            for line in HELP {
-                out.simple(line);
-            }
-        }
+            ],
+            "    Prints this help.",
+        ),
         _ if ["len", "reset", "help"].iter().any(|s| eq(sub, s)) => {
             wrong_args(out, &format!("slowlog|{}", lossy(sub).to_ascii_lowercase()))
         }
