@@ -18,6 +18,7 @@
 //!
 //! `EXEC` is logged as one command, with the time of all it ran; Redis
 //! logs the commands it ran instead, one by one.
+//!
 //! Arguments are kept as Redis keeps them (at most 32, each cut to 128
 //! bytes), and passwords (`AUTH`, `HELLO ... AUTH`, `CONFIG SET
 //! requirepass`) are kept as `(redacted)`.
@@ -181,11 +182,23 @@ fn secrets(args: &[Bytes]) -> Vec<usize> {
         return (1..args.len()).collect();
     }
     if is(cmd, "hello") {
-        // HELLO [protover [AUTH username password] [SETNAME clientname]]
-        return match args.iter().position(|a| is(a, "auth")) {
-            Some(p) => (p + 1..(p + 3).min(args.len())).collect(),
-            None => Vec::new(),
-        };
+        // HELLO [protover [AUTH username password] [SETNAME clientname]]:
+        // walked option by option, so that a client named "auth" hides
+        // no password behind it (from the first argument: a password sent
+        // without a protocol version is hidden too).
+        let mut secret = Vec::new();
+        let mut i = 1;
+        while i < args.len() {
+            if is(&args[i], "auth") {
+                secret.extend((i + 1..i + 3).filter(|&j| j < args.len()));
+                i += 3;
+            } else if is(&args[i], "setname") {
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+        return secret;
     }
     if is(cmd, "config") && args.get(1).is_some_and(|a| is(a, "set")) {
         return (2..args.len())
@@ -260,6 +273,13 @@ mod tests {
             (
                 vec!["AUTH".into(), "user".into(), "pw".into()],
                 vec!["AUTH".into(), "(redacted)".into(), "(redacted)".into()],
+            ),
+            (
+                vec!["HELLO", "3", "SETNAME", "auth", "AUTH", "u", "pw"].into_iter().map(Into::into).collect(),
+                vec!["HELLO", "3", "SETNAME", "auth", "AUTH", "(redacted)", "(redacted)"]
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
             ),
             (
                 vec!["hello".into(), "3".into(), "auth".into(), "u".into(), "pw".into(), "setname".into(), "n".into()],
