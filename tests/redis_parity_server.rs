@@ -3,8 +3,8 @@
 //! CLIENT LIST/KILL/REPLY's errors and empty answers, COMMAND GETKEYS and
 //! GETKEYSANDFLAGS for every command with keys, WAIT, BGSAVE's and SAVE's
 //! argument errors, COMMAND INFO of the new commands, INFO's unknown
-//! sections, CONFIG GET with several patterns, ROLE, SLOWLOG's settings
-//! and errors, and MEMORY's arguments. Replies that depend on
+//! sections and every field's name and section, CONFIG GET with several
+//! patterns, ROLE, SLOWLOG's settings and errors, and MEMORY's arguments. Replies that depend on
 //! the server, the moment, ids or addresses are run without comparing.
 //! Skipped without redis-server (and failing under CI), as the other
 //! parity test.
@@ -257,5 +257,91 @@ async fn config_get_with_several_patterns_answers_as_redis_does() {
             assert_eq!(a, b, "meshcache (left) and redis-server (right) differ on `{}`", show(args));
         }
     }
+    peer.stop().await;
+}
+
+/// INFO's text as (section, field) pairs, with each field's value.
+fn info_fields(reply: &[u8]) -> Vec<(String, String, String)> {
+    let text = String::from_utf8_lossy(reply);
+    let mut section = String::new();
+    let mut fields = Vec::new();
+    // The first line is the bulk string's length.
+    for line in text.split("\r\n").skip(1) {
+        if let Some(name) = line.strip_prefix("# ") {
+            section = name.to_string();
+        } else if let Some((field, value)) = line.split_once(':') {
+            fields.push((section.clone(), field.to_string(), value.to_string()));
+        }
+    }
+    fields
+}
+
+/// What monitoring agents read from INFO is where Redis puts it and named
+/// as Redis names it: every section meshcache writes but its own, and every
+/// field in them but meshcache's additions, is in redis-server's `INFO
+/// everything` too, under the same section. The keyspace line has Redis's
+/// fields in Redis's order (7.4 adds `subexpiry`, which this redis-server
+/// predates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_sections_and_fields_are_named_as_redis_names_them() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let peer = RespPeer::start("parity-info").await;
+    let mut ours = Conn::new(TcpStream::connect(("127.0.0.1", peer.port)).await.unwrap());
+    let mut theirs = Conn::new(UnixStream::connect(&redis.socket).await.unwrap());
+    for c in [&mut ours, &mut theirs] {
+        assert_eq!(c.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"SET", b"a", b"1", b"EX", b"100"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"SET", b"b", b"1"]).await, b"+OK\r\n");
+        // An error, so that errorstats has a line on both.
+        c.cmd(&[b"EXEC"]).await;
+    }
+    let ours = info_fields(&ours.cmd(&[b"INFO", b"everything"]).await);
+    let theirs = info_fields(&theirs.cmd(&[b"INFO", b"everything"]).await);
+    // meshcache's own fields in Redis's sections, each for a reason README
+    // ("INFO") gives.
+    let own = [
+        "server_name",
+        "meshcache_version",
+        "mem_values_limit",
+        "protocol_errors",
+        "keyspace_notifications_delivered",
+        "keyspace_notifications_lagged",
+        "tracking_keys_invalidated_early",
+        // Redis 7.2's, which this redis-server predates.
+        "client_output_buffer_limit_disconnections",
+    ];
+    let mut checked = 0;
+    let mut unlike = Vec::new();
+    for (section, field, _) in ours.iter().filter(|(s, ..)| s != "Meshcache") {
+        if own.contains(&field.as_str()) || section == "Keyspace" {
+            continue;
+        }
+        // Per-command lines: redis-server lists the commands it ran.
+        let any_line = section == "Commandstats";
+        if !theirs.iter().any(|(s, f, _)| s == section && (f == field || any_line)) {
+            unlike.push(format!("{section}/{field}"));
+        }
+        checked += 1;
+    }
+    assert_eq!(unlike, Vec::<String>::new(), "fields meshcache writes where redis-server has none");
+    assert!(checked >= 50, "only {checked} fields compared");
+    let sections = |f: &[(String, String, String)]| {
+        let mut v: Vec<String> = f.iter().map(|(s, ..)| s.clone()).collect();
+        v.dedup();
+        v
+    };
+    let redis_order = sections(&theirs);
+    let our_order: Vec<String> = sections(&ours).into_iter().filter(|s| s != "Meshcache").collect();
+    let in_redis_order: Vec<String> = redis_order.iter().filter(|s| our_order.contains(s)).cloned().collect();
+    assert_eq!(our_order, in_redis_order, "sections with fields, in Redis's order");
+    let keyspace = |f: &[(String, String, String)]| -> Vec<String> {
+        let (_, _, line) = f.iter().find(|(s, field, _)| s == "Keyspace" && field == "db0").unwrap();
+        line.split(',').map(|kv| kv.split_once('=').unwrap().0.to_string()).collect()
+    };
+    let mut redis_keyspace = keyspace(&theirs);
+    if redis_keyspace.len() == 3 {
+        redis_keyspace.push("subexpiry".into());
+    }
+    assert_eq!(keyspace(&ours), redis_keyspace);
     peer.stop().await;
 }

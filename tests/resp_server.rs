@@ -324,6 +324,143 @@ async fn info_sections_and_command_statistics() {
     mesh.shutdown().await;
 }
 
+/// A field of an INFO text.
+fn info_field(info: &str, field: &str) -> String {
+    let prefix = format!("{field}:");
+    let line = info.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {field} in {info}"));
+    line[prefix.len()..].to_string()
+}
+
+fn info_num(info: &str, field: &str) -> f64 {
+    info_field(info, field).parse().unwrap_or_else(|e| panic!("{field}: {e} in {info}"))
+}
+
+/// What monitoring agents read from INFO moves with what clients do: the
+/// keyspace line with its keys that expire and their average TTL (parsed
+/// as exporters parse it), bytes in and out, commands per second, error
+/// replies by code, CPU time, the memory peak; CONFIG RESETSTAT zeroes
+/// the counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_reports_what_monitoring_agents_read() {
+    let (mesh, server) = solo().await;
+    let mut a = Raw::connect(server.port).await;
+    let mut info = async |args: &[&str]| -> String {
+        let mut cmd = vec!["INFO"];
+        cmd.extend(args);
+        let reply = a.cmd(&cmd).await;
+        assert!(reply.starts_with('$'), "{reply}");
+        reply
+    };
+    let headers: Vec<String> = info(&[]).await.lines().filter(|l| l.starts_with("# ")).map(String::from).collect();
+    assert_eq!(
+        headers,
+        [
+            "# Server",
+            "# Clients",
+            "# Memory",
+            "# Persistence",
+            "# Stats",
+            "# Replication",
+            "# CPU",
+            "# Modules",
+            "# Errorstats",
+            "# Cluster",
+            "# Keyspace",
+            "# Meshcache"
+        ]
+    );
+
+    // The keyspace line, as an exporter splits it: keys, keys that expire,
+    // their average TTL in ms, hash fields that expire.
+    let mut b = Raw::connect(server.port).await;
+    assert_eq!(b.cmd(&["SET", "a", "1", "EX", "100"]).await, "+OK\r\n");
+    assert_eq!(b.cmd(&["SET", "b", "1", "PX", "50000"]).await, "+OK\r\n");
+    assert_eq!(b.cmd(&["SET", "c", "1"]).await, "+OK\r\n");
+    let keyspace = |info: &str| -> Vec<(String, u64)> {
+        let line = info_field(info, "db0");
+        line.split(',')
+            .map(|kv| kv.split_once('=').unwrap())
+            .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+            .collect()
+    };
+    let k = keyspace(&info(&["keyspace"]).await);
+    let names: Vec<&str> = k.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["keys", "expires", "avg_ttl", "subexpiry"]);
+    assert_eq!((k[0].1, k[1].1, k[3].1), (3, 2, 0), "{k:?}");
+    // The mean of about 100 s and 50 s left, less the time the test took.
+    assert!(k[2].1 > 60_000 && k[2].1 <= 75_000, "avg_ttl {}", k[2].1);
+    assert_eq!(b.cmd(&["PERSIST", "a"]).await, ":1\r\n");
+    let k = keyspace(&info(&["keyspace"]).await);
+    assert_eq!((k[0].1, k[1].1), (3, 1), "{k:?}");
+    assert!(k[2].1 > 40_000 && k[2].1 <= 50_000, "avg_ttl {}", k[2].1);
+
+    // Bytes in are counted as they are read; bytes out once written.
+    let stats = info(&["stats"]).await;
+    let (in0, out0) = (info_num(&stats, "total_net_input_bytes"), info_num(&stats, "total_net_output_bytes"));
+    let big = "x".repeat(10_000);
+    assert_eq!(b.cmd(&["SET", "big", &big]).await, "+OK\r\n");
+    assert_eq!(b.cmd(&["GET", "big"]).await, format!("$10000\r\n{big}\r\n"));
+    let stats = info(&["stats"]).await;
+    assert!(info_num(&stats, "total_net_input_bytes") >= in0 + 10_000.0, "{stats}");
+    let deadline = tokio::time::Instant::now() + common::wait::DEADLINE;
+    while info_num(&info(&["stats"]).await, "total_net_output_bytes") < out0 + 10_000.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the GET's reply was never counted out");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // Commands per second: PINGs until a sample sees them.
+    let pings: Vec<&str> = vec!["PING"; 200];
+    let deadline = tokio::time::Instant::now() + common::wait::DEADLINE;
+    loop {
+        for p in &pings {
+            b.send(format!("*1\r\n${}\r\n{p}\r\n", p.len()).as_bytes()).await;
+        }
+        for _ in &pings {
+            assert_eq!(b.reply().await.unwrap(), "+PONG\r\n");
+        }
+        let stats = info(&["stats"]).await;
+        if info_num(&stats, "instantaneous_ops_per_sec") > 0.0 && info_num(&stats, "instantaneous_input_kbps") > 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no sample saw the PINGs: {stats}");
+    }
+
+    // Error replies by code.
+    assert!(b.cmd(&["NOSUCH"]).await.starts_with("-ERR unknown command"));
+    assert_eq!(b.cmd(&["MULTI"]).await, "+OK\r\n");
+    assert!(b.cmd(&["GET"]).await.starts_with("-ERR wrong number"));
+    assert!(b.cmd(&["EXEC"]).await.starts_with("-EXECABORT"));
+    let errors = info(&["errorstats"]).await;
+    assert!(errors.contains("errorstat_ERR:count=2\r\n"), "{errors}");
+    assert!(errors.contains("errorstat_EXECABORT:count=1\r\n"), "{errors}");
+
+    // CPU time and memory.
+    let cpu = info(&["cpu"]).await;
+    assert!(info_num(&cpu, "used_cpu_user") + info_num(&cpu, "used_cpu_sys") > 0.0, "{cpu}");
+    let memory = info(&["memory"]).await;
+    assert!(info_num(&memory, "used_memory_peak") >= info_num(&memory, "used_memory"), "{memory}");
+    assert!(info_num(&memory, "total_system_memory") > 0.0, "{memory}");
+    info_num(&memory, "mem_fragmentation_ratio");
+    let server_section = info(&["server"]).await;
+    let run_id = info_field(&server_section, "run_id");
+    assert!(run_id.len() == 40 && run_id.bytes().all(|c| c.is_ascii_hexdigit()), "{run_id}");
+    assert_eq!(info(&["persistence"]).await.lines().find(|l| l.starts_with("loading:")), Some("loading:0"));
+    assert_eq!(info(&["cluster"]).await.lines().nth(2), Some("cluster_enabled:0"));
+
+    // RESETSTAT: counters, commandstats and errorstats start again.
+    let before = info(&["stats"]).await;
+    assert!(info_num(&before, "total_commands_processed") > 200.0, "{before}");
+    assert_eq!(b.cmd(&["CONFIG", "RESETSTAT"]).await, "+OK\r\n");
+    let after = info(&["stats"]).await;
+    assert!(info_num(&after, "total_commands_processed") <= 2.0, "{after}");
+    assert!(info_num(&after, "total_net_input_bytes") < 1000.0, "{after}");
+    assert_eq!(info_num(&after, "total_error_replies"), 0.0, "{after}");
+    let all = info(&["errorstats", "commandstats"]).await;
+    assert!(!all.contains("errorstat_") && !all.contains("cmdstat_get:"), "{all}");
+    server.stop().await;
+    mesh.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_getkeys_and_the_commands_that_answer_at_once() {
     let (mesh, server) = solo().await;

@@ -17,8 +17,21 @@ pub(crate) const REDIS_VERSION: &str = "7.4.0";
 
 /// Every section, in the order INFO writes them (Redis's order, then the
 /// mesh's own).
-const SECTIONS: &[&str] =
-    &["server", "clients", "memory", "stats", "replication", "commandstats", "keyspace", "meshcache"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "modules",
+    "commandstats",
+    "errorstats",
+    "cluster",
+    "keyspace",
+    "meshcache",
+];
 
 /// Sections that `INFO`, `INFO default` leave out, as Redis leaves out its
 /// per-command statistics; `all` and `everything` include them.
@@ -59,6 +72,25 @@ fn human(bytes: usize) -> String {
     }
 }
 
+/// Memory in use as INFO reports it (`used_memory`): the allocator's count
+/// when the process has one (the `meshcache` command), which is what the
+/// bound applies to, as in Redis; for an embedded peer without a probe,
+/// the store's own accounting.
+pub(super) fn used_memory(sh: &Shared) -> usize {
+    sh.mesh.allocated_bytes().unwrap_or_else(|| sh.mesh.replica().store().stats().bytes)
+}
+
+/// INFO's `run_id`, 40 hex digits as Redis's: a digest of the peer's name
+/// and incarnation, so that it changes at every start, as Redis's random
+/// one does, and a simulated peer's is the same at every replay.
+pub(super) fn run_id(id: &crate::membership::MemberId) -> String {
+    let mut seed = id.name.as_bytes().to_vec();
+    seed.extend_from_slice(&id.incarnation.node.0.to_le_bytes());
+    seed.extend_from_slice(&id.incarnation.started_ms.to_le_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &seed);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn section(sh: &Shared, name: &str, s: &mut String) {
     let st = &sh.stats;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -69,66 +101,90 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
             writeln!(
                 s,
                 "# Server\r\nredis_version:{REDIS_VERSION}\r\nserver_name:meshcache\r\nmeshcache_version:{}\r\n\
-                 redis_mode:standalone\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\n\
-                 uptime_in_seconds:{up}\r\nuptime_in_days:{}\r",
+                 redis_mode:standalone\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\n\
+                 uptime_in_seconds:{up}\r\nuptime_in_days:{}\r\nexecutable:{}\r",
                 env!("CARGO_PKG_VERSION"),
                 std::env::consts::OS,
                 std::env::consts::ARCH,
                 usize::BITS,
                 std::process::id(),
+                sh.run_id,
                 sh.local_addr.port(),
                 up / 86_400,
+                std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
             )
         }
         "clients" => {
-            let (channels, patterns) = sh.hub.counts();
             let (tracking, ..) = sh.tracking.counts();
             writeln!(
                 s,
-                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\ntracking_clients:{tracking}\r\n\
-                 pubsub_channels:{channels}\r\npubsub_patterns:{patterns}\r",
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\ntracking_clients:{tracking}\r",
                 sh.clients.load(Ordering::Relaxed),
                 sh.config.max_clients,
             )
         }
         "memory" => {
-            // As Redis: used_memory is the allocator's count when the
-            // process has one (the `meshcache` command), which is what the
-            // bound applies to; an embedded peer without a probe reports
-            // the store's own accounting.
             let store = sh.mesh.replica().store();
-            let st = store.stats();
-            let used = sh.mesh.allocated_bytes().unwrap_or(st.bytes);
+            let used = used_memory(sh);
+            let peak = sh.rates.peak(used);
+            let rss = rss_bytes().unwrap_or(0);
+            let system = system_memory().unwrap_or(0);
             let max = store.max_bytes().map_or(0, |b| b.get());
+            let fragmentation = if used == 0 { 0.0 } else { rss as f64 / used as f64 };
             writeln!(
                 s,
-                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{}\r\n\
-                 used_memory_dataset:{}\r\nmaxmemory:{max}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:{}\r\n\
-                 mem_values_limit:{}\r",
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\n\
+                 used_memory_rss_human:{}\r\nused_memory_peak:{peak}\r\nused_memory_peak_human:{}\r\n\
+                 used_memory_dataset:{}\r\ntotal_system_memory:{system}\r\ntotal_system_memory_human:{}\r\n\
+                 maxmemory:{max}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:{}\r\n\
+                 mem_fragmentation_ratio:{fragmentation:.2}\r\nmem_values_limit:{}\r",
                 human(used),
-                rss_bytes().unwrap_or(0),
-                st.bytes,
+                human(rss),
+                human(peak),
+                store.stats().bytes,
+                human(system),
                 human(max),
                 store.policy(),
                 store.value_limit(),
             )
         }
+        "persistence" => {
+            // Nothing is saved or loaded: a peer starts empty and fills from
+            // its peers. Only what is true of that is reported, so that no
+            // save time or status alarms anyone.
+            writeln!(
+                s,
+                "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_bgsave_in_progress:0\r\naof_enabled:0\r\n\
+                 aof_rewrite_in_progress:0\r"
+            )
+        }
         "stats" => {
             let store = sh.mesh.replica().store().stats();
             let (_, keys, items, prefixes) = sh.tracking.counts();
+            let rate = sh.rates.per_sec();
+            let (channels, patterns) = sh.hub.counts();
+            let kbps = |bytes_per_sec: u64| bytes_per_sec as f64 / 1024.0;
             writeln!(
                 s,
-                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+                 instantaneous_ops_per_sec:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\n\
+                 instantaneous_input_kbps:{:.2}\r\ninstantaneous_output_kbps:{:.2}\r\nrejected_connections:{}\r\n\
                  expired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\
+                 pubsub_channels:{channels}\r\npubsub_patterns:{patterns}\r\n\
                  total_error_replies:{}\r\nprotocol_errors:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\
                  keyspace_notifications_delivered:{}\r\nkeyspace_notifications_lagged:{}\r\n\
                  tracking_total_keys:{keys}\r\ntracking_total_items:{items}\r\ntracking_total_prefixes:{prefixes}\r\n\
                  tracking_keys_invalidated_early:{}\r",
                 l(&st.connections),
                 l(&st.commands),
+                rate.commands,
+                l(&st.net_in),
+                l(&st.net_out),
+                kbps(rate.net_in),
+                kbps(rate.net_out),
                 l(&st.rejected),
-                store.collected_expired,
-                store.evictions,
+                store.collected_expired.saturating_sub(l(&st.expired_base)),
+                store.evictions.saturating_sub(l(&st.evicted_base)),
                 l(&st.hits),
                 l(&st.misses),
                 l(&st.errors),
@@ -146,13 +202,25 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
             // in the meshcache section), so none is counted as a slave.
             writeln!(s, "# Replication\r\nrole:master\r\nconnected_slaves:0\r")
         }
+        "cpu" => cpu(s),
+        "modules" => writeln!(s, "# Modules\r"),
         "commandstats" => commandstats(sh, s),
+        "errorstats" => {
+            s.push_str("# Errorstats\r\n");
+            sh.errorstats.write(s);
+            Ok(())
+        }
+        "cluster" => writeln!(s, "# Cluster\r\ncluster_enabled:0\r"),
         "keyspace" => {
-            let st = sh.mesh.replica().store().stats();
+            let store = sh.mesh.replica().store();
+            let st = store.stats();
             let keys = st.entries.saturating_sub(st.tombstones + st.stubs);
             s.push_str("# Keyspace\r\n");
             if keys > 0 {
-                writeln!(s, "db0:keys={keys}\r")
+                // Redis 7.4's line; `subexpiry` counts hash fields with a
+                // TTL, which a string-only cache has none of.
+                let e = store.expiring(sh.mesh.now_ms());
+                writeln!(s, "db0:keys={keys},expires={},avg_ttl={},subexpiry=0\r", e.values, e.avg_ttl_ms)
             } else {
                 Ok(())
             }
@@ -263,6 +331,37 @@ fn meshcache(sh: &Shared, s: &mut String) -> std::fmt::Result {
         )?;
     }
     Ok(())
+}
+
+/// The process's CPU time, user and system, its own and its waited-for
+/// children's, in seconds with microseconds, as Redis writes them.
+fn cpu(s: &mut String) -> std::fmt::Result {
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    let secs = |t: nix::sys::time::TimeVal| t.num_microseconds() as f64 / 1e6;
+    let (own, children) = (getrusage(UsageWho::RUSAGE_SELF), getrusage(UsageWho::RUSAGE_CHILDREN));
+    s.push_str("# CPU\r\n");
+    // getrusage fails only on a bad argument; a failure leaves the lines
+    // out rather than reporting zeros.
+    if let (Ok(own), Ok(children)) = (own, children) {
+        writeln!(
+            s,
+            "used_cpu_sys:{:.6}\r\nused_cpu_user:{:.6}\r\nused_cpu_sys_children:{:.6}\r\nused_cpu_user_children:{:.6}\r",
+            secs(own.system_time()),
+            secs(own.user_time()),
+            secs(children.system_time()),
+            secs(children.user_time()),
+        )?;
+    }
+    Ok(())
+}
+
+/// The machine's memory, from /proc (None where there is none).
+fn system_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The process's resident set, from /proc (None where there is none).

@@ -110,9 +110,11 @@
 mod client;
 mod cmd;
 mod db;
+mod errorstats;
 mod info;
 mod notify;
 mod parse;
+mod rates;
 mod reply;
 mod server;
 mod slowlog;
@@ -251,6 +253,21 @@ struct Stats {
     output_limit_closes: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Bytes read from clients and written to them.
+    net_in: AtomicU64,
+    net_out: AtomicU64,
+    /// The store's `expired_keys` and `evicted_keys` at the last CONFIG
+    /// RESETSTAT: INFO shows the counts since.
+    expired_base: AtomicU64,
+    evicted_base: AtomicU64,
+}
+
+impl Stats {
+    /// What the per-second figures are rates of.
+    fn reading(&self) -> rates::Reading {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        rates::Reading { commands: l(&self.commands), net_in: l(&self.net_in), net_out: l(&self.net_out) }
+    }
 }
 
 /// State shared by the accept loop and every connection.
@@ -269,11 +286,53 @@ struct Shared {
     commands: Box<[CommandStat]>,
     /// Commands that ran long (SLOWLOG).
     slowlog: slowlog::Slowlog,
+    /// Error replies by code (INFO errorstats).
+    errorstats: errorstats::ErrorStats,
+    /// INFO's per-second figures and memory peak.
+    rates: rates::Rates,
+    /// INFO's `run_id`: 40 hex digits, new at every start of the peer.
+    run_id: String,
     started: tokio::time::Instant,
     /// When the server started, in Unix seconds: LASTSAVE's answer (as a
     /// Redis that never saved answers its start time).
     started_unix: u64,
     local_addr: SocketAddr,
+}
+
+impl Shared {
+    /// CONFIG RESETSTAT: what Redis resets starts again from zero (the
+    /// server's counters, commandstats, errorstats); the slow log, the
+    /// per-second figures, the memory peak and the mesh's own counters
+    /// are kept.
+    fn reset_stats(&self) {
+        let st = &self.stats;
+        let counters = [
+            &st.connections,
+            &st.rejected,
+            &st.commands,
+            &st.errors,
+            &st.protocol_errors,
+            &st.output_limit_closes,
+            &st.hits,
+            &st.misses,
+            &st.net_in,
+            &st.net_out,
+        ];
+        for c in counters {
+            c.store(0, Ordering::Relaxed);
+        }
+        // The store's counts belong to the mesh (its metrics, `Mesh::stats`):
+        // INFO shows them from here on instead.
+        let store = self.mesh.replica().store().stats();
+        st.expired_base.store(store.collected_expired, Ordering::Relaxed);
+        st.evicted_base.store(store.evictions, Ordering::Relaxed);
+        for c in self.commands.iter() {
+            for a in [&c.calls, &c.nanos, &c.rejected, &c.failed] {
+                a.store(0, Ordering::Relaxed);
+            }
+        }
+        self.errorstats.reset();
+    }
 }
 
 /// Serves Redis clients on `listener` in front of `mesh` until `shutdown`
@@ -300,6 +359,7 @@ pub async fn serve(
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let started_unix = mesh.now_ms() / 1000;
+    let run_id = info::run_id(mesh.id());
     let tracking = Arc::new(tracking::Table::new(mesh.clone(), config.tracking_table_max_keys));
     let shared = Arc::new(Shared {
         hub: Arc::new(notify::Hub::new(mesh.clone(), flags, stop.clone())),
@@ -312,6 +372,9 @@ pub async fn serve(
         stats: Stats::default(),
         commands: (0..cmd::table_len()).map(|_| CommandStat::default()).collect(),
         slowlog: slowlog::Slowlog::default(),
+        errorstats: errorstats::ErrorStats::default(),
+        rates: rates::Rates::default(),
+        run_id,
         started: crate::env::stopwatch(),
         started_unix,
         local_addr,
@@ -321,6 +384,7 @@ pub async fn serve(
     shared.mesh.replica().store().add_observer(observer.clone());
     tracing::info!(addr = %local_addr, "RESP server listening");
     let tracker = TaskTracker::new();
+    tracker.spawn(rates::sample_every(shared.clone(), stop.clone()));
     tokio::select! {
         _ = server::accept_loop(shared.clone(), listener, stop.clone(), tracker.clone()) => {}
         _ = shutdown => {}

@@ -24,11 +24,21 @@ pub(crate) struct Out {
     buf: BytesMut,
     /// Error replies written since the last [`Out::take_errors`].
     errors: u64,
+    /// Error replies written since the last [`Out::take_codes`], by code
+    /// (the error's first word), for INFO errorstats.
+    codes: Vec<(Box<str>, u64)>,
 }
 
 impl Out {
     pub(crate) fn new() -> Self {
-        Out { resp3: false, chunks: Vec::new(), chunked: 0, buf: BytesMut::with_capacity(16 * 1024), errors: 0 }
+        Out {
+            resp3: false,
+            chunks: Vec::new(),
+            chunked: 0,
+            buf: BytesMut::with_capacity(16 * 1024),
+            errors: 0,
+            codes: Vec::new(),
+        }
     }
 
     /// Bytes pending.
@@ -80,6 +90,11 @@ impl Out {
         std::mem::take(&mut self.errors)
     }
 
+    /// Error replies written since the last call, counted by code.
+    pub(crate) fn take_codes(&mut self) -> Vec<(Box<str>, u64)> {
+        std::mem::take(&mut self.codes)
+    }
+
     pub(crate) fn ok(&mut self) {
         self.buf.extend_from_slice(b"+OK\r\n");
     }
@@ -95,6 +110,11 @@ impl Out {
     /// ...`); CR and LF are replaced by spaces, as Redis does.
     pub(crate) fn error(&mut self, msg: &str) {
         self.errors += 1;
+        let code = msg.split(' ').next().unwrap_or(msg);
+        match self.codes.iter_mut().find(|(c, _)| **c == *code) {
+            Some((_, n)) => *n += 1,
+            None => self.codes.push((code.into(), 1)),
+        }
         self.buf.put_u8(b'-');
         self.buf.extend(msg.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
         self.buf.extend_from_slice(b"\r\n");

@@ -176,9 +176,11 @@ impl Connection {
                     outbox.drain_into(&mut self.out);
                 }
                 r = self.sock.read_buf(&mut self.buf) => {
-                    if r? == 0 {
+                    let n = r?;
+                    if n == 0 {
                         return Ok(End::Done);
                     }
+                    self.shared.stats.net_in.fetch_add(n as u64, Ordering::Relaxed);
                     tracing::trace!(target: "meshcache::path", client = self.client.id, "request read");
                     if let Some(end) = self.process(&mut args).await? {
                         return Ok(end);
@@ -319,6 +321,7 @@ impl Connection {
         if errors > 0 {
             st.errors.fetch_add(errors, Ordering::Relaxed);
             self.errors_total.increment(errors);
+            self.shared.errorstats.add(self.out.take_codes());
         }
         if hits > 0 {
             st.hits.fetch_add(hits, Ordering::Relaxed);
@@ -339,6 +342,7 @@ impl Connection {
             for c in chunks.iter().map(|c| &c[..]).chain(std::iter::once(tail)) {
                 write_all(&self.sock, c, &mut self.wakes, &self.client.outbox.kill, &self.stop).await?;
             }
+            self.shared.stats.net_out.fetch_add(self.out.len() as u64, Ordering::Relaxed);
             self.out.written();
         }
         self.wakes.wake();

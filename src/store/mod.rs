@@ -349,6 +349,15 @@ pub struct StoreStats {
     pub floors: Floors,
 }
 
+/// What [`Store::expiring`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiring {
+    /// Values held that carry a TTL.
+    pub values: usize,
+    /// Their mean time to live left, in milliseconds; 0 when there are none.
+    pub avg_ttl_ms: u64,
+}
+
 /// The sharded LWW store of one replica. See the module docs.
 pub struct Store {
     shards: Box<[RwLock<Shard>]>,
@@ -1496,6 +1505,22 @@ impl Store {
     /// True when no register is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The values that carry a TTL, and their average time left at `now_ms`
+    /// (values already due but not yet swept count as none left), as Redis
+    /// reports them in INFO's keyspace line. Reads every shard's sums.
+    pub fn expiring(&self, now_ms: u64) -> Expiring {
+        let (mut values, mut sum) = (0u128, 0u128);
+        for sh in self.shards.iter() {
+            let g = sh.read();
+            values += g.expiries.len() as u128;
+            sum += g.expiry_sum;
+        }
+        // The mean deadline less now, floored at zero: exact unless some
+        // values are past due, which then pull the mean down a little.
+        let avg_ttl_ms = sum.checked_div(values).map_or(0, |mean| mean.saturating_sub(u128::from(now_ms)) as u64);
+        Expiring { values: values as usize, avg_ttl_ms }
     }
 
     /// Gauges and counters.

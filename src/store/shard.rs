@@ -63,8 +63,12 @@ pub(crate) struct Shard {
     /// pops from the front while arrivals are older than the stability
     /// watermark.
     pub(crate) dead: BTreeSet<(u64, u32)>,
-    /// Live values and stubs that carry a TTL, by expiry time and record id.
+    /// Live values that carry a TTL, by expiry time and record id. Changed
+    /// only through `expiry_*`, which keep `expiry_sum`.
     pub(crate) expiries: BTreeSet<(u64, u32)>,
+    /// The sum of `expiries`' times, for INFO's average TTL without a walk
+    /// of the set.
+    pub(crate) expiry_sum: u128,
     /// Accounted bytes (keys, values and `ENTRY_OVERHEAD` per entry).
     pub(crate) bytes: usize,
     /// The part of `bytes` held by registers with a value: what eviction
@@ -155,6 +159,7 @@ impl Shard {
             total: 0,
             dead: BTreeSet::new(),
             expiries: BTreeSet::new(),
+            expiry_sum: 0,
             bytes: 0,
             value_bytes: 0,
             tombstones: 0,
@@ -191,6 +196,20 @@ impl Shard {
         self.total = self.total.wrapping_sub(h);
     }
 
+    fn expiry_add(&mut self, exp: u64, id: u32) {
+        if self.expiries.insert((exp, id)) {
+            self.expiry_sum += u128::from(exp);
+        }
+    }
+
+    fn expiry_remove(&mut self, exp: u64, id: u32) -> bool {
+        let held = self.expiries.remove(&(exp, id));
+        if held {
+            self.expiry_sum -= u128::from(exp);
+        }
+        held
+    }
+
     /// Removes the bookkeeping of record `id`, which is being replaced or
     /// dropped.
     fn unindex(&mut self, id: u32, f: Facts, kh: u64, local_bucket: usize) -> Delta {
@@ -210,7 +229,7 @@ impl Shard {
             }
             Kind::Value => {
                 if let Some(exp) = f.expires_at_ms {
-                    if !self.expiries.remove(&(exp, id)) {
+                    if !self.expiry_remove(exp, id) {
                         self.dead.remove(&(f.arrival_ms, id));
                     }
                 }
@@ -249,7 +268,7 @@ impl Shard {
                         // Already expired on arrival: a tombstone in effect.
                         self.dead.insert((f.arrival_ms, id));
                     } else {
-                        self.expiries.insert((exp, id));
+                        self.expiry_add(exp, id);
                     }
                 }
             }
@@ -424,7 +443,7 @@ impl Shard {
             if exp >= now_ms {
                 break;
             }
-            self.expiries.pop_first();
+            self.expiry_remove(exp, id);
             if let Some(r) = self.table.used(id) {
                 let (arrival, entry) = (r.arrival_ms(), (Bytes::copy_from_slice(r.key()), r.stamp(), r.is_value()));
                 self.dead.insert((arrival, id));

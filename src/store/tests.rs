@@ -373,3 +373,61 @@ fn stubs_are_bounded_by_their_budget_without_compaction() {
     assert!(st.stubs_ghosted_early > 0, "{st:?}");
     assert!(st.entries <= 20 + 4 + 1, "keys stay bounded: {st:?}");
 }
+
+/// `Store::expiring` against the values a reader sees: after every step of
+/// writes, deletes, merges, evictions and sweeps, the count is the keys
+/// that read as a value with a TTL, and the average is the mean of their
+/// times left.
+#[test]
+fn the_expiring_count_and_average_are_those_of_the_values_readable() {
+    use rand::{Rng, SeedableRng};
+    let entry = shard::cost(&b("k00"), &Slot::Value { data: b("v"), expires_at_ms: None });
+    let cfg = StoreConfig {
+        // Room for about 25 of the 40 keys: writes evict.
+        max_bytes: NonZeroUsize::new(25 * (entry + 8)),
+        max_tombstones: NonZeroUsize::new(100_000).unwrap(),
+        ..StoreConfig::default()
+    };
+    let s = Store::new(NodeId(1), cfg).unwrap();
+    let other = store(2);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    let mut now = T0;
+    let (mut evicted, mut swept) = (0, 0);
+    for step in 0..4000 {
+        let key = Bytes::from(format!("k{:02}", rng.random_range(0..40)));
+        let ttl = Some(rng.random_range(1..5_000));
+        match rng.random_range(0..6) {
+            0 => drop(s.put(key, b("v"), None, now)),
+            1 => drop(s.put(key, b("v"), ttl, now)),
+            2 => drop(s.delete(key, now)),
+            3 => {
+                let w = other.put(key, b("v"), ttl, now).unwrap();
+                s.merge([(w.key, w.register)], now);
+            }
+            4 => {
+                // PERSIST or EXPIRE: the value kept, its TTL changed.
+                let deadline = ttl.map(|t| now + t).filter(|_| rng.random_bool(0.5));
+                let _ = s.write_with(key, now, |cur, _| match cur {
+                    Some(Slot::Value { data, .. }) => Some(Slot::Value { data: data.clone(), expires_at_ms: deadline }),
+                    _ => None,
+                });
+            }
+            _ => now += rng.random_range(0..2_000),
+        }
+        swept += s.expire(now).len();
+        let mut left = Vec::new();
+        for i in 0..40 {
+            let key = format!("k{i:02}");
+            if s.get(key.as_bytes(), now).is_none() {
+                continue;
+            }
+            if let Some(Slot::Value { expires_at_ms: Some(e), .. }) = s.register(key.as_bytes()).map(|r| r.val) {
+                left.push(e - now);
+            }
+        }
+        let avg = if left.is_empty() { 0 } else { left.iter().sum::<u64>() / left.len() as u64 };
+        assert_eq!(s.expiring(now), Expiring { values: left.len(), avg_ttl_ms: avg }, "step {step}");
+        evicted = s.stats().evictions;
+    }
+    assert!(evicted > 100 && swept > 100, "the run evicted {evicted} and swept {swept}: too few to tell");
+}

@@ -354,6 +354,7 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
         }
         out.ok();
     } else if eq(sub, "resetstat") && args.len() == 2 {
+        sh.reset_stats();
         out.ok();
     } else if eq(sub, "rewrite") && args.len() == 2 {
         out.error("ERR The server is running without a config file");
@@ -369,7 +370,7 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
                 "    maxmemory-policy, maxmemory-samples, tracking-table-max-keys,",
                 "    slowlog-log-slower-than, slowlog-max-len).",
                 "RESETSTAT",
-                "    Accepted; statistics are not reset.",
+                "    Reset statistics reported by the INFO command.",
             ],
         );
     } else if ["resetstat", "rewrite", "help"].iter().any(|s| eq(sub, s)) {
