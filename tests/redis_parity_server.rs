@@ -305,7 +305,6 @@ async fn info_sections_and_fields_are_named_as_redis_names_them() {
         "mem_values_limit",
         "protocol_errors",
         "keyspace_notifications_delivered",
-        "keyspace_notifications_lagged",
         "tracking_keys_invalidated_early",
         // Redis 7.2's, which this redis-server predates.
         "client_output_buffer_limit_disconnections",

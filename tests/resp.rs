@@ -771,6 +771,56 @@ async fn evictions_are_notified_where_they_happen() {
     shutdown(meshes, servers).await;
 }
 
+/// Notifications keep up with a pipelined burst from many connections at
+/// once, ten times the change stream's capacity: one keyevent message for
+/// every write, in order on its connection, and no `flushall` for changes
+/// missed. Each connection writes its own keys (two writes of one key at
+/// the same moment may be told as one: README, "Keyspace notifications").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_burst_from_many_connections_is_notified_whole() {
+    const CONNECTIONS: usize = 8;
+    const WRITES: usize = 5_000;
+    let (meshes, servers) = cluster(1, RespConfig::default()).await;
+    let mut sub = redis::Client::open(servers[0].url()).unwrap().get_async_pubsub().await.unwrap();
+    sub.psubscribe("__keyevent@0__:*").await.unwrap();
+    let mut msgs = sub.into_on_message();
+    let mut writers = Vec::new();
+    for c in 0..CONNECTIONS {
+        let mut raw = Raw::connect(servers[0].port).await;
+        writers.push(tokio::spawn(async move {
+            let mut burst = String::new();
+            for i in 0..WRITES {
+                let key = format!("c{c}:{i}");
+                burst.push_str(&format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len()));
+            }
+            raw.send(burst.as_bytes()).await;
+            for _ in 0..WRITES {
+                assert_eq!(raw.reply().await.as_deref(), Some(":1\r\n"));
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut con = servers[0].conn().await;
+    let () = con.set("mark", "m").await.unwrap();
+    let mut next = vec![0; CONNECTIONS];
+    loop {
+        let m = tokio::time::timeout(DEADLINE, msgs.next()).await.expect("a notification").unwrap();
+        let (channel, key) = (m.get_channel_name().to_owned(), m.get_payload::<String>().unwrap());
+        if channel == "__keyevent@0__:set" && key == "mark" {
+            break;
+        }
+        assert_eq!(channel, "__keyevent@0__:incrby", "{key}");
+        let (c, i) = key.strip_prefix('c').and_then(|k| k.split_once(':')).unwrap();
+        let (c, i): (usize, usize) = (c.parse().unwrap(), i.parse().unwrap());
+        assert_eq!(i, next[c], "connection {c}'s writes, in order, none missed");
+        next[c] += 1;
+    }
+    assert_eq!(next, vec![WRITES; CONNECTIONS]);
+    shutdown(meshes, servers).await;
+}
+
 /// MEMORY USAGE answers what the memory bound counts for a key: its key
 /// and value and the table's overhead for an entry; nothing for a key
 /// without a value here. It reads inside a transaction too.

@@ -237,34 +237,39 @@ impl MeshBuilder {
         replica.set_my_addr(advertise);
         replica.set_max_members(config.max_members);
         let (events, _) = broadcast::channel::<Change>(4096);
+        let taps = Arc::new(super::taps::Taps::default());
         // A compaction drops older values everywhere, like a FLUSHALL: this
         // peer's subscribers hear it as one (the others do once its
         // `clear_below` reaches them).
-        let told = events.clone();
+        let (told, tapped) = (events.clone(), taps.clone());
         replica.store().on_compaction(move |c| {
             tracing::warn!(
                 clear_below = %c.clear_below, tombstones = c.tombstones, values = c.values,
                 "tombstone budget exceeded: compacted by raising clear_below (older values flushed)"
             );
-            let _ = told.send(Change {
+            let flush = Change {
                 key: bytes::Bytes::new(),
                 kind: ChangeKind::Flush,
                 origin: Origin::Local,
                 stamp: c.clear_below,
-            });
+            };
+            tapped.tell(&flush);
+            let _ = told.send(flush);
         });
         // An eviction is told under the key's lock, so a later write of the
-        // key is never published before it. Without a subscriber it costs
-        // a look at the channel and no copy of the key.
-        let told = events.clone();
+        // key is never published before it. Without a listener it costs a
+        // look at the channel and the taps, and no copy of the key.
+        let (told, tapped) = (events.clone(), taps.clone());
         replica.store().on_eviction(move |key, stamp| {
-            if told.receiver_count() > 0 {
-                let _ = told.send(Change {
+            if told.receiver_count() > 0 || tapped.active() {
+                let evict = Change {
                     key: bytes::Bytes::copy_from_slice(key),
                     kind: ChangeKind::Evict,
                     origin: Origin::Local,
                     stamp,
-                });
+                };
+                tapped.tell(&evict);
+                let _ = told.send(evict);
             }
         });
         let mut links = links::Links::new(
@@ -290,6 +295,7 @@ impl MeshBuilder {
             advertise,
             peers: Mutex::new(BTreeMap::new()),
             events,
+            taps,
             links: Mutex::new(Driver::new(links)),
             links_changed: tokio::sync::Notify::new(),
             counters: Counters::default(),

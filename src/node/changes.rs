@@ -61,6 +61,13 @@ impl Mesh {
     pub fn subscribe(&self) -> Changes {
         Changes { inner: BroadcastStream::new(self.inner.events.subscribe()) }
     }
+
+    /// Registers `f` to be told of every change on the thread that makes
+    /// it, once the returned tap is started (see [`super::taps`]).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn tap_changes(&self, f: impl Fn(&Change) + Send + Sync + 'static) -> super::taps::ChangeTap {
+        self.inner.taps.add(std::sync::Arc::new(f))
+    }
 }
 
 impl Changes {

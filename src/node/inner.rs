@@ -84,6 +84,8 @@ pub(super) struct Inner {
     pub(super) version_state: super::versions::Versions,
     pub(super) peers: Mutex<BTreeMap<String, PeerConn>>,
     pub(super) events: broadcast::Sender<Change>,
+    /// Told of every change as it is made, beside `events`.
+    pub(super) taps: Arc<super::taps::Taps>,
     /// The connection-level protocol (which connection is a peer's link,
     /// when rounds run, when to dial), driven by `driver::drive`.
     pub(super) links: Mutex<Driver>,
@@ -116,8 +118,14 @@ pub(super) struct Inner {
 
 impl Inner {
     pub(super) fn publish(&self, c: Change) {
+        self.taps.tell(&c);
         // No subscriber is fine.
         let _ = self.events.send(c);
+    }
+
+    /// Whether anyone hears changes: without a listener, none is built.
+    pub(super) fn changes_heard(&self) -> bool {
+        self.events.receiver_count() > 0 || self.taps.active()
     }
 
     pub(super) fn publish_all(&self, changes: Vec<Change>) {
@@ -126,7 +134,7 @@ impl Inner {
                 self.leases.touched(&c.key);
             }
         }
-        if self.events.receiver_count() == 0 {
+        if !self.changes_heard() {
             return;
         }
         for c in changes {
@@ -150,7 +158,7 @@ impl Inner {
                 self.leases.touched(key);
             }
         }
-        if self.events.receiver_count() > 0 {
+        if self.changes_heard() {
             for (key, reg) in entries {
                 let kind = written_kind(&reg);
                 self.publish(Change { key: own_key(&key), kind, origin: Origin::Local, stamp: reg.marker });
@@ -167,7 +175,7 @@ impl Inner {
             p.queue.push(w.key.clone(), w.register.clone());
         }
         self.leases.touched(&w.key);
-        if self.events.receiver_count() > 0 {
+        if self.changes_heard() {
             self.publish(Change { key: own_key(&w.key), kind, origin: Origin::Local, stamp: w.register.marker });
         }
     }

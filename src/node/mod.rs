@@ -57,6 +57,7 @@ mod reload;
 mod rtt;
 mod sessions;
 mod stream;
+pub(crate) mod taps;
 mod timer;
 mod txn;
 mod versions;

@@ -172,7 +172,7 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
                  expired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\
                  pubsub_channels:{channels}\r\npubsub_patterns:{patterns}\r\n\
                  total_error_replies:{}\r\nprotocol_errors:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\
-                 keyspace_notifications_delivered:{}\r\nkeyspace_notifications_lagged:{}\r\n\
+                 keyspace_notifications_delivered:{}\r\n\
                  tracking_total_keys:{keys}\r\ntracking_total_items:{items}\r\ntracking_total_prefixes:{prefixes}\r\n\
                  tracking_keys_invalidated_early:{}\r",
                 l(&st.connections),
@@ -191,7 +191,6 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
                 l(&st.protocol_errors),
                 l(&st.output_limit_closes),
                 sh.hub.delivered.load(Ordering::Relaxed),
-                sh.hub.lagged.load(Ordering::Relaxed),
                 sh.tracking.early.load(Ordering::Relaxed),
             )
         }

@@ -394,6 +394,7 @@ pub async fn serve(
     tracker.close();
     tracker.wait().await;
     shared.mesh.replica().store().remove_observer(&observer);
+    shared.hub.close();
     tracing::info!(addr = %local_addr, "RESP server stopped");
     Ok(())
 }
