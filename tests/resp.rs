@@ -821,6 +821,50 @@ async fn a_pipelined_burst_from_many_connections_is_notified_whole() {
     shutdown(meshes, servers).await;
 }
 
+/// Writes racing on one key from many connections are each notified, in
+/// the order they were applied: every INCR's `incrby`, and the
+/// subscriber's last message follows the write that left the final
+/// value. (A change is told under its key's lock; told after it, the
+/// older of two racing writes could arrive second and be dropped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_on_one_key_are_each_notified() {
+    const CONNECTIONS: usize = 8;
+    const WRITES: usize = 2_000;
+    let (meshes, servers) = cluster(1, RespConfig::default()).await;
+    let mut sub = redis::Client::open(servers[0].url()).unwrap().get_async_pubsub().await.unwrap();
+    sub.psubscribe("__keyevent@0__:*").await.unwrap();
+    let mut msgs = sub.into_on_message();
+    let mut writers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut raw = Raw::connect(servers[0].port).await;
+        writers.push(tokio::spawn(async move {
+            raw.send("*2\r\n$4\r\nINCR\r\n$3\r\nhot\r\n".repeat(WRITES).as_bytes()).await;
+            for _ in 0..WRITES {
+                assert!(raw.reply().await.unwrap().starts_with(':'));
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut con = servers[0].conn().await;
+    let () = con.set("mark", "m").await.unwrap();
+    let mut heard = 0;
+    loop {
+        let m = tokio::time::timeout(DEADLINE, msgs.next()).await.expect("a notification").unwrap();
+        let (channel, key) = (m.get_channel_name().to_owned(), m.get_payload::<String>().unwrap());
+        if channel == "__keyevent@0__:set" && key == "mark" {
+            break;
+        }
+        assert_eq!((channel.as_str(), key.as_str()), ("__keyevent@0__:incrby", "hot"));
+        heard += 1;
+    }
+    assert_eq!(heard, CONNECTIONS * WRITES, "one message for every write");
+    let hot: usize = con.get("hot").await.unwrap();
+    assert_eq!(hot, CONNECTIONS * WRITES);
+    shutdown(meshes, servers).await;
+}
+
 /// MEMORY USAGE answers what the memory bound counts for a key: its key
 /// and value and the table's overhead for an entry; nothing for a key
 /// without a value here. It reads inside a transaction too.

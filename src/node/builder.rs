@@ -247,31 +247,33 @@ impl MeshBuilder {
                 clear_below = %c.clear_below, tombstones = c.tombstones, values = c.values,
                 "tombstone budget exceeded: compacted by raising clear_below (older values flushed)"
             );
-            let flush = Change {
+            tapped.tell(b"", ChangeKind::Flush, c.clear_below);
+            let _ = told.send(Change {
                 key: bytes::Bytes::new(),
                 kind: ChangeKind::Flush,
                 origin: Origin::Local,
                 stamp: c.clear_below,
-            };
-            tapped.tell(&flush);
-            let _ = told.send(flush);
+            });
         });
         // An eviction is told under the key's lock, so a later write of the
         // key is never published before it. Without a listener it costs a
         // look at the channel and the taps, and no copy of the key.
         let (told, tapped) = (events.clone(), taps.clone());
         replica.store().on_eviction(move |key, stamp| {
-            if told.receiver_count() > 0 || tapped.active() {
-                let evict = Change {
+            tapped.tell(key, ChangeKind::Evict, stamp);
+            if told.receiver_count() > 0 {
+                let _ = told.send(Change {
                     key: bytes::Bytes::copy_from_slice(key),
                     kind: ChangeKind::Evict,
                     origin: Origin::Local,
                     stamp,
-                };
-                tapped.tell(&evict);
-                let _ = told.send(evict);
+                });
             }
         });
+        // Every other change of a key is told to the taps under its lock
+        // too, in the order the key's changes are applied.
+        let tapped = taps.clone();
+        replica.store().on_change(move |key, kind, stamp| tapped.tell(key, kind, stamp));
         let mut links = links::Links::new(
             me.clone(),
             links::Timings::new(config.anti_entropy_interval),

@@ -62,10 +62,13 @@ impl Mesh {
         Changes { inner: BroadcastStream::new(self.inner.events.subscribe()) }
     }
 
-    /// Registers `f` to be told of every change on the thread that makes
-    /// it, once the returned tap is started (see [`super::taps`]).
+    /// Registers `f` to be told of every change as it is applied, once the
+    /// returned tap is started (see [`super::taps`]).
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
-    pub(crate) fn tap_changes(&self, f: impl Fn(&Change) + Send + Sync + 'static) -> super::taps::ChangeTap {
+    pub(crate) fn tap_changes(
+        &self,
+        f: impl Fn(&[u8], ChangeKind, Stamp) + Send + Sync + 'static,
+    ) -> super::taps::ChangeTap {
         self.inner.taps.add(std::sync::Arc::new(f))
     }
 }

@@ -84,7 +84,8 @@ pub(super) struct Inner {
     pub(super) version_state: super::versions::Versions,
     pub(super) peers: Mutex<BTreeMap<String, PeerConn>>,
     pub(super) events: broadcast::Sender<Change>,
-    /// Told of every change as it is made, beside `events`.
+    /// Told of every change as it is applied (by the store's hooks; a
+    /// flush by `publish`), beside `events`.
     pub(super) taps: Arc<super::taps::Taps>,
     /// The connection-level protocol (which connection is a peer's link,
     /// when rounds run, when to dial), driven by `driver::drive`.
@@ -118,14 +119,18 @@ pub(super) struct Inner {
 
 impl Inner {
     pub(super) fn publish(&self, c: Change) {
-        self.taps.tell(&c);
+        // A key's changes were told to the taps under its lock.
+        if c.kind == ChangeKind::Flush {
+            self.taps.tell(&c.key, c.kind, c.stamp);
+        }
         // No subscriber is fine.
         let _ = self.events.send(c);
     }
 
-    /// Whether anyone hears changes: without a listener, none is built.
+    /// Whether anyone reads the change stream: without a reader, no change
+    /// is built for it.
     pub(super) fn changes_heard(&self) -> bool {
-        self.events.receiver_count() > 0 || self.taps.active()
+        self.events.receiver_count() > 0
     }
 
     pub(super) fn publish_all(&self, changes: Vec<Change>) {
@@ -134,11 +139,13 @@ impl Inner {
                 self.leases.touched(&c.key);
             }
         }
-        if !self.changes_heard() {
-            return;
-        }
+        // A flush, told to the taps here, is published whoever reads the
+        // stream.
+        let heard = self.changes_heard();
         for c in changes {
-            self.publish(c);
+            if heard || c.kind == ChangeKind::Flush {
+                self.publish(c);
+            }
         }
     }
 

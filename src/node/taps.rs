@@ -1,16 +1,20 @@
-//! Taps on a peer's changes: functions told of every change at once, on
-//! the thread that made or merged it, beside the broadcast stream that
-//! [`Mesh::subscribe`](crate::Mesh::subscribe) reads.
+//! Taps on a peer's changes: functions told of every change as it is
+//! applied, on the thread that applies it and under the changed key's
+//! shard lock (the store's `on_change` and `on_eviction` hooks), beside
+//! the broadcast stream that [`Mesh::subscribe`](crate::Mesh::subscribe)
+//! reads after the lock is released.
 //!
 //! A subscriber of the stream reads on its own task and can fall behind
-//! (it is then told to drop everything). A tap cannot: the writer tells it,
-//! as a Redis command publishes its own keyspace notifications. The RESP
-//! server's notifier is one, so that a pipelined burst from many clients
-//! is notified whole rather than as `flushall`.
+//! (it is then told to drop everything), and two changes of one key made
+//! at once by two threads can reach it in the other order. A tap can do
+//! neither: the writer tells it, in the order the key's changes are
+//! applied, as a Redis command publishes its own keyspace notifications.
+//! The RESP server's notifier is one.
 //!
-//! A tap runs inside writes and merges, and under the shard lock of an
-//! evicted key: it must be quick, must not call back into the store, and
-//! must not take a lock that is ever held while a shard lock is taken.
+//! A tap runs under shard locks: it must be quick, must not call back into
+//! the store, and must not take a lock that is ever held while a shard
+//! lock is taken. A FLUSHALL or a compaction, which holds no key's lock,
+//! is told with an empty key after its sweep.
 
 // Only the RESP server taps; without it, the changes are still told to
 // no one at the cost of one relaxed load.
@@ -21,9 +25,10 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 
-use crate::store::Change;
+use crate::hlc::Stamp;
+use crate::store::ChangeKind;
 
-type Tap = dyn Fn(&Change) + Send + Sync;
+type Tap = dyn Fn(&[u8], ChangeKind, Stamp) + Send + Sync;
 
 /// The taps of one peer.
 #[derive(Default)]
@@ -42,13 +47,15 @@ impl Taps {
         self.active.load(Ordering::Relaxed) > 0
     }
 
-    /// Tells every tap of `c`, if any wants changes.
-    pub(crate) fn tell(&self, c: &Change) {
+    /// Tells every tap of a change of `key` stamped `stamp`, if any wants
+    /// changes.
+    #[inline]
+    pub(crate) fn tell(&self, key: &[u8], kind: ChangeKind, stamp: Stamp) {
         if !self.active() {
             return;
         }
         for (_, f) in self.list.read().iter() {
-            f(c);
+            f(key, kind, stamp);
         }
     }
 
@@ -102,30 +109,28 @@ impl std::fmt::Debug for ChangeTap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hlc::Stamp;
-    use crate::store::{ChangeKind, Origin};
 
     #[test]
     fn a_tap_hears_only_while_started_and_not_once_dropped() {
         let taps = Arc::new(Taps::default());
         let heard = Arc::new(AtomicUsize::new(0));
         let h = heard.clone();
-        let tap = taps.add(Arc::new(move |_: &Change| {
+        let tap = taps.add(Arc::new(move |_: &[u8], _, _| {
             h.fetch_add(1, Ordering::Relaxed);
         }));
-        let c = Change { key: "k".into(), kind: ChangeKind::Put, origin: Origin::Local, stamp: Stamp::ZERO };
-        taps.tell(&c);
+        let tell = || taps.tell(b"k", ChangeKind::Put, Stamp::ZERO);
+        tell();
         tap.set_active(true);
         tap.set_active(true);
-        taps.tell(&c);
+        tell();
         assert!(taps.active());
         tap.set_active(false);
-        taps.tell(&c);
+        tell();
         assert!(!taps.active(), "started twice, stopped once: stopped");
         tap.set_active(true);
         drop(tap);
         assert!(!taps.active());
-        taps.tell(&c);
+        tell();
         assert_eq!(heard.load(Ordering::Relaxed), 1);
         assert!(taps.list.read().is_empty());
     }

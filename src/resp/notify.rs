@@ -25,13 +25,14 @@
 //! was held.
 //!
 //! The hub hears changes through a tap on the mesh (`node::taps`): on the
-//! thread that made or merged each change, as a Redis command publishes its
-//! own notifications. So it cannot fall behind a burst of writes, however
-//! many clients pipeline them at once (`scripts/notify-load`).
+//! thread that applies each change, under its key's shard lock, as a Redis
+//! command publishes its own notifications. So it cannot fall behind a
+//! burst of writes, however many clients pipeline them at once
+//! (`scripts/notify-load`), and the changes of one key are published in
+//! the order they were applied, however many threads race on it.
 //!
-//! A change that reaches the hub after a newer one of its key (two threads
-//! changed the key at once) is dropped, not published out of order: see
-//! [`Order`].
+//! A FLUSHALL is told after its sweep, and [`Order`] drops a change it
+//! removed that is told after it.
 //!
 //! With no subscriber, the tap is stopped, so writes pay nothing for
 //! notifications.
@@ -47,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::reply::Out;
 use crate::hlc::Stamp;
-use crate::store::{Change, ChangeKind};
+use crate::store::ChangeKind;
 use crate::wire::Publication;
 use crate::Mesh;
 
@@ -423,9 +424,9 @@ impl Hub {
         // And the mesh's changes, for keyspace notifications, once anyone
         // listens for them.
         let hub = Arc::downgrade(self);
-        let tap = self.mesh.tap_changes(move |c| {
+        let tap = self.mesh.tap_changes(move |key, kind, stamp| {
             if let Some(h) = hub.upgrade() {
-                h.changed(c);
+                h.changed(key, kind, stamp);
             }
         });
         *self.tap.lock() = Some(tap);
@@ -604,9 +605,8 @@ impl Hub {
     /// Publishes the notifications of one change, told by the mesh's tap,
     /// unless notifying stopped or [`Order`] finds it older than what was
     /// published before it for its key.
-    fn changed(&self, c: &Change) {
+    fn changed(&self, key: &[u8], kind: ChangeKind, stamp: Stamp) {
         let flags = self.flags();
-        let (key, kind, stamp) = (&c.key[..], c.kind, c.stamp);
         // The hint is taken whatever becomes of the change, so that none is
         // left behind.
         let events: &[(&str, u32)] = match kind {
@@ -693,25 +693,19 @@ impl Hub {
 /// rarely share one.
 const ORDER_SLOTS: usize = 4096;
 
-/// Keeps the messages for one key in the order its changes were applied.
-/// A change is told once its key's lock is released (but an eviction, told
-/// under it), so two changes to one key applied at nearly the same moment
-/// on different threads (two connections; a push and a repair from another
-/// peer) can arrive in the other order, and a FLUSHALL can arrive before a
-/// write it removed. A key's stamps only grow as its changes are applied
-/// (a write is stamped under the key's lock, and a merge applies only a
-/// newer register; an expiry, an eviction or a refusal reply carries the
-/// stamp it removes), so a change stamped below the last one published for
-/// its key, or below the last `clear_below`, came late and is dropped: the
-/// newer change has been heard, and the last message of a key names what
-/// it now is. An expiry or an eviction shares its stamp with the write
-/// whose value it ends, and comes after it: so a write that arrives after
-/// the end of its own value is late too. (An eviction is told under the
-/// key's lock, and can pass the write it evicts on its way here.) The one
-/// change dropped wrongly so: the same write merged again in place of its
-/// own eviction's stub, which only a store without a bound does (its bound
-/// lifted since), and only while the key's slot still remembers it; its
-/// key then reads a value that was last heard `evicted`.
+/// Drops a change that would make a key's last message name a state older
+/// than one already published. A key's changes are told under its lock, in
+/// the order applied, and its stamps only grow as they are (a write is
+/// stamped under the key's lock, and a merge applies only a newer register;
+/// an expiry, an eviction or a refusal reply carries the stamp it removes),
+/// so this drops nothing they tell in order. What it does drop: a change
+/// stamped below the last `clear_below`, told after the FLUSHALL that
+/// removed it (a FLUSHALL is told once its sweep is done, under no key's
+/// lock); and the same write merged again in place of its own eviction's
+/// stub (an expiry or an eviction shares its stamp with the write whose
+/// value it ends, and comes after it), which only a store without a bound
+/// does (its bound lifted since), and only while the key's slot still
+/// remembers it: its key then reads a value that was last heard `evicted`.
 ///
 /// Keys share a fixed number of slots, each holding the hash of the last
 /// key published in it, that change's stamp, and whether it ended the
@@ -937,7 +931,7 @@ mod tests {
     #[tokio::test]
     async fn late_changes_are_dropped_and_the_last_message_names_the_state() {
         use crate::hlc::NodeId;
-        use crate::store::Origin;
+        use crate::store::{Change, Origin};
         let mesh = lone_mesh("order").await;
         let hub = Hub::new(mesh.clone(), parse_flags(b"KEA").unwrap(), CancellationToken::new());
         let sub = Arc::new(Outbox::new(1 << 20));
@@ -964,7 +958,7 @@ mod tests {
             change("c", ChangeKind::Put, 25), // below the FLUSHALL: dropped
             change("c", ChangeKind::Put, 40),
         ] {
-            hub.changed(&event);
+            hub.changed(&event.key, event.kind, event.stamp);
         }
         let want = Outbox::new(1 << 20);
         for (key, event) in [("a", "set"), ("b", "del"), ("b", "set"), ("b", "expired"), ("d", "evicted")] {

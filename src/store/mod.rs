@@ -278,6 +278,9 @@ type CompactionHook = Box<dyn Fn(&Compaction) + Send + Sync>;
 /// What [`Store::on_eviction`] sets.
 type EvictionHook = Box<dyn Fn(&[u8], Stamp) + Send + Sync>;
 
+/// What [`Store::on_change`] sets.
+type ChangeHook = Box<dyn Fn(&[u8], ChangeKind, Stamp) + Send + Sync>;
+
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compaction {
@@ -406,6 +409,8 @@ pub struct Store {
     /// Told of each eviction, under the evicted key's shard lock: see
     /// [`Store::on_eviction`].
     on_eviction: OnceLock<EvictionHook>,
+    /// [`Store::on_change`].
+    on_change: OnceLock<ChangeHook>,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
     bugs: bugs::Planted,
@@ -464,6 +469,7 @@ impl Store {
             observers: Observers::default(),
             on_compaction: OnceLock::new(),
             on_eviction: OnceLock::new(),
+            on_change: OnceLock::new(),
             #[cfg(any(test, feature = "testing"))]
             bugs: bugs::Planted::default(),
         })
@@ -681,6 +687,9 @@ impl Store {
     /// `held` is the id of `key`'s record in `g`, as the caller found it
     /// under the same lock (`None`: not held): a lookup costs a few cache
     /// misses, and every write and merge has made one already.
+    ///
+    /// `tell`: whether the change is told to [`Store::on_change`] here (a
+    /// transaction tells its writes at its end instead).
     #[allow(clippy::too_many_arguments)]
     fn store_in(
         &self,
@@ -691,6 +700,7 @@ impl Store {
         held: Option<u32>,
         reg: &Register,
         now_ms: u64,
+        tell: bool,
     ) -> Delta {
         debug_assert_eq!(held, g.table.find(kh, key), "the caller's lookup of the key");
         // Observers hear of a change to what the key reads as: a delete of
@@ -702,6 +712,9 @@ impl Store {
         let d = g.store(key, kh, lb, held, reg, now_ms, now_ms, self.policy().is_lfu());
         if observed {
             self.observers.changed(key);
+        }
+        if tell {
+            self.tell(key, ChangeKind::of_stored(&reg.val, now_ms), reg.marker);
         }
         d
     }
@@ -730,6 +743,27 @@ impl Store {
     /// the first call takes effect.
     pub fn on_eviction(&self, f: impl Fn(&[u8], Stamp) + Send + Sync + 'static) {
         let _ = self.on_eviction.set(Box::new(f));
+    }
+
+    /// Sets what is told of every change to a key, under that key's shard
+    /// lock, so in the order the changes are applied: each write and
+    /// merged register as it is stored (a transaction's last write of each
+    /// key, at its end, its locks still held), each expiry swept, each
+    /// register dropped by a refusal reply. Evictions are told by
+    /// [`Store::on_eviction`]; a FLUSHALL or a compaction, which holds no
+    /// key's lock, by its caller. It must be quick and must not call back
+    /// into the store, as an [`Observer`] must not. Only the first call
+    /// takes effect.
+    pub fn on_change(&self, f: impl Fn(&[u8], ChangeKind, Stamp) + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(f));
+    }
+
+    /// Tells [`Store::on_change`]'s hook, under the key's shard lock.
+    #[inline]
+    pub(crate) fn tell(&self, key: &[u8], kind: ChangeKind, stamp: Stamp) {
+        if let Some(f) = self.on_change.get() {
+            f(key, kind, stamp);
+        }
     }
 
     /// Removes an observer added by [`Store::add_observer`].
@@ -944,7 +978,7 @@ impl Store {
             return Ok(Some(Written { key, register, previous, applied: false }));
         }
         let is_tomb = register.val.is_tombstone();
-        let d = self.store_in(&mut g, &key, kh, lb, held, &register, now_ms);
+        let d = self.store_in(&mut g, &key, kh, lb, held, &register, now_ms, true);
         drop(g);
         self.apply(d);
         if self.over_bound() {
@@ -1190,14 +1224,10 @@ impl Store {
             }
             _ => {}
         }
-        let kind = match &reg.val {
-            Slot::Tombstone => ChangeKind::Delete,
-            v if v.is_expired(now_ms) => ChangeKind::Expire,
-            _ => ChangeKind::Put,
-        };
+        let kind = ChangeKind::of_stored(&reg.val, now_ms);
         *added_tombstone |= !matches!(reg.val, Slot::Value { .. });
         let stamp = reg.marker;
-        let d = self.store_in(g, &key, kh, lb, found.map(|(id, _)| id), &reg, now_ms);
+        let d = self.store_in(g, &key, kh, lb, found.map(|(id, _)| id), &reg, now_ms, true);
         out.changes.push(Change { key, kind, origin: Origin::Remote, stamp });
         d
     }
@@ -1264,6 +1294,7 @@ impl Store {
         g.tidy();
         if was_visible {
             self.observers.changed(key);
+            self.tell(key, ChangeKind::Delete, stamp);
         }
         {
             let mut f = self.floors.write();
@@ -1286,6 +1317,7 @@ impl Store {
             for (key, stamp, was_value) in g.expire(now_ms) {
                 if was_value {
                     self.observers.changed(&key);
+                    self.tell(&key, ChangeKind::Expire, stamp);
                     out.push(Change { key, kind: ChangeKind::Expire, origin: Origin::Local, stamp });
                 }
             }

@@ -107,6 +107,19 @@ pub enum ChangeKind {
     Flush,
 }
 
+impl ChangeKind {
+    /// What storing `slot` at `now_ms` does to its key: a tombstone
+    /// deletes it; a value already past its TTL, as it arrives, expires
+    /// it; anything else writes it.
+    pub(crate) fn of_stored(slot: &Slot, now_ms: u64) -> ChangeKind {
+        match slot {
+            Slot::Tombstone => ChangeKind::Delete,
+            v if v.is_expired(now_ms) => ChangeKind::Expire,
+            _ => ChangeKind::Put,
+        }
+    }
+}
+
 /// Where a change came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Origin {

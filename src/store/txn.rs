@@ -240,7 +240,7 @@ impl<'a> Locked<'a> {
         let applied = stamp >= store.floors.read().clear_below;
         if applied {
             self.tombstones |= register.val.is_tombstone();
-            self.delta.add(store.store_in(g, &key, kh, lb, held, &register, now));
+            self.delta.add(store.store_in(g, &key, kh, lb, held, &register, now, false));
         }
         let w = Written { key: key.clone(), register, previous, applied };
         match self.index.get(&key) {
@@ -257,12 +257,24 @@ impl<'a> Locked<'a> {
     /// write of each key it wrote, in the order the keys were first
     /// written.
     pub fn finish(mut self) -> Vec<Written> {
+        self.tell_written();
         std::mem::take(&mut self.written)
+    }
+
+    /// Tells [`Store::on_change`] of the last write of each key, while the
+    /// transaction's locks are held.
+    fn tell_written(&self) {
+        for w in self.written.iter().filter(|w| w.applied) {
+            let kind = super::ChangeKind::of_stored(&w.register.val, self.now_ms);
+            self.store.tell(&w.key, kind, w.register.marker);
+        }
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
+        // Not finished: its writes are stored all the same.
+        self.tell_written();
         self.guards.clear();
         let store = self.store;
         store.apply(std::mem::take(&mut self.delta));
