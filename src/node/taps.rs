@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::hlc::Stamp;
 use crate::store::ChangeKind;
@@ -34,6 +34,8 @@ type Tap = dyn Fn(&[u8], ChangeKind, Stamp) + Send + Sync;
 #[derive(Default)]
 pub(crate) struct Taps {
     list: RwLock<Vec<(u64, Arc<Tap>)>>,
+    /// Taps dropped but not yet taken off `list` (see `ChangeTap::drop`).
+    gone: Mutex<Vec<u64>>,
     /// Taps that want changes now: while none does, a change is not built
     /// for them at all.
     active: AtomicUsize,
@@ -59,9 +61,16 @@ impl Taps {
         }
     }
 
+    fn prune(list: &mut Vec<(u64, Arc<Tap>)>, gone: &mut Vec<u64>) {
+        list.retain(|(id, _)| !gone.contains(id));
+        gone.clear();
+    }
+
     pub(crate) fn add(self: &Arc<Self>, f: Arc<Tap>) -> ChangeTap {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.list.write().push((id, f));
+        let mut list = self.list.write();
+        Self::prune(&mut list, &mut self.gone.lock());
+        list.push((id, f));
         ChangeTap { taps: Arc::downgrade(self), id, on: AtomicBool::new(false) }
     }
 }
@@ -92,10 +101,20 @@ impl ChangeTap {
 }
 
 impl Drop for ChangeTap {
+    /// Stops the tap, and takes it off the list unless a change is being
+    /// told: a tap's owner can be dropped inside the tap itself (the last
+    /// reference to it was the one the tap had taken), under the list's
+    /// read lock. It is then taken off at the next `add`; until then its
+    /// function is still called while another tap is started (the RESP
+    /// server's finds its hub gone, and does nothing).
     fn drop(&mut self) {
         self.set_active(false);
         if let Some(t) = self.taps.upgrade() {
-            t.list.write().retain(|(id, _)| *id != self.id);
+            let mut gone = t.gone.lock();
+            gone.push(self.id);
+            if let Some(mut list) = t.list.try_write() {
+                Taps::prune(&mut list, &mut gone);
+            }
         }
     }
 }
@@ -133,5 +152,22 @@ mod tests {
         tell();
         assert_eq!(heard.load(Ordering::Relaxed), 1);
         assert!(taps.list.read().is_empty());
+    }
+
+    /// A tap dropped by its own function, while a change is told, is
+    /// stopped at once and taken off the list at the next `add`.
+    #[test]
+    fn a_tap_dropped_inside_itself_does_not_deadlock() {
+        let taps = Arc::new(Taps::default());
+        let slot: Arc<Mutex<Option<ChangeTap>>> = Arc::default();
+        let inner = slot.clone();
+        let tap = taps.add(Arc::new(move |_: &[u8], _, _| drop(inner.lock().take())));
+        tap.set_active(true);
+        *slot.lock() = Some(tap);
+        taps.tell(b"k", ChangeKind::Put, Stamp::ZERO);
+        assert!(slot.lock().is_none() && !taps.active());
+        assert_eq!(taps.list.read().len(), 1, "still listed");
+        let _other = taps.add(Arc::new(|_: &[u8], _, _| {}));
+        assert_eq!(taps.list.read().len(), 1, "taken off at the next add");
     }
 }
