@@ -771,75 +771,30 @@ async fn evictions_are_notified_where_they_happen() {
     shutdown(meshes, servers).await;
 }
 
-/// Notifications keep up with a pipelined burst from many connections at
-/// once, ten times the change stream's capacity: one keyevent message for
-/// every write, in order on its connection, and no `flushall` for changes
-/// missed. Each connection writes its own keys (two writes of one key at
-/// the same moment may be told as one: README, "Keyspace notifications").
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipelined_burst_from_many_connections_is_notified_whole() {
-    const CONNECTIONS: usize = 8;
-    const WRITES: usize = 5_000;
+/// On a lone peer with a subscriber of every keyevent channel,
+/// `connections` connections each pipeline `writes` INCRs at once, of the
+/// keys `key(connection, i)`, in one write. Returns the messages heard
+/// before those of a final write of `mark`, as (event, key), and the peer.
+async fn incr_burst(
+    connections: usize,
+    writes: usize,
+    key: fn(usize, usize) -> String,
+) -> (Vec<(String, String)>, (Vec<Mesh>, Vec<Server>)) {
     let (meshes, servers) = cluster(1, RespConfig::default()).await;
     let mut sub = redis::Client::open(servers[0].url()).unwrap().get_async_pubsub().await.unwrap();
     sub.psubscribe("__keyevent@0__:*").await.unwrap();
     let mut msgs = sub.into_on_message();
     let mut writers = Vec::new();
-    for c in 0..CONNECTIONS {
+    for c in 0..connections {
         let mut raw = Raw::connect(servers[0].port).await;
         writers.push(tokio::spawn(async move {
             let mut burst = String::new();
-            for i in 0..WRITES {
-                let key = format!("c{c}:{i}");
+            for i in 0..writes {
+                let key = key(c, i);
                 burst.push_str(&format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len()));
             }
             raw.send(burst.as_bytes()).await;
-            for _ in 0..WRITES {
-                assert_eq!(raw.reply().await.as_deref(), Some(":1\r\n"));
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
-    let mut con = servers[0].conn().await;
-    let () = con.set("mark", "m").await.unwrap();
-    let mut next = vec![0; CONNECTIONS];
-    loop {
-        let m = tokio::time::timeout(DEADLINE, msgs.next()).await.expect("a notification").unwrap();
-        let (channel, key) = (m.get_channel_name().to_owned(), m.get_payload::<String>().unwrap());
-        if channel == "__keyevent@0__:set" && key == "mark" {
-            break;
-        }
-        assert_eq!(channel, "__keyevent@0__:incrby", "{key}");
-        let (c, i) = key.strip_prefix('c').and_then(|k| k.split_once(':')).unwrap();
-        let (c, i): (usize, usize) = (c.parse().unwrap(), i.parse().unwrap());
-        assert_eq!(i, next[c], "connection {c}'s writes, in order, none missed");
-        next[c] += 1;
-    }
-    assert_eq!(next, vec![WRITES; CONNECTIONS]);
-    shutdown(meshes, servers).await;
-}
-
-/// Writes racing on one key from many connections are each notified, in
-/// the order they were applied: every INCR's `incrby`, and the
-/// subscriber's last message follows the write that left the final
-/// value. (A change is told under its key's lock; told after it, the
-/// older of two racing writes could arrive second and be dropped.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_racing_on_one_key_are_each_notified() {
-    const CONNECTIONS: usize = 8;
-    const WRITES: usize = 2_000;
-    let (meshes, servers) = cluster(1, RespConfig::default()).await;
-    let mut sub = redis::Client::open(servers[0].url()).unwrap().get_async_pubsub().await.unwrap();
-    sub.psubscribe("__keyevent@0__:*").await.unwrap();
-    let mut msgs = sub.into_on_message();
-    let mut writers = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let mut raw = Raw::connect(servers[0].port).await;
-        writers.push(tokio::spawn(async move {
-            raw.send("*2\r\n$4\r\nINCR\r\n$3\r\nhot\r\n".repeat(WRITES).as_bytes()).await;
-            for _ in 0..WRITES {
+            for _ in 0..writes {
                 assert!(raw.reply().await.unwrap().starts_with(':'));
             }
         }));
@@ -849,17 +804,53 @@ async fn writes_racing_on_one_key_are_each_notified() {
     }
     let mut con = servers[0].conn().await;
     let () = con.set("mark", "m").await.unwrap();
-    let mut heard = 0;
+    let mut heard = Vec::new();
     loop {
         let m = tokio::time::timeout(DEADLINE, msgs.next()).await.expect("a notification").unwrap();
         let (channel, key) = (m.get_channel_name().to_owned(), m.get_payload::<String>().unwrap());
         if channel == "__keyevent@0__:set" && key == "mark" {
             break;
         }
-        assert_eq!((channel.as_str(), key.as_str()), ("__keyevent@0__:incrby", "hot"));
-        heard += 1;
+        let event = channel.strip_prefix("__keyevent@0__:").unwrap_or(&channel).to_owned();
+        heard.push((event, key));
     }
-    assert_eq!(heard, CONNECTIONS * WRITES, "one message for every write");
+    (heard, (meshes, servers))
+}
+
+/// Notifications keep up with a pipelined burst from many connections at
+/// once, ten times the change stream's capacity: one keyevent message for
+/// every write, in order on its connection, and no `flushall` for changes
+/// missed. Each connection writes its own keys, so that each one's order
+/// shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_burst_from_many_connections_is_notified_whole() {
+    const CONNECTIONS: usize = 8;
+    const WRITES: usize = 5_000;
+    let (heard, (meshes, servers)) = incr_burst(CONNECTIONS, WRITES, |c, i| format!("c{c}:{i}")).await;
+    let mut next = vec![0; CONNECTIONS];
+    for (event, key) in heard {
+        assert_eq!(event, "incrby", "{key}");
+        let (c, i) = key.strip_prefix('c').and_then(|k| k.split_once(':')).unwrap();
+        let (c, i): (usize, usize) = (c.parse().unwrap(), i.parse().unwrap());
+        assert_eq!(i, next[c], "connection {c}'s writes, in order, none missed");
+        next[c] += 1;
+    }
+    assert_eq!(next, vec![WRITES; CONNECTIONS]);
+    shutdown(meshes, servers).await;
+}
+
+/// Writes racing on one key from many connections are each notified: a
+/// change is told under its key's lock, in the order the key's changes are
+/// applied (told after it, the older of two racing writes could arrive
+/// second and be dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_on_one_key_are_each_notified() {
+    const CONNECTIONS: usize = 8;
+    const WRITES: usize = 2_000;
+    let (heard, (meshes, servers)) = incr_burst(CONNECTIONS, WRITES, |_, _| "hot".into()).await;
+    assert!(heard.iter().all(|(event, key)| event == "incrby" && key == "hot"), "{heard:?}");
+    assert_eq!(heard.len(), CONNECTIONS * WRITES, "one message for every write");
+    let mut con = servers[0].conn().await;
     let hot: usize = con.get("hot").await.unwrap();
     assert_eq!(hot, CONNECTIONS * WRITES);
     shutdown(meshes, servers).await;
