@@ -436,9 +436,8 @@ impl Hub {
 
     /// Stops hearing the mesh (the server stopped).
     pub(crate) fn close(&self) {
-        // Dropped once the lock is released: unregistering waits for the
-        // changes being told, whose telling may wait for `subs`, under
-        // which `reconcile` takes this lock.
+        // Each is dropped once its lock is released: unregistering takes
+        // the mesh's own locks, and no lock here need be held meanwhile.
         let tap = self.tap.lock().take();
         drop(tap);
         let listener = self.listener.lock().take();

@@ -1539,9 +1539,10 @@ impl Store {
         self.len() == 0
     }
 
-    /// The values that carry a TTL, and their average time left at `now_ms`
-    /// (values already due but not yet swept count as none left), as Redis
-    /// reports them in INFO's keyspace line. Reads every shard's sums.
+    /// The values that carry a TTL, and their average time left at `now_ms`,
+    /// as Redis reports them in INFO's keyspace line: values past due but
+    /// not yet swept are counted, and pull the average down by how late
+    /// they are. Reads every shard's sums.
     pub fn expiring(&self, now_ms: u64) -> Expiring {
         let (mut values, mut sum) = (0u128, 0u128);
         for sh in self.shards.iter() {
@@ -1549,8 +1550,7 @@ impl Store {
             values += g.expiries.len() as u128;
             sum += g.expiry_sum;
         }
-        // The mean deadline less now, floored at zero: exact unless some
-        // values are past due, which then pull the mean down a little.
+        // The mean deadline less now, floored at zero.
         let avg_ttl_ms = sum.checked_div(values).map_or(0, |mean| mean.saturating_sub(u128::from(now_ms)) as u64);
         Expiring { values: values as usize, avg_ttl_ms }
     }
