@@ -37,7 +37,7 @@
 
 use crate::common;
 
-use common::redis_ref::{show, Conn, RedisServer, RespPeer};
+use common::redis_ref::{pair, show, Conn, RedisServer, RespPeer};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::{TcpStream, UnixStream};
@@ -607,8 +607,7 @@ impl Gen {
 /// sends them in batches of random length, each in one write, as a
 /// client that pipelines does (a SCAN walk goes alone, step by step).
 async fn run_seed(mesh_port: u16, redis: &RedisServer, seed: u64, steps: usize, resp3: bool, pipelined: bool) {
-    let mut ours = Conn::new(TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap());
-    let mut theirs = Conn::new(UnixStream::connect(&redis.socket).await.unwrap());
+    let (mut ours, mut theirs) = pair(mesh_port, redis).await;
     for c in [&mut ours, &mut theirs] {
         assert_eq!(c.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
         if resp3 {

@@ -11,8 +11,7 @@
 
 use crate::common;
 
-use common::redis_ref::{compare, run_only, same, show, Check, Conn, RedisServer, RespPeer, Step};
-use tokio::net::{TcpStream, UnixStream};
+use common::redis_ref::{compare, pair, run_only, same, show, Check, RedisServer, RespPeer, Step};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_and_server_commands_answer_as_redis_does() {
@@ -227,8 +226,7 @@ fn pairs(reply: &[u8]) -> Vec<(String, String)> {
 async fn config_get_with_several_patterns_answers_as_redis_does() {
     let Some(redis) = RedisServer::start().await else { return };
     let peer = RespPeer::start("parity-config").await;
-    let mut ours = Conn::new(TcpStream::connect(("127.0.0.1", peer.port)).await.unwrap());
-    let mut theirs = Conn::new(UnixStream::connect(&redis.socket).await.unwrap());
+    let (mut ours, mut theirs) = pair(peer.port, &redis).await;
     // The same values on both first, where their defaults differ.
     let setup: [&[&[u8]]; 2] = [
         &[b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-lru", b"notify-keyspace-events", b"KEA"],
@@ -286,8 +284,7 @@ fn info_fields(reply: &[u8]) -> Vec<(String, String, String)> {
 async fn info_sections_and_fields_are_named_as_redis_names_them() {
     let Some(redis) = RedisServer::start().await else { return };
     let peer = RespPeer::start("parity-info").await;
-    let mut ours = Conn::new(TcpStream::connect(("127.0.0.1", peer.port)).await.unwrap());
-    let mut theirs = Conn::new(UnixStream::connect(&redis.socket).await.unwrap());
+    let (mut ours, mut theirs) = pair(peer.port, &redis).await;
     for c in [&mut ours, &mut theirs] {
         assert_eq!(c.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
         assert_eq!(c.cmd(&[b"SET", b"a", b"1", b"EX", b"100"]).await, b"+OK\r\n");

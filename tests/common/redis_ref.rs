@@ -146,11 +146,18 @@ pub fn redis72(args: &'static [&'static str], reply: &'static str) -> Step {
     Step(args, Check::Redis72(reply))
 }
 
+/// A connection to the peer on `mesh_port` and one to `redis`, to send
+/// both the same commands.
+pub async fn pair(mesh_port: u16, redis: &RedisServer) -> (Conn, Conn) {
+    let ours = Conn::new(TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap());
+    let theirs = Conn::new(UnixStream::connect(&redis.socket).await.unwrap());
+    (ours, theirs)
+}
+
 /// Runs `script` against both servers from an empty keyspace, comparing
 /// the replies; returns how many were compared.
 pub async fn compare(mesh_port: u16, redis: &RedisServer, script: &[Step]) -> usize {
-    let mut ours = Conn::new(TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap());
-    let mut theirs = Conn::new(UnixStream::connect(&redis.socket).await.unwrap());
+    let (mut ours, mut theirs) = pair(mesh_port, redis).await;
     for c in [&mut ours, &mut theirs] {
         assert_eq!(c.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
     }
