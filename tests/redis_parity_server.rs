@@ -4,7 +4,7 @@
 //! GETKEYSANDFLAGS for every command with keys, WAIT, BGSAVE's and SAVE's
 //! argument errors, COMMAND INFO of the new commands, INFO's unknown
 //! sections and every field's name and section, CONFIG GET with several
-//! patterns, ROLE, SLOWLOG's settings and errors, and MEMORY's arguments. Replies that depend on
+//! patterns, ROLE, SLOWLOG's and LATENCY's settings and errors, and MEMORY's arguments. Replies that depend on
 //! the server, the moment, ids or addresses are run without comparing.
 //! Skipped without redis-server (and failing under CI), as the other
 //! parity test.
@@ -180,6 +180,29 @@ fn script() -> Vec<Step> {
         same(&["CONFIG", "GET", "slowlog-max-len"]),
         same(&["CONFIG", "GET", "slowlog-log-slower-than"]),
         same(&["CONFIG", "SET", "slowlog-max-len", "128", "slowlog-log-slower-than", "10000"]),
+        // LATENCY's help, errors and empty answers (what it records is
+        // checked in tests/resp.rs), and its threshold's setting.
+        same(&["LATENCY"]),
+        same(&["LATENCY", "HELP"]),
+        same(&["LATENCY", "help", "x"]),
+        same(&["LATENCY", "foo"]),
+        same(&["LATENCY", "LATEST", "x"]),
+        same(&["LATENCY", "Doctor", "x"]),
+        same(&["LATENCY", "HISTORY"]),
+        same(&["LATENCY", "GRAPH"]),
+        same(&["LATENCY", "GRAPH", "command", "x"]),
+        same(&["LATENCY", "RESET"]),
+        same(&["LATENCY", "LATEST"]),
+        same(&["LATENCY", "HISTORY", "command"]),
+        same(&["LATENCY", "HISTORY", "nosuch"]),
+        same(&["LATENCY", "GRAPH", "command"]),
+        same(&["LATENCY", "RESET", "command", "nosuch"]),
+        same(&["LATENCY", "HISTOGRAM", "nosuch"]),
+        same(&["CONFIG", "GET", "latency-monitor-threshold"]),
+        same(&["CONFIG", "SET", "latency-monitor-threshold", "abc"]),
+        same(&["CONFIG", "SET", "latency-monitor-threshold", "-1"]),
+        // Redis's report names Redis.
+        run_only(&["LATENCY", "DOCTOR"]),
         // MEMORY's arguments and errors (what USAGE counts is checked in
         // tests/resp.rs: Redis estimates otherwise).
         same(&["MEMORY"]),

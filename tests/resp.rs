@@ -876,6 +876,119 @@ async fn memory_usage_is_what_the_bound_counts() {
     shutdown(meshes, servers).await;
 }
 
+/// LATENCY with `latency-monitor-threshold 1` and the slow log keeping
+/// every command it times: each command timed is offered to both with the
+/// one reading, so the worst of each kind of event is the worst of the
+/// logged commands of that kind, in whole milliseconds. The LCS of two
+/// 4,000-byte values (a table of 16 million cells) is a `command` and an
+/// MGET of 500,000 keys a `fast-command`, each far more than a
+/// millisecond of work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latency_monitor_keeps_the_worst_of_what_was_timed() {
+    let (meshes, servers) = cluster(1, RespConfig::default()).await;
+    let mut raw = Raw::connect(servers[0].port).await;
+    let parse = |reply: String| redis::parse_redis_value(reply.as_bytes()).unwrap();
+    let int = |v: &Value| match v {
+        Value::Int(n) => *n,
+        v => panic!("{v:?}"),
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        v => panic!("{v:?}"),
+    };
+    let (a, b) = ("ab".repeat(2000), "ba".repeat(2000));
+    assert_eq!(raw.cmd(&["MSET", "a", &a, "b", &b]).await, "+OK\r\n");
+    let mget: Vec<String> = std::iter::once("MGET".to_string()).chain((0..500_000).map(|i| format!("k{i}"))).collect();
+    let mget: Vec<&str> = mget.iter().map(String::as_str).collect();
+    // Off by default.
+    assert_eq!(
+        raw.cmd(&["CONFIG", "GET", "latency-monitor-threshold"]).await,
+        "*2\r\n$25\r\nlatency-monitor-threshold\r\n$1\r\n0\r\n"
+    );
+    raw.cmd(&["LCS", "a", "b", "LEN"]).await;
+    assert_eq!(raw.cmd(&["LATENCY", "LATEST"]).await, "*0\r\n");
+
+    let from = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let on = ["CONFIG", "SET", "slowlog-log-slower-than", "0", "latency-monitor-threshold", "1"];
+    assert_eq!(raw.cmd(&on).await, "+OK\r\n");
+    assert_eq!(raw.cmd(&["SLOWLOG", "RESET"]).await, "+OK\r\n");
+    // (Which may forget the two commands above, if the machine held them
+    // up that long.)
+    raw.cmd(&["LATENCY", "RESET"]).await;
+    assert_eq!(raw.cmd(&["LCS", "a", "b", "LEN"]).await, ":3999\r\n");
+    raw.cmd(&mget).await;
+    let latest = parse(raw.cmd(&["LATENCY", "LATEST"]).await);
+    let log = parse(raw.cmd(&["SLOWLOG", "GET", "-1"]).await);
+    let to = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+
+    // What the slow log says each kind's worst was: of the commands timed
+    // after LATENCY RESET (so not SLOWLOG RESET), and before LATENCY LATEST.
+    let Value::Array(entries) = log else { panic!("{log:?}") };
+    let mut want = std::collections::BTreeMap::new();
+    for e in &entries {
+        let Value::Array(f) = e else { panic!("{e:?}") };
+        let Value::Array(args) = &f[3] else { panic!("{f:?}") };
+        let args: Vec<String> = args.iter().take(2).map(text).collect();
+        let ms = int(&f[2]) / 1000;
+        let event = match args[0].as_str() {
+            "SLOWLOG" => continue,
+            "LATENCY" if args[1] == "LATEST" => continue,
+            "MGET" => "fast-command",
+            _ => "command",
+        };
+        if ms >= 1 {
+            let worst = want.entry(event).or_insert(0);
+            *worst = ms.max(*worst);
+        }
+    }
+    assert!(want.contains_key("command") && want.contains_key("fast-command"), "{entries:?}");
+    let Value::Array(latest) = latest else { panic!("{latest:?}") };
+    let mut got = std::collections::BTreeMap::new();
+    for l in &latest {
+        let Value::Array(f) = l else { panic!("{l:?}") };
+        let [name, at, last, max] = &f[..] else { panic!("{f:?}") };
+        assert!((from..=to).contains(&int(at)), "{at:?} not within {from}..={to}");
+        assert!((1..=int(max)).contains(&int(last)), "{f:?}");
+        let name = text(name);
+        got.insert(if name == "command" { "command" } else { "fast-command" }, int(max));
+        // The seconds kept, the graph and the report agree with it.
+        let Value::Array(history) = parse(raw.cmd(&["LATENCY", "HISTORY", &name]).await) else { panic!() };
+        let seconds: Vec<(i64, i64)> = history
+            .iter()
+            .map(|s| match s {
+                Value::Array(p) => (int(&p[0]), int(&p[1])),
+                s => panic!("{s:?}"),
+            })
+            .collect();
+        assert!(seconds.windows(2).all(|w| w[0].0 < w[1].0), "one sample a second, oldest first: {seconds:?}");
+        let high = seconds.iter().map(|s| s.1).max().unwrap();
+        let low = seconds.iter().map(|s| s.1).min().unwrap();
+        assert_eq!(high, int(max), "{seconds:?}");
+        assert_eq!(seconds.last().unwrap(), &(int(at), int(last)));
+        let graph = text(&parse(raw.cmd(&["LATENCY", "GRAPH", &name]).await));
+        let title = format!("{name} - high {high} ms, low {low} ms (all time high {high} ms)\n{}\n", "-".repeat(80));
+        assert!(graph.starts_with(&title), "{graph}");
+    }
+    assert_eq!(got, want, "the monitor's worst (left) and the slow log's (right)");
+    let doctor = text(&parse(raw.cmd(&["LATENCY", "DOCTOR"]).await));
+    assert!(doctor.contains("\n1. command: ") && doctor.contains("\n2. fast-command: "), "{doctor}");
+    // RESET names kinds in any case, and counts those it forgot.
+    assert_eq!(raw.cmd(&["LATENCY", "RESET", "Command", "nosuch"]).await, ":1\r\n");
+    assert_eq!(raw.cmd(&["LATENCY", "HISTORY", "command"]).await, "*0\r\n");
+    assert_eq!(raw.cmd(&["LATENCY", "GRAPH", "command"]).await, "-ERR No samples available for event 'command'\r\n");
+    assert_eq!(raw.cmd(&["LATENCY", "RESET"]).await, ":1\r\n");
+    // With the slow log off, commands are still timed for the monitor.
+    assert_eq!(raw.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "-1"]).await, "+OK\r\n");
+    raw.cmd(&mget).await;
+    let latest = raw.cmd(&["LATENCY", "LATEST"]).await;
+    assert!(latest.starts_with("*1\r\n*4\r\n$12\r\nfast-command\r\n"), "{latest}");
+    assert_eq!(raw.cmd(&["CONFIG", "SET", "latency-monitor-threshold", "0"]).await, "+OK\r\n");
+    raw.cmd(&["LATENCY", "RESET"]).await;
+    raw.cmd(&mget).await;
+    assert_eq!(raw.cmd(&["LATENCY", "LATEST"]).await, "*0\r\n", "off again");
+    shutdown(meshes, servers).await;
+}
+
 /// SLOWLOG with `slowlog-log-slower-than 0`, where every command timed is
 /// logged: a command sent alone is, whatever it is; in a pipeline, and
 /// inside EXEC, the first command and those that neither are fast nor

@@ -339,7 +339,7 @@ fn info_num(info: &str, field: &str) -> f64 {
 /// keyspace line with its keys that expire and their average TTL (parsed
 /// as exporters parse it), bytes in and out, commands per second, error
 /// replies by code, CPU time, the memory peak; CONFIG RESETSTAT zeroes
-/// the counters.
+/// the counters; an exporter's scrape is answered without an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_reports_what_monitoring_agents_read() {
     let (mesh, server) = solo().await;
@@ -457,6 +457,24 @@ async fn info_reports_what_monitoring_agents_read() {
     assert_eq!(info_num(&after, "total_error_replies"), 0.0, "{after}");
     let all = info(&["errorstats", "commandstats"]).await;
     assert!(!all.contains("errorstat_") && !all.contains("cmdstat_get:"), "{all}");
+
+    // What Prometheus's redis_exporter sends each scrape, by default: no
+    // command of it is refused, so scraping counts no error.
+    for cmd in [
+        &["CONFIG", "GET", "*"][..],
+        &["INFO", "ALL"],
+        &["LATENCY", "LATEST"],
+        &["LATENCY", "HISTOGRAM"],
+        &["SLOWLOG", "LEN"],
+        &["SLOWLOG", "GET", "1"],
+        &["SLOWLOG", "GET", "10"],
+    ] {
+        let reply = b.cmd(cmd).await;
+        assert!(!reply.starts_with('-'), "{cmd:?}: {reply}");
+    }
+    let stats = info(&["stats", "errorstats"]).await;
+    assert_eq!(info_num(&stats, "total_error_replies"), 0.0, "{stats}");
+    assert!(!stats.contains("errorstat_"), "{stats}");
     server.stop().await;
     mesh.shutdown().await;
 }

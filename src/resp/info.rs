@@ -28,6 +28,7 @@ const SECTIONS: &[&str] = &[
     "modules",
     "commandstats",
     "errorstats",
+    "latencystats",
     "cluster",
     "keyspace",
     "meshcache",
@@ -35,7 +36,7 @@ const SECTIONS: &[&str] = &[
 
 /// Sections that `INFO`, `INFO default` leave out, as Redis leaves out its
 /// per-command statistics; `all` and `everything` include them.
-const NOT_DEFAULT: &[&str] = &["commandstats"];
+const NOT_DEFAULT: &[&str] = &["commandstats", "latencystats"];
 
 /// The INFO text for the requested sections, each once and in the order of
 /// [`SECTIONS`] whatever the order asked, as Redis writes them. An unknown
@@ -209,6 +210,9 @@ fn section(sh: &Shared, name: &str, s: &mut String) {
             sh.errorstats.write(s);
             Ok(())
         }
+        // Empty, as Redis writes it with `latency-tracking no`: commands
+        // are not timed one by one, so there are no percentiles.
+        "latencystats" => writeln!(s, "# Latencystats\r"),
         "cluster" => writeln!(s, "# Cluster\r\ncluster_enabled:0\r"),
         "keyspace" => {
             let store = sh.mesh.replica().store();

@@ -112,12 +112,14 @@ mod cmd;
 mod db;
 mod errorstats;
 mod info;
+mod latency;
 mod notify;
 mod parse;
 mod rates;
 mod reply;
 mod server;
 mod slowlog;
+mod sparkline;
 mod tracking;
 
 use std::future::Future;
@@ -286,6 +288,8 @@ struct Shared {
     commands: Box<[CommandStat]>,
     /// Commands that ran long (SLOWLOG).
     slowlog: slowlog::Slowlog,
+    /// Commands that ran long, by kind and second (LATENCY).
+    latency: latency::Monitor,
     /// Error replies by code (INFO errorstats).
     errorstats: errorstats::ErrorStats,
     /// INFO's per-second figures and memory peak.
@@ -300,9 +304,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether commands are timed: for the slow log, the latency monitor,
+    /// or both.
+    #[inline]
+    fn timing(&self) -> bool {
+        self.slowlog.enabled() || self.latency.enabled()
+    }
+
     /// CONFIG RESETSTAT: what Redis resets starts again from zero (the
     /// server's counters, commandstats, errorstats); the slow log, the
-    /// per-second figures, the memory peak and the mesh's own counters
+    /// latency monitor's events, the per-second figures, the memory peak and the mesh's own counters
     /// are kept.
     fn reset_stats(&self) {
         let st = &self.stats;
@@ -372,6 +383,7 @@ pub async fn serve(
         stats: Stats::default(),
         commands: (0..cmd::table_len()).map(|_| CommandStat::default()).collect(),
         slowlog: slowlog::Slowlog::default(),
+        latency: latency::Monitor::default(),
         errorstats: errorstats::ErrorStats::default(),
         rates: rates::Rates::default(),
         run_id,

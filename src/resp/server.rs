@@ -204,9 +204,10 @@ impl Connection {
         let mut n = 0u64;
         let mut end = None;
         // When the read's first command began and ended, for the slow log
-        // (see `resp::slowlog`); the end also closes the read's time for
-        // INFO commandstats when the read held one command, so a client
-        // that sends one command at a time costs no clock reading more.
+        // and the latency monitor (see `resp::slowlog`); the end also
+        // closes the read's time for INFO commandstats when the read held
+        // one command, so a client that sends one command at a time costs
+        // no clock reading more.
         let mut first_began = started;
         let mut first_ended = None;
         loop {
@@ -236,11 +237,11 @@ impl Connection {
                     let ran = self.wakes.defer(|| cmd::execute(&self.shared, &mut self.client, args, &mut self.out));
                     // The read's first command is timed here, unless it was
                     // timed as it ran.
-                    if n == 1 && shared.slowlog.enabled() {
+                    if n == 1 && shared.timing() {
                         let t = shared.mesh.env().instant();
                         first_ended = Some(t);
-                        if ran.is_some_and(|spec| !spec.timed_anywhere) {
-                            cmd::note_slow(&shared, &self.client, args, t.duration_since(first_began));
+                        if let Some(spec) = ran.filter(|spec| !spec.timed_anywhere) {
+                            cmd::note_timed(&shared, &self.client, spec, args, t.duration_since(first_began));
                         }
                     }
                     if let Some(b) = batch {

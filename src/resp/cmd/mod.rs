@@ -2,8 +2,8 @@
 //!
 //! Each family lives in its own file (`strings`, `counters`, `bits`,
 //! `bitfield`, `lcs`, `keyspace`, `expire`, `pubsub`, `connection`,
-//! `server`, `slowlog`, `memory`, `multi`), one function per command that
-//! parses its arguments and applies them. Commands reach the keyspace
+//! `server`, `slowlog`, `latency`, `memory`, `multi`), one function per
+//! command that parses its arguments and applies them. Commands reach the keyspace
 //! through `cx.db` only (see `resp::db`): inside EXEC it is the
 //! transaction. The table below names every command with what `COMMAND`
 //! reports about it and the function that runs it; lookup is a hash of the
@@ -15,6 +15,7 @@ mod connection;
 mod counters;
 mod expire;
 mod keyspace;
+mod latency;
 mod lcs;
 mod long_double;
 mod memory;
@@ -32,6 +33,7 @@ use bytes::Bytes;
 
 use super::client::Client;
 pub(crate) use super::db::Db;
+use super::latency::Event;
 use super::parse::parse_i64;
 use super::reply::Out;
 use super::Shared;
@@ -64,10 +66,11 @@ pub(crate) struct Spec {
     step: i32,
     acl: &'static [&'static str],
     run: Run,
-    /// Timed for the slow log wherever it runs: neither flagged `fast`
-    /// (Redis's O(1) and O(log N) commands) nor a write. Any other command
-    /// is timed only when it comes first in what a connection read, where
-    /// that costs no clock reading of its own (see `resp::slowlog`).
+    /// Timed for the slow log and the latency monitor (when either is on)
+    /// wherever it runs: neither flagged `fast` (Redis's O(1) and O(log N)
+    /// commands) nor a write. Any other command is timed only when it
+    /// comes first in what a connection read, where that costs no clock
+    /// reading of its own (see `resp::slowlog`).
     pub(crate) timed_anywhere: bool,
 }
 
@@ -241,6 +244,16 @@ static SPECS: &[Spec] = &[
     spec!("wait", 3, &["noscript"], 0, 0, 0, &["@slow", "@connection"], connection::wait),
     spec!("lastsave", 1, &["loading", "stale", "fast"], 0, 0, 0, &["@admin", "@fast", "@dangerous"], server::lastsave),
     spec!("slowlog", -2, &["admin", "loading", "stale"], 0, 0, 0, &["@admin", "@slow", "@dangerous"], slowlog::slowlog),
+    spec!(
+        "latency",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        0,
+        0,
+        0,
+        &["@admin", "@slow", "@dangerous"],
+        latency::latency
+    ),
     spec!(
         "role",
         1,
@@ -431,7 +444,7 @@ fn refuse(c: &mut Client, spec: Option<&'static Spec>, out: &mut Out, msg: &str)
 /// if it is [`Spec::timed_anywhere`] (the connection times the first
 /// command of a read itself).
 fn run(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
-    if !cx.spec.timed_anywhere || !cx.sh.slowlog.enabled() {
+    if !cx.spec.timed_anywhere || !cx.sh.timing() {
         return run_untimed(cx, args, out);
     }
     run_timed(cx, args, out)
@@ -440,13 +453,17 @@ fn run(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
 fn run_timed(cx: &mut Cx<'_, '_>, args: &[Bytes], out: &mut Out) {
     let started = cx.sh.mesh.env().instant();
     run_untimed(cx, args, out);
-    note_slow(cx.sh, cx.c, args, started.elapsed());
+    note_timed(cx.sh, cx.c, cx.spec, args, started.elapsed());
 }
 
-/// Offers a command that ran for `took` to the slow log.
-pub(crate) fn note_slow(sh: &Shared, c: &Client, args: &[Bytes], took: std::time::Duration) {
+/// Offers the command `spec` that ran for `took` to the slow log and to the
+/// latency monitor.
+pub(crate) fn note_timed(sh: &Shared, c: &Client, spec: &Spec, args: &[Bytes], took: std::time::Duration) {
     let name = c.name.as_deref().unwrap_or_default();
-    sh.slowlog.note(took, args, c.addr, name, || sh.mesh.now_ms() / 1000);
+    let now_secs = || sh.mesh.now_ms() / 1000;
+    sh.slowlog.note(took, args, c.addr, name, now_secs);
+    let event = if spec.is("fast") { Event::FastCommand } else { Event::Command };
+    sh.latency.note(event, took, now_secs);
 }
 
 /// Runs one command, counting it.

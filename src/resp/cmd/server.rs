@@ -229,6 +229,10 @@ fn config_params(sh: &Shared) -> Vec<(&'static str, String)> {
         ("tracking-table-max-keys", sh.tracking.max_keys().to_string()),
         ("slowlog-log-slower-than", sh.slowlog.slower_than_us().to_string()),
         ("slowlog-max-len", sh.slowlog.max_len().to_string()),
+        ("latency-monitor-threshold", sh.latency.threshold_ms().to_string()),
+        // Commands are not timed one by one (README.md, INFO
+        // commandstats), so there are no per-command histograms to keep.
+        ("latency-tracking", "no".into()),
     ]
 }
 
@@ -263,6 +267,7 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
         let mut tracking_keys = None;
         let mut slower_than = None;
         let mut slowlog_len = None;
+        let mut latency_ms = None;
         for kv in args[2..].chunks_exact(2) {
             let name = lossy(&kv[0]).to_ascii_lowercase();
             let failed = |why: &str| format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}");
@@ -316,6 +321,14 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
                     }
                     None => return out.error(&failed("argument couldn't be parsed into an integer")),
                 }
+            } else if name == "latency-monitor-threshold" {
+                match parse_i64(&kv[1]) {
+                    Some(n) if n >= 0 => latency_ms = Some(n as u64),
+                    Some(_) => {
+                        return out.error(&failed("argument must be between 0 and 9223372036854775807 inclusive"))
+                    }
+                    None => return out.error(&failed("argument couldn't be parsed into an integer")),
+                }
             } else if config_params(sh).iter().any(|(n, _)| *n == name) {
                 return out.error(&format!(
                     "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
@@ -336,6 +349,9 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
         }
         if let Some(n) = slowlog_len {
             sh.slowlog.set_max_len(n);
+        }
+        if let Some(ms) = latency_ms {
+            sh.latency.set_threshold_ms(ms);
         }
         let store = sh.mesh.replica().store();
         if let Some(p) = policy {
@@ -368,7 +384,7 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
                 "SET <directive> <value>",
                 "    Set the configuration <directive> to <value> (notify-keyspace-events, maxmemory,",
                 "    maxmemory-policy, maxmemory-samples, tracking-table-max-keys,",
-                "    slowlog-log-slower-than, slowlog-max-len).",
+                "    slowlog-log-slower-than, slowlog-max-len, latency-monitor-threshold).",
                 "RESETSTAT",
                 "    Reset statistics reported by the INFO command.",
             ],
