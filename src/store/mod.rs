@@ -706,9 +706,12 @@ impl Store {
         // Observers hear of a change to what the key reads as: a delete of
         // a key that was not visible (replicated all the same) changes
         // nothing a reader could have cached, and Redis is silent on it too.
+        // A value past its TTL that the sweep has not reached is told of
+        // all the same: a reader may have cached it before its TTL ran
+        // out, and once replaced the sweep will not tell of it.
         let observed = self.observers.wanted()
             && (matches!(reg.val, Slot::Value { .. }) && !reg.val.is_expired(now_ms)
-                || held.is_some_and(|id| g.table.get(id).visible(now_ms).is_some()));
+                || held.is_some_and(|id| g.holds_untold_value(id, now_ms)));
         let d = g.store(key, kh, lb, held, reg, now_ms, now_ms, self.policy().is_lfu());
         if observed {
             self.observers.changed(key);
@@ -1280,7 +1283,8 @@ impl Store {
 
     /// The refusal reply: a peer refused `key@stamp` by its floor, so drop
     /// our copy too if we still hold exactly that register, and raise our own
-    /// `gc_floor` to it. Returns the change if something visible went.
+    /// `gc_floor` to it. Returns the change if something visible went (or
+    /// a value past its TTL that the sweep had yet to report).
     pub fn drop_refused(&self, key: &Bytes, stamp: Stamp, now_ms: u64) -> Option<Change> {
         if self.planted(Bug::NoRefusalReply) {
             return None;
@@ -1290,11 +1294,16 @@ impl Store {
         let mut g = self.shards[s].write();
         let (id, r) = g.find(kh, key).filter(|(_, r)| r.stamp() == stamp)?;
         let was_visible = r.visible(now_ms).is_some();
+        // A value past its TTL, dropped before the sweep told of it, is
+        // told of here as the sweep would have.
+        let untold = g.holds_untold_value(id, now_ms);
         let d = g.remove(id, kh, lb);
         g.tidy();
-        if was_visible {
+        let (kind, origin) =
+            if was_visible { (ChangeKind::Delete, Origin::Remote) } else { (ChangeKind::Expire, Origin::Local) };
+        if untold {
             self.observers.changed(key);
-            self.tell(key, ChangeKind::Delete, stamp);
+            self.tell(key, kind, stamp);
         }
         {
             let mut f = self.floors.write();
@@ -1303,7 +1312,7 @@ impl Store {
         drop(g);
         self.apply(d);
         self.counters.refusal_drops.fetch_add(1, Ordering::Relaxed);
-        was_visible.then(|| Change { key: key.clone(), kind: ChangeKind::Delete, origin: Origin::Remote, stamp })
+        untold.then(|| Change { key: key.clone(), kind, origin, stamp })
     }
 
     /// Marks values whose TTL ran out as dead (queued for collection) and

@@ -435,6 +435,17 @@ impl Shard {
         }
     }
 
+    /// Whether record `id` holds a value whose end nobody has been told
+    /// of: readable at `now_ms`, or past its TTL with the expiry sweep yet
+    /// to reach it (the sweep tells of it, unless the record is replaced
+    /// or dropped first). A reader may have seen such a value while it
+    /// was readable.
+    pub(crate) fn holds_untold_value(&self, id: u32, now_ms: u64) -> bool {
+        let r = self.table.get(id);
+        r.visible(now_ms).is_some()
+            || r.is_value() && r.expires_at_ms().is_some_and(|e| self.expiries.contains(&(e, id)))
+    }
+
     /// Turns values whose TTL ran out into dead registers (queued for
     /// collection). Returns their keys and stamps.
     pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<(Bytes, Stamp, bool)> {

@@ -431,3 +431,56 @@ fn the_expiring_count_and_average_are_those_of_the_values_readable() {
     }
     assert!(evicted > 100 && swept > 100, "the run evicted {evicted} and swept {swept}: too few to tell");
 }
+
+/// A value past its TTL that the sweep has not reached is told of when a
+/// write or a refusal replaces it first: a reader may have cached it while
+/// it was readable, and once it is replaced the sweep cannot tell of it.
+/// One the sweep has told of is not told of again.
+#[test]
+fn a_value_replaced_past_its_ttl_before_the_sweep_is_told_of() {
+    struct Heard(Mutex<Vec<Vec<u8>>>);
+    impl Observer for Heard {
+        fn changed(&self, key: &[u8]) {
+            self.0.lock().push(key.to_vec());
+        }
+        fn flushed(&self) {}
+    }
+    let s = store(1);
+    let heard = Arc::new(Heard(Mutex::new(Vec::new())));
+    s.add_observer(heard.clone());
+    s.want_changes(true);
+    let told = Arc::new(Mutex::new(Vec::new()));
+    s.on_change({
+        let told = told.clone();
+        move |key, kind, _| told.lock().push((key.to_vec(), kind))
+    });
+    let take = || (std::mem::take(&mut *heard.0.lock()), std::mem::take(&mut *told.lock()));
+    let other = store(2);
+    let ttl = 10;
+
+    // Replaced by another peer's delete, which arrives past the TTL.
+    let exp = s.put(b("k"), b("v"), Some(ttl), T0).unwrap().register.val.expires_at_ms().unwrap();
+    take();
+    let d = other.delete(b("k"), exp + 1);
+    s.merge([(d.key, d.register)], exp + 1);
+    assert_eq!(take(), (vec![b"k".to_vec()], vec![(b"k".to_vec(), ChangeKind::Delete)]));
+    assert!(s.expire(exp + 2).is_empty());
+    assert_eq!(take(), (vec![], vec![]), "nothing left for the sweep");
+
+    // Dropped by a refusal reply past its TTL: told as its expiry.
+    let w = s.put(b("j"), b("v"), Some(ttl), T0).unwrap();
+    let exp = w.register.val.expires_at_ms().unwrap();
+    take();
+    let change = s.drop_refused(&b("j"), w.register.marker, exp + 1).expect("a change");
+    assert_eq!((change.kind, change.origin), (ChangeKind::Expire, Origin::Local));
+    assert_eq!(take(), (vec![b"j".to_vec()], vec![(b"j".to_vec(), ChangeKind::Expire)]));
+
+    // Swept first: told once, by the sweep.
+    let exp = s.put(b("i"), b("v"), Some(ttl), T0).unwrap().register.val.expires_at_ms().unwrap();
+    take();
+    assert_eq!(s.expire(exp + 1).len(), 1);
+    assert_eq!(take(), (vec![b"i".to_vec()], vec![(b"i".to_vec(), ChangeKind::Expire)]));
+    let d = other.delete(b("i"), exp + 2);
+    s.merge([(d.key, d.register)], exp + 2);
+    assert_eq!(take().0, Vec::<Vec<u8>>::new(), "a reader holds nothing of it since the sweep");
+}
