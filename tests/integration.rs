@@ -24,6 +24,7 @@ mod mesh_lifecycle;
 mod mesh_membership;
 mod mesh_security;
 mod model_traces;
+mod notify_racing;
 mod notify_replicated;
 mod partition_examples;
 mod redis_differential;

@@ -82,7 +82,7 @@ struct Side {
 /// A near cache as a RESP3 client library keeps one: values read with
 /// tracking on (`None`: the key was absent), dropped when an invalidation
 /// names them, all dropped on a null one.
-struct Near {
+pub(crate) struct Near {
     con: Conn,
     cache: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     invalidated: usize,
@@ -90,7 +90,7 @@ struct Near {
 
 impl Near {
     /// A client tracking the keys it reads, or with `bcast` every key.
-    async fn connect(port: u16, bcast: bool) -> Near {
+    pub(crate) async fn connect(port: u16, bcast: bool) -> Near {
         let mut con = Conn::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
         con.resp3 = true;
         con.cmd(&[b"HELLO", b"3"]).await;
@@ -121,7 +121,7 @@ impl Near {
     }
 
     /// A read through the cache: from the peer when the cache has nothing.
-    async fn get(&mut self, key: &[u8]) {
+    pub(crate) async fn get(&mut self, key: &[u8]) {
         if self.cache.contains_key(key) {
             return;
         }
@@ -139,7 +139,7 @@ impl Near {
     /// The first value held that `peer` no longer reads as: (key, held, on
     /// the peer). Run after a round trip, so that every invalidation the
     /// peer queued before it is applied.
-    async fn stale(&mut self, peer: &RespPeer) -> Option<(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    pub(crate) async fn stale(&mut self, peer: &RespPeer) -> Option<(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>)> {
         assert_eq!(self.round_trip(&[b"PING"]).await, b"+PONG\r\n");
         self.cache.iter().find_map(|(k, v)| {
             let now = peer.mesh.get(k).map(|b| b.to_vec());
@@ -149,7 +149,7 @@ impl Near {
 }
 
 /// A message as (channel, payload).
-type Message = (Vec<u8>, Vec<u8>);
+pub(crate) type Message = (Vec<u8>, Vec<u8>);
 
 fn keyspace(key: &[u8]) -> Vec<u8> {
     [&b"__keyspace@0__:"[..], key].concat()
@@ -161,7 +161,7 @@ fn keyevent(event: &[u8]) -> Vec<u8> {
 
 /// The channel and payload of a `pmessage` frame (a RESP3 push or a RESP2
 /// array).
-fn message(frame: &[u8]) -> Message {
+pub(crate) fn message(frame: &[u8]) -> Message {
     let mut f = frame.to_vec();
     if f.first() == Some(&b'>') {
         f[0] = b'*';
