@@ -302,32 +302,24 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
                     }
                 }
             } else if name == "tracking-table-max-keys" {
-                match parse_i64(&kv[1]) {
-                    Some(n) if n >= 0 => tracking_keys = Some(n as usize),
-                    Some(_) => {
-                        return out.error(&failed("argument must be between 0 and 9223372036854775807 inclusive"))
-                    }
-                    None => return out.error(&failed("argument couldn't be parsed into an integer")),
+                match at_least(&kv[1], 0) {
+                    Ok(n) => tracking_keys = Some(n as usize),
+                    Err(why) => return out.error(&failed(&why)),
                 }
-            } else if name == "slowlog-log-slower-than" || name == "slowlog-max-len" {
-                let floor = if name == "slowlog-max-len" { 0 } else { -1 };
-                match parse_i64(&kv[1]) {
-                    Some(n) if n >= floor && floor == 0 => slowlog_len = Some(n as u64),
-                    Some(n) if n >= floor => slower_than = Some(n),
-                    Some(_) => {
-                        return out.error(&failed(&format!(
-                            "argument must be between {floor} and 9223372036854775807 inclusive"
-                        )))
-                    }
-                    None => return out.error(&failed("argument couldn't be parsed into an integer")),
+            } else if name == "slowlog-log-slower-than" {
+                match at_least(&kv[1], -1) {
+                    Ok(n) => slower_than = Some(n),
+                    Err(why) => return out.error(&failed(&why)),
+                }
+            } else if name == "slowlog-max-len" {
+                match at_least(&kv[1], 0) {
+                    Ok(n) => slowlog_len = Some(n as u64),
+                    Err(why) => return out.error(&failed(&why)),
                 }
             } else if name == "latency-monitor-threshold" {
-                match parse_i64(&kv[1]) {
-                    Some(n) if n >= 0 => latency_ms = Some(n as u64),
-                    Some(_) => {
-                        return out.error(&failed("argument must be between 0 and 9223372036854775807 inclusive"))
-                    }
-                    None => return out.error(&failed("argument couldn't be parsed into an integer")),
+                match at_least(&kv[1], 0) {
+                    Ok(n) => latency_ms = Some(n as u64),
+                    Err(why) => return out.error(&failed(&why)),
                 }
             } else if config_params(sh).iter().any(|(n, _)| *n == name) {
                 return out.error(&format!(
@@ -393,6 +385,16 @@ fn config_command(sh: &Shared, in_transaction: bool, args: &[Bytes], out: &mut O
         wrong_args(out, &format!("config|{}", lossy(sub).to_ascii_lowercase()));
     } else {
         unknown_subcommand(out, sub, "CONFIG");
+    }
+}
+
+/// An integer parameter's value, at least `floor`, or why not in Redis's
+/// words.
+fn at_least(v: &[u8], floor: i64) -> Result<i64, String> {
+    match parse_i64(v) {
+        Some(n) if n >= floor => Ok(n),
+        Some(_) => Err(format!("argument must be between {floor} and 9223372036854775807 inclusive")),
+        None => Err("argument couldn't be parsed into an integer".to_string()),
     }
 }
 
