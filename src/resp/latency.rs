@@ -66,11 +66,13 @@ pub(crate) struct Sample {
     pub(crate) ms: u64,
 }
 
-/// One kind of event: a ring of seconds, and the worst ever.
+/// One kind of event: a ring of seconds, and the worst ever. Created with
+/// its first sample, so never empty.
 #[derive(Debug)]
 struct Series {
-    /// A second of 0 is a place never written.
     samples: [Sample; SERIES_LEN],
+    /// Places written, up to `SERIES_LEN`.
+    len: usize,
     /// Where the next second goes.
     next: usize,
     max_ms: u64,
@@ -78,7 +80,7 @@ struct Series {
 
 impl Series {
     fn new() -> Box<Series> {
-        Box::new(Series { samples: [Sample::default(); SERIES_LEN], next: 0, max_ms: 0 })
+        Box::new(Series { samples: [Sample::default(); SERIES_LEN], len: 0, next: 0, max_ms: 0 })
     }
 
     /// Redis's `latencyAddSample`: an event in the second of the last one
@@ -86,13 +88,16 @@ impl Series {
     /// place, overwriting the oldest.
     fn add(&mut self, unix_secs: u64, ms: u64) {
         self.max_ms = self.max_ms.max(ms);
-        let last = &mut self.samples[(self.next + SERIES_LEN - 1) % SERIES_LEN];
-        if last.unix_secs == unix_secs {
-            last.ms = last.ms.max(ms);
-            return;
+        if self.len > 0 {
+            let last = &mut self.samples[(self.next + SERIES_LEN - 1) % SERIES_LEN];
+            if last.unix_secs == unix_secs {
+                last.ms = last.ms.max(ms);
+                return;
+            }
         }
         self.samples[self.next] = Sample { unix_secs, ms };
         self.next = (self.next + 1) % SERIES_LEN;
+        self.len = (self.len + 1).min(SERIES_LEN);
     }
 
     fn last(&self) -> Sample {
@@ -100,7 +105,8 @@ impl Series {
     }
 
     fn oldest_first(&self) -> impl Iterator<Item = Sample> + '_ {
-        (0..SERIES_LEN).map(|j| self.samples[(self.next + j) % SERIES_LEN]).filter(|s| s.unix_secs != 0)
+        let first = (self.next + SERIES_LEN - self.len) % SERIES_LEN;
+        (0..self.len).map(move |j| self.samples[(first + j) % SERIES_LEN])
     }
 }
 
@@ -355,6 +361,15 @@ mod tests {
         // The other kind is apart, and names are exact.
         assert!(m.history(b"command").is_empty());
         assert!(m.history(b"FAST-COMMAND").is_empty());
+    }
+
+    #[test]
+    fn a_clock_at_zero_is_a_second_like_any_other() {
+        let m = Monitor::default();
+        m.set_threshold_ms(1);
+        m.note(Event::Command, ms(3), || 0);
+        m.note(Event::Command, ms(4), || 1);
+        assert_eq!(m.history(b"command"), vec![Sample { unix_secs: 0, ms: 3 }, Sample { unix_secs: 1, ms: 4 }]);
     }
 
     #[test]
