@@ -7,7 +7,11 @@
 //!
 //! Writes on different peers race: a peer merges a write it receives
 //! while its own client writes the same key, and expiries and evictions
-//! land between them. Once the writers are done, every TTL has run out
+//! land between them. The peers talk over fault-injecting sockets: every
+//! second seed loses 5% of their datagrams and reorders them, and seeds 2
+//! and 3 of every four cut the bounded peer apart for the middle third of
+//! the writes (what it missed then comes by pushes resent, or by
+//! anti-entropy). Once the writers are done, every TTL has run out
 //! and the peers hold the same registers (the bounded one: the same, or
 //! none), on every peer:
 //!
@@ -30,6 +34,8 @@ use crate::notify_replicated::{message, Near};
 
 use common::redis_ref::{Conn, RespPeer};
 use common::wait::DEADLINE;
+use meshcache::transport::faults::Faults;
+use meshcache::MeshConfig;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpStream;
@@ -69,14 +75,17 @@ struct Side {
     near: Near,
     sub: Conn,
     last: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Its commands, seeded by the seed and the side.
+    rng: SmallRng,
 }
 
 impl Side {
-    async fn connect(port: u16, bcast: bool) -> Side {
+    async fn connect(port: u16, bcast: bool, seed: u64) -> Side {
         let con = Conn::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
         let mut sub = Conn::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
         sub.cmd(&[b"PSUBSCRIBE", b"__keyspace@0__:*"]).await;
-        Side { con, near: Near::connect(port, bcast).await, sub, last: BTreeMap::new() }
+        let near = Near::connect(port, bcast).await;
+        Side { con, near, sub, last: BTreeMap::new(), rng: SmallRng::seed_from_u64(seed) }
     }
 
     /// Reads the messages that have come, keeping each key's last event.
@@ -89,18 +98,18 @@ impl Side {
     }
 }
 
-/// Runs `OPS` random commands on one side (seeded by `seed` and the
-/// side), reading a key through the near cache between them.
-async fn write(side: &mut Side, seed: u64, i: usize) {
-    let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(i as u64));
+/// Runs commands `ops` of one side's random sequence (`i` the side),
+/// reading a key through the near cache between them.
+async fn write(side: &mut Side, seed: u64, i: usize, ops: std::ops::Range<usize>) {
     let keys = all_keys(seed);
     let string = |rng: &mut SmallRng| keys[rng.random_range(0..KEYS)].clone();
     let counter = |rng: &mut SmallRng| keys[KEYS + rng.random_range(0..COUNTERS)].clone();
-    for op in 0..OPS {
+    let rng = &mut side.rng;
+    for op in ops {
         let value = format!("{i}:{op}:{}", "v".repeat(rng.random_range(1000..5000))).into_bytes();
         let ttl = rng.random_range(5..100u32).to_string().into_bytes();
-        let k = string(&mut rng);
-        let n = counter(&mut rng);
+        let k = string(rng);
+        let n = counter(rng);
         match rng.random_range(0..100) {
             0..35 => side.con.cmd(&[b"SET", &k, &value]).await,
             35..50 => side.con.cmd(&[b"SET", &k, &value, b"PX", &ttl]).await,
@@ -110,7 +119,7 @@ async fn write(side: &mut Side, seed: u64, i: usize) {
             75..87 => side.con.cmd(&[b"INCR", &n]).await,
             87..92 => side.con.cmd(&[b"PEXPIRE", &n, &ttl]).await,
             _ => {
-                let other = string(&mut rng);
+                let other = string(rng);
                 for args in [&[&b"MULTI"[..]][..], &[b"SET", &k, &value], &[b"DEL", &other], &[b"INCR", &n]] {
                     side.con.cmd(args).await;
                 }
@@ -164,15 +173,38 @@ async fn wrong(side: &mut Side, peer: &RespPeer, seed: u64) -> Vec<String> {
     out
 }
 
-async fn run_seed(peers: &[RespPeer], seed: u64) {
+async fn run_seed(peers: &[RespPeer], faults: &Faults, seed: u64) {
     let mut sides = Vec::new();
     for (i, p) in peers.iter().enumerate() {
-        sides.push(Side::connect(p.port, i == 1).await);
+        sides.push(Side::connect(p.port, i == 1, seed.wrapping_mul(31).wrapping_add(i as u64)).await);
     }
     let evicted_before = peers[2].mesh.replica().store().stats().evictions;
-    // Writes from the three at once.
-    let [a, b, c] = &mut sides[..] else { unreachable!("three sides") };
-    tokio::join!(write(a, seed, 0), write(b, seed, 1), write(c, seed, 2));
+    // Writes from the three at once, in three thirds. Every second seed
+    // loses 5% of the datagrams between the peers, and reorders them,
+    // throughout; seeds 2 and 3 of every four cut the bounded peer apart
+    // for the middle third.
+    let lossy = seed % 2 == 1;
+    let cut = seed % 4 >= 2;
+    if lossy {
+        faults.drop_rate(0.05);
+        faults.jitter(Duration::from_millis(2));
+    }
+    for third in 0..3 {
+        if cut && third == 1 {
+            faults.isolate(peers[2].mesh.local_addr());
+        }
+        let ops = third * OPS / 3..(third + 1) * OPS / 3;
+        let [a, b, c] = &mut sides[..] else { unreachable!("three sides") };
+        tokio::join!(write(a, seed, 0, ops.clone()), write(b, seed, 1, ops.clone()), write(c, seed, 2, ops));
+        if third == 1 {
+            faults.heal();
+            if lossy {
+                faults.drop_rate(0.05);
+                faults.jitter(Duration::from_millis(2));
+            }
+        }
+    }
+    faults.heal();
 
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
@@ -201,13 +233,17 @@ async fn run_seed(peers: &[RespPeer], seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_leave_every_subscriber_and_near_cache_current() {
-    let peers = RespPeer::cluster(3).await;
+    let faults = Faults::with_seed(0);
+    let peers = RespPeer::faulty_cluster(3, &faults, MeshConfig::for_test).await;
     let mut bounded = Conn::new(TcpStream::connect(("127.0.0.1", peers[2].port)).await.unwrap());
     let bound: [&[u8]; 6] = [b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-lru", b"maxmemory", BOUND.as_bytes()];
     assert_eq!(bounded.cmd(&bound).await, b"+OK\r\n");
     for seed in seeds() {
-        run_seed(&peers, seed).await;
+        run_seed(&peers, &faults, seed).await;
     }
+    let st = faults.stats();
+    let lossy_and_cut = seeds().iter().any(|s| s % 2 == 1) && seeds().iter().any(|s| s % 4 >= 2);
+    assert!(!lossy_and_cut || st.dropped_loss > 0 && st.dropped_cut > 0, "the faults were not applied: {st:?}");
     for p in peers {
         p.stop().await;
     }
