@@ -47,7 +47,8 @@ const COUNTERS: usize = 4;
 /// Commands each peer's client runs a seed.
 const OPS: usize = 800;
 
-/// The bounded peer's bound: about a third of what the keys hold.
+/// The bounded peer's bound: two thirds of what the keys hold (24 values
+/// of 3 kB on average).
 const BOUND: &str = "48kb";
 
 /// Events after which a key has no value.
