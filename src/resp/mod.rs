@@ -313,8 +313,8 @@ impl Shared {
 
     /// CONFIG RESETSTAT: what Redis resets starts again from zero (the
     /// server's counters, commandstats, errorstats); the slow log, the
-    /// latency monitor's events, the per-second figures, the memory peak and the mesh's own counters
-    /// are kept.
+    /// latency monitor's events, the per-second figures, the memory peak
+    /// and the mesh's own counters are kept.
     fn reset_stats(&self) {
         let st = &self.stats;
         let counters = [
