@@ -208,13 +208,11 @@ impl Replica {
 
     /// Wraps registers written here into a batch for pushing.
     pub fn deltas(&self, entries: Vec<(Bytes, Register)>, with_members: bool) -> DeltaBatch {
-        DeltaBatch {
-            from: self.me.clone(),
-            hlc: self.store.clock().last(),
-            clear_below: self.store.floors().clear_below,
-            members: with_members.then(|| self.members.lock().gossip()),
-            entries,
-        }
+        // The membership's lock is held only for its gossip, as in
+        // `sync_hello`.
+        let clear_below = self.store.floors().clear_below;
+        let members = with_members.then(|| self.members.lock().gossip());
+        DeltaBatch { from: self.me.clone(), hlc: self.store.clock().last(), clear_below, members, entries }
     }
 
     /// Applies a pushed batch. Pushes from a superseded incarnation are
@@ -315,16 +313,24 @@ impl Replica {
 
     /// The opening of an anti-entropy session from this side.
     pub(crate) fn sync_hello(&self) -> SyncHello {
+        // One lock at a time: a transaction checks the membership
+        // (`check_writable`) holding its shards' locks, so reading the
+        // shards (`holds_part`) holding the membership's lock, as a guard
+        // made inside the struct literal below would be until its end,
+        // deadlocks with it.
         let (root, count) = self.store.root();
+        let clear_below = self.store.floors().clear_below;
+        let members = self.members.lock().gossip();
+        let holds_part = self.store.holds_part();
         SyncHello {
             from: self.me.clone(),
             hlc: self.store.clock().last(),
             booted: self.is_booted(),
-            clear_below: self.store.floors().clear_below,
-            members: self.members.lock().gossip(),
+            clear_below,
+            members,
             root,
             count,
-            holds_part: self.store.holds_part(),
+            holds_part,
         }
     }
 
@@ -419,4 +425,47 @@ pub(crate) enum SyncRefused {
     Peer(Refusal),
     /// This process is superseded.
     SelfSuperseded,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hlc::NodeId;
+    use crate::membership::Incarnation;
+
+    /// An anti-entropy opening reads the shards while transactions, holding
+    /// their shards' locks, check the membership: neither waits on the
+    /// other for good. Bounded by count; the deadline only bounds a
+    /// deadlock.
+    #[test]
+    fn an_opening_and_a_transaction_take_their_locks_in_no_crossing_order() {
+        let me = MemberId { name: "a".into(), incarnation: Incarnation { started_ms: 0, node: NodeId(1) } };
+        let r = Arc::new(Replica::new(me, StoreConfig::default(), true).unwrap());
+        let (done, finished) = mpsc::channel();
+        let openings = std::thread::spawn({
+            let (r, done) = (r.clone(), done.clone());
+            move || {
+                for _ in 0..20_000 {
+                    r.sync_hello();
+                }
+                done.send(()).unwrap();
+            }
+        });
+        let transactions = std::thread::spawn(move || {
+            for i in 0..20_000u64 {
+                let _locked = r.store().lock([format!("k{}", i % 64)], 1_700_000_000_000 + i);
+                r.check_writable().unwrap();
+            }
+            done.send(()).unwrap();
+        });
+        for _ in 0..2 {
+            finished.recv_timeout(Duration::from_secs(60)).expect("an opening and a transaction deadlocked");
+        }
+        openings.join().unwrap();
+        transactions.join().unwrap();
+    }
 }
