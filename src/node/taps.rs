@@ -30,10 +30,17 @@ use crate::store::ChangeKind;
 
 type Tap = dyn Fn(&[u8], ChangeKind, Stamp) + Send + Sync;
 
+/// A tap on the list: its function, and whether it is started.
+struct Listed {
+    id: u64,
+    on: Arc<AtomicBool>,
+    f: Arc<Tap>,
+}
+
 /// The taps of one peer.
 #[derive(Default)]
 pub(crate) struct Taps {
-    list: RwLock<Vec<(u64, Arc<Tap>)>>,
+    list: RwLock<Vec<Listed>>,
     /// Taps dropped but not yet taken off `list` (see `ChangeTap::drop`).
     gone: Mutex<Vec<u64>>,
     /// Taps that want changes now: while none does, a change is not built
@@ -49,29 +56,28 @@ impl Taps {
         self.active.load(Ordering::Relaxed) > 0
     }
 
-    /// Tells every tap of a change of `key` stamped `stamp`, if any wants
-    /// changes.
+    /// Tells every started tap of a change of `key` stamped `stamp`.
     #[inline]
     pub(crate) fn tell(&self, key: &[u8], kind: ChangeKind, stamp: Stamp) {
         if !self.active() {
             return;
         }
-        for (_, f) in self.list.read().iter() {
-            f(key, kind, stamp);
+        for t in self.list.read().iter() {
+            if t.on.load(Ordering::Relaxed) {
+                (t.f)(key, kind, stamp);
+            }
         }
-    }
-
-    fn prune(list: &mut Vec<(u64, Arc<Tap>)>, gone: &mut Vec<u64>) {
-        list.retain(|(id, _)| !gone.contains(id));
-        gone.clear();
     }
 
     pub(crate) fn add(self: &Arc<Self>, f: Arc<Tap>) -> ChangeTap {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let on = Arc::new(AtomicBool::new(false));
         let mut list = self.list.write();
-        Self::prune(&mut list, &mut self.gone.lock());
-        list.push((id, f));
-        ChangeTap { taps: Arc::downgrade(self), id, on: AtomicBool::new(false) }
+        let mut gone = self.gone.lock();
+        list.retain(|t| !gone.contains(&t.id));
+        gone.clear();
+        list.push(Listed { id, on: on.clone(), f });
+        ChangeTap { taps: Arc::downgrade(self), id, on }
     }
 }
 
@@ -80,7 +86,7 @@ impl Taps {
 pub(crate) struct ChangeTap {
     taps: Weak<Taps>,
     id: u64,
-    on: AtomicBool,
+    on: Arc<AtomicBool>,
 }
 
 impl ChangeTap {
@@ -101,20 +107,16 @@ impl ChangeTap {
 }
 
 impl Drop for ChangeTap {
-    /// Stops the tap, and takes it off the list unless a change is being
-    /// told: a tap's owner can be dropped inside the tap itself (the last
-    /// reference to it was the one the tap had taken), under the list's
-    /// read lock. It is then taken off at the next `add`; until then its
-    /// function is still called while another tap is started (the RESP
-    /// server's finds its hub gone, and does nothing).
+    /// Stops the tap, so that it is told nothing more, and leaves it to
+    /// the next `add` to take off the list. A tap's owner can be dropped
+    /// inside the tap itself (the last reference to it was the one the tap
+    /// had taken), under the list's read lock, so the list is not locked
+    /// here: `add` takes the list's lock and then `gone`'s, and this may
+    /// run holding the first.
     fn drop(&mut self) {
         self.set_active(false);
         if let Some(t) = self.taps.upgrade() {
-            let mut gone = t.gone.lock();
-            gone.push(self.id);
-            if let Some(mut list) = t.list.try_write() {
-                Taps::prune(&mut list, &mut gone);
-            }
+            t.gone.lock().push(self.id);
         }
     }
 }
@@ -146,12 +148,19 @@ mod tests {
         tap.set_active(false);
         tell();
         assert!(!taps.active(), "started twice, stopped once: stopped");
+        let other = taps.add(Arc::new(|_: &[u8], _, _| {}));
+        other.set_active(true);
+        tell();
+        assert_eq!(heard.load(Ordering::Relaxed), 1, "a stopped tap told while another is started");
         tap.set_active(true);
         drop(tap);
-        assert!(!taps.active());
         tell();
-        assert_eq!(heard.load(Ordering::Relaxed), 1);
-        assert!(taps.list.read().is_empty());
+        assert_eq!(heard.load(Ordering::Relaxed), 1, "a dropped tap told");
+        assert_eq!(taps.list.read().len(), 2, "listed until the next add");
+        drop(other);
+        assert!(!taps.active());
+        let _third = taps.add(Arc::new(|_: &[u8], _, _| {}));
+        assert_eq!(taps.list.read().len(), 1, "the dropped taken off");
     }
 
     /// A tap dropped by its own function, while a change is told, is
