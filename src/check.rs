@@ -23,9 +23,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use crate::hlc::Stamp;
+use crate::locks::Mutex;
 use crate::store::Slot;
 use crate::{Mesh, MeshError};
 

@@ -15,9 +15,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+use crate::locks::Mutex;
 
 type Clock = dyn Fn() -> u64 + Send + Sync;
 

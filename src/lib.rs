@@ -119,6 +119,7 @@ pub mod hlc;
 pub mod http;
 #[cfg(feature = "server")]
 mod listen;
+mod locks;
 pub mod membership;
 pub mod node;
 pub mod replica;

@@ -7,10 +7,10 @@
 //! drive the very same type with virtual time.
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::hlc::Stamp;
+use crate::locks::Mutex;
 use crate::membership::{Learned, MemberId, MemberInfo, Members, Status};
 use crate::store::{
     Change, ChangeKind, Compaction, MergeOutcome, Origin, Register, Slot, Store, StoreConfig, StoreConfigError, Written,

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +21,7 @@ use super::{Mesh, MeshError};
 use crate::config::{MeshConfig, Seed};
 use crate::env::Env;
 use crate::hlc::NodeId;
+use crate::locks::Mutex;
 use crate::membership::{Incarnation, MemberId};
 use crate::replica::Replica;
 use crate::store::{Change, ChangeKind, Origin, StoreConfig};

@@ -33,11 +33,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::{Mesh, MeshError};
 use crate::hlc::Stamp;
+use crate::locks::Mutex;
 use crate::wire::Lease;
 
 /// Why [`Mesh::get_or_load`] returned no value.

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,6 +14,7 @@ use super::driver::Driver;
 use super::queue::PushQueue;
 use crate::config::MeshConfig;
 use crate::env::Env;
+use crate::locks::Mutex;
 use crate::membership::MemberId;
 use crate::replica::Replica;
 use crate::store::{Change, ChangeKind, Origin, Register, Written};

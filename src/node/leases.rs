@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::hlc::Stamp;
+use crate::locks::Mutex;
 use crate::wire::Lease;
 
 /// Most leases held at once. Past it, leases that ran out are dropped, and

@@ -13,8 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
-
+use crate::locks::RwLock;
 use crate::wire::Publication;
 
 /// A listener: given a message, returns how many receivers it handed it to

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::locks::Mutex;
 use crate::store::Register;
 use crate::wire::{Lease, Publication, LEASES_SINCE, PUBLISHED_SINCE};
 

@@ -11,10 +11,10 @@
 
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
 use rustls::crypto::CryptoProvider;
 
 use super::{Mesh, MeshError};
+use crate::locks::{Mutex, RwLock};
 use crate::transport::certs::{check_identity, CertInfo, Identity};
 use crate::transport::seeded::DstCids;
 use crate::transport::tls;

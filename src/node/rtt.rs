@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::locks::Mutex;
 
 /// The smallest initial RTT a dial starts from. On one host or one network the
 /// measured RTT is well under a millisecond, and a probe timeout of three

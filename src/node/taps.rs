@@ -23,9 +23,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::{Mutex, RwLock};
-
 use crate::hlc::Stamp;
+use crate::locks::{Mutex, RwLock};
 use crate::store::ChangeKind;
 
 type Tap = dyn Fn(&[u8], ChangeKind, Stamp) + Send + Sync;

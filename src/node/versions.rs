@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use parking_lot::Mutex;
 
 use super::inner::Inner;
 use super::stream::{kind, FrameReader, StreamError};
+use crate::locks::Mutex;
 use crate::wire::{Hello, Message, Refusal, VersionRange, WireError};
 
 /// A hello refused because the two peers' protocol version ranges do not

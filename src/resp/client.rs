@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use tokio::time::Instant;
+
+use crate::locks::Mutex;
 
 use super::notify::Outbox;
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use parking_lot::Mutex;
+use crate::locks::Mutex;
 
 /// Redis's limit on distinct codes. The codes come from meshcache's own
 /// replies, which have far fewer; past the limit a new code is not added

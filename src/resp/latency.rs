@@ -17,9 +17,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use super::sparkline;
+use crate::locks::Mutex;
 
 /// Seconds with an event kept per kind (Redis's `LATENCY_TS_LEN`).
 pub(crate) const SERIES_LEN: usize = 160;

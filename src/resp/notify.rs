@@ -42,12 +42,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::reply::Out;
 use crate::hlc::Stamp;
+use crate::locks::Mutex;
 use crate::store::ChangeKind;
 use crate::wire::Publication;
 use crate::Mesh;

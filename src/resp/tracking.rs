@@ -69,9 +69,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use super::client::Handle;
+use crate::locks::Mutex;
 use crate::store::Observer;
 
 /// Redis's default `tracking-table-max-keys`.

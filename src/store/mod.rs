@@ -32,11 +32,11 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsiz
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::hlc::{Clock, ClockError, NodeId, Stamp};
+use crate::locks::{Mutex, RwLock};
 #[cfg(any(test, feature = "testing"))]
 pub use bugs::Bug;
 #[cfg(not(any(test, feature = "testing")))]

@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use crate::locks::RwLock;
 
 /// Told of changes by the store; see the module docs.
 pub trait Observer: Send + Sync {

@@ -19,13 +19,13 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use parking_lot::RwLockWriteGuard;
 
 use super::digest::key_hash;
 use super::keys::{self, KeyAccess, Shards};
 use super::shard::{Delta, Shard};
 use super::{OutOfMemory, Register, Slot, Store, Written};
 use crate::hlc::Stamp;
+use crate::locks::RwLockWriteGuard;
 
 /// Why a transaction refused an operation.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl Store {
     /// Shard `s`'s write lock, spinning a while before sleeping for it: a
     /// transaction holds its shards for a few microseconds, less than a
     /// thread takes to sleep and wake.
-    pub(super) fn spin_write(&self, s: usize) -> parking_lot::RwLockWriteGuard<'_, Shard> {
+    pub(super) fn spin_write(&self, s: usize) -> crate::locks::RwLockWriteGuard<'_, Shard> {
         for _ in 0..SPINS {
             if let Some(g) = self.shards[s].try_write() {
                 return g;

@@ -78,11 +78,12 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+use crate::locks::Mutex;
 
 /// A set of fault rules shared by every socket it made. Cheap to clone:
 /// clones share the rules.

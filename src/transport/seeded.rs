@@ -69,7 +69,7 @@ pub(crate) fn seed_quinn(
     server.validation_token_config(tokens);
     let factory_env = env.clone();
     endpoint.cid_generator(move || Box::new(SeededCids { rng: factory_env.rng() }));
-    let rng = parking_lot::Mutex::new(env.rng());
+    let rng = crate::locks::Mutex::new(env.rng());
     let dst_cids: DstCids = Arc::new(move || {
         let mut b = [0u8; INITIAL_DCID_LEN];
         rng.lock().fill_bytes(&mut b);
