@@ -11,7 +11,11 @@
 
 use crate::common;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use common::redis_ref::{compare, redis72, run_only, same, Check, Conn, RedisServer, RespPeer, Step};
+use meshcache::MeshConfig;
 use tokio::net::{TcpStream, UnixStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,6 +144,78 @@ async fn keyspace_events_name_their_command_as_redis_does() {
         events.push(got);
     }
     assert_eq!(events[0], events[1], "meshcache's events (left) and redis-server's (right)");
+    peer.stop().await;
+}
+
+/// A write to a key whose TTL has run out publishes `expired` before its
+/// own events, as Redis does for a key a command finds past its TTL: a
+/// SET, an INCR and a transaction's SET, against redis-server's keyspace
+/// and keyevent messages. The peer's expiry sweep is held off (a timer
+/// tick of an hour), so each write is the first to find its key expired
+/// and must tell of it; redis-server's own expiry cycle may get there
+/// first, and its messages come in the same order either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_key_past_its_ttl_publishes_expired_first_as_redis_does() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let config = MeshConfig { tick_interval: Duration::from_secs(3600), ..MeshConfig::for_test("parity-lazy") };
+    let peer = RespPeer::start_with(config).await;
+    let connect = async |ours: bool| {
+        if ours {
+            Conn::new(TcpStream::connect(("127.0.0.1", peer.port)).await.unwrap())
+        } else {
+            Conn::new(UnixStream::connect(&redis.socket).await.unwrap())
+        }
+    };
+    let short: &[&[&str]] =
+        &[&["SET", "k", "v", "PX", "10"], &["SET", "n", "5", "PX", "10"], &["SET", "t", "v", "PX", "10"]];
+    let writes: &[&[&str]] = &[&["SET", "k", "w"], &["INCR", "n"], &["MULTI"], &["SET", "t", "x"], &["EXEC"]];
+    let mut events = Vec::new();
+    for ours in [true, false] {
+        let mut sub = connect(ours).await;
+        let mut con = connect(ours).await;
+        assert_eq!(con.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
+        assert_eq!(con.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEA"]).await, b"+OK\r\n");
+        sub.cmd(&[b"PSUBSCRIBE", b"__key*@0__:*"]).await;
+        for c in short {
+            con.cmd(&c.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()).await;
+        }
+        // Past every TTL (a bound from below, not a timing).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for c in writes {
+            con.cmd(&c.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()).await;
+        }
+        con.cmd(&[b"SET", b"end", b"1"]).await;
+        let mut got = Vec::new();
+        loop {
+            let m = String::from_utf8(sub.next().await).unwrap();
+            if m.ends_with("$3\r\nend\r\n") {
+                break;
+            }
+            got.push(m);
+        }
+        events.push(got);
+    }
+    // Per key: redis-server's expiry cycle ends the three keys in an order
+    // of its own while the test sleeps.
+    let by_key = |got: &[String]| {
+        let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in got {
+            let parts: Vec<&str> = m.split("\r\n").collect();
+            let (channel, payload) = (parts[6], parts[8]);
+            let (key, line) = match channel.strip_prefix("__keyspace@0__:") {
+                Some(key) => (key, format!("keyspace {payload}")),
+                None => (payload, format!("keyevent {}", channel.trim_start_matches("__keyevent@0__:"))),
+            };
+            keys.entry(key.to_string()).or_default().push(line);
+        }
+        keys
+    };
+    let (ours, theirs) = (by_key(&events[0]), by_key(&events[1]));
+    assert_eq!(ours, theirs, "meshcache's events (left) and redis-server's (right), per key");
+    for key in ["k", "n", "t"] {
+        let expired = ours[key].iter().position(|e| e == "keyevent expired");
+        assert_eq!(expired, Some(5), "{key}: set, expire, then expired before the write: {:?}", ours[key]);
+    }
     peer.stop().await;
 }
 

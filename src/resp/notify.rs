@@ -12,7 +12,7 @@
 //! | `EXPIRE` family (local) | `expire` | `g` |
 //! | `PERSIST` (local) | `persist` | `g` |
 //! | a delete (`DEL`, a replicated delete, `EXPIRE` in the past) | `del` | `g` |
-//! | a TTL running out | `expired` | `x` |
+//! | a TTL running out (told by the expiry sweep, or first by a write that finds the key past its TTL, before its own) | `expired` | `x` |
 //! | FLUSHALL, here or replicated, or compaction | `flushall` | `g` |
 //!
 //! `__keyspace@0__:<key>` carries the event name, `__keyevent@0__:<event>`

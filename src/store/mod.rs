@@ -709,12 +709,20 @@ impl Store {
         // A value past its TTL that the sweep has not reached is told of
         // all the same: a reader may have cached it before its TTL ran
         // out, and once replaced the sweep will not tell of it.
+        let ended = held.and_then(|id| g.untold_expiry(id, now_ms));
         let observed = self.observers.wanted()
             && (matches!(reg.val, Slot::Value { .. }) && !reg.val.is_expired(now_ms)
-                || held.is_some_and(|id| g.holds_untold_value(id, now_ms)));
+                || ended.is_some()
+                || held.is_some_and(|id| g.table.get(id).visible(now_ms).is_some()));
         let d = g.store(key, kh, lb, held, reg, now_ms, now_ms, self.policy().is_lfu());
         if observed {
             self.observers.changed(key);
+        }
+        // Its expiry is told before the write, as Redis publishes `expired`
+        // for a key a command finds past its TTL before the command's own
+        // event; the write's is told now or, in a transaction, at its end.
+        if let Some(stamp) = ended {
+            self.tell(key, ChangeKind::Expire, stamp);
         }
         if tell {
             self.tell(key, ChangeKind::of_stored(&reg.val, now_ms), reg.marker);

@@ -441,9 +441,19 @@ impl Shard {
     /// or dropped first). A reader may have seen such a value while it
     /// was readable.
     pub(crate) fn holds_untold_value(&self, id: u32, now_ms: u64) -> bool {
+        self.table.get(id).visible(now_ms).is_some() || self.untold_expiry(id, now_ms).is_some()
+    }
+
+    /// The stamp of the value record `id` holds, if its TTL ran out before
+    /// `now_ms` and the expiry sweep has yet to tell of it (which it will
+    /// not, once the record is replaced or dropped).
+    pub(crate) fn untold_expiry(&self, id: u32, now_ms: u64) -> Option<Stamp> {
         let r = self.table.get(id);
-        r.visible(now_ms).is_some()
-            || r.is_value() && r.expires_at_ms().is_some_and(|e| self.expiries.contains(&(e, id)))
+        if !r.is_value() {
+            return None;
+        }
+        let e = r.expires_at_ms()?;
+        (now_ms > e && self.expiries.contains(&(e, id))).then(|| r.stamp())
     }
 
     /// Turns values whose TTL ran out into dead registers (queued for

@@ -463,7 +463,8 @@ fn a_value_replaced_past_its_ttl_before_the_sweep_is_told_of() {
     take();
     let d = other.delete(b("k"), exp + 1);
     s.merge([(d.key, d.register)], exp + 1);
-    assert_eq!(take(), (vec![b"k".to_vec()], vec![(b"k".to_vec(), ChangeKind::Delete)]));
+    let k = || b"k".to_vec();
+    assert_eq!(take(), (vec![k()], vec![(k(), ChangeKind::Expire), (k(), ChangeKind::Delete)]));
     assert!(s.expire(exp + 2).is_empty());
     assert_eq!(take(), (vec![], vec![]), "nothing left for the sweep");
 
@@ -483,4 +484,72 @@ fn a_value_replaced_past_its_ttl_before_the_sweep_is_told_of() {
     let d = other.delete(b("i"), exp + 2);
     s.merge([(d.key, d.register)], exp + 2);
     assert_eq!(take().0, Vec::<Vec<u8>>::new(), "a reader holds nothing of it since the sweep");
+}
+
+/// A write that finds its key's value past its TTL, with the sweep yet to
+/// reach it, tells of that expiry first (stamped with the value's own
+/// write), as Redis publishes `expired` for a key a command finds past its
+/// TTL before the command's own event: a local write, a transaction's (the
+/// expiry as it writes, its write at its end) and another peer's. The
+/// sweep has nothing left to tell afterwards, and a value still readable,
+/// or already swept, is not told of as expired.
+#[test]
+fn a_write_over_a_value_past_its_ttl_tells_its_expiry_first() {
+    let s = store(1);
+    let told = Arc::new(Mutex::new(Vec::new()));
+    s.on_change({
+        let told = told.clone();
+        move |key, kind, stamp| told.lock().push((String::from_utf8(key.to_vec()).unwrap(), kind, stamp))
+    });
+    let take = || std::mem::take(&mut *told.lock());
+    let ev = |k: &str, kind, stamp| (k.to_string(), kind, stamp);
+    let ttl = 10;
+    let short = |k: &str, now| {
+        let w = s.put(b(k), b("v"), Some(ttl), now).unwrap();
+        (w.register.marker, w.register.val.expires_at_ms().unwrap())
+    };
+
+    // A local write.
+    let (v, exp) = short("k", T0);
+    take();
+    let w = s.put(b("k"), b("w"), None, exp + 1).unwrap().register.marker;
+    assert_eq!(take(), vec![ev("k", ChangeKind::Expire, v), ev("k", ChangeKind::Put, w)]);
+
+    // A transaction's.
+    let (v, exp) = short("t", exp + 1);
+    take();
+    let mut t = s.lock(["t"], exp + 1);
+    let w = t.stamp();
+    t.write_with(b("t"), |cur, _| {
+        assert_eq!(cur, None, "a value past its TTL reads as absent");
+        Some(Slot::Value { data: b("1"), expires_at_ms: None })
+    })
+    .unwrap();
+    assert_eq!(take(), vec![ev("t", ChangeKind::Expire, v)], "told as the transaction writes");
+    t.finish();
+    assert_eq!(take(), vec![ev("t", ChangeKind::Put, w)]);
+
+    // Another peer's.
+    let (v, exp) = short("r", exp + 1);
+    take();
+    let other = store(2);
+    let w = other.put(b("r"), b("x"), None, exp + 1).unwrap();
+    s.merge([(w.key, w.register.clone())], exp + 1);
+    assert_eq!(take(), vec![ev("r", ChangeKind::Expire, v), ev("r", ChangeKind::Put, w.register.marker)]);
+    assert!(s.expire(exp + 100).is_empty(), "nothing left for the sweep");
+    assert_eq!(take(), vec![]);
+
+    // Still readable at its last millisecond: only the write.
+    let (_, exp) = short("n", exp + 100);
+    take();
+    let w = s.put(b("n"), b("w"), None, exp).unwrap().register.marker;
+    assert_eq!(take(), vec![ev("n", ChangeKind::Put, w)]);
+
+    // Swept first: told once, by the sweep.
+    let (v, exp) = short("o", exp);
+    take();
+    assert_eq!(s.expire(exp + 1).len(), 1);
+    assert_eq!(take(), vec![ev("o", ChangeKind::Expire, v)]);
+    let w = s.put(b("o"), b("w"), None, exp + 2).unwrap().register.marker;
+    assert_eq!(take(), vec![ev("o", ChangeKind::Put, w)]);
 }

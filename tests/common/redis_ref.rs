@@ -206,6 +206,13 @@ impl RespPeer {
         Self::serve(super::mesh::start(&ca, name, &[]).await).await
     }
 
+    /// As [`RespPeer::start`], with `config` (named as the peer is).
+    pub async fn start_with(config: meshcache::MeshConfig) -> RespPeer {
+        let ca = meshcache::transport::certs::EphemeralCa::new().unwrap();
+        let id = ca.issue(&config.name).unwrap();
+        Self::serve(meshcache::Mesh::builder().config(config).tls(id).start().await.unwrap()).await
+    }
+
     async fn serve(mesh: meshcache::Mesh) -> RespPeer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
