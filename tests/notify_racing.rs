@@ -1,7 +1,8 @@
 //! Keyspace notifications and near caches while three peers are written at
 //! once, on the same keys. A client on each peer runs a seeded random
 //! mix of SETs, SETs that expire within 100 ms, PEXPIREs, PERSISTs, DELs,
-//! INCRs and small transactions, and reads through a tracking client's
+//! INCRs, RENAMEs, COPYs, MSETs, GETDELs, APPENDs, GETEXs, SET NX GETs
+//! and small transactions, and reads through a tracking client's
 //! near cache (BCAST on the second peer); the third peer holds the keys
 //! under a memory bound small enough that it evicts as writes arrive.
 //!
@@ -17,8 +18,8 @@
 //!
 //! - the last message its subscriber heard on a key's keyspace channel
 //!   names what the key now is: a value (`set`, `incrby`, `expire`,
-//!   `persist`...) or none (`del`, `expired`, `evicted`, or never a
-//!   message). An application that drops what these messages name would
+//!   `persist`, `rename_to`, `copy_to`...) or none (`del`, `expired`,
+//!   `evicted`, `rename_from`, or never a message). An application that drops what these messages name would
 //!   otherwise keep a value the peer no longer has, or drop one for good;
 //! - the tracking client's near cache holds what the peer holds.
 //!
@@ -52,7 +53,7 @@ const OPS: usize = 800;
 const BOUND: &str = "48kb";
 
 /// Events after which a key has no value.
-const GONE: [&[u8]; 3] = [b"del", b"expired", b"evicted"];
+const GONE: [&[u8]; 4] = [b"del", b"expired", b"evicted", b"rename_from"];
 
 /// Each seed's keys, named apart from the other seeds'.
 fn all_keys(seed: u64) -> Vec<Vec<u8>> {
@@ -100,27 +101,40 @@ impl Side {
 }
 
 /// Runs commands `ops` of one side's random sequence (`i` the side),
-/// reading a key through the near cache between them.
-async fn write(side: &mut Side, seed: u64, i: usize, ops: std::ops::Range<usize>) {
+/// reading a key through the near cache between them. Returns how many of
+/// its RENAMEs found their key.
+async fn write(side: &mut Side, seed: u64, i: usize, ops: std::ops::Range<usize>) -> usize {
     let keys = all_keys(seed);
     let string = |rng: &mut SmallRng| keys[rng.random_range(0..KEYS)].clone();
     let counter = |rng: &mut SmallRng| keys[KEYS + rng.random_range(0..COUNTERS)].clone();
     let rng = &mut side.rng;
+    let mut renamed = 0;
     for op in ops {
         let value = format!("{i}:{op}:{}", "v".repeat(rng.random_range(1000..5000))).into_bytes();
         let ttl = rng.random_range(5..100u32).to_string().into_bytes();
         let k = string(rng);
         let n = counter(rng);
+        let other = string(rng);
         match rng.random_range(0..100) {
-            0..35 => side.con.cmd(&[b"SET", &k, &value]).await,
-            35..50 => side.con.cmd(&[b"SET", &k, &value, b"PX", &ttl]).await,
-            50..58 => side.con.cmd(&[b"PEXPIRE", &k, &ttl]).await,
-            58..62 => side.con.cmd(&[b"PERSIST", &k]).await,
-            62..75 => side.con.cmd(&[b"DEL", &k]).await,
-            75..87 => side.con.cmd(&[b"INCR", &n]).await,
-            87..92 => side.con.cmd(&[b"PEXPIRE", &n, &ttl]).await,
+            0..28 => side.con.cmd(&[b"SET", &k, &value]).await,
+            28..40 => side.con.cmd(&[b"SET", &k, &value, b"PX", &ttl]).await,
+            40..46 => side.con.cmd(&[b"PEXPIRE", &k, &ttl]).await,
+            46..49 => side.con.cmd(&[b"PERSIST", &k]).await,
+            49..58 => side.con.cmd(&[b"DEL", &k]).await,
+            58..68 => side.con.cmd(&[b"INCR", &n]).await,
+            68..72 => side.con.cmd(&[b"PEXPIRE", &n, &ttl]).await,
+            72..75 => {
+                let reply = side.con.cmd(&[b"RENAME", &k, &other]).await;
+                renamed += usize::from(reply == b"+OK\r\n");
+                reply
+            }
+            75..78 => side.con.cmd(&[b"COPY", &k, &other, b"REPLACE"]).await,
+            78..81 => side.con.cmd(&[b"MSET", &k, &value, &other, &value]).await,
+            81..84 => side.con.cmd(&[b"GETDEL", &k]).await,
+            84..87 => side.con.cmd(&[b"APPEND", &k, b"+"]).await,
+            87..90 => side.con.cmd(&[b"GETEX", &k, b"PX", &ttl]).await,
+            90..93 => side.con.cmd(&[b"SET", &k, &value, b"NX", b"GET"]).await,
             _ => {
-                let other = string(rng);
                 for args in [&[&b"MULTI"[..]][..], &[b"SET", &k, &value], &[b"DEL", &other], &[b"INCR", &n]] {
                     side.con.cmd(args).await;
                 }
@@ -129,6 +143,7 @@ async fn write(side: &mut Side, seed: u64, i: usize, ops: std::ops::Range<usize>
         };
         side.near.get(&keys[rng.random_range(0..keys.len())]).await;
     }
+    renamed
 }
 
 /// Whether the writes have settled: no TTL left to run out, the two
@@ -180,6 +195,7 @@ async fn run_seed(peers: &[RespPeer], faults: &Faults, seed: u64) {
         sides.push(Side::connect(p.port, i == 1, seed.wrapping_mul(31).wrapping_add(i as u64)).await);
     }
     let evicted_before = peers[2].mesh.replica().store().stats().evictions;
+    let mut renamed = 0;
     // Writes from the three at once, in three thirds. Every second seed
     // loses 5% of the datagrams between the peers, and reorders them,
     // throughout; seeds 2 and 3 of every four cut the bounded peer apart
@@ -196,7 +212,9 @@ async fn run_seed(peers: &[RespPeer], faults: &Faults, seed: u64) {
         }
         let ops = third * OPS / 3..(third + 1) * OPS / 3;
         let [a, b, c] = &mut sides[..] else { unreachable!("three sides") };
-        tokio::join!(write(a, seed, 0, ops.clone()), write(b, seed, 1, ops.clone()), write(c, seed, 2, ops));
+        let (ra, rb, rc) =
+            tokio::join!(write(a, seed, 0, ops.clone()), write(b, seed, 1, ops.clone()), write(c, seed, 2, ops));
+        renamed += ra + rb + rc;
         if third == 1 {
             faults.heal();
             if lossy {
@@ -230,6 +248,7 @@ async fn run_seed(peers: &[RespPeer], faults: &Faults, seed: u64) {
     }
     let evicted = peers[2].mesh.replica().store().stats().evictions - evicted_before;
     assert!(evicted > 0, "seed {seed}: the bounded peer evicted nothing, so evictions were not raced");
+    assert!(renamed > 0, "seed {seed}: no RENAME found its key, so renames were not raced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
