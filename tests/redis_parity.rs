@@ -78,13 +78,6 @@ async fn transactions_answer_as_redis_does() {
 async fn keyspace_events_name_their_command_as_redis_does() {
     let Some(redis) = RedisServer::start().await else { return };
     let peer = RespPeer::start("parity").await;
-    let connect = async |ours: bool| {
-        if ours {
-            Conn::new(TcpStream::connect(("127.0.0.1", peer.port)).await.unwrap())
-        } else {
-            Conn::new(UnixStream::connect(&redis.socket).await.unwrap())
-        }
-    };
     let script: &[&[&str]] = &[
         &["SET", "a", "1"],
         &["APPEND", "a", "x"],
@@ -121,30 +114,48 @@ async fn keyspace_events_name_their_command_as_redis_does() {
         &["RENAME", "t0", "t3"],
         &["EXEC"],
     ];
-    let mut events = Vec::new();
-    for ours in [true, false] {
-        let mut sub = connect(ours).await;
-        let mut con = connect(ours).await;
-        assert_eq!(con.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
-        assert_eq!(con.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"EKA"]).await, b"+OK\r\n");
-        sub.cmd(&[b"PSUBSCRIBE", b"__keyevent@0__:*"]).await;
-        for c in script {
+    let ours = heard(async || peer_conn(&peer).await, b"__keyevent@0__:*", &[script]).await;
+    let theirs = heard(async || redis_conn(&redis).await, b"__keyevent@0__:*", &[script]).await;
+    assert_eq!(ours, theirs, "meshcache's events (left) and redis-server's (right)");
+    peer.stop().await;
+}
+
+async fn peer_conn(peer: &RespPeer) -> Conn {
+    Conn::new(TcpStream::connect(("127.0.0.1", peer.port)).await.unwrap())
+}
+
+async fn redis_conn(redis: &RedisServer) -> Conn {
+    Conn::new(UnixStream::connect(&redis.socket).await.unwrap())
+}
+
+/// The messages a subscriber to `pattern` hears (`notify-keyspace-events
+/// KEA`) while another connection runs `scripts` from an empty keyspace,
+/// sleeping between two scripts for longer than any TTL the first one
+/// set (a bound from below, not a timing). A mark written last ends them.
+async fn heard(connect: impl AsyncFn() -> Conn, pattern: &[u8], scripts: &[&[&[&str]]]) -> Vec<String> {
+    let mut sub = connect().await;
+    let mut con = connect().await;
+    assert_eq!(con.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
+    assert_eq!(con.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEA"]).await, b"+OK\r\n");
+    sub.cmd(&[b"PSUBSCRIBE", pattern]).await;
+    for (i, script) in scripts.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for c in script.iter() {
             con.cmd(&c.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()).await;
         }
-        // A mark after the last event: the stream ends there on both.
-        con.cmd(&[b"SET", b"end", b"1"]).await;
-        let mut got = Vec::new();
-        loop {
-            let m = String::from_utf8(sub.next().await).unwrap();
-            if m.ends_with("$3\r\nend\r\n") {
-                break;
-            }
-            got.push(m);
-        }
-        events.push(got);
     }
-    assert_eq!(events[0], events[1], "meshcache's events (left) and redis-server's (right)");
-    peer.stop().await;
+    con.cmd(&[b"SET", b"end", b"1"]).await;
+    let mut got = Vec::new();
+    loop {
+        let m = String::from_utf8(sub.next().await).unwrap();
+        if m.ends_with("$3\r\nend\r\n") {
+            break;
+        }
+        got.push(m);
+    }
+    got
 }
 
 /// A write to a key whose TTL has run out publishes `expired` before its
@@ -159,42 +170,12 @@ async fn a_write_to_a_key_past_its_ttl_publishes_expired_first_as_redis_does() {
     let Some(redis) = RedisServer::start().await else { return };
     let config = MeshConfig { tick_interval: Duration::from_secs(3600), ..MeshConfig::for_test("parity-lazy") };
     let peer = RespPeer::start_with(config).await;
-    let connect = async |ours: bool| {
-        if ours {
-            Conn::new(TcpStream::connect(("127.0.0.1", peer.port)).await.unwrap())
-        } else {
-            Conn::new(UnixStream::connect(&redis.socket).await.unwrap())
-        }
-    };
     let short: &[&[&str]] =
         &[&["SET", "k", "v", "PX", "10"], &["SET", "n", "5", "PX", "10"], &["SET", "t", "v", "PX", "10"]];
     let writes: &[&[&str]] = &[&["SET", "k", "w"], &["INCR", "n"], &["MULTI"], &["SET", "t", "x"], &["EXEC"]];
-    let mut events = Vec::new();
-    for ours in [true, false] {
-        let mut sub = connect(ours).await;
-        let mut con = connect(ours).await;
-        assert_eq!(con.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
-        assert_eq!(con.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEA"]).await, b"+OK\r\n");
-        sub.cmd(&[b"PSUBSCRIBE", b"__key*@0__:*"]).await;
-        for c in short {
-            con.cmd(&c.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()).await;
-        }
-        // Past every TTL (a bound from below, not a timing).
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        for c in writes {
-            con.cmd(&c.iter().map(|a| a.as_bytes()).collect::<Vec<_>>()).await;
-        }
-        con.cmd(&[b"SET", b"end", b"1"]).await;
-        let mut got = Vec::new();
-        loop {
-            let m = String::from_utf8(sub.next().await).unwrap();
-            if m.ends_with("$3\r\nend\r\n") {
-                break;
-            }
-            got.push(m);
-        }
-        events.push(got);
-    }
+    let scripts = [short, writes];
+    let ours = heard(async || peer_conn(&peer).await, b"__key*@0__:*", &scripts).await;
+    let theirs = heard(async || redis_conn(&redis).await, b"__key*@0__:*", &scripts).await;
     // Per key: redis-server's expiry cycle ends the three keys in an order
     // of its own while the test sleeps.
     let by_key = |got: &[String]| {
@@ -210,7 +191,7 @@ async fn a_write_to_a_key_past_its_ttl_publishes_expired_first_as_redis_does() {
         }
         keys
     };
-    let (ours, theirs) = (by_key(&events[0]), by_key(&events[1]));
+    let (ours, theirs) = (by_key(&ours), by_key(&theirs));
     assert_eq!(ours, theirs, "meshcache's events (left) and redis-server's (right), per key");
     for key in ["k", "n", "t"] {
         let expired = ours[key].iter().position(|e| e == "keyevent expired");
