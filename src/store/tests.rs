@@ -553,3 +553,15 @@ fn a_write_over_a_value_past_its_ttl_tells_its_expiry_first() {
     let w = s.put(b("o"), b("w"), None, exp + 2).unwrap().register.marker;
     assert_eq!(take(), vec![ev("o", ChangeKind::Put, w)]);
 }
+
+/// A read lent to a closure that reads the store again takes its shard's
+/// lock twice, which can deadlock behind a waiting writer: debug builds
+/// panic on it at once (`crate::locks`), whether or not a writer waits.
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "Found cycle in mutex dependency graph")]
+fn a_read_inside_a_lent_read_of_the_same_shard_panics_in_debug_builds() {
+    let s = store(1);
+    s.put(b("k"), b("v"), None, T0).unwrap();
+    s.get_with(b"k", T0, |_| s.get(b"k", T0));
+}
