@@ -278,8 +278,7 @@ impl Mesh {
     /// anyway. `f` runs under a shard's read lock, so it should be short,
     /// and must not call this mesh: a write of a key in the same shard
     /// would wait for that lock for good, and a read of one can, queued
-    /// behind a writer waiting for it (a debug build panics on both,
-    /// naming the lock taken twice).
+    /// behind a writer waiting for it (a debug build panics on both).
     pub fn get_with<R>(&self, key: impl AsRef<[u8]>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         // The clock is read only for a key with an expiry; the access is
         // stamped with the time the timer and writes last gave the store.
