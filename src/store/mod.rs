@@ -1304,7 +1304,7 @@ impl Store {
         let was_visible = r.visible(now_ms).is_some();
         // A value past its TTL, dropped before the sweep told of it, is
         // told of here as the sweep would have.
-        let untold = g.holds_untold_value(id, now_ms);
+        let untold = was_visible || g.untold_expiry(id, now_ms).is_some();
         let d = g.remove(id, kh, lb);
         g.tidy();
         let (kind, origin) =

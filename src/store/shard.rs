@@ -435,15 +435,6 @@ impl Shard {
         }
     }
 
-    /// Whether record `id` holds a value whose end nobody has been told
-    /// of: readable at `now_ms`, or past its TTL with the expiry sweep yet
-    /// to reach it (the sweep tells of it, unless the record is replaced
-    /// or dropped first). A reader may have seen such a value while it
-    /// was readable.
-    pub(crate) fn holds_untold_value(&self, id: u32, now_ms: u64) -> bool {
-        self.table.get(id).visible(now_ms).is_some() || self.untold_expiry(id, now_ms).is_some()
-    }
-
     /// The stamp of the value record `id` holds, if its TTL ran out before
     /// `now_ms` and the expiry sweep has yet to tell of it (which it will
     /// not, once the record is replaced or dropped).
