@@ -240,14 +240,13 @@ impl MeshBuilder {
         let taps = Arc::new(super::taps::Taps::default());
         // A compaction drops older values everywhere, like a FLUSHALL: this
         // peer's subscribers hear it as one (the others do once its
-        // `clear_below` reaches them).
-        let (told, tapped) = (events.clone(), taps.clone());
+        // `clear_below` reaches them). The taps heard it from the store.
+        let told = events.clone();
         replica.store().on_compaction(move |c| {
             tracing::warn!(
                 clear_below = %c.clear_below, tombstones = c.tombstones, values = c.values,
                 "tombstone budget exceeded: compacted by raising clear_below (older values flushed)"
             );
-            tapped.tell(b"", ChangeKind::Flush, c.clear_below);
             let _ = told.send(Change {
                 key: bytes::Bytes::new(),
                 kind: ChangeKind::Flush,

@@ -119,11 +119,8 @@ pub(super) struct Inner {
 
 impl Inner {
     pub(super) fn publish(&self, c: Change) {
-        // A key's changes were told to the taps under its lock.
-        if c.kind == ChangeKind::Flush {
-            self.taps.tell(&c.key, c.kind, c.stamp);
-        }
-        // No subscriber is fine.
+        // Every change, a flush too, was told to the taps by the store,
+        // under its shard locks. No subscriber is fine.
         let _ = self.events.send(c);
     }
 
@@ -139,11 +136,8 @@ impl Inner {
                 self.leases.touched(&c.key);
             }
         }
-        // A flush, told to the taps here, is published whoever reads the
-        // stream.
-        let heard = self.changes_heard();
-        for c in changes {
-            if heard || c.kind == ChangeKind::Flush {
+        if self.changes_heard() {
+            for c in changes {
                 self.publish(c);
             }
         }

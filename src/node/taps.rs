@@ -13,8 +13,8 @@
 //!
 //! A tap runs under shard locks: it must be quick, must not call back into
 //! the store, and must not take a lock that is ever held while a shard
-//! lock is taken. A FLUSHALL or a compaction, which holds no key's lock,
-//! is told with an empty key after its sweep.
+//! lock is taken. A FLUSHALL or a compaction is told with an empty key,
+//! under every shard's lock, before its sweep (see `Store::flush_all`).
 
 // Only the RESP server taps; without it, the changes are still told to
 // no one at the cost of one relaxed load.

@@ -31,8 +31,13 @@
 //! (`scripts/notify-load`), and the changes of one key are published in
 //! the order they were applied, however many threads race on it.
 //!
-//! A FLUSHALL is told after its sweep, and [`Order`] drops a change it
-//! removed that is told after it.
+//! A FLUSHALL (or a compaction, or a `clear_below` from another peer) is
+//! told under every shard's lock, before its sweep, which removes its
+//! keys silently: so `flushall` comes after every change it removes and
+//! before every change it does not. A value it leaves (stamped at or
+//! above it: a write that raced another peer's FLUSHALL, or a value newer
+//! than a compaction's bar) is told again as a write, published as `set`,
+//! right after it.
 //!
 //! With no subscriber, the tap is stopped, so writes pay nothing for
 //! notifications.
@@ -698,9 +703,10 @@ const ORDER_SLOTS: usize = 4096;
 /// stamped under the key's lock, and a merge applies only a newer register;
 /// an expiry, an eviction or a refusal reply carries the stamp it removes),
 /// so this drops nothing they tell in order. What it does drop: a change
-/// stamped below the last `clear_below`, told after the FLUSHALL that
-/// removed it (a FLUSHALL is told once its sweep is done, under no key's
-/// lock); and the same write merged again in place of its own eviction's
+/// stamped below the last `clear_below` told after the FLUSHALL that
+/// removed it (which the store does not do: it tells a FLUSHALL under
+/// every shard's lock, and hides what it removes until swept); and the
+/// same write merged again in place of its own eviction's
 /// stub (an expiry or an eviction shares its stamp with the write whose
 /// value it ends, and comes after it), which only a store without a bound
 /// does (its bound lifted since), and only while the key's slot still

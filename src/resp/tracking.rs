@@ -3,7 +3,7 @@
 //!
 //! The [`Table`] is an observer of the store (`store::Observer`): it is
 //! told of each write, delete, expiry and eviction under the lock of the
-//! key's shard, and of a FLUSHALL once its sweep is done, whether the
+//! key's shard, and of a FLUSHALL under every shard's lock, whether the
 //! change was made here, pushed by another peer, or repaired by
 //! anti-entropy. It queues each invalidation in the outbox of the client
 //! that must hear it, which its connection drains.
@@ -24,11 +24,9 @@
 //! The second point is what keeps a near cache from storing a value older
 //! than an invalidation it has already handled; the first means no reply
 //! shows a new value while the invalidation of the old one is still held
-//! back. A FLUSHALL is the one exception to the first point: its null
-//! invalidation is queued once every shard is swept, so a reply during the
-//! sweep may show a key gone before it (harmless: the client drops what it
-//! cached). A client's own writes invalidate after their reply, as in
-//! Redis 7.
+//! back. A FLUSHALL's null invalidation is queued under every shard's
+//! lock, so this holds for it too. A client's own writes invalidate after
+//! their reply, as in Redis 7.
 //!
 //! # The table
 //!

@@ -31,6 +31,11 @@ pub enum Bug {
     /// Merge applies a transaction's registers (a run with one stamp) one
     /// key at a time: a reader here can see part of the transaction.
     MergesRunsApart,
+    /// A raised `clear_below` is swept a shard at a time before it is told,
+    /// and reads and writes see what the sweep has yet to reach: a write
+    /// in the meantime reads a deleted value, and is told before the
+    /// FLUSHALL that it outlives.
+    FlushSweptFirst,
 }
 
 #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
@@ -44,6 +49,7 @@ impl Bug {
             Bug::GhostUnstable => 16,
             Bug::AdoptBlind => 32,
             Bug::MergesRunsApart => 64,
+            Bug::FlushSweptFirst => 128,
         }
     }
 }

@@ -81,7 +81,7 @@ pub(super) fn scan(store: &Store, src: &impl Shards, cursor: u64, count: usize, 
             if seen > 0 {
                 for (_, r) in g.table.iter() {
                     let bucket = bucket_of(key_hash(r.key())) & (per - 1);
-                    if (lo..hi).contains(&bucket) && r.visible(now_ms).is_some() {
+                    if (lo..hi).contains(&bucket) && !g.flushed(r) && r.visible(now_ms).is_some() {
                         keys.push(Bytes::copy_from_slice(r.key()));
                     }
                 }
@@ -98,7 +98,7 @@ pub(super) fn keys(store: &Store, src: &impl Shards, now_ms: u64, keep: impl Fn(
     for s in 0..store.shards.len() {
         src.read_shard(s, |g| {
             for (_, r) in g.table.iter() {
-                if r.visible(now_ms).is_some() && keep(r.key()) {
+                if !g.flushed(r) && r.visible(now_ms).is_some() && keep(r.key()) {
                     out.push(Bytes::copy_from_slice(r.key()));
                 }
             }
@@ -141,7 +141,7 @@ pub(super) fn access_of(store: &Store, src: &impl Shards, key: &[u8], now_ms: u6
     let (s, _) = store.locate(kh);
     let lfu = store.policy().is_lfu();
     src.read_shard(s, |g| {
-        let (_, r) = g.find(kh, key)?;
+        let (_, r) = g.find_live(kh, key)?;
         r.visible(now_ms)?;
         let a = r.access();
         Some(KeyAccess {

@@ -72,7 +72,9 @@ fn decide(
     let found = g.find(kh, key);
     let id = found.map(|(id, _)| id);
     let held = found.map(|(_, r)| r);
-    let current = held.filter(|r| read && r.visible(now_ms).is_some()).map(|r| r.slot());
+    // A value a raised `clear_below` deleted is absent, though its sweep has
+    // yet to remove it: the write comes after the FLUSHALL.
+    let current = held.filter(|r| read && !g.flushed(*r) && r.visible(now_ms).is_some()).map(|r| r.slot());
     let held = held.map_or(0, shard::record_cost);
     let Some(slot) = f(current.as_ref(), stamp) else { return Ok(None) };
     // Moved out once `f` is done with it: a clone would turn the copy into
@@ -713,7 +715,10 @@ impl Store {
         let observed = self.observers.wanted()
             && (matches!(reg.val, Slot::Value { .. }) && !reg.val.is_expired(now_ms)
                 || ended.is_some()
-                || held.is_some_and(|id| g.table.get(id).visible(now_ms).is_some()));
+                || held.is_some_and(|id| {
+                    let r = g.table.get(id);
+                    !g.flushed(r) && r.visible(now_ms).is_some()
+                }));
         let d = g.store(key, kh, lb, held, reg, now_ms, now_ms, self.policy().is_lfu());
         if observed {
             self.observers.changed(key);
@@ -760,9 +765,11 @@ impl Store {
     /// lock, so in the order the changes are applied: each write and
     /// merged register as it is stored (a transaction's last write of each
     /// key, at its end, its locks still held), each expiry swept, each
-    /// register dropped by a refusal reply. Evictions are told by
-    /// [`Store::on_eviction`]; a FLUSHALL or a compaction, which holds no
-    /// key's lock, by its caller. It must be quick and must not call back
+    /// register dropped by a refusal reply; and each raise of
+    /// `clear_below` (a FLUSHALL, here or replicated, or a compaction), as
+    /// [`ChangeKind::Flush`] with an empty key, under every shard's lock,
+    /// before its sweep. Evictions are told by [`Store::on_eviction`]. It
+    /// must be quick and must not call back
     /// into the store, as an [`Observer`] must not. Only the first call
     /// takes effect.
     pub fn on_change(&self, f: impl Fn(&[u8], ChangeKind, Stamp) + Send + Sync + 'static) {
@@ -829,7 +836,7 @@ impl Store {
         let kh = key_hash(key);
         let (s, _) = self.locate(kh);
         let g = self.shards[s].read();
-        let (_, r) = g.find(kh, key)?;
+        let (_, r) = g.find_live(kh, key)?;
         let mut now = at;
         let v = r.visible_at(|| *now.get_or_insert_with(clock))?;
         let stamp = now.unwrap_or_else(|| self.recent_ms.load(Ordering::Relaxed));
@@ -852,7 +859,7 @@ impl Store {
         for k in keys {
             let (key, kh) = (k.as_ref(), key_hash(k.as_ref()));
             let g = guards[self.locate(kh).0].as_ref().expect("locked above");
-            let v = g.find(kh, key).and_then(|(_, r)| {
+            let v = g.find_live(kh, key).and_then(|(_, r)| {
                 let v = r.visible(now_ms)?;
                 r.access().touch(lfu, now_ms);
                 Some(v)
@@ -870,11 +877,12 @@ impl Store {
         }
     }
 
-    /// The register held for `key`, whatever it holds (tests, TTL queries).
+    /// The register held for `key`, whatever it holds (tests, TTL queries),
+    /// unless a FLUSHALL deleted it.
     pub fn register(&self, key: &[u8]) -> Option<Register> {
         let kh = key_hash(key);
         let (s, _) = self.locate(kh);
-        self.shards[s].read().find(kh, key).map(|(_, r)| r.register())
+        self.shards[s].read().find_live(kh, key).map(|(_, r)| r.register())
     }
 
     /// How many registers were stored in `key`'s digest bucket (wrapping):
@@ -1002,11 +1010,14 @@ impl Store {
     }
 
     /// Raises `clear_below` to a new FLUSHALL stamp, deleting every register
-    /// older than now, here and (once replicated) everywhere.
+    /// older than now, here and (once replicated) everywhere. Returns the
+    /// stamp and how many registers the sweep removed.
     pub fn flush_all(&self, now_ms: u64) -> (Stamp, usize) {
-        let stamp = self.clock.now(now_ms);
-        let n = self.raise_clear_below_unchecked(stamp);
-        (stamp, n)
+        // The stamp is taken with every shard locked: a write stamped after
+        // it cannot have read a value it deletes.
+        let stamp =
+            self.raise_bar(|| self.clock.now(now_ms), None).expect("a fresh stamp is above every clear_below seen");
+        (stamp, self.sweep_below(stamp))
     }
 
     /// Merges a `clear_below` received from a peer. Returns how many
@@ -1016,19 +1027,77 @@ impl Store {
             return Ok(0);
         }
         self.clock.observe(c.hlc, now_ms)?;
-        Ok(self.raise_clear_below_unchecked(c))
+        Ok(self.raise_clear_below_unchecked(c, now_ms))
     }
 
-    fn raise_clear_below_unchecked(&self, c: Stamp) -> usize {
+    fn raise_clear_below_unchecked(&self, c: Stamp, now_ms: u64) -> usize {
+        match self.raise_bar(|| c, Some(now_ms)) {
+            Some(c) => self.sweep_below(c),
+            None => 0,
+        }
+    }
+
+    /// Raises `clear_below` to `bar()` (unless it is there already) with
+    /// every shard's write lock held, and tells the observers and the
+    /// change hook of it under them. Returns the new `clear_below`.
+    ///
+    /// So a FLUSHALL is one step for everything under the shard locks: a
+    /// write or a transaction is wholly before it (stamped below it, and
+    /// told before it) or wholly after it (shown none of the values it
+    /// deletes, and told after it). The sweep that removes those values
+    /// runs after, a shard at a time, while reads and writes go on; until
+    /// it reaches a shard, that shard's `bar` hides them.
+    ///
+    /// A bar taken from this store's clock is above every stamp held, so
+    /// nothing outlives it. A bar from elsewhere (another peer's FLUSHALL,
+    /// a compaction) can leave values stamped at or above it: writes that
+    /// raced the FLUSHALL on other peers, or the newer values a compaction
+    /// keeps. With `survivors` (the time now), each is told again as a
+    /// write ([`ChangeKind::Put`], its own stamp) right after the flush,
+    /// so that a subscriber that drops everything on a flush learns what
+    /// is still held. Only shards that stored a stamp at or above the bar
+    /// are walked.
+    fn raise_bar(&self, bar: impl FnOnce() -> Stamp, survivors: Option<u64>) -> Option<Stamp> {
+        if self.planted(Bug::FlushSweptFirst) {
+            let c = bar();
+            let mut f = self.floors.write();
+            if c <= f.clear_below {
+                return None;
+            }
+            f.clear_below = c;
+            return Some(c);
+        }
+        // In increasing order, as transactions take theirs; the floors
+        // lock comes after shard locks, as in every write.
+        let mut guards: Vec<_> = self.shards.iter().map(|sh| sh.write()).collect();
+        let c = bar();
         {
             let mut f = self.floors.write();
             if c <= f.clear_below {
-                return 0;
+                return None;
             }
             f.clear_below = c;
         }
-        // Every write that takes a shard lock from here on sees the new bar;
-        // sweep what was stored before it.
+        for g in &mut guards {
+            g.bar = c;
+        }
+        self.observers.flushed();
+        self.tell(b"", ChangeKind::Flush, c);
+        if let Some(now_ms) = survivors {
+            for g in guards.iter().filter(|g| g.high >= c) {
+                for (_, r) in g.table.iter() {
+                    if !g.flushed(r) && r.visible(now_ms).is_some() {
+                        self.tell(r.key(), ChangeKind::Put, r.stamp());
+                    }
+                }
+            }
+        }
+        Some(c)
+    }
+
+    /// Removes every register below `c`, a `clear_below` just raised, a
+    /// shard at a time. Returns how many it removed.
+    fn sweep_below(&self, c: Stamp) -> usize {
         let mut removed = 0;
         for sh in self.shards.iter() {
             let mut g = sh.write();
@@ -1045,7 +1114,10 @@ impl Store {
             drop(g);
             self.apply(d);
         }
-        self.observers.flushed();
+        if self.planted(Bug::FlushSweptFirst) {
+            self.observers.flushed();
+            self.tell(b"", ChangeKind::Flush, c);
+        }
         removed
     }
 
@@ -1301,7 +1373,7 @@ impl Store {
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
         let (id, r) = g.find(kh, key).filter(|(_, r)| r.stamp() == stamp)?;
-        let was_visible = r.visible(now_ms).is_some();
+        let was_visible = !g.flushed(r) && r.visible(now_ms).is_some();
         // A value past its TTL, dropped before the sweep told of it, is
         // told of here as the sweep would have.
         let untold = was_visible || g.untold_expiry(id, now_ms).is_some();
@@ -1512,7 +1584,7 @@ impl Store {
     /// half of the budget remains. Values older than the bar go too. Stubs
     /// never cause a compaction (memory pressure must not delete data on
     /// other peers): past their own budget they become ghosts instead.
-    pub fn compact_if_needed(&self, _now_ms: u64) -> Option<Compaction> {
+    pub fn compact_if_needed(&self, now_ms: u64) -> Option<Compaction> {
         self.ghost_excess_stubs();
         let budget = self.tombstone_budget();
         let held = self.tombstones.load(Ordering::Relaxed).max(0);
@@ -1536,7 +1608,7 @@ impl Store {
             values += g.table.iter().filter(|(_, r)| r.stamp() < bar && r.is_value()).count();
         }
         let tombstones = stamps.len() - keep;
-        self.raise_clear_below_unchecked(bar);
+        self.raise_clear_below_unchecked(bar, now_ms);
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
         self.counters.compacted_values.fetch_add(values as u64, Ordering::Relaxed);
         let c = Compaction { clear_below: bar, tombstones, values };
@@ -1730,6 +1802,8 @@ impl Store {
 
 #[cfg(test)]
 mod evict_tests;
+#[cfg(test)]
+mod flush_tests;
 #[cfg(test)]
 mod ghost_tests;
 #[cfg(test)]

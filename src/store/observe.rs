@@ -24,9 +24,8 @@ pub trait Observer: Send + Sync {
     /// refusal reply: what it reads as may have changed.
     fn changed(&self, key: &[u8]);
     /// A FLUSHALL or a compaction removed everything below a stamp. Told
-    /// once the sweep of every shard is done, so a reply sent before it
-    /// may already show keys gone; none shows a key that should be gone
-    /// after it.
+    /// under every shard's lock, as the stamp is raised: no read after it
+    /// shows a key it removed, though its sweep may not have reached it.
     fn flushed(&self);
     /// The changes this thread tells from now until [`Observer::release`]
     /// are one group (the registers of one merge), which an observer may

@@ -85,6 +85,14 @@ pub(crate) struct Shard {
     /// be older than what was ghosted and is refused. `Stamp::ZERO` for a
     /// bucket held whole. Allocated with `ghost`.
     pub(crate) floor: Vec<Stamp>,
+    /// The `clear_below` this shard was last told of: its records below it
+    /// are deleted. They stay in the table until the sweep that follows
+    /// the raise reaches this shard, and until then every read and write
+    /// passes over them as over an absent key.
+    pub(crate) bar: Stamp,
+    /// At least the highest stamp stored in this shard: a raised
+    /// `clear_below` above it leaves no value here to announce again.
+    pub(crate) high: Stamp,
 }
 
 /// What `Shard::store` did to the accounting the store keeps globally.
@@ -166,6 +174,8 @@ impl Shard {
             stubs: 0,
             ghost: Vec::new(),
             floor: Vec::new(),
+            bar: Stamp::ZERO,
+            high: Stamp::ZERO,
         }
     }
 
@@ -173,6 +183,22 @@ impl Shard {
     #[inline]
     pub(crate) fn find(&self, kh: u64, key: &[u8]) -> Option<(u32, Entry<'_>)> {
         self.table.find(kh, key).map(|id| (id, self.table.get(id)))
+    }
+
+    /// As [`Shard::find`], but `None` for a record a raised `clear_below`
+    /// deleted (see `bar`): what a read finds.
+    #[inline]
+    pub(crate) fn find_live(&self, kh: u64, key: &[u8]) -> Option<(u32, Entry<'_>)> {
+        self.find(kh, key).filter(|(_, r)| !self.flushed(*r))
+    }
+
+    /// Whether a raised `clear_below` deleted record `r`, which its sweep
+    /// has yet to remove.
+    #[inline]
+    pub(crate) fn flushed(&self, r: Entry<'_>) -> bool {
+        // A stamp's clock part decides all but a tie, and costs no load of
+        // the stamp's node.
+        r.hlc() <= self.bar.hlc && r.stamp() < self.bar
     }
 
     /// Starts loading a local bucket's line, which a change to one of its
@@ -293,6 +319,7 @@ impl Shard {
         lfu: bool,
     ) -> Delta {
         let access = Access::written(held.map(|id| self.table.get(id).access()), lfu, now_ms);
+        self.high = self.high.max(reg.marker);
         match held {
             Some(id) => self.rewrite(id, kh, local_bucket, &reg.val, reg.marker, arrival_ms, access, now_ms),
             None => {
@@ -444,7 +471,7 @@ impl Shard {
             return None;
         }
         let r = self.table.get(id);
-        if !r.is_value() {
+        if !r.is_value() || self.flushed(r) {
             return None;
         }
         let e = r.expires_at_ms()?;
@@ -452,7 +479,8 @@ impl Shard {
     }
 
     /// Turns values whose TTL ran out into dead registers (queued for
-    /// collection). Returns their keys and stamps.
+    /// collection). Returns their keys and stamps, but for values a raised
+    /// `clear_below` deleted first: their end was told with it.
     pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<(Bytes, Stamp, bool)> {
         let mut out = Vec::new();
         while let Some(&(exp, id)) = self.expiries.first() {
@@ -462,8 +490,11 @@ impl Shard {
             self.expiry_remove(exp, id);
             if let Some(r) = self.table.used(id) {
                 let (arrival, entry) = (r.arrival_ms(), (Bytes::copy_from_slice(r.key()), r.stamp(), r.is_value()));
+                let flushed = self.flushed(r);
                 self.dead.insert((arrival, id));
-                out.push(entry);
+                if !flushed {
+                    out.push(entry);
+                }
             }
         }
         out
@@ -484,7 +515,7 @@ impl Shard {
         local_bucket: impl Fn(u64) -> usize,
         evicting: impl FnOnce(&[u8]),
     ) -> Option<(Delta, bool)> {
-        let r = self.table.used(c.id).filter(|r| r.stamp() == c.stamp && r.is_value())?;
+        let r = self.table.used(c.id).filter(|r| r.stamp() == c.stamp && r.is_value() && !self.flushed(*r))?;
         let expires_at_ms = r.expires_at_ms();
         if policy.volatile_only() && expires_at_ms.is_none() {
             return None;
@@ -523,8 +554,12 @@ impl Shard {
             p if p.is_random() => 0,
             _ => r.access().idle(lfu, now_ms),
         };
+        // A value a raised `clear_below` deleted is not offered: its sweep
+        // is on the way, and evicting it would tell of a key already gone.
         let mut offer = |id: u32, r: Entry<'_>| {
-            pool.offer(score(r), Candidate { shard: shard as u32, id, stamp: r.stamp() });
+            if !self.flushed(r) {
+                pool.offer(score(r), Candidate { shard: shard as u32, id, stamp: r.stamp() });
+            }
         };
         let mut found = 0;
         if policy.volatile_only() {

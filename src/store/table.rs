@@ -263,6 +263,12 @@ impl<'a> Entry<'a> {
         Stamp { hlc: self.rec.hlc, node: self.nodes[(self.rec.node & (MAX_NODES as u32 - 1)) as usize] }
     }
 
+    /// The clock part of [`Entry::stamp`].
+    #[inline]
+    pub(crate) fn hlc(&self) -> u64 {
+        self.rec.hlc
+    }
+
     /// Local time (Unix ms) at which this register was stored here.
     /// Collection compares it with the per-member `synced` watermarks: a
     /// register that arrived before the last complete anti-entropy round

@@ -162,7 +162,7 @@ impl<'a> Locked<'a> {
     /// Reads `key` as [`Store::get_with`] does, lending the value to `f`.
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, TxnError> {
         let (g, kh) = self.shard(key)?;
-        let Some((_, r)) = g.find(kh, key) else { return Ok(None) };
+        let Some((_, r)) = g.find_live(kh, key) else { return Ok(None) };
         let Some(v) = r.visible(self.now_ms) else { return Ok(None) };
         r.access().touch(self.store.policy().is_lfu(), self.now_ms);
         Ok(Some(f(v)))
@@ -171,7 +171,7 @@ impl<'a> Locked<'a> {
     /// The register held for `key`, whatever it holds.
     pub fn register(&self, key: &[u8]) -> Result<Option<Register>, TxnError> {
         let (g, kh) = self.shard(key)?;
-        Ok(g.find(kh, key).map(|(_, r)| r.register()))
+        Ok(g.find_live(kh, key).map(|(_, r)| r.register()))
     }
 
     /// The write count of `key`'s bucket; see [`Store::writes_of`].
