@@ -1,8 +1,8 @@
 //! Keyspace notifications and near caches while three peers are written at
 //! once, on the same keys. A client on each peer runs a seeded random
 //! mix of SETs, SETs that expire within 100 ms, PEXPIREs, PERSISTs, DELs,
-//! INCRs, RENAMEs, COPYs, MSETs, GETDELs, APPENDs, GETEXs, SET NX GETs
-//! and small transactions, and reads through a tracking client's
+//! INCRs, RENAMEs, COPYs, MSETs, GETDELs, APPENDs, GETEXs, SET NX GETs,
+//! small transactions and a rare FLUSHALL, and reads through a tracking client's
 //! near cache (BCAST on the second peer); the third peer holds the keys
 //! under a memory bound small enough that it evicts as writes arrive.
 //!
@@ -19,7 +19,8 @@
 //! - the last message its subscriber heard on a key's keyspace channel
 //!   names what the key now is: a value (`set`, `incrby`, `expire`,
 //!   `persist`, `rename_to`, `copy_to`...) or none (`del`, `expired`,
-//!   `evicted`, `rename_from`, or never a message). An application that drops what these messages name would
+//!   `evicted`, `rename_from`, a `flushall` since, or never a message).
+//!   An application that drops what these messages name would
 //!   otherwise keep a value the peer no longer has, or drop one for good;
 //! - the tracking client's near cache holds what the peer holds.
 //!
@@ -86,35 +87,57 @@ impl Side {
         let con = Conn::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
         let mut sub = Conn::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
         sub.cmd(&[b"PSUBSCRIBE", b"__keyspace@0__:*"]).await;
+        sub.cmd(&[b"PSUBSCRIBE", b"__keyevent@0__:flushall"]).await;
         let near = Near::connect(port, bcast).await;
         Side { con, near, sub, last: BTreeMap::new(), rng: SmallRng::seed_from_u64(seed) }
     }
 
-    /// Reads the messages that have come, keeping each key's last event.
+    /// Reads the messages that have come, keeping each key's last event
+    /// (a `flushall` leaves every key without one, as never written).
     async fn drain(&mut self) {
         while let Ok(frame) = tokio::time::timeout(Duration::from_millis(20), self.sub.next()).await {
             let (channel, event) = message(&frame);
+            if channel == b"__keyevent@0__:flushall" {
+                self.last.clear();
+                continue;
+            }
             let key = channel.strip_prefix(b"__keyspace@0__:").expect("a keyspace channel");
             self.last.insert(key.to_vec(), event);
         }
     }
 }
 
+/// What one side's commands did that a seed must have raced.
+#[derive(Default)]
+struct Raced {
+    /// RENAMEs that found their key.
+    renamed: usize,
+    /// FLUSHALLs.
+    flushed: usize,
+}
+
 /// Runs commands `ops` of one side's random sequence (`i` the side),
-/// reading a key through the near cache between them. Returns how many of
-/// its RENAMEs found their key.
-async fn write(side: &mut Side, seed: u64, i: usize, ops: std::ops::Range<usize>) -> usize {
+/// reading a key through the near cache between them.
+async fn write(side: &mut Side, seed: u64, i: usize, ops: std::ops::Range<usize>) -> Raced {
     let keys = all_keys(seed);
     let string = |rng: &mut SmallRng| keys[rng.random_range(0..KEYS)].clone();
     let counter = |rng: &mut SmallRng| keys[KEYS + rng.random_range(0..COUNTERS)].clone();
     let rng = &mut side.rng;
-    let mut renamed = 0;
+    let mut raced = Raced::default();
     for op in ops {
         let value = format!("{i}:{op}:{}", "v".repeat(rng.random_range(1000..5000))).into_bytes();
         let ttl = rng.random_range(5..100u32).to_string().into_bytes();
         let k = string(rng);
         let n = counter(rng);
         let other = string(rng);
+        // Two or three FLUSHALLs a side a seed (one at a place set by the
+        // seed, the rest at random): they delete every key while the other
+        // peers' writes race them.
+        if rng.random_range(0..OPS / 2) == 0 || op == (seed as usize * 97 + i * 271) % OPS {
+            assert_eq!(side.con.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
+            raced.flushed += 1;
+            continue;
+        }
         match rng.random_range(0..100) {
             0..28 => side.con.cmd(&[b"SET", &k, &value]).await,
             28..40 => side.con.cmd(&[b"SET", &k, &value, b"PX", &ttl]).await,
@@ -125,7 +148,7 @@ async fn write(side: &mut Side, seed: u64, i: usize, ops: std::ops::Range<usize>
             68..72 => side.con.cmd(&[b"PEXPIRE", &n, &ttl]).await,
             72..75 => {
                 let reply = side.con.cmd(&[b"RENAME", &k, &other]).await;
-                renamed += usize::from(reply == b"+OK\r\n");
+                raced.renamed += usize::from(reply == b"+OK\r\n");
                 reply
             }
             75..78 => side.con.cmd(&[b"COPY", &k, &other, b"REPLACE"]).await,
@@ -143,7 +166,7 @@ async fn write(side: &mut Side, seed: u64, i: usize, ops: std::ops::Range<usize>
         };
         side.near.get(&keys[rng.random_range(0..keys.len())]).await;
     }
-    renamed
+    raced
 }
 
 /// Whether the writes have settled: no TTL left to run out, the two
@@ -195,7 +218,7 @@ async fn run_seed(peers: &[RespPeer], faults: &Faults, seed: u64) {
         sides.push(Side::connect(p.port, i == 1, seed.wrapping_mul(31).wrapping_add(i as u64)).await);
     }
     let evicted_before = peers[2].mesh.replica().store().stats().evictions;
-    let mut renamed = 0;
+    let (mut renamed, mut flushed) = (0, 0);
     // Writes from the three at once, in three thirds. Every second seed
     // loses 5% of the datagrams between the peers, and reorders them,
     // throughout; seeds 2 and 3 of every four cut the bounded peer apart
@@ -214,7 +237,10 @@ async fn run_seed(peers: &[RespPeer], faults: &Faults, seed: u64) {
         let [a, b, c] = &mut sides[..] else { unreachable!("three sides") };
         let (ra, rb, rc) =
             tokio::join!(write(a, seed, 0, ops.clone()), write(b, seed, 1, ops.clone()), write(c, seed, 2, ops));
-        renamed += ra + rb + rc;
+        for r in [ra, rb, rc] {
+            renamed += r.renamed;
+            flushed += r.flushed;
+        }
         if third == 1 {
             faults.heal();
             if lossy {
@@ -249,6 +275,7 @@ async fn run_seed(peers: &[RespPeer], faults: &Faults, seed: u64) {
     let evicted = peers[2].mesh.replica().store().stats().evictions - evicted_before;
     assert!(evicted > 0, "seed {seed}: the bounded peer evicted nothing, so evictions were not raced");
     assert!(renamed > 0, "seed {seed}: no RENAME found its key, so renames were not raced");
+    assert!(flushed > 0, "seed {seed}: no FLUSHALL ran, so none was raced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
