@@ -273,6 +273,8 @@ impl MeshBuilder {
         // too, in the order the key's changes are applied.
         let tapped = taps.clone();
         replica.store().on_change(move |key, kind, stamp| tapped.tell(key, kind, stamp));
+        let tapped = taps.clone();
+        replica.store().on_change_heard(move || tapped.active());
         let mut links = links::Links::new(
             me.clone(),
             links::Timings::new(config.anti_entropy_interval),

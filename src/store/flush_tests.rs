@@ -113,6 +113,15 @@ fn a_flush_from_another_peer_tells_again_what_it_leaves() {
         assert_eq!(heard == want, !planted, "planted {planted}: {heard:?}");
         assert!(gone > c);
     }
+    // With no one listening, the walk for them is skipped.
+    let (s, told) = store_with_hook();
+    s.on_change_heard(|| false);
+    let old = s.put(b("old"), b("v"), None, T0).unwrap().register.marker;
+    let new = s.put(b("new"), b("v"), None, T0 + 10).unwrap().register.marker;
+    told.lock().unwrap().clear();
+    let c = Stamp { hlc: (old.hlc + new.hlc) / 2, node: NodeId(2) };
+    assert_eq!(s.raise_clear_below(c, T0 + 40), Ok(1));
+    assert_eq!(*told.lock().unwrap(), [(Vec::new(), ChangeKind::Flush, c)]);
 }
 
 type Told = Arc<Mutex<Vec<(Vec<u8>, ChangeKind, Stamp)>>>;

@@ -413,6 +413,8 @@ pub struct Store {
     on_eviction: OnceLock<EvictionHook>,
     /// [`Store::on_change`].
     on_change: OnceLock<ChangeHook>,
+    /// [`Store::on_change_heard`].
+    on_change_heard: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
     /// Bugs planted by checks that must catch them.
     #[cfg(any(test, feature = "testing"))]
     bugs: bugs::Planted,
@@ -472,6 +474,7 @@ impl Store {
             on_compaction: OnceLock::new(),
             on_eviction: OnceLock::new(),
             on_change: OnceLock::new(),
+            on_change_heard: OnceLock::new(),
             #[cfg(any(test, feature = "testing"))]
             bugs: bugs::Planted::default(),
         })
@@ -776,6 +779,19 @@ impl Store {
         let _ = self.on_change.set(Box::new(f));
     }
 
+    /// Sets how the store asks whether [`Store::on_change`]'s hook is heard
+    /// by anyone now (without it: whenever a hook is set). Only what
+    /// costs more than the telling asks: the values a raised
+    /// `clear_below` leaves, told again (see [`Store::flush_all`]). Only
+    /// the first call takes effect.
+    pub fn on_change_heard(&self, f: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.on_change_heard.set(Box::new(f));
+    }
+
+    fn change_heard(&self) -> bool {
+        self.on_change.get().is_some() && self.on_change_heard.get().is_none_or(|f| f())
+    }
+
     /// Tells [`Store::on_change`]'s hook, under the key's shard lock.
     #[inline]
     pub(crate) fn tell(&self, key: &[u8], kind: ChangeKind, stamp: Stamp) {
@@ -1056,7 +1072,8 @@ impl Store {
     /// write ([`ChangeKind::Put`], its own stamp) right after the flush,
     /// so that a subscriber that drops everything on a flush learns what
     /// is still held. Only shards that stored a stamp at or above the bar
-    /// are walked.
+    /// are walked, and only while the hook is heard
+    /// ([`Store::on_change_heard`]).
     fn raise_bar(&self, bar: impl FnOnce() -> Stamp, survivors: Option<u64>) -> Option<Stamp> {
         if self.planted(Bug::FlushSweptFirst) {
             let c = bar();
@@ -1083,7 +1100,7 @@ impl Store {
         }
         self.observers.flushed();
         self.tell(b"", ChangeKind::Flush, c);
-        if let Some(now_ms) = survivors {
+        if let Some(now_ms) = survivors.filter(|_| self.change_heard()) {
             for g in guards.iter().filter(|g| g.high >= c) {
                 for (_, r) in g.table.iter() {
                     if !g.flushed(r) && r.visible(now_ms).is_some() {
