@@ -37,7 +37,7 @@
 //! before every change it does not. A value it leaves (stamped at or
 //! above it: a write that raced another peer's FLUSHALL, or a value newer
 //! than a compaction's bar) is told again as a write, published as `set`,
-//! right after it.
+//! by the sweep that follows it, under the value's shard lock.
 //!
 //! With no subscriber, the tap is stopped, so writes pay nothing for
 //! notifications.

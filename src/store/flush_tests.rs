@@ -51,7 +51,7 @@ fn what_a_flushall_deletes_is_gone_before_its_sweep_reaches_it() {
     let ttl = s.put(b("t"), b("v"), Some(10), T0).unwrap().register.val.expires_at_ms().unwrap();
     told.lock().unwrap().clear();
 
-    let c = s.raise_bar(|| s.clock.now(T0 + 1), None).expect("raised");
+    let c = s.raise_bar(|| s.clock.now(T0 + 1)).expect("raised");
     assert_eq!(s.len(), 3, "the sweep has not run");
     assert_eq!(s.get(b"a", T0 + 1), None);
     assert_eq!(s.register(b"a"), None);
@@ -84,7 +84,7 @@ fn what_a_flushall_deletes_is_gone_before_its_sweep_reaches_it() {
         ]
     );
 
-    assert_eq!(s.sweep_below(c), 2, "a and t");
+    assert_eq!(s.sweep_below(c, None), 2, "a and t");
     assert_eq!(told.lock().unwrap().len(), 3, "the sweep tells nothing");
     assert_eq!(s.get(b"n", ttl + 1), None);
 }

@@ -1031,9 +1031,8 @@ impl Store {
     pub fn flush_all(&self, now_ms: u64) -> (Stamp, usize) {
         // The stamp is taken with every shard locked: a write stamped after
         // it cannot have read a value it deletes.
-        let stamp =
-            self.raise_bar(|| self.clock.now(now_ms), None).expect("a fresh stamp is above every clear_below seen");
-        (stamp, self.sweep_below(stamp))
+        let stamp = self.raise_bar(|| self.clock.now(now_ms)).expect("a fresh stamp is above every clear_below seen");
+        (stamp, self.sweep_below(stamp, None))
     }
 
     /// Merges a `clear_below` received from a peer. Returns how many
@@ -1047,8 +1046,8 @@ impl Store {
     }
 
     fn raise_clear_below_unchecked(&self, c: Stamp, now_ms: u64) -> usize {
-        match self.raise_bar(|| c, Some(now_ms)) {
-            Some(c) => self.sweep_below(c),
+        match self.raise_bar(|| c) {
+            Some(c) => self.sweep_below(c, Some(now_ms)),
             None => 0,
         }
     }
@@ -1064,17 +1063,7 @@ impl Store {
     /// runs after, a shard at a time, while reads and writes go on; until
     /// it reaches a shard, that shard's `bar` hides them.
     ///
-    /// A bar taken from this store's clock is above every stamp held, so
-    /// nothing outlives it. A bar from elsewhere (another peer's FLUSHALL,
-    /// a compaction) can leave values stamped at or above it: writes that
-    /// raced the FLUSHALL on other peers, or the newer values a compaction
-    /// keeps. With `survivors` (the time now), each is told again as a
-    /// write ([`ChangeKind::Put`], its own stamp) right after the flush,
-    /// so that a subscriber that drops everything on a flush learns what
-    /// is still held. Only shards that stored a stamp at or above the bar
-    /// are walked, and only while the hook is heard
-    /// ([`Store::on_change_heard`]).
-    fn raise_bar(&self, bar: impl FnOnce() -> Stamp, survivors: Option<u64>) -> Option<Stamp> {
+    fn raise_bar(&self, bar: impl FnOnce() -> Stamp) -> Option<Stamp> {
         if self.planted(Bug::FlushSweptFirst) {
             let c = bar();
             let mut f = self.floors.write();
@@ -1100,26 +1089,41 @@ impl Store {
         }
         self.observers.flushed();
         self.tell(b"", ChangeKind::Flush, c);
-        if let Some(now_ms) = survivors.filter(|_| self.change_heard()) {
-            for g in guards.iter().filter(|g| g.high >= c) {
-                for (_, r) in g.table.iter() {
-                    if !g.flushed(r) && r.visible(now_ms).is_some() {
-                        self.tell(r.key(), ChangeKind::Put, r.stamp());
-                    }
-                }
-            }
-        }
         Some(c)
     }
 
     /// Removes every register below `c`, a `clear_below` just raised, a
     /// shard at a time. Returns how many it removed.
-    fn sweep_below(&self, c: Stamp) -> usize {
+    ///
+    /// A bar taken from this store's clock is above every stamp held, so
+    /// nothing outlives it. A bar from elsewhere (another peer's FLUSHALL,
+    /// a compaction) can leave values stamped at or above it: writes that
+    /// raced the FLUSHALL on other peers, or the newer values a compaction
+    /// keeps. With `survivors` (the time now), the sweep tells each again
+    /// as a write ([`ChangeKind::Put`], its own stamp) under its shard's
+    /// lock, so that a subscriber that drops everything on a flush learns
+    /// what is still held once the sweep is done. A key written between
+    /// the raise and the sweep of its shard is told twice. Only shards
+    /// that stored a stamp at or above the bar are walked for it, and only
+    /// while the hook is heard ([`Store::on_change_heard`]): a compaction
+    /// keeps most values, and under one lock at a time their telling
+    /// holds up no more than a shard.
+    fn sweep_below(&self, c: Stamp, survivors: Option<u64>) -> usize {
+        let survivors = survivors.filter(|_| !self.planted(Bug::FlushSweptFirst) && self.change_heard());
         let mut removed = 0;
         for sh in self.shards.iter() {
             let mut g = sh.write();
-            let victims: Vec<(u32, u64)> =
-                g.table.iter().filter(|(_, r)| r.stamp() < c).map(|(id, r)| (id, key_hash(r.key()))).collect();
+            let retell = survivors.filter(|_| g.high >= c);
+            let mut victims: Vec<(u32, u64)> = Vec::new();
+            for (id, r) in g.table.iter() {
+                if r.stamp() < c {
+                    victims.push((id, key_hash(r.key())));
+                } else if let Some(now_ms) = retell {
+                    if r.visible(now_ms).is_some() {
+                        self.tell(r.key(), ChangeKind::Put, r.stamp());
+                    }
+                }
+            }
             let mut d = Delta::default();
             for (id, kh) in victims {
                 let (_, lb) = self.locate(kh);
