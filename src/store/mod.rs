@@ -771,8 +771,9 @@ impl Store {
     /// register dropped by a refusal reply; and each raise of
     /// `clear_below` (a FLUSHALL, here or replicated, or a compaction), as
     /// [`ChangeKind::Flush`] with an empty key, under every shard's lock,
-    /// before its sweep. Evictions are told by [`Store::on_eviction`]. It
-    /// must be quick and must not call back
+    /// before its sweep, and each value a raise from elsewhere leaves, as
+    /// a write again, as the sweep passes it. Evictions are told by
+    /// [`Store::on_eviction`]. It must be quick and must not call back
     /// into the store, as an [`Observer`] must not. Only the first call
     /// takes effect.
     pub fn on_change(&self, f: impl Fn(&[u8], ChangeKind, Stamp) + Send + Sync + 'static) {
@@ -781,9 +782,9 @@ impl Store {
 
     /// Sets how the store asks whether [`Store::on_change`]'s hook is heard
     /// by anyone now (without it: whenever a hook is set). Only what
-    /// costs more than the telling asks: the values a raised
-    /// `clear_below` leaves, told again (see [`Store::flush_all`]). Only
-    /// the first call takes effect.
+    /// costs more than the telling asks: the values a `clear_below` from
+    /// elsewhere leaves, told again by its sweep (see
+    /// [`Store::raise_clear_below`]). Only the first call takes effect.
     pub fn on_change_heard(&self, f: impl Fn() -> bool + Send + Sync + 'static) {
         let _ = self.on_change_heard.set(Box::new(f));
     }
@@ -1037,6 +1038,7 @@ impl Store {
 
     /// Merges a `clear_below` received from a peer. Returns how many
     /// registers it removed. A stamp too far in the future is refused.
+    /// Values it leaves are told again as writes (see `sweep_below`).
     pub fn raise_clear_below(&self, c: Stamp, now_ms: u64) -> Result<usize, ClockError> {
         if c <= self.floors.read().clear_below {
             return Ok(0);
@@ -1062,7 +1064,6 @@ impl Store {
     /// deletes, and told after it). The sweep that removes those values
     /// runs after, a shard at a time, while reads and writes go on; until
     /// it reaches a shard, that shard's `bar` hides them.
-    ///
     fn raise_bar(&self, bar: impl FnOnce() -> Stamp) -> Option<Stamp> {
         if self.planted(Bug::FlushSweptFirst) {
             let c = bar();
