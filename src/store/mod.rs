@@ -1117,7 +1117,10 @@ impl Store {
             let retell = survivors.filter(|_| g.high >= c);
             let mut victims: Vec<(u32, u64)> = Vec::new();
             for (id, r) in g.table.iter() {
-                if r.stamp() < c {
+                // The shard's bar, not `c`: a later raise may have passed
+                // `c` already, and what it deleted is not to be told again.
+                // (`c` alone where the bug planted leaves the bar unset.)
+                if g.flushed(r) || r.stamp() < c {
                     victims.push((id, key_hash(r.key())));
                 } else if let Some(now_ms) = retell {
                     if r.visible(now_ms).is_some() {
