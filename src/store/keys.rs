@@ -81,7 +81,7 @@ pub(super) fn scan(store: &Store, src: &impl Shards, cursor: u64, count: usize, 
             if seen > 0 {
                 for (_, r) in g.table.iter() {
                     let bucket = bucket_of(key_hash(r.key())) & (per - 1);
-                    if (lo..hi).contains(&bucket) && !g.flushed(r) && r.visible(now_ms).is_some() {
+                    if (lo..hi).contains(&bucket) && g.shows(r, now_ms) {
                         keys.push(Bytes::copy_from_slice(r.key()));
                     }
                 }
@@ -98,7 +98,7 @@ pub(super) fn keys(store: &Store, src: &impl Shards, now_ms: u64, keep: impl Fn(
     for s in 0..store.shards.len() {
         src.read_shard(s, |g| {
             for (_, r) in g.table.iter() {
-                if !g.flushed(r) && r.visible(now_ms).is_some() && keep(r.key()) {
+                if g.shows(r, now_ms) && keep(r.key()) {
                     out.push(Bytes::copy_from_slice(r.key()));
                 }
             }

@@ -74,7 +74,7 @@ fn decide(
     let held = found.map(|(_, r)| r);
     // A value a raised `clear_below` deleted is absent, though its sweep has
     // yet to remove it: the write comes after the FLUSHALL.
-    let current = held.filter(|r| read && !g.flushed(*r) && r.visible(now_ms).is_some()).map(|r| r.slot());
+    let current = held.filter(|r| read && g.shows(*r, now_ms)).map(|r| r.slot());
     let held = held.map_or(0, shard::record_cost);
     let Some(slot) = f(current.as_ref(), stamp) else { return Ok(None) };
     // Moved out once `f` is done with it: a clone would turn the copy into
@@ -718,10 +718,7 @@ impl Store {
         let observed = self.observers.wanted()
             && (matches!(reg.val, Slot::Value { .. }) && !reg.val.is_expired(now_ms)
                 || ended.is_some()
-                || held.is_some_and(|id| {
-                    let r = g.table.get(id);
-                    !g.flushed(r) && r.visible(now_ms).is_some()
-                }));
+                || held.is_some_and(|id| g.shows(g.table.get(id), now_ms)));
         let d = g.store(key, kh, lb, held, reg, now_ms, now_ms, self.policy().is_lfu());
         if observed {
             self.observers.changed(key);
@@ -1398,7 +1395,7 @@ impl Store {
         let (s, lb) = self.locate(kh);
         let mut g = self.shards[s].write();
         let (id, r) = g.find(kh, key).filter(|(_, r)| r.stamp() == stamp)?;
-        let was_visible = !g.flushed(r) && r.visible(now_ms).is_some();
+        let was_visible = g.shows(r, now_ms);
         // A value past its TTL, dropped before the sweep told of it, is
         // told of here as the sweep would have.
         let untold = was_visible || g.untold_expiry(id, now_ms).is_some();

@@ -201,6 +201,13 @@ impl Shard {
         r.hlc() <= self.bar.hlc && r.stamp() < self.bar
     }
 
+    /// Whether record `r` shows a value at `now_ms`: one that is neither
+    /// past its TTL nor deleted by a raised `clear_below` not yet swept.
+    #[inline]
+    pub(crate) fn shows(&self, r: Entry<'_>, now_ms: u64) -> bool {
+        !self.flushed(r) && r.visible(now_ms).is_some()
+    }
+
     /// Starts loading a local bucket's line, which a change to one of its
     /// registers updates after the table lookup: the lookup's cache misses
     /// follow one another, and this one, independent of them, can overlap
